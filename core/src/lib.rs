@@ -1,0 +1,11 @@
+//! sluice-core: the desired-state model every source translates into and every backend
+//! programs from. Pure data and pure functions: no I/O, no Kubernetes types, no kernel calls,
+//! so all of it is testable without root.
+
+pub mod model;
+pub mod routes;
+pub mod service;
+
+pub use model::{ClusterState, LocalEndpoint, NodeInfo, PodInfo};
+pub use routes::{diff_routes, desired_pod_routes, PodRoute, RouteDiff};
+pub use service::{Backend, BackendState, Frontend, FrontendKind, Protocol, Service, ServiceName};

@@ -1,0 +1,64 @@
+//! Cluster-level objects as sluice sees them after translation from a source.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::service::Service;
+
+/// A node of the cluster: where its pods live and how to reach it on the underlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// The node's address on the underlay (Node.status.addresses InternalIP).
+    pub internal_ip: Option<Ipv4Addr>,
+    /// Node.spec.podCIDR; `None` while the node has none assigned yet.
+    pub pod_cidr: Option<Ipv4Net>,
+}
+
+/// A pod as the sources describe it (any node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+}
+
+/// A pod interface on *this* node, as wired by the CNI plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalEndpoint {
+    pub container_id: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub host_interface: String,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+}
+
+/// Everything the sources say, translated. The agent keeps one and feeds it to backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    pub pods: Vec<PodInfo>,
+    pub services: Vec<Service>,
+    /// Objects the translation refused, each with the reason (shown in status, never fatal).
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// `Kind namespace/name` of the refused object.
+    pub object: String,
+    pub reason: String,
+}
+
+impl ClusterState {
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.get(name)
+    }
+}
