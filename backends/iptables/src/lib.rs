@@ -1,0 +1,20 @@
+//! sluice-iptables: the iptables/netlink backend.
+//!
+//! - [`render`] and [`save`]: pure text in, text out (rule rendering, parsing `iptables-save`,
+//!   computing cleanup) — unit-tested without root.
+//! - [`restore`]: the only place that runs `iptables-restore`/`iptables-save`, always as one
+//!   atomic batch per table with `--noflush --wait`.
+//! - [`routes`]: inter-node pod routes over netlink, marked with [`NODE_RTPROTO`].
+//!
+//! Everything sluice creates is marked: chains start with [`CHAIN_PREFIX`], rules carry a
+//! `sluice:` comment, routes carry the protocol number.
+
+pub mod render;
+pub mod restore;
+pub mod routes;
+pub mod save;
+
+pub use restore::{Iptables, IptablesError, Variant};
+pub use routes::{RouteError, RouteManager, NODE_RTPROTO};
+
+pub const CHAIN_PREFIX: &str = "SLUICE-";

@@ -1,0 +1,120 @@
+//! Running `iptables-save` / `iptables-restore`. One process per table batch, never per rule.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::save::{self, TableDump};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Nft,
+    Legacy,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Nft => "nft",
+            Variant::Legacy => "legacy",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error("could not run {binary}: {source} (install the iptables package)")]
+    Spawn { binary: String, source: std::io::Error },
+    #[error("{binary} failed (exit {status}) for table {table}: {stderr}")]
+    Failed { binary: String, table: String, status: String, stderr: String },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Iptables {
+    pub variant: Variant,
+}
+
+fn count_rules(binary: &str) -> Option<usize> {
+    let out = Command::new(binary).stdout(Stdio::piped()).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A ")).count())
+}
+
+impl Iptables {
+    /// Use the variant the node already uses, as kube-proxy's iptables-wrappers decide: the one
+    /// holding more rules wins; with no rules anywhere, nft (the default of current distros).
+    pub fn detect() -> Self {
+        let legacy = count_rules("iptables-legacy-save").unwrap_or(0);
+        let nft = count_rules("iptables-nft-save").unwrap_or(0);
+        Iptables { variant: if legacy > nft { Variant::Legacy } else { Variant::Nft } }
+    }
+
+    fn bin(&self, tool: &str) -> String {
+        format!("iptables-{}-{tool}", self.variant.as_str())
+    }
+
+    /// Dump one table.
+    pub fn save(&self, table: &str) -> Result<TableDump, IptablesError> {
+        let binary = self.bin("save");
+        let out = Command::new(&binary)
+            .args(["-t", table])
+            .output()
+            .map_err(|source| IptablesError::Spawn { binary: binary.clone(), source })?;
+        if !out.status.success() {
+            return Err(IptablesError::Failed {
+                binary,
+                table: table.into(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
+            });
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(save::parse_save(&text).into_iter().find(|t| t.name == table).unwrap_or_else(|| TableDump {
+            name: table.into(),
+            ..Default::default()
+        }))
+    }
+
+    /// Apply one batch atomically: `iptables-restore --noflush --wait`. Either the whole batch
+    /// lands or none of it does.
+    pub fn restore(&self, table: &str, batch: &str) -> Result<(), IptablesError> {
+        let binary = self.bin("restore");
+        let mut child = Command::new(&binary)
+            .args(["--noflush", "--wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| IptablesError::Spawn { binary: binary.clone(), source })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(batch.as_bytes())
+                .map_err(|source| IptablesError::Spawn { binary: binary.clone(), source })?;
+        }
+        let out = child.wait_with_output().map_err(|source| IptablesError::Spawn { binary: binary.clone(), source })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(IptablesError::Failed {
+                binary,
+                table: table.into(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
+            })
+        }
+    }
+
+    /// Remove every sluice chain and hook from the given tables; returns the tables touched.
+    pub fn cleanup(&self, tables: &[&str]) -> Result<Vec<String>, IptablesError> {
+        let mut touched = Vec::new();
+        for table in tables {
+            let dump = self.save(table)?;
+            if let Some(batch) = save::cleanup_batch(&dump) {
+                self.restore(table, &batch)?;
+                touched.push((*table).to_string());
+            }
+        }
+        Ok(touched)
+    }
+}

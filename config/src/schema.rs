@@ -1,0 +1,167 @@
+//! The configuration schema with its defaults. docs/configuration.md documents every key;
+//! keep the two in step.
+
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name, as in the Node object. Required (flag `--node-name`, env SLUICE_NODE_NAME).
+    pub node_name: String,
+    /// All pod addresses of the cluster; traffic leaving it is masqueraded.
+    pub cluster_cidr: Ipv4Net,
+    /// This node's pod CIDR. Default: the Node object's `spec.podCIDR`.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Unix socket for the CLI (root-only, mode 0600).
+    pub socket_path: PathBuf,
+    /// Where the agent keeps state that must survive restarts.
+    pub state_dir: PathBuf,
+    pub source: SourceConfig,
+    pub cni: CniConfig,
+    /// Masquerade pod traffic that leaves `cluster_cidr`.
+    pub masquerade: bool,
+    pub iptables: IptablesConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: String::new(),
+            cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
+            pod_cidr: None,
+            socket_path: "/run/sluice/sluice.sock".into(),
+            state_dir: "/var/lib/sluice".into(),
+            source: SourceConfig::default(),
+            cni: CniConfig::default(),
+            masquerade: true,
+            iptables: IptablesConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A directory of Kubernetes YAML (standalone mode, used by the lab).
+    Manifests,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Directory of `*.yaml`/`*.yml`/`*.json` Kubernetes objects, read recursively.
+    pub manifests_dir: PathBuf,
+    /// How often the manifest directory is re-read, in milliseconds (100..=60000).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig { kind: SourceKind::Manifests, manifests_dir: "/etc/sluice/manifests".into(), poll_interval_ms: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Where the agent writes the CNI conflist for this node; empty to not write one.
+    pub conflist_path: PathBuf,
+    /// The CNI network name (also the IPAM directory name).
+    pub network_name: String,
+    /// IPAM state directory handed to the plugin (`dataDir`).
+    pub data_dir: PathBuf,
+    /// Pod interface MTU; unset leaves the kernel default.
+    pub mtu: Option<u32>,
+    /// Extra plugins chained after sluice-cni, as raw CNI plugin configs (e.g. portmap).
+    pub chain: Vec<serde_json::Value>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conflist_path: "/etc/cni/net.d/05-sluice.conflist".into(),
+            network_name: "sluice".into(),
+            data_dir: "/var/lib/sluice/cni".into(),
+            mtu: None,
+            chain: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IptablesVariant {
+    /// Use whichever variant already holds rules on the node (nft when none does).
+    Auto,
+    Nft,
+    Legacy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IptablesConfig {
+    pub variant: IptablesVariant,
+}
+
+impl Default for IptablesConfig {
+    fn default() -> Self {
+        IptablesConfig { variant: IptablesVariant::Auto }
+    }
+}
+
+fn invalid(key: &str, value: impl ToString, accepted: &str) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), value: value.to_string(), accepted: accepted.into() }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = &self.node_name;
+        let dns_label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && !s.starts_with(['-', '.'])
+                && !s.ends_with(['-', '.'])
+        };
+        if !dns_label(n) {
+            return Err(invalid(
+                "node_name",
+                n,
+                "a Kubernetes node name: lowercase letters, digits, '-' and '.' (set it with --node-name or SLUICE_NODE_NAME)",
+            ));
+        }
+        if let Some(p) = self.pod_cidr {
+            if !self.cluster_cidr.contains(&p) {
+                return Err(invalid("pod_cidr", p, &format!("a CIDR inside cluster_cidr {}", self.cluster_cidr)));
+            }
+            if p.prefix_len() > 30 {
+                return Err(invalid("pod_cidr", p, "a prefix of /30 or shorter"));
+            }
+        }
+        if !(100..=60_000).contains(&self.source.poll_interval_ms) {
+            return Err(invalid("source.poll_interval_ms", self.source.poll_interval_ms, "100..=60000"));
+        }
+        if self.cni.network_name.is_empty()
+            || !self.cni.network_name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(invalid("cni.network_name", &self.cni.network_name, "letters, digits, '_', '.', '-'"));
+        }
+        if let Some(m) = self.cni.mtu {
+            if !(576..=65535).contains(&m) {
+                return Err(invalid("cni.mtu", m, "576..=65535"));
+            }
+        }
+        for (i, p) in self.cni.chain.iter().enumerate() {
+            if p.get("type").and_then(|t| t.as_str()).is_none() {
+                return Err(invalid(&format!("cni.chain[{i}]"), p, "a CNI plugin config object with a \"type\""));
+            }
+        }
+        Ok(())
+    }
+}
