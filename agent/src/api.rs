@@ -1,0 +1,40 @@
+//! The agent's local API: one JSON request per line on a root-only unix socket, one JSON
+//! response per line. Small on purpose: the CLI and the lab are its only clients.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::status::AgentStatus;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "get", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    Status(Box<AgentStatus>),
+    Error(String),
+}
+
+pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot reach the sluice agent at {} (is `sluice agent` running? set --socket or SLUICE_SOCKET_PATH)",
+            socket.display()
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).await?;
+    let mut resp = String::new();
+    BufReader::new(r).read_line(&mut resp).await?;
+    serde_json::from_str(&resp).with_context(|| format!("agent sent an unreadable response: {resp:?}"))
+}

@@ -1,0 +1,10 @@
+//! One module per CLI command; each returns anyhow errors that name what failed and how to fix it.
+
+pub mod agent;
+pub mod cleanup;
+pub mod status;
+
+/// A small runtime for the short-lived CLI commands.
+pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f))
+}

@@ -1,0 +1,17 @@
+use std::path::Path;
+
+use crate::api::{call, Request, Response};
+use crate::Output;
+
+pub fn run(socket: &Path, out: Output) -> anyhow::Result<()> {
+    match super::block_on(call(socket, &Request::Status))?? {
+        Response::Status(s) => {
+            match out {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Output::Table => print!("{}", crate::status::render(&s)),
+            }
+            Ok(())
+        }
+        Response::Error(e) => anyhow::bail!("agent refused the request: {e}"),
+    }
+}

@@ -1,0 +1,55 @@
+//! The CNI conflist the agent installs for its node.
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use sluice_config::Config;
+
+/// cniVersion 1.0.0: the newest the container runtimes here accept (libcni 1.1).
+pub fn render_conflist(cfg: &Config, pod_cidr: Ipv4Net) -> Value {
+    let mut main = json!({
+        "type": "sluice-cni",
+        "subnet": pod_cidr.to_string(),
+        "dataDir": cfg.cni.data_dir.display().to_string(),
+    });
+    if let Some(mtu) = cfg.cni.mtu {
+        main["mtu"] = json!(mtu);
+    }
+    let mut plugins = vec![main];
+    plugins.extend(cfg.cni.chain.iter().cloned());
+    json!({ "cniVersion": "1.0.0", "name": cfg.cni.network_name, "plugins": plugins })
+}
+
+/// Write atomically, and only when the content changed (runtimes watch this directory).
+pub fn write_if_changed(cfg: &Config, pod_cidr: Ipv4Net) -> anyhow::Result<()> {
+    let path = &cfg.cni.conflist_path;
+    let text = serde_json::to_string_pretty(&render_conflist(cfg, pod_cidr))? + "\n";
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating CNI config dir {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("installing CNI conflist {}", path.display()))?;
+    tracing::info!(path = %path.display(), %pod_cidr, "CNI conflist written");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflist_has_subnet_and_chain() {
+        let mut cfg = sluice_config::from_yaml_str("node_name: n\ncni:\n  chain: [{type: portmap, capabilities: {portMappings: true}}]\n")
+            .expect("cfg");
+        cfg.cni.mtu = Some(1400);
+        let c = render_conflist(&cfg, "10.244.1.0/24".parse().expect("net"));
+        assert_eq!(c["plugins"][0]["subnet"], "10.244.1.0/24");
+        assert_eq!(c["plugins"][0]["mtu"], 1400);
+        assert_eq!(c["plugins"][1]["type"], "portmap");
+        assert_eq!(c["cniVersion"], "1.0.0");
+    }
+}

@@ -1,0 +1,186 @@
+//! `sluice agent`: the node daemon. Wires the source, the core model and the backends:
+//! read source -> translate -> reconcile routes, masquerade, CNI conflist -> publish status.
+//!
+//! Restart safety: nothing is flushed at start. Routes and rules are read back and corrected;
+//! stale ones are removed only once the source has synced.
+
+mod cni_conf;
+mod server;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use sluice_config::{Config, IptablesVariant};
+use sluice_core::{desired_pod_routes, LocalEndpoint};
+use sluice_iptables::render::{masquerade_batch, MasqueradeSpec, POSTROUTING_CHAIN};
+use sluice_iptables::{save, Iptables, RouteManager, Variant};
+use tokio::sync::RwLock;
+
+use crate::source::manifests::ManifestDir;
+use crate::source::translate::translate;
+use crate::status::{AgentStatus, SourceStatus};
+
+/// How often iptables state is re-verified even when nothing changed (full resync).
+const FULL_RESYNC: Duration = Duration::from_secs(30);
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let status = Arc::new(RwLock::new(AgentStatus {
+        node: cfg.node_name.clone(),
+        cluster_cidr: cfg.cluster_cidr.to_string(),
+        started_unix: now_unix(),
+        ..Default::default()
+    }));
+    let listener = server::bind(&cfg.socket_path)?;
+    tokio::spawn(server::serve(listener, status.clone()));
+    tracing::info!(node = %cfg.node_name, socket = %cfg.socket_path.display(), "sluice agent started");
+
+    // Pods route through the node: forwarding is a precondition of pod networking.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")?;
+
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink socket")?;
+    tokio::spawn(conn);
+    let routes = RouteManager::new(handle);
+    let ipt = match cfg.iptables.variant {
+        IptablesVariant::Auto => tokio::task::spawn_blocking(Iptables::detect).await?,
+        IptablesVariant::Nft => Iptables { variant: Variant::Nft },
+        IptablesVariant::Legacy => Iptables { variant: Variant::Legacy },
+    };
+    let mut source = ManifestDir::new(cfg.source.manifests_dir.clone());
+    let mut synced = false;
+    let mut masq_applied: Option<(MasqueradeSpec, std::time::Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let (objects, file_errors) = source.read();
+        let mut errors = Vec::new();
+        let src_status = SourceStatus {
+            kind: "manifests".into(),
+            location: cfg.source.manifests_dir.display().to_string(),
+            synced: synced || (objects.is_some() && file_errors.is_empty()),
+            objects: objects.as_ref().map(|o| o.count()).unwrap_or(0),
+            last_sync_unix: now_unix(),
+            errors: file_errors.iter().map(|e| format!("{}: {}", e.path.display(), e.message)).collect(),
+        };
+        synced = src_status.synced;
+        let Some(objects) = objects else {
+            status.write().await.source = src_status;
+            continue;
+        };
+        let state = translate(&objects);
+        let me = state.node(&cfg.node_name).cloned();
+        let pod_cidr = cfg.pod_cidr.or(me.as_ref().and_then(|n| n.pod_cidr));
+
+        let desired = desired_pod_routes(&cfg.node_name, state.nodes.values());
+        let observed = match routes.reconcile(&desired, synced).await {
+            Ok(diff) => {
+                for r in &diff.add {
+                    tracing::info!(dst = %r.dst, via = %r.via, "route added");
+                }
+                for r in &diff.remove {
+                    tracing::info!(dst = %r.dst, via = %r.via, "stale route removed");
+                }
+                routes.observed().await.unwrap_or_default()
+            }
+            Err(e) => {
+                errors.push(e.to_string());
+                BTreeSet::new()
+            }
+        };
+
+        let mut conflist = None;
+        let mut masquerade = "off (masquerade: false)".to_string();
+        if let Some(cidr) = pod_cidr {
+            if !cfg.cni.conflist_path.as_os_str().is_empty() {
+                match cni_conf::write_if_changed(&cfg, cidr) {
+                    Ok(()) => conflist = Some(cfg.cni.conflist_path.display().to_string()),
+                    Err(e) => errors.push(format!("{e:#}")),
+                }
+            }
+            if cfg.masquerade {
+                let spec = MasqueradeSpec { pod_cidr: cidr, cluster_cidr: cfg.cluster_cidr };
+                let fresh = masq_applied.as_ref().is_some_and(|(s, at)| *s == spec && at.elapsed() < FULL_RESYNC);
+                if !fresh {
+                    match apply_masquerade(ipt, spec.clone()).await {
+                        Ok(()) => masq_applied = Some((spec, std::time::Instant::now())),
+                        Err(e) => errors.push(format!("{e:#}")),
+                    }
+                }
+                masquerade = format!("{cidr} -> outside {} (iptables {}, chain {POSTROUTING_CHAIN})", cfg.cluster_cidr, ipt.variant.as_str());
+            }
+        } else {
+            masquerade = "waiting for pod CIDR".into();
+        }
+
+        let local_endpoints = match pod_cidr {
+            Some(cidr) => local_endpoints(&cfg, cidr).unwrap_or_else(|e| {
+                errors.push(e.to_string());
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let mut st = status.write().await;
+        st.source = src_status;
+        st.pod_cidr = pod_cidr.map(|c| c.to_string());
+        st.underlay_ip = me.and_then(|n| n.internal_ip).map(|i| i.to_string());
+        st.conflist = conflist;
+        st.routes = observed.into_iter().collect();
+        st.masquerade = masquerade;
+        st.iptables_variant = ipt.variant.as_str().into();
+        st.local_endpoints = local_endpoints;
+        st.services = state.services.len();
+        st.rejected = state.rejected;
+        for e in &errors {
+            if !st.errors.contains(e) {
+                tracing::warn!(error = %e, "reconcile problem");
+            }
+        }
+        st.errors = errors;
+    }
+    let _ = std::fs::remove_file(&cfg.socket_path);
+    tracing::info!("sluice agent stopped; kernel state left in place for the next start");
+    Ok(())
+}
+
+async fn apply_masquerade(ipt: Iptables, spec: MasqueradeSpec) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let nat = ipt.save("nat")?;
+        let hooked = save::has_hook(&nat, "POSTROUTING", POSTROUTING_CHAIN);
+        ipt.restore("nat", &masquerade_batch(&spec, hooked))?;
+        Ok(())
+    })
+    .await?
+}
+
+/// This node's pod interfaces, from the CNI plugin's IPAM store (the source of truth for what
+/// is wired on this node).
+fn local_endpoints(cfg: &Config, cidr: ipnet::Ipv4Net) -> Result<Vec<LocalEndpoint>, sluice_cni::CniError> {
+    let gw = sluice_cni::spec::first_host(cidr);
+    let store = sluice_cni::ipam::Store::new(&cfg.cni.data_dir, &cfg.cni.network_name, cidr, gw);
+    if !store.dir().exists() {
+        return Ok(Vec::new());
+    }
+    let list = store.lock()?.list()?;
+    Ok(list
+        .into_iter()
+        .filter(|a| a.state == sluice_cni::ipam::AllocState::Ready)
+        .map(|a| LocalEndpoint {
+            container_id: a.container_id,
+            ifname: a.ifname,
+            ip: a.ip,
+            host_interface: a.host_ifname,
+            pod_namespace: a.pod_namespace,
+            pod_name: a.pod_name,
+        })
+        .collect())
+}

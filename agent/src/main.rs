@@ -1,0 +1,65 @@
+//! `sluice`: the node agent (`sluice agent`) and the operator CLI in one binary.
+
+mod api;
+mod cli;
+mod daemon;
+mod source;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "sluice: Kubernetes pod networking and service dataplane (eBPF or iptables, chosen per feature)",
+    long_about = "sluice: Kubernetes pod networking and service dataplane.\n\n\
+Run `sluice agent --config FILE` on every node; the other commands talk to that node's agent over\n\
+its root-only unix socket (default /run/sluice/sluice.sock; override with --socket or SLUICE_SOCKET_PATH).\n\n\
+Examples:\n  sluice agent --config /etc/sluice/config.yaml --node-name node-1\n  sluice status\n  sluice status -o json\n  sluice cleanup"
+)]
+struct Cli {
+    /// The agent's socket.
+    #[arg(long, global = true, env = "SLUICE_SOCKET_PATH", default_value = "/run/sluice/sluice.sock")]
+    socket: PathBuf,
+    /// Output format of commands that print tables.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node agent (foreground; stop with SIGTERM — kernel state stays for the next start).
+    Agent(cli::agent::AgentArgs),
+    /// Show this node's agent: node, pod CIDR, source sync, routes, local endpoints.
+    Status,
+    /// Remove every kernel object sluice owns on this node (sluice iptables chains and hooks,
+    /// sluice routes). Pod interfaces are left to the runtime. Safe to run twice.
+    Cleanup,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Agent(args) => cli::agent::run(args),
+        Cmd::Status => cli::status::run(&cli.socket, cli.output),
+        Cmd::Cleanup => cli::cleanup::run(cli.output),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

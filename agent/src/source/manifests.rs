@@ -1,0 +1,151 @@
+//! The standalone source: a directory of Kubernetes YAML or JSON, as a cluster would serve it.
+//! Read whole on every poll; a file that fails to parse is reported with its path and the
+//! previous good content of that file is kept, so one bad edit never empties the cluster.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::Objects;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Parse one file's documents into JSON values (multi-document YAML, JSON, and `kind: List`).
+pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
+    let docs: Vec<Value> = if path.extension().is_some_and(|e| e == "json") {
+        vec![serde_json::from_str(text).map_err(|e| e.to_string())?]
+    } else {
+        serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?
+    };
+    let mut out = Vec::new();
+    for d in docs {
+        if d.is_null() {
+            continue;
+        }
+        if d.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) {
+            out.extend(d.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+        } else {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Sort documents into typed objects. Kinds sluice does not use are ignored; a known kind
+/// that does not decode is an error naming the object.
+pub fn classify(docs: Vec<Value>, into: &mut Objects) -> Result<(), String> {
+    for d in docs {
+        let kind = d.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string();
+        let err = |e: serde_json::Error| format!("{kind} {name}: {e}");
+        match kind.as_str() {
+            "Node" => into.nodes.push(serde_json::from_value(d).map_err(err)?),
+            "Pod" => into.pods.push(serde_json::from_value(d).map_err(err)?),
+            "Service" => into.services.push(serde_json::from_value(d).map_err(err)?),
+            "EndpointSlice" => into.endpoint_slices.push(serde_json::from_value(d).map_err(err)?),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Re-reads a manifest directory, remembering the last good parse of each file.
+#[derive(Debug, Default)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    good: BTreeMap<PathBuf, Vec<Value>>,
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json") {
+            out.push(p);
+        }
+    }
+}
+
+impl ManifestDir {
+    pub fn new(dir: PathBuf) -> Self {
+        ManifestDir { dir, good: BTreeMap::new() }
+    }
+
+    /// Read everything; returns the objects and the per-file errors. A missing directory is
+    /// an error (the source is not in sync), never an empty cluster.
+    pub fn read(&mut self) -> (Option<Objects>, Vec<FileError>) {
+        if !self.dir.is_dir() {
+            let e = FileError { path: self.dir.clone(), message: "manifest directory does not exist".into() };
+            return (None, vec![e]);
+        }
+        let mut files = Vec::new();
+        walk(&self.dir, &mut files);
+        files.sort();
+        let mut errors = Vec::new();
+        self.good.retain(|p, _| files.contains(p));
+        for f in &files {
+            let parsed = std::fs::read_to_string(f).map_err(|e| e.to_string()).and_then(|t| parse_documents(f, &t));
+            match parsed.and_then(|docs| classify(docs.clone(), &mut Objects::default()).map(|_| docs)) {
+                Ok(docs) => {
+                    self.good.insert(f.clone(), docs);
+                }
+                Err(message) => errors.push(FileError { path: f.clone(), message }),
+            }
+        }
+        let mut objects = Objects::default();
+        for docs in self.good.values() {
+            // Already validated above; classification cannot fail here.
+            let _ = classify(docs.clone(), &mut objects);
+        }
+        (Some(objects), errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_doc_yaml_and_lists() {
+        let text = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, namespace: default}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: ignored}\n";
+        let docs = parse_documents(Path::new("x.yaml"), text).expect("parse");
+        assert_eq!(docs.len(), 3);
+        let mut o = Objects::default();
+        classify(docs, &mut o).expect("classify");
+        assert_eq!((o.nodes.len(), o.pods.len()), (1, 1));
+    }
+
+    #[test]
+    fn bad_file_keeps_previous_content() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("n.yaml");
+        std::fs::write(&f, "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n").expect("write");
+        let mut m = ManifestDir::new(dir.path().into());
+        let (o, e) = m.read();
+        assert!(e.is_empty());
+        assert_eq!(o.expect("objects").nodes.len(), 1);
+        std::fs::write(&f, "kind: Node\nmetadata: [broken").expect("write");
+        let (o, e) = m.read();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].path, f);
+        assert_eq!(o.expect("objects").nodes.len(), 1, "last good content kept");
+        std::fs::write(&f, "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: notanumber}]}\n").expect("write");
+        let (_, e) = m.read();
+        assert!(e[0].message.contains("Service s"), "{:?}", e);
+    }
+
+    #[test]
+    fn missing_dir_is_not_empty_cluster() {
+        let mut m = ManifestDir::new("/nonexistent/sluice-test".into());
+        let (o, e) = m.read();
+        assert!(o.is_none());
+        assert_eq!(e.len(), 1);
+    }
+}

@@ -1,0 +1,23 @@
+//! Sources of cluster state. Each produces Kubernetes objects; [`translate`] turns them into
+//! the core model. Only the agent sees Kubernetes types.
+
+pub mod manifests;
+pub mod translate;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The objects a source has seen, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+}
+
+impl Objects {
+    pub fn count(&self) -> usize {
+        self.nodes.len() + self.pods.len() + self.services.len() + self.endpoint_slices.len()
+    }
+}

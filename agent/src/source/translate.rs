@@ -1,0 +1,225 @@
+//! Kubernetes objects -> core model. Pure: both the manifest source and (later) the
+//! Kubernetes watcher feed this one function, so they cannot disagree.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service as K8sService, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sluice_core::model::Rejected;
+use sluice_core::{Backend, BackendState, ClusterState, Frontend, FrontendKind, NodeInfo, PodInfo, Protocol, Service, ServiceName};
+
+use super::Objects;
+
+pub fn translate(o: &Objects) -> ClusterState {
+    let mut st = ClusterState::default();
+    for n in &o.nodes {
+        let info = node(n);
+        st.nodes.insert(info.name.clone(), info);
+    }
+    st.pods = o.pods.iter().map(pod).collect();
+    for s in &o.services {
+        match service(s, &o.endpoint_slices, &o.pods) {
+            Ok(Some(svc)) => st.services.push(svc),
+            Ok(None) => {}
+            Err(reason) => st.rejected.push(Rejected { object: format!("Service {}", name_of(s)), reason }),
+        }
+    }
+    st.services.sort_by(|a, b| a.name.cmp(&b.name));
+    st
+}
+
+fn name_of(s: &K8sService) -> String {
+    format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or("default"), s.metadata.name.as_deref().unwrap_or(""))
+}
+
+fn node(n: &Node) -> NodeInfo {
+    let internal_ip = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .and_then(|a| a.address.parse().ok());
+    let pod_cidr = n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).and_then(|c| c.parse().ok());
+    NodeInfo { name: n.metadata.name.clone().unwrap_or_default(), internal_ip, pod_cidr }
+}
+
+fn pod(p: &Pod) -> PodInfo {
+    let status = p.status.as_ref();
+    // A Pod written by hand has no status; treat it as ready, as a freshly started pod would be.
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status == "True")
+        .unwrap_or(true);
+    PodInfo {
+        namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ip: status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok()),
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ready,
+    }
+}
+
+fn protocol(p: Option<&String>) -> Result<Protocol, String> {
+    match p.map(String::as_str).unwrap_or("TCP") {
+        "TCP" => Ok(Protocol::Tcp),
+        "UDP" => Ok(Protocol::Udp),
+        "SCTP" => Ok(Protocol::Sctp),
+        other => Err(format!("protocol {other:?} is not one of TCP, UDP, SCTP")),
+    }
+}
+
+fn port_u16(v: i32, what: &str) -> Result<u16, String> {
+    u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| format!("{what} {v} is outside 1-65535"))
+}
+
+/// `Ok(None)` for services sluice does not proxy (headless, ExternalName).
+fn service(s: &K8sService, slices: &[EndpointSlice], pods: &[Pod]) -> Result<Option<Service>, String> {
+    let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = s.metadata.name.clone().ok_or("metadata.name is missing")?;
+    let spec = s.spec.as_ref().ok_or("spec is missing")?;
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if ty == "ExternalName" {
+        return Ok(None);
+    }
+    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
+    if cluster_ip == "None" {
+        return Ok(None);
+    }
+    let vip: Option<IpAddr> = match cluster_ip {
+        "" => None,
+        ip => Some(ip.parse().map_err(|_| format!("spec.clusterIP {ip:?} is not an IP address"))?),
+    };
+    let mut frontends = Vec::new();
+    let ports: &[ServicePort] = spec.ports.as_deref().unwrap_or(&[]);
+    for p in ports {
+        let port = port_u16(p.port, "port")?;
+        let proto = protocol(p.protocol.as_ref())?;
+        let port_name = p.name.clone().unwrap_or_default();
+        let target_port = match &p.target_port {
+            None => port,
+            Some(IntOrString::Int(i)) => port_u16(*i, "targetPort")?,
+            Some(IntOrString::String(_)) => 0, // resolved per backend from the pod's named port
+        };
+        let fe = |kind, ip, port| Frontend { kind, ip, port, protocol: proto, port_name: port_name.clone(), target_port };
+        if let Some(ip) = vip {
+            frontends.push(fe(FrontendKind::ClusterIp, Some(ip), port));
+        }
+        if matches!(ty, "NodePort" | "LoadBalancer") {
+            if let Some(np) = p.node_port {
+                frontends.push(fe(FrontendKind::NodePort, None, port_u16(np, "nodePort")?));
+            }
+        }
+        for ip in spec.external_ips.iter().flatten() {
+            let ip = ip.parse().map_err(|_| format!("spec.externalIPs entry {ip:?} is not an IP address"))?;
+            frontends.push(fe(FrontendKind::ExternalIp, Some(ip), port));
+        }
+        if ty == "LoadBalancer" {
+            let ingress = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+            for ing in ingress.into_iter().flatten() {
+                if let Some(ip) = &ing.ip {
+                    let ip = ip.parse().map_err(|_| format!("status.loadBalancer.ingress ip {ip:?} is not an IP address"))?;
+                    frontends.push(fe(FrontendKind::LoadBalancer, Some(ip), port));
+                }
+            }
+        }
+    }
+    let svc_name = ServiceName { namespace: ns.clone(), name: name.clone() };
+    let own_slices: Vec<&EndpointSlice> = slices
+        .iter()
+        .filter(|sl| {
+            sl.metadata.namespace.as_deref().unwrap_or("default") == ns
+                && sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name)
+        })
+        .collect();
+    let backends = if own_slices.is_empty() {
+        match &spec.selector {
+            Some(sel) if !sel.is_empty() => backends_from_selector(&ns, sel, ports, pods)?,
+            _ => Vec::new(),
+        }
+    } else {
+        backends_from_slices(&own_slices)?
+    };
+    Ok(Some(Service { name: svc_name, frontends, backends }))
+}
+
+fn backends_from_slices(slices: &[&EndpointSlice]) -> Result<Vec<Backend>, String> {
+    let mut out = Vec::new();
+    for sl in slices {
+        for ep in &sl.endpoints {
+            let c = ep.conditions.as_ref();
+            // EndpointSlice semantics: unset `ready` means ready; terminating implies not ready.
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let state = if terminating && serving {
+                BackendState::Terminating
+            } else if ready && !terminating {
+                BackendState::Active
+            } else {
+                BackendState::NotReady
+            };
+            for addr in &ep.addresses {
+                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
+                for p in sl.ports.iter().flatten() {
+                    let Some(port) = p.port else { continue };
+                    out.push(Backend {
+                        ip,
+                        port: port_u16(port, "EndpointSlice port")?,
+                        port_name: p.name.clone().unwrap_or_default(),
+                        protocol: protocol(p.protocol.as_ref())?,
+                        state,
+                        node: ep.node_name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the EndpointSlice controller would produce for a selector.
+fn backends_from_selector(
+    ns: &str,
+    sel: &BTreeMap<String, String>,
+    ports: &[ServicePort],
+    pods: &[Pod],
+) -> Result<Vec<Backend>, String> {
+    let mut out = Vec::new();
+    for p in pods {
+        let info = pod(p);
+        let matches = info.namespace == ns && sel.iter().all(|(k, v)| info.labels.get(k) == Some(v));
+        let Some(ip) = info.ip.filter(|_| matches) else { continue };
+        for sp in ports {
+            let target = match &sp.target_port {
+                None => Some(sp.port),
+                Some(IntOrString::Int(i)) => Some(*i),
+                Some(IntOrString::String(named)) => p
+                    .spec
+                    .as_ref()
+                    .into_iter()
+                    .flat_map(|s| s.containers.iter())
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .find(|cp| cp.name.as_deref() == Some(named.as_str()))
+                    .map(|cp| cp.container_port),
+            };
+            let Some(target) = target else { continue };
+            out.push(Backend {
+                ip,
+                port: port_u16(target, "targetPort")?,
+                port_name: sp.name.clone().unwrap_or_default(),
+                protocol: protocol(sp.protocol.as_ref())?,
+                state: if info.ready { BackendState::Active } else { BackendState::NotReady },
+                node: info.node.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "translate_tests.rs"]
+mod tests;

@@ -1,0 +1,105 @@
+use super::*;
+use crate::source::manifests::{classify, parse_documents};
+
+fn objects(yaml: &str) -> Objects {
+    let mut o = Objects::default();
+    classify(parse_documents(std::path::Path::new("t.yaml"), yaml).expect("yaml"), &mut o).expect("classify");
+    o
+}
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 198.51.100.11}, {type: Hostname, address: node-1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, namespace: default, labels: {app: web}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 10.244.1.2, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-b, namespace: default, labels: {app: web}}
+spec:
+  nodeName: node-2
+  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 10.244.2.2, conditions: [{type: Ready, status: "False"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  externalIPs: [203.0.113.10]
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: default}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+"#;
+
+#[test]
+fn nodes_and_pods() {
+    let st = translate(&objects(CLUSTER));
+    let n = st.node("node-1").expect("node");
+    assert_eq!(n.internal_ip.map(|i| i.to_string()).as_deref(), Some("198.51.100.11"));
+    assert_eq!(n.pod_cidr.map(|c| c.to_string()).as_deref(), Some("10.244.1.0/24"));
+    assert_eq!(st.pods.len(), 2);
+    assert!(!st.pods[1].ready);
+}
+
+#[test]
+fn service_frontends_and_selector_backends() {
+    let st = translate(&objects(CLUSTER));
+    assert_eq!(st.services.len(), 1, "headless skipped");
+    let s = &st.services[0];
+    let kinds: Vec<_> = s.frontends.iter().map(|f| (f.kind, f.port)).collect();
+    assert_eq!(kinds, [(FrontendKind::ClusterIp, 80), (FrontendKind::NodePort, 30080), (FrontendKind::ExternalIp, 80)]);
+    assert_eq!(s.backends.len(), 2);
+    assert_eq!(s.backends[0].port, 8080, "named targetPort resolved");
+    assert_eq!(s.backends[0].state, BackendState::Active);
+    assert_eq!(s.backends[1].state, BackendState::NotReady);
+}
+
+#[test]
+fn endpoint_slices_win_over_selector() {
+    let yaml = format!(
+        "{CLUSTER}---\n{}",
+        r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 9090, protocol: TCP}]
+endpoints:
+- addresses: [10.244.3.7]
+  conditions: {ready: false, serving: true, terminating: true}
+  nodeName: node-3
+"#
+    );
+    let st = translate(&objects(&yaml));
+    let b = &st.services[0].backends;
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].ip.to_string(), "10.244.3.7");
+    assert_eq!(b[0].state, BackendState::Terminating);
+}
+
+#[test]
+fn invalid_service_is_rejected_alone() {
+    let yaml = format!(
+        "{CLUSTER}---\n{}",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: default}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 70000}]}\n"
+    );
+    let st = translate(&objects(&yaml));
+    assert_eq!(st.services.len(), 1);
+    assert_eq!(st.rejected.len(), 1);
+    assert_eq!(st.rejected[0].object, "Service default/bad");
+    assert!(st.rejected[0].reason.contains("70000"));
+}

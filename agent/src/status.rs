@@ -1,0 +1,85 @@
+//! What `sluice status` shows: the agent's view of its node, source and kernel objects.
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde::{Deserialize, Serialize};
+use sluice_core::model::Rejected;
+use sluice_core::{LocalEndpoint, PodRoute};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub kind: String,
+    pub location: String,
+    /// True once a complete read succeeded; nothing is pruned before that.
+    pub synced: bool,
+    pub objects: usize,
+    pub last_sync_unix: u64,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node: String,
+    pub pod_cidr: Option<String>,
+    pub cluster_cidr: String,
+    pub underlay_ip: Option<String>,
+    pub source: SourceStatus,
+    pub conflist: Option<String>,
+    pub routes: Vec<PodRoute>,
+    pub masquerade: String,
+    pub iptables_variant: String,
+    pub local_endpoints: Vec<LocalEndpoint>,
+    pub services: usize,
+    pub rejected: Vec<Rejected>,
+    /// Problems the last reconcile hit (empty when healthy).
+    pub errors: Vec<String>,
+    pub started_unix: u64,
+}
+
+pub fn render(s: &AgentStatus) -> String {
+    let mut out = String::new();
+    let line = |k: &str, v: &str| format!("{k:<16}{v}\n");
+    out += &line("Node:", &s.node);
+    out += &line("Underlay IP:", s.underlay_ip.as_deref().unwrap_or("unknown (no InternalIP in Node object)"));
+    out += &line("Pod CIDR:", s.pod_cidr.as_deref().unwrap_or("waiting: no pod_cidr in config and none in the Node object"));
+    out += &line("Cluster CIDR:", &s.cluster_cidr);
+    let src = &s.source;
+    out += &line(
+        "Source:",
+        &format!(
+            "{} {} ({}, {} objects{})",
+            src.kind,
+            src.location,
+            if src.synced { "synced" } else { "NOT synced" },
+            src.objects,
+            if src.errors.is_empty() { String::new() } else { format!(", {} errors", src.errors.len()) }
+        ),
+    );
+    out += &line("CNI conflist:", s.conflist.as_deref().unwrap_or("not written"));
+    out += &line("Masquerade:", &s.masquerade);
+    out += &line("Services:", &s.services.to_string());
+    out += &line("Routes:", &format!("{} to other nodes' pod CIDRs", s.routes.len()));
+    for r in &s.routes {
+        out += &format!("  {} via {}\n", r.dst, r.via);
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(["POD", "IP", "INTERFACE", "CONTAINER"]);
+    for e in &s.local_endpoints {
+        let pod = match (&e.pod_namespace, &e.pod_name) {
+            (Some(ns), Some(n)) => format!("{ns}/{n}"),
+            _ => "-".into(),
+        };
+        let short: String = e.container_id.chars().take(12).collect();
+        t.add_row([pod, e.ip.to_string(), e.host_interface.clone(), short]);
+    }
+    out += &format!("Local endpoints: {}\n{t}\n", s.local_endpoints.len());
+    for e in &src.errors {
+        out += &format!("source error: {e}\n");
+    }
+    for r in &s.rejected {
+        out += &format!("rejected: {}: {}\n", r.object, r.reason);
+    }
+    for e in &s.errors {
+        out += &format!("error: {e}\n");
+    }
+    out
+}
