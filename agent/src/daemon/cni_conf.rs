@@ -43,7 +43,7 @@ mod tests {
 
     #[test]
     fn conflist_has_subnet_and_chain() {
-        let mut cfg = sluice_config::from_yaml_str("node_name: n\ncni:\n  chain: [{type: portmap, capabilities: {portMappings: true}}]\n")
+        let mut cfg = sluice_config::from_yaml_str("node_name: node-1\ncni:\n  chain: [{type: portmap, capabilities: {portMappings: true}}]\n")
             .expect("cfg");
         cfg.cni.mtu = Some(1400);
         let c = render_conflist(&cfg, "10.244.1.0/24".parse().expect("net"));
