@@ -1,0 +1,230 @@
+//! Pods, external hosts, exec and apply.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::{pod_manifest, Lab, UNDERLAY_NET};
+use crate::cnirun;
+use crate::proc;
+use crate::state::{ExternalRec, PodRec};
+use crate::topo;
+
+/// What `exec` runs in.
+#[derive(Debug, Clone)]
+pub struct ExecTarget {
+    pub netns: String,
+    pub env: Vec<(String, String)>,
+}
+
+fn valid_name(kind: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 30
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if !ok {
+        bail!("{kind} name {name:?} is invalid: 1-30 lowercase letters, digits or '-'");
+    }
+    Ok(())
+}
+
+impl Lab {
+    pub fn pod_add(&self, node: &str, name: &str, labels: BTreeMap<String, String>, serve: Option<u16>) -> anyhow::Result<PodRec> {
+        valid_name("pod", name)?;
+        let _l = self.lock()?;
+        let mut st = self.state()?;
+        if st.pods.iter().any(|p| p.name == name) {
+            bail!("pod {name} already exists (delete it with `sluice-lab pod del {name}`)");
+        }
+        let n = st.node(node)?.clone();
+        let netns = format!("{}pod-{name}", self.prefix());
+        let container_id = format!("lab-{}-{name}", self.name);
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID=uid-{name}"
+        );
+        topo::add_netns(&netns)?;
+        let inv = match self.invocation(&n, &container_id, &format!("/run/netns/{netns}"), args) {
+            Ok(i) => i,
+            Err(e) => {
+                topo::del_netns(&netns);
+                return Err(e);
+            }
+        };
+        let result = match cnirun::add(&inv) {
+            Ok(r) => r,
+            Err(e) => {
+                topo::del_netns(&netns);
+                return Err(e.context(format!("wiring pod {name} on {node} with sluice-cni")));
+            }
+        };
+        let ip = result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
+        let mut rec = PodRec {
+            name: name.into(),
+            node: node.into(),
+            netns: netns.clone(),
+            container_id,
+            ip,
+            labels,
+            serve_port: serve,
+            serve_pid: None,
+            cni_result: result,
+        };
+        if let Some(port) = serve {
+            let args = vec!["serve".into(), "--name".into(), name.into(), "--port".into(), port.to_string()];
+            let log = self.dir.join(format!("pod-{name}.log"));
+            rec.serve_pid = Some(proc::spawn_daemon(&netns, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?);
+        }
+        std::fs::write(self.manifests_dir().join("pods").join(format!("{name}.yaml")), pod_manifest(&rec))?;
+        st.pods.push(rec.clone());
+        st.save(&self.state_path())?;
+        if let Some(port) = serve {
+            wait_listening(&netns, port)?;
+        }
+        Ok(rec)
+    }
+
+    pub fn pod_del(&self, name: &str) -> anyhow::Result<()> {
+        let _l = self.lock()?;
+        let mut st = self.state()?;
+        let i = st.pods.iter().position(|p| p.name == name).with_context(|| format!("no pod {name:?} in this lab"))?;
+        let p = st.pods.remove(i);
+        if let Some(pid) = p.serve_pid {
+            proc::stop(pid, Duration::from_secs(3));
+        }
+        let _ = std::fs::remove_file(self.manifests_dir().join("pods").join(format!("{name}.yaml")));
+        let n = st.node(&p.node)?.clone();
+        let inv = self.invocation(&n, &p.container_id, &format!("/run/netns/{}", p.netns), String::new())?;
+        let res = cnirun::del(&inv, Some(&p.cni_result));
+        topo::del_netns(&p.netns);
+        st.save(&self.state_path())?;
+        res
+    }
+
+    pub fn external_add(&self, name: &str, serve: Option<u16>) -> anyhow::Result<ExternalRec> {
+        valid_name("external host", name)?;
+        let _l = self.lock()?;
+        let mut st = self.state()?;
+        if st.externals.iter().any(|e| e.name == name) {
+            bail!("external host {name} already exists");
+        }
+        let k = st.externals.len() as u32 + 1;
+        if k > 50 {
+            bail!("at most 50 external hosts per lab");
+        }
+        let rec = ExternalRec { name: name.into(), netns: format!("{}ext-{name}", self.prefix()), ip: format!("{UNDERLAY_NET}.{}", 200 + k) };
+        topo::add_netns(&rec.netns)?;
+        st.externals.push(rec.clone());
+        st.save(&self.state_path())?;
+        topo::plug(&st.underlay_netns, "br0", &format!("x{k}"), &rec.netns, &format!("{}/24", rec.ip))?;
+        if let Some(port) = serve {
+            let args = vec!["serve".into(), "--name".into(), name.into(), "--port".into(), port.to_string()];
+            let log = self.dir.join(format!("ext-{name}.log"));
+            let pid = proc::spawn_daemon(&rec.netns, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?;
+            st.extra_pids.push((pid, format!("echo server on external {name}")));
+            st.save(&self.state_path())?;
+            wait_listening(&rec.netns, port)?;
+        }
+        Ok(rec)
+    }
+
+    /// Resolve a node, pod or external host name to its namespace (and, for nodes, the env
+    /// that points `sluice` at that node's agent).
+    pub fn target(&self, name: &str) -> anyhow::Result<ExecTarget> {
+        let st = self.state()?;
+        let path = std::env::var("PATH").unwrap_or_default();
+        let mut env = vec![("PATH".to_string(), format!("{}:{path}", self.bin_dir.display()))];
+        if let Some(n) = st.nodes.iter().find(|n| n.name == name) {
+            env.push(("SLUICE_SOCKET_PATH".into(), n.dir.join("sluice.sock").display().to_string()));
+            return Ok(ExecTarget { netns: n.netns.clone(), env });
+        }
+        if let Some(p) = st.pods.iter().find(|p| p.name == name) {
+            return Ok(ExecTarget { netns: p.netns.clone(), env });
+        }
+        if let Some(e) = st.externals.iter().find(|e| e.name == name) {
+            return Ok(ExecTarget { netns: e.netns.clone(), env });
+        }
+        let all: Vec<&str> = st
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .chain(st.pods.iter().map(|p| p.name.as_str()))
+            .chain(st.externals.iter().map(|e| e.name.as_str()))
+            .collect();
+        bail!("no node, pod or external host named {name:?}; targets: {}", all.join(", "))
+    }
+
+    pub fn command(&self, target: &str, argv: &[String]) -> anyhow::Result<Command> {
+        let t = self.target(target)?;
+        let (prog, args) = argv.split_first().context("exec needs a command after --")?;
+        let mut cmd = Command::new(prog);
+        cmd.args(args);
+        for (k, v) in &t.env {
+            cmd.env(k, v);
+        }
+        proc::in_netns(&mut cmd, &t.netns)?;
+        Ok(cmd)
+    }
+
+    /// Run a command in a target and return its stdout (error with stderr on failure).
+    pub fn exec_output(&self, target: &str, argv: &[&str]) -> anyhow::Result<String> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let out = self.command(target, &argv)?.output()?;
+        if !out.status.success() {
+            bail!("`{}` on {target} failed ({}): {}{}", argv.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim(), String::from_utf8_lossy(&out.stdout).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Copy Kubernetes YAML into the standalone source every agent reads.
+    pub fn apply(&self, path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let dest = self.manifests_dir().join("applied");
+        if !dest.is_dir() {
+            bail!("no lab is up (missing {})", dest.display());
+        }
+        let mut files = Vec::new();
+        if path.is_dir() {
+            for e in std::fs::read_dir(path)? {
+                let p = e?.path();
+                if p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json") {
+                    files.push(p);
+                }
+            }
+        } else if path.is_file() {
+            files.push(path.to_path_buf());
+        } else {
+            bail!("{} is neither a file nor a directory", path.display());
+        }
+        let mut out = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            // Refuse what the agents could not parse, instead of letting them report it later.
+            serde_saphyr::from_multiple::<Value>(&text).with_context(|| format!("{} is not valid YAML", f.display()))?;
+            let name = f.file_name().context("file name")?;
+            let target = dest.join(name);
+            let tmp = dest.join(format!(".{}.tmp", name.to_string_lossy()));
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &target)?;
+            out.push(target);
+        }
+        Ok(out)
+    }
+}
+
+/// Wait until something listens on TCP `port` inside `netns` (the echo server started).
+fn wait_listening(netns: &str, port: u16) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let needle = format!(":{port:04X} ");
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(s) = proc::run_in(netns, "cat", &["/proc/net/tcp"]) {
+            if s.lines().any(|l| l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&needle)) && l.split_whitespace().nth(3) == Some("0A")) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("echo server in {netns} did not listen on port {port} within 10s")
+}

@@ -1,0 +1,11 @@
+//! sluice-lab: virtual clusters in network namespaces, for the demo, the end-to-end suites
+//! and the benchmarks. The binary is a thin CLI over [`lab::Lab`].
+
+pub mod cnirun;
+pub mod http;
+pub mod lab;
+pub mod proc;
+pub mod state;
+pub mod topo;
+
+pub use lab::Lab;

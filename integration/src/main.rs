@@ -1,0 +1,260 @@
+//! `sluice-lab`: a virtual sluice cluster from network namespaces.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde_json::json;
+use sluice_lab::lab::parse_labels;
+use sluice_lab::Lab;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-lab",
+    version,
+    about = "A virtual sluice cluster on one machine, built from network namespaces",
+    long_about = "A virtual sluice cluster on one machine, built from network namespaces.\n\n\
+Nodes, pods and external hosts are namespaces named sl-<lab>-*; nothing is added to the\n\
+machine's own network namespace. Needs root.\n\n\
+Example:\n  sluice-lab up --nodes 2\n  sluice-lab pod add node-1 a --serve 8080\n  sluice-lab pod add node-2 b\n  \
+sluice-lab exec b -- sluice-lab curl http://10.244.1.2:8080/\n  sluice-lab exec node-1 -- sluice status\n  sluice-lab down"
+)]
+struct Cli {
+    /// Lab name (several labs can be up at once).
+    #[arg(long, global = true, env = "SLUICE_LAB", default_value = "lab")]
+    lab: String,
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the underlay, N nodes and start one agent per node.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        nodes: u32,
+        /// Merge a YAML config file over a node's generated agent config (repeatable).
+        #[arg(long = "node-config", value_name = "NODE=FILE")]
+        node_config: Vec<String>,
+    },
+    /// Stop every lab process and delete every lab namespace (also after a crashed run).
+    Down,
+    /// Nodes (underlay IP, pod CIDR, agent state), pods and external hosts.
+    Status,
+    /// Pods: network namespaces wired by sluice-cni exactly as a runtime does.
+    #[command(subcommand)]
+    Pod(PodCmd),
+    /// Hosts outside the cluster, on the underlay.
+    #[command(subcommand)]
+    External(ExtCmd),
+    /// Run a command inside a node, pod or external host. On a node, `sluice` talks to that node's agent.
+    Exec {
+        target: String,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Apply Kubernetes YAML (file or directory) to the standalone source all agents read.
+    Apply { path: PathBuf },
+    /// Restart a node's agent (`--kill` sends SIGKILL, like a crash).
+    RestartAgent {
+        node: String,
+        #[arg(long)]
+        kill: bool,
+    },
+    /// HTTP GET a URL and print the body (a curl for lab hosts).
+    Curl {
+        url: String,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// Send one UDP datagram to IP:PORT and print the reply.
+    Udp {
+        addr: String,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// Run the echo server (what `pod add --serve` starts inside the pod).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum PodCmd {
+    /// Create pod NAME on NODE.
+    Add {
+        node: String,
+        name: String,
+        /// Pod labels, k=v,k2=v2.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Run an HTTP (and UDP) echo server on this port that answers with the pod name.
+        #[arg(long)]
+        serve: Option<u16>,
+    },
+    /// Delete a pod (CNI DEL through the whole chain, then its namespace).
+    Del { name: String },
+}
+
+#[derive(Subcommand)]
+enum ExtCmd {
+    /// Add an outside host on the underlay (198.51.100.201 and up).
+    Add {
+        name: String,
+        /// Run the echo server on this port (answers with the host name).
+        #[arg(long)]
+        serve: Option<u16>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<u8> {
+    let cli = Cli::parse();
+    let json_out = cli.output == Output::Json;
+    match cli.cmd {
+        Cmd::Serve { name, port } => sluice_lab::http::serve(&name, port).map(|_| 0),
+        Cmd::Curl { url, timeout_ms } => {
+            print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
+            Ok(0)
+        }
+        Cmd::Udp { addr, timeout_ms } => {
+            print!("{}", sluice_lab::http::udp(&addr, Duration::from_millis(timeout_ms))?);
+            Ok(0)
+        }
+        cmd => {
+            let lab = Lab::new(&cli.lab)?;
+            lab_cmd(&lab, cmd, json_out)
+        }
+    }
+}
+
+fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
+    match cmd {
+        Cmd::Up { nodes, node_config } => {
+            let mut cfgs = Vec::new();
+            for nc in node_config {
+                let (n, f) = nc.split_once('=').with_context(|| format!("--node-config {nc:?}: expected NODE=FILE"))?;
+                cfgs.push((n.to_string(), PathBuf::from(f)));
+            }
+            eprintln!("bringing up lab {:?} with {nodes} node(s)...", lab.name);
+            let st = match lab.up(nodes, &cfgs) {
+                Ok(st) => st,
+                Err(e) => {
+                    eprintln!("up failed; removing what was made");
+                    let _ = lab.down();
+                    return Err(e);
+                }
+            };
+            for n in &st.nodes {
+                eprintln!("  {}: underlay {} pod CIDR {} agent pid {}", n.name, n.underlay_ip, n.pod_cidr, n.agent_pid.unwrap_or(0));
+            }
+            eprintln!("lab {:?} is up; try `sluice-lab status`", lab.name);
+        }
+        Cmd::Down => println!("{}", lab.down()?),
+        Cmd::Status => status(lab, json_out)?,
+        Cmd::Pod(PodCmd::Add { node, name, labels, serve }) => {
+            let p = lab.pod_add(&node, &name, parse_labels(&labels)?, serve)?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!("pod {} on {}: {}{}", p.name, p.node, p.ip, serve.map(|s| format!(" (echo server on :{s})")).unwrap_or_default());
+            }
+        }
+        Cmd::Pod(PodCmd::Del { name }) => {
+            lab.pod_del(&name)?;
+            println!("pod {name} deleted");
+        }
+        Cmd::External(ExtCmd::Add { name, serve }) => {
+            let e = lab.external_add(&name, serve)?;
+            println!("external host {} at {}", e.name, e.ip);
+        }
+        Cmd::Exec { target, argv } => {
+            let status = lab.command(&target, &argv)?.status().with_context(|| format!("running {argv:?} on {target}"))?;
+            return Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1));
+        }
+        Cmd::Apply { path } => {
+            for f in lab.apply(&path)? {
+                println!("applied {}", f.display());
+            }
+        }
+        Cmd::RestartAgent { node, kill } => {
+            let pid = lab.restart_agent(&node, kill)?;
+            let st = lab.state()?;
+            lab.wait_agent_ready(st.node(&node)?, Duration::from_secs(30))?;
+            println!("agent on {node} restarted (pid {pid})");
+        }
+        Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Udp { .. } => unreachable!("handled before the lab is opened"),
+    }
+    Ok(0)
+}
+
+fn status(lab: &Lab, json_out: bool) -> anyhow::Result<()> {
+    let st = lab.state()?;
+    let mut nodes = Vec::new();
+    for n in &st.nodes {
+        let alive = n.agent_pid.is_some_and(sluice_lab::proc::alive);
+        let agent = lab.agent_status(n).ok();
+        let state = match (&agent, alive) {
+            (Some(a), _) if a["source"]["synced"] == true && a["errors"].as_array().is_some_and(|e| e.is_empty()) => "ready",
+            (Some(_), _) => "degraded",
+            (None, true) => "starting",
+            (None, false) => "down",
+        };
+        nodes.push(json!({
+            "name": n.name, "underlay_ip": n.underlay_ip, "pod_cidr": n.pod_cidr,
+            "agent": state, "agent_pid": n.agent_pid,
+            "local_endpoints": agent.as_ref().and_then(|a| a["local_endpoints"].as_array().map(Vec::len)),
+        }));
+    }
+    let pods: Vec<_> = st.pods.iter().map(|p| json!({"name": p.name, "node": p.node, "ip": p.ip, "labels": p.labels, "serve_port": p.serve_port})).collect();
+    let ext: Vec<_> = st.externals.iter().map(|e| json!({"name": e.name, "ip": e.ip})).collect();
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({"lab": st.name, "nodes": nodes, "pods": pods, "externals": ext}))?);
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(["NODE", "UNDERLAY IP", "POD CIDR", "AGENT", "PID", "ENDPOINTS"]);
+    for n in &nodes {
+        t.add_row([&n["name"], &n["underlay_ip"], &n["pod_cidr"], &n["agent"], &n["agent_pid"], &n["local_endpoints"]].map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
+    }
+    println!("lab {}\n{t}", st.name);
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(["POD", "NODE", "IP", "LABELS", "SERVES"]);
+    for p in &st.pods {
+        let labels: Vec<_> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        t.add_row([p.name.clone(), p.node.clone(), p.ip.clone(), labels.join(","), p.serve_port.map(|s| s.to_string()).unwrap_or_default()]);
+    }
+    println!("{t}");
+    if !st.externals.is_empty() {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED).set_header(["EXTERNAL", "IP"]);
+        for e in &st.externals {
+            t.add_row([e.name.clone(), e.ip.clone()]);
+        }
+        println!("{t}");
+    }
+    Ok(())
+}
