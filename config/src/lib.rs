@@ -24,7 +24,7 @@ pub enum ConfigError {
 }
 
 /// Environment variables with the `SLUICE_` prefix that are not configuration keys.
-const NON_CONFIG_ENV: &[&str] = &["LOG", "LAB_DIR"];
+const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "LAB", "LAB_DIR", "BIN_DIR", "SKIP_PRIVILEGED"];
 
 /// Load and validate: defaults <- file <- env <- `overrides` (flags, as a serializable value).
 pub fn load(file: Option<&Path>, overrides: Option<serde_json::Value>) -> Result<Config, ConfigError> {

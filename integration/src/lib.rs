@@ -1,6 +1,7 @@
 //! sluice-lab: virtual clusters in network namespaces, for the demo, the end-to-end suites
 //! and the benchmarks. The binary is a thin CLI over [`lab::Lab`].
 
+pub mod bench;
 pub mod cnirun;
 pub mod http;
 pub mod lab;

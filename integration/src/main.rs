@@ -83,6 +83,15 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    /// CNI ADD/DEL latency of sluice-cni vs ptp+host-local on node-1 (use `cargo xtask bench cni`).
+    #[command(hide = true)]
+    BenchCni {
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Also write the report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run the echo server (what `pod add --serve` starts inside the pod).
     #[command(hide = true)]
     Serve {
@@ -205,6 +214,19 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
             let st = lab.state()?;
             lab.wait_agent_ready(st.node(&node)?, Duration::from_secs(30))?;
             println!("agent on {node} restarted (pid {pid})");
+        }
+        Cmd::BenchCni { iterations, json } => {
+            let r = sluice_lab::bench::cni(lab, iterations)?;
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED).set_header(["PLUGIN", "ADD p50 ms", "ADD p99 ms", "DEL p50 ms", "DEL p99 ms"]);
+            for l in &r.results {
+                t.add_row([l.plugin.clone(), format!("{:.2}", l.add_p50_ms), format!("{:.2}", l.add_p99_ms), format!("{:.2}", l.del_p50_ms), format!("{:.2}", l.del_p99_ms)]);
+            }
+            println!("CNI latency, {} interleaved iterations each\n{t}", r.iterations);
+            println!("ADD p50: sluice-cni is {:.2}x the speed of ptp+host-local; DEL p50: {:.2}x", r.add_p50_speedup, r.del_p50_speedup);
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+            }
         }
         Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Udp { .. } => unreachable!("handled before the lab is opened"),
     }

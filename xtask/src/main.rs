@@ -1,0 +1,109 @@
+//! `cargo xtask`: the project's own automation. Every command installs the system packages it
+//! needs first, so a fresh machine needs nothing but the Rust toolchain.
+//!
+//!   cargo xtask setup          install system packages (apt) the project needs
+//!   cargo xtask demo           2-node lab, pods on both nodes, cross-node traffic, teardown
+//!   cargo xtask test           every test tier (unit, privileged, end-to-end)
+//!   cargo xtask bench cni      CNI ADD/DEL latency: sluice-cni vs the reference ptp+host-local
+
+mod bench;
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// Debian packages, and the command each provides (checked before installing anything).
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "/usr/sbin/ip"),
+    ("iptables", "/usr/sbin/iptables-nft-restore"),
+    ("containernetworking-plugins", "/usr/lib/cni/ptp"),
+    ("busybox-static", "/bin/busybox"),
+    ("podman", "/usr/bin/podman"),
+    ("runc", "/usr/sbin/runc"),
+    ("procps", "/usr/bin/ps"),
+];
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("demo") => setup().and_then(|_| demo::run()),
+        Some("test") => setup().and_then(|_| test(&args[1..])),
+        Some("bench") => setup().and_then(|_| bench::run(&args[1..])),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n  setup        install the system packages sluice needs (apt)\n  demo         bring up a 2-node lab, show cross-node pod traffic, tear down\n  test         run every test tier (needs root for the privileged and end-to-end tiers)\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins"
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, f)| !Path::new(f).exists()).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("missing system packages {missing:?}; run as root (or install them: apt-get install {})", missing.join(" "));
+    }
+    eprintln!("xtask: installing {} (apt-get)...", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+pub fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("the privileged and end-to-end tiers need root (network namespaces, netlink, iptables); run as root");
+    }
+    // Build every binary first: the privileged and lab tests run the real sluice, sluice-cni
+    // and sluice-lab executables.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    eprintln!("xtask: tier 1+2+3: unit, privileged (fresh namespaces) and end-to-end lab tests");
+    let bin_dir = root().join("target/debug");
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env("SLUICE_BIN_DIR", &bin_dir)
+        .env("RUST_BACKTRACE", "1"))?;
+    Ok(())
+}
