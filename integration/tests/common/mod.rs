@@ -1,0 +1,79 @@
+//! Shared helpers for the end-to-end suites: a lab that is torn down on drop, even when the
+//! test fails, and polling with a deadline instead of sleeps.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use sluice_lab::Lab;
+
+pub fn require_root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    if std::env::var_os("SLUICE_SKIP_PRIVILEGED").is_some() {
+        eprintln!("skipped: needs root (SLUICE_SKIP_PRIVILEGED set)");
+        return false;
+    }
+    panic!("end-to-end test needs root; run `cargo xtask test` as root or set SLUICE_SKIP_PRIVILEGED=1 to skip");
+}
+
+pub struct TestLab {
+    pub lab: Lab,
+}
+
+impl TestLab {
+    /// A fresh lab; a leftover of the same name from an earlier crashed run is removed first.
+    pub fn up(name: &str, nodes: u32, configs: &[(String, std::path::PathBuf)]) -> Self {
+        let lab = Lab::new(name).expect("lab name");
+        let _ = lab.down();
+        let t = TestLab { lab };
+        t.lab.up(nodes, configs).unwrap_or_else(|e| panic!("lab up: {e:#}"));
+        t
+    }
+
+    pub fn exec(&self, target: &str, argv: &[&str]) -> String {
+        self.lab.exec_output(target, argv).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn try_exec(&self, target: &str, argv: &[&str]) -> anyhow::Result<String> {
+        self.lab.exec_output(target, argv)
+    }
+
+    pub fn curl(&self, from: &str, url: &str) -> anyhow::Result<String> {
+        self.lab.exec_output(from, &["sluice-lab", "curl", "--timeout-ms", "2000", url]).map(|s| s.trim().to_string())
+    }
+
+    /// The agent's status, or `None` while it is (re)starting.
+    pub fn try_status(&self, node: &str) -> Option<serde_json::Value> {
+        let st = self.lab.state().ok()?;
+        self.lab.agent_status(st.node(node).ok()?).ok()
+    }
+
+    pub fn status(&self, node: &str) -> serde_json::Value {
+        let st = self.lab.state().expect("state");
+        self.lab.agent_status(st.node(node).expect("node")).expect("agent status")
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Err(e) = self.lab.down() {
+            eprintln!("lab down: {e:#}");
+        }
+    }
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
