@@ -84,6 +84,8 @@ impl Lab {
         if let Some(port) = serve {
             wait_listening(&netns, port)?;
         }
+        // Like a kubelet waiting for the pod to be reported: the node's agent lists it.
+        self.wait_endpoint(&n, &rec.ip, true)?;
         Ok(rec)
     }
 
@@ -101,7 +103,8 @@ impl Lab {
         let res = cnirun::del(&inv, Some(&p.cni_result));
         topo::del_netns(&p.netns);
         st.save(&self.state_path())?;
-        res
+        res?;
+        self.wait_endpoint(&n, &p.ip, false)
     }
 
     pub fn external_add(&self, name: &str, serve: Option<u16>) -> anyhow::Result<ExternalRec> {
@@ -211,6 +214,23 @@ impl Lab {
             out.push(target);
         }
         Ok(out)
+    }
+}
+
+impl Lab {
+    /// Wait until the node's agent reports (or no longer reports) an endpoint with `ip`.
+    fn wait_endpoint(&self, n: &crate::state::NodeRec, ip: &str, present: bool) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(s) = self.agent_status(n) {
+                let listed = s["local_endpoints"].as_array().is_some_and(|eps| eps.iter().any(|e| e["ip"] == ip));
+                if listed == present {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the agent on {} did not {} endpoint {ip} within 10s (is it running? see its agent.log)", n.name, if present { "report" } else { "drop" })
     }
 }
 

@@ -100,10 +100,38 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     eprintln!("xtask: tier 1+2+3: unit, privileged (fresh namespaces) and end-to-end lab tests");
     let bin_dir = root().join("target/debug");
-    run(cargo()
-        .args(["test", "--workspace"])
+    // Doc tests are skipped (there are none); the summary line below totals every binary.
+    let mut child = cargo()
+        .args(["test", "--workspace", "--lib", "--bins", "--tests"])
         .args(extra)
         .env("SLUICE_BIN_DIR", &bin_dir)
-        .env("RUST_BACKTRACE", "1"))?;
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let num = |key: &str| -> u64 {
+                    rest.split(';')
+                        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(key))
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                passed += num(" passed");
+                failed += num(" failed");
+                ignored += num(" ignored");
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut flags = serde_json::Map::new();
     if let Some(n) = args.node_name {
