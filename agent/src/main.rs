@@ -28,7 +28,12 @@ Examples:\n  sluice agent --config /etc/sluice/config.yaml --node-name node-1\n 
 )]
 struct Cli {
     /// The agent's socket.
-    #[arg(long, global = true, env = "SLUICE_SOCKET_PATH", default_value = "/run/sluice/sluice.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_SOCKET_PATH",
+        default_value = "/run/sluice/sluice.sock"
+    )]
     socket: PathBuf,
     /// Output format of commands that print tables.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]

@@ -1,6 +1,6 @@
 //! What `sluice status` shows: the agent's view of its node, source and kernel objects.
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 use sluice_core::model::Rejected;
 use sluice_core::{LocalEndpoint, PodRoute};
@@ -39,8 +39,18 @@ pub fn render(s: &AgentStatus) -> String {
     let mut out = String::new();
     let line = |k: &str, v: &str| format!("{k:<16}{v}\n");
     out += &line("Node:", &s.node);
-    out += &line("Underlay IP:", s.underlay_ip.as_deref().unwrap_or("unknown (no InternalIP in Node object)"));
-    out += &line("Pod CIDR:", s.pod_cidr.as_deref().unwrap_or("waiting: no pod_cidr in config and none in the Node object"));
+    out += &line(
+        "Underlay IP:",
+        s.underlay_ip
+            .as_deref()
+            .unwrap_or("unknown (no InternalIP in Node object)"),
+    );
+    out += &line(
+        "Pod CIDR:",
+        s.pod_cidr
+            .as_deref()
+            .unwrap_or("waiting: no pod_cidr in config and none in the Node object"),
+    );
     out += &line("Cluster CIDR:", &s.cluster_cidr);
     let src = &s.source;
     out += &line(
@@ -51,18 +61,29 @@ pub fn render(s: &AgentStatus) -> String {
             src.location,
             if src.synced { "synced" } else { "NOT synced" },
             src.objects,
-            if src.errors.is_empty() { String::new() } else { format!(", {} errors", src.errors.len()) }
+            if src.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", {} errors", src.errors.len())
+            }
         ),
     );
-    out += &line("CNI conflist:", s.conflist.as_deref().unwrap_or("not written"));
+    out += &line(
+        "CNI conflist:",
+        s.conflist.as_deref().unwrap_or("not written"),
+    );
     out += &line("Masquerade:", &s.masquerade);
     out += &line("Services:", &s.services.to_string());
-    out += &line("Routes:", &format!("{} to other nodes' pod CIDRs", s.routes.len()));
+    out += &line(
+        "Routes:",
+        &format!("{} to other nodes' pod CIDRs", s.routes.len()),
+    );
     for r in &s.routes {
         out += &format!("  {} via {}\n", r.dst, r.via);
     }
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(["POD", "IP", "INTERFACE", "CONTAINER"]);
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["POD", "IP", "INTERFACE", "CONTAINER"]);
     for e in &s.local_endpoints {
         let pod = match (&e.pod_namespace, &e.pod_name) {
             (Some(ns), Some(n)) => format!("{ns}/{n}"),

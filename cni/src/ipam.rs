@@ -51,12 +51,16 @@ pub struct Allocation {
 
 impl Allocation {
     pub fn attachment(&self) -> Attachment {
-        Attachment { container_id: self.container_id.clone(), ifname: self.ifname.clone() }
+        Attachment {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
     }
 
     /// A pending record whose owner can no longer finish it.
     fn is_abandoned(&self, now: u64) -> bool {
-        self.state == AllocState::Pending && (!pid_alive(self.pid) || now.saturating_sub(self.created_unix) > PENDING_TTL_SECS)
+        self.state == AllocState::Pending
+            && (!pid_alive(self.pid) || now.saturating_sub(self.created_unix) > PENDING_TTL_SECS)
     }
 }
 
@@ -64,7 +68,9 @@ fn pid_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
-    let Ok(raw) = i32::try_from(pid) else { return false };
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
         Ok(()) => true,
         Err(e) => e == nix::errno::Errno::EPERM,
@@ -72,7 +78,10 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +104,12 @@ pub struct Request {
 
 impl Store {
     pub fn new(data_dir: &Path, network: &str, subnet: Ipv4Net, gateway: Ipv4Addr) -> Self {
-        Store { dir: data_dir.join(network), network: network.into(), subnet, gateway }
+        Store {
+            dir: data_dir.join(network),
+            network: network.into(),
+            subnet,
+            gateway,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -111,10 +125,21 @@ impl Store {
     pub fn lock(&self) -> Result<Locked<'_>, CniError> {
         fs::create_dir_all(&self.dir).map_err(self.err(&self.dir))?;
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(self.err(&path))?;
-        let flock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| CniError::Store { path: path.clone(), source: std::io::Error::from(errno) })?;
-        Ok(Locked { store: self, _lock: flock })
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(self.err(&path))?;
+        let flock =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| CniError::Store {
+                path: path.clone(),
+                source: std::io::Error::from(errno),
+            })?;
+        Ok(Locked {
+            store: self,
+            _lock: flock,
+        })
     }
 
     /// Addresses pods may get: the subnet's hosts minus the gateway.
@@ -139,7 +164,9 @@ impl Locked<'_> {
         for entry in fs::read_dir(dir).map_err(self.store.err(dir))? {
             let entry = entry.map_err(self.store.err(dir))?;
             let name = entry.file_name();
-            let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else { continue };
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
             out.push(self.read(ip)?);
         }
         out.sort_by_key(|a| a.ip);
@@ -156,7 +183,10 @@ impl Locked<'_> {
         // Write-then-rename: a crash leaves either the old record or the new one, never half.
         let path = self.path(a.ip);
         let tmp = self.store.dir.join(format!(".{}.tmp", a.ip));
-        let bytes = serde_json::to_vec(a).map_err(|source| CniError::StoreCorrupt { path: path.clone(), source })?;
+        let bytes = serde_json::to_vec(a).map_err(|source| CniError::StoreCorrupt {
+            path: path.clone(),
+            source,
+        })?;
         fs::write(&tmp, bytes).map_err(self.store.err(&tmp))?;
         fs::rename(&tmp, &path).map_err(self.store.err(&path))
     }
@@ -174,7 +204,10 @@ impl Locked<'_> {
     pub fn allocate(&self, req: &Request) -> Result<Allocation, CniError> {
         let now = now_unix();
         let existing = self.list()?;
-        if let Some(a) = existing.iter().find(|a| a.container_id == req.container_id && a.ifname == req.ifname) {
+        if let Some(a) = existing
+            .iter()
+            .find(|a| a.container_id == req.container_id && a.ifname == req.ifname)
+        {
             let mut a = a.clone();
             a.state = AllocState::Pending;
             a.pid = std::process::id();
@@ -192,10 +225,14 @@ impl Locked<'_> {
         }
         // Round-robin from the last reserved address, as host-local does, so a just-freed
         // address is not handed straight to the next pod (stale conntrack, stale peers).
-        let last: Option<Ipv4Addr> =
-            fs::read_to_string(self.store.dir.join(LAST_FILE)).ok().and_then(|s| s.trim().parse().ok());
+        let last: Option<Ipv4Addr> = fs::read_to_string(self.store.dir.join(LAST_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
         let candidates: Vec<Ipv4Addr> = self.store.candidates().collect();
-        let start = last.and_then(|l| candidates.iter().position(|c| *c == l)).map(|i| i + 1).unwrap_or(0);
+        let start = last
+            .and_then(|l| candidates.iter().position(|c| *c == l))
+            .map(|i| i + 1)
+            .unwrap_or(0);
         let pick = (0..candidates.len())
             .map(|i| candidates[(start + i) % candidates.len()])
             .find(|ip| !used.contains(ip))
@@ -231,13 +268,19 @@ impl Locked<'_> {
     }
 
     pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Allocation>, CniError> {
-        Ok(self.list()?.into_iter().find(|a| a.container_id == container_id && a.ifname == ifname))
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|a| a.container_id == container_id && a.ifname == ifname))
     }
 
     /// Free whatever (container, ifname) holds; returns what was freed (possibly nothing).
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Allocation>, CniError> {
-        let freed: Vec<_> =
-            self.list()?.into_iter().filter(|a| a.container_id == container_id && a.ifname == ifname).collect();
+        let freed: Vec<_> = self
+            .list()?
+            .into_iter()
+            .filter(|a| a.container_id == container_id && a.ifname == ifname)
+            .collect();
         for a in &freed {
             self.remove(a.ip)?;
         }

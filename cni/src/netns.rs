@@ -10,7 +10,7 @@ use std::future::Future;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use nix::sched::{setns, CloneFlags};
+use nix::sched::{CloneFlags, setns};
 
 use crate::error::CniError;
 
@@ -19,15 +19,23 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 /// Open a netns file and make sure it really is a namespace (not a stray regular file).
 pub fn open_netns(path: &Path) -> Result<File, CniError> {
-    let file = File::open(path).map_err(|source| CniError::NetnsUnknown { path: path.into(), source })?;
-    let fs = nix::sys::statfs::fstatfs(&file)
-        .map_err(|e| CniError::NetnsUnknown { path: path.into(), source: e.into() })?;
+    let file = File::open(path).map_err(|source| CniError::NetnsUnknown {
+        path: path.into(),
+        source,
+    })?;
+    let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| CniError::NetnsUnknown {
+        path: path.into(),
+        source: e.into(),
+    })?;
     #[allow(clippy::unnecessary_cast)]
     let magic = fs.filesystem_type().0 as i64;
     if magic != NSFS_MAGIC {
         return Err(CniError::NetnsUnknown {
             path: path.into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a network namespace file (nsfs)"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a network namespace file (nsfs)",
+            ),
         });
     }
     Ok(file)
@@ -68,10 +76,15 @@ where
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
-        .map_err(|source| CniError::Io { what: "starting netlink runtime".into(), source })?;
+        .map_err(|source| CniError::Io {
+            what: "starting netlink runtime".into(),
+            source,
+        })?;
     rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|source| CniError::Io { what: "opening netlink socket".into(), source })?;
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| CniError::Io {
+            what: "opening netlink socket".into(),
+            source,
+        })?;
         let task = tokio::spawn(conn);
         let out = f(handle).await;
         task.abort();

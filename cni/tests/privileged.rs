@@ -4,11 +4,13 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{require_root, Netns, Node};
-use serde_json::{json, Value};
+use common::{Netns, Node, require_root};
+use serde_json::{Value, json};
 
 fn code(v: &Value) -> u64 {
-    v["code"].as_u64().unwrap_or_else(|| panic!("no error code in {v}"))
+    v["code"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no error code in {v}"))
 }
 
 #[test]
@@ -23,22 +25,39 @@ fn add_check_del_in_every_version() {
         let (ok, res) = node.add(&id, &pod, &node.conf(version));
         assert!(ok, "ADD {version}: {res}");
         assert_eq!(res["cniVersion"], version);
-        let ip = res["ips"][0]["address"].as_str().expect("address").to_string();
-        assert_eq!(res["ips"][0].get("version").is_some(), version.starts_with("0."));
+        let ip = res["ips"][0]["address"]
+            .as_str()
+            .expect("address")
+            .to_string();
+        assert_eq!(
+            res["ips"][0].get("version").is_some(),
+            version.starts_with("0.")
+        );
         assert_eq!(res["interfaces"][1]["sandbox"], pod.path());
         // The kernel agrees with the result.
         let addrs = pod.run("ip", &["-o", "-4", "addr", "show", "dev", "eth0"]);
         assert!(addrs.contains(&ip), "{addrs}");
         let routes = pod.run("ip", &["route"]);
-        assert!(routes.contains("default via 10.50.1.1 dev eth0"), "{routes}");
+        assert!(
+            routes.contains("default via 10.50.1.1 dev eth0"),
+            "{routes}"
+        );
         let host = res["interfaces"][0]["name"].as_str().expect("host if");
         let node_routes = node.ns.run("ip", &["route"]);
-        assert!(node_routes.contains(&format!("{} dev {host}", ip.trim_end_matches("/32"))), "{node_routes}");
+        assert!(
+            node_routes.contains(&format!("{} dev {host}", ip.trim_end_matches("/32"))),
+            "{node_routes}"
+        );
 
         // CHECK passes with the result as prevResult...
         let mut conf = node.conf(version);
         conf["prevResult"] = res.clone();
-        let env = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", id.as_str()), ("CNI_NETNS", &pod.path()), ("CNI_IFNAME", "eth0")];
+        let env = [
+            ("CNI_COMMAND", "CHECK"),
+            ("CNI_CONTAINERID", id.as_str()),
+            ("CNI_NETNS", &pod.path()),
+            ("CNI_IFNAME", "eth0"),
+        ];
         let (ok, out) = node.call(&env, &conf.to_string());
         assert!(ok, "CHECK: {out}");
         // ...and fails once the default route is gone.
@@ -46,7 +65,13 @@ fn add_check_del_in_every_version() {
         let (ok, out) = node.call(&env, &conf.to_string());
         assert!(!ok);
         assert_eq!(code(&out), 101);
-        assert!(out["msg"].as_str().unwrap_or_default().contains("default route"), "{out}");
+        assert!(
+            out["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("default route"),
+            "{out}"
+        );
 
         let (ok, out) = node.del(&id, &pod.path());
         assert!(ok, "DEL: {out}");
@@ -134,9 +159,16 @@ fn error_cases_have_codes_and_leave_nothing() {
     let node = Node::new("10.50.5.0/30"); // exactly one pod address: .2
     let pod = Netns::new("pod");
     let p = pod.path();
-    let base = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "e1"), ("CNI_NETNS", p.as_str()), ("CNI_IFNAME", "eth0")];
+    let base = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "e1"),
+        ("CNI_NETNS", p.as_str()),
+        ("CNI_IFNAME", "eth0"),
+    ];
     let conf = node.conf("1.0.0").to_string();
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64, &str)> = vec![
+    // (what, environment, stdin, expected code, text the message must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", base.to_vec(), "{\"cniVersion\": ".into(), 6, "not valid JSON"),
         ("missing CNI_NETNS", base.iter().copied().filter(|(k, _)| *k != "CNI_NETNS").collect(), conf.clone(), 4, "CNI_NETNS"),
         ("missing CNI_COMMAND", base[1..].to_vec(), conf.clone(), 4, "CNI_COMMAND"),
@@ -151,9 +183,15 @@ fn error_cases_have_codes_and_leave_nothing() {
         let (ok, out) = node.call(&env, &stdin);
         assert!(!ok, "{what}: expected failure");
         assert_eq!(code(&out), want, "{what}: {out}");
-        assert!(out["msg"].as_str().unwrap_or_default().contains(needle), "{what}: msg should name {needle:?}: {out}");
+        assert!(
+            out["msg"].as_str().unwrap_or_default().contains(needle),
+            "{what}: msg should name {needle:?}: {out}"
+        );
         assert!(node.ns.slc_links().is_empty(), "{what}: veth left behind");
-        assert!(node.allocations().is_empty(), "{what}: allocation left behind");
+        assert!(
+            node.allocations().is_empty(),
+            "{what}: allocation left behind"
+        );
     }
 
     // Exhausted pool: the second pod finds no address; the first keeps its own.
@@ -162,17 +200,34 @@ fn error_cases_have_codes_and_leave_nothing() {
     let (ok, out) = node.add("second", &pod2, &node.conf("1.0.0"));
     assert!(!ok);
     assert_eq!(code(&out), 100, "{out}");
-    assert!(out["msg"].as_str().unwrap_or_default().contains("10.50.5.0/30"), "{out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("10.50.5.0/30"),
+        "{out}"
+    );
     assert_eq!(node.allocations(), ["10.50.5.2"]);
     assert_eq!(node.ns.slc_links().len(), 1);
-    assert!(pod2.run("ip", &["-o", "link"]).lines().all(|l| !l.contains("eth0")), "no half-made interface in pod2");
+    assert!(
+        pod2.run("ip", &["-o", "link"])
+            .lines()
+            .all(|l| !l.contains("eth0")),
+        "no half-made interface in pod2"
+    );
 
     // STATUS reports the exhaustion as "plugin not available".
-    let (ok, out) = node.call(&[("CNI_COMMAND", "STATUS")], &node.conf("1.1.0").to_string());
+    let (ok, out) = node.call(
+        &[("CNI_COMMAND", "STATUS")],
+        &node.conf("1.1.0").to_string(),
+    );
     assert!(!ok);
     assert_eq!(code(&out), 50, "{out}");
     assert!(node.del("first", &pod.path()).0);
-    let (ok, _) = node.call(&[("CNI_COMMAND", "STATUS")], &node.conf("1.1.0").to_string());
+    let (ok, _) = node.call(
+        &[("CNI_COMMAND", "STATUS")],
+        &node.conf("1.1.0").to_string(),
+    );
     assert!(ok);
 }
 
@@ -184,11 +239,22 @@ fn interface_name_taken_in_pod_rolls_back() {
     let node = Node::new("10.50.6.0/24");
     let pod = Netns::new("pod");
     // Something already owns eth0 in the pod: creation must fail and leave nothing.
-    pod.run("ip", &["link", "add", "eth0", "type", "veth", "peer", "name", "other"]);
+    pod.run(
+        "ip",
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "other",
+        ],
+    );
     let (ok, out) = node.add("x", &pod, &node.conf("1.0.0"));
     assert!(!ok);
     assert_eq!(code(&out), 5, "{out}");
-    assert!(out["msg"].as_str().unwrap_or_default().contains("already exists"), "{out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already exists"),
+        "{out}"
+    );
     assert!(node.ns.slc_links().is_empty());
     assert!(node.allocations().is_empty());
 }
@@ -242,5 +308,8 @@ fn version_lists_all_supported() {
     let node = Node::new("10.50.9.0/24");
     let (ok, out) = node.call(&[("CNI_COMMAND", "VERSION")], "{\"cniVersion\":\"1.0.0\"}");
     assert!(ok);
-    assert_eq!(out["supportedVersions"], json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(
+        out["supportedVersions"],
+        json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
 }

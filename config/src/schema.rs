@@ -32,7 +32,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             node_name: String::new(),
-            cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
+            cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16)
+                .unwrap_or_default(),
             pod_cidr: None,
             socket_path: "/run/sluice/sluice.sock".into(),
             state_dir: "/var/lib/sluice".into(),
@@ -63,7 +64,11 @@ pub struct SourceConfig {
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        SourceConfig { kind: SourceKind::Manifests, manifests_dir: "/etc/sluice/manifests".into(), poll_interval_ms: 1000 }
+        SourceConfig {
+            kind: SourceKind::Manifests,
+            manifests_dir: "/etc/sluice/manifests".into(),
+            poll_interval_ms: 1000,
+        }
     }
 }
 
@@ -111,12 +116,18 @@ pub struct IptablesConfig {
 
 impl Default for IptablesConfig {
     fn default() -> Self {
-        IptablesConfig { variant: IptablesVariant::Auto }
+        IptablesConfig {
+            variant: IptablesVariant::Auto,
+        }
     }
 }
 
 fn invalid(key: &str, value: impl ToString, accepted: &str) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), value: value.to_string(), accepted: accepted.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        value: value.to_string(),
+        accepted: accepted.into(),
+    }
 }
 
 impl Config {
@@ -125,7 +136,8 @@ impl Config {
         let dns_label = |s: &str| {
             !s.is_empty()
                 && s.len() <= 253
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
                 && !s.starts_with(['-', '.'])
                 && !s.ends_with(['-', '.'])
         };
@@ -138,28 +150,48 @@ impl Config {
         }
         if let Some(p) = self.pod_cidr {
             if !self.cluster_cidr.contains(&p) {
-                return Err(invalid("pod_cidr", p, &format!("a CIDR inside cluster_cidr {}", self.cluster_cidr)));
+                return Err(invalid(
+                    "pod_cidr",
+                    p,
+                    &format!("a CIDR inside cluster_cidr {}", self.cluster_cidr),
+                ));
             }
             if p.prefix_len() > 30 {
                 return Err(invalid("pod_cidr", p, "a prefix of /30 or shorter"));
             }
         }
         if !(100..=60_000).contains(&self.source.poll_interval_ms) {
-            return Err(invalid("source.poll_interval_ms", self.source.poll_interval_ms, "100..=60000"));
+            return Err(invalid(
+                "source.poll_interval_ms",
+                self.source.poll_interval_ms,
+                "100..=60000",
+            ));
         }
         if self.cni.network_name.is_empty()
-            || !self.cni.network_name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            || !self
+                .cni
+                .network_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         {
-            return Err(invalid("cni.network_name", &self.cni.network_name, "letters, digits, '_', '.', '-'"));
+            return Err(invalid(
+                "cni.network_name",
+                &self.cni.network_name,
+                "letters, digits, '_', '.', '-'",
+            ));
         }
-        if let Some(m) = self.cni.mtu {
-            if !(576..=65535).contains(&m) {
-                return Err(invalid("cni.mtu", m, "576..=65535"));
-            }
+        if let Some(m) = self.cni.mtu
+            && !(576..=65535).contains(&m)
+        {
+            return Err(invalid("cni.mtu", m, "576..=65535"));
         }
         for (i, p) in self.cni.chain.iter().enumerate() {
             if p.get("type").and_then(|t| t.as_str()).is_none() {
-                return Err(invalid(&format!("cni.chain[{i}]"), p, "a CNI plugin config object with a \"type\""));
+                return Err(invalid(
+                    &format!("cni.chain[{i}]"),
+                    p,
+                    "a CNI plugin config object with a \"type\"",
+                ));
             }
         }
         Ok(())

@@ -4,7 +4,10 @@ use super::*;
 fn defaults_need_a_node_name() {
     let e = from_yaml_str("{}").expect_err("no node name");
     let s = e.to_string();
-    assert!(s.contains("node_name") && s.contains("SLUICE_NODE_NAME"), "{s}");
+    assert!(
+        s.contains("node_name") && s.contains("SLUICE_NODE_NAME"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -30,12 +33,16 @@ fn bad_values_name_key_and_accepted() {
     assert!(e.to_string().contains("cluster_cidr"), "{e}");
     let e = from_yaml_str("node_name: a\npod_cidr: 10.9.0.0/24\n").expect_err("outside");
     let s = e.to_string();
-    assert!(s.contains("pod_cidr") && s.contains("10.9.0.0/24") && s.contains("10.244.0.0/16"), "{s}");
+    assert!(
+        s.contains("pod_cidr") && s.contains("10.9.0.0/24") && s.contains("10.244.0.0/16"),
+        "{s}"
+    );
     let e = from_yaml_str("node_name: a\niptables:\n  variant: xt\n").expect_err("variant");
     assert!(e.to_string().contains("xt"), "{e}");
     let e = from_yaml_str("node_name: A_B\n").expect_err("name");
     assert!(e.to_string().contains("A_B"), "{e}");
-    let e = from_yaml_str("node_name: a\ncni:\n  chain: [{capabilities: {}}]\n").expect_err("chain");
+    let e =
+        from_yaml_str("node_name: a\ncni:\n  chain: [{capabilities: {}}]\n").expect_err("chain");
     assert!(e.to_string().contains("cni.chain[0]"), "{e}");
 }
 
@@ -47,7 +54,11 @@ fn file_env_and_flags_precedence() {
     let c = load(Some(&path), None).expect("toml");
     assert_eq!(c.node_name, "from-file");
     assert!(!c.masquerade);
-    let c = load(Some(&path), Some(serde_json::json!({"node_name": "from-flag"}))).expect("flags");
+    let c = load(
+        Some(&path),
+        Some(serde_json::json!({"node_name": "from-flag"})),
+    )
+    .expect("flags");
     assert_eq!(c.node_name, "from-flag");
     let e = load(Some(&dir.path().join("missing.yaml")), None).expect_err("missing");
     assert!(e.to_string().contains("missing.yaml"), "{e}");

@@ -7,5 +7,5 @@ pub mod routes;
 pub mod service;
 
 pub use model::{ClusterState, LocalEndpoint, NodeInfo, PodInfo};
-pub use routes::{diff_routes, desired_pod_routes, PodRoute, RouteDiff};
+pub use routes::{PodRoute, RouteDiff, desired_pod_routes, diff_routes};
 pub use service::{Backend, BackendState, Frontend, FrontendKind, Protocol, Service, ServiceName};

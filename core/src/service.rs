@@ -99,11 +99,15 @@ pub struct Service {
 
 impl Service {
     /// Backends that should receive new connections for a frontend's port.
-    pub fn usable_backends<'a>(&'a self, fe: &'a Frontend) -> impl Iterator<Item = &'a Backend> + 'a {
-        let ready = self
-            .backends
-            .iter()
-            .any(|b| b.port_name == fe.port_name && b.protocol == fe.protocol && b.state == BackendState::Active);
+    pub fn usable_backends<'a>(
+        &'a self,
+        fe: &'a Frontend,
+    ) -> impl Iterator<Item = &'a Backend> + 'a {
+        let ready = self.backends.iter().any(|b| {
+            b.port_name == fe.port_name
+                && b.protocol == fe.protocol
+                && b.state == BackendState::Active
+        });
         self.backends.iter().filter(move |b| {
             b.port_name == fe.port_name
                 && b.protocol == fe.protocol
@@ -143,9 +147,16 @@ mod tests {
             target_port: 8080,
         };
         let mut svc = Service {
-            name: ServiceName { namespace: "default".into(), name: "web".into() },
+            name: ServiceName {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
             frontends: vec![fe.clone()],
-            backends: vec![be("10.244.1.2", BackendState::Active), be("10.244.1.3", BackendState::Terminating), be("10.244.1.4", BackendState::NotReady)],
+            backends: vec![
+                be("10.244.1.2", BackendState::Active),
+                be("10.244.1.3", BackendState::Terminating),
+                be("10.244.1.4", BackendState::NotReady),
+            ],
         };
         let ips: Vec<_> = svc.usable_backends(&fe).map(|b| b.ip.to_string()).collect();
         assert_eq!(ips, ["10.244.1.2"]);

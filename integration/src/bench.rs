@@ -8,9 +8,9 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::Lab;
 use crate::cnirun::{self, Invocation};
 use crate::topo;
-use crate::Lab;
 
 #[derive(Debug, Serialize)]
 pub struct Latency {
@@ -33,7 +33,9 @@ pub struct CniReport {
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+    v.get(i)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(f64::NAN)
 }
 
 pub fn cni(lab: &Lab, iterations: usize) -> anyhow::Result<CniReport> {
@@ -46,13 +48,18 @@ pub fn cni(lab: &Lab, iterations: usize) -> anyhow::Result<CniReport> {
         "plugins": [{ "type": "ptp", "ipam": { "type": "host-local",
             "ranges": [[{ "subnet": "10.250.0.0/16" }]], "dataDir": node.dir.join("ref-ipam") } }]
     });
-    let mut times: Vec<(Vec<Duration>, Vec<Duration>)> = vec![(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    let mut times: Vec<(Vec<Duration>, Vec<Duration>)> =
+        vec![(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     let netns = format!("{}pod-bench", lab.prefix());
     // Warm-up: first runs pay page-cache misses for the binaries.
     for i in 0..(iterations + 4) {
         for (k, base) in [&sluice, &reference].into_iter().enumerate() {
             topo::add_netns(&netns)?;
-            let inv = Invocation { container_id: format!("bench-{k}-{i}"), netns_path: format!("/run/netns/{netns}"), ..base.clone() };
+            let inv = Invocation {
+                container_id: format!("bench-{k}-{i}"),
+                netns_path: format!("/run/netns/{netns}"),
+                ..base.clone()
+            };
             let t = Instant::now();
             let res = cnirun::add(&inv);
             let add = t.elapsed();

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
 
 use crate::proc::in_netns;
 
@@ -37,7 +37,11 @@ pub struct PluginError {
 
 impl std::fmt::Display for PluginError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "plugin {} failed (code {:?}): {}", self.plugin, self.code, self.msg)
+        write!(
+            f,
+            "plugin {} failed (code {:?}): {}",
+            self.plugin, self.code, self.msg
+        )
     }
 }
 
@@ -62,10 +66,10 @@ fn plugin_config(inv: &Invocation, plugin: &Value, prev: Option<&Value>) -> Valu
     if let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) {
         let mut rc = serde_json::Map::new();
         for (k, on) in caps {
-            if on.as_bool() == Some(true) {
-                if let Some(v) = inv.runtime_config.get(k) {
-                    rc.insert(k.clone(), v.clone());
-                }
+            if on.as_bool() == Some(true)
+                && let Some(v) = inv.runtime_config.get(k)
+            {
+                rc.insert(k.clone(), v.clone());
             }
         }
         if !rc.is_empty() {
@@ -78,7 +82,12 @@ fn plugin_config(inv: &Invocation, plugin: &Value, prev: Option<&Value>) -> Valu
 /// Run one plugin; `Ok(Some(result))` when it printed one.
 pub fn exec(inv: &Invocation, command: &str, config: &Value) -> Result<Option<Value>, PluginError> {
     let ty = config["type"].as_str().unwrap_or_default().to_string();
-    let perr = |msg: String| PluginError { plugin: ty.clone(), code: None, msg, exit_ok: false };
+    let perr = |msg: String| PluginError {
+        plugin: ty.clone(),
+        code: None,
+        msg,
+        exit_ok: false,
+    };
     let bin = find_plugin(&inv.cni_path, &ty).map_err(|e| perr(e.to_string()))?;
     let mut cmd = Command::new(&bin);
     cmd.env_clear()
@@ -87,13 +96,22 @@ pub fn exec(inv: &Invocation, command: &str, config: &Value) -> Result<Option<Va
         .env("CNI_NETNS", &inv.netns_path)
         .env("CNI_IFNAME", &inv.ifname)
         .env("CNI_ARGS", &inv.args)
-        .env("CNI_PATH", inv.cni_path.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"))
+        .env(
+            "CNI_PATH",
+            inv.cni_path
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        )
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     in_netns(&mut cmd, &inv.runtime_netns).map_err(|e| perr(e.to_string()))?;
-    let mut child = cmd.spawn().map_err(|e| perr(format!("spawning {}: {e}", bin.display())))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| perr(format!("spawning {}: {e}", bin.display())))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(config.to_string().as_bytes());
     }
@@ -104,16 +122,27 @@ pub fn exec(inv: &Invocation, command: &str, config: &Value) -> Result<Option<Va
         return Err(PluginError {
             plugin: ty,
             code: v.get("code").and_then(Value::as_u64),
-            msg: v.get("msg").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
-                format!("exit {}: {} {}", out.status, stdout.trim(), String::from_utf8_lossy(&out.stderr).trim())
-            }),
+            msg: v
+                .get("msg")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!(
+                        "exit {}: {} {}",
+                        out.status,
+                        stdout.trim(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                }),
             exit_ok: false,
         });
     }
     if stdout.trim().is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&stdout).map(Some).map_err(|e| perr(format!("unreadable result {stdout:?}: {e}")))
+    serde_json::from_str(&stdout)
+        .map(Some)
+        .map_err(|e| perr(format!("unreadable result {stdout:?}: {e}")))
 }
 
 fn plugins(inv: &Invocation) -> anyhow::Result<Vec<Value>> {
@@ -149,7 +178,11 @@ pub fn del(inv: &Invocation, cached: Option<&Value>) -> anyhow::Result<()> {
             errors.push(e.to_string());
         }
     }
-    if errors.is_empty() { Ok(()) } else { bail!("DEL: {}", errors.join("; ")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("DEL: {}", errors.join("; "))
+    }
 }
 
 /// CHECK through the chain with the cached ADD result.
@@ -162,5 +195,10 @@ pub fn check(inv: &Invocation, cached: &Value) -> anyhow::Result<()> {
 
 pub fn version_list(inv: &Invocation) -> anyhow::Result<Value> {
     let p = plugins(inv)?;
-    Ok(exec(inv, "VERSION", &json!({"cniVersion": inv.conflist["cniVersion"], "type": p[0]["type"]}))?.unwrap_or(Value::Null))
+    Ok(exec(
+        inv,
+        "VERSION",
+        &json!({"cniVersion": inv.conflist["cniVersion"], "type": p[0]["type"]}),
+    )?
+    .unwrap_or(Value::Null))
 }

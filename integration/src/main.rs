@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
-use sluice_lab::lab::parse_labels;
 use sluice_lab::Lab;
+use sluice_lab::lab::parse_labels;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
@@ -146,11 +146,17 @@ fn run() -> anyhow::Result<u8> {
     match cli.cmd {
         Cmd::Serve { name, port } => sluice_lab::http::serve(&name, port).map(|_| 0),
         Cmd::Curl { url, timeout_ms } => {
-            print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
+            print!(
+                "{}",
+                sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?
+            );
             Ok(0)
         }
         Cmd::Udp { addr, timeout_ms } => {
-            print!("{}", sluice_lab::http::udp(&addr, Duration::from_millis(timeout_ms))?);
+            print!(
+                "{}",
+                sluice_lab::http::udp(&addr, Duration::from_millis(timeout_ms))?
+            );
             Ok(0)
         }
         cmd => {
@@ -165,7 +171,9 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         Cmd::Up { nodes, node_config } => {
             let mut cfgs = Vec::new();
             for nc in node_config {
-                let (n, f) = nc.split_once('=').with_context(|| format!("--node-config {nc:?}: expected NODE=FILE"))?;
+                let (n, f) = nc
+                    .split_once('=')
+                    .with_context(|| format!("--node-config {nc:?}: expected NODE=FILE"))?;
                 cfgs.push((n.to_string(), PathBuf::from(f)));
             }
             eprintln!("bringing up lab {:?} with {nodes} node(s)...", lab.name);
@@ -178,18 +186,37 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                 }
             };
             for n in &st.nodes {
-                eprintln!("  {}: underlay {} pod CIDR {} agent pid {}", n.name, n.underlay_ip, n.pod_cidr, n.agent_pid.unwrap_or(0));
+                eprintln!(
+                    "  {}: underlay {} pod CIDR {} agent pid {}",
+                    n.name,
+                    n.underlay_ip,
+                    n.pod_cidr,
+                    n.agent_pid.unwrap_or(0)
+                );
             }
             eprintln!("lab {:?} is up; try `sluice-lab status`", lab.name);
         }
         Cmd::Down => println!("{}", lab.down()?),
         Cmd::Status => status(lab, json_out)?,
-        Cmd::Pod(PodCmd::Add { node, name, labels, serve }) => {
+        Cmd::Pod(PodCmd::Add {
+            node,
+            name,
+            labels,
+            serve,
+        }) => {
             let p = lab.pod_add(&node, &name, parse_labels(&labels)?, serve)?;
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
-                println!("pod {} on {}: {}{}", p.name, p.node, p.ip, serve.map(|s| format!(" (echo server on :{s})")).unwrap_or_default());
+                println!(
+                    "pod {} on {}: {}{}",
+                    p.name,
+                    p.node,
+                    p.ip,
+                    serve
+                        .map(|s| format!(" (echo server on :{s})"))
+                        .unwrap_or_default()
+                );
             }
         }
         Cmd::Pod(PodCmd::Del { name }) => {
@@ -201,8 +228,14 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
             println!("external host {} at {}", e.name, e.ip);
         }
         Cmd::Exec { target, argv } => {
-            let status = lab.command(&target, &argv)?.status().with_context(|| format!("running {argv:?} on {target}"))?;
-            return Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1));
+            let status = lab
+                .command(&target, &argv)?
+                .status()
+                .with_context(|| format!("running {argv:?} on {target}"))?;
+            return Ok(status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1));
         }
         Cmd::Apply { path } => {
             for f in lab.apply(&path)? {
@@ -218,17 +251,37 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         Cmd::BenchCni { iterations, json } => {
             let r = sluice_lab::bench::cni(lab, iterations)?;
             let mut t = Table::new();
-            t.load_preset(UTF8_FULL_CONDENSED).set_header(["PLUGIN", "ADD p50 ms", "ADD p99 ms", "DEL p50 ms", "DEL p99 ms"]);
+            t.load_preset(UTF8_FULL_CONDENSED).set_header([
+                "PLUGIN",
+                "ADD p50 ms",
+                "ADD p99 ms",
+                "DEL p50 ms",
+                "DEL p99 ms",
+            ]);
             for l in &r.results {
-                t.add_row([l.plugin.clone(), format!("{:.2}", l.add_p50_ms), format!("{:.2}", l.add_p99_ms), format!("{:.2}", l.del_p50_ms), format!("{:.2}", l.del_p99_ms)]);
+                t.add_row([
+                    l.plugin.clone(),
+                    format!("{:.2}", l.add_p50_ms),
+                    format!("{:.2}", l.add_p99_ms),
+                    format!("{:.2}", l.del_p50_ms),
+                    format!("{:.2}", l.del_p99_ms),
+                ]);
             }
-            println!("CNI latency, {} interleaved iterations each\n{t}", r.iterations);
-            println!("ADD p50: sluice-cni is {:.2}x the speed of ptp+host-local; DEL p50: {:.2}x", r.add_p50_speedup, r.del_p50_speedup);
+            println!(
+                "CNI latency, {} interleaved iterations each\n{t}",
+                r.iterations
+            );
+            println!(
+                "ADD p50: sluice-cni is {:.2}x the speed of ptp+host-local; DEL p50: {:.2}x",
+                r.add_p50_speedup, r.del_p50_speedup
+            );
             if let Some(p) = json {
                 std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
             }
         }
-        Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Udp { .. } => unreachable!("handled before the lab is opened"),
+        Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Udp { .. } => {
+            unreachable!("handled before the lab is opened")
+        }
     }
     Ok(0)
 }
@@ -240,7 +293,12 @@ fn status(lab: &Lab, json_out: bool) -> anyhow::Result<()> {
         let alive = n.agent_pid.is_some_and(sluice_lab::proc::alive);
         let agent = lab.agent_status(n).ok();
         let state = match (&agent, alive) {
-            (Some(a), _) if a["source"]["synced"] == true && a["errors"].as_array().is_some_and(|e| e.is_empty()) => "ready",
+            (Some(a), _)
+                if a["source"]["synced"] == true
+                    && a["errors"].as_array().is_some_and(|e| e.is_empty()) =>
+            {
+                "ready"
+            }
             (Some(_), _) => "degraded",
             (None, true) => "starting",
             (None, false) => "down",
@@ -252,27 +310,65 @@ fn status(lab: &Lab, json_out: bool) -> anyhow::Result<()> {
         }));
     }
     let pods: Vec<_> = st.pods.iter().map(|p| json!({"name": p.name, "node": p.node, "ip": p.ip, "labels": p.labels, "serve_port": p.serve_port})).collect();
-    let ext: Vec<_> = st.externals.iter().map(|e| json!({"name": e.name, "ip": e.ip})).collect();
+    let ext: Vec<_> = st
+        .externals
+        .iter()
+        .map(|e| json!({"name": e.name, "ip": e.ip}))
+        .collect();
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"lab": st.name, "nodes": nodes, "pods": pods, "externals": ext}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"lab": st.name, "nodes": nodes, "pods": pods, "externals": ext})
+            )?
+        );
         return Ok(());
     }
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(["NODE", "UNDERLAY IP", "POD CIDR", "AGENT", "PID", "ENDPOINTS"]);
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "NODE",
+        "UNDERLAY IP",
+        "POD CIDR",
+        "AGENT",
+        "PID",
+        "ENDPOINTS",
+    ]);
     for n in &nodes {
-        t.add_row([&n["name"], &n["underlay_ip"], &n["pod_cidr"], &n["agent"], &n["agent_pid"], &n["local_endpoints"]].map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
+        t.add_row(
+            [
+                &n["name"],
+                &n["underlay_ip"],
+                &n["pod_cidr"],
+                &n["agent"],
+                &n["agent_pid"],
+                &n["local_endpoints"],
+            ]
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            }),
+        );
     }
     println!("lab {}\n{t}", st.name);
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(["POD", "NODE", "IP", "LABELS", "SERVES"]);
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["POD", "NODE", "IP", "LABELS", "SERVES"]);
     for p in &st.pods {
         let labels: Vec<_> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        t.add_row([p.name.clone(), p.node.clone(), p.ip.clone(), labels.join(","), p.serve_port.map(|s| s.to_string()).unwrap_or_default()]);
+        t.add_row([
+            p.name.clone(),
+            p.node.clone(),
+            p.ip.clone(),
+            labels.join(","),
+            p.serve_port.map(|s| s.to_string()).unwrap_or_default(),
+        ]);
     }
     println!("{t}");
     if !st.externals.is_empty() {
         let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED).set_header(["EXTERNAL", "IP"]);
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_header(["EXTERNAL", "IP"]);
         for e in &st.externals {
             t.add_row([e.name.clone(), e.ip.clone()]);
         }

@@ -12,7 +12,7 @@ mod demo;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 
 /// Debian packages, and the command each provides (checked before installing anything).
 const PACKAGES: &[(&str, &str)] = &[
@@ -49,7 +49,10 @@ fn main() -> std::process::ExitCode {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -68,12 +71,19 @@ pub fn cargo() -> Command {
 }
 
 fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, f)| !Path::new(f).exists()).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, f)| !Path::new(f).exists())
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !nix_is_root() {
-        bail!("missing system packages {missing:?}; run as root (or install them: apt-get install {})", missing.join(" "));
+        bail!(
+            "missing system packages {missing:?}; run as root (or install them: apt-get install {})",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {} (apt-get)...", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -87,13 +97,19 @@ fn setup() -> anyhow::Result<()> {
 pub fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
     if !nix_is_root() {
-        bail!("the privileged and end-to-end tiers need root (network namespaces, netlink, iptables); run as root");
+        bail!(
+            "the privileged and end-to-end tiers need root (network namespaces, netlink, iptables); run as root"
+        );
     }
     // Build every binary first: the privileged and lab tests run the real sluice, sluice-cni
     // and sluice-lab executables.
@@ -118,7 +134,12 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
             if let Some(rest) = line.strip_prefix("test result: ") {
                 let num = |key: &str| -> u64 {
                     rest.split(';')
-                        .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(key))
+                        .find_map(|part| {
+                            part.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .strip_suffix(key)
+                        })
                         .and_then(|n| n.trim().parse().ok())
                         .unwrap_or(0)
                 };

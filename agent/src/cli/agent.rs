@@ -19,7 +19,8 @@ pub struct AgentArgs {
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -31,7 +32,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(m) = args.manifests {
         flags.insert("source".into(), serde_json::json!({ "manifests_dir": m }));
     }
-    let cfg = sluice_config::load(args.config.as_deref(), Some(flags.into())).context("invalid configuration")?;
+    let cfg = sluice_config::load(args.config.as_deref(), Some(flags.into()))
+        .context("invalid configuration")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,7 +1,7 @@
 use std::path::Path;
 
-use crate::api::{call, Request, Response};
 use crate::Output;
+use crate::api::{Request, Response, call};
 
 pub fn run(socket: &Path, out: Output) -> anyhow::Result<()> {
     match super::block_on(call(socket, &Request::Status))?? {

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sluice_config::Config;
 
 /// cniVersion 1.0.0: the newest the container runtimes here accept (libcni 1.1).
@@ -28,11 +28,13 @@ pub fn write_if_changed(cfg: &Config, pod_cidr: Ipv4Net) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating CNI config dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating CNI config dir {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("installing CNI conflist {}", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("installing CNI conflist {}", path.display()))?;
     tracing::info!(path = %path.display(), %pod_cidr, "CNI conflist written");
     Ok(())
 }

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sluice_config::{Config, IptablesVariant};
-use sluice_core::{desired_pod_routes, LocalEndpoint};
-use sluice_iptables::render::{masquerade_batch, MasqueradeSpec, POSTROUTING_CHAIN};
-use sluice_iptables::{save, Iptables, RouteManager, Variant};
+use sluice_core::{LocalEndpoint, desired_pod_routes};
+use sluice_iptables::render::{MasqueradeSpec, POSTROUTING_CHAIN, masquerade_batch};
+use sluice_iptables::{Iptables, RouteManager, Variant, save};
 use tokio::sync::RwLock;
 
 use crate::source::manifests::ManifestDir;
@@ -26,7 +26,10 @@ use crate::status::{AgentStatus, SourceStatus};
 const FULL_RESYNC: Duration = Duration::from_secs(30);
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -48,8 +51,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let routes = RouteManager::new(handle);
     let ipt = match cfg.iptables.variant {
         IptablesVariant::Auto => tokio::task::spawn_blocking(Iptables::detect).await?,
-        IptablesVariant::Nft => Iptables { variant: Variant::Nft },
-        IptablesVariant::Legacy => Iptables { variant: Variant::Legacy },
+        IptablesVariant::Nft => Iptables {
+            variant: Variant::Nft,
+        },
+        IptablesVariant::Legacy => Iptables {
+            variant: Variant::Legacy,
+        },
     };
     let mut source = ManifestDir::new(cfg.source.manifests_dir.clone());
     let mut synced = false;
@@ -70,7 +77,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             synced: synced || (objects.is_some() && file_errors.is_empty()),
             objects: objects.as_ref().map(|o| o.count()).unwrap_or(0),
             last_sync_unix: now_unix(),
-            errors: file_errors.iter().map(|e| format!("{}: {}", e.path.display(), e.message)).collect(),
+            errors: file_errors
+                .iter()
+                .map(|e| format!("{}: {}", e.path.display(), e.message))
+                .collect(),
         };
         synced = src_status.synced;
         let Some(objects) = objects else {
@@ -108,15 +118,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
             }
             if cfg.masquerade {
-                let spec = MasqueradeSpec { pod_cidr: cidr, cluster_cidr: cfg.cluster_cidr };
-                let fresh = masq_applied.as_ref().is_some_and(|(s, at)| *s == spec && at.elapsed() < FULL_RESYNC);
+                let spec = MasqueradeSpec {
+                    pod_cidr: cidr,
+                    cluster_cidr: cfg.cluster_cidr,
+                };
+                let fresh = masq_applied
+                    .as_ref()
+                    .is_some_and(|(s, at)| *s == spec && at.elapsed() < FULL_RESYNC);
                 if !fresh {
                     match apply_masquerade(ipt, spec.clone()).await {
                         Ok(()) => masq_applied = Some((spec, std::time::Instant::now())),
                         Err(e) => errors.push(format!("{e:#}")),
                     }
                 }
-                masquerade = format!("{cidr} -> outside {} (iptables {}, chain {POSTROUTING_CHAIN})", cfg.cluster_cidr, ipt.variant.as_str());
+                masquerade = format!(
+                    "{cidr} -> outside {} (iptables {}, chain {POSTROUTING_CHAIN})",
+                    cfg.cluster_cidr,
+                    ipt.variant.as_str()
+                );
             }
         } else {
             masquerade = "waiting for pod CIDR".into();
@@ -164,7 +183,10 @@ async fn apply_masquerade(ipt: Iptables, spec: MasqueradeSpec) -> anyhow::Result
 
 /// This node's pod interfaces, from the CNI plugin's IPAM store (the source of truth for what
 /// is wired on this node).
-fn local_endpoints(cfg: &Config, cidr: ipnet::Ipv4Net) -> Result<Vec<LocalEndpoint>, sluice_cni::CniError> {
+fn local_endpoints(
+    cfg: &Config,
+    cidr: ipnet::Ipv4Net,
+) -> Result<Vec<LocalEndpoint>, sluice_cni::CniError> {
     let gw = sluice_cni::spec::first_host(cidr);
     let store = sluice_cni::ipam::Store::new(&cfg.cni.data_dir, &cfg.cni.network_name, cidr, gw);
     if !store.dir().exists() {

@@ -27,8 +27,16 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
         if d.is_null() {
             continue;
         }
-        if d.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) {
-            out.extend(d.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+        if d.get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.ends_with("List"))
+        {
+            out.extend(
+                d.get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         } else {
             out.push(d);
         }
@@ -40,14 +48,24 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
 /// that does not decode is an error naming the object.
 pub fn classify(docs: Vec<Value>, into: &mut Objects) -> Result<(), String> {
     for d in docs {
-        let kind = d.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
-        let name = d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string();
+        let kind = d
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = d
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("<unnamed>")
+            .to_string();
         let err = |e: serde_json::Error| format!("{kind} {name}: {e}");
         match kind.as_str() {
             "Node" => into.nodes.push(serde_json::from_value(d).map_err(err)?),
             "Pod" => into.pods.push(serde_json::from_value(d).map_err(err)?),
             "Service" => into.services.push(serde_json::from_value(d).map_err(err)?),
-            "EndpointSlice" => into.endpoint_slices.push(serde_json::from_value(d).map_err(err)?),
+            "EndpointSlice" => into
+                .endpoint_slices
+                .push(serde_json::from_value(d).map_err(err)?),
             _ => {}
         }
     }
@@ -62,12 +80,17 @@ pub struct ManifestDir {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
             walk(&p, out);
-        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json") {
+        } else if p
+            .extension()
+            .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+        {
             out.push(p);
         }
     }
@@ -75,14 +98,20 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 impl ManifestDir {
     pub fn new(dir: PathBuf) -> Self {
-        ManifestDir { dir, good: BTreeMap::new() }
+        ManifestDir {
+            dir,
+            good: BTreeMap::new(),
+        }
     }
 
     /// Read everything; returns the objects and the per-file errors. A missing directory is
     /// an error (the source is not in sync), never an empty cluster.
     pub fn read(&mut self) -> (Option<Objects>, Vec<FileError>) {
         if !self.dir.is_dir() {
-            let e = FileError { path: self.dir.clone(), message: "manifest directory does not exist".into() };
+            let e = FileError {
+                path: self.dir.clone(),
+                message: "manifest directory does not exist".into(),
+            };
             return (None, vec![e]);
         }
         let mut files = Vec::new();
@@ -91,12 +120,19 @@ impl ManifestDir {
         let mut errors = Vec::new();
         self.good.retain(|p, _| files.contains(p));
         for f in &files {
-            let parsed = std::fs::read_to_string(f).map_err(|e| e.to_string()).and_then(|t| parse_documents(f, &t));
-            match parsed.and_then(|docs| classify(docs.clone(), &mut Objects::default()).map(|_| docs)) {
+            let parsed = std::fs::read_to_string(f)
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse_documents(f, &t));
+            match parsed
+                .and_then(|docs| classify(docs.clone(), &mut Objects::default()).map(|_| docs))
+            {
                 Ok(docs) => {
                     self.good.insert(f.clone(), docs);
                 }
-                Err(message) => errors.push(FileError { path: f.clone(), message }),
+                Err(message) => errors.push(FileError {
+                    path: f.clone(),
+                    message,
+                }),
             }
         }
         let mut objects = Objects::default();

@@ -15,6 +15,6 @@ pub mod routes;
 pub mod save;
 
 pub use restore::{Iptables, IptablesError, Variant};
-pub use routes::{RouteError, RouteManager, NODE_RTPROTO};
+pub use routes::{NODE_RTPROTO, RouteError, RouteManager};
 
 pub const CHAIN_PREFIX: &str = "SLUICE-";

@@ -46,7 +46,10 @@ mod tests {
     use super::*;
 
     fn spec() -> MasqueradeSpec {
-        MasqueradeSpec { pod_cidr: "10.244.1.0/24".parse().expect("net"), cluster_cidr: "10.244.0.0/16".parse().expect("net") }
+        MasqueradeSpec {
+            pod_cidr: "10.244.1.0/24".parse().expect("net"),
+            cluster_cidr: "10.244.0.0/16".parse().expect("net"),
+        }
     }
 
     #[test]

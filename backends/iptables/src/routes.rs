@@ -7,10 +7,10 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, RouteMessageBuilder};
-use sluice_core::{diff_routes, PodRoute, RouteDiff};
+use sluice_core::{PodRoute, RouteDiff, diff_routes};
 
 /// `proto 0x54` ('T'): sluice's inter-node routes. Pod host routes made by sluice-cni use 0x53.
 pub const NODE_RTPROTO: u8 = 0x54;
@@ -18,7 +18,11 @@ pub const NODE_RTPROTO: u8 = 0x54;
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("netlink {op} for route {route} failed: {detail}")]
-    Netlink { op: &'static str, route: String, detail: String },
+    Netlink {
+        op: &'static str,
+        route: String,
+        detail: String,
+    },
 }
 
 pub struct RouteManager {
@@ -55,39 +59,59 @@ impl RouteManager {
     /// The routes sluice owns right now (main table, our protocol).
     pub async fn observed(&self) -> Result<BTreeSet<PodRoute>, RouteError> {
         let mut out = BTreeSet::new();
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        while let Some(m) = s
-            .try_next()
-            .await
-            .map_err(|e| RouteError::Netlink { op: "dump", route: "all".into(), detail: e.to_string() })?
-        {
-            if m.header.address_family == AddressFamily::Inet && m.header.protocol == RouteProtocol::Other(NODE_RTPROTO) {
-                if let Some(r) = route_of(&m) {
-                    out.insert(r);
-                }
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(m) = s.try_next().await.map_err(|e| RouteError::Netlink {
+            op: "dump",
+            route: "all".into(),
+            detail: e.to_string(),
+        })? {
+            if m.header.address_family == AddressFamily::Inet
+                && m.header.protocol == RouteProtocol::Other(NODE_RTPROTO)
+                && let Some(r) = route_of(&m)
+            {
+                out.insert(r);
             }
         }
         Ok(out)
     }
 
     /// Converge towards `desired`; returns what changed.
-    pub async fn reconcile(&self, desired: &BTreeSet<PodRoute>, prune: bool) -> Result<RouteDiff, RouteError> {
+    pub async fn reconcile(
+        &self,
+        desired: &BTreeSet<PodRoute>,
+        prune: bool,
+    ) -> Result<RouteDiff, RouteError> {
         let observed = self.observed().await?;
         let diff = diff_routes(desired, &observed, prune);
         for r in &diff.remove {
-            self.handle.route().del(message(r)).execute().await.map_err(|e| RouteError::Netlink {
-                op: "delete",
-                route: format!("{} via {}", r.dst, r.via),
-                detail: e.to_string(),
-            })?;
+            self.handle
+                .route()
+                .del(message(r))
+                .execute()
+                .await
+                .map_err(|e| RouteError::Netlink {
+                    op: "delete",
+                    route: format!("{} via {}", r.dst, r.via),
+                    detail: e.to_string(),
+                })?;
         }
         for r in &diff.add {
             // replace: a route to the same CIDR via another gateway is superseded atomically.
-            self.handle.route().add(message(r)).replace().execute().await.map_err(|e| RouteError::Netlink {
-                op: "add",
-                route: format!("{} via {}", r.dst, r.via),
-                detail: e.to_string(),
-            })?;
+            self.handle
+                .route()
+                .add(message(r))
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| RouteError::Netlink {
+                    op: "add",
+                    route: format!("{} via {}", r.dst, r.via),
+                    detail: e.to_string(),
+                })?;
         }
         Ok(diff)
     }

@@ -18,7 +18,10 @@ pub fn parse_save(text: &str) -> Vec<TableDump> {
     let mut cur: Option<TableDump> = None;
     for line in text.lines() {
         if let Some(name) = line.strip_prefix('*') {
-            cur = Some(TableDump { name: name.trim().into(), ..Default::default() });
+            cur = Some(TableDump {
+                name: name.trim().into(),
+                ..Default::default()
+            });
         } else if let Some(chain) = line.strip_prefix(':') {
             if let (Some(t), Some(name)) = (cur.as_mut(), chain.split_whitespace().next()) {
                 t.chains.push(name.into());
@@ -27,26 +30,35 @@ pub fn parse_save(text: &str) -> Vec<TableDump> {
             if let Some(t) = cur.as_mut() {
                 t.rules.push(rule.into());
             }
-        } else if line.trim() == "COMMIT" {
-            if let Some(t) = cur.take() {
-                tables.push(t);
-            }
+        } else if line.trim() == "COMMIT"
+            && let Some(t) = cur.take()
+        {
+            tables.push(t);
         }
     }
     tables
 }
 
 fn is_builtin(chain: &str) -> bool {
-    matches!(chain, "PREROUTING" | "INPUT" | "FORWARD" | "OUTPUT" | "POSTROUTING")
+    matches!(
+        chain,
+        "PREROUTING" | "INPUT" | "FORWARD" | "OUTPUT" | "POSTROUTING"
+    )
 }
 
 /// Does `builtin` already jump to `target`?
 pub fn has_hook(t: &TableDump, builtin: &str, target: &str) -> bool {
-    t.rules.iter().any(|r| r.starts_with(&format!("{builtin} ")) && r.ends_with(&format!("-j {target}")))
+    t.rules
+        .iter()
+        .any(|r| r.starts_with(&format!("{builtin} ")) && r.ends_with(&format!("-j {target}")))
 }
 
 pub fn sluice_chains(t: &TableDump) -> Vec<&str> {
-    t.chains.iter().map(String::as_str).filter(|c| c.starts_with(CHAIN_PREFIX)).collect()
+    t.chains
+        .iter()
+        .map(String::as_str)
+        .filter(|c| c.starts_with(CHAIN_PREFIX))
+        .collect()
 }
 
 /// The restore batch that removes everything sluice owns in one table: delete each jump from a
@@ -59,7 +71,11 @@ pub fn cleanup_batch(t: &TableDump) -> Option<String> {
         .iter()
         .filter(|r| {
             let chain = r.split_whitespace().next().unwrap_or("");
-            is_builtin(chain) && r.split_whitespace().skip_while(|w| *w != "-j").nth(1).is_some_and(|tgt| tgt.starts_with(CHAIN_PREFIX))
+            is_builtin(chain)
+                && r.split_whitespace()
+                    .skip_while(|w| *w != "-j")
+                    .nth(1)
+                    .is_some_and(|tgt| tgt.starts_with(CHAIN_PREFIX))
         })
         .collect();
     if ours.is_empty() && hooks.is_empty() {
