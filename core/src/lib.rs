@@ -2,10 +2,14 @@
 //! programs from. Pure data and pure functions: no I/O, no Kubernetes types, no kernel calls,
 //! so all of it is testable without root.
 
+pub mod caps;
 pub mod model;
+pub mod plan;
 pub mod routes;
 pub mod service;
 
+pub use caps::{Capabilities, Capability, ProbeResult};
 pub use model::{ClusterState, LocalEndpoint, NodeInfo, PodInfo};
 pub use routes::{PodRoute, RouteDiff, desired_pod_routes, diff_routes};
 pub use service::{Backend, BackendState, Frontend, FrontendKind, Protocol, Service, ServiceName};
+pub use plan::{DataplaneMode, Feature, KprMode, Owner, Plan, PlanEntry, PlanError, PlanInput, Step};
