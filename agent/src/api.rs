@@ -36,6 +36,5 @@ pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
     w.write_all(line.as_bytes()).await?;
     let mut resp = String::new();
     BufReader::new(r).read_line(&mut resp).await?;
-    serde_json::from_str(&resp)
-        .with_context(|| format!("agent sent an unreadable response: {resp:?}"))
+    serde_json::from_str(&resp).with_context(|| format!("agent sent an unreadable response: {resp:?}"))
 }

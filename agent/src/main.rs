@@ -24,16 +24,11 @@ pub enum Output {
     long_about = "sluice: Kubernetes pod networking and service dataplane.\n\n\
 Run `sluice agent --config FILE` on every node; the other commands talk to that node's agent over\n\
 its root-only unix socket (default /run/sluice/sluice.sock; override with --socket or SLUICE_SOCKET_PATH).\n\n\
-Examples:\n  sluice agent --config /etc/sluice/config.yaml --node-name node-1\n  sluice status\n  sluice status -o json\n  sluice cleanup"
+Examples:\n  sluice agent --config /etc/sluice/config.yaml --node-name node-1\n  sluice status\n  sluice status -o json\n  sluice probe\n  sluice plan --config new.yaml\n  sluice cleanup"
 )]
 struct Cli {
     /// The agent's socket.
-    #[arg(
-        long,
-        global = true,
-        env = "SLUICE_SOCKET_PATH",
-        default_value = "/run/sluice/sluice.sock"
-    )]
+    #[arg(long, global = true, env = "SLUICE_SOCKET_PATH", default_value = "/run/sluice/sluice.sock")]
     socket: PathBuf,
     /// Output format of commands that print tables.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
@@ -46,8 +41,20 @@ struct Cli {
 enum Cmd {
     /// Run the node agent (foreground; stop with SIGTERM — kernel state stays for the next start).
     Agent(cli::agent::AgentArgs),
-    /// Show this node's agent: node, pod CIDR, source sync, routes, local endpoints.
+    /// Show this node's agent: node, pod CIDR, source sync, feature plan, routes, local endpoints.
     Status,
+    /// Probe this node's kernel: each capability, found or not, and the features that need it.
+    Probe {
+        /// Apply this config's `probes.assume_missing` to the result.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show the feature plan: who serves each feature and why. With --config, the plan that file
+    /// would give and how features would move from the running plan; nothing is applied.
+    Plan {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Remove every kernel object sluice owns on this node (sluice iptables chains and hooks,
     /// sluice routes). Pod interfaces are left to the runtime. Safe to run twice.
     Cleanup,
@@ -59,6 +66,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Agent(args) => cli::agent::run(args),
         Cmd::Status => cli::status::run(&cli.socket, cli.output),
         Cmd::Cleanup => cli::cleanup::run(cli.output),
+        Cmd::Probe { config } => cli::probe::run(config.as_deref(), cli.output),
+        Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), cli.output),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

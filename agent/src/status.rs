@@ -3,7 +3,9 @@
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 use sluice_core::model::Rejected;
-use sluice_core::{LocalEndpoint, PodRoute};
+use sluice_core::{LocalEndpoint, Plan, PodRoute};
+
+use crate::daemon::features::ReloadStatus;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SourceStatus {
@@ -33,23 +35,20 @@ pub struct AgentStatus {
     /// Problems the last reconcile hit (empty when healthy).
     pub errors: Vec<String>,
     pub started_unix: u64,
+    pub kernel: String,
+    pub probe_ms: u64,
+    pub plan: Option<Plan>,
+    pub config: ReloadStatus,
 }
 
 pub fn render(s: &AgentStatus) -> String {
     let mut out = String::new();
     let line = |k: &str, v: &str| format!("{k:<16}{v}\n");
     out += &line("Node:", &s.node);
-    out += &line(
-        "Underlay IP:",
-        s.underlay_ip
-            .as_deref()
-            .unwrap_or("unknown (no InternalIP in Node object)"),
-    );
+    out += &line("Underlay IP:", s.underlay_ip.as_deref().unwrap_or("unknown (no InternalIP in Node object)"));
     out += &line(
         "Pod CIDR:",
-        s.pod_cidr
-            .as_deref()
-            .unwrap_or("waiting: no pod_cidr in config and none in the Node object"),
+        s.pod_cidr.as_deref().unwrap_or("waiting: no pod_cidr in config and none in the Node object"),
     );
     out += &line("Cluster CIDR:", &s.cluster_cidr);
     let src = &s.source;
@@ -61,29 +60,31 @@ pub fn render(s: &AgentStatus) -> String {
             src.location,
             if src.synced { "synced" } else { "NOT synced" },
             src.objects,
-            if src.errors.is_empty() {
-                String::new()
-            } else {
-                format!(", {} errors", src.errors.len())
-            }
+            if src.errors.is_empty() { String::new() } else { format!(", {} errors", src.errors.len()) }
         ),
     );
-    out += &line(
-        "CNI conflist:",
-        s.conflist.as_deref().unwrap_or("not written"),
-    );
+    out += &line("CNI conflist:", s.conflist.as_deref().unwrap_or("not written"));
     out += &line("Masquerade:", &s.masquerade);
-    out += &line("Services:", &s.services.to_string());
+    out += &line("Kernel:", &format!("{} (probed in {} ms)", s.kernel, s.probe_ms));
     out += &line(
-        "Routes:",
-        &format!("{} to other nodes' pod CIDRs", s.routes.len()),
+        "Config:",
+        &format!(
+            "{} (generation {}{})",
+            s.config.path.as_deref().unwrap_or("flags/env only"),
+            s.config.generation,
+            s.config.rejected.as_ref().map(|r| format!(", LAST RELOAD REJECTED: {r}")).unwrap_or_default()
+        ),
     );
+    out += &line("Services:", &s.services.to_string());
+    out += &line("Routes:", &format!("{} to other nodes' pod CIDRs", s.routes.len()));
     for r in &s.routes {
         out += &format!("  {} via {}\n", r.dst, r.via);
     }
+    if let Some(p) = &s.plan {
+        out += &render_plan(p);
+    }
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["POD", "IP", "INTERFACE", "CONTAINER"]);
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(["POD", "IP", "INTERFACE", "CONTAINER"]);
     for e in &s.local_endpoints {
         let pod = match (&e.pod_namespace, &e.pod_name) {
             (Some(ns), Some(n)) => format!("{ns}/{n}"),
@@ -101,6 +102,21 @@ pub fn render(s: &AgentStatus) -> String {
     }
     for e in &s.errors {
         out += &format!("error: {e}\n");
+    }
+    out
+}
+
+/// The status line, a FEATURE | OWNER | REASON table and the warnings.
+pub fn render_plan(p: &Plan) -> String {
+    let mut out = format!("{}\n", p.status_line());
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(["FEATURE", "OWNER", "REASON"]);
+    for e in &p.entries {
+        t.add_row([e.feature.name().to_string(), e.owner.to_string(), e.reason.clone()]);
+    }
+    out += &format!("{t}\n");
+    for w in &p.warnings {
+        out += &format!("warning: {w}\n");
     }
     out
 }

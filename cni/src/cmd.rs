@@ -13,11 +13,9 @@ use crate::spec::{self, Attached, Command, Env, NetConf};
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if env.command == Command::Version {
         // VERSION may come with or without a config; only cniVersion matters.
-        let requested = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
+        let requested = serde_json::from_slice::<Value>(stdin)
+            .ok()
+            .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string));
         return Ok(Some(spec::render_version(requested.as_deref())));
     }
     let conf = NetConf::validate(spec::decode(stdin)?)?;
@@ -37,10 +35,7 @@ fn unreachable_version() -> Result<Option<Value>, CniError> {
 }
 
 fn add(env: &Env, conf: &NetConf, store: &Store) -> Result<Value, CniError> {
-    let netns_path = env.netns.clone().ok_or(CniError::MissingEnv {
-        var: "CNI_NETNS",
-        command: "ADD".into(),
-    })?;
+    let netns_path = env.netns.clone().ok_or(CniError::MissingEnv { var: "CNI_NETNS", command: "ADD".into() })?;
     // Validate the netns before reserving anything, so a bad netns leaves no trace.
     let ns = open_netns(&netns_path)?;
     let req = Request {
@@ -70,13 +65,7 @@ fn add(env: &Env, conf: &NetConf, store: &Store) -> Result<Value, CniError> {
     }
 }
 
-fn plumb(
-    env: &Env,
-    conf: &NetConf,
-    ns: &std::fs::File,
-    host: &str,
-    alloc: &Allocation,
-) -> Result<Attached, CniError> {
+fn plumb(env: &Env, conf: &NetConf, ns: &std::fs::File, host: &str, alloc: &Allocation) -> Result<Attached, CniError> {
     let (ip, gw, mtu) = (alloc.ip, conf.gateway, conf.mtu);
     let host_mac = with_netlink_here(|h| async move {
         // A leftover from an earlier, interrupted ADD of this attachment would block creation.
@@ -86,9 +75,8 @@ fn plumb(
     })?;
     let netns_path = env.netns.clone().unwrap_or_default();
     let ifname = env.ifname.clone();
-    let mac = with_netlink_in(&netns_path, |h| async move {
-        plumbing::configure_container(&h, &ifname, ip, gw).await
-    })?;
+    let mac =
+        with_netlink_in(&netns_path, |h| async move { plumbing::configure_container(&h, &ifname, ip, gw).await })?;
     Ok(Attached {
         host_ifname: host.to_string(),
         host_mac,
@@ -115,14 +103,11 @@ fn check(env: &Env, conf: &NetConf, store: &Store) -> Result<(), CniError> {
         ifname: env.ifname.clone(),
         problem,
     };
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| CniError::InvalidConfig {
-            field: "prevResult".into(),
-            value: "(absent)".into(),
-            accepted: "the result of the ADD being checked".into(),
-        })?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::InvalidConfig {
+        field: "prevResult".into(),
+        value: "(absent)".into(),
+        accepted: "the result of the ADD being checked".into(),
+    })?;
     let alloc = store
         .lock()?
         .find(&env.container_id, &env.ifname)?
@@ -130,27 +115,20 @@ fn check(env: &Env, conf: &NetConf, store: &Store) -> Result<(), CniError> {
     match spec::prev_result_ip(prev) {
         Some(ip) if ip == alloc.ip => {}
         other => {
-            return Err(fail(format!(
-                "prevResult reports {other:?} but {} is allocated",
-                alloc.ip
-            )));
+            return Err(fail(format!("prevResult reports {other:?} but {} is allocated", alloc.ip)));
         }
     }
     let host = host_veth_name(&env.container_id, &env.ifname);
-    let host_ok =
-        with_netlink_here(|h| async move { Ok(plumbing::get_link(&h, &host).await?.is_some()) })?;
+    let host_ok = with_netlink_here(|h| async move { Ok(plumbing::get_link(&h, &host).await?.is_some()) })?;
     if !host_ok {
-        return Err(fail(format!(
-            "host interface {} is missing",
-            host_veth_name(&env.container_id, &env.ifname)
-        )));
+        return Err(fail(format!("host interface {} is missing", host_veth_name(&env.container_id, &env.ifname))));
     }
     let netns = env.netns.clone().unwrap_or_default();
     let ifname = env.ifname.clone();
     let (ip, gw) = (alloc.ip, conf.gateway);
-    if let Some(problem) = with_netlink_in(&netns, |h| async move {
-        plumbing::check_container(&h, &ifname, ip, gw).await
-    })? {
+    if let Some(problem) =
+        with_netlink_in(&netns, |h| async move { plumbing::check_container(&h, &ifname, ip, gw).await })?
+    {
         return Err(fail(problem));
     }
     Ok(())
@@ -161,16 +139,10 @@ fn gc(conf: &NetConf, store: &Store) -> Result<(), CniError> {
     let lock = store.lock()?;
     let freed = lock.gc(&valid)?;
     // Host veths of every remaining record (pending ones included: an ADD may be in flight).
-    let keep: std::collections::BTreeSet<String> = lock
-        .list()?
-        .iter()
-        .map(|a| host_veth_name(&a.container_id, &a.ifname))
-        .collect();
+    let keep: std::collections::BTreeSet<String> =
+        lock.list()?.iter().map(|a| host_veth_name(&a.container_id, &a.ifname)).collect();
     drop(lock);
-    let mut doomed: Vec<String> = freed
-        .iter()
-        .map(|a| host_veth_name(&a.container_id, &a.ifname))
-        .collect();
+    let mut doomed: Vec<String> = freed.iter().map(|a| host_veth_name(&a.container_id, &a.ifname)).collect();
     doomed.retain(|n| !keep.contains(n));
     with_netlink_here(|h| async move {
         for name in &doomed {

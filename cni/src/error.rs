@@ -28,59 +28,27 @@ pub enum CniError {
     #[error("environment variable {var} is required for {command}")]
     MissingEnv { var: &'static str, command: String },
     #[error("environment variable {var}={value:?} is invalid: {accepted}")]
-    InvalidEnv {
-        var: &'static str,
-        value: String,
-        accepted: String,
-    },
+    InvalidEnv { var: &'static str, value: String, accepted: String },
     #[error("cniVersion {version:?} is not supported; supported: {supported}")]
     IncompatibleVersion { version: String, supported: String },
     #[error("network config field {field}={value:?} is invalid: {accepted}")]
-    InvalidConfig {
-        field: String,
-        value: String,
-        accepted: String,
-    },
+    InvalidConfig { field: String, value: String, accepted: String },
     #[error("network namespace {path} does not exist or cannot be opened: {source}")]
-    NetnsUnknown {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    NetnsUnknown { path: PathBuf, source: std::io::Error },
     #[error(
         "no free address left in {subnet} for network {network} ({used} in use); free addresses by deleting pods or run GC"
     )]
-    PoolExhausted {
-        network: String,
-        subnet: String,
-        used: usize,
-    },
+    PoolExhausted { network: String, subnet: String, used: usize },
     #[error("IPAM store {path}: {source}")]
-    Store {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Store { path: PathBuf, source: std::io::Error },
     #[error("IPAM record {path} is corrupt: {source}")]
-    StoreCorrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    StoreCorrupt { path: PathBuf, source: serde_json::Error },
     #[error("netlink operation '{op}' on {target} failed: {detail}")]
-    Netlink {
-        op: &'static str,
-        target: String,
-        detail: String,
-    },
+    Netlink { op: &'static str, target: String, detail: String },
     #[error("{what} failed: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
     #[error("CHECK failed for container {container_id} interface {ifname}: {problem}")]
-    CheckFailed {
-        container_id: String,
-        ifname: String,
-        problem: String,
-    },
+    CheckFailed { container_id: String, ifname: String, problem: String },
     #[error("plugin cannot serve ADD right now: {reason}")]
     Unavailable { reason: String },
 }
@@ -96,9 +64,7 @@ impl CniError {
             CniError::InvalidConfig { .. } => INVALID_CONFIG,
             CniError::NetnsUnknown { .. } => CONTAINER_UNKNOWN,
             CniError::PoolExhausted { .. } => POOL_EXHAUSTED,
-            CniError::Store { .. } | CniError::StoreCorrupt { .. } | CniError::Io { .. } => {
-                IO_FAILURE
-            }
+            CniError::Store { .. } | CniError::StoreCorrupt { .. } | CniError::Io { .. } => IO_FAILURE,
             CniError::Netlink { .. } => IO_FAILURE,
             CniError::CheckFailed { .. } => CHECK_FAILED,
             CniError::Unavailable { .. } => PLUGIN_NOT_AVAILABLE,
@@ -133,11 +99,7 @@ impl CniError {
     }
 
     pub fn netlink(op: &'static str, target: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        CniError::Netlink {
-            op,
-            target: target.into(),
-            detail: e.to_string(),
-        }
+        CniError::Netlink { op, target: target.into(), detail: e.to_string() }
     }
 }
 

@@ -51,10 +51,7 @@ pub struct Allocation {
 
 impl Allocation {
     pub fn attachment(&self) -> Attachment {
-        Attachment {
-            container_id: self.container_id.clone(),
-            ifname: self.ifname.clone(),
-        }
+        Attachment { container_id: self.container_id.clone(), ifname: self.ifname.clone() }
     }
 
     /// A pending record whose owner can no longer finish it.
@@ -78,10 +75,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]
@@ -104,12 +98,7 @@ pub struct Request {
 
 impl Store {
     pub fn new(data_dir: &Path, network: &str, subnet: Ipv4Net, gateway: Ipv4Addr) -> Self {
-        Store {
-            dir: data_dir.join(network),
-            network: network.into(),
-            subnet,
-            gateway,
-        }
+        Store { dir: data_dir.join(network), network: network.into(), subnet, gateway }
     }
 
     pub fn dir(&self) -> &Path {
@@ -125,21 +114,10 @@ impl Store {
     pub fn lock(&self) -> Result<Locked<'_>, CniError> {
         fs::create_dir_all(&self.dir).map_err(self.err(&self.dir))?;
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(self.err(&path))?;
-        let flock =
-            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| CniError::Store {
-                path: path.clone(),
-                source: std::io::Error::from(errno),
-            })?;
-        Ok(Locked {
-            store: self,
-            _lock: flock,
-        })
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(self.err(&path))?;
+        let flock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| CniError::Store { path: path.clone(), source: std::io::Error::from(errno) })?;
+        Ok(Locked { store: self, _lock: flock })
     }
 
     /// Addresses pods may get: the subnet's hosts minus the gateway.
@@ -183,10 +161,7 @@ impl Locked<'_> {
         // Write-then-rename: a crash leaves either the old record or the new one, never half.
         let path = self.path(a.ip);
         let tmp = self.store.dir.join(format!(".{}.tmp", a.ip));
-        let bytes = serde_json::to_vec(a).map_err(|source| CniError::StoreCorrupt {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = serde_json::to_vec(a).map_err(|source| CniError::StoreCorrupt { path: path.clone(), source })?;
         fs::write(&tmp, bytes).map_err(self.store.err(&tmp))?;
         fs::rename(&tmp, &path).map_err(self.store.err(&path))
     }
@@ -204,10 +179,7 @@ impl Locked<'_> {
     pub fn allocate(&self, req: &Request) -> Result<Allocation, CniError> {
         let now = now_unix();
         let existing = self.list()?;
-        if let Some(a) = existing
-            .iter()
-            .find(|a| a.container_id == req.container_id && a.ifname == req.ifname)
-        {
+        if let Some(a) = existing.iter().find(|a| a.container_id == req.container_id && a.ifname == req.ifname) {
             let mut a = a.clone();
             a.state = AllocState::Pending;
             a.pid = std::process::id();
@@ -225,14 +197,10 @@ impl Locked<'_> {
         }
         // Round-robin from the last reserved address, as host-local does, so a just-freed
         // address is not handed straight to the next pod (stale conntrack, stale peers).
-        let last: Option<Ipv4Addr> = fs::read_to_string(self.store.dir.join(LAST_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let last: Option<Ipv4Addr> =
+            fs::read_to_string(self.store.dir.join(LAST_FILE)).ok().and_then(|s| s.trim().parse().ok());
         let candidates: Vec<Ipv4Addr> = self.store.candidates().collect();
-        let start = last
-            .and_then(|l| candidates.iter().position(|c| *c == l))
-            .map(|i| i + 1)
-            .unwrap_or(0);
+        let start = last.and_then(|l| candidates.iter().position(|c| *c == l)).map(|i| i + 1).unwrap_or(0);
         let pick = (0..candidates.len())
             .map(|i| candidates[(start + i) % candidates.len()])
             .find(|ip| !used.contains(ip))
@@ -268,19 +236,13 @@ impl Locked<'_> {
     }
 
     pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Allocation>, CniError> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .find(|a| a.container_id == container_id && a.ifname == ifname))
+        Ok(self.list()?.into_iter().find(|a| a.container_id == container_id && a.ifname == ifname))
     }
 
     /// Free whatever (container, ifname) holds; returns what was freed (possibly nothing).
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Allocation>, CniError> {
-        let freed: Vec<_> = self
-            .list()?
-            .into_iter()
-            .filter(|a| a.container_id == container_id && a.ifname == ifname)
-            .collect();
+        let freed: Vec<_> =
+            self.list()?.into_iter().filter(|a| a.container_id == container_id && a.ifname == ifname).collect();
         for a in &freed {
             self.remove(a.ip)?;
         }

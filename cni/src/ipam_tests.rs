@@ -6,11 +6,7 @@ fn store(dir: &Path, cidr: &str) -> Store {
 }
 
 fn req(id: &str) -> Request {
-    Request {
-        container_id: id.into(),
-        ifname: "eth0".into(),
-        ..Default::default()
-    }
+    Request { container_id: id.into(), ifname: "eth0".into(), ..Default::default() }
 }
 
 #[test]
@@ -18,9 +14,7 @@ fn allocates_distinct_and_skips_gateway() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = store(tmp.path(), "10.1.0.0/29"); // hosts .1-.6, gateway .1 -> 5 addresses
     let l = s.lock().expect("lock");
-    let ips: BTreeSet<_> = (0..5)
-        .map(|i| l.allocate(&req(&format!("c{i}"))).expect("alloc").ip)
-        .collect();
+    let ips: BTreeSet<_> = (0..5).map(|i| l.allocate(&req(&format!("c{i}"))).expect("alloc").ip).collect();
     assert_eq!(ips.len(), 5);
     assert!(!ips.contains(&"10.1.0.1".parse().expect("ip")));
     let e = l.allocate(&req("c5")).expect_err("exhausted");
@@ -76,18 +70,10 @@ fn gc_keeps_only_valid() {
         let a = l.allocate(&req(id)).expect("alloc");
         l.commit(a, "h").expect("commit");
     }
-    let valid = [Attachment {
-        container_id: "b".into(),
-        ifname: "eth0".into(),
-    }];
+    let valid = [Attachment { container_id: "b".into(), ifname: "eth0".into() }];
     let freed = l.gc(&valid).expect("gc");
     assert_eq!(freed.len(), 2);
-    let left: Vec<_> = l
-        .list()
-        .expect("list")
-        .into_iter()
-        .map(|a| a.container_id)
-        .collect();
+    let left: Vec<_> = l.list().expect("list").into_iter().map(|a| a.container_id).collect();
     assert_eq!(left, ["b"]);
 }
 
@@ -106,10 +92,7 @@ fn concurrent_allocations_are_distinct() {
             })
         })
         .collect();
-    let ips: BTreeSet<_> = handles
-        .into_iter()
-        .map(|h| h.join().expect("thread"))
-        .collect();
+    let ips: BTreeSet<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
     assert_eq!(ips.len(), 100);
 }
 

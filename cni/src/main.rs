@@ -24,28 +24,17 @@ Try: echo '{\"cniVersion\":\"1.1.0\"}' | CNI_COMMAND=VERSION sluice-cni
 fn main() -> ExitCode {
     let mut stdin = Vec::new();
     let no_command = std::env::var_os("CNI_COMMAND").is_none();
-    if no_command
-        && (std::io::stdin().is_terminal() || std::env::args().any(|a| a == "--help" || a == "-h"))
-    {
+    if no_command && (std::io::stdin().is_terminal() || std::env::args().any(|a| a == "--help" || a == "-h")) {
         print!("{HELP}");
-        return ExitCode::from(if std::env::args().any(|a| a == "--help" || a == "-h") {
-            0
-        } else {
-            2
-        });
+        return ExitCode::from(if std::env::args().any(|a| a == "--help" || a == "-h") { 0 } else { 2 });
     }
     let _ = std::io::stdin().read_to_end(&mut stdin);
     // Errors are reported in the caller's version when it can be read at all.
     let version = serde_json::from_slice::<serde_json::Value>(&stdin)
         .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(|s| s.as_str())
-                .map(str::to_string)
-        })
+        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
         .unwrap_or_else(|| LATEST_VERSION.to_string());
-    let outcome = Env::from_lookup(|k| std::env::var(k).ok())
-        .and_then(|env| sluice_cni::cmd::run(&env, &stdin));
+    let outcome = Env::from_lookup(|k| std::env::var(k).ok()).and_then(|env| sluice_cni::cmd::run(&env, &stdin));
     let mut out = std::io::stdout().lock();
     match outcome {
         Ok(Some(v)) => {

@@ -19,23 +19,15 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 /// Open a netns file and make sure it really is a namespace (not a stray regular file).
 pub fn open_netns(path: &Path) -> Result<File, CniError> {
-    let file = File::open(path).map_err(|source| CniError::NetnsUnknown {
-        path: path.into(),
-        source,
-    })?;
-    let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| CniError::NetnsUnknown {
-        path: path.into(),
-        source: e.into(),
-    })?;
+    let file = File::open(path).map_err(|source| CniError::NetnsUnknown { path: path.into(), source })?;
+    let fs =
+        nix::sys::statfs::fstatfs(&file).map_err(|e| CniError::NetnsUnknown { path: path.into(), source: e.into() })?;
     #[allow(clippy::unnecessary_cast)]
     let magic = fs.filesystem_type().0 as i64;
     if magic != NSFS_MAGIC {
         return Err(CniError::NetnsUnknown {
             path: path.into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a network namespace file (nsfs)",
-            ),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a network namespace file (nsfs)"),
         });
     }
     Ok(file)
@@ -76,15 +68,10 @@ where
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
-        .map_err(|source| CniError::Io {
-            what: "starting netlink runtime".into(),
-            source,
-        })?;
+        .map_err(|source| CniError::Io { what: "starting netlink runtime".into(), source })?;
     rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| CniError::Io {
-            what: "opening netlink socket".into(),
-            source,
-        })?;
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|source| CniError::Io { what: "opening netlink socket".into(), source })?;
         let task = tokio::spawn(conn);
         let out = f(handle).await;
         task.abort();

@@ -6,9 +6,7 @@ use std::os::fd::AsRawFd;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
-};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
@@ -32,11 +30,7 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 }
 
 pub fn format_mac(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 pub fn link_mac(msg: &LinkMessage) -> String {
@@ -51,13 +45,7 @@ pub fn link_mac(msg: &LinkMessage) -> String {
 
 /// Look a link up by name; `None` when it does not exist.
 pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
-    let res = h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await;
+    let res = h.link().get().match_name(name.to_string()).execute().try_next().await;
     match res {
         Ok(m) => Ok(m),
         Err(e) if matches!(errno(&e), Some(libc::ENODEV)) => Ok(None),
@@ -85,14 +73,11 @@ pub async fn create_veth(
     netns: &std::fs::File,
     mtu: Option<u32>,
 ) -> Result<(), CniError> {
-    let mut peer_b = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(peer.to_string())
-        .setns_by_fd(netns.as_raw_fd());
+    let mut peer_b = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).setns_by_fd(netns.as_raw_fd());
     if let Some(m) = mtu {
         peer_b = peer_b.mtu(m);
     }
-    let mut b =
-        LinkVeth::new(host, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_b.build())));
+    let mut b = LinkVeth::new(host, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_b.build())));
     if let Some(m) = mtu {
         b = b.mtu(m);
     }
@@ -103,11 +88,7 @@ pub async fn create_veth(
             }
             _ => e.to_string(),
         };
-        CniError::Netlink {
-            op: "create veth",
-            target: format!("{host} <-> {peer}"),
-            detail,
-        }
+        CniError::Netlink { op: "create veth", target: format!("{host} <-> {peer}"), detail }
     })
 }
 
@@ -119,48 +100,25 @@ async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), CniError> {
         .map_err(|e| CniError::netlink("set link up", name, e))
 }
 
-async fn add_addr(
-    h: &Handle,
-    index: u32,
-    name: &str,
-    ip: Ipv4Addr,
-    prefix: u8,
-) -> Result<(), CniError> {
-    match h
-        .address()
-        .add(index, IpAddr::V4(ip), prefix)
-        .execute()
-        .await
-    {
-        Err(e) if !matches!(errno(&e), Some(libc::EEXIST)) => Err(CniError::netlink(
-            "add address",
-            format!("{ip}/{prefix} on {name}"),
-            e,
-        )),
+async fn add_addr(h: &Handle, index: u32, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), CniError> {
+    match h.address().add(index, IpAddr::V4(ip), prefix).execute().await {
+        Err(e) if !matches!(errno(&e), Some(libc::EEXIST)) => {
+            Err(CniError::netlink("add address", format!("{ip}/{prefix} on {name}"), e))
+        }
         _ => Ok(()),
     }
 }
 
 async fn add_route(h: &Handle, msg: RouteMessage, what: String) -> Result<(), CniError> {
-    h.route()
-        .add(msg)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| CniError::netlink("add route", what, e))
+    h.route().add(msg).replace().execute().await.map_err(|e| CniError::netlink("add route", what, e))
 }
 
 /// Inside the pod: bring `ifname` up with `ip/32`, a link route to the gateway and a default
 /// route via it. Returns the interface's MAC.
-pub async fn configure_container(
-    h: &Handle,
-    ifname: &str,
-    ip: Ipv4Addr,
-    gw: Ipv4Addr,
-) -> Result<String, CniError> {
-    let link = get_link(h, ifname).await?.ok_or_else(|| {
-        CniError::netlink("find pod interface", ifname, "missing after veth creation")
-    })?;
+pub async fn configure_container(h: &Handle, ifname: &str, ip: Ipv4Addr, gw: Ipv4Addr) -> Result<String, CniError> {
+    let link = get_link(h, ifname)
+        .await?
+        .ok_or_else(|| CniError::netlink("find pod interface", ifname, "missing after veth creation"))?;
     let idx = link.header.index;
     if let Some(lo) = get_link(h, "lo").await? {
         set_up(h, lo.header.index, "lo").await?;
@@ -173,22 +131,14 @@ pub async fn configure_container(
         .scope(RouteScope::Link)
         .build();
     add_route(h, to_gw, format!("{gw}/32 dev {ifname}")).await?;
-    let default = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(gw)
-        .output_interface(idx)
-        .build();
+    let default = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(idx).build();
     add_route(h, default, format!("default via {gw} dev {ifname}")).await?;
     Ok(link_mac(&link))
 }
 
 /// On the node: bring the host veth up with the gateway address (so it answers the pod's ARP)
 /// and route the pod's /32 to it. Returns the host veth's MAC.
-pub async fn configure_host(
-    h: &Handle,
-    host: &str,
-    ip: Ipv4Addr,
-    gw: Ipv4Addr,
-) -> Result<String, CniError> {
+pub async fn configure_host(h: &Handle, host: &str, ip: Ipv4Addr, gw: Ipv4Addr) -> Result<String, CniError> {
     let link = get_link(h, host)
         .await?
         .ok_or_else(|| CniError::netlink("find host veth", host, "missing after veth creation"))?;
@@ -210,9 +160,7 @@ pub async fn configure_host(
 
 fn route_dst(r: &RouteMessage) -> Option<(Ipv4Addr, u8)> {
     r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-            Some((*ip, r.header.destination_prefix_length))
-        }
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some((*ip, r.header.destination_prefix_length)),
         _ => None,
     })
 }
@@ -226,16 +174,9 @@ fn route_gw(r: &RouteMessage) -> Option<Ipv4Addr> {
 
 /// Inside the pod: does `ifname` exist, is it up, with `ip`, and a default route via `gw`?
 /// Returns the first problem found.
-pub async fn check_container(
-    h: &Handle,
-    ifname: &str,
-    ip: Ipv4Addr,
-    gw: Ipv4Addr,
-) -> Result<Option<String>, CniError> {
+pub async fn check_container(h: &Handle, ifname: &str, ip: Ipv4Addr, gw: Ipv4Addr) -> Result<Option<String>, CniError> {
     let Some(link) = get_link(h, ifname).await? else {
-        return Ok(Some(format!(
-            "interface {ifname} does not exist in the pod netns"
-        )));
+        return Ok(Some(format!("interface {ifname} does not exist in the pod netns")));
     };
     if !link.header.flags.contains(LinkFlags::Up) {
         return Ok(Some(format!("interface {ifname} is down")));
@@ -243,34 +184,17 @@ pub async fn check_container(
     let idx = link.header.index;
     let mut addrs = h.address().get().set_link_index_filter(idx).execute();
     let mut has_ip = false;
-    while let Some(a) = addrs
-        .try_next()
-        .await
-        .map_err(|e| CniError::netlink("list addresses", ifname, e))?
-    {
+    while let Some(a) = addrs.try_next().await.map_err(|e| CniError::netlink("list addresses", ifname, e))? {
         use rtnetlink::packet_route::address::AddressAttribute;
-        has_ip |= a
-            .attributes
-            .iter()
-            .any(|at| matches!(at, AddressAttribute::Address(IpAddr::V4(x)) if *x == ip));
+        has_ip |= a.attributes.iter().any(|at| matches!(at, AddressAttribute::Address(IpAddr::V4(x)) if *x == ip));
     }
     if !has_ip {
         return Ok(Some(format!("address {ip} missing on {ifname}")));
     }
-    let mut routes = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
+    let mut routes = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
     let mut has_default = false;
-    while let Some(r) = routes
-        .try_next()
-        .await
-        .map_err(|e| CniError::netlink("list routes", ifname, e))?
-    {
-        if r.header.address_family == AddressFamily::Inet
-            && route_dst(&r).is_none()
-            && route_gw(&r) == Some(gw)
-        {
+    while let Some(r) = routes.try_next().await.map_err(|e| CniError::netlink("list routes", ifname, e))? {
+        if r.header.address_family == AddressFamily::Inet && route_dst(&r).is_none() && route_gw(&r) == Some(gw) {
             has_default = true;
         }
     }
@@ -296,9 +220,6 @@ mod tests {
 
     #[test]
     fn mac_format() {
-        assert_eq!(
-            format_mac(&[0xaa, 0, 1, 0xff, 0x10, 2]),
-            "aa:00:01:ff:10:02"
-        );
+        assert_eq!(format_mac(&[0xaa, 0, 1, 0xff, 0x10, 2]), "aa:00:01:ff:10:02");
     }
 }

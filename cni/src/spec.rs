@@ -71,18 +71,14 @@ pub struct Env {
 
 impl Env {
     pub fn from_lookup(get: impl Fn(&'static str) -> Option<String>) -> Result<Self, CniError> {
-        let command = Command::parse(&get("CNI_COMMAND").ok_or(CniError::MissingEnv {
-            var: "CNI_COMMAND",
-            command: "any command".into(),
-        })?)?;
+        let command = Command::parse(
+            &get("CNI_COMMAND").ok_or(CniError::MissingEnv { var: "CNI_COMMAND", command: "any command".into() })?,
+        )?;
         let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
         let required = |var: &'static str| -> Result<String, CniError> {
             match get(var).filter(|v| !v.is_empty()) {
                 Some(v) => Ok(v),
-                None => Err(CniError::MissingEnv {
-                    var,
-                    command: command.as_str().into(),
-                }),
+                None => Err(CniError::MissingEnv { var, command: command.as_str().into() }),
             }
         };
         let (container_id, ifname) = if needs_attachment {
@@ -96,19 +92,11 @@ impl Env {
         };
         let netns = match command {
             Command::Add | Command::Check => Some(PathBuf::from(required("CNI_NETNS")?)),
-            Command::Del => get("CNI_NETNS")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            Command::Del => get("CNI_NETNS").filter(|v| !v.is_empty()).map(PathBuf::from),
             _ => None,
         };
         let args = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
-        Ok(Env {
-            command,
-            container_id,
-            netns,
-            ifname,
-            args,
-        })
+        Ok(Env { command, container_id, netns, ifname, args })
     }
 
     pub fn pod_namespace(&self) -> Option<&str> {
@@ -123,9 +111,7 @@ impl Env {
 fn validate_container_id(id: &str) -> Result<(), CniError> {
     // The spec restricts IDs to alphanumerics plus `_.-`; they become file contents and names.
     let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -142,9 +128,7 @@ fn validate_ifname(name: &str) -> Result<(), CniError> {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok {
         Ok(())
     } else {
@@ -224,73 +208,39 @@ pub fn check_version(v: Option<&str>) -> Result<String, CniError> {
     if SUPPORTED_VERSIONS.contains(&v) {
         Ok(v.to_string())
     } else {
-        Err(CniError::IncompatibleVersion {
-            version: v.into(),
-            supported: SUPPORTED_VERSIONS.join(", "),
-        })
+        Err(CniError::IncompatibleVersion { version: v.into(), supported: SUPPORTED_VERSIONS.join(", ") })
     }
 }
 
 fn invalid(field: &str, value: impl Into<String>, accepted: &str) -> CniError {
-    CniError::InvalidConfig {
-        field: field.into(),
-        value: value.into(),
-        accepted: accepted.into(),
-    }
+    CniError::InvalidConfig { field: field.into(), value: value.into(), accepted: accepted.into() }
 }
 
 impl NetConf {
     pub fn validate(raw: RawNetConf) -> Result<Self, CniError> {
         let cni_version = check_version(raw.cni_version.as_deref())?;
         let name = raw.name.unwrap_or_default();
-        let name_ok = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        let name_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !name_ok {
-            return Err(invalid(
-                "name",
-                name,
-                "a non-empty network name of letters, digits, '_', '.', '-'",
-            ));
+            return Err(invalid("name", name, "a non-empty network name of letters, digits, '_', '.', '-'"));
         }
-        let subnet_s = raw.subnet.ok_or_else(|| {
-            invalid(
-                "subnet",
-                "",
-                "an IPv4 CIDR such as 10.244.1.0/24 (the node's pod CIDR)",
-            )
-        })?;
-        let subnet: Ipv4Net = subnet_s.parse().map_err(|_| {
-            invalid(
-                "subnet",
-                subnet_s.clone(),
-                "an IPv4 CIDR such as 10.244.1.0/24",
-            )
-        })?;
+        let subnet_s = raw
+            .subnet
+            .ok_or_else(|| invalid("subnet", "", "an IPv4 CIDR such as 10.244.1.0/24 (the node's pod CIDR)"))?;
+        let subnet: Ipv4Net =
+            subnet_s.parse().map_err(|_| invalid("subnet", subnet_s.clone(), "an IPv4 CIDR such as 10.244.1.0/24"))?;
         if subnet.prefix_len() > 30 {
-            return Err(invalid(
-                "subnet",
-                subnet_s,
-                "a prefix of /30 or shorter (room for a gateway and pods)",
-            ));
+            return Err(invalid("subnet", subnet_s, "a prefix of /30 or shorter (room for a gateway and pods)"));
         }
         let subnet = subnet.trunc();
         let gateway = match raw.gateway {
             None => first_host(subnet),
             Some(g) => {
-                let ip: Ipv4Addr = g
-                    .parse()
-                    .map_err(|_| invalid("gateway", g.clone(), "an IPv4 address inside subnet"))?;
+                let ip: Ipv4Addr =
+                    g.parse().map_err(|_| invalid("gateway", g.clone(), "an IPv4 address inside subnet"))?;
                 if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
-                    return Err(invalid(
-                        "gateway",
-                        g,
-                        &format!("a host address inside subnet {subnet}"),
-                    ));
+                    return Err(invalid("gateway", g, &format!("a host address inside subnet {subnet}")));
                 }
                 ip
             }
@@ -306,14 +256,8 @@ impl NetConf {
             subnet,
             gateway,
             mtu: raw.mtu,
-            data_dir: raw
-                .data_dir
-                .map(PathBuf::from)
-                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            agent_socket: raw
-                .agent_socket
-                .map(PathBuf::from)
-                .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.into()),
+            data_dir: raw.data_dir.map(PathBuf::from).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            agent_socket: raw.agent_socket.map(PathBuf::from).unwrap_or_else(|| DEFAULT_AGENT_SOCKET.into()),
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
         })
@@ -360,9 +304,7 @@ pub fn render_result(version: &str, a: &Attached) -> Value {
 }
 
 pub fn render_version(requested: Option<&str>) -> Value {
-    let v = requested
-        .filter(|v| SUPPORTED_VERSIONS.contains(v))
-        .unwrap_or(LATEST_VERSION);
+    let v = requested.filter(|v| SUPPORTED_VERSIONS.contains(v)).unwrap_or(LATEST_VERSION);
     json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS })
 }
 

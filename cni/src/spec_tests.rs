@@ -17,10 +17,7 @@ fn add_env_complete() {
         ("CNI_CONTAINERID", "abc-1"),
         ("CNI_NETNS", "/run/netns/x"),
         ("CNI_IFNAME", "eth0"),
-        (
-            "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
-        ),
+        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"),
     ])
     .expect("valid env");
     assert_eq!(e.command, Command::Add);
@@ -31,40 +28,22 @@ fn add_env_complete() {
 
 #[test]
 fn del_accepts_empty_netns() {
-    let e = env(&[
-        ("CNI_COMMAND", "DEL"),
-        ("CNI_CONTAINERID", "abc"),
-        ("CNI_NETNS", ""),
-        ("CNI_IFNAME", "eth0"),
-    ])
-    .expect("DEL without netns");
+    let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")])
+        .expect("DEL without netns");
     assert_eq!(e.netns, None);
 }
 
 #[test]
 fn env_errors_name_the_variable() {
-    let err = env(&[
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "abc"),
-        ("CNI_IFNAME", "eth0"),
-    ])
-    .expect_err("no netns");
+    let err = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]).expect_err("no netns");
     assert_eq!(err.code(), code::INVALID_ENV);
     assert!(err.to_string().contains("CNI_NETNS"), "{err}");
 
     let err = env(&[("CNI_COMMAND", "FROB")]).expect_err("bad command");
-    assert!(
-        err.to_string().contains("FROB") && err.to_string().contains("ADD"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("FROB") && err.to_string().contains("ADD"), "{err}");
 
-    let err = env(&[
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "a/b"),
-        ("CNI_NETNS", "/x"),
-        ("CNI_IFNAME", "eth0"),
-    ])
-    .expect_err("bad id");
+    let err = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a/b"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0")])
+        .expect_err("bad id");
     assert!(err.to_string().contains("a/b"), "{err}");
 
     let err = env(&[
@@ -82,10 +61,7 @@ fn env_errors_name_the_variable() {
 
 #[test]
 fn version_needs_no_attachment_env() {
-    assert_eq!(
-        env(&[("CNI_COMMAND", "VERSION")]).expect("ok").command,
-        Command::Version
-    );
+    assert_eq!(env(&[("CNI_COMMAND", "VERSION")]).expect("ok").command, Command::Version);
 }
 
 #[test]
@@ -107,26 +83,21 @@ fn config_errors() {
     let e = conf("{not json").expect_err("decode");
     assert_eq!(e.code(), code::DECODING_FAILURE);
 
-    let e = conf(r#"{"cniVersion":"0.2.0","name":"n","subnet":"10.0.0.0/24"}"#)
-        .expect_err("old version");
+    let e = conf(r#"{"cniVersion":"0.2.0","name":"n","subnet":"10.0.0.0/24"}"#).expect_err("old version");
     assert_eq!(e.code(), code::INCOMPATIBLE_VERSION);
     assert!(e.to_string().contains("0.2.0") && e.to_string().contains("1.1.0"));
 
-    let e = conf(r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.0.0.300/24"}"#)
-        .expect_err("bad cidr");
+    let e = conf(r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.0.0.300/24"}"#).expect_err("bad cidr");
     assert_eq!(e.code(), code::INVALID_CONFIG);
     assert!(e.to_string().contains("10.0.0.300/24"), "{e}");
 
     let e = conf(r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.0.0.0/31"}"#).expect_err("tiny");
     assert_eq!(e.code(), code::INVALID_CONFIG);
 
-    let e =
-        conf(r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.0.0.0/24","gateway":"10.0.1.1"}"#)
-            .expect_err("gw");
+    let e = conf(r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.0.0.0/24","gateway":"10.0.1.1"}"#).expect_err("gw");
     assert!(e.to_string().contains("gateway"));
 
-    let e = conf(r#"{"cniVersion":"1.0.0","name":"bad name","subnet":"10.0.0.0/24"}"#)
-        .expect_err("name");
+    let e = conf(r#"{"cniVersion":"1.0.0","name":"bad name","subnet":"10.0.0.0/24"}"#).expect_err("name");
     assert!(e.to_string().contains("bad name"));
 
     let e = conf(r#"{"cniVersion":"1.0.0","name":"n"}"#).expect_err("no subnet");

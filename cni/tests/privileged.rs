@@ -8,9 +8,7 @@ use common::{Netns, Node, require_root};
 use serde_json::{Value, json};
 
 fn code(v: &Value) -> u64 {
-    v["code"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no error code in {v}"))
+    v["code"].as_u64().unwrap_or_else(|| panic!("no error code in {v}"))
 }
 
 #[test]
@@ -25,29 +23,17 @@ fn add_check_del_in_every_version() {
         let (ok, res) = node.add(&id, &pod, &node.conf(version));
         assert!(ok, "ADD {version}: {res}");
         assert_eq!(res["cniVersion"], version);
-        let ip = res["ips"][0]["address"]
-            .as_str()
-            .expect("address")
-            .to_string();
-        assert_eq!(
-            res["ips"][0].get("version").is_some(),
-            version.starts_with("0.")
-        );
+        let ip = res["ips"][0]["address"].as_str().expect("address").to_string();
+        assert_eq!(res["ips"][0].get("version").is_some(), version.starts_with("0."));
         assert_eq!(res["interfaces"][1]["sandbox"], pod.path());
         // The kernel agrees with the result.
         let addrs = pod.run("ip", &["-o", "-4", "addr", "show", "dev", "eth0"]);
         assert!(addrs.contains(&ip), "{addrs}");
         let routes = pod.run("ip", &["route"]);
-        assert!(
-            routes.contains("default via 10.50.1.1 dev eth0"),
-            "{routes}"
-        );
+        assert!(routes.contains("default via 10.50.1.1 dev eth0"), "{routes}");
         let host = res["interfaces"][0]["name"].as_str().expect("host if");
         let node_routes = node.ns.run("ip", &["route"]);
-        assert!(
-            node_routes.contains(&format!("{} dev {host}", ip.trim_end_matches("/32"))),
-            "{node_routes}"
-        );
+        assert!(node_routes.contains(&format!("{} dev {host}", ip.trim_end_matches("/32"))), "{node_routes}");
 
         // CHECK passes with the result as prevResult...
         let mut conf = node.conf(version);
@@ -65,13 +51,7 @@ fn add_check_del_in_every_version() {
         let (ok, out) = node.call(&env, &conf.to_string());
         assert!(!ok);
         assert_eq!(code(&out), 101);
-        assert!(
-            out["msg"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("default route"),
-            "{out}"
-        );
+        assert!(out["msg"].as_str().unwrap_or_default().contains("default route"), "{out}");
 
         let (ok, out) = node.del(&id, &pod.path());
         assert!(ok, "DEL: {out}");
@@ -93,7 +73,10 @@ fn pods_reach_the_node_through_the_gateway() {
     // Same-node pod to pod through the node's routes (forwarding is enabled by ADD).
     let listener = b.command("python3").args(["-c", "import socket,sys\ns=socket.socket();s.bind(('0.0.0.0',7000));s.listen();print('up',flush=True);c,_=s.accept();c.sendall(b'hi');c.close()"]).stdout(std::process::Stdio::piped()).spawn().expect("server");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = a.run("python3", &["-c", "import socket;s=socket.create_connection(('10.50.2.3',7000),timeout=3);print(s.recv(10).decode())"]);
+    let out = a.run(
+        "python3",
+        &["-c", "import socket;s=socket.create_connection(('10.50.2.3',7000),timeout=3);print(s.recv(10).decode())"],
+    );
     assert_eq!(out.trim(), "hi");
     let _ = listener.wait_with_output();
 }
@@ -159,39 +142,65 @@ fn error_cases_have_codes_and_leave_nothing() {
     let node = Node::new("10.50.5.0/30"); // exactly one pod address: .2
     let pod = Netns::new("pod");
     let p = pod.path();
-    let base = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "e1"),
-        ("CNI_NETNS", p.as_str()),
-        ("CNI_IFNAME", "eth0"),
-    ];
+    let base = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "e1"), ("CNI_NETNS", p.as_str()), ("CNI_IFNAME", "eth0")];
     let conf = node.conf("1.0.0").to_string();
     // (what, environment, stdin, expected code, text the message must contain)
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64, &'a str);
     let cases: Vec<Case> = vec![
         ("malformed JSON", base.to_vec(), "{\"cniVersion\": ".into(), 6, "not valid JSON"),
-        ("missing CNI_NETNS", base.iter().copied().filter(|(k, _)| *k != "CNI_NETNS").collect(), conf.clone(), 4, "CNI_NETNS"),
+        (
+            "missing CNI_NETNS",
+            base.iter().copied().filter(|(k, _)| *k != "CNI_NETNS").collect(),
+            conf.clone(),
+            4,
+            "CNI_NETNS",
+        ),
         ("missing CNI_COMMAND", base[1..].to_vec(), conf.clone(), 4, "CNI_COMMAND"),
-        ("invalid CNI_IFNAME", vec![base[0], base[1], base[2], ("CNI_IFNAME", "much-too-long-ifname")], conf.clone(), 4, "much-too-long-ifname"),
+        (
+            "invalid CNI_IFNAME",
+            vec![base[0], base[1], base[2], ("CNI_IFNAME", "much-too-long-ifname")],
+            conf.clone(),
+            4,
+            "much-too-long-ifname",
+        ),
         ("invalid CNI_COMMAND", vec![("CNI_COMMAND", "ATTACH"), base[1], base[2], base[3]], conf.clone(), 4, "ATTACH"),
-        ("unsupported version", base.to_vec(), json!({"cniVersion": "0.2.0", "name": "t", "subnet": "10.50.5.0/30"}).to_string(), 1, "0.2.0"),
-        ("bad CIDR", base.to_vec(), json!({"cniVersion": "1.0.0", "name": "t", "subnet": "10.50.5.0/40", "dataDir": node.data.path()}).to_string(), 7, "10.50.5.0/40"),
-        ("unknown netns", vec![base[0], base[1], ("CNI_NETNS", "/run/netns/sluice-no-such-ns"), base[3]], conf.clone(), 3, "sluice-no-such-ns"),
-        ("netns path is not a netns", vec![base[0], base[1], ("CNI_NETNS", "/etc/hostname"), base[3]], conf.clone(), 3, "/etc/hostname"),
+        (
+            "unsupported version",
+            base.to_vec(),
+            json!({"cniVersion": "0.2.0", "name": "t", "subnet": "10.50.5.0/30"}).to_string(),
+            1,
+            "0.2.0",
+        ),
+        (
+            "bad CIDR",
+            base.to_vec(),
+            json!({"cniVersion": "1.0.0", "name": "t", "subnet": "10.50.5.0/40", "dataDir": node.data.path()})
+                .to_string(),
+            7,
+            "10.50.5.0/40",
+        ),
+        (
+            "unknown netns",
+            vec![base[0], base[1], ("CNI_NETNS", "/run/netns/sluice-no-such-ns"), base[3]],
+            conf.clone(),
+            3,
+            "sluice-no-such-ns",
+        ),
+        (
+            "netns path is not a netns",
+            vec![base[0], base[1], ("CNI_NETNS", "/etc/hostname"), base[3]],
+            conf.clone(),
+            3,
+            "/etc/hostname",
+        ),
     ];
     for (what, env, stdin, want, needle) in cases {
         let (ok, out) = node.call(&env, &stdin);
         assert!(!ok, "{what}: expected failure");
         assert_eq!(code(&out), want, "{what}: {out}");
-        assert!(
-            out["msg"].as_str().unwrap_or_default().contains(needle),
-            "{what}: msg should name {needle:?}: {out}"
-        );
+        assert!(out["msg"].as_str().unwrap_or_default().contains(needle), "{what}: msg should name {needle:?}: {out}");
         assert!(node.ns.slc_links().is_empty(), "{what}: veth left behind");
-        assert!(
-            node.allocations().is_empty(),
-            "{what}: allocation left behind"
-        );
+        assert!(node.allocations().is_empty(), "{what}: allocation left behind");
     }
 
     // Exhausted pool: the second pod finds no address; the first keeps its own.
@@ -200,34 +209,17 @@ fn error_cases_have_codes_and_leave_nothing() {
     let (ok, out) = node.add("second", &pod2, &node.conf("1.0.0"));
     assert!(!ok);
     assert_eq!(code(&out), 100, "{out}");
-    assert!(
-        out["msg"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("10.50.5.0/30"),
-        "{out}"
-    );
+    assert!(out["msg"].as_str().unwrap_or_default().contains("10.50.5.0/30"), "{out}");
     assert_eq!(node.allocations(), ["10.50.5.2"]);
     assert_eq!(node.ns.slc_links().len(), 1);
-    assert!(
-        pod2.run("ip", &["-o", "link"])
-            .lines()
-            .all(|l| !l.contains("eth0")),
-        "no half-made interface in pod2"
-    );
+    assert!(pod2.run("ip", &["-o", "link"]).lines().all(|l| !l.contains("eth0")), "no half-made interface in pod2");
 
     // STATUS reports the exhaustion as "plugin not available".
-    let (ok, out) = node.call(
-        &[("CNI_COMMAND", "STATUS")],
-        &node.conf("1.1.0").to_string(),
-    );
+    let (ok, out) = node.call(&[("CNI_COMMAND", "STATUS")], &node.conf("1.1.0").to_string());
     assert!(!ok);
     assert_eq!(code(&out), 50, "{out}");
     assert!(node.del("first", &pod.path()).0);
-    let (ok, _) = node.call(
-        &[("CNI_COMMAND", "STATUS")],
-        &node.conf("1.1.0").to_string(),
-    );
+    let (ok, _) = node.call(&[("CNI_COMMAND", "STATUS")], &node.conf("1.1.0").to_string());
     assert!(ok);
 }
 
@@ -239,22 +231,11 @@ fn interface_name_taken_in_pod_rolls_back() {
     let node = Node::new("10.50.6.0/24");
     let pod = Netns::new("pod");
     // Something already owns eth0 in the pod: creation must fail and leave nothing.
-    pod.run(
-        "ip",
-        &[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "other",
-        ],
-    );
+    pod.run("ip", &["link", "add", "eth0", "type", "veth", "peer", "name", "other"]);
     let (ok, out) = node.add("x", &pod, &node.conf("1.0.0"));
     assert!(!ok);
     assert_eq!(code(&out), 5, "{out}");
-    assert!(
-        out["msg"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already exists"),
-        "{out}"
-    );
+    assert!(out["msg"].as_str().unwrap_or_default().contains("already exists"), "{out}");
     assert!(node.ns.slc_links().is_empty());
     assert!(node.allocations().is_empty());
 }
@@ -308,8 +289,5 @@ fn version_lists_all_supported() {
     let node = Node::new("10.50.9.0/24");
     let (ok, out) = node.call(&[("CNI_COMMAND", "VERSION")], "{\"cniVersion\":\"1.0.0\"}");
     assert!(ok);
-    assert_eq!(
-        out["supportedVersions"],
-        json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
-    );
+    assert_eq!(out["supportedVersions"], json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
 }

@@ -16,62 +16,37 @@ pub use schema::*;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("config key `{key}` = {value:?} is invalid: expected {accepted}")]
-    Invalid {
-        key: String,
-        value: String,
-        accepted: String,
-    },
+    Invalid { key: String, value: String, accepted: String },
 }
 
 /// Environment variables with the `SLUICE_` prefix that are not configuration keys.
-const NON_CONFIG_ENV: &[&str] = &[
-    "LOG",
-    "CONFIG",
-    "LAB",
-    "LAB_DIR",
-    "BIN_DIR",
-    "SKIP_PRIVILEGED",
-];
+const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "LAB", "LAB_DIR", "BIN_DIR", "SKIP_PRIVILEGED"];
 
 /// Load and validate: defaults <- file <- env <- `overrides` (flags, as a serializable value).
-pub fn load(
-    file: Option<&Path>,
-    overrides: Option<serde_json::Value>,
-) -> Result<Config, ConfigError> {
+pub fn load(file: Option<&Path>, overrides: Option<serde_json::Value>) -> Result<Config, ConfigError> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         fig = if path.extension().is_some_and(|e| e == "toml") {
             fig.merge(Toml::string(&text))
         } else {
             fig.merge(serde_saphyr::figment::Yaml::string(&text))
         };
     }
-    fig = fig.merge(Env::prefixed("SLUICE_").split("__").filter(|k| {
-        !NON_CONFIG_ENV
-            .iter()
-            .any(|n| k.as_str().eq_ignore_ascii_case(n))
-    }));
+    fig = fig.merge(
+        Env::prefixed("SLUICE_")
+            .split("__")
+            .filter(|k| !NON_CONFIG_ENV.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))),
+    );
     if let Some(o) = overrides {
         fig = fig.merge(Serialized::defaults(o));
     }
-    let origin = file
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "configuration".into());
-    let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse {
-        origin: origin.clone(),
-        message: describe(e),
-    })?;
+    let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| "configuration".into());
+    let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse { origin: origin.clone(), message: describe(e) })?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -81,10 +56,7 @@ pub fn from_yaml_str(text: &str) -> Result<Config, ConfigError> {
     let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
         .merge(serde_saphyr::figment::Yaml::string(text))
         .extract()
-        .map_err(|e| ConfigError::Parse {
-            origin: "config".into(),
-            message: describe(e),
-        })?;
+        .map_err(|e| ConfigError::Parse { origin: "config".into(), message: describe(e) })?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -93,11 +65,7 @@ fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            if key.is_empty() {
-                e.kind.to_string()
-            } else {
-                format!("key `{key}`: {}", e.kind)
-            }
+            if key.is_empty() { e.kind.to_string() } else { format!("key `{key}`: {}", e.kind) }
         })
         .collect::<Vec<_>>()
         .join("; ")

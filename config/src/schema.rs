@@ -6,7 +6,48 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use sluice_core::{Capability, DataplaneMode, Feature, KprMode};
+
 use crate::ConfigError;
+
+/// `kube_proxy_replacement`: disabled | partial | probe | strict, and Cilium 1.14+ style
+/// booleans (`true` = strict, `false` = disabled), as YAML booleans or strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct KprSetting(pub KprMode);
+
+impl From<KprSetting> for String {
+    fn from(k: KprSetting) -> String {
+        k.0.title().to_lowercase()
+    }
+}
+
+impl<'de> Deserialize<'de> for KprSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Str(String),
+        }
+        let mode = match Raw::deserialize(d)? {
+            Raw::Bool(true) => KprMode::Strict,
+            Raw::Bool(false) => KprMode::Disabled,
+            Raw::Str(s) => match s.as_str() {
+                "disabled" | "false" => KprMode::Disabled,
+                "partial" => KprMode::Partial,
+                "probe" => KprMode::Probe,
+                "strict" | "true" => KprMode::Strict,
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "{other:?} is not a kube_proxy_replacement mode; accepted: disabled, partial, probe, strict, true (= strict), false (= disabled)"
+                    )));
+                }
+            },
+        };
+        Ok(KprSetting(mode))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,14 +67,27 @@ pub struct Config {
     /// Masquerade pod traffic that leaves `cluster_cidr`.
     pub masquerade: bool,
     pub iptables: IptablesConfig,
+    /// Which Service features sluice takes from kube-proxy: disabled, partial, probe, strict.
+    pub kube_proxy_replacement: KprSetting,
+    /// With `partial`: the features sluice serves (names as in `sluice plan`).
+    pub kube_proxy_replacement_features: Vec<String>,
+    /// Which backends may serve features: auto (eBPF where the kernel allows, else iptables), ebpf, iptables.
+    pub dataplane: DataplaneMode,
+    pub probes: ProbesConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Capabilities to treat as missing even if the kernel has them (rehearse an older kernel).
+    pub assume_missing: Vec<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             node_name: String::new(),
-            cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16)
-                .unwrap_or_default(),
+            cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
             pod_cidr: None,
             socket_path: "/run/sluice/sluice.sock".into(),
             state_dir: "/var/lib/sluice".into(),
@@ -41,6 +95,10 @@ impl Default for Config {
             cni: CniConfig::default(),
             masquerade: true,
             iptables: IptablesConfig::default(),
+            kube_proxy_replacement: KprSetting(KprMode::Probe),
+            kube_proxy_replacement_features: Vec::new(),
+            dataplane: DataplaneMode::Auto,
+            probes: ProbesConfig::default(),
         }
     }
 }
@@ -116,18 +174,12 @@ pub struct IptablesConfig {
 
 impl Default for IptablesConfig {
     fn default() -> Self {
-        IptablesConfig {
-            variant: IptablesVariant::Auto,
-        }
+        IptablesConfig { variant: IptablesVariant::Auto }
     }
 }
 
 fn invalid(key: &str, value: impl ToString, accepted: &str) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        value: value.to_string(),
-        accepted: accepted.into(),
-    }
+    ConfigError::Invalid { key: key.into(), value: value.to_string(), accepted: accepted.into() }
 }
 
 impl Config {
@@ -136,8 +188,7 @@ impl Config {
         let dns_label = |s: &str| {
             !s.is_empty()
                 && s.len() <= 253
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
                 && !s.starts_with(['-', '.'])
                 && !s.ends_with(['-', '.'])
         };
@@ -150,35 +201,19 @@ impl Config {
         }
         if let Some(p) = self.pod_cidr {
             if !self.cluster_cidr.contains(&p) {
-                return Err(invalid(
-                    "pod_cidr",
-                    p,
-                    &format!("a CIDR inside cluster_cidr {}", self.cluster_cidr),
-                ));
+                return Err(invalid("pod_cidr", p, &format!("a CIDR inside cluster_cidr {}", self.cluster_cidr)));
             }
             if p.prefix_len() > 30 {
                 return Err(invalid("pod_cidr", p, "a prefix of /30 or shorter"));
             }
         }
         if !(100..=60_000).contains(&self.source.poll_interval_ms) {
-            return Err(invalid(
-                "source.poll_interval_ms",
-                self.source.poll_interval_ms,
-                "100..=60000",
-            ));
+            return Err(invalid("source.poll_interval_ms", self.source.poll_interval_ms, "100..=60000"));
         }
         if self.cni.network_name.is_empty()
-            || !self
-                .cni
-                .network_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            || !self.cni.network_name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         {
-            return Err(invalid(
-                "cni.network_name",
-                &self.cni.network_name,
-                "letters, digits, '_', '.', '-'",
-            ));
+            return Err(invalid("cni.network_name", &self.cni.network_name, "letters, digits, '_', '.', '-'"));
         }
         if let Some(m) = self.cni.mtu
             && !(576..=65535).contains(&m)
@@ -187,13 +222,59 @@ impl Config {
         }
         for (i, p) in self.cni.chain.iter().enumerate() {
             if p.get("type").and_then(|t| t.as_str()).is_none() {
-                return Err(invalid(
-                    &format!("cni.chain[{i}]"),
-                    p,
-                    "a CNI plugin config object with a \"type\"",
-                ));
+                return Err(invalid(&format!("cni.chain[{i}]"), p, "a CNI plugin config object with a \"type\""));
             }
         }
+        let features = self.partial_features()?;
+        match (self.kube_proxy_replacement.0, features.is_empty()) {
+            (KprMode::Partial, true) => {
+                return Err(invalid(
+                    "kube_proxy_replacement_features",
+                    "[]",
+                    &format!("at least one feature with kube_proxy_replacement=partial; features: {}", feature_names()),
+                ));
+            }
+            (KprMode::Partial, false) => {}
+            (_, false) => {
+                return Err(invalid(
+                    "kube_proxy_replacement_features",
+                    self.kube_proxy_replacement_features.join(","),
+                    "an empty list unless kube_proxy_replacement=partial (it is ignored otherwise, so it is refused)",
+                ));
+            }
+            _ => {}
+        }
+        self.assume_missing()?;
         Ok(())
     }
+
+    /// `kube_proxy_replacement_features`, parsed.
+    pub fn partial_features(&self) -> Result<Vec<Feature>, ConfigError> {
+        self.kube_proxy_replacement_features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                f.parse::<Feature>().map_err(|e| {
+                    invalid(&format!("kube_proxy_replacement_features[{i}]"), f, &format!("one of {}", e.known))
+                })
+            })
+            .collect()
+    }
+
+    /// `probes.assume_missing`, parsed.
+    pub fn assume_missing(&self) -> Result<Vec<Capability>, ConfigError> {
+        self.probes
+            .assume_missing
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.parse::<Capability>()
+                    .map_err(|e| invalid(&format!("probes.assume_missing[{i}]"), c, &format!("one of {}", e.known)))
+            })
+            .collect()
+    }
+}
+
+fn feature_names() -> String {
+    Feature::ALL.map(|f| f.name()).join(", ")
 }

@@ -4,10 +4,7 @@ use super::*;
 fn defaults_need_a_node_name() {
     let e = from_yaml_str("{}").expect_err("no node name");
     let s = e.to_string();
-    assert!(
-        s.contains("node_name") && s.contains("SLUICE_NODE_NAME"),
-        "{s}"
-    );
+    assert!(s.contains("node_name") && s.contains("SLUICE_NODE_NAME"), "{s}");
 }
 
 #[test]
@@ -33,16 +30,12 @@ fn bad_values_name_key_and_accepted() {
     assert!(e.to_string().contains("cluster_cidr"), "{e}");
     let e = from_yaml_str("node_name: a\npod_cidr: 10.9.0.0/24\n").expect_err("outside");
     let s = e.to_string();
-    assert!(
-        s.contains("pod_cidr") && s.contains("10.9.0.0/24") && s.contains("10.244.0.0/16"),
-        "{s}"
-    );
+    assert!(s.contains("pod_cidr") && s.contains("10.9.0.0/24") && s.contains("10.244.0.0/16"), "{s}");
     let e = from_yaml_str("node_name: a\niptables:\n  variant: xt\n").expect_err("variant");
     assert!(e.to_string().contains("xt"), "{e}");
     let e = from_yaml_str("node_name: A_B\n").expect_err("name");
     assert!(e.to_string().contains("A_B"), "{e}");
-    let e =
-        from_yaml_str("node_name: a\ncni:\n  chain: [{capabilities: {}}]\n").expect_err("chain");
+    let e = from_yaml_str("node_name: a\ncni:\n  chain: [{capabilities: {}}]\n").expect_err("chain");
     assert!(e.to_string().contains("cni.chain[0]"), "{e}");
 }
 
@@ -54,12 +47,62 @@ fn file_env_and_flags_precedence() {
     let c = load(Some(&path), None).expect("toml");
     assert_eq!(c.node_name, "from-file");
     assert!(!c.masquerade);
-    let c = load(
-        Some(&path),
-        Some(serde_json::json!({"node_name": "from-flag"})),
-    )
-    .expect("flags");
+    let c = load(Some(&path), Some(serde_json::json!({"node_name": "from-flag"}))).expect("flags");
     assert_eq!(c.node_name, "from-flag");
     let e = load(Some(&dir.path().join("missing.yaml")), None).expect_err("missing");
     assert!(e.to_string().contains("missing.yaml"), "{e}");
+}
+
+#[test]
+fn kube_proxy_replacement_modes_and_aliases() {
+    use sluice_core::KprMode;
+    for (text, mode) in [
+        ("probe", KprMode::Probe),
+        ("strict", KprMode::Strict),
+        ("true", KprMode::Strict),
+        ("false", KprMode::Disabled),
+        ("\"true\"", KprMode::Strict),
+        ("disabled", KprMode::Disabled),
+    ] {
+        let c = from_yaml_str(&format!("node_name: a\nkube_proxy_replacement: {text}\n")).expect(text);
+        assert_eq!(c.kube_proxy_replacement.0, mode, "{text}");
+    }
+    let e = from_yaml_str("node_name: a\nkube_proxy_replacement: partly\n").expect_err("bad mode");
+    assert!(e.to_string().contains("partly") && e.to_string().contains("strict"), "{e}");
+    assert_eq!(from_yaml_str("node_name: a").expect("default").kube_proxy_replacement.0, KprMode::Probe);
+}
+
+#[test]
+fn partial_needs_valid_features() {
+    let c = from_yaml_str(
+        "node_name: a\nkube_proxy_replacement: partial\nkube_proxy_replacement_features: [node-port, host-port]\n",
+    )
+    .expect("ok");
+    assert_eq!(c.partial_features().expect("features").len(), 2);
+    let e = from_yaml_str("node_name: a\nkube_proxy_replacement: partial\n").expect_err("empty");
+    assert!(e.to_string().contains("kube_proxy_replacement_features"), "{e}");
+    let e =
+        from_yaml_str("node_name: a\nkube_proxy_replacement: partial\nkube_proxy_replacement_features: [nodeport]\n")
+            .expect_err("typo");
+    let s = e.to_string();
+    assert!(
+        s.contains("kube_proxy_replacement_features[0]") && s.contains("nodeport") && s.contains("node-port"),
+        "{s}"
+    );
+    let e =
+        from_yaml_str("node_name: a\nkube_proxy_replacement: strict\nkube_proxy_replacement_features: [node-port]\n")
+            .expect_err("not partial");
+    assert!(e.to_string().contains("unless kube_proxy_replacement=partial"), "{e}");
+}
+
+#[test]
+fn dataplane_and_assume_missing() {
+    let c =
+        from_yaml_str("node_name: a\ndataplane: ebpf\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("ok");
+    assert_eq!(c.dataplane, sluice_core::DataplaneMode::Ebpf);
+    assert_eq!(c.assume_missing().expect("caps"), [sluice_core::Capability::HelperFibLookup]);
+    let e = from_yaml_str("node_name: a\nprobes:\n  assume_missing: [fib]\n").expect_err("unknown cap");
+    assert!(e.to_string().contains("probes.assume_missing[0]") && e.to_string().contains("helper-fib-lookup"), "{e}");
+    let e = from_yaml_str("node_name: a\ndataplane: bpf\n").expect_err("bad dataplane");
+    assert!(e.to_string().contains("bpf"), "{e}");
 }

@@ -140,10 +140,10 @@ pub struct UnknownCapability {
 impl FromStr for Capability {
     type Err = UnknownCapability;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Capability::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| UnknownCapability {
-            given: s.into(),
-            known: Capability::ALL.map(|c| c.name()).join(", "),
-        })
+        Capability::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| UnknownCapability { given: s.into(), known: Capability::ALL.map(|c| c.name()).join(", ") })
     }
 }
 
@@ -189,7 +189,11 @@ impl Capabilities {
     /// Hide capabilities, as `probes.assume_missing` asks, so a newer kernel rehearses an older one.
     pub fn assume_missing(mut self, missing: &[Capability]) -> Self {
         for c in missing {
-            let r = self.results.entry(*c).or_insert(ProbeResult { found: false, detail: String::new(), assumed_missing: false });
+            let r = self.results.entry(*c).or_insert(ProbeResult {
+                found: false,
+                detail: String::new(),
+                assumed_missing: false,
+            });
             if r.found {
                 r.found = false;
                 r.assumed_missing = true;

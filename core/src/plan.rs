@@ -216,11 +216,17 @@ pub struct Plan {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("kube_proxy_replacement=strict: feature {feature} cannot be served by {backends}: {missing}; run `sluice probe` to see the node's capabilities, or use kube_proxy_replacement=probe to leave it to kube-proxy")]
+    #[error(
+        "kube_proxy_replacement=strict: feature {feature} cannot be served by {backends}: {missing}; run `sluice probe` to see the node's capabilities, or use kube_proxy_replacement=probe to leave it to kube-proxy"
+    )]
     Strict { feature: Feature, backends: String, missing: String },
-    #[error("kube_proxy_replacement=partial: listed feature {feature} cannot be served by {backends}: {missing}; remove it from kube_proxy_replacement_features or change dataplane")]
+    #[error(
+        "kube_proxy_replacement=partial: listed feature {feature} cannot be served by {backends}: {missing}; remove it from kube_proxy_replacement_features or change dataplane"
+    )]
     PartialUnservable { feature: Feature, backends: String, missing: String },
-    #[error("kube_proxy_replacement=partial: feature {feature} needs {base} in kube_proxy_replacement_features too (they must have one owner)")]
+    #[error(
+        "kube_proxy_replacement=partial: feature {feature} needs {base} in kube_proxy_replacement_features too (they must have one owner)"
+    )]
     PartialMissingBase { feature: Feature, base: Feature },
 }
 
@@ -261,11 +267,7 @@ fn choose(caps: &Capabilities, f: Feature, d: DataplaneMode) -> Result<(Owner, S
     for &o in candidates(d) {
         let m = missing(caps, needs(f, o));
         if m.is_empty() {
-            let reason = if lacks.is_empty() {
-                format!("dataplane={}", dataplane_name(d))
-            } else {
-                lacks.join("; ")
-            };
+            let reason = if lacks.is_empty() { format!("dataplane={}", dataplane_name(d)) } else { lacks.join("; ") };
             return Ok((o, reason));
         }
         lacks.push(format!("{o}: {}", describe(&m)));

@@ -22,7 +22,8 @@ const DATAPLANES: [DataplaneMode; 3] = [DataplaneMode::Auto, DataplaneMode::Ebpf
 /// every non-default owner carries a reason.
 #[test]
 fn exhaustive_mode_dataplane_missing_capability() {
-    let missings: Vec<Option<Capability>> = std::iter::once(None).chain(Capability::ALL.into_iter().map(Some)).collect();
+    let missings: Vec<Option<Capability>> =
+        std::iter::once(None).chain(Capability::ALL.into_iter().map(Some)).collect();
     for mode in MODES {
         for d in DATAPLANES {
             for m in &missings {
@@ -32,10 +33,17 @@ fn exhaustive_mode_dataplane_missing_capability() {
                 let any_unservable = Feature::ALL.into_iter().any(|f| !servable(f));
                 match plan(mode, d, *m) {
                     Err(e) => {
-                        assert!(matches!(mode, KprMode::Strict | KprMode::Partial), "{ctx}: only strict/partial fail, got {e}");
+                        assert!(
+                            matches!(mode, KprMode::Strict | KprMode::Partial),
+                            "{ctx}: only strict/partial fail, got {e}"
+                        );
                         assert!(any_unservable, "{ctx}: failed although every feature is servable: {e}");
                         let cap = m.expect("a failure needs a missing capability");
-                        assert!(e.to_string().contains(cap.describe()), "{ctx}: error must name {}: {e}", cap.describe());
+                        assert!(
+                            e.to_string().contains(cap.describe()),
+                            "{ctx}: error must name {}: {e}",
+                            cap.describe()
+                        );
                     }
                     Ok(p) => {
                         if mode == KprMode::Strict {
@@ -104,7 +112,11 @@ fn dependents_move_with_their_base() {
     let p = plan(KprMode::Probe, DataplaneMode::Auto, Some(Capability::MapLpmTrie)).expect("plan");
     assert_eq!(p.owner(Feature::SourceRanges), Owner::Iptables);
     assert_eq!(p.owner(Feature::LoadBalancer), Owner::Iptables);
-    assert!(p.entries.iter().any(|e| e.feature == Feature::LoadBalancer && e.reason.contains("moved to iptables with source-ranges")));
+    assert!(
+        p.entries
+            .iter()
+            .any(|e| e.feature == Feature::LoadBalancer && e.reason.contains("moved to iptables with source-ranges"))
+    );
     assert_eq!(p.owner(Feature::Policy), Owner::Iptables);
 }
 
@@ -112,20 +124,36 @@ fn dependents_move_with_their_base() {
 fn partial_takes_only_listed_features() {
     let caps = Capabilities::all_present();
     let listed = [Feature::NodePort, Feature::HealthCheckNodePort];
-    let p = compute(&PlanInput { caps: &caps, mode: KprMode::Partial, partial_features: &listed, dataplane: DataplaneMode::Auto })
-        .expect("plan");
+    let p = compute(&PlanInput {
+        caps: &caps,
+        mode: KprMode::Partial,
+        partial_features: &listed,
+        dataplane: DataplaneMode::Auto,
+    })
+    .expect("plan");
     assert_eq!(p.owner(Feature::NodePort), Owner::Ebpf);
     assert_eq!(p.owner(Feature::ClusterIp), Owner::KubeProxy);
     assert_eq!(p.owner(Feature::Policy), Owner::Ebpf, "policy is sluice's in every mode");
-    let e = compute(&PlanInput { caps: &caps, mode: KprMode::Partial, partial_features: &[Feature::SessionAffinity], dataplane: DataplaneMode::Auto })
-        .expect_err("base missing");
+    let e = compute(&PlanInput {
+        caps: &caps,
+        mode: KprMode::Partial,
+        partial_features: &[Feature::SessionAffinity],
+        dataplane: DataplaneMode::Auto,
+    })
+    .expect_err("base missing");
     assert!(e.to_string().contains("session-affinity needs cluster-ip"), "{e}");
 }
 
 #[test]
 fn kube_proxy_absence_is_warned() {
     let caps = Capabilities::all_present();
-    let p = compute(&PlanInput { caps: &caps, mode: KprMode::Disabled, partial_features: &[], dataplane: DataplaneMode::Auto }).expect("plan");
+    let p = compute(&PlanInput {
+        caps: &caps,
+        mode: KprMode::Disabled,
+        partial_features: &[],
+        dataplane: DataplaneMode::Auto,
+    })
+    .expect("plan");
     assert!(p.warnings.iter().any(|w| w.contains("kube-proxy is not running")), "{:?}", p.warnings);
 }
 
@@ -133,7 +161,10 @@ fn kube_proxy_absence_is_warned() {
 fn status_line_shows_owner_and_reason() {
     let p = plan(KprMode::Probe, DataplaneMode::Auto, Some(Capability::HelperFibLookup)).expect("plan");
     let line = p.status_line();
-    assert!(line.starts_with("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: eBPF: no bpf_fib_lookup)"), "{line}");
+    assert!(
+        line.starts_with("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: eBPF: no bpf_fib_lookup)"),
+        "{line}"
+    );
 }
 
 #[test]

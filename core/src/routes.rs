@@ -18,19 +18,11 @@ pub struct PodRoute {
 
 /// Routes this node needs: one per *other* node that has both a pod CIDR and an underlay IP.
 /// Nodes lacking either are skipped: a route without a gateway would black-hole traffic.
-pub fn desired_pod_routes<'a>(
-    local_node: &str,
-    nodes: impl IntoIterator<Item = &'a NodeInfo>,
-) -> BTreeSet<PodRoute> {
+pub fn desired_pod_routes<'a>(local_node: &str, nodes: impl IntoIterator<Item = &'a NodeInfo>) -> BTreeSet<PodRoute> {
     nodes
         .into_iter()
         .filter(|n| n.name != local_node)
-        .filter_map(|n| {
-            Some(PodRoute {
-                dst: n.pod_cidr?,
-                via: n.internal_ip?,
-            })
-        })
+        .filter_map(|n| Some(PodRoute { dst: n.pod_cidr?, via: n.internal_ip? }))
         .collect()
 }
 
@@ -49,18 +41,10 @@ impl RouteDiff {
 /// Compare what should be with what sluice-owned routes exist. A destination whose gateway
 /// changed appears in both lists (replace = add new, remove old). `prune` is false until the
 /// sources are in sync, so a half-loaded source never removes routes.
-pub fn diff_routes(
-    desired: &BTreeSet<PodRoute>,
-    observed: &BTreeSet<PodRoute>,
-    prune: bool,
-) -> RouteDiff {
+pub fn diff_routes(desired: &BTreeSet<PodRoute>, observed: &BTreeSet<PodRoute>, prune: bool) -> RouteDiff {
     RouteDiff {
         add: desired.difference(observed).copied().collect(),
-        remove: if prune {
-            observed.difference(desired).copied().collect()
-        } else {
-            Vec::new()
-        },
+        remove: if prune { observed.difference(desired).copied().collect() } else { Vec::new() },
     }
 }
 
@@ -93,42 +77,18 @@ mod tests {
 
     #[test]
     fn diff_does_not_prune_before_sync() {
-        let a = PodRoute {
-            dst: "10.244.2.0/24".parse().expect("net"),
-            via: "198.51.100.12".parse().expect("ip"),
-        };
-        let b = PodRoute {
-            dst: "10.244.3.0/24".parse().expect("net"),
-            via: "198.51.100.13".parse().expect("ip"),
-        };
+        let a = PodRoute { dst: "10.244.2.0/24".parse().expect("net"), via: "198.51.100.12".parse().expect("ip") };
+        let b = PodRoute { dst: "10.244.3.0/24".parse().expect("net"), via: "198.51.100.13".parse().expect("ip") };
         let desired: BTreeSet<_> = [a].into();
         let observed: BTreeSet<_> = [b].into();
-        assert_eq!(
-            diff_routes(&desired, &observed, false),
-            RouteDiff {
-                add: vec![a],
-                remove: vec![]
-            }
-        );
-        assert_eq!(
-            diff_routes(&desired, &observed, true),
-            RouteDiff {
-                add: vec![a],
-                remove: vec![b]
-            }
-        );
+        assert_eq!(diff_routes(&desired, &observed, false), RouteDiff { add: vec![a], remove: vec![] });
+        assert_eq!(diff_routes(&desired, &observed, true), RouteDiff { add: vec![a], remove: vec![b] });
     }
 
     #[test]
     fn gateway_change_is_add_and_remove() {
-        let old = PodRoute {
-            dst: "10.244.2.0/24".parse().expect("net"),
-            via: "198.51.100.12".parse().expect("ip"),
-        };
-        let new = PodRoute {
-            via: "198.51.100.22".parse().expect("ip"),
-            ..old
-        };
+        let old = PodRoute { dst: "10.244.2.0/24".parse().expect("net"), via: "198.51.100.12".parse().expect("ip") };
+        let new = PodRoute { via: "198.51.100.22".parse().expect("ip"), ..old };
         let d = diff_routes(&[new].into(), &[old].into(), true);
         assert_eq!(d.add, vec![new]);
         assert_eq!(d.remove, vec![old]);

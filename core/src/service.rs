@@ -99,15 +99,11 @@ pub struct Service {
 
 impl Service {
     /// Backends that should receive new connections for a frontend's port.
-    pub fn usable_backends<'a>(
-        &'a self,
-        fe: &'a Frontend,
-    ) -> impl Iterator<Item = &'a Backend> + 'a {
-        let ready = self.backends.iter().any(|b| {
-            b.port_name == fe.port_name
-                && b.protocol == fe.protocol
-                && b.state == BackendState::Active
-        });
+    pub fn usable_backends<'a>(&'a self, fe: &'a Frontend) -> impl Iterator<Item = &'a Backend> + 'a {
+        let ready = self
+            .backends
+            .iter()
+            .any(|b| b.port_name == fe.port_name && b.protocol == fe.protocol && b.state == BackendState::Active);
         self.backends.iter().filter(move |b| {
             b.port_name == fe.port_name
                 && b.protocol == fe.protocol
@@ -147,10 +143,7 @@ mod tests {
             target_port: 8080,
         };
         let mut svc = Service {
-            name: ServiceName {
-                namespace: "default".into(),
-                name: "web".into(),
-            },
+            name: ServiceName { namespace: "default".into(), name: "web".into() },
             frontends: vec![fe.clone()],
             backends: vec![
                 be("10.244.1.2", BackendState::Active),

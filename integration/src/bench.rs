@@ -33,9 +33,7 @@ pub struct CniReport {
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(f64::NAN)
+    v.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
 }
 
 pub fn cni(lab: &Lab, iterations: usize) -> anyhow::Result<CniReport> {
@@ -48,8 +46,7 @@ pub fn cni(lab: &Lab, iterations: usize) -> anyhow::Result<CniReport> {
         "plugins": [{ "type": "ptp", "ipam": { "type": "host-local",
             "ranges": [[{ "subnet": "10.250.0.0/16" }]], "dataDir": node.dir.join("ref-ipam") } }]
     });
-    let mut times: Vec<(Vec<Duration>, Vec<Duration>)> =
-        vec![(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    let mut times: Vec<(Vec<Duration>, Vec<Duration>)> = vec![(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     let netns = format!("{}pod-bench", lab.prefix());
     // Warm-up: first runs pay page-cache misses for the binaries.
     for i in 0..(iterations + 4) {

@@ -37,11 +37,7 @@ pub struct PluginError {
 
 impl std::fmt::Display for PluginError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "plugin {} failed (code {:?}): {}",
-            self.plugin, self.code, self.msg
-        )
+        write!(f, "plugin {} failed (code {:?}): {}", self.plugin, self.code, self.msg)
     }
 }
 
@@ -82,12 +78,7 @@ fn plugin_config(inv: &Invocation, plugin: &Value, prev: Option<&Value>) -> Valu
 /// Run one plugin; `Ok(Some(result))` when it printed one.
 pub fn exec(inv: &Invocation, command: &str, config: &Value) -> Result<Option<Value>, PluginError> {
     let ty = config["type"].as_str().unwrap_or_default().to_string();
-    let perr = |msg: String| PluginError {
-        plugin: ty.clone(),
-        code: None,
-        msg,
-        exit_ok: false,
-    };
+    let perr = |msg: String| PluginError { plugin: ty.clone(), code: None, msg, exit_ok: false };
     let bin = find_plugin(&inv.cni_path, &ty).map_err(|e| perr(e.to_string()))?;
     let mut cmd = Command::new(&bin);
     cmd.env_clear()
@@ -96,22 +87,13 @@ pub fn exec(inv: &Invocation, command: &str, config: &Value) -> Result<Option<Va
         .env("CNI_NETNS", &inv.netns_path)
         .env("CNI_IFNAME", &inv.ifname)
         .env("CNI_ARGS", &inv.args)
-        .env(
-            "CNI_PATH",
-            inv.cni_path
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":"),
-        )
+        .env("CNI_PATH", inv.cni_path.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"))
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     in_netns(&mut cmd, &inv.runtime_netns).map_err(|e| perr(e.to_string()))?;
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| perr(format!("spawning {}: {e}", bin.display())))?;
+    let mut child = cmd.spawn().map_err(|e| perr(format!("spawning {}: {e}", bin.display())))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(config.to_string().as_bytes());
     }
@@ -122,27 +104,16 @@ pub fn exec(inv: &Invocation, command: &str, config: &Value) -> Result<Option<Va
         return Err(PluginError {
             plugin: ty,
             code: v.get("code").and_then(Value::as_u64),
-            msg: v
-                .get("msg")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| {
-                    format!(
-                        "exit {}: {} {}",
-                        out.status,
-                        stdout.trim(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )
-                }),
+            msg: v.get("msg").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
+                format!("exit {}: {} {}", out.status, stdout.trim(), String::from_utf8_lossy(&out.stderr).trim())
+            }),
             exit_ok: false,
         });
     }
     if stdout.trim().is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&stdout)
-        .map(Some)
-        .map_err(|e| perr(format!("unreadable result {stdout:?}: {e}")))
+    serde_json::from_str(&stdout).map(Some).map_err(|e| perr(format!("unreadable result {stdout:?}: {e}")))
 }
 
 fn plugins(inv: &Invocation) -> anyhow::Result<Vec<Value>> {
@@ -178,11 +149,7 @@ pub fn del(inv: &Invocation, cached: Option<&Value>) -> anyhow::Result<()> {
             errors.push(e.to_string());
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        bail!("DEL: {}", errors.join("; "))
-    }
+    if errors.is_empty() { Ok(()) } else { bail!("DEL: {}", errors.join("; ")) }
 }
 
 /// CHECK through the chain with the cached ADD result.
@@ -195,10 +162,6 @@ pub fn check(inv: &Invocation, cached: &Value) -> anyhow::Result<()> {
 
 pub fn version_list(inv: &Invocation) -> anyhow::Result<Value> {
     let p = plugins(inv)?;
-    Ok(exec(
-        inv,
-        "VERSION",
-        &json!({"cniVersion": inv.conflist["cniVersion"], "type": p[0]["type"]}),
-    )?
-    .unwrap_or(Value::Null))
+    Ok(exec(inv, "VERSION", &json!({"cniVersion": inv.conflist["cniVersion"], "type": p[0]["type"]}))?
+        .unwrap_or(Value::Null))
 }

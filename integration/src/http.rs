@@ -10,10 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 pub fn serve(name: &str, port: u16) -> anyhow::Result<()> {
-    let tcp =
-        TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding TCP port {port}"))?;
-    let udp =
-        UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding UDP port {port}"))?;
+    let tcp = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding TCP port {port}"))?;
+    let udp = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding UDP port {port}"))?;
     let uname = name.to_string();
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
@@ -48,11 +46,7 @@ fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
     }
     let req = String::from_utf8_lossy(&got);
     let path = req.split_whitespace().nth(1).unwrap_or("/");
-    let body = if path.starts_with("/client") {
-        format!("{}\n", peer.ip())
-    } else {
-        format!("{name}\n")
-    };
+    let body = if path.starts_with("/client") { format!("{}\n", peer.ip()) } else { format!("{name}\n") };
     write!(
         s,
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -63,46 +57,32 @@ fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
 
 /// GET `url` (http://IP:PORT/path) and return the body.
 pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url:?}: only http://IP:PORT/path URLs are supported"))?;
+    let rest =
+        url.strip_prefix("http://").with_context(|| format!("{url:?}: only http://IP:PORT/path URLs are supported"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr: SocketAddr = hostport
-        .parse()
-        .with_context(|| format!("{hostport:?} is not IP:PORT"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to {addr}"))?;
+    let addr: SocketAddr = hostport.parse().with_context(|| format!("{hostport:?} is not IP:PORT"))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .with_context(|| format!("reading from {addr}"))?;
-    let Some((head, body)) = resp.split_once("\r\n\r\n") else {
-        bail!("malformed response from {addr}: {resp:?}")
-    };
+    s.read_to_string(&mut resp).with_context(|| format!("reading from {addr}"))?;
+    let Some((head, body)) = resp.split_once("\r\n\r\n") else { bail!("malformed response from {addr}: {resp:?}") };
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "{addr} answered {}",
-            head.lines().next().unwrap_or_default()
-        );
+        bail!("{addr} answered {}", head.lines().next().unwrap_or_default());
     }
     Ok(body.to_string())
 }
 
 /// Send one UDP datagram and return the reply.
 pub fn udp(addr: &str, timeout: Duration) -> anyhow::Result<String> {
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("{addr:?} is not IP:PORT"))?;
+    let addr: SocketAddr = addr.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(timeout))?;
     s.send_to(b"ping", addr)?;
     let mut buf = [0u8; 1500];
-    let (n, _) = s
-        .recv_from(&mut buf)
-        .with_context(|| format!("no UDP reply from {addr}"))?;
+    let (n, _) = s.recv_from(&mut buf).with_context(|| format!("no UDP reply from {addr}"))?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }

@@ -35,11 +35,7 @@ pub fn default_bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.join("sluice").is_file() {
-        dir
-    } else {
-        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
-    }
+    if dir.join("sluice").is_file() { dir } else { dir.parent().map(Path::to_path_buf).unwrap_or(dir) }
 }
 
 fn deep_merge(base: &mut Value, over: Value) {
@@ -55,20 +51,11 @@ fn deep_merge(base: &mut Value, over: Value) {
 
 impl Lab {
     pub fn new(name: &str) -> anyhow::Result<Self> {
-        if name.is_empty()
-            || name.len() > 12
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
+        if name.is_empty() || name.len() > 12 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             bail!("lab name {name:?} is invalid: 1-12 letters, digits or '-'");
         }
-        let root = std::env::var_os("SLUICE_LAB_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "/run/sluice-lab".into());
-        Ok(Lab {
-            name: name.into(),
-            dir: root.join(name),
-            bin_dir: default_bin_dir(),
-        })
+        let root = std::env::var_os("SLUICE_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/run/sluice-lab".into());
+        Ok(Lab { name: name.into(), dir: root.join(name), bin_dir: default_bin_dir() })
     }
 
     pub fn prefix(&self) -> String {
@@ -90,13 +77,8 @@ impl Lab {
     /// Serialize mutating commands run in parallel from a shell.
     fn lock(&self) -> anyhow::Result<Flock<File>> {
         std::fs::create_dir_all(&self.dir)?;
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join("lock"))?;
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking lab: {e}"))
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(self.dir.join("lock"))?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("locking lab: {e}"))
     }
 
     pub fn cni_path(&self) -> Vec<PathBuf> {
@@ -114,10 +96,9 @@ impl Lab {
             "cni": { "conflist_path": d.join("net.d/05-sluice.conflist"), "data_dir": d.join("cni-data") },
         });
         if let Some(p) = over {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading node config {}", p.display()))?;
-            let v: Value = serde_saphyr::from_str(&text)
-                .with_context(|| format!("parsing node config {}", p.display()))?;
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading node config {}", p.display()))?;
+            let v: Value =
+                serde_saphyr::from_str(&text).with_context(|| format!("parsing node config {}", p.display()))?;
             deep_merge(&mut cfg, v);
         }
         Ok(serde_json::to_string_pretty(&cfg)? + "\n")
@@ -134,10 +115,7 @@ impl Lab {
             }
         }
         if self.state_path().exists() || !topo::list_netns(&self.prefix()).is_empty() {
-            bail!(
-                "lab {:?} is already up (or left over from a crashed run); run `sluice-lab down` first",
-                self.name
-            );
+            bail!("lab {:?} is already up (or left over from a crashed run); run `sluice-lab down` first", self.name);
         }
         for b in ["sluice", "sluice-cni"] {
             if !self.bin_dir.join(b).is_file() {
@@ -175,24 +153,10 @@ impl Lab {
             topo::add_netns(&rec.netns)?;
             st.nodes.push(rec.clone());
             st.save(&self.state_path())?;
-            topo::plug(
-                &st.underlay_netns,
-                "br0",
-                &format!("n{i}"),
-                &rec.netns,
-                &format!("{}/24", rec.underlay_ip),
-            )?;
-            let over = node_configs
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, p)| p.as_path());
+            topo::plug(&st.underlay_netns, "br0", &format!("n{i}"), &rec.netns, &format!("{}/24", rec.underlay_ip))?;
+            let over = node_configs.iter().find(|(n, _)| *n == name).map(|(_, p)| p.as_path());
             std::fs::write(rec.dir.join("config.yaml"), self.node_config(&rec, over)?)?;
-            std::fs::write(
-                self.manifests_dir()
-                    .join("nodes")
-                    .join(format!("{name}.yaml")),
-                node_manifest(&rec),
-            )?;
+            std::fs::write(self.manifests_dir().join("nodes").join(format!("{name}.yaml")), node_manifest(&rec))?;
         }
         for i in 0..st.nodes.len() {
             let pid = self.spawn_agent(&st.nodes[i])?;
@@ -206,15 +170,8 @@ impl Lab {
     }
 
     fn spawn_agent(&self, n: &NodeRec) -> anyhow::Result<u32> {
-        let args = vec![
-            "agent".to_string(),
-            "--config".into(),
-            n.dir.join("config.yaml").display().to_string(),
-        ];
-        let envs = vec![(
-            "SLUICE_LOG".to_string(),
-            std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
-        )];
+        let args = vec!["agent".to_string(), "--config".into(), n.dir.join("config.yaml").display().to_string()];
+        let envs = vec![("SLUICE_LOG".to_string(), std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()))];
         // Append, so the log of an agent killed on purpose survives its restart.
         let log = n.dir.join("agent.log");
         let mut prev = std::fs::read(&log).unwrap_or_default();
@@ -236,9 +193,7 @@ impl Lab {
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line)?;
         let v: Value = serde_json::from_str(&line)?;
-        v.get("status")
-            .cloned()
-            .with_context(|| format!("agent answered {line}"))
+        v.get("status").cloned().with_context(|| format!("agent answered {line}"))
     }
 
     pub fn wait_agent_ready(&self, n: &NodeRec, timeout: Duration) -> anyhow::Result<Value> {
@@ -247,24 +202,14 @@ impl Lab {
             let last = self.agent_status(n);
             if let Ok(s) = &last {
                 let routes = s["routes"].as_array().map(Vec::len).unwrap_or(0);
-                let others = self
-                    .state()
-                    .map(|st| st.nodes.len().saturating_sub(1))
-                    .unwrap_or(0);
+                let others = self.state().map(|st| st.nodes.len().saturating_sub(1)).unwrap_or(0);
                 if s["source"]["synced"] == true && !s["conflist"].is_null() && routes >= others {
                     return Ok(s.clone());
                 }
             }
             if start.elapsed() > timeout {
                 let log = std::fs::read_to_string(n.dir.join("agent.log")).unwrap_or_default();
-                let tail: Vec<_> = log
-                    .lines()
-                    .rev()
-                    .take(15)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                let tail: Vec<_> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
                 bail!(
                     "agent on {} not ready after {timeout:?} (last status: {last:?}); log tail:\n{}",
                     n.name,
@@ -279,17 +224,9 @@ impl Lab {
     pub fn restart_agent(&self, node: &str, kill9: bool) -> anyhow::Result<u32> {
         let _l = self.lock()?;
         let mut st = self.state()?;
-        let i = st
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .with_context(|| format!("no node {node}"))?;
+        let i = st.nodes.iter().position(|n| n.name == node).with_context(|| format!("no node {node}"))?;
         if let Some(pid) = st.nodes[i].agent_pid {
-            if kill9 {
-                proc::kill9(pid)
-            } else {
-                proc::stop(pid, Duration::from_secs(5))
-            }
+            if kill9 { proc::kill9(pid) } else { proc::stop(pid, Duration::from_secs(5)) }
         }
         let pid = self.spawn_agent(&st.nodes[i])?;
         st.nodes[i].agent_pid = Some(pid);
@@ -323,8 +260,7 @@ impl Lab {
         }
         let left = topo::list_netns(&prefix);
         if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir)
-                .with_context(|| format!("removing {}", self.dir.display()))?;
+            std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))?;
         }
         if !left.is_empty() {
             bail!("could not delete namespaces: {}", left.join(", "));
@@ -348,11 +284,7 @@ fn node_manifest(n: &NodeRec) -> String {
 }
 
 pub(crate) fn pod_manifest(p: &PodRec) -> String {
-    let labels: String = p
-        .labels
-        .iter()
-        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
-        .collect();
+    let labels: String = p.labels.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
     let ports = p
         .serve_port
         .map(|port| format!("    ports:\n    - name: http\n      containerPort: {port}\n      protocol: TCP\n    - name: udp\n      containerPort: {port}\n      protocol: UDP\n"))
@@ -370,9 +302,7 @@ pub(crate) fn pod_manifest(p: &PodRec) -> String {
 pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     for kv in s.split(',').filter(|x| !x.is_empty()) {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("label {kv:?} is not key=value"))?;
+        let (k, v) = kv.split_once('=').with_context(|| format!("label {kv:?} is not key=value"))?;
         m.insert(k.to_string(), v.to_string());
     }
     Ok(m)
@@ -391,14 +321,9 @@ impl Lab {
         args: String,
     ) -> anyhow::Result<Invocation> {
         let path = node.dir.join("net.d/05-sluice.conflist");
-        let conflist: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "the agent on {} has not written its CNI config {} yet",
-                    node.name,
-                    path.display()
-                )
-            })?)?;
+        let conflist: Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| {
+            format!("the agent on {} has not written its CNI config {} yet", node.name, path.display())
+        })?)?;
         Ok(Invocation {
             runtime_netns: node.netns.clone(),
             cni_path: self.cni_path(),

@@ -24,9 +24,7 @@ pub struct ExecTarget {
 fn valid_name(kind: &str, name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 30
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-');
     if !ok {
         bail!("{kind} name {name:?} is invalid: 1-30 lowercase letters, digits or '-'");
@@ -69,13 +67,8 @@ impl Lab {
                 return Err(e.context(format!("wiring pod {name} on {node} with sluice-cni")));
             }
         };
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_default()
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let ip =
+            result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
         let mut rec = PodRec {
             name: name.into(),
             node: node.into(),
@@ -88,28 +81,11 @@ impl Lab {
             cni_result: result,
         };
         if let Some(port) = serve {
-            let args = vec![
-                "serve".into(),
-                "--name".into(),
-                name.into(),
-                "--port".into(),
-                port.to_string(),
-            ];
+            let args = vec!["serve".into(), "--name".into(), name.into(), "--port".into(), port.to_string()];
             let log = self.dir.join(format!("pod-{name}.log"));
-            rec.serve_pid = Some(proc::spawn_daemon(
-                &netns,
-                &self.bin_dir.join("sluice-lab"),
-                &args,
-                &[],
-                &log,
-            )?);
+            rec.serve_pid = Some(proc::spawn_daemon(&netns, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?);
         }
-        std::fs::write(
-            self.manifests_dir()
-                .join("pods")
-                .join(format!("{name}.yaml")),
-            pod_manifest(&rec),
-        )?;
+        std::fs::write(self.manifests_dir().join("pods").join(format!("{name}.yaml")), pod_manifest(&rec))?;
         st.pods.push(rec.clone());
         st.save(&self.state_path())?;
         if let Some(port) = serve {
@@ -123,27 +99,14 @@ impl Lab {
     pub fn pod_del(&self, name: &str) -> anyhow::Result<()> {
         let _l = self.lock()?;
         let mut st = self.state()?;
-        let i = st
-            .pods
-            .iter()
-            .position(|p| p.name == name)
-            .with_context(|| format!("no pod {name:?} in this lab"))?;
+        let i = st.pods.iter().position(|p| p.name == name).with_context(|| format!("no pod {name:?} in this lab"))?;
         let p = st.pods.remove(i);
         if let Some(pid) = p.serve_pid {
             proc::stop(pid, Duration::from_secs(3));
         }
-        let _ = std::fs::remove_file(
-            self.manifests_dir()
-                .join("pods")
-                .join(format!("{name}.yaml")),
-        );
+        let _ = std::fs::remove_file(self.manifests_dir().join("pods").join(format!("{name}.yaml")));
         let n = st.node(&p.node)?.clone();
-        let inv = self.invocation(
-            &n,
-            &p.container_id,
-            &format!("/run/netns/{}", p.netns),
-            String::new(),
-        )?;
+        let inv = self.invocation(&n, &p.container_id, &format!("/run/netns/{}", p.netns), String::new())?;
         let res = cnirun::del(&inv, Some(&p.cni_result));
         topo::del_netns(&p.netns);
         st.save(&self.state_path())?;
@@ -170,31 +133,12 @@ impl Lab {
         topo::add_netns(&rec.netns)?;
         st.externals.push(rec.clone());
         st.save(&self.state_path())?;
-        topo::plug(
-            &st.underlay_netns,
-            "br0",
-            &format!("x{k}"),
-            &rec.netns,
-            &format!("{}/24", rec.ip),
-        )?;
+        topo::plug(&st.underlay_netns, "br0", &format!("x{k}"), &rec.netns, &format!("{}/24", rec.ip))?;
         if let Some(port) = serve {
-            let args = vec![
-                "serve".into(),
-                "--name".into(),
-                name.into(),
-                "--port".into(),
-                port.to_string(),
-            ];
+            let args = vec!["serve".into(), "--name".into(), name.into(), "--port".into(), port.to_string()];
             let log = self.dir.join(format!("ext-{name}.log"));
-            let pid = proc::spawn_daemon(
-                &rec.netns,
-                &self.bin_dir.join("sluice-lab"),
-                &args,
-                &[],
-                &log,
-            )?;
-            st.extra_pids
-                .push((pid, format!("echo server on external {name}")));
+            let pid = proc::spawn_daemon(&rec.netns, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?;
+            st.extra_pids.push((pid, format!("echo server on external {name}")));
             st.save(&self.state_path())?;
             wait_listening(&rec.netns, port)?;
         }
@@ -206,31 +150,16 @@ impl Lab {
     pub fn target(&self, name: &str) -> anyhow::Result<ExecTarget> {
         let st = self.state()?;
         let path = std::env::var("PATH").unwrap_or_default();
-        let mut env = vec![(
-            "PATH".to_string(),
-            format!("{}:{path}", self.bin_dir.display()),
-        )];
+        let mut env = vec![("PATH".to_string(), format!("{}:{path}", self.bin_dir.display()))];
         if let Some(n) = st.nodes.iter().find(|n| n.name == name) {
-            env.push((
-                "SLUICE_SOCKET_PATH".into(),
-                n.dir.join("sluice.sock").display().to_string(),
-            ));
-            return Ok(ExecTarget {
-                netns: n.netns.clone(),
-                env,
-            });
+            env.push(("SLUICE_SOCKET_PATH".into(), n.dir.join("sluice.sock").display().to_string()));
+            return Ok(ExecTarget { netns: n.netns.clone(), env });
         }
         if let Some(p) = st.pods.iter().find(|p| p.name == name) {
-            return Ok(ExecTarget {
-                netns: p.netns.clone(),
-                env,
-            });
+            return Ok(ExecTarget { netns: p.netns.clone(), env });
         }
         if let Some(e) = st.externals.iter().find(|e| e.name == name) {
-            return Ok(ExecTarget {
-                netns: e.netns.clone(),
-                env,
-            });
+            return Ok(ExecTarget { netns: e.netns.clone(), env });
         }
         let all: Vec<&str> = st
             .nodes
@@ -239,17 +168,12 @@ impl Lab {
             .chain(st.pods.iter().map(|p| p.name.as_str()))
             .chain(st.externals.iter().map(|e| e.name.as_str()))
             .collect();
-        bail!(
-            "no node, pod or external host named {name:?}; targets: {}",
-            all.join(", ")
-        )
+        bail!("no node, pod or external host named {name:?}; targets: {}", all.join(", "))
     }
 
     pub fn command(&self, target: &str, argv: &[String]) -> anyhow::Result<Command> {
         let t = self.target(target)?;
-        let (prog, args) = argv
-            .split_first()
-            .context("exec needs a command after --")?;
+        let (prog, args) = argv.split_first().context("exec needs a command after --")?;
         let mut cmd = Command::new(prog);
         cmd.args(args);
         for (k, v) in &t.env {
@@ -285,9 +209,7 @@ impl Lab {
         if path.is_dir() {
             for e in std::fs::read_dir(path)? {
                 let p = e?.path();
-                if p.extension()
-                    .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
-                {
+                if p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json") {
                     files.push(p);
                 }
             }
@@ -298,8 +220,7 @@ impl Lab {
         }
         let mut out = Vec::new();
         for f in files {
-            let text =
-                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
             // Refuse what the agents could not parse, instead of letting them report it later.
             serde_saphyr::from_multiple::<Value>(&text)
                 .with_context(|| format!("{} is not valid YAML", f.display()))?;
@@ -316,18 +237,11 @@ impl Lab {
 
 impl Lab {
     /// Wait until the node's agent reports (or no longer reports) an endpoint with `ip`.
-    fn wait_endpoint(
-        &self,
-        n: &crate::state::NodeRec,
-        ip: &str,
-        present: bool,
-    ) -> anyhow::Result<()> {
+    fn wait_endpoint(&self, n: &crate::state::NodeRec, ip: &str, present: bool) -> anyhow::Result<()> {
         let start = std::time::Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(s) = self.agent_status(n) {
-                let listed = s["local_endpoints"]
-                    .as_array()
-                    .is_some_and(|eps| eps.iter().any(|e| e["ip"] == ip));
+                let listed = s["local_endpoints"].as_array().is_some_and(|eps| eps.iter().any(|e| e["ip"] == ip));
                 if listed == present {
                     return Ok(());
                 }
@@ -349,9 +263,7 @@ fn wait_listening(netns: &str, port: u16) -> anyhow::Result<()> {
     while start.elapsed() < Duration::from_secs(10) {
         if let Ok(s) = proc::run_in(netns, "cat", &["/proc/net/tcp"])
             && s.lines().any(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|a| format!("{a} ").ends_with(&needle))
+                l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&needle))
                     && l.split_whitespace().nth(3) == Some("0A")
             })
         {

@@ -146,17 +146,11 @@ fn run() -> anyhow::Result<u8> {
     match cli.cmd {
         Cmd::Serve { name, port } => sluice_lab::http::serve(&name, port).map(|_| 0),
         Cmd::Curl { url, timeout_ms } => {
-            print!(
-                "{}",
-                sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?
-            );
+            print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
             Ok(0)
         }
         Cmd::Udp { addr, timeout_ms } => {
-            print!(
-                "{}",
-                sluice_lab::http::udp(&addr, Duration::from_millis(timeout_ms))?
-            );
+            print!("{}", sluice_lab::http::udp(&addr, Duration::from_millis(timeout_ms))?);
             Ok(0)
         }
         cmd => {
@@ -171,9 +165,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         Cmd::Up { nodes, node_config } => {
             let mut cfgs = Vec::new();
             for nc in node_config {
-                let (n, f) = nc
-                    .split_once('=')
-                    .with_context(|| format!("--node-config {nc:?}: expected NODE=FILE"))?;
+                let (n, f) = nc.split_once('=').with_context(|| format!("--node-config {nc:?}: expected NODE=FILE"))?;
                 cfgs.push((n.to_string(), PathBuf::from(f)));
             }
             eprintln!("bringing up lab {:?} with {nodes} node(s)...", lab.name);
@@ -198,12 +190,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         }
         Cmd::Down => println!("{}", lab.down()?),
         Cmd::Status => status(lab, json_out)?,
-        Cmd::Pod(PodCmd::Add {
-            node,
-            name,
-            labels,
-            serve,
-        }) => {
+        Cmd::Pod(PodCmd::Add { node, name, labels, serve }) => {
             let p = lab.pod_add(&node, &name, parse_labels(&labels)?, serve)?;
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&p)?);
@@ -213,9 +200,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                     p.name,
                     p.node,
                     p.ip,
-                    serve
-                        .map(|s| format!(" (echo server on :{s})"))
-                        .unwrap_or_default()
+                    serve.map(|s| format!(" (echo server on :{s})")).unwrap_or_default()
                 );
             }
         }
@@ -228,14 +213,9 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
             println!("external host {} at {}", e.name, e.ip);
         }
         Cmd::Exec { target, argv } => {
-            let status = lab
-                .command(&target, &argv)?
-                .status()
-                .with_context(|| format!("running {argv:?} on {target}"))?;
-            return Ok(status
-                .code()
-                .and_then(|c| u8::try_from(c).ok())
-                .unwrap_or(1));
+            let status =
+                lab.command(&target, &argv)?.status().with_context(|| format!("running {argv:?} on {target}"))?;
+            return Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1));
         }
         Cmd::Apply { path } => {
             for f in lab.apply(&path)? {
@@ -267,10 +247,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                     format!("{:.2}", l.del_p99_ms),
                 ]);
             }
-            println!(
-                "CNI latency, {} interleaved iterations each\n{t}",
-                r.iterations
-            );
+            println!("CNI latency, {} interleaved iterations each\n{t}", r.iterations);
             println!(
                 "ADD p50: sluice-cni is {:.2}x the speed of ptp+host-local; DEL p50: {:.2}x",
                 r.add_p50_speedup, r.del_p50_speedup
@@ -293,10 +270,7 @@ fn status(lab: &Lab, json_out: bool) -> anyhow::Result<()> {
         let alive = n.agent_pid.is_some_and(sluice_lab::proc::alive);
         let agent = lab.agent_status(n).ok();
         let state = match (&agent, alive) {
-            (Some(a), _)
-                if a["source"]["synced"] == true
-                    && a["errors"].as_array().is_some_and(|e| e.is_empty()) =>
-            {
+            (Some(a), _) if a["source"]["synced"] == true && a["errors"].as_array().is_some_and(|e| e.is_empty()) => {
                 "ready"
             }
             (Some(_), _) => "degraded",
@@ -309,51 +283,30 @@ fn status(lab: &Lab, json_out: bool) -> anyhow::Result<()> {
             "local_endpoints": agent.as_ref().and_then(|a| a["local_endpoints"].as_array().map(Vec::len)),
         }));
     }
-    let pods: Vec<_> = st.pods.iter().map(|p| json!({"name": p.name, "node": p.node, "ip": p.ip, "labels": p.labels, "serve_port": p.serve_port})).collect();
-    let ext: Vec<_> = st
-        .externals
+    let pods: Vec<_> = st
+        .pods
         .iter()
-        .map(|e| json!({"name": e.name, "ip": e.ip}))
+        .map(|p| json!({"name": p.name, "node": p.node, "ip": p.ip, "labels": p.labels, "serve_port": p.serve_port}))
         .collect();
+    let ext: Vec<_> = st.externals.iter().map(|e| json!({"name": e.name, "ip": e.ip})).collect();
     if json_out {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &json!({"lab": st.name, "nodes": nodes, "pods": pods, "externals": ext})
-            )?
+            serde_json::to_string_pretty(&json!({"lab": st.name, "nodes": nodes, "pods": pods, "externals": ext}))?
         );
         return Ok(());
     }
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header([
-        "NODE",
-        "UNDERLAY IP",
-        "POD CIDR",
-        "AGENT",
-        "PID",
-        "ENDPOINTS",
-    ]);
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(["NODE", "UNDERLAY IP", "POD CIDR", "AGENT", "PID", "ENDPOINTS"]);
     for n in &nodes {
         t.add_row(
-            [
-                &n["name"],
-                &n["underlay_ip"],
-                &n["pod_cidr"],
-                &n["agent"],
-                &n["agent_pid"],
-                &n["local_endpoints"],
-            ]
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            }),
+            [&n["name"], &n["underlay_ip"], &n["pod_cidr"], &n["agent"], &n["agent_pid"], &n["local_endpoints"]]
+                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())),
         );
     }
     println!("lab {}\n{t}", st.name);
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["POD", "NODE", "IP", "LABELS", "SERVES"]);
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(["POD", "NODE", "IP", "LABELS", "SERVES"]);
     for p in &st.pods {
         let labels: Vec<_> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         t.add_row([
@@ -367,8 +320,7 @@ fn status(lab: &Lab, json_out: bool) -> anyhow::Result<()> {
     println!("{t}");
     if !st.externals.is_empty() {
         let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED)
-            .set_header(["EXTERNAL", "IP"]);
+        t.load_preset(UTF8_FULL_CONDENSED).set_header(["EXTERNAL", "IP"]);
         for e in &st.externals {
             t.add_row([e.name.clone(), e.ip.clone()]);
         }

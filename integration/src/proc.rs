@@ -13,13 +13,10 @@ use nix::sched::{CloneFlags, setns};
 /// changes (unlike `ip netns exec`, which also remounts /sys and would hide bpffs).
 pub fn in_netns(cmd: &mut Command, ns: &str) -> anyhow::Result<()> {
     let path = format!("/run/netns/{ns}");
-    let file = File::open(&path)
-        .with_context(|| format!("network namespace {ns} does not exist ({path})"))?;
+    let file = File::open(&path).with_context(|| format!("network namespace {ns} does not exist ({path})"))?;
     // SAFETY: setns and the fd are async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        cmd.pre_exec(move || {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(move || setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
     }
     Ok(())
 }
@@ -29,15 +26,9 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> 
     let mut cmd = Command::new(program);
     cmd.args(args);
     in_netns(&mut cmd, ns)?;
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {program} in {ns}"))?;
+    let out = cmd.output().with_context(|| format!("running {program} in {ns}"))?;
     if !out.status.success() {
-        bail!(
-            "`{program} {}` in {ns} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{program} {}` in {ns} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -61,15 +52,9 @@ pub fn spawn_daemon(
     // SAFETY: setsid is async-signal-safe. It detaches the daemon from our session so it
     // outlives this command; `down` stops it by PID.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {} in {ns}", program.display()))?;
+    let child = cmd.spawn().with_context(|| format!("starting {} in {ns}", program.display()))?;
     Ok(child.id())
 }
 
@@ -97,8 +82,7 @@ pub fn pids_in_netns(ns: &str) -> Vec<u32> {
 }
 
 pub fn alive(pid: u32) -> bool {
-    i32::try_from(pid)
-        .is_ok_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+    i32::try_from(pid).is_ok_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
 }
 
 /// Stop a process we started: SIGTERM, wait up to `grace`, then SIGKILL.
@@ -120,10 +104,7 @@ pub fn stop(pid: u32, grace: std::time::Duration) {
 
 pub fn kill9(pid: u32) {
     if let Ok(raw) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(raw),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
         std::thread::sleep(std::time::Duration::from_millis(20));
         reap(pid);
     }
@@ -132,9 +113,6 @@ pub fn kill9(pid: u32) {
 /// Collect a zombie child if it is ours (harmless otherwise).
 fn reap(pid: u32) {
     if let Ok(raw) = i32::try_from(pid) {
-        let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(raw),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(raw), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
 }

@@ -52,18 +52,10 @@ pub struct LabState {
 
 impl LabState {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "no lab is up ({} missing); run `sluice-lab up` first",
-                path.display()
-            )
-        })?;
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "lab state {} is corrupt; run `sluice-lab down`",
-                path.display()
-            )
-        })
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("no lab is up ({} missing); run `sluice-lab up` first", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("lab state {} is corrupt; run `sluice-lab down`", path.display()))
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {

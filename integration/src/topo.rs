@@ -6,16 +6,9 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 pub fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (install iproute2)")?;
+    let out = Command::new("ip").args(args).output().context("running ip (install iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -26,9 +19,7 @@ pub fn netns_exists(ns: &str) -> bool {
 
 pub fn add_netns(ns: &str) -> anyhow::Result<()> {
     if netns_exists(ns) {
-        bail!(
-            "network namespace {ns} already exists (a lab of this name is up; run `sluice-lab down` first)"
-        );
+        bail!("network namespace {ns} already exists (a lab of this name is up; run `sluice-lab down` first)");
     }
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -61,9 +52,7 @@ pub fn make_bridge(ns: &str, br: &str) -> anyhow::Result<()> {
 /// Plug host namespace `ns` into the underlay bridge as `eth0` with `addr` (CIDR notation).
 pub fn plug(underlay: &str, br: &str, port: &str, ns: &str, addr: &str) -> anyhow::Result<()> {
     // Both ends are created directly inside our namespaces; the root netns never holds them.
-    ip(&[
-        "link", "add", port, "netns", underlay, "type", "veth", "peer", "name", "eth0", "netns", ns,
-    ])?;
+    ip(&["link", "add", port, "netns", underlay, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
     ip(&["-n", underlay, "link", "set", port, "master", br, "up"])?;
     ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;

@@ -13,8 +13,7 @@ use sluice_lab::proc;
 fn rootfs(dir: &std::path::Path) -> std::path::PathBuf {
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("bin")).expect("mkdir");
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static is installed by cargo xtask setup");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed by cargo xtask setup");
     // (busybox-static 1.35's `wget -T` segfaults here; the test uses plain `wget -q`.)
     for applet in ["sh", "wget", "ip", "cat"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
@@ -28,10 +27,7 @@ fn podman_container_gets_address_and_reaches_remote_pod() {
         return;
     }
     let t = TestLab::up("t-podman", 2, &[]);
-    let b = t
-        .lab
-        .pod_add("node-2", "b", Default::default(), Some(8080))
-        .expect("pod b");
+    let b = t.lab.pod_add("node-2", "b", Default::default(), Some(8080)).expect("pod b");
     let st = t.lab.state().expect("state");
     let node = st.node("node-1").expect("node-1").clone();
     let w = tempfile::tempdir().expect("tmp");
@@ -72,32 +68,13 @@ fn podman_container_gets_address_and_reaches_remote_pod() {
         .env("CONTAINERS_STORAGE_CONF", &storage)
         .args(["run", "--rm", "--network", "sluice", "--rootfs"])
         .arg(&root)
-        .args([
-            "/bin/busybox",
-            "sh",
-            "-c",
-            &format!(
-                "ip -4 -o addr show eth0; wget -q -O - http://{}:8080/",
-                b.ip
-            ),
-        ]);
+        .args(["/bin/busybox", "sh", "-c", &format!("ip -4 -o addr show eth0; wget -q -O - http://{}:8080/", b.ip)]);
     proc::in_netns(&mut cmd, &node.netns).expect("netns");
     let out = cmd.output().expect("podman");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "podman run failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("inet 10.244.1."),
-        "container got a node-1 pod address: {stdout}"
-    );
-    assert_eq!(
-        stdout.lines().last().map(str::trim),
-        Some("b"),
-        "container reached pod b on node-2: {stdout}"
-    );
+    assert!(out.status.success(), "podman run failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("inet 10.244.1."), "container got a node-1 pod address: {stdout}");
+    assert_eq!(stdout.lines().last().map(str::trim), Some("b"), "container reached pod b on node-2: {stdout}");
 
     // --rm: podman called DEL; nothing of the container remains.
     let links = t.exec("node-1", &["ip", "-o", "link"]);
@@ -107,12 +84,7 @@ fn podman_container_gets_address_and_reaches_remote_pod() {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok()
-        })
+        .filter(|e| e.file_name().to_string_lossy().parse::<std::net::Ipv4Addr>().is_ok())
         .collect();
     assert!(left.is_empty(), "allocation left behind: {left:?}");
 }

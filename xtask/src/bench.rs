@@ -18,16 +18,7 @@ fn cni(args: &[String]) -> anyhow::Result<()> {
         bail!("the CNI benchmark creates network namespaces and needs root");
     }
     // Release builds: the benchmark measures the binaries users would run.
-    crate::run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "sluice",
-        "-p",
-        "sluice-cni",
-        "-p",
-        "sluice-lab",
-    ]))?;
+    crate::run(cargo().args(["build", "--release", "-p", "sluice", "-p", "sluice-cni", "-p", "sluice-lab"]))?;
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let rel = root().join("target/release");
@@ -39,23 +30,12 @@ fn cni(args: &[String]) -> anyhow::Result<()> {
     let _ = lab().arg("down").output();
     let res = (|| {
         crate::run(lab().args(["up", "--nodes", "1"]))?;
-        crate::run(
-            lab()
-                .args(["bench-cni", "--json"])
-                .arg(out_dir.join("cni.json"))
-                .args(args),
-        )
+        crate::run(lab().args(["bench-cni", "--json"]).arg(out_dir.join("cni.json")).args(args))
     })();
-    let down = lab()
-        .arg("down")
-        .output()
-        .context("tearing down the bench lab")?;
+    let down = lab().arg("down").output().context("tearing down the bench lab")?;
     res?;
     if !down.status.success() {
-        bail!(
-            "bench lab teardown failed: {}",
-            String::from_utf8_lossy(&down.stderr)
-        );
+        bail!("bench lab teardown failed: {}", String::from_utf8_lossy(&down.stderr));
     }
     println!("results written to {}", out_dir.join("cni.json").display());
     Ok(())

@@ -49,10 +49,7 @@ fn main() -> std::process::ExitCode {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -71,11 +68,7 @@ pub fn cargo() -> Command {
 }
 
 fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, f)| !Path::new(f).exists())
-        .map(|(p, _)| *p)
-        .collect();
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, f)| !Path::new(f).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -97,19 +90,13 @@ fn setup() -> anyhow::Result<()> {
 pub fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
     if !nix_is_root() {
-        bail!(
-            "the privileged and end-to-end tiers need root (network namespaces, netlink, iptables); run as root"
-        );
+        bail!("the privileged and end-to-end tiers need root (network namespaces, netlink, iptables); run as root");
     }
     // Build every binary first: the privileged and lab tests run the real sluice, sluice-cni
     // and sluice-lab executables.
@@ -135,10 +122,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
                 let num = |key: &str| -> u64 {
                     rest.split(';')
                         .find_map(|part| {
-                            part.trim()
-                                .trim_start_matches("ok. ")
-                                .trim_start_matches("FAILED. ")
-                                .strip_suffix(key)
+                            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(key)
                         })
                         .and_then(|n| n.trim().parse().ok())
                         .unwrap_or(0)

@@ -32,11 +32,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(m) = args.manifests {
         flags.insert("source".into(), serde_json::json!({ "manifests_dir": m }));
     }
-    let cfg = sluice_config::load(args.config.as_deref(), Some(flags.into()))
-        .context("invalid configuration")?;
+    let flags = serde_json::Value::from(flags);
+    let cfg = sluice_config::load(args.config.as_deref(), Some(flags.clone())).context("invalid configuration")?;
+    let source = crate::daemon::features::ConfigSource { path: args.config.clone(), flags };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(crate::daemon::run(cfg))
+        .block_on(crate::daemon::run(cfg, source))
 }

@@ -11,19 +11,12 @@ struct Removed {
 }
 
 pub fn run(out: Output) -> anyhow::Result<()> {
-    let mut removed = Removed {
-        iptables: Vec::new(),
-        routes: 0,
-    };
+    let mut removed = Removed { iptables: Vec::new(), routes: 0 };
     // Both variants: a node may have switched between them since sluice last ran.
     for variant in [Variant::Nft, Variant::Legacy] {
         let ipt = Iptables { variant };
         match ipt.cleanup(&["nat", "filter", "mangle", "raw"]) {
-            Ok(tables) => removed.iptables.extend(
-                tables
-                    .into_iter()
-                    .map(|t| format!("{}/{t}", variant.as_str())),
-            ),
+            Ok(tables) => removed.iptables.extend(tables.into_iter().map(|t| format!("{}/{t}", variant.as_str()))),
             Err(sluice_iptables::IptablesError::Spawn { .. }) => {} // this variant is not installed
             Err(e) => return Err(e).context("removing sluice iptables chains"),
         }
@@ -39,10 +32,7 @@ pub fn run(out: Output) -> anyhow::Result<()> {
             if removed.iptables.is_empty() {
                 println!("iptables: no sluice chains found");
             } else {
-                println!(
-                    "iptables: removed sluice chains and hooks in {}",
-                    removed.iptables.join(", ")
-                );
+                println!("iptables: removed sluice chains and hooks in {}", removed.iptables.join(", "));
             }
             println!("routes:   removed {} sluice route(s)", removed.routes);
         }

@@ -2,12 +2,11 @@
 
 pub mod agent;
 pub mod cleanup;
+pub mod plan;
+pub mod probe;
 pub mod status;
 
 /// A small runtime for the short-lived CLI commands.
 pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f))
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f))
 }

@@ -28,13 +28,11 @@ pub fn write_if_changed(cfg: &Config, pod_cidr: Ipv4Net) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating CNI config dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating CNI config dir {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("installing CNI conflist {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("installing CNI conflist {}", path.display()))?;
     tracing::info!(path = %path.display(), %pod_cidr, "CNI conflist written");
     Ok(())
 }
@@ -45,8 +43,10 @@ mod tests {
 
     #[test]
     fn conflist_has_subnet_and_chain() {
-        let mut cfg = sluice_config::from_yaml_str("node_name: node-1\ncni:\n  chain: [{type: portmap, capabilities: {portMappings: true}}]\n")
-            .expect("cfg");
+        let mut cfg = sluice_config::from_yaml_str(
+            "node_name: node-1\ncni:\n  chain: [{type: portmap, capabilities: {portMappings: true}}]\n",
+        )
+        .expect("cfg");
         cfg.cni.mtu = Some(1400);
         let c = render_conflist(&cfg, "10.244.1.0/24".parse().expect("net"));
         assert_eq!(c["plugins"][0]["subnet"], "10.244.1.0/24");

@@ -5,6 +5,7 @@
 //! stale ones are removed only once the source has synced.
 
 mod cni_conf;
+pub mod features;
 mod server;
 
 use std::collections::BTreeSet;
@@ -26,17 +27,27 @@ use crate::status::{AgentStatus, SourceStatus};
 const FULL_RESYNC: Duration = Duration::from_secs(30);
 
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<()> {
+    // Probe before anything else: strict refuses to start on a node that cannot serve it.
+    let (probed, took) = tokio::task::spawn_blocking(sluice_probes::probe).await?;
+    tracing::info!(kernel = %probed.kernel, ms = took.as_millis() as u64, "kernel probed");
+    let mut planner =
+        features::Planner::new(source, probed, cfg.clone()).context("cannot plan features for this node")?;
+    tracing::info!("{}", planner.plan.status_line());
+    for w in &planner.plan.warnings {
+        tracing::warn!("{w}");
+    }
     let status = Arc::new(RwLock::new(AgentStatus {
         node: cfg.node_name.clone(),
         cluster_cidr: cfg.cluster_cidr.to_string(),
         started_unix: now_unix(),
+        kernel: planner.probed.kernel.clone(),
+        probe_ms: took.as_millis() as u64,
+        plan: Some(planner.plan.clone()),
+        config: planner.status.clone(),
         ..Default::default()
     }));
     let listener = server::bind(&cfg.socket_path)?;
@@ -51,23 +62,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let routes = RouteManager::new(handle);
     let ipt = match cfg.iptables.variant {
         IptablesVariant::Auto => tokio::task::spawn_blocking(Iptables::detect).await?,
-        IptablesVariant::Nft => Iptables {
-            variant: Variant::Nft,
-        },
-        IptablesVariant::Legacy => Iptables {
-            variant: Variant::Legacy,
-        },
+        IptablesVariant::Nft => Iptables { variant: Variant::Nft },
+        IptablesVariant::Legacy => Iptables { variant: Variant::Legacy },
     };
     let mut source = ManifestDir::new(cfg.source.manifests_dir.clone());
     let mut synced = false;
     let mut masq_applied: Option<(MasqueradeSpec, std::time::Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
+        let mut reload = false;
         tokio::select! {
             _ = tick.tick() => {}
+            _ = sighup.recv() => reload = true,
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+        }
+        if reload || planner.file_changed() {
+            apply_reload(&mut planner);
+            let mut st = status.write().await;
+            st.plan = Some(planner.plan.clone());
+            st.config = planner.status.clone();
         }
         let (objects, file_errors) = source.read();
         let mut errors = Vec::new();
@@ -77,10 +93,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             synced: synced || (objects.is_some() && file_errors.is_empty()),
             objects: objects.as_ref().map(|o| o.count()).unwrap_or(0),
             last_sync_unix: now_unix(),
-            errors: file_errors
-                .iter()
-                .map(|e| format!("{}: {}", e.path.display(), e.message))
-                .collect(),
+            errors: file_errors.iter().map(|e| format!("{}: {}", e.path.display(), e.message)).collect(),
         };
         synced = src_status.synced;
         let Some(objects) = objects else {
@@ -118,13 +131,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
             }
             if cfg.masquerade {
-                let spec = MasqueradeSpec {
-                    pod_cidr: cidr,
-                    cluster_cidr: cfg.cluster_cidr,
-                };
-                let fresh = masq_applied
-                    .as_ref()
-                    .is_some_and(|(s, at)| *s == spec && at.elapsed() < FULL_RESYNC);
+                let spec = MasqueradeSpec { pod_cidr: cidr, cluster_cidr: cfg.cluster_cidr };
+                let fresh = masq_applied.as_ref().is_some_and(|(s, at)| *s == spec && at.elapsed() < FULL_RESYNC);
                 if !fresh {
                     match apply_masquerade(ipt, spec.clone()).await {
                         Ok(()) => masq_applied = Some((spec, std::time::Instant::now())),
@@ -171,6 +179,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Re-read the config; run the transition make-before-break. No backend programs Service
+/// features yet (issues 4 and 5), so each step is recorded as such: the plan and its ordering
+/// are real, the per-feature kernel programming is not built.
+fn apply_reload(planner: &mut features::Planner) {
+    match planner.reload() {
+        Ok(steps) => {
+            tracing::info!(generation = planner.status.generation, "config reloaded: {}", planner.plan.status_line());
+            planner.status.last_transition = steps
+                .into_iter()
+                .map(|step| {
+                    tracing::info!(?step, "feature transition step");
+                    features::StepRecord {
+                        step,
+                        result: "done: owner changed (no Service programming is built yet)".into(),
+                    }
+                })
+                .collect();
+        }
+        Err(e) => tracing::error!(error = %e, "config reload rejected; the running config and plan stay"),
+    }
+}
+
 async fn apply_masquerade(ipt: Iptables, spec: MasqueradeSpec) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let nat = ipt.save("nat")?;
@@ -183,10 +213,7 @@ async fn apply_masquerade(ipt: Iptables, spec: MasqueradeSpec) -> anyhow::Result
 
 /// This node's pod interfaces, from the CNI plugin's IPAM store (the source of truth for what
 /// is wired on this node).
-fn local_endpoints(
-    cfg: &Config,
-    cidr: ipnet::Ipv4Net,
-) -> Result<Vec<LocalEndpoint>, sluice_cni::CniError> {
+fn local_endpoints(cfg: &Config, cidr: ipnet::Ipv4Net) -> Result<Vec<LocalEndpoint>, sluice_cni::CniError> {
     let gw = sluice_cni::spec::first_host(cidr);
     let store = sluice_cni::ipam::Store::new(&cfg.cni.data_dir, &cfg.cni.network_name, cidr, gw);
     if !store.dir().exists() {

@@ -14,21 +14,15 @@ use crate::status::AgentStatus;
 
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
     }
     // A socket file left by a killed agent would make bind fail; nobody can be listening on it
     // if connecting fails.
     if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let l = UnixListener::bind(path).with_context(|| {
-        format!(
-            "binding {} (is another agent running on this node?)",
-            path.display()
-        )
-    })?;
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("binding {} (is another agent running on this node?)", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }

@@ -27,16 +27,8 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
         if d.is_null() {
             continue;
         }
-        if d.get("kind")
-            .and_then(Value::as_str)
-            .is_some_and(|k| k.ends_with("List"))
-        {
-            out.extend(
-                d.get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
+        if d.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) {
+            out.extend(d.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
         } else {
             out.push(d);
         }
@@ -48,24 +40,14 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
 /// that does not decode is an error naming the object.
 pub fn classify(docs: Vec<Value>, into: &mut Objects) -> Result<(), String> {
     for d in docs {
-        let kind = d
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let name = d
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("<unnamed>")
-            .to_string();
+        let kind = d.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string();
         let err = |e: serde_json::Error| format!("{kind} {name}: {e}");
         match kind.as_str() {
             "Node" => into.nodes.push(serde_json::from_value(d).map_err(err)?),
             "Pod" => into.pods.push(serde_json::from_value(d).map_err(err)?),
             "Service" => into.services.push(serde_json::from_value(d).map_err(err)?),
-            "EndpointSlice" => into
-                .endpoint_slices
-                .push(serde_json::from_value(d).map_err(err)?),
+            "EndpointSlice" => into.endpoint_slices.push(serde_json::from_value(d).map_err(err)?),
             _ => {}
         }
     }
@@ -87,10 +69,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = e.path();
         if p.is_dir() {
             walk(&p, out);
-        } else if p
-            .extension()
-            .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
-        {
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json") {
             out.push(p);
         }
     }
@@ -98,20 +77,14 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 impl ManifestDir {
     pub fn new(dir: PathBuf) -> Self {
-        ManifestDir {
-            dir,
-            good: BTreeMap::new(),
-        }
+        ManifestDir { dir, good: BTreeMap::new() }
     }
 
     /// Read everything; returns the objects and the per-file errors. A missing directory is
     /// an error (the source is not in sync), never an empty cluster.
     pub fn read(&mut self) -> (Option<Objects>, Vec<FileError>) {
         if !self.dir.is_dir() {
-            let e = FileError {
-                path: self.dir.clone(),
-                message: "manifest directory does not exist".into(),
-            };
+            let e = FileError { path: self.dir.clone(), message: "manifest directory does not exist".into() };
             return (None, vec![e]);
         }
         let mut files = Vec::new();
@@ -120,19 +93,12 @@ impl ManifestDir {
         let mut errors = Vec::new();
         self.good.retain(|p, _| files.contains(p));
         for f in &files {
-            let parsed = std::fs::read_to_string(f)
-                .map_err(|e| e.to_string())
-                .and_then(|t| parse_documents(f, &t));
-            match parsed
-                .and_then(|docs| classify(docs.clone(), &mut Objects::default()).map(|_| docs))
-            {
+            let parsed = std::fs::read_to_string(f).map_err(|e| e.to_string()).and_then(|t| parse_documents(f, &t));
+            match parsed.and_then(|docs| classify(docs.clone(), &mut Objects::default()).map(|_| docs)) {
                 Ok(docs) => {
                     self.good.insert(f.clone(), docs);
                 }
-                Err(message) => errors.push(FileError {
-                    path: f.clone(),
-                    message,
-                }),
+                Err(message) => errors.push(FileError { path: f.clone(), message }),
             }
         }
         let mut objects = Objects::default();
@@ -172,7 +138,8 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].path, f);
         assert_eq!(o.expect("objects").nodes.len(), 1, "last good content kept");
-        std::fs::write(&f, "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: notanumber}]}\n").expect("write");
+        std::fs::write(&f, "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: notanumber}]}\n")
+            .expect("write");
         let (_, e) = m.read();
         assert!(e[0].message.contains("Service s"), "{:?}", e);
     }

@@ -9,8 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_core::model::Rejected;
 use sluice_core::{
-    Backend, BackendState, ClusterState, Frontend, FrontendKind, NodeInfo, PodInfo, Protocol,
-    Service, ServiceName,
+    Backend, BackendState, ClusterState, Frontend, FrontendKind, NodeInfo, PodInfo, Protocol, Service, ServiceName,
 };
 
 use super::Objects;
@@ -26,10 +25,7 @@ pub fn translate(o: &Objects) -> ClusterState {
         match service(s, &o.endpoint_slices, &o.pods) {
             Ok(Some(svc)) => st.services.push(svc),
             Ok(None) => {}
-            Err(reason) => st.rejected.push(Rejected {
-                object: format!("Service {}", name_of(s)),
-                reason,
-            }),
+            Err(reason) => st.rejected.push(Rejected { object: format!("Service {}", name_of(s)), reason }),
         }
     }
     st.services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -37,11 +33,7 @@ pub fn translate(o: &Objects) -> ClusterState {
 }
 
 fn name_of(s: &K8sService) -> String {
-    format!(
-        "{}/{}",
-        s.metadata.namespace.as_deref().unwrap_or("default"),
-        s.metadata.name.as_deref().unwrap_or("")
-    )
+    format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or("default"), s.metadata.name.as_deref().unwrap_or(""))
 }
 
 fn node(n: &Node) -> NodeInfo {
@@ -51,16 +43,8 @@ fn node(n: &Node) -> NodeInfo {
         .and_then(|s| s.addresses.as_ref())
         .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
         .and_then(|a| a.address.parse().ok());
-    let pod_cidr = n
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.as_ref())
-        .and_then(|c| c.parse().ok());
-    NodeInfo {
-        name: n.metadata.name.clone().unwrap_or_default(),
-        internal_ip,
-        pod_cidr,
-    }
+    let pod_cidr = n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).and_then(|c| c.parse().ok());
+    NodeInfo { name: n.metadata.name.clone().unwrap_or_default(), internal_ip, pod_cidr }
 }
 
 fn pod(p: &Pod) -> PodInfo {
@@ -72,16 +56,10 @@ fn pod(p: &Pod) -> PodInfo {
         .map(|c| c.status == "True")
         .unwrap_or(true);
     PodInfo {
-        namespace: p
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
         name: p.metadata.name.clone().unwrap_or_default(),
         node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
-        ip: status
-            .and_then(|s| s.pod_ip.as_ref())
-            .and_then(|ip| ip.parse().ok()),
+        ip: status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok()),
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ready,
     }
@@ -97,23 +75,12 @@ fn protocol(p: Option<&String>) -> Result<Protocol, String> {
 }
 
 fn port_u16(v: i32, what: &str) -> Result<u16, String> {
-    u16::try_from(v)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{what} {v} is outside 1-65535"))
+    u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| format!("{what} {v} is outside 1-65535"))
 }
 
 /// `Ok(None)` for services sluice does not proxy (headless, ExternalName).
-fn service(
-    s: &K8sService,
-    slices: &[EndpointSlice],
-    pods: &[Pod],
-) -> Result<Option<Service>, String> {
-    let ns = s
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+fn service(s: &K8sService, slices: &[EndpointSlice], pods: &[Pod]) -> Result<Option<Service>, String> {
+    let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = s.metadata.name.clone().ok_or("metadata.name is missing")?;
     let spec = s.spec.as_ref().ok_or("spec is missing")?;
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
@@ -126,10 +93,7 @@ fn service(
     }
     let vip: Option<IpAddr> = match cluster_ip {
         "" => None,
-        ip => Some(
-            ip.parse()
-                .map_err(|_| format!("spec.clusterIP {ip:?} is not an IP address"))?,
-        ),
+        ip => Some(ip.parse().map_err(|_| format!("spec.clusterIP {ip:?} is not an IP address"))?),
     };
     let mut frontends = Vec::new();
     let ports: &[ServicePort] = spec.ports.as_deref().unwrap_or(&[]);
@@ -142,14 +106,8 @@ fn service(
             Some(IntOrString::Int(i)) => port_u16(*i, "targetPort")?,
             Some(IntOrString::String(_)) => 0, // resolved per backend from the pod's named port
         };
-        let fe = |kind, ip, port| Frontend {
-            kind,
-            ip,
-            port,
-            protocol: proto,
-            port_name: port_name.clone(),
-            target_port,
-        };
+        let fe =
+            |kind, ip, port| Frontend { kind, ip, port, protocol: proto, port_name: port_name.clone(), target_port };
         if let Some(ip) = vip {
             frontends.push(fe(FrontendKind::ClusterIp, Some(ip), port));
         }
@@ -159,41 +117,27 @@ fn service(
             frontends.push(fe(FrontendKind::NodePort, None, port_u16(np, "nodePort")?));
         }
         for ip in spec.external_ips.iter().flatten() {
-            let ip = ip
-                .parse()
-                .map_err(|_| format!("spec.externalIPs entry {ip:?} is not an IP address"))?;
+            let ip = ip.parse().map_err(|_| format!("spec.externalIPs entry {ip:?} is not an IP address"))?;
             frontends.push(fe(FrontendKind::ExternalIp, Some(ip), port));
         }
         if ty == "LoadBalancer" {
-            let ingress = s
-                .status
-                .as_ref()
-                .and_then(|st| st.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref());
+            let ingress = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
             for ing in ingress.into_iter().flatten() {
                 if let Some(ip) = &ing.ip {
-                    let ip = ip.parse().map_err(|_| {
-                        format!("status.loadBalancer.ingress ip {ip:?} is not an IP address")
-                    })?;
+                    let ip = ip
+                        .parse()
+                        .map_err(|_| format!("status.loadBalancer.ingress ip {ip:?} is not an IP address"))?;
                     frontends.push(fe(FrontendKind::LoadBalancer, Some(ip), port));
                 }
             }
         }
     }
-    let svc_name = ServiceName {
-        namespace: ns.clone(),
-        name: name.clone(),
-    };
+    let svc_name = ServiceName { namespace: ns.clone(), name: name.clone() };
     let own_slices: Vec<&EndpointSlice> = slices
         .iter()
         .filter(|sl| {
             sl.metadata.namespace.as_deref().unwrap_or("default") == ns
-                && sl
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    == Some(&name)
+                && sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name)
         })
         .collect();
     let backends = if own_slices.is_empty() {
@@ -204,11 +148,7 @@ fn service(
     } else {
         backends_from_slices(&own_slices)?
     };
-    Ok(Some(Service {
-        name: svc_name,
-        frontends,
-        backends,
-    }))
+    Ok(Some(Service { name: svc_name, frontends, backends }))
 }
 
 fn backends_from_slices(slices: &[&EndpointSlice]) -> Result<Vec<Backend>, String> {
@@ -258,8 +198,7 @@ fn backends_from_selector(
     let mut out = Vec::new();
     for p in pods {
         let info = pod(p);
-        let matches =
-            info.namespace == ns && sel.iter().all(|(k, v)| info.labels.get(k) == Some(v));
+        let matches = info.namespace == ns && sel.iter().all(|(k, v)| info.labels.get(k) == Some(v));
         let Some(ip) = info.ip.filter(|_| matches) else {
             continue;
         };
@@ -282,11 +221,7 @@ fn backends_from_selector(
                 port: port_u16(target, "targetPort")?,
                 port_name: sp.name.clone().unwrap_or_default(),
                 protocol: protocol(sp.protocol.as_ref())?,
-                state: if info.ready {
-                    BackendState::Active
-                } else {
-                    BackendState::NotReady
-                },
+                state: if info.ready { BackendState::Active } else { BackendState::NotReady },
                 node: info.node.clone(),
             });
         }

@@ -3,11 +3,7 @@ use crate::source::manifests::{classify, parse_documents};
 
 fn objects(yaml: &str) -> Objects {
     let mut o = Objects::default();
-    classify(
-        parse_documents(std::path::Path::new("t.yaml"), yaml).expect("yaml"),
-        &mut o,
-    )
-    .expect("classify");
+    classify(parse_documents(std::path::Path::new("t.yaml"), yaml).expect("yaml"), &mut o).expect("classify");
     o
 }
 
@@ -54,14 +50,8 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
 fn nodes_and_pods() {
     let st = translate(&objects(CLUSTER));
     let n = st.node("node-1").expect("node");
-    assert_eq!(
-        n.internal_ip.map(|i| i.to_string()).as_deref(),
-        Some("198.51.100.11")
-    );
-    assert_eq!(
-        n.pod_cidr.map(|c| c.to_string()).as_deref(),
-        Some("10.244.1.0/24")
-    );
+    assert_eq!(n.internal_ip.map(|i| i.to_string()).as_deref(), Some("198.51.100.11"));
+    assert_eq!(n.pod_cidr.map(|c| c.to_string()).as_deref(), Some("10.244.1.0/24"));
     assert_eq!(st.pods.len(), 2);
     assert!(!st.pods[1].ready);
 }
@@ -72,14 +62,7 @@ fn service_frontends_and_selector_backends() {
     assert_eq!(st.services.len(), 1, "headless skipped");
     let s = &st.services[0];
     let kinds: Vec<_> = s.frontends.iter().map(|f| (f.kind, f.port)).collect();
-    assert_eq!(
-        kinds,
-        [
-            (FrontendKind::ClusterIp, 80),
-            (FrontendKind::NodePort, 30080),
-            (FrontendKind::ExternalIp, 80)
-        ]
-    );
+    assert_eq!(kinds, [(FrontendKind::ClusterIp, 80), (FrontendKind::NodePort, 30080), (FrontendKind::ExternalIp, 80)]);
     assert_eq!(s.backends.len(), 2);
     assert_eq!(s.backends[0].port, 8080, "named targetPort resolved");
     assert_eq!(s.backends[0].state, BackendState::Active);

@@ -58,7 +58,11 @@ mod tests {
         assert!(with.starts_with("*nat\n:SLUICE-POSTROUTING - [0:0]\n"));
         assert!(with.contains("-s 10.244.1.0/24 -d 10.244.0.0/16"));
         assert!(with.contains("-j MASQUERADE"));
-        assert!(with.contains("-I POSTROUTING -m comment --comment \"sluice: hook SLUICE-POSTROUTING\" -j SLUICE-POSTROUTING"));
+        assert!(
+            with.contains(
+                "-I POSTROUTING -m comment --comment \"sluice: hook SLUICE-POSTROUTING\" -j SLUICE-POSTROUTING"
+            )
+        );
         assert!(with.ends_with("COMMIT\n"));
         let without = masquerade_batch(&spec(), true);
         assert!(!without.contains("-I POSTROUTING"));

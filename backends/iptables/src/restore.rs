@@ -26,17 +26,9 @@ impl Variant {
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
     #[error("could not run {binary}: {source} (install the iptables package)")]
-    Spawn {
-        binary: String,
-        source: std::io::Error,
-    },
+    Spawn { binary: String, source: std::io::Error },
     #[error("{binary} failed (exit {status}) for table {table}: {stderr}")]
-    Failed {
-        binary: String,
-        table: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { binary: String, table: String, status: String, stderr: String },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,17 +37,8 @@ pub struct Iptables {
 }
 
 fn count_rules(binary: &str) -> Option<usize> {
-    let out = Command::new(binary)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("-A "))
-            .count()
-    })
+    let out = Command::new(binary).stdout(Stdio::piped()).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A ")).count())
 }
 
 impl Iptables {
@@ -64,13 +47,7 @@ impl Iptables {
     pub fn detect() -> Self {
         let legacy = count_rules("iptables-legacy-save").unwrap_or(0);
         let nft = count_rules("iptables-nft-save").unwrap_or(0);
-        Iptables {
-            variant: if legacy > nft {
-                Variant::Legacy
-            } else {
-                Variant::Nft
-            },
-        }
+        Iptables { variant: if legacy > nft { Variant::Legacy } else { Variant::Nft } }
     }
 
     fn bin(&self, tool: &str) -> String {
@@ -83,10 +60,7 @@ impl Iptables {
         let out = Command::new(&binary)
             .args(["-t", table])
             .output()
-            .map_err(|source| IptablesError::Spawn {
-                binary: binary.clone(),
-                source,
-            })?;
+            .map_err(|source| IptablesError::Spawn { binary: binary.clone(), source })?;
         if !out.status.success() {
             return Err(IptablesError::Failed {
                 binary,
@@ -99,10 +73,7 @@ impl Iptables {
         Ok(save::parse_save(&text)
             .into_iter()
             .find(|t| t.name == table)
-            .unwrap_or_else(|| TableDump {
-                name: table.into(),
-                ..Default::default()
-            }))
+            .unwrap_or_else(|| TableDump { name: table.into(), ..Default::default() }))
     }
 
     /// Apply one batch atomically: `iptables-restore --noflush --wait`. Either the whole batch
@@ -115,24 +86,13 @@ impl Iptables {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| IptablesError::Spawn {
-                binary: binary.clone(),
-                source,
-            })?;
+            .map_err(|source| IptablesError::Spawn { binary: binary.clone(), source })?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(batch.as_bytes())
-                .map_err(|source| IptablesError::Spawn {
-                    binary: binary.clone(),
-                    source,
-                })?;
+                .map_err(|source| IptablesError::Spawn { binary: binary.clone(), source })?;
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| IptablesError::Spawn {
-                binary: binary.clone(),
-                source,
-            })?;
+        let out = child.wait_with_output().map_err(|source| IptablesError::Spawn { binary: binary.clone(), source })?;
         if out.status.success() {
             Ok(())
         } else {

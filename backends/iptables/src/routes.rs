@@ -18,11 +18,7 @@ pub const NODE_RTPROTO: u8 = 0x54;
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("netlink {op} for route {route} failed: {detail}")]
-    Netlink {
-        op: &'static str,
-        route: String,
-        detail: String,
-    },
+    Netlink { op: &'static str, route: String, detail: String },
 }
 
 pub struct RouteManager {
@@ -59,11 +55,7 @@ impl RouteManager {
     /// The routes sluice owns right now (main table, our protocol).
     pub async fn observed(&self) -> Result<BTreeSet<PodRoute>, RouteError> {
         let mut out = BTreeSet::new();
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         while let Some(m) = s.try_next().await.map_err(|e| RouteError::Netlink {
             op: "dump",
             route: "all".into(),
@@ -80,38 +72,23 @@ impl RouteManager {
     }
 
     /// Converge towards `desired`; returns what changed.
-    pub async fn reconcile(
-        &self,
-        desired: &BTreeSet<PodRoute>,
-        prune: bool,
-    ) -> Result<RouteDiff, RouteError> {
+    pub async fn reconcile(&self, desired: &BTreeSet<PodRoute>, prune: bool) -> Result<RouteDiff, RouteError> {
         let observed = self.observed().await?;
         let diff = diff_routes(desired, &observed, prune);
         for r in &diff.remove {
-            self.handle
-                .route()
-                .del(message(r))
-                .execute()
-                .await
-                .map_err(|e| RouteError::Netlink {
-                    op: "delete",
-                    route: format!("{} via {}", r.dst, r.via),
-                    detail: e.to_string(),
-                })?;
+            self.handle.route().del(message(r)).execute().await.map_err(|e| RouteError::Netlink {
+                op: "delete",
+                route: format!("{} via {}", r.dst, r.via),
+                detail: e.to_string(),
+            })?;
         }
         for r in &diff.add {
             // replace: a route to the same CIDR via another gateway is superseded atomically.
-            self.handle
-                .route()
-                .add(message(r))
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| RouteError::Netlink {
-                    op: "add",
-                    route: format!("{} via {}", r.dst, r.via),
-                    detail: e.to_string(),
-                })?;
+            self.handle.route().add(message(r)).replace().execute().await.map_err(|e| RouteError::Netlink {
+                op: "add",
+                route: format!("{} via {}", r.dst, r.via),
+                detail: e.to_string(),
+            })?;
         }
         Ok(diff)
     }

@@ -18,10 +18,7 @@ pub fn parse_save(text: &str) -> Vec<TableDump> {
     let mut cur: Option<TableDump> = None;
     for line in text.lines() {
         if let Some(name) = line.strip_prefix('*') {
-            cur = Some(TableDump {
-                name: name.trim().into(),
-                ..Default::default()
-            });
+            cur = Some(TableDump { name: name.trim().into(), ..Default::default() });
         } else if let Some(chain) = line.strip_prefix(':') {
             if let (Some(t), Some(name)) = (cur.as_mut(), chain.split_whitespace().next()) {
                 t.chains.push(name.into());
@@ -40,25 +37,16 @@ pub fn parse_save(text: &str) -> Vec<TableDump> {
 }
 
 fn is_builtin(chain: &str) -> bool {
-    matches!(
-        chain,
-        "PREROUTING" | "INPUT" | "FORWARD" | "OUTPUT" | "POSTROUTING"
-    )
+    matches!(chain, "PREROUTING" | "INPUT" | "FORWARD" | "OUTPUT" | "POSTROUTING")
 }
 
 /// Does `builtin` already jump to `target`?
 pub fn has_hook(t: &TableDump, builtin: &str, target: &str) -> bool {
-    t.rules
-        .iter()
-        .any(|r| r.starts_with(&format!("{builtin} ")) && r.ends_with(&format!("-j {target}")))
+    t.rules.iter().any(|r| r.starts_with(&format!("{builtin} ")) && r.ends_with(&format!("-j {target}")))
 }
 
 pub fn sluice_chains(t: &TableDump) -> Vec<&str> {
-    t.chains
-        .iter()
-        .map(String::as_str)
-        .filter(|c| c.starts_with(CHAIN_PREFIX))
-        .collect()
+    t.chains.iter().map(String::as_str).filter(|c| c.starts_with(CHAIN_PREFIX)).collect()
 }
 
 /// The restore batch that removes everything sluice owns in one table: delete each jump from a
@@ -126,7 +114,9 @@ COMMIT
     fn cleanup_touches_only_sluice() {
         let t = parse_save(DUMP);
         let b = cleanup_batch(&t[0]).expect("something to clean");
-        assert!(b.contains("-D POSTROUTING -m comment --comment \"sluice: hook SLUICE-POSTROUTING\" -j SLUICE-POSTROUTING"));
+        assert!(
+            b.contains("-D POSTROUTING -m comment --comment \"sluice: hook SLUICE-POSTROUTING\" -j SLUICE-POSTROUTING")
+        );
         assert!(b.contains("-F SLUICE-POSTROUTING\n-X SLUICE-POSTROUTING\n"));
         assert!(!b.contains("KUBE-"));
     }

@@ -24,9 +24,7 @@ pub fn require_root() -> bool {
         eprintln!("skipped: needs root (SLUICE_SKIP_PRIVILEGED set)");
         return false;
     }
-    panic!(
-        "privileged test needs root; run `cargo xtask test` as root or set SLUICE_SKIP_PRIVILEGED=1 to skip"
-    );
+    panic!("privileged test needs root; run `cargo xtask test` as root or set SLUICE_SKIP_PRIVILEGED=1 to skip");
 }
 
 fn ip(args: &[&str]) {
@@ -41,11 +39,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
-        let name = format!(
-            "slt-{}-{}-{tag}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("slt-{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
         ip(&["netns", "add", &name]);
         Netns { name }
     }
@@ -56,12 +50,7 @@ impl Netns {
 
     pub fn run(&self, program: &str, args: &[&str]) -> String {
         let out = self.command(program).args(args).output().expect("spawn");
-        assert!(
-            out.status.success(),
-            "{program} {args:?} in {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{program} {args:?} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -71,8 +60,7 @@ impl Netns {
         // SAFETY: only setns between fork and exec.
         unsafe {
             c.pre_exec(move || {
-                nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
+                nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
             });
         }
         c
@@ -91,9 +79,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -106,11 +92,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(subnet: &str) -> Self {
-        Node {
-            ns: Netns::new("node"),
-            data: tempfile::tempdir().expect("tmp"),
-            subnet: subnet.into(),
-        }
+        Node { ns: Netns::new("node"), data: tempfile::tempdir().expect("tmp"), subnet: subnet.into() }
     }
 
     pub fn conf(&self, version: &str) -> Value {
@@ -140,20 +122,12 @@ impl Node {
     /// Call the plugin from this node's netns; returns (exit ok, parsed stdout).
     pub fn call(&self, env: &[(&str, &str)], stdin: &str) -> (bool, Value) {
         let mut c = self.ns.command(PLUGIN);
-        c.env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             c.env(k, v);
         }
         let mut child = c.spawn().expect("spawn plugin");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write");
         let out = child.wait_with_output().expect("wait");
         let text = String::from_utf8_lossy(&out.stdout);
         let v = if text.trim().is_empty() {

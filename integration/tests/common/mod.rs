@@ -15,9 +15,7 @@ pub fn require_root() -> bool {
         eprintln!("skipped: needs root (SLUICE_SKIP_PRIVILEGED set)");
         return false;
     }
-    panic!(
-        "end-to-end test needs root; run `cargo xtask test` as root or set SLUICE_SKIP_PRIVILEGED=1 to skip"
-    );
+    panic!("end-to-end test needs root; run `cargo xtask test` as root or set SLUICE_SKIP_PRIVILEGED=1 to skip");
 }
 
 pub struct TestLab {
@@ -30,16 +28,12 @@ impl TestLab {
         let lab = Lab::new(name).expect("lab name");
         let _ = lab.down();
         let t = TestLab { lab };
-        t.lab
-            .up(nodes, configs)
-            .unwrap_or_else(|e| panic!("lab up: {e:#}"));
+        t.lab.up(nodes, configs).unwrap_or_else(|e| panic!("lab up: {e:#}"));
         t
     }
 
     pub fn exec(&self, target: &str, argv: &[&str]) -> String {
-        self.lab
-            .exec_output(target, argv)
-            .unwrap_or_else(|e| panic!("{e:#}"))
+        self.lab.exec_output(target, argv).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn try_exec(&self, target: &str, argv: &[&str]) -> anyhow::Result<String> {
@@ -47,9 +41,7 @@ impl TestLab {
     }
 
     pub fn curl(&self, from: &str, url: &str) -> anyhow::Result<String> {
-        self.lab
-            .exec_output(from, &["sluice-lab", "curl", "--timeout-ms", "2000", url])
-            .map(|s| s.trim().to_string())
+        self.lab.exec_output(from, &["sluice-lab", "curl", "--timeout-ms", "2000", url]).map(|s| s.trim().to_string())
     }
 
     /// The agent's status, or `None` while it is (re)starting.
@@ -60,9 +52,7 @@ impl TestLab {
 
     pub fn status(&self, node: &str) -> serde_json::Value {
         let st = self.lab.state().expect("state");
-        self.lab
-            .agent_status(st.node(node).expect("node"))
-            .expect("agent status")
+        self.lab.agent_status(st.node(node).expect("node")).expect("agent status")
     }
 }
 

@@ -1,0 +1,179 @@
+//! The feature plan at runtime: probe once at start, plan from capabilities x config, and
+//! re-plan when the config file changes (or on SIGHUP). A valid new config moves features
+//! make-before-break; an invalid one is rejected and the running plan stays.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sluice_config::Config;
+use sluice_core::plan::{compute, transition};
+use sluice_core::{Capabilities, Plan, PlanInput, Step};
+
+/// Where the running config came from, so it can be re-read.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub flags: serde_json::Value,
+}
+
+/// Outcome of the last reload attempt, shown in status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    pub path: Option<String>,
+    /// Increments with every applied config (1 = the one the agent started with).
+    pub generation: u64,
+    pub last_attempt_unix: u64,
+    /// `None` when the last attempt was applied; the error when it was rejected.
+    pub rejected: Option<String>,
+    /// The steps of the last applied change, in the order they ran.
+    pub last_transition: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    pub result: String,
+}
+
+/// The plan a config gives on these capabilities (with `probes.assume_missing` applied).
+pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {
+    let caps = probed.clone().assume_missing(&cfg.assume_missing()?);
+    let features = cfg.partial_features()?;
+    Ok(compute(&PlanInput {
+        caps: &caps,
+        mode: cfg.kube_proxy_replacement.0,
+        partial_features: &features,
+        dataplane: cfg.dataplane,
+    })?)
+}
+
+/// Keys that can change while the agent runs; every other change needs a restart.
+fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
+    let mut same = new.clone();
+    same.kube_proxy_replacement = old.kube_proxy_replacement;
+    same.kube_proxy_replacement_features = old.kube_proxy_replacement_features.clone();
+    same.dataplane = old.dataplane;
+    same.probes = old.probes.clone();
+    if &same == old {
+        return Ok(());
+    }
+    let a = serde_json::to_value(old).unwrap_or_default();
+    let b = serde_json::to_value(&same).unwrap_or_default();
+    let keys: Vec<String> = b
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| a.get(k.as_str()) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    Err(format!(
+        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane and probes.assume_missing can",
+        keys.join(", ")
+    ))
+}
+
+pub struct Planner {
+    pub source: ConfigSource,
+    pub probed: Capabilities,
+    pub config: Config,
+    pub plan: Plan,
+    pub status: ReloadStatus,
+    mtime: Option<SystemTime>,
+}
+
+fn mtime(p: &Option<PathBuf>) -> Option<SystemTime> {
+    p.as_ref().and_then(|p| std::fs::metadata(p).ok()).and_then(|m| m.modified().ok())
+}
+
+impl Planner {
+    pub fn new(source: ConfigSource, probed: Capabilities, config: Config) -> anyhow::Result<Self> {
+        let plan = plan_for(&config, &probed)?;
+        let status = ReloadStatus {
+            path: source.path.as_ref().map(|p| p.display().to_string()),
+            generation: 1,
+            last_attempt_unix: super::now_unix(),
+            rejected: None,
+            last_transition: Vec::new(),
+        };
+        Ok(Planner { mtime: mtime(&source.path), source, probed, config, plan, status })
+    }
+
+    /// Has the config file changed since it was last read?
+    pub fn file_changed(&self) -> bool {
+        self.source.path.is_some() && mtime(&self.source.path) != self.mtime
+    }
+
+    /// Re-read the config. On success returns the steps to run (make-before-break order).
+    pub fn reload(&mut self) -> Result<Vec<Step>, String> {
+        self.mtime = mtime(&self.source.path);
+        self.status.last_attempt_unix = super::now_unix();
+        let attempt = sluice_config::load(self.source.path.as_deref(), Some(self.source.flags.clone()))
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|new| runtime_changeable(&self.config, &new).map(|_| new))
+            .and_then(|new| plan_for(&new, &self.probed).map(|p| (new, p)).map_err(|e| format!("{e:#}")));
+        match attempt {
+            Ok((new, plan)) => {
+                let steps = transition(&self.plan, &plan);
+                self.config = new;
+                self.plan = plan;
+                self.status.generation += 1;
+                self.status.rejected = None;
+                Ok(steps)
+            }
+            Err(e) => {
+                self.status.rejected = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_mode_keys_change_at_runtime() {
+        let old = sluice_config::from_yaml_str("node_name: node-1").expect("cfg");
+        let mut new = old.clone();
+        new.dataplane = sluice_core::DataplaneMode::Iptables;
+        assert!(runtime_changeable(&old, &new).is_ok());
+        new.node_name = "node-2".into();
+        new.masquerade = false;
+        let e = runtime_changeable(&old, &new).expect_err("immutable");
+        assert!(
+            e.starts_with("node_name, masquerade cannot change")
+                || e.starts_with("masquerade, node_name cannot change"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reload_applies_valid_and_rejects_invalid() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "node_name: node-1\ndataplane: iptables\n").expect("write");
+        let source = ConfigSource { path: Some(path.clone()), flags: serde_json::json!({}) };
+        let cfg = sluice_config::load(Some(&path), None).expect("cfg");
+        let mut p = Planner::new(source, Capabilities::all_present(), cfg).expect("planner");
+        assert_eq!(p.plan.owner(sluice_core::Feature::ClusterIp), sluice_core::Owner::Iptables);
+
+        std::fs::write(&path, "node_name: node-1\ndataplane: auto\n").expect("write");
+        let steps = p.reload().expect("valid reload");
+        assert!(matches!(steps.first(), Some(Step::Program { owner: sluice_core::Owner::Ebpf, .. })));
+        assert_eq!(p.status.generation, 2);
+
+        std::fs::write(&path, "node_name: node-1\ndataplane: warp\n").expect("write");
+        let e = p.reload().expect_err("invalid");
+        assert!(e.contains("warp"), "{e}");
+        assert_eq!(p.plan.owner(sluice_core::Feature::ClusterIp), sluice_core::Owner::Ebpf, "old plan kept");
+        assert_eq!(p.status.generation, 2);
+        assert!(p.status.rejected.as_deref().is_some_and(|r| r.contains("warp")));
+
+        // A strict config that the node cannot serve is rejected too.
+        std::fs::write(&path, "node_name: node-1\nkube_proxy_replacement: strict\ndataplane: ebpf\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
+        let e = p.reload().expect_err("strict");
+        assert!(e.contains("node-port") && e.contains("bpf_fib_lookup"), "{e}");
+    }
+}

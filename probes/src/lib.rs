@@ -1,0 +1,58 @@
+//! sluice-probes: what can this node do? Every probe loads the smallest possible object,
+//! checks the answer and closes it again: nothing (program, map, link, namespace, rule)
+//! outlives a probe. Results are typed [`Capabilities`] that config may override with
+//! `probes.assume_missing`, so a newer kernel can rehearse an older one.
+
+mod bpf;
+mod system;
+
+use std::time::{Duration, Instant};
+
+use sluice_core::{Capabilities, Capability, ProbeResult};
+
+/// Probe everything; also returns how long it took.
+pub fn probe() -> (Capabilities, Duration) {
+    let start = Instant::now();
+    let mut caps = Capabilities { kernel: system::kernel_release(), ..Default::default() };
+    for c in Capability::ALL {
+        let (found, detail) = probe_one(c);
+        caps.results.insert(c, ProbeResult { found, detail, assumed_missing: false });
+    }
+    let (active, evidence) = system::kube_proxy();
+    caps.kube_proxy_active = active;
+    caps.kube_proxy_evidence = evidence;
+    (caps, start.elapsed())
+}
+
+fn probe_one(c: Capability) -> (bool, String) {
+    use Capability::*;
+    match c {
+        KernelBtf => system::btf(),
+        Bpffs => system::bpffs(),
+        CgroupV2 => system::cgroup_v2(),
+        ProgSchedCls | ProgXdp | ProgCgroupSkb | ProgSockOps => bpf::program(c),
+        AttachCgroupConnect4 | AttachCgroupSendmsg4 | AttachCgroupRecvmsg4 | AttachCgroupGetpeername4 => {
+            bpf::sock_addr_attach(c)
+        }
+        MapHash | MapLruHash | MapLpmTrie | MapRingbuf | MapHashOfMaps => bpf::map(c),
+        HelperFibLookup | HelperRedirectNeigh | HelperRedirectPeer | HelperGetNetnsCookie => bpf::helper(c),
+        Tcx => bpf::tcx(),
+        Iptables => system::iptables(),
+        Conntrack => system::conntrack(),
+        Ipset => system::ipset(),
+    }
+}
+
+/// Which features each capability is needed for (for `sluice probe`).
+pub fn enables(c: Capability) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    for f in sluice_core::Feature::ALL {
+        if f.ebpf_needs().contains(&c) {
+            v.push(f.name());
+        }
+        if f.iptables_needs().contains(&c) && !v.contains(&f.name()) {
+            v.push(f.name());
+        }
+    }
+    v
+}
