@@ -9,7 +9,8 @@ use crate::{cargo, root};
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("cni") => cni(&args[1..]),
-        other => bail!("unknown benchmark {other:?}; available: cni"),
+        Some("probe") => probe(),
+        other => bail!("unknown benchmark {other:?}; available: cni, probe"),
     }
 }
 
@@ -38,5 +39,38 @@ fn cni(args: &[String]) -> anyhow::Result<()> {
         bail!("bench lab teardown failed: {}", String::from_utf8_lossy(&down.stderr));
     }
     println!("results written to {}", out_dir.join("cni.json").display());
+    Ok(())
+}
+
+/// How long `sluice probe` takes (every capability, with nothing left behind).
+fn probe() -> anyhow::Result<()> {
+    if !crate::nix_is_root() {
+        bail!("probing BPF needs root");
+    }
+    crate::run(cargo().args(["build", "--release", "-p", "sluice"]))?;
+    let bin = root().join("target/release/sluice");
+    let mut probe_ms = Vec::new();
+    let mut wall_ms = Vec::new();
+    for _ in 0..30 {
+        let t = std::time::Instant::now();
+        let out = Command::new(&bin).args(["probe", "-o", "json"]).output().context("running sluice probe")?;
+        wall_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ms = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("\"probe_ms\": "))
+            .and_then(|v| v.trim_end_matches(',').parse::<f64>().ok())
+            .context("no probe_ms in sluice probe output")?;
+        probe_ms.push(ms);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (p50, pmax) = med(&mut probe_ms);
+    let (w50, wmax) = med(&mut wall_ms);
+    println!(
+        "sluice probe, 30 runs: probing p50 {p50:.1} ms (max {pmax:.1} ms); whole command p50 {w50:.1} ms (max {wmax:.1} ms)"
+    );
     Ok(())
 }
