@@ -11,15 +11,18 @@ use tokio::net::UnixStream;
 use crate::status::AgentStatus;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "get", rename_all = "kebab-case")]
+#[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     Status,
+    /// Sent by sluice-cni after ADD and DEL: reconcile now instead of at the next poll.
+    EndpointsChanged,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Response {
     Status(Box<AgentStatus>),
+    Ok,
     Error(String),
 }
 

@@ -22,7 +22,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let store = Store::new(&conf.data_dir, &conf.name, conf.subnet, conf.gateway);
     match env.command {
         Command::Add => add(env, &conf, &store).map(Some),
-        Command::Del => del(env, &store).map(|_| None),
+        Command::Del => del(env, &conf, &store).map(|_| None),
         Command::Check => check(env, &conf, &store).map(|_| None),
         Command::Gc => gc(&conf, &store).map(|_| None),
         Command::Status => status(&conf, &store).map(|_| None),
@@ -52,6 +52,7 @@ fn add(env: &Env, conf: &NetConf, store: &Store) -> Result<Value, CniError> {
     match plumb(env, conf, &ns, &host, &alloc) {
         Ok(attached) => {
             store.lock()?.commit(alloc, &host)?;
+            notify_agent(conf);
             Ok(spec::render_result(&conf.cni_version, &attached))
         }
         Err(e) => {
@@ -88,12 +89,24 @@ fn plumb(env: &Env, conf: &NetConf, ns: &std::fs::File, host: &str, alloc: &Allo
     })
 }
 
-fn del(env: &Env, store: &Store) -> Result<(), CniError> {
+/// Tell the node's agent that endpoints changed, so it reconciles now rather than at its next
+/// poll. Best effort and bounded: the agent may be down (it rescans the IPAM store on start).
+fn notify_agent(conf: &NetConf) {
+    use std::io::Write;
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&conf.agent_socket) {
+        let _ = s.set_write_timeout(Some(std::time::Duration::from_millis(100)));
+        let _ = s.write_all(b"{\"op\":\"endpoints-changed\"}\n");
+    }
+}
+
+fn del(env: &Env, conf: &NetConf, store: &Store) -> Result<(), CniError> {
     // Remove the interface first so the address is never reused while still configured.
     // Deleting the host end removes the pod end too, so the netns is not needed.
     let host = host_veth_name(&env.container_id, &env.ifname);
     with_netlink_here(|h| async move { plumbing::delete_link(&h, &host).await })?;
-    store.lock()?.release(&env.container_id, &env.ifname)?;
+    if !store.lock()?.release(&env.container_id, &env.ifname)?.is_empty() {
+        notify_agent(conf);
+    }
     Ok(())
 }
 

@@ -288,10 +288,10 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     let PlanInput { caps, mode, partial_features, dataplane } = *input;
     if mode == KprMode::Partial {
         for f in partial_features {
-            if let Some(base) = f.base() {
-                if !partial_features.contains(&base) {
-                    return Err(PlanError::PartialMissingBase { feature: *f, base });
-                }
+            if let Some(base) = f.base()
+                && !partial_features.contains(&base)
+            {
+                return Err(PlanError::PartialMissingBase { feature: *f, base });
             }
         }
     }

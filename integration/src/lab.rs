@@ -189,7 +189,7 @@ impl Lab {
         let mut s = std::os::unix::net::UnixStream::connect(&sock)
             .with_context(|| format!("connecting to {}", sock.display()))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"{\"get\":\"status\"}\n")?;
+        s.write_all(b"{\"op\":\"status\"}\n")?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line)?;
         let v: Value = serde_json::from_str(&line)?;

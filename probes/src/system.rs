@@ -71,9 +71,26 @@ pub fn iptables() -> (bool, String) {
             if l.is_some() {
                 have.push("legacy");
             }
-            (true, format!("iptables variants: {}", have.join(", ")))
+            // Which one the node already uses, as kube-proxy's iptables-wrappers decide: the
+            // variant holding more rules (nft when neither holds any).
+            let count = |v: &str| rule_count(&format!("iptables-{v}-save"));
+            let (n, l) = (count("nft"), count("legacy"));
+            let in_use = if l > n { "legacy" } else { "nft" };
+            (
+                true,
+                format!("iptables variants: {}; in use: {in_use} ({n} nft rules, {l} legacy rules)", have.join(", ")),
+            )
         }
     }
+}
+
+fn rule_count(bin: &str) -> usize {
+    let Some(path) = which(bin) else { return 0 };
+    Command::new(path)
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("-A ")).count())
+        .unwrap_or(0)
 }
 
 pub fn conntrack() -> (bool, String) {
@@ -106,12 +123,11 @@ pub fn kube_proxy() -> (bool, String) {
             return (true, format!("chain {chain} in iptables-{variant} nat table"));
         }
     }
-    if let Some(nft) = which("nft") {
-        if let Ok(out) = Command::new(nft).args(["list", "tables"]).stderr(Stdio::null()).output() {
-            if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "table ip kube-proxy") {
-                return (true, "nft table ip kube-proxy".into());
-            }
-        }
+    if let Some(nft) = which("nft")
+        && let Ok(out) = Command::new(nft).args(["list", "tables"]).stderr(Stdio::null()).output()
+        && String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "table ip kube-proxy")
+    {
+        return (true, "nft table ip kube-proxy".into());
     }
     (false, "no KUBE-* chains and no kube-proxy nft table".into())
 }

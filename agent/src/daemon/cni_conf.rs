@@ -11,6 +11,7 @@ pub fn render_conflist(cfg: &Config, pod_cidr: Ipv4Net) -> Value {
         "type": "sluice-cni",
         "subnet": pod_cidr.to_string(),
         "dataDir": cfg.cni.data_dir.display().to_string(),
+        "agentSocket": cfg.socket_path.display().to_string(),
     });
     if let Some(mtu) = cfg.cni.mtu {
         main["mtu"] = json!(mtu);
@@ -51,6 +52,7 @@ mod tests {
         let c = render_conflist(&cfg, "10.244.1.0/24".parse().expect("net"));
         assert_eq!(c["plugins"][0]["subnet"], "10.244.1.0/24");
         assert_eq!(c["plugins"][0]["mtu"], 1400);
+        assert_eq!(c["plugins"][0]["agentSocket"], "/run/sluice/sluice.sock");
         assert_eq!(c["plugins"][1]["type"], "portmap");
         assert_eq!(c["cniVersion"], "1.0.0");
     }

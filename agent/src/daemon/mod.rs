@@ -51,7 +51,8 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         ..Default::default()
     }));
     let listener = server::bind(&cfg.socket_path)?;
-    tokio::spawn(server::serve(listener, status.clone()));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(server::serve(listener, status.clone(), wake.clone()));
     tracing::info!(node = %cfg.node_name, socket = %cfg.socket_path.display(), "sluice agent started");
 
     // Pods route through the node: forwarding is a precondition of pod networking.
@@ -76,6 +77,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         tokio::select! {
             _ = tick.tick() => {}
             _ = sighup.recv() => reload = true,
+            _ = wake.notified() => {}
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

@@ -27,12 +27,13 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(l: UnixListener, status: Arc<RwLock<AgentStatus>>) {
+pub async fn serve(l: UnixListener, status: Arc<RwLock<AgentStatus>>, wake: Arc<tokio::sync::Notify>) {
     loop {
         let Ok((stream, _)) = l.accept().await else {
             continue;
         };
         let status = status.clone();
+        let wake = wake.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -41,6 +42,10 @@ pub async fn serve(l: UnixListener, status: Arc<RwLock<AgentStatus>>) {
             }
             let resp = match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Status) => Response::Status(Box::new(status.read().await.clone())),
+                Ok(Request::EndpointsChanged) => {
+                    wake.notify_one();
+                    Response::Ok
+                }
                 Err(e) => Response::Error(format!("bad request {line:?}: {e}")),
             };
             let mut out = serde_json::to_string(&resp).unwrap_or_default();
