@@ -46,6 +46,7 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeInfo>,
     pub pods: Vec<PodInfo>,
     pub services: Vec<Service>,
+    pub host_ports: Vec<crate::service::HostPort>,
     /// Objects the translation refused, each with the reason (shown in status, never fatal).
     pub rejected: Vec<Rejected>,
 }

@@ -95,6 +95,32 @@ pub struct Service {
     pub name: ServiceName,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
+    /// sessionAffinity: ClientIP, with its timeout in seconds.
+    #[serde(default)]
+    pub affinity_timeout_s: Option<u32>,
+    /// externalTrafficPolicy: Local (NodePort, ExternalIPs, LoadBalancer use only this node's endpoints).
+    #[serde(default)]
+    pub external_local: bool,
+    /// internalTrafficPolicy: Local (ClusterIP uses only this node's endpoints).
+    #[serde(default)]
+    pub internal_local: bool,
+    /// loadBalancerSourceRanges: who may reach the LoadBalancer IPs (empty: everyone).
+    #[serde(default)]
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
+    #[serde(default)]
+    pub health_check_node_port: Option<u16>,
+}
+
+/// A pod's hostPort: traffic to a node address on `host_port` goes to the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPort {
+    pub pod: String,
+    pub node: Option<String>,
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    pub host_port: u16,
+    pub protocol: Protocol,
+    pub pod_ip: std::net::Ipv4Addr,
+    pub container_port: u16,
 }
 
 impl Service {
@@ -144,6 +170,11 @@ mod tests {
         };
         let mut svc = Service {
             name: ServiceName { namespace: "default".into(), name: "web".into() },
+            affinity_timeout_s: None,
+            external_local: false,
+            internal_local: false,
+            source_ranges: vec![],
+            health_check_node_port: None,
             frontends: vec![fe.clone()],
             backends: vec![
                 be("10.244.1.2", BackendState::Active),

@@ -14,22 +14,87 @@ use sluice_core::{
 
 use super::Objects;
 
+/// Settings the translation needs from the agent's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub node_port_range: (u16, u16),
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { node_port_range: (30000, 32767) }
+    }
+}
+
 pub fn translate(o: &Objects) -> ClusterState {
+    translate_with(o, Options::default())
+}
+
+pub fn translate_with(o: &Objects, opts: Options) -> ClusterState {
     let mut st = ClusterState::default();
     for n in &o.nodes {
         let info = node(n);
         st.nodes.insert(info.name.clone(), info);
     }
     st.pods = o.pods.iter().map(pod).collect();
-    for s in &o.services {
-        match service(s, &o.endpoint_slices, &o.pods) {
-            Ok(Some(svc)) => st.services.push(svc),
+    for p in &o.pods {
+        host_ports(p, &mut st.host_ports);
+    }
+    // Sorted by name so that, of two Services claiming one nodePort, the same one always wins.
+    let mut services: Vec<&K8sService> = o.services.iter().collect();
+    services.sort_by_key(|s| name_of(s));
+    let mut node_ports: BTreeMap<(u16, Protocol), String> = BTreeMap::new();
+    for s in services {
+        let checked = service(s, &o.endpoint_slices, &o.pods).and_then(|svc| match svc {
+            Some(svc) => check_node_ports(&svc, opts, &node_ports).map(|_| Some(svc)),
+            None => Ok(None),
+        });
+        match checked {
+            Ok(Some(svc)) => {
+                for f in svc.frontends.iter().filter(|f| f.kind == FrontendKind::NodePort) {
+                    node_ports.insert((f.port, f.protocol), svc.name.to_string());
+                }
+                st.services.push(svc);
+            }
             Ok(None) => {}
             Err(reason) => st.rejected.push(Rejected { object: format!("Service {}", name_of(s)), reason }),
         }
     }
     st.services.sort_by(|a, b| a.name.cmp(&b.name));
     st
+}
+
+fn check_node_ports(svc: &Service, opts: Options, taken: &BTreeMap<(u16, Protocol), String>) -> Result<(), String> {
+    let (lo, hi) = opts.node_port_range;
+    for f in svc.frontends.iter().filter(|f| f.kind == FrontendKind::NodePort) {
+        if !(lo..=hi).contains(&f.port) {
+            return Err(format!("nodePort {} is outside the node port range {lo}-{hi} (config node_port_range)", f.port));
+        }
+        if let Some(owner) = taken.get(&(f.port, f.protocol)) {
+            return Err(format!("nodePort {}/{} is already used by Service {owner}", f.port, f.protocol));
+        }
+    }
+    Ok(())
+}
+
+fn host_ports(p: &Pod, out: &mut Vec<sluice_core::HostPort>) {
+    let info = pod(p);
+    let Some(IpAddr::V4(pod_ip)) = info.ip else { return };
+    for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
+        for cp in c.ports.iter().flatten() {
+            let Some(hp) = cp.host_port.and_then(|h| u16::try_from(h).ok()).filter(|h| *h != 0) else { continue };
+            let (Ok(proto), Ok(cport)) = (protocol(cp.protocol.as_ref()), u16::try_from(cp.container_port)) else { continue };
+            out.push(sluice_core::HostPort {
+                pod: format!("{}/{}", info.namespace, info.name),
+                node: info.node.clone(),
+                host_ip: cp.host_ip.as_ref().and_then(|h| h.parse().ok()).filter(|ip: &std::net::Ipv4Addr| !ip.is_unspecified()),
+                host_port: hp,
+                protocol: proto,
+                pod_ip,
+                container_port: cport,
+            });
+        }
+    }
 }
 
 fn name_of(s: &K8sService) -> String {
@@ -95,6 +160,9 @@ fn service(s: &K8sService, slices: &[EndpointSlice], pods: &[Pod]) -> Result<Opt
         "" => None,
         ip => Some(ip.parse().map_err(|_| format!("spec.clusterIP {ip:?} is not an IP address"))?),
     };
+    if let Some(IpAddr::V6(ip)) = vip {
+        return Err(format!("spec.clusterIP {ip} is IPv6; sluice serves IPv4 Services only"));
+    }
     let mut frontends = Vec::new();
     let ports: &[ServicePort] = spec.ports.as_deref().unwrap_or(&[]);
     for p in ports {
@@ -117,7 +185,10 @@ fn service(s: &K8sService, slices: &[EndpointSlice], pods: &[Pod]) -> Result<Opt
             frontends.push(fe(FrontendKind::NodePort, None, port_u16(np, "nodePort")?));
         }
         for ip in spec.external_ips.iter().flatten() {
-            let ip = ip.parse().map_err(|_| format!("spec.externalIPs entry {ip:?} is not an IP address"))?;
+            let ip: IpAddr = ip.parse().map_err(|_| format!("spec.externalIPs entry {ip:?} is not an IP address"))?;
+            if ip.is_ipv6() {
+                return Err(format!("spec.externalIPs entry {ip} is IPv6; sluice serves IPv4 Services only"));
+            }
             frontends.push(fe(FrontendKind::ExternalIp, Some(ip), port));
         }
         if ty == "LoadBalancer" {
@@ -148,7 +219,41 @@ fn service(s: &K8sService, slices: &[EndpointSlice], pods: &[Pod]) -> Result<Opt
     } else {
         backends_from_slices(&own_slices)?
     };
-    Ok(Some(Service { name: svc_name, frontends, backends }))
+    let affinity_timeout_s = match spec.session_affinity.as_deref() {
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800);
+            if !(1..=86400).contains(&t) {
+                return Err(format!("sessionAffinityConfig.clientIP.timeoutSeconds {t} is outside 1-86400"));
+            }
+            Some(t as u32)
+        }
+        _ => None,
+    };
+    let mut source_ranges = Vec::new();
+    for r in spec.load_balancer_source_ranges.iter().flatten() {
+        let net: ipnet::Ipv4Net =
+            r.trim().parse().map_err(|_| format!("loadBalancerSourceRanges entry {r:?} is not an IPv4 CIDR"))?;
+        source_ranges.push(net.trunc());
+    }
+    let health_check_node_port = match spec.health_check_node_port {
+        Some(p) => Some(port_u16(p, "healthCheckNodePort")?),
+        None => None,
+    };
+    Ok(Some(Service {
+        name: svc_name,
+        frontends,
+        backends,
+        affinity_timeout_s,
+        external_local: spec.external_traffic_policy.as_deref() == Some("Local") && ty != "ClusterIP",
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        source_ranges,
+        health_check_node_port,
+    }))
 }
 
 fn backends_from_slices(slices: &[&EndpointSlice]) -> Result<Vec<Backend>, String> {

@@ -103,3 +103,44 @@ fn invalid_service_is_rejected_alone() {
     assert_eq!(st.rejected[0].object, "Service default/bad");
     assert!(st.rejected[0].reason.contains("70000"));
 }
+
+fn svc(name: &str, spec: &str) -> String {
+    format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {spec}\n")
+}
+
+#[test]
+fn node_port_range_and_duplicates_are_rejected_by_name() {
+    let yaml = format!(
+        "{}{}{}{}",
+        svc("a", "{type: NodePort, clusterIP: 10.96.0.20, ports: [{port: 80, nodePort: 30100}]}"),
+        svc("b", "{type: NodePort, clusterIP: 10.96.0.21, ports: [{port: 80, nodePort: 30100}]}"),
+        svc("c", "{type: NodePort, clusterIP: 10.96.0.22, ports: [{port: 80, nodePort: 80}]}"),
+        svc("d", "{clusterIP: 'fd00::1', ports: [{port: 80}]}"),
+    );
+    let st = translate(&objects(&yaml));
+    assert_eq!(st.services.iter().map(|s| s.name.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    let reasons: Vec<_> = st.rejected.iter().map(|r| format!("{}: {}", r.object, r.reason)).collect();
+    assert!(reasons.iter().any(|r| r.contains("default/b") && r.contains("already used by Service default/a")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("default/c") && r.contains("30000-32767")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("default/d") && r.contains("IPv6")), "{reasons:?}");
+}
+
+#[test]
+fn affinity_policies_ranges_and_host_ports() {
+    let yaml = format!(
+        "{}{}",
+        svc(
+            "lb",
+            "{type: LoadBalancer, clusterIP: 10.96.0.30, externalTrafficPolicy: Local, internalTrafficPolicy: Local, healthCheckNodePort: 32000, sessionAffinity: ClientIP, loadBalancerSourceRanges: [203.0.113.0/24], ports: [{port: 80, nodePort: 30200}]}"
+        ),
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {name: hp, namespace: default}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: x, ports: [{containerPort: 8080, hostPort: 18080}]}]\nstatus: {podIP: 10.244.1.9}\n"
+    );
+    let st = translate(&objects(&yaml));
+    let s = &st.services[0];
+    assert_eq!(s.affinity_timeout_s, Some(10800), "Kubernetes' default timeout");
+    assert!(s.external_local && s.internal_local);
+    assert_eq!(s.health_check_node_port, Some(32000));
+    assert_eq!(s.source_ranges[0].to_string(), "203.0.113.0/24");
+    assert_eq!(st.host_ports.len(), 1);
+    assert_eq!((st.host_ports[0].host_port, st.host_ports[0].container_port), (18080, 8080));
+}
