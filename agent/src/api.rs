@@ -14,6 +14,8 @@ use crate::status::AgentStatus;
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     Status,
+    /// Every Service frontend with its backends and owner (`sluice service list`).
+    Services,
     /// Sent by sluice-cni after ADD and DEL: reconcile now instead of at the next poll.
     EndpointsChanged,
 }
@@ -22,6 +24,7 @@ pub enum Request {
 #[serde(rename_all = "kebab-case")]
 pub enum Response {
     Status(Box<AgentStatus>),
+    Services(Vec<crate::services::ServiceEntry>),
     Ok,
     Error(String),
 }

@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod daemon;
+mod services;
 mod source;
 mod status;
 
@@ -55,9 +56,18 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Services: `sluice service list` shows every frontend, its owner and its backends.
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Remove every kernel object sluice owns on this node (sluice iptables chains and hooks,
     /// sluice routes). Pod interfaces are left to the runtime. Safe to run twice.
     Cleanup,
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Every Service frontend on this node: type, owner (eBPF, iptables, kube-proxy), backends.
+    List,
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Agent(args) => cli::agent::run(args),
         Cmd::Status => cli::status::run(&cli.socket, cli.output),
         Cmd::Cleanup => cli::cleanup::run(cli.output),
+        Cmd::Service(ServiceCmd::List) => cli::service::list(&cli.socket, cli.output),
         Cmd::Probe { config } => cli::probe::run(config.as_deref(), cli.output),
         Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), cli.output),
     };

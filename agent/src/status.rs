@@ -39,6 +39,9 @@ pub struct AgentStatus {
     pub probe_ms: u64,
     pub plan: Option<Plan>,
     pub config: ReloadStatus,
+    /// Served by the `services` request (`sluice service list`), not in `status`: it can be large.
+    #[serde(default, skip_serializing)]
+    pub service_entries: Vec<crate::services::ServiceEntry>,
 }
 
 pub fn render(s: &AgentStatus) -> String {

@@ -74,6 +74,8 @@ pub struct Config {
     /// Which backends may serve features: auto (eBPF where the kernel allows, else iptables), ebpf, iptables.
     pub dataplane: DataplaneMode,
     pub probes: ProbesConfig,
+    /// NodePort range, `FIRST-LAST` (kube-apiserver's --service-node-port-range).
+    pub node_port_range: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,6 +101,7 @@ impl Default for Config {
             kube_proxy_replacement_features: Vec::new(),
             dataplane: DataplaneMode::Auto,
             probes: ProbesConfig::default(),
+            node_port_range: "30000-32767".into(),
         }
     }
 }
@@ -245,7 +248,25 @@ impl Config {
             _ => {}
         }
         self.assume_missing()?;
+        self.node_port_range()?;
         Ok(())
+    }
+
+    /// `node_port_range`, parsed.
+    pub fn node_port_range(&self) -> Result<(u16, u16), ConfigError> {
+        let bad = || {
+            invalid(
+                "node_port_range",
+                &self.node_port_range,
+                "FIRST-LAST with 1 <= FIRST <= LAST <= 65535, e.g. 30000-32767",
+            )
+        };
+        let (a, b) = self.node_port_range.split_once('-').ok_or_else(bad)?;
+        let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+        if a == 0 || a > b {
+            return Err(bad());
+        }
+        Ok((a, b))
     }
 
     /// `kube_proxy_replacement_features`, parsed.

@@ -10,6 +10,6 @@ pub mod service;
 
 pub use caps::{Capabilities, Capability, ProbeResult};
 pub use model::{ClusterState, LocalEndpoint, NodeInfo, PodInfo};
-pub use plan::{DataplaneMode, Feature, KprMode, Owner, Plan, PlanEntry, PlanError, PlanInput, Step};
+pub use plan::{DataplaneMode, Feature, Implemented, KprMode, Owner, Plan, PlanEntry, PlanError, PlanInput, Step};
 pub use routes::{PodRoute, RouteDiff, desired_pod_routes, diff_routes};
-pub use service::{HostPort, Backend, BackendState, Frontend, FrontendKind, Protocol, Service, ServiceName};
+pub use service::{Backend, BackendState, Frontend, FrontendKind, HostPort, Protocol, Service, ServiceName};

@@ -235,6 +235,28 @@ pub struct PlanInput<'a> {
     pub mode: KprMode,
     pub partial_features: &'a [Feature],
     pub dataplane: DataplaneMode,
+    /// What each backend of this build can program. A feature a backend does not implement is
+    /// never given to it, and the plan says so.
+    pub implemented: Implemented,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Implemented {
+    pub ebpf: &'static [Feature],
+    pub iptables: &'static [Feature],
+}
+
+impl Implemented {
+    /// Every feature on both backends (what the design promises; used to test the plan itself).
+    pub const ALL: Implemented = Implemented { ebpf: &Feature::ALL, iptables: &Feature::ALL };
+
+    fn has(&self, o: Owner, f: Feature) -> bool {
+        match o {
+            Owner::Ebpf => self.ebpf.contains(&f),
+            Owner::Iptables => self.iptables.contains(&f),
+            Owner::KubeProxy | Owner::Off => true,
+        }
+    }
 }
 
 fn missing(caps: &Capabilities, needs: &[Capability]) -> Vec<Capability> {
@@ -262,9 +284,18 @@ fn needs(f: Feature, o: Owner) -> &'static [Capability] {
 }
 
 /// The best allowed backend for `f`, or what each allowed backend lacks.
-fn choose(caps: &Capabilities, f: Feature, d: DataplaneMode) -> Result<(Owner, String), (String, String)> {
+fn choose(
+    caps: &Capabilities,
+    imp: Implemented,
+    f: Feature,
+    d: DataplaneMode,
+) -> Result<(Owner, String), (String, String)> {
     let mut lacks = Vec::new();
     for &o in candidates(d) {
+        if !imp.has(o, f) {
+            lacks.push(format!("{o}: not implemented in this build"));
+            continue;
+        }
         let m = missing(caps, needs(f, o));
         if m.is_empty() {
             let reason = if lacks.is_empty() { format!("dataplane={}", dataplane_name(d)) } else { lacks.join("; ") };
@@ -285,7 +316,7 @@ fn dataplane_name(d: DataplaneMode) -> &'static str {
 }
 
 pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
-    let PlanInput { caps, mode, partial_features, dataplane } = *input;
+    let PlanInput { caps, mode, partial_features, dataplane, implemented } = *input;
     if mode == KprMode::Partial {
         for f in partial_features {
             if let Some(base) = f.base()
@@ -311,7 +342,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             entries.push(PlanEntry { feature: f, owner: Owner::KubeProxy, reason: why });
             continue;
         }
-        let entry = match choose(caps, f, dataplane) {
+        let entry = match choose(caps, implemented, f, dataplane) {
             Ok((owner, reason)) => PlanEntry { feature: f, owner, reason },
             Err((backends, missing)) => {
                 let required = mode == KprMode::Strict || (mode == KprMode::Partial && f.is_kube_proxy_feature());
@@ -328,7 +359,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         };
         entries.push(entry);
     }
-    align_groups(&mut entries, caps);
+    align_groups(&mut entries, caps, implemented);
     if !caps.kube_proxy_active {
         let left: Vec<_> = entries.iter().filter(|e| e.owner == Owner::KubeProxy).map(|e| e.feature.title()).collect();
         if !left.is_empty() {
@@ -346,7 +377,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
 /// base's backend cannot serve drags the base to the dependent's owner (iptables, or kube-proxy
 /// in probe mode) rather than being dropped: source ranges are a security boundary, and two
 /// owners of a health check port is a known outage. Repeats until stable.
-fn align_groups(entries: &mut [PlanEntry], caps: &Capabilities) {
+fn align_groups(entries: &mut [PlanEntry], caps: &Capabilities, imp: Implemented) {
     for _ in 0..Feature::ALL.len() {
         let mut changed = false;
         for i in 0..entries.len() {
@@ -358,7 +389,7 @@ fn align_groups(entries: &mut [PlanEntry], caps: &Capabilities) {
             }
             let dep = entries[i].feature;
             let serves = |o: Owner, f: Feature| match o {
-                Owner::Ebpf | Owner::Iptables => missing(caps, needs(f, o)).is_empty(),
+                Owner::Ebpf | Owner::Iptables => imp.has(o, f) && missing(caps, needs(f, o)).is_empty(),
                 Owner::KubeProxy | Owner::Off => true,
             };
             if matches!(base_owner, Owner::KubeProxy | Owner::Off) || serves(base_owner, dep) {
@@ -392,7 +423,8 @@ impl Plan {
             .filter(|e| e.feature.is_kube_proxy_feature() && e.owner != Owner::KubeProxy)
             .map(|e| match (e.owner, e.reason.starts_with("dataplane=")) {
                 (Owner::Ebpf, _) | (Owner::Iptables, true) => format!("{} ({})", e.feature.title(), e.owner),
-                (o, _) => format!("{} ({o}: {})", e.feature.title(), e.reason),
+                // `NodePort (iptables: no bpf_fib_lookup)`: the eBPF prefix is implied.
+                (o, _) => format!("{} ({o}: {})", e.feature.title(), e.reason.trim_start_matches("eBPF: ")),
             })
             .collect();
         format!("KubeProxyReplacement: {} [{}]", self.mode.title(), items.join(", "))

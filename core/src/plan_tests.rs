@@ -11,7 +11,7 @@ fn caps_without(c: Option<Capability>) -> Capabilities {
 fn plan(mode: KprMode, d: DataplaneMode, missing: Option<Capability>) -> Result<Plan, PlanError> {
     let caps = caps_without(missing);
     let all: Vec<Feature> = Feature::ALL.into_iter().filter(|f| f.is_kube_proxy_feature()).collect();
-    compute(&PlanInput { caps: &caps, mode, partial_features: &all, dataplane: d })
+    compute(&PlanInput { caps: &caps, mode, partial_features: &all, dataplane: d, implemented: Implemented::ALL })
 }
 
 const MODES: [KprMode; 4] = [KprMode::Disabled, KprMode::Partial, KprMode::Probe, KprMode::Strict];
@@ -129,6 +129,7 @@ fn partial_takes_only_listed_features() {
         mode: KprMode::Partial,
         partial_features: &listed,
         dataplane: DataplaneMode::Auto,
+        implemented: Implemented::ALL,
     })
     .expect("plan");
     assert_eq!(p.owner(Feature::NodePort), Owner::Ebpf);
@@ -139,6 +140,7 @@ fn partial_takes_only_listed_features() {
         mode: KprMode::Partial,
         partial_features: &[Feature::SessionAffinity],
         dataplane: DataplaneMode::Auto,
+        implemented: Implemented::ALL,
     })
     .expect_err("base missing");
     assert!(e.to_string().contains("session-affinity needs cluster-ip"), "{e}");
@@ -152,6 +154,7 @@ fn kube_proxy_absence_is_warned() {
         mode: KprMode::Disabled,
         partial_features: &[],
         dataplane: DataplaneMode::Auto,
+        implemented: Implemented::ALL,
     })
     .expect("plan");
     assert!(p.warnings.iter().any(|w| w.contains("kube-proxy is not running")), "{:?}", p.warnings);
@@ -162,7 +165,7 @@ fn status_line_shows_owner_and_reason() {
     let p = plan(KprMode::Probe, DataplaneMode::Auto, Some(Capability::HelperFibLookup)).expect("plan");
     let line = p.status_line();
     assert!(
-        line.starts_with("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: eBPF: no bpf_fib_lookup)"),
+        line.starts_with("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: no bpf_fib_lookup)"),
         "{line}"
     );
 }
@@ -192,4 +195,32 @@ fn names_round_trip() {
     }
     let e = "fib".parse::<Capability>().expect_err("unknown");
     assert!(e.to_string().contains("helper-fib-lookup"));
+}
+
+#[test]
+fn unimplemented_backend_is_never_chosen_and_says_so() {
+    let caps = Capabilities::all_present();
+    let imp = Implemented { ebpf: &[], iptables: &[Feature::ClusterIp, Feature::SessionAffinity] };
+    let p = compute(&PlanInput {
+        caps: &caps,
+        mode: KprMode::Probe,
+        partial_features: &[],
+        dataplane: DataplaneMode::Auto,
+        implemented: imp,
+    })
+    .expect("plan");
+    assert_eq!(p.owner(Feature::ClusterIp), Owner::Iptables);
+    let e = p.entries.iter().find(|e| e.feature == Feature::ClusterIp).expect("entry");
+    assert_eq!(e.reason, "eBPF: not implemented in this build");
+    assert_eq!(p.owner(Feature::NodePort), Owner::KubeProxy);
+    assert_eq!(p.owner(Feature::Policy), Owner::Off);
+    let err = compute(&PlanInput {
+        caps: &caps,
+        mode: KprMode::Strict,
+        partial_features: &[],
+        dataplane: DataplaneMode::Ebpf,
+        implemented: imp,
+    })
+    .expect_err("strict");
+    assert!(err.to_string().contains("not implemented in this build"), "{err}");
 }

@@ -78,8 +78,14 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
 
 /// Send one UDP datagram and return the reply.
 pub fn udp(addr: &str, timeout: Duration) -> anyhow::Result<String> {
+    udp_from(addr, 0, timeout)
+}
+
+/// Like [`udp`], from a fixed local port (0: any).
+pub fn udp_from(addr: &str, source_port: u16, timeout: Duration) -> anyhow::Result<String> {
     let addr: SocketAddr = addr.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s =
+        UdpSocket::bind(("0.0.0.0", source_port)).with_context(|| format!("binding UDP source port {source_port}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.send_to(b"ping", addr)?;
     let mut buf = [0u8; 1500];

@@ -154,6 +154,9 @@ impl Lab {
             st.nodes.push(rec.clone());
             st.save(&self.state_path())?;
             topo::plug(&st.underlay_netns, "br0", &format!("n{i}"), &rec.netns, &format!("{}/24", rec.underlay_ip))?;
+            // Real nodes have a default route; without one, host processes cannot even start a
+            // connection to a Service VIP (the route lookup precedes the OUTPUT DNAT).
+            topo::ip(&["-n", &rec.netns, "route", "add", "default", "dev", "eth0"])?;
             let over = node_configs.iter().find(|(n, _)| *n == name).map(|(_, p)| p.as_path());
             std::fs::write(rec.dir.join("config.yaml"), self.node_config(&rec, over)?)?;
             std::fs::write(self.manifests_dir().join("nodes").join(format!("{name}.yaml")), node_manifest(&rec))?;
@@ -285,9 +288,13 @@ fn node_manifest(n: &NodeRec) -> String {
 
 pub(crate) fn pod_manifest(p: &PodRec) -> String {
     let labels: String = p.labels.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
+    let host = |proto: &str| match p.host_port {
+        Some(hp) if proto == "TCP" => format!("      hostPort: {hp}\n"),
+        _ => String::new(),
+    };
     let ports = p
         .serve_port
-        .map(|port| format!("    ports:\n    - name: http\n      containerPort: {port}\n      protocol: TCP\n    - name: udp\n      containerPort: {port}\n      protocol: UDP\n"))
+        .map(|port| format!("    ports:\n    - name: http\n      containerPort: {port}\n      protocol: TCP\n{}    - name: udp\n      containerPort: {port}\n      protocol: UDP\n", host("TCP")))
         .unwrap_or_default();
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: sluice-lab/echo\n{ports}status:\n  phase: Running\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n  conditions:\n  - type: Ready\n    status: \"True\"\n",

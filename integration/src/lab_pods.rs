@@ -40,7 +40,22 @@ impl Lab {
         labels: BTreeMap<String, String>,
         serve: Option<u16>,
     ) -> anyhow::Result<PodRec> {
+        self.pod_add_with(node, name, labels, serve, None)
+    }
+
+    /// `pod_add` with a hostPort for the echo server's TCP port.
+    pub fn pod_add_with(
+        &self,
+        node: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        serve: Option<u16>,
+        host_port: Option<u16>,
+    ) -> anyhow::Result<PodRec> {
         valid_name("pod", name)?;
+        if host_port.is_some() && serve.is_none() {
+            bail!("--host-port needs --serve PORT (the hostPort maps to the echo server's port)");
+        }
         let _l = self.lock()?;
         let mut st = self.state()?;
         if st.pods.iter().any(|p| p.name == name) {
@@ -77,6 +92,7 @@ impl Lab {
             ip,
             labels,
             serve_port: serve,
+            host_port,
             serve_pid: None,
             cni_result: result,
         };

@@ -82,6 +82,9 @@ enum Cmd {
         addr: String,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// Send from this local port (to reuse one UDP flow across calls).
+        #[arg(long, default_value_t = 0)]
+        source_port: u16,
     },
     /// CNI ADD/DEL latency of sluice-cni vs ptp+host-local on node-1 (use `cargo xtask bench cni`).
     #[command(hide = true)]
@@ -114,6 +117,9 @@ enum PodCmd {
         /// Run an HTTP (and UDP) echo server on this port that answers with the pod name.
         #[arg(long)]
         serve: Option<u16>,
+        /// Declare a hostPort (TCP) for the echo server's port in the pod's manifest.
+        #[arg(long)]
+        host_port: Option<u16>,
     },
     /// Delete a pod (CNI DEL through the whole chain, then its namespace).
     Del { name: String },
@@ -149,8 +155,8 @@ fn run() -> anyhow::Result<u8> {
             print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
             Ok(0)
         }
-        Cmd::Udp { addr, timeout_ms } => {
-            print!("{}", sluice_lab::http::udp(&addr, Duration::from_millis(timeout_ms))?);
+        Cmd::Udp { addr, timeout_ms, source_port } => {
+            print!("{}", sluice_lab::http::udp_from(&addr, source_port, Duration::from_millis(timeout_ms))?);
             Ok(0)
         }
         cmd => {
@@ -190,8 +196,8 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         }
         Cmd::Down => println!("{}", lab.down()?),
         Cmd::Status => status(lab, json_out)?,
-        Cmd::Pod(PodCmd::Add { node, name, labels, serve }) => {
-            let p = lab.pod_add(&node, &name, parse_labels(&labels)?, serve)?;
+        Cmd::Pod(PodCmd::Add { node, name, labels, serve, host_port }) => {
+            let p = lab.pod_add_with(&node, &name, parse_labels(&labels)?, serve, host_port)?;
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {

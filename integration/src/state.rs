@@ -27,6 +27,9 @@ pub struct PodRec {
     pub ip: String,
     pub labels: BTreeMap<String, String>,
     pub serve_port: Option<u16>,
+    /// hostPort mapped to `serve_port` (TCP), declared in the pod's manifest.
+    #[serde(default)]
+    pub host_port: Option<u16>,
     pub serve_pid: Option<u32>,
     /// The chain's ADD result, passed back on DEL/CHECK as libcni's cache does.
     pub cni_result: Value,

@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("podman", "/usr/bin/podman"),
     ("runc", "/usr/sbin/runc"),
     ("procps", "/usr/bin/ps"),
+    ("conntrack", "/usr/sbin/conntrack"),
 ];
 
 fn main() -> std::process::ExitCode {

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cleanup;
 pub mod plan;
 pub mod probe;
+pub mod service;
 pub mod status;
 
 /// A small runtime for the short-lived CLI commands.

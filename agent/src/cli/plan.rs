@@ -12,7 +12,7 @@ fn agent_plan(socket: &Path) -> anyhow::Result<Plan> {
     match super::block_on(call(socket, &Request::Status))?? {
         Response::Status(s) => s.plan.ok_or_else(|| anyhow::anyhow!("the agent has no plan yet")),
         Response::Error(e) => bail!("agent refused the request: {e}"),
-        Response::Ok => bail!("agent sent no status"),
+        _ => bail!("agent sent no status"),
     }
 }
 

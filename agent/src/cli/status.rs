@@ -13,6 +13,6 @@ pub fn run(socket: &Path, out: Output) -> anyhow::Result<()> {
             Ok(())
         }
         Response::Error(e) => anyhow::bail!("agent refused the request: {e}"),
-        Response::Ok => anyhow::bail!("agent sent no status"),
+        _ => anyhow::bail!("agent sent no status"),
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sluice_config::Config;
 use sluice_core::plan::{compute, transition};
-use sluice_core::{Capabilities, Plan, PlanInput, Step};
+use sluice_core::{Capabilities, Implemented, Plan, PlanInput, Step};
 
 /// Where the running config came from, so it can be re-read.
 #[derive(Debug, Clone)]
@@ -36,6 +36,9 @@ pub struct StepRecord {
     pub result: String,
 }
 
+/// What this build's backends can program. The eBPF backend programs no Service feature yet.
+pub const IMPLEMENTED: Implemented = Implemented { ebpf: &[], iptables: sluice_iptables::services::IMPLEMENTED };
+
 /// The plan a config gives on these capabilities (with `probes.assume_missing` applied).
 pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {
     let caps = probed.clone().assume_missing(&cfg.assume_missing()?);
@@ -45,6 +48,7 @@ pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {
         mode: cfg.kube_proxy_replacement.0,
         partial_features: &features,
         dataplane: cfg.dataplane,
+        implemented: IMPLEMENTED,
     })?)
 }
 

@@ -6,6 +6,8 @@
 
 mod cni_conf;
 pub mod features;
+mod health;
+pub mod rules;
 mod server;
 
 use std::collections::BTreeSet;
@@ -15,16 +17,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use sluice_config::{Config, IptablesVariant};
 use sluice_core::{LocalEndpoint, desired_pod_routes};
-use sluice_iptables::render::{MasqueradeSpec, POSTROUTING_CHAIN, masquerade_batch};
-use sluice_iptables::{Iptables, RouteManager, Variant, save};
+use sluice_iptables::services::{Masquerade, POSTROUTING};
+use sluice_iptables::{Iptables, RouteManager, Variant};
 use tokio::sync::RwLock;
 
 use crate::source::manifests::ManifestDir;
-use crate::source::translate::translate;
+use crate::source::translate::{Options, translate_with};
 use crate::status::{AgentStatus, SourceStatus};
-
-/// How often iptables state is re-verified even when nothing changed (full resync).
-const FULL_RESYNC: Duration = Duration::from_secs(30);
 
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -68,7 +67,8 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
     };
     let mut source = ManifestDir::new(cfg.source.manifests_dir.clone());
     let mut synced = false;
-    let mut masq_applied: Option<(MasqueradeSpec, std::time::Instant)> = None;
+    let mut rules = rules::RulesManager::new(ipt);
+    let mut health = health::HealthServers::default();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -102,7 +102,12 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             status.write().await.source = src_status;
             continue;
         };
-        let state = translate(&objects);
+        let (lo, hi) = cfg.node_port_range()?;
+        let state = translate_with(&objects, Options { node_port_range: (lo, hi) });
+        {
+            let mut st = status.write().await;
+            st.service_entries = crate::services::entries(&state.services, &planner.plan);
+        }
         let me = state.node(&cfg.node_name).cloned();
         let pod_cidr = cfg.pod_cidr.or(me.as_ref().and_then(|n| n.pod_cidr));
 
@@ -133,16 +138,8 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
                 }
             }
             if cfg.masquerade {
-                let spec = MasqueradeSpec { pod_cidr: cidr, cluster_cidr: cfg.cluster_cidr };
-                let fresh = masq_applied.as_ref().is_some_and(|(s, at)| *s == spec && at.elapsed() < FULL_RESYNC);
-                if !fresh {
-                    match apply_masquerade(ipt, spec.clone()).await {
-                        Ok(()) => masq_applied = Some((spec, std::time::Instant::now())),
-                        Err(e) => errors.push(format!("{e:#}")),
-                    }
-                }
                 masquerade = format!(
-                    "{cidr} -> outside {} (iptables {}, chain {POSTROUTING_CHAIN})",
+                    "{cidr} -> outside {} (iptables {}, chain {POSTROUTING})",
                     cfg.cluster_cidr,
                     ipt.variant.as_str()
                 );
@@ -150,6 +147,12 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         } else {
             masquerade = "waiting for pod CIDR".into();
         }
+        let masq =
+            pod_cidr.filter(|_| cfg.masquerade).map(|pod_cidr| Masquerade { pod_cidr, cluster_cidr: cfg.cluster_cidr });
+        errors.extend(rules.reconcile(&cfg.node_name, cfg.cluster_cidr, masq, &state, &planner.plan).await);
+        let hc_owned = rules::owned(&planner.plan).contains(&sluice_core::Feature::HealthCheckNodePort);
+        let want = if hc_owned { health::desired(&state.services, &cfg.node_name) } else { Default::default() };
+        errors.extend(health.reconcile(want).await);
 
         let local_endpoints = match pod_cidr {
             Some(cidr) => local_endpoints(&cfg, cidr).unwrap_or_else(|e| {
@@ -181,9 +184,9 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
     Ok(())
 }
 
-/// Re-read the config; run the transition make-before-break. No backend programs Service
-/// features yet (issues 4 and 5), so each step is recorded as such: the plan and its ordering
-/// are real, the per-feature kernel programming is not built.
+/// Re-read the config and record the transition, make-before-break. iptables programs and
+/// removes in the same atomic restore batch per table (run right after, in this loop turn);
+/// no eBPF Service programming is built yet, which the step records say.
 fn apply_reload(planner: &mut features::Planner) {
     match planner.reload() {
         Ok(steps) => {
@@ -192,25 +195,19 @@ fn apply_reload(planner: &mut features::Planner) {
                 .into_iter()
                 .map(|step| {
                     tracing::info!(?step, "feature transition step");
-                    features::StepRecord {
-                        step,
-                        result: "done: owner changed (no Service programming is built yet)".into(),
-                    }
+                    let result = match &step {
+                        sluice_core::Step::Program { owner: sluice_core::Owner::Iptables, .. }
+                        | sluice_core::Step::Remove { owner: sluice_core::Owner::Iptables, .. } => {
+                            "iptables: in the next sync's restore batch (atomic per table, new rules and removals together)"
+                        }
+                        _ => "eBPF: no eBPF Service programming is built yet; nothing to program or remove",
+                    };
+                    features::StepRecord { step, result: result.into() }
                 })
                 .collect();
         }
         Err(e) => tracing::error!(error = %e, "config reload rejected; the running config and plan stay"),
     }
-}
-
-async fn apply_masquerade(ipt: Iptables, spec: MasqueradeSpec) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let nat = ipt.save("nat")?;
-        let hooked = save::has_hook(&nat, "POSTROUTING", POSTROUTING_CHAIN);
-        ipt.restore("nat", &masquerade_batch(&spec, hooked))?;
-        Ok(())
-    })
-    .await?
 }
 
 /// This node's pod interfaces, from the CNI plugin's IPAM store (the source of truth for what

@@ -26,6 +26,7 @@ impl Default for Options {
     }
 }
 
+#[cfg(test)]
 pub fn translate(o: &Objects) -> ClusterState {
     translate_with(o, Options::default())
 }
@@ -68,7 +69,10 @@ fn check_node_ports(svc: &Service, opts: Options, taken: &BTreeMap<(u16, Protoco
     let (lo, hi) = opts.node_port_range;
     for f in svc.frontends.iter().filter(|f| f.kind == FrontendKind::NodePort) {
         if !(lo..=hi).contains(&f.port) {
-            return Err(format!("nodePort {} is outside the node port range {lo}-{hi} (config node_port_range)", f.port));
+            return Err(format!(
+                "nodePort {} is outside the node port range {lo}-{hi} (config node_port_range)",
+                f.port
+            ));
         }
         if let Some(owner) = taken.get(&(f.port, f.protocol)) {
             return Err(format!("nodePort {}/{} is already used by Service {owner}", f.port, f.protocol));
@@ -83,11 +87,17 @@ fn host_ports(p: &Pod, out: &mut Vec<sluice_core::HostPort>) {
     for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
         for cp in c.ports.iter().flatten() {
             let Some(hp) = cp.host_port.and_then(|h| u16::try_from(h).ok()).filter(|h| *h != 0) else { continue };
-            let (Ok(proto), Ok(cport)) = (protocol(cp.protocol.as_ref()), u16::try_from(cp.container_port)) else { continue };
+            let (Ok(proto), Ok(cport)) = (protocol(cp.protocol.as_ref()), u16::try_from(cp.container_port)) else {
+                continue;
+            };
             out.push(sluice_core::HostPort {
                 pod: format!("{}/{}", info.namespace, info.name),
                 node: info.node.clone(),
-                host_ip: cp.host_ip.as_ref().and_then(|h| h.parse().ok()).filter(|ip: &std::net::Ipv4Addr| !ip.is_unspecified()),
+                host_ip: cp
+                    .host_ip
+                    .as_ref()
+                    .and_then(|h| h.parse().ok())
+                    .filter(|ip: &std::net::Ipv4Addr| !ip.is_unspecified()),
                 host_port: hp,
                 protocol: proto,
                 pod_ip,

@@ -120,7 +120,10 @@ fn node_port_range_and_duplicates_are_rejected_by_name() {
     let st = translate(&objects(&yaml));
     assert_eq!(st.services.iter().map(|s| s.name.name.as_str()).collect::<Vec<_>>(), ["a"]);
     let reasons: Vec<_> = st.rejected.iter().map(|r| format!("{}: {}", r.object, r.reason)).collect();
-    assert!(reasons.iter().any(|r| r.contains("default/b") && r.contains("already used by Service default/a")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("default/b") && r.contains("already used by Service default/a")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.contains("default/c") && r.contains("30000-32767")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("default/d") && r.contains("IPv6")), "{reasons:?}");
 }

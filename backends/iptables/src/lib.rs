@@ -9,10 +9,12 @@
 //! Everything sluice creates is marked: chains start with [`CHAIN_PREFIX`], rules carry a
 //! `sluice:` comment, routes carry the protocol number.
 
-pub mod render;
 pub mod restore;
 pub mod routes;
+pub mod ruleset;
 pub mod save;
+pub mod services;
+pub mod sync;
 
 pub use restore::{Iptables, IptablesError, Variant};
 pub use routes::{NODE_RTPROTO, RouteError, RouteManager};

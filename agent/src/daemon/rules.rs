@@ -1,0 +1,105 @@
+//! The iptables side of the agent: render the node's whole ruleset (pod masquerade plus the
+//! Service features the plan gives to iptables), sync it incrementally, re-read the kernel for
+//! a full resync periodically and after failures, and flush UDP conntrack entries of removed
+//! backends.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use sluice_core::{ClusterState, Feature, Owner, Plan};
+use sluice_iptables::Iptables;
+use sluice_iptables::services::{Masquerade, NodeInput, render};
+use sluice_iptables::sync::{RuleSyncer, SyncReport, flush_udp_conntrack, removed_udp_backends};
+
+/// How often the kernel state is re-read and repaired even when nothing changed.
+pub const FULL_RESYNC: Duration = Duration::from_secs(30);
+
+pub struct RulesManager {
+    syncer: RuleSyncer,
+    last_inputs: Option<Inputs>,
+    last_full: Option<Instant>,
+    pub last_report: Option<SyncReport>,
+}
+
+#[derive(Clone, PartialEq)]
+struct Inputs {
+    state: ClusterState,
+    owned: BTreeSet<Feature>,
+    masquerade: Option<Masquerade>,
+}
+
+pub fn owned(plan: &Plan) -> BTreeSet<Feature> {
+    plan.entries.iter().filter(|e| e.owner == Owner::Iptables).map(|e| e.feature).collect()
+}
+
+impl RulesManager {
+    pub fn new(ipt: Iptables) -> Self {
+        RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_full: None, last_report: None }
+    }
+
+    /// Converge; returns problems (never fatal: other features keep working).
+    pub async fn reconcile(
+        &mut self,
+        node: &str,
+        cluster_cidr: ipnet::Ipv4Net,
+        masquerade: Option<Masquerade>,
+        state: &ClusterState,
+        plan: &Plan,
+    ) -> Vec<String> {
+        let inputs = Inputs { state: state.clone(), owned: owned(plan), masquerade };
+        let full_due = self.last_full.is_none_or(|t| t.elapsed() > FULL_RESYNC);
+        if self.last_inputs.as_ref() == Some(&inputs) && !full_due {
+            return Vec::new();
+        }
+        let mut errors = Vec::new();
+        let previous = self.last_inputs.as_ref().map(|i| i.state.services.clone()).unwrap_or_default();
+        let node = node.to_string();
+        let rendered_inputs = inputs.clone();
+        let desired = tokio::task::spawn_blocking(move || {
+            render(&NodeInput {
+                node_name: &node,
+                cluster_cidr,
+                masquerade: rendered_inputs.masquerade.clone(),
+                services: &rendered_inputs.state.services,
+                host_ports: &rendered_inputs.state.host_ports,
+                owned: &rendered_inputs.owned,
+            })
+        })
+        .await;
+        let Ok(desired) = desired else { return vec!["rendering iptables rules panicked".into()] };
+        // iptables-restore blocks: run it off the async workers, then take the syncer back.
+        let ipt = self.syncer.ipt;
+        let mut syncer = std::mem::replace(&mut self.syncer, RuleSyncer::new(ipt));
+        let (syncer, result) = tokio::task::spawn_blocking(move || {
+            let r = syncer.sync(&desired, full_due);
+            (syncer, r)
+        })
+        .await
+        .unwrap_or_else(|_| (RuleSyncer::new(ipt), Ok(SyncReport::default())));
+        self.syncer = syncer;
+        match result {
+            Ok(report) => {
+                if !report.tables.is_empty() {
+                    tracing::info!(full = report.full, lines = report.lines, tables = ?report.tables, "iptables synced");
+                }
+                if full_due {
+                    self.last_full = Some(Instant::now());
+                }
+                self.last_report = Some(report);
+                // Only after the new rules are in: stale UDP flows would otherwise re-appear.
+                for ip in removed_udp_backends(&previous, &inputs.state.services) {
+                    match tokio::task::spawn_blocking(move || flush_udp_conntrack(ip)).await {
+                        Ok(Ok(n)) => {
+                            tracing::info!(%ip, deleted = n, "UDP conntrack entries of a removed backend flushed")
+                        }
+                        Ok(Err(e)) => errors.push(e.to_string()),
+                        Err(_) => {}
+                    }
+                }
+                self.last_inputs = Some(inputs);
+            }
+            Err(e) => errors.push(format!("iptables sync failed (will retry with a full resync): {e}")),
+        }
+        errors
+    }
+}

@@ -1,0 +1,91 @@
+//! Applying a [`Ruleset`]: incremental by default (only changed chains), full when asked
+//! (startup, periodic resync, after any failure), which first re-reads the kernel so drift
+//! made by anyone else is repaired.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::Command;
+
+use sluice_core::{Protocol, Service};
+
+use crate::restore::{Iptables, IptablesError};
+use crate::ruleset::{Applied, Ruleset, TABLES, observe, plan_sync};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Tables a batch was written to (empty: nothing differed).
+    pub tables: Vec<String>,
+    /// Lines written (a measure of how incremental the sync was).
+    pub lines: usize,
+    pub full: bool,
+}
+
+pub struct RuleSyncer {
+    pub ipt: Iptables,
+    applied: Option<Applied>,
+}
+
+impl RuleSyncer {
+    pub fn new(ipt: Iptables) -> Self {
+        RuleSyncer { ipt, applied: None }
+    }
+
+    /// Bring the kernel to `desired`. `full` re-reads the kernel state first.
+    pub fn sync(&mut self, desired: &Ruleset, full: bool) -> Result<SyncReport, IptablesError> {
+        let full = full || self.applied.is_none();
+        if full {
+            let dumps = TABLES.iter().map(|t| self.ipt.save(t)).collect::<Result<Vec<_>, _>>()?;
+            self.applied = Some(observe(&dumps));
+        }
+        let applied = self.applied.take().unwrap_or_default();
+        let (batches, after) = plan_sync(desired, &applied);
+        let mut report = SyncReport { full, ..Default::default() };
+        for (table, batch) in &batches {
+            if let Err(e) = self.ipt.restore(table, batch) {
+                // Unknown state now: the next sync starts from a fresh read.
+                self.applied = None;
+                return Err(e);
+            }
+            report.tables.push((*table).to_string());
+            report.lines += batch.lines().count();
+        }
+        self.applied = Some(after);
+        Ok(report)
+    }
+}
+
+/// UDP backends present before and gone now: their conntrack entries must go, or clients keep
+/// sending into a dead endpoint (UDP has no connection to reset).
+pub fn removed_udp_backends(old: &[Service], new: &[Service]) -> BTreeSet<IpAddr> {
+    let udp = |svcs: &[Service]| -> BTreeSet<IpAddr> {
+        svcs.iter().flat_map(|s| s.backends.iter()).filter(|b| b.protocol == Protocol::Udp).map(|b| b.ip).collect()
+    };
+    let now = udp(new);
+    udp(old).into_iter().filter(|ip| !now.contains(ip)).collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("conntrack -D for UDP flows to {ip} failed: {detail} (install the conntrack package)")]
+pub struct ConntrackError {
+    pub ip: IpAddr,
+    pub detail: String,
+}
+
+/// Delete UDP conntrack entries DNATed to `ip` (exit 1 with "0 flow entries" is success).
+pub fn flush_udp_conntrack(ip: IpAddr) -> Result<usize, ConntrackError> {
+    let out = Command::new("conntrack")
+        .args(["-D", "-p", "udp", "--dst-nat", &ip.to_string()])
+        .output()
+        .map_err(|e| ConntrackError { ip, detail: e.to_string() })?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let deleted = text
+        .lines()
+        .find_map(|l| l.split(" flow entries have been deleted").next().filter(|_| l.contains("flow entries")))
+        .and_then(|n| n.trim().rsplit(' ').next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
+    if out.status.success() || text.contains("0 flow entries") {
+        Ok(deleted)
+    } else {
+        Err(ConntrackError { ip, detail: text.trim().to_string() })
+    }
+}
