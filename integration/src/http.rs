@@ -63,7 +63,8 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr: SocketAddr = hostport.parse().with_context(|| format!("{hostport:?} is not IP:PORT"))?;
+    let with_port = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let addr: SocketAddr = with_port.parse().with_context(|| format!("{hostport:?} is not IP or IP:PORT"))?;
     let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;

@@ -1,0 +1,217 @@
+//! Tier 3: the Service connectivity suite (modelled on Cilium's connectivity check) against the
+//! iptables backend, on a 2-node lab with real agents.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{TestLab, eventually, require_root};
+use sluice_lab::Lab;
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  externalIPs: [203.0.113.10]
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.11
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30081}]
+status: {loadBalancer: {ingress: [{ip: 203.0.113.100}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-ranges, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.12
+  loadBalancerSourceRanges: [198.51.100.201/32]
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30082}]
+status: {loadBalancer: {ingress: [{ip: 203.0.113.101}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: default}
+spec:
+  clusterIP: 10.96.0.13
+  sessionAffinity: ClientIP
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: default}
+spec:
+  clusterIP: 10.96.0.14
+  selector: {app: web}
+  ports: [{name: udp, port: 53, targetPort: 8080, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-dup, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.15
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+"#;
+
+fn answers(t: &TestLab, from: &str, url: &str, n: usize) -> BTreeSet<String> {
+    (0..n).map(|_| t.curl(from, url).unwrap_or_else(|e| panic!("{from} -> {url}: {e:#}"))).collect()
+}
+
+fn setup() -> TestLab {
+    let t = TestLab::up("t-svc", 2, &[]);
+    let lab: &Lab = &t.lab;
+    let web = |k: &str| [("app".to_string(), k.to_string())].into_iter().collect();
+    lab.pod_add_with("node-1", "a", web("web"), Some(8080), Some(18080)).expect("pod a");
+    lab.pod_add("node-2", "b", web("web"), Some(8080)).expect("pod b");
+    lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    lab.pod_add("node-2", "client2", Default::default(), None).expect("client2");
+    lab.external_add("ext", None).expect("ext"); // 198.51.100.201
+    lab.external_add("ext2", None).expect("ext2"); // 198.51.100.202
+    // Outside hosts reach ExternalIPs and LoadBalancer IPs through a node, as a router would send them.
+    for ext in ["ext", "ext2"] {
+        t.exec(ext, &["ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.11"]);
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("services.yaml");
+    std::fs::write(&f, SERVICES).expect("write");
+    lab.apply(&f).expect("apply");
+    eventually("services programmed on both nodes", Duration::from_secs(15), || {
+        ["node-1", "node-2"]
+            .iter()
+            .all(|n| {
+                t.try_status(n)
+                    .is_some_and(|s| s["services"] == 5 && s["errors"].as_array().is_some_and(|e| e.is_empty()))
+            })
+            .then_some(())
+    });
+    t
+}
+
+#[test]
+fn connectivity_suite_on_iptables() {
+    if !require_root() {
+        return;
+    }
+    let t = setup();
+    let both: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+
+    // pod -> ClusterIP, same node and other node; load-balanced over both backends.
+    assert_eq!(answers(&t, "client", "http://10.96.0.10/", 30), both, "pod-to-clusterip from node-1");
+    assert_eq!(answers(&t, "client2", "http://10.96.0.10/", 30), both, "pod-to-clusterip from node-2");
+    // pod -> NodePort through each node's IP.
+    for ip in ["198.51.100.11", "198.51.100.12"] {
+        assert_eq!(answers(&t, "client", &format!("http://{ip}:30080/"), 30), both, "pod-to-nodeport via {ip}");
+    }
+    // node host processes -> ClusterIP.
+    assert_eq!(answers(&t, "node-2", "http://10.96.0.10/", 30), both, "host-to-clusterip");
+    // external -> NodePort, ExternalIP, LoadBalancer IP.
+    assert_eq!(answers(&t, "ext", "http://198.51.100.12:30080/", 30), both, "external-to-nodeport");
+    assert_eq!(answers(&t, "ext", "http://203.0.113.10/", 30), both, "external-to-externalip");
+    assert_eq!(t.curl("ext", "http://203.0.113.101/").map(|_| ()).ok(), Some(()), "external-to-loadbalancer");
+
+    // HostPort: node-1:18080 -> pod a.
+    assert_eq!(t.curl("ext", "http://198.51.100.11:18080/").expect("hostport"), "a");
+
+    // Affinity sticks.
+    let sticky = answers(&t, "client", "http://10.96.0.13/", 20);
+    assert_eq!(sticky.len(), 1, "ClientIP affinity: {sticky:?}");
+
+    // Local policy: only the node's own endpoint, client source IP kept.
+    assert_eq!(answers(&t, "ext", "http://198.51.100.11:30081/", 10), ["a".to_string()].into());
+    assert_eq!(answers(&t, "ext", "http://198.51.100.12:30081/", 10), ["b".to_string()].into());
+    assert_eq!(t.curl("ext", "http://198.51.100.11:30081/client").expect("src"), "198.51.100.201");
+    // ...and the LoadBalancer IP with Local goes to node-1's endpoint only.
+    assert_eq!(answers(&t, "ext", "http://203.0.113.100/", 10), ["a".to_string()].into());
+    // Cluster policy masquerades: the backend sees a node address, not the client.
+    assert_ne!(t.curl("ext", "http://198.51.100.12:30080/client").expect("masq"), "198.51.100.201");
+    // healthCheckNodePort answers with the local endpoint count.
+    let hc = t.exec("node-1", &["sluice-lab", "curl", "http://198.51.100.11:32100/healthz"]);
+    assert!(hc.contains("\"localEndpoints\":1"), "{hc}");
+
+    // Source ranges: ext (.201) allowed, ext2 (.202) refused.
+    assert!(t.curl("ext", "http://203.0.113.101/").is_ok());
+    assert!(t.curl("ext2", "http://203.0.113.101/").is_err(), "source range must refuse ext2");
+
+    // UDP Service.
+    let udp: BTreeSet<String> =
+        (0..20).map(|_| t.exec("client", &["sluice-lab", "udp", "10.96.0.14:53"]).trim().to_string()).collect();
+    assert_eq!(udp, both, "udp service");
+
+    // The invalid Service (nodePort taken twice) is reported by name; the rest keeps working.
+    let s = t.status("node-1");
+    assert!(
+        s["rejected"].to_string().contains("default/web-dup") && s["rejected"].to_string().contains("30080"),
+        "{s}"
+    );
+    let list = t.exec("node-1", &["sluice", "service", "list", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let web = list.as_array().expect("list").iter().find(|e| e["frontend"] == "10.96.0.10:80/TCP").expect("web");
+    assert_eq!(web["owner"], "iptables");
+    assert_eq!(web["backends"].as_array().map(Vec::len), Some(2));
+
+    // Dispatch is a tree, not a linear chain, and the masquerade hook is single.
+    let nat = t.exec("node-1", &["iptables-nft-save", "-t", "nat"]);
+    assert!(nat.contains("-A SLUICE-SERVICES -d 0.0.0.10/0.0.0.15 -j SLUICE-D-A"), "{nat}");
+    assert_eq!(nat.lines().filter(|l| l.starts_with("-A PREROUTING") && l.contains("SLUICE-SERVICES")).count(), 1);
+}
+
+#[test]
+fn backend_removal_mid_traffic_and_udp_conntrack() {
+    if !require_root() {
+        return;
+    }
+    let t = setup();
+    // One UDP flow (fixed source port) pinned by conntrack to whichever backend it hit.
+    let first = t.exec("client", &["sluice-lab", "udp", "--source-port", "40000", "10.96.0.14:53"]).trim().to_string();
+    let (gone, stays) = if first == "b" { ("b", "a") } else { ("a", "b") };
+    // TCP traffic keeps flowing while the backend goes away.
+    let lab = &t.lab;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let failures = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let mut failed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if t.curl("client2", "http://10.96.0.10/").is_err() {
+                    failed += 1;
+                }
+            }
+            failed
+        });
+        lab.pod_del(gone).expect("delete backend");
+        eventually("backend gone from the node's rules", Duration::from_secs(15), || {
+            let list = t.exec("node-2", &["sluice", "service", "list", "-o", "json"]);
+            (!list.contains(&format!("\"{}:8080/TCP\"", if gone == "a" { "10.244.1.2" } else { "10.244.2.2" })))
+                .then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().expect("client thread")
+    });
+    // Connections that raced the deletion may fail (the backend died); after it, none may.
+    let after = answers(&t, "client2", "http://10.96.0.10/", 20);
+    assert_eq!(
+        after,
+        [stays.to_string()].into(),
+        "only the remaining backend answers (failures while removing: {failures})"
+    );
+    // The same UDP flow now reaches the remaining backend: its conntrack entry was flushed.
+    let again = t.exec("client", &["sluice-lab", "udp", "--source-port", "40000", "10.96.0.14:53"]).trim().to_string();
+    assert_eq!(again, stays, "UDP flow must not black-hole into the removed backend");
+}
