@@ -293,7 +293,9 @@ fn choose(
     let mut lacks = Vec::new();
     for &o in candidates(d) {
         if !imp.has(o, f) {
-            lacks.push(format!("{o}: not implemented in this build"));
+            let m = missing(caps, needs(f, o));
+            let also = if m.is_empty() { String::new() } else { format!(", {}", describe(&m)) };
+            lacks.push(format!("{o}: not implemented in this build{also}"));
             continue;
         }
         let m = missing(caps, needs(f, o));

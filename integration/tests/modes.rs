@@ -25,17 +25,17 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
     std::fs::write(&old_kernel, "dataplane: auto\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
     let t = TestLab::up("t-modes", 2, &[("node-2".into(), old_kernel)]);
 
-    // node-1 has every capability: everything on eBPF. node-2 "lacks" bpf_fib_lookup.
+    // This build's eBPF backend programs no Service feature yet, so under auto every Service
+    // feature is on iptables; node-2's plan also names the capability it was told it lacks.
+    // (With both backends built, the plan sends only NodePort & co. to iptables: core's plan
+    // tests cover that case exhaustively.)
     let s1 = t.status("node-1");
-    assert_eq!(owner(&s1, "node-port"), "ebpf");
+    assert_eq!(owner(&s1, "node-port"), "iptables");
     let s2 = t.status("node-2");
     assert_eq!(owner(&s2, "node-port"), "iptables");
-    assert_eq!(owner(&s2, "cluster-ip"), "ebpf");
     let table = t.exec("node-2", &["sluice", "status"]);
-    assert!(
-        table.contains("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: eBPF: no bpf_fib_lookup)"),
-        "{table}"
-    );
+    assert!(table.contains("NodePort (iptables: not implemented in this build, no bpf_fib_lookup)"), "{table}");
+    assert!(table.contains("ClusterIP (iptables: not implemented in this build)"), "{table}");
 
     // `sluice probe` sees every capability here; with the config it reports the assumption.
     let probe: serde_json::Value =
@@ -83,7 +83,7 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
         .expect("run");
     assert!(!out.status.success(), "strict agent must refuse to start");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("feature node-port") && err.contains("no bpf_fib_lookup"), "{err}");
+    assert!(err.contains("kube_proxy_replacement=strict: feature cluster-ip cannot be served by eBPF"), "{err}");
 }
 
 #[test]
@@ -96,30 +96,30 @@ fn live_config_switch_is_applied_and_broken_config_is_rejected() {
     let node = st.node("node-1").expect("node").clone();
     let cfg_path = node.dir.join("config.yaml");
     let original = std::fs::read_to_string(&cfg_path).expect("config");
-    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "ebpf");
+    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "iptables");
 
     // `sluice plan --config` previews the move without applying it.
-    let new_cfg = t.lab.dir.join("iptables.json");
+    let new_cfg = t.lab.dir.join("partial.json");
     let mut v: serde_json::Value = serde_json::from_str(&original).expect("json config");
-    v["dataplane"] = "iptables".into();
+    v["kube_proxy_replacement"] = "partial".into();
+    v["kube_proxy_replacement_features"] =
+        serde_json::json!(["node-port", "traffic-policy-local", "health-check-node-port"]);
     std::fs::write(&new_cfg, v.to_string()).expect("write");
     let preview = t.exec("node-1", &["sluice", "plan", "--config", new_cfg.to_str().expect("utf8")]);
-    assert!(
-        preview.contains("iptables programs cluster-ip (was eBPF)") && preview.contains("eBPF removes cluster-ip"),
-        "{preview}"
-    );
-    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "ebpf", "plan --config applies nothing");
+    assert!(preview.contains("iptables removes cluster-ip (now kube-proxy)"), "{preview}");
+    assert!(!preview.contains("removes node-port"), "{preview}");
+    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "iptables", "plan --config applies nothing");
 
-    // Edit the running agent's config file: re-planned, make-before-break.
+    // Edit the running agent's config file: re-planned and applied.
     std::fs::write(&cfg_path, v.to_string()).expect("write");
-    let s = eventually("dataplane switched to iptables", Duration::from_secs(10), || {
+    let s = eventually("cluster-ip handed to kube-proxy", Duration::from_secs(10), || {
         let s = t.try_status("node-1")?;
-        (owner(&s, "cluster-ip") == "iptables").then_some(s)
+        (owner(&s, "cluster-ip") == "kube-proxy").then_some(s)
     });
     assert_eq!(s["config"]["generation"], 2);
+    assert_eq!(owner(&s, "node-port"), "iptables");
     let steps = s["config"]["last_transition"].as_array().expect("steps");
-    let first_remove = steps.iter().position(|x| x["step"]["op"] == "remove").expect("a remove step");
-    assert!(steps[..first_remove].iter().all(|x| x["step"]["op"] == "program"), "make before break: {steps:?}");
+    assert!(steps.iter().any(|x| x["step"]["op"] == "remove" && x["step"]["feature"] == "cluster-ip"), "{steps:?}");
 
     // A broken file: the agent keeps running with the old plan and says why.
     let pid = node.agent_pid.expect("pid");
@@ -129,7 +129,7 @@ fn live_config_switch_is_applied_and_broken_config_is_rejected() {
         let s = t.try_status("node-1")?;
         s["config"]["rejected"].as_str().is_some_and(|r| r.contains("warp")).then_some(s)
     });
-    assert_eq!(owner(&s, "cluster-ip"), "iptables", "old plan kept");
+    assert_eq!(owner(&s, "cluster-ip"), "kube-proxy", "old plan kept");
     assert!(sluice_lab::proc::alive(pid), "agent still running");
     assert!(t.exec("node-1", &["sluice", "status"]).contains("LAST RELOAD REJECTED"));
 
@@ -145,8 +145,8 @@ fn live_config_switch_is_applied_and_broken_config_is_rejected() {
     // Back to the original by SIGHUP-triggered reload as well as the file change.
     std::fs::write(&cfg_path, &original).expect("write");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).expect("sighup");
-    eventually("back on eBPF", Duration::from_secs(10), || {
+    eventually("back on iptables", Duration::from_secs(10), || {
         let s = t.try_status("node-1")?;
-        (owner(&s, "cluster-ip") == "ebpf" && s["config"]["rejected"].is_null()).then_some(())
+        (owner(&s, "cluster-ip") == "iptables" && s["config"]["rejected"].is_null()).then_some(())
     });
 }

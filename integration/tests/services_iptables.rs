@@ -74,8 +74,8 @@ fn answers(t: &TestLab, from: &str, url: &str, n: usize) -> BTreeSet<String> {
     (0..n).map(|_| t.curl(from, url).unwrap_or_else(|e| panic!("{from} -> {url}: {e:#}"))).collect()
 }
 
-fn setup() -> TestLab {
-    let t = TestLab::up("t-svc", 2, &[]);
+fn setup(lab_name: &str) -> TestLab {
+    let t = TestLab::up(lab_name, 2, &[]);
     let lab: &Lab = &t.lab;
     let web = |k: &str| [("app".to_string(), k.to_string())].into_iter().collect();
     lab.pod_add_with("node-1", "a", web("web"), Some(8080), Some(18080)).expect("pod a");
@@ -109,7 +109,7 @@ fn connectivity_suite_on_iptables() {
     if !require_root() {
         return;
     }
-    let t = setup();
+    let t = setup("t-svc");
     let both: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
 
     // pod -> ClusterIP, same node and other node; load-balanced over both backends.
@@ -177,7 +177,7 @@ fn backend_removal_mid_traffic_and_udp_conntrack() {
     if !require_root() {
         return;
     }
-    let t = setup();
+    let t = setup("t-svc-churn");
     // One UDP flow (fixed source port) pinned by conntrack to whichever backend it hit.
     let first = t.exec("client", &["sluice-lab", "udp", "--source-port", "40000", "10.96.0.14:53"]).trim().to_string();
     let (gone, stays) = if first == "b" { ("b", "a") } else { ("a", "b") };

@@ -163,21 +163,22 @@ mod tests {
         let mut p = Planner::new(source, Capabilities::all_present(), cfg).expect("planner");
         assert_eq!(p.plan.owner(sluice_core::Feature::ClusterIp), sluice_core::Owner::Iptables);
 
-        std::fs::write(&path, "node_name: node-1\ndataplane: auto\n").expect("write");
+        std::fs::write(&path, "node_name: node-1\ndataplane: iptables\nkube_proxy_replacement: disabled\n")
+            .expect("write");
         let steps = p.reload().expect("valid reload");
-        assert!(matches!(steps.first(), Some(Step::Program { owner: sluice_core::Owner::Ebpf, .. })));
+        assert!(matches!(steps.first(), Some(Step::Remove { owner: sluice_core::Owner::Iptables, .. })), "{steps:?}");
         assert_eq!(p.status.generation, 2);
 
         std::fs::write(&path, "node_name: node-1\ndataplane: warp\n").expect("write");
         let e = p.reload().expect_err("invalid");
         assert!(e.contains("warp"), "{e}");
-        assert_eq!(p.plan.owner(sluice_core::Feature::ClusterIp), sluice_core::Owner::Ebpf, "old plan kept");
+        assert_eq!(p.plan.owner(sluice_core::Feature::ClusterIp), sluice_core::Owner::KubeProxy, "old plan kept");
         assert_eq!(p.status.generation, 2);
         assert!(p.status.rejected.as_deref().is_some_and(|r| r.contains("warp")));
 
         // A strict config that the node cannot serve is rejected too.
         std::fs::write(&path, "node_name: node-1\nkube_proxy_replacement: strict\ndataplane: ebpf\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
         let e = p.reload().expect_err("strict");
-        assert!(e.contains("node-port") && e.contains("bpf_fib_lookup"), "{e}");
+        assert!(e.contains("strict") && e.contains("cluster-ip") && e.contains("not implemented"), "{e}");
     }
 }
