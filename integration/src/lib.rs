@@ -2,9 +2,11 @@
 //! and the benchmarks. The binary is a thin CLI over [`lab::Lab`].
 
 pub mod bench;
+pub mod bench_services;
 pub mod cnirun;
 pub mod http;
 pub mod lab;
+pub mod load;
 pub mod proc;
 pub mod state;
 pub mod topo;

@@ -95,6 +95,32 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Closed-loop HTTP load (new connection per request) against IP:PORT; prints JSON.
+    Load {
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+    },
+    /// Service programming and connection-rate benchmark (use `cargo xtask bench services`).
+    #[command(hide = true)]
+    BenchServices {
+        #[arg(long, default_value = "0,100,1000,10000", value_delimiter = ',')]
+        services: Vec<usize>,
+        #[arg(long, default_value = "legacy,nft", value_delimiter = ',')]
+        variants: Vec<String>,
+        #[arg(long, default_value = "iptables,kube-proxy-iptables", value_delimiter = ',')]
+        backends: Vec<String>,
+        #[arg(long)]
+        peer_script: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        load_secs: u64,
+        #[arg(long, default_value_t = 300)]
+        restore_timeout_s: u64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run the echo server (what `pod add --serve` starts inside the pod).
     #[command(hide = true)]
     Serve {
@@ -153,6 +179,11 @@ fn run() -> anyhow::Result<u8> {
         Cmd::Serve { name, port } => sluice_lab::http::serve(&name, port).map(|_| 0),
         Cmd::Curl { url, timeout_ms } => {
             print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
+            Ok(0)
+        }
+        Cmd::Load { addr, connections, secs } => {
+            let r = sluice_lab::load::run(addr, connections, Duration::from_secs(secs));
+            println!("{}", serde_json::to_string(&r)?);
             Ok(0)
         }
         Cmd::Udp { addr, timeout_ms, source_port } => {
@@ -262,7 +293,48 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                 std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
             }
         }
-        Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Udp { .. } => {
+        Cmd::BenchServices { services, variants, backends, peer_script, load_secs, restore_timeout_s, json } => {
+            let variants = variants
+                .iter()
+                .map(|v| match v.as_str() {
+                    "legacy" => Ok(sluice_iptables::Variant::Legacy),
+                    "nft" => Ok(sluice_iptables::Variant::Nft),
+                    o => Err(anyhow::anyhow!("--variants: {o:?} is not legacy or nft")),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = sluice_lab::bench_services::Options {
+                services,
+                variants,
+                backends,
+                peer_script,
+                load_secs,
+                connections: 16,
+                restore_timeout: Duration::from_secs(restore_timeout_s),
+            };
+            let fmt = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+            eprintln!(
+                "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9}  note",
+                "backend", "variant", "N", "rules", "program ms", "change ms", "conn/s", "direct/s"
+            );
+            let records = sluice_lab::bench_services::run(lab, &opts, |r| {
+                eprintln!(
+                    "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9}  {}",
+                    r.backend,
+                    r.variant,
+                    r.services,
+                    r.rules.map(|x| x.to_string()).unwrap_or_default(),
+                    fmt(r.program_all_ms),
+                    r.single_change_ms.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
+                    fmt(r.conn_per_s),
+                    fmt(r.direct_conn_per_s),
+                    r.note.clone().unwrap_or_default()
+                );
+            })?;
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&records)?)?;
+            }
+        }
+        Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Load { .. } | Cmd::Udp { .. } => {
             unreachable!("handled before the lab is opened")
         }
     }

@@ -10,7 +10,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("cni") => cni(&args[1..]),
         Some("probe") => probe(),
-        other => bail!("unknown benchmark {other:?}; available: cni, probe"),
+        Some("services") => services(&args[1..]),
+        other => bail!("unknown benchmark {other:?}; available: cni, probe, services"),
     }
 }
 
@@ -72,5 +73,91 @@ fn probe() -> anyhow::Result<()> {
     println!(
         "sluice probe, 30 runs: probing p50 {p50:.1} ms (max {pmax:.1} ms); whole command p50 {w50:.1} ms (max {wmax:.1} ms)"
     );
+    Ok(())
+}
+
+/// Service programming and connection rates: sluice's iptables backend vs the kube-proxy
+/// reference ruleset, each iptables variant, N services of 10 endpoints (plus N = 0).
+/// Options: `--backend B` (iptables, kube-proxy-iptables; repeatable), `--services 100,1000,10000`,
+/// `--variants legacy,nft`, `--restore-timeout-s S`.
+fn services(args: &[String]) -> anyhow::Result<()> {
+    if !crate::nix_is_root() {
+        bail!("the services benchmark creates network namespaces and needs root");
+    }
+    let mut backends = Vec::new();
+    let mut counts = "0,100,1000,10000".to_string();
+    let mut variants = "legacy,nft".to_string();
+    let mut timeout = "300".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--backend" => backends.push(val()?),
+            "--services" => counts = format!("0,{}", val()?),
+            "--variants" => variants = val()?,
+            "--restore-timeout-s" => timeout = val()?,
+            other => bail!(
+                "unknown option {other:?}; accepted: --backend B, --services N,N, --variants legacy,nft, --restore-timeout-s S"
+            ),
+        }
+    }
+    if backends.is_empty() {
+        backends = vec!["iptables".into(), "kube-proxy-iptables".into()];
+    }
+    if backends.iter().any(|b| b == "ebpf") {
+        bail!(
+            "--backend ebpf: the eBPF Service backend is not built yet (see issue 5); available: iptables, kube-proxy-iptables"
+        );
+    }
+    let peer = root().join("../shared/bench/kube-proxy-iptables.py");
+    if !peer.is_file() {
+        bail!("reference peer {} not found (it ships in ../shared/bench)", peer.display());
+    }
+    crate::run(cargo().args(["build", "--release", "-p", "sluice", "-p", "sluice-cni", "-p", "sluice-lab"]))?;
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let rel = root().join("target/release");
+    let lab = || {
+        let mut c = Command::new(rel.join("sluice-lab"));
+        c.env("SLUICE_LAB", "bench").env("SLUICE_BIN_DIR", &rel);
+        c
+    };
+    let _ = lab().arg("down").output();
+    let res = (|| {
+        crate::run(lab().args(["up", "--nodes", "1"]))?;
+        crate::run(lab().args(["pod", "add", "node-1", "bench-backend", "--serve", "8080"]))?;
+        crate::run(lab().args(["pod", "add", "node-1", "bench-client"]))?;
+        // The node's agent would resync its own rules in the middle of the measurements.
+        let st = String::from_utf8(lab().args(["status", "-o", "json"]).output()?.stdout)?;
+        if let Some(pid) =
+            st.split("\"agent_pid\": ").nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        {
+            crate::run(Command::new("kill").arg(pid))?;
+        }
+        crate::run(
+            lab()
+                .args([
+                    "exec",
+                    "node-1",
+                    "--",
+                    "sluice-lab",
+                    "bench-services",
+                    "--services",
+                    &counts,
+                    "--variants",
+                    &variants,
+                ])
+                .args(["--backends", &backends.join(","), "--restore-timeout-s", &timeout, "--peer-script"])
+                .arg(&peer)
+                .arg("--json")
+                .arg(out_dir.join("services.json")),
+        )
+    })();
+    let down = lab().arg("down").output().context("tearing down the bench lab")?;
+    res?;
+    if !down.status.success() {
+        bail!("bench lab teardown failed: {}", String::from_utf8_lossy(&down.stderr));
+    }
+    println!("results written to {}", out_dir.join("services.json").display());
     Ok(())
 }

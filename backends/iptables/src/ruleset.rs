@@ -2,7 +2,8 @@
 //! from built-in chains), and the pure diff that turns "what was applied" and "what is wanted"
 //! into one `iptables-restore --noflush` batch per table that rewrites only changed chains.
 //!
-//! Every sluice chain starts with a comment rule carrying a hash of its content. After a
+//! The first rule of every sluice chain carries a hash of the chain's content in its comment
+//! (`sluice:<16 hex>`; no extra rule, since every rule costs in a legacy table blob). After a
 //! restart the agent reads `iptables-save`, takes each chain's hash and rule count, and rewrites
 //! only chains whose hash or count differ: it keeps what is right and fixes what differs.
 
@@ -58,7 +59,6 @@ impl Ruleset {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainState {
     pub hash: u64,
-    /// Rules including the hash comment rule.
     pub rules: usize,
 }
 
@@ -71,6 +71,9 @@ pub struct Applied {
 }
 
 pub fn chain_hash(rules: &[String]) -> u64 {
+    if rules.is_empty() {
+        return 0;
+    }
     let mut h = Sha256::new();
     for r in rules {
         h.update(r.as_bytes());
@@ -80,8 +83,21 @@ pub fn chain_hash(rules: &[String]) -> u64 {
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
-fn hash_rule(chain: &str, hash: u64) -> String {
-    format!("-A {chain} -m comment --comment \"sluice:{hash:016x}\"")
+/// The chain's first rule with the hash added to its comment (or a comment added).
+fn with_hash(first: &str, hash: u64) -> String {
+    let tag = format!("sluice:{hash:016x}");
+    match first.find("--comment \"") {
+        Some(i) => {
+            let at = i + "--comment \"".len();
+            format!("{}{tag} {}", &first[..at], &first[at..])
+        }
+        None => format!("-m comment --comment \"{tag}\" {first}"),
+    }
+}
+
+fn hash_of(rule: &str) -> Option<u64> {
+    let i = rule.find("sluice:")? + "sluice:".len();
+    rule.get(i..i + 16).and_then(|h| u64::from_str_radix(h, 16).ok())
 }
 
 /// Read sluice's chains and hooks back from `iptables-save` dumps.
@@ -90,12 +106,7 @@ pub fn observe(dumps: &[TableDump]) -> Applied {
     for t in dumps {
         for c in t.chains.iter().filter(|c| c.starts_with(CHAIN_PREFIX)) {
             let rules: Vec<&String> = t.rules.iter().filter(|r| r.split_whitespace().next() == Some(c)).collect();
-            let hash = rules
-                .first()
-                .and_then(|r| r.split("\"sluice:").nth(1))
-                .and_then(|s| s.split('"').next())
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-                .unwrap_or(0);
+            let hash = rules.first().and_then(|r| hash_of(r)).unwrap_or(0);
             a.chains.insert((t.name.clone(), c.clone()), ChainState { hash, rules: rules.len() });
         }
         for r in &t.rules {
@@ -124,14 +135,14 @@ pub fn plan_sync(desired: &Ruleset, applied: &Applied) -> (BTreeMap<&'static str
         let mut body = String::new();
         for (name, rules) in want {
             let hash = chain_hash(rules);
-            let state = ChainState { hash, rules: rules.len() + 1 };
+            let state = ChainState { hash, rules: rules.len() };
             after.chains.insert((table.to_string(), name.clone()), state);
             if applied.chains.get(&(table.to_string(), name.clone())) == Some(&state) {
                 continue;
             }
             let _ = writeln!(declare, ":{name} - [0:0]");
-            let _ = writeln!(body, "{}", hash_rule(name, hash));
-            for r in rules {
+            for (i, r) in rules.iter().enumerate() {
+                let r = if i == 0 { with_hash(r, hash) } else { r.clone() };
                 let _ = writeln!(body, "-A {name} {r}");
             }
         }
@@ -158,8 +169,7 @@ pub fn plan_sync(desired: &Ruleset, applied: &Applied) -> (BTreeMap<&'static str
         for ((t, name), _) in applied.chains.iter().filter(|((t, _), _)| t == table) {
             if !want.contains_key(name) {
                 let _ = writeln!(declare, ":{name} - [0:0]");
-                let _ = writeln!(tail, "-X {name}");
-                let _ = t;
+                let _ = (writeln!(tail, "-X {name}"), t);
             }
         }
         if !(declare.is_empty() && body.is_empty() && tail.is_empty()) {

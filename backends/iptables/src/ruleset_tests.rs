@@ -21,8 +21,8 @@ fn dump_after(r: &Ruleset) -> Vec<TableDump> {
             text += &format!("-A {}\n", h.rule());
         }
         for (name, rules) in chains {
-            text += &format!("{}\n", hash_rule(name, chain_hash(rules)));
-            for rule in rules {
+            for (i, rule) in rules.iter().enumerate() {
+                let rule = if i == 0 { with_hash(rule, chain_hash(rules)) } else { rule.clone() };
                 text += &format!("-A {name} {rule}\n");
             }
         }
@@ -36,7 +36,7 @@ fn first_sync_writes_everything_then_nothing() {
     let r = ruleset();
     let (batches, after) = plan_sync(&r, &Applied::default());
     let nat = &batches["nat"];
-    assert!(nat.contains(":SLUICE-SVC-A - [0:0]") && nat.contains("-A SLUICE-SVC-A -j DNAT"));
+    assert!(nat.contains(":SLUICE-SVC-A - [0:0]") && nat.contains("-j DNAT --to-destination 10.244.1.2:8080"));
     assert!(nat.contains("-I PREROUTING -m comment --comment \"sluice: hook SLUICE-SERVICES\" -j SLUICE-SERVICES"));
     // Applying the same desired state again: no batch at all.
     let (again, _) = plan_sync(&r, &after);
@@ -92,4 +92,16 @@ fn unwanted_hook_is_removed_with_its_exact_rule() {
         "{}",
         b["nat"]
     );
+}
+
+#[test]
+fn hash_rides_on_the_first_rules_comment() {
+    let h = 0x0123_4567_89ab_cdef;
+    assert_eq!(
+        with_hash("-j DNAT --to-destination 1.2.3.4:80", h),
+        "-m comment --comment \"sluice:0123456789abcdef\" -j DNAT --to-destination 1.2.3.4:80"
+    );
+    let r = with_hash("! -s 10.0.0.0/8 -m comment --comment \"default/web:http\" -j X", h);
+    assert_eq!(r, "! -s 10.0.0.0/8 -m comment --comment \"sluice:0123456789abcdef default/web:http\" -j X");
+    assert_eq!(hash_of(&r), Some(h));
 }

@@ -121,7 +121,6 @@ fn bucket(ip: Ipv4Addr) -> (String, String, String) {
 fn pick(
     r: &mut Ruleset,
     chain: &str,
-    label: &str,
     eps: &[&Backend],
     affinity: Option<u32>,
     dport: u16,
@@ -154,7 +153,9 @@ fn pick(
         } else {
             String::new()
         };
-        rules.push(format!("-m comment --comment \"{}\" {stat}{target}", quote(label)));
+        // No per-endpoint comment: in a legacy table every comment match is 256 bytes of blob
+        // that each restore copies; the chain's first rule names the service.
+        rules.push(format!("{stat}{target}"));
     }
     if affinity.is_some() {
         for ep in eps {
@@ -263,7 +264,7 @@ pub fn render(input: &NodeInput<'_>) -> Ruleset {
                     "! -s {cluster} -m comment --comment \"{} from outside the cluster\" -j {MARK_MASQ}",
                     quote(&c.label)
                 ));
-                sep_chains.extend(pick(&mut r, &c.svc, &c.label, usable, affinity, target_port));
+                sep_chains.extend(pick(&mut r, &c.svc, usable, affinity, target_port));
             }
             if serves_ext {
                 let ext = r.chain("nat", &c.ext);
@@ -271,7 +272,7 @@ pub fn render(input: &NodeInput<'_>) -> Ruleset {
                     // Pods keep using every endpoint; outside traffic only local ones, unmasqueraded.
                     ext.push(format!("-s {cluster} -j {}", c.svc));
                     ext.push(format!("-j {}", c.svl));
-                    sep_chains.extend(pick(&mut r, &c.svl, &c.label, &local, affinity, target_port));
+                    sep_chains.extend(pick(&mut r, &c.svl, &local, affinity, target_port));
                 } else {
                     ext.push(format!("-j {MARK_MASQ}"));
                     ext.push(format!("-j {}", c.svc));

@@ -1,0 +1,309 @@
+//! `cargo xtask bench services`: sluice's iptables backend against the reference peer (the
+//! ruleset kube-proxy's iptables mode writes, from ../shared/bench/kube-proxy-iptables.py,
+//! loaded with `iptables-restore --noflush` as kube-proxy does), side by side in one run, on
+//! each iptables variant. Runs inside a lab node's netns; the client and the real backend are
+//! lab pods on that node.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use sluice_core::{Backend, BackendState, Feature, Frontend, FrontendKind, Protocol, Service, ServiceName};
+use sluice_iptables::services::{IMPLEMENTED, NodeInput, render};
+use sluice_iptables::sync::RuleSyncer;
+use sluice_iptables::{Iptables, Variant};
+
+use crate::Lab;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub backend: String,
+    pub variant: String,
+    pub services: usize,
+    pub program_all_ms: Option<f64>,
+    pub single_change_ms: Option<f64>,
+    pub conn_per_s: Option<f64>,
+    pub direct_conn_per_s: Option<f64>,
+    pub rules: Option<usize>,
+    pub note: Option<String>,
+}
+
+pub struct Options {
+    pub services: Vec<usize>,
+    pub variants: Vec<Variant>,
+    pub backends: Vec<String>,
+    pub peer_script: PathBuf,
+    pub load_secs: u64,
+    pub connections: usize,
+    /// Give up on one restore after this long (the peer's nft full sync at 10k does not finish).
+    pub restore_timeout: Duration,
+}
+
+const ENDPOINTS: usize = 10;
+
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + i as u32)
+}
+
+/// The same Services the peer script generates: N x 10 endpoints, NodePorts for the first 2768,
+/// one real target placed in the middle.
+fn services(n: usize, backend: Ipv4Addr) -> Vec<Service> {
+    (0..n)
+        .map(|i| {
+            let target = i == n / 2;
+            let mut fes = vec![Frontend {
+                kind: FrontendKind::ClusterIp,
+                ip: Some(IpAddr::V4(vip(i))),
+                port: 80,
+                protocol: Protocol::Tcp,
+                port_name: "http".into(),
+                target_port: 8080,
+            }];
+            if i < 2768 {
+                fes.push(Frontend { kind: FrontendKind::NodePort, ip: None, port: 30000 + i as u16, ..fes[0].clone() });
+            }
+            let eps: Vec<Ipv4Addr> = if target {
+                vec![backend]
+            } else {
+                (0..ENDPOINTS)
+                    .map(|j| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 2)) + (i * ENDPOINTS + j) as u32))
+                    .collect()
+            };
+            Service {
+                name: ServiceName { namespace: "default".into(), name: format!("svc-{i}") },
+                frontends: fes,
+                backends: eps
+                    .into_iter()
+                    .map(|ip| Backend {
+                        ip: IpAddr::V4(ip),
+                        port: 8080,
+                        port_name: "http".into(),
+                        protocol: Protocol::Tcp,
+                        state: BackendState::Active,
+                        node: Some("elsewhere".into()),
+                    })
+                    .collect(),
+                affinity_timeout_s: None,
+                external_local: false,
+                internal_local: false,
+                source_ranges: vec![],
+                health_check_node_port: None,
+            }
+        })
+        .collect()
+}
+
+/// Empty both variants' nat and filter tables of this (lab node) netns.
+fn flush_all() -> anyhow::Result<()> {
+    for v in ["nft", "legacy"] {
+        let empty = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+        restore(&format!("iptables-{v}-restore"), &[], empty.as_bytes(), Duration::from_secs(600))?;
+    }
+    Ok(())
+}
+
+/// Run a restore with a deadline; Ok(None) when it did not finish in time.
+fn restore(bin: &str, args: &[&str], input: &[u8], timeout: Duration) -> anyhow::Result<Option<Duration>> {
+    let start = Instant::now();
+    let mut child =
+        Command::new(bin).args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let _ = writer.join();
+            if !st.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                bail!("{bin} failed: {st}: {err}");
+            }
+            return Ok(Some(start.elapsed()));
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn peer_input(o: &Options, n: usize, mode: &str, target: &str) -> anyhow::Result<Vec<u8>> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(&o.peer_script).args(["--services", &n.to_string(), "--endpoints", &ENDPOINTS.to_string(), "--mode", mode]);
+    if n > 0 {
+        cmd.args(["--target", target]);
+    }
+    let out = cmd.output().with_context(|| format!("running {}", o.peer_script.display()))?;
+    if !out.status.success() {
+        bail!("peer script failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+fn load(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<f64> {
+    // Each measurement starts from an empty conntrack table (this runs in the node's netns),
+    // so earlier runs' TIME_WAIT entries do not slow later ones.
+    let _ = Command::new("conntrack").arg("-F").stderr(Stdio::null()).output();
+    let out = lab.exec_output(
+        "bench-client",
+        &[
+            "sluice-lab",
+            "load",
+            &addr.to_string(),
+            "--connections",
+            &o.connections.to_string(),
+            "--secs",
+            &o.load_secs.to_string(),
+        ],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("load output {out:?}"))?;
+    if v["failed"].as_u64().unwrap_or(0) > v["ok"].as_u64().unwrap_or(0) / 100 {
+        bail!("too many failed connections to {addr}: {v}");
+    }
+    Ok(v["conn_per_s"].as_f64().unwrap_or(0.0))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow::Result<Vec<Record>> {
+    let st = lab.state()?;
+    let backend: Ipv4Addr =
+        st.pods.iter().find(|p| p.name == "bench-backend").context("no bench-backend pod")?.ip.parse()?;
+    let direct = SocketAddr::new(IpAddr::V4(backend), 8080);
+    // The client opens ~10k connections a second: give it the whole port range and reuse.
+    lab.exec_output(
+        "bench-client",
+        &["sysctl", "-w", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"],
+    )?;
+    let owned: std::collections::BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
+    let mut records = Vec::new();
+    for &variant in &o.variants {
+        for backend_name in &o.backends {
+            for &n in &o.services {
+                flush_all()?;
+                let mut rec = Record {
+                    backend: backend_name.clone(),
+                    variant: variant.as_str().into(),
+                    services: n,
+                    program_all_ms: None,
+                    single_change_ms: None,
+                    conn_per_s: None,
+                    direct_conn_per_s: None,
+                    rules: None,
+                    note: None,
+                };
+                let target_vip = SocketAddr::new(IpAddr::V4(vip(n / 2)), 80);
+                let bin = format!("iptables-{}-restore", variant.as_str());
+                let programmed = match backend_name.as_str() {
+                    "iptables" => {
+                        let mut svcs = services(n, backend);
+                        let input = |s: &[Service]| {
+                            render(&NodeInput {
+                                node_name: "node-1",
+                                cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+                                masquerade: None,
+                                services: s,
+                                host_ports: &[],
+                                owned: &owned,
+                            })
+                        };
+                        let mut syncer = RuleSyncer::new(Iptables { variant });
+                        let t = Instant::now();
+                        let rs = input(&svcs);
+                        rec.rules = Some(rs.rule_count());
+                        let rep = syncer.sync(&rs, true)?;
+                        if std::env::var_os("SLUICE_BENCH_DEBUG").is_some() {
+                            eprintln!("sync: {rep:?} rules {}", rs.rule_count());
+                        }
+                        rec.program_all_ms = Some(ms(t.elapsed()));
+                        // Service 0 loses an endpoint (the target sits at n/2, so n >= 2).
+                        if n >= 2 {
+                            svcs[0].backends.pop();
+                            let t = Instant::now();
+                            let rs = input(&svcs);
+                            let rendered = t.elapsed();
+                            let rep = syncer.sync(&rs, false)?;
+                            rec.single_change_ms = Some(ms(t.elapsed()));
+                            if std::env::var_os("SLUICE_BENCH_DEBUG").is_some() {
+                                eprintln!("single change: render {:.1} ms, sync {rep:?}", ms(rendered));
+                            }
+                        }
+                        true
+                    }
+                    "kube-proxy-iptables" => {
+                        let target = format!("{target_vip}={backend}:8080");
+                        let full = peer_input(o, n, "full", &target)?;
+                        rec.rules = Some(full.split(|b| *b == b'\n').filter(|l| l.starts_with(b"-A ")).count());
+                        match restore(&bin, &["--noflush", "--wait"], &full, o.restore_timeout)? {
+                            Some(d) => {
+                                rec.program_all_ms = Some(ms(d));
+                                // kube-proxy links its chains once, outside the sync (not timed).
+                                let jumps = "*nat\n-I PREROUTING -j KUBE-SERVICES\n-I OUTPUT -j KUBE-SERVICES\n-I POSTROUTING -j KUBE-POSTROUTING\nCOMMIT\n*filter\n-I FORWARD -j KUBE-FORWARD\nCOMMIT\n";
+                                restore(&bin, &["--noflush", "--wait"], jumps.as_bytes(), o.restore_timeout)?;
+                                if n >= 2 {
+                                    let partial = peer_input(o, n, "partial", &target)?;
+                                    match restore(&bin, &["--noflush", "--wait"], &partial, o.restore_timeout)? {
+                                        Some(d) => rec.single_change_ms = Some(ms(d)),
+                                        None => {
+                                            rec.note =
+                                                Some(format!("partial sync did not finish in {:?}", o.restore_timeout))
+                                        }
+                                    }
+                                }
+                                true
+                            }
+                            None => {
+                                rec.note = Some(format!("full sync did not finish in {:?}", o.restore_timeout));
+                                false
+                            }
+                        }
+                    }
+                    other => bail!("unknown backend {other:?}; available: iptables, kube-proxy-iptables"),
+                };
+                if programmed {
+                    if n > 0 {
+                        rec.conn_per_s = Some(load(lab, target_vip, o)?);
+                    }
+                    rec.direct_conn_per_s = Some(load(lab, direct, o)?);
+                }
+                progress(&rec);
+                records.push(rec);
+            }
+        }
+    }
+    flush_all()?;
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmark_services_render_a_reachable_target() {
+        for n in [1, 2, 100] {
+            let svcs = services(n, Ipv4Addr::new(10, 244, 1, 2));
+            let owned = IMPLEMENTED.iter().copied().collect();
+            let r = render(&NodeInput {
+                node_name: "node-1",
+                cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+                masquerade: None,
+                services: &svcs,
+                host_ports: &[],
+                owned: &owned,
+            });
+            let nat = &r.chains["nat"];
+            assert!(nat.keys().any(|k| k.starts_with("SLUICE-D-")), "n={n}: {:?}", nat.keys().collect::<Vec<_>>());
+        }
+    }
+}
