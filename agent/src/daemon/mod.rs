@@ -171,6 +171,10 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         st.iptables_variant = ipt.variant.as_str().into();
         st.local_endpoints = local_endpoints;
         st.services = state.services.len();
+        // Logged once, when an object is first refused; status shows it for as long as it lasts.
+        for r in state.rejected.iter().filter(|r| !st.rejected.contains(r)) {
+            tracing::warn!(object = %r.object, reason = %r.reason, "object rejected; everything else keeps working");
+        }
         st.rejected = state.rejected;
         for e in &errors {
             if !st.errors.contains(e) {
