@@ -16,6 +16,9 @@ pub struct SourceStatus {
     pub objects: usize,
     pub last_sync_unix: u64,
     pub errors: Vec<String>,
+    /// Seconds since the API became unreachable; the dataplane stays as it was meanwhile.
+    #[serde(default)]
+    pub stale_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -61,7 +64,11 @@ pub fn render(s: &AgentStatus) -> String {
             "{} {} ({}, {} objects{})",
             src.kind,
             src.location,
-            if src.synced { "synced" } else { "NOT synced" },
+            match (src.synced, src.stale_secs) {
+                (_, Some(s)) => format!("STALE for {s}s: API unreachable, dataplane unchanged"),
+                (true, None) => "synced".into(),
+                (false, None) => "NOT synced".into(),
+            },
             src.objects,
             if src.errors.is_empty() { String::new() } else { format!(", {} errors", src.errors.len()) }
         ),

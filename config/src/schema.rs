@@ -76,7 +76,23 @@ pub struct Config {
     pub probes: ProbesConfig,
     /// NodePort range, `FIRST-LAST` (kube-apiserver's --service-node-port-range).
     pub node_port_range: String,
+    /// Per-node overrides, selected by the node label `sluice.io/node-config: NAME` (in the spirit
+    /// of CiliumNodeConfig): roll kube-proxy replacement out node by node.
+    pub node_configs: std::collections::BTreeMap<String, NodeOverride>,
 }
+
+/// What a node label may override: the runtime-changeable keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeOverride {
+    pub kube_proxy_replacement: Option<KprSetting>,
+    pub kube_proxy_replacement_features: Option<Vec<String>>,
+    pub dataplane: Option<DataplaneMode>,
+    pub probes: Option<ProbesConfig>,
+}
+
+/// The label on a Node object that selects one of `node_configs`.
+pub const NODE_CONFIG_LABEL: &str = "sluice.io/node-config";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -102,6 +118,7 @@ impl Default for Config {
             dataplane: DataplaneMode::Auto,
             probes: ProbesConfig::default(),
             node_port_range: "30000-32767".into(),
+            node_configs: Default::default(),
         }
     }
 }
@@ -111,6 +128,8 @@ impl Default for Config {
 pub enum SourceKind {
     /// A directory of Kubernetes YAML (standalone mode, used by the lab).
     Manifests,
+    /// The Kubernetes API (watchers with backoff).
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,8 +138,10 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     /// Directory of `*.yaml`/`*.yml`/`*.json` Kubernetes objects, read recursively.
     pub manifests_dir: PathBuf,
-    /// How often the manifest directory is re-read, in milliseconds (100..=60000).
+    /// How often the manifest directory is re-read (and the reconcile loop runs), in milliseconds (100..=60000).
     pub poll_interval_ms: u64,
+    /// kind=kubernetes: kubeconfig file; unset = in-cluster service account, then $KUBECONFIG.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Default for SourceConfig {
@@ -129,6 +150,7 @@ impl Default for SourceConfig {
             kind: SourceKind::Manifests,
             manifests_dir: "/etc/sluice/manifests".into(),
             poll_interval_ms: 1000,
+            kubeconfig: None,
         }
     }
 }
@@ -249,7 +271,47 @@ impl Config {
         }
         self.assume_missing()?;
         self.node_port_range()?;
+        for name in self.node_configs.keys() {
+            self.with_node_config(Some(name))?;
+        }
         Ok(())
+    }
+
+    /// This config with the named `node_configs` entry applied (validated). `None`: unchanged.
+    pub fn with_node_config(&self, name: Option<&str>) -> Result<Config, ConfigError> {
+        let Some(name) = name else { return Ok(self.clone()) };
+        let o = self.node_configs.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.node_configs.keys().map(String::as_str).collect();
+            invalid(
+                &format!("node label {NODE_CONFIG_LABEL}"),
+                name,
+                &format!(
+                    "a key of node_configs ({})",
+                    if known.is_empty() { "none defined".into() } else { known.join(", ") }
+                ),
+            )
+        })?;
+        let mut c = self.clone();
+        c.node_configs.clear();
+        if let Some(k) = o.kube_proxy_replacement {
+            c.kube_proxy_replacement = k;
+        }
+        if let Some(f) = &o.kube_proxy_replacement_features {
+            c.kube_proxy_replacement_features = f.clone();
+        }
+        if let Some(d) = o.dataplane {
+            c.dataplane = d;
+        }
+        if let Some(p) = &o.probes {
+            c.probes = p.clone();
+        }
+        c.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, value, accepted } => {
+                ConfigError::Invalid { key: format!("node_configs.{name}: {key}"), value, accepted }
+            }
+            other => other,
+        })?;
+        Ok(c)
     }
 
     /// `node_port_range`, parsed.

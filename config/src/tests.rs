@@ -106,3 +106,21 @@ fn dataplane_and_assume_missing() {
     let e = from_yaml_str("node_name: a\ndataplane: bpf\n").expect_err("bad dataplane");
     assert!(e.to_string().contains("bpf"), "{e}");
 }
+
+#[test]
+fn node_configs_override_runtime_keys_only() {
+    let c = from_yaml_str(
+        "node_name: a\nnode_configs:\n  old-kernel:\n    dataplane: iptables\n    probes: {assume_missing: [helper-fib-lookup]}\n",
+    )
+    .expect("valid");
+    let o = c.with_node_config(Some("old-kernel")).expect("overlay");
+    assert_eq!(o.dataplane, sluice_core::DataplaneMode::Iptables);
+    assert_eq!(o.probes.assume_missing, ["helper-fib-lookup"]);
+    let e = c.with_node_config(Some("nope")).expect_err("unknown");
+    assert!(e.to_string().contains("nope") && e.to_string().contains("old-kernel"), "{e}");
+    let e = from_yaml_str("node_name: a\nnode_configs:\n  x:\n    masquerade: false\n").expect_err("not overridable");
+    assert!(e.to_string().contains("masquerade"), "{e}");
+    let e = from_yaml_str("node_name: a\nnode_configs:\n  x:\n    kube_proxy_replacement: partial\n")
+        .expect_err("invalid overlay");
+    assert!(e.to_string().contains("node_configs.x"), "{e}");
+}

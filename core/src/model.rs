@@ -16,6 +16,8 @@ pub struct NodeInfo {
     pub internal_ip: Option<Ipv4Addr>,
     /// Node.spec.podCIDR; `None` while the node has none assigned yet.
     pub pod_cidr: Option<Ipv4Net>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A pod as the sources describe it (any node).

@@ -57,6 +57,7 @@ mod tests {
             name: name.into(),
             internal_ip: ip.map(|s| s.parse().expect("ip")),
             pod_cidr: cidr.map(|s| s.parse().expect("cidr")),
+            labels: Default::default(),
         }
     }
 

@@ -26,6 +26,9 @@ pub struct ReloadStatus {
     pub last_attempt_unix: u64,
     /// `None` when the last attempt was applied; the error when it was rejected.
     pub rejected: Option<String>,
+    /// The `node_configs` entry this node's label selects, if any.
+    #[serde(default)]
+    pub node_config: Option<String>,
     /// The steps of the last applied change, in the order they ran.
     pub last_transition: Vec<StepRecord>,
 }
@@ -83,6 +86,8 @@ pub struct Planner {
     pub config: Config,
     pub plan: Plan,
     pub status: ReloadStatus,
+    /// The node's `sluice.io/node-config` label, selecting a `node_configs` entry.
+    pub node_config: Option<String>,
     mtime: Option<SystemTime>,
 }
 
@@ -98,9 +103,10 @@ impl Planner {
             generation: 1,
             last_attempt_unix: super::now_unix(),
             rejected: None,
+            node_config: None,
             last_transition: Vec::new(),
         };
-        Ok(Planner { mtime: mtime(&source.path), source, probed, config, plan, status })
+        Ok(Planner { mtime: mtime(&source.path), source, probed, config, plan, status, node_config: None })
     }
 
     /// Has the config file changed since it was last read?
@@ -114,10 +120,27 @@ impl Planner {
         self.status.last_attempt_unix = super::now_unix();
         let attempt = sluice_config::load(self.source.path.as_deref(), Some(self.source.flags.clone()))
             .map_err(|e| format!("{e:#}"))
-            .and_then(|new| runtime_changeable(&self.config, &new).map(|_| new))
-            .and_then(|new| plan_for(&new, &self.probed).map(|p| (new, p)).map_err(|e| format!("{e:#}")));
+            .and_then(|new| runtime_changeable(&self.config, &new).map(|_| new));
+        self.replan(attempt, self.node_config.clone())
+    }
+
+    /// The node label selecting a `node_configs` entry changed (or appeared, or went away).
+    pub fn set_node_config(&mut self, label: Option<String>) -> Result<Vec<Step>, String> {
+        self.status.last_attempt_unix = super::now_unix();
+        let base = Ok(self.config.clone());
+        self.replan(base, label)
+    }
+
+    fn replan(&mut self, base: Result<Config, String>, label: Option<String>) -> Result<Vec<Step>, String> {
+        let attempt = base.and_then(|new| {
+            let effective = new.with_node_config(label.as_deref()).map_err(|e| format!("{e:#}"))?;
+            plan_for(&effective, &self.probed).map(|p| (new, p)).map_err(|e| format!("{e:#}"))
+        });
+        // A label naming nothing valid still counts as seen, so it is not retried every loop.
+        self.node_config = label.clone();
         match attempt {
             Ok((new, plan)) => {
+                self.status.node_config = label;
                 let steps = transition(&self.plan, &plan);
                 self.config = new;
                 self.plan = plan;

@@ -9,6 +9,7 @@ pub mod features;
 mod health;
 pub mod rules;
 mod server;
+mod source;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use sluice_iptables::services::{Masquerade, POSTROUTING};
 use sluice_iptables::{Iptables, RouteManager, Variant};
 use tokio::sync::RwLock;
 
-use crate::source::manifests::ManifestDir;
 use crate::source::translate::{Options, translate_with};
 use crate::status::{AgentStatus, SourceStatus};
 
@@ -65,7 +65,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         IptablesVariant::Nft => Iptables { variant: Variant::Nft },
         IptablesVariant::Legacy => Iptables { variant: Variant::Legacy },
     };
-    let mut source = ManifestDir::new(cfg.source.manifests_dir.clone());
+    let mut source = source::AgentSource::new(&cfg).await?;
     let mut synced = false;
     let mut rules = rules::RulesManager::new(ipt);
     let mut health = health::HealthServers::default();
@@ -87,23 +87,32 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             st.plan = Some(planner.plan.clone());
             st.config = planner.status.clone();
         }
-        let (objects, file_errors) = source.read();
+        let read = source.read();
         let mut errors = Vec::new();
         let src_status = SourceStatus {
-            kind: "manifests".into(),
-            location: cfg.source.manifests_dir.display().to_string(),
-            synced: synced || (objects.is_some() && file_errors.is_empty()),
-            objects: objects.as_ref().map(|o| o.count()).unwrap_or(0),
+            kind: source.kind().into(),
+            location: source.location(),
+            synced: synced || read.complete,
+            objects: read.objects.as_ref().map(|o| o.count()).unwrap_or(0),
             last_sync_unix: now_unix(),
-            errors: file_errors.iter().map(|e| format!("{}: {}", e.path.display(), e.message)).collect(),
+            errors: read.errors,
+            stale_secs: read.stale_secs,
         };
         synced = src_status.synced;
-        let Some(objects) = objects else {
+        let Some(objects) = read.objects else {
             status.write().await.source = src_status;
             continue;
         };
         let (lo, hi) = cfg.node_port_range()?;
         let state = translate_with(&objects, Options { node_port_range: (lo, hi) });
+        // A node label may select a per-node config (node_configs): re-plan when it changes.
+        let label = state.node(&cfg.node_name).and_then(|n| n.labels.get(sluice_config::NODE_CONFIG_LABEL).cloned());
+        if label != planner.node_config {
+            apply_node_config(&mut planner, label);
+            let mut st = status.write().await;
+            st.plan = Some(planner.plan.clone());
+            st.config = planner.status.clone();
+        }
         {
             let mut st = status.write().await;
             st.service_entries = crate::services::entries(&state.services, &planner.plan);
@@ -191,8 +200,19 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
 /// Re-read the config and record the transition, make-before-break. iptables programs and
 /// removes in the same atomic restore batch per table (run right after, in this loop turn);
 /// no eBPF Service programming is built yet, which the step records say.
+fn apply_node_config(planner: &mut features::Planner, label: Option<String>) {
+    tracing::info!(label = ?label, "node config label changed");
+    let res = planner.set_node_config(label);
+    record(planner, res);
+}
+
 fn apply_reload(planner: &mut features::Planner) {
-    match planner.reload() {
+    let res = planner.reload();
+    record(planner, res);
+}
+
+fn record(planner: &mut features::Planner, res: Result<Vec<sluice_core::Step>, String>) {
+    match res {
         Ok(steps) => {
             tracing::info!(generation = planner.status.generation, "config reloaded: {}", planner.plan.status_line());
             planner.status.last_transition = steps

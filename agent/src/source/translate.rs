@@ -119,7 +119,12 @@ fn node(n: &Node) -> NodeInfo {
         .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
         .and_then(|a| a.address.parse().ok());
     let pod_cidr = n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).and_then(|c| c.parse().ok());
-    NodeInfo { name: n.metadata.name.clone().unwrap_or_default(), internal_ip, pod_cidr }
+    NodeInfo {
+        name: n.metadata.name.clone().unwrap_or_default(),
+        internal_ip,
+        pod_cidr,
+        labels: n.metadata.labels.clone().unwrap_or_default(),
+    }
 }
 
 fn pod(p: &Pod) -> PodInfo {

@@ -1,0 +1,74 @@
+//! The agent's source of cluster state: a manifest directory or the Kubernetes API.
+
+use sluice_config::{Config, SourceKind};
+
+use crate::source::Objects;
+use crate::source::kube::KubeSource;
+use crate::source::manifests::ManifestDir;
+
+pub enum AgentSource {
+    Manifests(ManifestDir, String),
+    Kube(KubeSource),
+}
+
+pub struct Read {
+    pub objects: Option<Objects>,
+    pub errors: Vec<String>,
+    /// A complete, error-free view: after the first one, pruning is allowed.
+    pub complete: bool,
+    pub stale_secs: Option<u64>,
+}
+
+impl AgentSource {
+    pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
+        Ok(match cfg.source.kind {
+            SourceKind::Manifests => AgentSource::Manifests(
+                ManifestDir::new(cfg.source.manifests_dir.clone()),
+                cfg.source.manifests_dir.display().to_string(),
+            ),
+            SourceKind::Kubernetes => {
+                let client = crate::source::kube::client(cfg.source.kubeconfig.as_deref()).await?;
+                let location = cfg
+                    .source
+                    .kubeconfig
+                    .as_ref()
+                    .map(|p| format!("API via {}", p.display()))
+                    .unwrap_or_else(|| "API (in-cluster or $KUBECONFIG)".into());
+                AgentSource::Kube(KubeSource::start(client, &cfg.node_name, location))
+            }
+        })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentSource::Manifests(..) => "manifests",
+            AgentSource::Kube(_) => "kubernetes",
+        }
+    }
+
+    pub fn location(&self) -> String {
+        match self {
+            AgentSource::Manifests(_, l) => l.clone(),
+            AgentSource::Kube(k) => k.location.clone(),
+        }
+    }
+
+    pub fn read(&mut self) -> Read {
+        match self {
+            AgentSource::Manifests(m, _) => {
+                let (objects, errors) = m.read();
+                let complete = objects.is_some() && errors.is_empty();
+                Read {
+                    objects,
+                    errors: errors.iter().map(|e| format!("{}: {}", e.path.display(), e.message)).collect(),
+                    complete,
+                    stale_secs: None,
+                }
+            }
+            AgentSource::Kube(k) => {
+                let s = k.snapshot();
+                Read { objects: s.objects, errors: s.errors, complete: s.synced, stale_secs: s.stale_secs }
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The `kubernetes` source: kube-rs watchers over Nodes, this node's Pods, Services,
+//! EndpointSlices and NetworkPolicies, each retried with backoff, feeding one [`KubeStore`].
+//!
+//! During an API outage the store keeps its last view (the dataplane stays as it is) and the
+//! source reports itself stale with the outage's age; when the watchers come back they relist
+//! and the agent converges.
+
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Config};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+pub use store::KubeStore;
+
+use super::Objects;
+
+#[derive(Debug, Default)]
+struct Health {
+    /// Kind -> (first failure of the current outage, last error).
+    failing: std::collections::BTreeMap<&'static str, (Instant, String)>,
+}
+
+#[derive(Clone)]
+pub struct KubeSource {
+    store: Arc<Mutex<KubeStore>>,
+    health: Arc<Mutex<Health>>,
+    pub location: String,
+}
+
+/// What one read of the source gives the agent.
+pub struct Snapshot {
+    /// `None` until every kind has been listed once.
+    pub objects: Option<Objects>,
+    pub synced: bool,
+    pub errors: Vec<String>,
+    /// Seconds since the API became unreachable (None while healthy).
+    pub stale_secs: Option<u64>,
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    cfg: Config,
+    store: Arc<Mutex<KubeStore>>,
+    health: Arc<Mutex<Health>>,
+    kind: &'static str,
+    pick: fn(&mut KubeStore) -> &mut store::KindStore<K>,
+) where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        let mut events = watcher::watcher(api, cfg).default_backoff().boxed();
+        while let Some(item) = events.next().await {
+            match item {
+                Ok(ev) => {
+                    if let Ok(mut s) = store.lock() {
+                        pick(&mut s).apply(ev);
+                    }
+                    if let Ok(mut h) = health.lock() {
+                        if h.failing.remove(kind).is_some() {
+                            tracing::info!(kind, "Kubernetes API reachable again");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(kind, error = %e, "watch failed; retrying with backoff, dataplane unchanged");
+                    if let Ok(mut h) = health.lock() {
+                        let since = h.failing.get(kind).map(|(t, _)| *t).unwrap_or_else(Instant::now);
+                        h.failing.insert(kind, (since, e.to_string()));
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl KubeSource {
+    /// Start the watchers. Pods are limited to this node (field selector spec.nodeName).
+    pub fn start(client: Client, node: &str, location: String) -> Self {
+        let store = Arc::new(Mutex::new(KubeStore::default()));
+        let health = Arc::new(Mutex::new(Health::default()));
+        let all = Config::default();
+        spawn_watch::<Node>(Api::all(client.clone()), all.clone(), store.clone(), health.clone(), "Node", |s| {
+            &mut s.nodes
+        });
+        spawn_watch::<Pod>(
+            Api::all(client.clone()),
+            all.clone().fields(&format!("spec.nodeName={node}")),
+            store.clone(),
+            health.clone(),
+            "Pod",
+            |s| &mut s.pods,
+        );
+        spawn_watch::<Service>(Api::all(client.clone()), all.clone(), store.clone(), health.clone(), "Service", |s| {
+            &mut s.services
+        });
+        spawn_watch::<EndpointSlice>(
+            Api::all(client.clone()),
+            all.clone(),
+            store.clone(),
+            health.clone(),
+            "EndpointSlice",
+            |s| &mut s.endpoint_slices,
+        );
+        spawn_watch::<NetworkPolicy>(Api::all(client), all, store.clone(), health.clone(), "NetworkPolicy", |s| {
+            &mut s.network_policies
+        });
+        KubeSource { store, health, location }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let (objects, synced) = match self.store.lock() {
+            Ok(s) if s.synced() => (Some(s.objects()), true),
+            _ => (None, false),
+        };
+        let (errors, stale_secs) = match self.health.lock() {
+            Ok(h) => (
+                h.failing.iter().map(|(k, (_, e))| format!("{k} watch: {e}")).collect(),
+                h.failing.values().map(|(t, _)| t.elapsed().as_secs()).max(),
+            ),
+            Err(_) => (Vec::new(), None),
+        };
+        Snapshot { objects, synced, errors, stale_secs }
+    }
+}
+
+/// A client from `kubeconfig` (a file), else the usual inference: in-cluster service account,
+/// then $KUBECONFIG / ~/.kube/config.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    use anyhow::Context;
+    let cfg = match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", p.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes credentials: not in a cluster and no kubeconfig (set source.kubeconfig)")?,
+    };
+    Client::try_from(cfg).context("building the Kubernetes client")
+}
