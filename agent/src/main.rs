@@ -3,6 +3,8 @@
 mod api;
 mod cli;
 mod daemon;
+#[cfg(test)]
+mod deploy_tests;
 mod services;
 mod source;
 mod status;

@@ -67,7 +67,8 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
     let addr: SocketAddr = with_port.parse().with_context(|| format!("{hostport:?} is not IP or IP:PORT"))?;
     let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
+    // One write: a server that answers after the first segment must not see a second one.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).with_context(|| format!("reading from {addr}"))?;
     let Some((head, body)) = resp.split_once("\r\n\r\n") else { bail!("malformed response from {addr}: {resp:?}") };

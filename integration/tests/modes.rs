@@ -150,3 +150,58 @@ fn live_config_switch_is_applied_and_broken_config_is_rejected() {
         (owner(&s, "cluster-ip") == "iptables" && s["config"]["rejected"].is_null()).then_some(())
     });
 }
+
+/// Per-node configuration: a node label selects a `node_configs` entry, so kube-proxy
+/// replacement rolls out node by node; removing the label returns the node to the base config.
+#[test]
+fn node_label_selects_per_node_config() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("rollout.yaml");
+    std::fs::write(
+        &cfg,
+        "kube_proxy_replacement: disabled\nnode_configs:\n  replace-kube-proxy:\n    kube_proxy_replacement: probe\n",
+    )
+    .expect("write");
+    let t = TestLab::up("t-nodecfg", 2, &[("node-1".into(), cfg.clone()), ("node-2".into(), cfg)]);
+    assert_eq!(owner(&t.status("node-2"), "cluster-ip"), "kube-proxy");
+    let manifest = t.lab.manifests_dir().join("nodes/node-2.yaml");
+    let original = std::fs::read_to_string(&manifest).expect("node manifest");
+    let labelled = original.replace(
+        "    kubernetes.io/hostname: node-2\n",
+        "    kubernetes.io/hostname: node-2\n    sluice.io/node-config: replace-kube-proxy\n",
+    );
+    assert_ne!(labelled, original);
+    std::fs::write(&manifest, &labelled).expect("write");
+    let s = eventually("node-2 takes over Services", Duration::from_secs(10), || {
+        let s = t.try_status("node-2")?;
+        (owner(&s, "cluster-ip") == "iptables").then_some(s)
+    });
+    assert_eq!(s["config"]["node_config"], "replace-kube-proxy");
+    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "kube-proxy", "node-1 is not labelled");
+    // A label naming no entry is refused by name; the node keeps its plan.
+    std::fs::write(
+        &manifest,
+        original.replace(
+            "    kubernetes.io/hostname: node-2\n",
+            "    kubernetes.io/hostname: node-2\n    sluice.io/node-config: typo\n",
+        ),
+    )
+    .expect("write");
+    let s = eventually("unknown node config rejected", Duration::from_secs(10), || {
+        let s = t.try_status("node-2")?;
+        s["config"]["rejected"]
+            .as_str()
+            .is_some_and(|r| r.contains("typo") && r.contains("replace-kube-proxy"))
+            .then_some(s)
+    });
+    assert_eq!(owner(&s, "cluster-ip"), "iptables");
+    // Label removed: back to the base config.
+    std::fs::write(&manifest, &original).expect("write");
+    eventually("node-2 back to disabled", Duration::from_secs(10), || {
+        let s = t.try_status("node-2")?;
+        (owner(&s, "cluster-ip") == "kube-proxy").then_some(())
+    });
+}

@@ -83,9 +83,21 @@ async fn serve(l: tokio::net::TcpListener, rx: watch::Receiver<Health>) {
         let Ok((mut s, _)) = l.accept().await else { continue };
         let text = response(&rx.borrow());
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
+            // Read the whole request head before answering: closing with unread data would
+            // reset the connection under the client.
+            let read_head = async {
+                let mut buf = [0u8; 1024];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") && got.len() < 8192 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), read_head).await;
             let _ = s.write_all(text.as_bytes()).await;
+            let _ = s.shutdown().await;
         });
     }
 }

@@ -113,10 +113,6 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             st.plan = Some(planner.plan.clone());
             st.config = planner.status.clone();
         }
-        {
-            let mut st = status.write().await;
-            st.service_entries = crate::services::entries(&state.services, &planner.plan);
-        }
         let me = state.node(&cfg.node_name).cloned();
         let pod_cidr = cfg.pod_cidr.or(me.as_ref().and_then(|n| n.pod_cidr));
 
@@ -162,6 +158,8 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         let hc_owned = rules::owned(&planner.plan).contains(&sluice_core::Feature::HealthCheckNodePort);
         let want = if hc_owned { health::desired(&state.services, &cfg.node_name) } else { Default::default() };
         errors.extend(health.reconcile(want).await);
+        // After the sync: `sluice service list` shows what is programmed, not what is coming.
+        status.write().await.service_entries = crate::services::entries(&state.services, &planner.plan);
 
         let local_endpoints = match pod_cidr {
             Some(cidr) => local_endpoints(&cfg, cidr).unwrap_or_else(|e| {

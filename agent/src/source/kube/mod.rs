@@ -66,10 +66,10 @@ fn spawn_watch<K>(
                     if let Ok(mut s) = store.lock() {
                         pick(&mut s).apply(ev);
                     }
-                    if let Ok(mut h) = health.lock() {
-                        if h.failing.remove(kind).is_some() {
-                            tracing::info!(kind, "Kubernetes API reachable again");
-                        }
+                    if let Ok(mut h) = health.lock()
+                        && h.failing.remove(kind).is_some()
+                    {
+                        tracing::info!(kind, "Kubernetes API reachable again");
                     }
                 }
                 Err(e) => {

@@ -213,8 +213,7 @@ async fn api_outage_during_endpoint_churn_changes_nothing_until_back() {
     }
     // The open EndpointSlice watch ends (the connection drops): its relist meets the outage.
     push_watch(&api, "EndpointSlice", vec![]);
-    let stale = wait_for("source reported stale", || src.snapshot().stale_secs.map(|_| ())).await;
-    let _ = stale;
+    wait_for("source reported stale", || src.snapshot().stale_secs.map(|_| ())).await;
     for _ in 0..10 {
         let s = src.snapshot();
         assert_eq!(

@@ -1,0 +1,81 @@
+//! The deploy manifests parse as the Kubernetes objects they claim to be (k8s-openapi types),
+//! the embedded agent config is valid, and RBAC grants only reads of what the agent watches.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde_json::Value;
+
+const MANIFESTS: [(&str, &str); 2] = [
+    ("deploy/sluice.yaml", include_str!("../../deploy/sluice.yaml")),
+    ("deploy/sluice-kube-proxy-free.yaml", include_str!("../../deploy/sluice-kube-proxy-free.yaml")),
+];
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(text).expect("yaml").into_iter().filter(|d| !d.is_null()).collect()
+}
+
+#[test]
+fn manifests_are_valid_kubernetes_objects() {
+    for (file, text) in MANIFESTS {
+        let docs = docs(text);
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("")).collect();
+        assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"], "{file}");
+        for d in &docs {
+            let ok = match d["kind"].as_str() {
+                Some("ServiceAccount") => serde_json::from_value::<ServiceAccount>(d.clone()).map(|_| ()),
+                Some("ClusterRole") => serde_json::from_value::<ClusterRole>(d.clone()).map(|_| ()),
+                Some("ClusterRoleBinding") => serde_json::from_value::<ClusterRoleBinding>(d.clone()).map(|_| ()),
+                Some("ConfigMap") => serde_json::from_value::<ConfigMap>(d.clone()).map(|_| ()),
+                Some("DaemonSet") => serde_json::from_value::<DaemonSet>(d.clone()).map(|_| ()),
+                other => panic!("{file}: unexpected kind {other:?}"),
+            };
+            ok.unwrap_or_else(|e| panic!("{file}: {} does not parse: {e}", d["kind"]));
+        }
+
+        // RBAC: get/list/watch only.
+        let role: ClusterRole = serde_json::from_value(docs[1].clone()).expect("role");
+        for r in role.rules.expect("rules") {
+            assert!(r.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())), "{file}: {:?}", r.verbs);
+        }
+
+        // The ConfigMap's config is one the agent accepts (node_name arrives by env).
+        let cm: ConfigMap = serde_json::from_value(docs[3].clone()).expect("cm");
+        let text = &cm.data.expect("data")["config.yaml"];
+        let cfg = sluice_config::from_yaml_str(&format!("node_name: node-1\n{text}"))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(cfg.source.kind, sluice_config::SourceKind::Kubernetes);
+        for name in cfg.node_configs.keys() {
+            cfg.with_node_config(Some(name)).unwrap_or_else(|e| panic!("{file}: node config {name}: {e}"));
+        }
+
+        // The DaemonSet runs privileged on the host network with the mounts the agent needs.
+        let ds: DaemonSet = serde_json::from_value(docs[4].clone()).expect("ds");
+        let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
+        assert_eq!(pod.host_network, Some(true));
+        let agent = &pod.containers[0];
+        assert_eq!(agent.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+        let mounts: Vec<&str> = agent.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        for want in ["/sys/fs/bpf", "/sys/fs/cgroup", "/etc/cni/net.d", "/run/sluice", "/var/lib/sluice"] {
+            assert!(mounts.contains(&want), "{file}: missing mount {want}");
+        }
+        let env: Vec<&str> = agent.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert!(env.contains(&"SLUICE_NODE_NAME"), "{file}");
+        let init = &pod.init_containers.expect("init")[0];
+        assert!(
+            init.command.iter().flatten().any(|c| c.contains("sluice-cni")),
+            "{file}: init installs the CNI binary"
+        );
+    }
+    // The kube-proxy-free variant is strict and reaches the API server directly.
+    let kpf = docs(MANIFESTS[1].1);
+    let ds: DaemonSet = serde_json::from_value(kpf[4].clone()).expect("ds");
+    let env: Vec<String> = ds.spec.expect("spec").template.spec.expect("pod").containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.clone())
+        .collect();
+    assert!(env.contains(&"KUBERNETES_SERVICE_HOST".to_string()));
+    assert!(kpf[3]["data"]["config.yaml"].as_str().expect("cfg").contains("kube_proxy_replacement: strict"));
+}
