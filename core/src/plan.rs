@@ -330,6 +330,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     }
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
+    let mut first_error: Option<PlanError> = None;
     for f in Feature::ALL {
         let taken = match mode {
             KprMode::Disabled => !f.is_kube_proxy_feature(),
@@ -349,10 +350,22 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             Err((backends, missing)) => {
                 let required = mode == KprMode::Strict || (mode == KprMode::Partial && f.is_kube_proxy_feature());
                 if required {
-                    return Err(match mode {
+                    let e = match mode {
                         KprMode::Strict => PlanError::Strict { feature: f, backends, missing },
                         _ => PlanError::PartialUnservable { feature: f, backends, missing },
-                    });
+                    };
+                    // Report the most telling failure: one that names a missing kernel capability
+                    // beats one that only says a backend is not built.
+                    let names_capability = |e: &PlanError| match e {
+                        PlanError::Strict { missing, .. } | PlanError::PartialUnservable { missing, .. } => {
+                            missing.split("; ").any(|m| !m.ends_with("not implemented in this build"))
+                        }
+                        PlanError::PartialMissingBase { .. } => false,
+                    };
+                    if first_error.as_ref().is_none_or(|f: &PlanError| !names_capability(f) && names_capability(&e)) {
+                        first_error = Some(e);
+                    }
+                    continue;
                 }
                 let owner = if f.is_kube_proxy_feature() { Owner::KubeProxy } else { Owner::Off };
                 warnings.push(format!("{} left to {owner}: {missing}", f.title()));
@@ -360,6 +373,9 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             }
         };
         entries.push(entry);
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     align_groups(&mut entries, caps, implemented);
     if !caps.kube_proxy_active {

@@ -83,7 +83,9 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
         .expect("run");
     assert!(!out.status.success(), "strict agent must refuse to start");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("kube_proxy_replacement=strict: feature cluster-ip cannot be served by eBPF"), "{err}");
+    // The refusal names the feature and the capability it lacks (and that eBPF is not built).
+    assert!(err.contains("kube_proxy_replacement=strict: feature node-port cannot be served by eBPF"), "{err}");
+    assert!(err.contains("no bpf_fib_lookup"), "{err}");
 }
 
 #[test]

@@ -24,6 +24,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("runc", "/usr/sbin/runc"),
     ("procps", "/usr/bin/ps"),
     ("conntrack", "/usr/sbin/conntrack"),
+    ("clang-19", "/usr/bin/clang-19"),
+    ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
+    ("linux-libc-dev", "/usr/include/linux/bpf.h"),
 ];
 
 fn main() -> std::process::ExitCode {

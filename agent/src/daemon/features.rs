@@ -202,6 +202,6 @@ mod tests {
         // A strict config that the node cannot serve is rejected too.
         std::fs::write(&path, "node_name: node-1\nkube_proxy_replacement: strict\ndataplane: ebpf\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
         let e = p.reload().expect_err("strict");
-        assert!(e.contains("strict") && e.contains("cluster-ip") && e.contains("not implemented"), "{e}");
+        assert!(e.contains("strict") && e.contains("node-port") && e.contains("no bpf_fib_lookup"), "{e}");
     }
 }

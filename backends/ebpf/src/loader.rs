@@ -1,0 +1,54 @@
+//! Loading the programs with aya, with maps pinned (LIBBPF_PIN_BY_NAME) under a directory of
+//! bpffs, so their contents outlive the agent.
+
+use std::path::{Path, PathBuf};
+
+use aya::{Ebpf, EbpfLoader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("bpffs: cannot mount at {path}: {source}")]
+    Mount { path: PathBuf, source: nix::Error },
+    #[error("creating pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: std::io::Error },
+    #[error("loading the BPF object: {source}")]
+    Load { source: Box<aya::EbpfError> },
+    #[error("program {name} missing from the BPF object")]
+    MissingProgram { name: &'static str },
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: Box<aya::programs::ProgramError> },
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mount bpffs at /sys/fs/bpf unless it already is (as Cilium does).
+pub fn ensure_bpffs() -> Result<(), LoadError> {
+    let path = Path::new("/sys/fs/bpf");
+    #[allow(clippy::unnecessary_cast)]
+    let mounted = nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false);
+    if mounted {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|source| LoadError::Mount { path: path.into(), source })
+}
+
+/// Load the object with its maps pinned in `pin_dir` (reused if already there) and load both
+/// programs into the kernel (not attached).
+pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
+    ensure_bpffs()?;
+    std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: pin_dir.into(), source })?;
+    let mut bpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(crate::LB_OBJECT)
+        .map_err(|e| LoadError::Load { source: Box::new(e) })?;
+    for name in ["sluice_from_pod", "sluice_to_pod"] {
+        let prog: &mut aya::programs::SchedClassifier = bpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram { name })?
+            .try_into()
+            .map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
+        prog.load().map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
+    }
+    Ok(bpf)
+}

@@ -1,0 +1,253 @@
+//! Tier 2: the BPF programs run on crafted packets through BPF_PROG_TEST_RUN (no interfaces):
+//! expected verdicts and rewritten packets, with valid checksums, for the forward and reply path.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aya::Ebpf;
+use aya::maps::HashMap;
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use sluice_ebpf::maps::{BackendKey, BackendVal, FlowKey, NatVal, SvcKey, SvcVal, addr, port};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn require_root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    if std::env::var_os("SLUICE_SKIP_PRIVILEGED").is_some() {
+        return false;
+    }
+    panic!("BPF tests need root; run `cargo xtask test` as root or set SLUICE_SKIP_PRIVILEGED=1 to skip");
+}
+
+/// Loaded programs with maps pinned in a private directory, removed on drop.
+struct Lb {
+    bpf: Option<Ebpf>,
+    dir: PathBuf,
+}
+
+impl Lb {
+    fn new() -> Self {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/sluice-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let bpf = sluice_ebpf::loader::load(&dir).expect("load");
+        Lb { bpf: Some(bpf), dir }
+    }
+
+    fn bpf(&mut self) -> &mut Ebpf {
+        self.bpf.as_mut().expect("loaded")
+    }
+
+    fn service(&mut self, vip: &str, vport: u16, proto: u8, id: u32, backends: &[(&str, u16)], affinity_s: u32) {
+        let mut svc: HashMap<_, SvcKey, SvcVal> =
+            HashMap::try_from(self.bpf().map_mut("sluice_svc").expect("map")).expect("svc");
+        let k = SvcKey { vip: addr(vip.parse().expect("ip")), port: port(vport), proto, pad: 0 };
+        svc.insert(k, SvcVal { service_id: id, backend_count: backends.len() as u32, affinity_s, flags: 0 }, 0)
+            .expect("insert");
+        let mut be: HashMap<_, BackendKey, BackendVal> =
+            HashMap::try_from(self.bpf().map_mut("sluice_backends").expect("map")).expect("be");
+        for (i, (ip, p)) in backends.iter().enumerate() {
+            be.insert(
+                BackendKey { service_id: id, slot: i as u32 + 1 },
+                BackendVal { addr: addr(ip.parse().expect("ip")), port: port(*p), pad: 0 },
+                0,
+            )
+            .expect("insert");
+        }
+    }
+
+    fn run(&mut self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let p: &mut SchedClassifier = self.bpf().program_mut(prog).expect("prog").try_into().expect("classifier");
+        let mut out = vec![0u8; pkt.len() + 64];
+        let r = p
+            .test_run(TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ..Default::default() })
+            .expect("test_run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        self.bpf = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn csum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for chunk in data.chunks(2) {
+        let w =
+            if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        sum += w as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Ethernet + IPv4 + TCP (or UDP) with correct checksums.
+fn packet(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().expect("ip"), dst.parse().expect("ip"));
+    let l4_len = if proto == 6 { 20 } else { 8 };
+    let payload = b"hello";
+    let total = 20 + l4_len + payload.len();
+    let mut p = vec![0u8; 14];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = csum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut l4 = vec![0u8; l4_len];
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        l4[12] = 5 << 4;
+        l4[13] = 0x02; // SYN
+    } else {
+        l4[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    }
+    l4.extend_from_slice(payload);
+    let c = l4_csum(&src, &dst, proto, &l4);
+    let off = if proto == 6 { 16 } else { 6 };
+    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    p.extend(ip);
+    p.extend(l4);
+    p
+}
+
+fn l4_csum(src: &Ipv4Addr, dst: &Ipv4Addr, proto: u8, l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    csum(&pseudo, 0)
+}
+
+fn fields(p: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let ip = |o: usize| Ipv4Addr::new(p[o], p[o + 1], p[o + 2], p[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([p[o], p[o + 1]]);
+    (ip(26), port(34), ip(30), port(36))
+}
+
+/// IP header checksum and L4 checksum both verify (sum to zero).
+fn checksums_valid(p: &[u8]) -> bool {
+    let ip_ok = csum(&p[14..34], 0) == 0;
+    let (src, _, dst, _) = fields(p);
+    let l4_ok = l4_csum(&src, &dst, p[23], &p[34..]) == 0;
+    ip_ok && l4_ok
+}
+
+#[test]
+fn cluster_ip_dnat_and_reverse_nat_tcp() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    lb.service("10.96.0.10", 80, 6, 1, &[("10.244.2.7", 8080)], 0);
+    let syn = packet(6, "10.244.1.5", 40000, "10.96.0.10", 80);
+    assert!(checksums_valid(&syn), "crafted packet is valid");
+    let (verdict, out) = lb.run("sluice_from_pod", &syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(fields(&out), ("10.244.1.5".parse().expect("ip"), 40000, "10.244.2.7".parse().expect("ip"), 8080));
+    assert!(checksums_valid(&out), "checksums fixed after DNAT");
+
+    // The reply from the backend is reverse-NATed back to the VIP on the way into the pod.
+    let reply = packet(6, "10.244.2.7", 8080, "10.244.1.5", 40000);
+    let (verdict, out) = lb.run("sluice_to_pod", &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(fields(&out), ("10.96.0.10".parse().expect("ip"), 80, "10.244.1.5".parse().expect("ip"), 40000));
+    assert!(checksums_valid(&out));
+
+    // Conntrack entries exist for both directions.
+    let ct: HashMap<_, FlowKey, NatVal> = HashMap::try_from(lb.bpf().map("sluice_ct").expect("map")).expect("ct");
+    assert_eq!(ct.iter().count(), 1);
+}
+
+#[test]
+fn udp_and_passthrough_and_no_endpoints() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    lb.service("10.96.0.53", 53, 17, 7, &[("10.244.3.3", 5353)], 0);
+    let q = packet(17, "10.244.1.5", 33000, "10.96.0.53", 53);
+    let (v, out) = lb.run("sluice_from_pod", &q);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(fields(&out).2, "10.244.3.3".parse::<Ipv4Addr>().expect("ip"));
+    assert_eq!(fields(&out).3, 5353);
+    assert!(checksums_valid(&out), "UDP checksum fixed");
+
+    // Not a frontend: untouched, byte for byte.
+    let other = packet(6, "10.244.1.5", 40001, "10.244.2.9", 80);
+    let (v, out) = lb.run("sluice_from_pod", &other);
+    assert_eq!((v, out), (TC_ACT_OK, other.clone()));
+    // A reply nobody NATed: untouched.
+    let (v, out) = lb.run("sluice_to_pod", &other);
+    assert_eq!((v, out), (TC_ACT_OK, other));
+    // A frontend without endpoints refuses.
+    lb.service("10.96.0.99", 80, 6, 9, &[], 0);
+    let (v, _) = lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 40002, "10.96.0.99", 80));
+    assert_eq!(v, TC_ACT_SHOT);
+    // Non-IP frames pass.
+    let mut arp = vec![0u8; 60];
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(lb.run("sluice_from_pod", &arp).0, TC_ACT_OK);
+}
+
+#[test]
+fn load_balancing_and_client_ip_affinity() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let backends = [("10.244.2.1", 8080), ("10.244.2.2", 8080), ("10.244.2.3", 8080)];
+    lb.service("10.96.0.20", 80, 6, 2, &backends, 0);
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 0..60u16 {
+        let (_, out) = lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 41000 + sport, "10.96.0.20", 80));
+        seen.insert(fields(&out).2);
+    }
+    assert_eq!(seen.len(), 3, "new flows spread over every backend: {seen:?}");
+    // The same flow keeps its backend (conntrack).
+    let p = packet(6, "10.244.1.5", 41000, "10.96.0.20", 80);
+    let first = fields(&lb.run("sluice_from_pod", &p).1).2;
+    for _ in 0..10 {
+        assert_eq!(fields(&lb.run("sluice_from_pod", &p).1).2, first);
+    }
+    // ClientIP affinity: every new flow of one client goes to one backend.
+    lb.service("10.96.0.21", 80, 6, 3, &backends, 600);
+    let mut sticky = std::collections::BTreeSet::new();
+    for sport in 0..30u16 {
+        let (_, out) = lb.run("sluice_from_pod", &packet(6, "10.244.1.6", 42000 + sport, "10.96.0.21", 80));
+        sticky.insert(fields(&out).2);
+    }
+    assert_eq!(sticky.len(), 1, "{sticky:?}");
+}
+
+#[test]
+fn maps_are_pinned_and_survive_the_loader() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    lb.service("10.96.0.30", 80, 6, 4, &[("10.244.2.4", 8080)], 0);
+    assert!(lb.dir.join("sluice_svc").exists() && lb.dir.join("sluice_ct").exists());
+    // A second load (as after an agent restart) reuses the pinned maps and sees the service.
+    drop(lb.bpf.take());
+    let mut again = sluice_ebpf::loader::load(&lb.dir).expect("reload");
+    let svc: HashMap<_, SvcKey, SvcVal> = HashMap::try_from(again.map_mut("sluice_svc").expect("map")).expect("svc");
+    assert_eq!(svc.iter().count(), 1, "service restored from the pinned map");
+}
