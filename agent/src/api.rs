@@ -16,6 +16,8 @@ pub enum Request {
     Status,
     /// Every Service frontend with its backends and owner (`sluice service list`).
     Services,
+    /// The eBPF service maps (`sluice bpf lb list`).
+    BpfLb,
     /// Sent by sluice-cni after ADD and DEL: reconcile now instead of at the next poll.
     EndpointsChanged,
 }
@@ -25,6 +27,7 @@ pub enum Request {
 pub enum Response {
     Status(Box<AgentStatus>),
     Services(Vec<crate::services::ServiceEntry>),
+    BpfLb(Vec<crate::daemon::ebpf::LbEntry>),
     Ok,
     Error(String),
 }

@@ -58,12 +58,33 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// eBPF maps: `sluice bpf lb list` shows the service maps of the eBPF datapath.
+    #[command(subcommand)]
+    Bpf(BpfCmd),
     /// Services: `sluice service list` shows every frontend, its owner and its backends.
     #[command(subcommand)]
     Service(ServiceCmd),
     /// Remove every kernel object sluice owns on this node (sluice iptables chains and hooks,
-    /// sluice routes). Pod interfaces are left to the runtime. Safe to run twice.
-    Cleanup,
+    /// sluice routes, sluice's pinned BPF maps and links). Pod interfaces are left to the runtime.
+    /// Safe to run twice.
+    Cleanup {
+        /// The agent's config, for its BPF pin directory (default: all of /sys/fs/bpf/sluice).
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BpfCmd {
+    /// Load-balancing maps.
+    #[command(subcommand)]
+    Lb(BpfLbCmd),
+}
+
+#[derive(Subcommand)]
+enum BpfLbCmd {
+    /// Every eBPF service frontend with its backends by slot (as `cilium bpf lb list`).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -77,8 +98,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.cmd {
         Cmd::Agent(args) => cli::agent::run(args),
         Cmd::Status => cli::status::run(&cli.socket, cli.output),
-        Cmd::Cleanup => cli::cleanup::run(cli.output),
+        Cmd::Cleanup { config } => cli::cleanup::run(config.as_deref(), cli.output),
         Cmd::Service(ServiceCmd::List) => cli::service::list(&cli.socket, cli.output),
+        Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List)) => cli::bpf::lb_list(&cli.socket, cli.output),
         Cmd::Probe { config } => cli::probe::run(config.as_deref(), cli.output),
         Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), cli.output),
     };

@@ -45,6 +45,8 @@ pub struct AgentStatus {
     /// Served by the `services` request (`sluice service list`), not in `status`: it can be large.
     #[serde(default, skip_serializing)]
     pub service_entries: Vec<crate::services::ServiceEntry>,
+    #[serde(default, skip_serializing)]
+    pub bpf_lb: Vec<crate::daemon::ebpf::LbEntry>,
 }
 
 pub fn render(s: &AgentStatus) -> String {

@@ -74,6 +74,8 @@ pub struct Config {
     /// Which backends may serve features: auto (eBPF where the kernel allows, else iptables), ebpf, iptables.
     pub dataplane: DataplaneMode,
     pub probes: ProbesConfig,
+    /// Where the eBPF backend pins its maps and links. Default: /sys/fs/bpf/sluice/<node_name>.
+    pub bpf_pin_dir: Option<PathBuf>,
     /// NodePort range, `FIRST-LAST` (kube-apiserver's --service-node-port-range).
     pub node_port_range: String,
     /// Per-node overrides, selected by the node label `sluice.io/node-config: NAME` (in the spirit
@@ -119,6 +121,7 @@ impl Default for Config {
             probes: ProbesConfig::default(),
             node_port_range: "30000-32767".into(),
             node_configs: Default::default(),
+            bpf_pin_dir: None,
         }
     }
 }
@@ -312,6 +315,10 @@ impl Config {
             other => other,
         })?;
         Ok(c)
+    }
+
+    pub fn bpf_pin_dir(&self) -> PathBuf {
+        self.bpf_pin_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/sluice").join(&self.node_name))
     }
 
     /// `node_port_range`, parsed.

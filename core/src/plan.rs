@@ -101,7 +101,8 @@ impl Feature {
     pub fn ebpf_needs(self) -> &'static [Capability] {
         use Capability::*;
         match self {
-            Feature::ClusterIp | Feature::SessionAffinity => &[Bpffs, ProgSchedCls, MapHash, MapLruHash],
+            // Attached through pinned TCX links (kernel >= 6.6), which survive agent restarts.
+            Feature::ClusterIp | Feature::SessionAffinity => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx],
             Feature::NodePort
             | Feature::ExternalIps
             | Feature::LoadBalancer

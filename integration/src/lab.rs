@@ -1,6 +1,6 @@
 //! A virtual cluster on one machine: an underlay namespace with a bridge, one namespace per
 //! node running its own `sluice agent`, pods as namespaces wired by the real sluice-cni, and
-//! external hosts on the underlay. Every name starts with `sl-<lab>-`.
+//! external hosts on the underlay. Every name starts with `sl-<lab>--`.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -51,15 +51,28 @@ fn deep_merge(base: &mut Value, over: Value) {
 
 impl Lab {
     pub fn new(name: &str) -> anyhow::Result<Self> {
-        if name.is_empty() || name.len() > 12 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            bail!("lab name {name:?} is invalid: 1-12 letters, digits or '-'");
+        if name.is_empty()
+            || name.len() > 12
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || name.contains("--")
+            || name.starts_with('-')
+            || name.ends_with('-')
+        {
+            bail!("lab name {name:?} is invalid: 1-12 letters, digits or single '-' inside");
         }
         let root = std::env::var_os("SLUICE_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/run/sluice-lab".into());
         Ok(Lab { name: name.into(), dir: root.join(name), bin_dir: default_bin_dir() })
     }
 
+    /// Where this lab's agents pin their BPF maps and links (one directory per node).
+    pub fn bpf_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/sluice-lab").join(&self.name)
+    }
+
+    /// Namespace name prefix. The double dash cannot occur in a lab name, so one lab's prefix
+    /// is never a prefix of another's (`down` of lab "a" must not touch lab "a-b").
     pub fn prefix(&self) -> String {
-        format!("sl-{}-", self.name)
+        format!("sl-{}--", self.name)
     }
 
     fn state_path(&self) -> PathBuf {
@@ -94,6 +107,7 @@ impl Lab {
             "state_dir": d.join("state"),
             "source": { "manifests_dir": self.manifests_dir(), "poll_interval_ms": 300 },
             "cni": { "conflist_path": d.join("net.d/05-sluice.conflist"), "data_dir": d.join("cni-data") },
+            "bpf_pin_dir": self.bpf_dir().join(&node.name),
         });
         if let Some(p) = over {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading node config {}", p.display()))?;
@@ -260,6 +274,11 @@ impl Lab {
         }
         for ns in &namespaces {
             topo::del_netns(ns);
+        }
+        // Pinned BPF maps and links of the lab's agents (unlinking releases them).
+        if self.bpf_dir().exists() {
+            std::fs::remove_dir_all(self.bpf_dir())
+                .with_context(|| format!("removing {}", self.bpf_dir().display()))?;
         }
         let left = topo::list_netns(&prefix);
         if self.dir.exists() {

@@ -169,6 +169,7 @@ impl Lab {
         let mut env = vec![("PATH".to_string(), format!("{}:{path}", self.bin_dir.display()))];
         if let Some(n) = st.nodes.iter().find(|n| n.name == name) {
             env.push(("SLUICE_SOCKET_PATH".into(), n.dir.join("sluice.sock").display().to_string()));
+            env.push(("SLUICE_CONFIG".into(), n.dir.join("config.yaml").display().to_string()));
             return Ok(ExecTarget { netns: n.netns.clone(), env });
         }
         if let Some(p) = st.pods.iter().find(|p| p.name == name) {

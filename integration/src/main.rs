@@ -22,7 +22,7 @@ enum Output {
     version,
     about = "A virtual sluice cluster on one machine, built from network namespaces",
     long_about = "A virtual sluice cluster on one machine, built from network namespaces.\n\n\
-Nodes, pods and external hosts are namespaces named sl-<lab>-*; nothing is added to the\n\
+Nodes, pods and external hosts are namespaces named sl-<lab>--*; nothing is added to the\n\
 machine's own network namespace. Needs root.\n\n\
 Example:\n  sluice-lab up --nodes 2\n  sluice-lab pod add node-1 a --serve 8080\n  sluice-lab pod add node-2 b\n  \
 sluice-lab exec b -- sluice-lab curl http://10.244.1.2:8080/\n  sluice-lab exec node-1 -- sluice status\n  sluice-lab down"

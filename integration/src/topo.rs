@@ -1,5 +1,5 @@
 //! Lab topology from iproute2: namespaces, the underlay bridge, veths. Everything lives in
-//! namespaces named `sl-<lab>-*`; nothing is ever added to the root network namespace.
+//! namespaces named `sl-<lab>--*`; nothing is ever added to the root network namespace.
 
 use std::process::Command;
 

@@ -25,17 +25,16 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
     std::fs::write(&old_kernel, "dataplane: auto\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
     let t = TestLab::up("t-modes", 2, &[("node-2".into(), old_kernel)]);
 
-    // This build's eBPF backend programs no Service feature yet, so under auto every Service
-    // feature is on iptables; node-2's plan also names the capability it was told it lacks.
-    // (With both backends built, the plan sends only NodePort & co. to iptables: core's plan
-    // tests cover that case exhaustively.)
+    // This build's eBPF backend serves ClusterIP (and affinity); the rest goes to iptables under
+    // auto, and node-2's plan also names the capability it was told it lacks. (Core's plan tests
+    // cover every feature with both backends built.)
     let s1 = t.status("node-1");
+    assert_eq!(owner(&s1, "cluster-ip"), "ebpf");
     assert_eq!(owner(&s1, "node-port"), "iptables");
     let s2 = t.status("node-2");
     assert_eq!(owner(&s2, "node-port"), "iptables");
     let table = t.exec("node-2", &["sluice", "status"]);
-    assert!(table.contains("NodePort (iptables: not implemented in this build, no bpf_fib_lookup)"), "{table}");
-    assert!(table.contains("ClusterIP (iptables: not implemented in this build)"), "{table}");
+    assert!(table.contains("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: not implemented in this build, no bpf_fib_lookup)"), "{table}");
 
     // `sluice probe` sees every capability here; with the config it reports the assumption.
     let probe: serde_json::Value =
@@ -98,7 +97,7 @@ fn live_config_switch_is_applied_and_broken_config_is_rejected() {
     let node = st.node("node-1").expect("node").clone();
     let cfg_path = node.dir.join("config.yaml");
     let original = std::fs::read_to_string(&cfg_path).expect("config");
-    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "iptables");
+    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "ebpf");
 
     // `sluice plan --config` previews the move without applying it.
     let new_cfg = t.lab.dir.join("partial.json");
@@ -108,9 +107,9 @@ fn live_config_switch_is_applied_and_broken_config_is_rejected() {
         serde_json::json!(["node-port", "traffic-policy-local", "health-check-node-port"]);
     std::fs::write(&new_cfg, v.to_string()).expect("write");
     let preview = t.exec("node-1", &["sluice", "plan", "--config", new_cfg.to_str().expect("utf8")]);
-    assert!(preview.contains("iptables removes cluster-ip (now kube-proxy)"), "{preview}");
+    assert!(preview.contains("eBPF removes cluster-ip (now kube-proxy)"), "{preview}");
     assert!(!preview.contains("removes node-port"), "{preview}");
-    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "iptables", "plan --config applies nothing");
+    assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "ebpf", "plan --config applies nothing");
 
     // Edit the running agent's config file: re-planned and applied.
     std::fs::write(&cfg_path, v.to_string()).expect("write");
@@ -147,9 +146,9 @@ fn live_config_switch_is_applied_and_broken_config_is_rejected() {
     // Back to the original by SIGHUP-triggered reload as well as the file change.
     std::fs::write(&cfg_path, &original).expect("write");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP).expect("sighup");
-    eventually("back on iptables", Duration::from_secs(10), || {
+    eventually("back on eBPF", Duration::from_secs(10), || {
         let s = t.try_status("node-1")?;
-        (owner(&s, "cluster-ip") == "iptables" && s["config"]["rejected"].is_null()).then_some(())
+        (owner(&s, "cluster-ip") == "ebpf" && s["config"]["rejected"].is_null()).then_some(())
     });
 }
 
@@ -179,7 +178,7 @@ fn node_label_selects_per_node_config() {
     std::fs::write(&manifest, &labelled).expect("write");
     let s = eventually("node-2 takes over Services", Duration::from_secs(10), || {
         let s = t.try_status("node-2")?;
-        (owner(&s, "cluster-ip") == "iptables").then_some(s)
+        (owner(&s, "cluster-ip") == "ebpf").then_some(s)
     });
     assert_eq!(s["config"]["node_config"], "replace-kube-proxy");
     assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "kube-proxy", "node-1 is not labelled");
@@ -199,7 +198,7 @@ fn node_label_selects_per_node_config() {
             .is_some_and(|r| r.contains("typo") && r.contains("replace-kube-proxy"))
             .then_some(s)
     });
-    assert_eq!(owner(&s, "cluster-ip"), "iptables");
+    assert_eq!(owner(&s, "cluster-ip"), "ebpf");
     // Label removed: back to the base config.
     std::fs::write(&manifest, &original).expect("write");
     eventually("node-2 back to disabled", Duration::from_secs(10), || {

@@ -1,5 +1,7 @@
-//! Tier 3: the Service connectivity suite (modelled on Cilium's connectivity check) against the
-//! iptables backend, on a 2-node lab with real agents.
+//! Tier 3: the Service connectivity suite (modelled on Cilium's connectivity check) on a 2-node
+//! lab with real agents: on the iptables backend (`dataplane: iptables`), with `dataplane: auto`
+//! (ClusterIP and affinity on the eBPF tc datapath, the rest on iptables), and on a mixed cluster
+//! (node-1 auto, node-2 told it lacks sched_cls programs and so all on iptables).
 
 mod common;
 
@@ -74,8 +76,25 @@ fn answers(t: &TestLab, from: &str, url: &str, n: usize) -> BTreeSet<String> {
     (0..n).map(|_| t.curl(from, url).unwrap_or_else(|e| panic!("{from} -> {url}: {e:#}"))).collect()
 }
 
-fn setup(lab_name: &str) -> TestLab {
-    let t = TestLab::up(lab_name, 2, &[]);
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Iptables,
+    Auto,
+    Mixed,
+}
+
+fn setup(lab_name: &str, v: Variant) -> TestLab {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ipt = dir.path().join("iptables.yaml");
+    std::fs::write(&ipt, "dataplane: iptables\n").expect("write");
+    let old = dir.path().join("old-kernel.yaml");
+    std::fs::write(&old, "probes:\n  assume_missing: [prog-sched-cls]\n").expect("write");
+    let configs: Vec<(String, std::path::PathBuf)> = match v {
+        Variant::Iptables => vec![("node-1".into(), ipt.clone()), ("node-2".into(), ipt)],
+        Variant::Auto => vec![],
+        Variant::Mixed => vec![("node-2".into(), old)],
+    };
+    let t = TestLab::up(lab_name, 2, &configs);
     let lab: &Lab = &t.lab;
     let web = |k: &str| [("app".to_string(), k.to_string())].into_iter().collect();
     lab.pod_add_with("node-1", "a", web("web"), Some(8080), Some(18080)).expect("pod a");
@@ -106,10 +125,27 @@ fn setup(lab_name: &str) -> TestLab {
 
 #[test]
 fn connectivity_suite_on_iptables() {
-    if !require_root() {
-        return;
+    if require_root() {
+        suite("t-svc", Variant::Iptables);
     }
-    let t = setup("t-svc");
+}
+
+#[test]
+fn connectivity_suite_on_auto_with_ebpf_cluster_ip() {
+    if require_root() {
+        suite("t-svc-auto", Variant::Auto);
+    }
+}
+
+#[test]
+fn connectivity_suite_on_mixed_cluster() {
+    if require_root() {
+        suite("t-svc-mixed", Variant::Mixed);
+    }
+}
+
+fn suite(lab_name: &str, v: Variant) {
+    let t = setup(lab_name, v);
     let both: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
 
     // pod -> ClusterIP, same node and other node; load-balanced over both backends.
@@ -163,7 +199,18 @@ fn connectivity_suite_on_iptables() {
     let list = t.exec("node-1", &["sluice", "service", "list", "-o", "json"]);
     let list: serde_json::Value = serde_json::from_str(&list).expect("json");
     let web = list.as_array().expect("list").iter().find(|e| e["frontend"] == "10.96.0.10:80/TCP").expect("web");
-    assert_eq!(web["owner"], "iptables");
+    assert_eq!(web["owner"], if v == Variant::Iptables { "iptables" } else { "eBPF" });
+    if v != Variant::Iptables {
+        // The eBPF maps hold the ClusterIP frontends, and node-2 of the mixed cluster none.
+        let lb = t.exec("node-1", &["sluice", "bpf", "lb", "list", "-o", "json"]);
+        assert!(lb.contains("10.96.0.10:80/TCP"), "{lb}");
+        let lb2 = t.exec("node-2", &["sluice", "bpf", "lb", "list", "-o", "json"]);
+        assert_eq!(lb2.contains("10.96.0.10:80/TCP"), v == Variant::Auto, "{lb2}");
+        let plan2 = t.exec("node-2", &["sluice", "plan"]);
+        if v == Variant::Mixed {
+            assert!(plan2.contains("ClusterIP (iptables: no sched_cls programs)"), "{plan2}");
+        }
+    }
     assert_eq!(web["backends"].as_array().map(Vec::len), Some(2));
 
     // Dispatch is a tree, not a linear chain, and the masquerade hook is single.
@@ -174,10 +221,20 @@ fn connectivity_suite_on_iptables() {
 
 #[test]
 fn backend_removal_mid_traffic_and_udp_conntrack() {
-    if !require_root() {
-        return;
+    if require_root() {
+        churn("t-svc-churn", Variant::Iptables);
     }
-    let t = setup("t-svc-churn");
+}
+
+#[test]
+fn backend_removal_mid_traffic_and_udp_conntrack_on_ebpf() {
+    if require_root() {
+        churn("t-churn-bpf", Variant::Auto);
+    }
+}
+
+fn churn(lab_name: &str, v: Variant) {
+    let t = setup(lab_name, v);
     // One UDP flow (fixed source port) pinned by conntrack to whichever backend it hit.
     let first = t.exec("client", &["sluice-lab", "udp", "--source-port", "40000", "10.96.0.14:53"]).trim().to_string();
     let (gone, stays) = if first == "b" { ("b", "a") } else { ("a", "b") };

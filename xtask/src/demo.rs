@@ -29,7 +29,7 @@ fn step(title: &str, args: &[&str]) -> anyhow::Result<String> {
 pub fn run_demo() -> anyhow::Result<()> {
     println!("== sluice demo: pod networking on a 2-node virtual cluster ==");
     println!(
-        "Nodes, pods and the outside host are network namespaces (sl-demo-*); the machine's own network is untouched."
+        "Nodes, pods and the outside host are network namespaces (sl-demo--*); the machine's own network is untouched."
     );
     step("bring up the lab", &["up", "--nodes", "2"])?;
     step("pod a on node-1", &["pod", "add", "node-1", "a", "--serve", "8080", "--labels", "app=echo"])?;

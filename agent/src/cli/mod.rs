@@ -1,6 +1,7 @@
 //! One module per CLI command; each returns anyhow errors that name what failed and how to fix it.
 
 pub mod agent;
+pub mod bpf;
 pub mod cleanup;
 pub mod plan;
 pub mod probe;

@@ -40,7 +40,10 @@ pub struct StepRecord {
 }
 
 /// What this build's backends can program. The eBPF backend programs no Service feature yet.
-pub const IMPLEMENTED: Implemented = Implemented { ebpf: &[], iptables: sluice_iptables::services::IMPLEMENTED };
+pub const IMPLEMENTED: Implemented = Implemented {
+    ebpf: &[sluice_core::Feature::ClusterIp, sluice_core::Feature::SessionAffinity],
+    iptables: sluice_iptables::services::IMPLEMENTED,
+};
 
 /// The plan a config gives on these capabilities (with `probes.assume_missing` applied).
 pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {

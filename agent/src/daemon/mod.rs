@@ -5,6 +5,7 @@
 //! stale ones are removed only once the source has synced.
 
 mod cni_conf;
+pub mod ebpf;
 pub mod features;
 mod health;
 pub mod rules;
@@ -69,6 +70,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
     let mut synced = false;
     let mut rules = rules::RulesManager::new(ipt);
     let mut health = health::HealthServers::default();
+    let mut bpf = ebpf::EbpfManager::new(cfg.bpf_pin_dir());
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -158,9 +160,6 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         let hc_owned = rules::owned(&planner.plan).contains(&sluice_core::Feature::HealthCheckNodePort);
         let want = if hc_owned { health::desired(&state.services, &cfg.node_name) } else { Default::default() };
         errors.extend(health.reconcile(want).await);
-        // After the sync: `sluice service list` shows what is programmed, not what is coming.
-        status.write().await.service_entries = crate::services::entries(&state.services, &planner.plan);
-
         let local_endpoints = match pod_cidr {
             Some(cidr) => local_endpoints(&cfg, cidr).unwrap_or_else(|e| {
                 errors.push(e.to_string());
@@ -168,6 +167,16 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             }),
             None => Vec::new(),
         };
+        // eBPF after iptables: when ClusterIP moves to eBPF, host access (iptables socket-lb)
+        // is in place first; when it moves away, iptables has taken new flows already.
+        errors.extend(bpf.reconcile(&state, &planner.plan, &local_endpoints));
+        // After the sync: `sluice service list` shows what is programmed, not what is coming.
+        {
+            let mut st = status.write().await;
+            st.service_entries = crate::services::entries(&state.services, &planner.plan);
+            st.bpf_lb = bpf.lb_list();
+        }
+
         let mut st = status.write().await;
         st.source = src_status;
         st.pod_cidr = pod_cidr.map(|c| c.to_string());

@@ -43,6 +43,7 @@ pub async fn serve(l: UnixListener, status: Arc<RwLock<AgentStatus>>, wake: Arc<
             let resp = match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Status) => Response::Status(Box::new(status.read().await.clone())),
                 Ok(Request::Services) => Response::Services(status.read().await.service_entries.clone()),
+                Ok(Request::BpfLb) => Response::BpfLb(status.read().await.bpf_lb.clone()),
                 Ok(Request::EndpointsChanged) => {
                     wake.notify_one();
                     Response::Ok

@@ -152,6 +152,16 @@ int sluice_from_pod(struct __sk_buff *skb)
 	if (parse(skb, &k))
 		return TC_ACT_OK;
 	be = bpf_map_lookup_elem(&sluice_ct, &k);
+	if (!be && k.proto == IPPROTO_TCP) {
+		/* Only a SYN starts a flow here. A mid-stream packet without an entry belongs to a
+		 * connection another dataplane (iptables) NATed: leave it to kernel conntrack, so
+		 * established connections survive moving ClusterIP between backends. */
+		struct tcphdr *th = (void *)(long)skb->data + L4_OFF;
+		if ((void *)(th + 1) > (void *)(long)skb->data_end)
+			return TC_ACT_OK;
+		if (!th->syn || th->ack)
+			return TC_ACT_OK;
+	}
 	if (!be) {
 		struct svc_key sk = { .vip = k.daddr, .port = k.dport, .proto = k.proto };
 		struct svc_val *svc = bpf_map_lookup_elem(&sluice_svc, &sk);

@@ -9,6 +9,7 @@
 //! built and tested through BPF_PROG_TEST_RUN; attaching it to pod veths from the agent is not
 //! built yet, so the agent's plan never gives a feature to eBPF (see docs/design/ebpf.md).
 
+pub mod datapath;
 pub mod loader;
 pub mod maps;
 

@@ -210,7 +210,11 @@ pub fn render(input: &NodeInput<'_>) -> Ruleset {
             let mut serves_ext = false;
             for fe in &fes {
                 let (chain, wanted) = match fe.kind {
-                    FrontendKind::ClusterIp => (&c.svc, owns(Feature::ClusterIp)),
+                    // Host processes reach ClusterIPs through OUTPUT when iptables has socket-lb,
+                    // even when another dataplane (eBPF, at the pod's veth) serves pods.
+                    FrontendKind::ClusterIp => {
+                        (&c.svc, owns(Feature::ClusterIp) || owns(Feature::SocketLbTcp) || owns(Feature::SocketLbUdp))
+                    }
                     FrontendKind::ExternalIp => (&c.ext, owns(Feature::ExternalIps)),
                     FrontendKind::LoadBalancer => {
                         (if svc.source_ranges.is_empty() { &c.ext } else { &c.fw }, owns(Feature::LoadBalancer))
