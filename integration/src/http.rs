@@ -34,7 +34,7 @@ fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
     let peer = s.peer_addr()?;
     let mut buf = [0u8; 2048];
     let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") && !got.starts_with(b"ECHO\n") {
         let n = s.read(&mut buf)?;
         if n == 0 {
             break;
@@ -42,6 +42,22 @@ fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
         got.extend_from_slice(&buf[..n]);
         if got.len() > 16 * 1024 {
             break;
+        }
+    }
+    if got.starts_with(b"ECHO\n") {
+        // Long-lived mode for connection-survival tests: echo every line until the peer closes.
+        s.set_read_timeout(None)?;
+        let mut rest = got[5..].to_vec();
+        loop {
+            while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = rest.drain(..=i).collect();
+                s.write_all(&line)?;
+            }
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            rest.extend_from_slice(&buf[..n]);
         }
     }
     let req = String::from_utf8_lossy(&got);
@@ -76,6 +92,39 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
         bail!("{addr} answered {}", head.lines().next().unwrap_or_default());
     }
     Ok(body.to_string())
+}
+
+/// Hold one TCP connection open for `duration`, exchanging a line every `interval`; returns the
+/// number of round trips. Any failure (reset, timeout, wrong echo) is an error: the connection
+/// did not survive.
+pub fn hold(addr: &str, duration: Duration, interval: Duration) -> anyhow::Result<u64> {
+    let with_port = if addr.contains(':') { addr.to_string() } else { format!("{addr}:80") };
+    let addr: SocketAddr = with_port.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"ECHO\n")?;
+    let start = std::time::Instant::now();
+    let mut trips = 0u64;
+    let mut buf = [0u8; 64];
+    while start.elapsed() < duration {
+        let msg = format!("ping {trips}\n");
+        s.write_all(msg.as_bytes()).with_context(|| format!("write after {trips} round trips"))?;
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n") {
+            let n = s.read(&mut buf).with_context(|| format!("read after {trips} round trips"))?;
+            if n == 0 {
+                bail!("connection closed after {trips} round trips");
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if got != msg.as_bytes() {
+            bail!("echo mismatch after {trips} round trips: {:?}", String::from_utf8_lossy(&got));
+        }
+        trips += 1;
+        std::thread::sleep(interval);
+    }
+    Ok(trips)
 }
 
 /// Send one UDP datagram and return the reply.

@@ -95,6 +95,15 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Hold one TCP connection to an echo server, a round trip every --interval-ms, for --secs;
+    /// fails if the connection breaks.
+    Hold {
+        addr: String,
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
     /// Closed-loop HTTP load (new connection per request) against IP:PORT; prints JSON.
     Load {
         addr: std::net::SocketAddr,
@@ -179,6 +188,11 @@ fn run() -> anyhow::Result<u8> {
         Cmd::Serve { name, port } => sluice_lab::http::serve(&name, port).map(|_| 0),
         Cmd::Curl { url, timeout_ms } => {
             print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
+            Ok(0)
+        }
+        Cmd::Hold { addr, secs, interval_ms } => {
+            let trips = sluice_lab::http::hold(&addr, Duration::from_secs(secs), Duration::from_millis(interval_ms))?;
+            println!("{trips} round trips on one connection");
             Ok(0)
         }
         Cmd::Load { addr, connections, secs } => {
@@ -334,7 +348,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                 std::fs::write(&p, serde_json::to_string_pretty(&records)?)?;
             }
         }
-        Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Load { .. } | Cmd::Udp { .. } => {
+        Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Load { .. } | Cmd::Hold { .. } | Cmd::Udp { .. } => {
             unreachable!("handled before the lab is opened")
         }
     }
