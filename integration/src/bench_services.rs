@@ -171,6 +171,53 @@ fn load(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<f64> {
     Ok(v["conn_per_s"].as_f64().unwrap_or(0.0))
 }
 
+/// The eBPF datapath: programs on the client pod's veth, N services in the maps.
+fn ebpf_record(
+    lab: &Lab,
+    o: &Options,
+    n: usize,
+    backend: Ipv4Addr,
+    client_if: &str,
+    direct: SocketAddr,
+) -> anyhow::Result<Record> {
+    let pin = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}", std::process::id()));
+    let _ = sluice_ebpf::datapath::remove_all(&pin);
+    let mut rec = Record {
+        backend: "ebpf".into(),
+        variant: "-".into(),
+        services: n,
+        program_all_ms: None,
+        single_change_ms: None,
+        conn_per_s: None,
+        direct_conn_per_s: None,
+        rules: None,
+        note: None,
+    };
+    let res = (|| -> anyhow::Result<()> {
+        let mut dp = sluice_ebpf::datapath::Datapath::open(&pin)?;
+        dp.attach(client_if)?;
+        let mut svcs = services(n, backend);
+        let t = Instant::now();
+        dp.update(&svcs)?;
+        rec.program_all_ms = Some(ms(t.elapsed()));
+        rec.rules = Some(dp.entries().services.len() + dp.entries().backends.len());
+        if n >= 2 {
+            svcs[0].backends.pop();
+            let t = Instant::now();
+            dp.update(&svcs)?;
+            rec.single_change_ms = Some(ms(t.elapsed()));
+        }
+        if n > 0 {
+            rec.conn_per_s = Some(load(lab, SocketAddr::new(IpAddr::V4(vip(n / 2)), 80), o)?);
+        }
+        rec.direct_conn_per_s = Some(load(lab, direct, o)?);
+        rec.note = Some("rules = map entries (services + backends)".into());
+        Ok(())
+    })();
+    sluice_ebpf::datapath::remove_all(&pin)?;
+    res.map(|_| rec)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -187,8 +234,22 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
     )?;
     let owned: std::collections::BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
     let mut records = Vec::new();
+    if o.backends.iter().any(|b| b == "ebpf") {
+        let client_if = st
+            .pods
+            .iter()
+            .find(|p| p.name == "bench-client")
+            .and_then(|p| p.cni_result["interfaces"][0]["name"].as_str().map(str::to_string))
+            .context("no bench-client pod")?;
+        for &n in &o.services {
+            flush_all()?;
+            let rec = ebpf_record(lab, o, n, backend, &client_if, direct)?;
+            progress(&rec);
+            records.push(rec);
+        }
+    }
     for &variant in &o.variants {
-        for backend_name in &o.backends {
+        for backend_name in o.backends.iter().filter(|b| *b != "ebpf") {
             for &n in &o.services {
                 flush_all()?;
                 let mut rec = Record {

@@ -119,7 +119,7 @@ enum Cmd {
         services: Vec<usize>,
         #[arg(long, default_value = "legacy,nft", value_delimiter = ',')]
         variants: Vec<String>,
-        #[arg(long, default_value = "iptables,kube-proxy-iptables", value_delimiter = ',')]
+        #[arg(long, default_value = "ebpf,iptables,kube-proxy-iptables", value_delimiter = ',')]
         backends: Vec<String>,
         #[arg(long)]
         peer_script: PathBuf,

@@ -102,12 +102,10 @@ fn services(args: &[String]) -> anyhow::Result<()> {
         }
     }
     if backends.is_empty() {
-        backends = vec!["iptables".into(), "kube-proxy-iptables".into()];
+        backends = vec!["ebpf".into(), "iptables".into(), "kube-proxy-iptables".into()];
     }
-    if backends.iter().any(|b| b == "ebpf") {
-        bail!(
-            "--backend ebpf: the eBPF Service backend is not built yet (see issue 5); available: iptables, kube-proxy-iptables"
-        );
+    if let Some(b) = backends.iter().find(|b| !["ebpf", "iptables", "kube-proxy-iptables"].contains(&b.as_str())) {
+        bail!("--backend {b:?}: available: ebpf, iptables, kube-proxy-iptables");
     }
     let peer = root().join("../shared/bench/kube-proxy-iptables.py");
     if !peer.is_file() {
@@ -124,7 +122,10 @@ fn services(args: &[String]) -> anyhow::Result<()> {
     };
     let _ = lab().arg("down").output();
     let res = (|| {
-        crate::run(lab().args(["up", "--nodes", "1"]))?;
+        // The node's own agent stays off eBPF: the benchmark attaches its own datapath.
+        let cfg = out_dir.join("bench-node.yaml");
+        std::fs::write(&cfg, "dataplane: iptables\n")?;
+        crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
         crate::run(lab().args(["pod", "add", "node-1", "bench-backend", "--serve", "8080"]))?;
         crate::run(lab().args(["pod", "add", "node-1", "bench-client"]))?;
         // The node's agent would resync its own rules in the middle of the measurements.

@@ -92,8 +92,7 @@ impl EbpfManager {
         } else {
             Vec::new()
         };
-        let want = dp.encode(&services);
-        match dp.sync(want) {
+        match dp.update(&services) {
             Ok(0) => {}
             Ok(n) => tracing::info!(changes = n, "eBPF service maps synced"),
             Err(e) => errors.push(e.to_string()),

@@ -5,7 +5,8 @@
  * conntrack maps; every packet of the flow is DNATed to that backend.
  * sluice_to_pod (tc egress, packets entering the pod): replies of such flows get their source
  * rewritten back to the frontend (reverse NAT).
- * Everything else passes untouched (TC_ACT_OK). */
+ * Everything else passes untouched with TC_ACT_UNSPEC (TCX_NEXT under TCX): other programs
+ * attached after ours still see it. Rewritten packets end the chain with TC_ACT_OK. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -59,6 +60,9 @@ struct {
 	__type(value, struct affinity_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_affinity SEC(".maps");
+
+/* "Not ours": continue with the next TCX program, or the default action under classic tc. */
+#define PASS TC_ACT_UNSPEC
 
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
@@ -150,17 +154,22 @@ int sluice_from_pod(struct __sk_buff *skb)
 	struct nat_val chosen;
 
 	if (parse(skb, &k))
-		return TC_ACT_OK;
+		return PASS;
 	be = bpf_map_lookup_elem(&sluice_ct, &k);
-	if (!be && k.proto == IPPROTO_TCP) {
-		/* Only a SYN starts a flow here. A mid-stream packet without an entry belongs to a
-		 * connection another dataplane (iptables) NATed: leave it to kernel conntrack, so
-		 * established connections survive moving ClusterIP between backends. */
+	if (k.proto == IPPROTO_TCP) {
 		struct tcphdr *th = (void *)(long)skb->data + L4_OFF;
 		if ((void *)(th + 1) > (void *)(long)skb->data_end)
-			return TC_ACT_OK;
-		if (!th->syn || th->ack)
-			return TC_ACT_OK;
+			return PASS;
+		if (th->syn && !th->ack) {
+			/* A SYN opens a new connection even when an old entry for the same ports is
+			 * still in the LRU: pick afresh (the old backend may be gone). */
+			be = NULL;
+		} else if (!be) {
+			/* Mid-stream without an entry: a connection another dataplane (iptables)
+			 * NATed. Kernel conntrack keeps serving it, so established connections
+			 * survive moving ClusterIP between backends. */
+			return PASS;
+		}
 	}
 	if (!be) {
 		struct svc_key sk = { .vip = k.daddr, .port = k.dport, .proto = k.proto };
@@ -168,8 +177,16 @@ int sluice_from_pod(struct __sk_buff *skb)
 		struct backend_key bk;
 		struct backend_val *b;
 
-		if (!svc)
-			return TC_ACT_OK;
+		if (!svc) {
+			/* A new TCP connection not to a frontend: any reverse-NAT entry left for its
+			 * reply tuple by an earlier service flow on the same ports is stale, and would
+			 * rewrite this connection's replies. */
+			if (k.proto == IPPROTO_TCP) {
+				struct flow_key rk = { .saddr = k.daddr, .daddr = k.saddr, .sport = k.dport, .dport = k.sport, .proto = k.proto };
+				bpf_map_delete_elem(&sluice_rnat, &rk);
+			}
+			return PASS;
+		}
 		if (svc->backend_count == 0)
 			return TC_ACT_SHOT; /* a frontend without endpoints refuses, as kube-proxy's REJECT */
 		bk.service_id = svc->service_id;
@@ -198,10 +215,10 @@ int sluice_to_pod(struct __sk_buff *skb)
 	struct nat_val *front;
 
 	if (parse(skb, &k))
-		return TC_ACT_OK;
+		return PASS;
 	front = bpf_map_lookup_elem(&sluice_rnat, &k);
 	if (!front)
-		return TC_ACT_OK;
+		return PASS;
 	if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, front->addr, L4_OFF, k.sport, front->port))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

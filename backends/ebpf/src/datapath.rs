@@ -39,6 +39,8 @@ pub struct Datapath {
     /// Service IDs by frontend, restored from the pinned map at open.
     ids: BTreeMap<SvcKey, u32>,
     written: Entries,
+    /// The services last written, for incremental updates: only changed ones are re-encoded.
+    last: BTreeMap<sluice_core::ServiceName, Service>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -71,7 +73,7 @@ impl Datapath {
                 written.backends.insert(k, v);
             }
         }
-        Ok(Datapath { bpf, pin_dir: pin_dir.to_path_buf(), ids, written })
+        Ok(Datapath { bpf, pin_dir: pin_dir.to_path_buf(), ids, written, last: BTreeMap::new() })
     }
 
     fn link_path(&self, ifname: &str, dir: &str) -> PathBuf {
@@ -165,16 +167,21 @@ impl Datapath {
     }
 
     /// Bring the maps to `want`: backends first, then services (a frontend never points at a
-    /// slot that is not there yet), then stale services, then stale backends. Flows whose
-    /// backend went away lose their conntrack entries (UDP would black-hole otherwise).
+    /// slot that is not there yet), then stale services, then stale backends. UDP flows whose
+    /// backend went away lose their conntrack entries (they would black-hole otherwise; TCP
+    /// re-picks on every SYN, so its stale entries are harmless and the scan is skipped).
     pub fn sync(&mut self, want: Entries) -> Result<usize, DatapathError> {
         let mut changes = 0;
+        let udp_ids: BTreeSet<u32> =
+            self.written.services.iter().filter(|(k, _)| k.proto == 17).map(|(_, v)| v.service_id).collect();
+        let still: BTreeSet<(u32, u16)> = want.backends.values().map(|w| (w.addr, w.port)).collect();
         let gone_backends: BTreeSet<(u32, u16)> = self
             .written
             .backends
-            .values()
-            .map(|b| (b.addr, b.port))
-            .filter(|b| !want.backends.values().any(|w| (w.addr, w.port) == *b))
+            .iter()
+            .filter(|(k, _)| udp_ids.contains(&k.service_id))
+            .map(|(_, b)| (b.addr, b.port))
+            .filter(|b| !still.contains(b))
             .collect();
         {
             let mut be: HashMap<_, BackendKey, BackendVal> = HashMap::try_from(
@@ -241,6 +248,151 @@ impl Datapath {
         }
         self.written = want;
         Ok(changes)
+    }
+
+    /// Incremental form of `encode` + `sync`: only services that changed since the last call are
+    /// re-encoded and written (a single endpoint change at 10k services touches one service).
+    /// The first call after `open` compares against what the pinned maps hold.
+    pub fn update(&mut self, services: &[Service]) -> Result<usize, DatapathError> {
+        if self.last.is_empty() {
+            let want = self.encode(services);
+            let n = self.sync(want)?;
+            self.last = services.iter().map(|s| (s.name.clone(), s.clone())).collect();
+            return Ok(n);
+        }
+        let now: BTreeMap<&sluice_core::ServiceName, &Service> = services.iter().map(|s| (&s.name, s)).collect();
+        let changed: Vec<&Service> = services.iter().filter(|s| self.last.get(&s.name) != Some(*s)).collect();
+        let removed: Vec<sluice_core::ServiceName> =
+            self.last.keys().filter(|k| !now.contains_key(k)).cloned().collect();
+        if changed.is_empty() && removed.is_empty() {
+            return Ok(0);
+        }
+        // The frontends of changed/removed services, before and after.
+        let touched: BTreeSet<&sluice_core::ServiceName> =
+            changed.iter().map(|s| &s.name).chain(removed.iter()).collect();
+        let old_keys: BTreeSet<SvcKey> = self
+            .last
+            .iter()
+            .filter(|(n, _)| touched.contains(n))
+            .flat_map(|(_, s)| crate::maps::encode(std::slice::from_ref(s), &mut BTreeMap::new()).services.into_keys())
+            .collect();
+        let changed_owned: Vec<Service> = changed.iter().map(|s| (*s).clone()).collect();
+        let fresh = self.encode_keep_ids(&changed_owned);
+        for r in &removed {
+            self.last.remove(r);
+        }
+        for s in changed_owned {
+            self.last.insert(s.name.clone(), s);
+        }
+        self.sync_delta(&old_keys, fresh)
+    }
+
+    /// Apply one delta: the touched services' old frontends (`old`) are replaced by `fresh`.
+    fn sync_delta(&mut self, old: &BTreeSet<SvcKey>, fresh: Entries) -> Result<usize, DatapathError> {
+        let mut changes = 0;
+        // Old backend slots of the touched services (BackendKey sorts by service id first).
+        let mut old_backends: Vec<(BackendKey, BackendVal)> = Vec::new();
+        let mut udp_gone = BTreeSet::new();
+        for k in old {
+            if let Some(v) = self.written.services.get(k) {
+                let lo = BackendKey { service_id: v.service_id, slot: 0 };
+                let hi = BackendKey { service_id: v.service_id, slot: u32::MAX };
+                for (bk, bv) in self.written.backends.range(lo..=hi) {
+                    old_backends.push((*bk, *bv));
+                    if k.proto == 17 && !fresh.backends.values().any(|f| (f.addr, f.port) == (bv.addr, bv.port)) {
+                        udp_gone.insert((bv.addr, bv.port));
+                    }
+                }
+            }
+        }
+        let mut be: HashMap<_, BackendKey, BackendVal> = HashMap::try_from(
+            self.bpf
+                .map_mut("sluice_backends")
+                .ok_or(DatapathError::Map { map: "sluice_backends", detail: "missing".into() })?,
+        )
+        .map_err(map_err("sluice_backends"))?;
+        for (k, v) in &fresh.backends {
+            if self.written.backends.get(k) != Some(v) {
+                be.insert(*k, *v, 0).map_err(map_err("sluice_backends"))?;
+                self.written.backends.insert(*k, *v);
+                changes += 1;
+            }
+        }
+        let mut svc: HashMap<_, SvcKey, SvcVal> = HashMap::try_from(
+            self.bpf.map_mut("sluice_svc").ok_or(DatapathError::Map { map: "sluice_svc", detail: "missing".into() })?,
+        )
+        .map_err(map_err("sluice_svc"))?;
+        for (k, v) in &fresh.services {
+            if self.written.services.get(k) != Some(v) {
+                svc.insert(*k, *v, 0).map_err(map_err("sluice_svc"))?;
+                self.written.services.insert(*k, *v);
+                changes += 1;
+            }
+        }
+        for k in old.iter().filter(|k| !fresh.services.contains_key(k)) {
+            let _ = svc.remove(k);
+            self.written.services.remove(k);
+            self.ids.remove(k);
+            changes += 1;
+        }
+        let mut be: HashMap<_, BackendKey, BackendVal> = HashMap::try_from(
+            self.bpf
+                .map_mut("sluice_backends")
+                .ok_or(DatapathError::Map { map: "sluice_backends", detail: "missing".into() })?,
+        )
+        .map_err(map_err("sluice_backends"))?;
+        for (k, _) in old_backends.iter().filter(|(k, _)| !fresh.backends.contains_key(k)) {
+            let _ = be.remove(k);
+            self.written.backends.remove(k);
+            changes += 1;
+        }
+        if !udp_gone.is_empty() {
+            self.flush_flows(&udp_gone)?;
+        }
+        Ok(changes)
+    }
+
+    /// Delete conntrack and reverse-NAT entries of flows to these backends.
+    fn flush_flows(&mut self, gone: &BTreeSet<(u32, u16)>) -> Result<(), DatapathError> {
+        for map in ["sluice_ct", "sluice_rnat"] {
+            let mut ct: HashMap<_, FlowKey, NatVal> = HashMap::try_from(
+                self.bpf.map_mut(map).ok_or(DatapathError::Map { map: "sluice_ct", detail: "missing".into() })?,
+            )
+            .map_err(map_err("sluice_ct"))?;
+            let stale: Vec<FlowKey> = ct
+                .iter()
+                .flatten()
+                .filter(|(k, v)| gone.contains(&(v.addr, v.port)) || gone.contains(&(k.saddr, k.sport)))
+                .map(|(k, _)| k)
+                .collect();
+            for k in stale {
+                let _ = ct.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode some services, reusing existing IDs, without forgetting other services' IDs.
+    fn encode_keep_ids(&mut self, services: &[Service]) -> Entries {
+        let mut by_name = BTreeMap::new();
+        let fresh = crate::maps::encode(services, &mut by_name);
+        let mut next = self.ids.values().max().copied().unwrap_or(0);
+        let mut remap = BTreeMap::new();
+        let mut out = Entries::default();
+        for (k, v) in &fresh.services {
+            let id = *self.ids.entry(*k).or_insert_with(|| {
+                next += 1;
+                next
+            });
+            remap.insert(v.service_id, id);
+            out.services.insert(*k, SvcVal { service_id: id, ..*v });
+        }
+        for (k, v) in &fresh.backends {
+            if let Some(id) = remap.get(&k.service_id) {
+                out.backends.insert(BackendKey { service_id: *id, slot: k.slot }, *v);
+            }
+        }
+        out
     }
 
     /// What the service maps hold: (frontend, service, backends by slot).

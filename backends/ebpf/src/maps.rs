@@ -105,11 +105,15 @@ pub struct Entries {
 
 pub fn encode(services: &[Service], ids: &mut BTreeMap<(ServiceName, String, Protocol), u32>) -> Entries {
     let mut e = Entries::default();
+    // Computed once: taking the max per frontend made encoding quadratic in services.
+    let mut next = ids.values().max().copied().unwrap_or(0);
     for s in services {
         for fe in s.frontends.iter().filter(|f| f.kind == FrontendKind::ClusterIp) {
             let Some(IpAddr::V4(vip)) = fe.ip else { continue };
-            let next = ids.values().max().copied().unwrap_or(0) + 1;
-            let id = *ids.entry((s.name.clone(), fe.port_name.clone(), fe.protocol)).or_insert(next);
+            let id = *ids.entry((s.name.clone(), fe.port_name.clone(), fe.protocol)).or_insert_with(|| {
+                next += 1;
+                next
+            });
             let backends: Vec<_> = s
                 .usable_backends(fe)
                 .filter_map(|b| match b.ip {

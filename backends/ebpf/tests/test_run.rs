@@ -11,6 +11,8 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use sluice_ebpf::maps::{BackendKey, BackendVal, FlowKey, NatVal, SvcKey, SvcVal, addr, port};
 
 const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1): not ours, the next program (TCX) or the default action decides.
+const PASS: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -171,6 +173,13 @@ fn cluster_ip_dnat_and_reverse_nat_tcp() {
     assert_eq!(fields(&out), ("10.96.0.10".parse().expect("ip"), 80, "10.244.1.5".parse().expect("ip"), 40000));
     assert!(checksums_valid(&out));
 
+    // Port reuse: the same client port later connects to the backend directly. Its SYN clears
+    // the stale reverse entry, so the direct reply is not rewritten to the VIP.
+    let (v, _) = lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 40000, "10.244.2.7", 8080));
+    assert_eq!(v, PASS);
+    let (v, out) = lb.run("sluice_to_pod", &reply);
+    assert_eq!((v, out), (PASS, reply.clone()), "direct reply left alone");
+
     // Conntrack entries exist for both directions.
     let ct: HashMap<_, FlowKey, NatVal> = HashMap::try_from(lb.bpf().map("sluice_ct").expect("map")).expect("ct");
     assert_eq!(ct.iter().count(), 1);
@@ -193,10 +202,10 @@ fn udp_and_passthrough_and_no_endpoints() {
     // Not a frontend: untouched, byte for byte.
     let other = packet(6, "10.244.1.5", 40001, "10.244.2.9", 80);
     let (v, out) = lb.run("sluice_from_pod", &other);
-    assert_eq!((v, out), (TC_ACT_OK, other.clone()));
+    assert_eq!((v, out), (PASS, other.clone()));
     // A reply nobody NATed: untouched.
     let (v, out) = lb.run("sluice_to_pod", &other);
-    assert_eq!((v, out), (TC_ACT_OK, other));
+    assert_eq!((v, out), (PASS, other));
     // A frontend without endpoints refuses.
     lb.service("10.96.0.99", 80, 6, 9, &[], 0);
     let (v, _) = lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 40002, "10.96.0.99", 80));
@@ -204,7 +213,12 @@ fn udp_and_passthrough_and_no_endpoints() {
     // Non-IP frames pass.
     let mut arp = vec![0u8; 60];
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(lb.run("sluice_from_pod", &arp).0, TC_ACT_OK);
+    assert_eq!(lb.run("sluice_from_pod", &arp).0, PASS);
+    // A mid-stream TCP packet without a flow entry is left to kernel conntrack (another
+    // dataplane NATed that connection).
+    let mut ack = packet(6, "10.244.1.5", 40009, "10.96.0.53", 53);
+    ack[47] = 0x10; // ACK, no SYN
+    assert_eq!(lb.run("sluice_from_pod", &ack).0, PASS);
 }
 
 #[test]
@@ -221,11 +235,13 @@ fn load_balancing_and_client_ip_affinity() {
         seen.insert(fields(&out).2);
     }
     assert_eq!(seen.len(), 3, "new flows spread over every backend: {seen:?}");
-    // The same flow keeps its backend (conntrack).
+    // The rest of a flow keeps its backend (conntrack); a new SYN on the same ports re-picks.
     let p = packet(6, "10.244.1.5", 41000, "10.96.0.20", 80);
     let first = fields(&lb.run("sluice_from_pod", &p).1).2;
+    let mut ack = p.clone();
+    ack[47] = 0x10;
     for _ in 0..10 {
-        assert_eq!(fields(&lb.run("sluice_from_pod", &p).1).2, first);
+        assert_eq!(fields(&lb.run("sluice_from_pod", &ack).1).2, first);
     }
     // ClientIP affinity: every new flow of one client goes to one backend.
     lb.service("10.96.0.21", 80, 6, 3, &backends, 600);
