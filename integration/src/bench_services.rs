@@ -32,6 +32,22 @@ pub struct Record {
     pub note: Option<String>,
 }
 
+impl Record {
+    fn new(backend: &str, variant: &str, services: usize) -> Self {
+        Record {
+            backend: backend.into(),
+            variant: variant.into(),
+            services,
+            program_all_ms: None,
+            single_change_ms: None,
+            conn_per_s: None,
+            direct_conn_per_s: None,
+            rules: None,
+            note: None,
+        }
+    }
+}
+
 pub struct Options {
     pub services: Vec<usize>,
     pub variants: Vec<Variant>,
@@ -182,17 +198,7 @@ fn ebpf_record(
 ) -> anyhow::Result<Record> {
     let pin = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}", std::process::id()));
     let _ = sluice_ebpf::datapath::remove_all(&pin);
-    let mut rec = Record {
-        backend: "ebpf".into(),
-        variant: "-".into(),
-        services: n,
-        program_all_ms: None,
-        single_change_ms: None,
-        conn_per_s: None,
-        direct_conn_per_s: None,
-        rules: None,
-        note: None,
-    };
+    let mut rec = Record::new("ebpf", "-", n);
     let res = (|| -> anyhow::Result<()> {
         let mut dp = sluice_ebpf::datapath::Datapath::open(&pin)?;
         dp.attach(client_if)?;
@@ -252,17 +258,7 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
         for backend_name in o.backends.iter().filter(|b| *b != "ebpf") {
             for &n in &o.services {
                 flush_all()?;
-                let mut rec = Record {
-                    backend: backend_name.clone(),
-                    variant: variant.as_str().into(),
-                    services: n,
-                    program_all_ms: None,
-                    single_change_ms: None,
-                    conn_per_s: None,
-                    direct_conn_per_s: None,
-                    rules: None,
-                    note: None,
-                };
+                let mut rec = Record::new(backend_name, variant.as_str(), n);
                 let target_vip = SocketAddr::new(IpAddr::V4(vip(n / 2)), 80);
                 let bin = format!("iptables-{}-restore", variant.as_str());
                 let programmed = match backend_name.as_str() {

@@ -15,9 +15,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 }
 
-fn cni(args: &[String]) -> anyhow::Result<()> {
+/// Build release binaries, bring up a 1-node lab named "bench", run `body` with a command
+/// factory for `sluice-lab` and the output directory, and tear the lab down whatever happens.
+fn in_bench_lab(
+    what: &str,
+    body: impl FnOnce(&dyn Fn() -> Command, &std::path::Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     if !crate::nix_is_root() {
-        bail!("the CNI benchmark creates network namespaces and needs root");
+        bail!("the {what} benchmark creates network namespaces and needs root");
     }
     // Release builds: the benchmark measures the binaries users would run.
     crate::run(cargo().args(["build", "--release", "-p", "sluice", "-p", "sluice-cni", "-p", "sluice-lab"]))?;
@@ -30,17 +35,21 @@ fn cni(args: &[String]) -> anyhow::Result<()> {
         c
     };
     let _ = lab().arg("down").output();
-    let res = (|| {
-        crate::run(lab().args(["up", "--nodes", "1"]))?;
-        crate::run(lab().args(["bench-cni", "--json"]).arg(out_dir.join("cni.json")).args(args))
-    })();
+    let res = body(&lab, &out_dir);
     let down = lab().arg("down").output().context("tearing down the bench lab")?;
     res?;
     if !down.status.success() {
         bail!("bench lab teardown failed: {}", String::from_utf8_lossy(&down.stderr));
     }
-    println!("results written to {}", out_dir.join("cni.json").display());
+    println!("results written to {}", out_dir.join(format!("{what}.json")).display());
     Ok(())
+}
+
+fn cni(args: &[String]) -> anyhow::Result<()> {
+    in_bench_lab("cni", |lab, out_dir| {
+        crate::run(lab().args(["up", "--nodes", "1"]))?;
+        crate::run(lab().args(["bench-cni", "--json"]).arg(out_dir.join("cni.json")).args(args))
+    })
 }
 
 /// How long `sluice probe` takes (every capability, with nothing left behind).
@@ -111,17 +120,7 @@ fn services(args: &[String]) -> anyhow::Result<()> {
     if !peer.is_file() {
         bail!("reference peer {} not found (it ships in ../shared/bench)", peer.display());
     }
-    crate::run(cargo().args(["build", "--release", "-p", "sluice", "-p", "sluice-cni", "-p", "sluice-lab"]))?;
-    let out_dir = root().join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    let rel = root().join("target/release");
-    let lab = || {
-        let mut c = Command::new(rel.join("sluice-lab"));
-        c.env("SLUICE_LAB", "bench").env("SLUICE_BIN_DIR", &rel);
-        c
-    };
-    let _ = lab().arg("down").output();
-    let res = (|| {
+    in_bench_lab("services", |lab, out_dir| {
         // The node's own agent stays off eBPF: the benchmark attaches its own datapath.
         let cfg = out_dir.join("bench-node.yaml");
         std::fs::write(&cfg, "dataplane: iptables\n")?;
@@ -153,12 +152,5 @@ fn services(args: &[String]) -> anyhow::Result<()> {
                 .arg("--json")
                 .arg(out_dir.join("services.json")),
         )
-    })();
-    let down = lab().arg("down").output().context("tearing down the bench lab")?;
-    res?;
-    if !down.status.success() {
-        bail!("bench lab teardown failed: {}", String::from_utf8_lossy(&down.stderr));
-    }
-    println!("results written to {}", out_dir.join("services.json").display());
-    Ok(())
+    })
 }

@@ -141,27 +141,10 @@ impl Datapath {
         gone
     }
 
-    /// Map entries for these services, with IDs kept stable.
+    /// Map entries for exactly these services (IDs kept stable; IDs of frontends no longer
+    /// present are forgotten).
     pub fn encode(&mut self, services: &[Service]) -> Entries {
-        let mut by_name = BTreeMap::new();
-        let fresh = crate::maps::encode(services, &mut by_name);
-        // Re-key: an existing frontend keeps its ID; new ones get the next free IDs.
-        let mut next = self.ids.values().max().copied().unwrap_or(0);
-        let mut remap = BTreeMap::new();
-        let mut out = Entries::default();
-        for (k, v) in &fresh.services {
-            let id = *self.ids.entry(*k).or_insert_with(|| {
-                next += 1;
-                next
-            });
-            remap.insert(v.service_id, id);
-            out.services.insert(*k, SvcVal { service_id: id, ..*v });
-        }
-        for (k, v) in &fresh.backends {
-            if let Some(id) = remap.get(&k.service_id) {
-                out.backends.insert(BackendKey { service_id: *id, slot: k.slot }, *v);
-            }
-        }
+        let out = self.encode_keep_ids(services);
         self.ids.retain(|k, _| out.services.contains_key(k));
         out
     }
