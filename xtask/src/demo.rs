@@ -50,9 +50,55 @@ pub fn run_demo() -> anyhow::Result<()> {
             "unexpected source addresses: pod-to-pod {src:?} (want 10.244.1.2), to world {ext:?} (want node-1's 198.51.100.11)"
         );
     }
+    println!("\n-- a Service: ClusterIP 10.96.0.10 over both pods (eBPF at the pod's veth on this kernel) --");
+    let svc = std::env::temp_dir().join("sluice-demo-service.yaml");
+    std::fs::write(
+        &svc,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  selector: {app: echo}\n  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]\n",
+    )?;
+    step("apply the Service", &["apply", &svc.display().to_string()])?;
+    step("a client pod on node-1", &["pod", "add", "node-1", "client"])?;
+    let _ = std::fs::remove_file(&svc);
+    let mut answers = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let out = lab()
+            .args(["exec", "client", "--", "sluice-lab", "curl", "--timeout-ms", "500", "http://10.96.0.10/"])
+            .output()?;
+        if out.status.success() {
+            answers.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+        if answers.len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    println!("pod client -> http://10.96.0.10/ answered by: {answers:?}");
+    if answers.len() != 2 {
+        bail!("the ClusterIP did not balance over both pods: {answers:?}");
+    }
+    // node-2's agent picks the Service up on its own poll: give it a moment.
+    let mut np = String::new();
+    for _ in 0..100 {
+        let out = lab()
+            .args(["exec", "world", "--", "sluice-lab", "curl", "--timeout-ms", "500", "http://198.51.100.12:30080/"])
+            .output()?;
+        if out.status.success() {
+            np = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    println!("world -> http://198.51.100.12:30080/ (NodePort on node-2) answered by: {np:?}");
+    if np != "a" && np != "b" {
+        bail!("the NodePort did not answer (got {np:?})");
+    }
+    step("who serves what on node-1", &["exec", "node-1", "--", "sluice", "service", "list"])?;
+    step("the eBPF service map on node-1", &["exec", "node-1", "--", "sluice", "bpf", "lb", "list"])?;
+
     println!("\n-- what the agent on node-1 reports --");
     step("node-1 status", &["exec", "node-1", "--", "sluice", "status"])?;
-    println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes ==");
+    println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes,");
+    println!("   and a Service balanced over them (ClusterIP on eBPF, NodePort on iptables, as `sluice plan` says) ==");
     Ok(())
 }
 

@@ -194,6 +194,17 @@ int sluice_from_pod(struct __sk_buff *skb)
 		b = bpf_map_lookup_elem(&sluice_backends, &bk);
 		if (!b)
 			return TC_ACT_SHOT;
+		if (b->addr == k.saddr) {
+			/* Hairpin: a pod reaching itself would need SNAT, which this program does not
+			 * do. Take the next backend; when the pod is the only one, leave the flow to
+			 * iptables, which masquerades hairpin traffic. */
+			if (svc->backend_count < 2)
+				return PASS;
+			bk.slot = bk.slot % svc->backend_count + 1;
+			b = bpf_map_lookup_elem(&sluice_backends, &bk);
+			if (!b || b->addr == k.saddr)
+				return PASS;
+		}
 		chosen.addr = b->addr;
 		chosen.port = b->port;
 		chosen.pad = 0;

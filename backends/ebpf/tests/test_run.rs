@@ -254,6 +254,24 @@ fn load_balancing_and_client_ip_affinity() {
 }
 
 #[test]
+fn a_pod_is_never_balanced_to_itself() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    lb.service("10.96.0.40", 80, 6, 5, &[("10.244.1.5", 8080), ("10.244.2.5", 8080)], 0);
+    for sport in 0..40u16 {
+        let (v, out) = lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 43000 + sport, "10.96.0.40", 80));
+        assert_eq!(v, TC_ACT_OK);
+        assert_eq!(fields(&out).2, "10.244.2.5".parse::<Ipv4Addr>().expect("ip"), "hairpin avoided");
+    }
+    // The only backend is the client itself: left to iptables (which masquerades hairpin).
+    lb.service("10.96.0.41", 80, 6, 6, &[("10.244.1.5", 8080)], 0);
+    let p = packet(6, "10.244.1.5", 44000, "10.96.0.41", 80);
+    assert_eq!(lb.run("sluice_from_pod", &p), (PASS, p.clone()));
+}
+
+#[test]
 fn maps_are_pinned_and_survive_the_loader() {
     if !require_root() {
         return;
