@@ -239,7 +239,14 @@ impl Lab {
         for f in files {
             let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
             // Refuse what the agents could not parse, instead of letting them report it later.
-            serde_saphyr::from_multiple::<Value>(&text)
+            // Limits as the agent's manifest source sets them (a cluster's worth in one file).
+            let mut budget = serde_saphyr::Budget::default();
+            budget.max_documents = 1_000_000;
+            budget.max_nodes = 100_000_000;
+            budget.max_events = 200_000_000;
+            let mut opts = serde_saphyr::Options::default();
+            opts.budget = Some(budget);
+            serde_saphyr::from_multiple_with_options::<Value>(&text, opts)
                 .with_context(|| format!("{} is not valid YAML", f.display()))?;
             let name = f.file_name().context("file name")?;
             let target = dest.join(name);

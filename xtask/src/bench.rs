@@ -11,7 +11,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("cni") => cni(&args[1..]),
         Some("probe") => probe(),
         Some("services") => services(&args[1..]),
-        other => bail!("unknown benchmark {other:?}; available: cni, probe, services"),
+        Some("agent") => agent(&args[1..]),
+        other => bail!("unknown benchmark {other:?}; available: cni, probe, services, agent"),
     }
 }
 
@@ -152,5 +153,78 @@ fn services(args: &[String]) -> anyhow::Result<()> {
                 .arg("--json")
                 .arg(out_dir.join("services.json")),
         )
+    })
+}
+
+/// The whole agent with N Services (10 endpoints each, EndpointSlices as a cluster serves them)
+/// from its manifest source: time until everything is programmed, and the agent's RSS.
+/// Option: `--services N` (default 10000).
+fn agent(args: &[String]) -> anyhow::Result<()> {
+    let n: usize = match args {
+        [flag, v] if flag == "--services" => v.parse().with_context(|| format!("--services {v:?} is not a number"))?,
+        [] => 10_000,
+        other => bail!("unknown options {other:?}; accepted: --services N"),
+    };
+    in_bench_lab("agent", |lab, out_dir| {
+        crate::run(lab().args(["up", "--nodes", "1"]))?;
+        let mut y = String::new();
+        for i in 0..n {
+            let vip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 10)) + i as u32);
+            y += &format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\nspec: {{clusterIP: {vip}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
+            );
+            y += &format!(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-x, namespace: default, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+            );
+            for j in 0..10 {
+                let ep =
+                    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 245, 0, 2)) + (i * 10 + j) as u32);
+                y += &format!("- {{addresses: [{ep}], conditions: {{ready: true}}, nodeName: node-9}}\n");
+            }
+        }
+        let file = out_dir.join(format!("agent-{n}-services.yaml"));
+        std::fs::write(&file, y)?;
+        let status = || -> anyhow::Result<String> {
+            Ok(String::from_utf8(
+                lab().args(["exec", "node-1", "--", "sluice", "status", "-o", "json"]).output()?.stdout,
+            )?)
+        };
+        let start = std::time::Instant::now();
+        crate::run(lab().arg("apply").arg(&file))?;
+        let want = format!("\"services\": {n},");
+        loop {
+            if status().is_ok_and(|s| s.contains(&want)) {
+                break;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(600) {
+                bail!("the agent did not report {n} services within 600 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let programmed = start.elapsed();
+        let st = String::from_utf8(lab().args(["status", "-o", "json"]).output()?.stdout)?;
+        let pid = st
+            .split("\"agent_pid\": ")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .context("agent pid")?
+            .to_string();
+        let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .context("VmRSS")?;
+        let report = format!(
+            "{{\"services\": {n}, \"apply_to_programmed_ms\": {:.0}, \"agent_rss_mb\": {:.1}}}",
+            programmed.as_secs_f64() * 1000.0,
+            rss_kb as f64 / 1024.0
+        );
+        println!(
+            "agent with {n} Services (10 endpoints each): programmed {:.1} s after apply, RSS {:.1} MB",
+            programmed.as_secs_f64(),
+            rss_kb as f64 / 1024.0
+        );
+        std::fs::write(out_dir.join("agent.json"), report)?;
+        Ok(())
     })
 }

@@ -15,12 +15,25 @@ pub struct FileError {
     pub message: String,
 }
 
+/// YAML limits for manifest files: a cluster's worth of objects in one file is legitimate
+/// (10k Services and their EndpointSlices are ~20k documents), so the document, node and event
+/// budgets are raised; the alias and nesting limits that stop YAML bombs stay as they are.
+pub fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1_000_000;
+    budget.max_nodes = 100_000_000;
+    budget.max_events = 200_000_000;
+    let mut o = serde_saphyr::Options::default();
+    o.budget = Some(budget);
+    o
+}
+
 /// Parse one file's documents into JSON values (multi-document YAML, JSON, and `kind: List`).
 pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
     let docs: Vec<Value> = if path.extension().is_some_and(|e| e == "json") {
         vec![serde_json::from_str(text).map_err(|e| e.to_string())?]
     } else {
-        serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?
+        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| e.to_string())?
     };
     let mut out = Vec::new();
     for d in docs {
@@ -58,7 +71,16 @@ pub fn classify(docs: Vec<Value>, into: &mut Objects) -> Result<(), String> {
 #[derive(Debug, Default)]
 pub struct ManifestDir {
     dir: PathBuf,
-    good: BTreeMap<PathBuf, Vec<Value>>,
+    /// Last good parse of each file, with the (mtime, size) it was read at: unchanged files are
+    /// not read again (at 10k Services, re-parsing every poll would keep a core busy).
+    good: BTreeMap<PathBuf, (Stamp, Objects)>,
+    bad: BTreeMap<PathBuf, (Stamp, String)>,
+}
+
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -77,7 +99,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 impl ManifestDir {
     pub fn new(dir: PathBuf) -> Self {
-        ManifestDir { dir, good: BTreeMap::new() }
+        ManifestDir { dir, good: BTreeMap::new(), bad: BTreeMap::new() }
     }
 
     /// Read everything; returns the objects and the per-file errors. A missing directory is
@@ -92,19 +114,48 @@ impl ManifestDir {
         files.sort();
         let mut errors = Vec::new();
         self.good.retain(|p, _| files.contains(p));
+        self.bad.retain(|p, _| files.contains(p));
+        let mut parsed_any = false;
         for f in &files {
-            let parsed = std::fs::read_to_string(f).map_err(|e| e.to_string()).and_then(|t| parse_documents(f, &t));
-            match parsed.and_then(|docs| classify(docs.clone(), &mut Objects::default()).map(|_| docs)) {
-                Ok(docs) => {
-                    self.good.insert(f.clone(), docs);
+            let st = stamp(f);
+            if st.is_some() && self.good.get(f).is_some_and(|(s, _)| *s == st) {
+                continue;
+            }
+            if let Some((_, message)) = self.bad.get(f).filter(|(s, _)| st.is_some() && *s == st) {
+                errors.push(FileError { path: f.clone(), message: message.clone() });
+                continue;
+            }
+            let mut objs = Objects::default();
+            parsed_any = true;
+            let parsed = std::fs::read_to_string(f)
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse_documents(f, &t))
+                .and_then(|docs| classify(docs, &mut objs));
+            match parsed {
+                Ok(()) => {
+                    self.bad.remove(f);
+                    self.good.insert(f.clone(), (st, objs));
                 }
-                Err(message) => errors.push(FileError { path: f.clone(), message }),
+                Err(message) => {
+                    self.bad.insert(f.clone(), (st, message.clone()));
+                    errors.push(FileError { path: f.clone(), message });
+                }
+            }
+        }
+        if parsed_any {
+            // Parsing goes through JSON values several times the size of what is kept; give
+            // that memory back to the system instead of holding it as RSS.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
             }
         }
         let mut objects = Objects::default();
-        for docs in self.good.values() {
-            // Already validated above; classification cannot fail here.
-            let _ = classify(docs.clone(), &mut objects);
+        for (_, o) in self.good.values() {
+            objects.nodes.extend(o.nodes.iter().cloned());
+            objects.pods.extend(o.pods.iter().cloned());
+            objects.services.extend(o.services.iter().cloned());
+            objects.endpoint_slices.extend(o.endpoint_slices.iter().cloned());
         }
         (Some(objects), errors)
     }
