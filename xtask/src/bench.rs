@@ -209,11 +209,18 @@ fn agent(args: &[String]) -> anyhow::Result<()> {
             .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
             .context("agent pid")?
             .to_string();
-        let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .context("VmRSS")?;
+        let rss = || -> anyhow::Result<u64> {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))?
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+                .context("VmRSS")
+        };
+        let at_programmed = rss()?;
+        // Steady state: after a few more reconcile loops with nothing changing.
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        let rss_kb = rss()?;
+        println!("agent RSS when programmed {:.1} MB, 10 s later {:.1} MB", at_programmed as f64 / 1024.0, rss_kb as f64 / 1024.0);
         let report = format!(
             "{{\"services\": {n}, \"apply_to_programmed_ms\": {:.0}, \"agent_rss_mb\": {:.1}}}",
             programmed.as_secs_f64() * 1000.0,

@@ -17,6 +17,8 @@ pub struct EbpfManager {
     dp: Option<Datapath>,
     /// Interfaces whose links this process attached or took over (swapped its programs into).
     handled: BTreeSet<String>,
+    /// (source generation, owned features) of the last map sync: skip when unchanged.
+    synced: Option<(u64, BTreeSet<Feature>)>,
 }
 
 /// One row of `sluice bpf lb list`.
@@ -39,10 +41,10 @@ fn port(p: u16) -> u16 {
 
 impl EbpfManager {
     pub fn new(pin_dir: PathBuf) -> Self {
-        EbpfManager { pin_dir, dp: None, handled: BTreeSet::new() }
+        EbpfManager { pin_dir, dp: None, handled: BTreeSet::new(), synced: None }
     }
 
-    pub fn reconcile(&mut self, state: &ClusterState, plan: &Plan, local: &[LocalEndpoint]) -> Vec<String> {
+    pub fn reconcile(&mut self, generation: u64, state: &ClusterState, plan: &Plan, local: &[LocalEndpoint]) -> Vec<String> {
         let owned: BTreeSet<Feature> =
             plan.entries.iter().filter(|e| e.owner == Owner::Ebpf).map(|e| e.feature).collect();
         if owned.is_empty() && self.dp.is_none() && !self.pin_dir.exists() {
@@ -77,6 +79,9 @@ impl EbpfManager {
             self.handled.remove(&gone);
             tracing::info!(ifname = %gone, "eBPF links of a removed pod released");
         }
+        if self.synced.as_ref() == Some(&(generation, owned.clone())) {
+            return errors;
+        }
         let services: Vec<Service> = if owned.contains(&Feature::ClusterIp) {
             state
                 .services
@@ -93,8 +98,12 @@ impl EbpfManager {
             Vec::new()
         };
         match dp.update(&services) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(changes = n, "eBPF service maps synced"),
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(changes = n, "eBPF service maps synced");
+                }
+                self.synced = Some((generation, owned));
+            }
             Err(e) => errors.push(e.to_string()),
         }
         errors

@@ -69,6 +69,8 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
     let mut source = source::AgentSource::new(&cfg).await?;
     let mut synced = false;
     let mut rules = rules::RulesManager::new(ipt);
+    // (source generation, object count, translated state) of the last change.
+    let mut last: Option<(u64, usize, sluice_core::ClusterState)> = None;
     let mut health = health::HealthServers::default();
     let mut bpf = ebpf::EbpfManager::new(cfg.bpf_pin_dir());
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
@@ -89,9 +91,9 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             st.plan = Some(planner.plan.clone());
             st.config = planner.status.clone();
         }
-        let read = source.read();
+        let read = source.read(last.as_ref().map(|(g, _, _)| *g));
         let mut errors = Vec::new();
-        let src_status = SourceStatus {
+        let mut src_status = SourceStatus {
             kind: source.kind().into(),
             location: source.location(),
             synced: synced || read.complete,
@@ -101,12 +103,19 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             stale_secs: read.stale_secs,
         };
         synced = src_status.synced;
-        let Some(objects) = read.objects else {
-            status.write().await.source = src_status;
-            continue;
-        };
-        let (lo, hi) = cfg.node_port_range()?;
-        let state = translate_with(&objects, Options { node_port_range: (lo, hi) });
+        // Translate only when the source changed; otherwise keep the last state.
+        if !read.unchanged {
+            let Some(objects) = read.objects else {
+                status.write().await.source = src_status;
+                continue;
+            };
+            let (lo, hi) = cfg.node_port_range()?;
+            let count = objects.count();
+            last = Some((read.generation, count, translate_with(&objects, Options { node_port_range: (lo, hi) })));
+        }
+        let Some((generation, count, state)) = last.as_ref() else { continue };
+        let generation = *generation;
+        src_status.objects = *count;
         // A node label may select a per-node config (node_configs): re-plan when it changes.
         let label = state.node(&cfg.node_name).and_then(|n| n.labels.get(sluice_config::NODE_CONFIG_LABEL).cloned());
         if label != planner.node_config {
@@ -156,7 +165,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         }
         let masq =
             pod_cidr.filter(|_| cfg.masquerade).map(|pod_cidr| Masquerade { pod_cidr, cluster_cidr: cfg.cluster_cidr });
-        errors.extend(rules.reconcile(&cfg.node_name, cfg.cluster_cidr, masq, &state, &planner.plan).await);
+        errors.extend(rules.reconcile(&cfg.node_name, cfg.cluster_cidr, masq, generation, state, &planner.plan).await);
         let hc_owned = rules::owned(&planner.plan).contains(&sluice_core::Feature::HealthCheckNodePort);
         let want = if hc_owned { health::desired(&state.services, &cfg.node_name) } else { Default::default() };
         errors.extend(health.reconcile(want).await);
@@ -169,7 +178,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         };
         // eBPF after iptables: when ClusterIP moves to eBPF, host access (iptables socket-lb)
         // is in place first; when it moves away, iptables has taken new flows already.
-        errors.extend(bpf.reconcile(&state, &planner.plan, &local_endpoints));
+        errors.extend(bpf.reconcile(generation, state, &planner.plan, &local_endpoints));
         // After the sync: `sluice service list` shows what is programmed, not what is coming.
         {
             let mut st = status.write().await;
@@ -191,7 +200,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         for r in state.rejected.iter().filter(|r| !st.rejected.contains(r)) {
             tracing::warn!(object = %r.object, reason = %r.reason, "object rejected; everything else keeps working");
         }
-        st.rejected = state.rejected;
+        st.rejected = state.rejected.clone();
         for e in &errors {
             if !st.errors.contains(e) {
                 tracing::warn!(error = %e, "reconcile problem");

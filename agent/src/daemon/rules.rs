@@ -16,14 +16,17 @@ pub const FULL_RESYNC: Duration = Duration::from_secs(30);
 
 pub struct RulesManager {
     syncer: RuleSyncer,
+    /// What the last successful sync was made from: (source generation, owned features, masquerade).
     last_inputs: Option<Inputs>,
+    /// Services of the last successful sync (for UDP conntrack cleanup of removed backends).
+    last_services: Vec<sluice_core::Service>,
     last_full: Option<Instant>,
     pub last_report: Option<SyncReport>,
 }
 
 #[derive(Clone, PartialEq)]
 struct Inputs {
-    state: ClusterState,
+    generation: u64,
     owned: BTreeSet<Feature>,
     masquerade: Option<Masquerade>,
 }
@@ -34,7 +37,7 @@ pub fn owned(plan: &Plan) -> BTreeSet<Feature> {
 
 impl RulesManager {
     pub fn new(ipt: Iptables) -> Self {
-        RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_full: None, last_report: None }
+        RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_services: Vec::new(), last_full: None, last_report: None }
     }
 
     /// Converge; returns problems (never fatal: other features keep working).
@@ -43,30 +46,24 @@ impl RulesManager {
         node: &str,
         cluster_cidr: ipnet::Ipv4Net,
         masquerade: Option<Masquerade>,
+        generation: u64,
         state: &ClusterState,
         plan: &Plan,
     ) -> Vec<String> {
-        let inputs = Inputs { state: state.clone(), owned: owned(plan), masquerade };
+        let inputs = Inputs { generation, owned: owned(plan), masquerade };
         let full_due = self.last_full.is_none_or(|t| t.elapsed() > FULL_RESYNC);
         if self.last_inputs.as_ref() == Some(&inputs) && !full_due {
             return Vec::new();
         }
         let mut errors = Vec::new();
-        let previous = self.last_inputs.as_ref().map(|i| i.state.services.clone()).unwrap_or_default();
-        let node = node.to_string();
-        let rendered_inputs = inputs.clone();
-        let desired = tokio::task::spawn_blocking(move || {
-            render(&NodeInput {
-                node_name: &node,
-                cluster_cidr,
-                masquerade: rendered_inputs.masquerade.clone(),
-                services: &rendered_inputs.state.services,
-                host_ports: &rendered_inputs.state.host_ports,
-                owned: &rendered_inputs.owned,
-            })
-        })
-        .await;
-        let Ok(desired) = desired else { return vec!["rendering iptables rules panicked".into()] };
+        let desired = render(&NodeInput {
+            node_name: node,
+            cluster_cidr,
+            masquerade: inputs.masquerade.clone(),
+            services: &state.services,
+            host_ports: &state.host_ports,
+            owned: &inputs.owned,
+        });
         // iptables-restore blocks: run it off the async workers, then take the syncer back.
         let ipt = self.syncer.ipt;
         let mut syncer = std::mem::replace(&mut self.syncer, RuleSyncer::new(ipt));
@@ -87,7 +84,7 @@ impl RulesManager {
                 }
                 self.last_report = Some(report);
                 // Only after the new rules are in: stale UDP flows would otherwise re-appear.
-                for ip in removed_udp_backends(&previous, &inputs.state.services) {
+                for ip in removed_udp_backends(&self.last_services, &state.services) {
                     match tokio::task::spawn_blocking(move || flush_udp_conntrack(ip)).await {
                         Ok(Ok(n)) => {
                             tracing::info!(%ip, deleted = n, "UDP conntrack entries of a removed backend flushed")
@@ -97,6 +94,9 @@ impl RulesManager {
                     }
                 }
                 self.last_inputs = Some(inputs);
+                if self.last_services != state.services {
+                    self.last_services = state.services.clone();
+                }
             }
             Err(e) => errors.push(format!("iptables sync failed (will retry with a full resync): {e}")),
         }

@@ -2,9 +2,9 @@
 
 use sluice_config::{Config, SourceKind};
 
-use crate::source::Objects;
 use crate::source::kube::KubeSource;
 use crate::source::manifests::ManifestDir;
+use crate::source::Objects;
 
 pub enum AgentSource {
     Manifests(ManifestDir, String),
@@ -12,7 +12,11 @@ pub enum AgentSource {
 }
 
 pub struct Read {
+    /// `None` when unreadable (see errors) or, with `unchanged`, when nothing changed.
     pub objects: Option<Objects>,
+    /// Nothing changed since the generation the caller passed: keep using its last state.
+    pub unchanged: bool,
+    pub generation: u64,
     pub errors: Vec<String>,
     /// A complete, error-free view: after the first one, pruning is allowed.
     pub complete: bool,
@@ -22,10 +26,9 @@ pub struct Read {
 impl AgentSource {
     pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
         Ok(match cfg.source.kind {
-            SourceKind::Manifests => AgentSource::Manifests(
-                ManifestDir::new(cfg.source.manifests_dir.clone()),
-                cfg.source.manifests_dir.display().to_string(),
-            ),
+            SourceKind::Manifests => {
+                AgentSource::Manifests(ManifestDir::new(cfg.source.manifests_dir.clone()), cfg.source.manifests_dir.display().to_string())
+            }
             SourceKind::Kubernetes => {
                 let client = crate::source::kube::client(cfg.source.kubeconfig.as_deref()).await?;
                 let location = cfg
@@ -53,21 +56,31 @@ impl AgentSource {
         }
     }
 
-    pub fn read(&mut self) -> Read {
+    /// Read the source. With `since` (the generation the caller last translated), an unchanged
+    /// source returns no objects and `unchanged`, sparing a copy and a translation per loop.
+    pub fn read(&mut self, since: Option<u64>) -> Read {
         match self {
             AgentSource::Manifests(m, _) => {
                 let (objects, errors) = m.read();
                 let complete = objects.is_some() && errors.is_empty();
+                let generation = m.generation();
+                let unchanged = objects.is_some() && since == Some(generation);
                 Read {
-                    objects,
+                    objects: if unchanged { None } else { objects },
+                    unchanged,
+                    generation,
                     errors: errors.iter().map(|e| format!("{}: {}", e.path.display(), e.message)).collect(),
                     complete,
                     stale_secs: None,
                 }
             }
             AgentSource::Kube(k) => {
+                if since.is_some() && since == Some(k.generation()) {
+                    let s = k.snapshot_health();
+                    return Read { objects: None, unchanged: true, generation: since.unwrap_or(0), errors: s.0, complete: true, stale_secs: s.1 };
+                }
                 let s = k.snapshot();
-                Read { objects: s.objects, errors: s.errors, complete: s.synced, stale_secs: s.stale_secs }
+                Read { objects: s.objects, unchanged: false, generation: s.generation, errors: s.errors, complete: s.synced, stale_secs: s.stale_secs }
             }
         }
     }

@@ -75,6 +75,8 @@ pub struct ManifestDir {
     /// not read again (at 10k Services, re-parsing every poll would keep a core busy).
     good: BTreeMap<PathBuf, (Stamp, Objects)>,
     bad: BTreeMap<PathBuf, (Stamp, String)>,
+    /// Bumped whenever what the files say changes: lets the agent skip re-translating.
+    generation: u64,
 }
 
 type Stamp = Option<(std::time::SystemTime, u64)>;
@@ -99,7 +101,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 impl ManifestDir {
     pub fn new(dir: PathBuf) -> Self {
-        ManifestDir { dir, good: BTreeMap::new(), bad: BTreeMap::new() }
+        ManifestDir { dir, good: BTreeMap::new(), bad: BTreeMap::new(), generation: 0 }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Read everything; returns the objects and the per-file errors. A missing directory is
@@ -113,9 +119,12 @@ impl ManifestDir {
         walk(&self.dir, &mut files);
         files.sort();
         let mut errors = Vec::new();
+        let before = (self.good.len(), self.bad.len());
         self.good.retain(|p, _| files.contains(p));
         self.bad.retain(|p, _| files.contains(p));
-        let mut parsed_any = false;
+        if before != (self.good.len(), self.bad.len()) {
+            self.generation += 1;
+        }
         for f in &files {
             let st = stamp(f);
             if st.is_some() && self.good.get(f).is_some_and(|(s, _)| *s == st) {
@@ -126,11 +135,11 @@ impl ManifestDir {
                 continue;
             }
             let mut objs = Objects::default();
-            parsed_any = true;
             let parsed = std::fs::read_to_string(f)
                 .map_err(|e| e.to_string())
                 .and_then(|t| parse_documents(f, &t))
                 .and_then(|docs| classify(docs, &mut objs));
+            self.generation += 1;
             match parsed {
                 Ok(()) => {
                     self.bad.remove(f);
@@ -140,14 +149,6 @@ impl ManifestDir {
                     self.bad.insert(f.clone(), (st, message.clone()));
                     errors.push(FileError { path: f.clone(), message });
                 }
-            }
-        }
-        if parsed_any {
-            // Parsing goes through JSON values several times the size of what is kept; give
-            // that memory back to the system instead of holding it as RSS.
-            // SAFETY: malloc_trim only releases free heap memory.
-            unsafe {
-                libc::malloc_trim(0);
             }
         }
         let mut objects = Objects::default();

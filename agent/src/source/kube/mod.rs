@@ -42,6 +42,7 @@ pub struct KubeSource {
 pub struct Snapshot {
     /// `None` until every kind has been listed once.
     pub objects: Option<Objects>,
+    pub generation: u64,
     pub synced: bool,
     pub errors: Vec<String>,
     /// Seconds since the API became unreachable (None while healthy).
@@ -118,10 +119,22 @@ impl KubeSource {
         KubeSource { store, health, location }
     }
 
+    /// Errors and staleness only (no objects).
+    pub fn snapshot_health(&self) -> (Vec<String>, Option<u64>) {
+        match self.health.lock() {
+            Ok(h) => (
+                h.failing.iter().map(|(k, (_, e))| format!("{k} watch: {e}")).collect(),
+                h.failing.values().map(|(t, _)| t.elapsed().as_secs()).max(),
+            ),
+            Err(_) => (Vec::new(), None),
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
-        let (objects, synced) = match self.store.lock() {
-            Ok(s) if s.synced() => (Some(s.objects()), true),
-            _ => (None, false),
+        let (objects, synced, generation) = match self.store.lock() {
+            Ok(s) if s.synced() => (Some(s.objects()), true, s.generation()),
+            Ok(s) => (None, false, s.generation()),
+            _ => (None, false, 0),
         };
         let (errors, stale_secs) = match self.health.lock() {
             Ok(h) => (
@@ -130,7 +143,12 @@ impl KubeSource {
             ),
             Err(_) => (Vec::new(), None),
         };
-        Snapshot { objects, synced, errors, stale_secs }
+        Snapshot { objects, synced, errors, stale_secs, generation }
+    }
+
+    /// The store's generation without building the objects.
+    pub fn generation(&self) -> u64 {
+        self.store.lock().map(|s| s.generation()).unwrap_or(0)
     }
 }
 

@@ -89,6 +89,11 @@ impl KubeStore {
             && self.network_policies.synced
     }
 
+    /// Changes whenever any watcher delivered an event.
+    pub fn generation(&self) -> u64 {
+        self.nodes.events + self.pods.events + self.services.events + self.endpoint_slices.events + self.network_policies.events
+    }
+
     pub fn objects(&self) -> Objects {
         Objects {
             nodes: self.nodes.values(),
