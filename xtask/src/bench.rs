@@ -220,7 +220,11 @@ fn agent(args: &[String]) -> anyhow::Result<()> {
         // Steady state: after a few more reconcile loops with nothing changing.
         std::thread::sleep(std::time::Duration::from_secs(10));
         let rss_kb = rss()?;
-        println!("agent RSS when programmed {:.1} MB, 10 s later {:.1} MB", at_programmed as f64 / 1024.0, rss_kb as f64 / 1024.0);
+        println!(
+            "agent RSS when programmed {:.1} MB, 10 s later {:.1} MB",
+            at_programmed as f64 / 1024.0,
+            rss_kb as f64 / 1024.0
+        );
         let report = format!(
             "{{\"services\": {n}, \"apply_to_programmed_ms\": {:.0}, \"agent_rss_mb\": {:.1}}}",
             programmed.as_secs_f64() * 1000.0,

@@ -44,7 +44,13 @@ impl EbpfManager {
         EbpfManager { pin_dir, dp: None, handled: BTreeSet::new(), synced: None }
     }
 
-    pub fn reconcile(&mut self, generation: u64, state: &ClusterState, plan: &Plan, local: &[LocalEndpoint]) -> Vec<String> {
+    pub fn reconcile(
+        &mut self,
+        generation: u64,
+        state: &ClusterState,
+        plan: &Plan,
+        local: &[LocalEndpoint],
+    ) -> Vec<String> {
         let owned: BTreeSet<Feature> =
             plan.entries.iter().filter(|e| e.owner == Owner::Ebpf).map(|e| e.feature).collect();
         if owned.is_empty() && self.dp.is_none() && !self.pin_dir.exists() {

@@ -37,7 +37,13 @@ pub fn owned(plan: &Plan) -> BTreeSet<Feature> {
 
 impl RulesManager {
     pub fn new(ipt: Iptables) -> Self {
-        RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_services: Vec::new(), last_full: None, last_report: None }
+        RulesManager {
+            syncer: RuleSyncer::new(ipt),
+            last_inputs: None,
+            last_services: Vec::new(),
+            last_full: None,
+            last_report: None,
+        }
     }
 
     /// Converge; returns problems (never fatal: other features keep working).

@@ -2,9 +2,9 @@
 
 use sluice_config::{Config, SourceKind};
 
+use crate::source::Objects;
 use crate::source::kube::KubeSource;
 use crate::source::manifests::ManifestDir;
-use crate::source::Objects;
 
 pub enum AgentSource {
     Manifests(ManifestDir, String),
@@ -26,9 +26,10 @@ pub struct Read {
 impl AgentSource {
     pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
         Ok(match cfg.source.kind {
-            SourceKind::Manifests => {
-                AgentSource::Manifests(ManifestDir::new(cfg.source.manifests_dir.clone()), cfg.source.manifests_dir.display().to_string())
-            }
+            SourceKind::Manifests => AgentSource::Manifests(
+                ManifestDir::new(cfg.source.manifests_dir.clone()),
+                cfg.source.manifests_dir.display().to_string(),
+            ),
             SourceKind::Kubernetes => {
                 let client = crate::source::kube::client(cfg.source.kubeconfig.as_deref()).await?;
                 let location = cfg
@@ -77,10 +78,24 @@ impl AgentSource {
             AgentSource::Kube(k) => {
                 if since.is_some() && since == Some(k.generation()) {
                     let s = k.snapshot_health();
-                    return Read { objects: None, unchanged: true, generation: since.unwrap_or(0), errors: s.0, complete: true, stale_secs: s.1 };
+                    return Read {
+                        objects: None,
+                        unchanged: true,
+                        generation: since.unwrap_or(0),
+                        errors: s.0,
+                        complete: true,
+                        stale_secs: s.1,
+                    };
                 }
                 let s = k.snapshot();
-                Read { objects: s.objects, unchanged: false, generation: s.generation, errors: s.errors, complete: s.synced, stale_secs: s.stale_secs }
+                Read {
+                    objects: s.objects,
+                    unchanged: false,
+                    generation: s.generation,
+                    errors: s.errors,
+                    complete: s.synced,
+                    stale_secs: s.stale_secs,
+                }
             }
         }
     }

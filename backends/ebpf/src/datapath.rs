@@ -47,28 +47,30 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |e| DatapathError::Map { map, detail: e.to_string() }
 }
 
+/// One of the object's hash maps (plain or LRU), typed.
+fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
+    bpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut aya::maps::MapData, K, V>, DatapathError> {
+    let map =
+        bpf.map_mut(name).ok_or(DatapathError::Map { map: name, detail: "missing from the BPF object".into() })?;
+    HashMap::try_from(map).map_err(map_err(name))
+}
+
 impl Datapath {
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
         let mut bpf = crate::loader::load(pin_dir)?;
         let mut written = Entries::default();
         let mut ids = BTreeMap::new();
         {
-            let svc: HashMap<_, SvcKey, SvcVal> = HashMap::try_from(
-                bpf.map_mut("sluice_svc")
-                    .ok_or(DatapathError::Map { map: "sluice_svc", detail: "missing from object".into() })?,
-            )
-            .map_err(map_err("sluice_svc"))?;
+            let svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut bpf, "sluice_svc")?;
             for (k, v) in svc.iter().flatten() {
                 ids.insert(k, v.service_id);
                 written.services.insert(k, v);
             }
         }
         {
-            let be: HashMap<_, BackendKey, BackendVal> = HashMap::try_from(
-                bpf.map_mut("sluice_backends")
-                    .ok_or(DatapathError::Map { map: "sluice_backends", detail: "missing".into() })?,
-            )
-            .map_err(map_err("sluice_backends"))?;
+            let be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut bpf, "sluice_backends")?;
             for (k, v) in be.iter().flatten() {
                 written.backends.insert(k, v);
             }
@@ -167,12 +169,7 @@ impl Datapath {
             .filter(|b| !still.contains(b))
             .collect();
         {
-            let mut be: HashMap<_, BackendKey, BackendVal> = HashMap::try_from(
-                self.bpf
-                    .map_mut("sluice_backends")
-                    .ok_or(DatapathError::Map { map: "sluice_backends", detail: "missing".into() })?,
-            )
-            .map_err(map_err("sluice_backends"))?;
+            let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
             for (k, v) in &want.backends {
                 if self.written.backends.get(k) != Some(v) {
                     be.insert(*k, *v, 0).map_err(map_err("sluice_backends"))?;
@@ -181,12 +178,7 @@ impl Datapath {
             }
         }
         {
-            let mut svc: HashMap<_, SvcKey, SvcVal> = HashMap::try_from(
-                self.bpf
-                    .map_mut("sluice_svc")
-                    .ok_or(DatapathError::Map { map: "sluice_svc", detail: "missing".into() })?,
-            )
-            .map_err(map_err("sluice_svc"))?;
+            let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
             for (k, v) in &want.services {
                 if self.written.services.get(k) != Some(v) {
                     svc.insert(*k, *v, 0).map_err(map_err("sluice_svc"))?;
@@ -199,35 +191,14 @@ impl Datapath {
             }
         }
         {
-            let mut be: HashMap<_, BackendKey, BackendVal> = HashMap::try_from(
-                self.bpf
-                    .map_mut("sluice_backends")
-                    .ok_or(DatapathError::Map { map: "sluice_backends", detail: "missing".into() })?,
-            )
-            .map_err(map_err("sluice_backends"))?;
+            let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
             for k in self.written.backends.keys().filter(|k| !want.backends.contains_key(k)) {
                 let _ = be.remove(k);
                 changes += 1;
             }
         }
         if !gone_backends.is_empty() {
-            for map in ["sluice_ct", "sluice_rnat"] {
-                let mut ct: HashMap<_, FlowKey, NatVal> = HashMap::try_from(
-                    self.bpf.map_mut(map).ok_or(DatapathError::Map { map: "sluice_ct", detail: "missing".into() })?,
-                )
-                .map_err(map_err("sluice_ct"))?;
-                let stale: Vec<FlowKey> = ct
-                    .iter()
-                    .flatten()
-                    .filter(|(k, v)| {
-                        gone_backends.contains(&(v.addr, v.port)) || gone_backends.contains(&(k.saddr, k.sport))
-                    })
-                    .map(|(k, _)| k)
-                    .collect();
-                for k in stale {
-                    let _ = ct.remove(&k);
-                }
-            }
+            self.flush_flows(&gone_backends)?;
         }
         self.written = want;
         Ok(changes)
@@ -288,12 +259,7 @@ impl Datapath {
                 }
             }
         }
-        let mut be: HashMap<_, BackendKey, BackendVal> = HashMap::try_from(
-            self.bpf
-                .map_mut("sluice_backends")
-                .ok_or(DatapathError::Map { map: "sluice_backends", detail: "missing".into() })?,
-        )
-        .map_err(map_err("sluice_backends"))?;
+        let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
         for (k, v) in &fresh.backends {
             if self.written.backends.get(k) != Some(v) {
                 be.insert(*k, *v, 0).map_err(map_err("sluice_backends"))?;
@@ -301,10 +267,7 @@ impl Datapath {
                 changes += 1;
             }
         }
-        let mut svc: HashMap<_, SvcKey, SvcVal> = HashMap::try_from(
-            self.bpf.map_mut("sluice_svc").ok_or(DatapathError::Map { map: "sluice_svc", detail: "missing".into() })?,
-        )
-        .map_err(map_err("sluice_svc"))?;
+        let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
         for (k, v) in &fresh.services {
             if self.written.services.get(k) != Some(v) {
                 svc.insert(*k, *v, 0).map_err(map_err("sluice_svc"))?;
@@ -318,12 +281,7 @@ impl Datapath {
             self.ids.remove(k);
             changes += 1;
         }
-        let mut be: HashMap<_, BackendKey, BackendVal> = HashMap::try_from(
-            self.bpf
-                .map_mut("sluice_backends")
-                .ok_or(DatapathError::Map { map: "sluice_backends", detail: "missing".into() })?,
-        )
-        .map_err(map_err("sluice_backends"))?;
+        let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
         for (k, _) in old_backends.iter().filter(|(k, _)| !fresh.backends.contains_key(k)) {
             let _ = be.remove(k);
             self.written.backends.remove(k);
@@ -338,10 +296,7 @@ impl Datapath {
     /// Delete conntrack and reverse-NAT entries of flows to these backends.
     fn flush_flows(&mut self, gone: &BTreeSet<(u32, u16)>) -> Result<(), DatapathError> {
         for map in ["sluice_ct", "sluice_rnat"] {
-            let mut ct: HashMap<_, FlowKey, NatVal> = HashMap::try_from(
-                self.bpf.map_mut(map).ok_or(DatapathError::Map { map: "sluice_ct", detail: "missing".into() })?,
-            )
-            .map_err(map_err("sluice_ct"))?;
+            let mut ct: HashMap<_, FlowKey, NatVal> = hash_map(&mut self.bpf, map)?;
             let stale: Vec<FlowKey> = ct
                 .iter()
                 .flatten()

@@ -91,7 +91,11 @@ impl KubeStore {
 
     /// Changes whenever any watcher delivered an event.
     pub fn generation(&self) -> u64 {
-        self.nodes.events + self.pods.events + self.services.events + self.endpoint_slices.events + self.network_policies.events
+        self.nodes.events
+            + self.pods.events
+            + self.services.events
+            + self.endpoint_slices.events
+            + self.network_policies.events
     }
 
     pub fn objects(&self) -> Objects {
