@@ -202,13 +202,17 @@ fn ebpf_record(
     let res = (|| -> anyhow::Result<()> {
         let mut dp = sluice_ebpf::datapath::Datapath::open(&pin)?;
         dp.attach(client_if)?;
+        // Sorted by name, as the agent's translation hands them over.
         let mut svcs = services(n, backend);
+        svcs.sort_by(|a, b| a.name.cmp(&b.name));
         let t = Instant::now();
         dp.update(&svcs)?;
         rec.program_all_ms = Some(ms(t.elapsed()));
         rec.rules = Some(dp.entries().services.len() + dp.entries().backends.len());
         if n >= 2 {
-            svcs[0].backends.pop();
+            // Not the target (svc-{n/2}) and not svc-0... any other Service loses an endpoint.
+            let i = svcs.iter().position(|s| s.name.name != format!("svc-{}", n / 2)).unwrap_or(0);
+            svcs[i].backends.pop();
             let t = Instant::now();
             dp.update(&svcs)?;
             rec.single_change_ms = Some(ms(t.elapsed()));

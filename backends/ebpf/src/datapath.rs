@@ -214,10 +214,35 @@ impl Datapath {
             self.last = services.iter().map(|s| (s.name.clone(), s.clone())).collect();
             return Ok(n);
         }
-        let now: BTreeMap<&sluice_core::ServiceName, &Service> = services.iter().map(|s| (&s.name, s)).collect();
-        let changed: Vec<&Service> = services.iter().filter(|s| self.last.get(&s.name) != Some(*s)).collect();
-        let removed: Vec<sluice_core::ServiceName> =
-            self.last.keys().filter(|k| !now.contains_key(k)).cloned().collect();
+        // One merge pass over both name-ordered lists (sources deliver Services sorted by name;
+        // anything else is sorted here): no per-call maps, no lookups.
+        let mut cur: Vec<&Service> = services.iter().collect();
+        if !cur.is_sorted_by(|a, b| a.name <= b.name) {
+            cur.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        let mut changed: Vec<&Service> = Vec::new();
+        let mut removed: Vec<sluice_core::ServiceName> = Vec::new();
+        let mut old = self.last.iter().peekable();
+        for s in cur {
+            while let Some((name, _)) = old.peek() {
+                if *name < &s.name {
+                    removed.push((*name).clone());
+                    old.next();
+                } else {
+                    break;
+                }
+            }
+            match old.peek() {
+                Some((name, prev)) if *name == &s.name => {
+                    if *prev != s {
+                        changed.push(s);
+                    }
+                    old.next();
+                }
+                _ => changed.push(s),
+            }
+        }
+        removed.extend(old.map(|(n, _)| n.clone()));
         if changed.is_empty() && removed.is_empty() {
             return Ok(0);
         }
