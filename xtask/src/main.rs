@@ -5,6 +5,9 @@
 //!   cargo xtask demo           2-node lab, pods on both nodes, cross-node traffic, teardown
 //!   cargo xtask test           every test tier (unit, privileged, end-to-end)
 //!   cargo xtask bench cni      CNI ADD/DEL latency: sluice-cni vs the reference ptp+host-local
+//!   cargo xtask bench probe    how long probing the kernel takes
+//!   cargo xtask bench services Service programming and connection rates vs kube-proxy's ruleset
+//!   cargo xtask bench agent    the whole agent at N Services: time to program, RSS
 
 mod bench;
 mod demo;
@@ -38,7 +41,7 @@ fn main() -> std::process::ExitCode {
         Some("bench") => setup().and_then(|_| bench::run(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup        install the system packages sluice needs (apt)\n  demo         bring up a 2-node lab, show cross-node pod traffic, tear down\n  test         run every test tier (needs root for the privileged and end-to-end tiers)\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins"
+                "usage: cargo xtask <command>\n\n  setup        install the system packages sluice needs (apt)\n  demo         bring up a 2-node lab, show cross-node pod and Service traffic, tear down\n  test         run every test tier (needs root for the privileged and end-to-end tiers)\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins\n  bench probe  how long `sluice probe` takes\n  bench services [--backend B] [--services 100,1000,10000] [--variants legacy,nft] [--restore-timeout-s S]\n               eBPF and iptables vs kube-proxy's ruleset: programming, one change, connection rates\n  bench agent [--services N]  the whole agent at N Services: time to program, RSS"
             );
             return std::process::ExitCode::from(2);
         }
