@@ -27,22 +27,26 @@ fn partial_mode_beside_kube_proxy() {
     lab.pod_add("node-1", "client", Default::default(), None).expect("client");
     lab.external_add("ext", None).expect("ext");
 
-    // kube-proxy's ruleset for 50 services, one of them (10.96.0.35) real, linked as kube-proxy links it.
-    let peer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/kube-proxy-iptables.py");
-    let rules = std::process::Command::new("python3")
-        .arg(&peer)
-        .args(["--services", "50", "--no-nodeports", "--target", &format!("10.96.0.35:80={}:8080", a.ip)])
-        .output()
-        .expect("peer script");
-    assert!(rules.status.success(), "{}", String::from_utf8_lossy(&rules.stderr));
+    // A kube-proxy iptables-mode ruleset (its layout: KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP
+    // with hairpin mark and DNAT, KUBE-MARK-MASQ, KUBE-POSTROUTING) for one real Service
+    // 10.96.0.35 -> pod a, linked as kube-proxy links it.
+    let rules = format!(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-SVC-WEB35 - [0:0]\n:KUBE-SEP-WEB35A - [0:0]\n\
+         -A KUBE-SERVICES -d 10.96.0.35/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/web35:http cluster IP\" -j KUBE-SVC-WEB35\n\
+         -A KUBE-SVC-WEB35 ! -s 10.244.0.0/16 -d 10.96.0.35/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ\n\
+         -A KUBE-SVC-WEB35 -j KUBE-SEP-WEB35A\n\
+         -A KUBE-SEP-WEB35A -s {ip}/32 -j KUBE-MARK-MASQ\n\
+         -A KUBE-SEP-WEB35A -p tcp -m tcp -j DNAT --to-destination {ip}:8080\n\
+         -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+         -A KUBE-POSTROUTING -j MASQUERADE\n\
+         -I PREROUTING -j KUBE-SERVICES\n-I OUTPUT -j KUBE-SERVICES\n-I POSTROUTING -j KUBE-POSTROUTING\nCOMMIT\n",
+        ip = a.ip
+    );
     let rules_file = dir.path().join("kube-proxy.rules");
-    std::fs::write(&rules_file, &rules.stdout).expect("write");
-    let jumps = "*nat\n-I PREROUTING -j KUBE-SERVICES\n-I OUTPUT -j KUBE-SERVICES\n-I POSTROUTING -j KUBE-POSTROUTING\nCOMMIT\n";
-    let jumps_file = dir.path().join("jumps.rules");
-    std::fs::write(&jumps_file, jumps).expect("write");
-    for f in [&rules_file, &jumps_file] {
-        t.exec("node-1", &["sh", "-c", &format!("iptables-nft-restore --noflush < {}", f.display())]);
-    }
+    std::fs::write(&rules_file, rules).expect("write");
+    t.exec("node-1", &["sh", "-c", &format!("iptables-nft-restore --noflush < {}", rules_file.display())]);
     // The node's kube-proxy is visible to sluice's probe.
     let probe: serde_json::Value =
         serde_json::from_str(&t.exec("node-1", &["sluice", "probe", "-o", "json"])).expect("json");
