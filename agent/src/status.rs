@@ -47,6 +47,9 @@ pub struct AgentStatus {
     pub service_entries: Vec<crate::services::ServiceEntry>,
     #[serde(default, skip_serializing)]
     pub bpf_lb: Vec<crate::daemon::ebpf::LbEntry>,
+    /// The eBPF datapath in one line.
+    #[serde(default)]
+    pub ebpf: String,
 }
 
 pub fn render(s: &AgentStatus) -> String {
@@ -77,6 +80,7 @@ pub fn render(s: &AgentStatus) -> String {
     );
     out += &line("CNI conflist:", s.conflist.as_deref().unwrap_or("not written"));
     out += &line("Masquerade:", &s.masquerade);
+    out += &line("eBPF:", if s.ebpf.is_empty() { "not loaded" } else { &s.ebpf });
     out += &line("Kernel:", &format!("{} (probed in {} ms)", s.kernel, s.probe_ms));
     out += &line(
         "Config:",

@@ -115,6 +115,19 @@ impl EbpfManager {
         errors
     }
 
+    /// One line for `sluice status`.
+    pub fn summary(&self) -> String {
+        match &self.dp {
+            None => "not loaded (no feature is given to eBPF on this node)".into(),
+            Some(dp) => format!(
+                "loaded, maps and links pinned in {}; programs on {} pod veth(s); {} service frontend(s)",
+                self.pin_dir.display(),
+                dp.attached().len(),
+                dp.entries().services.len()
+            ),
+        }
+    }
+
     pub fn lb_list(&self) -> Vec<LbEntry> {
         let Some(dp) = &self.dp else { return Vec::new() };
         let e = dp.entries();

@@ -184,6 +184,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             let mut st = status.write().await;
             st.service_entries = crate::services::entries(&state.services, &planner.plan);
             st.bpf_lb = bpf.lb_list();
+            st.ebpf = bpf.summary();
         }
 
         let mut st = status.write().await;
