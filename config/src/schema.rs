@@ -60,8 +60,6 @@ pub struct Config {
     pub pod_cidr: Option<Ipv4Net>,
     /// Unix socket for the CLI (root-only, mode 0600).
     pub socket_path: PathBuf,
-    /// Where the agent keeps state that must survive restarts.
-    pub state_dir: PathBuf,
     pub source: SourceConfig,
     pub cni: CniConfig,
     /// Masquerade pod traffic that leaves `cluster_cidr`.
@@ -110,7 +108,6 @@ impl Default for Config {
             cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
             pod_cidr: None,
             socket_path: "/run/sluice/sluice.sock".into(),
-            state_dir: "/var/lib/sluice".into(),
             source: SourceConfig::default(),
             cni: CniConfig::default(),
             masquerade: true,
