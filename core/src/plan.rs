@@ -442,8 +442,13 @@ impl Plan {
             .filter(|e| e.feature.is_kube_proxy_feature() && e.owner != Owner::KubeProxy)
             .map(|e| match (e.owner, e.reason.starts_with("dataplane=")) {
                 (Owner::Ebpf, _) | (Owner::Iptables, true) => format!("{} ({})", e.feature.title(), e.owner),
-                // `NodePort (iptables: no bpf_fib_lookup)`: the eBPF prefix is implied.
-                (o, _) => format!("{} ({o}: {})", e.feature.title(), e.reason.trim_start_matches("eBPF: ")),
+                // `NodePort (iptables: no bpf_fib_lookup)`: the eBPF prefix is implied, and the
+                // table below the line carries the full reason.
+                (o, _) => format!(
+                    "{} ({o}: {})",
+                    e.feature.title(),
+                    e.reason.trim_start_matches("eBPF: ").replace("not implemented in this build", "eBPF not built")
+                ),
             })
             .collect();
         format!("KubeProxyReplacement: {} [{}]", self.mode.title(), items.join(", "))

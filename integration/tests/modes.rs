@@ -34,7 +34,12 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
     let s2 = t.status("node-2");
     assert_eq!(owner(&s2, "node-port"), "iptables");
     let table = t.exec("node-2", &["sluice", "status"]);
-    assert!(table.contains("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: not implemented in this build, no bpf_fib_lookup)"), "{table}");
+    assert!(
+        table.contains(
+            "KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: eBPF not built, no bpf_fib_lookup)"
+        ),
+        "{table}"
+    );
 
     // `sluice probe` sees every capability here; with the config it reports the assumption.
     let probe: serde_json::Value =
