@@ -32,7 +32,7 @@ pub enum Output {
     long_about = "sluice: Kubernetes pod networking and service dataplane.\n\n\
 Run `sluice agent --config FILE` on every node; the other commands talk to that node's agent over\n\
 its root-only unix socket (default /run/sluice/sluice.sock; override with --socket or SLUICE_SOCKET_PATH).\n\n\
-Examples:\n  sluice agent --config /etc/sluice/config.yaml --node-name node-1\n  sluice status\n  sluice status -o json\n  sluice probe\n  sluice plan --config new.yaml\n  sluice cleanup"
+Examples:\n  sluice agent --config /etc/sluice/config.yaml --node-name node-1\n  sluice status\n  sluice status -o json\n  sluice probe\n  sluice plan --config new.yaml\n  sluice service list\n  sluice bpf lb list -o json\n  sluice cleanup"
 )]
 struct Cli {
     /// The agent's socket.
