@@ -12,11 +12,7 @@ use crate::spec::{self, Attached, Command, Env, NetConf};
 /// Run one invocation. `Ok(None)` means success with no output (DEL, GC, STATUS).
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if env.command == Command::Version {
-        // VERSION may come with or without a config; only cniVersion matters.
-        let requested = serde_json::from_slice::<Value>(stdin)
-            .ok()
-            .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string));
-        return Ok(Some(spec::render_version(requested.as_deref())));
+        return Ok(Some(version(stdin)));
     }
     let conf = NetConf::validate(spec::decode(stdin)?)?;
     let store = Store::new(&conf.data_dir, &conf.name, conf.subnet, conf.gateway);
@@ -26,12 +22,16 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         Command::Check => check(env, &conf, &store).map(|_| None),
         Command::Gc => gc(&conf, &store).map(|_| None),
         Command::Status => status(&conf, &store).map(|_| None),
-        Command::Version => unreachable_version(),
+        Command::Version => Ok(Some(version(stdin))),
     }
 }
 
-fn unreachable_version() -> Result<Option<Value>, CniError> {
-    Ok(Some(spec::render_version(None)))
+/// VERSION may come with or without a config; only its cniVersion matters.
+fn version(stdin: &[u8]) -> Value {
+    let requested = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string));
+    spec::render_version(requested.as_deref())
 }
 
 fn add(env: &Env, conf: &NetConf, store: &Store) -> Result<Value, CniError> {

@@ -32,12 +32,6 @@ pub struct RouteDiff {
     pub remove: Vec<PodRoute>,
 }
 
-impl RouteDiff {
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.remove.is_empty()
-    }
-}
-
 /// Compare what should be with what sluice-owned routes exist. A destination whose gateway
 /// changed appears in both lists (replace = add new, remove old). `prune` is false until the
 /// sources are in sync, so a half-loaded source never removes routes.

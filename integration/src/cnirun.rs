@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::proc::in_netns;
 
@@ -32,7 +32,6 @@ pub struct PluginError {
     pub plugin: String,
     pub code: Option<u64>,
     pub msg: String,
-    pub exit_ok: bool,
 }
 
 impl std::fmt::Display for PluginError {
@@ -78,7 +77,7 @@ fn plugin_config(inv: &Invocation, plugin: &Value, prev: Option<&Value>) -> Valu
 /// Run one plugin; `Ok(Some(result))` when it printed one.
 pub fn exec(inv: &Invocation, command: &str, config: &Value) -> Result<Option<Value>, PluginError> {
     let ty = config["type"].as_str().unwrap_or_default().to_string();
-    let perr = |msg: String| PluginError { plugin: ty.clone(), code: None, msg, exit_ok: false };
+    let perr = |msg: String| PluginError { plugin: ty.clone(), code: None, msg };
     let bin = find_plugin(&inv.cni_path, &ty).map_err(|e| perr(e.to_string()))?;
     let mut cmd = Command::new(&bin);
     cmd.env_clear()
@@ -107,7 +106,6 @@ pub fn exec(inv: &Invocation, command: &str, config: &Value) -> Result<Option<Va
             msg: v.get("msg").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
                 format!("exit {}: {} {}", out.status, stdout.trim(), String::from_utf8_lossy(&out.stderr).trim())
             }),
-            exit_ok: false,
         });
     }
     if stdout.trim().is_empty() {
@@ -158,10 +156,4 @@ pub fn check(inv: &Invocation, cached: &Value) -> anyhow::Result<()> {
         exec(inv, "CHECK", &plugin_config(inv, &p, Some(cached)))?;
     }
     Ok(())
-}
-
-pub fn version_list(inv: &Invocation) -> anyhow::Result<Value> {
-    let p = plugins(inv)?;
-    Ok(exec(inv, "VERSION", &json!({"cniVersion": inv.conflist["cniVersion"], "type": p[0]["type"]}))?
-        .unwrap_or(Value::Null))
 }

@@ -127,12 +127,7 @@ pub fn hold(addr: &str, duration: Duration, interval: Duration) -> anyhow::Resul
     Ok(trips)
 }
 
-/// Send one UDP datagram and return the reply.
-pub fn udp(addr: &str, timeout: Duration) -> anyhow::Result<String> {
-    udp_from(addr, 0, timeout)
-}
-
-/// Like [`udp`], from a fixed local port (0: any).
+/// Send one UDP datagram from `source_port` (0: any) and return the reply.
 pub fn udp_from(addr: &str, source_port: u16, timeout: Duration) -> anyhow::Result<String> {
     let addr: SocketAddr = addr.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;
     let s =

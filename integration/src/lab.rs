@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 
-use crate::cnirun::{self, Invocation};
+use crate::cnirun::Invocation;
 use crate::proc;
 use crate::state::{LabState, NodeRec, PodRec};
 use crate::topo;
@@ -359,9 +359,5 @@ impl Lab {
             args,
             runtime_config: json!({}),
         })
-    }
-
-    pub fn cni_add(&self, inv: &Invocation) -> anyhow::Result<Value> {
-        cnirun::add(inv)
     }
 }

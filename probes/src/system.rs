@@ -71,26 +71,15 @@ pub fn iptables() -> (bool, String) {
             if l.is_some() {
                 have.push("legacy");
             }
-            // Which one the node already uses, as kube-proxy's iptables-wrappers decide: the
-            // variant holding more rules (nft when neither holds any).
-            let count = |v: &str| rule_count(&format!("iptables-{v}-save"));
-            let (n, l) = (count("nft"), count("legacy"));
-            let in_use = if l > n { "legacy" } else { "nft" };
+            // Which one the node already uses: the same decision the iptables backend makes.
+            let (n, l) = sluice_iptables::restore::rule_counts();
+            let in_use = sluice_iptables::Variant::in_use(n, l).as_str();
             (
                 true,
                 format!("iptables variants: {}; in use: {in_use} ({n} nft rules, {l} legacy rules)", have.join(", ")),
             )
         }
     }
-}
-
-fn rule_count(bin: &str) -> usize {
-    let Some(path) = which(bin) else { return 0 };
-    Command::new(path)
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("-A ")).count())
-        .unwrap_or(0)
 }
 
 pub fn conntrack() -> (bool, String) {

@@ -71,6 +71,8 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
     let mut rules = rules::RulesManager::new(ipt);
     // (source generation, object count, translated state) of the last change.
     let mut last: Option<(u64, usize, sluice_core::ClusterState)> = None;
+    // (source generation, config generation) the service lists in status were built from.
+    let mut listed: Option<(u64, u64)> = None;
     let mut health = health::HealthServers::default();
     let mut bpf = ebpf::EbpfManager::new(cfg.bpf_pin_dir());
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
@@ -129,14 +131,14 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
 
         let desired = desired_pod_routes(&cfg.node_name, state.nodes.values());
         let observed = match routes.reconcile(&desired, synced).await {
-            Ok(diff) => {
+            Ok((diff, now)) => {
                 for r in &diff.add {
                     tracing::info!(dst = %r.dst, via = %r.via, "route added");
                 }
                 for r in &diff.remove {
                     tracing::info!(dst = %r.dst, via = %r.via, "stale route removed");
                 }
-                routes.observed().await.unwrap_or_default()
+                now
             }
             Err(e) => {
                 errors.push(e.to_string());
@@ -180,10 +182,15 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         // is in place first; when it moves away, iptables has taken new flows already.
         errors.extend(bpf.reconcile(generation, state, &planner.plan, &local_endpoints));
         // After the sync: `sluice service list` shows what is programmed, not what is coming.
+        // The lists are rebuilt only when the services or the plan changed (10k entries each).
         {
             let mut st = status.write().await;
-            st.service_entries = crate::services::entries(&state.services, &planner.plan);
-            st.bpf_lb = bpf.lb_list();
+            let key = (generation, planner.status.generation);
+            if listed != Some(key) || !errors.is_empty() {
+                st.service_entries = crate::services::entries(&state.services, &planner.plan);
+                st.bpf_lb = bpf.lb_list();
+                listed = Some(key);
+            }
             st.ebpf = bpf.summary();
         }
 

@@ -21,7 +21,6 @@ pub struct RulesManager {
     /// Services of the last successful sync (for UDP conntrack cleanup of removed backends).
     last_services: Vec<sluice_core::Service>,
     last_full: Option<Instant>,
-    pub last_report: Option<SyncReport>,
 }
 
 #[derive(Clone, PartialEq)]
@@ -37,13 +36,7 @@ pub fn owned(plan: &Plan) -> BTreeSet<Feature> {
 
 impl RulesManager {
     pub fn new(ipt: Iptables) -> Self {
-        RulesManager {
-            syncer: RuleSyncer::new(ipt),
-            last_inputs: None,
-            last_services: Vec::new(),
-            last_full: None,
-            last_report: None,
-        }
+        RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_services: Vec::new(), last_full: None }
     }
 
     /// Converge; returns problems (never fatal: other features keep working).
@@ -88,7 +81,6 @@ impl RulesManager {
                 if full_due {
                     self.last_full = Some(Instant::now());
                 }
-                self.last_report = Some(report);
                 // Only after the new rules are in: stale UDP flows would otherwise re-appear.
                 for ip in removed_udp_backends(&self.last_services, &state.services) {
                     match tokio::task::spawn_blocking(move || flush_udp_conntrack(ip)).await {

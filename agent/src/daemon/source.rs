@@ -62,12 +62,13 @@ impl AgentSource {
     pub fn read(&mut self, since: Option<u64>) -> Read {
         match self {
             AgentSource::Manifests(m, _) => {
-                let (objects, errors) = m.read();
-                let complete = objects.is_some() && errors.is_empty();
+                // Copy the objects out only when something changed since the caller's generation.
+                let (readable, errors) = m.scan();
+                let complete = readable && errors.is_empty();
                 let generation = m.generation();
-                let unchanged = objects.is_some() && since == Some(generation);
+                let unchanged = readable && since == Some(generation);
                 Read {
-                    objects: if unchanged { None } else { objects },
+                    objects: (readable && !unchanged).then(|| m.objects()),
                     unchanged,
                     generation,
                     errors: errors.iter().map(|e| format!("{}: {}", e.path.display(), e.message)).collect(),

@@ -110,10 +110,20 @@ impl ManifestDir {
 
     /// Read everything; returns the objects and the per-file errors. A missing directory is
     /// an error (the source is not in sync), never an empty cluster.
+    #[cfg(test)]
     pub fn read(&mut self) -> (Option<Objects>, Vec<FileError>) {
+        match self.scan() {
+            (true, errors) => (Some(self.objects()), errors),
+            (false, errors) => (None, errors),
+        }
+    }
+
+    /// Re-read changed files (bumping the generation when anything changed); returns whether the
+    /// directory is readable at all, and the per-file errors. Builds no objects.
+    pub fn scan(&mut self) -> (bool, Vec<FileError>) {
         if !self.dir.is_dir() {
             let e = FileError { path: self.dir.clone(), message: "manifest directory does not exist".into() };
-            return (None, vec![e]);
+            return (false, vec![e]);
         }
         let mut files = Vec::new();
         walk(&self.dir, &mut files);
@@ -151,6 +161,11 @@ impl ManifestDir {
                 }
             }
         }
+        (true, errors)
+    }
+
+    /// Every object of the last good read of every file.
+    pub fn objects(&self) -> Objects {
         let mut objects = Objects::default();
         for (_, o) in self.good.values() {
             objects.nodes.extend(o.nodes.iter().cloned());
@@ -158,7 +173,7 @@ impl ManifestDir {
             objects.services.extend(o.services.iter().cloned());
             objects.endpoint_slices.extend(o.endpoint_slices.iter().cloned());
         }
-        (Some(objects), errors)
+        objects
     }
 }
 

@@ -145,7 +145,7 @@ impl Datapath {
 
     /// Map entries for exactly these services (IDs kept stable; IDs of frontends no longer
     /// present are forgotten).
-    pub fn encode(&mut self, services: &[Service]) -> Entries {
+    fn encode(&mut self, services: &[Service]) -> Entries {
         let out = self.encode_keep_ids(services);
         self.ids.retain(|k, _| out.services.contains_key(k));
         out
@@ -155,7 +155,7 @@ impl Datapath {
     /// slot that is not there yet), then stale services, then stale backends. UDP flows whose
     /// backend went away lose their conntrack entries (they would black-hole otherwise; TCP
     /// re-picks on every SYN, so its stale entries are harmless and the scan is skipped).
-    pub fn sync(&mut self, want: Entries) -> Result<usize, DatapathError> {
+    fn sync(&mut self, want: Entries) -> Result<usize, DatapathError> {
         let mut changes = 0;
         let udp_ids: BTreeSet<u32> =
             self.written.services.iter().filter(|(k, _)| k.proto == 17).map(|(_, v)| v.service_id).collect();

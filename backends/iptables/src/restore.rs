@@ -15,6 +15,11 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// The variant a node uses, from the rules each holds (iptables-wrappers' rule).
+    pub fn in_use(nft_rules: usize, legacy_rules: usize) -> Self {
+        if legacy_rules > nft_rules { Variant::Legacy } else { Variant::Nft }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Variant::Nft => "nft",
@@ -41,13 +46,17 @@ fn count_rules(binary: &str) -> Option<usize> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A ")).count())
 }
 
+/// Rules present in each variant now: (nft, legacy); a variant not installed counts 0.
+pub fn rule_counts() -> (usize, usize) {
+    (count_rules("iptables-nft-save").unwrap_or(0), count_rules("iptables-legacy-save").unwrap_or(0))
+}
+
 impl Iptables {
     /// Use the variant the node already uses, as kube-proxy's iptables-wrappers decide: the one
     /// holding more rules wins; with no rules anywhere, nft (the default of current distros).
     pub fn detect() -> Self {
-        let legacy = count_rules("iptables-legacy-save").unwrap_or(0);
-        let nft = count_rules("iptables-nft-save").unwrap_or(0);
-        Iptables { variant: if legacy > nft { Variant::Legacy } else { Variant::Nft } }
+        let (nft, legacy) = rule_counts();
+        Iptables { variant: Variant::in_use(nft, legacy) }
     }
 
     fn bin(&self, tool: &str) -> String {

@@ -71,8 +71,13 @@ impl RouteManager {
         Ok(out)
     }
 
-    /// Converge towards `desired`; returns what changed.
-    pub async fn reconcile(&self, desired: &BTreeSet<PodRoute>, prune: bool) -> Result<RouteDiff, RouteError> {
+    /// Converge towards `desired`; returns what changed and the routes sluice owns afterwards
+    /// (derived from the one dump taken here, so callers need not dump again).
+    pub async fn reconcile(
+        &self,
+        desired: &BTreeSet<PodRoute>,
+        prune: bool,
+    ) -> Result<(RouteDiff, BTreeSet<PodRoute>), RouteError> {
         let observed = self.observed().await?;
         let diff = diff_routes(desired, &observed, prune);
         for r in &diff.remove {
@@ -90,11 +95,17 @@ impl RouteManager {
                 detail: e.to_string(),
             })?;
         }
-        Ok(diff)
+        // An added route replaced any route to the same destination.
+        let mut now: BTreeSet<PodRoute> = observed
+            .into_iter()
+            .filter(|o| !diff.remove.contains(o) && !diff.add.iter().any(|a| a.dst == o.dst))
+            .collect();
+        now.extend(diff.add.iter().copied());
+        Ok((diff, now))
     }
 
     /// Remove every route sluice owns (for `sluice cleanup`).
     pub async fn remove_all(&self) -> Result<usize, RouteError> {
-        Ok(self.reconcile(&BTreeSet::new(), true).await?.remove.len())
+        Ok(self.reconcile(&BTreeSet::new(), true).await?.0.remove.len())
     }
 }

@@ -166,10 +166,10 @@ pub fn plan_sync(desired: &Ruleset, applied: &Applied) -> (BTreeMap<&'static str
                 let _ = writeln!(body, "-D {rule}");
             }
         }
-        for ((t, name), _) in applied.chains.iter().filter(|((t, _), _)| t == table) {
+        for (_, name) in applied.chains.keys().filter(|(t, _)| t == table) {
             if !want.contains_key(name) {
                 let _ = writeln!(declare, ":{name} - [0:0]");
-                let _ = (writeln!(tail, "-X {name}"), t);
+                let _ = writeln!(tail, "-X {name}");
             }
         }
         if !(declare.is_empty() && body.is_empty() && tail.is_empty()) {

@@ -36,10 +36,6 @@ impl TestLab {
         self.lab.exec_output(target, argv).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    pub fn try_exec(&self, target: &str, argv: &[&str]) -> anyhow::Result<String> {
-        self.lab.exec_output(target, argv)
-    }
-
     pub fn curl(&self, from: &str, url: &str) -> anyhow::Result<String> {
         self.lab.exec_output(from, &["sluice-lab", "curl", "--timeout-ms", "2000", url]).map(|s| s.trim().to_string())
     }
