@@ -74,6 +74,12 @@ pub struct Config {
     pub probes: ProbesConfig,
     /// Where the eBPF backend pins its maps and links. Default: /sys/fs/bpf/sluice/<node_name>.
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Node devices the eBPF backend serves NodePort/ExternalIPs/LoadBalancer/HostPort on.
+    /// Empty: the devices holding the node's InternalIP.
+    pub devices: Vec<String>,
+    /// cgroup v2 directory the socket-LB programs attach to (host processes in it and below).
+    /// Default: /sys/fs/cgroup when it is cgroup v2, else /sys/fs/cgroup/unified (hybrid layout).
+    pub cgroup_root: Option<PathBuf>,
     /// NodePort range, `FIRST-LAST` (kube-apiserver's --service-node-port-range).
     pub node_port_range: String,
     /// Per-node overrides, selected by the node label `sluice.io/node-config: NAME` (in the spirit
@@ -119,6 +125,8 @@ impl Default for Config {
             node_port_range: "30000-32767".into(),
             node_configs: Default::default(),
             bpf_pin_dir: None,
+            devices: Vec::new(),
+            cgroup_root: None,
         }
     }
 }
@@ -318,6 +326,11 @@ impl Config {
         self.bpf_pin_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/sluice").join(&self.node_name))
     }
 
+    /// The cgroup v2 directory for socket LB (see `cgroup_root`).
+    pub fn cgroup_root(&self) -> PathBuf {
+        self.cgroup_root.clone().unwrap_or_else(cgroup2_mount)
+    }
+
     /// `node_port_range`, parsed.
     pub fn node_port_range(&self) -> Result<(u16, u16), ConfigError> {
         let bad = || {
@@ -364,4 +377,14 @@ impl Config {
 
 fn feature_names() -> String {
     Feature::ALL.map(|f| f.name()).join(", ")
+}
+
+/// Where cgroup v2 is mounted: /sys/fs/cgroup on a pure v2 host, /sys/fs/cgroup/unified in the
+/// hybrid layout.
+pub fn cgroup2_mount() -> PathBuf {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let root = PathBuf::from("/sys/fs/cgroup");
+    #[allow(clippy::unnecessary_cast)]
+    let v2 = nix::sys::statfs::statfs(&root).is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC);
+    if v2 { root } else { root.join("unified") }
 }

@@ -108,10 +108,11 @@ impl Feature {
             | Feature::LoadBalancer
             | Feature::HostPort
             | Feature::TrafficPolicyLocal
-            | Feature::HealthCheckNodePort => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, HelperFibLookup],
+            | Feature::HealthCheckNodePort => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, HelperFibLookup],
             Feature::SocketLbTcp => &[Bpffs, CgroupV2, MapHash, AttachCgroupConnect4, AttachCgroupGetpeername4],
             Feature::SocketLbUdp => &[Bpffs, CgroupV2, MapHash, MapLruHash, AttachCgroupSendmsg4, AttachCgroupRecvmsg4],
-            Feature::SourceRanges | Feature::Policy => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, MapLpmTrie],
+            Feature::SourceRanges => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, MapLpmTrie],
+            Feature::Policy => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, MapLpmTrie],
             Feature::Flows => &[Bpffs, ProgSchedCls, MapRingbuf],
         }
     }

@@ -205,8 +205,13 @@ fn ebpf_record(
         // Sorted by name, as the agent's translation hands them over.
         let mut svcs = services(n, backend);
         svcs.sort_by(|a, b| a.name.cmp(&b.name));
+        let ctx = sluice_ebpf::maps::NodeCtx {
+            node_name: "node-1".into(),
+            node_ips: Vec::new(),
+            owned: [sluice_core::Feature::ClusterIp].into(),
+        };
         let t = Instant::now();
-        dp.update(&svcs)?;
+        dp.update(&svcs, &[], &ctx)?;
         rec.program_all_ms = Some(ms(t.elapsed()));
         rec.rules = Some(dp.entries().services.len() + dp.entries().backends.len());
         if n >= 2 {
@@ -214,7 +219,7 @@ fn ebpf_record(
             let i = svcs.iter().position(|s| s.name.name != format!("svc-{}", n / 2)).unwrap_or(0);
             svcs[i].backends.pop();
             let t = Instant::now();
-            dp.update(&svcs)?;
+            dp.update(&svcs, &[], &ctx)?;
             rec.single_change_ms = Some(ms(t.elapsed()));
         }
         if n > 0 {

@@ -69,6 +69,16 @@ impl Lab {
         PathBuf::from("/sys/fs/bpf/sluice-lab").join(&self.name)
     }
 
+    /// This lab's cgroup v2 directory (one sub-directory per node: the node's host processes,
+    /// where its agent attaches socket LB).
+    pub fn cgroup_dir(&self) -> PathBuf {
+        sluice_config::cgroup2_mount().join("sluice-lab").join(&self.name)
+    }
+
+    pub fn node_cgroup(&self, node: &str) -> PathBuf {
+        self.cgroup_dir().join(node)
+    }
+
     /// Namespace name prefix. The double dash cannot occur in a lab name, so one lab's prefix
     /// is never a prefix of another's (`down` of lab "a" must not touch lab "a-b").
     pub fn prefix(&self) -> String {
@@ -107,6 +117,7 @@ impl Lab {
             "source": { "manifests_dir": self.manifests_dir(), "poll_interval_ms": 300 },
             "cni": { "conflist_path": d.join("net.d/05-sluice.conflist"), "data_dir": d.join("cni-data") },
             "bpf_pin_dir": self.bpf_dir().join(&node.name),
+            "cgroup_root": self.node_cgroup(&node.name),
         });
         if let Some(p) = over {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading node config {}", p.display()))?;
@@ -163,6 +174,8 @@ impl Lab {
                 dir: self.dir.join("nodes").join(&name),
             };
             std::fs::create_dir_all(&rec.dir)?;
+            let cg = self.node_cgroup(&name);
+            std::fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
             topo::add_netns(&rec.netns)?;
             st.nodes.push(rec.clone());
             st.save(&self.state_path())?;
@@ -191,7 +204,8 @@ impl Lab {
         // Append, so the log of an agent killed on purpose survives its restart.
         let log = n.dir.join("agent.log");
         let mut prev = std::fs::read(&log).unwrap_or_default();
-        let pid = proc::spawn_daemon(&n.netns, &self.bin_dir.join("sluice"), &args, &envs, &log)?;
+        let cg = self.node_cgroup(&n.name);
+        let pid = proc::spawn_daemon(&n.netns, Some(&cg), &self.bin_dir.join("sluice"), &args, &envs, &log)?;
         if !prev.is_empty() {
             prev.extend_from_slice(b"--- agent restarted ---\n");
             let _ = std::fs::write(n.dir.join("agent.log.prev"), prev);
@@ -278,6 +292,23 @@ impl Lab {
         if self.bpf_dir().exists() {
             std::fs::remove_dir_all(self.bpf_dir())
                 .with_context(|| format!("removing {}", self.bpf_dir().display()))?;
+        }
+        // The nodes' cgroups (empty now: their processes were stopped above).
+        if let Ok(rd) = std::fs::read_dir(self.cgroup_dir()) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                // An exiting process leaves its cgroup a moment after it is gone.
+                let mut tries = 0;
+                while let Err(err) = std::fs::remove_dir(e.path()) {
+                    tries += 1;
+                    if tries > 50 {
+                        return Err(err).with_context(|| format!("removing cgroup {}", e.path().display()));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            std::fs::remove_dir(self.cgroup_dir())
+                .with_context(|| format!("removing cgroup {}", self.cgroup_dir().display()))?;
+            let _ = std::fs::remove_dir(self.cgroup_dir().parent().unwrap_or(Path::new("/")));
         }
         let left = topo::list_netns(&prefix);
         if self.dir.exists() {

@@ -19,6 +19,8 @@ use crate::topo;
 pub struct ExecTarget {
     pub netns: String,
     pub env: Vec<(String, String)>,
+    /// Nodes: the node's own cgroup (socket LB acts on host processes in it).
+    pub cgroup: Option<PathBuf>,
 }
 
 fn valid_name(kind: &str, name: &str) -> anyhow::Result<()> {
@@ -99,7 +101,7 @@ impl Lab {
         if let Some(port) = serve {
             let args = vec!["serve".into(), "--name".into(), name.into(), "--port".into(), port.to_string()];
             let log = self.dir.join(format!("pod-{name}.log"));
-            rec.serve_pid = Some(proc::spawn_daemon(&netns, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?);
+            rec.serve_pid = Some(proc::spawn_daemon(&netns, None, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?);
         }
         std::fs::write(self.manifests_dir().join("pods").join(format!("{name}.yaml")), pod_manifest(&rec))?;
         st.pods.push(rec.clone());
@@ -153,7 +155,7 @@ impl Lab {
         if let Some(port) = serve {
             let args = vec!["serve".into(), "--name".into(), name.into(), "--port".into(), port.to_string()];
             let log = self.dir.join(format!("ext-{name}.log"));
-            let pid = proc::spawn_daemon(&rec.netns, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?;
+            let pid = proc::spawn_daemon(&rec.netns, None, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?;
             st.extra_pids.push((pid, format!("echo server on external {name}")));
             st.save(&self.state_path())?;
             wait_listening(&rec.netns, port)?;
@@ -170,13 +172,13 @@ impl Lab {
         if let Some(n) = st.nodes.iter().find(|n| n.name == name) {
             env.push(("SLUICE_SOCKET_PATH".into(), n.dir.join("sluice.sock").display().to_string()));
             env.push(("SLUICE_CONFIG".into(), n.dir.join("config.yaml").display().to_string()));
-            return Ok(ExecTarget { netns: n.netns.clone(), env });
+            return Ok(ExecTarget { netns: n.netns.clone(), env, cgroup: Some(self.node_cgroup(&n.name)) });
         }
         if let Some(p) = st.pods.iter().find(|p| p.name == name) {
-            return Ok(ExecTarget { netns: p.netns.clone(), env });
+            return Ok(ExecTarget { netns: p.netns.clone(), env, cgroup: None });
         }
         if let Some(e) = st.externals.iter().find(|e| e.name == name) {
-            return Ok(ExecTarget { netns: e.netns.clone(), env });
+            return Ok(ExecTarget { netns: e.netns.clone(), env, cgroup: None });
         }
         let all: Vec<&str> = st
             .nodes
@@ -197,6 +199,9 @@ impl Lab {
             cmd.env(k, v);
         }
         proc::in_netns(&mut cmd, &t.netns)?;
+        if let Some(cg) = &t.cgroup {
+            proc::in_cgroup(&mut cmd, cg)?;
+        }
         Ok(cmd)
     }
 

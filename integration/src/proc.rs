@@ -21,6 +21,20 @@ pub fn in_netns(cmd: &mut Command, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Make `cmd` join the cgroup v2 directory `dir` before exec (as a node's host process).
+pub fn in_cgroup(cmd: &mut Command, dir: &Path) -> anyhow::Result<()> {
+    let procs = dir.join("cgroup.procs");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .with_context(|| format!("opening {} (is the lab up?)", procs.display()))?;
+    // SAFETY: write(2) is async-signal-safe; "0" moves the writing (child) process.
+    unsafe {
+        cmd.pre_exec(move || nix::unistd::write(&file, b"0").map(|_| ()).map_err(std::io::Error::from));
+    }
+    Ok(())
+}
+
 /// Run to completion inside `ns`, capturing output; error names the command and its stderr.
 pub fn run_in(ns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = Command::new(program);
@@ -36,6 +50,7 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> 
 /// Start a detached daemon inside `ns` with output to `log`; returns its PID.
 pub fn spawn_daemon(
     ns: &str,
+    cgroup: Option<&Path>,
     program: &Path,
     args: &[String],
     envs: &[(String, String)],
@@ -49,6 +64,9 @@ pub fn spawn_daemon(
         cmd.env(k, v);
     }
     in_netns(&mut cmd, ns)?;
+    if let Some(cg) = cgroup {
+        in_cgroup(&mut cmd, cg)?;
+    }
     // SAFETY: setsid is async-signal-safe. It detaches the daemon from our session so it
     // outlives this command; `down` stops it by PID.
     unsafe {

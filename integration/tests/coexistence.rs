@@ -1,4 +1,4 @@
-//! Tier 3: sluice beside a live kube-proxy ruleset. kube-proxy keeps the features the plan leaves
+//! Tier 3: sluice (iptables backend) beside a live kube-proxy ruleset. kube-proxy keeps the features the plan leaves
 //! to it, sluice serves the ones it takes, restarts rewrite nothing that is right, and cleanup
 //! removes only sluice's chains.
 
@@ -17,7 +17,7 @@ fn partial_mode_beside_kube_proxy() {
     let cfg = dir.path().join("partial.yaml");
     std::fs::write(
         &cfg,
-        "kube_proxy_replacement: partial\nkube_proxy_replacement_features: [node-port, traffic-policy-local, health-check-node-port]\n",
+        "dataplane: iptables\nkube_proxy_replacement: partial\nkube_proxy_replacement_features: [node-port, traffic-policy-local, health-check-node-port]\n",
     )
     .expect("write");
     let t = TestLab::up("t-coexist", 1, &[("node-1".into(), cfg)]);

@@ -25,19 +25,16 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
     std::fs::write(&old_kernel, "dataplane: auto\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
     let t = TestLab::up("t-modes", 2, &[("node-2".into(), old_kernel)]);
 
-    // This build's eBPF backend serves ClusterIP (and affinity); the rest goes to iptables under
-    // auto, and node-2's plan also names the capability it was told it lacks. (Core's plan tests
-    // cover every feature with both backends built.)
+    // Under auto every Service feature goes to eBPF where the kernel allows; node-2, told it
+    // lacks bpf_fib_lookup, keeps the features needing it on iptables and names the capability.
     let s1 = t.status("node-1");
     assert_eq!(owner(&s1, "cluster-ip"), "ebpf");
-    assert_eq!(owner(&s1, "node-port"), "iptables");
+    assert_eq!(owner(&s1, "node-port"), "ebpf");
     let s2 = t.status("node-2");
     assert_eq!(owner(&s2, "node-port"), "iptables");
     let table = t.exec("node-2", &["sluice", "status"]);
     assert!(
-        table.contains(
-            "KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: eBPF not built, no bpf_fib_lookup)"
-        ),
+        table.contains("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: no bpf_fib_lookup)"),
         "{table}"
     );
 
@@ -123,7 +120,7 @@ fn live_config_switch_is_applied_and_broken_config_is_rejected() {
         (owner(&s, "cluster-ip") == "kube-proxy").then_some(s)
     });
     assert_eq!(s["config"]["generation"], 2);
-    assert_eq!(owner(&s, "node-port"), "iptables");
+    assert_eq!(owner(&s, "node-port"), "ebpf");
     let steps = s["config"]["last_transition"].as_array().expect("steps");
     assert!(steps.iter().any(|x| x["step"]["op"] == "remove" && x["step"]["feature"] == "cluster-ip"), "{steps:?}");
 

@@ -194,6 +194,7 @@ fn chained_with_reference_portmap_and_bandwidth() {
     let host_if = result["interfaces"][0]["name"].as_str().expect("host if").to_string();
     let server = proc::spawn_daemon(
         &ns,
+        None,
         &lab.bin_dir.join("sluice-lab"),
         &["serve".into(), "--name".into(), "hp".into(), "--port".into(), "8080".into()],
         &[],

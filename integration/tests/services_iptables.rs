@@ -1,7 +1,8 @@
 //! Tier 3: the Service connectivity suite (modelled on Cilium's connectivity check) on a 2-node
-//! lab with real agents: on the iptables backend (`dataplane: iptables`), with `dataplane: auto`
-//! (ClusterIP and affinity on the eBPF tc datapath, the rest on iptables), and on a mixed cluster
-//! (node-1 auto, node-2 told it lacks sched_cls programs and so all on iptables).
+//! lab with real agents: on the iptables backend (`dataplane: iptables`), on the eBPF backend
+//! (`dataplane: ebpf`), with `dataplane: auto` (every Service feature on eBPF on this kernel), and
+//! on a mixed cluster (node-1 auto, node-2 told it lacks sched_cls programs and so all on
+//! iptables), with traffic across the two kinds of node both ways.
 
 mod common;
 
@@ -79,6 +80,7 @@ fn answers(t: &TestLab, from: &str, url: &str, n: usize) -> BTreeSet<String> {
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
     Iptables,
+    Ebpf,
     Auto,
     Mixed,
 }
@@ -89,8 +91,11 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
     std::fs::write(&ipt, "dataplane: iptables\n").expect("write");
     let old = dir.path().join("old-kernel.yaml");
     std::fs::write(&old, "probes:\n  assume_missing: [prog-sched-cls]\n").expect("write");
+    let ebpf = dir.path().join("ebpf.yaml");
+    std::fs::write(&ebpf, "dataplane: ebpf\n").expect("write");
     let configs: Vec<(String, std::path::PathBuf)> = match v {
         Variant::Iptables => vec![("node-1".into(), ipt.clone()), ("node-2".into(), ipt)],
+        Variant::Ebpf => vec![("node-1".into(), ebpf.clone()), ("node-2".into(), ebpf)],
         Variant::Auto => vec![],
         Variant::Mixed => vec![("node-2".into(), old)],
     };
@@ -131,7 +136,14 @@ fn connectivity_suite_on_iptables() {
 }
 
 #[test]
-fn connectivity_suite_on_auto_with_ebpf_cluster_ip() {
+fn connectivity_suite_on_ebpf() {
+    if require_root() {
+        suite("t-svc-bpf", Variant::Ebpf);
+    }
+}
+
+#[test]
+fn connectivity_suite_on_auto() {
     if require_root() {
         suite("t-svc-auto", Variant::Auto);
     }
@@ -158,7 +170,9 @@ fn suite(lab_name: &str, v: Variant) {
     // node host processes -> ClusterIP.
     assert_eq!(answers(&t, "node-2", "http://10.96.0.10/", 30), both, "host-to-clusterip");
     // external -> NodePort, ExternalIP, LoadBalancer IP.
-    assert_eq!(answers(&t, "ext", "http://198.51.100.12:30080/", 30), both, "external-to-nodeport");
+    for ip in ["198.51.100.11", "198.51.100.12"] {
+        assert_eq!(answers(&t, "ext", &format!("http://{ip}:30080/"), 30), both, "external-to-nodeport via {ip}");
+    }
     assert_eq!(answers(&t, "ext", "http://203.0.113.10/", 30), both, "external-to-externalip");
     assert_eq!(t.curl("ext", "http://203.0.113.101/").map(|_| ()).ok(), Some(()), "external-to-loadbalancer");
 
@@ -175,8 +189,22 @@ fn suite(lab_name: &str, v: Variant) {
     assert_eq!(t.curl("ext", "http://198.51.100.11:30081/client").expect("src"), "198.51.100.201");
     // ...and the LoadBalancer IP with Local goes to node-1's endpoint only.
     assert_eq!(answers(&t, "ext", "http://203.0.113.100/", 10), ["a".to_string()].into());
-    // Cluster policy masquerades: the backend sees a node address, not the client.
-    assert_ne!(t.curl("ext", "http://198.51.100.12:30080/client").expect("masq"), "198.51.100.201");
+    // Cluster policy: a backend on another node sees the forwarding node's address. iptables
+    // masquerades every such connection (as kube-proxy); eBPF SNATs only towards other nodes and
+    // keeps the client address for a local backend (as Cilium).
+    // (node-2 of the mixed cluster is on iptables, its node-1 on eBPF.)
+    for (node, ip) in [("node-1", "198.51.100.11"), ("node-2", "198.51.100.12")] {
+        let seen = answers(&t, "ext", &format!("http://{ip}:30080/client"), 30);
+        if v == Variant::Iptables || (v == Variant::Mixed && node == "node-2") {
+            assert!(!seen.contains("198.51.100.201"), "{node}: {seen:?}");
+        } else {
+            let want: BTreeSet<String> = [ip.to_string(), "198.51.100.201".to_string()].into();
+            assert_eq!(
+                seen, want,
+                "eBPF on {node}: SNAT to its IP for the other node's backend, client kept for its own"
+            );
+        }
+    }
     // healthCheckNodePort answers with the local endpoint count.
     let hc = t.exec("node-1", &["sluice-lab", "curl", "http://198.51.100.11:32100/healthz"]);
     assert!(hc.contains("\"localEndpoints\":1"), "{hc}");
@@ -201,11 +229,16 @@ fn suite(lab_name: &str, v: Variant) {
     let web = list.as_array().expect("list").iter().find(|e| e["frontend"] == "10.96.0.10:80/TCP").expect("web");
     assert_eq!(web["owner"], if v == Variant::Iptables { "iptables" } else { "eBPF" });
     if v != Variant::Iptables {
-        // The eBPF maps hold the ClusterIP frontends, and node-2 of the mixed cluster none.
+        // The eBPF maps hold every kind of frontend (NodePort on the node's IP, ExternalIP,
+        // LoadBalancer, HostPort), and node-2 of the mixed cluster no per-packet one.
         let lb = t.exec("node-1", &["sluice", "bpf", "lb", "list", "-o", "json"]);
-        assert!(lb.contains("10.96.0.10:80/TCP"), "{lb}");
+        for fe in ["10.96.0.10:80/TCP", "198.51.100.11:30080/TCP", "203.0.113.10:80/TCP", "203.0.113.101:80/TCP"] {
+            assert!(lb.contains(fe), "{fe} not in {lb}");
+        }
+        assert!(lb.contains("198.51.100.11:18080/TCP"), "hostPort: {lb}");
         let lb2 = t.exec("node-2", &["sluice", "bpf", "lb", "list", "-o", "json"]);
-        assert_eq!(lb2.contains("10.96.0.10:80/TCP"), v == Variant::Auto, "{lb2}");
+        // (node-2 of the mixed cluster keeps socket LB on eBPF: it needs no sched_cls programs.)
+        assert_eq!(lb2.contains("198.51.100.12:30080/TCP"), v != Variant::Mixed, "{lb2}");
         let plan2 = t.exec("node-2", &["sluice", "plan"]);
         if v == Variant::Mixed {
             assert!(plan2.contains("ClusterIP (iptables: no sched_cls programs)"), "{plan2}");
@@ -213,10 +246,17 @@ fn suite(lab_name: &str, v: Variant) {
     }
     assert_eq!(web["backends"].as_array().map(Vec::len), Some(2));
 
-    // Dispatch is a tree, not a linear chain, and the masquerade hook is single.
-    let nat = t.exec("node-1", &["iptables-nft-save", "-t", "nat"]);
-    assert!(nat.contains("-A SLUICE-SERVICES -d 0.0.0.10/0.0.0.15 -j SLUICE-D-A"), "{nat}");
-    assert_eq!(nat.lines().filter(|l| l.starts_with("-A PREROUTING") && l.contains("SLUICE-SERVICES")).count(), 1);
+    // iptables: dispatch is a tree, not a linear chain, and the hook is single. eBPF: iptables
+    // holds no Service rule at all (node-2 of the mixed cluster does).
+    let (ipt_node, ipt_serves) = match v {
+        Variant::Iptables => ("node-1", true),
+        Variant::Mixed => ("node-2", true),
+        _ => ("node-1", false),
+    };
+    let nat = t.exec(ipt_node, &["iptables-nft-save", "-t", "nat"]);
+    assert_eq!(nat.contains("-A SLUICE-SERVICES -d 0.0.0.10/0.0.0.15 -j SLUICE-D-A"), ipt_serves, "{nat}");
+    let hooks = nat.lines().filter(|l| l.starts_with("-A PREROUTING") && l.contains("SLUICE-SERVICES")).count();
+    assert_eq!(hooks, usize::from(ipt_serves), "{nat}");
 }
 
 #[test]

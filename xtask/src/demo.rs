@@ -50,7 +50,7 @@ pub fn run_demo() -> anyhow::Result<()> {
             "unexpected source addresses: pod-to-pod {src:?} (want 10.244.1.2), to world {ext:?} (want node-1's 198.51.100.11)"
         );
     }
-    println!("\n-- a Service: ClusterIP 10.96.0.10 over both pods (eBPF at the pod's veth on this kernel) --");
+    println!("\n-- a Service: ClusterIP 10.96.0.10 and NodePort 30080 over both pods (eBPF on this kernel) --");
     let svc = std::env::temp_dir().join("sluice-demo-service.yaml");
     std::fs::write(
         &svc,
@@ -88,9 +88,16 @@ pub fn run_demo() -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    println!("world -> http://198.51.100.12:30080/ (NodePort on node-2) answered by: {np:?}");
+    println!("world -> http://198.51.100.12:30080/ (NodePort on node-2, eBPF at its eth0) answered by: {np:?}");
     if np != "a" && np != "b" {
         bail!("the NodePort did not answer (got {np:?})");
+    }
+    let host = step(
+        "a host process on node-1 -> the ClusterIP (socket LB: connect() goes straight to a pod)",
+        &["exec", "node-1", "--", "sluice-lab", "curl", "http://10.96.0.10/"],
+    )?;
+    if host.trim() != "a" && host.trim() != "b" {
+        bail!("the host process did not reach the ClusterIP (got {host:?})");
     }
     step("who serves what on node-1", &["exec", "node-1", "--", "sluice", "service", "list"])?;
     step("the eBPF service map on node-1", &["exec", "node-1", "--", "sluice", "bpf", "lb", "list"])?;
@@ -98,7 +105,9 @@ pub fn run_demo() -> anyhow::Result<()> {
     println!("\n-- what the agent on node-1 reports --");
     step("node-1 status", &["exec", "node-1", "--", "sluice", "status"])?;
     println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes,");
-    println!("   and a Service balanced over them (ClusterIP on eBPF, NodePort on iptables, as `sluice plan` says) ==");
+    println!(
+        "   and a Service balanced over them (every Service feature on eBPF on this kernel, as `sluice plan` says) =="
+    );
     Ok(())
 }
 

@@ -18,10 +18,11 @@ pub fn lb_list(socket: &Path, out: Output) -> anyhow::Result<()> {
     t.load_preset(UTF8_FULL_CONDENSED).set_header(["SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID) (SLOT)"]);
     for e in &list {
         let mut lines = vec![format!(
-            "0.0.0.0:0 ({}) (0) [{} backends{}]",
+            "0.0.0.0:0 ({}) (0) [{} backends{}; {}]",
             e.service_id,
             e.backend_count,
-            if e.affinity_s > 0 { format!(", affinity {}s", e.affinity_s) } else { String::new() }
+            if e.affinity_s > 0 { format!(", affinity {}s", e.affinity_s) } else { String::new() },
+            e.serves.join(", ")
         )];
         lines.extend(e.backends.iter().map(|(slot, b)| format!("{b} ({}) ({slot})", e.service_id)));
         t.add_row([e.frontend.clone(), lines.join("\n")]);

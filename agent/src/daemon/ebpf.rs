@@ -1,24 +1,46 @@
-//! The eBPF side of the agent: the tc service datapath on every local pod veth, its maps in step
-//! with the Services of the features the plan gives to eBPF.
+//! The eBPF side of the agent: the tc service datapath on every local pod veth and on the node's
+//! devices, socket LB on the node's cgroup, the maps in step with the Services of the features
+//! the plan gives to eBPF.
 //!
 //! Moving a feature away from eBPF deletes its service entries (new flows go to the new owner)
 //! but leaves the programs attached: flows already in the BPF conntrack keep their backend, so
 //! established connections survive the switch (make-before-break in the other direction).
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sluice_core::{ClusterState, Feature, LocalEndpoint, Owner, Plan, Service};
+use sluice_core::{ClusterState, Feature, LocalEndpoint, Owner, Plan};
 use sluice_ebpf::datapath::Datapath;
+use sluice_ebpf::maps::NodeCtx;
+
+/// What the eBPF side needs to know about this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeFacts {
+    pub name: String,
+    /// Where NodePorts and HostPorts listen; the first is the SNAT address.
+    pub ips: Vec<Ipv4Addr>,
+    /// Devices that carry traffic from outside the node.
+    pub devices: Vec<String>,
+    pub cgroup: PathBuf,
+}
+
+/// Features served at the node's devices.
+const DEVICE_FEATURES: [Feature; 4] =
+    [Feature::NodePort, Feature::ExternalIps, Feature::LoadBalancer, Feature::HostPort];
 
 pub struct EbpfManager {
     pin_dir: PathBuf,
     dp: Option<Datapath>,
     /// Interfaces whose links this process attached or took over (swapped its programs into).
     handled: BTreeSet<String>,
-    /// (source generation, owned features) of the last map sync: skip when unchanged.
-    synced: Option<(u64, BTreeSet<Feature>)>,
+    /// Whether this process attached the socket-LB programs.
+    cgroup_handled: bool,
+    /// (source generation, node context) of the last map sync: skip when unchanged.
+    synced: Option<(u64, NodeCtx)>,
+    devices: Vec<String>,
+    cgroup: Option<PathBuf>,
 }
 
 /// One row of `sluice bpf lb list`.
@@ -28,7 +50,27 @@ pub struct LbEntry {
     pub service_id: u32,
     pub backend_count: u32,
     pub affinity_s: u32,
+    /// Who this frontend is served for: pods (tc at the veths), external (node devices),
+    /// host TCP/UDP (socket LB), with source ranges.
+    #[serde(default)]
+    pub serves: Vec<String>,
+    /// (slot, backend address; " local" when on this node).
     pub backends: Vec<(u32, String)>,
+}
+
+fn serves(flags: u32) -> Vec<String> {
+    use sluice_ebpf::maps::*;
+    [
+        (SVC_F_TC, "pods"),
+        (SVC_F_EXTERNAL, "external"),
+        (SVC_F_SOCK_TCP, "host-tcp"),
+        (SVC_F_SOCK_UDP, "host-udp"),
+        (SVC_F_SRC_RANGES, "source-ranges"),
+    ]
+    .iter()
+    .filter(|(f, _)| flags & f != 0)
+    .map(|(_, n)| n.to_string())
+    .collect()
 }
 
 fn ip(a: u32) -> std::net::Ipv4Addr {
@@ -41,7 +83,15 @@ fn port(p: u16) -> u16 {
 
 impl EbpfManager {
     pub fn new(pin_dir: PathBuf) -> Self {
-        EbpfManager { pin_dir, dp: None, handled: BTreeSet::new(), synced: None }
+        EbpfManager {
+            pin_dir,
+            dp: None,
+            handled: BTreeSet::new(),
+            cgroup_handled: false,
+            synced: None,
+            devices: Vec::new(),
+            cgroup: None,
+        }
     }
 
     pub fn reconcile(
@@ -50,6 +100,7 @@ impl EbpfManager {
         state: &ClusterState,
         plan: &Plan,
         local: &[LocalEndpoint],
+        node: &NodeFacts,
     ) -> Vec<String> {
         let owned: BTreeSet<Feature> =
             plan.entries.iter().filter(|e| e.owner == Owner::Ebpf).map(|e| e.feature).collect();
@@ -68,6 +119,19 @@ impl EbpfManager {
         }
         let Some(dp) = self.dp.as_mut() else { return errors };
         let mut keep = BTreeSet::new();
+        let devices: &[String] = if DEVICE_FEATURES.iter().any(|f| owned.contains(f)) { &node.devices } else { &[] };
+        for dev in devices {
+            keep.insert(dev.clone());
+            if !self.handled.contains(dev) {
+                match dp.attach_device(dev) {
+                    Ok(()) => {
+                        tracing::info!(device = %dev, "eBPF program attached to node device");
+                        self.handled.insert(dev.clone());
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+        }
         for ep in local.iter().filter(|e| !e.host_interface.is_empty()) {
             keep.insert(ep.host_interface.clone());
             // Once per interface and process: new links, or this process's programs swapped
@@ -83,36 +147,45 @@ impl EbpfManager {
         }
         for gone in dp.detach_others(&keep) {
             self.handled.remove(&gone);
-            tracing::info!(ifname = %gone, "eBPF links of a removed pod released");
+            tracing::info!(ifname = %gone, "eBPF links released (pod removed or device no longer served)");
         }
-        if self.synced.as_ref() == Some(&(generation, owned.clone())) {
+        self.devices = devices.to_vec();
+        if owned.contains(&Feature::SocketLbTcp) || owned.contains(&Feature::SocketLbUdp) {
+            if !self.cgroup_handled {
+                match dp.attach_cgroup(&node.cgroup) {
+                    Ok(()) => {
+                        tracing::info!(cgroup = %node.cgroup.display(), "socket LB attached");
+                        self.cgroup_handled = true;
+                        self.cgroup = Some(node.cgroup.clone());
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+        } else if dp.cgroup_attached() || self.cgroup_handled {
+            dp.detach_cgroup();
+            self.cgroup_handled = false;
+            self.cgroup = None;
+            tracing::info!("socket LB released (the plan no longer gives it to eBPF)");
+        }
+        let ctx = NodeCtx { node_name: node.name.clone(), node_ips: node.ips.clone(), owned };
+        if self.synced.as_ref().is_some_and(|(g, c)| *g == generation && *c == ctx) {
             return errors;
         }
-        let services: Vec<Service> = if owned.contains(&Feature::ClusterIp) {
-            state
-                .services
-                .iter()
-                .map(|s| {
-                    let mut s = s.clone();
-                    if !owned.contains(&Feature::SessionAffinity) {
-                        s.affinity_timeout_s = None;
-                    }
-                    s
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        match dp.update(&services) {
+        match dp.update(&state.services, &state.host_ports, &ctx) {
             Ok(n) => {
                 if n > 0 {
                     tracing::info!(changes = n, "eBPF service maps synced");
                 }
-                self.synced = Some((generation, owned));
+                self.synced = Some((generation, ctx));
             }
             Err(e) => errors.push(e.to_string()),
         }
         errors
+    }
+
+    /// The features the last successful map sync programmed.
+    pub fn programmed(&self) -> BTreeSet<Feature> {
+        self.synced.as_ref().map(|(_, c)| c.owned.clone()).unwrap_or_default()
     }
 
     /// One line for `sluice status`.
@@ -120,9 +193,11 @@ impl EbpfManager {
         match &self.dp {
             None => "not loaded (no feature is given to eBPF on this node)".into(),
             Some(dp) => format!(
-                "loaded, maps and links pinned in {}; programs on {} pod veth(s); {} service frontend(s)",
+                "loaded, maps and links pinned in {}; programs on {} pod veth(s) and device(s) [{}]; socket LB {}; {} service frontend(s)",
                 self.pin_dir.display(),
-                dp.attached().len(),
+                dp.attached().len().saturating_sub(self.devices.len()),
+                self.devices.join(", "),
+                self.cgroup.as_ref().map(|c| format!("on {}", c.display())).unwrap_or_else(|| "off".into()),
                 dp.entries().services.len()
             ),
         }
@@ -147,11 +222,17 @@ impl EbpfManager {
                 service_id: v.service_id,
                 backend_count: v.backend_count,
                 affinity_s: v.affinity_s,
+                serves: serves(v.flags),
                 backends: e
                     .backends
-                    .iter()
-                    .filter(|(bk, _)| bk.service_id == v.service_id)
-                    .map(|(bk, b)| (bk.slot, format!("{}:{}", ip(b.addr), port(b.port))))
+                    .range(
+                        sluice_ebpf::maps::BackendKey { service_id: v.service_id, slot: 0 }
+                            ..=sluice_ebpf::maps::BackendKey { service_id: v.service_id, slot: u32::MAX },
+                    )
+                    .map(|(bk, b)| {
+                        let local = if b.flags & sluice_ebpf::maps::BE_F_LOCAL != 0 { " local" } else { "" };
+                        (bk.slot, format!("{}:{}{local}", ip(b.addr), port(b.port)))
+                    })
                     .collect(),
             })
             .collect()

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sluice_config::Config;
 use sluice_core::plan::{compute, transition};
-use sluice_core::{Capabilities, Implemented, Plan, PlanInput, Step};
+use sluice_core::{Capabilities, Feature, Implemented, Plan, PlanInput, Step};
 
 /// Where the running config came from, so it can be re-read.
 #[derive(Debug, Clone)]
@@ -39,9 +39,21 @@ pub struct StepRecord {
     pub result: String,
 }
 
-/// What this build's backends can program. The eBPF backend programs no Service feature yet.
+/// What this build's backends can program. Neither programs policy or flows yet.
 pub const IMPLEMENTED: Implemented = Implemented {
-    ebpf: &[sluice_core::Feature::ClusterIp, sluice_core::Feature::SessionAffinity],
+    ebpf: &[
+        Feature::ClusterIp,
+        Feature::NodePort,
+        Feature::ExternalIps,
+        Feature::LoadBalancer,
+        Feature::HostPort,
+        Feature::SocketLbTcp,
+        Feature::SocketLbUdp,
+        Feature::SessionAffinity,
+        Feature::SourceRanges,
+        Feature::TrafficPolicyLocal,
+        Feature::HealthCheckNodePort,
+    ],
     iptables: sluice_iptables::services::IMPLEMENTED,
 };
 

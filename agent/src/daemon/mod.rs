@@ -5,6 +5,7 @@
 //! stale ones are removed only once the source has synced.
 
 mod cni_conf;
+mod devices;
 pub mod ebpf;
 pub mod features;
 mod health;
@@ -60,7 +61,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
 
     let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink socket")?;
     tokio::spawn(conn);
-    let routes = RouteManager::new(handle);
+    let routes = RouteManager::new(handle.clone());
     let ipt = match cfg.iptables.variant {
         IptablesVariant::Auto => tokio::task::spawn_blocking(Iptables::detect).await?,
         IptablesVariant::Nft => Iptables { variant: Variant::Nft },
@@ -75,6 +76,9 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
     let mut listed: Option<(u64, u64)> = None;
     let mut health = health::HealthServers::default();
     let mut bpf = ebpf::EbpfManager::new(cfg.bpf_pin_dir());
+    // (node IPs, devices, when looked up): devices are re-read when the IPs change or every 30 s.
+    let mut node_devices: Option<(Vec<std::net::Ipv4Addr>, Vec<String>, std::time::Instant)> = None;
+    let cgroup = cfg.cgroup_root();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -167,8 +171,25 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         }
         let masq =
             pod_cidr.filter(|_| cfg.masquerade).map(|pod_cidr| Masquerade { pod_cidr, cluster_cidr: cfg.cluster_cidr });
-        errors.extend(rules.reconcile(&cfg.node_name, cfg.cluster_cidr, masq, generation, state, &planner.plan).await);
-        let hc_owned = rules::owned(&planner.plan).contains(&sluice_core::Feature::HealthCheckNodePort);
+        // Make-before-break towards eBPF: a feature moving from iptables to eBPF keeps its
+        // iptables rules until the eBPF maps hold it (the other way, iptables syncs first anyway).
+        let ebpf_owned: BTreeSet<sluice_core::Feature> =
+            planner.plan.entries.iter().filter(|e| e.owner == sluice_core::Owner::Ebpf).map(|e| e.feature).collect();
+        let ipt_owned = |bpf: &ebpf::EbpfManager, rules: &rules::RulesManager| {
+            let pending: BTreeSet<_> = ebpf_owned.difference(&bpf.programmed()).copied().collect();
+            let mut o = rules::owned(&planner.plan);
+            o.extend(pending.intersection(&rules.programmed()).copied());
+            o
+        };
+        let first = ipt_owned(&bpf, &rules);
+        errors.extend(
+            rules.reconcile(&cfg.node_name, cfg.cluster_cidr, masq.clone(), generation, state, first.clone()).await,
+        );
+        // The health servers are the agent's own, whichever dataplane serves the NodePort.
+        let hc_owned = planner.plan.entries.iter().any(|e| {
+            e.feature == sluice_core::Feature::HealthCheckNodePort
+                && matches!(e.owner, sluice_core::Owner::Iptables | sluice_core::Owner::Ebpf)
+        });
         let want = if hc_owned { health::desired(&state.services, &cfg.node_name) } else { Default::default() };
         errors.extend(health.reconcile(want).await);
         let local_endpoints = match pod_cidr {
@@ -180,7 +201,29 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         };
         // eBPF after iptables: when ClusterIP moves to eBPF, host access (iptables socket-lb)
         // is in place first; when it moves away, iptables has taken new flows already.
-        errors.extend(bpf.reconcile(generation, state, &planner.plan, &local_endpoints));
+        let ips: Vec<std::net::Ipv4Addr> = me.as_ref().and_then(|n| n.internal_ip).into_iter().collect();
+        if node_devices.as_ref().is_none_or(|(i, _, t)| *i != ips || t.elapsed() > Duration::from_secs(30)) {
+            let devs = if !cfg.devices.is_empty() {
+                cfg.devices.clone()
+            } else {
+                devices::holding(&handle, &ips).await.unwrap_or_else(|e| {
+                    errors.push(format!("listing node devices: {e:#}"));
+                    Vec::new()
+                })
+            };
+            node_devices = Some((ips.clone(), devs, std::time::Instant::now()));
+        }
+        let node = ebpf::NodeFacts {
+            name: cfg.node_name.clone(),
+            ips,
+            devices: node_devices.as_ref().map(|(_, d, _)| d.clone()).unwrap_or_default(),
+            cgroup: cgroup.clone(),
+        };
+        errors.extend(bpf.reconcile(generation, state, &planner.plan, &local_endpoints, &node));
+        let second = ipt_owned(&bpf, &rules);
+        if second != first {
+            errors.extend(rules.reconcile(&cfg.node_name, cfg.cluster_cidr, masq, generation, state, second).await);
+        }
         // After the sync: `sluice service list` shows what is programmed, not what is coming.
         // The lists are rebuilt only when the services or the plan changed (10k entries each).
         {
@@ -248,7 +291,9 @@ fn record(planner: &mut features::Planner, res: Result<Vec<sluice_core::Step>, S
                         | sluice_core::Step::Remove { owner: sluice_core::Owner::Iptables, .. } => {
                             "iptables: in the next sync's restore batch (atomic per table, new rules and removals together)"
                         }
-                        _ => "eBPF: no eBPF Service programming is built yet; nothing to program or remove",
+                        _ => {
+                            "eBPF: map entries in the next sync; iptables keeps a feature moving to eBPF until the eBPF maps hold it"
+                        }
                     };
                     features::StepRecord { step, result: result.into() }
                 })

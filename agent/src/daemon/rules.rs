@@ -35,6 +35,11 @@ pub fn owned(plan: &Plan) -> BTreeSet<Feature> {
 }
 
 impl RulesManager {
+    /// The features the last successful sync programmed.
+    pub fn programmed(&self) -> BTreeSet<Feature> {
+        self.last_inputs.as_ref().map(|i| i.owned.clone()).unwrap_or_default()
+    }
+
     pub fn new(ipt: Iptables) -> Self {
         RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_services: Vec::new(), last_full: None }
     }
@@ -47,9 +52,9 @@ impl RulesManager {
         masquerade: Option<Masquerade>,
         generation: u64,
         state: &ClusterState,
-        plan: &Plan,
+        owned: BTreeSet<Feature>,
     ) -> Vec<String> {
-        let inputs = Inputs { generation, owned: owned(plan), masquerade };
+        let inputs = Inputs { generation, owned, masquerade };
         let full_due = self.last_full.is_none_or(|t| t.elapsed() > FULL_RESYNC);
         if self.last_inputs.as_ref() == Some(&inputs) && !full_due {
             return Vec::new();

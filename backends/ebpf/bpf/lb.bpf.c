@@ -1,12 +1,22 @@
-/* sluice per-packet service load balancing on a pod's host-side veth.
+/* sluice service load balancing.
  *
- * sluice_from_pod (tc ingress, packets leaving the pod): a new flow to a service frontend gets a
+ * Per packet, at the pod veths (tc on the host side):
+ * sluice_from_pod (ingress, packets leaving the pod): a new flow to a service frontend gets a
  * backend (ClientIP affinity first, else random), recorded in the forward and reverse
- * conntrack maps; every packet of the flow is DNATed to that backend.
- * sluice_to_pod (tc egress, packets entering the pod): replies of such flows get their source
+ * conntrack maps; every packet of the flow is DNATed to that backend. Replies of flows that came
+ * from outside the node are reverse-NATed here and sent straight out.
+ * sluice_to_pod (egress, packets entering the pod): replies of pod flows get their source
  * rewritten back to the frontend (reverse NAT).
+ * Per packet, at the node's devices (tc ingress):
+ * sluice_from_net: NodePort, ExternalIPs, LoadBalancer and HostPort frontends; source ranges;
+ * a local backend is DNATed only (the client address is kept), a backend on another node is
+ * DNATed and SNATed to the node IP and sent back out; replies of SNATed flows are translated back.
+ * Per socket, for host processes (cgroup v2 hooks on the node's cgroup):
+ * connect4/sendmsg4 translate a frontend to a backend before any packet exists;
+ * getpeername4/recvmsg4 show the frontend to the application again.
+ *
  * Everything else passes untouched with TC_ACT_UNSPEC (TCX_NEXT under TCX): other programs
- * attached after ours still see it. Rewritten packets end the chain with TC_ACT_OK. */
+ * attached after ours still see it. Rewritten packets end the chain with TC_ACT_OK or a redirect. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -60,6 +70,44 @@ struct {
 	__type(value, struct affinity_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct snat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_snat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct src_range_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_src_ranges SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_cfg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_node SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct sock_key);
+	__type(value, struct nat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_rnat SEC(".maps");
+
+/* SNAT source ports: above the kernel's default ephemeral range (32768-60999), so host sockets
+ * rarely collide; the key includes the backend, so each backend has the whole range. */
+#define SNAT_PORT_LO 61000
+#define SNAT_PORT_N 4536
 
 /* "Not ours": continue with the next TCX program, or the default action under classic tc. */
 #define PASS TC_ACT_UNSPEC
@@ -124,9 +172,10 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u8 proto, __u32 addr
 	return 0;
 }
 
-static __always_inline __u32 pick_slot(struct flow_key *k, struct svc_val *svc)
+/* Backend slot for a new flow of `client`: ClientIP affinity first, else random. */
+static __always_inline __u32 pick_slot(__u32 client, struct svc_val *svc)
 {
-	struct affinity_key ak = { .client = k->saddr, .service_id = svc->service_id };
+	struct affinity_key ak = { .client = client, .service_id = svc->service_id };
 	__u64 now = bpf_ktime_get_ns();
 	__u32 slot;
 
@@ -146,38 +195,105 @@ static __always_inline __u32 pick_slot(struct flow_key *k, struct svc_val *svc)
 	return slot;
 }
 
+/* loadBalancerSourceRanges: may `src` reach this frontend? */
+static __always_inline int source_allowed(struct svc_val *svc, __u32 src)
+{
+	struct src_range_key rk = { .prefixlen = 64, .service_id = svc->service_id, .addr = src };
+
+	if (!(svc->flags & SVC_F_SRC_RANGES))
+		return 1;
+	return bpf_map_lookup_elem(&sluice_src_ranges, &rk) != NULL;
+}
+
+/* TCP flags of the packet: 1 for a connection-opening SYN, 0 otherwise, -1 when unreadable. */
+static __always_inline int tcp_syn(struct __sk_buff *skb)
+{
+	struct tcphdr *th = (void *)(long)skb->data + L4_OFF;
+	if ((void *)(th + 1) > (void *)(long)skb->data_end)
+		return -1;
+	return th->syn && !th->ack;
+}
+
+/* Send a rewritten packet straight out of the device the route to `daddr` uses (its new source
+ * may be a node address, which the input path would drop as martian). */
+static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u32 daddr)
+{
+	struct bpf_fib_lookup p = {};
+	long rc;
+
+	p.family = 2; /* AF_INET */
+	p.ipv4_src = saddr;
+	p.ipv4_dst = daddr;
+	p.ifindex = skb->ifindex;
+	rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(skb, 0, p.dmac, ETH_ALEN, 0) ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, p.smac, ETH_ALEN, 0))
+			return TC_ACT_SHOT;
+		return bpf_redirect(p.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(p.ifindex, NULL, 0, 0);
+	/* Local destination or no route: the stack decides. */
+	return TC_ACT_OK;
+}
+
+/* Choose a backend for a new flow from `client` to frontend `svc` (its slot in *slot). Returns
+ * NULL to refuse (no endpoint). */
+static __always_inline struct backend_val *choose(__u32 client, struct svc_val *svc, __u32 *slot)
+{
+	struct backend_key bk = { .service_id = svc->service_id };
+
+	if (svc->backend_count == 0)
+		return NULL;
+	bk.slot = pick_slot(client, svc);
+	*slot = bk.slot;
+	return bpf_map_lookup_elem(&sluice_backends, &bk);
+}
+
 SEC("classifier")
 int sluice_from_pod(struct __sk_buff *skb)
 {
 	struct flow_key k;
 	struct nat_val *be;
-	struct nat_val chosen;
+	struct nat_val chosen = {};
+	__u32 slot = 0;
+	int syn = 0;
 
 	if (parse(skb, &k))
 		return PASS;
-	be = bpf_map_lookup_elem(&sluice_ct, &k);
 	if (k.proto == IPPROTO_TCP) {
-		struct tcphdr *th = (void *)(long)skb->data + L4_OFF;
-		if ((void *)(th + 1) > (void *)(long)skb->data_end)
+		syn = tcp_syn(skb);
+		if (syn < 0)
 			return PASS;
-		if (th->syn && !th->ack) {
-			/* A SYN opens a new connection even when an old entry for the same ports is
-			 * still in the LRU: pick afresh (the old backend may be gone). */
-			be = NULL;
-		} else if (!be) {
-			/* Mid-stream without an entry: a connection another dataplane (iptables)
-			 * NATed. Kernel conntrack keeps serving it, so established connections
-			 * survive moving ClusterIP between backends. */
-			return PASS;
+	}
+	if (!syn) {
+		/* The reply of a flow that came from outside the node to this (local) backend. */
+		struct nat_val *r = bpf_map_lookup_elem(&sluice_rnat, &k);
+		if (r && (r->flags & NAT_F_EXTERNAL)) {
+			__u32 front = r->addr;
+			if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, r->addr, L4_OFF, k.sport, r->port))
+				return TC_ACT_SHOT;
+			return fib_redirect(skb, front, k.daddr);
 		}
+	}
+	be = bpf_map_lookup_elem(&sluice_ct, &k);
+	if (syn) {
+		/* A SYN opens a new connection even when an old entry for the same ports is still in
+		 * the LRU: pick afresh (the old backend may be gone). */
+		be = NULL;
+	} else if (!be && k.proto == IPPROTO_TCP) {
+		/* Mid-stream without an entry: a connection another dataplane (iptables) NATed.
+		 * Kernel conntrack keeps serving it, so established connections survive moving
+		 * ClusterIP between backends. */
+		return PASS;
 	}
 	if (!be) {
 		struct svc_key sk = { .vip = k.daddr, .port = k.dport, .proto = k.proto };
 		struct svc_val *svc = bpf_map_lookup_elem(&sluice_svc, &sk);
-		struct backend_key bk;
 		struct backend_val *b;
 
-		if (!svc) {
+		if (!svc || !(svc->flags & SVC_F_TC)) {
 			/* A new TCP connection not to a frontend: any reverse-NAT entry left for its
 			 * reply tuple by an earlier service flow on the same ports is stale, and would
 			 * rewrite this connection's replies. */
@@ -187,27 +303,25 @@ int sluice_from_pod(struct __sk_buff *skb)
 			}
 			return PASS;
 		}
-		if (svc->backend_count == 0)
-			return TC_ACT_SHOT; /* a frontend without endpoints refuses, as kube-proxy's REJECT */
-		bk.service_id = svc->service_id;
-		bk.slot = pick_slot(&k, svc);
-		b = bpf_map_lookup_elem(&sluice_backends, &bk);
-		if (!b)
+		if (!source_allowed(svc, k.saddr))
 			return TC_ACT_SHOT;
+		b = choose(k.saddr, svc, &slot);
+		if (!b)
+			return TC_ACT_SHOT; /* a frontend without endpoints refuses, as kube-proxy's REJECT */
 		if (b->addr == k.saddr) {
 			/* Hairpin: a pod reaching itself would need SNAT, which this program does not
 			 * do. Take the next backend; when the pod is the only one, leave the flow to
 			 * iptables, which masquerades hairpin traffic. */
+			struct backend_key bk = { .service_id = svc->service_id };
 			if (svc->backend_count < 2)
 				return PASS;
-			bk.slot = bk.slot % svc->backend_count + 1;
+			bk.slot = slot % svc->backend_count + 1;
 			b = bpf_map_lookup_elem(&sluice_backends, &bk);
 			if (!b || b->addr == k.saddr)
 				return PASS;
 		}
 		chosen.addr = b->addr;
 		chosen.port = b->port;
-		chosen.pad = 0;
 		struct flow_key rk = { .saddr = b->addr, .daddr = k.saddr, .sport = b->port, .dport = k.sport, .proto = k.proto };
 		struct nat_val front = { .addr = k.daddr, .port = k.dport };
 		bpf_map_update_elem(&sluice_rnat, &rk, &front, BPF_ANY);
@@ -228,9 +342,179 @@ int sluice_to_pod(struct __sk_buff *skb)
 	if (parse(skb, &k))
 		return PASS;
 	front = bpf_map_lookup_elem(&sluice_rnat, &k);
-	if (!front)
+	if (!front || (front->flags & NAT_F_EXTERNAL))
 		return PASS;
 	if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, front->addr, L4_OFF, k.sport, front->port))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
+}
+
+/* Forward a flow from outside the node to a backend on another node: DNAT, SNAT to the node IP,
+ * out again. */
+static __always_inline int forward_remote(struct __sk_buff *skb, struct flow_key *k, struct nat_val *ct)
+{
+	__u32 zero = 0;
+	struct node_cfg *node = bpf_map_lookup_elem(&sluice_node, &zero);
+
+	if (!node || !node->node_ip)
+		return TC_ACT_SHOT;
+	if (rewrite(skb, k->proto, IP_DST_OFF, k->daddr, ct->addr, L4_OFF + 2, k->dport, ct->port))
+		return TC_ACT_SHOT;
+	if (rewrite(skb, k->proto, IP_SRC_OFF, k->saddr, node->node_ip, L4_OFF, k->sport, ct->snat_port))
+		return TC_ACT_SHOT;
+	return fib_redirect(skb, node->node_ip, ct->addr);
+}
+
+SEC("classifier")
+int sluice_from_net(struct __sk_buff *skb)
+{
+	struct flow_key k;
+	struct nat_val *be;
+	struct snat_val *sv;
+	struct nat_val chosen = {};
+	__u32 slot = 0;
+	int syn = 0;
+
+	if (parse(skb, &k))
+		return PASS;
+	if (k.proto == IPPROTO_TCP) {
+		syn = tcp_syn(skb);
+		if (syn < 0)
+			return PASS;
+	}
+	/* A reply of a flow this node SNATed: back to the client, from the frontend. */
+	sv = syn ? NULL : bpf_map_lookup_elem(&sluice_snat, &k);
+	if (sv) {
+		__u32 client = sv->client, front = sv->front;
+		__u16 cport = sv->client_port, fport = sv->front_port;
+		if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, front, L4_OFF, k.sport, fport))
+			return TC_ACT_SHOT;
+		if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, client, L4_OFF + 2, k.dport, cport))
+			return TC_ACT_SHOT;
+		return fib_redirect(skb, front, client);
+	}
+	be = syn ? NULL : bpf_map_lookup_elem(&sluice_ct, &k);
+	if (!be) {
+		struct svc_key sk = { .vip = k.daddr, .port = k.dport, .proto = k.proto };
+		struct svc_val *svc;
+		struct backend_val *b;
+
+		if (k.proto == IPPROTO_TCP && !syn)
+			return PASS; /* mid-stream, not ours (or NATed by another dataplane) */
+		svc = bpf_map_lookup_elem(&sluice_svc, &sk);
+		if (!svc || !(svc->flags & SVC_F_EXTERNAL))
+			return PASS;
+		if (!source_allowed(svc, k.saddr))
+			return TC_ACT_SHOT;
+		b = choose(k.saddr, svc, &slot);
+		if (!b)
+			return TC_ACT_SHOT;
+		chosen.addr = b->addr;
+		chosen.port = b->port;
+		if (b->flags & BE_F_LOCAL) {
+			/* Local backend: DNAT only, the pod sees the client's address. */
+			struct flow_key rk = { .saddr = b->addr, .daddr = k.saddr, .sport = b->port, .dport = k.sport, .proto = k.proto };
+			struct nat_val front = { .addr = k.daddr, .port = k.dport, .flags = NAT_F_EXTERNAL };
+			bpf_map_update_elem(&sluice_rnat, &rk, &front, BPF_ANY);
+		} else {
+			__u32 zero = 0;
+			struct node_cfg *node = bpf_map_lookup_elem(&sluice_node, &zero);
+			struct snat_val back = { .client = k.saddr, .front = k.daddr, .client_port = k.sport, .front_port = k.dport };
+			int i;
+
+			if (!node || !node->node_ip)
+				return TC_ACT_SHOT;
+			for (i = 0; i < 8; i++) {
+				__u16 p = bpf_htons(SNAT_PORT_LO + bpf_get_prandom_u32() % SNAT_PORT_N);
+				struct flow_key rk = { .saddr = b->addr, .daddr = node->node_ip, .sport = b->port, .dport = p, .proto = k.proto };
+				if (!bpf_map_update_elem(&sluice_snat, &rk, &back, BPF_NOEXIST)) {
+					chosen.snat_port = p;
+					break;
+				}
+			}
+			if (!chosen.snat_port)
+				return TC_ACT_SHOT; /* no free port for this backend */
+		}
+		bpf_map_update_elem(&sluice_ct, &k, &chosen, BPF_ANY);
+		be = &chosen;
+	}
+	if (be->snat_port) {
+		struct nat_val ct = *be;
+		return forward_remote(skb, &k, &ct);
+	}
+	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+/* Socket LB: translate a host process's destination before the first packet exists. */
+static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 want)
+{
+	struct svc_key sk = { .vip = ctx->user_ip4, .port = (__u16)ctx->user_port, .proto = ctx->protocol };
+	struct svc_val *svc;
+	struct backend_val *b;
+	struct sock_key rk = {};
+	__u32 slot;
+	struct nat_val front = {};
+
+	if (ctx->user_family != 2 /* AF_INET */)
+		return 1;
+	svc = bpf_map_lookup_elem(&sluice_svc, &sk);
+	if (!svc || !(svc->flags & want))
+		return 1;
+	b = choose(0, svc, &slot); /* the node itself is the client of affinity */
+	if (!b)
+		return 0; /* no endpoint: the call fails (EPERM) instead of hanging */
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.addr = b->addr;
+	rk.port = b->port;
+	front.addr = ctx->user_ip4;
+	front.port = (__u16)ctx->user_port;
+	bpf_map_update_elem(&sluice_sock_rnat, &rk, &front, BPF_ANY);
+	ctx->user_ip4 = b->addr;
+	ctx->user_port = (__u32)b->port;
+	return 1;
+}
+
+/* Socket LB: show the frontend, not the backend, to the application. */
+static __always_inline int sock_reverse(struct bpf_sock_addr *ctx)
+{
+	struct sock_key rk = {};
+	struct nat_val *front;
+
+	if (ctx->user_family != 2)
+		return 1;
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.addr = ctx->user_ip4;
+	rk.port = (__u16)ctx->user_port;
+	front = bpf_map_lookup_elem(&sluice_sock_rnat, &rk);
+	if (front) {
+		ctx->user_ip4 = front->addr;
+		ctx->user_port = (__u32)front->port;
+	}
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int sluice_sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_forward(ctx, ctx->protocol == IPPROTO_TCP ? SVC_F_SOCK_TCP : SVC_F_SOCK_UDP);
+}
+
+SEC("cgroup/sendmsg4")
+int sluice_sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_forward(ctx, SVC_F_SOCK_UDP);
+}
+
+SEC("cgroup/recvmsg4")
+int sluice_sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_reverse(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int sluice_sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return sock_reverse(ctx);
 }

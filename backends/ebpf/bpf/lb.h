@@ -18,8 +18,16 @@ struct svc_val {
 	__u32 service_id;   /* stable id; backends are keyed by it */
 	__u32 backend_count;
 	__u32 affinity_s;   /* ClientIP affinity timeout in seconds, 0 = none */
-	__u32 flags;
+	__u32 flags;        /* SVC_F_* */
 };
+
+/* Who serves a frontend: each bit is set only when the plan gives that feature to eBPF, so the
+ * programs never act on a frontend another dataplane owns. */
+#define SVC_F_TC 1          /* per-packet at the pod veths (from pods) */
+#define SVC_F_EXTERNAL 2    /* per-packet at the node's devices (from outside the node) */
+#define SVC_F_SOCK_TCP 4    /* socket LB for host processes, TCP */
+#define SVC_F_SOCK_UDP 8    /* socket LB for host processes, UDP */
+#define SVC_F_SRC_RANGES 16 /* only sources in sluice_src_ranges may connect */
 
 struct backend_key {
 	__u32 service_id;
@@ -29,8 +37,10 @@ struct backend_key {
 struct backend_val {
 	__u32 addr;
 	__u16 port;
-	__u16 pad;
+	__u16 flags;        /* BE_F_* */
 };
+
+#define BE_F_LOCAL 1        /* the backend runs on this node: no SNAT needed from outside */
 
 /* A 5-tuple as seen in a packet. */
 struct flow_key {
@@ -42,9 +52,45 @@ struct flow_key {
 	__u8 pad[3];
 };
 
-/* Conntrack: the forward flow (client -> VIP) maps to the backend chosen for it; the reply flow
- * (backend -> client) maps back to the VIP for reverse NAT. */
+/* Conntrack: the forward flow (client -> VIP) maps to the backend chosen for it (and the SNAT
+ * port when the node forwards it to another node); the reply flow (backend -> client) maps back
+ * to the VIP for reverse NAT. */
 struct nat_val {
+	__u32 addr;
+	__u16 port;
+	__u16 snat_port;    /* forward entries: source port after SNAT to the node IP, 0 = no SNAT */
+	__u32 flags;        /* NAT_F_* */
+};
+
+/* A reverse entry of a flow that came from outside the node to a local backend: the reply is
+ * rewritten as it leaves the pod and sent straight out (its new source is a node address, which
+ * the kernel's routing would refuse as martian). */
+#define NAT_F_EXTERNAL 1
+
+/* SNAT reverse: the reply tuple (backend -> node IP:snat port) to the original client and frontend. */
+struct snat_val {
+	__u32 client;
+	__u32 front;
+	__u16 client_port;
+	__u16 front_port;
+};
+
+/* loadBalancerSourceRanges: LPM key = service id (always fully matched) + source prefix. */
+struct src_range_key {
+	__u32 prefixlen;    /* 32 + prefix length */
+	__u32 service_id;
+	__u32 addr;
+};
+
+/* Node facts the programs need; one entry, index 0. */
+struct node_cfg {
+	__u32 node_ip;      /* SNAT address for flows forwarded to other nodes */
+	__u32 pad;
+};
+
+/* Socket LB reverse translation: (socket cookie, backend) -> frontend, for getpeername/recvmsg. */
+struct sock_key {
+	__u64 cookie;
 	__u32 addr;
 	__u16 port;
 	__u16 pad;

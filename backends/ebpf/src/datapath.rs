@@ -1,22 +1,22 @@
-//! The live datapath: programs attached to pod veths through pinned TCX links, and the service
-//! maps kept in step with the desired services.
+//! The live datapath: the service maps kept in step with the desired services (attachment of
+//! the programs is in `attach.rs`).
 //!
 //! Restart safety: maps and links are pinned under the node's pin directory, so forwarding goes
-//! on while no agent runs. A new agent loads the programs again, atomically swaps them into the
-//! existing links (`attach_to_link`), takes service IDs back from the pinned service map, and
-//! only then rewrites what differs.
+//! on while no agent runs. A new agent loads the programs again, takes the links over, takes
+//! service IDs back from the pinned service map, and only then rewrites what differs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
-use aya::maps::HashMap;
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use sluice_core::Service;
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, HashMap};
+use sluice_core::{HostPort, Service};
 
-use crate::maps::{BackendKey, BackendVal, Entries, FlowKey, NatVal, SvcKey, SvcVal};
+pub use crate::attach::remove_all;
+use crate::maps::{
+    BackendKey, BackendVal, Entries, FlowKey, NatVal, NodeCfg, NodeCtx, SnatVal, SrcRangeKey, SvcKey, SvcVal,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -24,27 +24,31 @@ pub enum DatapathError {
     Load(#[from] crate::loader::LoadError),
     #[error("map {map}: {detail}")]
     Map { map: &'static str, detail: String },
-    #[error("attaching {prog} to {ifname}: {detail}")]
-    Attach { prog: &'static str, ifname: String, detail: String },
+    #[error("attaching {prog} to {target}: {detail}")]
+    Attach { prog: &'static str, target: String, detail: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
 
-const PROGS: [(&str, TcAttachType, &str); 2] =
-    [("sluice_from_pod", TcAttachType::Ingress, "ingress"), ("sluice_to_pod", TcAttachType::Egress, "egress")];
-
 pub struct Datapath {
-    bpf: Ebpf,
-    pin_dir: PathBuf,
+    pub(crate) bpf: Ebpf,
+    pub(crate) pin_dir: PathBuf,
     /// Service IDs by frontend, restored from the pinned map at open.
     ids: BTreeMap<SvcKey, u32>,
     written: Entries,
     /// The services last written, for incremental updates: only changed ones are re-encoded.
     last: BTreeMap<sluice_core::ServiceName, Service>,
+    /// The node context and hostPorts of the last write: a change re-encodes everything.
+    last_ctx: Option<NodeCtx>,
+    last_host_ports: Vec<HostPort>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |e| DatapathError::Map { map, detail: e.to_string() }
+}
+
+fn missing(map: &'static str) -> DatapathError {
+    DatapathError::Map { map, detail: "missing from the BPF object".into() }
 }
 
 /// One of the object's hash maps (plain or LRU), typed.
@@ -52,9 +56,18 @@ fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
     bpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<HashMap<&'a mut aya::maps::MapData, K, V>, DatapathError> {
-    let map =
-        bpf.map_mut(name).ok_or(DatapathError::Map { map: name, detail: "missing from the BPF object".into() })?;
+    let map = bpf.map_mut(name).ok_or(missing(name))?;
     HashMap::try_from(map).map_err(map_err(name))
+}
+
+/// The source-range trie; keys are (service id, address) under a prefix length.
+fn ranges_map(bpf: &mut Ebpf) -> Result<LpmTrie<&mut aya::maps::MapData, [u32; 2], u8>, DatapathError> {
+    let map = bpf.map_mut("sluice_src_ranges").ok_or(missing("sluice_src_ranges"))?;
+    LpmTrie::try_from(map).map_err(map_err("sluice_src_ranges"))
+}
+
+fn lpm_key(k: &SrcRangeKey) -> LpmKey<[u32; 2]> {
+    LpmKey::new(k.prefixlen, [k.service_id, k.addr])
 }
 
 impl Datapath {
@@ -75,78 +88,33 @@ impl Datapath {
                 written.backends.insert(k, v);
             }
         }
-        Ok(Datapath { bpf, pin_dir: pin_dir.to_path_buf(), ids, written, last: BTreeMap::new() })
-    }
-
-    fn link_path(&self, ifname: &str, dir: &str) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{ifname}-{dir}"))
-    }
-
-    /// Attach both programs to a pod's host veth (or swap the new programs into pinned links).
-    pub fn attach(&mut self, ifname: &str) -> Result<(), DatapathError> {
-        let links = self.pin_dir.join("links");
-        std::fs::create_dir_all(&links).map_err(|source| DatapathError::Io { path: links.clone(), source })?;
-        for (name, ty, dir) in PROGS {
-            let path = self.link_path(ifname, dir);
-            let err = |detail: String| DatapathError::Attach { prog: name, ifname: ifname.into(), detail };
-            let prog: &mut SchedClassifier = self
-                .bpf
-                .program_mut(name)
-                .ok_or_else(|| err("missing".into()))?
-                .try_into()
-                .map_err(|e| err(format!("{e}")))?;
-            match PinnedLink::from_pin(&path) {
-                Ok(old) => {
-                    let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(|e| err(format!("{e}")))?;
-                    let id = prog.attach_to_link(link).map_err(|e| err(format!("{e}")))?;
-                    // The pin keeps the link; our handle may go.
-                    let _ = prog.take_link(id).map_err(|e| err(format!("{e}")))?;
-                }
-                Err(_) => {
-                    let id = prog
-                        .attach_with_options(ifname, ty, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                        .map_err(|e| err(format!("{e}")))?;
-                    let link = prog.take_link(id).map_err(|e| err(format!("{e}")))?;
-                    let fd: FdLink = link.try_into().map_err(|e| err(format!("{e}")))?;
-                    fd.pin(&path).map_err(|e| err(format!("pinning {}: {e}", path.display())))?;
-                }
-            }
+        for (k, _) in ranges_map(&mut bpf)?.iter().flatten() {
+            let [service_id, addr] = k.data();
+            written.ranges.insert(SrcRangeKey { prefixlen: k.prefix_len(), service_id, addr });
         }
-        Ok(())
+        Ok(Datapath {
+            bpf,
+            pin_dir: pin_dir.to_path_buf(),
+            ids,
+            written,
+            last: BTreeMap::new(),
+            last_ctx: None,
+            last_host_ports: Vec::new(),
+        })
     }
 
-    /// Interfaces with pinned links.
-    pub fn attached(&self) -> BTreeSet<String> {
-        let dir = self.pin_dir.join("links");
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.rsplit_once('-').map(|(i, _)| i.to_string())))
-            .collect()
-    }
-
-    /// Detach from interfaces not in `keep` (deleted pods): unpin, which releases the link.
-    pub fn detach_others(&mut self, keep: &BTreeSet<String>) -> Vec<String> {
-        let mut gone = Vec::new();
-        for ifname in self.attached().difference(keep) {
-            for (_, _, dir) in PROGS {
-                let path = self.link_path(ifname, dir);
-                if let Ok(l) = PinnedLink::from_pin(&path) {
-                    let _ = l.unpin();
-                } else {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            gone.push(ifname.clone());
-        }
-        gone
+    /// The SNAT address for flows forwarded to other nodes.
+    fn write_node(&mut self, ctx: &NodeCtx) -> Result<(), DatapathError> {
+        let map = self.bpf.map_mut("sluice_node").ok_or(missing("sluice_node"))?;
+        let mut arr: Array<_, NodeCfg> = Array::try_from(map).map_err(map_err("sluice_node"))?;
+        let node_ip = ctx.node_ips.first().map(|ip| crate::maps::addr(*ip)).unwrap_or(0);
+        arr.set(0, NodeCfg { node_ip, pad: 0 }, 0).map_err(map_err("sluice_node"))
     }
 
     /// Map entries for exactly these services (IDs kept stable; IDs of frontends no longer
     /// present are forgotten).
-    fn encode(&mut self, services: &[Service]) -> Entries {
-        let out = self.encode_keep_ids(services);
+    fn encode(&mut self, services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> Entries {
+        let out = self.encode_keep_ids(services, host_ports, ctx);
         self.ids.retain(|k, _| out.services.contains_key(k));
         out
     }
@@ -197,6 +165,17 @@ impl Datapath {
                 changes += 1;
             }
         }
+        {
+            let mut lpm = ranges_map(&mut self.bpf)?;
+            for k in want.ranges.difference(&self.written.ranges) {
+                lpm.insert(&lpm_key(k), 1, 0).map_err(map_err("sluice_src_ranges"))?;
+                changes += 1;
+            }
+            for k in self.written.ranges.difference(&want.ranges) {
+                let _ = lpm.remove(&lpm_key(k));
+                changes += 1;
+            }
+        }
         if !gone_backends.is_empty() {
             self.flush_flows(&gone_backends)?;
         }
@@ -207,11 +186,23 @@ impl Datapath {
     /// Incremental form of `encode` + `sync`: only services that changed since the last call are
     /// re-encoded and written (a single endpoint change at 10k services touches one service).
     /// The first call after `open` compares against what the pinned maps hold.
-    pub fn update(&mut self, services: &[Service]) -> Result<usize, DatapathError> {
-        if self.last.is_empty() {
-            let want = self.encode(services);
+    /// A change of the node context (owned features, node addresses) or of the hostPorts (rare:
+    /// pods with hostPorts come and go) re-encodes everything.
+    pub fn update(
+        &mut self,
+        services: &[Service],
+        host_ports: &[HostPort],
+        ctx: &NodeCtx,
+    ) -> Result<usize, DatapathError> {
+        if self.last.is_empty() || self.last_ctx.as_ref() != Some(ctx) || self.last_host_ports != host_ports {
+            if self.last_ctx.as_ref() != Some(ctx) {
+                self.write_node(ctx)?;
+            }
+            let want = self.encode(services, host_ports, ctx);
             let n = self.sync(want)?;
             self.last = services.iter().map(|s| (s.name.clone(), s.clone())).collect();
+            self.last_ctx = Some(ctx.clone());
+            self.last_host_ports = host_ports.to_vec();
             return Ok(n);
         }
         // One merge pass over both name-ordered lists (sources deliver Services sorted by name;
@@ -253,10 +244,10 @@ impl Datapath {
             .last
             .iter()
             .filter(|(n, _)| touched.contains(n))
-            .flat_map(|(_, s)| crate::maps::encode(std::slice::from_ref(s), &mut BTreeMap::new()).services.into_keys())
+            .flat_map(|(_, s)| crate::maps::encode(std::slice::from_ref(s), &[], ctx).services.into_keys())
             .collect();
         let changed_owned: Vec<Service> = changed.iter().map(|s| (*s).clone()).collect();
-        let fresh = self.encode_keep_ids(&changed_owned);
+        let fresh = self.encode_keep_ids(&changed_owned, &[], ctx);
         for r in &removed {
             self.last.remove(r);
         }
@@ -300,12 +291,32 @@ impl Datapath {
                 changes += 1;
             }
         }
+        let old_ids: BTreeSet<u32> =
+            old.iter().filter_map(|k| self.written.services.get(k)).map(|v| v.service_id).collect();
         for k in old.iter().filter(|k| !fresh.services.contains_key(k)) {
             let _ = svc.remove(k);
             self.written.services.remove(k);
             self.ids.remove(k);
             changes += 1;
         }
+        let mut lpm = ranges_map(&mut self.bpf)?;
+        for k in fresh.ranges.difference(&self.written.ranges) {
+            lpm.insert(&lpm_key(k), 1, 0).map_err(map_err("sluice_src_ranges"))?;
+            changes += 1;
+        }
+        let stale: Vec<SrcRangeKey> = self
+            .written
+            .ranges
+            .iter()
+            .filter(|k| old_ids.contains(&k.service_id) && !fresh.ranges.contains(k))
+            .copied()
+            .collect();
+        for k in &stale {
+            let _ = lpm.remove(&lpm_key(k));
+            self.written.ranges.remove(k);
+            changes += 1;
+        }
+        self.written.ranges.extend(fresh.ranges.iter().copied());
         let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
         for (k, _) in old_backends.iter().filter(|(k, _)| !fresh.backends.contains_key(k)) {
             let _ = be.remove(k);
@@ -318,8 +329,14 @@ impl Datapath {
         Ok(changes)
     }
 
-    /// Delete conntrack and reverse-NAT entries of flows to these backends.
+    /// Delete conntrack, reverse-NAT and SNAT entries of flows to these backends.
     fn flush_flows(&mut self, gone: &BTreeSet<(u32, u16)>) -> Result<(), DatapathError> {
+        let mut snat: HashMap<_, FlowKey, SnatVal> = hash_map(&mut self.bpf, "sluice_snat")?;
+        let stale: Vec<FlowKey> =
+            snat.iter().flatten().filter(|(k, _)| gone.contains(&(k.saddr, k.sport))).map(|(k, _)| k).collect();
+        for k in stale {
+            let _ = snat.remove(&k);
+        }
         for map in ["sluice_ct", "sluice_rnat"] {
             let mut ct: HashMap<_, FlowKey, NatVal> = hash_map(&mut self.bpf, map)?;
             let stale: Vec<FlowKey> = ct
@@ -336,9 +353,8 @@ impl Datapath {
     }
 
     /// Encode some services, reusing existing IDs, without forgetting other services' IDs.
-    fn encode_keep_ids(&mut self, services: &[Service]) -> Entries {
-        let mut by_name = BTreeMap::new();
-        let fresh = crate::maps::encode(services, &mut by_name);
+    fn encode_keep_ids(&mut self, services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> Entries {
+        let fresh = crate::maps::encode(services, host_ports, ctx);
         let mut next = self.ids.values().max().copied().unwrap_or(0);
         let mut remap = BTreeMap::new();
         let mut out = Entries::default();
@@ -355,6 +371,11 @@ impl Datapath {
                 out.backends.insert(BackendKey { service_id: *id, slot: k.slot }, *v);
             }
         }
+        for k in &fresh.ranges {
+            if let Some(id) = remap.get(&k.service_id) {
+                out.ranges.insert(SrcRangeKey { service_id: *id, ..*k });
+            }
+        }
         out
     }
 
@@ -362,30 +383,4 @@ impl Datapath {
     pub fn entries(&self) -> &Entries {
         &self.written
     }
-}
-
-/// Remove every sluice BPF object under `pin_dir` (links detach when unpinned).
-pub fn remove_all(pin_dir: &Path) -> Result<usize, std::io::Error> {
-    let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(pin_dir.join("links")) {
-        for e in rd.flatten() {
-            if let Ok(l) = PinnedLink::from_pin(e.path()) {
-                let _ = l.unpin();
-            } else {
-                let _ = std::fs::remove_file(e.path());
-            }
-            n += 1;
-        }
-    }
-    if pin_dir.exists() {
-        for e in std::fs::read_dir(pin_dir)?.flatten() {
-            if e.path().is_file() || e.file_type().is_ok_and(|t| !t.is_dir()) {
-                std::fs::remove_file(e.path())?;
-                n += 1;
-            }
-        }
-        let _ = std::fs::remove_dir(pin_dir.join("links"));
-        std::fs::remove_dir(pin_dir)?;
-    }
-    Ok(n)
 }

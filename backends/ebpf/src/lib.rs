@@ -5,10 +5,12 @@
 //!   of core services into map entries.
 //! - [`loader`]: loading with aya, map pinning, bpffs.
 //!
-//! Status: the tc service datapath (DNAT, reverse NAT, LRU conntrack, ClientIP affinity) is
-//! built and tested through BPF_PROG_TEST_RUN; attaching it to pod veths from the agent is not
-//! built yet, so the agent's plan never gives a feature to eBPF (see docs/design/ebpf.md).
+//! - [`datapath`]: the service maps kept in step with the desired services; [`attach`]: the
+//!   programs on pod veths, node devices and the node's cgroup, through pinned links.
+//!
+//! See docs/design/ebpf.md for what is built and what is not.
 
+pub mod attach;
 pub mod datapath;
 pub mod loader;
 pub mod maps;

@@ -33,8 +33,14 @@ pub fn ensure_bpffs() -> Result<(), LoadError> {
         .map_err(|source| LoadError::Mount { path: path.into(), source })
 }
 
-/// Load the object with its maps pinned in `pin_dir` (reused if already there) and load both
-/// programs into the kernel (not attached).
+/// The tc programs: pod veth ingress and egress, node device ingress.
+pub const TC_PROGRAMS: [&str; 3] = ["sluice_from_pod", "sluice_to_pod", "sluice_from_net"];
+/// The socket-LB programs (cgroup v2 sock_addr hooks).
+pub const SOCK_PROGRAMS: [&str; 4] =
+    ["sluice_sock_connect4", "sluice_sock_sendmsg4", "sluice_sock_recvmsg4", "sluice_sock_getpeername4"];
+
+/// Load the object with its maps pinned in `pin_dir` (reused if already there) and load every
+/// program into the kernel (not attached).
 pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
     ensure_bpffs()?;
     std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: pin_dir.into(), source })?;
@@ -42,13 +48,23 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
         .default_map_pin_directory(pin_dir)
         .load(crate::LB_OBJECT)
         .map_err(|e| LoadError::Load { source: Box::new(e) })?;
-    for name in ["sluice_from_pod", "sluice_to_pod"] {
+    for name in TC_PROGRAMS {
         let prog: &mut aya::programs::SchedClassifier = bpf
             .program_mut(name)
             .ok_or(LoadError::MissingProgram { name })?
             .try_into()
             .map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
         prog.load().map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
+    }
+    for name in SOCK_PROGRAMS {
+        let prog: &mut aya::programs::CgroupSockAddr = bpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram { name })?
+            .try_into()
+            .map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
+        // A kernel without one of these hooks (the plan then keeps socket LB off eBPF) must not
+        // lose the tc datapath: a program that does not load fails only its own attach.
+        let _ = prog.load();
     }
     Ok(bpf)
 }

@@ -1,11 +1,20 @@
 //! Rust mirrors of bpf/lb.h and the pure encoding of services into map entries.
 //! Addresses and ports are stored in network byte order, exactly as the programs read packets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr};
 
-use sluice_core::{FrontendKind, Protocol, Service, ServiceName};
+use sluice_core::{Feature, FrontendKind, HostPort, Protocol, Service};
+
+// SVC_F_*, BE_F_*, NAT_F_* of lb.h.
+pub const SVC_F_TC: u32 = 1;
+pub const SVC_F_EXTERNAL: u32 = 2;
+pub const SVC_F_SOCK_TCP: u32 = 4;
+pub const SVC_F_SOCK_UDP: u32 = 8;
+pub const SVC_F_SRC_RANGES: u32 = 16;
+pub const BE_F_LOCAL: u16 = 1;
+pub const NAT_F_EXTERNAL: u32 = 1;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
@@ -37,7 +46,7 @@ pub struct BackendKey {
 pub struct BackendVal {
     pub addr: u32,
     pub port: u16,
-    pub pad: u16,
+    pub flags: u16,
 }
 
 #[repr(C)]
@@ -56,6 +65,41 @@ pub struct FlowKey {
 pub struct NatVal {
     pub addr: u32,
     pub port: u16,
+    pub snat_port: u16,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnatVal {
+    pub client: u32,
+    pub front: u32,
+    pub client_port: u16,
+    pub front_port: u16,
+}
+
+/// LPM trie key: `prefixlen` counts the service id's 32 bits plus the source prefix length.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct SrcRangeKey {
+    pub prefixlen: u32,
+    pub service_id: u32,
+    pub addr: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeCfg {
+    pub node_ip: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
     pub pad: u16,
 }
 
@@ -66,6 +110,10 @@ unsafe impl aya::Pod for BackendKey {}
 unsafe impl aya::Pod for BackendVal {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for NatVal {}
+unsafe impl aya::Pod for SnatVal {}
+unsafe impl aya::Pod for SrcRangeKey {}
+unsafe impl aya::Pod for NodeCfg {}
+unsafe impl aya::Pod for SockKey {}
 
 // The C side's layout, checked at compile time: a mismatch would silently corrupt lookups.
 const _: () = {
@@ -74,7 +122,11 @@ const _: () = {
     assert!(size_of::<BackendKey>() == 8 && offset_of!(BackendKey, slot) == 4);
     assert!(size_of::<BackendVal>() == 8 && offset_of!(BackendVal, port) == 4);
     assert!(size_of::<FlowKey>() == 16 && offset_of!(FlowKey, sport) == 8 && offset_of!(FlowKey, proto) == 12);
-    assert!(size_of::<NatVal>() == 8);
+    assert!(size_of::<NatVal>() == 12 && offset_of!(NatVal, snat_port) == 6 && offset_of!(NatVal, flags) == 8);
+    assert!(size_of::<SnatVal>() == 12 && offset_of!(SnatVal, client_port) == 8);
+    assert!(size_of::<SrcRangeKey>() == 12 && offset_of!(SrcRangeKey, addr) == 8);
+    assert!(size_of::<NodeCfg>() == 8);
+    assert!(size_of::<SockKey>() == 16 && offset_of!(SockKey, addr) == 8 && offset_of!(SockKey, port) == 12);
 };
 
 /// IPv4 address as the program reads it from a packet.
@@ -95,48 +147,152 @@ pub fn proto(p: Protocol) -> u8 {
     }
 }
 
-/// Map contents for a set of services (ClusterIP frontends). `ids` keeps service IDs stable
-/// across calls (and restarts, when restored from the pinned map).
+/// Map contents for a set of services. Service IDs here are positional (1..); the datapath
+/// remaps them to its stable IDs.
 #[derive(Debug, Default, PartialEq)]
 pub struct Entries {
     pub services: BTreeMap<SvcKey, SvcVal>,
     pub backends: BTreeMap<BackendKey, BackendVal>,
+    pub ranges: BTreeSet<SrcRangeKey>,
 }
 
-pub fn encode(services: &[Service], ids: &mut BTreeMap<(ServiceName, String, Protocol), u32>) -> Entries {
-    let mut e = Entries::default();
-    // Computed once: taking the max per frontend made encoding quadratic in services.
-    let mut next = ids.values().max().copied().unwrap_or(0);
-    for s in services {
-        for fe in s.frontends.iter().filter(|f| f.kind == FrontendKind::ClusterIp) {
-            let Some(IpAddr::V4(vip)) = fe.ip else { continue };
-            let id = *ids.entry((s.name.clone(), fe.port_name.clone(), fe.protocol)).or_insert_with(|| {
-                next += 1;
-                next
-            });
-            let backends: Vec<_> = s
-                .usable_backends(fe)
-                .filter_map(|b| match b.ip {
-                    IpAddr::V4(ip) => Some((ip, if b.port == 0 { fe.target_port } else { b.port })),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
-            for (i, (ip, p)) in backends.iter().enumerate() {
-                e.backends.insert(
-                    BackendKey { service_id: id, slot: i as u32 + 1 },
-                    BackendVal { addr: addr(*ip), port: port(*p), pad: 0 },
-                );
-            }
-            e.services.insert(
-                SvcKey { vip: addr(vip), port: port(fe.port), proto: proto(fe.protocol), pad: 0 },
-                SvcVal {
-                    service_id: id,
-                    backend_count: backends.len() as u32,
-                    affinity_s: s.affinity_timeout_s.unwrap_or(0),
-                    flags: 0,
-                },
-            );
+/// What encoding needs to know about the node: which features the plan gives to eBPF, this
+/// node's name (which backends are local) and addresses (where NodePorts and HostPorts listen).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeCtx {
+    pub node_name: String,
+    pub node_ips: Vec<Ipv4Addr>,
+    pub owned: BTreeSet<Feature>,
+}
+
+impl NodeCtx {
+    fn owns(&self, f: Feature) -> bool {
+        self.owned.contains(&f)
+    }
+
+    /// Socket-LB flags for a protocol, when the plan gives socket LB to eBPF.
+    fn sock_flags(&self, p: Protocol) -> u32 {
+        match p {
+            Protocol::Tcp if self.owns(Feature::SocketLbTcp) => SVC_F_SOCK_TCP,
+            Protocol::Udp if self.owns(Feature::SocketLbUdp) => SVC_F_SOCK_UDP,
+            _ => 0,
         }
+    }
+}
+
+/// One frontend's map entries: key, flags, the backends it balances over.
+struct Front {
+    key: SvcKey,
+    flags: u32,
+    affinity_s: u32,
+    backends: Vec<BackendVal>,
+    ranges: Vec<ipnet::Ipv4Net>,
+}
+
+fn service_fronts(s: &Service, ctx: &NodeCtx, out: &mut Vec<Front>) {
+    let affinity_s = if ctx.owns(Feature::SessionAffinity) { s.affinity_timeout_s.unwrap_or(0) } else { 0 };
+    for fe in &s.frontends {
+        let all: Vec<(BackendVal, bool)> = s
+            .usable_backends(fe)
+            .filter_map(|b| match b.ip {
+                IpAddr::V4(ip) => {
+                    let local = b.node.as_deref() == Some(ctx.node_name.as_str());
+                    let p = if b.port == 0 { fe.target_port } else { b.port };
+                    let flags = if local { BE_F_LOCAL } else { 0 };
+                    Some((BackendVal { addr: addr(ip), port: port(p), flags }, local))
+                }
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let pick = |local_only: bool| -> Vec<BackendVal> {
+            all.iter().filter(|(_, l)| !local_only || *l).map(|(b, _)| *b).collect()
+        };
+        let sock = ctx.sock_flags(fe.protocol);
+        let ext_local = s.external_local && ctx.owns(Feature::TrafficPolicyLocal);
+        let (flags, ips, backends): (u32, Vec<Ipv4Addr>, Vec<BackendVal>) = match (fe.kind, fe.ip) {
+            (FrontendKind::ClusterIp, Some(IpAddr::V4(ip))) => {
+                let tc = if ctx.owns(Feature::ClusterIp) { SVC_F_TC } else { 0 };
+                let int_local = s.internal_local && ctx.owns(Feature::TrafficPolicyLocal);
+                (tc | sock, vec![ip], pick(int_local))
+            }
+            (FrontendKind::NodePort, None) if ctx.owns(Feature::NodePort) => {
+                (SVC_F_TC | SVC_F_EXTERNAL | sock, ctx.node_ips.clone(), pick(ext_local))
+            }
+            (FrontendKind::ExternalIp, Some(IpAddr::V4(ip))) if ctx.owns(Feature::ExternalIps) => {
+                (SVC_F_TC | SVC_F_EXTERNAL | sock, vec![ip], pick(ext_local))
+            }
+            (FrontendKind::LoadBalancer, Some(IpAddr::V4(ip))) if ctx.owns(Feature::LoadBalancer) => {
+                let ranges = if s.source_ranges.is_empty() { 0 } else { SVC_F_SRC_RANGES };
+                (SVC_F_TC | SVC_F_EXTERNAL | sock | ranges, vec![ip], pick(ext_local))
+            }
+            _ => continue,
+        };
+        if flags == 0 {
+            continue;
+        }
+        let ranges = if flags & SVC_F_SRC_RANGES != 0 { s.source_ranges.clone() } else { Vec::new() };
+        for ip in ips {
+            out.push(Front {
+                key: SvcKey { vip: addr(ip), port: port(fe.port), proto: proto(fe.protocol), pad: 0 },
+                flags,
+                affinity_s,
+                backends: backends.clone(),
+                ranges: ranges.clone(),
+            });
+        }
+    }
+}
+
+fn host_port_fronts(h: &HostPort, ctx: &NodeCtx, out: &mut Vec<Front>) {
+    if !ctx.owns(Feature::HostPort) || h.node.as_deref() != Some(ctx.node_name.as_str()) {
+        return;
+    }
+    let ips = match h.host_ip {
+        Some(ip) if !ip.is_unspecified() => vec![ip],
+        _ => ctx.node_ips.clone(),
+    };
+    for ip in ips {
+        out.push(Front {
+            key: SvcKey { vip: addr(ip), port: port(h.host_port), proto: proto(h.protocol), pad: 0 },
+            flags: SVC_F_TC | SVC_F_EXTERNAL | ctx.sock_flags(h.protocol),
+            affinity_s: 0,
+            backends: vec![BackendVal { addr: addr(h.pod_ip), port: port(h.container_port), flags: BE_F_LOCAL }],
+            ranges: Vec::new(),
+        });
+    }
+}
+
+/// Encode services (and this node's hostPorts) into map entries, with positional service IDs.
+pub fn encode(services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> Entries {
+    let mut fronts = Vec::new();
+    for s in services {
+        service_fronts(s, ctx, &mut fronts);
+    }
+    for h in host_ports {
+        host_port_fronts(h, ctx, &mut fronts);
+    }
+    let mut e = Entries::default();
+    for (i, f) in fronts.into_iter().enumerate() {
+        let id = i as u32 + 1;
+        // The first writer of a key wins (a NodePort clash is rejected upstream; a hostPort on a
+        // port a Service uses is the operator's to fix): IDs stay positional either way.
+        if e.services.contains_key(&f.key) {
+            continue;
+        }
+        for (slot, b) in f.backends.iter().enumerate() {
+            e.backends.insert(BackendKey { service_id: id, slot: slot as u32 + 1 }, *b);
+        }
+        for r in &f.ranges {
+            e.ranges.insert(SrcRangeKey {
+                prefixlen: 32 + u32::from(r.prefix_len()),
+                service_id: id,
+                addr: addr(r.network()),
+            });
+        }
+        e.services.insert(
+            f.key,
+            SvcVal { service_id: id, backend_count: f.backends.len() as u32, affinity_s: f.affinity_s, flags: f.flags },
+        );
     }
     e
 }
@@ -153,27 +309,44 @@ mod tests {
         assert_eq!(port(80).to_ne_bytes(), [0, 80]);
     }
 
-    #[test]
-    fn encodes_cluster_ips_with_stable_ids() {
-        let svc = |name: &str, vip: &str, eps: &[&str]| Service {
-            name: ServiceName { namespace: "default".into(), name: name.into() },
-            frontends: vec![Frontend {
-                kind: FrontendKind::ClusterIp,
-                ip: Some(vip.parse().expect("ip")),
-                port: 80,
-                protocol: Protocol::Tcp,
-                port_name: "http".into(),
-                target_port: 8080,
-            }],
+    fn svc(name: &str, eps: &[(&str, &str)]) -> Service {
+        Service {
+            name: sluice_core::ServiceName { namespace: "default".into(), name: name.into() },
+            frontends: vec![
+                Frontend {
+                    kind: FrontendKind::ClusterIp,
+                    ip: Some("10.96.0.10".parse().expect("ip")),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    port_name: "http".into(),
+                    target_port: 8080,
+                },
+                Frontend {
+                    kind: FrontendKind::NodePort,
+                    ip: None,
+                    port: 30080,
+                    protocol: Protocol::Tcp,
+                    port_name: "http".into(),
+                    target_port: 8080,
+                },
+                Frontend {
+                    kind: FrontendKind::LoadBalancer,
+                    ip: Some("203.0.113.100".parse().expect("ip")),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    port_name: "http".into(),
+                    target_port: 8080,
+                },
+            ],
             backends: eps
                 .iter()
-                .map(|ip| Backend {
+                .map(|(ip, node)| Backend {
                     ip: ip.parse().expect("ip"),
                     port: 8080,
                     port_name: "http".into(),
                     protocol: Protocol::Tcp,
                     state: BackendState::Active,
-                    node: None,
+                    node: Some(node.to_string()),
                 })
                 .collect(),
             affinity_timeout_s: Some(60),
@@ -181,18 +354,89 @@ mod tests {
             internal_local: false,
             source_ranges: vec![],
             health_check_node_port: None,
-        };
-        let mut ids = BTreeMap::new();
-        let e = encode(&[svc("a", "10.96.0.10", &["10.244.1.2", "10.244.2.2"])], &mut ids);
-        let (k, v) = e.services.iter().next().expect("svc");
-        assert_eq!(k.port, port(80));
-        assert_eq!((v.backend_count, v.affinity_s), (2, 60));
+        }
+    }
+
+    fn ctx(owned: &[Feature]) -> NodeCtx {
+        NodeCtx {
+            node_name: "node-1".into(),
+            node_ips: vec!["198.51.100.11".parse().expect("ip"), "198.51.100.50".parse().expect("ip")],
+            owned: owned.iter().copied().collect(),
+        }
+    }
+
+    fn key(ip: &str, p: u16) -> SvcKey {
+        SvcKey { vip: addr(ip.parse().expect("ip")), port: port(p), proto: 6, pad: 0 }
+    }
+
+    #[test]
+    fn only_owned_frontends_with_their_flags() {
+        let s = svc("web", &[("10.244.1.2", "node-1"), ("10.244.2.2", "node-2")]);
+        let e = encode(std::slice::from_ref(&s), &[], &ctx(&[Feature::ClusterIp]));
+        assert_eq!(e.services.keys().copied().collect::<Vec<_>>(), [key("10.96.0.10", 80)]);
+        let v = e.services[&key("10.96.0.10", 80)];
+        assert_eq!((v.flags, v.backend_count, v.affinity_s), (SVC_F_TC, 2, 0), "affinity not owned");
+        let b1 = e.backends[&BackendKey { service_id: v.service_id, slot: 1 }];
+        let b2 = e.backends[&BackendKey { service_id: v.service_id, slot: 2 }];
+        assert_eq!((b1.flags, b2.flags), (BE_F_LOCAL, 0), "node-1's endpoint is local");
+
+        // Socket LB alone: the ClusterIP entry exists for host processes only.
+        let e = encode(std::slice::from_ref(&s), &[], &ctx(&[Feature::SocketLbTcp]));
+        assert_eq!(e.services[&key("10.96.0.10", 80)].flags, SVC_F_SOCK_TCP);
+
+        // NodePort listens on every node address; LoadBalancer with source ranges gets its LPM entries.
+        let mut s2 = s.clone();
+        s2.source_ranges = vec!["198.51.100.0/25".parse().expect("net")];
+        let all = [Feature::ClusterIp, Feature::NodePort, Feature::LoadBalancer, Feature::SessionAffinity];
+        let e = encode(&[s2], &[], &ctx(&all));
+        assert_eq!(e.services.len(), 4);
+        for ip in ["198.51.100.11", "198.51.100.50"] {
+            assert_eq!(e.services[&key(ip, 30080)].flags, SVC_F_TC | SVC_F_EXTERNAL);
+        }
+        let lb = e.services[&key("203.0.113.100", 80)];
+        assert_eq!(lb.flags, SVC_F_TC | SVC_F_EXTERNAL | SVC_F_SRC_RANGES);
+        assert_eq!(lb.affinity_s, 60);
         assert_eq!(
-            e.backends[&BackendKey { service_id: v.service_id, slot: 2 }].addr,
-            addr("10.244.2.2".parse().expect("ip"))
+            e.ranges.iter().copied().collect::<Vec<_>>(),
+            [SrcRangeKey { prefixlen: 57, service_id: lb.service_id, addr: addr("198.51.100.0".parse().expect("ip")) }]
         );
-        // Adding a service keeps the first one's id.
-        let e2 = encode(&[svc("a", "10.96.0.10", &["10.244.1.2"]), svc("b", "10.96.0.11", &[])], &mut ids);
-        assert_eq!(e2.services.values().map(|v| v.service_id).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn local_policies_keep_only_local_backends() {
+        let mut s = svc("web", &[("10.244.1.2", "node-1"), ("10.244.2.2", "node-2")]);
+        s.external_local = true;
+        let owned = [Feature::ClusterIp, Feature::NodePort, Feature::LoadBalancer, Feature::TrafficPolicyLocal];
+        let e = encode(std::slice::from_ref(&s), &[], &ctx(&owned));
+        assert_eq!(e.services[&key("10.96.0.10", 80)].backend_count, 2, "ClusterIP keeps every endpoint");
+        assert_eq!(e.services[&key("198.51.100.11", 30080)].backend_count, 1);
+        assert_eq!(e.services[&key("203.0.113.100", 80)].backend_count, 1);
+        s.external_local = false;
+        s.internal_local = true;
+        let e = encode(&[s], &[], &ctx(&owned));
+        assert_eq!(e.services[&key("10.96.0.10", 80)].backend_count, 1);
+        assert_eq!(e.services[&key("198.51.100.11", 30080)].backend_count, 2);
+    }
+
+    #[test]
+    fn host_ports_of_this_node_only() {
+        let hp = |node: &str, host_ip: Option<&str>| HostPort {
+            pod: "default/a".into(),
+            node: Some(node.into()),
+            host_ip: host_ip.map(|i| i.parse().expect("ip")),
+            host_port: 18080,
+            protocol: Protocol::Tcp,
+            pod_ip: "10.244.1.2".parse().expect("ip"),
+            container_port: 8080,
+        };
+        let c = ctx(&[Feature::HostPort]);
+        let e = encode(&[], &[hp("node-1", None), hp("node-2", None)], &c);
+        assert_eq!(e.services.len(), 2, "one per node address, none for node-2's pod");
+        let v = e.services[&key("198.51.100.11", 18080)];
+        assert_eq!(v.flags, SVC_F_TC | SVC_F_EXTERNAL);
+        assert_eq!(e.backends[&BackendKey { service_id: v.service_id, slot: 1 }].flags, BE_F_LOCAL);
+        let e = encode(&[], &[hp("node-1", Some("198.51.100.50"))], &c);
+        assert_eq!(e.services.keys().copied().collect::<Vec<_>>(), [key("198.51.100.50", 18080)]);
+        assert!(encode(&[], &[hp("node-1", None)], &ctx(&[])).services.is_empty(), "not owned");
     }
 }

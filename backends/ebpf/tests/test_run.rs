@@ -6,14 +6,21 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use aya::Ebpf;
+use aya::maps::Array;
 use aya::maps::HashMap;
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use sluice_ebpf::maps::{BackendKey, BackendVal, FlowKey, NatVal, SvcKey, SvcVal, addr, port};
+use sluice_ebpf::maps::{
+    BE_F_LOCAL, BackendKey, BackendVal, FlowKey, NatVal, NodeCfg, SVC_F_EXTERNAL, SVC_F_SOCK_TCP, SVC_F_SRC_RANGES,
+    SVC_F_TC, SvcKey, SvcVal, addr, port,
+};
 
 const TC_ACT_OK: u32 = 0;
 /// TC_ACT_UNSPEC (-1): not ours, the next program (TCX) or the default action decides.
 const PASS: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
+/// A redirect (to the device the FIB names); the test run does not transmit it.
+const TC_ACT_REDIRECT: u32 = 7;
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn require_root() -> bool {
@@ -47,22 +54,50 @@ impl Lb {
         self.bpf.as_mut().expect("loaded")
     }
 
+    /// A ClusterIP-like frontend served at the pod veths.
     fn service(&mut self, vip: &str, vport: u16, proto: u8, id: u32, backends: &[(&str, u16)], affinity_s: u32) {
+        let bs: Vec<(&str, u16, u16)> = backends.iter().map(|(ip, p)| (*ip, *p, 0)).collect();
+        self.frontend(vip, vport, proto, id, &bs, affinity_s, SVC_F_TC);
+    }
+
+    /// Any frontend: flags SVC_F_*, backends with BE_F_* flags.
+    #[allow(clippy::too_many_arguments)]
+    fn frontend(
+        &mut self,
+        vip: &str,
+        vport: u16,
+        proto: u8,
+        id: u32,
+        backends: &[(&str, u16, u16)],
+        affinity_s: u32,
+        flags: u32,
+    ) {
         let mut svc: HashMap<_, SvcKey, SvcVal> =
             HashMap::try_from(self.bpf().map_mut("sluice_svc").expect("map")).expect("svc");
         let k = SvcKey { vip: addr(vip.parse().expect("ip")), port: port(vport), proto, pad: 0 };
-        svc.insert(k, SvcVal { service_id: id, backend_count: backends.len() as u32, affinity_s, flags: 0 }, 0)
+        svc.insert(k, SvcVal { service_id: id, backend_count: backends.len() as u32, affinity_s, flags }, 0)
             .expect("insert");
         let mut be: HashMap<_, BackendKey, BackendVal> =
             HashMap::try_from(self.bpf().map_mut("sluice_backends").expect("map")).expect("be");
-        for (i, (ip, p)) in backends.iter().enumerate() {
+        for (i, (ip, p, f)) in backends.iter().enumerate() {
             be.insert(
                 BackendKey { service_id: id, slot: i as u32 + 1 },
-                BackendVal { addr: addr(ip.parse().expect("ip")), port: port(*p), pad: 0 },
+                BackendVal { addr: addr(ip.parse().expect("ip")), port: port(*p), flags: *f },
                 0,
             )
             .expect("insert");
         }
+    }
+
+    fn node_ip(&mut self, ip: &str) {
+        let mut a: Array<_, NodeCfg> = Array::try_from(self.bpf().map_mut("sluice_node").expect("map")).expect("node");
+        a.set(0, NodeCfg { node_ip: addr(ip.parse().expect("ip")), pad: 0 }, 0).expect("set");
+    }
+
+    fn allow_range(&mut self, id: u32, net: &str, len: u32) {
+        let mut t: LpmTrie<_, [u32; 2], u8> =
+            LpmTrie::try_from(self.bpf().map_mut("sluice_src_ranges").expect("map")).expect("lpm");
+        t.insert(&LpmKey::new(32 + len, [id, addr(net.parse().expect("ip"))]), 1, 0).expect("insert");
     }
 
     fn run(&mut self, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
@@ -284,4 +319,96 @@ fn maps_are_pinned_and_survive_the_loader() {
     let mut again = sluice_ebpf::loader::load(&lb.dir).expect("reload");
     let svc: HashMap<_, SvcKey, SvcVal> = HashMap::try_from(again.map_mut("sluice_svc").expect("map")).expect("svc");
     assert_eq!(svc.iter().count(), 1, "service restored from the pinned map");
+}
+
+/// TCP flags byte of a crafted packet: make it mid-stream (ACK, or SYN+ACK).
+fn with_flags(mut p: Vec<u8>, flags: u8) -> Vec<u8> {
+    let old = u16::from_be_bytes([p[46], p[47]]);
+    p[47] = flags;
+    // Incremental checksum update (RFC 1624) for the changed word.
+    let new = u16::from_be_bytes([p[46], p[47]]);
+    let c = u16::from_be_bytes([p[50], p[51]]);
+    let mut sum = (!c as u32) + (!old as u32) + new as u32;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[50..52].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("ip")
+}
+
+#[test]
+fn node_port_to_a_local_backend_keeps_the_client_address() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    lb.frontend("198.51.100.11", 30080, 6, 1, &[("10.244.1.2", 8080, BE_F_LOCAL)], 0, SVC_F_TC | SVC_F_EXTERNAL);
+    let (v, out) = lb.run("sluice_from_net", &packet(6, "198.51.100.201", 50000, "198.51.100.11", 30080));
+    assert_eq!(v, TC_ACT_OK, "DNAT only; the stack routes it to the pod");
+    assert_eq!(fields(&out), (ip("198.51.100.201"), 50000, ip("10.244.1.2"), 8080));
+    assert!(checksums_valid(&out));
+    // The pod's reply is translated as it leaves the pod (not on the way into the client pod).
+    let reply = with_flags(packet(6, "10.244.1.2", 8080, "198.51.100.201", 50000), 0x12);
+    assert!(checksums_valid(&reply));
+    assert_eq!(lb.run("sluice_to_pod", &reply), (PASS, reply.clone()));
+    let (v, out) = lb.run("sluice_from_pod", &reply);
+    assert!(v == TC_ACT_REDIRECT || v == TC_ACT_OK, "sent out directly: {v}");
+    assert_eq!(fields(&out), (ip("198.51.100.11"), 30080, ip("198.51.100.201"), 50000));
+    assert!(checksums_valid(&out));
+}
+
+#[test]
+fn node_port_to_a_remote_backend_is_snated_and_the_reply_translated_back() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    lb.node_ip("198.51.100.11");
+    lb.frontend("198.51.100.11", 30080, 6, 1, &[("10.244.2.2", 8080, 0)], 0, SVC_F_TC | SVC_F_EXTERNAL);
+    let (v, out) = lb.run("sluice_from_net", &packet(6, "198.51.100.201", 50000, "198.51.100.11", 30080));
+    assert!(v == TC_ACT_REDIRECT || v == TC_ACT_OK, "{v}");
+    let (src, sport, dst, dport) = fields(&out);
+    assert_eq!((src, dst, dport), (ip("198.51.100.11"), ip("10.244.2.2"), 8080), "DNAT + SNAT to the node IP");
+    assert!((61000..=65535).contains(&sport), "SNAT port {sport}");
+    assert!(checksums_valid(&out));
+    // The rest of the flow keeps its backend and SNAT port.
+    let ack = with_flags(packet(6, "198.51.100.201", 50000, "198.51.100.11", 30080), 0x10);
+    assert_eq!(fields(&lb.run("sluice_from_net", &ack).1), (src, sport, dst, dport));
+    // The backend's reply comes back to the node and goes to the client from the frontend.
+    let reply = with_flags(packet(6, "10.244.2.2", 8080, "198.51.100.11", sport), 0x12);
+    let (v, out) = lb.run("sluice_from_net", &reply);
+    assert!(v == TC_ACT_REDIRECT || v == TC_ACT_OK, "{v}");
+    assert_eq!(fields(&out), (ip("198.51.100.11"), 30080, ip("198.51.100.201"), 50000));
+    assert!(checksums_valid(&out));
+    // Without a node IP the node cannot SNAT: refuse rather than send an unroutable packet.
+    let mut lb2 = Lb::new();
+    lb2.frontend("198.51.100.11", 30080, 6, 1, &[("10.244.2.2", 8080, 0)], 0, SVC_F_TC | SVC_F_EXTERNAL);
+    assert_eq!(lb2.run("sluice_from_net", &packet(6, "198.51.100.201", 50001, "198.51.100.11", 30080)).0, TC_ACT_SHOT);
+}
+
+#[test]
+fn source_ranges_and_ownership_flags() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let flags = SVC_F_TC | SVC_F_EXTERNAL | SVC_F_SRC_RANGES;
+    lb.frontend("203.0.113.101", 80, 6, 3, &[("10.244.1.2", 8080, BE_F_LOCAL)], 0, flags);
+    lb.allow_range(3, "198.51.100.200", 29);
+    let (v, out) = lb.run("sluice_from_net", &packet(6, "198.51.100.201", 50000, "203.0.113.101", 80));
+    assert_eq!((v, fields(&out).2), (TC_ACT_OK, ip("10.244.1.2")), "inside the range");
+    let (v, _) = lb.run("sluice_from_net", &packet(6, "198.51.100.192", 50000, "203.0.113.101", 80));
+    assert_eq!(v, TC_ACT_SHOT, "outside the range");
+    // A frontend served only at the pod veths (ClusterIP) is not served from outside...
+    lb.frontend("10.96.0.10", 80, 6, 4, &[("10.244.1.2", 8080, BE_F_LOCAL)], 0, SVC_F_TC);
+    let p = packet(6, "198.51.100.201", 50000, "10.96.0.10", 80);
+    assert_eq!(lb.run("sluice_from_net", &p), (PASS, p.clone()));
+    // ...and one that eBPF serves only by socket LB is left to the owner of per-packet NAT.
+    lb.frontend("10.96.0.11", 80, 6, 5, &[("10.244.1.2", 8080, BE_F_LOCAL)], 0, SVC_F_SOCK_TCP);
+    let p = packet(6, "10.244.1.9", 50000, "10.96.0.11", 80);
+    assert_eq!(lb.run("sluice_from_pod", &p), (PASS, p.clone()));
 }
