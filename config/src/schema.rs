@@ -80,6 +80,12 @@ pub struct Config {
     /// cgroup v2 directory the socket-LB programs attach to (host processes in it and below).
     /// Default: /sys/fs/cgroup when it is cgroup v2, else /sys/fs/cgroup/unified (hybrid layout).
     pub cgroup_root: Option<PathBuf>,
+    /// How the eBPF backend picks a new flow's backend: random, or maglev (consistent hashing).
+    pub lb_algorithm: sluice_core::LbAlgorithm,
+    /// Maglev lookup table size per frontend (a prime; see sluice_core::lb::MAGLEV_SIZES).
+    pub lb_maglev_table_size: u32,
+    /// Entries of the eBPF maps. A pinned map keeps its size until `sluice cleanup`.
+    pub bpf_map_sizes: sluice_core::MapSizes,
     /// NodePort range, `FIRST-LAST` (kube-apiserver's --service-node-port-range).
     pub node_port_range: String,
     /// Per-node overrides, selected by the node label `sluice.io/node-config: NAME` (in the spirit
@@ -127,6 +133,9 @@ impl Default for Config {
             bpf_pin_dir: None,
             devices: Vec::new(),
             cgroup_root: None,
+            lb_algorithm: sluice_core::LbAlgorithm::Random,
+            lb_maglev_table_size: 1021,
+            bpf_map_sizes: sluice_core::MapSizes::default(),
         }
     }
 }
@@ -238,6 +247,15 @@ impl Config {
             }
             if p.prefix_len() > 30 {
                 return Err(invalid("pod_cidr", p, "a prefix of /30 or shorter"));
+            }
+        }
+        if !sluice_core::lb::MAGLEV_SIZES.contains(&self.lb_maglev_table_size) {
+            let accepted: Vec<String> = sluice_core::lb::MAGLEV_SIZES.iter().map(u32::to_string).collect();
+            return Err(invalid("lb_maglev_table_size", self.lb_maglev_table_size, &accepted.join(", ")));
+        }
+        for (k, v) in self.bpf_map_sizes.named() {
+            if !(1..=16_777_216).contains(&v) {
+                return Err(invalid(&format!("bpf_map_sizes.{k}"), v, "1..=16777216 entries"));
             }
         }
         if !(100..=60_000).contains(&self.source.poll_interval_ms) {

@@ -124,3 +124,25 @@ fn node_configs_override_runtime_keys_only() {
         .expect_err("invalid overlay");
     assert!(e.to_string().contains("node_configs.x"), "{e}");
 }
+
+#[test]
+fn load_balancing_and_map_sizes() {
+    let c = from_yaml_str("node_name: a\n").expect("defaults");
+    assert_eq!((c.lb_algorithm, c.lb_maglev_table_size), (sluice_core::LbAlgorithm::Random, 1021));
+    assert_eq!(c.bpf_map_sizes.conntrack, 524_288);
+    let c = from_yaml_str(
+        "node_name: a\nlb_algorithm: maglev\nlb_maglev_table_size: 16381\nbpf_map_sizes: {conntrack: 1000}\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        (c.lb_algorithm, c.lb_maglev_table_size, c.bpf_map_sizes.conntrack),
+        (sluice_core::LbAlgorithm::Maglev, 16381, 1000)
+    );
+    assert_eq!(c.bpf_map_sizes.services, 65536, "unset sizes keep their defaults");
+    let e = from_yaml_str("node_name: a\nlb_maglev_table_size: 1000\n").expect_err("not a listed prime").to_string();
+    assert!(e.contains("lb_maglev_table_size") && e.contains("1000") && e.contains("1021"), "{e}");
+    let e = from_yaml_str("node_name: a\nbpf_map_sizes: {nat: 0}\n").expect_err("empty map").to_string();
+    assert!(e.contains("bpf_map_sizes.nat") && e.contains("1..=16777216"), "{e}");
+    let e = from_yaml_str("node_name: a\nlb_algorithm: hash\n").expect_err("unknown algorithm").to_string();
+    assert!(e.contains("hash"), "{e}");
+}

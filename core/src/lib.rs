@@ -3,12 +3,14 @@
 //! so all of it is testable without root.
 
 pub mod caps;
+pub mod lb;
 pub mod model;
 pub mod plan;
 pub mod routes;
 pub mod service;
 
 pub use caps::{Capabilities, Capability, ProbeResult};
+pub use lb::{LbAlgorithm, MapSizes, maglev_table};
 pub use model::{ClusterState, LocalEndpoint, NodeInfo, PodInfo};
 pub use plan::{DataplaneMode, Feature, Implemented, KprMode, Owner, Plan, PlanEntry, PlanError, PlanInput, Step};
 pub use routes::{PodRoute, RouteDiff, desired_pod_routes, diff_routes};

@@ -200,7 +200,7 @@ fn ebpf_record(
     let _ = sluice_ebpf::datapath::remove_all(&pin);
     let mut rec = Record::new("ebpf", "-", n);
     let res = (|| -> anyhow::Result<()> {
-        let mut dp = sluice_ebpf::datapath::Datapath::open(&pin)?;
+        let mut dp = sluice_ebpf::datapath::Datapath::open(&pin, &Default::default())?;
         dp.attach(client_if)?;
         // Sorted by name, as the agent's translation hands them over.
         let mut svcs = services(n, backend);
@@ -209,6 +209,7 @@ fn ebpf_record(
             node_name: "node-1".into(),
             node_ips: Vec::new(),
             owned: [sluice_core::Feature::ClusterIp].into(),
+            maglev_m: None,
         };
         let t = Instant::now();
         dp.update(&svcs, &[], &ctx)?;

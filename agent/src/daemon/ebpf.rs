@@ -24,6 +24,9 @@ pub struct NodeFacts {
     /// Devices that carry traffic from outside the node.
     pub devices: Vec<String>,
     pub cgroup: PathBuf,
+    /// Maglev table size when the config says `lb_algorithm: maglev`.
+    pub maglev_m: Option<u32>,
+    pub map_sizes: sluice_core::MapSizes,
 }
 
 /// Features served at the node's devices.
@@ -109,7 +112,7 @@ impl EbpfManager {
         }
         let mut errors = Vec::new();
         if self.dp.is_none() {
-            match Datapath::open(&self.pin_dir) {
+            match Datapath::open(&self.pin_dir, &node.map_sizes) {
                 Ok(dp) => {
                     tracing::info!(pin_dir = %self.pin_dir.display(), "eBPF datapath loaded (pinned maps restored)");
                     self.dp = Some(dp);
@@ -118,6 +121,7 @@ impl EbpfManager {
             }
         }
         let Some(dp) = self.dp.as_mut() else { return errors };
+        errors.extend(dp.size_mismatches.iter().cloned());
         let mut keep = BTreeSet::new();
         let devices: &[String] = if DEVICE_FEATURES.iter().any(|f| owned.contains(f)) { &node.devices } else { &[] };
         for dev in devices {
@@ -167,7 +171,7 @@ impl EbpfManager {
             self.cgroup = None;
             tracing::info!("socket LB released (the plan no longer gives it to eBPF)");
         }
-        let ctx = NodeCtx { node_name: node.name.clone(), node_ips: node.ips.clone(), owned };
+        let ctx = NodeCtx { node_name: node.name.clone(), node_ips: node.ips.clone(), owned, maglev_m: node.maglev_m };
         if self.synced.as_ref().is_some_and(|(g, c)| *g == generation && *c == ctx) {
             return errors;
         }

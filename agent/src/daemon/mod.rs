@@ -218,6 +218,8 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             ips,
             devices: node_devices.as_ref().map(|(_, d, _)| d.clone()).unwrap_or_default(),
             cgroup: cgroup.clone(),
+            maglev_m: (cfg.lb_algorithm == sluice_core::LbAlgorithm::Maglev).then_some(cfg.lb_maglev_table_size),
+            map_sizes: cfg.bpf_map_sizes,
         };
         errors.extend(bpf.reconcile(generation, state, &planner.plan, &local_endpoints, &node));
         let second = ipt_owned(&bpf, &rules);

@@ -104,6 +104,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_sock_rnat SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct maglev_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_maglev SEC(".maps");
+
 /* SNAT source ports: above the kernel's default ephemeral range (32768-60999), so host sockets
  * rarely collide; the key includes the backend, so each backend has the whole range. */
 #define SNAT_PORT_LO 61000
@@ -172,12 +181,23 @@ static __always_inline int rewrite(struct __sk_buff *skb, __u8 proto, __u32 addr
 	return 0;
 }
 
-/* Backend slot for a new flow of `client`: ClientIP affinity first, else random. */
-static __always_inline __u32 pick_slot(__u32 client, struct svc_val *svc)
+/* A hash of the 5-tuple, the same on every node (Maglev buckets). Never 0. */
+static __always_inline __u32 flow_hash(struct flow_key *k)
+{
+	__u32 h = k->saddr * 0x9e3779b1u;
+	h ^= k->daddr + 0x7f4a7c15u + (h << 6) + (h >> 2);
+	h ^= (((__u32)k->sport << 16) | k->dport) + 0x7f4a7c15u + (h << 6) + (h >> 2);
+	h ^= k->proto + 0x7f4a7c15u + (h << 6) + (h >> 2);
+	return h | 1;
+}
+
+/* Backend slot for a new flow of `client`: ClientIP affinity first, then Maglev (when the
+ * frontend uses it and a flow hash is given), else random. */
+static __always_inline __u32 pick_slot(__u32 client, struct svc_val *svc, __u32 hash)
 {
 	struct affinity_key ak = { .client = client, .service_id = svc->service_id };
 	__u64 now = bpf_ktime_get_ns();
-	__u32 slot;
+	__u32 slot = 0;
 
 	if (svc->affinity_s) {
 		struct affinity_val *a = bpf_map_lookup_elem(&sluice_affinity, &ak);
@@ -187,7 +207,18 @@ static __always_inline __u32 pick_slot(__u32 client, struct svc_val *svc)
 			return a->slot;
 		}
 	}
-	slot = (bpf_get_prandom_u32() % svc->backend_count) + 1;
+	if ((svc->flags & SVC_F_MAGLEV) && hash) {
+		__u32 zero = 0;
+		struct node_cfg *node = bpf_map_lookup_elem(&sluice_node, &zero);
+		if (node && node->maglev_m) {
+			struct maglev_key mk = { .service_id = svc->service_id, .index = hash % node->maglev_m };
+			__u32 *s = bpf_map_lookup_elem(&sluice_maglev, &mk);
+			if (s && *s >= 1 && *s <= svc->backend_count)
+				slot = *s;
+		}
+	}
+	if (!slot)
+		slot = (bpf_get_prandom_u32() % svc->backend_count) + 1;
 	if (svc->affinity_s) {
 		struct affinity_val v = { .last_ns = now, .slot = slot };
 		bpf_map_update_elem(&sluice_affinity, &ak, &v, BPF_ANY);
@@ -238,15 +269,15 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u3
 	return TC_ACT_OK;
 }
 
-/* Choose a backend for a new flow from `client` to frontend `svc` (its slot in *slot). Returns
- * NULL to refuse (no endpoint). */
-static __always_inline struct backend_val *choose(__u32 client, struct svc_val *svc, __u32 *slot)
+/* Choose a backend for a new flow from `client` to frontend `svc` (its slot in *slot); `hash`
+ * is the flow hash for Maglev, 0 for none. Returns NULL to refuse (no endpoint). */
+static __always_inline struct backend_val *choose(__u32 client, struct svc_val *svc, __u32 *slot, __u32 hash)
 {
 	struct backend_key bk = { .service_id = svc->service_id };
 
 	if (svc->backend_count == 0)
 		return NULL;
-	bk.slot = pick_slot(client, svc);
+	bk.slot = pick_slot(client, svc, hash);
 	*slot = bk.slot;
 	return bpf_map_lookup_elem(&sluice_backends, &bk);
 }
@@ -305,7 +336,7 @@ int sluice_from_pod(struct __sk_buff *skb)
 		}
 		if (!source_allowed(svc, k.saddr))
 			return TC_ACT_SHOT;
-		b = choose(k.saddr, svc, &slot);
+		b = choose(k.saddr, svc, &slot, flow_hash(&k));
 		if (!b)
 			return TC_ACT_SHOT; /* a frontend without endpoints refuses, as kube-proxy's REJECT */
 		if (b->addr == k.saddr) {
@@ -406,7 +437,7 @@ int sluice_from_net(struct __sk_buff *skb)
 			return PASS;
 		if (!source_allowed(svc, k.saddr))
 			return TC_ACT_SHOT;
-		b = choose(k.saddr, svc, &slot);
+		b = choose(k.saddr, svc, &slot, flow_hash(&k));
 		if (!b)
 			return TC_ACT_SHOT;
 		chosen.addr = b->addr;
@@ -462,7 +493,7 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 want)
 	svc = bpf_map_lookup_elem(&sluice_svc, &sk);
 	if (!svc || !(svc->flags & want))
 		return 1;
-	b = choose(0, svc, &slot); /* the node itself is the client of affinity */
+	b = choose(0, svc, &slot, 0); /* the node itself is the client of affinity; no tuple to hash yet */
 	if (!b)
 		return 0; /* no endpoint: the call fails (EPERM) instead of hanging */
 	rk.cookie = bpf_get_socket_cookie(ctx);

@@ -28,6 +28,7 @@ struct svc_val {
 #define SVC_F_SOCK_TCP 4    /* socket LB for host processes, TCP */
 #define SVC_F_SOCK_UDP 8    /* socket LB for host processes, UDP */
 #define SVC_F_SRC_RANGES 16 /* only sources in sluice_src_ranges may connect */
+#define SVC_F_MAGLEV 32     /* new flows pick through the Maglev table, not at random */
 
 struct backend_key {
 	__u32 service_id;
@@ -85,7 +86,13 @@ struct src_range_key {
 /* Node facts the programs need; one entry, index 0. */
 struct node_cfg {
 	__u32 node_ip;      /* SNAT address for flows forwarded to other nodes */
-	__u32 pad;
+	__u32 maglev_m;     /* Maglev table size (entries per frontend) */
+};
+
+/* Maglev: (service id, bucket) -> backend slot. */
+struct maglev_key {
+	__u32 service_id;
+	__u32 index;
 };
 
 /* Socket LB reverse translation: (socket cookie, backend) -> frontend, for getpeername/recvmsg. */

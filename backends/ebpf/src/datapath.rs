@@ -15,7 +15,7 @@ use sluice_core::{HostPort, Service};
 
 pub use crate::attach::remove_all;
 use crate::maps::{
-    BackendKey, BackendVal, Entries, FlowKey, NatVal, NodeCfg, NodeCtx, SnatVal, SrcRangeKey, SvcKey, SvcVal,
+    BackendKey, BackendVal, Entries, FlowKey, MaglevKey, NatVal, NodeCfg, NodeCtx, SnatVal, SrcRangeKey, SvcKey, SvcVal,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ pub struct Datapath {
     /// The node context and hostPorts of the last write: a change re-encodes everything.
     last_ctx: Option<NodeCtx>,
     last_host_ports: Vec<HostPort>,
+    /// Pinned maps whose size differs from the config's (kept until `sluice cleanup`).
+    pub size_mismatches: Vec<String>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -71,8 +73,23 @@ fn lpm_key(k: &SrcRangeKey) -> LpmKey<[u32; 2]> {
 }
 
 impl Datapath {
-    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
-        let mut bpf = crate::loader::load(pin_dir)?;
+    pub fn open(pin_dir: &Path, sizes: &sluice_core::MapSizes) -> Result<Self, DatapathError> {
+        let mut bpf = crate::loader::load_with(pin_dir, sizes)?;
+        let mut size_mismatches = Vec::new();
+        for (name, want) in crate::loader::map_sizes(sizes) {
+            let have = bpf.map(name).and_then(|m| match m {
+                aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) | aya::maps::Map::LpmTrie(d) => {
+                    d.info().ok().map(|i| i.max_entries())
+                }
+                aya::maps::Map::Array(d) => d.info().ok().map(|i| i.max_entries()),
+                _ => None,
+            });
+            if let Some(have) = have.filter(|h| *h != want) {
+                size_mismatches.push(format!(
+                    "map {name} is pinned with {have} entries, bpf_map_sizes asks {want}: it keeps {have} until `sluice cleanup` (which interrupts forwarding) and a restart"
+                ));
+            }
+        }
         let mut written = Entries::default();
         let mut ids = BTreeMap::new();
         {
@@ -92,6 +109,13 @@ impl Datapath {
             let [service_id, addr] = k.data();
             written.ranges.insert(SrcRangeKey { prefixlen: k.prefix_len(), service_id, addr });
         }
+        for (k, slot) in hash_map::<MaglevKey, u32>(&mut bpf, "sluice_maglev")?.iter().flatten() {
+            let t = written.maglev.entry(k.service_id).or_default();
+            if t.len() <= k.index as usize {
+                t.resize(k.index as usize + 1, 0);
+            }
+            t[k.index as usize] = slot;
+        }
         Ok(Datapath {
             bpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -100,6 +124,7 @@ impl Datapath {
             last: BTreeMap::new(),
             last_ctx: None,
             last_host_ports: Vec::new(),
+            size_mismatches,
         })
     }
 
@@ -108,7 +133,7 @@ impl Datapath {
         let map = self.bpf.map_mut("sluice_node").ok_or(missing("sluice_node"))?;
         let mut arr: Array<_, NodeCfg> = Array::try_from(map).map_err(map_err("sluice_node"))?;
         let node_ip = ctx.node_ips.first().map(|ip| crate::maps::addr(*ip)).unwrap_or(0);
-        arr.set(0, NodeCfg { node_ip, pad: 0 }, 0).map_err(map_err("sluice_node"))
+        arr.set(0, NodeCfg { node_ip, maglev_m: ctx.maglev_m.unwrap_or(0) }, 0).map_err(map_err("sluice_node"))
     }
 
     /// Map entries for exactly these services (IDs kept stable; IDs of frontends no longer
@@ -176,6 +201,7 @@ impl Datapath {
                 changes += 1;
             }
         }
+        changes += self.write_maglev(&want.maglev, self.written.maglev.keys().copied().collect())?;
         if !gone_backends.is_empty() {
             self.flush_flows(&gone_backends)?;
         }
@@ -317,6 +343,9 @@ impl Datapath {
             changes += 1;
         }
         self.written.ranges.extend(fresh.ranges.iter().copied());
+        let stale_tables: BTreeSet<u32> =
+            old_ids.iter().filter(|id| self.written.maglev.contains_key(id)).copied().collect();
+        changes += self.write_maglev(&fresh.maglev, stale_tables)?;
         let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
         for (k, _) in old_backends.iter().filter(|(k, _)| !fresh.backends.contains_key(k)) {
             let _ = be.remove(k);
@@ -326,6 +355,42 @@ impl Datapath {
         if !udp_gone.is_empty() {
             self.flush_flows(&udp_gone)?;
         }
+        Ok(changes)
+    }
+
+    /// Write Maglev tables that differ from what is written; remove the tables of `candidates`
+    /// that `tables` no longer has. Only changed buckets are written.
+    fn write_maglev(
+        &mut self,
+        tables: &BTreeMap<u32, Vec<u32>>,
+        candidates: BTreeSet<u32>,
+    ) -> Result<usize, DatapathError> {
+        let mut changes = 0;
+        let mut map: HashMap<_, MaglevKey, u32> = hash_map(&mut self.bpf, "sluice_maglev")?;
+        for (id, table) in tables {
+            let old = self.written.maglev.get(id);
+            for (i, slot) in table.iter().enumerate() {
+                if old.and_then(|o| o.get(i)) != Some(slot) {
+                    map.insert(MaglevKey { service_id: *id, index: i as u32 }, *slot, 0)
+                        .map_err(map_err("sluice_maglev"))?;
+                    changes += 1;
+                }
+            }
+            // A shrunk table (smaller lb_maglev_table_size) loses its tail.
+            for i in table.len()..old.map_or(0, Vec::len) {
+                let _ = map.remove(&MaglevKey { service_id: *id, index: i as u32 });
+            }
+        }
+        for id in candidates.iter().filter(|id| !tables.contains_key(id)) {
+            for i in 0..self.written.maglev.get(id).map_or(0, Vec::len) {
+                let _ = map.remove(&MaglevKey { service_id: *id, index: i as u32 });
+                changes += 1;
+            }
+        }
+        for id in &candidates {
+            self.written.maglev.remove(id);
+        }
+        self.written.maglev.extend(tables.iter().map(|(k, v)| (*k, v.clone())));
         Ok(changes)
     }
 
@@ -374,6 +439,11 @@ impl Datapath {
         for k in &fresh.ranges {
             if let Some(id) = remap.get(&k.service_id) {
                 out.ranges.insert(SrcRangeKey { service_id: *id, ..*k });
+            }
+        }
+        for (k, t) in fresh.maglev {
+            if let Some(id) = remap.get(&k) {
+                out.maglev.insert(*id, t);
             }
         }
         out

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, EbpfLoader};
+use sluice_core::MapSizes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -42,12 +43,36 @@ pub const SOCK_PROGRAMS: [&str; 4] =
 /// Load the object with its maps pinned in `pin_dir` (reused if already there) and load every
 /// program into the kernel (not attached).
 pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
+    load_with(pin_dir, &MapSizes::default())
+}
+
+/// Each map with the entries `sizes` asks for (as `EbpfLoader::set_max_entries`).
+pub fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 10] {
+    [
+        ("sluice_svc", sizes.services),
+        ("sluice_backends", sizes.backends),
+        ("sluice_ct", sizes.conntrack),
+        ("sluice_rnat", sizes.conntrack),
+        ("sluice_snat", sizes.nat),
+        ("sluice_sock_rnat", sizes.nat),
+        ("sluice_affinity", sizes.affinity),
+        ("sluice_src_ranges", sizes.source_ranges),
+        ("sluice_maglev", sizes.maglev),
+        ("sluice_node", 1),
+    ]
+}
+
+/// `load` with map sizes from the config. A map already pinned keeps the size it was created
+/// with (the kernel cannot resize): `Datapath::open` reports the difference.
+pub fn load_with(pin_dir: &Path, sizes: &MapSizes) -> Result<Ebpf, LoadError> {
     ensure_bpffs()?;
     std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: pin_dir.into(), source })?;
-    let mut bpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(crate::LB_OBJECT)
-        .map_err(|e| LoadError::Load { source: Box::new(e) })?;
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    for (name, n) in map_sizes(sizes) {
+        loader.map_max_entries(name, n);
+    }
+    let mut bpf = loader.load(crate::LB_OBJECT).map_err(|e| LoadError::Load { source: Box::new(e) })?;
     for name in TC_PROGRAMS {
         let prog: &mut aya::programs::SchedClassifier = bpf
             .program_mut(name)

@@ -13,6 +13,7 @@ pub const SVC_F_EXTERNAL: u32 = 2;
 pub const SVC_F_SOCK_TCP: u32 = 4;
 pub const SVC_F_SOCK_UDP: u32 = 8;
 pub const SVC_F_SRC_RANGES: u32 = 16;
+pub const SVC_F_MAGLEV: u32 = 32;
 pub const BE_F_LOCAL: u16 = 1;
 pub const NAT_F_EXTERNAL: u32 = 1;
 
@@ -91,7 +92,14 @@ pub struct SrcRangeKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NodeCfg {
     pub node_ip: u32,
-    pub pad: u32,
+    pub maglev_m: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub service_id: u32,
+    pub index: u32,
 }
 
 #[repr(C)]
@@ -114,6 +122,7 @@ unsafe impl aya::Pod for SnatVal {}
 unsafe impl aya::Pod for SrcRangeKey {}
 unsafe impl aya::Pod for NodeCfg {}
 unsafe impl aya::Pod for SockKey {}
+unsafe impl aya::Pod for MaglevKey {}
 
 // The C side's layout, checked at compile time: a mismatch would silently corrupt lookups.
 const _: () = {
@@ -125,7 +134,8 @@ const _: () = {
     assert!(size_of::<NatVal>() == 12 && offset_of!(NatVal, snat_port) == 6 && offset_of!(NatVal, flags) == 8);
     assert!(size_of::<SnatVal>() == 12 && offset_of!(SnatVal, client_port) == 8);
     assert!(size_of::<SrcRangeKey>() == 12 && offset_of!(SrcRangeKey, addr) == 8);
-    assert!(size_of::<NodeCfg>() == 8);
+    assert!(size_of::<NodeCfg>() == 8 && offset_of!(NodeCfg, maglev_m) == 4);
+    assert!(size_of::<MaglevKey>() == 8);
     assert!(size_of::<SockKey>() == 16 && offset_of!(SockKey, addr) == 8 && offset_of!(SockKey, port) == 12);
 };
 
@@ -154,6 +164,8 @@ pub struct Entries {
     pub services: BTreeMap<SvcKey, SvcVal>,
     pub backends: BTreeMap<BackendKey, BackendVal>,
     pub ranges: BTreeSet<SrcRangeKey>,
+    /// Maglev tables by service id: bucket -> backend slot.
+    pub maglev: BTreeMap<u32, Vec<u32>>,
 }
 
 /// What encoding needs to know about the node: which features the plan gives to eBPF, this
@@ -163,6 +175,8 @@ pub struct NodeCtx {
     pub node_name: String,
     pub node_ips: Vec<Ipv4Addr>,
     pub owned: BTreeSet<Feature>,
+    /// Maglev table size when `lb_algorithm: maglev`; `None`: random.
+    pub maglev_m: Option<u32>,
 }
 
 impl NodeCtx {
@@ -230,6 +244,11 @@ fn service_fronts(s: &Service, ctx: &NodeCtx, out: &mut Vec<Front>) {
         if flags == 0 {
             continue;
         }
+        let flags = if ctx.maglev_m.is_some() && flags & (SVC_F_TC | SVC_F_EXTERNAL) != 0 {
+            flags | SVC_F_MAGLEV
+        } else {
+            flags
+        };
         let ranges = if flags & SVC_F_SRC_RANGES != 0 { s.source_ranges.clone() } else { Vec::new() };
         for ip in ips {
             out.push(Front {
@@ -288,6 +307,14 @@ pub fn encode(services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> E
                 service_id: id,
                 addr: addr(r.network()),
             });
+        }
+        if let (Some(m), true) = (ctx.maglev_m, f.flags & SVC_F_MAGLEV != 0) {
+            // Buckets name backends by address, so every node fills them alike; slots are 1-based.
+            let names: Vec<String> = f.backends.iter().map(|b| format!("{:08x}:{:04x}", b.addr, b.port)).collect();
+            let table = sluice_core::maglev_table(&names, m).into_iter().map(|i| i + 1).collect::<Vec<_>>();
+            if !table.is_empty() {
+                e.maglev.insert(id, table);
+            }
         }
         e.services.insert(
             f.key,
@@ -362,6 +389,7 @@ mod tests {
             node_name: "node-1".into(),
             node_ips: vec!["198.51.100.11".parse().expect("ip"), "198.51.100.50".parse().expect("ip")],
             owned: owned.iter().copied().collect(),
+            maglev_m: None,
         }
     }
 
@@ -438,5 +466,30 @@ mod tests {
         let e = encode(&[], &[hp("node-1", Some("198.51.100.50"))], &c);
         assert_eq!(e.services.keys().copied().collect::<Vec<_>>(), [key("198.51.100.50", 18080)]);
         assert!(encode(&[], &[hp("node-1", None)], &ctx(&[])).services.is_empty(), "not owned");
+    }
+
+    #[test]
+    fn maglev_tables_for_per_packet_frontends_only() {
+        let s = svc("web", &[("10.244.1.2", "node-1"), ("10.244.2.2", "node-2")]);
+        let mut c = ctx(&[Feature::ClusterIp, Feature::SocketLbTcp]);
+        assert!(encode(std::slice::from_ref(&s), &[], &c).maglev.is_empty(), "random by default");
+        c.maglev_m = Some(251);
+        let e = encode(std::slice::from_ref(&s), &[], &c);
+        let v = e.services[&key("10.96.0.10", 80)];
+        assert_eq!(v.flags, SVC_F_TC | SVC_F_SOCK_TCP | SVC_F_MAGLEV);
+        let t = &e.maglev[&v.service_id];
+        assert_eq!(t.len(), 251);
+        assert!(t.iter().all(|s| (1..=2).contains(s)) && t.contains(&1) && t.contains(&2));
+        // The same endpoints listed in another order give the same backend per bucket.
+        let mut s2 = s.clone();
+        s2.backends.reverse();
+        let e2 = encode(&[s2], &[], &c);
+        let backend_of = |e: &Entries, slot: u32| e.backends[&BackendKey { service_id: v.service_id, slot }].addr;
+        for (a, b) in t.iter().zip(&e2.maglev[&v.service_id]) {
+            assert_eq!(backend_of(&e, *a), backend_of(&e2, *b));
+        }
+        // Socket LB alone has no flow to hash: no table.
+        let sock = NodeCtx { maglev_m: Some(251), ..ctx(&[Feature::SocketLbTcp]) };
+        assert!(encode(&[s], &[], &sock).maglev.is_empty());
     }
 }

@@ -11,8 +11,8 @@ use aya::maps::HashMap;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use sluice_ebpf::maps::{
-    BE_F_LOCAL, BackendKey, BackendVal, FlowKey, NatVal, NodeCfg, SVC_F_EXTERNAL, SVC_F_SOCK_TCP, SVC_F_SRC_RANGES,
-    SVC_F_TC, SvcKey, SvcVal, addr, port,
+    BE_F_LOCAL, BackendKey, BackendVal, FlowKey, MaglevKey, NatVal, NodeCfg, SVC_F_EXTERNAL, SVC_F_MAGLEV,
+    SVC_F_SOCK_TCP, SVC_F_SRC_RANGES, SVC_F_TC, SvcKey, SvcVal, addr, port,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -90,8 +90,20 @@ impl Lb {
     }
 
     fn node_ip(&mut self, ip: &str) {
+        self.node(ip, 0);
+    }
+
+    fn node(&mut self, ip: &str, maglev_m: u32) {
         let mut a: Array<_, NodeCfg> = Array::try_from(self.bpf().map_mut("sluice_node").expect("map")).expect("node");
-        a.set(0, NodeCfg { node_ip: addr(ip.parse().expect("ip")), pad: 0 }, 0).expect("set");
+        a.set(0, NodeCfg { node_ip: addr(ip.parse().expect("ip")), maglev_m }, 0).expect("set");
+    }
+
+    fn maglev(&mut self, id: u32, table: &[u32]) {
+        let mut m: HashMap<_, MaglevKey, u32> =
+            HashMap::try_from(self.bpf().map_mut("sluice_maglev").expect("map")).expect("maglev");
+        for (i, slot) in table.iter().enumerate() {
+            m.insert(MaglevKey { service_id: id, index: i as u32 }, *slot, 0).expect("insert");
+        }
     }
 
     fn allow_range(&mut self, id: u32, net: &str, len: u32) {
@@ -411,4 +423,38 @@ fn source_ranges_and_ownership_flags() {
     lb.frontend("10.96.0.11", 80, 6, 5, &[("10.244.1.2", 8080, BE_F_LOCAL)], 0, SVC_F_SOCK_TCP);
     let p = packet(6, "10.244.1.9", 50000, "10.96.0.11", 80);
     assert_eq!(lb.run("sluice_from_pod", &p), (PASS, p.clone()));
+}
+
+#[test]
+fn maglev_picks_by_flow_hash_the_same_on_every_node() {
+    if !require_root() {
+        return;
+    }
+    let backends = [("10.244.1.2", 8080, 0), ("10.244.2.2", 8080, 0), ("10.244.3.2", 8080, 0)];
+    let names: Vec<String> = backends.iter().map(|(ip, p, _)| format!("{ip}:{p}")).collect();
+    let table: Vec<u32> = sluice_core::maglev_table(&names, 251).into_iter().map(|i| i + 1).collect();
+    // Two "nodes": separate maps, the same Service and table.
+    let mut nodes = [Lb::new(), Lb::new()];
+    for lb in &mut nodes {
+        lb.node("198.51.100.11", 251);
+        lb.frontend("10.96.0.50", 80, 6, 8, &backends, 0, SVC_F_TC | SVC_F_MAGLEV);
+        lb.maglev(8, &table);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 0..60u16 {
+        let p = packet(6, "10.244.9.5", 45000 + sport, "10.96.0.50", 80);
+        let a = fields(&nodes[0].run("sluice_from_pod", &p).1).2;
+        // Again on the same node (a new SYN re-picks): the hash, not chance, decides.
+        let again = fields(&nodes[0].run("sluice_from_pod", &p).1).2;
+        let b = fields(&nodes[1].run("sluice_from_pod", &p).1).2;
+        assert_eq!((a, again), (b, b), "flow {sport}: every pick of one flow lands on one backend");
+        seen.insert(a);
+    }
+    assert_eq!(seen.len(), 3, "flows spread over every backend: {seen:?}");
+    // A table naming slot 2 everywhere sends every flow to the second backend.
+    nodes[0].maglev(8, &[2; 251]);
+    for sport in 0..20u16 {
+        let p = packet(6, "10.244.9.6", 46000 + sport, "10.96.0.50", 80);
+        assert_eq!(fields(&nodes[0].run("sluice_from_pod", &p).1).2, ip("10.244.2.2"));
+    }
 }
