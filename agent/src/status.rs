@@ -42,11 +42,6 @@ pub struct AgentStatus {
     pub probe_ms: u64,
     pub plan: Option<Plan>,
     pub config: ReloadStatus,
-    /// Served by the `services` request (`sluice service list`), not in `status`: it can be large.
-    #[serde(default, skip_serializing)]
-    pub service_entries: Vec<crate::services::ServiceEntry>,
-    #[serde(default, skip_serializing)]
-    pub bpf_lb: Vec<crate::daemon::ebpf::LbEntry>,
     /// The eBPF datapath in one line.
     #[serde(default)]
     pub ebpf: String,

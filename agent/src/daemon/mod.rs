@@ -53,7 +53,10 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
     }));
     let listener = server::bind(&cfg.socket_path)?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(server::serve(listener, status.clone(), wake.clone()));
+    // Service lists are built when asked, from what the loop last programmed (at 10k Services
+    // each list is tens of MB: keeping them ready would double the agent's memory).
+    let (query_tx, mut queries) = tokio::sync::mpsc::channel::<server::Query>(16);
+    tokio::spawn(server::serve(listener, status.clone(), wake.clone(), query_tx));
     tracing::info!(node = %cfg.node_name, socket = %cfg.socket_path.display(), "sluice agent started");
 
     // Pods route through the node: forwarding is a precondition of pod networking.
@@ -72,8 +75,6 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
     let mut rules = rules::RulesManager::new(ipt);
     // (source generation, object count, translated state) of the last change.
     let mut last: Option<(u64, usize, sluice_core::ClusterState)> = None;
-    // (source generation, config generation) the service lists in status were built from.
-    let mut listed: Option<(u64, u64)> = None;
     let mut health = health::HealthServers::default();
     let mut bpf = ebpf::EbpfManager::new(cfg.bpf_pin_dir());
     // (node IPs, devices, when looked up): devices are re-read when the IPs change or every 30 s.
@@ -88,6 +89,19 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
             _ = tick.tick() => {}
             _ = sighup.recv() => reload = true,
             _ = wake.notified() => {}
+            Some(q) = queries.recv() => {
+                // Between two passes: what the lists show is what the last pass programmed.
+                match q {
+                    server::Query::Services(tx) => {
+                        let services = last.as_ref().map(|(_, _, st)| st.services.as_slice()).unwrap_or_default();
+                        let _ = tx.send(crate::services::entries(services, &planner.plan));
+                    }
+                    server::Query::BpfLb(tx) => {
+                        let _ = tx.send(bpf.lb_list());
+                    }
+                }
+                continue;
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -226,18 +240,7 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         if second != first {
             errors.extend(rules.reconcile(&cfg.node_name, cfg.cluster_cidr, masq, generation, state, second).await);
         }
-        // After the sync: `sluice service list` shows what is programmed, not what is coming.
-        // The lists are rebuilt only when the services or the plan changed (10k entries each).
-        {
-            let mut st = status.write().await;
-            let key = (generation, planner.status.generation);
-            if listed != Some(key) || !errors.is_empty() {
-                st.service_entries = crate::services::entries(&state.services, &planner.plan);
-                st.bpf_lb = bpf.lb_list();
-                listed = Some(key);
-            }
-            st.ebpf = bpf.summary();
-        }
+        status.write().await.ebpf = bpf.summary();
 
         let mut st = status.write().await;
         st.source = src_status;

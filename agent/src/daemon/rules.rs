@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sluice_core::{ClusterState, Feature, Owner, Plan};
 use sluice_iptables::Iptables;
 use sluice_iptables::services::{Masquerade, NodeInput, render};
-use sluice_iptables::sync::{RuleSyncer, SyncReport, flush_udp_conntrack, removed_udp_backends};
+use sluice_iptables::sync::{RuleSyncer, SyncReport, flush_udp_conntrack, udp_backends};
 
 /// How often the kernel state is re-read and repaired even when nothing changed.
 pub const FULL_RESYNC: Duration = Duration::from_secs(30);
@@ -18,8 +18,9 @@ pub struct RulesManager {
     syncer: RuleSyncer,
     /// What the last successful sync was made from: (source generation, owned features, masquerade).
     last_inputs: Option<Inputs>,
-    /// Services of the last successful sync (for UDP conntrack cleanup of removed backends).
-    last_services: Vec<sluice_core::Service>,
+    /// UDP backend addresses of the last successful sync (their conntrack entries are flushed
+    /// when they go; the addresses alone, not a copy of every Service).
+    last_udp: BTreeSet<std::net::IpAddr>,
     last_full: Option<Instant>,
 }
 
@@ -41,7 +42,7 @@ impl RulesManager {
     }
 
     pub fn new(ipt: Iptables) -> Self {
-        RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_services: Vec::new(), last_full: None }
+        RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_udp: BTreeSet::new(), last_full: None }
     }
 
     /// Converge; returns problems (never fatal: other features keep working).
@@ -87,7 +88,8 @@ impl RulesManager {
                     self.last_full = Some(Instant::now());
                 }
                 // Only after the new rules are in: stale UDP flows would otherwise re-appear.
-                for ip in removed_udp_backends(&self.last_services, &state.services) {
+                let udp_now = udp_backends(&state.services);
+                for ip in self.last_udp.difference(&udp_now).copied() {
                     match tokio::task::spawn_blocking(move || flush_udp_conntrack(ip)).await {
                         Ok(Ok(n)) => {
                             tracing::info!(%ip, deleted = n, "UDP conntrack entries of a removed backend flushed")
@@ -97,9 +99,7 @@ impl RulesManager {
                     }
                 }
                 self.last_inputs = Some(inputs);
-                if self.last_services != state.services {
-                    self.last_services = state.services.clone();
-                }
+                self.last_udp = udp_now;
             }
             Err(e) => errors.push(format!("iptables sync failed (will retry with a full resync): {e}")),
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::api::{Request, Response};
 use crate::status::AgentStatus;
@@ -27,13 +27,29 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(l: UnixListener, status: Arc<RwLock<AgentStatus>>, wake: Arc<tokio::sync::Notify>) {
+fn gone() -> Response {
+    Response::Error("the agent is shutting down; try again when it is back".into())
+}
+
+/// Questions only the reconcile loop can answer (it owns the state and the datapath).
+pub enum Query {
+    Services(oneshot::Sender<Vec<crate::services::ServiceEntry>>),
+    BpfLb(oneshot::Sender<Vec<crate::daemon::ebpf::LbEntry>>),
+}
+
+pub async fn serve(
+    l: UnixListener,
+    status: Arc<RwLock<AgentStatus>>,
+    wake: Arc<tokio::sync::Notify>,
+    queries: mpsc::Sender<Query>,
+) {
     loop {
         let Ok((stream, _)) = l.accept().await else {
             continue;
         };
         let status = status.clone();
         let wake = wake.clone();
+        let queries = queries.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -42,8 +58,20 @@ pub async fn serve(l: UnixListener, status: Arc<RwLock<AgentStatus>>, wake: Arc<
             }
             let resp = match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Status) => Response::Status(Box::new(status.read().await.clone())),
-                Ok(Request::Services) => Response::Services(status.read().await.service_entries.clone()),
-                Ok(Request::BpfLb) => Response::BpfLb(status.read().await.bpf_lb.clone()),
+                Ok(Request::Services) => {
+                    let (tx, rx) = oneshot::channel();
+                    match queries.send(Query::Services(tx)).await {
+                        Ok(()) => rx.await.map(Response::Services).unwrap_or_else(|_| gone()),
+                        Err(_) => gone(),
+                    }
+                }
+                Ok(Request::BpfLb) => {
+                    let (tx, rx) = oneshot::channel();
+                    match queries.send(Query::BpfLb(tx)).await {
+                        Ok(()) => rx.await.map(Response::BpfLb).unwrap_or_else(|_| gone()),
+                        Err(_) => gone(),
+                    }
+                }
                 Ok(Request::EndpointsChanged) => {
                     wake.notify_one();
                     Response::Ok

@@ -36,13 +36,72 @@ pub struct Datapath {
     /// Service IDs by frontend, restored from the pinned map at open.
     ids: BTreeMap<SvcKey, u32>,
     written: Entries,
-    /// The services last written, for incremental updates: only changed ones are re-encoded.
-    last: BTreeMap<sluice_core::ServiceName, Service>,
+    /// The services last written, for incremental updates (only changed ones are re-encoded):
+    /// a fingerprint and the frontend keys of each, not a copy of every Service.
+    last: BTreeMap<sluice_core::ServiceName, Written>,
     /// The node context and hostPorts of the last write: a change re-encodes everything.
     last_ctx: Option<NodeCtx>,
     last_host_ports: Vec<HostPort>,
     /// Pinned maps whose size differs from the config's (kept until `sluice cleanup`).
     pub size_mismatches: Vec<String>,
+}
+
+/// What the datapath remembers of a written Service.
+struct Written {
+    fingerprint: u64,
+    keys: Vec<SvcKey>,
+}
+
+/// A fast, non-cryptographic 64-bit hasher (the Fx rotate-multiply scheme): fingerprints only
+/// detect change between two calls in one process.
+#[derive(Default)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 59));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+fn fingerprint(s: &Service) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = Fx::default();
+    s.hash(&mut h);
+    h.finish()
+}
+
+fn written(s: &Service, ctx: &NodeCtx) -> Written {
+    Written {
+        fingerprint: fingerprint(s),
+        keys: crate::maps::encode(std::slice::from_ref(s), &[], ctx).services.into_keys().collect(),
+    }
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -226,37 +285,51 @@ impl Datapath {
             }
             let want = self.encode(services, host_ports, ctx);
             let n = self.sync(want)?;
-            self.last = services.iter().map(|s| (s.name.clone(), s.clone())).collect();
+            self.last = services.iter().map(|s| (s.name.clone(), written(s, ctx))).collect();
             self.last_ctx = Some(ctx.clone());
             self.last_host_ports = host_ports.to_vec();
             return Ok(n);
         }
         // One merge pass over both name-ordered lists (sources deliver Services sorted by name;
-        // anything else is sorted here): no per-call maps, no lookups.
-        let mut cur: Vec<&Service> = services.iter().collect();
-        if !cur.is_sorted_by(|a, b| a.name <= b.name) {
-            cur.sort_by(|a, b| a.name.cmp(&b.name));
-        }
+        // anything else is sorted first): no per-call maps, no lookups, one name comparison per
+        // Service. Comparing the unchanged Services is the whole cost of a single change.
+        let sorted;
+        let cur: &[Service] = if services.is_sorted_by(|a, b| a.name <= b.name) {
+            services
+        } else {
+            let mut v = services.to_vec();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            sorted = v;
+            &sorted
+        };
         let mut changed: Vec<&Service> = Vec::new();
         let mut removed: Vec<sluice_core::ServiceName> = Vec::new();
         let mut old = self.last.iter().peekable();
         for s in cur {
-            while let Some((name, _)) = old.peek() {
-                if *name < &s.name {
-                    removed.push((*name).clone());
-                    old.next();
-                } else {
-                    break;
-                }
-            }
-            match old.peek() {
-                Some((name, prev)) if *name == &s.name => {
-                    if *prev != s {
+            loop {
+                match old.peek() {
+                    Some((name, prev)) => match (*name).cmp(&s.name) {
+                        std::cmp::Ordering::Less => {
+                            removed.push((*name).clone());
+                            old.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            if prev.fingerprint != fingerprint(s) {
+                                changed.push(s);
+                            }
+                            old.next();
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => {
+                            changed.push(s);
+                            break;
+                        }
+                    },
+                    None => {
                         changed.push(s);
+                        break;
                     }
-                    old.next();
                 }
-                _ => changed.push(s),
             }
         }
         removed.extend(old.map(|(n, _)| n.clone()));
@@ -264,21 +337,20 @@ impl Datapath {
             return Ok(0);
         }
         // The frontends of changed/removed services, before and after.
-        let touched: BTreeSet<&sluice_core::ServiceName> =
-            changed.iter().map(|s| &s.name).chain(removed.iter()).collect();
-        let old_keys: BTreeSet<SvcKey> = self
-            .last
+        let old_keys: BTreeSet<SvcKey> = changed
             .iter()
-            .filter(|(n, _)| touched.contains(n))
-            .flat_map(|(_, s)| crate::maps::encode(std::slice::from_ref(s), &[], ctx).services.into_keys())
+            .map(|s| &s.name)
+            .chain(removed.iter())
+            .filter_map(|n| self.last.get(n))
+            .flat_map(|w| w.keys.iter().copied())
             .collect();
         let changed_owned: Vec<Service> = changed.iter().map(|s| (*s).clone()).collect();
         let fresh = self.encode_keep_ids(&changed_owned, &[], ctx);
         for r in &removed {
             self.last.remove(r);
         }
-        for s in changed_owned {
-            self.last.insert(s.name.clone(), s);
+        for s in &changed_owned {
+            self.last.insert(s.name.clone(), written(s, ctx));
         }
         self.sync_delta(&old_keys, fresh)
     }

@@ -56,12 +56,8 @@ impl RuleSyncer {
 
 /// UDP backends present before and gone now: their conntrack entries must go, or clients keep
 /// sending into a dead endpoint (UDP has no connection to reset).
-pub fn removed_udp_backends(old: &[Service], new: &[Service]) -> BTreeSet<IpAddr> {
-    let udp = |svcs: &[Service]| -> BTreeSet<IpAddr> {
-        svcs.iter().flat_map(|s| s.backends.iter()).filter(|b| b.protocol == Protocol::Udp).map(|b| b.ip).collect()
-    };
-    let now = udp(new);
-    udp(old).into_iter().filter(|ip| !now.contains(ip)).collect()
+pub fn udp_backends(svcs: &[Service]) -> BTreeSet<IpAddr> {
+    svcs.iter().flat_map(|s| s.backends.iter()).filter(|b| b.protocol == Protocol::Udp).map(|b| b.ip).collect()
 }
 
 #[derive(Debug, thiserror::Error)]
