@@ -34,7 +34,7 @@ fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
     let peer = s.peer_addr()?;
     let mut buf = [0u8; 2048];
     let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") && !got.starts_with(b"ECHO\n") {
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") && !got.starts_with(b"ECHO\n") && !got.starts_with(b"SINK\n") {
         let n = s.read(&mut buf)?;
         if n == 0 {
             break;
@@ -43,6 +43,20 @@ fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
         if got.len() > 16 * 1024 {
             break;
         }
+    }
+    if got.starts_with(b"SINK\n") {
+        // Throughput mode: count everything until the peer stops sending, answer the count.
+        s.set_read_timeout(None)?;
+        let mut total = (got.len() - 5) as u64;
+        let mut big = vec![0u8; 256 * 1024];
+        loop {
+            let n = s.read(&mut big)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        return writeln!(s, "{total}");
     }
     if got.starts_with(b"ECHO\n") {
         // Long-lived mode for connection-survival tests: echo every line until the peer closes.

@@ -60,3 +60,30 @@ pub fn run(addr: SocketAddr, connections: usize, duration: Duration) -> LoadResu
     let ok = ok.load(Ordering::Relaxed);
     LoadResult { connections, seconds, ok, failed: failed.load(Ordering::Relaxed), conn_per_s: ok as f64 / seconds }
 }
+
+/// Single-stream throughput: one TCP connection to an echo server in sink mode, sending for
+/// `secs`; the server's byte count over the time until it answered.
+#[derive(Debug, Serialize)]
+pub struct Stream {
+    pub bytes: u64,
+    pub secs: f64,
+    pub gbit_per_s: f64,
+}
+
+pub fn stream(addr: SocketAddr, secs: Duration) -> anyhow::Result<Stream> {
+    use anyhow::Context;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connecting to {addr}"))?;
+    s.write_all(b"SINK\n")?;
+    let buf = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    while start.elapsed() < secs {
+        s.write_all(&buf).with_context(|| format!("sending to {addr}"))?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).with_context(|| format!("reading the byte count from {addr}"))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let bytes: u64 = answer.trim().parse().with_context(|| format!("{addr} answered {answer:?}, not a byte count"))?;
+    Ok(Stream { bytes, secs: elapsed, gbit_per_s: bytes as f64 * 8.0 / elapsed / 1e9 })
+}

@@ -112,6 +112,12 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         secs: u64,
     },
+    /// Single-stream TCP throughput to an echo server (sink mode) at IP:PORT; prints JSON.
+    Stream {
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+    },
     /// Service programming and connection-rate benchmark (use `cargo xtask bench services`).
     #[command(hide = true)]
     BenchServices {
@@ -197,6 +203,11 @@ fn run() -> anyhow::Result<u8> {
         }
         Cmd::Load { addr, connections, secs } => {
             let r = sluice_lab::load::run(addr, connections, Duration::from_secs(secs));
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(0)
+        }
+        Cmd::Stream { addr, secs } => {
+            let r = sluice_lab::load::stream(addr, Duration::from_secs(secs))?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(0)
         }
@@ -326,13 +337,24 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                 restore_timeout: Duration::from_secs(restore_timeout_s),
             };
             let fmt = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+            let gbit = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
             eprintln!(
-                "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9}  note",
-                "backend", "variant", "N", "rules", "program ms", "change ms", "conn/s", "direct/s"
+                "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7}  note",
+                "backend",
+                "variant",
+                "N",
+                "rules",
+                "program ms",
+                "change ms",
+                "conn/s",
+                "direct/s",
+                "Gbit/s",
+                "direct",
+                "RSS MB"
             );
             let records = sluice_lab::bench_services::run(lab, &opts, |r| {
                 eprintln!(
-                    "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9}  {}",
+                    "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7}  {}",
                     r.backend,
                     r.variant,
                     r.services,
@@ -341,6 +363,9 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                     r.single_change_ms.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
                     fmt(r.conn_per_s),
                     fmt(r.direct_conn_per_s),
+                    gbit(r.stream_gbit_s),
+                    gbit(r.direct_stream_gbit_s),
+                    fmt(r.agent_rss_mb),
                     r.note.clone().unwrap_or_default()
                 );
             })?;
@@ -348,7 +373,12 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                 std::fs::write(&p, serde_json::to_string_pretty(&records)?)?;
             }
         }
-        Cmd::Serve { .. } | Cmd::Curl { .. } | Cmd::Load { .. } | Cmd::Hold { .. } | Cmd::Udp { .. } => {
+        Cmd::Serve { .. }
+        | Cmd::Curl { .. }
+        | Cmd::Load { .. }
+        | Cmd::Hold { .. }
+        | Cmd::Stream { .. }
+        | Cmd::Udp { .. } => {
             unreachable!("handled before the lab is opened")
         }
     }

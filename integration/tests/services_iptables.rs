@@ -83,6 +83,9 @@ enum Variant {
     Ebpf,
     Auto,
     Mixed,
+    /// Both backends on each node: no bpf_fib_lookup, so NodePort, ExternalIPs, LoadBalancer and
+    /// HostPort stay on iptables while ClusterIP and socket LB run on eBPF.
+    Split,
 }
 
 fn setup(lab_name: &str, v: Variant) -> TestLab {
@@ -93,9 +96,12 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
     std::fs::write(&old, "probes:\n  assume_missing: [prog-sched-cls]\n").expect("write");
     let ebpf = dir.path().join("ebpf.yaml");
     std::fs::write(&ebpf, "dataplane: ebpf\n").expect("write");
+    let split = dir.path().join("split.yaml");
+    std::fs::write(&split, "probes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
     let configs: Vec<(String, std::path::PathBuf)> = match v {
         Variant::Iptables => vec![("node-1".into(), ipt.clone()), ("node-2".into(), ipt)],
         Variant::Ebpf => vec![("node-1".into(), ebpf.clone()), ("node-2".into(), ebpf)],
+        Variant::Split => vec![("node-1".into(), split.clone()), ("node-2".into(), split)],
         Variant::Auto => vec![],
         Variant::Mixed => vec![("node-2".into(), old)],
     };
@@ -150,6 +156,13 @@ fn connectivity_suite_on_auto() {
 }
 
 #[test]
+fn connectivity_suite_with_both_backends_on_each_node() {
+    if require_root() {
+        suite("t-svc-split", Variant::Split);
+    }
+}
+
+#[test]
 fn connectivity_suite_on_mixed_cluster() {
     if require_root() {
         suite("t-svc-mixed", Variant::Mixed);
@@ -195,7 +208,7 @@ fn suite(lab_name: &str, v: Variant) {
     // (node-2 of the mixed cluster is on iptables, its node-1 on eBPF.)
     for (node, ip) in [("node-1", "198.51.100.11"), ("node-2", "198.51.100.12")] {
         let seen = answers(&t, "ext", &format!("http://{ip}:30080/client"), 30);
-        if v == Variant::Iptables || (v == Variant::Mixed && node == "node-2") {
+        if matches!(v, Variant::Iptables | Variant::Split) || (v == Variant::Mixed && node == "node-2") {
             assert!(!seen.contains("198.51.100.201"), "{node}: {seen:?}");
         } else {
             let want: BTreeSet<String> = [ip.to_string(), "198.51.100.201".to_string()].into();
@@ -228,7 +241,13 @@ fn suite(lab_name: &str, v: Variant) {
     let list: serde_json::Value = serde_json::from_str(&list).expect("json");
     let web = list.as_array().expect("list").iter().find(|e| e["frontend"] == "10.96.0.10:80/TCP").expect("web");
     assert_eq!(web["owner"], if v == Variant::Iptables { "iptables" } else { "eBPF" });
-    if v != Variant::Iptables {
+    if v == Variant::Split {
+        // One node, two backends: the ClusterIP in the eBPF maps, the NodePort in iptables.
+        let lb = t.exec("node-1", &["sluice", "bpf", "lb", "list", "-o", "json"]);
+        assert!(lb.contains("10.96.0.10:80/TCP") && !lb.contains("198.51.100.11:30080/TCP"), "{lb}");
+        let np = list.as_array().expect("list").iter().find(|e| e["type"] == "NodePort").expect("nodeport");
+        assert_eq!(np["owner"], "iptables", "{np}");
+    } else if v != Variant::Iptables {
         // The eBPF maps hold every kind of frontend (NodePort on the node's IP, ExternalIP,
         // LoadBalancer, HostPort), and node-2 of the mixed cluster no per-packet one.
         let lb = t.exec("node-1", &["sluice", "bpf", "lb", "list", "-o", "json"]);
@@ -254,9 +273,16 @@ fn suite(lab_name: &str, v: Variant) {
         _ => ("node-1", false),
     };
     let nat = t.exec(ipt_node, &["iptables-nft-save", "-t", "nat"]);
-    assert_eq!(nat.contains("-A SLUICE-SERVICES -d 0.0.0.10/0.0.0.15 -j SLUICE-D-A"), ipt_serves, "{nat}");
+    if v != Variant::Split {
+        // (In the split case the ExternalIP 203.0.113.10 lands in that same bucket.)
+        assert_eq!(nat.contains("-A SLUICE-SERVICES -d 0.0.0.10/0.0.0.15 -j SLUICE-D-A"), ipt_serves, "{nat}");
+    }
     let hooks = nat.lines().filter(|l| l.starts_with("-A PREROUTING") && l.contains("SLUICE-SERVICES")).count();
-    assert_eq!(hooks, usize::from(ipt_serves), "{nat}");
+    let ipt_hooked = ipt_serves || v == Variant::Split;
+    assert_eq!(hooks, usize::from(ipt_hooked), "{nat}");
+    if v == Variant::Split {
+        assert!(nat.contains("--dport 30080") && !nat.contains("-d 10.96.0.10/32"), "split: {nat}");
+    }
 }
 
 #[test]

@@ -152,7 +152,26 @@ fn services(args: &[String]) -> anyhow::Result<()> {
                 .arg(&peer)
                 .arg("--json")
                 .arg(out_dir.join("services.json")),
-        )
+        )?;
+        // The whole agent's memory per sluice backend and N (issue: `agent_rss_mb` per record).
+        let path = out_dir.join("services.json");
+        let mut records: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        for r in records.as_array_mut().into_iter().flatten() {
+            let n = r["services"].as_u64().unwrap_or(0) as usize;
+            let cfg = match (r["backend"].as_str(), r["variant"].as_str()) {
+                (Some("ebpf"), _) => "dataplane: ebpf\n".to_string(),
+                (Some("iptables"), Some(v)) => format!("dataplane: iptables\niptables:\n  variant: {v}\n"),
+                _ => continue,
+            };
+            if n == 0 {
+                continue;
+            }
+            let (_, rss_mb) = measure_agent(lab, out_dir, n, &cfg)?;
+            println!("agent RSS, {} {} N={n}: {rss_mb:.1} MB", r["backend"], r["variant"]);
+            r["agent_rss_mb"] = serde_json::json!((rss_mb * 10.0).round() / 10.0);
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&records)?)?;
+        Ok(())
     })
 }
 
@@ -166,76 +185,79 @@ fn agent(args: &[String]) -> anyhow::Result<()> {
         other => bail!("unknown options {other:?}; accepted: --services N"),
     };
     in_bench_lab("agent", |lab, out_dir| {
-        crate::run(lab().args(["up", "--nodes", "1"]))?;
-        let mut y = String::new();
-        for i in 0..n {
-            let vip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 10)) + i as u32);
-            y += &format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\nspec: {{clusterIP: {vip}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
-            );
-            y += &format!(
-                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-x, namespace: default, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
-            );
-            for j in 0..10 {
-                let ep =
-                    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 245, 0, 2)) + (i * 10 + j) as u32);
-                y += &format!("- {{addresses: [{ep}], conditions: {{ready: true}}, nodeName: node-9}}\n");
-            }
-        }
-        let file = out_dir.join(format!("agent-{n}-services.yaml"));
-        std::fs::write(&file, y)?;
-        let status = || -> anyhow::Result<String> {
-            Ok(String::from_utf8(
-                lab().args(["exec", "node-1", "--", "sluice", "status", "-o", "json"]).output()?.stdout,
-            )?)
-        };
-        let start = std::time::Instant::now();
-        crate::run(lab().arg("apply").arg(&file))?;
-        let want = format!("\"services\": {n},");
-        loop {
-            if status().is_ok_and(|s| s.contains(&want)) {
-                break;
-            }
-            if start.elapsed() > std::time::Duration::from_secs(600) {
-                bail!("the agent did not report {n} services within 600 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        let programmed = start.elapsed();
-        let st = String::from_utf8(lab().args(["status", "-o", "json"]).output()?.stdout)?;
-        let pid = st
-            .split("\"agent_pid\": ")
-            .nth(1)
-            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-            .context("agent pid")?
-            .to_string();
-        let rss = || -> anyhow::Result<u64> {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))?
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-                .context("VmRSS")
-        };
-        let at_programmed = rss()?;
-        // Steady state: after a few more reconcile loops with nothing changing.
-        std::thread::sleep(std::time::Duration::from_secs(10));
-        let rss_kb = rss()?;
-        println!(
-            "agent RSS when programmed {:.1} MB, 10 s later {:.1} MB",
-            at_programmed as f64 / 1024.0,
-            rss_kb as f64 / 1024.0
-        );
+        let (programmed, rss_mb) = measure_agent(lab, out_dir, n, "dataplane: auto\n")?;
         let report = format!(
-            "{{\"services\": {n}, \"apply_to_programmed_ms\": {:.0}, \"agent_rss_mb\": {:.1}}}",
-            programmed.as_secs_f64() * 1000.0,
-            rss_kb as f64 / 1024.0
+            "{{\"services\": {n}, \"apply_to_programmed_ms\": {:.0}, \"agent_rss_mb\": {rss_mb:.1}}}",
+            programmed.as_secs_f64() * 1000.0
         );
         println!(
-            "agent with {n} Services (10 endpoints each): programmed {:.1} s after apply, RSS {:.1} MB",
-            programmed.as_secs_f64(),
-            rss_kb as f64 / 1024.0
+            "agent with {n} Services (10 endpoints each): programmed {:.1} s after apply, RSS {rss_mb:.1} MB",
+            programmed.as_secs_f64()
         );
         std::fs::write(out_dir.join("agent.json"), report)?;
         Ok(())
     })
+}
+
+/// Bring up a 1-node lab whose agent runs with `node_cfg`, apply N Services, wait until the
+/// agent reports them programmed; returns that time and the RSS 10 s later. Tears the lab down.
+fn measure_agent(
+    lab: &dyn Fn() -> Command,
+    out_dir: &std::path::Path,
+    n: usize,
+    node_cfg: &str,
+) -> anyhow::Result<(std::time::Duration, f64)> {
+    let cfg = out_dir.join("agent-node.yaml");
+    std::fs::write(&cfg, node_cfg)?;
+    let _ = lab().arg("down").output();
+    crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
+    let mut y = String::new();
+    for i in 0..n {
+        let vip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 10)) + i as u32);
+        y += &format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\nspec: {{clusterIP: {vip}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
+        );
+        y += &format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-x, namespace: default, labels: {{kubernetes.io/service-name: svc-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+        );
+        for j in 0..10 {
+            let ep = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 245, 0, 2)) + (i * 10 + j) as u32);
+            y += &format!("- {{addresses: [{ep}], conditions: {{ready: true}}, nodeName: node-9}}\n");
+        }
+    }
+    let file = out_dir.join(format!("agent-{n}-services.yaml"));
+    std::fs::write(&file, y)?;
+    let status = || -> anyhow::Result<String> {
+        Ok(String::from_utf8(lab().args(["exec", "node-1", "--", "sluice", "status", "-o", "json"]).output()?.stdout)?)
+    };
+    let start = std::time::Instant::now();
+    crate::run(lab().arg("apply").arg(&file))?;
+    let want = format!("\"services\": {n},");
+    loop {
+        if status().is_ok_and(|s| s.contains(&want) && s.contains("\"errors\": []")) {
+            break;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(600) {
+            bail!("the agent did not report {n} services programmed within 600 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let programmed = start.elapsed();
+    let st = String::from_utf8(lab().args(["status", "-o", "json"]).output()?.stdout)?;
+    let pid = st
+        .split("\"agent_pid\": ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .context("agent pid")?
+        .to_string();
+    // Steady state: after a few more reconcile loops with nothing changing.
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .context("VmRSS")?;
+    let _ = std::fs::remove_file(&file);
+    crate::run(lab().arg("down"))?;
+    Ok((programmed, rss_kb as f64 / 1024.0))
 }
