@@ -32,6 +32,10 @@ pub struct Record {
     /// One TCP stream through the ClusterIP, and the same to the pod IP (Gbit/s).
     pub stream_gbit_s: Option<f64>,
     pub direct_stream_gbit_s: Option<f64>,
+    /// Direct connections with nothing installed, measured just before these N Services were
+    /// programmed: the untaxed baseline for `direct_conn_per_s`, minutes closer in time than
+    /// the N = 0 record (the machine drifts by more than the effect being measured).
+    pub baseline_direct_conn_per_s: Option<f64>,
     /// The whole agent's RSS with these N Services from its manifest source (sluice backends;
     /// filled in by `cargo xtask bench services`, which runs the agent per backend and N).
     pub agent_rss_mb: Option<f64>,
@@ -51,6 +55,7 @@ impl Record {
             rules: None,
             stream_gbit_s: None,
             direct_stream_gbit_s: None,
+            baseline_direct_conn_per_s: None,
             agent_rss_mb: None,
             note: None,
         }
@@ -224,6 +229,16 @@ fn rates(lab: &Lab, vip: Option<SocketAddr>, direct: SocketAddr, o: &Options, re
     Ok(())
 }
 
+/// Median of three direct connection-rate runs (nothing installed: the caller flushed).
+fn baseline(lab: &Lab, direct: SocketAddr, o: &Options, n: usize) -> anyhow::Result<Option<f64>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut v = [load(lab, direct, o)?, load(lab, direct, o)?, load(lab, direct, o)?];
+    v.sort_by(f64::total_cmp);
+    Ok(Some(v[1]))
+}
+
 /// Single-stream throughput from the client pod to `addr` (Gbit/s).
 fn stream(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<f64> {
     let out = lab.exec_output(
@@ -314,7 +329,9 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
             .context("no bench-client pod")?;
         for &n in &o.services {
             flush_all()?;
-            let rec = ebpf_record(lab, o, n, backend, &client_if, direct)?;
+            let base = baseline(lab, direct, o, n)?;
+            let mut rec = ebpf_record(lab, o, n, backend, &client_if, direct)?;
+            rec.baseline_direct_conn_per_s = base;
             progress(&rec);
             records.push(rec);
         }
@@ -324,6 +341,7 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
             for &n in &o.services {
                 flush_all()?;
                 let mut rec = Record::new(backend_name, variant.as_str(), n);
+                rec.baseline_direct_conn_per_s = baseline(lab, direct, o, n)?;
                 let target_vip = SocketAddr::new(IpAddr::V4(vip(n / 2)), 80);
                 let bin = format!("iptables-{}-restore", variant.as_str());
                 let programmed = match backend_name.as_str() {

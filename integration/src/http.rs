@@ -19,12 +19,24 @@ pub fn serve(name: &str, port: u16) -> anyhow::Result<()> {
             let _ = udp.send_to(format!("{uname}\n").as_bytes(), peer);
         }
     });
-    for conn in tcp.incoming() {
-        let Ok(stream) = conn else { continue };
-        let name = name.to_string();
-        std::thread::spawn(move || {
-            let _ = answer(stream, &name);
-        });
+    // A pool of acceptors answering short requests inline: a thread per connection would cost
+    // the server more than the network path being measured at thousands of connections a
+    // second. Long-lived modes (ECHO, SINK) move to a thread of their own.
+    let tcp = std::sync::Arc::new(tcp);
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let tcp = tcp.clone();
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                for conn in tcp.incoming() {
+                    let Ok(stream) = conn else { continue };
+                    let _ = answer(stream, &name);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
     }
     Ok(())
 }
@@ -44,6 +56,25 @@ fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
             break;
         }
     }
+    if got.starts_with(b"SINK\n") || got.starts_with(b"ECHO\n") {
+        std::thread::spawn(move || long_lived(s, got));
+        return Ok(());
+    }
+    let req = String::from_utf8_lossy(&got);
+    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    let body = if path.starts_with("/client") { format!("{}\n", peer.ip()) } else { format!("{name}\n") };
+    write!(
+        s,
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    s.flush()
+}
+
+/// ECHO (echo every line until the peer closes) and SINK (count bytes until the peer stops
+/// sending, answer the count) connections.
+fn long_lived(mut s: TcpStream, got: Vec<u8>) -> std::io::Result<()> {
+    let mut buf = [0u8; 2048];
     if got.starts_with(b"SINK\n") {
         // Throughput mode: count everything until the peer stops sending, answer the count.
         s.set_read_timeout(None)?;
@@ -74,15 +105,7 @@ fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
             rest.extend_from_slice(&buf[..n]);
         }
     }
-    let req = String::from_utf8_lossy(&got);
-    let path = req.split_whitespace().nth(1).unwrap_or("/");
-    let body = if path.starts_with("/client") { format!("{}\n", peer.ip()) } else { format!("{name}\n") };
-    write!(
-        s,
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
+    Ok(())
 }
 
 /// GET `url` (http://IP:PORT/path) and return the body.

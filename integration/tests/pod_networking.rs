@@ -146,11 +146,18 @@ fn sluice_cleanup_removes_only_what_sluice_owns() {
     // A kube-proxy-style chain that must survive.
     t.exec("node-1", &["iptables-nft", "-t", "nat", "-N", "KUBE-POSTROUTING"]);
     t.exec("node-1", &["iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"]);
+    // The agent pinned its eBPF objects: the node device's tc link, socket LB on the node's cgroup.
+    let pins = t.lab.bpf_dir().join("node-1");
+    for p in ["links/eth0-ingress", "cgroup/sluice_sock_connect4", "sluice_svc", "sluice_ct"] {
+        assert!(pins.join(p).exists(), "{p} not pinned under {}", pins.display());
+    }
     let pid = t.lab.state().expect("state").nodes[0].agent_pid.expect("pid");
     proc::stop(pid, Duration::from_secs(5));
     let out = t.exec("node-1", &["sluice", "cleanup", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["routes"], 1, "{out}");
+    assert!(v["bpf_objects"].as_u64().is_some_and(|n| n >= 10), "{out}");
+    assert!(!pins.exists(), "every pinned map and link is gone");
     let nat = t.exec("node-1", &["iptables-nft-save", "-t", "nat"]);
     assert!(!nat.contains("SLUICE-"), "{nat}");
     assert!(nat.contains("-A POSTROUTING -j KUBE-POSTROUTING"), "{nat}");
