@@ -65,6 +65,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: solo, namespace: default}
+spec:
+  clusterIP: 10.96.0.16
+  selector: {app: solo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: web-dup, namespace: default}
 spec:
   type: NodePort
@@ -112,6 +120,7 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
     lab.pod_add("node-2", "b", web("web"), Some(8080)).expect("pod b");
     lab.pod_add("node-1", "client", Default::default(), None).expect("client");
     lab.pod_add("node-2", "client2", Default::default(), None).expect("client2");
+    lab.pod_add("node-1", "solo", web("solo"), Some(8080)).expect("solo");
     lab.external_add("ext", None).expect("ext"); // 198.51.100.201
     lab.external_add("ext2", None).expect("ext2"); // 198.51.100.202
     // Outside hosts reach ExternalIPs and LoadBalancer IPs through a node, as a router would send them.
@@ -127,7 +136,7 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
             .iter()
             .all(|n| {
                 t.try_status(n)
-                    .is_some_and(|s| s["services"] == 5 && s["errors"].as_array().is_some_and(|e| e.is_empty()))
+                    .is_some_and(|s| s["services"] == 6 && s["errors"].as_array().is_some_and(|e| e.is_empty()))
             })
             .then_some(())
     });
@@ -191,6 +200,9 @@ fn suite(lab_name: &str, v: Variant) {
 
     // HostPort: node-1:18080 -> pod a.
     assert_eq!(t.curl("ext", "http://198.51.100.11:18080/").expect("hostport"), "a");
+
+    // Hairpin: the only backend of a Service reaches itself through it.
+    assert_eq!(t.curl("solo", "http://10.96.0.16/").expect("hairpin"), "solo");
 
     // Affinity sticks.
     let sticky = answers(&t, "client", "http://10.96.0.13/", 20);

@@ -269,6 +269,24 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u3
 	return TC_ACT_OK;
 }
 
+/* Send a packet back into the pod it came from: swap the Ethernet addresses (it was addressed to
+ * the host side, the pod would drop it as not its own) and redirect to the veth's egress. */
+static __always_inline int back_into_pod(struct __sk_buff *skb)
+{
+	__u8 macs[2 * ETH_ALEN], swapped[2 * ETH_ALEN];
+	int i;
+
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)))
+		return TC_ACT_SHOT;
+	for (i = 0; i < ETH_ALEN; i++) {
+		swapped[i] = macs[ETH_ALEN + i];
+		swapped[ETH_ALEN + i] = macs[i];
+	}
+	if (bpf_skb_store_bytes(skb, 0, swapped, sizeof(swapped), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /* Choose a backend for a new flow from `client` to frontend `svc` (its slot in *slot); `hash`
  * is the flow hash for Maglev, 0 for none. Returns NULL to refuse (no endpoint). */
 static __always_inline struct backend_val *choose(__u32 client, struct svc_val *svc, __u32 *slot, __u32 hash)
@@ -301,6 +319,15 @@ int sluice_from_pod(struct __sk_buff *skb)
 	if (!syn) {
 		/* The reply of a flow that came from outside the node to this (local) backend. */
 		struct nat_val *r = bpf_map_lookup_elem(&sluice_rnat, &k);
+		if (r && (r->flags & NAT_F_HAIRPIN)) {
+			/* A hairpin reply (pod:bport -> HAIRPIN:sport): from the frontend, to the pod. */
+			__u32 pod = k.saddr, front = r->addr;
+			__u16 fport = r->port;
+			if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, front, L4_OFF, k.sport, fport) ||
+			    rewrite(skb, k.proto, IP_DST_OFF, k.daddr, pod, L4_OFF + 2, k.dport, k.dport))
+				return TC_ACT_SHOT;
+			return back_into_pod(skb);
+		}
 		if (r && (r->flags & NAT_F_EXTERNAL)) {
 			__u32 front = r->addr;
 			if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, r->addr, L4_OFF, k.sport, r->port))
@@ -339,25 +366,39 @@ int sluice_from_pod(struct __sk_buff *skb)
 		b = choose(k.saddr, svc, &slot, flow_hash(&k));
 		if (!b)
 			return TC_ACT_SHOT; /* a frontend without endpoints refuses, as kube-proxy's REJECT */
-		if (b->addr == k.saddr) {
-			/* Hairpin: a pod reaching itself would need SNAT, which this program does not
-			 * do. Take the next backend; when the pod is the only one, leave the flow to
-			 * iptables, which masquerades hairpin traffic. */
-			struct backend_key bk = { .service_id = svc->service_id };
-			if (svc->backend_count < 2)
-				return PASS;
-			bk.slot = slot % svc->backend_count + 1;
-			b = bpf_map_lookup_elem(&sluice_backends, &bk);
-			if (!b || b->addr == k.saddr)
-				return PASS;
+		if (b->addr == k.saddr && svc->backend_count > 1) {
+			/* A pod is balanced to itself only when it is the only backend: take the next
+			 * one (hairpin needs a second NAT). */
+			struct backend_key bk = { .service_id = svc->service_id, .slot = slot % svc->backend_count + 1 };
+			struct backend_val *next = bpf_map_lookup_elem(&sluice_backends, &bk);
+			if (next)
+				b = next;
 		}
 		chosen.addr = b->addr;
 		chosen.port = b->port;
-		struct flow_key rk = { .saddr = b->addr, .daddr = k.saddr, .sport = b->port, .dport = k.sport, .proto = k.proto };
-		struct nat_val front = { .addr = k.daddr, .port = k.dport };
-		bpf_map_update_elem(&sluice_rnat, &rk, &front, BPF_ANY);
+		if (b->addr == k.saddr) {
+			/* Hairpin: the reply tuple is (pod:bport -> HAIRPIN:sport). */
+			struct flow_key rk = { .saddr = b->addr, .daddr = bpf_htonl(HAIRPIN_ADDR_HOST_ORDER), .sport = b->port, .dport = k.sport, .proto = k.proto };
+			struct nat_val front = { .addr = k.daddr, .port = k.dport, .flags = NAT_F_HAIRPIN };
+			chosen.flags = NAT_F_HAIRPIN;
+			bpf_map_update_elem(&sluice_rnat, &rk, &front, BPF_ANY);
+		} else {
+			struct flow_key rk = { .saddr = b->addr, .daddr = k.saddr, .sport = b->port, .dport = k.sport, .proto = k.proto };
+			struct nat_val front = { .addr = k.daddr, .port = k.dport };
+			bpf_map_update_elem(&sluice_rnat, &rk, &front, BPF_ANY);
+		}
 		bpf_map_update_elem(&sluice_ct, &k, &chosen, BPF_ANY);
 		be = &chosen;
+	}
+	if (be->flags & NAT_F_HAIRPIN) {
+		__u32 addr = be->addr;
+		__u16 port = be->port;
+		if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, addr, L4_OFF + 2, k.dport, port) ||
+		    rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, bpf_htonl(HAIRPIN_ADDR_HOST_ORDER), L4_OFF, k.sport, k.sport))
+			return TC_ACT_SHOT;
+		/* Straight back into the pod (routing would see its own address as the destination
+		 * of a packet arriving from it). */
+		return back_into_pod(skb);
 	}
 	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
 		return TC_ACT_SHOT;
@@ -373,7 +414,7 @@ int sluice_to_pod(struct __sk_buff *skb)
 	if (parse(skb, &k))
 		return PASS;
 	front = bpf_map_lookup_elem(&sluice_rnat, &k);
-	if (!front || (front->flags & NAT_F_EXTERNAL))
+	if (!front || (front->flags & (NAT_F_EXTERNAL | NAT_F_HAIRPIN)))
 		return PASS;
 	if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, front->addr, L4_OFF, k.sport, front->port))
 		return TC_ACT_SHOT;

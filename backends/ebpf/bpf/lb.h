@@ -68,6 +68,13 @@ struct nat_val {
  * the kernel's routing would refuse as martian). */
 #define NAT_F_EXTERNAL 1
 
+/* Hairpin: a pod reaching itself through a Service. Its packets are DNATed to itself and SNATed
+ * to HAIRPIN_ADDR (so its reply leaves the pod again instead of staying local), then sent back
+ * into the pod directly; the reply is translated back the same way. Forward (ct) and reverse
+ * (rnat) entries of such flows carry this flag. */
+#define NAT_F_HAIRPIN 2
+#define HAIRPIN_ADDR_HOST_ORDER 0xa9fe2a01 /* 169.254.42.1, link-local: never a real peer */
+
 /* SNAT reverse: the reply tuple (backend -> node IP:snat port) to the original client and frontend. */
 struct snat_val {
 	__u32 client;

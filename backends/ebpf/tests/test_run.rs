@@ -301,7 +301,7 @@ fn load_balancing_and_client_ip_affinity() {
 }
 
 #[test]
-fn a_pod_is_never_balanced_to_itself() {
+fn a_pod_reaches_itself_only_as_the_only_backend_by_hairpin() {
     if !require_root() {
         return;
     }
@@ -312,10 +312,26 @@ fn a_pod_is_never_balanced_to_itself() {
         assert_eq!(v, TC_ACT_OK);
         assert_eq!(fields(&out).2, "10.244.2.5".parse::<Ipv4Addr>().expect("ip"), "hairpin avoided");
     }
-    // The only backend is the client itself: left to iptables (which masquerades hairpin).
+    // The only backend is the client itself: hairpin. To itself, from the link-local hairpin
+    // address, straight back into the pod; the reply is translated back to come from the VIP.
     lb.service("10.96.0.41", 80, 6, 6, &[("10.244.1.5", 8080)], 0);
-    let p = packet(6, "10.244.1.5", 44000, "10.96.0.41", 80);
-    assert_eq!(lb.run("sluice_from_pod", &p), (PASS, p.clone()));
+    let mut syn = packet(6, "10.244.1.5", 44000, "10.96.0.41", 80);
+    syn[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]); // to the host side of the veth
+    syn[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]); // from the pod
+    let (v, out) = lb.run("sluice_from_pod", &syn);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(fields(&out), (ip("169.254.42.1"), 44000, ip("10.244.1.5"), 8080));
+    assert!(checksums_valid(&out));
+    assert_eq!((&out[0..6], &out[6..12]), (&syn[6..12], &syn[0..6]), "addressed to the pod again");
+    let reply = with_flags(packet(6, "10.244.1.5", 8080, "169.254.42.1", 44000), 0x12);
+    assert_eq!(lb.run("sluice_to_pod", &reply), (PASS, reply.clone()), "not the veth egress's to translate");
+    let (v, out) = lb.run("sluice_from_pod", &reply);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(fields(&out), (ip("10.96.0.41"), 80, ip("10.244.1.5"), 44000));
+    assert!(checksums_valid(&out));
+    // The rest of the flow follows the same path.
+    let ack = with_flags(packet(6, "10.244.1.5", 44000, "10.96.0.41", 80), 0x10);
+    assert_eq!(fields(&lb.run("sluice_from_pod", &ack).1), (ip("169.254.42.1"), 44000, ip("10.244.1.5"), 8080));
 }
 
 #[test]
