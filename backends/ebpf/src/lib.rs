@@ -12,6 +12,7 @@
 
 pub mod attach;
 pub mod datapath;
+mod fingerprint;
 pub mod loader;
 pub mod maps;
 
