@@ -293,6 +293,10 @@ impl Lab {
             std::fs::remove_dir_all(self.bpf_dir())
                 .with_context(|| format!("removing {}", self.bpf_dir().display()))?;
         }
+        // The shared parent goes with the last lab (fails harmlessly while others are up).
+        if let Some(parent) = self.bpf_dir().parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
         // The nodes' cgroups (empty now: their processes were stopped above).
         if let Ok(rd) = std::fs::read_dir(self.cgroup_dir()) {
             for e in rd.flatten().filter(|e| e.path().is_dir()) {

@@ -123,7 +123,19 @@ impl EbpfManager {
         let Some(dp) = self.dp.as_mut() else { return errors };
         errors.extend(dp.size_mismatches.iter().cloned());
         let mut keep = BTreeSet::new();
-        let devices: &[String] = if DEVICE_FEATURES.iter().any(|f| owned.contains(f)) { &node.devices } else { &[] };
+        let serves_devices = DEVICE_FEATURES.iter().any(|f| owned.contains(f));
+        let devices: &[String] = if serves_devices { &node.devices } else { &[] };
+        if serves_devices && node.ips.is_empty() {
+            errors.push(format!(
+                "eBPF NodePort/HostPort: node {} has no InternalIP yet (Node status.addresses); nothing listens on node addresses until it has one",
+                node.name
+            ));
+        } else if serves_devices && devices.is_empty() {
+            errors.push(format!(
+                "eBPF NodePort/ExternalIPs/LoadBalancer/HostPort: no device holds the node's InternalIP {}; set `devices` in the config",
+                node.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
         for dev in devices {
             keep.insert(dev.clone());
             if !self.handled.contains(dev) {

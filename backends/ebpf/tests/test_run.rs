@@ -474,3 +474,29 @@ fn maglev_picks_by_flow_hash_the_same_on_every_node() {
         assert_eq!(fields(&nodes[0].run("sluice_from_pod", &p).1).2, ip("10.244.2.2"));
     }
 }
+
+#[test]
+fn external_ip_and_host_port_frontends_with_their_replies() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    lb.node_ip("198.51.100.11");
+    let ext = SVC_F_TC | SVC_F_EXTERNAL;
+    // An ExternalIP over a backend on another node: DNAT + SNAT, reply translated back.
+    lb.frontend("203.0.113.10", 80, 6, 1, &[("10.244.2.2", 8080, 0)], 0, ext);
+    let (_, out) = lb.run("sluice_from_net", &packet(6, "198.51.100.201", 51000, "203.0.113.10", 80));
+    let (src, sport, dst, dport) = fields(&out);
+    assert_eq!((src, dst, dport), (ip("198.51.100.11"), ip("10.244.2.2"), 8080));
+    let reply = with_flags(packet(6, "10.244.2.2", 8080, "198.51.100.11", sport), 0x12);
+    assert_eq!(fields(&lb.run("sluice_from_net", &reply).1), (ip("203.0.113.10"), 80, ip("198.51.100.201"), 51000));
+    // A hostPort (node IP:18080 -> the local pod's 8080), UDP: DNAT only, reply from the node port.
+    lb.frontend("198.51.100.11", 18080, 17, 2, &[("10.244.1.7", 8080, BE_F_LOCAL)], 0, ext);
+    let (v, out) = lb.run("sluice_from_net", &packet(17, "198.51.100.202", 52000, "198.51.100.11", 18080));
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(fields(&out), (ip("198.51.100.202"), 52000, ip("10.244.1.7"), 8080));
+    assert!(checksums_valid(&out));
+    let (_, out) = lb.run("sluice_from_pod", &packet(17, "10.244.1.7", 8080, "198.51.100.202", 52000));
+    assert_eq!(fields(&out), (ip("198.51.100.11"), 18080, ip("198.51.100.202"), 52000));
+    assert!(checksums_valid(&out));
+}
