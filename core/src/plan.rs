@@ -44,6 +44,21 @@ impl Feature {
         Feature::Flows,
     ];
 
+    /// The Service features (kube-proxy's job): every feature but policy and flows.
+    pub const SERVICES: [Feature; 11] = [
+        Feature::ClusterIp,
+        Feature::NodePort,
+        Feature::ExternalIps,
+        Feature::LoadBalancer,
+        Feature::HostPort,
+        Feature::SocketLbTcp,
+        Feature::SocketLbUdp,
+        Feature::SessionAffinity,
+        Feature::SourceRanges,
+        Feature::TrafficPolicyLocal,
+        Feature::HealthCheckNodePort,
+    ];
+
     /// The config name (`kube_proxy_replacement_features`).
     pub fn name(self) -> &'static str {
         match self {

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sluice_config::Config;
 use sluice_core::plan::{compute, transition};
-use sluice_core::{Capabilities, Feature, Implemented, Plan, PlanInput, Step};
+use sluice_core::{Capabilities, Implemented, Plan, PlanInput, Step};
 
 /// Where the running config came from, so it can be re-read.
 #[derive(Debug, Clone)]
@@ -40,22 +40,8 @@ pub struct StepRecord {
 }
 
 /// What this build's backends can program. Neither programs policy or flows yet.
-pub const IMPLEMENTED: Implemented = Implemented {
-    ebpf: &[
-        Feature::ClusterIp,
-        Feature::NodePort,
-        Feature::ExternalIps,
-        Feature::LoadBalancer,
-        Feature::HostPort,
-        Feature::SocketLbTcp,
-        Feature::SocketLbUdp,
-        Feature::SessionAffinity,
-        Feature::SourceRanges,
-        Feature::TrafficPolicyLocal,
-        Feature::HealthCheckNodePort,
-    ],
-    iptables: sluice_iptables::services::IMPLEMENTED,
-};
+pub const IMPLEMENTED: Implemented =
+    Implemented { ebpf: sluice_ebpf::IMPLEMENTED, iptables: sluice_iptables::services::IMPLEMENTED };
 
 /// The plan a config gives on these capabilities (with `probes.assume_missing` applied).
 pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {

@@ -245,6 +245,20 @@ static __always_inline int tcp_syn(struct __sk_buff *skb)
 	return th->syn && !th->ack;
 }
 
+/* parse() plus whether the packet opens a TCP connection (*syn). Nonzero: not ours. */
+static __always_inline int parse_flow(struct __sk_buff *skb, struct flow_key *k, int *syn)
+{
+	*syn = 0;
+	if (parse(skb, k))
+		return -1;
+	if (k->proto == IPPROTO_TCP) {
+		*syn = tcp_syn(skb);
+		if (*syn < 0)
+			return -1;
+	}
+	return 0;
+}
+
 /* Send a rewritten packet straight out of the device the route to `daddr` uses (its new source
  * may be a node address, which the input path would drop as martian). */
 static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u32 daddr)
@@ -307,15 +321,10 @@ int sluice_from_pod(struct __sk_buff *skb)
 	struct nat_val *be;
 	struct nat_val chosen = {};
 	__u32 slot = 0;
-	int syn = 0;
+	int syn;
 
-	if (parse(skb, &k))
+	if (parse_flow(skb, &k, &syn))
 		return PASS;
-	if (k.proto == IPPROTO_TCP) {
-		syn = tcp_syn(skb);
-		if (syn < 0)
-			return PASS;
-	}
 	if (!syn) {
 		/* The reply of a flow that came from outside the node to this (local) backend. */
 		struct nat_val *r = bpf_map_lookup_elem(&sluice_rnat, &k);
@@ -445,15 +454,10 @@ int sluice_from_net(struct __sk_buff *skb)
 	struct snat_val *sv;
 	struct nat_val chosen = {};
 	__u32 slot = 0;
-	int syn = 0;
+	int syn;
 
-	if (parse(skb, &k))
+	if (parse_flow(skb, &k, &syn))
 		return PASS;
-	if (k.proto == IPPROTO_TCP) {
-		syn = tcp_syn(skb);
-		if (syn < 0)
-			return PASS;
-	}
 	/* A reply of a flow this node SNATed: back to the client, from the frontend. */
 	sv = syn ? NULL : bpf_map_lookup_elem(&sluice_snat, &k);
 	if (sv) {

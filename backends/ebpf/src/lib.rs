@@ -16,5 +16,8 @@ mod fingerprint;
 pub mod loader;
 pub mod maps;
 
+/// Features this backend implements (what the plan may give it): every Service feature.
+pub const IMPLEMENTED: &[sluice_core::Feature] = &sluice_core::Feature::SERVICES;
+
 /// The compiled object (see build.rs).
 pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.bpf.o"));

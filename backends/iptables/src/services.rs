@@ -36,20 +36,8 @@ pub const POSTROUTING: &str = "SLUICE-POSTROUTING";
 pub const FILTER: &str = "SLUICE-FILTER";
 pub const REJECT: &str = "SLUICE-REJECT";
 
-/// Features this backend implements (what the plan may give it).
-pub const IMPLEMENTED: &[Feature] = &[
-    Feature::ClusterIp,
-    Feature::NodePort,
-    Feature::ExternalIps,
-    Feature::LoadBalancer,
-    Feature::HostPort,
-    Feature::SocketLbTcp,
-    Feature::SocketLbUdp,
-    Feature::SessionAffinity,
-    Feature::SourceRanges,
-    Feature::TrafficPolicyLocal,
-    Feature::HealthCheckNodePort,
-];
+/// Features this backend implements (what the plan may give it): every Service feature.
+pub const IMPLEMENTED: &[Feature] = &Feature::SERVICES;
 
 /// Pod masquerading (always sluice's: pod networking is not a kube-proxy feature).
 #[derive(Debug, Clone, PartialEq, Eq)]
