@@ -422,9 +422,70 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
     Ok(records)
 }
 
+/// The side-by-side ratios the goals are stated in, from one run's records: at the largest N,
+/// each sluice backend against its own smaller N and direct connections, and sluice iptables
+/// against the peer on the same variant.
+pub fn ratios(records: &[Record]) -> Vec<String> {
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "n/a".into(),
+    };
+    let inv = |a: Option<f64>, b: Option<f64>| ratio(b, a); // "faster by": peer time / our time
+    let mut out = Vec::new();
+    let Some(max) = records.iter().map(|r| r.services).max() else { return out };
+    let find =
+        |b: &str, v: &str, n: usize| records.iter().find(|r| r.backend == b && r.variant == v && r.services == n);
+    let smallest = records.iter().map(|r| r.services).filter(|n| *n > 0).min().unwrap_or(max);
+    let mut keys: Vec<(String, String)> = records.iter().map(|r| (r.backend.clone(), r.variant.clone())).collect();
+    keys.dedup();
+    for (b, v) in keys.iter().filter(|(b, _)| b != "kube-proxy-iptables") {
+        let (Some(big), Some(small), Some(zero)) = (find(b, v, max), find(b, v, smallest), find(b, v, 0)) else {
+            continue;
+        };
+        out.push(format!(
+            "{b} {v} at {max}: conn/s {} of direct, {} of its own at {smallest}; direct {} of N=0, {} of its baseline; stream {} of direct",
+            ratio(big.conn_per_s, big.direct_conn_per_s),
+            ratio(big.conn_per_s, small.conn_per_s),
+            ratio(big.direct_conn_per_s, zero.direct_conn_per_s),
+            ratio(big.direct_conn_per_s, big.baseline_direct_conn_per_s),
+            ratio(big.stream_gbit_s, big.direct_stream_gbit_s),
+        ));
+        if let Some(peer) = find("kube-proxy-iptables", v, max).filter(|_| b == "iptables") {
+            out.push(format!(
+                "{b} {v} at {max} vs kube-proxy-iptables: program {} faster, change {} faster, conn/s {}",
+                inv(big.program_all_ms, peer.program_all_ms),
+                inv(big.single_change_ms, peer.single_change_ms),
+                ratio(big.conn_per_s, peer.conn_per_s),
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratios_compare_like_with_like() {
+        let rec = |b: &str, n: usize, prog: f64, conn: f64, direct: f64| Record {
+            program_all_ms: Some(prog),
+            single_change_ms: Some(prog / 10.0),
+            conn_per_s: (n > 0).then_some(conn),
+            direct_conn_per_s: Some(direct),
+            ..Record::new(b, "legacy", n)
+        };
+        let r = vec![
+            rec("iptables", 0, 1.0, 0.0, 1000.0),
+            rec("iptables", 100, 10.0, 900.0, 1000.0),
+            rec("iptables", 10000, 100.0, 900.0, 950.0),
+            rec("kube-proxy-iptables", 10000, 800.0, 600.0, 700.0),
+        ];
+        let lines = ratios(&r);
+        assert!(lines[0].contains("conn/s 0.95x of direct, 1.00x of its own at 100; direct 0.95x of N=0"), "{lines:?}");
+        assert!(lines[1].contains("program 8.00x faster, change 8.00x faster, conn/s 1.50x"), "{lines:?}");
+        assert_eq!(lines.len(), 2, "no line for the peer itself: {lines:?}");
+    }
 
     #[test]
     fn benchmark_services_render_a_reachable_target() {

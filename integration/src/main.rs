@@ -371,6 +371,9 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                     r.note.clone().unwrap_or_default()
                 );
             })?;
+            for line in sluice_lab::bench_services::ratios(&records) {
+                eprintln!("{line}");
+            }
             if let Some(p) = json {
                 std::fs::write(&p, serde_json::to_string_pretty(&records)?)?;
             }
