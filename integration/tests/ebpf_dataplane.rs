@@ -1,6 +1,7 @@
 //! Tier 3: the eBPF datapath under change. A live switch between `dataplane: iptables` and
 //! `auto` (ClusterIP moving between iptables and eBPF) keeps established TCP connections and
-//! new connections working; `kill -9` of the agent under continuous load fails no connection.
+//! new connections working; `kill -9` of the agent under continuous load (pod to ClusterIP, outside
+//! host to NodePort, node host process through socket LB) fails no connection.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use common::{TestLab, eventually, require_root};
 
-const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
+const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]\n";
 
 fn owner(s: &serde_json::Value, feature: &str) -> String {
     s["plan"]["entries"]
@@ -32,6 +33,7 @@ fn setup(name: &str, node1_cfg: Option<&str>) -> (TestLab, tempfile::TempDir) {
     t.lab.pod_add("node-1", "a", web("web"), Some(8080)).expect("a");
     t.lab.pod_add("node-2", "b", web("web"), Some(8080)).expect("b");
     t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    t.lab.external_add("ext", None).expect("ext");
     let f = dir.path().join("web.yaml");
     std::fs::write(&f, WEB).expect("write");
     t.lab.apply(&f).expect("apply");
@@ -100,31 +102,30 @@ fn agent_kill_9_under_load_fails_no_connection() {
     }
     let (t, _dir) = setup("t-kill", None);
     assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "ebpf");
-    let load = t
-        .lab
-        .command(
-            "client",
-            &[
-                "sluice-lab".into(),
-                "load".into(),
-                "10.96.0.10:80".into(),
-                "--connections".into(),
-                "4".into(),
-                "--secs".into(),
-                "6".into(),
-            ],
-        )
-        .expect("cmd")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("load");
+    // Three kinds of traffic, each served by eBPF on node-1: a pod to the ClusterIP (tc on its
+    // veth), an outside host to the NodePort (tc on eth0, SNAT to node-2's backend), a host
+    // process on node-1 to the ClusterIP (socket LB on the node's cgroup).
+    assert_eq!(owner(&t.status("node-1"), "node-port"), "ebpf");
+    assert_eq!(owner(&t.status("node-1"), "socket-lb-tcp"), "ebpf");
+    let loads: Vec<_> = [("client", "10.96.0.10:80"), ("ext", "198.51.100.11:30080"), ("node-1", "10.96.0.10:80")]
+        .iter()
+        .map(|(from, to)| {
+            let argv: Vec<String> =
+                ["sluice-lab", "load", to, "--connections", "4", "--secs", "6"].iter().map(|a| a.to_string()).collect();
+            let child =
+                t.lab.command(from, &argv).expect("cmd").stdout(std::process::Stdio::piped()).spawn().expect("load");
+            (*from, *to, child)
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(1500));
     t.lab.restart_agent("node-1", true).expect("kill -9 and start again");
     eventually("agent back", Duration::from_secs(15), || t.try_status("node-1").map(|_| ()));
-    let out = load.wait_with_output().expect("load");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("load json");
-    assert!(v["ok"].as_u64().unwrap_or(0) > 100, "{v}");
-    assert_eq!(v["failed"], 0, "connections failed across the agent restart: {v}");
+    for (from, to, load) in loads {
+        let out = load.wait_with_output().expect("load");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("load json");
+        assert!(v["ok"].as_u64().unwrap_or(0) > 100, "{from} -> {to}: {v}");
+        assert_eq!(v["failed"], 0, "{from} -> {to}: connections failed across the agent restart: {v}");
+    }
     // The restarted agent took the pinned state over: same service id, no rewrite needed.
     let log = std::fs::read_to_string(t.lab.dir.join("nodes/node-1/agent.log")).expect("log");
     let after = log.rsplit("sluice agent started").next().unwrap_or("");
