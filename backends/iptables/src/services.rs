@@ -168,7 +168,12 @@ pub fn render(input: &NodeInput<'_>) -> Ruleset {
     let cluster = input.cluster_cidr;
     r.chain("nat", MARK_MASQ).push(format!("-j MARK --or-mark {}", MASQ_MARK.split('/').next().unwrap_or_default()));
     r.chain("nat", MARK_DROP).push(format!("-j MARK --or-mark {}", DROP_MARK.split('/').next().unwrap_or_default()));
-    r.chain("nat", SERVICES);
+    // Pod addresses are never Service frontends: pod-to-pod connections leave the dispatch at
+    // once, before the tree and the NodePort `addrtype` match (a route lookup per connection).
+    // (NodePorts and hostPorts answer on node addresses, not on a pod gateway address.)
+    r.chain("nat", SERVICES).push(format!(
+        "-d {cluster} -m comment --comment \"sluice: pod addresses are not Services\" -j RETURN"
+    ));
     let mut leaves: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut nodeports: Vec<String> = Vec::new();
     let mut rejects: Vec<String> = Vec::new();
