@@ -28,21 +28,18 @@ pub enum Feature {
 }
 
 impl Feature {
-    pub const ALL: [Feature; 13] = [
-        Feature::ClusterIp,
-        Feature::NodePort,
-        Feature::ExternalIps,
-        Feature::LoadBalancer,
-        Feature::HostPort,
-        Feature::SocketLbTcp,
-        Feature::SocketLbUdp,
-        Feature::SessionAffinity,
-        Feature::SourceRanges,
-        Feature::TrafficPolicyLocal,
-        Feature::HealthCheckNodePort,
-        Feature::Policy,
-        Feature::Flows,
-    ];
+    /// Every feature: the Service features, then policy and flows.
+    pub const ALL: [Feature; 13] = {
+        let mut all = [Feature::Policy; 13];
+        let mut i = 0;
+        while i < Feature::SERVICES.len() {
+            all[i] = Feature::SERVICES[i];
+            i += 1;
+        }
+        all[11] = Feature::Policy;
+        all[12] = Feature::Flows;
+        all
+    };
 
     /// The Service features (kube-proxy's job): every feature but policy and flows.
     pub const SERVICES: [Feature; 11] = [

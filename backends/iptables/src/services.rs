@@ -171,9 +171,8 @@ pub fn render(input: &NodeInput<'_>) -> Ruleset {
     // Pod addresses are never Service frontends: pod-to-pod connections leave the dispatch at
     // once, before the tree and the NodePort `addrtype` match (a route lookup per connection).
     // (NodePorts and hostPorts answer on node addresses, not on a pod gateway address.)
-    r.chain("nat", SERVICES).push(format!(
-        "-d {cluster} -m comment --comment \"sluice: pod addresses are not Services\" -j RETURN"
-    ));
+    r.chain("nat", SERVICES)
+        .push(format!("-d {cluster} -m comment --comment \"sluice: pod addresses are not Services\" -j RETURN"));
     let mut leaves: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut nodeports: Vec<String> = Vec::new();
     let mut rejects: Vec<String> = Vec::new();
