@@ -117,6 +117,10 @@ struct {
  * rarely collide; the key includes the backend, so each backend has the whole range. */
 #define SNAT_PORT_LO 61000
 #define SNAT_PORT_N 4536
+/* When a SNAT port may serve another flow: a second after its flow closed (the backend's
+ * TIME_WAIT accepts a new SYN: the client's timestamps keep rising), or after two idle minutes. */
+#define SNAT_CLOSED_S 1
+#define SNAT_IDLE_S 120
 
 /* "Not ours": continue with the next TCX program, or the default action under classic tc. */
 #define PASS TC_ACT_UNSPEC
@@ -243,6 +247,28 @@ static __always_inline int tcp_syn(struct __sk_buff *skb)
 	if ((void *)(th + 1) > (void *)(long)skb->data_end)
 		return -1;
 	return th->syn && !th->ack;
+}
+
+static __always_inline __u32 now_s(void)
+{
+	return (__u32)(bpf_ktime_get_ns() / 1000000000ULL);
+}
+
+/* 1 when a TCP packet carries FIN or RST. */
+static __always_inline int tcp_fin_rst(struct __sk_buff *skb, __u8 proto)
+{
+	struct tcphdr *th = (void *)(long)skb->data + L4_OFF;
+	if (proto != IPPROTO_TCP || (void *)(th + 1) > (void *)(long)skb->data_end)
+		return 0;
+	return th->fin || th->rst;
+}
+
+/* Keep a SNAT entry's liveness: seen now, closing when FIN/RST passed. */
+static __always_inline void snat_touch(struct snat_val *sv, int finrst)
+{
+	sv->last_s = now_s();
+	if (finrst)
+		sv->flags |= SNAT_F_CLOSING;
 }
 
 /* parse() plus whether the packet opens a TCP connection (*syn). Nonzero: not ours. */
@@ -432,13 +458,18 @@ int sluice_to_pod(struct __sk_buff *skb)
 
 /* Forward a flow from outside the node to a backend on another node: DNAT, SNAT to the node IP,
  * out again. */
-static __always_inline int forward_remote(struct __sk_buff *skb, struct flow_key *k, struct nat_val *ct)
+static __always_inline int forward_remote(struct __sk_buff *skb, struct flow_key *k, struct nat_val *ct, int finrst)
 {
 	__u32 zero = 0;
 	struct node_cfg *node = bpf_map_lookup_elem(&sluice_node, &zero);
+	struct snat_val *sv;
 
 	if (!node || !node->node_ip)
 		return TC_ACT_SHOT;
+	struct flow_key rk = { .saddr = ct->addr, .daddr = node->node_ip, .sport = ct->port, .dport = ct->snat_port, .proto = k->proto };
+	sv = bpf_map_lookup_elem(&sluice_snat, &rk);
+	if (sv)
+		snat_touch(sv, finrst);
 	if (rewrite(skb, k->proto, IP_DST_OFF, k->daddr, ct->addr, L4_OFF + 2, k->dport, ct->port))
 		return TC_ACT_SHOT;
 	if (rewrite(skb, k->proto, IP_SRC_OFF, k->saddr, node->node_ip, L4_OFF, k->sport, ct->snat_port))
@@ -454,14 +485,16 @@ int sluice_from_net(struct __sk_buff *skb)
 	struct snat_val *sv;
 	struct nat_val chosen = {};
 	__u32 slot = 0;
-	int syn;
+	int syn, finrst;
 
 	if (parse_flow(skb, &k, &syn))
 		return PASS;
 	/* A reply of a flow this node SNATed: back to the client, from the frontend. */
+	finrst = tcp_fin_rst(skb, k.proto);
 	sv = syn ? NULL : bpf_map_lookup_elem(&sluice_snat, &k);
 	if (sv) {
 		__u32 client = sv->client, front = sv->front;
+		snat_touch(sv, finrst);
 		__u16 cport = sv->client_port, fport = sv->front_port;
 		if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, front, L4_OFF, k.sport, fport))
 			return TC_ACT_SHOT;
@@ -495,15 +528,25 @@ int sluice_from_net(struct __sk_buff *skb)
 		} else {
 			__u32 zero = 0;
 			struct node_cfg *node = bpf_map_lookup_elem(&sluice_node, &zero);
-			struct snat_val back = { .client = k.saddr, .front = k.daddr, .client_port = k.sport, .front_port = k.dport };
+			__u32 now = now_s();
+			struct snat_val back = { .client = k.saddr, .front = k.daddr, .client_port = k.sport, .front_port = k.dport, .last_s = now };
 			int i;
 
 			if (!node || !node->node_ip)
 				return TC_ACT_SHOT;
-			for (i = 0; i < 8; i++) {
+			for (i = 0; i < 16; i++) {
 				__u16 p = bpf_htons(SNAT_PORT_LO + bpf_get_prandom_u32() % SNAT_PORT_N);
 				struct flow_key rk = { .saddr = b->addr, .daddr = node->node_ip, .sport = b->port, .dport = p, .proto = k.proto };
-				if (!bpf_map_update_elem(&sluice_snat, &rk, &back, BPF_NOEXIST)) {
+				struct snat_val *old = bpf_map_lookup_elem(&sluice_snat, &rk);
+				__u64 how = BPF_NOEXIST;
+				if (old) {
+					/* A port whose flow closed (or went idle) serves the new one. */
+					__u32 age = now - old->last_s;
+					if (!((old->flags & SNAT_F_CLOSING) && age >= SNAT_CLOSED_S) && age < SNAT_IDLE_S)
+						continue;
+					how = BPF_EXIST;
+				}
+				if (!bpf_map_update_elem(&sluice_snat, &rk, &back, how)) {
 					chosen.snat_port = p;
 					break;
 				}
@@ -516,7 +559,7 @@ int sluice_from_net(struct __sk_buff *skb)
 	}
 	if (be->snat_port) {
 		struct nat_val ct = *be;
-		return forward_remote(skb, &k, &ct);
+		return forward_remote(skb, &k, &ct, finrst);
 	}
 	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
 		return TC_ACT_SHOT;

@@ -81,7 +81,13 @@ struct snat_val {
 	__u32 front;
 	__u16 client_port;
 	__u16 front_port;
+	__u32 last_s;       /* last packet seen, seconds of bpf_ktime_get_ns */
+	__u32 flags;        /* SNAT_F_* */
 };
+
+/* A FIN or RST was seen: the port may serve a new flow shortly after (it is not recycled while
+ * the flow is live; an idle entry is recycled after SNAT_IDLE_S). */
+#define SNAT_F_CLOSING 1
 
 /* loadBalancerSourceRanges: LPM key = service id (always fully matched) + source prefix. */
 struct src_range_key {

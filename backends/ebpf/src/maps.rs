@@ -77,6 +77,8 @@ pub struct SnatVal {
     pub front: u32,
     pub client_port: u16,
     pub front_port: u16,
+    pub last_s: u32,
+    pub flags: u32,
 }
 
 /// LPM trie key: `prefixlen` counts the service id's 32 bits plus the source prefix length.
@@ -132,7 +134,7 @@ const _: () = {
     assert!(size_of::<BackendVal>() == 8 && offset_of!(BackendVal, port) == 4);
     assert!(size_of::<FlowKey>() == 16 && offset_of!(FlowKey, sport) == 8 && offset_of!(FlowKey, proto) == 12);
     assert!(size_of::<NatVal>() == 12 && offset_of!(NatVal, snat_port) == 6 && offset_of!(NatVal, flags) == 8);
-    assert!(size_of::<SnatVal>() == 12 && offset_of!(SnatVal, client_port) == 8);
+    assert!(size_of::<SnatVal>() == 20 && offset_of!(SnatVal, client_port) == 8 && offset_of!(SnatVal, last_s) == 12);
     assert!(size_of::<SrcRangeKey>() == 12 && offset_of!(SrcRangeKey, addr) == 8);
     assert!(size_of::<NodeCfg>() == 8 && offset_of!(NodeCfg, maglev_m) == 4);
     assert!(size_of::<MaglevKey>() == 8);
