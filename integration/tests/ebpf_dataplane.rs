@@ -1,7 +1,7 @@
 //! Tier 3: the eBPF datapath under change. A live switch between `dataplane: iptables` and
 //! `auto` (ClusterIP moving between iptables and eBPF) keeps established TCP connections and
-//! new connections working; `kill -9` of the agent under continuous load (pod to ClusterIP, node
-//! host process through socket LB) fails no connection.
+//! new connections working; `kill -9` of the agent under continuous load (pod to ClusterIP, outside
+//! host to NodePort, node host process through socket LB) fails no connection.
 
 mod common;
 
@@ -102,12 +102,12 @@ fn agent_kill_9_under_load_fails_no_connection() {
     }
     let (t, _dir) = setup("t-kill", None);
     assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "ebpf");
-    // Two kinds of traffic, each served by eBPF on node-1: a pod to the ClusterIP (tc on its
-    // veth), a host process on node-1 to the ClusterIP (socket LB on the node's cgroup). (An
-    // outside host to the NodePort is not here: under a continuous load that path drops about
-    // one connection in a thousand even without a restart; see docs/design/ebpf.md.)
+    // Three kinds of traffic, each served by eBPF on node-1: a pod to the ClusterIP (tc on its
+    // veth), an outside host to the NodePort (tc on eth0, SNAT to node-2's backend), a host
+    // process on node-1 to the ClusterIP (socket LB on the node's cgroup).
+    assert_eq!(owner(&t.status("node-1"), "node-port"), "ebpf");
     assert_eq!(owner(&t.status("node-1"), "socket-lb-tcp"), "ebpf");
-    let loads: Vec<_> = [("client", "10.96.0.10:80"), ("node-1", "10.96.0.10:80")]
+    let loads: Vec<_> = [("client", "10.96.0.10:80"), ("ext", "198.51.100.11:30080"), ("node-1", "10.96.0.10:80")]
         .iter()
         .map(|(from, to)| {
             let argv: Vec<String> =

@@ -117,9 +117,10 @@ struct {
  * rarely collide; the key includes the backend, so each backend has the whole range. */
 #define SNAT_PORT_LO 61000
 #define SNAT_PORT_N 4536
-/* When a SNAT port may serve another flow: a second after its flow closed (the backend's
- * TIME_WAIT accepts a new SYN: the client's timestamps keep rising), or after two idle minutes. */
-#define SNAT_CLOSED_S 1
+/* When a SNAT port may serve another client's flow: a TIME_WAIT (60 s) after its flow closed
+ * (sooner, the backend's TIME_WAIT rejects the new SYN by PAWS: measured), or after two idle
+ * minutes. The same client tuple may take its port back at once. */
+#define SNAT_CLOSED_S 61
 #define SNAT_IDLE_S 120
 
 /* "Not ours": continue with the next TCX program, or the default action under classic tc. */
@@ -269,6 +270,27 @@ static __always_inline void snat_touch(struct snat_val *sv, int finrst)
 	sv->last_s = now_s();
 	if (finrst)
 		sv->flags |= SNAT_F_CLOSING;
+}
+
+/* Does a socket of this node's own own the tuple (node_ip:port <-> backend:bport)? A SNAT port must
+ * not be one a host process uses towards the same backend (as MASQUERADE checks conntrack). */
+static __always_inline int host_owns(struct __sk_buff *skb, __u8 proto, __u32 backend, __u16 bport, __u32 node_ip, __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	t.ipv4.saddr = backend;
+	t.ipv4.daddr = node_ip;
+	t.ipv4.sport = bport;
+	t.ipv4.dport = port;
+	if (proto == IPPROTO_TCP)
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
 }
 
 /* parse() plus whether the packet opens a TCP connection (*syn). Nonzero: not ours. */
@@ -492,6 +514,9 @@ int sluice_from_net(struct __sk_buff *skb)
 	/* A reply of a flow this node SNATed: back to the client, from the frontend. */
 	finrst = tcp_fin_rst(skb, k.proto);
 	sv = syn ? NULL : bpf_map_lookup_elem(&sluice_snat, &k);
+	/* A host connection that took the port after our flow closed: its packet, not ours. */
+	if (sv && (sv->flags & SNAT_F_CLOSING) && host_owns(skb, k.proto, k.saddr, k.sport, k.daddr, k.dport))
+		sv = NULL;
 	if (sv) {
 		__u32 client = sv->client, front = sv->front;
 		snat_touch(sv, finrst);
@@ -535,14 +560,23 @@ int sluice_from_net(struct __sk_buff *skb)
 			if (!node || !node->node_ip)
 				return TC_ACT_SHOT;
 			for (i = 0; i < 16; i++) {
-				__u16 p = bpf_htons(SNAT_PORT_LO + bpf_get_prandom_u32() % SNAT_PORT_N);
+				/* First the client's own port, as MASQUERADE does: the backend then sees
+				 * the client's port reuse and timestamps, and its TIME_WAIT accepts a
+				 * new connection on the same tuple. Then random ports. */
+				__u16 p = i == 0 ? k.sport : bpf_htons(SNAT_PORT_LO + bpf_get_prandom_u32() % SNAT_PORT_N);
 				struct flow_key rk = { .saddr = b->addr, .daddr = node->node_ip, .sport = b->port, .dport = p, .proto = k.proto };
-				struct snat_val *old = bpf_map_lookup_elem(&sluice_snat, &rk);
+				struct snat_val *old;
 				__u64 how = BPF_NOEXIST;
+				if (host_owns(skb, k.proto, b->addr, b->port, node->node_ip, p))
+					continue;
+				old = bpf_map_lookup_elem(&sluice_snat, &rk);
 				if (old) {
-					/* A port whose flow closed (or went idle) serves the new one. */
+					/* The same client flow again (its port reused), or a port whose
+					 * flow closed a TIME_WAIT ago or went idle, serves the new one. */
 					__u32 age = now - old->last_s;
-					if (!((old->flags & SNAT_F_CLOSING) && age >= SNAT_CLOSED_S) && age < SNAT_IDLE_S)
+					int same = old->client == k.saddr && old->client_port == k.sport && old->front == k.daddr &&
+						   old->front_port == k.dport;
+					if (!same && !((old->flags & SNAT_F_CLOSING) && age >= SNAT_CLOSED_S) && age < SNAT_IDLE_S)
 						continue;
 					how = BPF_EXIST;
 				}
