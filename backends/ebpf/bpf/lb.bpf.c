@@ -31,6 +31,9 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* max_entries below are only the object's defaults: the loader sets every map's size from the
+ * config's bpf_map_sizes (sluice_core::MapSizes) before creating it. */
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);

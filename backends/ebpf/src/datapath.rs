@@ -52,11 +52,8 @@ struct Written {
     keys: Vec<SvcKey>,
 }
 
-fn written(s: &Service, ctx: &NodeCtx) -> Written {
-    Written {
-        fingerprint: crate::fingerprint::fingerprint(s),
-        keys: crate::maps::encode(std::slice::from_ref(s), &[], ctx).services.into_keys().collect(),
-    }
+fn written(s: &Service, keys: Vec<SvcKey>) -> Written {
+    Written { fingerprint: crate::fingerprint::fingerprint(s), keys }
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -152,10 +149,10 @@ impl Datapath {
 
     /// Map entries for exactly these services (IDs kept stable; IDs of frontends no longer
     /// present are forgotten).
-    fn encode(&mut self, services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> Entries {
-        let out = self.encode_keep_ids(services, host_ports, ctx);
+    fn encode(&mut self, services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> (Entries, Vec<Vec<SvcKey>>) {
+        let (out, keys) = self.encode_keep_ids(services, host_ports, ctx);
         self.ids.retain(|k, _| out.services.contains_key(k));
-        out
+        (out, keys)
     }
 
     /// Bring the maps to `want`: backends first, then services (a frontend never points at a
@@ -238,9 +235,9 @@ impl Datapath {
             if self.last_ctx.as_ref() != Some(ctx) {
                 self.write_node(ctx)?;
             }
-            let want = self.encode(services, host_ports, ctx);
+            let (want, keys) = self.encode(services, host_ports, ctx);
             let n = self.sync(want)?;
-            self.last = services.iter().map(|s| (s.name.clone(), written(s, ctx))).collect();
+            self.last = services.iter().zip(keys).map(|(s, k)| (s.name.clone(), written(s, k))).collect();
             self.last_ctx = Some(ctx.clone());
             self.last_host_ports = host_ports.to_vec();
             return Ok(n);
@@ -300,12 +297,12 @@ impl Datapath {
             .flat_map(|w| w.keys.iter().copied())
             .collect();
         let changed_owned: Vec<Service> = changed.iter().map(|s| (*s).clone()).collect();
-        let fresh = self.encode_keep_ids(&changed_owned, &[], ctx);
+        let (fresh, keys) = self.encode_keep_ids(&changed_owned, &[], ctx);
         for r in &removed {
             self.last.remove(r);
         }
-        for s in &changed_owned {
-            self.last.insert(s.name.clone(), written(s, ctx));
+        for (s, k) in changed_owned.iter().zip(keys) {
+            self.last.insert(s.name.clone(), written(s, k));
         }
         self.sync_delta(&old_keys, fresh)
     }
@@ -444,9 +441,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Encode some services, reusing existing IDs, without forgetting other services' IDs.
-    fn encode_keep_ids(&mut self, services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> Entries {
-        let fresh = crate::maps::encode(services, host_ports, ctx);
+    /// Encode some services, reusing existing IDs, without forgetting other services' IDs; with
+    /// each Service's frontend keys.
+    fn encode_keep_ids(
+        &mut self,
+        services: &[Service],
+        host_ports: &[HostPort],
+        ctx: &NodeCtx,
+    ) -> (Entries, Vec<Vec<SvcKey>>) {
+        let (fresh, keys) = crate::maps::encode_with_keys(services, host_ports, ctx);
         let mut next = self.ids.values().max().copied().unwrap_or(0);
         let mut remap = BTreeMap::new();
         let mut out = Entries::default();
@@ -473,7 +476,7 @@ impl Datapath {
                 out.maglev.insert(*id, t);
             }
         }
-        out
+        (out, keys)
     }
 
     /// What the service maps hold: (frontend, service, backends by slot).

@@ -285,9 +285,18 @@ fn host_port_fronts(h: &HostPort, ctx: &NodeCtx, out: &mut Vec<Front>) {
 
 /// Encode services (and this node's hostPorts) into map entries, with positional service IDs.
 pub fn encode(services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> Entries {
+    encode_with_keys(services, host_ports, ctx).0
+}
+
+/// `encode`, plus the frontend keys of each Service (in input order): what an incremental sync
+/// must remove when that Service changes or goes.
+pub fn encode_with_keys(services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> (Entries, Vec<Vec<SvcKey>>) {
     let mut fronts = Vec::new();
+    let mut keys = Vec::with_capacity(services.len());
     for s in services {
+        let before = fronts.len();
         service_fronts(s, ctx, &mut fronts);
+        keys.push(fronts[before..].iter().map(|f| f.key).collect());
     }
     for h in host_ports {
         host_port_fronts(h, ctx, &mut fronts);
@@ -323,7 +332,7 @@ pub fn encode(services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> E
             SvcVal { service_id: id, backend_count: f.backends.len() as u32, affinity_s: f.affinity_s, flags: f.flags },
         );
     }
-    e
+    (e, keys)
 }
 
 #[cfg(test)]
