@@ -4,6 +4,7 @@
 //! each iptables variant. Runs inside a lab node's netns; the client and the real backend are
 //! lab pods on that node.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use sluice_core::{Backend, BackendState, Feature, Frontend, FrontendKind, Protocol, Service, ServiceName};
+use sluice_iptables::ruleset::Ruleset;
 use sluice_iptables::services::{IMPLEMENTED, NodeInput, render};
 use sluice_iptables::sync::RuleSyncer;
 use sluice_iptables::{Iptables, Variant};
@@ -39,6 +41,9 @@ pub struct Record {
     /// The whole agent's RSS with these N Services from its manifest source (sluice backends;
     /// filled in by `cargo xtask bench services`, which runs the agent per backend and N).
     pub agent_rss_mb: Option<f64>,
+    /// sluice iptables at the largest N only: ClusterIP conn/s of (sluice, peer) measured in
+    /// alternation with both rulesets installed (`bench_paired`), one pair per round.
+    pub paired_conn_per_s: Option<Vec<[f64; 2]>>,
     pub note: Option<String>,
 }
 
@@ -57,6 +62,7 @@ impl Record {
             direct_stream_gbit_s: None,
             baseline_direct_conn_per_s: None,
             agent_rss_mb: None,
+            paired_conn_per_s: None,
             note: None,
         }
     }
@@ -73,15 +79,15 @@ pub struct Options {
     pub restore_timeout: Duration,
 }
 
-const ENDPOINTS: usize = 10;
+pub(crate) const ENDPOINTS: usize = 10;
 
-fn vip(i: usize) -> Ipv4Addr {
+pub(crate) fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + i as u32)
 }
 
 /// The same Services the peer script generates: N x 10 endpoints, NodePorts for the first 2768,
 /// one real target placed in the middle.
-fn services(n: usize, backend: Ipv4Addr) -> Vec<Service> {
+pub(crate) fn services(n: usize, backend: Ipv4Addr) -> Vec<Service> {
     (0..n)
         .map(|i| {
             let target = i == n / 2;
@@ -127,8 +133,23 @@ fn services(n: usize, backend: Ipv4Addr) -> Vec<Service> {
         .collect()
 }
 
+/// sluice's rules for `svcs` on the benchmark node (node-1, cluster CIDR 10.244.0.0/16).
+pub(crate) fn sluice_rules(svcs: &[Service], owned: &BTreeSet<Feature>) -> Ruleset {
+    render(&NodeInput {
+        node_name: "node-1",
+        cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+        masquerade: None,
+        services: svcs,
+        host_ports: &[],
+        owned,
+    })
+}
+
+/// How kube-proxy links its chains into the built-in ones (once, outside its syncs).
+pub(crate) const PEER_JUMPS: &str = "*nat\n-I PREROUTING -j KUBE-SERVICES\n-I OUTPUT -j KUBE-SERVICES\n-I POSTROUTING -j KUBE-POSTROUTING\nCOMMIT\n*filter\n-I FORWARD -j KUBE-FORWARD\nCOMMIT\n";
+
 /// Empty both variants' nat and filter tables of this (lab node) netns.
-fn flush_all() -> anyhow::Result<()> {
+pub(crate) fn flush_all() -> anyhow::Result<()> {
     for v in ["nft", "legacy"] {
         let empty = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
         restore(&format!("iptables-{v}-restore"), &[], empty.as_bytes(), Duration::from_secs(600))?;
@@ -137,7 +158,7 @@ fn flush_all() -> anyhow::Result<()> {
 }
 
 /// Run a restore with a deadline; Ok(None) when it did not finish in time.
-fn restore(bin: &str, args: &[&str], input: &[u8], timeout: Duration) -> anyhow::Result<Option<Duration>> {
+pub(crate) fn restore(bin: &str, args: &[&str], input: &[u8], timeout: Duration) -> anyhow::Result<Option<Duration>> {
     let start = Instant::now();
     let mut child =
         Command::new(bin).args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
@@ -165,7 +186,7 @@ fn restore(bin: &str, args: &[&str], input: &[u8], timeout: Duration) -> anyhow:
     }
 }
 
-fn peer_input(o: &Options, n: usize, mode: &str, target: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn peer_input(o: &Options, n: usize, mode: &str, target: &str) -> anyhow::Result<Vec<u8>> {
     let mut cmd = Command::new("python3");
     cmd.arg(&o.peer_script).args(["--services", &n.to_string(), "--endpoints", &ENDPOINTS.to_string(), "--mode", mode]);
     if n > 0 {
@@ -178,7 +199,7 @@ fn peer_input(o: &Options, n: usize, mode: &str, target: &str) -> anyhow::Result
     Ok(out.stdout)
 }
 
-fn load(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<f64> {
+pub(crate) fn load(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<f64> {
     // Each measurement starts from an empty conntrack table (this runs in the node's netns),
     // so earlier runs' TIME_WAIT entries do not slow later ones.
     let _ = Command::new("conntrack").arg("-F").stderr(Stdio::null()).output();
@@ -301,7 +322,7 @@ fn ebpf_record(
     res.map(|_| rec)
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -347,19 +368,9 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
                 let programmed = match backend_name.as_str() {
                     "iptables" => {
                         let mut svcs = services(n, backend);
-                        let input = |s: &[Service]| {
-                            render(&NodeInput {
-                                node_name: "node-1",
-                                cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
-                                masquerade: None,
-                                services: s,
-                                host_ports: &[],
-                                owned: &owned,
-                            })
-                        };
                         let mut syncer = RuleSyncer::new(Iptables { variant });
                         let t = Instant::now();
-                        let rs = input(&svcs);
+                        let rs = sluice_rules(&svcs, &owned);
                         rec.rules = Some(rs.rule_count());
                         let rep = syncer.sync(&rs, true)?;
                         if std::env::var_os("SLUICE_BENCH_DEBUG").is_some() {
@@ -370,7 +381,7 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
                         if n >= 2 {
                             svcs[0].backends.pop();
                             let t = Instant::now();
-                            let rs = input(&svcs);
+                            let rs = sluice_rules(&svcs, &owned);
                             let rendered = t.elapsed();
                             let rep = syncer.sync(&rs, false)?;
                             rec.single_change_ms = Some(ms(t.elapsed()));
@@ -388,8 +399,7 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
                             Some(d) => {
                                 rec.program_all_ms = Some(ms(d));
                                 // kube-proxy links its chains once, outside the sync (not timed).
-                                let jumps = "*nat\n-I PREROUTING -j KUBE-SERVICES\n-I OUTPUT -j KUBE-SERVICES\n-I POSTROUTING -j KUBE-POSTROUTING\nCOMMIT\n*filter\n-I FORWARD -j KUBE-FORWARD\nCOMMIT\n";
-                                restore(&bin, &["--noflush", "--wait"], jumps.as_bytes(), o.restore_timeout)?;
+                                restore(&bin, &["--noflush", "--wait"], PEER_JUMPS.as_bytes(), o.restore_timeout)?;
                                 if n >= 2 {
                                     let partial = peer_input(o, n, "partial", &target)?;
                                     match restore(&bin, &["--noflush", "--wait"], &partial, o.restore_timeout)? {
@@ -417,6 +427,26 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
                 records.push(rec);
             }
         }
+        // The goal's ratio, measured again with the drift taken out (bench_paired).
+        let max = o.services.iter().copied().max().unwrap_or(0);
+        if o.backends.iter().any(|b| b == "iptables") && o.backends.iter().any(|b| b == "kube-proxy-iptables") {
+            let pairs = crate::bench_paired::paired(lab, o, variant, max, backend)?;
+            if let Some(rec) = records
+                .iter_mut()
+                .find(|r| r.backend == "iptables" && r.variant == variant.as_str() && r.services == max)
+                .filter(|_| !pairs.is_empty())
+            {
+                rec.paired_conn_per_s = Some(pairs);
+            }
+        }
+        if variant == Variant::Legacy && o.backends.iter().any(|b| b == "iptables") && max >= 2 {
+            let mut rec = Record::new("dnat-floor", variant.as_str(), max);
+            rec.rules = Some(max * ENDPOINTS);
+            rec.single_change_ms = crate::bench_floor::single_change_floor(max, o)?;
+            rec.note = Some("only the endpoint DNAT rules; one-rule restore (bench_floor)".into());
+            progress(&rec);
+            records.push(rec);
+        }
     }
     flush_all()?;
     Ok(records)
@@ -438,7 +468,7 @@ pub fn ratios(records: &[Record]) -> Vec<String> {
     let smallest = records.iter().map(|r| r.services).filter(|n| *n > 0).min().unwrap_or(max);
     let mut keys: Vec<(String, String)> = records.iter().map(|r| (r.backend.clone(), r.variant.clone())).collect();
     keys.dedup();
-    for (b, v) in keys.iter().filter(|(b, _)| b != "kube-proxy-iptables") {
+    for (b, v) in keys.iter().filter(|(b, _)| b != "kube-proxy-iptables" && b != "dnat-floor") {
         let (Some(big), Some(small), Some(zero)) = (find(b, v, max), find(b, v, smallest), find(b, v, 0)) else {
             continue;
         };
@@ -456,6 +486,21 @@ pub fn ratios(records: &[Record]) -> Vec<String> {
                 inv(big.program_all_ms, peer.program_all_ms),
                 inv(big.single_change_ms, peer.single_change_ms),
                 ratio(big.conn_per_s, peer.conn_per_s),
+            ));
+        }
+        if let (Some(floor), Some(peer)) =
+            (find("dnat-floor", v, max).filter(|_| b == "iptables"), find("kube-proxy-iptables", v, max))
+        {
+            out.push(format!(
+                "{v} floor at {max} (a table of only the endpoint DNAT rules): one change {} faster than the peer's partial sync at best; sluice is at {} of that floor's speed",
+                inv(floor.single_change_ms, peer.single_change_ms),
+                inv(big.single_change_ms, floor.single_change_ms),
+            ));
+        }
+        if let Some((med, lo, hi)) = big.paired_conn_per_s.as_deref().and_then(crate::bench_paired::summary) {
+            let rounds = big.paired_conn_per_s.as_ref().map_or(0, Vec::len);
+            out.push(format!(
+                "{b} {v} at {max} vs kube-proxy-iptables, paired (both installed, hook order swapped, {rounds} rounds): conn/s {med:.2}x (rounds {lo:.2}x to {hi:.2}x)"
             ));
         }
     }
