@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn summary_is_the_median_ratio_with_its_range() {
         assert_eq!(summary(&[]), None);
-        let (med, lo, hi) = summary(&[[120.0, 100.0], [110.0, 100.0], [150.0, 100.0], [130.0, 100.0]]).unwrap();
+        let (med, lo, hi) = summary(&[[120.0, 100.0], [110.0, 100.0], [150.0, 100.0], [130.0, 100.0]]).expect("ratios");
         assert!((med - 1.25).abs() < 1e-9 && (lo - 1.1).abs() < 1e-9 && (hi - 1.5).abs() < 1e-9);
         // A round where the peer measured nothing is left out, not divided by.
         assert_eq!(summary(&[[100.0, 0.0]]), None);
