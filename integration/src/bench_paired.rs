@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::bail;
 use sluice_core::Feature;
+use sluice_iptables::incremental::Renderer;
 use sluice_iptables::services::{IMPLEMENTED, SERVICES};
 use sluice_iptables::sync::RuleSyncer;
 use sluice_iptables::{Iptables, Variant};
@@ -61,7 +62,8 @@ pub fn paired(lab: &Lab, o: &Options, variant: Variant, n: usize, backend: Ipv4A
         return Ok(Vec::new());
     }
     restore(&bin, &["--noflush", "--wait"], PEER_JUMPS.as_bytes(), o.restore_timeout)?;
-    RuleSyncer::new(Iptables { variant }).sync(&sluice_rules(&services(n, backend), &owned), true)?;
+    RuleSyncer::new(Iptables { variant })
+        .sync(&sluice_rules(&mut Renderer::default(), &services(n, backend), &owned), true)?;
     let sluice = sluice_hook();
     let mut pairs = Vec::new();
     // Unknown until set: whichever synced last inserted its hook at the top.
@@ -119,7 +121,7 @@ mod tests {
     fn the_sluice_hook_matches_what_the_renderer_installs() {
         let svcs = crate::bench_services::services(2, Ipv4Addr::new(10, 244, 1, 2));
         let owned: BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
-        let rs = sluice_rules(&svcs, &owned);
+        let rs = sluice_rules(&mut Renderer::default(), &svcs, &owned);
         let hook = rs.hooks.iter().find(|h| h.builtin == "PREROUTING").expect("a PREROUTING hook");
         assert_eq!(hook.rule(), format!("PREROUTING {}", sluice_hook()));
     }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use sluice_core::{Backend, BackendState, Feature, Frontend, FrontendKind, Protocol, Service, ServiceName};
+use sluice_iptables::incremental::Renderer;
 use sluice_iptables::ruleset::Ruleset;
-use sluice_iptables::services::{IMPLEMENTED, NodeInput, render};
+use sluice_iptables::services::{IMPLEMENTED, NodeInput};
 use sluice_iptables::sync::RuleSyncer;
 use sluice_iptables::{Iptables, Variant};
 
@@ -134,15 +135,18 @@ pub(crate) fn services(n: usize, backend: Ipv4Addr) -> Vec<Service> {
 }
 
 /// sluice's rules for `svcs` on the benchmark node (node-1, cluster CIDR 10.244.0.0/16).
-pub(crate) fn sluice_rules(svcs: &[Service], owned: &BTreeSet<Feature>) -> Ruleset {
-    render(&NodeInput {
-        node_name: "node-1",
-        cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
-        masquerade: None,
-        services: svcs,
-        host_ports: &[],
-        owned,
-    })
+/// Through `renderer`, as the agent renders: only Services changed since its last call.
+pub(crate) fn sluice_rules(renderer: &mut Renderer, svcs: &[Service], owned: &BTreeSet<Feature>) -> Ruleset {
+    renderer
+        .render(&NodeInput {
+            node_name: "node-1",
+            cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+            masquerade: None,
+            services: svcs,
+            host_ports: &[],
+            owned,
+        })
+        .0
 }
 
 /// How kube-proxy links its chains into the built-in ones (once, outside its syncs).
@@ -369,8 +373,9 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
                     "iptables" => {
                         let mut svcs = services(n, backend);
                         let mut syncer = RuleSyncer::new(Iptables { variant });
+                        let mut renderer = Renderer::default();
                         let t = Instant::now();
-                        let rs = sluice_rules(&svcs, &owned);
+                        let rs = sluice_rules(&mut renderer, &svcs, &owned);
                         rec.rules = Some(rs.rule_count());
                         let rep = syncer.sync(&rs, true)?;
                         if std::env::var_os("SLUICE_BENCH_DEBUG").is_some() {
@@ -381,7 +386,7 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
                         if n >= 2 {
                             svcs[0].backends.pop();
                             let t = Instant::now();
-                            let rs = sluice_rules(&svcs, &owned);
+                            let rs = sluice_rules(&mut renderer, &svcs, &owned);
                             let rendered = t.elapsed();
                             let rep = syncer.sync(&rs, false)?;
                             rec.single_change_ms = Some(ms(t.elapsed()));
@@ -537,7 +542,7 @@ mod tests {
         for n in [1, 2, 100] {
             let svcs = services(n, Ipv4Addr::new(10, 244, 1, 2));
             let owned = IMPLEMENTED.iter().copied().collect();
-            let r = render(&NodeInput {
+            let r = sluice_iptables::services::render(&NodeInput {
                 node_name: "node-1",
                 cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
                 masquerade: None,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use sluice_core::{ClusterState, Feature, Owner, Plan};
 use sluice_iptables::Iptables;
-use sluice_iptables::services::{Masquerade, NodeInput, render};
+use sluice_iptables::incremental::Renderer;
+use sluice_iptables::services::{Masquerade, NodeInput};
 use sluice_iptables::sync::{RuleSyncer, SyncReport, flush_udp_conntrack, udp_backends};
 
 /// How often the kernel state is re-read and repaired even when nothing changed.
@@ -16,6 +17,8 @@ pub const FULL_RESYNC: Duration = Duration::from_secs(30);
 
 pub struct RulesManager {
     syncer: RuleSyncer,
+    /// Formats only Services that changed since the last render.
+    renderer: Renderer,
     /// What the last successful sync was made from: (source generation, owned features, masquerade).
     last_inputs: Option<Inputs>,
     /// UDP backend addresses of the last successful sync (their conntrack entries are flushed
@@ -42,7 +45,13 @@ impl RulesManager {
     }
 
     pub fn new(ipt: Iptables) -> Self {
-        RulesManager { syncer: RuleSyncer::new(ipt), last_inputs: None, last_udp: BTreeSet::new(), last_full: None }
+        RulesManager {
+            syncer: RuleSyncer::new(ipt),
+            renderer: Renderer::default(),
+            last_inputs: None,
+            last_udp: BTreeSet::new(),
+            last_full: None,
+        }
     }
 
     /// Converge; returns problems (never fatal: other features keep working).
@@ -61,7 +70,7 @@ impl RulesManager {
             return Vec::new();
         }
         let mut errors = Vec::new();
-        let desired = render(&NodeInput {
+        let (desired, stats) = self.renderer.render(&NodeInput {
             node_name: node,
             cluster_cidr,
             masquerade: inputs.masquerade.clone(),
@@ -69,6 +78,7 @@ impl RulesManager {
             host_ports: &state.host_ports,
             owned: &inputs.owned,
         });
+        tracing::debug!(reused = stats.reused, rendered = stats.rendered, "iptables rules rendered");
         // iptables-restore blocks: run it off the async workers, then take the syncer back.
         let ipt = self.syncer.ipt;
         let mut syncer = std::mem::replace(&mut self.syncer, RuleSyncer::new(ipt));

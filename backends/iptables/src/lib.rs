@@ -9,6 +9,7 @@
 //! Everything sluice creates is marked: chains start with [`CHAIN_PREFIX`], rules carry a
 //! `sluice:` comment, routes carry the protocol number.
 
+pub mod incremental;
 pub mod restore;
 pub mod routes;
 pub mod ruleset;

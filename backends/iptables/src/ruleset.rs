@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -36,14 +37,27 @@ impl Hook {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    /// table -> chain -> rules (each rule without `-A CHAIN`).
-    pub chains: BTreeMap<&'static str, BTreeMap<String, Vec<String>>>,
+    /// table -> chain -> rules (each rule without `-A CHAIN`). Shared: a Service's chains are
+    /// the same allocation in every render until the Service changes (incremental rendering).
+    pub chains: BTreeMap<&'static str, BTreeMap<String, Arc<Vec<String>>>>,
     pub hooks: BTreeSet<Hook>,
 }
 
 impl Ruleset {
     pub fn chain(&mut self, table: &'static str, name: &str) -> &mut Vec<String> {
-        self.chains.entry(table).or_default().entry(name.to_string()).or_default()
+        Arc::make_mut(self.chains.entry(table).or_default().entry(name.to_string()).or_default())
+    }
+
+    /// Append `rules` to a chain; a chain not there yet shares `rules` instead of copying it.
+    pub fn append_shared(&mut self, table: &'static str, name: &str, rules: &Arc<Vec<String>>) {
+        match self.chains.entry(table).or_default().entry(name.to_string()) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(rules.clone());
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                Arc::make_mut(o.get_mut()).extend(rules.iter().cloned());
+            }
+        }
     }
 
     pub fn hook(&mut self, table: &'static str, builtin: &'static str, target: &str, matches: &str) {
@@ -51,7 +65,7 @@ impl Ruleset {
     }
 
     pub fn rule_count(&self) -> usize {
-        self.chains.values().flat_map(|t| t.values()).map(Vec::len).sum()
+        self.chains.values().flat_map(|t| t.values()).map(|c| c.len()).sum()
     }
 }
 

@@ -105,6 +105,147 @@ fn bucket(ip: Ipv4Addr) -> (String, String, String) {
     (format!("SLUICE-D-{lo:X}"), format!("-d 0.0.0.{b}/0.0.0.255"), format!("SLUICE-D-{lo:X}{hi:X}"))
 }
 
+/// What one Service contributes to the ruleset: a pure function of the Service and the node
+/// context, so it can be cached per Service ([`crate::incremental::Renderer`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// The Service's own chains (SVC, SVL, EXT, FW), rules appended in order.
+    r: Ruleset,
+    /// Dispatch leaf chain -> this Service's rules in it.
+    leaves: BTreeMap<String, Vec<String>>,
+    nodeports: Vec<String>,
+    rejects: Vec<String>,
+    local_eps: BTreeSet<Ipv4Addr>,
+    /// Per-endpoint chains (affinity), set after every Service chain.
+    sep_chains: Vec<(String, Vec<String>)>,
+}
+
+/// The node-wide inputs a [`Fragment`] depends on besides its Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FragmentCtx {
+    pub node_name: String,
+    pub cluster_cidr: Ipv4Net,
+    pub owned: BTreeSet<Feature>,
+}
+
+impl FragmentCtx {
+    pub fn of(input: &NodeInput<'_>) -> Self {
+        FragmentCtx { node_name: input.node_name.into(), cluster_cidr: input.cluster_cidr, owned: input.owned.clone() }
+    }
+}
+
+pub fn service_fragment(svc: &Service, ctx: &FragmentCtx) -> Fragment {
+    let mut f = Fragment::default();
+    let owns = |feat: Feature| ctx.owned.contains(&feat);
+    let cluster = ctx.cluster_cidr;
+    // One group of frontends per service port.
+    let mut ports: BTreeMap<(String, Protocol), Vec<&Frontend>> = BTreeMap::new();
+    for fe in &svc.frontends {
+        ports.entry((fe.port_name.clone(), fe.protocol)).or_default().push(fe);
+    }
+    for ((port_name, p), fes) in ports {
+        let c = port_chains(svc, &port_name, p);
+        let eps: Vec<&Backend> = svc.usable_backends(fes[0]).filter(|b| b.ip.is_ipv4()).collect();
+        let local: Vec<&Backend> =
+            eps.iter().copied().filter(|b| b.node.as_deref() == Some(ctx.node_name.as_str())).collect();
+        for b in &local {
+            if let IpAddr::V4(ip) = b.ip {
+                f.local_eps.insert(ip);
+            }
+        }
+        let affinity = if owns(Feature::SessionAffinity) { svc.affinity_timeout_s } else { None };
+        let target_port = fes[0].target_port;
+        let pr = proto(p);
+        let mut serves_cluster = false;
+        let mut serves_ext = false;
+        for fe in &fes {
+            let (chain, wanted) = match fe.kind {
+                // Host processes reach ClusterIPs through OUTPUT when iptables has socket-lb,
+                // even when another dataplane (eBPF, at the pod's veth) serves pods.
+                FrontendKind::ClusterIp => {
+                    (&c.svc, owns(Feature::ClusterIp) || owns(Feature::SocketLbTcp) || owns(Feature::SocketLbUdp))
+                }
+                FrontendKind::ExternalIp => (&c.ext, owns(Feature::ExternalIps)),
+                FrontendKind::LoadBalancer => {
+                    (if svc.source_ranges.is_empty() { &c.ext } else { &c.fw }, owns(Feature::LoadBalancer))
+                }
+                FrontendKind::NodePort => (&c.ext, owns(Feature::NodePort)),
+            };
+            if !wanted {
+                continue;
+            }
+            let usable = if fe.kind == FrontendKind::ClusterIp && svc.internal_local { &local } else { &eps };
+            let ext_usable = if svc.external_local { &local } else { &eps };
+            let empty = if fe.kind == FrontendKind::ClusterIp { usable.is_empty() } else { ext_usable.is_empty() };
+            match (fe.kind, fe.ip) {
+                (FrontendKind::NodePort, _) => {
+                    if empty {
+                        f.rejects.push(format!("-m addrtype --dst-type LOCAL -p {pr} -m {pr} --dport {} -m comment --comment \"{} has no endpoints\" -j REJECT", fe.port, quote(&c.label)));
+                    } else {
+                        f.nodeports.push(format!(
+                            "-p {pr} -m {pr} --dport {} -m comment --comment \"{}\" -j {chain}",
+                            fe.port,
+                            quote(&c.label)
+                        ));
+                    }
+                    if empty {
+                        continue;
+                    }
+                }
+                (_, Some(IpAddr::V4(ip))) => {
+                    if empty {
+                        f.rejects.push(format!("-d {ip}/32 -p {pr} -m {pr} --dport {} -m comment --comment \"{} has no endpoints\" -j REJECT", fe.port, quote(&c.label)));
+                        continue;
+                    }
+                    let (_, _, leaf) = bucket(ip);
+                    f.leaves
+                        .entry(leaf)
+                        .or_default()
+                        .push(format!("-d {ip}/32 -p {pr} -m {pr} --dport {} -j {chain}", fe.port));
+                }
+                _ => continue,
+            }
+            if fe.kind == FrontendKind::ClusterIp {
+                serves_cluster = true;
+            } else {
+                serves_ext = true;
+            }
+        }
+        // The service chain (cluster-wide endpoints, or local ones for internalTrafficPolicy Local).
+        if serves_cluster || serves_ext {
+            let usable = if svc.internal_local { &local } else { &eps };
+            f.r.chain("nat", &c.svc).push(format!(
+                "! -s {cluster} -m comment --comment \"{} from outside the cluster\" -j {MARK_MASQ}",
+                quote(&c.label)
+            ));
+            f.sep_chains.extend(pick(&mut f.r, &c.svc, usable, affinity, target_port));
+        }
+        if serves_ext {
+            let ext = f.r.chain("nat", &c.ext);
+            if svc.external_local && owns(Feature::TrafficPolicyLocal) {
+                // Pods keep using every endpoint; outside traffic only local ones, unmasqueraded.
+                ext.push(format!("-s {cluster} -j {}", c.svc));
+                ext.push(format!("-j {}", c.svl));
+                f.sep_chains.extend(pick(&mut f.r, &c.svl, &local, affinity, target_port));
+            } else {
+                ext.push(format!("-j {MARK_MASQ}"));
+                ext.push(format!("-j {}", c.svc));
+            }
+            if !svc.source_ranges.is_empty() && owns(Feature::LoadBalancer) {
+                let fw = f.r.chain("nat", &c.fw);
+                for range in &svc.source_ranges {
+                    fw.push(format!("-s {range} -j {}", c.ext));
+                }
+                fw.push(format!(
+                    "-m comment --comment \"{} source not in loadBalancerSourceRanges\" -j {MARK_DROP}",
+                    quote(&c.label)
+                ));
+            }
+        }
+    }
+    f
+}
+
 /// Endpoint choice with DNAT (or per-endpoint chains when affinity needs `-m recent`).
 fn pick(
     r: &mut Ruleset,
@@ -163,6 +304,13 @@ fn pick(
 
 /// Render everything sluice's iptables backend wants on this node.
 pub fn render(input: &NodeInput<'_>) -> Ruleset {
+    let ctx = FragmentCtx::of(input);
+    let fragments: Vec<Fragment> = input.services.iter().map(|s| service_fragment(s, &ctx)).collect();
+    assemble(input, fragments.iter())
+}
+
+/// The whole ruleset from every Service's fragment (in Service order) plus the node-wide parts.
+pub fn assemble<'f>(input: &NodeInput<'_>, fragments: impl Iterator<Item = &'f Fragment>) -> Ruleset {
     let mut r = Ruleset::default();
     let owns = |f: Feature| input.owned.contains(&f);
     let cluster = input.cluster_cidr;
@@ -179,112 +327,17 @@ pub fn render(input: &NodeInput<'_>) -> Ruleset {
     let mut local_eps: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut sep_chains = Vec::new();
 
-    for svc in input.services {
-        // One group of frontends per service port.
-        let mut ports: BTreeMap<(String, Protocol), Vec<&Frontend>> = BTreeMap::new();
-        for fe in &svc.frontends {
-            ports.entry((fe.port_name.clone(), fe.protocol)).or_default().push(fe);
+    for f in fragments {
+        for (name, rules) in f.r.chains.get("nat").into_iter().flatten() {
+            r.append_shared("nat", name, rules);
         }
-        for ((port_name, p), fes) in ports {
-            let c = port_chains(svc, &port_name, p);
-            let eps: Vec<&Backend> = svc.usable_backends(fes[0]).filter(|b| b.ip.is_ipv4()).collect();
-            let local: Vec<&Backend> =
-                eps.iter().copied().filter(|b| b.node.as_deref() == Some(input.node_name)).collect();
-            for b in &local {
-                if let IpAddr::V4(ip) = b.ip {
-                    local_eps.insert(ip);
-                }
-            }
-            let affinity = if owns(Feature::SessionAffinity) { svc.affinity_timeout_s } else { None };
-            let target_port = fes[0].target_port;
-            let pr = proto(p);
-            let mut serves_cluster = false;
-            let mut serves_ext = false;
-            for fe in &fes {
-                let (chain, wanted) = match fe.kind {
-                    // Host processes reach ClusterIPs through OUTPUT when iptables has socket-lb,
-                    // even when another dataplane (eBPF, at the pod's veth) serves pods.
-                    FrontendKind::ClusterIp => {
-                        (&c.svc, owns(Feature::ClusterIp) || owns(Feature::SocketLbTcp) || owns(Feature::SocketLbUdp))
-                    }
-                    FrontendKind::ExternalIp => (&c.ext, owns(Feature::ExternalIps)),
-                    FrontendKind::LoadBalancer => {
-                        (if svc.source_ranges.is_empty() { &c.ext } else { &c.fw }, owns(Feature::LoadBalancer))
-                    }
-                    FrontendKind::NodePort => (&c.ext, owns(Feature::NodePort)),
-                };
-                if !wanted {
-                    continue;
-                }
-                let usable = if fe.kind == FrontendKind::ClusterIp && svc.internal_local { &local } else { &eps };
-                let ext_usable = if svc.external_local { &local } else { &eps };
-                let empty = if fe.kind == FrontendKind::ClusterIp { usable.is_empty() } else { ext_usable.is_empty() };
-                match (fe.kind, fe.ip) {
-                    (FrontendKind::NodePort, _) => {
-                        if empty {
-                            rejects.push(format!("-m addrtype --dst-type LOCAL -p {pr} -m {pr} --dport {} -m comment --comment \"{} has no endpoints\" -j REJECT", fe.port, quote(&c.label)));
-                        } else {
-                            nodeports.push(format!(
-                                "-p {pr} -m {pr} --dport {} -m comment --comment \"{}\" -j {chain}",
-                                fe.port,
-                                quote(&c.label)
-                            ));
-                        }
-                        if empty {
-                            continue;
-                        }
-                    }
-                    (_, Some(IpAddr::V4(ip))) => {
-                        if empty {
-                            rejects.push(format!("-d {ip}/32 -p {pr} -m {pr} --dport {} -m comment --comment \"{} has no endpoints\" -j REJECT", fe.port, quote(&c.label)));
-                            continue;
-                        }
-                        let (_, _, leaf) = bucket(ip);
-                        leaves
-                            .entry(leaf)
-                            .or_default()
-                            .push(format!("-d {ip}/32 -p {pr} -m {pr} --dport {} -j {chain}", fe.port));
-                    }
-                    _ => continue,
-                }
-                if fe.kind == FrontendKind::ClusterIp {
-                    serves_cluster = true;
-                } else {
-                    serves_ext = true;
-                }
-            }
-            // The service chain (cluster-wide endpoints, or local ones for internalTrafficPolicy Local).
-            if serves_cluster || serves_ext {
-                let usable = if svc.internal_local { &local } else { &eps };
-                r.chain("nat", &c.svc).push(format!(
-                    "! -s {cluster} -m comment --comment \"{} from outside the cluster\" -j {MARK_MASQ}",
-                    quote(&c.label)
-                ));
-                sep_chains.extend(pick(&mut r, &c.svc, usable, affinity, target_port));
-            }
-            if serves_ext {
-                let ext = r.chain("nat", &c.ext);
-                if svc.external_local && owns(Feature::TrafficPolicyLocal) {
-                    // Pods keep using every endpoint; outside traffic only local ones, unmasqueraded.
-                    ext.push(format!("-s {cluster} -j {}", c.svc));
-                    ext.push(format!("-j {}", c.svl));
-                    sep_chains.extend(pick(&mut r, &c.svl, &local, affinity, target_port));
-                } else {
-                    ext.push(format!("-j {MARK_MASQ}"));
-                    ext.push(format!("-j {}", c.svc));
-                }
-                if !svc.source_ranges.is_empty() && owns(Feature::LoadBalancer) {
-                    let fw = r.chain("nat", &c.fw);
-                    for range in &svc.source_ranges {
-                        fw.push(format!("-s {range} -j {}", c.ext));
-                    }
-                    fw.push(format!(
-                        "-m comment --comment \"{} source not in loadBalancerSourceRanges\" -j {MARK_DROP}",
-                        quote(&c.label)
-                    ));
-                }
-            }
+        for (leaf, rules) in &f.leaves {
+            leaves.entry(leaf.clone()).or_default().extend(rules.iter().cloned());
         }
+        nodeports.extend(f.nodeports.iter().cloned());
+        rejects.extend(f.rejects.iter().cloned());
+        local_eps.extend(f.local_eps.iter().copied());
+        sep_chains.extend(f.sep_chains.iter().cloned());
     }
     for (name, rules) in sep_chains {
         *r.chain("nat", &name) = rules;
