@@ -415,15 +415,22 @@ pub fn assemble<'f>(input: &NodeInput<'_>, fragments: impl Iterator<Item = &'f F
             r.hook("nat", "OUTPUT", SERVICES, "");
         }
     }
-    // filter: drop what nat marked for dropping; reject Services without endpoints.
-    r.chain("filter", FILTER)
-        .push(format!("-m mark --mark {DROP_MARK} -m comment --comment \"sluice: source range refused\" -j DROP"));
+    // filter: drop what nat marked for dropping; reject Services without endpoints. Hooked only
+    // when there is something to drop or reject: the filter chains see every packet, not only
+    // the first of a connection as nat does.
+    let drops = r.chains.get("nat").is_some_and(|t| t.keys().any(|k| k.starts_with("SLUICE-FW-")));
+    if drops {
+        r.chain("filter", FILTER)
+            .push(format!("-m mark --mark {DROP_MARK} -m comment --comment \"sluice: source range refused\" -j DROP"));
+    }
     if !rejects.is_empty() {
         r.chain("filter", FILTER).push(format!("-m conntrack --ctstate NEW -j {REJECT}"));
         *r.chain("filter", REJECT) = rejects;
     }
-    for builtin in ["INPUT", "FORWARD", "OUTPUT"] {
-        r.hook("filter", builtin, FILTER, "");
+    if drops || r.chains.get("filter").is_some_and(|t| t.contains_key(REJECT)) {
+        for builtin in ["INPUT", "FORWARD", "OUTPUT"] {
+            r.hook("filter", builtin, FILTER, "");
+        }
     }
     r
 }

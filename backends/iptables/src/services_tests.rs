@@ -164,9 +164,22 @@ fn no_endpoints_rejects_and_unowned_features_are_left_alone() {
     assert!(!r.chains["nat"].keys().any(|k| k.starts_with("SLUICE-D-")), "ClusterIP left to its owner");
     assert!(r.chains["nat"].contains_key(NODEPORTS));
     assert!(!r.hooks.iter().any(|h| h.builtin == "OUTPUT" && h.table == "nat"));
-    // Nothing owned: only pod masquerade and the filter chain remain.
+    // Nothing owned: only pod masquerade remains.
     let r = render_one(&[web()], &BTreeSet::new());
     assert!(!r.hooks.iter().any(|h| h.target == SERVICES));
+}
+
+#[test]
+fn filter_chains_only_when_something_is_dropped_or_rejected() {
+    // Every packet crosses the filter hooks: none without source ranges or endpoint-less Services.
+    let r = render_one(&[web()], &all_owned());
+    assert!(!r.chains.contains_key("filter"), "{:?}", r.chains.get("filter"));
+    assert!(!r.hooks.iter().any(|h| h.table == "filter"));
+    let mut s = web();
+    s.backends.clear();
+    let r = render_one(&[s], &all_owned());
+    assert_eq!(*r.chains["filter"][FILTER], vec![format!("-m conntrack --ctstate NEW -j {REJECT}")]);
+    assert_eq!(r.hooks.iter().filter(|h| h.table == "filter" && h.target == FILTER).count(), 3);
 }
 
 #[test]
