@@ -43,7 +43,7 @@ pub struct Record {
     /// filled in by `cargo xtask bench services`, which runs the agent per backend and N).
     pub agent_rss_mb: Option<f64>,
     /// sluice iptables at the largest N only: ClusterIP conn/s of (sluice, peer) measured in
-    /// alternation with both rulesets installed (`bench_paired`), one pair per round.
+    /// alternation, seconds apart, each ruleset alone (`bench_paired`), one pair per round.
     pub paired_conn_per_s: Option<Vec<[f64; 2]>>,
     pub note: Option<String>,
 }
@@ -505,7 +505,7 @@ pub fn ratios(records: &[Record]) -> Vec<String> {
         if let Some((med, lo, hi)) = big.paired_conn_per_s.as_deref().and_then(crate::bench_paired::summary) {
             let rounds = big.paired_conn_per_s.as_ref().map_or(0, Vec::len);
             out.push(format!(
-                "{b} {v} at {max} vs kube-proxy-iptables, paired (both installed, hook order swapped, {rounds} rounds): conn/s {med:.2}x (rounds {lo:.2}x to {hi:.2}x)"
+                "{b} {v} at {max} vs kube-proxy-iptables, paired (each alone, alternately, {rounds} ABBA rounds): conn/s {med:.2}x (rounds {lo:.2}x to {hi:.2}x)"
             ));
         }
     }
