@@ -1,16 +1,20 @@
-//! sluice's and the peer's ClusterIP connection rates at the largest N, measured in alternation:
-//! each round programs one ruleset alone (the other flushed), exactly as deployed, lets the
-//! machine settle and measures, then does the same for the other. Rounds go in ABBA order, so
-//! what comes first or follows the peer's long restore is balanced, and the pairs are seconds
-//! apart instead of the minutes between the per-backend records, whose drift (±10% here) is
-//! as large as the effect being measured.
+//! The goals' ratios measured in alternation: each round programs one deployment alone (the
+//! other flushed), exactly as deployed, lets the machine settle and measures, then does the
+//! same for the other. Rounds go in ABBA order, so what comes first or follows the peer's long
+//! restore is balanced, and each pair is seconds apart instead of the minutes between the
+//! per-backend records, whose drift (±10% here) is as large as the effects being measured.
+//!
+//! Three comparisons at the largest N: sluice vs the peer through the ClusterIP; sluice at N vs
+//! sluice at the smallest N through the ClusterIP; sluice at N vs sluice at N = 0 pod-to-pod.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use serde::Serialize;
 use sluice_core::Feature;
 use sluice_iptables::incremental::Renderer;
+use sluice_iptables::ruleset::Ruleset;
 use sluice_iptables::services::IMPLEMENTED;
 use sluice_iptables::sync::RuleSyncer;
 use sluice_iptables::{Iptables, Variant};
@@ -18,67 +22,164 @@ use sluice_iptables::{Iptables, Variant};
 use crate::Lab;
 use crate::bench_services::{Options, PEER_JUMPS, flush_all, load, peer_input, restore, services, sluice_rules, vip};
 
-/// Rounds of one (sluice, peer) pair each.
+/// Rounds of one pair each.
 pub const ROUNDS: usize = 8;
 
 /// After programming, before measuring: the kernel frees the previous table and the restore's
 /// memory; the load should not share the CPUs with that.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// `(sluice, peer)` ClusterIP conn/s per round at `n` Services; empty when the peer cannot be
-/// programmed within the restore timeout (nft at 10k).
-pub fn paired(lab: &Lab, o: &Options, variant: Variant, n: usize, backend: Ipv4Addr) -> anyhow::Result<Vec<[f64; 2]>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let owned: BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
-    let bin = format!("iptables-{}-restore", variant.as_str());
-    let target_vip = SocketAddr::new(IpAddr::V4(vip(n / 2)), 80);
-    let full = peer_input(o, n, "full", &format!("{target_vip}={backend}:8080"))?;
-    let rules = sluice_rules(&mut Renderer::default(), &services(n, backend), &owned);
-    let mut pairs = Vec::new();
-    for round in 0..ROUNDS {
-        // ABBA: peer, sluice | sluice, peer | ...
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
-        let mut pair = [0.0; 2];
-        for is_sluice in order {
-            flush_all()?;
-            if is_sluice {
-                RuleSyncer::new(Iptables { variant }).sync(&rules, true)?;
-            } else {
-                if restore(&bin, &["--noflush", "--wait"], &full, o.restore_timeout)?.is_none() {
-                    flush_all()?;
-                    return Ok(Vec::new());
-                }
-                restore(&bin, &["--noflush", "--wait"], PEER_JUMPS.as_bytes(), o.restore_timeout)?;
-            }
-            std::thread::sleep(SETTLE);
-            pair[usize::from(!is_sluice)] = load(lab, target_vip, o)?;
-        }
-        eprintln!(
-            "paired {} N={n}, round {}/{ROUNDS}: sluice {:.0} conn/s, peer {:.0} conn/s ({:.2}x)",
-            variant.as_str(),
-            round + 1,
-            pair[0],
-            pair[1],
-            pair[0] / pair[1].max(1.0)
-        );
-        pairs.push(pair);
-    }
-    flush_all()?;
-    Ok(pairs)
+/// One side of a comparison: whose rules, for how many Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Deploy {
+    Sluice(usize),
+    Peer(usize),
 }
 
-/// Median of sluice/peer over the rounds, with the smallest and largest round.
-pub fn summary(pairs: &[[f64; 2]]) -> Option<(f64, f64, f64)> {
-    let mut r: Vec<f64> = pairs.iter().filter(|p| p[1] > 0.0).map(|p| p[0] / p[1]).collect();
-    r.sort_by(f64::total_cmp);
-    let med = match r.len() {
-        0 => return None,
-        k if k % 2 == 1 => r[k / 2],
-        k => (r[k / 2 - 1] + r[k / 2]) / 2.0,
-    };
-    Some((med, r[0], r[r.len() - 1]))
+/// Where the load goes: the deployment's target ClusterIP, or the backend pod itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Target {
+    ClusterIp,
+    Pod,
+}
+
+/// The rates of `a` and `b`, one pair per round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pairs {
+    pub a: Deploy,
+    pub b: Deploy,
+    pub target: Target,
+    pub conn_per_s: Vec<[f64; 2]>,
+}
+
+impl Pairs {
+    /// Median of a/b over the rounds, with the smallest and largest round.
+    pub fn summary(&self) -> Option<(f64, f64, f64)> {
+        let mut r: Vec<f64> = self.conn_per_s.iter().filter(|p| p[1] > 0.0).map(|p| p[0] / p[1]).collect();
+        r.sort_by(f64::total_cmp);
+        let med = match r.len() {
+            0 => return None,
+            k if k % 2 == 1 => r[k / 2],
+            k => (r[k / 2 - 1] + r[k / 2]) / 2.0,
+        };
+        Some((med, r[0], r[r.len() - 1]))
+    }
+}
+
+/// A deployment ready to be programmed again and again.
+enum Prepared {
+    Sluice(Ruleset),
+    Peer(Vec<u8>),
+}
+
+struct Bench<'a> {
+    lab: &'a Lab,
+    o: &'a Options,
+    variant: Variant,
+    backend: Ipv4Addr,
+}
+
+impl Bench<'_> {
+    fn prepare(&self, d: Deploy) -> anyhow::Result<Prepared> {
+        let owned: BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
+        Ok(match d {
+            Deploy::Sluice(n) => {
+                Prepared::Sluice(sluice_rules(&mut Renderer::default(), &services(n, self.backend), &owned))
+            }
+            Deploy::Peer(n) => {
+                let target = format!("{}={}:8080", SocketAddr::new(IpAddr::V4(vip(n / 2)), 80), self.backend);
+                Prepared::Peer(peer_input(self.o, n, "full", &target)?)
+            }
+        })
+    }
+
+    /// Flush, then program `p` alone; false when the restore did not finish in time.
+    fn program(&self, p: &Prepared) -> anyhow::Result<bool> {
+        flush_all()?;
+        match p {
+            Prepared::Sluice(rules) => {
+                RuleSyncer::new(Iptables { variant: self.variant }).sync(rules, true)?;
+            }
+            Prepared::Peer(full) => {
+                let bin = format!("iptables-{}-restore", self.variant.as_str());
+                if restore(&bin, &["--noflush", "--wait"], full, self.o.restore_timeout)?.is_none() {
+                    return Ok(false);
+                }
+                restore(&bin, &["--noflush", "--wait"], PEER_JUMPS.as_bytes(), self.o.restore_timeout)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn addr(&self, d: Deploy, t: Target) -> SocketAddr {
+        let n = match d {
+            Deploy::Sluice(n) | Deploy::Peer(n) => n,
+        };
+        match t {
+            Target::ClusterIp => SocketAddr::new(IpAddr::V4(vip(n / 2)), 80),
+            Target::Pod => SocketAddr::new(IpAddr::V4(self.backend), 8080),
+        }
+    }
+
+    /// None when a deployment cannot be programmed within the restore timeout (the peer on nft).
+    fn alternate(&self, a: Deploy, b: Deploy, target: Target) -> anyhow::Result<Option<Pairs>> {
+        let prepared = [self.prepare(a)?, self.prepare(b)?];
+        let mut rates = Vec::new();
+        for round in 0..ROUNDS {
+            // ABBA: b, a | a, b | ...
+            let order = if round % 2 == 0 { [1, 0] } else { [0, 1] };
+            let mut pair = [0.0; 2];
+            for i in order {
+                if !self.program(&prepared[i])? {
+                    flush_all()?;
+                    return Ok(None);
+                }
+                std::thread::sleep(SETTLE);
+                pair[i] = load(self.lab, self.addr([a, b][i], target), self.o)?;
+            }
+            eprintln!(
+                "paired {} {a:?} vs {b:?} to {target:?}, round {}/{ROUNDS}: {:.0} vs {:.0} conn/s ({:.2}x)",
+                self.variant.as_str(),
+                round + 1,
+                pair[0],
+                pair[1],
+                pair[0] / pair[1].max(1.0)
+            );
+            rates.push(pair);
+        }
+        flush_all()?;
+        Ok(Some(Pairs { a, b, target, conn_per_s: rates }))
+    }
+}
+
+/// The three comparisons at `n` (those that can be programmed), against the peer only when
+/// `with_peer`.
+pub fn paired(
+    lab: &Lab,
+    o: &Options,
+    variant: Variant,
+    n: usize,
+    smallest: usize,
+    backend: Ipv4Addr,
+    with_peer: bool,
+) -> anyhow::Result<Vec<Pairs>> {
+    let bench = Bench { lab, o, variant, backend };
+    let mut out = Vec::new();
+    if n == 0 {
+        return Ok(out);
+    }
+    let mut wanted = Vec::new();
+    if with_peer {
+        wanted.push((Deploy::Sluice(n), Deploy::Peer(n), Target::ClusterIp));
+    }
+    if smallest > 0 && smallest < n {
+        wanted.push((Deploy::Sluice(n), Deploy::Sluice(smallest), Target::ClusterIp));
+    }
+    wanted.push((Deploy::Sluice(n), Deploy::Sluice(0), Target::Pod));
+    for (a, b, t) in wanted {
+        out.extend(bench.alternate(a, b, t)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -87,11 +188,13 @@ mod tests {
 
     #[test]
     fn summary_is_the_median_ratio_with_its_range() {
-        assert_eq!(summary(&[]), None);
+        let p =
+            |r: Vec<[f64; 2]>| Pairs { a: Deploy::Sluice(1), b: Deploy::Peer(1), target: Target::Pod, conn_per_s: r };
+        assert_eq!(p(vec![]).summary(), None);
         let (med, lo, hi) =
-            summary(&[[120.0, 100.0], [110.0, 100.0], [150.0, 100.0], [130.0, 100.0]]).expect("ratios");
+            p(vec![[120.0, 100.0], [110.0, 100.0], [150.0, 100.0], [130.0, 100.0]]).summary().expect("ratios");
         assert!((med - 1.25).abs() < 1e-9 && (lo - 1.1).abs() < 1e-9 && (hi - 1.5).abs() < 1e-9);
-        // A round where the peer measured nothing is left out, not divided by.
-        assert_eq!(summary(&[[100.0, 0.0]]), None);
+        // A round where b measured nothing is left out, not divided by.
+        assert_eq!(p(vec![[100.0, 0.0]]).summary(), None);
     }
 }

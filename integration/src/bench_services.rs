@@ -42,9 +42,9 @@ pub struct Record {
     /// The whole agent's RSS with these N Services from its manifest source (sluice backends;
     /// filled in by `cargo xtask bench services`, which runs the agent per backend and N).
     pub agent_rss_mb: Option<f64>,
-    /// sluice iptables at the largest N only: ClusterIP conn/s of (sluice, peer) measured in
-    /// alternation, seconds apart, each ruleset alone (`bench_paired`), one pair per round.
-    pub paired_conn_per_s: Option<Vec<[f64; 2]>>,
+    /// sluice iptables at the largest N only: the goals' comparisons measured in alternation,
+    /// seconds apart, each deployment alone (`bench_paired`), one pair of rates per round.
+    pub paired: Option<Vec<crate::bench_paired::Pairs>>,
     pub note: Option<String>,
 }
 
@@ -63,7 +63,7 @@ impl Record {
             direct_stream_gbit_s: None,
             baseline_direct_conn_per_s: None,
             agent_rss_mb: None,
-            paired_conn_per_s: None,
+            paired: None,
             note: None,
         }
     }
@@ -432,16 +432,18 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
                 records.push(rec);
             }
         }
-        // The goal's ratio, measured again with the drift taken out (bench_paired).
+        // The goals' ratios, measured again with the drift taken out (bench_paired).
         let max = o.services.iter().copied().max().unwrap_or(0);
-        if o.backends.iter().any(|b| b == "iptables") && o.backends.iter().any(|b| b == "kube-proxy-iptables") {
-            let pairs = crate::bench_paired::paired(lab, o, variant, max, backend)?;
+        let smallest = o.services.iter().copied().filter(|n| *n > 0).min().unwrap_or(0);
+        if o.backends.iter().any(|b| b == "iptables") {
+            let with_peer = o.backends.iter().any(|b| b == "kube-proxy-iptables");
+            let pairs = crate::bench_paired::paired(lab, o, variant, max, smallest, backend, with_peer)?;
             if let Some(rec) = records
                 .iter_mut()
                 .find(|r| r.backend == "iptables" && r.variant == variant.as_str() && r.services == max)
                 .filter(|_| !pairs.is_empty())
             {
-                rec.paired_conn_per_s = Some(pairs);
+                rec.paired = Some(pairs);
             }
         }
         if variant == Variant::Legacy && o.backends.iter().any(|b| b == "iptables") && max >= 2 {
@@ -502,11 +504,16 @@ pub fn ratios(records: &[Record]) -> Vec<String> {
                 inv(big.single_change_ms, floor.single_change_ms),
             ));
         }
-        if let Some((med, lo, hi)) = big.paired_conn_per_s.as_deref().and_then(crate::bench_paired::summary) {
-            let rounds = big.paired_conn_per_s.as_ref().map_or(0, Vec::len);
-            out.push(format!(
-                "{b} {v} at {max} vs kube-proxy-iptables, paired (each alone, alternately, {rounds} ABBA rounds): conn/s {med:.2}x (rounds {lo:.2}x to {hi:.2}x)"
-            ));
+        for p in big.paired.iter().flatten() {
+            if let Some((med, lo, hi)) = p.summary() {
+                out.push(format!(
+                    "{b} {v} paired ({} ABBA rounds, each deployment alone): {:?} vs {:?} to the {:?}: {med:.2}x (rounds {lo:.2}x to {hi:.2}x)",
+                    p.conn_per_s.len(),
+                    p.a,
+                    p.b,
+                    p.target
+                ));
+            }
         }
     }
     out
