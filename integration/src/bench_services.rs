@@ -505,13 +505,17 @@ pub fn ratios(records: &[Record]) -> Vec<String> {
             ));
         }
         for p in big.paired.iter().flatten() {
-            if let Some((med, lo, hi)) = p.summary() {
+            if let Some(sm) = p.summary() {
                 out.push(format!(
-                    "{b} {v} paired ({} ABBA rounds, each deployment alone): {:?} vs {:?} to the {:?}: {med:.2}x (rounds {lo:.2}x to {hi:.2}x)",
+                    "{b} {v} paired ({} ABBA rounds, each deployment alone): {:?} vs {:?} to the {:?}: median {:.2}x, geometric mean {:.2}x (rounds {:.2}x to {:.2}x)",
                     p.conn_per_s.len(),
                     p.a,
                     p.b,
-                    p.target
+                    p.target,
+                    sm.median,
+                    sm.geomean,
+                    sm.min,
+                    sm.max
                 ));
             }
         }

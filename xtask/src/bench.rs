@@ -177,21 +177,33 @@ fn services(args: &[String]) -> anyhow::Result<()> {
 
 /// The whole agent with N Services (10 endpoints each, EndpointSlices as a cluster serves them)
 /// from its manifest source: time until everything is programmed, and the agent's RSS.
-/// Option: `--services N` (default 10000).
+/// Options: `--services N` (default 10000), `--dataplane auto|ebpf|iptables` (default auto).
 fn agent(args: &[String]) -> anyhow::Result<()> {
-    let n: usize = match args {
-        [flag, v] if flag == "--services" => v.parse().with_context(|| format!("--services {v:?} is not a number"))?,
-        [] => 10_000,
-        other => bail!("unknown options {other:?}; accepted: --services N"),
-    };
+    let mut n: usize = 10_000;
+    let mut dataplane = "auto".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--services" => {
+                let v = val()?;
+                n = v.parse().with_context(|| format!("--services {v:?} is not a number"))?;
+            }
+            "--dataplane" => dataplane = val()?,
+            other => bail!("unknown option {other:?}; accepted: --services N, --dataplane auto|ebpf|iptables"),
+        }
+    }
+    if !["auto", "ebpf", "iptables"].contains(&dataplane.as_str()) {
+        bail!("--dataplane {dataplane:?}: accepted: auto, ebpf, iptables");
+    }
     in_bench_lab("agent", |lab, out_dir| {
-        let (programmed, rss_mb) = measure_agent(lab, out_dir, n, "dataplane: auto\n")?;
+        let (programmed, rss_mb) = measure_agent(lab, out_dir, n, &format!("dataplane: {dataplane}\n"))?;
         let report = format!(
-            "{{\"services\": {n}, \"apply_to_programmed_ms\": {:.0}, \"agent_rss_mb\": {rss_mb:.1}}}",
+            "{{\"services\": {n}, \"dataplane\": \"{dataplane}\", \"apply_to_programmed_ms\": {:.0}, \"agent_rss_mb\": {rss_mb:.1}}}",
             programmed.as_secs_f64() * 1000.0
         );
         println!(
-            "agent with {n} Services (10 endpoints each): programmed {:.1} s after apply, RSS {rss_mb:.1} MB",
+            "agent ({dataplane}) with {n} Services (10 endpoints each): programmed {:.1} s after apply, RSS {rss_mb:.1} MB",
             programmed.as_secs_f64()
         );
         std::fs::write(out_dir.join("agent.json"), report)?;

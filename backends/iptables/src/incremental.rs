@@ -4,6 +4,7 @@
 //! again. The output is identical to [`render`](crate::services::render) (tested).
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use sluice_core::{Service, ServiceName};
@@ -14,8 +15,9 @@ use crate::services::{Fragment, FragmentCtx, NodeInput, assemble, service_fragme
 #[derive(Debug, Default)]
 pub struct Renderer {
     ctx: Option<FragmentCtx>,
-    /// Per Service: the Service as last rendered, and what it rendered to.
-    cache: HashMap<ServiceName, (Service, Arc<Fragment>)>,
+    /// Per Service: a 128-bit fingerprint of the Service as last rendered (not a copy: at 10k
+    /// Services a copy of each would cost the agent ~15 MB), and what it rendered to.
+    cache: HashMap<ServiceName, (u128, Arc<Fragment>)>,
 }
 
 /// What the last [`Renderer::render`] did (for logs and tests).
@@ -37,25 +39,35 @@ impl Renderer {
         let mut next = HashMap::with_capacity(input.services.len());
         let mut fragments = Vec::with_capacity(input.services.len());
         for svc in input.services {
+            let fp = fingerprint(svc);
             let frag = match self.cache.remove(&svc.name) {
-                Some((old, frag)) if old == *svc => {
+                Some((old, frag)) if old == fp => {
                     stats.reused += 1;
-                    next.insert(svc.name.clone(), (old, frag.clone()));
                     frag
                 }
                 _ => {
                     stats.rendered += 1;
-                    let frag = Arc::new(service_fragment(svc, &ctx));
-                    next.insert(svc.name.clone(), (svc.clone(), frag.clone()));
-                    frag
+                    Arc::new(service_fragment(svc, &ctx))
                 }
             };
+            next.insert(svc.name.clone(), (fp, frag.clone()));
             fragments.push(frag);
         }
         // Services gone since the last render leave the cache with this swap.
         self.cache = next;
         (assemble(input, fragments.iter().map(|f| f.as_ref())), stats)
     }
+}
+
+/// Two independent 64-bit SipHashes of every field (`Service: Hash`): a collision, which would
+/// keep a stale fragment, is out of reach at any realistic number of Services and changes.
+fn fingerprint(svc: &Service) -> u128 {
+    let mut a = DefaultHasher::new();
+    svc.hash(&mut a);
+    let mut b = DefaultHasher::new();
+    0x5eed_u64.hash(&mut b);
+    svc.hash(&mut b);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
 #[cfg(test)]

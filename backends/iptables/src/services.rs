@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
@@ -109,15 +110,44 @@ fn bucket(ip: Ipv4Addr) -> (String, String, String) {
 /// context, so it can be cached per Service ([`crate::incremental::Renderer`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fragment {
-    /// The Service's own chains (SVC, SVL, EXT, FW), rules appended in order.
-    r: Ruleset,
+    /// The Service's own nat chains (SVC, SVL, EXT, FW), in name order. Compact vectors, not
+    /// maps: at 10k Services the cache holds 10k of these.
+    chains: Vec<(String, Arc<Vec<String>>)>,
     /// Dispatch leaf chain -> this Service's rules in it.
+    leaves: Vec<(String, Vec<String>)>,
+    nodeports: Vec<String>,
+    rejects: Vec<String>,
+    local_eps: Vec<Ipv4Addr>,
+    /// Per-endpoint chains (affinity), set after every Service chain.
+    sep_chains: Vec<(String, Vec<String>)>,
+}
+
+/// A fragment while it is being built.
+#[derive(Default)]
+struct Draft {
+    r: Ruleset,
     leaves: BTreeMap<String, Vec<String>>,
     nodeports: Vec<String>,
     rejects: Vec<String>,
     local_eps: BTreeSet<Ipv4Addr>,
-    /// Per-endpoint chains (affinity), set after every Service chain.
     sep_chains: Vec<(String, Vec<String>)>,
+}
+
+impl Draft {
+    fn done(mut self) -> Fragment {
+        let mut f = Fragment {
+            chains: self.r.chains.remove("nat").unwrap_or_default().into_iter().collect(),
+            leaves: self.leaves.into_iter().collect(),
+            nodeports: self.nodeports,
+            rejects: self.rejects,
+            local_eps: self.local_eps.into_iter().collect(),
+            sep_chains: self.sep_chains,
+        };
+        f.chains.shrink_to_fit();
+        f.nodeports.shrink_to_fit();
+        f.rejects.shrink_to_fit();
+        f
+    }
 }
 
 /// The node-wide inputs a [`Fragment`] depends on besides its Service.
@@ -135,7 +165,7 @@ impl FragmentCtx {
 }
 
 pub fn service_fragment(svc: &Service, ctx: &FragmentCtx) -> Fragment {
-    let mut f = Fragment::default();
+    let mut f = Draft::default();
     let owns = |feat: Feature| ctx.owned.contains(&feat);
     let cluster = ctx.cluster_cidr;
     // One group of frontends per service port.
@@ -243,7 +273,7 @@ pub fn service_fragment(svc: &Service, ctx: &FragmentCtx) -> Fragment {
             }
         }
     }
-    f
+    f.done()
 }
 
 /// Endpoint choice with DNAT (or per-endpoint chains when affinity needs `-m recent`).
@@ -328,7 +358,7 @@ pub fn assemble<'f>(input: &NodeInput<'_>, fragments: impl Iterator<Item = &'f F
     let mut sep_chains = Vec::new();
 
     for f in fragments {
-        for (name, rules) in f.r.chains.get("nat").into_iter().flatten() {
+        for (name, rules) in &f.chains {
             r.append_shared("nat", name, rules);
         }
         for (leaf, rules) in &f.leaves {
