@@ -111,36 +111,27 @@ mod tests {
         }
     }
 
+    fn node_input<'a>(s: &'a [Service], owned: &'a BTreeSet<Feature>, node: &'a str) -> NodeInput<'a> {
+        NodeInput {
+            node_name: node,
+            cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+            masquerade: None,
+            services: s,
+            host_ports: &[],
+            owned,
+        }
+    }
+
     #[test]
     fn incremental_output_equals_a_fresh_render_through_changes() {
         let owned: BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
         let mut fewer = owned.clone();
         fewer.remove(&Feature::NodePort);
-        let input = |s: &[Service], owned: &BTreeSet<Feature>, node: &'static str| -> (Ruleset, Ruleset) {
-            let inp = NodeInput {
-                node_name: node,
-                cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
-                masquerade: None,
-                services: s,
-                host_ports: &[],
-                owned,
-            };
-            (render(&inp), Renderer::default().render(&inp).0)
-        };
         let mut r = Renderer::default();
         let mut svcs: Vec<Service> = (0..12).map(|i| svc(i, 4)).collect();
-        let step = |r: &mut Renderer, s: &[Service], owned: &BTreeSet<Feature>, node: &'static str| {
-            let inp = NodeInput {
-                node_name: node,
-                cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
-                masquerade: None,
-                services: s,
-                host_ports: &[],
-                owned,
-            };
-            let (got, stats) = r.render(&inp);
-            assert_eq!(got, input(s, owned, node).0, "incremental render differs from a fresh one");
-            assert_eq!(input(s, owned, node).1, got);
+        let step = |r: &mut Renderer, s: &[Service], owned: &BTreeSet<Feature>, node: &str| {
+            let (got, stats) = r.render(&node_input(s, owned, node));
+            assert_eq!(got, render(&node_input(s, owned, node)), "incremental render differs from a fresh one");
             stats
         };
         assert_eq!(step(&mut r, &svcs, &owned, "node-1"), RenderStats { reused: 0, rendered: 12 });
