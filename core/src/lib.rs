@@ -3,6 +3,7 @@
 //! so all of it is testable without root.
 
 pub mod caps;
+pub mod fingerprint;
 pub mod lb;
 pub mod model;
 pub mod plan;

@@ -57,7 +57,7 @@ impl fmt::Display for FrontendKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frontend {
     pub kind: FrontendKind,
     /// `None` for NodePort: it listens on every node address.
@@ -72,7 +72,7 @@ pub struct Frontend {
 
 /// EndpointSlice conditions, kept as Kubernetes defines them so the backends can apply
 /// kube-proxy's rules (serving-but-terminating endpoints are used only when nothing is ready).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendState {
     Active,
@@ -80,7 +80,7 @@ pub enum BackendState {
     NotReady,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backend {
     pub ip: IpAddr,
     pub port: u16,
@@ -90,7 +90,7 @@ pub struct Backend {
     pub node: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     pub name: ServiceName,
     pub frontends: Vec<Frontend>,

@@ -53,7 +53,7 @@ struct Written {
 }
 
 fn written(s: &Service, keys: Vec<SvcKey>) -> Written {
-    Written { fingerprint: crate::fingerprint::fingerprint(s), keys }
+    Written { fingerprint: s.fingerprint(), keys }
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -266,7 +266,7 @@ impl Datapath {
                             old.next();
                         }
                         std::cmp::Ordering::Equal => {
-                            if prev.fingerprint != crate::fingerprint::fingerprint(s) {
+                            if prev.fingerprint != s.fingerprint() {
                                 changed.push(s);
                             }
                             old.next();

@@ -12,7 +12,6 @@
 
 pub mod attach;
 pub mod datapath;
-mod fingerprint;
 pub mod loader;
 pub mod maps;
 

@@ -1,13 +1,13 @@
 //! Rendering that reuses each unchanged Service's fragment from the last render. At 10k
 //! Services, formatting every rule again costs ~80 ms per endpoint change, more than a tenth
-//! of a whole legacy sync; a Service equal to the one rendered last time is not formatted
-//! again. The output is identical to [`render`](crate::services::render) (tested).
+//! of a whole legacy sync; a Service whose fingerprint (`Service::fingerprint`, shared with the
+//! eBPF backend) equals the one rendered last time is not formatted again. The output is
+//! identical to [`render`](crate::services::render) (tested).
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use sluice_core::{Service, ServiceName};
+use sluice_core::ServiceName;
 
 use crate::ruleset::Ruleset;
 use crate::services::{Fragment, FragmentCtx, NodeInput, assemble, service_fragment};
@@ -15,9 +15,9 @@ use crate::services::{Fragment, FragmentCtx, NodeInput, assemble, service_fragme
 #[derive(Debug, Default)]
 pub struct Renderer {
     ctx: Option<FragmentCtx>,
-    /// Per Service: a 128-bit fingerprint of the Service as last rendered (not a copy: at 10k
-    /// Services a copy of each would cost the agent ~15 MB), and what it rendered to.
-    cache: HashMap<ServiceName, (u128, Arc<Fragment>)>,
+    /// Per Service: the fingerprint of the Service as last rendered (not a copy: at 10k Services
+    /// a copy of each would cost the agent ~15 MB), and what it rendered to.
+    cache: HashMap<ServiceName, (u64, Arc<Fragment>)>,
 }
 
 /// What the last [`Renderer::render`] did (for logs and tests).
@@ -39,7 +39,7 @@ impl Renderer {
         let mut next = HashMap::with_capacity(input.services.len());
         let mut fragments = Vec::with_capacity(input.services.len());
         for svc in input.services {
-            let fp = fingerprint(svc);
+            let fp = svc.fingerprint();
             let frag = match self.cache.remove(&svc.name) {
                 Some((old, frag)) if old == fp => {
                     stats.reused += 1;
@@ -59,23 +59,12 @@ impl Renderer {
     }
 }
 
-/// Two independent 64-bit SipHashes of every field (`Service: Hash`): a collision, which would
-/// keep a stale fragment, is out of reach at any realistic number of Services and changes.
-fn fingerprint(svc: &Service) -> u128 {
-    let mut a = DefaultHasher::new();
-    svc.hash(&mut a);
-    let mut b = DefaultHasher::new();
-    0x5eed_u64.hash(&mut b);
-    svc.hash(&mut b);
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
     use std::net::{IpAddr, Ipv4Addr};
 
-    use sluice_core::{Backend, BackendState, Feature, Frontend, FrontendKind, Protocol};
+    use sluice_core::{Backend, BackendState, Feature, Frontend, FrontendKind, Protocol, Service};
 
     use super::*;
     use crate::services::{IMPLEMENTED, render};

@@ -1,8 +1,9 @@
-//! Change detection for the incremental map sync: a 64-bit fingerprint of everything the maps
-//! are encoded from, compared with the last sync's. Fast rather than collision-proof: it only
-//! tells two versions of one Service apart within one process (a miss needs a 2^-64 collision).
+//! Change detection for the backends' incremental syncs (eBPF map writes, iptables rendering):
+//! a 64-bit fingerprint of everything a Service is programmed from, compared with the last
+//! sync's. Fast rather than collision-proof: it only tells two versions of one Service apart
+//! within one process (a miss needs a 2^-64 collision).
 
-use sluice_core::Service;
+use crate::Service;
 
 /// A fast, non-cryptographic 64-bit hasher (the Fx rotate-multiply scheme): fingerprints only
 /// detect change between two calls in one process.
@@ -41,9 +42,15 @@ impl std::hash::Hasher for Fx {
     }
 }
 
-/// Everything of a Service but its name (the merge has matched that already), fed to the hasher
-/// as few wide words as the fields allow: this runs for every Service on every change.
-pub fn fingerprint(s: &Service) -> u64 {
+impl Service {
+    /// Everything of the Service but its name (callers key their caches by name), fed to the
+    /// hasher as few wide words as the fields allow: this runs for every Service on every change.
+    pub fn fingerprint(&self) -> u64 {
+        fingerprint(self)
+    }
+}
+
+fn fingerprint(s: &Service) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = Fx::default();
     let ip = |ip: &std::net::IpAddr| match ip {
@@ -80,7 +87,7 @@ pub fn fingerprint(s: &Service) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::fingerprint;
-    use sluice_core::{Backend, BackendState, Frontend, FrontendKind, Protocol, Service, ServiceName};
+    use crate::{Backend, BackendState, Frontend, FrontendKind, Protocol, Service, ServiceName};
 
     fn svc() -> Service {
         Service {
