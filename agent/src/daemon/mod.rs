@@ -240,9 +240,8 @@ pub async fn run(cfg: Config, source: features::ConfigSource) -> anyhow::Result<
         if second != first {
             errors.extend(rules.reconcile(&cfg.node_name, cfg.cluster_cidr, masq, generation, state, second).await);
         }
-        status.write().await.ebpf = bpf.summary();
-
         let mut st = status.write().await;
+        st.ebpf = bpf.summary();
         st.source = src_status;
         st.pod_cidr = pod_cidr.map(|c| c.to_string());
         st.underlay_ip = me.and_then(|n| n.internal_ip).map(|i| i.to_string());

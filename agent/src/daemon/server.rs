@@ -37,6 +37,13 @@ pub enum Query {
     BpfLb(oneshot::Sender<Vec<crate::daemon::ebpf::LbEntry>>),
 }
 
+/// Ask the reconcile loop; None when it is gone (the agent is stopping).
+async fn ask<T>(queries: &mpsc::Sender<Query>, query: impl FnOnce(oneshot::Sender<T>) -> Query) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    queries.send(query(tx)).await.ok()?;
+    rx.await.ok()
+}
+
 pub async fn serve(
     l: UnixListener,
     status: Arc<RwLock<AgentStatus>>,
@@ -58,20 +65,8 @@ pub async fn serve(
             }
             let resp = match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Status) => Response::Status(Box::new(status.read().await.clone())),
-                Ok(Request::Services) => {
-                    let (tx, rx) = oneshot::channel();
-                    match queries.send(Query::Services(tx)).await {
-                        Ok(()) => rx.await.map(Response::Services).unwrap_or_else(|_| gone()),
-                        Err(_) => gone(),
-                    }
-                }
-                Ok(Request::BpfLb) => {
-                    let (tx, rx) = oneshot::channel();
-                    match queries.send(Query::BpfLb(tx)).await {
-                        Ok(()) => rx.await.map(Response::BpfLb).unwrap_or_else(|_| gone()),
-                        Err(_) => gone(),
-                    }
-                }
+                Ok(Request::Services) => ask(&queries, Query::Services).await.map_or_else(gone, Response::Services),
+                Ok(Request::BpfLb) => ask(&queries, Query::BpfLb).await.map_or_else(gone, Response::BpfLb),
                 Ok(Request::EndpointsChanged) => {
                     wake.notify_one();
                     Response::Ok
