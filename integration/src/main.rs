@@ -339,7 +339,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
             let fmt = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
             let gbit = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
             eprintln!(
-                "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7}  note",
+                "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8}  note",
                 "backend",
                 "variant",
                 "N",
@@ -350,12 +350,11 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                 "direct/s",
                 "base/s",
                 "Gbit/s",
-                "direct",
-                "RSS MB"
+                "direct"
             );
             let records = sluice_lab::bench_services::run(lab, &opts, |r| {
                 eprintln!(
-                    "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7}  {}",
+                    "{:<20} {:<7} {:>6} {:>8} {:>11} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8}  {}",
                     r.backend,
                     r.variant,
                     r.services,
@@ -367,7 +366,6 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                     fmt(r.baseline_direct_conn_per_s),
                     gbit(r.stream_gbit_s),
                     gbit(r.direct_stream_gbit_s),
-                    fmt(r.agent_rss_mb),
                     r.note.clone().unwrap_or_default()
                 );
             })?;
