@@ -2,37 +2,9 @@
 //! backends with state, in the style of `cilium service list`.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use serde::{Deserialize, Serialize};
-use sluice_core::{BackendState, Feature, FrontendKind, Plan, Service};
+use sluice_core::{BackendState, Plan, Service};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendEntry {
-    pub address: String,
-    pub state: String,
-    pub node: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceEntry {
-    /// Position in the sorted list of frontends (stable while the Service set is unchanged).
-    pub id: usize,
-    pub service: String,
-    pub frontend: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Who serves this frontend on this node (eBPF, iptables, kube-proxy, off).
-    pub owner: String,
-    pub backends: Vec<BackendEntry>,
-}
-
-fn feature_of(k: FrontendKind) -> Feature {
-    match k {
-        FrontendKind::ClusterIp => Feature::ClusterIp,
-        FrontendKind::NodePort => Feature::NodePort,
-        FrontendKind::ExternalIp => Feature::ExternalIps,
-        FrontendKind::LoadBalancer => Feature::LoadBalancer,
-    }
-}
+pub use crate::api::types::{BackendEntry, ServiceEntry};
 
 pub fn entries(services: &[Service], plan: &Plan) -> Vec<ServiceEntry> {
     let mut out = Vec::new();
@@ -59,7 +31,7 @@ pub fn entries(services: &[Service], plan: &Plan) -> Vec<ServiceEntry> {
                 service: s.name.to_string(),
                 frontend: format!("{addr}:{}/{}", fe.port, fe.protocol),
                 kind: fe.kind.to_string(),
-                owner: plan.owner(feature_of(fe.kind)).to_string(),
+                owner: plan.owner(fe.kind.feature()).to_string(),
                 backends,
             });
         }

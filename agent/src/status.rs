@@ -1,51 +1,9 @@
 //! What `sluice status` shows: the agent's view of its node, source and kernel objects.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use serde::{Deserialize, Serialize};
-use sluice_core::model::Rejected;
-use sluice_core::{LocalEndpoint, Plan, PodRoute};
+use sluice_core::Plan;
 
-use crate::daemon::features::ReloadStatus;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SourceStatus {
-    pub kind: String,
-    pub location: String,
-    /// True once a complete read succeeded; nothing is pruned before that.
-    pub synced: bool,
-    pub objects: usize,
-    pub last_sync_unix: u64,
-    pub errors: Vec<String>,
-    /// Seconds since the API became unreachable; the dataplane stays as it was meanwhile.
-    #[serde(default)]
-    pub stale_secs: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AgentStatus {
-    pub node: String,
-    pub pod_cidr: Option<String>,
-    pub cluster_cidr: String,
-    pub underlay_ip: Option<String>,
-    pub source: SourceStatus,
-    pub conflist: Option<String>,
-    pub routes: Vec<PodRoute>,
-    pub masquerade: String,
-    pub iptables_variant: String,
-    pub local_endpoints: Vec<LocalEndpoint>,
-    pub services: usize,
-    pub rejected: Vec<Rejected>,
-    /// Problems the last reconcile hit (empty when healthy).
-    pub errors: Vec<String>,
-    pub started_unix: u64,
-    pub kernel: String,
-    pub probe_ms: u64,
-    pub plan: Option<Plan>,
-    pub config: ReloadStatus,
-    /// The eBPF datapath in one line.
-    #[serde(default)]
-    pub ebpf: String,
-}
+pub use crate::api::types::AgentStatus;
 
 pub fn render(s: &AgentStatus) -> String {
     let mut out = String::new();
@@ -123,7 +81,7 @@ pub fn render_plan(p: &Plan) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_header(["FEATURE", "OWNER", "REASON"]);
     for e in &p.entries {
-        t.add_row([e.feature.name().to_string(), e.owner.to_string(), e.reason.clone()]);
+        t.add_row([e.feature.name().to_string(), e.owner.to_string(), e.reason.to_string()]);
     }
     out += &format!("{t}\n");
     for w in &p.warnings {

@@ -28,6 +28,20 @@ const NON_CONFIG_ENV: &[&str] = &["LOG", "CONFIG", "LAB", "LAB_DIR", "BIN_DIR", 
 
 /// Load and validate: defaults <- file <- env <- `overrides` (flags, as a serializable value).
 pub fn load(file: Option<&Path>, overrides: Option<serde_json::Value>) -> Result<Config, ConfigError> {
+    load_with(file, overrides, true)
+}
+
+/// [`load`] for previewing a config (`sluice plan --config`): `node_name` may be absent,
+/// since a plan depends on the kernel and the modes, not on the node's name.
+pub fn load_for_planning(file: &Path) -> Result<Config, ConfigError> {
+    load_with(Some(file), None, false)
+}
+
+fn load_with(
+    file: Option<&Path>,
+    overrides: Option<serde_json::Value>,
+    require_node_name: bool,
+) -> Result<Config, ConfigError> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
@@ -47,7 +61,7 @@ pub fn load(file: Option<&Path>, overrides: Option<serde_json::Value>) -> Result
     }
     let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| "configuration".into());
     let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse { origin: origin.clone(), message: describe(e) })?;
-    cfg.validate()?;
+    cfg.validate_with(require_node_name)?;
     Ok(cfg)
 }
 

@@ -58,6 +58,13 @@ pub struct Config {
     pub cluster_cidr: Ipv4Net,
     /// This node's pod CIDR. Default: the Node object's `spec.podCIDR`.
     pub pod_cidr: Option<Ipv4Net>,
+    /// The cluster's Service addresses. With the manifest source, a Service without
+    /// `spec.clusterIP` gets one from here, the same on every node (sluice stands in for the
+    /// API server's allocator).
+    pub service_cidr: Ipv4Net,
+    /// Where the agent keeps what must survive its restarts (the last complete set of Services,
+    /// which the prune gate holds while the source is incomplete). Default: /run/sluice/<node_name>.
+    pub state_dir: Option<PathBuf>,
     /// Unix socket for the CLI (root-only, mode 0600).
     pub socket_path: PathBuf,
     pub source: SourceConfig,
@@ -119,6 +126,8 @@ impl Default for Config {
             node_name: String::new(),
             cluster_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
             pod_cidr: None,
+            service_cidr: Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
+            state_dir: None,
             socket_path: "/run/sluice/sluice.sock".into(),
             source: SourceConfig::default(),
             cni: CniConfig::default(),
@@ -226,6 +235,12 @@ fn invalid(key: &str, value: impl ToString, accepted: &str) -> ConfigError {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(true)
+    }
+
+    /// `require_node_name` false: an empty node name passes (planning needs no node; a
+    /// non-empty bad one is still refused).
+    pub fn validate_with(&self, require_node_name: bool) -> Result<(), ConfigError> {
         let n = &self.node_name;
         let dns_label = |s: &str| {
             !s.is_empty()
@@ -234,7 +249,7 @@ impl Config {
                 && !s.starts_with(['-', '.'])
                 && !s.ends_with(['-', '.'])
         };
-        if !dns_label(n) {
+        if !dns_label(n) && (require_node_name || !n.is_empty()) {
             return Err(invalid(
                 "node_name",
                 n,
@@ -342,6 +357,11 @@ impl Config {
 
     pub fn bpf_pin_dir(&self) -> PathBuf {
         self.bpf_pin_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/sluice").join(&self.node_name))
+    }
+
+    /// See `state_dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| PathBuf::from("/run/sluice").join(&self.node_name))
     }
 
     /// The cgroup v2 directory for socket LB (see `cgroup_root`).

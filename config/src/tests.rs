@@ -99,7 +99,7 @@ fn partial_needs_valid_features() {
 fn dataplane_and_assume_missing() {
     let c =
         from_yaml_str("node_name: a\ndataplane: ebpf\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("ok");
-    assert_eq!(c.dataplane, sluice_core::DataplaneMode::Ebpf);
+    assert_eq!(c.dataplane, sluice_core::DataplaneMode::EBPF);
     assert_eq!(c.assume_missing().expect("caps"), [sluice_core::Capability::HelperFibLookup]);
     let e = from_yaml_str("node_name: a\nprobes:\n  assume_missing: [fib]\n").expect_err("unknown cap");
     assert!(e.to_string().contains("probes.assume_missing[0]") && e.to_string().contains("helper-fib-lookup"), "{e}");
@@ -114,7 +114,7 @@ fn node_configs_override_runtime_keys_only() {
     )
     .expect("valid");
     let o = c.with_node_config(Some("old-kernel")).expect("overlay");
-    assert_eq!(o.dataplane, sluice_core::DataplaneMode::Iptables);
+    assert_eq!(o.dataplane, sluice_core::DataplaneMode::IPTABLES);
     assert_eq!(o.probes.assume_missing, ["helper-fib-lookup"]);
     let e = c.with_node_config(Some("nope")).expect_err("unknown");
     assert!(e.to_string().contains("nope") && e.to_string().contains("old-kernel"), "{e}");

@@ -1,167 +1,14 @@
 //! The feature plan: for each feature, who serves it on this node and why. A pure function of
-//! the probed capabilities and the configuration, so every mode x dataplane x missing
-//! capability combination is tested without a kernel.
+//! the probed capabilities, the configuration and the registered backends' specs, so every
+//! mode x dataplane x missing capability combination is tested without a kernel.
 
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::caps::{Capabilities, Capability};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Feature {
-    ClusterIp,
-    NodePort,
-    ExternalIps,
-    LoadBalancer,
-    HostPort,
-    SocketLbTcp,
-    SocketLbUdp,
-    SessionAffinity,
-    SourceRanges,
-    TrafficPolicyLocal,
-    HealthCheckNodePort,
-    Policy,
-    Flows,
-}
-
-impl Feature {
-    /// Every feature: the Service features, then policy and flows.
-    pub const ALL: [Feature; 13] = {
-        let mut all = [Feature::Policy; 13];
-        let mut i = 0;
-        while i < Feature::SERVICES.len() {
-            all[i] = Feature::SERVICES[i];
-            i += 1;
-        }
-        all[11] = Feature::Policy;
-        all[12] = Feature::Flows;
-        all
-    };
-
-    /// The Service features (kube-proxy's job): every feature but policy and flows.
-    pub const SERVICES: [Feature; 11] = [
-        Feature::ClusterIp,
-        Feature::NodePort,
-        Feature::ExternalIps,
-        Feature::LoadBalancer,
-        Feature::HostPort,
-        Feature::SocketLbTcp,
-        Feature::SocketLbUdp,
-        Feature::SessionAffinity,
-        Feature::SourceRanges,
-        Feature::TrafficPolicyLocal,
-        Feature::HealthCheckNodePort,
-    ];
-
-    /// The config name (`kube_proxy_replacement_features`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Feature::ClusterIp => "cluster-ip",
-            Feature::NodePort => "node-port",
-            Feature::ExternalIps => "external-ips",
-            Feature::LoadBalancer => "load-balancer",
-            Feature::HostPort => "host-port",
-            Feature::SocketLbTcp => "socket-lb-tcp",
-            Feature::SocketLbUdp => "socket-lb-udp",
-            Feature::SessionAffinity => "session-affinity",
-            Feature::SourceRanges => "source-ranges",
-            Feature::TrafficPolicyLocal => "traffic-policy-local",
-            Feature::HealthCheckNodePort => "health-check-node-port",
-            Feature::Policy => "policy",
-            Feature::Flows => "flows",
-        }
-    }
-
-    /// The name in the status line, as Cilium users read it.
-    pub fn title(self) -> &'static str {
-        match self {
-            Feature::ClusterIp => "ClusterIP",
-            Feature::NodePort => "NodePort",
-            Feature::ExternalIps => "ExternalIPs",
-            Feature::LoadBalancer => "LoadBalancer",
-            Feature::HostPort => "HostPort",
-            Feature::SocketLbTcp => "SocketLB-TCP",
-            Feature::SocketLbUdp => "SocketLB-UDP",
-            Feature::SessionAffinity => "SessionAffinity",
-            Feature::SourceRanges => "SourceRanges",
-            Feature::TrafficPolicyLocal => "TrafficPolicyLocal",
-            Feature::HealthCheckNodePort => "HealthCheckNodePort",
-            Feature::Policy => "Policy",
-            Feature::Flows => "Flows",
-        }
-    }
-
-    /// Features kube-proxy could serve instead (policy and flows are sluice's alone).
-    pub fn is_kube_proxy_feature(self) -> bool {
-        !matches!(self, Feature::Policy | Feature::Flows)
-    }
-
-    /// A feature that only makes sense with the same owner as its base feature.
-    pub fn base(self) -> Option<Feature> {
-        match self {
-            Feature::SessionAffinity => Some(Feature::ClusterIp),
-            Feature::TrafficPolicyLocal | Feature::HealthCheckNodePort => Some(Feature::NodePort),
-            Feature::SourceRanges => Some(Feature::LoadBalancer),
-            _ => None,
-        }
-    }
-
-    /// Kernel capabilities the eBPF backend needs for this feature.
-    pub fn ebpf_needs(self) -> &'static [Capability] {
-        use Capability::*;
-        match self {
-            // Attached through pinned TCX links (kernel >= 6.6), which survive agent restarts.
-            Feature::ClusterIp | Feature::SessionAffinity => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx],
-            Feature::NodePort
-            | Feature::ExternalIps
-            | Feature::LoadBalancer
-            | Feature::HostPort
-            | Feature::TrafficPolicyLocal
-            | Feature::HealthCheckNodePort => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, HelperFibLookup],
-            Feature::SocketLbTcp => &[Bpffs, CgroupV2, MapHash, AttachCgroupConnect4, AttachCgroupGetpeername4],
-            Feature::SocketLbUdp => &[Bpffs, CgroupV2, MapHash, MapLruHash, AttachCgroupSendmsg4, AttachCgroupRecvmsg4],
-            Feature::SourceRanges => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, MapLpmTrie],
-            Feature::Policy => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, MapLpmTrie],
-            Feature::Flows => &[Bpffs, ProgSchedCls, MapRingbuf],
-        }
-    }
-
-    /// What the iptables/netlink backend needs for this feature.
-    pub fn iptables_needs(self) -> &'static [Capability] {
-        use Capability::*;
-        match self {
-            Feature::Policy => &[Iptables, Conntrack, Ipset],
-            Feature::Flows => &[Iptables],
-            _ => &[Iptables, Conntrack],
-        }
-    }
-}
-
-impl fmt::Display for Feature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown feature {given:?}; known: {known}")]
-pub struct UnknownFeature {
-    pub given: String,
-    pub known: String,
-}
-
-impl FromStr for Feature {
-    type Err = UnknownFeature;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Feature::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| UnknownFeature { given: s.into(), known: Feature::ALL.map(|f| f.name()).join(", ") })
-    }
-}
+pub use crate::feature::{Feature, UnknownFeature};
+use crate::registry::{BackendId, BackendSpec, KNOWN_BACKENDS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -183,31 +30,172 @@ impl KprMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// `dataplane`: `auto` (per feature, the first registered backend that can serve it) or one
+/// backend by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataplaneMode {
     Auto,
-    Ebpf,
-    Iptables,
+    Only(BackendId),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+impl DataplaneMode {
+    pub const EBPF: DataplaneMode = DataplaneMode::Only(BackendId::EBPF);
+    pub const IPTABLES: DataplaneMode = DataplaneMode::Only(BackendId::IPTABLES);
+
+    pub fn name(&self) -> &str {
+        match self {
+            DataplaneMode::Auto => "auto",
+            DataplaneMode::Only(b) => b.as_str(),
+        }
+    }
+
+    /// Every accepted value, for error messages.
+    pub fn accepted() -> String {
+        std::iter::once("auto").chain(KNOWN_BACKENDS.iter().map(|k| k.id.as_str())).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl std::str::FromStr for DataplaneMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(DataplaneMode::Auto);
+        }
+        match BackendId::parse(s) {
+            Ok(b) if b.is_known() => Ok(DataplaneMode::Only(b)),
+            _ => Err(format!("unknown dataplane {s:?}; accepted: {}", DataplaneMode::accepted())),
+        }
+    }
+}
+
+impl Serialize for DataplaneMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for DataplaneMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who serves a feature: a registered backend, kube-proxy, or nobody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Owner {
-    Ebpf,
-    Iptables,
+    Backend(BackendId),
     KubeProxy,
     Off,
 }
 
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Owner::Ebpf => "eBPF",
-            Owner::Iptables => "iptables",
+impl Owner {
+    pub const EBPF: Owner = Owner::Backend(BackendId::EBPF);
+    pub const IPTABLES: Owner = Owner::Backend(BackendId::IPTABLES);
+
+    pub fn backend(self) -> Option<BackendId> {
+        match self {
+            Owner::Backend(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn wire(&self) -> &str {
+        match self {
+            Owner::Backend(b) => b.as_str(),
             Owner::KubeProxy => "kube-proxy",
             Owner::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Backend(b) => f.write_str(b.title()),
+            o => f.write_str(o.wire()),
+        }
+    }
+}
+
+impl Serialize for Owner {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.wire())
+    }
+}
+
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "kube-proxy" => Owner::KubeProxy,
+            "off" => Owner::Off,
+            b => Owner::Backend(BackendId::parse(b).map_err(serde::de::Error::custom)?),
         })
+    }
+}
+
+/// What one backend lacks for a feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lack {
+    pub backend: BackendId,
+    /// This build does not implement the feature on that backend.
+    pub not_built: bool,
+    pub missing: Vec<Capability>,
+}
+
+impl Lack {
+    /// The short form for the status line: `no bpf_fib_lookup`, `eBPF not built`.
+    fn short(&self) -> String {
+        if self.not_built { format!("{} not built", self.backend) } else { describe(&self.missing) }
+    }
+}
+
+impl fmt::Display for Lack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.not_built, self.missing.is_empty()) {
+            (true, true) => write!(f, "{}: not implemented in this build", self.backend),
+            (true, false) => write!(f, "{}: not implemented in this build, {}", self.backend, describe(&self.missing)),
+            (false, _) => write!(f, "{}: {}", self.backend, describe(&self.missing)),
+        }
+    }
+}
+
+fn join_lacks(l: &[Lack]) -> String {
+    l.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+/// Why a feature has its owner. Rendered in words for status; matched on, never parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reason {
+    /// `kube_proxy_replacement=disabled` leaves the feature to kube-proxy.
+    Mode { mode: KprMode },
+    /// Partial mode, and the feature is not listed.
+    NotListed,
+    /// The first backend the dataplane setting allows serves it.
+    Dataplane { dataplane: DataplaneMode },
+    /// A later backend serves it because the earlier ones lack something.
+    FellBack { passed_over: Vec<Lack> },
+    /// No allowed backend can serve it.
+    Unservable { lacks: Vec<Lack> },
+    /// A dependent feature follows its base feature's owner.
+    Follows { base: Feature, owner: Owner },
+    /// The base feature moved to where its dependent can be served.
+    MovedWith { dependent: Feature, owner: Owner, because: Box<Reason> },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Mode { mode } => write!(f, "kube_proxy_replacement={}", mode.title().to_lowercase()),
+            Reason::NotListed => f.write_str("not in kube_proxy_replacement_features"),
+            Reason::Dataplane { dataplane } => write!(f, "dataplane={}", dataplane.name()),
+            Reason::FellBack { passed_over: l } | Reason::Unservable { lacks: l } => f.write_str(&join_lacks(l)),
+            Reason::Follows { base, owner } => write!(f, "follows {base} ({owner})"),
+            Reason::MovedWith { dependent, owner, because } => {
+                write!(f, "moved to {owner} with {dependent}: {because}")
+            }
+        }
     }
 }
 
@@ -215,8 +203,7 @@ impl fmt::Display for Owner {
 pub struct PlanEntry {
     pub feature: Feature,
     pub owner: Owner,
-    /// Why this owner: the mode, or the missing capabilities of the backends passed over.
-    pub reason: String,
+    pub reason: Reason,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,17 +218,21 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error(
-        "kube_proxy_replacement=strict: feature {feature} cannot be served by {backends}: {missing}; run `sluice probe` to see the node's capabilities, or use kube_proxy_replacement=probe to leave it to kube-proxy"
+        "kube_proxy_replacement=strict: feature {feature} cannot be served by {backends}: {}; run `sluice probe` to see the node's capabilities, or use kube_proxy_replacement=probe to leave it to kube-proxy",
+        join_lacks(.lacks)
     )]
-    Strict { feature: Feature, backends: String, missing: String },
+    Strict { feature: Feature, backends: String, lacks: Vec<Lack> },
     #[error(
-        "kube_proxy_replacement=partial: listed feature {feature} cannot be served by {backends}: {missing}; remove it from kube_proxy_replacement_features or change dataplane"
+        "kube_proxy_replacement=partial: listed feature {feature} cannot be served by {backends}: {}; remove it from kube_proxy_replacement_features or change dataplane",
+        join_lacks(.lacks)
     )]
-    PartialUnservable { feature: Feature, backends: String, missing: String },
+    PartialUnservable { feature: Feature, backends: String, lacks: Vec<Lack> },
     #[error(
         "kube_proxy_replacement=partial: feature {feature} needs {base} in kube_proxy_replacement_features too (they must have one owner)"
     )]
     PartialMissingBase { feature: Feature, base: Feature },
+    #[error("dataplane={given}: no such backend in this build; accepted: {accepted}")]
+    UnknownDataplane { given: String, accepted: String },
 }
 
 pub struct PlanInput<'a> {
@@ -249,28 +240,9 @@ pub struct PlanInput<'a> {
     pub mode: KprMode,
     pub partial_features: &'a [Feature],
     pub dataplane: DataplaneMode,
-    /// What each backend of this build can program. A feature a backend does not implement is
-    /// never given to it, and the plan says so.
-    pub implemented: Implemented,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Implemented {
-    pub ebpf: &'static [Feature],
-    pub iptables: &'static [Feature],
-}
-
-impl Implemented {
-    /// Every feature on both backends (what the design promises; used to test the plan itself).
-    pub const ALL: Implemented = Implemented { ebpf: &Feature::ALL, iptables: &Feature::ALL };
-
-    fn has(&self, o: Owner, f: Feature) -> bool {
-        match o {
-            Owner::Ebpf => self.ebpf.contains(&f),
-            Owner::Iptables => self.iptables.contains(&f),
-            Owner::KubeProxy | Owner::Off => true,
-        }
-    }
+    /// The registered backends, best first. A feature a backend does not implement is never
+    /// given to it, and the plan says so.
+    pub backends: &'a [BackendSpec],
 }
 
 fn missing(caps: &Capabilities, needs: &[Capability]) -> Vec<Capability> {
@@ -282,57 +254,50 @@ fn describe(m: &[Capability]) -> String {
 }
 
 /// The backends a dataplane setting allows, best first.
-fn candidates(d: DataplaneMode) -> &'static [Owner] {
-    match d {
-        DataplaneMode::Auto => &[Owner::Ebpf, Owner::Iptables],
-        DataplaneMode::Ebpf => &[Owner::Ebpf],
-        DataplaneMode::Iptables => &[Owner::Iptables],
-    }
+fn candidates(d: DataplaneMode, backends: &[BackendSpec]) -> Vec<&BackendSpec> {
+    backends.iter().filter(|b| d == DataplaneMode::Auto || d == DataplaneMode::Only(b.id)).collect()
 }
 
-fn needs(f: Feature, o: Owner) -> &'static [Capability] {
-    match o {
-        Owner::Ebpf => f.ebpf_needs(),
-        _ => f.iptables_needs(),
+/// What `spec` lacks to serve `f` (`None`: nothing, it can serve it).
+pub fn lack(caps: &Capabilities, spec: &BackendSpec, f: Feature) -> Option<Lack> {
+    match (spec.needs)(f) {
+        Some(needs) => {
+            let m = missing(caps, needs);
+            (!m.is_empty()).then_some(Lack { backend: spec.id, not_built: false, missing: m })
+        }
+        None => Some(Lack { backend: spec.id, not_built: true, missing: Vec::new() }),
     }
 }
 
 /// The best allowed backend for `f`, or what each allowed backend lacks.
-fn choose(
-    caps: &Capabilities,
-    imp: Implemented,
-    f: Feature,
-    d: DataplaneMode,
-) -> Result<(Owner, String), (String, String)> {
+fn choose(caps: &Capabilities, cands: &[&BackendSpec], f: Feature, d: DataplaneMode) -> Result<PlanEntry, Vec<Lack>> {
     let mut lacks = Vec::new();
-    for &o in candidates(d) {
-        if !imp.has(o, f) {
-            let m = missing(caps, needs(f, o));
-            let also = if m.is_empty() { String::new() } else { format!(", {}", describe(&m)) };
-            lacks.push(format!("{o}: not implemented in this build{also}"));
-            continue;
+    for spec in cands {
+        match lack(caps, spec, f) {
+            None => {
+                let reason = if lacks.is_empty() {
+                    Reason::Dataplane { dataplane: d }
+                } else {
+                    Reason::FellBack { passed_over: lacks }
+                };
+                return Ok(PlanEntry { feature: f, owner: Owner::Backend(spec.id), reason });
+            }
+            Some(l) => lacks.push(l),
         }
-        let m = missing(caps, needs(f, o));
-        if m.is_empty() {
-            let reason = if lacks.is_empty() { format!("dataplane={}", dataplane_name(d)) } else { lacks.join("; ") };
-            return Ok((o, reason));
-        }
-        lacks.push(format!("{o}: {}", describe(&m)));
     }
-    let backends = candidates(d).iter().map(|o| o.to_string()).collect::<Vec<_>>().join(" or ");
-    Err((backends, lacks.join("; ")))
-}
-
-fn dataplane_name(d: DataplaneMode) -> &'static str {
-    match d {
-        DataplaneMode::Auto => "auto",
-        DataplaneMode::Ebpf => "ebpf",
-        DataplaneMode::Iptables => "iptables",
-    }
+    Err(lacks)
 }
 
 pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
-    let PlanInput { caps, mode, partial_features, dataplane, implemented } = *input;
+    let PlanInput { caps, mode, partial_features, dataplane, backends } = *input;
+    let cands = candidates(dataplane, backends);
+    if cands.is_empty() {
+        let accepted = std::iter::once("auto".to_string())
+            .chain(backends.iter().map(|b| b.id.as_str().to_string()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(PlanError::UnknownDataplane { given: dataplane.name().into(), accepted });
+    }
     if mode == KprMode::Partial {
         for f in partial_features {
             if let Some(base) = f.base()
@@ -342,6 +307,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             }
         }
     }
+    let names = cands.iter().map(|b| b.id.to_string()).collect::<Vec<_>>().join(" or ");
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
     let mut first_error: Option<PlanError> = None;
@@ -352,38 +318,31 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             KprMode::Probe | KprMode::Strict => true,
         };
         if !taken {
-            let why = match mode {
-                KprMode::Disabled => "kube_proxy_replacement=disabled".to_string(),
-                _ => "not in kube_proxy_replacement_features".to_string(),
-            };
-            entries.push(PlanEntry { feature: f, owner: Owner::KubeProxy, reason: why });
+            let reason = if mode == KprMode::Disabled { Reason::Mode { mode } } else { Reason::NotListed };
+            entries.push(PlanEntry { feature: f, owner: Owner::KubeProxy, reason });
             continue;
         }
-        let entry = match choose(caps, implemented, f, dataplane) {
-            Ok((owner, reason)) => PlanEntry { feature: f, owner, reason },
-            Err((backends, missing)) => {
-                let required = mode == KprMode::Strict || (mode == KprMode::Partial && f.is_kube_proxy_feature());
+        let entry = match choose(caps, &cands, f, dataplane) {
+            Ok(entry) => entry,
+            Err(lacks) => {
+                // Strict and partial promise the kube-proxy features only: sluice's own
+                // features (policy, flows) never make a mode unusable, built or not.
+                let required = f.is_kube_proxy_feature() && matches!(mode, KprMode::Strict | KprMode::Partial);
                 if required {
                     let e = match mode {
-                        KprMode::Strict => PlanError::Strict { feature: f, backends, missing },
-                        _ => PlanError::PartialUnservable { feature: f, backends, missing },
+                        KprMode::Strict => PlanError::Strict { feature: f, backends: names.clone(), lacks },
+                        _ => PlanError::PartialUnservable { feature: f, backends: names.clone(), lacks },
                     };
                     // Report the most telling failure: one that names a missing kernel capability
                     // beats one that only says a backend is not built.
-                    let names_capability = |e: &PlanError| match e {
-                        PlanError::Strict { missing, .. } | PlanError::PartialUnservable { missing, .. } => {
-                            missing.split("; ").any(|m| !m.ends_with("not implemented in this build"))
-                        }
-                        PlanError::PartialMissingBase { .. } => false,
-                    };
-                    if first_error.as_ref().is_none_or(|f: &PlanError| !names_capability(f) && names_capability(&e)) {
+                    if first_error.as_ref().is_none_or(|old| !names_capability(old) && names_capability(&e)) {
                         first_error = Some(e);
                     }
                     continue;
                 }
                 let owner = if f.is_kube_proxy_feature() { Owner::KubeProxy } else { Owner::Off };
-                warnings.push(format!("{} left to {owner}: {missing}", f.title()));
-                PlanEntry { feature: f, owner, reason: missing }
+                warnings.push(format!("{} left to {owner}: {}", f.title(), join_lacks(&lacks)));
+                PlanEntry { feature: f, owner, reason: Reason::Unservable { lacks } }
             }
         };
         entries.push(entry);
@@ -391,7 +350,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     if let Some(e) = first_error {
         return Err(e);
     }
-    align_groups(&mut entries, caps, implemented);
+    align_groups(&mut entries, caps, backends);
     if !caps.kube_proxy_active {
         let left: Vec<_> = entries.iter().filter(|e| e.owner == Owner::KubeProxy).map(|e| e.feature.title()).collect();
         if !left.is_empty() {
@@ -404,12 +363,25 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     Ok(Plan { mode, dataplane, entries, warnings })
 }
 
+fn names_capability(e: &PlanError) -> bool {
+    match e {
+        PlanError::Strict { lacks, .. } | PlanError::PartialUnservable { lacks, .. } => {
+            lacks.iter().any(|l| !l.not_built)
+        }
+        _ => false,
+    }
+}
+
 /// A feature and its dependents (affinity, source ranges, Local policies, health checks) must
 /// have one owner: a packet's service path is handled by one dataplane. A dependent that the
 /// base's backend cannot serve drags the base to the dependent's owner (iptables, or kube-proxy
 /// in probe mode) rather than being dropped: source ranges are a security boundary, and two
 /// owners of a health check port is a known outage. Repeats until stable.
-fn align_groups(entries: &mut [PlanEntry], caps: &Capabilities, imp: Implemented) {
+fn align_groups(entries: &mut [PlanEntry], caps: &Capabilities, backends: &[BackendSpec]) {
+    let serves = |o: Owner, f: Feature| match o {
+        Owner::Backend(id) => backends.iter().find(|b| b.id == id).is_some_and(|b| lack(caps, b, f).is_none()),
+        Owner::KubeProxy | Owner::Off => true,
+    };
     for _ in 0..Feature::ALL.len() {
         let mut changed = false;
         for i in 0..entries.len() {
@@ -420,19 +392,16 @@ fn align_groups(entries: &mut [PlanEntry], caps: &Capabilities, imp: Implemented
                 continue;
             }
             let dep = entries[i].feature;
-            let serves = |o: Owner, f: Feature| match o {
-                Owner::Ebpf | Owner::Iptables => imp.has(o, f) && missing(caps, needs(f, o)).is_empty(),
-                Owner::KubeProxy | Owner::Off => true,
-            };
-            if matches!(base_owner, Owner::KubeProxy | Owner::Off) || serves(base_owner, dep) {
+            if matches!(base_owner, Owner::KubeProxy | Owner::Off)
+                || serves(base_owner, dep)
+                || !serves(dep_owner, base)
+            {
                 entries[i].owner = base_owner;
-                entries[i].reason = format!("follows {} ({base_owner})", base.name());
-            } else if serves(dep_owner, base) {
-                entries[b].owner = dep_owner;
-                entries[b].reason = format!("moved to {dep_owner} with {}: {}", dep.name(), entries[i].reason);
+                entries[i].reason = Reason::Follows { base, owner: base_owner };
             } else {
-                entries[i].owner = base_owner;
-                entries[i].reason = format!("follows {} ({base_owner})", base.name());
+                entries[b].owner = dep_owner;
+                let because = Box::new(entries[i].reason.clone());
+                entries[b].reason = Reason::MovedWith { dependent: dep, owner: dep_owner, because };
             }
             changed = true;
         }
@@ -447,21 +416,28 @@ impl Plan {
         self.entries.iter().find(|e| e.feature == f).map(|e| e.owner).unwrap_or(Owner::Off)
     }
 
+    /// The features the plan gives to one backend.
+    pub fn owned_by(&self, b: BackendId) -> std::collections::BTreeSet<Feature> {
+        self.entries.iter().filter(|e| e.owner == Owner::Backend(b)).map(|e| e.feature).collect()
+    }
+
     /// `KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: no bpf_fib_lookup), ...]`
     pub fn status_line(&self) -> String {
         let items: Vec<String> = self
             .entries
             .iter()
             .filter(|e| e.feature.is_kube_proxy_feature() && e.owner != Owner::KubeProxy)
-            .map(|e| match (e.owner, e.reason.starts_with("dataplane=")) {
-                (Owner::Ebpf, _) | (Owner::Iptables, true) => format!("{} ({})", e.feature.title(), e.owner),
-                // `NodePort (iptables: no bpf_fib_lookup)`: the eBPF prefix is implied, and the
-                // table below the line carries the full reason.
-                (o, _) => format!(
-                    "{} ({o}: {})",
+            .map(|e| match &e.reason {
+                Reason::Dataplane { .. } => format!("{} ({})", e.feature.title(), e.owner),
+                // `NodePort (iptables: no bpf_fib_lookup)`: the backend passed over is implied,
+                // and the table below the line carries the full reason.
+                Reason::FellBack { passed_over: l } | Reason::Unservable { lacks: l } => format!(
+                    "{} ({}: {})",
                     e.feature.title(),
-                    e.reason.trim_start_matches("eBPF: ").replace("not implemented in this build", "eBPF not built")
+                    e.owner,
+                    l.iter().map(Lack::short).collect::<Vec<_>>().join("; ")
                 ),
+                r => format!("{} ({}: {r})", e.feature.title(), e.owner),
             })
             .collect();
         format!("KubeProxyReplacement: {} [{}]", self.mode.title(), items.join(", "))
@@ -480,6 +456,7 @@ pub enum Step {
 
 /// Make-before-break: every new owner programs before any old owner removes, so a packet always
 /// finds a dataplane serving it. Owners kube-proxy and off program nothing of sluice's.
+/// [`crate::engine::Engine`] executes these steps against the backends.
 pub fn transition(old: &Plan, new: &Plan) -> Vec<Step> {
     let mut program = Vec::new();
     let mut remove = Vec::new();
@@ -488,10 +465,10 @@ pub fn transition(old: &Plan, new: &Plan) -> Vec<Step> {
         if before == e.owner {
             continue;
         }
-        if matches!(e.owner, Owner::Ebpf | Owner::Iptables) {
+        if matches!(e.owner, Owner::Backend(_)) {
             program.push(Step::Program { feature: e.feature, owner: e.owner });
         }
-        if matches!(before, Owner::Ebpf | Owner::Iptables) {
+        if matches!(before, Owner::Backend(_)) {
             remove.push(Step::Remove { feature: e.feature, owner: before });
         }
     }

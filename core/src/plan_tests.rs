@@ -1,4 +1,54 @@
 use super::*;
+use crate::testing::spec;
+
+// Two test backends shaped like the real ones (a kernel datapath needing BPF features and
+// netfilter needing conntrack); their tables are the tests' own, not the real backends'.
+fn kernel_needs(f: Feature) -> Option<&'static [Capability]> {
+    use Capability::*;
+    Some(match f {
+        Feature::ClusterIp | Feature::SessionAffinity => &[ProgSchedCls, MapLruHash, Tcx],
+        Feature::NodePort
+        | Feature::ExternalIps
+        | Feature::LoadBalancer
+        | Feature::HostPort
+        | Feature::TrafficPolicyLocal
+        | Feature::HealthCheckNodePort => &[ProgSchedCls, MapLruHash, Tcx, HelperFibLookup],
+        Feature::SocketLbTcp => &[CgroupV2, AttachCgroupConnect4],
+        Feature::SocketLbUdp => &[CgroupV2, AttachCgroupSendmsg4, AttachCgroupRecvmsg4],
+        Feature::SourceRanges => &[ProgSchedCls, Tcx, MapLpmTrie],
+        Feature::Policy => &[ProgSchedCls, MapLpmTrie],
+        Feature::Flows => &[ProgSchedCls, MapRingbuf],
+    })
+}
+
+fn netfilter_needs(f: Feature) -> Option<&'static [Capability]> {
+    use Capability::*;
+    Some(match f {
+        Feature::Policy => &[Iptables, Conntrack, Ipset],
+        Feature::Flows => &[Iptables],
+        _ => &[Iptables, Conntrack],
+    })
+}
+
+fn none(_: Feature) -> Option<&'static [Capability]> {
+    None
+}
+
+fn only_cluster_ip(f: Feature) -> Option<&'static [Capability]> {
+    matches!(f, Feature::ClusterIp | Feature::SessionAffinity).then_some(&[Capability::Iptables][..])
+}
+
+fn services_only(f: Feature) -> Option<&'static [Capability]> {
+    if f.is_kube_proxy_feature() { kernel_needs(f) } else { None }
+}
+
+fn backends() -> [BackendSpec; 2] {
+    [spec(BackendId::EBPF, kernel_needs), spec(BackendId::IPTABLES, netfilter_needs)]
+}
+
+fn needs(f: Feature, b: &BackendSpec) -> &'static [Capability] {
+    (b.needs)(f).unwrap_or_default()
+}
 
 fn caps_without(c: Option<Capability>) -> Capabilities {
     let caps = Capabilities::all_present();
@@ -8,14 +58,24 @@ fn caps_without(c: Option<Capability>) -> Capabilities {
     }
 }
 
+fn input<'a>(
+    caps: &'a Capabilities,
+    mode: KprMode,
+    partial_features: &'a [Feature],
+    dataplane: DataplaneMode,
+    backends: &'a [BackendSpec],
+) -> PlanInput<'a> {
+    PlanInput { caps, mode, partial_features, dataplane, backends }
+}
+
 fn plan(mode: KprMode, d: DataplaneMode, missing: Option<Capability>) -> Result<Plan, PlanError> {
     let caps = caps_without(missing);
     let all: Vec<Feature> = Feature::ALL.into_iter().filter(|f| f.is_kube_proxy_feature()).collect();
-    compute(&PlanInput { caps: &caps, mode, partial_features: &all, dataplane: d, implemented: Implemented::ALL })
+    compute(&input(&caps, mode, &all, d, &backends()))
 }
 
 const MODES: [KprMode; 4] = [KprMode::Disabled, KprMode::Partial, KprMode::Probe, KprMode::Strict];
-const DATAPLANES: [DataplaneMode; 3] = [DataplaneMode::Auto, DataplaneMode::Ebpf, DataplaneMode::Iptables];
+const DATAPLANES: [DataplaneMode; 3] = [DataplaneMode::Auto, DataplaneMode::EBPF, DataplaneMode::IPTABLES];
 
 /// Every mode x dataplane x single missing capability: the plan never gives a feature to a
 /// backend lacking what it needs, strict fails exactly when some feature is unservable, and
@@ -29,8 +89,10 @@ fn exhaustive_mode_dataplane_missing_capability() {
             for m in &missings {
                 let caps = caps_without(*m);
                 let ctx = format!("mode={mode:?} dataplane={d:?} missing={m:?}");
-                let servable = |f: Feature| candidates(d).iter().any(|o| missing(&caps, needs(f, *o)).is_empty());
-                let any_unservable = Feature::ALL.into_iter().any(|f| !servable(f));
+                let bs = backends();
+                let servable = |f: Feature| candidates(d, &bs).iter().any(|b| missing(&caps, needs(f, b)).is_empty());
+                // Strict and partial promise the kube-proxy features only.
+                let any_unservable = Feature::SERVICES.into_iter().any(|f| !servable(f));
                 match plan(mode, d, *m) {
                     Err(e) => {
                         assert!(
@@ -52,18 +114,15 @@ fn exhaustive_mode_dataplane_missing_capability() {
                         assert_eq!(p.entries.len(), Feature::ALL.len());
                         for e in &p.entries {
                             match e.owner {
-                                Owner::Ebpf => {
-                                    assert!(missing(&caps, e.feature.ebpf_needs()).is_empty(), "{ctx}: {e:?}");
-                                    assert_ne!(d, DataplaneMode::Iptables, "{ctx}: {e:?}");
-                                }
-                                Owner::Iptables => {
-                                    assert!(missing(&caps, e.feature.iptables_needs()).is_empty(), "{ctx}: {e:?}");
-                                    assert_ne!(d, DataplaneMode::Ebpf, "{ctx}: {e:?}");
+                                Owner::Backend(id) => {
+                                    let b = bs.iter().find(|b| b.id == id).expect("registered");
+                                    assert!(missing(&caps, needs(e.feature, b)).is_empty(), "{ctx}: {e:?}");
+                                    assert!(d == DataplaneMode::Auto || d == DataplaneMode::Only(id), "{ctx}: {e:?}");
                                 }
                                 Owner::KubeProxy => assert!(e.feature.is_kube_proxy_feature(), "{ctx}: {e:?}"),
                                 Owner::Off => assert!(!e.feature.is_kube_proxy_feature(), "{ctx}: {e:?}"),
                             }
-                            assert!(!e.reason.is_empty(), "{ctx}: {e:?} has no reason");
+                            assert!(!e.reason.to_string().is_empty(), "{ctx}: {e:?} has no reason");
                             if mode == KprMode::Disabled && e.feature.is_kube_proxy_feature() {
                                 assert_eq!(e.owner, Owner::KubeProxy, "{ctx}");
                             }
@@ -73,7 +132,7 @@ fn exhaustive_mode_dataplane_missing_capability() {
                         }
                         // Under auto with nothing missing, everything is eBPF.
                         if d == DataplaneMode::Auto && m.is_none() && mode != KprMode::Disabled {
-                            assert!(p.entries.iter().all(|e| e.owner == Owner::Ebpf), "{ctx}: {p:?}");
+                            assert!(p.entries.iter().all(|e| e.owner == Owner::EBPF), "{ctx}: {p:?}");
                         }
                     }
                 }
@@ -86,77 +145,59 @@ fn exhaustive_mode_dataplane_missing_capability() {
 fn missing_fib_lookup_per_mode_as_the_issue_states() {
     let m = Some(Capability::HelperFibLookup);
     let auto = plan(KprMode::Probe, DataplaneMode::Auto, m).expect("probe auto");
-    assert_eq!(auto.owner(Feature::NodePort), Owner::Iptables);
-    assert_eq!(auto.owner(Feature::ClusterIp), Owner::Ebpf);
+    assert_eq!(auto.owner(Feature::NodePort), Owner::IPTABLES);
+    assert_eq!(auto.owner(Feature::ClusterIp), Owner::EBPF);
     let np = auto.entries.iter().find(|e| e.feature == Feature::NodePort).expect("np");
-    assert_eq!(np.reason, "eBPF: no bpf_fib_lookup");
+    assert_eq!(np.reason.to_string(), "eBPF: no bpf_fib_lookup");
+    assert!(
+        matches!(&np.reason, Reason::FellBack { passed_over } if passed_over[0].missing == [Capability::HelperFibLookup])
+    );
 
-    let probe_ebpf = plan(KprMode::Probe, DataplaneMode::Ebpf, m).expect("probe ebpf");
+    let probe_ebpf = plan(KprMode::Probe, DataplaneMode::EBPF, m).expect("probe ebpf");
     assert_eq!(probe_ebpf.owner(Feature::NodePort), Owner::KubeProxy);
     assert_eq!(probe_ebpf.owner(Feature::HealthCheckNodePort), Owner::KubeProxy, "one owner for the health check port");
     assert!(probe_ebpf.warnings.iter().any(|w| w.contains("NodePort left to kube-proxy")), "{:?}", probe_ebpf.warnings);
 
-    let strict = plan(KprMode::Strict, DataplaneMode::Ebpf, m).expect_err("strict ebpf");
+    let strict = plan(KprMode::Strict, DataplaneMode::EBPF, m).expect_err("strict ebpf");
     assert_eq!(
         strict.to_string(),
         "kube_proxy_replacement=strict: feature node-port cannot be served by eBPF: eBPF: no bpf_fib_lookup; run `sluice probe` to see the node's capabilities, or use kube_proxy_replacement=probe to leave it to kube-proxy"
     );
     // strict + auto: served anyway, by iptables. What no peer offers.
     let strict_auto = plan(KprMode::Strict, DataplaneMode::Auto, m).expect("strict auto");
-    assert_eq!(strict_auto.owner(Feature::NodePort), Owner::Iptables);
+    assert_eq!(strict_auto.owner(Feature::NodePort), Owner::IPTABLES);
 }
 
 #[test]
 fn dependents_move_with_their_base() {
     // No LPM trie: source ranges need iptables, so LoadBalancer moves there too.
     let p = plan(KprMode::Probe, DataplaneMode::Auto, Some(Capability::MapLpmTrie)).expect("plan");
-    assert_eq!(p.owner(Feature::SourceRanges), Owner::Iptables);
-    assert_eq!(p.owner(Feature::LoadBalancer), Owner::Iptables);
+    assert_eq!(p.owner(Feature::SourceRanges), Owner::IPTABLES);
+    assert_eq!(p.owner(Feature::LoadBalancer), Owner::IPTABLES);
     assert!(
-        p.entries
-            .iter()
-            .any(|e| e.feature == Feature::LoadBalancer && e.reason.contains("moved to iptables with source-ranges"))
+        p.entries.iter().any(|e| e.feature == Feature::LoadBalancer
+            && e.reason.to_string().contains("moved to iptables with source-ranges"))
     );
-    assert_eq!(p.owner(Feature::Policy), Owner::Iptables);
+    assert_eq!(p.owner(Feature::Policy), Owner::IPTABLES);
 }
 
 #[test]
 fn partial_takes_only_listed_features() {
     let caps = Capabilities::all_present();
     let listed = [Feature::NodePort, Feature::HealthCheckNodePort];
-    let p = compute(&PlanInput {
-        caps: &caps,
-        mode: KprMode::Partial,
-        partial_features: &listed,
-        dataplane: DataplaneMode::Auto,
-        implemented: Implemented::ALL,
-    })
-    .expect("plan");
-    assert_eq!(p.owner(Feature::NodePort), Owner::Ebpf);
+    let p = compute(&input(&caps, KprMode::Partial, &listed, DataplaneMode::Auto, &backends())).expect("plan");
+    assert_eq!(p.owner(Feature::NodePort), Owner::EBPF);
     assert_eq!(p.owner(Feature::ClusterIp), Owner::KubeProxy);
-    assert_eq!(p.owner(Feature::Policy), Owner::Ebpf, "policy is sluice's in every mode");
-    let e = compute(&PlanInput {
-        caps: &caps,
-        mode: KprMode::Partial,
-        partial_features: &[Feature::SessionAffinity],
-        dataplane: DataplaneMode::Auto,
-        implemented: Implemented::ALL,
-    })
-    .expect_err("base missing");
+    assert_eq!(p.owner(Feature::Policy), Owner::EBPF, "policy is sluice's in every mode");
+    let e = compute(&input(&caps, KprMode::Partial, &[Feature::SessionAffinity], DataplaneMode::Auto, &backends()))
+        .expect_err("base missing");
     assert!(e.to_string().contains("session-affinity needs cluster-ip"), "{e}");
 }
 
 #[test]
 fn kube_proxy_absence_is_warned() {
     let caps = Capabilities::all_present();
-    let p = compute(&PlanInput {
-        caps: &caps,
-        mode: KprMode::Disabled,
-        partial_features: &[],
-        dataplane: DataplaneMode::Auto,
-        implemented: Implemented::ALL,
-    })
-    .expect("plan");
+    let p = compute(&input(&caps, KprMode::Disabled, &[], DataplaneMode::Auto, &backends())).expect("plan");
     assert!(p.warnings.iter().any(|w| w.contains("kube-proxy is not running")), "{:?}", p.warnings);
 }
 
@@ -172,13 +213,13 @@ fn status_line_shows_owner_and_reason() {
 
 #[test]
 fn transition_is_make_before_break() {
-    let ipt = plan(KprMode::Probe, DataplaneMode::Iptables, None).expect("iptables");
+    let ipt = plan(KprMode::Probe, DataplaneMode::IPTABLES, None).expect("iptables");
     let auto = plan(KprMode::Probe, DataplaneMode::Auto, None).expect("auto");
     let steps = transition(&ipt, &auto);
     assert_eq!(steps.len(), 2 * Feature::ALL.len());
     let first_remove = steps.iter().position(|s| matches!(s, Step::Remove { .. })).expect("removes");
-    assert!(steps[..first_remove].iter().all(|s| matches!(s, Step::Program { owner: Owner::Ebpf, .. })));
-    assert!(steps[first_remove..].iter().all(|s| matches!(s, Step::Remove { owner: Owner::Iptables, .. })));
+    assert!(steps[..first_remove].iter().all(|s| matches!(s, Step::Program { owner: Owner::EBPF, .. })));
+    assert!(steps[first_remove..].iter().all(|s| matches!(s, Step::Remove { owner: Owner::IPTABLES, .. })));
     assert!(transition(&auto, &auto).is_empty());
     // To disabled: sluice only removes; kube-proxy takes over.
     let off = plan(KprMode::Disabled, DataplaneMode::Auto, None).expect("disabled");
@@ -200,27 +241,56 @@ fn names_round_trip() {
 #[test]
 fn unimplemented_backend_is_never_chosen_and_says_so() {
     let caps = Capabilities::all_present();
-    let imp = Implemented { ebpf: &[], iptables: &[Feature::ClusterIp, Feature::SessionAffinity] };
-    let p = compute(&PlanInput {
-        caps: &caps,
-        mode: KprMode::Probe,
-        partial_features: &[],
-        dataplane: DataplaneMode::Auto,
-        implemented: imp,
-    })
-    .expect("plan");
-    assert_eq!(p.owner(Feature::ClusterIp), Owner::Iptables);
+    let bs = [spec(BackendId::EBPF, none), spec(BackendId::IPTABLES, only_cluster_ip)];
+    let p = compute(&input(&caps, KprMode::Probe, &[], DataplaneMode::Auto, &bs)).expect("plan");
+    assert_eq!(p.owner(Feature::ClusterIp), Owner::IPTABLES);
     let e = p.entries.iter().find(|e| e.feature == Feature::ClusterIp).expect("entry");
-    assert_eq!(e.reason, "eBPF: not implemented in this build");
+    assert_eq!(e.reason.to_string(), "eBPF: not implemented in this build");
     assert_eq!(p.owner(Feature::NodePort), Owner::KubeProxy);
     assert_eq!(p.owner(Feature::Policy), Owner::Off);
-    let err = compute(&PlanInput {
-        caps: &caps,
-        mode: KprMode::Strict,
-        partial_features: &[],
-        dataplane: DataplaneMode::Ebpf,
-        implemented: imp,
-    })
-    .expect_err("strict");
+    let err = compute(&input(&caps, KprMode::Strict, &[], DataplaneMode::EBPF, &bs)).expect_err("strict");
     assert!(err.to_string().contains("not implemented in this build"), "{err}");
+}
+
+/// Policy and flows are sluice's own: a build that implements neither still runs strict, and
+/// partial with every Service feature listed, on every dataplane.
+#[test]
+fn strict_needs_only_the_kube_proxy_features() {
+    let caps = Capabilities::all_present();
+    let bs = [spec(BackendId::EBPF, services_only), spec(BackendId::IPTABLES, services_only)];
+    let all: Vec<Feature> = Feature::SERVICES.to_vec();
+    for d in DATAPLANES {
+        for mode in [KprMode::Strict, KprMode::Partial] {
+            let p = compute(&input(&caps, mode, &all, d, &bs)).unwrap_or_else(|e| panic!("{mode:?} {d:?}: {e}"));
+            assert_eq!(p.owner(Feature::Policy), Owner::Off);
+            assert!(
+                matches!(&p.entries.iter().find(|e| e.feature == Feature::Flows).expect("flows").reason, Reason::Unservable { lacks } if lacks.iter().all(|l| l.not_built))
+            );
+            assert!(Feature::SERVICES.iter().all(|f| matches!(p.owner(*f), Owner::Backend(_))));
+        }
+    }
+}
+
+#[test]
+fn unknown_dataplane_names_the_value_and_the_accepted_ones() {
+    let caps = Capabilities::all_present();
+    let d = DataplaneMode::Only(BackendId::new("nft"));
+    let e = compute(&input(&caps, KprMode::Probe, &[], d, &backends())).expect_err("unknown");
+    assert_eq!(e.to_string(), "dataplane=nft: no such backend in this build; accepted: auto, ebpf, iptables");
+    assert_eq!(
+        "bpf".parse::<DataplaneMode>().expect_err("bad"),
+        "unknown dataplane \"bpf\"; accepted: auto, ebpf, iptables"
+    );
+}
+
+#[test]
+fn owners_and_reasons_serialize_as_before() {
+    let p = plan(KprMode::Probe, DataplaneMode::Auto, Some(Capability::HelperFibLookup)).expect("plan");
+    let json = serde_json::to_value(&p).expect("json");
+    assert_eq!(json["dataplane"], "auto");
+    let np = json["entries"].as_array().and_then(|es| es.iter().find(|e| e["feature"] == "node-port")).expect("np");
+    assert_eq!(np["owner"], "iptables");
+    assert_eq!(np["reason"]["kind"], "fell-back");
+    let back: Plan = serde_json::from_value(json).expect("back");
+    assert_eq!(back, p);
 }

@@ -114,6 +114,7 @@ impl Lab {
             "node_name": node.name,
             "cluster_cidr": CLUSTER_CIDR,
             "socket_path": d.join("sluice.sock"),
+            "state_dir": d.join("state"),
             "source": { "manifests_dir": self.manifests_dir(), "poll_interval_ms": 300 },
             "cni": { "conflist_path": d.join("net.d/05-sluice.conflist"), "data_dir": d.join("cni-data") },
             "bpf_pin_dir": self.bpf_dir().join(&node.name),

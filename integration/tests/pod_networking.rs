@@ -156,7 +156,7 @@ fn sluice_cleanup_removes_only_what_sluice_owns() {
     let out = t.exec("node-1", &["sluice", "cleanup", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["routes"], 1, "{out}");
-    assert!(v["bpf_objects"].as_u64().is_some_and(|n| n >= 10), "{out}");
+    assert!(v["backends"]["ebpf"].as_u64().is_some_and(|n| n >= 10), "{out}");
     assert!(!pins.exists(), "every pinned map and link is gone");
     let nat = t.exec("node-1", &["iptables-nft-save", "-t", "nat"]);
     assert!(!nat.contains("SLUICE-"), "{nat}");

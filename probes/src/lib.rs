@@ -43,14 +43,12 @@ fn probe_one(c: Capability) -> (bool, String) {
     }
 }
 
-/// Which features each capability is needed for (for `sluice probe`).
-pub fn enables(c: Capability) -> Vec<&'static str> {
+/// Which features each capability is needed for on any of `backends` (for `sluice probe`).
+pub fn enables(c: Capability, backends: &[sluice_core::BackendSpec]) -> Vec<&'static str> {
     let mut v = Vec::new();
     for f in sluice_core::Feature::ALL {
-        if f.ebpf_needs().contains(&c) {
-            v.push(f.name());
-        }
-        if f.iptables_needs().contains(&c) && !v.contains(&f.name()) {
+        let needed = backends.iter().any(|b| (b.needs)(f).is_some_and(|n| n.contains(&c)));
+        if needed && !v.contains(&f.name()) {
             v.push(f.name());
         }
     }

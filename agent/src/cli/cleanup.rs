@@ -1,35 +1,47 @@
 use anyhow::Context;
 use serde::Serialize;
+use sluice_config::Config;
 use sluice_iptables::{Iptables, RouteManager, Variant};
 
 use crate::Output;
 
 #[derive(Serialize)]
 struct Removed {
-    iptables: Vec<String>,
+    /// Kernel objects removed per backend (iptables: tables touched; eBPF: pinned maps and links).
+    backends: std::collections::BTreeMap<String, usize>,
     routes: usize,
-    bpf_objects: usize,
 }
 
+/// Every backend's `cleanup`, through the registry, then node plumbing (routes). BPF first:
+/// unpinning the links detaches the programs from the pod veths.
 pub fn run(config: Option<&std::path::Path>, out: Output) -> anyhow::Result<()> {
-    let mut removed = Removed { iptables: Vec::new(), routes: 0, bpf_objects: 0 };
-    // BPF first: unpinning the links detaches the programs from the pod veths.
-    let pin_dirs: Vec<std::path::PathBuf> = match config.map(|p| sluice_config::load(Some(p), None)) {
-        Some(Ok(cfg)) => vec![cfg.bpf_pin_dir()],
-        Some(Err(e)) => return Err(e).context("reading the agent config for its BPF pin directory"),
-        None => std::fs::read_dir("/sys/fs/bpf/sluice").into_iter().flatten().flatten().map(|e| e.path()).collect(),
+    // With the agent's config: its pin directory. Without: one config per pin directory found
+    // (every node's agent on a lab machine), or the defaults when there is none.
+    let configs: Vec<Config> = match config {
+        Some(p) => vec![sluice_config::load(Some(p), None).context("reading the agent config")?],
+        None => {
+            let dirs: Vec<std::path::PathBuf> =
+                std::fs::read_dir("/sys/fs/bpf/sluice").into_iter().flatten().flatten().map(|e| e.path()).collect();
+            let base = Config::default();
+            if dirs.is_empty() {
+                vec![base]
+            } else {
+                dirs.into_iter().map(|d| Config { bpf_pin_dir: Some(d), ..base.clone() }).collect()
+            }
+        }
     };
-    for dir in pin_dirs {
-        removed.bpf_objects +=
-            sluice_ebpf::datapath::remove_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    // Both variants: a node may have switched between them since sluice last ran.
-    for variant in [Variant::Nft, Variant::Legacy] {
-        let ipt = Iptables { variant };
-        match ipt.cleanup(&["nat", "filter", "mangle", "raw"]) {
-            Ok(tables) => removed.iptables.extend(tables.into_iter().map(|t| format!("{}/{t}", variant.as_str()))),
-            Err(sluice_iptables::IptablesError::Spawn { .. }) => {} // this variant is not installed
-            Err(e) => return Err(e).context("removing sluice iptables chains"),
+    let mut removed = Removed { backends: Default::default(), routes: 0 };
+    for (i, cfg) in configs.iter().enumerate() {
+        // The iptables cleanup covers both variants node-wide; it runs with the first config.
+        for mut b in super::super::daemon::registry::build(cfg, Iptables { variant: Variant::Nft }) {
+            if i > 0 && b.id() != sluice_core::BackendId::EBPF {
+                continue;
+            }
+            let r = b.cleanup();
+            if let Some(e) = r.errors.first() {
+                anyhow::bail!("{} cleanup failed: {e}", b.id());
+            }
+            *removed.backends.entry(b.id().as_str().to_string()).or_default() += r.removed;
         }
     }
     removed.routes = super::block_on(async {
@@ -40,13 +52,15 @@ pub fn run(config: Option<&std::path::Path>, out: Output) -> anyhow::Result<()> 
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(&removed)?),
         Output::Table => {
-            if removed.iptables.is_empty() {
-                println!("iptables: no sluice chains found");
-            } else {
-                println!("iptables: removed sluice chains and hooks in {}", removed.iptables.join(", "));
+            for (id, n) in &removed.backends {
+                let what = if id == "iptables" {
+                    "table(s) with sluice chains and hooks"
+                } else {
+                    "pinned map(s) and link(s)"
+                };
+                println!("{id:<9} removed {n} {what}");
             }
-            println!("routes:   removed {} sluice route(s)", removed.routes);
-            println!("bpf:      removed {} pinned map(s) and link(s)", removed.bpf_objects);
+            println!("{:<9} removed {} sluice route(s)", "routes", removed.routes);
         }
     }
     Ok(())

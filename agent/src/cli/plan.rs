@@ -28,7 +28,7 @@ pub fn run(socket: &Path, config: Option<&Path>, out: Output) -> anyhow::Result<
         }
         return Ok(());
     };
-    let cfg = sluice_config::load(Some(path), None)?;
+    let cfg = sluice_config::load_for_planning(path)?;
     let (probed, _) = sluice_probes::probe();
     let proposed = crate::daemon::features::plan_for(&cfg, &probed)
         .map_err(|e| anyhow::anyhow!("the agent would refuse {}: {e:#}", path.display()))?;

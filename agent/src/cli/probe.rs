@@ -19,7 +19,7 @@ pub fn run(config: Option<&Path>, out: Output) -> anyhow::Result<()> {
             .iter()
             .map(|(c, r)| {
                 json!({"capability": c.name(), "found": r.found, "assumed_missing": r.assumed_missing,
-                       "detail": r.detail, "needed_for": sluice_probes::enables(*c)})
+                       "detail": r.detail, "needed_for": sluice_probes::enables(*c, &crate::daemon::registry::specs())})
             })
             .collect();
         let v = json!({
@@ -38,7 +38,7 @@ pub fn run(config: Option<&Path>, out: Output) -> anyhow::Result<()> {
             (false, true) => "no (assumed)",
             (false, false) => "NO",
         };
-        let needed = sluice_probes::enables(*c);
+        let needed = sluice_probes::enables(*c, &crate::daemon::registry::specs());
         let needed = match needed.len() {
             0 => "(not used by any feature yet)".to_string(),
             n if n == sluice_core::Feature::ALL.len() => "all features".to_string(),

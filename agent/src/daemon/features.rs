@@ -5,10 +5,11 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use sluice_config::Config;
 use sluice_core::plan::{compute, transition};
-use sluice_core::{Capabilities, Implemented, Plan, PlanInput, Step};
+use sluice_core::{Capabilities, Plan, PlanInput, Step, StepState};
+
+pub use crate::api::types::{ReloadStatus, StepRecord};
 
 /// Where the running config came from, so it can be re-read.
 #[derive(Debug, Clone)]
@@ -16,32 +17,6 @@ pub struct ConfigSource {
     pub path: Option<PathBuf>,
     pub flags: serde_json::Value,
 }
-
-/// Outcome of the last reload attempt, shown in status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReloadStatus {
-    pub path: Option<String>,
-    /// Increments with every applied config (1 = the one the agent started with).
-    pub generation: u64,
-    pub last_attempt_unix: u64,
-    /// `None` when the last attempt was applied; the error when it was rejected.
-    pub rejected: Option<String>,
-    /// The `node_configs` entry this node's label selects, if any.
-    #[serde(default)]
-    pub node_config: Option<String>,
-    /// The steps of the last applied change, in the order they ran.
-    pub last_transition: Vec<StepRecord>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub step: Step,
-    pub result: String,
-}
-
-/// What this build's backends can program. Neither programs policy or flows yet.
-pub const IMPLEMENTED: Implemented =
-    Implemented { ebpf: sluice_ebpf::IMPLEMENTED, iptables: sluice_iptables::services::IMPLEMENTED };
 
 /// The plan a config gives on these capabilities (with `probes.assume_missing` applied).
 pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {
@@ -52,7 +27,7 @@ pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {
         mode: cfg.kube_proxy_replacement.0,
         partial_features: &features,
         dataplane: cfg.dataplane,
-        implemented: IMPLEMENTED,
+        backends: &super::registry::specs(),
     })?)
 }
 
@@ -132,6 +107,45 @@ impl Planner {
         self.replan(base, label)
     }
 
+    /// Record the outcome of a reload or label change. The steps run in the next engine pass
+    /// (every new owner programs before any old owner removes); their state follows the engine.
+    pub fn apply(&mut self, res: Result<Vec<Step>, String>) {
+        match res {
+            Ok(steps) => {
+                tracing::info!(generation = self.status.generation, "config applied: {}", self.plan.status_line());
+                for step in &steps {
+                    tracing::info!(?step, "feature transition step");
+                }
+                self.status.last_transition = steps
+                    .into_iter()
+                    .map(|step| StepRecord { step, state: StepState::Waiting, result: "in the next pass".into() })
+                    .collect();
+            }
+            Err(e) => tracing::error!(error = %e, "config reload rejected; the running config and plan stay"),
+        }
+    }
+
+    /// The last transition's steps, as far as the engine has carried them out.
+    pub fn track(&mut self, engine: &sluice_core::Engine) {
+        for r in &mut self.status.last_transition {
+            let state = engine.step_state(&r.step);
+            if state != r.state {
+                tracing::info!(step = ?r.step, ?state, "feature transition step");
+            }
+            r.state = state;
+            r.result = match (state, &r.step) {
+                (StepState::Done, Step::Program { .. }) => "programmed".into(),
+                (StepState::Done, Step::Remove { .. }) => "removed".into(),
+                (StepState::Waiting, Step::Program { owner, feature }) => {
+                    format!("waiting: {owner} does not serve {feature} yet (see errors); the old owner keeps it")
+                }
+                (StepState::Waiting, Step::Remove { feature, .. }) => {
+                    format!("kept until the new owner of {feature} serves it")
+                }
+            };
+        }
+    }
+
     fn replan(&mut self, base: Result<Config, String>, label: Option<String>) -> Result<Vec<Step>, String> {
         let attempt = base.and_then(|new| {
             let effective = new.with_node_config(label.as_deref()).map_err(|e| format!("{e:#}"))?;
@@ -165,7 +179,7 @@ mod tests {
     fn only_mode_keys_change_at_runtime() {
         let old = sluice_config::from_yaml_str("node_name: node-1").expect("cfg");
         let mut new = old.clone();
-        new.dataplane = sluice_core::DataplaneMode::Iptables;
+        new.dataplane = sluice_core::DataplaneMode::IPTABLES;
         assert!(runtime_changeable(&old, &new).is_ok());
         new.node_name = "node-2".into();
         new.masquerade = false;
@@ -185,12 +199,12 @@ mod tests {
         let source = ConfigSource { path: Some(path.clone()), flags: serde_json::json!({}) };
         let cfg = sluice_config::load(Some(&path), None).expect("cfg");
         let mut p = Planner::new(source, Capabilities::all_present(), cfg).expect("planner");
-        assert_eq!(p.plan.owner(sluice_core::Feature::ClusterIp), sluice_core::Owner::Iptables);
+        assert_eq!(p.plan.owner(sluice_core::Feature::ClusterIp), sluice_core::Owner::IPTABLES);
 
         std::fs::write(&path, "node_name: node-1\ndataplane: iptables\nkube_proxy_replacement: disabled\n")
             .expect("write");
         let steps = p.reload().expect("valid reload");
-        assert!(matches!(steps.first(), Some(Step::Remove { owner: sluice_core::Owner::Iptables, .. })), "{steps:?}");
+        assert!(matches!(steps.first(), Some(Step::Remove { owner: sluice_core::Owner::IPTABLES, .. })), "{steps:?}");
         assert_eq!(p.status.generation, 2);
 
         std::fs::write(&path, "node_name: node-1\ndataplane: warp\n").expect("write");

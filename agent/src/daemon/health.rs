@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_core::{Service, ServiceName};
+use sluice_core::{ServiceName, ServiceView};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,16 +16,11 @@ pub struct Health {
 }
 
 /// Health check ports this node should serve.
-pub fn desired(services: &[Service], node: &str) -> BTreeMap<u16, Health> {
+pub fn desired(view: &ServiceView<'_>) -> BTreeMap<u16, Health> {
     let mut out = BTreeMap::new();
-    for s in services.iter().filter(|s| s.external_local) {
+    for s in view.services.iter().filter(|s| s.external_local) {
         let Some(port) = s.health_check_node_port else { continue };
-        let local = s
-            .frontends
-            .first()
-            .map(|fe| s.usable_backends(fe).filter(|b| b.node.as_deref() == Some(node)).count())
-            .unwrap_or(0);
-        out.insert(port, Health { service: s.name.clone(), local_endpoints: local });
+        out.insert(port, Health { service: s.name.clone(), local_endpoints: view.local_endpoint_count(s) });
     }
     out
 }

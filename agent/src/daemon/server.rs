@@ -9,8 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{RwLock, mpsc, oneshot};
 
+use crate::api::types::{AgentStatus, LbEntry, ServiceEntry};
 use crate::api::{Request, Response};
-use crate::status::AgentStatus;
 
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -33,8 +33,8 @@ fn gone() -> Response {
 
 /// Questions only the reconcile loop can answer (it owns the state and the datapath).
 pub enum Query {
-    Services(oneshot::Sender<Vec<crate::services::ServiceEntry>>),
-    BpfLb(oneshot::Sender<Vec<crate::daemon::ebpf::LbEntry>>),
+    Services(oneshot::Sender<Vec<ServiceEntry>>),
+    BpfLb(oneshot::Sender<Vec<LbEntry>>),
 }
 
 /// Ask the reconcile loop; None when it is gone (the agent is stopping).

@@ -1,6 +1,7 @@
 //! Sources of cluster state. Each produces Kubernetes objects; [`translate`] turns them into
 //! the core model. Only the agent sees Kubernetes types.
 
+mod alloc;
 pub mod kube;
 pub mod manifests;
 pub mod translate;

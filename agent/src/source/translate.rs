@@ -18,11 +18,14 @@ use super::Objects;
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub node_port_range: (u16, u16),
+    /// Standalone mode: allocate a ClusterIP from here for Services without `spec.clusterIP`
+    /// (sluice is the only API server the manifests meet). `None`: the API server allocates.
+    pub service_cidr: Option<ipnet::Ipv4Net>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { node_port_range: (30000, 32767) }
+        Options { node_port_range: (30000, 32767), service_cidr: None }
     }
 }
 
@@ -45,8 +48,16 @@ pub fn translate_with(o: &Objects, opts: Options) -> ClusterState {
     let mut services: Vec<&K8sService> = o.services.iter().collect();
     services.sort_by_key(|s| name_of(s));
     let mut node_ports: BTreeMap<(u16, Protocol), String> = BTreeMap::new();
+    let allocated = opts.service_cidr.map(|cidr| super::alloc::cluster_ips(&services, cidr)).unwrap_or_default();
     for s in services {
-        let checked = service(s, &o.endpoint_slices, &o.pods).and_then(|svc| match svc {
+        let alloc = allocated.get(&name_of(s)).copied();
+        let checked = match (alloc, opts.service_cidr) {
+            (Some(None), Some(cidr)) => Err(format!(
+                "spec.clusterIP is empty and service_cidr {cidr} has no free address for it; set spec.clusterIP or widen service_cidr"
+            )),
+            _ => service(s, alloc.flatten(), &o.endpoint_slices, &o.pods),
+        };
+        let checked = checked.and_then(|svc| match svc {
             Some(svc) => check_node_ports(&svc, opts, &node_ports).map(|_| Some(svc)),
             None => Ok(None),
         });
@@ -107,7 +118,7 @@ fn host_ports(p: &Pod, out: &mut Vec<sluice_core::HostPort>) {
     }
 }
 
-fn name_of(s: &K8sService) -> String {
+pub(super) fn name_of(s: &K8sService) -> String {
     format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or("default"), s.metadata.name.as_deref().unwrap_or(""))
 }
 
@@ -158,8 +169,14 @@ fn port_u16(v: i32, what: &str) -> Result<u16, String> {
     u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| format!("{what} {v} is outside 1-65535"))
 }
 
-/// `Ok(None)` for services sluice does not proxy (headless, ExternalName).
-fn service(s: &K8sService, slices: &[EndpointSlice], pods: &[Pod]) -> Result<Option<Service>, String> {
+/// `Ok(None)` for services sluice does not proxy (headless, ExternalName). `allocated`: the
+/// ClusterIP sluice allocated for a Service without `spec.clusterIP` (standalone mode).
+fn service(
+    s: &K8sService,
+    allocated: Option<std::net::Ipv4Addr>,
+    slices: &[EndpointSlice],
+    pods: &[Pod],
+) -> Result<Option<Service>, String> {
     let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = s.metadata.name.clone().ok_or("metadata.name is missing")?;
     let spec = s.spec.as_ref().ok_or("spec is missing")?;
@@ -172,7 +189,7 @@ fn service(s: &K8sService, slices: &[EndpointSlice], pods: &[Pod]) -> Result<Opt
         return Ok(None);
     }
     let vip: Option<IpAddr> = match cluster_ip {
-        "" => None,
+        "" => allocated.map(IpAddr::V4),
         ip => Some(ip.parse().map_err(|_| format!("spec.clusterIP {ip:?} is not an IP address"))?),
     };
     if let Some(IpAddr::V6(ip)) = vip {

@@ -43,7 +43,15 @@ pub struct Datapath {
     last_ctx: Option<NodeCtx>,
     last_host_ports: Vec<HostPort>,
     /// Pinned maps whose size differs from the config's (kept until `sluice cleanup`).
-    pub size_mismatches: Vec<String>,
+    pub size_mismatches: Vec<SizeMismatch>,
+}
+
+/// A pinned map whose size is not the configured one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeMismatch {
+    pub map: &'static str,
+    pub pinned: u32,
+    pub configured: u32,
 }
 
 /// What the datapath remembers of a written Service.
@@ -96,9 +104,7 @@ impl Datapath {
                 _ => None,
             });
             if let Some(have) = have.filter(|h| *h != want) {
-                size_mismatches.push(format!(
-                    "map {name} is pinned with {have} entries, bpf_map_sizes asks {want}: it keeps {have} until `sluice cleanup` (which interrupts forwarding) and a restart"
-                ));
+                size_mismatches.push(SizeMismatch { map: name, pinned: have, configured: want });
             }
         }
         let mut written = Entries::default();

@@ -8,15 +8,18 @@
 //! - [`datapath`]: the service maps kept in step with the desired services; [`attach`]: the
 //!   programs on pod veths, node devices and the node's cgroup, through pinned links.
 //!
+//! - [`dataplane`]: the backend behind core's `Dataplane` seam (what the engine drives).
+//!
 //! See docs/design/ebpf.md for what is built and what is not.
 
 pub mod attach;
 pub mod datapath;
+pub mod dataplane;
+pub mod lb_list;
 pub mod loader;
 pub mod maps;
 
-/// Features this backend implements (what the plan may give it): every Service feature.
-pub const IMPLEMENTED: &[sluice_core::Feature] = &sluice_core::Feature::SERVICES;
+pub use dataplane::{EbpfDataplane, SPEC};
 
 /// The compiled object (see build.rs).
 pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.bpf.o"));

@@ -207,39 +207,40 @@ struct Front {
 
 fn service_fronts(s: &Service, ctx: &NodeCtx, out: &mut Vec<Front>) {
     let affinity_s = if ctx.owns(Feature::SessionAffinity) { s.affinity_timeout_s.unwrap_or(0) } else { 0 };
+    let ports = sluice_core::view::ports_of(s, &ctx.node_name);
+    let tpl = ctx.owns(Feature::TrafficPolicyLocal);
     for fe in &s.frontends {
-        let all: Vec<(BackendVal, bool)> = s
-            .usable_backends(fe)
-            .filter_map(|b| match b.ip {
-                IpAddr::V4(ip) => {
-                    let local = b.node.as_deref() == Some(ctx.node_name.as_str());
-                    let p = if b.port == 0 { fe.target_port } else { b.port };
-                    let flags = if local { BE_F_LOCAL } else { 0 };
-                    Some((BackendVal { addr: addr(ip), port: port(p), flags }, local))
-                }
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let pick = |local_only: bool| -> Vec<BackendVal> {
-            all.iter().filter(|(_, l)| !local_only || *l).map(|(b, _)| *b).collect()
+        let Some(pv) = ports.iter().find(|p| p.port_name == fe.port_name && p.protocol == fe.protocol) else {
+            continue;
+        };
+        let encode = |set: &[&sluice_core::Backend]| -> Vec<BackendVal> {
+            set.iter()
+                .filter_map(|b| match b.ip {
+                    IpAddr::V4(ip) => {
+                        let local = b.node.as_deref() == Some(ctx.node_name.as_str());
+                        let p = if b.port == 0 { fe.target_port } else { b.port };
+                        let flags = if local { BE_F_LOCAL } else { 0 };
+                        Some(BackendVal { addr: addr(ip), port: port(p), flags })
+                    }
+                    IpAddr::V6(_) => None,
+                })
+                .collect()
         };
         let sock = ctx.sock_flags(fe.protocol);
-        let ext_local = s.external_local && ctx.owns(Feature::TrafficPolicyLocal);
         let (flags, ips, backends): (u32, Vec<Ipv4Addr>, Vec<BackendVal>) = match (fe.kind, fe.ip) {
             (FrontendKind::ClusterIp, Some(IpAddr::V4(ip))) => {
                 let tc = if ctx.owns(Feature::ClusterIp) { SVC_F_TC } else { 0 };
-                let int_local = s.internal_local && ctx.owns(Feature::TrafficPolicyLocal);
-                (tc | sock, vec![ip], pick(int_local))
+                (tc | sock, vec![ip], encode(pv.internal()))
             }
             (FrontendKind::NodePort, None) if ctx.owns(Feature::NodePort) => {
-                (SVC_F_TC | SVC_F_EXTERNAL | sock, ctx.node_ips.clone(), pick(ext_local))
+                (SVC_F_TC | SVC_F_EXTERNAL | sock, ctx.node_ips.clone(), encode(pv.external(tpl)))
             }
             (FrontendKind::ExternalIp, Some(IpAddr::V4(ip))) if ctx.owns(Feature::ExternalIps) => {
-                (SVC_F_TC | SVC_F_EXTERNAL | sock, vec![ip], pick(ext_local))
+                (SVC_F_TC | SVC_F_EXTERNAL | sock, vec![ip], encode(pv.external(tpl)))
             }
             (FrontendKind::LoadBalancer, Some(IpAddr::V4(ip))) if ctx.owns(Feature::LoadBalancer) => {
                 let ranges = if s.source_ranges.is_empty() { 0 } else { SVC_F_SRC_RANGES };
-                (SVC_F_TC | SVC_F_EXTERNAL | sock | ranges, vec![ip], pick(ext_local))
+                (SVC_F_TC | SVC_F_EXTERNAL | sock | ranges, vec![ip], encode(pv.external(tpl)))
             }
             _ => continue,
         };
@@ -264,8 +265,9 @@ fn service_fronts(s: &Service, ctx: &NodeCtx, out: &mut Vec<Front>) {
     }
 }
 
+/// One of this node's hostPorts (the caller filters them through the service view).
 fn host_port_fronts(h: &HostPort, ctx: &NodeCtx, out: &mut Vec<Front>) {
-    if !ctx.owns(Feature::HostPort) || h.node.as_deref() != Some(ctx.node_name.as_str()) {
+    if !ctx.owns(Feature::HostPort) {
         return;
     }
     let ips = match h.host_ip {
@@ -298,7 +300,7 @@ pub fn encode_with_keys(services: &[Service], host_ports: &[HostPort], ctx: &Nod
         service_fronts(s, ctx, &mut fronts);
         keys.push(fronts[before..].iter().map(|f| f.key).collect());
     }
-    for h in host_ports {
+    for h in sluice_core::view::ServiceView::new(&ctx.node_name, services, host_ports).host_ports() {
         host_port_fronts(h, ctx, &mut fronts);
     }
     let mut e = Entries::default();

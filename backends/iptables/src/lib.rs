@@ -6,9 +6,12 @@
 //!   atomic batch per table with `--noflush --wait`.
 //! - [`routes`]: inter-node pod routes over netlink, marked with [`NODE_RTPROTO`].
 //!
+//! - [`dataplane`]: the backend behind core's `Dataplane` seam (what the engine drives).
+//!
 //! Everything sluice creates is marked: chains start with [`CHAIN_PREFIX`], rules carry a
 //! `sluice:` comment, routes carry the protocol number.
 
+pub mod dataplane;
 pub mod incremental;
 pub mod restore;
 pub mod routes;
@@ -17,6 +20,7 @@ pub mod save;
 pub mod services;
 pub mod sync;
 
+pub use dataplane::{IptablesDataplane, SPEC};
 pub use restore::{Iptables, IptablesError, Variant};
 pub use routes::{NODE_RTPROTO, RouteError, RouteManager};
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
-use sluice_core::{Backend, Feature, Frontend, FrontendKind, HostPort, Protocol, Service};
+use sluice_core::{Backend, Feature, FrontendKind, HostPort, Protocol, Service};
 
 use crate::ruleset::Ruleset;
 
@@ -168,17 +168,10 @@ pub fn service_fragment(svc: &Service, ctx: &FragmentCtx) -> Fragment {
     let mut f = Draft::default();
     let owns = |feat: Feature| ctx.owned.contains(&feat);
     let cluster = ctx.cluster_cidr;
-    // One group of frontends per service port.
-    let mut ports: BTreeMap<(String, Protocol), Vec<&Frontend>> = BTreeMap::new();
-    for fe in &svc.frontends {
-        ports.entry((fe.port_name.clone(), fe.protocol)).or_default().push(fe);
-    }
-    for ((port_name, p), fes) in ports {
-        let c = port_chains(svc, &port_name, p);
-        let eps: Vec<&Backend> = svc.usable_backends(fes[0]).filter(|b| b.ip.is_ipv4()).collect();
-        let local: Vec<&Backend> =
-            eps.iter().copied().filter(|b| b.node.as_deref() == Some(ctx.node_name.as_str())).collect();
-        for b in &local {
+    for port in sluice_core::view::ports_of(svc, &ctx.node_name) {
+        let (port_name, p, fes) = (port.port_name, port.protocol, &port.frontends);
+        let c = port_chains(svc, port_name, p);
+        for b in &port.local {
             if let IpAddr::V4(ip) = b.ip {
                 f.local_eps.insert(ip);
             }
@@ -188,7 +181,7 @@ pub fn service_fragment(svc: &Service, ctx: &FragmentCtx) -> Fragment {
         let pr = proto(p);
         let mut serves_cluster = false;
         let mut serves_ext = false;
-        for fe in &fes {
+        for fe in fes {
             let (chain, wanted) = match fe.kind {
                 // Host processes reach ClusterIPs through OUTPUT when iptables has socket-lb,
                 // even when another dataplane (eBPF, at the pod's veth) serves pods.
@@ -204,9 +197,14 @@ pub fn service_fragment(svc: &Service, ctx: &FragmentCtx) -> Fragment {
             if !wanted {
                 continue;
             }
-            let usable = if fe.kind == FrontendKind::ClusterIp && svc.internal_local { &local } else { &eps };
-            let ext_usable = if svc.external_local { &local } else { &eps };
-            let empty = if fe.kind == FrontendKind::ClusterIp { usable.is_empty() } else { ext_usable.is_empty() };
+            // A frontend with nothing to send to is rejected (ClusterIP: by internal policy;
+            // outside traffic: by external policy, which a Local Service applies even when
+            // pods are sent cluster-wide).
+            let empty = if fe.kind == FrontendKind::ClusterIp {
+                port.internal().is_empty()
+            } else {
+                port.external(true).is_empty()
+            };
             match (fe.kind, fe.ip) {
                 (FrontendKind::NodePort, _) => {
                     if empty {
@@ -243,7 +241,7 @@ pub fn service_fragment(svc: &Service, ctx: &FragmentCtx) -> Fragment {
         }
         // The service chain (cluster-wide endpoints, or local ones for internalTrafficPolicy Local).
         if serves_cluster || serves_ext {
-            let usable = if svc.internal_local { &local } else { &eps };
+            let usable = port.internal();
             f.r.chain("nat", &c.svc).push(format!(
                 "! -s {cluster} -m comment --comment \"{} from outside the cluster\" -j {MARK_MASQ}",
                 quote(&c.label)
@@ -256,7 +254,7 @@ pub fn service_fragment(svc: &Service, ctx: &FragmentCtx) -> Fragment {
                 // Pods keep using every endpoint; outside traffic only local ones, unmasqueraded.
                 ext.push(format!("-s {cluster} -j {}", c.svc));
                 ext.push(format!("-j {}", c.svl));
-                f.sep_chains.extend(pick(&mut f.r, &c.svl, &local, affinity, target_port));
+                f.sep_chains.extend(pick(&mut f.r, &c.svl, &port.local, affinity, target_port));
             } else {
                 ext.push(format!("-j {MARK_MASQ}"));
                 ext.push(format!("-j {}", c.svc));
@@ -396,7 +394,7 @@ pub fn assemble<'f>(input: &NodeInput<'_>, fragments: impl Iterator<Item = &'f F
     }
     if owns(Feature::HostPort) {
         let mut hp = Vec::new();
-        for h in input.host_ports.iter().filter(|h| h.node.as_deref() == Some(input.node_name)) {
+        for h in sluice_core::view::ServiceView::new(input.node_name, input.services, input.host_ports).host_ports() {
             let pr = proto(h.protocol);
             let dst = h.host_ip.map(|ip| format!("-d {ip}/32 ")).unwrap_or_default();
             hp.push(format!(

@@ -1,5 +1,5 @@
 use super::*;
-use sluice_core::{BackendState, ServiceName};
+use sluice_core::{BackendState, Frontend, ServiceName};
 
 fn be(ip: &str, node: &str) -> Backend {
     Backend {

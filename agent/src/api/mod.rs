@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::status::AgentStatus;
+pub mod types;
+
+pub use types::{AgentStatus, LbEntry, ServiceEntry};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -26,8 +28,8 @@ pub enum Request {
 #[serde(rename_all = "kebab-case")]
 pub enum Response {
     Status(Box<AgentStatus>),
-    Services(Vec<crate::services::ServiceEntry>),
-    BpfLb(Vec<crate::daemon::ebpf::LbEntry>),
+    Services(Vec<ServiceEntry>),
+    BpfLb(Vec<LbEntry>),
     Ok,
     Error(String),
 }

@@ -1,0 +1,114 @@
+//! Wire types of the agent's local API, shared by the agent, the CLI and the lab (and, with the
+//! flows issue, the gRPC server): what `sluice status`, `sluice service list` and
+//! `sluice bpf lb list` receive.
+
+use serde::{Deserialize, Serialize};
+use sluice_core::model::Rejected;
+use sluice_core::{FeatureState, LocalEndpoint, ObjectError, Plan, PodRoute, ServiceName, Step, StepState};
+
+/// One row of `sluice bpf lb list`.
+pub type LbEntry = sluice_core::LbRow;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub kind: String,
+    pub location: String,
+    /// True once a complete read succeeded; nothing is pruned before that.
+    pub synced: bool,
+    pub objects: usize,
+    pub last_sync_unix: u64,
+    pub errors: Vec<String>,
+    /// Seconds since the API became unreachable; the dataplane stays as it was meanwhile.
+    #[serde(default)]
+    pub stale_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node: String,
+    pub pod_cidr: Option<String>,
+    pub cluster_cidr: String,
+    pub underlay_ip: Option<String>,
+    pub source: SourceStatus,
+    pub conflist: Option<String>,
+    pub routes: Vec<PodRoute>,
+    pub masquerade: String,
+    pub iptables_variant: String,
+    pub local_endpoints: Vec<LocalEndpoint>,
+    pub services: usize,
+    pub rejected: Vec<Rejected>,
+    /// Problems the last reconcile hit (empty when healthy).
+    pub errors: Vec<String>,
+    pub started_unix: u64,
+    pub kernel: String,
+    pub probe_ms: u64,
+    pub plan: Option<Plan>,
+    pub config: ReloadStatus,
+    /// The eBPF datapath in one line.
+    #[serde(default)]
+    pub ebpf: String,
+    /// Every registered backend: what its kernel state serves, in one line.
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+    /// Each feature's progress towards its planned owner (make-before-break moves show here).
+    #[serde(default)]
+    pub features: Vec<FeatureState>,
+    /// The backends' per-object errors, typed (also in `errors`, in words).
+    #[serde(default)]
+    pub dataplane_errors: Vec<ObjectError>,
+    /// Services the source's last read lacked but its last complete read had: kept programmed
+    /// until a complete read says they are gone (the prune gate).
+    #[serde(default)]
+    pub held: Vec<ServiceName>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub id: sluice_core::BackendId,
+    pub serving: Vec<sluice_core::Feature>,
+    pub summary: String,
+}
+
+/// Outcome of the last reload attempt, shown in status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    pub path: Option<String>,
+    /// Increments with every applied config (1 = the one the agent started with).
+    pub generation: u64,
+    pub last_attempt_unix: u64,
+    /// `None` when the last attempt was applied; the error when it was rejected.
+    pub rejected: Option<String>,
+    /// The `node_configs` entry this node's label selects, if any.
+    #[serde(default)]
+    pub node_config: Option<String>,
+    /// The steps of the last applied change, in the order they ran.
+    pub last_transition: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    /// Whether the step has happened (the engine keeps the old owner until the new one serves).
+    pub state: StepState,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendEntry {
+    pub address: String,
+    pub state: String,
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// Position in the sorted list of frontends (stable while the Service set is unchanged).
+    pub id: usize,
+    pub service: String,
+    pub frontend: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Who serves this frontend on this node (eBPF, iptables, kube-proxy, off).
+    pub owner: String,
+    pub backends: Vec<BackendEntry>,
+}

@@ -1,0 +1,125 @@
+//! Node plumbing, always sluice's whichever backend serves which feature: ip_forward, routes
+//! to other nodes' pod CIDRs, the CNI conflist, this node's pod interfaces and devices. Its
+//! output is the [`NodeContext`] every backend receives.
+//!
+//! Pod masquerade is node plumbing too; it is rendered into the iptables backend's ruleset
+//! (one POSTROUTING chain with service SNAT and hairpin), from `NodeContext::masquerade`.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sluice_config::Config;
+use sluice_core::{ClusterState, LocalEndpoint, NodeContext, PodRoute, desired_pod_routes};
+use sluice_iptables::RouteManager;
+
+pub struct NodeManager {
+    routes: RouteManager,
+    handle: rtnetlink::Handle,
+    /// (node IPs, devices, when looked up): devices are re-read when the IPs change or every 30 s.
+    devices: Option<(Vec<Ipv4Addr>, Vec<String>, Instant)>,
+}
+
+/// What one pass of node plumbing found and did.
+#[derive(Debug, Default)]
+pub struct NodeReport {
+    pub ctx: NodeContext,
+    pub local_endpoints: Vec<LocalEndpoint>,
+    pub routes: BTreeSet<PodRoute>,
+    pub conflist: Option<String>,
+    pub masquerade: String,
+    pub errors: Vec<String>,
+}
+
+impl NodeManager {
+    pub async fn start() -> anyhow::Result<Self> {
+        // Pods route through the node: forwarding is a precondition of pod networking.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")?;
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink socket")?;
+        tokio::spawn(conn);
+        Ok(NodeManager { routes: RouteManager::new(handle.clone()), handle, devices: None })
+    }
+
+    /// Converge routes and the conflist; gather the node facts. `synced`: stale routes may go.
+    pub async fn reconcile(&mut self, cfg: &Config, state: &ClusterState, synced: bool, masq_by: &str) -> NodeReport {
+        let mut r = NodeReport::default();
+        let me = state.node(&cfg.node_name);
+        let pod_cidr = cfg.pod_cidr.or(me.and_then(|n| n.pod_cidr));
+        let desired = desired_pod_routes(&cfg.node_name, state.nodes.values());
+        match self.routes.reconcile(&desired, synced).await {
+            Ok((diff, now)) => {
+                for x in &diff.add {
+                    tracing::info!(dst = %x.dst, via = %x.via, "route added");
+                }
+                for x in &diff.remove {
+                    tracing::info!(dst = %x.dst, via = %x.via, "stale route removed");
+                }
+                r.routes = now;
+            }
+            Err(e) => r.errors.push(e.to_string()),
+        }
+        r.masquerade = match pod_cidr {
+            None => "waiting for pod CIDR".into(),
+            Some(_) if !cfg.masquerade => "off (masquerade: false)".into(),
+            Some(cidr) => format!("{cidr} -> outside {} ({masq_by})", cfg.cluster_cidr),
+        };
+        if let Some(cidr) = pod_cidr {
+            if !cfg.cni.conflist_path.as_os_str().is_empty() {
+                match super::cni_conf::write_if_changed(cfg, cidr) {
+                    Ok(()) => r.conflist = Some(cfg.cni.conflist_path.display().to_string()),
+                    Err(e) => r.errors.push(format!("{e:#}")),
+                }
+            }
+            r.local_endpoints = local_endpoints(cfg, cidr).unwrap_or_else(|e| {
+                r.errors.push(e.to_string());
+                Vec::new()
+            });
+        }
+        let ips: Vec<Ipv4Addr> = me.and_then(|n| n.internal_ip).into_iter().collect();
+        if self.devices.as_ref().is_none_or(|(i, _, t)| *i != ips || t.elapsed() > Duration::from_secs(30)) {
+            let devs = if !cfg.devices.is_empty() {
+                cfg.devices.clone()
+            } else {
+                super::devices::holding(&self.handle, &ips).await.unwrap_or_else(|e| {
+                    r.errors.push(format!("listing node devices: {e:#}"));
+                    Vec::new()
+                })
+            };
+            self.devices = Some((ips.clone(), devs, Instant::now()));
+        }
+        r.ctx = NodeContext {
+            name: cfg.node_name.clone(),
+            cluster_cidr: cfg.cluster_cidr,
+            pod_cidr,
+            masquerade: cfg.masquerade,
+            ips,
+            devices: self.devices.as_ref().map(|(_, d, _)| d.clone()).unwrap_or_default(),
+            cgroup: cfg.cgroup_root(),
+        };
+        r
+    }
+}
+
+/// This node's pod interfaces, from the CNI plugin's IPAM store (the source of truth for what
+/// is wired on this node).
+fn local_endpoints(cfg: &Config, cidr: ipnet::Ipv4Net) -> Result<Vec<LocalEndpoint>, sluice_cni::CniError> {
+    let gw = sluice_cni::spec::first_host(cidr);
+    let store = sluice_cni::ipam::Store::new(&cfg.cni.data_dir, &cfg.cni.network_name, cidr, gw);
+    if !store.dir().exists() {
+        return Ok(Vec::new());
+    }
+    let list = store.lock()?.list()?;
+    Ok(list
+        .into_iter()
+        .filter(|a| a.state == sluice_cni::ipam::AllocState::Ready)
+        .map(|a| LocalEndpoint {
+            container_id: a.container_id,
+            ifname: a.ifname,
+            ip: a.ip,
+            host_interface: a.host_ifname,
+            pod_namespace: a.pod_namespace,
+            pod_name: a.pod_name,
+        })
+        .collect())
+}

@@ -1,0 +1,280 @@
+//! The eBPF backend behind the core `Dataplane` seam: the tc service datapath on every local pod
+//! veth and on the node's devices, socket LB on the node's cgroup, the maps in step with the
+//! Services of the features the engine gives it.
+//!
+//! Releasing a feature deletes its service entries (new flows go to the new owner) but leaves
+//! the programs attached: flows already in the BPF conntrack keep their backend, so established
+//! connections survive the switch.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use sluice_core::{
+    BackendId, BackendSpec, Capability, CleanupReport, Dataplane, DataplaneError, Desired, Feature, LbRow, MissingFact,
+    ObjectError, ObjectRef, Op, Report, Restored,
+};
+
+use crate::datapath::{Datapath, DatapathError};
+use crate::maps::NodeCtx;
+
+/// Kernel capabilities each feature needs on this backend; `None`: not built yet.
+fn needs(f: Feature) -> Option<&'static [Capability]> {
+    use Capability::*;
+    Some(match f {
+        // Attached through pinned TCX links (kernel >= 6.6), which survive agent restarts.
+        Feature::ClusterIp | Feature::SessionAffinity => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx],
+        Feature::NodePort
+        | Feature::ExternalIps
+        | Feature::LoadBalancer
+        | Feature::HostPort
+        | Feature::TrafficPolicyLocal
+        | Feature::HealthCheckNodePort => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, HelperFibLookup],
+        Feature::SocketLbTcp => &[Bpffs, CgroupV2, MapHash, AttachCgroupConnect4, AttachCgroupGetpeername4],
+        Feature::SocketLbUdp => &[Bpffs, CgroupV2, MapHash, MapLruHash, AttachCgroupSendmsg4, AttachCgroupRecvmsg4],
+        Feature::SourceRanges => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, MapLpmTrie],
+        Feature::Policy | Feature::Flows => return None,
+    })
+}
+
+pub const SPEC: BackendSpec = BackendSpec { id: BackendId::EBPF, needs };
+
+/// Features served at the node's devices.
+const DEVICE_FEATURES: [Feature; 4] =
+    [Feature::NodePort, Feature::ExternalIps, Feature::LoadBalancer, Feature::HostPort];
+
+pub struct EbpfDataplane {
+    pin_dir: PathBuf,
+    map_sizes: sluice_core::MapSizes,
+    /// Maglev table size when the config says `lb_algorithm: maglev`.
+    maglev_m: Option<u32>,
+    dp: Option<Datapath>,
+    /// Interfaces whose links this process attached or took over (swapped its programs into).
+    handled: BTreeSet<String>,
+    /// Whether this process attached the socket-LB programs.
+    cgroup_handled: bool,
+    /// (source generation, node context) of the last map sync: skip when unchanged.
+    synced: Option<(u64, NodeCtx)>,
+    devices: Vec<String>,
+    cgroup: Option<PathBuf>,
+}
+
+fn err(object: ObjectRef, op: Op, e: impl std::fmt::Display) -> ObjectError {
+    ObjectError { object, error: DataplaneError::Kernel { backend: BackendId::EBPF, op, detail: e.to_string() } }
+}
+
+fn datapath_err(op: Op, e: &DatapathError) -> ObjectError {
+    match e {
+        DatapathError::Map { map, .. } => err(ObjectRef::Map((*map).into()), op, e),
+        DatapathError::Attach { target, .. } => err(ObjectRef::Interface(target.clone()), Op::Attach, e),
+        _ => err(ObjectRef::Backend, op, e),
+    }
+}
+
+impl EbpfDataplane {
+    pub fn new(pin_dir: PathBuf, map_sizes: sluice_core::MapSizes, maglev_m: Option<u32>) -> Self {
+        EbpfDataplane {
+            pin_dir,
+            map_sizes,
+            maglev_m,
+            dp: None,
+            handled: BTreeSet::new(),
+            cgroup_handled: false,
+            synced: None,
+            devices: Vec::new(),
+            cgroup: None,
+        }
+    }
+
+    fn open(&mut self) -> Result<&mut Datapath, Box<ObjectError>> {
+        if self.dp.is_none() {
+            let dp =
+                Datapath::open(&self.pin_dir, &self.map_sizes).map_err(|e| Box::new(datapath_err(Op::Load, &e)))?;
+            tracing::info!(pin_dir = %self.pin_dir.display(), "eBPF datapath loaded (pinned maps restored)");
+            self.dp = Some(dp);
+        }
+        self.dp.as_mut().ok_or_else(|| Box::new(err(ObjectRef::Backend, Op::Load, "not loaded")))
+    }
+
+    fn programmed(&self) -> BTreeSet<Feature> {
+        self.synced.as_ref().map(|(_, c)| c.owned.clone()).unwrap_or_default()
+    }
+}
+
+impl Dataplane for EbpfDataplane {
+    fn spec(&self) -> BackendSpec {
+        SPEC
+    }
+
+    /// Pinned maps from a previous agent: their entries keep serving until rewritten. Which
+    /// features they served is not recorded, so any entry counts as every Service feature.
+    fn restore(&mut self) -> Restored {
+        let mut r = Restored::default();
+        if !self.pin_dir.exists() {
+            return r;
+        }
+        match self.open() {
+            Ok(dp) => {
+                r.objects = dp.entries().services.len() + dp.entries().backends.len();
+                if !dp.entries().services.is_empty() {
+                    r.features = Feature::SERVICES.into_iter().filter(|f| needs(*f).is_some()).collect();
+                }
+            }
+            Err(e) => r.errors.push(*e),
+        }
+        r
+    }
+
+    fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, _prune: bool) -> Report {
+        let mut report = Report { programmed: self.programmed(), ..Default::default() };
+        if owned.is_empty() && self.dp.is_none() && !self.pin_dir.exists() {
+            return report;
+        }
+        if let Err(e) = self.open() {
+            report.errors.push(*e);
+            return report;
+        }
+        // Taken out for the pass (the attach bookkeeping below borrows self), always put back.
+        let Some(mut dp) = self.dp.take() else { return report };
+        self.reconcile_with(&mut dp, desired, owned, &mut report);
+        self.dp = Some(dp);
+        report
+    }
+
+    fn cleanup(&mut self) -> CleanupReport {
+        // Unpinning the links detaches the programs from the pod veths.
+        self.dp = None;
+        self.synced = None;
+        self.handled.clear();
+        match crate::datapath::remove_all(&self.pin_dir) {
+            Ok(removed) => CleanupReport { removed, errors: Vec::new() },
+            Err(e) => CleanupReport { removed: 0, errors: vec![err(ObjectRef::Backend, Op::Cleanup, e)] },
+        }
+    }
+
+    fn summary(&self) -> String {
+        match &self.dp {
+            None => "not loaded (no feature is given to eBPF on this node)".into(),
+            Some(dp) => format!(
+                "loaded, maps and links pinned in {}; programs on {} pod veth(s) and device(s) [{}]; socket LB {}; {} service frontend(s)",
+                self.pin_dir.display(),
+                dp.attached().len().saturating_sub(self.devices.len()),
+                self.devices.join(", "),
+                self.cgroup.as_ref().map(|c| format!("on {}", c.display())).unwrap_or_else(|| "off".into()),
+                dp.entries().services.len()
+            ),
+        }
+    }
+
+    fn lb_rows(&self) -> Vec<LbRow> {
+        self.dp.as_ref().map(|dp| crate::lb_list::rows(dp.entries())).unwrap_or_default()
+    }
+}
+
+impl EbpfDataplane {
+    fn reconcile_with(
+        &mut self,
+        dp: &mut Datapath,
+        desired: &Desired<'_>,
+        owned: &BTreeSet<Feature>,
+        report: &mut Report,
+    ) {
+        let node = desired.node;
+        for m in &dp.size_mismatches {
+            report.errors.push(ObjectError {
+                object: ObjectRef::Map(m.map.into()),
+                error: DataplaneError::MapSize {
+                    backend: BackendId::EBPF,
+                    map: m.map.into(),
+                    pinned: m.pinned,
+                    configured: m.configured,
+                    hint: "it keeps its size until `sluice cleanup` (which interrupts forwarding) and a restart".into(),
+                },
+            });
+        }
+        let mut keep = BTreeSet::new();
+        let device_features: Vec<&str> =
+            DEVICE_FEATURES.iter().filter(|f| owned.contains(f)).map(|f| f.name()).collect();
+        let serves_devices = !device_features.is_empty();
+        let devices: &[String] = if serves_devices { &node.devices } else { &[] };
+        let fact = if !serves_devices {
+            None
+        } else if node.ips.is_empty() {
+            Some(MissingFact::NodeIp)
+        } else if devices.is_empty() {
+            Some(MissingFact::Device)
+        } else {
+            None
+        };
+        if let Some(fact) = fact {
+            report.errors.push(ObjectError {
+                object: ObjectRef::Backend,
+                error: DataplaneError::NodeFact {
+                    backend: BackendId::EBPF,
+                    features: device_features.join(", "),
+                    fact,
+                },
+            });
+        }
+        let pods = desired.local_endpoints.iter().filter(|e| !e.host_interface.is_empty()).map(|e| &e.host_interface);
+        for (ifname, device) in devices.iter().map(|d| (d, true)).chain(pods.map(|p| (p, false))) {
+            keep.insert(ifname.clone());
+            // Once per interface and process: new links, or this process's programs swapped
+            // atomically into links a previous agent pinned.
+            if self.handled.contains(ifname) {
+                continue;
+            }
+            let res = if device { dp.attach_device(ifname) } else { dp.attach(ifname) };
+            match res {
+                Ok(()) => {
+                    if device {
+                        tracing::info!(device = %ifname, "eBPF program attached to node device");
+                    }
+                    self.handled.insert(ifname.clone());
+                }
+                Err(e) => report.errors.push(datapath_err(Op::Attach, &e)),
+            }
+        }
+        for gone in dp.detach_others(&keep) {
+            self.handled.remove(&gone);
+            tracing::info!(ifname = %gone, "eBPF links released (pod removed or device no longer served)");
+        }
+        self.devices = devices.to_vec();
+        if owned.contains(&Feature::SocketLbTcp) || owned.contains(&Feature::SocketLbUdp) {
+            if !self.cgroup_handled {
+                match dp.attach_cgroup(&node.cgroup) {
+                    Ok(()) => {
+                        tracing::info!(cgroup = %node.cgroup.display(), "socket LB attached");
+                        self.cgroup_handled = true;
+                        self.cgroup = Some(node.cgroup.clone());
+                    }
+                    Err(e) => report.errors.push(err(ObjectRef::Cgroup(node.cgroup.clone()), Op::Attach, e)),
+                }
+            }
+        } else if dp.cgroup_attached() || self.cgroup_handled {
+            dp.detach_cgroup();
+            self.cgroup_handled = false;
+            self.cgroup = None;
+            tracing::info!("socket LB released (the plan no longer gives it to eBPF)");
+        }
+        let ctx = NodeCtx {
+            node_name: node.name.clone(),
+            node_ips: node.ips.clone(),
+            owned: owned.clone(),
+            maglev_m: self.maglev_m,
+        };
+        if self.synced.as_ref().is_some_and(|(g, c)| *g == desired.generation && *c == ctx) {
+            return;
+        }
+        match dp.update(desired.view.services, desired.view.all_host_ports, &ctx) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(changes = n, "eBPF service maps synced");
+                }
+                report.changes = n;
+                report.programmed = owned.clone();
+                self.synced = Some((desired.generation, ctx));
+            }
+            Err(e) => report.errors.push(datapath_err(Op::MapUpdate, &e)),
+        }
+    }
+}

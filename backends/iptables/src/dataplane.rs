@@ -1,0 +1,211 @@
+//! The iptables backend behind the core `Dataplane` seam: render the node's whole ruleset (pod
+//! masquerade plus the Service features the engine gives it), sync it incrementally, re-read the
+//! kernel for a full resync periodically and after failures, and flush UDP conntrack entries
+//! of removed backends.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use sluice_core::{
+    BackendId, BackendSpec, Capability, CleanupReport, Dataplane, DataplaneError, Desired, Feature, ObjectError,
+    ObjectRef, Op, Report, Restored,
+};
+
+use crate::incremental::Renderer;
+use crate::restore::{Iptables, IptablesError, Variant};
+use crate::ruleset::{TABLES, observe};
+use crate::services::{Masquerade, NodeInput};
+use crate::sync::{RuleSyncer, flush_udp_conntrack, udp_backends};
+
+/// How often the kernel state is re-read and repaired even when nothing changed.
+pub const FULL_RESYNC: Duration = Duration::from_secs(30);
+
+/// What this backend needs per feature; every Service feature is implemented.
+fn needs(f: Feature) -> Option<&'static [Capability]> {
+    use Capability::*;
+    match f {
+        Feature::Policy | Feature::Flows => None,
+        _ => Some(&[Iptables, Conntrack]),
+    }
+}
+
+pub const SPEC: BackendSpec = BackendSpec { id: BackendId::IPTABLES, needs };
+
+/// Features this backend implements in this build.
+pub fn implemented() -> BTreeSet<Feature> {
+    Feature::ALL.into_iter().filter(|f| needs(*f).is_some()).collect()
+}
+
+pub struct IptablesDataplane {
+    syncer: Option<RuleSyncer>,
+    ipt: Iptables,
+    /// Formats only Services that changed since the last render.
+    renderer: Renderer,
+    /// What the last successful sync was made from.
+    last_inputs: Option<Inputs>,
+    /// UDP backend addresses of the last successful sync (their conntrack entries are flushed
+    /// when they go; the addresses alone, not a copy of every Service).
+    last_udp: BTreeSet<std::net::IpAddr>,
+    last_full: Option<Instant>,
+    /// Rules of the last sync, for the summary.
+    rules: usize,
+}
+
+#[derive(Clone, PartialEq)]
+struct Inputs {
+    generation: u64,
+    owned: BTreeSet<Feature>,
+    masquerade: Option<Masquerade>,
+    node: String,
+    cluster_cidr: ipnet::Ipv4Net,
+}
+
+fn kernel(op: Op, table: Option<&str>, e: impl std::fmt::Display) -> ObjectError {
+    ObjectError {
+        object: table.map(|t| ObjectRef::Table(t.into())).unwrap_or(ObjectRef::Backend),
+        error: DataplaneError::Kernel { backend: BackendId::IPTABLES, op, detail: e.to_string() },
+    }
+}
+
+fn table_of(e: &IptablesError) -> Option<&str> {
+    match e {
+        IptablesError::Failed { table, .. } => Some(table),
+        IptablesError::Spawn { .. } => None,
+    }
+}
+
+impl IptablesDataplane {
+    pub fn new(ipt: Iptables) -> Self {
+        IptablesDataplane {
+            syncer: Some(RuleSyncer::new(ipt)),
+            ipt,
+            renderer: Renderer::default(),
+            last_inputs: None,
+            last_udp: BTreeSet::new(),
+            last_full: None,
+            rules: 0,
+        }
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.ipt.variant
+    }
+
+    fn programmed(&self) -> BTreeSet<Feature> {
+        self.last_inputs.as_ref().map(|i| i.owned.clone()).unwrap_or_default()
+    }
+}
+
+impl Dataplane for IptablesDataplane {
+    fn spec(&self) -> BackendSpec {
+        SPEC
+    }
+
+    /// sluice's chains from a previous agent serve whatever Service features that agent gave
+    /// to iptables; which ones is not recorded, so every Service feature counts as possibly
+    /// served (the engine then keeps them here until their planned owner serves them).
+    fn restore(&mut self) -> Restored {
+        let mut r = Restored::default();
+        let dumps: Result<Vec<_>, _> = TABLES.iter().map(|t| self.ipt.save(t)).collect();
+        match dumps {
+            Ok(dumps) => {
+                let applied = observe(&dumps);
+                r.objects = applied.chains.len();
+                let serves_services =
+                    applied.hooks.keys().any(|(_, hook)| !hook.ends_with(crate::services::POSTROUTING));
+                if serves_services {
+                    r.features = Feature::SERVICES.into_iter().collect();
+                }
+            }
+            Err(e) => r.errors.push(kernel(Op::Restore, table_of(&e), &e)),
+        }
+        r
+    }
+
+    fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, _prune: bool) -> Report {
+        // Missing objects are kept by the engine's prune gate (it passes the last complete
+        // Services while the source is incomplete); the ruleset is always rendered whole.
+        let node = desired.node;
+        let masquerade = node
+            .pod_cidr
+            .filter(|_| node.masquerade)
+            .map(|pod_cidr| Masquerade { pod_cidr, cluster_cidr: node.cluster_cidr });
+        let inputs = Inputs {
+            generation: desired.generation,
+            owned: owned.clone(),
+            masquerade,
+            node: node.name.clone(),
+            cluster_cidr: node.cluster_cidr,
+        };
+        let full_due = self.last_full.is_none_or(|t| t.elapsed() > FULL_RESYNC);
+        if self.last_inputs.as_ref() == Some(&inputs) && !full_due {
+            return Report { programmed: self.programmed(), ..Default::default() };
+        }
+        let mut report = Report { programmed: self.programmed(), ..Default::default() };
+        let (ruleset, stats) = self.renderer.render(&NodeInput {
+            node_name: &inputs.node,
+            cluster_cidr: inputs.cluster_cidr,
+            masquerade: inputs.masquerade.clone(),
+            services: desired.view.services,
+            host_ports: desired.view.all_host_ports,
+            owned: &inputs.owned,
+        });
+        tracing::debug!(reused = stats.reused, rendered = stats.rendered, "iptables rules rendered");
+        let syncer = self.syncer.get_or_insert_with(|| RuleSyncer::new(self.ipt));
+        match syncer.sync(&ruleset, full_due) {
+            Ok(sync) => {
+                if !sync.tables.is_empty() {
+                    tracing::info!(full = sync.full, lines = sync.lines, tables = ?sync.tables, "iptables synced");
+                }
+                if full_due {
+                    self.last_full = Some(Instant::now());
+                }
+                report.changes = sync.lines;
+                // Only after the new rules are in: stale UDP flows would otherwise re-appear.
+                let udp_now = udp_backends(desired.view.services);
+                for ip in self.last_udp.difference(&udp_now).copied() {
+                    match flush_udp_conntrack(ip) {
+                        Ok(n) => tracing::info!(%ip, deleted = n, "UDP conntrack entries of a removed backend flushed"),
+                        Err(e) => report.errors.push(kernel(Op::ConntrackFlush, None, e)),
+                    }
+                }
+                self.rules = ruleset.rule_count();
+                report.programmed = inputs.owned.clone();
+                self.last_inputs = Some(inputs);
+                self.last_udp = udp_now;
+            }
+            Err(e) => {
+                // Nothing of the failed batch landed (restore is atomic per table): what was
+                // served before is still served. The next pass re-reads the kernel.
+                self.last_full = None;
+                report.errors.push(kernel(Op::RuleSync, table_of(&e), format!("{e} (will retry with a full resync)")));
+            }
+        }
+        report
+    }
+
+    /// Both variants: a node may have switched between them since sluice last ran.
+    fn cleanup(&mut self) -> CleanupReport {
+        let mut out = CleanupReport::default();
+        for variant in [Variant::Nft, Variant::Legacy] {
+            match (Iptables { variant }).cleanup(&["nat", "filter", "mangle", "raw"]) {
+                Ok(tables) => out.removed += tables.len(),
+                Err(IptablesError::Spawn { .. }) => {} // this variant is not installed
+                Err(e) => out.errors.push(kernel(Op::Cleanup, table_of(&e), &e)),
+            }
+        }
+        self.last_inputs = None;
+        self.syncer = None;
+        out
+    }
+
+    fn summary(&self) -> String {
+        let owned: Vec<&str> = self.programmed().iter().map(|f| f.name()).collect();
+        format!(
+            "iptables-{}: {} rules; serving [{}]",
+            self.ipt.variant.as_str(),
+            self.rules,
+            if owned.is_empty() { "masquerade only".to_string() } else { owned.join(", ") }
+        )
+    }
+}

@@ -1,0 +1,245 @@
+//! The seam: what every dataplane backend implements, and the typed results it returns.
+//!
+//! A backend is handed a [`Desired`] view (this node's services, host ports, local endpoints
+//! and node facts), the set of features it owns in this pass and whether it may prune, and
+//! answers with a [`Report`]: which features its kernel state now serves, and per-object errors.
+//! It never sees Kubernetes types and never decides ownership: the [`crate::engine::Engine`]
+//! does, from the plan, make-before-break.
+//!
+//! The trait is synchronous: backends talk to the kernel with blocking syscalls
+//! (`iptables-restore`, `bpf(2)`), and the agent runs an engine pass off its async workers.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::LocalEndpoint;
+use crate::plan::Feature;
+use crate::registry::{BackendId, BackendSpec};
+use crate::service::ServiceName;
+use crate::view::ServiceView;
+
+/// Facts about this node every backend may need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    pub name: String,
+    pub cluster_cidr: ipnet::Ipv4Net,
+    pub pod_cidr: Option<ipnet::Ipv4Net>,
+    /// Masquerade pod traffic leaving the cluster (node plumbing; see [`NodeContext::masquerade`]).
+    pub masquerade: bool,
+    /// Where NodePorts and HostPorts listen; the first is the SNAT address.
+    pub ips: Vec<Ipv4Addr>,
+    /// Devices that carry traffic from outside the node.
+    pub devices: Vec<String>,
+    /// The node's cgroup v2 directory (socket LB attaches there).
+    pub cgroup: PathBuf,
+}
+
+/// What one pass asks of a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Desired<'a> {
+    /// Changes whenever the source's content changes: a backend may skip work when it, the
+    /// owned features and the node context are unchanged.
+    pub generation: u64,
+    pub view: &'a ServiceView<'a>,
+    pub local_endpoints: &'a [LocalEndpoint],
+    pub node: &'a NodeContext,
+}
+
+/// The kernel object an error is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
+pub enum ObjectRef {
+    Service(ServiceName),
+    /// A pod veth or node device.
+    Interface(String),
+    Cgroup(PathBuf),
+    /// A BPF map, by name.
+    Map(String),
+    /// An iptables table, by name.
+    Table(String),
+    /// The backend as a whole (loading, its node facts).
+    Backend,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectRef::Service(s) => write!(f, "Service {s}"),
+            ObjectRef::Interface(i) => write!(f, "interface {i}"),
+            ObjectRef::Cgroup(c) => write!(f, "cgroup {}", c.display()),
+            ObjectRef::Map(m) => write!(f, "map {m}"),
+            ObjectRef::Table(t) => write!(f, "table {t}"),
+            ObjectRef::Backend => f.write_str("backend"),
+        }
+    }
+}
+
+/// What a backend was doing when the kernel refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    Load,
+    Attach,
+    Detach,
+    MapUpdate,
+    RuleSync,
+    ConntrackFlush,
+    Restore,
+    Cleanup,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Load => "loading",
+            Op::Attach => "attaching",
+            Op::Detach => "detaching",
+            Op::MapUpdate => "updating maps",
+            Op::RuleSync => "syncing rules",
+            Op::ConntrackFlush => "flushing conntrack",
+            Op::Restore => "restoring kernel state",
+            Op::Cleanup => "cleaning up",
+        })
+    }
+}
+
+/// A node fact a backend needs and does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingFact {
+    /// The Node object has no InternalIP yet.
+    NodeIp,
+    /// No device holds the node's InternalIP.
+    Device,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", rename_all = "kebab-case")]
+pub enum DataplaneError {
+    #[error("{backend}: {op} failed: {detail}")]
+    Kernel { backend: BackendId, op: Op, detail: String },
+    #[error("{backend}: map {map} is full ({entries} entries; raise bpf_map_sizes.{map})")]
+    MapFull { backend: BackendId, map: String, entries: u32 },
+    #[error("{backend}: pinned map {map} has {pinned} entries, the config asks for {configured}; {hint}")]
+    MapSize { backend: BackendId, map: String, pinned: u32, configured: u32, hint: String },
+    #[error("{backend}: {features} cannot be served on this node: {}", missing_fact_text(.fact))]
+    NodeFact { backend: BackendId, features: String, fact: MissingFact },
+}
+
+fn missing_fact_text(f: &MissingFact) -> &'static str {
+    match f {
+        MissingFact::NodeIp => {
+            "the Node has no InternalIP yet (status.addresses); nothing listens on node addresses until it has one"
+        }
+        MissingFact::Device => "no device holds the node's InternalIP; set `devices` in the config",
+    }
+}
+
+/// One failed object; every other object of the pass was still programmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectError {
+    pub object: ObjectRef,
+    pub error: DataplaneError,
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.object {
+            ObjectRef::Backend => write!(f, "{}", self.error),
+            _ => write!(f, "{}: {}", self.object, self.error),
+        }
+    }
+}
+
+/// The outcome of one reconcile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The features the backend's kernel state serves now (what it programmed successfully,
+    /// or, after a failure, what it still serves from before).
+    pub programmed: BTreeSet<Feature>,
+    /// Kernel objects written or removed in this pass (0: nothing differed).
+    pub changes: usize,
+    pub errors: Vec<ObjectError>,
+}
+
+/// What a backend found of its own in the kernel at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Features whose kernel state may still be in place (a superset is safe: the engine keeps
+    /// such a feature on this backend until its planned owner serves it).
+    pub features: BTreeSet<Feature>,
+    /// Objects found (chains, map entries, links).
+    pub objects: usize,
+    /// What could not be read back (the backend starts from what it could read).
+    pub errors: Vec<ObjectError>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CleanupReport {
+    /// Kernel objects removed.
+    pub removed: usize,
+    pub errors: Vec<ObjectError>,
+}
+
+/// A dataplane backend. See the module docs for the contract.
+pub trait Dataplane {
+    /// The backend's id, features and the capabilities each needs.
+    fn spec(&self) -> BackendSpec;
+
+    fn id(&self) -> BackendId {
+        self.spec().id
+    }
+
+    /// Read back what a previous agent left in the kernel (pinned maps, chains) before the
+    /// first reconcile. Nothing is removed here.
+    fn restore(&mut self) -> Restored;
+
+    /// Converge the kernel to `desired` for the `owned` features; objects of features not
+    /// owned are removed. With `prune` false, objects missing from `desired` stay in place (the
+    /// source is incomplete or not yet synced: missing is not the same as deleted).
+    fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, prune: bool) -> Report;
+
+    /// Remove everything this backend owns in the kernel (`sluice cleanup`).
+    fn cleanup(&mut self) -> CleanupReport;
+
+    /// One line for `sluice status`.
+    fn summary(&self) -> String;
+
+    /// The frontends as the kernel holds them, for `sluice bpf lb list` (backends without
+    /// per-frontend kernel entries list none).
+    fn lb_rows(&self) -> Vec<LbRow> {
+        Vec::new()
+    }
+
+    /// Events the datapath reported since the last call (flow events land here; no backend
+    /// produces any yet).
+    fn drain_events(&mut self) -> Vec<DataplaneEvent> {
+        Vec::new()
+    }
+}
+
+/// An event from a datapath. Flow records come with the flows issue; until then the only event
+/// is a lost-events counter, so consumers can already account for loss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataplaneEvent {
+    Lost { backend: BackendId, count: u64 },
+}
+
+/// One frontend as a backend's kernel state holds it (`sluice bpf lb list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbRow {
+    /// `VIP:port/PROTO`.
+    pub frontend: String,
+    pub service_id: u32,
+    pub backend_count: u32,
+    pub affinity_s: u32,
+    /// Who this frontend is served for: pods, external, host-tcp, host-udp, source-ranges.
+    #[serde(default)]
+    pub serves: Vec<String>,
+    /// (slot, backend address; " local" when on this node).
+    pub backends: Vec<(u32, String)>,
+}

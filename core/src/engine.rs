@@ -1,0 +1,211 @@
+//! The reconcile engine: executes the plan against the registered backends, make-before-break,
+//! and gates every prune on the source.
+//!
+//! Invariants (unit-tested with [`crate::testing::FakeDataplane`]):
+//! - A feature moving from backend A to backend B stays with A (A keeps programming it) until
+//!   B's report says B serves it; only then is A asked to drop it. If B fails, A keeps it for
+//!   as long as B fails, and [`FeatureState`] says so.
+//! - A feature moving to kube-proxy or off is released at once: sluice cannot see kube-proxy's
+//!   rules, and the operator asked for it.
+//! - Backends may prune (remove kernel state of objects missing from the desired view) only when
+//!   the source is synced and its last read was complete.
+//! - At start, what each backend restores from the kernel counts as served: a restart with a
+//!   changed plan moves features make-before-break too.
+//!
+//! The engine itself does no I/O: the backends do, inside `reconcile`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::{Dataplane, Desired, ObjectError, Report};
+use crate::plan::{Feature, Owner, Plan, Step};
+use crate::registry::BackendId;
+
+/// How far the source got: pruning needs both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourceSync {
+    /// A complete read has happened at least once since the agent started.
+    pub synced: bool,
+    /// The read behind this pass was complete (no unreadable file, no failed watch).
+    pub complete: bool,
+}
+
+impl SourceSync {
+    pub fn prune_allowed(self) -> bool {
+        self.synced && self.complete
+    }
+}
+
+/// Where a feature stands after a pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Progress {
+    /// The planned backend serves it.
+    Serving,
+    /// The planned backend does not serve it (yet); `kept_by` still does (make-before-break).
+    Moving { kept_by: Vec<BackendId> },
+    /// The planned backend failed and nobody of sluice's serves it.
+    Failed,
+    /// Planned to kube-proxy or off: nothing of sluice's.
+    NotSluice,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureState {
+    pub feature: Feature,
+    pub planned: Owner,
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+/// Whether one step of a transition has happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepState {
+    Done,
+    /// A Program step whose owner does not serve the feature yet, or a Remove step waiting for it.
+    Waiting,
+}
+
+/// The outcome of one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub features: Vec<FeatureState>,
+    pub errors: Vec<ObjectError>,
+    pub prune: bool,
+    /// Kernel objects written or removed, over every backend.
+    pub changes: usize,
+    /// How many backend reconciles ran (one per backend; two for a backend releasing a feature).
+    pub calls: usize,
+}
+
+pub struct Engine {
+    backends: Vec<Box<dyn Dataplane + Send>>,
+    /// What each backend's kernel state serves, from its last report (or restore).
+    serving: BTreeMap<BackendId, BTreeSet<Feature>>,
+}
+
+impl Engine {
+    /// Backends in registry order (the order they reconcile in).
+    pub fn new(backends: Vec<Box<dyn Dataplane + Send>>) -> Self {
+        Engine { backends, serving: BTreeMap::new() }
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = &(dyn Dataplane + Send)> {
+        self.backends.iter().map(|b| b.as_ref())
+    }
+
+    pub fn backend_mut(&mut self, id: BackendId) -> Option<&mut (dyn Dataplane + Send + 'static)> {
+        self.backends.iter_mut().find(|b| b.id() == id).map(|b| b.as_mut())
+    }
+
+    /// Read back every backend's kernel state; what it finds counts as served.
+    pub fn restore(&mut self) -> Vec<ObjectError> {
+        let mut errors = Vec::new();
+        for b in &mut self.backends {
+            let r = b.restore();
+            self.serving.insert(b.id(), r.features);
+            errors.extend(r.errors);
+        }
+        errors
+    }
+
+    /// The features a backend's kernel state serves now.
+    pub fn serving(&self, id: BackendId) -> BTreeSet<Feature> {
+        self.serving.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// What `id` must program: its planned features, plus features it serves whose planned
+    /// owner is another backend that does not serve them yet.
+    fn owned(&self, plan: &Plan, id: BackendId) -> BTreeSet<Feature> {
+        let mut owned = plan.owned_by(id);
+        for f in self.serving(id) {
+            if let Owner::Backend(next) = plan.owner(f)
+                && next != id
+                && !self.serving(next).contains(&f)
+            {
+                owned.insert(f);
+            }
+        }
+        owned
+    }
+
+    /// One pass: make (every backend programs its planned features, holders keep theirs), then
+    /// break (holders whose features the new owner now serves drop them).
+    pub fn reconcile(&mut self, plan: &Plan, desired: &Desired<'_>, sync: SourceSync) -> PassReport {
+        let prune = sync.prune_allowed();
+        let mut pass = PassReport { prune, ..Default::default() };
+        let ids: Vec<BackendId> = self.backends.iter().map(|b| b.id()).collect();
+        // Make. Backends that gain features go first so that, within the pass, a holder's
+        // second call (break) already sees the new owner's result.
+        let mut make: Vec<(BackendId, BTreeSet<Feature>)> = ids.iter().map(|id| (*id, self.owned(plan, *id))).collect();
+        make.sort_by_key(|(id, owned)| owned.is_subset(&self.serving(*id)));
+        for (id, owned) in &make {
+            let report = self.call(*id, desired, owned, prune);
+            pass.absorb(report);
+        }
+        // Break.
+        for (id, made) in &make {
+            let owned = self.owned(plan, *id);
+            if &owned != made {
+                let report = self.call(*id, desired, &owned, prune);
+                pass.absorb(report);
+            }
+        }
+        pass.features = self.states(plan);
+        pass
+    }
+
+    fn call(&mut self, id: BackendId, desired: &Desired<'_>, owned: &BTreeSet<Feature>, prune: bool) -> Report {
+        let Some(b) = self.backends.iter_mut().find(|b| b.id() == id) else { return Report::default() };
+        let report = b.reconcile(desired, owned, prune);
+        self.serving.insert(id, report.programmed.clone());
+        report
+    }
+
+    /// Every feature's progress under `plan`.
+    pub fn states(&self, plan: &Plan) -> Vec<FeatureState> {
+        plan.entries
+            .iter()
+            .map(|e| {
+                let progress = match e.owner {
+                    Owner::Backend(id) if self.serving(id).contains(&e.feature) => Progress::Serving,
+                    Owner::Backend(id) => {
+                        let kept_by: Vec<BackendId> = self
+                            .serving
+                            .iter()
+                            .filter(|(b, f)| **b != id && f.contains(&e.feature))
+                            .map(|(b, _)| *b)
+                            .collect();
+                        if kept_by.is_empty() { Progress::Failed } else { Progress::Moving { kept_by } }
+                    }
+                    Owner::KubeProxy | Owner::Off => Progress::NotSluice,
+                };
+                FeatureState { feature: e.feature, planned: e.owner, progress }
+            })
+            .collect()
+    }
+
+    /// Whether a step of a transition has happened.
+    pub fn step_state(&self, step: &Step) -> StepState {
+        let done = match step {
+            Step::Program { feature, owner: Owner::Backend(b) } => self.serving(*b).contains(feature),
+            Step::Remove { feature, owner: Owner::Backend(b) } => !self.serving(*b).contains(feature),
+            _ => true,
+        };
+        if done { StepState::Done } else { StepState::Waiting }
+    }
+}
+
+impl PassReport {
+    fn absorb(&mut self, r: Report) {
+        self.calls += 1;
+        self.changes += r.changes;
+        self.errors.extend(r.errors);
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
