@@ -203,6 +203,13 @@ pub trait Dataplane {
     /// source is incomplete or not yet synced: missing is not the same as deleted).
     fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, prune: bool) -> Report;
 
+    /// Called once per pass in which features changed hands (any backend's served set changed),
+    /// after every backend reconciled: kernel state shared between dataplanes (netfilter's
+    /// conntrack) may need settling. `moved`: the features whose serving backends changed.
+    fn after_transition(&mut self, _desired: &Desired<'_>, _moved: &BTreeSet<Feature>) -> Vec<ObjectError> {
+        Vec::new()
+    }
+
     /// Remove everything this backend owns in the kernel (`sluice cleanup`).
     fn cleanup(&mut self) -> CleanupReport;
 

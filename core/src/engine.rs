@@ -78,6 +78,8 @@ pub struct PassReport {
     pub changes: usize,
     /// How many backend reconciles ran (one per backend; two for a backend releasing a feature).
     pub calls: usize,
+    /// Features whose serving backends changed in this pass.
+    pub moved: BTreeSet<Feature>,
 }
 
 pub struct Engine {
@@ -136,6 +138,7 @@ impl Engine {
     pub fn reconcile(&mut self, plan: &Plan, desired: &Desired<'_>, sync: SourceSync) -> PassReport {
         let prune = sync.prune_allowed();
         let mut pass = PassReport { prune, ..Default::default() };
+        let before = self.serving.clone();
         let ids: Vec<BackendId> = self.backends.iter().map(|b| b.id()).collect();
         // Make. Backends that gain features go first so that, within the pass, a holder's
         // second call (break) already sees the new owner's result.
@@ -153,8 +156,26 @@ impl Engine {
                 pass.absorb(report);
             }
         }
+        let moved = self.moved_since(&before);
+        if !moved.is_empty() {
+            for b in &mut self.backends {
+                pass.errors.extend(b.after_transition(desired, &moved));
+            }
+            pass.moved = moved;
+        }
         pass.features = self.states(plan);
         pass
+    }
+
+    /// Features whose set of serving backends differs from `before`.
+    fn moved_since(&self, before: &BTreeMap<BackendId, BTreeSet<Feature>>) -> BTreeSet<Feature> {
+        let ids: BTreeSet<&BackendId> = before.keys().chain(self.serving.keys()).collect();
+        let mut moved = BTreeSet::new();
+        for id in ids {
+            let (was, now) = (before.get(id).cloned().unwrap_or_default(), self.serving(*id));
+            moved.extend(was.symmetric_difference(&now).copied());
+        }
+        moved
     }
 
     fn call(&mut self, id: BackendId, desired: &Desired<'_>, owned: &BTreeSet<Feature>, prune: bool) -> Report {

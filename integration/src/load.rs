@@ -15,40 +15,75 @@ pub struct LoadResult {
     pub ok: u64,
     pub failed: u64,
     pub conn_per_s: f64,
+    /// With a bucket size: (ok, failed) per bucket since the start, and the bucket in ms.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<(u64, u64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_ms: Option<u64>,
+    /// Unix time (ms) of the start, to line the timeline up with events elsewhere.
+    pub start_unix_ms: u64,
+    /// Failures by kind (`connect: TimedOut`, `read: ConnectionReset`, ...).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub errors: std::collections::BTreeMap<String, u64>,
 }
 
-fn one(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+/// One request; the failure's kind (`connect: ...`, `read: ...`) when it fails.
+fn one(addr: SocketAddr) -> Result<(), String> {
+    let kind = |at: &str, e: std::io::Error| format!("{at}: {:?}", e.kind());
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| kind("connect", e))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n").map_err(|e| kind("write", e))?;
     let mut buf = [0u8; 512];
     let mut got = 0;
     loop {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got += n,
-            Err(_) => return false,
+            Err(e) => return Err(kind("read", e)),
         }
     }
-    got > 0
+    if got > 0 { Ok(()) } else { Err("read: empty answer".into()) }
 }
 
 /// Run `connections` concurrent loops against `addr` for `duration`.
 pub fn run(addr: SocketAddr, connections: usize, duration: Duration) -> LoadResult {
+    run_with_timeline(addr, connections, duration, None)
+}
+
+/// [`run`], also counting successes and failures per `bucket` (by when each attempt ended).
+pub fn run_with_timeline(
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    bucket: Option<Duration>,
+) -> LoadResult {
     let stop = AtomicBool::new(false);
     let ok = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
+    let buckets = bucket.map(|b| (duration.as_millis() / b.as_millis().max(1)) as usize + 2).unwrap_or(0);
+    let timeline: Vec<(AtomicU64, AtomicU64)> = (0..buckets).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect();
+    let start_unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let start = Instant::now();
+    let errors = std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new());
     std::thread::scope(|s| {
         for _ in 0..connections {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    if one(addr) {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                    let res = one(addr);
+                    let good = res.is_ok();
+                    if let Err(e) = res
+                        && let Ok(mut m) = errors.lock()
+                    {
+                        *m.entry(e).or_default() += 1;
+                    }
+                    let counter = if good { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Some(b) = bucket {
+                        let i = (start.elapsed().as_millis() / b.as_millis().max(1)) as usize;
+                        if let Some((o, f)) = timeline.get(i) {
+                            if good { o } else { f }.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             });
@@ -58,7 +93,22 @@ pub fn run(addr: SocketAddr, connections: usize, duration: Duration) -> LoadResu
     });
     let seconds = start.elapsed().as_secs_f64();
     let ok = ok.load(Ordering::Relaxed);
-    LoadResult { connections, seconds, ok, failed: failed.load(Ordering::Relaxed), conn_per_s: ok as f64 / seconds }
+    let mut timeline: Vec<(u64, u64)> =
+        timeline.iter().map(|(o, f)| (o.load(Ordering::Relaxed), f.load(Ordering::Relaxed))).collect();
+    while timeline.last() == Some(&(0, 0)) {
+        timeline.pop();
+    }
+    LoadResult {
+        connections,
+        seconds,
+        ok,
+        failed: failed.load(Ordering::Relaxed),
+        conn_per_s: ok as f64 / seconds,
+        timeline,
+        bucket_ms: bucket.map(|b| b.as_millis() as u64),
+        start_unix_ms,
+        errors: errors.into_inner().unwrap_or_default(),
+    }
 }
 
 /// Single-stream throughput: one TCP connection to an echo server in sink mode, sending for

@@ -111,6 +111,9 @@ enum Cmd {
         connections: usize,
         #[arg(long, default_value_t = 3)]
         secs: u64,
+        /// Also print successes and failures per bucket of this many ms (`timeline`).
+        #[arg(long)]
+        bucket_ms: Option<u64>,
     },
     /// Single-stream TCP throughput to an echo server (sink mode) at IP:PORT; prints JSON.
     Stream {
@@ -201,8 +204,9 @@ fn run() -> anyhow::Result<u8> {
             println!("{trips} round trips on one connection");
             Ok(0)
         }
-        Cmd::Load { addr, connections, secs } => {
-            let r = sluice_lab::load::run(addr, connections, Duration::from_secs(secs));
+        Cmd::Load { addr, connections, secs, bucket_ms } => {
+            let bucket = bucket_ms.map(Duration::from_millis);
+            let r = sluice_lab::load::run_with_timeline(addr, connections, Duration::from_secs(secs), bucket);
             println!("{}", serde_json::to_string(&r)?);
             Ok(0)
         }

@@ -2,7 +2,8 @@
 //! lab with real agents: on the iptables backend (`dataplane: iptables`), on the eBPF backend
 //! (`dataplane: ebpf`), with `dataplane: auto` (every Service feature on eBPF on this kernel), and
 //! on a mixed cluster (node-1 auto, node-2 told it lacks sched_cls programs and so all on
-//! iptables), with traffic across the two kinds of node both ways.
+//! iptables), with traffic across the two kinds of node both ways. The iptables, eBPF and mixed
+//! variants run under `kube_proxy_replacement: strict`.
 
 mod common;
 
@@ -99,11 +100,14 @@ enum Variant {
 fn setup(lab_name: &str, v: Variant) -> TestLab {
     let dir = tempfile::tempdir().expect("tmp");
     let ipt = dir.path().join("iptables.yaml");
-    std::fs::write(&ipt, "dataplane: iptables\n").expect("write");
+    // Strict on the single-backend variants (and `true`, its Cilium-style alias): every Service
+    // feature is servable there, so strict must start and behave as probe does.
+    std::fs::write(&ipt, "dataplane: iptables\nkube_proxy_replacement: strict\n").expect("write");
     let old = dir.path().join("old-kernel.yaml");
-    std::fs::write(&old, "probes:\n  assume_missing: [prog-sched-cls]\n").expect("write");
+    std::fs::write(&old, "kube_proxy_replacement: strict\nprobes:\n  assume_missing: [prog-sched-cls]\n")
+        .expect("write");
     let ebpf = dir.path().join("ebpf.yaml");
-    std::fs::write(&ebpf, "dataplane: ebpf\n").expect("write");
+    std::fs::write(&ebpf, "dataplane: ebpf\nkube_proxy_replacement: true\n").expect("write");
     let split = dir.path().join("split.yaml");
     std::fs::write(&split, "probes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
     let configs: Vec<(String, std::path::PathBuf)> = match v {

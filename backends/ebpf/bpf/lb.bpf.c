@@ -414,10 +414,14 @@ int sluice_from_pod(struct __sk_buff *skb)
 		if (!svc || !(svc->flags & SVC_F_TC)) {
 			/* A new TCP connection not to a frontend: any reverse-NAT entry left for its
 			 * reply tuple by an earlier service flow on the same ports is stale, and would
-			 * rewrite this connection's replies. */
+			 * rewrite this connection's replies. So is a conntrack entry for its own tuple,
+			 * left by a connection eBPF served before the frontend moved to another
+			 * dataplane: the rest of this connection (served by iptables) must not be
+			 * DNATed here to that earlier connection's backend. */
 			if (k.proto == IPPROTO_TCP) {
 				struct flow_key rk = { .saddr = k.daddr, .daddr = k.saddr, .sport = k.dport, .dport = k.sport, .proto = k.proto };
 				bpf_map_delete_elem(&sluice_rnat, &rk);
+				bpf_map_delete_elem(&sluice_ct, &k);
 			}
 			return PASS;
 		}
@@ -539,8 +543,13 @@ int sluice_from_net(struct __sk_buff *skb)
 		if (k.proto == IPPROTO_TCP && !syn)
 			return PASS; /* mid-stream, not ours (or NATed by another dataplane) */
 		svc = bpf_map_lookup_elem(&sluice_svc, &sk);
-		if (!svc || !(svc->flags & SVC_F_EXTERNAL))
+		if (!svc || !(svc->flags & SVC_F_EXTERNAL)) {
+			/* As at the pod veth: an entry for this tuple from a connection served before
+			 * the frontend moved away must not catch this one's later packets. */
+			if (k.proto == IPPROTO_TCP)
+				bpf_map_delete_elem(&sluice_ct, &k);
 			return PASS;
+		}
 		if (!source_allowed(svc, k.saddr))
 			return TC_ACT_SHOT;
 		b = choose(k.saddr, svc, &slot, flow_hash(&k));

@@ -15,7 +15,7 @@ use crate::incremental::Renderer;
 use crate::restore::{Iptables, IptablesError, Variant};
 use crate::ruleset::{TABLES, observe};
 use crate::services::{Masquerade, NodeInput};
-use crate::sync::{RuleSyncer, flush_udp_conntrack, udp_backends};
+use crate::sync::{RuleSyncer, flush_closed_tcp_conntrack, flush_udp_conntrack, flush_udp_to_frontend, udp_backends};
 
 /// How often the kernel state is re-read and repaired even when nothing changed.
 pub const FULL_RESYNC: Duration = Duration::from_secs(30);
@@ -182,6 +182,46 @@ impl Dataplane for IptablesDataplane {
             }
         }
         report
+    }
+
+    /// A Service frontend changed dataplanes: closed TCP connections' conntrack entries would
+    /// catch new connections on reused client ports (see `flush_closed_tcp_conntrack`), and UDP
+    /// flows to the frontends would clash with the ones eBPF translates before netfilter.
+    fn after_transition(&mut self, desired: &Desired<'_>, moved: &BTreeSet<Feature>) -> Vec<ObjectError> {
+        const DATAPATH: [Feature; 7] = [
+            Feature::ClusterIp,
+            Feature::NodePort,
+            Feature::ExternalIps,
+            Feature::LoadBalancer,
+            Feature::HostPort,
+            Feature::SocketLbTcp,
+            Feature::SocketLbUdp,
+        ];
+        if !DATAPATH.iter().any(|f| moved.contains(f)) {
+            return Vec::new();
+        }
+        let mut errors = Vec::new();
+        match flush_closed_tcp_conntrack() {
+            Ok(n) => tracing::info!(
+                deleted = n,
+                "conntrack entries of closed TCP connections flushed (a frontend changed dataplanes)"
+            ),
+            Err(e) => errors.push(kernel(Op::ConntrackFlush, None, e)),
+        }
+        let udp_vips: BTreeSet<std::net::IpAddr> = desired
+            .view
+            .services
+            .iter()
+            .flat_map(|s| s.frontends.iter())
+            .filter(|f| f.protocol == sluice_core::Protocol::Udp && moved.contains(&f.kind.feature()))
+            .filter_map(|f| f.ip)
+            .collect();
+        for vip in udp_vips {
+            if let Err(e) = flush_udp_to_frontend(vip) {
+                errors.push(kernel(Op::ConntrackFlush, None, e));
+            }
+        }
+        errors
     }
 
     /// Both variants: a node may have switched between them since sluice last ran.

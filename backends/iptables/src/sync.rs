@@ -61,18 +61,43 @@ pub fn udp_backends(svcs: &[Service]) -> BTreeSet<IpAddr> {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("conntrack -D for UDP flows to {ip} failed: {detail} (install the conntrack package)")]
+#[error("conntrack -D {} failed: {detail} (install the conntrack package)", .args.join(" "))]
 pub struct ConntrackError {
-    pub ip: IpAddr,
+    pub args: Vec<String>,
     pub detail: String,
 }
 
 /// Delete UDP conntrack entries DNATed to `ip` (exit 1 with "0 flow entries" is success).
 pub fn flush_udp_conntrack(ip: IpAddr) -> Result<usize, ConntrackError> {
-    let out = Command::new("conntrack")
-        .args(["-D", "-p", "udp", "--dst-nat", &ip.to_string()])
-        .output()
-        .map_err(|e| ConntrackError { ip, detail: e.to_string() })?;
+    conntrack_delete(&["-p", "udp", "--dst-nat", &ip.to_string()])
+}
+
+/// Delete UDP conntrack entries whose original destination is `vip` (flows a Service frontend
+/// had; after the frontend moved to a dataplane that translates before netfilter, their reply
+/// tuples would clash with the new flows').
+pub fn flush_udp_to_frontend(vip: IpAddr) -> Result<usize, ConntrackError> {
+    conntrack_delete(&["-p", "udp", "--orig-dst", &vip.to_string()])
+}
+
+/// Delete the TCP conntrack entries of closed connections (TIME_WAIT, CLOSE) on this node.
+///
+/// Why: when a Service frontend moves between a dataplane that translates before netfilter
+/// (eBPF at tc) and one that translates in it (iptables DNAT), a client port reused by a new
+/// connection meets the closed connection's entry: its reply tuple is the new connection's, so
+/// the backend's SYN-ACK is matched to the old entry and the client answers it with a reset (a
+/// one-second SYN retransmit per reused port, for the two minutes TIME_WAIT entries live).
+/// Such entries only absorb late packets of connections already closed at both ends.
+pub fn flush_closed_tcp_conntrack() -> Result<usize, ConntrackError> {
+    let mut n = 0;
+    for state in ["TIME_WAIT", "CLOSE"] {
+        n += conntrack_delete(&["-p", "tcp", "--state", state])?;
+    }
+    Ok(n)
+}
+
+fn conntrack_delete(args: &[&str]) -> Result<usize, ConntrackError> {
+    let err = |detail: String| ConntrackError { args: args.iter().map(|a| a.to_string()).collect(), detail };
+    let out = Command::new("conntrack").arg("-D").args(args).output().map_err(|e| err(e.to_string()))?;
     let text = String::from_utf8_lossy(&out.stderr);
     let deleted = text
         .lines()
@@ -82,6 +107,6 @@ pub fn flush_udp_conntrack(ip: IpAddr) -> Result<usize, ConntrackError> {
     if out.status.success() || text.contains("0 flow entries") {
         Ok(deleted)
     } else {
-        Err(ConntrackError { ip, detail: text.trim().to_string() })
+        Err(err(text.trim().to_string()))
     }
 }

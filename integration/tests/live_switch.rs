@@ -1,0 +1,178 @@
+//! Tier 3: a live dataplane switch is make-before-break for new connections too. Its own test
+//! binary, so no other lab shares the machine while the rates are compared.
+//!
+//! Two nodes; a client on node-1 opens new connections in a closed loop (16 loops) to a ClusterIP over
+//! three backends (one on node-1, two on node-2) while node-1's config file is rewritten from
+//! iptables to eBPF and back. No connection may fail that a control run without switching
+//! would not lose, and after each switch the rate
+//! must be back within 10% of the rate before it: compared within this one run (both sides
+//! measured minutes apart would differ by the machine's drift alone).
+//!
+//! The lab is driven through the `sluice-lab` binary, as an operator drives it: built in-process
+//! (daemons children of the test binary), the same lab lost 2-5 of ~170k connections with no
+//! switch at all, which the CLI-built lab never did in any run.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{eventually, require_root};
+
+const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
+
+/// Bucket size of the load's timeline.
+const BUCKET_MS: u64 = 250;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Connections per second over [from_ms, to_ms) of the run: the median bucket, so one loop
+/// stalled by a lost SYN (the baseline loss below) does not decide the comparison.
+fn rate(timeline: &[(u64, u64)], from_ms: u64, to_ms: u64) -> f64 {
+    let (a, b) = ((from_ms / BUCKET_MS) as usize, (to_ms / BUCKET_MS) as usize);
+    let mut ok: Vec<u64> = timeline.iter().take(b).skip(a).map(|(o, _)| *o).collect();
+    ok.sort_unstable();
+    ok.get(ok.len() / 2).copied().unwrap_or(0) as f64 * 1000.0 / BUCKET_MS as f64
+}
+
+struct CliLab {
+    bin: std::path::PathBuf,
+    name: &'static str,
+}
+
+impl CliLab {
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(&self.bin)
+            .args(args)
+            .env("SLUICE_LAB", self.name)
+            .output()
+            .unwrap_or_else(|e| panic!("sluice-lab {args:?}: {e}"));
+        assert!(out.status.success(), "sluice-lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn exec(&self, target: &str, argv: &[&str]) -> String {
+        let mut args = vec!["exec", target, "--"];
+        args.extend_from_slice(argv);
+        self.run(&args)
+    }
+}
+
+impl Drop for CliLab {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.bin).arg("down").env("SLUICE_LAB", self.name).output();
+    }
+}
+
+#[test]
+fn new_connections_survive_a_live_switch_both_ways() {
+    if !require_root() {
+        return;
+    }
+    let bin_dir = std::env::var_os("SLUICE_BIN_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::env::current_exe().ok().and_then(|p| Some(p.parent()?.parent()?.to_path_buf())).unwrap_or_default()
+    });
+    let lab = CliLab { bin: bin_dir.join("sluice-lab"), name: "t-live" };
+    let _ = std::process::Command::new(&lab.bin).arg("down").env("SLUICE_LAB", lab.name).output();
+    let dir = tempfile::tempdir().expect("tmp");
+    let n1 = dir.path().join("node-1.yaml");
+    std::fs::write(&n1, "dataplane: iptables\n").expect("write");
+    lab.run(&["up", "--nodes", "2", "--node-config", &format!("node-1={}", n1.display())]);
+    for (node, pod, serve) in
+        [("node-1", "a", true), ("node-2", "b", true), ("node-2", "c", true), ("node-1", "client", false)]
+    {
+        let mut args = vec!["pod", "add", node, pod];
+        if serve {
+            args.extend(["--serve", "8080", "--labels", "app=web"]);
+        }
+        lab.run(&args);
+    }
+    let f = dir.path().join("web.yaml");
+    std::fs::write(&f, WEB).expect("write");
+    lab.run(&["apply", f.to_str().expect("utf8")]);
+    eventually("service programmed", Duration::from_secs(15), || {
+        let out = std::process::Command::new(&lab.bin)
+            .args(["exec", "client", "--", "sluice-lab", "curl", "--timeout-ms", "2000", "http://10.96.0.10/"])
+            .env("SLUICE_LAB", lab.name)
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    });
+    // Settle: neighbour entries resolved and echo servers warm before anything is measured.
+    lab.exec("client", &["sluice-lab", "load", "10.96.0.10:80", "--connections", "4", "--secs", "2"]);
+    std::thread::sleep(Duration::from_secs(2));
+    // Control: the same load with no switch, just before. Run by this test binary, a fresh lab
+    // loses the odd connection (1-5 of ~170k, `connect` timing out or the host unreachable)
+    // with no switch at all; driven from a shell it never did (measured, 8 runs). The switch
+    // run may lose no more than the control did, give or take that noise (2); before the
+    // engine and the conntrack settling, a switch lost every connection for 14 s.
+    let control: serde_json::Value = serde_json::from_str(
+        &lab.exec("client", &["sluice-lab", "load", "10.96.0.10:80", "--connections", "16", "--secs", "11"]),
+    )
+    .expect("control json");
+    let baseline = control["failed"].as_u64().unwrap_or(u64::MAX);
+    // Reading the lab's state file in-process spawns nothing.
+    let node_dir =
+        sluice_lab::Lab::new(lab.name).expect("lab").state().expect("state").node("node-1").expect("node").dir.clone();
+    let cfg_path = node_dir.join("config.yaml");
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("cfg")).expect("json");
+    let with = |dataplane: &str| {
+        let mut v = original.clone();
+        v["dataplane"] = dataplane.into();
+        v.to_string()
+    };
+
+    let load = std::process::Command::new(&lab.bin)
+        .args(["exec", "client", "--", "sluice-lab", "load", "10.96.0.10:80", "--connections", "16", "--secs", "11"])
+        .args(["--bucket-ms", &BUCKET_MS.to_string()])
+        .env("SLUICE_LAB", lab.name)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("load");
+    let started = now_ms();
+    std::thread::sleep(Duration::from_millis(3500));
+    let to_ebpf = now_ms();
+    std::fs::write(&cfg_path, with("ebpf")).expect("write");
+    std::thread::sleep(Duration::from_millis(3500));
+    let to_iptables = now_ms();
+    std::fs::write(&cfg_path, with("iptables")).expect("write");
+    let out = load.wait_with_output().expect("load");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("load json");
+    let timeline: Vec<(u64, u64)> = serde_json::from_value(v["timeline"].clone()).expect("timeline");
+    // Times relative to the load's own start (it began a little after `started`).
+    let t0 = v["start_unix_ms"].as_u64().unwrap_or(started);
+    let (s1, s2) = (to_ebpf.saturating_sub(t0), to_iptables.saturating_sub(t0));
+    let report = format!(
+        "switches at {s1} and {s2} ms; failures {} at {:?} ms; {BUCKET_MS} ms buckets (ok, failed): {timeline:?}",
+        v["errors"],
+        timeline.iter().enumerate().filter(|(_, (_, f))| *f > 0).map(|(i, _)| i as u64 * BUCKET_MS).collect::<Vec<_>>()
+    );
+    let failed = v["failed"].as_u64().unwrap_or(u64::MAX);
+    eprintln!("failed: {failed} with the switches, {baseline} in the control run ({})", control["errors"]);
+    assert!(
+        failed <= baseline + 2,
+        "{failed} new connections failed across the switches, {baseline} in the control run without: {report}"
+    );
+    // The agent polls its config every 300 ms: a switch is in effect by s + 300 ms. In the
+    // second after that the rate must be within 10% of the new dataplane's steady rate (eBPF's
+    // from the rest of its turn, iptables' from before the first switch).
+    let ipt_steady = rate(&timeline, 500, s1);
+    let ebpf_steady = rate(&timeline, s1 + 2300, s2);
+    for (name, steady, at) in [("iptables -> eBPF", ebpf_steady, s1), ("eBPF -> iptables", ipt_steady, s2)] {
+        let after = rate(&timeline, at + 1300, at + 2300);
+        assert!(
+            after >= 0.9 * steady,
+            "{name}: {after:.0} conn/s in the second after the switch took effect vs {steady:.0} steady: {report}"
+        );
+        eprintln!("{name}: {after:.0} conn/s in the second after the switch, {steady:.0} steady");
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&lab.exec("node-1", &["sluice", "status", "-o", "json"])).expect("status");
+    let serving = |id: &str| {
+        s["backends"].as_array().and_then(|bs| bs.iter().find(|b| b["id"] == id)).map(|b| b["serving"].to_string())
+    };
+    assert!(serving("iptables").is_some_and(|f| f.contains("cluster-ip")), "{s}");
+    assert!(serving("ebpf").is_some_and(|f| !f.contains("cluster-ip")), "{s}");
+}
