@@ -8,6 +8,7 @@
 //! - [`error`]: every error, and the one place that maps errors to CNI error codes.
 
 pub mod cmd;
+pub mod conflist;
 pub mod error;
 pub mod ipam;
 pub mod netns;

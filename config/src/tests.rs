@@ -146,3 +146,16 @@ fn load_balancing_and_map_sizes() {
     let e = from_yaml_str("node_name: a\nlb_algorithm: hash\n").expect_err("unknown algorithm").to_string();
     assert!(e.contains("hash"), "{e}");
 }
+
+#[test]
+fn planning_needs_no_node_name_but_rejects_a_bad_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("c.yaml");
+    std::fs::write(&p, "kube_proxy_replacement: strict\ndataplane: ebpf\n").expect("write");
+    assert!(load(Some(&p), None).is_err(), "the agent itself needs a node name");
+    let cfg = load_for_planning(&p).expect("planning");
+    assert_eq!(cfg.dataplane, sluice_core::DataplaneMode::EBPF);
+    std::fs::write(&p, "node_name: Bad_Name\n").expect("write");
+    let e = load_for_planning(&p).expect_err("bad name");
+    assert!(e.to_string().contains("Bad_Name"), "{e}");
+}

@@ -2,23 +2,19 @@
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use serde_json::{Value, json};
+use sluice_cni::conflist::{ConfList, SluicePlugin};
 use sluice_config::Config;
 
-/// cniVersion 1.0.0: the newest the container runtimes here accept (libcni 1.1).
-pub fn render_conflist(cfg: &Config, pod_cidr: Ipv4Net) -> Value {
-    let mut main = json!({
-        "type": "sluice-cni",
-        "subnet": pod_cidr.to_string(),
-        "dataDir": cfg.cni.data_dir.display().to_string(),
-        "agentSocket": cfg.socket_path.display().to_string(),
-    });
-    if let Some(mtu) = cfg.cni.mtu {
-        main["mtu"] = json!(mtu);
-    }
-    let mut plugins = vec![main];
-    plugins.extend(cfg.cni.chain.iter().cloned());
-    json!({ "cniVersion": "1.0.0", "name": cfg.cni.network_name, "plugins": plugins })
+/// The node's conflist, from the CNI crate's types (what the plugin decodes).
+pub fn render_conflist(cfg: &Config, pod_cidr: Ipv4Net) -> ConfList {
+    let sluice = SluicePlugin {
+        plugin_type: "sluice-cni".into(),
+        subnet: pod_cidr.to_string(),
+        data_dir: cfg.cni.data_dir.display().to_string(),
+        agent_socket: cfg.socket_path.display().to_string(),
+        mtu: cfg.cni.mtu,
+    };
+    ConfList::new(&cfg.cni.network_name, sluice, &cfg.cni.chain)
 }
 
 /// Write atomically, and only when the content changed (runtimes watch this directory).
@@ -49,7 +45,7 @@ mod tests {
         )
         .expect("cfg");
         cfg.cni.mtu = Some(1400);
-        let c = render_conflist(&cfg, "10.244.1.0/24".parse().expect("net"));
+        let c = serde_json::to_value(render_conflist(&cfg, "10.244.1.0/24".parse().expect("net"))).expect("json");
         assert_eq!(c["plugins"][0]["subnet"], "10.244.1.0/24");
         assert_eq!(c["plugins"][0]["mtu"], 1400);
         assert_eq!(c["plugins"][0]["agentSocket"], "/run/sluice/sluice.sock");

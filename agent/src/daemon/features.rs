@@ -113,9 +113,7 @@ impl Planner {
         match res {
             Ok(steps) => {
                 tracing::info!(generation = self.status.generation, "config applied: {}", self.plan.status_line());
-                for step in &steps {
-                    tracing::info!(?step, "feature transition step");
-                }
+                tracing::info!(steps = %describe(&steps), "feature transition planned (make before break)");
                 self.status.last_transition = steps
                     .into_iter()
                     .map(|step| StepRecord { step, state: StepState::Waiting, result: "in the next pass".into() })
@@ -127,10 +125,11 @@ impl Planner {
 
     /// The last transition's steps, as far as the engine has carried them out.
     pub fn track(&mut self, engine: &sluice_core::Engine) {
+        let mut done = Vec::new();
         for r in &mut self.status.last_transition {
             let state = engine.step_state(&r.step);
-            if state != r.state {
-                tracing::info!(step = ?r.step, ?state, "feature transition step");
+            if state != r.state && state == StepState::Done {
+                done.push(r.step.clone());
             }
             r.state = state;
             r.result = match (state, &r.step) {
@@ -143,6 +142,9 @@ impl Planner {
                     format!("kept until the new owner of {feature} serves it")
                 }
             };
+        }
+        if !done.is_empty() {
+            tracing::info!(steps = %describe(&done), "feature transition steps done");
         }
     }
 
@@ -219,4 +221,21 @@ mod tests {
         let e = p.reload().expect_err("strict");
         assert!(e.contains("strict") && e.contains("node-port") && e.contains("no bpf_fib_lookup"), "{e}");
     }
+}
+
+/// `eBPF programs cluster-ip, node-port; iptables removes cluster-ip, node-port`.
+fn describe(steps: &[Step]) -> String {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for s in steps {
+        let (verb, owner, feature) = match s {
+            Step::Program { owner, feature } => ("programs", owner, feature),
+            Step::Remove { owner, feature } => ("removes", owner, feature),
+        };
+        let head = format!("{owner} {verb}");
+        match groups.last_mut() {
+            Some((h, fs)) if *h == head => fs.push(feature.name()),
+            _ => groups.push((head, vec![feature.name()])),
+        }
+    }
+    groups.iter().map(|(h, fs)| format!("{h} {}", fs.join(", "))).collect::<Vec<_>>().join("; ")
 }

@@ -147,3 +147,29 @@ fn affinity_policies_ranges_and_host_ports() {
     assert_eq!(st.host_ports.len(), 1);
     assert_eq!((st.host_ports[0].host_port, st.host_ports[0].container_port), (18080, 8080));
 }
+
+#[test]
+fn standalone_allocates_cluster_ips_from_service_cidr() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: noip, namespace: default}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 30090}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: fixed, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80}]\n";
+    let cidr: ipnet::Ipv4Net = "10.96.0.0/12".parse().expect("cidr");
+    let opts = Options { service_cidr: Some(cidr), ..Options::default() };
+    let st = translate_with(&objects(yaml), opts);
+    let noip = st.services.iter().find(|s| s.name.name == "noip").expect("noip");
+    let ip = noip.frontends.iter().find(|f| f.kind == FrontendKind::ClusterIp).and_then(|f| f.ip).expect("allocated");
+    assert!(matches!(ip, IpAddr::V4(v4) if cidr.contains(&v4)), "{ip}");
+    // The same address on every node: the same input always gives it.
+    let again = translate_with(&objects(yaml), opts);
+    assert_eq!(again.services, st.services);
+    // With the Kubernetes source the API server allocates: nothing is made up.
+    let kube = translate_with(&objects(yaml), Options::default());
+    let noip = kube.services.iter().find(|s| s.name.name == "noip").expect("noip");
+    assert!(noip.frontends.iter().all(|f| f.kind != FrontendKind::ClusterIp));
+    // A full service_cidr rejects the Service by name, with the way out.
+    let tiny = Options { service_cidr: Some("10.96.0.0/31".parse().expect("cidr")), ..Options::default() };
+    let st = translate_with(&objects(yaml), tiny);
+    assert!(
+        st.rejected.iter().any(|r| r.object == "Service default/noip" && r.reason.contains("widen service_cidr")),
+        "{:?}",
+        st.rejected
+    );
+}
