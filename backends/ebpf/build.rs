@@ -20,12 +20,27 @@ fn main() {
         "/usr/include/{}-linux-gnu",
         std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into())
     );
-    let status = Command::new(clang)
-        .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
-        .arg(format!("-I{multiarch}"))
-        .args(["-c", "bpf/lb.bpf.c", "-o"])
-        .arg(out.join("lb.bpf.o"))
-        .status()
-        .expect("running clang");
-    assert!(status.success(), "clang failed to compile bpf/lb.bpf.c (is libbpf-dev installed?)");
+    // Every program file `bpf/*.bpf.c` becomes `$OUT_DIR/<name>.bpf.o`; `lib/` holds the shared
+    // headers (layouts, maps, packet access, load balancing, NAT), `progs/` one file per hook.
+    let mut sources: Vec<PathBuf> = std::fs::read_dir("bpf")
+        .expect("bpf/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+        .collect();
+    sources.sort();
+    assert!(!sources.is_empty(), "no bpf/*.bpf.c program files");
+    for src in sources {
+        let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default().trim_end_matches(".c").to_string();
+        let status = Command::new(clang)
+            .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
+            .arg(format!("-I{multiarch}"))
+            .arg("-c")
+            .arg(&src)
+            .arg("-o")
+            .arg(out.join(format!("{name}.o")))
+            .status()
+            .expect("running clang");
+        assert!(status.success(), "clang failed to compile {} (is libbpf-dev installed?)", src.display());
+    }
 }

@@ -167,13 +167,15 @@ impl Engine {
         pass
     }
 
-    /// Features whose set of serving backends differs from `before`.
+    /// Features whose set of serving backends differs from `before`, among those some backend
+    /// served before (a feature programmed for the first time has moved from nowhere).
     fn moved_since(&self, before: &BTreeMap<BackendId, BTreeSet<Feature>>) -> BTreeSet<Feature> {
         let ids: BTreeSet<&BackendId> = before.keys().chain(self.serving.keys()).collect();
+        let served_before: BTreeSet<Feature> = before.values().flatten().copied().collect();
         let mut moved = BTreeSet::new();
         for id in ids {
             let (was, now) = (before.get(id).cloned().unwrap_or_default(), self.serving(*id));
-            moved.extend(was.symmetric_difference(&now).copied());
+            moved.extend(was.symmetric_difference(&now).copied().filter(|f| served_before.contains(f)));
         }
         moved
     }

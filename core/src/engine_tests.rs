@@ -80,8 +80,9 @@ fn make_before_break_for_every_feature_both_ways() {
             let svcs = services();
             let before = plan_with(|g| if g == f { Owner::Backend(from) } else { Owner::KubeProxy });
             let after = plan_with(|g| if g == f { Owner::Backend(to) } else { Owner::KubeProxy });
-            pass(&mut r, &before, &svcs, SYNCED);
+            let first = pass(&mut r, &before, &svcs, SYNCED);
             assert!(r.engine.serving(from).contains(&f));
+            assert!(first.moved.is_empty(), "programming from nothing is not a move: {:?}", first.moved);
             let start = calls(&r).len();
             let rep = pass(&mut r, &after, &svcs, SYNCED);
             let log = calls(&r)[start..].to_vec();
@@ -95,6 +96,7 @@ fn make_before_break_for_every_feature_both_ways() {
             let st = rep.features.iter().find(|s| s.feature == f).expect("state");
             assert_eq!(st.progress, Progress::Serving);
             assert_eq!(rep.calls, 3, "new owner once, old owner twice (keep, then release)");
+            assert_eq!(rep.moved, BTreeSet::from([f]), "the settle hook hears of the move");
         }
     }
 }

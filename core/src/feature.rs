@@ -96,6 +96,20 @@ impl Feature {
         !matches!(self, Feature::Policy | Feature::Flows)
     }
 
+    /// Features whose owner rewrites addresses of Service traffic (the others refine how).
+    pub fn translates_addresses(self) -> bool {
+        matches!(
+            self,
+            Feature::ClusterIp
+                | Feature::NodePort
+                | Feature::ExternalIps
+                | Feature::LoadBalancer
+                | Feature::HostPort
+                | Feature::SocketLbTcp
+                | Feature::SocketLbUdp
+        )
+    }
+
     /// A feature that only makes sense with the same owner as its base feature.
     pub fn base(self) -> Option<Feature> {
         match self {

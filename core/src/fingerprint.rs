@@ -87,33 +87,14 @@ fn fingerprint(s: &Service) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::fingerprint;
-    use crate::{Backend, BackendState, Frontend, FrontendKind, Protocol, Service, ServiceName};
+    use crate::{BackendState, FrontendKind, Service};
+    use crate::testing::{ServiceBuilder, backend};
 
     fn svc() -> Service {
-        Service {
-            name: ServiceName { namespace: "default".into(), name: "web".into() },
-            frontends: vec![Frontend {
-                kind: FrontendKind::ClusterIp,
-                ip: Some("10.96.0.10".parse().expect("ip")),
-                port: 80,
-                protocol: Protocol::Tcp,
-                port_name: "http".into(),
-                target_port: 8080,
-            }],
-            backends: vec![Backend {
-                ip: "10.244.1.2".parse().expect("ip"),
-                port: 8080,
-                port_name: "http".into(),
-                protocol: Protocol::Tcp,
-                state: BackendState::Active,
-                node: Some("node-1".into()),
-            }],
-            affinity_timeout_s: None,
-            external_local: false,
-            internal_local: false,
-            source_ranges: vec![],
-            health_check_node_port: None,
-        }
+        ServiceBuilder::new("default", "web")
+            .cluster_ip("10.96.0.10", 80)
+            .backend(backend("10.244.1.2", 8080, "node-1"))
+            .build()
     }
 
     #[test]

@@ -145,43 +145,19 @@ impl Service {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn be(ip: &str, state: BackendState) -> Backend {
-        Backend {
-            ip: ip.parse().expect("ip"),
-            port: 8080,
-            port_name: "http".into(),
-            protocol: Protocol::Tcp,
-            state,
-            node: None,
-        }
-    }
+    use crate::testing::{ServiceBuilder, backend, terminating};
 
     #[test]
     fn terminating_used_only_without_ready() {
-        let fe = Frontend {
-            kind: FrontendKind::ClusterIp,
-            ip: Some("10.96.0.10".parse().expect("ip")),
-            port: 80,
-            protocol: Protocol::Tcp,
-            port_name: "http".into(),
-            target_port: 8080,
-        };
-        let mut svc = Service {
-            name: ServiceName { namespace: "default".into(), name: "web".into() },
-            affinity_timeout_s: None,
-            external_local: false,
-            internal_local: false,
-            source_ranges: vec![],
-            health_check_node_port: None,
-            frontends: vec![fe.clone()],
-            backends: vec![
-                be("10.244.1.2", BackendState::Active),
-                be("10.244.1.3", BackendState::Terminating),
-                be("10.244.1.4", BackendState::NotReady),
-            ],
-        };
+        let mut not_ready = backend("10.244.1.4", 8080, "");
+        not_ready.state = super::BackendState::NotReady;
+        let mut svc = ServiceBuilder::new("default", "web")
+            .cluster_ip("10.96.0.10", 80)
+            .backend(backend("10.244.1.2", 8080, ""))
+            .backend(terminating(backend("10.244.1.3", 8080, "")))
+            .backend(not_ready)
+            .build();
+        let fe = svc.frontends[0].clone();
         let ips: Vec<_> = svc.usable_backends(&fe).map(|b| b.ip.to_string()).collect();
         assert_eq!(ips, ["10.244.1.2"]);
         svc.backends.remove(0);

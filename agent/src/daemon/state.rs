@@ -109,8 +109,12 @@ impl SourceSide {
             std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
         }
         let tmp = path.with_extension("tmp");
-        let text = serde_json::to_vec(&LastCompleteRef { services: &state.services, host_ports: &state.host_ports })?;
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        // Streamed: at 10k Services the JSON is megabytes, and a buffer of it would stay in the
+        // allocator's hands.
+        let file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut w, &LastCompleteRef { services: &state.services, host_ports: &state.host_ports })?;
+        std::io::Write::flush(&mut w).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("saving the last complete source read to {}", path.display()))
     }

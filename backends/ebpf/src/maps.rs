@@ -1,4 +1,4 @@
-//! Rust mirrors of bpf/lb.h and the pure encoding of services into map entries.
+//! Rust mirrors of bpf/lib/layout.h and the pure encoding of services into map entries.
 //! Addresses and ports are stored in network byte order, exactly as the programs read packets.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use sluice_core::{Feature, FrontendKind, HostPort, Protocol, Service};
 
-// SVC_F_*, BE_F_*, NAT_F_* of lb.h.
+// SVC_F_*, BE_F_*, NAT_F_* of bpf/lib/layout.h.
 pub const SVC_F_TC: u32 = 1;
 pub const SVC_F_EXTERNAL: u32 = 2;
 pub const SVC_F_SOCK_TCP: u32 = 4;
@@ -340,7 +340,7 @@ pub fn encode_with_keys(services: &[Service], host_ports: &[HostPort], ctx: &Nod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::{Backend, BackendState, Frontend};
+    use sluice_core::testing::{ServiceBuilder, backend};
 
     #[test]
     fn network_byte_order() {
@@ -350,51 +350,12 @@ mod tests {
     }
 
     fn svc(name: &str, eps: &[(&str, &str)]) -> Service {
-        Service {
-            name: sluice_core::ServiceName { namespace: "default".into(), name: name.into() },
-            frontends: vec![
-                Frontend {
-                    kind: FrontendKind::ClusterIp,
-                    ip: Some("10.96.0.10".parse().expect("ip")),
-                    port: 80,
-                    protocol: Protocol::Tcp,
-                    port_name: "http".into(),
-                    target_port: 8080,
-                },
-                Frontend {
-                    kind: FrontendKind::NodePort,
-                    ip: None,
-                    port: 30080,
-                    protocol: Protocol::Tcp,
-                    port_name: "http".into(),
-                    target_port: 8080,
-                },
-                Frontend {
-                    kind: FrontendKind::LoadBalancer,
-                    ip: Some("203.0.113.100".parse().expect("ip")),
-                    port: 80,
-                    protocol: Protocol::Tcp,
-                    port_name: "http".into(),
-                    target_port: 8080,
-                },
-            ],
-            backends: eps
-                .iter()
-                .map(|(ip, node)| Backend {
-                    ip: ip.parse().expect("ip"),
-                    port: 8080,
-                    port_name: "http".into(),
-                    protocol: Protocol::Tcp,
-                    state: BackendState::Active,
-                    node: Some(node.to_string()),
-                })
-                .collect(),
-            affinity_timeout_s: Some(60),
-            external_local: false,
-            internal_local: false,
-            source_ranges: vec![],
-            health_check_node_port: None,
-        }
+        let b = ServiceBuilder::new("default", name)
+            .cluster_ip("10.96.0.10", 80)
+            .node_port(30080)
+            .load_balancer("203.0.113.100", 80)
+            .affinity(60);
+        eps.iter().fold(b, |b, (ip, node)| b.backend(backend(ip, 8080, node))).build()
     }
 
     fn ctx(owned: &[Feature]) -> NodeCtx {

@@ -31,11 +31,6 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
 
 pub const SPEC: BackendSpec = BackendSpec { id: BackendId::IPTABLES, needs };
 
-/// Features this backend implements in this build.
-pub fn implemented() -> BTreeSet<Feature> {
-    Feature::ALL.into_iter().filter(|f| needs(*f).is_some()).collect()
-}
-
 pub struct IptablesDataplane {
     syncer: Option<RuleSyncer>,
     ipt: Iptables,
@@ -152,7 +147,17 @@ impl Dataplane for IptablesDataplane {
         });
         tracing::debug!(reused = stats.reused, rendered = stats.rendered, "iptables rules rendered");
         let syncer = self.syncer.get_or_insert_with(|| RuleSyncer::new(self.ipt));
-        match syncer.sync(&ruleset, full_due) {
+        // On a thread of its own: a full sync parses the whole `iptables-save` dump (at 10k
+        // Services ~130k rules), and memory freed on the caller's thread stays in its allocator
+        // heap (measured: the agent's RSS at 10k Services 169-171 MB this way, 150 MB before).
+        let sync = std::thread::scope(|s| s.spawn(|| syncer.sync(&ruleset, full_due)).join());
+        let sync = sync.unwrap_or_else(|_| {
+            Err(IptablesError::Spawn {
+                binary: "iptables-restore".into(),
+                source: std::io::Error::other("the sync thread panicked"),
+            })
+        });
+        match sync {
             Ok(sync) => {
                 if !sync.tables.is_empty() {
                     tracing::info!(full = sync.full, lines = sync.lines, tables = ?sync.tables, "iptables synced");
@@ -188,16 +193,7 @@ impl Dataplane for IptablesDataplane {
     /// catch new connections on reused client ports (see `flush_closed_tcp_conntrack`), and UDP
     /// flows to the frontends would clash with the ones eBPF translates before netfilter.
     fn after_transition(&mut self, desired: &Desired<'_>, moved: &BTreeSet<Feature>) -> Vec<ObjectError> {
-        const DATAPATH: [Feature; 7] = [
-            Feature::ClusterIp,
-            Feature::NodePort,
-            Feature::ExternalIps,
-            Feature::LoadBalancer,
-            Feature::HostPort,
-            Feature::SocketLbTcp,
-            Feature::SocketLbUdp,
-        ];
-        if !DATAPATH.iter().any(|f| moved.contains(f)) {
+        if !moved.iter().any(|f| f.translates_addresses()) {
             return Vec::new();
         }
         let mut errors = Vec::new();

@@ -1,15 +1,9 @@
 use super::*;
-use sluice_core::{BackendState, Frontend, ServiceName};
+use sluice_core::testing::{ServiceBuilder, backend};
+use sluice_core::Frontend;
 
 fn be(ip: &str, node: &str) -> Backend {
-    Backend {
-        ip: ip.parse().expect("ip"),
-        port: 8080,
-        port_name: "http".into(),
-        protocol: Protocol::Tcp,
-        state: BackendState::Active,
-        node: Some(node.into()),
-    }
+    backend(ip, 8080, node)
 }
 
 fn fe(kind: FrontendKind, ip: Option<&str>, port: u16) -> Frontend {
@@ -24,20 +18,14 @@ fn fe(kind: FrontendKind, ip: Option<&str>, port: u16) -> Frontend {
 }
 
 fn web() -> Service {
-    Service {
-        name: ServiceName { namespace: "default".into(), name: "web".into() },
-        frontends: vec![
-            fe(FrontendKind::ClusterIp, Some("10.96.0.26"), 80),
-            fe(FrontendKind::NodePort, None, 30080),
-            fe(FrontendKind::ExternalIp, Some("203.0.113.10"), 80),
-        ],
-        backends: vec![be("10.244.1.2", "node-1"), be("10.244.2.2", "node-2"), be("10.244.2.3", "node-2")],
-        affinity_timeout_s: None,
-        external_local: false,
-        internal_local: false,
-        source_ranges: vec![],
-        health_check_node_port: None,
-    }
+    ServiceBuilder::new("default", "web")
+        .cluster_ip("10.96.0.26", 80)
+        .node_port(30080)
+        .external_ip("203.0.113.10", 80)
+        .backend(be("10.244.1.2", "node-1"))
+        .backend(be("10.244.2.2", "node-2"))
+        .backend(be("10.244.2.3", "node-2"))
+        .build()
 }
 
 fn all_owned() -> BTreeSet<Feature> {

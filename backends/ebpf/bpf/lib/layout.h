@@ -1,8 +1,9 @@
+/* SPDX-License-Identifier: GPL-2.0 */
 /* Map layouts shared by the BPF programs and sluice-ebpf's Rust types (src/maps.rs mirrors
  * every struct here, with compile-time size and offset assertions). Addresses and ports are in
  * network byte order, as they sit in packets. */
-#ifndef SLUICE_LB_H
-#define SLUICE_LB_H
+#ifndef SLUICE_LIB_LAYOUT_H
+#define SLUICE_LIB_LAYOUT_H
 
 #include <linux/types.h>
 

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Every map of the datapath: one definition, pinned by name under the node's pin directory. */
+#ifndef SLUICE_LIB_MAPS_H
+#define SLUICE_LIB_MAPS_H
+
+#include "layout.h"
+
+/* max_entries below are only the object's defaults: the loader sets every map's size from the
+ * config's bpf_map_sizes (sluice_core::MapSizes) before creating it. */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct svc_key);
+	__type(value, struct svc_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 655360);
+	__type(key, struct backend_key);
+	__type(value, struct backend_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct nat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct nat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_rnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct snat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_snat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct src_range_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_src_ranges SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_cfg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_node SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct sock_key);
+	__type(value, struct nat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_rnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct maglev_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_maglev SEC(".maps");
+
+#endif

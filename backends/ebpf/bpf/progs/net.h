@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* tc program on the node's devices: sluice_from_net (NodePort, ExternalIPs, LoadBalancer, HostPort). */
+#ifndef SLUICE_PROGS_NET_H
+#define SLUICE_PROGS_NET_H
+
+#include "../lib/lb.h"
+#include "../lib/nat.h"
+
+/* Forward a flow from outside the node to a backend on another node: DNAT, SNAT to the node IP,
+ * out again. */
+static __always_inline int forward_remote(struct __sk_buff *skb, struct flow_key *k, struct nat_val *ct, int finrst)
+{
+	__u32 zero = 0;
+	struct node_cfg *node = bpf_map_lookup_elem(&sluice_node, &zero);
+	struct snat_val *sv;
+
+	if (!node || !node->node_ip)
+		return TC_ACT_SHOT;
+	struct flow_key rk = { .saddr = ct->addr, .daddr = node->node_ip, .sport = ct->port, .dport = ct->snat_port, .proto = k->proto };
+	sv = bpf_map_lookup_elem(&sluice_snat, &rk);
+	if (sv)
+		snat_touch(sv, finrst);
+	if (rewrite(skb, k->proto, IP_DST_OFF, k->daddr, ct->addr, L4_OFF + 2, k->dport, ct->port))
+		return TC_ACT_SHOT;
+	if (rewrite(skb, k->proto, IP_SRC_OFF, k->saddr, node->node_ip, L4_OFF, k->sport, ct->snat_port))
+		return TC_ACT_SHOT;
+	return fib_redirect(skb, node->node_ip, ct->addr);
+}
+
+SEC("classifier")
+int sluice_from_net(struct __sk_buff *skb)
+{
+	struct flow_key k;
+	struct nat_val *be;
+	struct snat_val *sv;
+	struct nat_val chosen = {};
+	__u32 slot = 0;
+	int syn, finrst;
+
+	if (parse_flow(skb, &k, &syn))
+		return PASS;
+	/* A reply of a flow this node SNATed: back to the client, from the frontend. */
+	finrst = tcp_fin_rst(skb, k.proto);
+	sv = syn ? NULL : bpf_map_lookup_elem(&sluice_snat, &k);
+	/* A host connection that took the port after our flow closed: its packet, not ours. */
+	if (sv && (sv->flags & SNAT_F_CLOSING) && host_owns(skb, k.proto, k.saddr, k.sport, k.daddr, k.dport))
+		sv = NULL;
+	if (sv) {
+		__u32 client = sv->client, front = sv->front;
+		snat_touch(sv, finrst);
+		__u16 cport = sv->client_port, fport = sv->front_port;
+		if (rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, front, L4_OFF, k.sport, fport))
+			return TC_ACT_SHOT;
+		if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, client, L4_OFF + 2, k.dport, cport))
+			return TC_ACT_SHOT;
+		return fib_redirect(skb, front, client);
+	}
+	be = syn ? NULL : bpf_map_lookup_elem(&sluice_ct, &k);
+	if (!be) {
+		struct svc_key sk = { .vip = k.daddr, .port = k.dport, .proto = k.proto };
+		struct svc_val *svc;
+		struct backend_val *b;
+
+		if (k.proto == IPPROTO_TCP && !syn)
+			return PASS; /* mid-stream, not ours (or NATed by another dataplane) */
+		svc = bpf_map_lookup_elem(&sluice_svc, &sk);
+		if (!svc || !(svc->flags & SVC_F_EXTERNAL)) {
+			/* As at the pod veth: an entry for this tuple from a connection served before
+			 * the frontend moved away must not catch this one's later packets. */
+			if (k.proto == IPPROTO_TCP)
+				bpf_map_delete_elem(&sluice_ct, &k);
+			return PASS;
+		}
+		if (!source_allowed(svc, k.saddr))
+			return TC_ACT_SHOT;
+		b = choose(k.saddr, svc, &slot, flow_hash(&k));
+		if (!b)
+			return TC_ACT_SHOT;
+		chosen.addr = b->addr;
+		chosen.port = b->port;
+		if (b->flags & BE_F_LOCAL) {
+			/* Local backend: DNAT only, the pod sees the client's address. */
+			struct flow_key rk = { .saddr = b->addr, .daddr = k.saddr, .sport = b->port, .dport = k.sport, .proto = k.proto };
+			struct nat_val front = { .addr = k.daddr, .port = k.dport, .flags = NAT_F_EXTERNAL };
+			bpf_map_update_elem(&sluice_rnat, &rk, &front, BPF_ANY);
+		} else {
+			__u32 zero = 0;
+			struct node_cfg *node = bpf_map_lookup_elem(&sluice_node, &zero);
+			__u32 now = now_s();
+			struct snat_val back = { .client = k.saddr, .front = k.daddr, .client_port = k.sport, .front_port = k.dport, .last_s = now };
+			int i;
+
+			if (!node || !node->node_ip)
+				return TC_ACT_SHOT;
+			for (i = 0; i < 16; i++) {
+				/* First the client's own port, as MASQUERADE does: the backend then sees
+				 * the client's port reuse and timestamps, and its TIME_WAIT accepts a
+				 * new connection on the same tuple. Then random ports. */
+				__u16 p = i == 0 ? k.sport : bpf_htons(SNAT_PORT_LO + bpf_get_prandom_u32() % SNAT_PORT_N);
+				struct flow_key rk = { .saddr = b->addr, .daddr = node->node_ip, .sport = b->port, .dport = p, .proto = k.proto };
+				struct snat_val *old;
+				__u64 how = BPF_NOEXIST;
+				if (host_owns(skb, k.proto, b->addr, b->port, node->node_ip, p))
+					continue;
+				old = bpf_map_lookup_elem(&sluice_snat, &rk);
+				if (old) {
+					/* The same client flow again (its port reused), or a port whose
+					 * flow closed a TIME_WAIT ago or went idle, serves the new one. */
+					__u32 age = now - old->last_s;
+					int same = old->client == k.saddr && old->client_port == k.sport && old->front == k.daddr &&
+						   old->front_port == k.dport;
+					if (!same && !((old->flags & SNAT_F_CLOSING) && age >= SNAT_CLOSED_S) && age < SNAT_IDLE_S)
+						continue;
+					how = BPF_EXIST;
+				}
+				if (!bpf_map_update_elem(&sluice_snat, &rk, &back, how)) {
+					chosen.snat_port = p;
+					break;
+				}
+			}
+			if (!chosen.snat_port)
+				return TC_ACT_SHOT; /* no free port for this backend */
+		}
+		bpf_map_update_elem(&sluice_ct, &k, &chosen, BPF_ANY);
+		be = &chosen;
+	}
+	if (be->snat_port) {
+		struct nat_val ct = *be;
+		return forward_remote(skb, &k, &ct, finrst);
+	}
+	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+#endif
