@@ -173,6 +173,23 @@ impl Planner {
     }
 }
 
+/// `eBPF programs cluster-ip, node-port; iptables removes cluster-ip, node-port`.
+fn describe(steps: &[Step]) -> String {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for s in steps {
+        let (verb, owner, feature) = match s {
+            Step::Program { owner, feature } => ("programs", owner, feature),
+            Step::Remove { owner, feature } => ("removes", owner, feature),
+        };
+        let head = format!("{owner} {verb}");
+        match groups.last_mut() {
+            Some((h, fs)) if *h == head => fs.push(feature.name()),
+            _ => groups.push((head, vec![feature.name()])),
+        }
+    }
+    groups.iter().map(|(h, fs)| format!("{h} {}", fs.join(", "))).collect::<Vec<_>>().join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,19 +240,3 @@ mod tests {
     }
 }
 
-/// `eBPF programs cluster-ip, node-port; iptables removes cluster-ip, node-port`.
-fn describe(steps: &[Step]) -> String {
-    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
-    for s in steps {
-        let (verb, owner, feature) = match s {
-            Step::Program { owner, feature } => ("programs", owner, feature),
-            Step::Remove { owner, feature } => ("removes", owner, feature),
-        };
-        let head = format!("{owner} {verb}");
-        match groups.last_mut() {
-            Some((h, fs)) if *h == head => fs.push(feature.name()),
-            _ => groups.push((head, vec![feature.name()])),
-        }
-    }
-    groups.iter().map(|(h, fs)| format!("{h} {}", fs.join(", "))).collect::<Vec<_>>().join("; ")
-}
