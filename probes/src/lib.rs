@@ -1,10 +1,16 @@
-//! sluice-probes: what can this node do? Every probe loads the smallest possible object,
+//! sluice-probes: what can this node do? The node-wide probes (kernel, BTF, bpffs, cgroup v2,
+//! kube-proxy) are here; each backend's own (BPF program, map, helper, attach types and TCX in
+//! `sluice_ebpf::probe`; iptables, conntrack, ipset in `sluice_iptables::probe`) live with it.
+//! Every probe loads the smallest possible object,
 //! checks the answer and closes it again: nothing (program, map, link, namespace, rule)
 //! outlives a probe. Results are typed [`Capabilities`] that config may override with
 //! `probes.assume_missing`, so a newer kernel can rehearse an older one.
 
-mod bpf;
 mod system;
+
+// The backend-specific probes live with their backends.
+use sluice_ebpf::probe as bpf;
+use sluice_iptables::probe as netfilter;
 
 use std::time::{Duration, Instant};
 
@@ -37,9 +43,9 @@ fn probe_one(c: Capability) -> (bool, String) {
         MapHash | MapLruHash | MapLpmTrie | MapRingbuf | MapHashOfMaps => bpf::map(c),
         HelperFibLookup | HelperRedirectNeigh | HelperRedirectPeer | HelperGetNetnsCookie => bpf::helper(c),
         Tcx => bpf::tcx(),
-        Iptables => system::iptables(),
-        Conntrack => system::conntrack(),
-        Ipset => system::ipset(),
+        Iptables => netfilter::iptables(),
+        Conntrack => netfilter::conntrack(),
+        Ipset => netfilter::ipset(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Probes that read the system rather than load BPF objects.
 
-use std::path::Path;
+use sluice_iptables::probe::which;
 use std::process::{Command, Stdio};
 
 pub fn kernel_release() -> String {
@@ -50,52 +50,6 @@ pub fn cgroup_v2() -> (bool, String) {
     match cgroup_v2_mount() {
         Some(m) => (true, format!("cgroup2 mounted at {m}")),
         None => (false, "no cgroup2 mount in /proc/self/mountinfo".into()),
-    }
-}
-
-fn which(bin: &str) -> Option<String> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':').chain(["/usr/sbin", "/sbin"]).map(|d| format!("{d}/{bin}")).find(|p| Path::new(p).is_file())
-}
-
-pub fn iptables() -> (bool, String) {
-    let nft = which("iptables-nft-restore");
-    let legacy = which("iptables-legacy-restore");
-    match (nft, legacy) {
-        (None, None) => (false, "neither iptables-nft-restore nor iptables-legacy-restore found".into()),
-        (n, l) => {
-            let mut have = Vec::new();
-            if n.is_some() {
-                have.push("nft");
-            }
-            if l.is_some() {
-                have.push("legacy");
-            }
-            // Which one the node already uses: the same decision the iptables backend makes.
-            let (n, l) = sluice_iptables::restore::rule_counts();
-            let in_use = sluice_iptables::Variant::in_use(n, l).as_str();
-            (
-                true,
-                format!("iptables variants: {}; in use: {in_use} ({n} nft rules, {l} legacy rules)", have.join(", ")),
-            )
-        }
-    }
-}
-
-pub fn conntrack() -> (bool, String) {
-    if Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() || Path::new("/sys/module/nf_conntrack").exists()
-    {
-        (true, "nf_conntrack present".into())
-    } else {
-        (false, "nf_conntrack not loaded (no /sys/module/nf_conntrack)".into())
-    }
-}
-
-pub fn ipset() -> (bool, String) {
-    if Path::new("/sys/module/ip_set").exists() {
-        (true, "ip_set present".into())
-    } else {
-        (false, "ip_set not loaded (no /sys/module/ip_set)".into())
     }
 }
 

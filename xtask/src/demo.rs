@@ -102,12 +102,58 @@ pub fn run_demo() -> anyhow::Result<()> {
     step("who serves what on node-1", &["exec", "node-1", "--", "sluice", "service", "list"])?;
     step("the eBPF service map on node-1", &["exec", "node-1", "--", "sluice", "bpf", "lb", "list"])?;
 
+    live_switch()?;
+
     println!("\n-- what the agent on node-1 reports --");
     step("node-1 status", &["exec", "node-1", "--", "sluice", "status"])?;
     println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes,");
     println!(
         "   and a Service balanced over them (every Service feature on eBPF on this kernel, as `sluice plan` says) =="
     );
+    Ok(())
+}
+
+/// node-1 moves every Service feature from eBPF to iptables by an edit of its config file,
+/// while a client keeps opening new connections: the engine programs iptables before eBPF lets go.
+fn live_switch() -> anyhow::Result<()> {
+    println!("\n-- a live dataplane switch on node-1 (eBPF -> iptables), under load, make before break --");
+    let cfg = step("node-1's config file", &["exec", "node-1", "--", "sh", "-c", "echo $SLUICE_CONFIG"])?;
+    let cfg = std::path::PathBuf::from(cfg.trim());
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg)?)?;
+    let load = lab()
+        .args(["exec", "client", "--", "sluice-lab", "load", "10.96.0.10:80", "--connections", "4", "--secs", "5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    v["dataplane"] = "iptables".into();
+    println!("(writing dataplane: iptables into {})", cfg.display());
+    std::fs::write(&cfg, v.to_string())?;
+    let out = load.wait_with_output()?;
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    println!(
+        "client -> 10.96.0.10 during the switch: {} connections, {} failed ({:.0} conn/s)",
+        r["ok"], r["failed"], r["conn_per_s"].as_f64().unwrap_or(0.0)
+    );
+    let status = || -> anyhow::Result<serde_json::Value> {
+        let out = lab().args(["exec", "node-1", "--", "sluice", "status", "-o", "json"]).output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let owner = |st: &serde_json::Value| {
+        st["plan"]["entries"].as_array().and_then(|es| es.iter().find(|e| e["feature"] == "cluster-ip")).map(|e| e["owner"].to_string())
+    };
+    let mut st = status()?;
+    for _ in 0..50 {
+        if owner(&st).as_deref() == Some("\"iptables\"") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        st = status()?;
+    }
+    println!("$ sluice-lab exec node-1 -- sluice status -o json   (the last transition's first steps)");
+    for s in st["config"]["last_transition"].as_array().into_iter().flatten().take(4) {
+        println!("  step {} {} by {}: {}", s["step"]["op"], s["step"]["feature"], s["step"]["owner"], s["result"]);
+    }
+    step("the plan now", &["exec", "node-1", "--", "sluice", "plan"])?;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ pub mod dataplane;
 pub mod lb_list;
 pub mod loader;
 pub mod maps;
+pub mod probe;
 
 pub use dataplane::{EbpfDataplane, SPEC};
 

@@ -13,6 +13,7 @@
 
 pub mod dataplane;
 pub mod incremental;
+pub mod probe;
 pub mod restore;
 pub mod routes;
 pub mod ruleset;

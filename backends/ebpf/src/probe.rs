@@ -1,4 +1,4 @@
-//! BPF probes. Program, map and helper support come from aya's feature probes (which follow
+//! BPF probes (called by sluice-probes). Program, map and helper support come from aya's feature probes (which follow
 //! libbpf's). Attach types of cgroup/sock_addr programs and TCX links need raw syscalls: each
 //! loads a two-instruction program and closes it at once.
 
