@@ -87,8 +87,8 @@ fn fingerprint(s: &Service) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::fingerprint;
-    use crate::{BackendState, FrontendKind, Service};
     use crate::testing::{ServiceBuilder, backend};
+    use crate::{BackendState, FrontendKind, Service};
 
     fn svc() -> Service {
         ServiceBuilder::new("default", "web")

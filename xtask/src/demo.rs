@@ -108,7 +108,7 @@ pub fn run_demo() -> anyhow::Result<()> {
     step("node-1 status", &["exec", "node-1", "--", "sluice", "status"])?;
     println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes,");
     println!(
-        "   and a Service balanced over them (every Service feature on eBPF on this kernel, as `sluice plan` says) =="
+        "   a Service balanced over them on eBPF, then node-1 moved to iptables live without a failed connection =="
     );
     Ok(())
 }
@@ -132,14 +132,19 @@ fn live_switch() -> anyhow::Result<()> {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     println!(
         "client -> 10.96.0.10 during the switch: {} connections, {} failed ({:.0} conn/s)",
-        r["ok"], r["failed"], r["conn_per_s"].as_f64().unwrap_or(0.0)
+        r["ok"],
+        r["failed"],
+        r["conn_per_s"].as_f64().unwrap_or(0.0)
     );
     let status = || -> anyhow::Result<serde_json::Value> {
         let out = lab().args(["exec", "node-1", "--", "sluice", "status", "-o", "json"]).output()?;
         Ok(serde_json::from_slice(&out.stdout)?)
     };
     let owner = |st: &serde_json::Value| {
-        st["plan"]["entries"].as_array().and_then(|es| es.iter().find(|e| e["feature"] == "cluster-ip")).map(|e| e["owner"].to_string())
+        st["plan"]["entries"]
+            .as_array()
+            .and_then(|es| es.iter().find(|e| e["feature"] == "cluster-ip"))
+            .map(|e| e["owner"].to_string())
     };
     let mut st = status()?;
     for _ in 0..50 {
@@ -151,7 +156,14 @@ fn live_switch() -> anyhow::Result<()> {
     }
     println!("$ sluice-lab exec node-1 -- sluice status -o json   (the last transition's first steps)");
     for s in st["config"]["last_transition"].as_array().into_iter().flatten().take(4) {
-        println!("  step {} {} by {}: {}", s["step"]["op"], s["step"]["feature"], s["step"]["owner"], s["result"]);
+        let f = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        println!(
+            "  {} {} by {}: {}",
+            f(&s["step"]["op"]),
+            f(&s["step"]["feature"]),
+            f(&s["step"]["owner"]),
+            f(&s["result"])
+        );
     }
     step("the plan now", &["exec", "node-1", "--", "sluice", "plan"])?;
     Ok(())

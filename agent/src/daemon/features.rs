@@ -239,4 +239,3 @@ mod tests {
         assert!(e.contains("strict") && e.contains("node-port") && e.contains("no bpf_fib_lookup"), "{e}");
     }
 }
-

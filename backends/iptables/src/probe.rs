@@ -50,4 +50,3 @@ pub fn ipset() -> (bool, String) {
         (false, "ip_set not loaded (no /sys/module/ip_set)".into())
     }
 }
-

@@ -1,6 +1,6 @@
 use super::*;
-use sluice_core::testing::{ServiceBuilder, backend};
 use sluice_core::Frontend;
+use sluice_core::testing::{ServiceBuilder, backend};
 
 fn be(ip: &str, node: &str) -> Backend {
     backend(ip, 8080, node)
