@@ -26,8 +26,6 @@ use sluice_core::{BackendId, Desired, Engine, Feature, ServiceView};
 use sluice_iptables::{Iptables, Variant};
 use tokio::sync::RwLock;
 
-use crate::api::types::AgentStatus;
-
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -42,16 +40,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     for w in &planner.plan.warnings {
         tracing::warn!("{w}");
     }
-    let status = Arc::new(RwLock::new(AgentStatus {
-        node: cfg.node_name.clone(),
-        cluster_cidr: cfg.cluster_cidr.to_string(),
-        started_unix: now_unix(),
-        kernel: planner.probed.kernel.clone(),
-        probe_ms: took.as_millis() as u64,
-        plan: Some(planner.plan.clone()),
-        config: planner.status.clone(),
-        ..Default::default()
-    }));
+    let status = Arc::new(RwLock::new(publish::initial(&cfg, &planner, took)));
     let listener = server::bind(&cfg.socket_path)?;
     let wake = Arc::new(tokio::sync::Notify::new());
     // Service lists are built when asked, from what the loop last programmed (at 10k Services
@@ -84,17 +73,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             _ = sighup.recv() => reload = true,
             _ = wake.notified() => {}
             Some(q) = queries.recv() => {
-                // Between two passes: what the lists show is what the last pass programmed.
-                match q {
-                    server::Query::Services(tx) => {
-                        let services = source.current().map(|c| c.state.services.as_slice()).unwrap_or_default();
-                        let _ = tx.send(crate::services::entries(services, &planner.plan));
-                    }
-                    server::Query::BpfLb(tx) => {
-                        let rows = engine.backends().find(|b| b.id() == BackendId::EBPF).map(|b| b.lb_rows());
-                        let _ = tx.send(rows.unwrap_or_default());
-                    }
-                }
+                answer(q, &source, &planner, &engine);
                 continue;
             }
             _ = sigterm.recv() => break,
@@ -152,4 +131,18 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let _ = std::fs::remove_file(&cfg.socket_path);
     tracing::info!("sluice agent stopped; kernel state left in place for the next start");
     Ok(())
+}
+
+/// Between two passes: what the lists show is what the last pass programmed.
+fn answer(q: server::Query, source: &state::SourceSide, planner: &features::Planner, engine: &Engine) {
+    match q {
+        server::Query::Services(tx) => {
+            let services = source.current().map(|c| c.state.services.as_slice()).unwrap_or_default();
+            let _ = tx.send(crate::services::entries(services, &planner.plan));
+        }
+        server::Query::BpfLb(tx) => {
+            let rows = engine.backends().find(|b| b.id() == BackendId::EBPF).map(|b| b.lb_rows());
+            let _ = tx.send(rows.unwrap_or_default());
+        }
+    }
 }

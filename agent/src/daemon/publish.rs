@@ -20,6 +20,20 @@ pub struct Pass<'a> {
     pub iptables_variant: &'static str,
 }
 
+/// What status says before the first pass.
+pub fn initial(cfg: &sluice_config::Config, planner: &Planner, probe_took: std::time::Duration) -> AgentStatus {
+    AgentStatus {
+        node: cfg.node_name.clone(),
+        cluster_cidr: cfg.cluster_cidr.to_string(),
+        started_unix: super::now_unix(),
+        kernel: planner.probed.kernel.clone(),
+        probe_ms: probe_took.as_millis() as u64,
+        plan: Some(planner.plan.clone()),
+        config: planner.status.clone(),
+        ..Default::default()
+    }
+}
+
 pub fn status(st: &mut AgentStatus, p: Pass<'_>) {
     st.plan = Some(p.planner.plan.clone());
     st.config = p.planner.status.clone();
