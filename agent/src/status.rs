@@ -33,7 +33,12 @@ pub fn render(s: &AgentStatus) -> String {
     );
     out += &line("CNI conflist:", s.conflist.as_deref().unwrap_or("not written"));
     out += &line("Masquerade:", &s.masquerade);
-    out += &line("eBPF:", if s.ebpf.is_empty() { "not loaded" } else { &s.ebpf });
+    for b in &s.backends {
+        out += &line(&format!("{}:", b.id), &b.summary);
+    }
+    if s.backends.is_empty() {
+        out += &line("eBPF:", if s.ebpf.is_empty() { "not loaded" } else { &s.ebpf });
+    }
     out += &line("Kernel:", &format!("{} (probed in {} ms)", s.kernel, s.probe_ms));
     out += &line(
         "Config:",
@@ -45,6 +50,27 @@ pub fn render(s: &AgentStatus) -> String {
         ),
     );
     out += &line("Services:", &s.services.to_string());
+    if !s.held.is_empty() {
+        let names: Vec<String> = s.held.iter().map(|n| n.to_string()).collect();
+        out += &line(
+            "Held:",
+            &format!("{} (missing from an incomplete source read; kept until a complete one)", names.join(", ")),
+        );
+    }
+    for f in &s.features {
+        if let sluice_core::Progress::Moving { kept_by } = &f.progress {
+            let by: Vec<String> = kept_by.iter().map(|b| b.to_string()).collect();
+            out += &line(
+                "Moving:",
+                &format!("{} to {}: still served by {} until it does", f.feature, f.planned, by.join(", ")),
+            );
+        } else if f.progress == sluice_core::Progress::Failed {
+            out += &line(
+                "FAILED:",
+                &format!("{} is served by nobody: {} failed to program it (see errors)", f.feature, f.planned),
+            );
+        }
+    }
     out += &line("Routes:", &format!("{} to other nodes' pod CIDRs", s.routes.len()));
     for r in &s.routes {
         out += &format!("  {} via {}\n", r.dst, r.via);
@@ -88,4 +114,27 @@ pub fn render_plan(p: &Plan) -> String {
         out += &format!("warning: {w}\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::{BackendId, Feature, FeatureState, Owner, Progress, ServiceName};
+
+    use super::*;
+
+    #[test]
+    fn held_services_and_moving_features_are_shown() {
+        let s = AgentStatus {
+            held: vec![ServiceName { namespace: "default".into(), name: "other".into() }],
+            features: vec![FeatureState {
+                feature: Feature::NodePort,
+                planned: Owner::EBPF,
+                progress: Progress::Moving { kept_by: vec![BackendId::IPTABLES] },
+            }],
+            ..Default::default()
+        };
+        let text = render(&s);
+        assert!(text.contains("Held:           default/other (missing from an incomplete source read"), "{text}");
+        assert!(text.contains("Moving:         node-port to eBPF: still served by iptables"), "{text}");
+    }
 }
