@@ -3,14 +3,12 @@
 //!
 //! Two nodes; a client on node-1 opens new connections in a closed loop (16 loops) to a ClusterIP over
 //! three backends (one on node-1, two on node-2) while node-1's config file is rewritten from
-//! iptables to eBPF and back. No connection may fail that a control run without switching
-//! would not lose, and after each switch the rate
-//! must be back within 10% of the rate before it: compared within this one run (both sides
-//! measured minutes apart would differ by the machine's drift alone).
+//! iptables to eBPF and back. No connection may fail (nor in a control run without switches),
+//! and in the second after each switch took effect the rate must be within 10% of the new
+//! regime's steady rate, compared within this one run (runs minutes apart differ by the
+//! machine's drift alone).
 //!
-//! The lab is driven through the `sluice-lab` binary, as an operator drives it: built in-process
-//! (daemons children of the test binary), the same lab lost 2-5 of ~170k connections with no
-//! switch at all, which the CLI-built lab never did in any run.
+//! The lab is driven through the `sluice-lab` binary, as an operator drives it.
 
 mod common;
 
@@ -91,6 +89,10 @@ fn new_connections_survive_a_live_switch_both_ways() {
     let f = dir.path().join("web.yaml");
     std::fs::write(&f, WEB).expect("write");
     lab.run(&["apply", f.to_str().expect("utf8")]);
+    // Probe until it answers, as a user would: these SYNs to the ClusterIP sent before its rules
+    // exist are tracked untranslated, and the iptables backend must clear them when it starts
+    // serving the frontend (else later connections reusing those client ports are lost: the
+    // control run below lost 1-7 per 11 s before that fix).
     eventually("service programmed", Duration::from_secs(15), || {
         let out = std::process::Command::new(&lab.bin)
             .args(["exec", "client", "--", "sluice-lab", "curl", "--timeout-ms", "2000", "http://10.96.0.10/"])
@@ -102,16 +104,12 @@ fn new_connections_survive_a_live_switch_both_ways() {
     // Settle: neighbour entries resolved and echo servers warm before anything is measured.
     lab.exec("client", &["sluice-lab", "load", "10.96.0.10:80", "--connections", "4", "--secs", "2"]);
     std::thread::sleep(Duration::from_secs(2));
-    // Control: the same load with no switch, just before. Run by this test binary, a fresh lab
-    // loses the odd connection (1-5 of ~170k, `connect` timing out or the host unreachable)
-    // with no switch at all; driven from a shell it never did (measured, 8 runs). The switch
-    // run may lose no more than the control did, give or take that noise (2); before the
-    // engine and the conntrack settling, a switch lost every connection for 14 s.
+    // Control: the same load with no switch, just before: no connection may fail either.
     let control: serde_json::Value = serde_json::from_str(
         &lab.exec("client", &["sluice-lab", "load", "10.96.0.10:80", "--connections", "16", "--secs", "11"]),
     )
     .expect("control json");
-    let baseline = control["failed"].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(control["failed"], 0, "connections failed with no switch at all: {}", control["errors"]);
     // Reading the lab's state file in-process spawns nothing.
     let node_dir =
         sluice_lab::Lab::new(lab.name).expect("lab").state().expect("state").node("node-1").expect("node").dir.clone();
@@ -149,12 +147,7 @@ fn new_connections_survive_a_live_switch_both_ways() {
         v["errors"],
         timeline.iter().enumerate().filter(|(_, (_, f))| *f > 0).map(|(i, _)| i as u64 * BUCKET_MS).collect::<Vec<_>>()
     );
-    let failed = v["failed"].as_u64().unwrap_or(u64::MAX);
-    eprintln!("failed: {failed} with the switches, {baseline} in the control run ({})", control["errors"]);
-    assert!(
-        failed <= baseline + 2,
-        "{failed} new connections failed across the switches, {baseline} in the control run without: {report}"
-    );
+    assert_eq!(v["failed"], 0, "new connections failed across the switches: {report}");
     // The agent polls its config every 300 ms: a switch is in effect by s + 300 ms. In the
     // second after that the rate must be within 10% of the steady rate of the regime the switch
     // led to (measured in the rest of that regime's turn: a node back on iptables keeps the

@@ -15,7 +15,10 @@ use crate::incremental::Renderer;
 use crate::restore::{Iptables, IptablesError, Variant};
 use crate::ruleset::{TABLES, observe};
 use crate::services::{Masquerade, NodeInput};
-use crate::sync::{RuleSyncer, flush_closed_tcp_conntrack, flush_udp_conntrack, flush_udp_to_frontend, udp_backends};
+use crate::sync::{
+    RuleSyncer, flush_closed_tcp_conntrack, flush_opening_tcp_conntrack, flush_udp_conntrack, flush_udp_to_frontend,
+    udp_backends,
+};
 
 /// How often the kernel state is re-read and repaired even when nothing changed.
 pub const FULL_RESYNC: Duration = Duration::from_secs(30);
@@ -44,6 +47,28 @@ pub struct IptablesDataplane {
     last_full: Option<Instant>,
     /// Rules of the last sync, for the summary.
     rules: usize,
+    /// Frontend addresses (and protocols) the last sync served: a new one gets its stale
+    /// conntrack entries cleared.
+    last_frontends: BTreeSet<(std::net::IpAddr, sluice_core::Protocol)>,
+}
+
+/// Most UDP frontends whose conntrack entries are cleared one by one when they appear in one sync
+/// (each is a `conntrack` process); more at once (a node starting with many Services) leave
+/// them, as kube-proxy's own start does.
+const UDP_FLUSH_MAX: usize = 64;
+
+fn served_frontends(
+    desired: &Desired<'_>,
+    owned: &BTreeSet<Feature>,
+) -> BTreeSet<(std::net::IpAddr, sluice_core::Protocol)> {
+    desired
+        .view
+        .services
+        .iter()
+        .flat_map(|s| s.frontends.iter())
+        .filter(|f| owned.contains(&f.kind.feature()))
+        .filter_map(|f| f.ip.map(|ip| (ip, f.protocol)))
+        .collect()
 }
 
 #[derive(Clone, PartialEq)]
@@ -79,6 +104,7 @@ impl IptablesDataplane {
             last_udp: BTreeSet::new(),
             last_full: None,
             rules: 0,
+            last_frontends: BTreeSet::new(),
         }
     }
 
@@ -89,6 +115,26 @@ impl IptablesDataplane {
     fn programmed(&self) -> BTreeSet<Feature> {
         self.last_inputs.as_ref().map(|i| i.owned.clone()).unwrap_or_default()
     }
+}
+
+/// Frontends iptables serves from now on: connection attempts tracked before their rules
+/// existed must not catch later connections (see `flush_opening_tcp_conntrack`), nor UDP flows.
+fn clear_stale_entries(fresh: &[(std::net::IpAddr, sluice_core::Protocol)]) -> Vec<ObjectError> {
+    let mut errors = Vec::new();
+    if fresh.iter().any(|(_, p)| *p == sluice_core::Protocol::Tcp)
+        && let Err(e) = flush_opening_tcp_conntrack()
+    {
+        errors.push(kernel(Op::ConntrackFlush, None, e));
+    }
+    let udp: Vec<_> = fresh.iter().filter(|(_, p)| *p == sluice_core::Protocol::Udp).collect();
+    if udp.len() <= UDP_FLUSH_MAX {
+        for (vip, _) in udp {
+            if let Err(e) = flush_udp_to_frontend(*vip) {
+                errors.push(kernel(Op::ConntrackFlush, None, e));
+            }
+        }
+    }
+    errors
 }
 
 impl Dataplane for IptablesDataplane {
@@ -174,6 +220,12 @@ impl Dataplane for IptablesDataplane {
                         Err(e) => report.errors.push(kernel(Op::ConntrackFlush, None, e)),
                     }
                 }
+                let frontends = served_frontends(desired, &inputs.owned);
+                let fresh: Vec<_> = frontends.difference(&self.last_frontends).copied().collect();
+                if !fresh.is_empty() {
+                    report.errors.extend(clear_stale_entries(&fresh));
+                }
+                self.last_frontends = frontends;
                 self.rules = ruleset.rule_count();
                 report.programmed = inputs.owned.clone();
                 self.last_inputs = Some(inputs);

@@ -95,6 +95,17 @@ pub fn flush_closed_tcp_conntrack() -> Result<usize, ConntrackError> {
     Ok(n)
 }
 
+/// Delete the TCP conntrack entries of connections still opening (SYN_SENT) on this node.
+///
+/// Why: a SYN sent to a Service address before its DNAT rule existed is tracked untranslated;
+/// a later connection that reuses the client port within the entry's two minutes matches it,
+/// skips the nat table and is routed out of the node unanswered (measured in the lab: clients
+/// probing a ClusterIP while it was being programmed later lost connections to it, timed out
+/// or "host unreachable"). Deleting them is harmless: the next retransmit is tracked afresh.
+pub fn flush_opening_tcp_conntrack() -> Result<usize, ConntrackError> {
+    conntrack_delete(&["-p", "tcp", "--state", "SYN_SENT"])
+}
+
 fn conntrack_delete(args: &[&str]) -> Result<usize, ConntrackError> {
     let err = |detail: String| ConntrackError { args: args.iter().map(|a| a.to_string()).collect(), detail };
     let out = Command::new("conntrack").arg("-D").args(args).output().map_err(|e| err(e.to_string()))?;
