@@ -16,7 +16,7 @@ use crate::restore::{Iptables, IptablesError, Variant};
 use crate::ruleset::{TABLES, observe};
 use crate::services::{Masquerade, NodeInput};
 use crate::sync::{
-    RuleSyncer, flush_closed_tcp_conntrack, flush_opening_tcp_conntrack, flush_udp_conntrack, flush_udp_to_frontend,
+    RuleSyncer, flush_closed_tcp_conntrack, flush_udp_conntrack, flush_udp_to_frontend, flush_untranslated_to,
     udp_backends,
 };
 
@@ -52,10 +52,10 @@ pub struct IptablesDataplane {
     last_frontends: BTreeSet<(std::net::IpAddr, sluice_core::Protocol)>,
 }
 
-/// Most UDP frontends whose conntrack entries are cleared one by one when they appear in one sync
-/// (each is a `conntrack` process); more at once (a node starting with many Services) leave
-/// them, as kube-proxy's own start does.
-const UDP_FLUSH_MAX: usize = 64;
+/// Most new frontend addresses whose untranslated conntrack entries are cleared in one sync
+/// (each is a `conntrack` process); more at once (a node starting with many Services) are left,
+/// as kube-proxy's own start leaves them.
+const FLUSH_MAX: usize = 64;
 
 fn served_frontends(
     desired: &Desired<'_>,
@@ -118,20 +118,20 @@ impl IptablesDataplane {
 }
 
 /// Frontends iptables serves from now on: connection attempts tracked before their rules
-/// existed must not catch later connections (see `flush_opening_tcp_conntrack`), nor UDP flows.
+/// existed must not catch later connections (see `flush_untranslated_to`).
 fn clear_stale_entries(fresh: &[(std::net::IpAddr, sluice_core::Protocol)]) -> Vec<ObjectError> {
-    let mut errors = Vec::new();
-    if fresh.iter().any(|(_, p)| *p == sluice_core::Protocol::Tcp)
-        && let Err(e) = flush_opening_tcp_conntrack()
-    {
-        errors.push(kernel(Op::ConntrackFlush, None, e));
+    if fresh.len() > FLUSH_MAX {
+        return Vec::new();
     }
-    let udp: Vec<_> = fresh.iter().filter(|(_, p)| *p == sluice_core::Protocol::Udp).collect();
-    if udp.len() <= UDP_FLUSH_MAX {
-        for (vip, _) in udp {
-            if let Err(e) = flush_udp_to_frontend(*vip) {
-                errors.push(kernel(Op::ConntrackFlush, None, e));
-            }
+    let mut errors = Vec::new();
+    for (vip, p) in fresh {
+        let proto = match p {
+            sluice_core::Protocol::Tcp => "tcp",
+            sluice_core::Protocol::Udp => "udp",
+            sluice_core::Protocol::Sctp => "sctp",
+        };
+        if let Err(e) = flush_untranslated_to(*vip, proto) {
+            errors.push(kernel(Op::ConntrackFlush, None, e));
         }
     }
     errors

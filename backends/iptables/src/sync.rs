@@ -79,7 +79,8 @@ pub fn flush_udp_to_frontend(vip: IpAddr) -> Result<usize, ConntrackError> {
     conntrack_delete(&["-p", "udp", "--orig-dst", &vip.to_string()])
 }
 
-/// Delete the TCP conntrack entries of closed connections (TIME_WAIT, CLOSE) on this node.
+/// Delete the TCP conntrack entries of closed connections (TIME_WAIT) on this node. (CLOSE
+/// entries, after a reset, live 10 s; each extra state is one more dump of the whole table.)
 ///
 /// Why: when a Service frontend moves between a dataplane that translates before netfilter
 /// (eBPF at tc) and one that translates in it (iptables DNAT), a client port reused by a new
@@ -88,22 +89,21 @@ pub fn flush_udp_to_frontend(vip: IpAddr) -> Result<usize, ConntrackError> {
 /// one-second SYN retransmit per reused port, for the two minutes TIME_WAIT entries live).
 /// Such entries only absorb late packets of connections already closed at both ends.
 pub fn flush_closed_tcp_conntrack() -> Result<usize, ConntrackError> {
-    let mut n = 0;
-    for state in ["TIME_WAIT", "CLOSE"] {
-        n += conntrack_delete(&["-p", "tcp", "--state", state])?;
-    }
-    Ok(n)
+    conntrack_delete(&["-p", "tcp", "--state", "TIME_WAIT"])
 }
 
-/// Delete the TCP conntrack entries of connections still opening (SYN_SENT) on this node.
+/// Delete the conntrack entries to `vip` that no NAT translated (their reply comes from the
+/// address itself).
 ///
-/// Why: a SYN sent to a Service address before its DNAT rule existed is tracked untranslated;
-/// a later connection that reuses the client port within the entry's two minutes matches it,
-/// skips the nat table and is routed out of the node unanswered (measured in the lab: clients
-/// probing a ClusterIP while it was being programmed later lost connections to it, timed out
-/// or "host unreachable"). Deleting them is harmless: the next retransmit is tracked afresh.
-pub fn flush_opening_tcp_conntrack() -> Result<usize, ConntrackError> {
-    conntrack_delete(&["-p", "tcp", "--state", "SYN_SENT"])
+/// Why: a SYN (or datagram) sent to a Service address before its DNAT rule existed is tracked
+/// untranslated; a later connection that reuses the client port within the entry's lifetime
+/// matches it, skips the nat table and is routed out of the node unanswered (measured in the
+/// lab: clients probing a ClusterIP while it was being programmed later lost connections to it,
+/// timed out or "host unreachable"). Entries DNATed to a backend, or translated by eBPF before
+/// netfilter (their original destination is the backend), are not touched: those are live flows.
+pub fn flush_untranslated_to(vip: IpAddr, proto: &str) -> Result<usize, ConntrackError> {
+    let v = vip.to_string();
+    conntrack_delete(&["-p", proto, "--orig-dst", &v, "--reply-src", &v])
 }
 
 fn conntrack_delete(args: &[&str]) -> Result<usize, ConntrackError> {
