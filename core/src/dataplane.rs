@@ -229,12 +229,10 @@ pub trait Dataplane {
     }
 }
 
-/// An event from a datapath. Flow records come with the flows issue; until then the only event
-/// is a lost-events counter, so consumers can already account for loss.
+/// An event from a datapath. None is defined yet: flow records (and lost-event counts) come
+/// with the flows issue; the trait's `drain_events` is where backends will hand them over.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DataplaneEvent {
-    Lost { backend: BackendId, count: u64 },
-}
+pub enum DataplaneEvent {}
 
 /// One frontend as a backend's kernel state holds it (`sluice bpf lb list`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

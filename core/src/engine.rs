@@ -98,10 +98,6 @@ impl Engine {
         self.backends.iter().map(|b| b.as_ref())
     }
 
-    pub fn backend_mut(&mut self, id: BackendId) -> Option<&mut (dyn Dataplane + Send + 'static)> {
-        self.backends.iter_mut().find(|b| b.id() == id).map(|b| b.as_mut())
-    }
-
     /// Read back every backend's kernel state; what it finds counts as served.
     pub fn restore(&mut self) -> Vec<ObjectError> {
         let mut errors = Vec::new();

@@ -116,6 +116,11 @@ impl BackendSpec {
     pub fn implements(&self, f: Feature) -> bool {
         (self.needs)(f).is_some()
     }
+
+    /// Every feature this build implements on the backend.
+    pub fn implemented(&self) -> std::collections::BTreeSet<Feature> {
+        Feature::ALL.into_iter().filter(|f| self.implements(*f)).collect()
+    }
 }
 
 #[cfg(test)]

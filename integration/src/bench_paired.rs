@@ -15,7 +15,6 @@ use serde::Serialize;
 use sluice_core::Feature;
 use sluice_iptables::incremental::Renderer;
 use sluice_iptables::ruleset::Ruleset;
-use sluice_iptables::services::IMPLEMENTED;
 use sluice_iptables::sync::RuleSyncer;
 use sluice_iptables::{Iptables, Variant};
 
@@ -93,7 +92,7 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn prepare(&self, d: Deploy) -> anyhow::Result<Prepared> {
-        let owned: BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
+        let owned: BTreeSet<Feature> = sluice_iptables::SPEC.implemented();
         Ok(match d {
             Deploy::Sluice(n) => {
                 Prepared::Sluice(sluice_rules(&mut Renderer::default(), &services(n, self.backend), &owned))

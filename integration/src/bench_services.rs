@@ -16,7 +16,7 @@ use serde::Serialize;
 use sluice_core::{Backend, BackendState, Feature, Frontend, FrontendKind, Protocol, Service, ServiceName};
 use sluice_iptables::incremental::Renderer;
 use sluice_iptables::ruleset::Ruleset;
-use sluice_iptables::services::{IMPLEMENTED, NodeInput};
+use sluice_iptables::services::NodeInput;
 use sluice_iptables::sync::RuleSyncer;
 use sluice_iptables::{Iptables, Variant};
 
@@ -343,7 +343,7 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
         &["sysctl", "-w", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"],
     )?;
     lab.exec_output("bench-backend", &["sysctl", "-w", "net.ipv4.tcp_max_tw_buckets=2048"])?;
-    let owned: std::collections::BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
+    let owned: std::collections::BTreeSet<Feature> = sluice_iptables::SPEC.implemented();
     let mut records = Vec::new();
     if o.backends.iter().any(|b| b == "ebpf") {
         let client_if = st
@@ -552,7 +552,7 @@ mod tests {
     fn benchmark_services_render_a_reachable_target() {
         for n in [1, 2, 100] {
             let svcs = services(n, Ipv4Addr::new(10, 244, 1, 2));
-            let owned = IMPLEMENTED.iter().copied().collect();
+            let owned = sluice_iptables::SPEC.implemented();
             let r = sluice_iptables::services::render(&NodeInput {
                 node_name: "node-1",
                 cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),

@@ -67,7 +67,7 @@ mod tests {
     use sluice_core::{Backend, BackendState, Feature, Frontend, FrontendKind, Protocol, Service};
 
     use super::*;
-    use crate::services::{IMPLEMENTED, render};
+    use crate::services::render;
 
     fn svc(i: u32, eps: u32) -> Service {
         let fe = Frontend {
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn incremental_output_equals_a_fresh_render_through_changes() {
-        let owned: BTreeSet<Feature> = IMPLEMENTED.iter().copied().collect();
+        let owned: BTreeSet<Feature> = crate::SPEC.implemented();
         let mut fewer = owned.clone();
         fewer.remove(&Feature::NodePort);
         let mut r = Renderer::default();

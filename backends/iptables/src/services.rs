@@ -37,9 +37,6 @@ pub const POSTROUTING: &str = "SLUICE-POSTROUTING";
 pub const FILTER: &str = "SLUICE-FILTER";
 pub const REJECT: &str = "SLUICE-REJECT";
 
-/// Features this backend implements (what the plan may give it): every Service feature.
-pub const IMPLEMENTED: &[Feature] = &Feature::SERVICES;
-
 /// Pod masquerading (always sluice's: pod networking is not a kube-proxy feature).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Masquerade {

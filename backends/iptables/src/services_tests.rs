@@ -29,7 +29,7 @@ fn web() -> Service {
 }
 
 fn all_owned() -> BTreeSet<Feature> {
-    IMPLEMENTED.iter().copied().collect()
+    crate::SPEC.implemented()
 }
 
 fn render_one(services: &[Service], owned: &BTreeSet<Feature>) -> Ruleset {
