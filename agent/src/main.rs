@@ -58,7 +58,8 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// Show the feature plan: who serves each feature and why. With --config, the plan that file
-    /// would give and how features would move from the running plan; nothing is applied.
+    /// would give on this kernel (no node_name needed) and how features would move from the
+    /// running plan, make before break; nothing is applied.
     Plan {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -69,9 +70,9 @@ enum Cmd {
     /// Services: `sluice service list` shows every frontend, its owner and its backends.
     #[command(subcommand)]
     Service(ServiceCmd),
-    /// Remove every kernel object sluice owns on this node (sluice iptables chains and hooks,
-    /// sluice routes, sluice's pinned BPF maps and links). Pod interfaces are left to the runtime.
-    /// Safe to run twice.
+    /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
+    /// SLUICE-* chains and hooks, both variants; eBPF: pinned maps and links), then sluice routes.
+    /// Pod interfaces are left to the runtime. Safe to run twice. `-o json` counts per backend.
     Cleanup {
         /// The agent's config, for its BPF pin directory (default: all of /sys/fs/bpf/sluice).
         #[arg(long, env = "SLUICE_CONFIG")]
