@@ -2,11 +2,13 @@
 //! backends with state, in the style of `cilium service list`.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use sluice_core::validate::Rejected;
 use sluice_core::{BackendState, Plan, Service};
 
 pub use crate::api::types::{BackendEntry, ServiceEntry};
 
-pub fn entries(services: &[Service], plan: &Plan) -> Vec<ServiceEntry> {
+/// Every frontend with its owner, then every refused Service (or refused frontend of one).
+pub fn entries(services: &[Service], rejected: &[Rejected], plan: &Plan) -> Vec<ServiceEntry> {
     let mut out = Vec::new();
     for s in services {
         for fe in &s.frontends {
@@ -33,19 +35,45 @@ pub fn entries(services: &[Service], plan: &Plan) -> Vec<ServiceEntry> {
                 kind: fe.kind.to_string(),
                 owner: plan.owner(fe.kind.feature()).to_string(),
                 backends,
+                rejected: None,
             });
         }
+    }
+    for r in rejected.iter().filter(|r| r.object.starts_with("Service ")) {
+        out.push(ServiceEntry {
+            id: out.len() + 1,
+            service: r.object.trim_start_matches("Service ").to_string(),
+            frontend: if r.field.starts_with("spec.ports[].") || r.field == "spec.clusterIP" {
+                r.value.clone()
+            } else {
+                "-".into()
+            },
+            kind: "-".into(),
+            owner: "rejected".into(),
+            backends: Vec::new(),
+            rejected: Some(r.reason.clone()),
+        });
     }
     out
 }
 
 pub fn render(list: &[ServiceEntry]) -> String {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(["ID", "Frontend", "Service Type", "Owner", "Backend"]);
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "ID",
+        "Frontend",
+        "Service Type",
+        "Owner",
+        "Backend (or why refused)",
+    ]);
     for e in list {
         let backends: Vec<String> =
             e.backends.iter().enumerate().map(|(i, b)| format!("{} => {} ({})", i + 1, b.address, b.state)).collect();
-        t.add_row([e.id.to_string(), e.frontend.clone(), e.kind.clone(), e.owner.clone(), backends.join("\n")]);
+        let last = match &e.rejected {
+            Some(why) => why.clone(),
+            None => backends.join("\n"),
+        };
+        t.add_row([e.id.to_string(), e.frontend.clone(), e.kind.clone(), e.owner.clone(), last]);
     }
     format!("{t}\n")
 }

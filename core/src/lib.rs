@@ -24,6 +24,7 @@ pub mod routes;
 pub mod service;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod validate;
 pub mod view;
 
 pub use caps::{Capabilities, Capability, ProbeResult};

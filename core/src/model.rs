@@ -53,12 +53,7 @@ pub struct ClusterState {
     pub rejected: Vec<Rejected>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejected {
-    /// `Kind namespace/name` of the refused object.
-    pub object: String,
-    pub reason: String,
-}
+pub use crate::validate::Rejected;
 
 impl ClusterState {
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {

@@ -108,7 +108,10 @@ pub struct ServiceEntry {
     pub frontend: String,
     #[serde(rename = "type")]
     pub kind: String,
-    /// Who serves this frontend on this node (eBPF, iptables, kube-proxy, off).
+    /// Who serves this frontend on this node (eBPF, iptables, kube-proxy, off), or `rejected`.
     pub owner: String,
     pub backends: Vec<BackendEntry>,
+    /// Why the object (or this frontend of it) is refused; listed until it is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }

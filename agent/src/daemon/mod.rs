@@ -137,8 +137,11 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
 fn answer(q: server::Query, source: &state::SourceSide, planner: &features::Planner, engine: &Engine) {
     match q {
         server::Query::Services(tx) => {
-            let services = source.current().map(|c| c.state.services.as_slice()).unwrap_or_default();
-            let _ = tx.send(crate::services::entries(services, &planner.plan));
+            let (services, rejected) = source
+                .current()
+                .map(|c| (c.state.services.as_slice(), c.state.rejected.as_slice()))
+                .unwrap_or_default();
+            let _ = tx.send(crate::services::entries(services, rejected, &planner.plan));
         }
         server::Query::BpfLb(tx) => {
             let rows = engine.backends().find(|b| b.id() == BackendId::EBPF).map(|b| b.lb_rows());

@@ -48,7 +48,11 @@ impl SourceSide {
             source: AgentSource::new(cfg).await?,
             synced: false,
             current: None,
-            opts: Options { node_port_range: (lo, hi), service_cidr: standalone.then_some(cfg.service_cidr) },
+            opts: Options {
+                node_port_range: (lo, hi),
+                service_cidr: standalone.then_some(cfg.service_cidr),
+                cluster_cidr: Some(cfg.cluster_cidr),
+            },
             last_complete: cfg.state_dir().join("last-complete.json"),
         })
     }
@@ -75,7 +79,8 @@ impl SourceSide {
         if !read.unchanged
             && let Some(objects) = read.objects
         {
-            let mut state = translate_with(&objects, self.opts);
+            let prior = self.current.as_ref().map(|c| c.state.services.as_slice()).unwrap_or_default();
+            let mut state = translate_with(&objects, self.opts, prior);
             let held = if sync.prune_allowed() {
                 if let Err(e) = self.save(&state) {
                     status.errors.push(format!("{e:#}"));

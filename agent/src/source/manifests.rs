@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use sluice_core::validate::{Problem, Rejected, escape};
+
 use super::Objects;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,22 +51,36 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
     Ok(out)
 }
 
-/// Sort documents into typed objects. Kinds sluice does not use are ignored; a known kind
-/// that does not decode is an error naming the object.
-pub fn classify(docs: Vec<Value>, into: &mut Objects) -> Result<(), String> {
+/// Sort documents into typed objects. Kinds sluice does not use are ignored; a document that
+/// is not a Kubernetes object, or a known kind that does not decode, is refused by name and the
+/// rest of the file is still read (one bad object never hides its neighbours).
+pub fn classify(docs: Vec<Value>, into: &mut Objects) {
     for d in docs {
         let kind = d.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
         let name = d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string();
-        let err = |e: serde_json::Error| format!("{kind} {name}: {e}");
-        match kind.as_str() {
-            "Node" => into.nodes.push(serde_json::from_value(d).map_err(err)?),
-            "Pod" => into.pods.push(serde_json::from_value(d).map_err(err)?),
-            "Service" => into.services.push(serde_json::from_value(d).map_err(err)?),
-            "EndpointSlice" => into.endpoint_slices.push(serde_json::from_value(d).map_err(err)?),
-            _ => {}
+        let ns = d.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
+        let is_object = d.is_object() && !kind.is_empty() && d.get("apiVersion").is_some_and(Value::is_string);
+        let object = match kind.as_str() {
+            "Node" => format!("Node {}", escape(&name)),
+            "" => "document".into(),
+            k => format!("{} {}/{}", escape(k), escape(&ns), escape(&name)),
+        };
+        if !is_object || d.pointer("/metadata/name").is_none_or(|n| !n.is_string()) {
+            let shown: String = d.to_string().chars().take(80).collect();
+            into.rejected.push(Rejected::new(object, "apiVersion/kind/metadata.name", shown, Problem::NotAnObject));
+            continue;
+        }
+        let decoded = match kind.as_str() {
+            "Node" => serde_json::from_value(d).map(|o| into.nodes.push(o)),
+            "Pod" => serde_json::from_value(d).map(|o| into.pods.push(o)),
+            "Service" => serde_json::from_value(d).map(|o| into.services.push(o)),
+            "EndpointSlice" => serde_json::from_value(d).map(|o| into.endpoint_slices.push(o)),
+            _ => Ok(()),
+        };
+        if let Err(e) = decoded {
+            into.rejected.push(Rejected::new(object, "(object)", kind, Problem::Decode { detail: e.to_string() }));
         }
     }
-    Ok(())
 }
 
 /// Re-reads a manifest directory, remembering the last good parse of each file.
@@ -148,7 +164,7 @@ impl ManifestDir {
             let parsed = std::fs::read_to_string(f)
                 .map_err(|e| e.to_string())
                 .and_then(|t| parse_documents(f, &t))
-                .and_then(|docs| classify(docs, &mut objs));
+                .map(|docs| classify(docs, &mut objs));
             self.generation += 1;
             match parsed {
                 Ok(()) => {
@@ -172,6 +188,7 @@ impl ManifestDir {
             objects.pods.extend(o.pods.iter().cloned());
             objects.services.extend(o.services.iter().cloned());
             objects.endpoint_slices.extend(o.endpoint_slices.iter().cloned());
+            objects.rejected.extend(o.rejected.iter().cloned());
         }
         objects
     }
@@ -187,8 +204,9 @@ mod tests {
         let docs = parse_documents(Path::new("x.yaml"), text).expect("parse");
         assert_eq!(docs.len(), 3);
         let mut o = Objects::default();
-        classify(docs, &mut o).expect("classify");
+        classify(docs, &mut o);
         assert_eq!((o.nodes.len(), o.pods.len()), (1, 1));
+        assert!(o.rejected.is_empty());
     }
 
     #[test]
@@ -207,8 +225,12 @@ mod tests {
         assert_eq!(o.expect("objects").nodes.len(), 1, "last good content kept");
         std::fs::write(&f, "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: notanumber}]}\n")
             .expect("write");
-        let (_, e) = m.read();
-        assert!(e[0].message.contains("Service s"), "{:?}", e);
+        let (o, e) = m.read();
+        assert!(e.is_empty(), "a file that parses is good; its bad object is refused alone");
+        let o = o.expect("objects");
+        assert!(o.services.is_empty());
+        assert_eq!(o.rejected.len(), 1);
+        assert!(o.rejected[0].to_string().starts_with("Service default/s: "), "{}", o.rejected[0]);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! the core model. Only the agent sees Kubernetes types.
 
 mod alloc;
+mod claims;
 pub mod kube;
 pub mod manifests;
 pub mod translate;
+pub mod validate;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -16,6 +18,8 @@ pub struct Objects {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Documents the source could not decode into an object (named, with the reason).
+    pub rejected: Vec<sluice_core::validate::Rejected>,
 }
 
 impl Objects {

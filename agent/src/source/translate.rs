@@ -6,90 +6,127 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service as K8sService, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use sluice_core::model::Rejected;
+use sluice_core::validate::{Problem, Rejected};
 use sluice_core::{
     Backend, BackendState, ClusterState, Frontend, FrontendKind, NodeInfo, PodInfo, Protocol, Service, ServiceName,
 };
 
-use super::Objects;
+use super::{Objects, validate};
 
 /// Settings the translation needs from the agent's config.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub node_port_range: (u16, u16),
     /// Standalone mode: allocate a ClusterIP from here for Services without `spec.clusterIP`
-    /// (sluice is the only API server the manifests meet). `None`: the API server allocates.
+    /// (sluice is the only API server the manifests meet), and refuse explicit ones outside it.
+    /// `None`: the API server allocates and checks.
     pub service_cidr: Option<ipnet::Ipv4Net>,
+    /// The pod network: no Service address may fall inside it.
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { node_port_range: (30000, 32767), service_cidr: None }
+        Options { node_port_range: (30000, 32767), service_cidr: None, cluster_cidr: None }
     }
 }
 
 #[cfg(test)]
 pub fn translate(o: &Objects) -> ClusterState {
-    translate_with(o, Options::default())
+    translate_with(o, Options::default(), &[])
 }
 
-pub fn translate_with(o: &Objects, opts: Options) -> ClusterState {
-    let mut st = ClusterState::default();
-    for n in &o.nodes {
+/// Validate and translate. `prior`: the Services of the previous translation, whose frontends
+/// keep winning conflicts against newcomers of the same age.
+pub fn translate_with(o: &Objects, opts: Options, prior: &[Service]) -> ClusterState {
+    let mut st = ClusterState { rejected: o.rejected.clone(), ..Default::default() };
+    let nodes = admitted(&o.nodes, "Node", false, |n| &n.metadata, validate::node, &mut st.rejected);
+    let pods = admitted(&o.pods, "Pod", true, |p| &p.metadata, validate::pod, &mut st.rejected);
+    let slices = admitted(
+        &o.endpoint_slices,
+        "EndpointSlice",
+        true,
+        |s| &s.metadata,
+        validate::endpoint_slice,
+        &mut st.rejected,
+    );
+    for n in &nodes {
         let info = node(n);
         st.nodes.insert(info.name.clone(), info);
     }
-    st.pods = o.pods.iter().map(pod).collect();
-    for p in &o.pods {
+    st.pods = pods.iter().map(|p| pod(p)).collect();
+    for p in &pods {
         host_ports(p, &mut st.host_ports);
     }
-    // Sorted by name so that, of two Services claiming one nodePort, the same one always wins.
-    let mut services: Vec<&K8sService> = o.services.iter().collect();
-    services.sort_by_key(|s| name_of(s));
-    let mut node_ports: BTreeMap<(u16, Protocol), String> = BTreeMap::new();
+    let owners = validate::owners(&nodes, &pods);
+    let cx = validate::Ctx { opts: &opts, owners: &owners };
+    let mut services =
+        admitted(&o.services, "Service", true, |s| &s.metadata, |s| validate::service(s, &cx), &mut st.rejected);
+    // Oldest first, then by name: the order the API server's allocators effectively give.
+    services
+        .sort_by_key(|s| (s.metadata.creation_timestamp.is_none(), s.metadata.creation_timestamp.clone(), name_of(s)));
     let allocated = opts.service_cidr.map(|cidr| super::alloc::cluster_ips(&services, cidr)).unwrap_or_default();
+    let mut converted = Vec::new();
     for s in services {
         let alloc = allocated.get(&name_of(s)).copied();
-        let checked = match (alloc, opts.service_cidr) {
-            (Some(None), Some(cidr)) => Err(format!(
-                "spec.clusterIP is empty and service_cidr {cidr} has no free address for it; set spec.clusterIP or widen service_cidr"
+        let res = match (alloc, opts.service_cidr) {
+            (Some(None), Some(cidr)) => Err(Rejected::new(
+                validate::display_name("Service", &s.metadata, true),
+                "spec.clusterIP",
+                "",
+                Problem::PoolExhausted { cidr },
             )),
-            _ => service(s, alloc.flatten(), &o.endpoint_slices, &o.pods),
+            _ => service(s, alloc.flatten(), &slices, &pods).map_err(|detail| {
+                Rejected::new(
+                    validate::display_name("Service", &s.metadata, true),
+                    "spec",
+                    "",
+                    Problem::Inconsistent { detail },
+                )
+            }),
         };
-        let checked = checked.and_then(|svc| match svc {
-            Some(svc) => check_node_ports(&svc, opts, &node_ports).map(|_| Some(svc)),
-            None => Ok(None),
-        });
-        match checked {
-            Ok(Some(svc)) => {
-                for f in svc.frontends.iter().filter(|f| f.kind == FrontendKind::NodePort) {
-                    node_ports.insert((f.port, f.protocol), svc.name.to_string());
-                }
-                st.services.push(svc);
-            }
+        match res {
+            Ok(Some(svc)) => converted.push((svc, s.metadata.creation_timestamp.clone())),
             Ok(None) => {}
-            Err(reason) => st.rejected.push(Rejected { object: format!("Service {}", name_of(s)), reason }),
+            Err(r) => st.rejected.push(r),
         }
     }
+    st.rejected.extend(super::claims::resolve(&mut converted, prior));
+    st.services = converted.into_iter().map(|(s, _)| s).collect();
     st.services.sort_by(|a, b| a.name.cmp(&b.name));
     st
 }
 
-fn check_node_ports(svc: &Service, opts: Options, taken: &BTreeMap<(u16, Protocol), String>) -> Result<(), String> {
-    let (lo, hi) = opts.node_port_range;
-    for f in svc.frontends.iter().filter(|f| f.kind == FrontendKind::NodePort) {
-        if !(lo..=hi).contains(&f.port) {
-            return Err(format!(
-                "nodePort {} is outside the node port range {lo}-{hi} (config node_port_range)",
-                f.port
-            ));
-        }
-        if let Some(owner) = taken.get(&(f.port, f.protocol)) {
-            return Err(format!("nodePort {}/{} is already used by Service {owner}", f.port, f.protocol));
+/// The objects of one kind that pass validation and are not a second copy of an earlier one;
+/// the others are recorded in `rejected`.
+fn admitted<'a, T>(
+    objs: &'a [T],
+    kind: &str,
+    namespaced: bool,
+    meta: impl Fn(&T) -> &ObjectMeta,
+    check: impl Fn(&T) -> validate::Check,
+    rejected: &mut Vec<Rejected>,
+) -> Vec<&'a T> {
+    let dups = validate::duplicates(objs, |o| validate::display_name(kind, meta(o), namespaced));
+    let mut out = Vec::new();
+    for (i, o) in objs.iter().enumerate() {
+        let res = check(o).and_then(|()| match dups.contains(&i) {
+            false => Ok(()),
+            true => Err(Box::new(Rejected::new(
+                validate::display_name(kind, meta(o), namespaced),
+                "metadata.name",
+                meta(o).name.as_deref().unwrap_or_default(),
+                Problem::Duplicate { first: "an earlier object of the same kind and name in this read".into() },
+            ))),
+        });
+        match res {
+            Ok(()) => out.push(o),
+            Err(r) => rejected.push(*r),
         }
     }
-    Ok(())
+    out
 }
 
 fn host_ports(p: &Pod, out: &mut Vec<sluice_core::HostPort>) {
@@ -174,8 +211,8 @@ fn port_u16(v: i32, what: &str) -> Result<u16, String> {
 fn service(
     s: &K8sService,
     allocated: Option<std::net::Ipv4Addr>,
-    slices: &[EndpointSlice],
-    pods: &[Pod],
+    slices: &[&EndpointSlice],
+    pods: &[&Pod],
 ) -> Result<Option<Service>, String> {
     let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = s.metadata.name.clone().ok_or("metadata.name is missing")?;
@@ -238,6 +275,7 @@ fn service(
     let svc_name = ServiceName { namespace: ns.clone(), name: name.clone() };
     let own_slices: Vec<&EndpointSlice> = slices
         .iter()
+        .copied()
         .filter(|sl| {
             sl.metadata.namespace.as_deref().unwrap_or("default") == ns
                 && sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name)
@@ -330,7 +368,7 @@ fn backends_from_selector(
     ns: &str,
     sel: &BTreeMap<String, String>,
     ports: &[ServicePort],
-    pods: &[Pod],
+    pods: &[&Pod],
 ) -> Result<Vec<Backend>, String> {
     let mut out = Vec::new();
     for p in pods {

@@ -3,7 +3,7 @@ use crate::source::manifests::{classify, parse_documents};
 
 fn objects(yaml: &str) -> Objects {
     let mut o = Objects::default();
-    classify(parse_documents(std::path::Path::new("t.yaml"), yaml).expect("yaml"), &mut o).expect("classify");
+    classify(parse_documents(std::path::Path::new("t.yaml"), yaml).expect("yaml"), &mut o);
     o
 }
 
@@ -118,10 +118,11 @@ fn node_port_range_and_duplicates_are_rejected_by_name() {
         svc("d", "{clusterIP: 'fd00::1', ports: [{port: 80}]}"),
     );
     let st = translate(&objects(&yaml));
-    assert_eq!(st.services.iter().map(|s| s.name.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(st.services.iter().map(|s| s.name.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(st.services[1].frontends.len(), 1, "b keeps its ClusterIP; only the nodePort is refused");
     let reasons: Vec<_> = st.rejected.iter().map(|r| format!("{}: {}", r.object, r.reason)).collect();
     assert!(
-        reasons.iter().any(|r| r.contains("default/b") && r.contains("already used by Service default/a")),
+        reasons.iter().any(|r| r.contains("default/b") && r.contains("already served for Service default/a")),
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r.contains("default/c") && r.contains("30000-32767")), "{reasons:?}");
@@ -153,20 +154,20 @@ fn standalone_allocates_cluster_ips_from_service_cidr() {
     let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: noip, namespace: default}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 30090}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: fixed, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80}]\n";
     let cidr: ipnet::Ipv4Net = "10.96.0.0/12".parse().expect("cidr");
     let opts = Options { service_cidr: Some(cidr), ..Options::default() };
-    let st = translate_with(&objects(yaml), opts);
+    let st = translate_with(&objects(yaml), opts, &[]);
     let noip = st.services.iter().find(|s| s.name.name == "noip").expect("noip");
     let ip = noip.frontends.iter().find(|f| f.kind == FrontendKind::ClusterIp).and_then(|f| f.ip).expect("allocated");
     assert!(matches!(ip, IpAddr::V4(v4) if cidr.contains(&v4)), "{ip}");
     // The same address on every node: the same input always gives it.
-    let again = translate_with(&objects(yaml), opts);
+    let again = translate_with(&objects(yaml), opts, &[]);
     assert_eq!(again.services, st.services);
     // With the Kubernetes source the API server allocates: nothing is made up.
-    let kube = translate_with(&objects(yaml), Options::default());
+    let kube = translate_with(&objects(yaml), Options::default(), &[]);
     let noip = kube.services.iter().find(|s| s.name.name == "noip").expect("noip");
     assert!(noip.frontends.iter().all(|f| f.kind != FrontendKind::ClusterIp));
     // A full service_cidr rejects the Service by name, with the way out.
     let tiny = Options { service_cidr: Some("10.96.0.0/31".parse().expect("cidr")), ..Options::default() };
-    let st = translate_with(&objects(yaml), tiny);
+    let st = translate_with(&objects(yaml), tiny, &[]);
     assert!(
         st.rejected.iter().any(|r| r.object == "Service default/noip" && r.reason.contains("widen service_cidr")),
         "{:?}",

@@ -104,6 +104,7 @@ impl KubeStore {
             pods: self.pods.values(),
             services: self.services.values(),
             endpoint_slices: self.endpoint_slices.values(),
+            rejected: Vec::new(),
         }
     }
 }

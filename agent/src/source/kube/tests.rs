@@ -119,7 +119,7 @@ async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 fn manifest_objects() -> Objects {
     let mut o = Objects::default();
-    classify(parse_documents(std::path::Path::new("cluster.json"), CLUSTER).expect("parse"), &mut o).expect("classify");
+    classify(parse_documents(std::path::Path::new("cluster.json"), CLUSTER).expect("parse"), &mut o);
     o
 }
 
