@@ -55,12 +55,15 @@ pub struct Config {
     /// This node's name, as in the Node object. Required (flag `--node-name`, env SLUICE_NODE_NAME).
     pub node_name: String,
     /// All pod addresses of the cluster; traffic leaving it is masqueraded.
+    #[serde(deserialize_with = "net::network")]
     pub cluster_cidr: Ipv4Net,
     /// This node's pod CIDR. Default: the Node object's `spec.podCIDR`.
+    #[serde(deserialize_with = "net::optional_network")]
     pub pod_cidr: Option<Ipv4Net>,
     /// The cluster's Service addresses. With the manifest source, a Service without
     /// `spec.clusterIP` gets one from here, the same on every node (sluice stands in for the
     /// API server's allocator).
+    #[serde(deserialize_with = "net::network")]
     pub service_cidr: Ipv4Net,
     /// Where the agent keeps what must survive its restarts (the last complete set of Services,
     /// which the prune gate holds while the source is incomplete). Default: /run/sluice/<node_name>.
@@ -98,6 +101,35 @@ pub struct Config {
     /// Per-node overrides, selected by the node label `sluice.io/node-config: NAME` (in the spirit
     /// of CiliumNodeConfig): roll kube-proxy replacement out node by node.
     pub node_configs: std::collections::BTreeMap<String, NodeOverride>,
+    /// What loading noticed but did not refuse (unknown `SLUICE_*` environment variables); the
+    /// agent logs each at start.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// CIDR keys: the value in every error, and no host bits (`10.244.1.5/16` is refused, naming
+/// `10.244.0.0/16`, rather than silently taken as the network).
+mod net {
+    use ipnet::Ipv4Net;
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    fn parse<E: Error>(s: &str) -> Result<Ipv4Net, E> {
+        match sluice_core::validate::network(s) {
+            Ok(n) => Ok(n),
+            Err(sluice_core::validate::Problem::HostBits { network }) => {
+                Err(E::custom(format!("{s:?} has host bits set; the network is {network}: write that")))
+            }
+            Err(_) => Err(E::custom(format!("{s:?} is not an IPv4 CIDR; accepted: a.b.c.d/n, e.g. 10.244.0.0/16"))),
+        }
+    }
+
+    pub fn network<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Net, D::Error> {
+        parse(&String::deserialize(d)?)
+    }
+
+    pub fn optional_network<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Net>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|s| parse(&s)).transpose()
+    }
 }
 
 /// What a node label may override: the runtime-changeable keys.
@@ -145,6 +177,7 @@ impl Default for Config {
             lb_algorithm: sluice_core::LbAlgorithm::Random,
             lb_maglev_table_size: 1021,
             bpf_map_sizes: sluice_core::MapSizes::default(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -230,7 +263,7 @@ impl Default for IptablesConfig {
 }
 
 fn invalid(key: &str, value: impl ToString, accepted: &str) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), value: value.to_string(), accepted: accepted.into() }
+    ConfigError::Invalid { key: key.into(), value: value.to_string(), accepted: accepted.into(), origin: None }
 }
 
 impl Config {
@@ -254,6 +287,18 @@ impl Config {
                 "node_name",
                 n,
                 "a Kubernetes node name: lowercase letters, digits, '-' and '.' (set it with --node-name or SLUICE_NODE_NAME)",
+            ));
+        }
+        if self.cluster_cidr.contains(&self.service_cidr.network())
+            || self.service_cidr.contains(&self.cluster_cidr.network())
+        {
+            return Err(invalid(
+                "service_cidr",
+                self.service_cidr,
+                &format!(
+                    "a range that does not overlap cluster_cidr {} (Service and pod addresses must differ)",
+                    self.cluster_cidr
+                ),
             ));
         }
         if let Some(p) = self.pod_cidr {
@@ -347,8 +392,8 @@ impl Config {
             c.probes = p.clone();
         }
         c.validate().map_err(|e| match e {
-            ConfigError::Invalid { key, value, accepted } => {
-                ConfigError::Invalid { key: format!("node_configs.{name}: {key}"), value, accepted }
+            ConfigError::Invalid { key, value, accepted, origin } => {
+                ConfigError::Invalid { key: format!("node_configs.{name}: {key}"), value, accepted, origin }
             }
             other => other,
         })?;

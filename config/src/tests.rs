@@ -159,3 +159,56 @@ fn planning_needs_no_node_name_but_rejects_a_bad_one() {
     let e = load_for_planning(&p).expect_err("bad name");
     assert!(e.to_string().contains("Bad_Name"), "{e}");
 }
+
+#[test]
+fn cidrs_name_the_value_refuse_host_bits_and_overlaps() {
+    let e = from_yaml_str("node_name: a\ncluster_cidr: 10.0.0.0/33\n").expect_err("bad cidr").to_string();
+    assert!(e.contains("cluster_cidr") && e.contains("\"10.0.0.0/33\" is not an IPv4 CIDR"), "{e}");
+    let e = from_yaml_str("node_name: a\ncluster_cidr: 10.244.1.5/16\n").expect_err("host bits").to_string();
+    assert!(e.contains("cluster_cidr") && e.contains("host bits") && e.contains("10.244.0.0/16"), "{e}");
+    let e = from_yaml_str("node_name: a\npod_cidr: 10.244.1.1/24\n").expect_err("host bits").to_string();
+    assert!(e.contains("pod_cidr") && e.contains("10.244.1.0/24"), "{e}");
+    let e = from_yaml_str("node_name: a\nservice_cidr: 10.244.128.0/20\n").expect_err("overlap").to_string();
+    assert!(e.contains("service_cidr") && e.contains("overlap cluster_cidr 10.244.0.0/16"), "{e}");
+    let e = from_yaml_str("node_name: a\nservice_cidr: 10.0.0.0/8\n").expect_err("overlap, containing").to_string();
+    assert!(e.contains("service_cidr"), "{e}");
+}
+
+#[test]
+fn errors_say_which_source_a_value_came_from() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, "node_name: a\nnode_port_range: 9-1\n").expect("write");
+    let e = load(Some(&path), None).expect_err("bad range").to_string();
+    assert!(e.contains(&format!("from config file {}", path.display())), "{e}");
+    std::fs::write(&path, "node_name: a\n").expect("write");
+    let e = load(Some(&path), Some(serde_json::json!({"node_port_range": "0-5"}))).expect_err("flag").to_string();
+    assert!(e.contains("from a command-line flag"), "{e}");
+}
+
+/// Environment cases run in a child process: the variables must not leak into the other tests.
+#[test]
+fn environment_errors_are_blamed_on_the_variable_and_unknown_ones_only_warn() {
+    let exe = std::env::current_exe().expect("exe");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "tests::environment_child", "--ignored", "--nocapture"])
+        .env("SLUICE_NODE_PORT_RANGE", "5-1")
+        .env("SLUICE_NODE_NAME", "env-node")
+        .env("SLUICE_NOT_A_KEY", "x")
+        .output()
+        .expect("child");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+#[test]
+#[ignore = "run by environment_errors_are_blamed_on_the_variable_and_unknown_ones_only_warn"]
+fn environment_child() {
+    let e = load(None, None).expect_err("bad range from env").to_string();
+    assert!(e.contains("from environment variable SLUICE_NODE_PORT_RANGE"), "{e}");
+    let c = load(None, Some(serde_json::json!({"node_port_range": "30000-32767"}))).expect("flag fixes it");
+    assert_eq!(c.node_name, "env-node");
+    assert!(c.warnings.iter().any(|w| w.contains("SLUICE_NOT_A_KEY")), "{:?}", c.warnings);
+    assert!(!c.warnings.iter().any(|w| w.contains("SLUICE_NODE_NAME")), "{:?}", c.warnings);
+}

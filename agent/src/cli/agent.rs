@@ -34,6 +34,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let flags = serde_json::Value::from(flags);
     let cfg = sluice_config::load(args.config.as_deref(), Some(flags.clone())).context("invalid configuration")?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     let source = crate::daemon::features::ConfigSource { path: args.config.clone(), flags };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
