@@ -23,6 +23,14 @@ use crate::spec::Attachment;
 pub const PENDING_TTL_SECS: u64 = 300;
 const LOCK_FILE: &str = "lock";
 const LAST_FILE: &str = "last_reserved_ip";
+/// Corrupt records are moved here (named `<ip>.<unix time>`); their addresses stay reserved
+/// until an operator deletes the file, since a pod may still use them.
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// The most addresses one store holds: one file per address, listed on every ADD. A larger
+/// subnet is refused with this limit named (node pod CIDRs are /24 to /16 in practice).
+pub const MAX_ADDRESSES: u64 = 1 << 16;
+/// How long a verb waits for the store's lock before giving up with "try again later".
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +109,15 @@ impl Store {
         Store { dir: data_dir.join(network), network: network.into(), subnet, gateway }
     }
 
+    /// Hosts of the subnet (the network and broadcast addresses excluded above /31).
+    fn host_range(&self) -> (u32, u64) {
+        let (net, bcast) = (u32::from(self.subnet.network()), u32::from(self.subnet.broadcast()));
+        match self.subnet.prefix_len() {
+            31 | 32 => (net, u64::from(bcast - net) + 1),
+            _ => (net + 1, u64::from(bcast - net).saturating_sub(1)),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -111,18 +128,59 @@ impl Store {
     }
 
     /// Take the store's exclusive lock; everything else happens through the guard.
+    /// Waits at most [`LOCK_TIMEOUT`]: every verb answers within its deadline, even when
+    /// another process holds the lock (hung, or stopped by a debugger).
     pub fn lock(&self) -> Result<Locked<'_>, CniError> {
+        let (_, size) = self.host_range();
+        if size > MAX_ADDRESSES {
+            return Err(CniError::InvalidConfig {
+                field: "subnet".into(),
+                value: self.subnet.to_string(),
+                accepted: format!(
+                    "at most {MAX_ADDRESSES} addresses (a /16 or smaller): the IPAM store keeps one record per address"
+                ),
+            });
+        }
         fs::create_dir_all(&self.dir).map_err(self.err(&self.dir))?;
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(self.err(&path))?;
-        let flock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| CniError::Store { path: path.clone(), source: std::io::Error::from(errno) })?;
-        Ok(Locked { store: self, _lock: flock })
+        let mut file =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(self.err(&path))?;
+        let deadline = std::time::Instant::now() + LOCK_TIMEOUT;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(flock) => return Ok(Locked { store: self, _lock: flock }),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(CniError::Unavailable {
+                        reason: format!(
+                            "the IPAM store lock {} was held by another process for {}s; try again",
+                            path.display(),
+                            LOCK_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
+                Err((_, errno)) => return Err(CniError::Store { path, source: std::io::Error::from(errno) }),
+            }
+        }
     }
 
-    /// Addresses pods may get: the subnet's hosts minus the gateway.
-    fn candidates(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.subnet.hosts().filter(move |ip| *ip != self.gateway)
+    /// The `i`-th address pods may get, counting from the subnet's first host (wrapping);
+    /// `None` for the gateway. Computed, never listed: a large subnet costs no memory.
+    fn candidate(&self, i: u64) -> Option<Ipv4Addr> {
+        let (first, size) = self.host_range();
+        let ip = Ipv4Addr::from(first.wrapping_add((i % size.max(1)) as u32));
+        (ip != self.gateway).then_some(ip)
+    }
+
+    /// How many addresses pods may get.
+    fn candidate_count(&self) -> u64 {
+        let (first, size) = self.host_range();
+        let gw = u64::from(u32::from(self.gateway));
+        let has_gw = (u64::from(first)..u64::from(first) + size).contains(&gw);
+        size - u64::from(has_gw)
     }
 }
 
@@ -136,6 +194,8 @@ impl Locked<'_> {
         self.store.dir.join(ip.to_string())
     }
 
+    /// Every readable record. A corrupt one is quarantined (moved aside, see
+    /// [`QUARANTINE_DIR`]) and reported on stderr: it never blocks other pods' ADD or DEL.
     pub fn list(&self) -> Result<Vec<Allocation>, CniError> {
         let dir = &self.store.dir;
         let mut out = Vec::new();
@@ -145,10 +205,44 @@ impl Locked<'_> {
             let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
                 continue;
             };
-            out.push(self.read(ip)?);
+            match self.read(ip) {
+                Ok(a) if a.ip == ip => out.push(a),
+                Ok(_) | Err(CniError::StoreCorrupt { .. }) => {
+                    let to = self.quarantine(ip)?;
+                    eprintln!(
+                        "sluice-cni: IPAM record for {ip} is corrupt; moved to {} (its address stays reserved until that file is deleted)",
+                        to.display()
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by_key(|a| a.ip);
         Ok(out)
+    }
+
+    fn quarantine(&self, ip: Ipv4Addr) -> Result<PathBuf, CniError> {
+        let qdir = self.store.dir.join(QUARANTINE_DIR);
+        fs::create_dir_all(&qdir).map_err(self.store.err(&qdir))?;
+        let to = qdir.join(format!("{ip}.{}", now_unix()));
+        fs::rename(self.path(ip), &to).map_err(self.store.err(&to))?;
+        Ok(to)
+    }
+
+    /// Addresses of quarantined records (reserved: a pod may still hold them).
+    pub fn quarantined(&self) -> Vec<(Ipv4Addr, PathBuf)> {
+        let qdir = self.store.dir.join(QUARANTINE_DIR);
+        let Ok(rd) = fs::read_dir(&qdir) else { return Vec::new() };
+        let mut out: Vec<(Ipv4Addr, PathBuf)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                let ip = name.rsplit_once('.').map_or(name.as_str(), |(ip, _)| ip).parse().ok()?;
+                Some((ip, e.path()))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     fn read(&self, ip: Ipv4Addr) -> Result<Allocation, CniError> {
@@ -187,7 +281,7 @@ impl Locked<'_> {
             self.write(&a)?;
             return Ok(a);
         }
-        let mut used = BTreeSet::new();
+        let mut used: BTreeSet<Ipv4Addr> = self.quarantined().into_iter().map(|(ip, _)| ip).collect();
         for a in &existing {
             if a.is_abandoned(now) {
                 self.remove(a.ip)?;
@@ -199,16 +293,17 @@ impl Locked<'_> {
         // address is not handed straight to the next pod (stale conntrack, stale peers).
         let last: Option<Ipv4Addr> =
             fs::read_to_string(self.store.dir.join(LAST_FILE)).ok().and_then(|s| s.trim().parse().ok());
-        let candidates: Vec<Ipv4Addr> = self.store.candidates().collect();
-        let start = last.and_then(|l| candidates.iter().position(|c| *c == l)).map(|i| i + 1).unwrap_or(0);
-        let pick = (0..candidates.len())
-            .map(|i| candidates[(start + i) % candidates.len()])
-            .find(|ip| !used.contains(ip))
-            .ok_or_else(|| CniError::PoolExhausted {
+        let (first, size) = self.store.host_range();
+        let start =
+            last.map(|l| u64::from(u32::from(l).wrapping_sub(first))).filter(|i| *i < size).map(|i| i + 1).unwrap_or(0);
+        // At most `used + 2` steps: every skipped candidate is used or the gateway.
+        let pick = (0..size).filter_map(|i| self.store.candidate(start + i)).find(|ip| !used.contains(ip)).ok_or_else(
+            || CniError::PoolExhausted {
                 network: self.store.network.clone(),
                 subnet: self.store.subnet.to_string(),
                 used: used.len(),
-            })?;
+            },
+        )?;
         let a = Allocation {
             ip: pick,
             container_id: req.container_id.clone(),
@@ -266,8 +361,8 @@ impl Locked<'_> {
 
     pub fn free_count(&self) -> Result<usize, CniError> {
         let now = now_unix();
-        let used = self.list()?.iter().filter(|a| !a.is_abandoned(now)).count();
-        Ok(self.store.candidates().count().saturating_sub(used))
+        let used = self.list()?.iter().filter(|a| !a.is_abandoned(now)).count() + self.quarantined().len();
+        Ok(usize::try_from(self.store.candidate_count()).unwrap_or(usize::MAX).saturating_sub(used))
     }
 }
 

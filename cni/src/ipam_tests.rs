@@ -97,12 +97,36 @@ fn concurrent_allocations_are_distinct() {
 }
 
 #[test]
-fn corrupt_record_is_named() {
+fn corrupt_record_is_quarantined_and_its_address_stays_reserved() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = store(tmp.path(), "10.1.0.0/24");
     fs::create_dir_all(s.dir()).expect("dir");
-    fs::write(s.dir().join("10.1.0.9"), "garbage").expect("write");
+    fs::write(s.dir().join("10.1.0.2"), "garbage").expect("write");
     let l = s.lock().expect("lock");
-    let e = l.list().expect_err("corrupt");
-    assert!(e.to_string().contains("10.1.0.9"), "{e}");
+    assert!(l.list().expect("list goes on").is_empty());
+    assert!(!s.dir().join("10.1.0.2").exists(), "moved aside");
+    let q = l.quarantined();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0.to_string(), "10.1.0.2");
+    // Other pods still get addresses, never the quarantined one.
+    let a = l.allocate(&req("c1")).expect("allocate");
+    assert_ne!(a.ip.to_string(), "10.1.0.2");
+    assert_eq!(l.free_count().expect("free"), 253 - 1 - 1, "gateway .1, quarantined .2, c1");
+    assert_eq!(l.release("c1", "eth0").expect("release").len(), 1);
+}
+
+#[test]
+fn large_subnets_cost_no_memory_and_oversized_ones_are_refused_by_name() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = store(tmp.path(), "10.0.0.0/16");
+    let l = s.lock().expect("lock");
+    let a = l.allocate(&req("c1")).expect("allocate");
+    assert_eq!(a.ip.to_string(), "10.0.0.2", "first host after the gateway");
+    assert_eq!(l.free_count().expect("free"), 65534 - 1 - 1);
+    drop(l);
+    for cidr in ["10.0.0.0/8", "0.0.0.0/1"] {
+        let e = store(tmp.path(), cidr).lock().err().expect("refused");
+        let text = e.to_string();
+        assert!(text.contains("subnet") && text.contains(cidr) && text.contains("/16"), "{text}");
+    }
 }

@@ -19,6 +19,9 @@ pub struct NodeManager {
     handle: rtnetlink::Handle,
     /// (node IPs, devices, when looked up): devices are re-read when the IPs change or every 30 s.
     devices: Option<(Vec<Ipv4Addr>, Vec<String>, Instant)>,
+    /// The last pod interfaces read from the IPAM store: kept when a read fails, so a store
+    /// problem never withdraws the programs of pods that are still there.
+    last_endpoints: Vec<LocalEndpoint>,
 }
 
 /// What one pass of node plumbing found and did.
@@ -38,7 +41,7 @@ impl NodeManager {
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")?;
         let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink socket")?;
         tokio::spawn(conn);
-        Ok(NodeManager { routes: RouteManager::new(handle.clone()), handle, devices: None })
+        Ok(NodeManager { routes: RouteManager::new(handle.clone()), handle, devices: None, last_endpoints: Vec::new() })
     }
 
     /// Converge routes and the conflist; gather the node facts. `synced`: stale routes may go.
@@ -71,10 +74,19 @@ impl NodeManager {
                     Err(e) => r.errors.push(format!("{e:#}")),
                 }
             }
-            r.local_endpoints = local_endpoints(cfg, cidr).unwrap_or_else(|e| {
-                r.errors.push(e.to_string());
-                Vec::new()
-            });
+            match local_endpoints(cfg, cidr) {
+                Ok((eps, quarantined)) => {
+                    for q in quarantined {
+                        r.errors.push(format!(
+                            "IPAM record quarantined as corrupt: {} (its address stays reserved; delete the file once no pod uses it)",
+                            q.display()
+                        ));
+                    }
+                    self.last_endpoints = eps;
+                }
+                Err(e) => r.errors.push(format!("reading pod interfaces (the last known ones are kept): {e}")),
+            }
+            r.local_endpoints = self.last_endpoints.clone();
         }
         let ips: Vec<Ipv4Addr> = me.and_then(|n| n.internal_ip).into_iter().collect();
         if self.devices.as_ref().is_none_or(|(i, _, t)| *i != ips || t.elapsed() > Duration::from_secs(30)) {
@@ -103,14 +115,20 @@ impl NodeManager {
 
 /// This node's pod interfaces, from the CNI plugin's IPAM store (the source of truth for what
 /// is wired on this node).
-fn local_endpoints(cfg: &Config, cidr: ipnet::Ipv4Net) -> Result<Vec<LocalEndpoint>, sluice_cni::CniError> {
+/// Also returns the quarantined (corrupt) records.
+fn local_endpoints(
+    cfg: &Config,
+    cidr: ipnet::Ipv4Net,
+) -> Result<(Vec<LocalEndpoint>, Vec<std::path::PathBuf>), sluice_cni::CniError> {
     let gw = sluice_cni::spec::first_host(cidr);
     let store = sluice_cni::ipam::Store::new(&cfg.cni.data_dir, &cfg.cni.network_name, cidr, gw);
     if !store.dir().exists() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
-    let list = store.lock()?.list()?;
-    Ok(list
+    let lock = store.lock()?;
+    let list = lock.list()?;
+    let quarantined = lock.quarantined().into_iter().map(|(_, p)| p).collect();
+    let eps = list
         .into_iter()
         .filter(|a| a.state == sluice_cni::ipam::AllocState::Ready)
         .map(|a| LocalEndpoint {
@@ -121,5 +139,6 @@ fn local_endpoints(cfg: &Config, cidr: ipnet::Ipv4Net) -> Result<Vec<LocalEndpoi
             pod_namespace: a.pod_namespace,
             pod_name: a.pod_name,
         })
-        .collect())
+        .collect();
+    Ok((eps, quarantined))
 }
