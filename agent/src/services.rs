@@ -3,12 +3,28 @@
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use sluice_core::validate::Rejected;
-use sluice_core::{BackendState, Plan, Service};
+use sluice_core::{BackendState, DataplaneError, Frontend, ObjectError, ObjectRef, Owner, Plan, Service};
 
 pub use crate::api::types::{BackendEntry, ServiceEntry};
 
+/// Why the planned backend does not serve this frontend, from the last pass's per-object errors.
+fn failure(s: &Service, fe: &Frontend, owner: Owner, failed: &[ObjectError]) -> Option<String> {
+    let Owner::Backend(id) = owner else { return None };
+    failed
+        .iter()
+        .filter(|e| matches!(&e.object, ObjectRef::Service(n) if *n == s.name))
+        .find(|e| match &e.error {
+            DataplaneError::UnsupportedProtocol { backend, protocol } => *backend == id && *protocol == fe.protocol,
+            DataplaneError::MapFull { backend, .. } | DataplaneError::Kernel { backend, .. } => *backend == id,
+            _ => false,
+        })
+        .map(|e| e.error.to_string())
+}
+
 /// Every frontend with its owner, then every refused Service (or refused frontend of one).
-pub fn entries(services: &[Service], rejected: &[Rejected], plan: &Plan) -> Vec<ServiceEntry> {
+/// `failed`: the last pass's per-object errors; a frontend its owner could not program is
+/// listed as failed, never as served.
+pub fn entries(services: &[Service], rejected: &[Rejected], failed: &[ObjectError], plan: &Plan) -> Vec<ServiceEntry> {
     let mut out = Vec::new();
     for s in services {
         for fe in &s.frontends {
@@ -28,14 +44,16 @@ pub fn entries(services: &[Service], rejected: &[Rejected], plan: &Plan) -> Vec<
                     node: b.node.clone(),
                 })
                 .collect();
+            let owner = plan.owner(fe.kind.feature());
+            let why = failure(s, fe, owner, failed);
             out.push(ServiceEntry {
                 id: out.len() + 1,
                 service: s.name.to_string(),
                 frontend: format!("{addr}:{}/{}", fe.port, fe.protocol),
                 kind: fe.kind.to_string(),
-                owner: plan.owner(fe.kind.feature()).to_string(),
+                owner: if why.is_some() { format!("{owner} (failed)") } else { owner.to_string() },
                 backends,
-                rejected: None,
+                rejected: why,
             });
         }
     }

@@ -124,6 +124,10 @@ pub enum DataplaneError {
     Kernel { backend: BackendId, op: Op, detail: String },
     #[error("{backend}: map {map} is full ({entries} entries; raise bpf_map_sizes.{map})")]
     MapFull { backend: BackendId, map: String, entries: u32 },
+    #[error(
+        "{backend} does not translate {protocol} frontends; they are refused here (the iptables dataplane serves them)"
+    )]
+    UnsupportedProtocol { backend: BackendId, protocol: crate::service::Protocol },
     #[error("{backend}: pinned map {map} has {pinned} entries, the config asks for {configured}; {hint}")]
     MapSize { backend: BackendId, map: String, pinned: u32, configured: u32, hint: String },
     #[error("{backend}: {features} cannot be served on this node: {}", missing_fact_text(.fact))]

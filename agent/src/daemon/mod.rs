@@ -66,6 +66,8 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Per-Service errors of the last pass: `sluice service list` shows them as failed.
+    let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     loop {
         let mut reload = false;
         tokio::select! {
@@ -73,7 +75,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             _ = sighup.recv() => reload = true,
             _ = wake.notified() => {}
             Some(q) = queries.recv() => {
-                answer(q, &source, &planner, &engine);
+                answer(q, &source, &planner, &engine, &failed);
                 continue;
             }
             _ = sigterm.recv() => break,
@@ -105,6 +107,8 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             node: &plumbing.ctx,
         };
         let pass = tokio::task::block_in_place(|| engine.reconcile(&planner.plan, &desired, sync));
+        failed =
+            pass.errors.iter().filter(|e| matches!(e.object, sluice_core::ObjectRef::Service(_))).cloned().collect();
         // The health servers are the agent's own, whichever backend serves the NodePort.
         let hc_owned = matches!(planner.plan.owner(Feature::HealthCheckNodePort), sluice_core::Owner::Backend(_));
         let health_errors = health.reconcile(if hc_owned { health::desired(&view) } else { Default::default() }).await;
@@ -134,14 +138,20 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
 }
 
 /// Between two passes: what the lists show is what the last pass programmed.
-fn answer(q: server::Query, source: &state::SourceSide, planner: &features::Planner, engine: &Engine) {
+fn answer(
+    q: server::Query,
+    source: &state::SourceSide,
+    planner: &features::Planner,
+    engine: &Engine,
+    failed: &[sluice_core::ObjectError],
+) {
     match q {
         server::Query::Services(tx) => {
             let (services, rejected) = source
                 .current()
                 .map(|c| (c.state.services.as_slice(), c.state.rejected.as_slice()))
                 .unwrap_or_default();
-            let _ = tx.send(crate::services::entries(services, rejected, &planner.plan));
+            let _ = tx.send(crate::services::entries(services, rejected, failed, &planner.plan));
         }
         server::Query::BpfLb(tx) => {
             let rows = engine.backends().find(|b| b.id() == BackendId::EBPF).map(|b| b.lb_rows());

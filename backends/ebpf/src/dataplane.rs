@@ -56,6 +56,10 @@ pub struct EbpfDataplane {
     synced: Option<(u64, NodeCtx)>,
     devices: Vec<String>,
     cgroup: Option<PathBuf>,
+    /// Services the maps hold (admitted in the last sync): they keep their place when full.
+    admitted: BTreeSet<sluice_core::ServiceName>,
+    /// Services (or frontends) the last sync refused; reported on every pass while it lasts.
+    refused: Vec<ObjectError>,
 }
 
 fn err(object: ObjectRef, op: Op, e: impl std::fmt::Display) -> ObjectError {
@@ -82,6 +86,8 @@ impl EbpfDataplane {
             synced: None,
             devices: Vec::new(),
             cgroup: None,
+            admitted: BTreeSet::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -263,15 +269,29 @@ impl EbpfDataplane {
             maglev_m: self.maglev_m,
         };
         if self.synced.as_ref().is_some_and(|(g, c)| *g == desired.generation && *c == ctx) {
+            report.errors.extend(self.refused.iter().cloned());
             return;
         }
-        match dp.update(desired.view.services, desired.view.all_host_ports, &ctx) {
+        let adm = crate::admit::admit(
+            desired.view.services,
+            desired.view.all_host_ports,
+            &ctx,
+            &self.map_sizes,
+            &self.admitted,
+        );
+        for r in adm.refused.iter().filter(|r| !self.refused.contains(r)) {
+            tracing::warn!(error = %r, "refused by the eBPF dataplane; everything else is programmed");
+        }
+        self.refused = adm.refused;
+        report.errors.extend(self.refused.iter().cloned());
+        match dp.update(&adm.services, desired.view.all_host_ports, &ctx) {
             Ok(n) => {
                 if n > 0 {
                     tracing::info!(changes = n, "eBPF service maps synced");
                 }
                 report.changes = n;
                 report.programmed = owned.clone();
+                self.admitted = adm.services.iter().map(|s| s.name.clone()).collect();
                 self.synced = Some((desired.generation, ctx));
             }
             Err(e) => report.errors.push(datapath_err(Op::MapUpdate, &e)),

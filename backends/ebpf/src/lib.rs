@@ -12,6 +12,7 @@
 //!
 //! See docs/design/ebpf.md for what is built and what is not.
 
+pub mod admit;
 pub mod attach;
 pub mod datapath;
 pub mod dataplane;

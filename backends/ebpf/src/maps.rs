@@ -292,6 +292,66 @@ pub fn encode(services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> E
 
 /// `encode`, plus the frontend keys of each Service (in input order): what an incremental sync
 /// must remove when that Service changes or goes.
+/// Map entries one Service or the hostPorts take, per map (see [`sluice_core::MapSizes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub services: u64,
+    pub backends: u64,
+    pub source_ranges: u64,
+    pub maglev: u64,
+}
+
+impl Footprint {
+    fn of(fronts: &[Front], ctx: &NodeCtx) -> Self {
+        let mut f = Footprint::default();
+        for x in fronts {
+            f.services += 1;
+            f.backends += x.backends.len() as u64;
+            f.source_ranges += x.ranges.len() as u64;
+            if x.flags & SVC_F_MAGLEV != 0 && !x.backends.is_empty() {
+                f.maglev += u64::from(ctx.maglev_m.unwrap_or(0));
+            }
+        }
+        f
+    }
+
+    pub fn add(&mut self, o: Footprint) {
+        self.services += o.services;
+        self.backends += o.backends;
+        self.source_ranges += o.source_ranges;
+        self.maglev += o.maglev;
+    }
+
+    /// The first map (by its `bpf_map_sizes` key) that `self` overflows, with its size.
+    pub fn overflow(&self, sizes: &sluice_core::MapSizes) -> Option<(&'static str, u32)> {
+        [
+            ("services", self.services, sizes.services),
+            ("backends", self.backends, sizes.backends),
+            ("source_ranges", self.source_ranges, sizes.source_ranges),
+            ("maglev", self.maglev, sizes.maglev),
+        ]
+        .into_iter()
+        .find(|(_, used, size)| *used > u64::from(*size))
+        .map(|(name, _, size)| (name, size))
+    }
+}
+
+/// What `s` takes in the maps on this node.
+pub fn footprint(s: &Service, ctx: &NodeCtx) -> Footprint {
+    let mut fronts = Vec::new();
+    service_fronts(s, ctx, &mut fronts);
+    Footprint::of(&fronts, ctx)
+}
+
+/// What this node's hostPorts take.
+pub fn host_ports_footprint(services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> Footprint {
+    let mut fronts = Vec::new();
+    for h in sluice_core::view::ServiceView::new(&ctx.node_name, services, host_ports).host_ports() {
+        host_port_fronts(h, ctx, &mut fronts);
+    }
+    Footprint::of(&fronts, ctx)
+}
+
 pub fn encode_with_keys(services: &[Service], host_ports: &[HostPort], ctx: &NodeCtx) -> (Entries, Vec<Vec<SvcKey>>) {
     let mut fronts = Vec::new();
     let mut keys = Vec::with_capacity(services.len());

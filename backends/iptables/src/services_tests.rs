@@ -188,3 +188,19 @@ fn ten_thousand_services_spread_over_leaves() {
     assert!(max <= 40, "leaf of {max} rules: dispatch must stay short");
     assert!(nat(&r, SERVICES).len() <= 1 + 16 + 2);
 }
+
+#[test]
+fn hostile_names_cannot_break_a_restore_line() {
+    // Validation refuses such names upstream; the renderer must still never emit a line break,
+    // quote or backslash from an object's name into a rule.
+    let evil = ServiceBuilder::new("default", "x\"\n-A SLUICE-SERVICES -j ACCEPT\\").cluster_ip("10.96.0.27", 80).build();
+    let r = render_one(&[evil, web()], &all_owned());
+    for (table, chains) in &r.chains {
+        for (chain, rules) in chains {
+            for rule in rules.iter() {
+                assert!(!rule.contains('\n') && !rule.contains('\\'), "{table}/{chain}: {rule:?}");
+                assert_eq!(rule.matches('"').count() % 2, 0, "{table}/{chain}: unbalanced quote in {rule:?}");
+            }
+        }
+    }
+}
