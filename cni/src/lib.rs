@@ -16,3 +16,6 @@ pub mod plumbing;
 pub mod spec;
 
 pub use error::CniError;
+
+#[cfg(test)]
+mod fuzz_tests;

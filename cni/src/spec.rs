@@ -233,6 +233,13 @@ impl NetConf {
         if subnet.prefix_len() > 30 {
             return Err(invalid("subnet", subnet_s, "a prefix of /30 or shorter (room for a gateway and pods)"));
         }
+        if subnet.prefix_len() < 16 {
+            return Err(invalid(
+                "subnet",
+                subnet_s,
+                "a prefix of /16 or longer: the IPAM store keeps one record per address (at most 65536)",
+            ));
+        }
         let subnet = subnet.trunc();
         let gateway = match raw.gateway {
             None => first_host(subnet),

@@ -72,7 +72,7 @@ pub struct Frontend {
 
 /// EndpointSlice conditions, kept as Kubernetes defines them so the backends can apply
 /// kube-proxy's rules (serving-but-terminating endpoints are used only when nothing is ready).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendState {
     Active,

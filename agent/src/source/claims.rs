@@ -55,6 +55,25 @@ pub fn resolve(services: &mut [(Service, Option<Time>)], prior: &[Service]) -> V
     let mut rejected = Vec::new();
     for (i, (s, _)) in services.iter_mut().enumerate() {
         let name = s.name.clone();
+        // One Service naming one address and port twice (a clusterIP repeated in externalIPs):
+        // the first frontend stands, the repeat is refused.
+        let mut own: BTreeMap<Claim, FrontendKind> = BTreeMap::new();
+        s.frontends.retain(|f| {
+            if let Some(first) = own.get(&claim(f)) {
+                let ip = f.ip.map(|ip| ip.to_string()).unwrap_or_default();
+                let value = format!("{ip}:{}/{}", f.port, f.protocol);
+                let first = format!("this Service's {}", field(*first));
+                rejected.push(Rejected::new(
+                    format!("Service {name}"),
+                    field(f.kind),
+                    value,
+                    Problem::Duplicate { first },
+                ));
+                return false;
+            }
+            own.insert(claim(f), f.kind);
+            true
+        });
         s.frontends.retain(|f| match winner.get(&claim(f)) {
             Some((w, wname)) if *w != i => {
                 let ip = f.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "(node addresses)".into());

@@ -8,6 +8,9 @@ pub mod manifests;
 pub mod translate;
 pub mod validate;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 

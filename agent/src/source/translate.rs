@@ -281,7 +281,7 @@ fn service(
                 && sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name)
         })
         .collect();
-    let backends = if own_slices.is_empty() {
+    let mut backends = if own_slices.is_empty() {
         match &spec.selector {
             Some(sel) if !sel.is_empty() => backends_from_selector(&ns, sel, ports, pods)?,
             _ => Vec::new(),
@@ -289,6 +289,11 @@ fn service(
     } else {
         backends_from_slices(&own_slices)?
     };
+    // In one order whatever order the source listed pods and slices in (every node programs
+    // the same slots), each endpoint once.
+    let key = |b: &Backend| (b.ip, b.port, b.port_name.clone(), b.protocol);
+    backends.sort_by(|a, b| (key(a), a.state, &a.node).cmp(&(key(b), b.state, &b.node)));
+    backends.dedup_by(|a, b| key(a) == key(b));
     let affinity_timeout_s = match spec.session_affinity.as_deref() {
         Some("ClientIP") => {
             let t = spec

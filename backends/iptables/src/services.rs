@@ -75,7 +75,10 @@ fn proto(p: Protocol) -> &'static str {
 /// character can end the comment or the restore line), at most 200 bytes (iptables allows 256).
 /// Validation refuses such names before they get here; this is the second line of defence.
 fn quote(s: &str) -> String {
-    s.chars().map(|c| if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' { c } else { '?' }).take(200).collect()
+    s.chars()
+        .map(|c| if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' { c } else { '?' })
+        .take(200)
+        .collect()
 }
 
 /// Chain names of one service port (`ns/name:port/proto`).

@@ -193,7 +193,8 @@ fn ten_thousand_services_spread_over_leaves() {
 fn hostile_names_cannot_break_a_restore_line() {
     // Validation refuses such names upstream; the renderer must still never emit a line break,
     // quote or backslash from an object's name into a rule.
-    let evil = ServiceBuilder::new("default", "x\"\n-A SLUICE-SERVICES -j ACCEPT\\").cluster_ip("10.96.0.27", 80).build();
+    let evil =
+        ServiceBuilder::new("default", "x\"\n-A SLUICE-SERVICES -j ACCEPT\\").cluster_ip("10.96.0.27", 80).build();
     let r = render_one(&[evil, web()], &all_owned());
     for (table, chains) in &r.chains {
         for (chain, rules) in chains {
