@@ -30,6 +30,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("clang-19", "/usr/bin/clang-19"),
     ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
     ("linux-libc-dev", "/usr/include/linux/bpf.h"),
+    // Reads pinned BPF maps in the bad-input suite (kernel state before/after, entry by entry).
+    ("bpftool", "/usr/sbin/bpftool"),
 ];
 
 fn main() -> std::process::ExitCode {

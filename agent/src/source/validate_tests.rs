@@ -143,3 +143,59 @@ fn duplicate_objects_in_one_read_keep_the_first() {
     assert_eq!(r.len(), 1, "{r:?}");
     assert!(r[0].contains("Service default/web: metadata.name"), "{}", r[0]);
 }
+
+/// The lab's bad-input corpus, checked here without root: every object is refused by name,
+/// with the expected reason, and the base cluster keeps every frontend.
+#[test]
+fn the_bad_input_corpus_is_refused_by_name() {
+    const CORPUS: &str = include_str!("../../../integration/tests/data/bad_objects.yaml");
+    const LAB: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+spec: {podCIDR: 10.244.1.0/24}
+status: {addresses: [{type: InternalIP, address: 198.51.100.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+spec: {podCIDR: 10.244.2.0/24}
+status: {addresses: [{type: InternalIP, address: 198.51.100.12}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: default, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {type: NodePort, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-x, namespace: default}
+spec: {clusterIP: 10.96.0.11, externalIPs: [203.0.113.10], selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+"#;
+    let base = translate_with(&read(LAB), opts(), &[]);
+    assert!(base.rejected.is_empty(), "{:?}", base.rejected);
+    let mut seen = BTreeSet::new();
+    let cases: Vec<&str> = CORPUS.split("\n---\n").skip(1).collect();
+    assert!(cases.len() >= 50, "{}", cases.len());
+    for case in cases {
+        let (head, body) = case.split_once('\n').expect("expect line");
+        let (object, text) = head.trim_start_matches("# expect: ").split_once(" :: ").expect("OBJECT :: TEXT");
+        assert!(seen.insert(object.to_string()), "objects are distinct: {object}");
+        let st = translate_with(&read(&format!("{LAB}---\n{body}")), opts(), &base.services);
+        assert!(
+            st.rejected.iter().any(|r| r.object == object && r.reason.contains(text)),
+            "{object}: want {text:?} in {:?}",
+            st.rejected.iter().map(ToString::to_string).collect::<Vec<_>>()
+        );
+        for s in &base.services {
+            let now = st.services.iter().find(|n| n.name == s.name).expect("base Service kept");
+            assert_eq!(now, s, "{object} changed {}", s.name);
+        }
+    }
+}
