@@ -265,6 +265,19 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Stop a node's agent and forget its PID (a later `restart_agent` starts a new one).
+    /// Kernel state stays, as when the agent stops in production.
+    pub fn stop_agent(&self, node: &str) -> anyhow::Result<()> {
+        let _l = self.lock()?;
+        let mut st = self.state()?;
+        let i = st.nodes.iter().position(|n| n.name == node).with_context(|| format!("no node {node}"))?;
+        if let Some(pid) = st.nodes[i].agent_pid.take() {
+            proc::stop(pid, Duration::from_secs(5));
+        }
+        st.save(&self.state_path())?;
+        Ok(())
+    }
+
     pub fn down(&self) -> anyhow::Result<String> {
         let prefix = self.prefix();
         let st = self.state().ok();

@@ -8,9 +8,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::kernel::kernel_state;
 use common::{TestLab, eventually, require_root};
 
 const CORPUS: &str = include_str!("data/bad_objects.yaml");
@@ -26,55 +26,6 @@ kind: Service
 metadata: {name: web-x, namespace: default}
 spec: {clusterIP: 10.96.0.11, externalIPs: [203.0.113.10], selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
 "#;
-
-/// Chain name -> its rules in order, for sluice's chains and hooks, per iptables variant.
-fn iptables_state(t: &TestLab, node: &str) -> BTreeMap<String, Vec<String>> {
-    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for save in ["iptables-legacy-save", "iptables-nft-save"] {
-        let Ok(out) = t.lab.exec_output(node, &[save]) else { continue };
-        let mut table = String::new();
-        for l in out.lines() {
-            if let Some(name) = l.strip_prefix('*') {
-                table = name.to_string();
-            } else if let Some(decl) = l.strip_prefix(':').filter(|d| d.starts_with("SLUICE")) {
-                let name = decl.split_whitespace().next().unwrap_or_default();
-                chains.entry(format!("{save} {table} {name}")).or_default();
-            } else if let Some(rule) = l.strip_prefix("-A ").filter(|r| r.contains("SLUICE")) {
-                let chain = rule.split_whitespace().next().unwrap_or_default();
-                chains.entry(format!("{save} {table} {chain}")).or_default().push(rule.to_string());
-            }
-        }
-    }
-    chains
-}
-
-/// Every entry of the eBPF service maps, as the kernel holds them (bpftool reads the pins).
-fn bpf_state(t: &TestLab, node: &str) -> BTreeMap<String, Vec<String>> {
-    let mut maps = BTreeMap::new();
-    let pins = t.lab.bpf_dir().join(node);
-    for map in ["sluice_svc", "sluice_backends", "sluice_src_ranges", "sluice_maglev", "sluice_node"] {
-        let path = pins.join(map);
-        if !path.exists() {
-            continue;
-        }
-        let out = std::process::Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(&path)
-            .output()
-            .expect("bpftool (installed by cargo xtask setup)");
-        assert!(out.status.success(), "bpftool {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool json");
-        let mut lines: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-        lines.sort();
-        maps.insert(map.to_string(), lines);
-    }
-    maps
-}
-
-fn kernel_state(t: &TestLab, node: &str) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({"iptables": iptables_state(t, node), "bpf": bpf_state(t, node)}))
-        .expect("json")
-}
 
 fn rejected_has(t: &TestLab, node: &str, object: &str, text: &str) -> Option<bool> {
     let s = t.try_status(node)?;
@@ -119,9 +70,9 @@ fn suite(lab_name: &str, node1: &str, node2: &str) {
         .iter()
         .map(|n| {
             eventually("kernel state settles", Duration::from_secs(20), || {
-                let a = kernel_state(&t, n);
+                let a = kernel_state(&t, n, false);
                 std::thread::sleep(Duration::from_secs(1));
-                (kernel_state(&t, n) == a).then_some(a)
+                (kernel_state(&t, n, false) == a).then_some(a)
             })
         })
         .collect();
@@ -149,7 +100,7 @@ fn suite(lab_name: &str, node1: &str, node2: &str) {
             });
             let mut last = String::new();
             let same = (0..100).any(|_| {
-                last = kernel_state(&t, node);
+                last = kernel_state(&t, node, false);
                 last == before[n] || {
                     std::thread::sleep(Duration::from_millis(100));
                     false

@@ -79,7 +79,16 @@ impl SourceSide {
         if !read.unchanged
             && let Some(objects) = read.objects
         {
-            let prior = self.current.as_ref().map(|c| c.state.services.as_slice()).unwrap_or_default();
+            // Conflicts: a frontend served before keeps winning; after a restart, "before" is the
+            // last complete read saved on disk.
+            let saved;
+            let prior = match &self.current {
+                Some(c) => c.state.services.as_slice(),
+                None => {
+                    saved = self.load().ok().flatten().map(|l| l.services).unwrap_or_default();
+                    saved.as_slice()
+                }
+            };
             let mut state = translate_with(&objects, self.opts, prior);
             let held = if sync.prune_allowed() {
                 if let Err(e) = self.save(&state) {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use std::time::{Duration, Instant};
 
 use sluice_lab::Lab;
