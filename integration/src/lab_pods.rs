@@ -262,6 +262,33 @@ impl Lab {
         }
         Ok(out)
     }
+
+    /// Remove what `apply` copied from `path` (a file, or every YAML file of a directory).
+    pub fn delete(&self, path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let dest = self.manifests_dir().join("applied");
+        let names: Vec<std::ffi::OsString> = if path.is_dir() {
+            std::fs::read_dir(path)?.flatten().map(|e| e.file_name()).collect()
+        } else {
+            vec![path.file_name().with_context(|| format!("{} names no file", path.display()))?.to_os_string()]
+        };
+        let mut out = Vec::new();
+        for n in names {
+            let target = dest.join(&n);
+            match std::fs::remove_file(&target) {
+                Ok(()) => out.push(target),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", target.display())),
+            }
+        }
+        if out.is_empty() {
+            bail!(
+                "nothing applied from {} (sluice-lab apply copies files by name into {})",
+                path.display(),
+                dest.display()
+            );
+        }
+        Ok(out)
+    }
 }
 
 impl Lab {

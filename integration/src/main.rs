@@ -65,6 +65,8 @@ enum Cmd {
     },
     /// Apply Kubernetes YAML (file or directory) to the standalone source all agents read.
     Apply { path: PathBuf },
+    /// Remove the objects `apply` took from this file (or directory), as `kubectl delete -f`.
+    Delete { path: PathBuf },
     /// Restart a node's agent (`--kill` sends SIGKILL, like a crash).
     RestartAgent {
         node: String,
@@ -286,6 +288,11 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         Cmd::Apply { path } => {
             for f in lab.apply(&path)? {
                 println!("applied {}", f.display());
+            }
+        }
+        Cmd::Delete { path } => {
+            for f in lab.delete(&path)? {
+                println!("deleted {}", f.display());
             }
         }
         Cmd::RestartAgent { node, kill } => {

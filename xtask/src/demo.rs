@@ -102,14 +102,52 @@ pub fn run_demo() -> anyhow::Result<()> {
     step("who serves what on node-1", &["exec", "node-1", "--", "sluice", "service", "list"])?;
     step("the eBPF service map on node-1", &["exec", "node-1", "--", "sluice", "bpf", "lb", "list"])?;
 
+    bad_input()?;
     live_switch()?;
 
     println!("\n-- what the agent on node-1 reports --");
     step("node-1 status", &["exec", "node-1", "--", "sluice", "status"])?;
     println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes,");
-    println!(
-        "   a Service balanced over them on eBPF, then node-1 moved to iptables live without a failed connection =="
-    );
+    println!("   a Service balanced over them on eBPF, hostile Services were refused by name beside it,");
+    println!("   then node-1 moved to iptables live without a failed connection ==");
+    Ok(())
+}
+
+/// Hostile objects next to a working Service: refused by name, nothing else disturbed.
+fn bad_input() -> anyhow::Result<()> {
+    println!("\n-- bad input: an intruder on web's ClusterIP and a Service on loopback, next to web --");
+    let bad = std::env::temp_dir().join("sluice-demo-bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: aaa-intruder, namespace: default}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: loopy, namespace: default}\nspec: {clusterIP: 127.0.0.1, ports: [{port: 80}]}\n",
+    )?;
+    step("apply them", &["apply", &bad.display().to_string()])?;
+    let mut rejected = String::new();
+    for _ in 0..50 {
+        let out = lab().args(["exec", "node-1", "--", "sluice", "status"]).output()?;
+        rejected = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("rejected:"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if rejected.contains("loopy") && rejected.contains("aaa-intruder") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!("$ sluice-lab exec node-1 -- sluice status | grep rejected\n{rejected}");
+    if !(rejected.contains("loopy") && rejected.contains("aaa-intruder")) {
+        bail!("the agent did not report the bad Services: {rejected:?}");
+    }
+    let web = step(
+        "web still answers on its ClusterIP",
+        &["exec", "client", "--", "sluice-lab", "curl", "http://10.96.0.10/"],
+    )?;
+    if web.trim() != "a" && web.trim() != "b" {
+        bail!("web stopped answering next to bad input (got {web:?})");
+    }
+    step("remove them", &["delete", &bad.display().to_string()])?;
+    let _ = std::fs::remove_file(&bad);
     Ok(())
 }
 
