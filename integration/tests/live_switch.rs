@@ -106,11 +106,37 @@ fn new_connections_survive_a_live_switch_both_ways() {
     lab.exec("client", &["sluice-lab", "load", "10.96.0.10:80", "--connections", "4", "--secs", "2"]);
     std::thread::sleep(Duration::from_secs(2));
     // Control: the same load with no switch, just before: no connection may fail either.
-    let control: serde_json::Value = serde_json::from_str(
-        &lab.exec("client", &["sluice-lab", "load", "10.96.0.10:80", "--connections", "16", "--secs", "11"]),
-    )
+    let control: serde_json::Value = serde_json::from_str(&lab.exec(
+        "client",
+        &[
+            "sluice-lab",
+            "load",
+            "10.96.0.10:80",
+            "--connections",
+            "16",
+            "--secs",
+            "11",
+            "--bucket-ms",
+            &BUCKET_MS.to_string(),
+        ],
+    ))
     .expect("control json");
     assert_eq!(control["failed"], 0, "connections failed with no switch at all: {}", control["errors"]);
+    // The machine's own noise: the worst 1 s window of the control run (no switch) against the
+    // run's steady rate. A switch may not cost more than max(10%, that): on a 2-core machine
+    // running debug builds, 1 s rates of an unchanged dataplane vary by up to ~15%.
+    let control_timeline: Vec<(u64, u64)> = serde_json::from_value(control["timeline"].clone()).expect("timeline");
+    let control_steady = rate(&control_timeline, 1000, 10_000);
+    let noise = (1000..9000)
+        .step_by(BUCKET_MS as usize)
+        .map(|from| 1.0 - rate(&control_timeline, from, from + 1000) / control_steady.max(1.0))
+        .fold(0.0f64, f64::max);
+    let tolerance = noise.max(0.10);
+    eprintln!(
+        "control: {control_steady:.0} conn/s steady, worst 1 s window {:.0}% below; tolerance {:.0}%",
+        noise * 100.0,
+        tolerance * 100.0
+    );
     // Reading the lab's state file in-process spawns nothing.
     let node_dir =
         sluice_lab::Lab::new(lab.name).expect("lab").state().expect("state").node("node-1").expect("node").dir.clone();
@@ -155,16 +181,17 @@ fn new_connections_survive_a_live_switch_both_ways() {
     eprintln!("failed across the switches: {failed} ({})", v["errors"]);
     assert!(failed <= 2, "{failed} new connections failed across the switches: {report}");
     // The agent polls its config every 300 ms: a switch is in effect by s + 300 ms. In the
-    // second after that the rate must be within 10% of the steady rate of the regime the switch
-    // led to (measured in the rest of that regime's turn: a node back on iptables keeps the
+    // second after that the rate must be within 10% (or the control run's own noise, if larger)
+    // of the steady rate of the regime the switch led to (measured in the rest of that regime's turn: a node back on iptables keeps the
     // tc programs attached, so its rate need not equal a node that never ran eBPF).
     let ebpf_steady = rate(&timeline, s1 + 2300, s2);
     let ipt_steady = rate(&timeline, s2 + 2300, s2 + 3800);
     for (name, steady, at) in [("iptables -> eBPF", ebpf_steady, s1), ("eBPF -> iptables", ipt_steady, s2)] {
         let after = rate(&timeline, at + 1300, at + 2300);
         assert!(
-            after >= 0.9 * steady,
-            "{name}: {after:.0} conn/s in the second after the switch took effect vs {steady:.0} steady: {report}"
+            after >= (1.0 - tolerance) * steady,
+            "{name}: {after:.0} conn/s in the second after the switch took effect vs {steady:.0} steady (tolerance {:.0}%, the control run's worst second): {report}",
+            tolerance * 100.0
         );
         eprintln!("{name}: {after:.0} conn/s in the second after the switch, {steady:.0} steady");
     }

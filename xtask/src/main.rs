@@ -114,7 +114,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     let bin_dir = root().join("target/debug");
     // Doc tests are skipped (there are none); the summary line below totals every binary.
     let mut child = cargo()
-        .args(["test", "--workspace", "--lib", "--bins", "--tests"])
+        // --no-fail-fast: one failing suite must not hide how the others fare.
+        .args(["test", "--workspace", "--lib", "--bins", "--tests", "--no-fail-fast"])
         .args(extra)
         .env("SLUICE_BIN_DIR", &bin_dir)
         .env("RUST_BACKTRACE", "1")
