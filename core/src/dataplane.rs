@@ -28,8 +28,6 @@ pub struct NodeContext {
     pub name: String,
     pub cluster_cidr: ipnet::Ipv4Net,
     pub pod_cidr: Option<ipnet::Ipv4Net>,
-    /// Masquerade pod traffic leaving the cluster (node plumbing; see [`NodeContext::masquerade`]).
-    pub masquerade: bool,
     /// Where NodePorts and HostPorts listen; the first is the SNAT address.
     pub ips: Vec<Ipv4Addr>,
     /// Devices that carry traffic from outside the node.

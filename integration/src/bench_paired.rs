@@ -109,7 +109,8 @@ impl Bench<'_> {
         flush_all()?;
         match p {
             Prepared::Sluice(rules) => {
-                RuleSyncer::new(Iptables { variant: self.variant }).sync(rules, true)?;
+                RuleSyncer::new(Iptables { variant: self.variant }, sluice_iptables::ruleset::ChainOwner::Services)
+                    .sync(rules, true)?;
             }
             Prepared::Peer(full) => {
                 let bin = format!("iptables-{}-restore", self.variant.as_str());

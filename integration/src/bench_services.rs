@@ -141,7 +141,6 @@ pub(crate) fn sluice_rules(renderer: &mut Renderer, svcs: &[Service], owned: &BT
         .render(&NodeInput {
             node_name: "node-1",
             cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
-            masquerade: None,
             services: svcs,
             host_ports: &[],
             owned,
@@ -372,7 +371,8 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
                 let programmed = match backend_name.as_str() {
                     "iptables" => {
                         let mut svcs = services(n, backend);
-                        let mut syncer = RuleSyncer::new(Iptables { variant });
+                        let mut syncer =
+                            RuleSyncer::new(Iptables { variant }, sluice_iptables::ruleset::ChainOwner::Services);
                         let mut renderer = Renderer::default();
                         let t = Instant::now();
                         let rs = sluice_rules(&mut renderer, &svcs, &owned);
@@ -556,7 +556,6 @@ mod tests {
             let r = sluice_iptables::services::render(&NodeInput {
                 node_name: "node-1",
                 cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
-                masquerade: None,
                 services: &svcs,
                 host_ports: &[],
                 owned: &owned,

@@ -92,7 +92,7 @@ fn agent_crash_keeps_forwarding_and_restart_prunes_only_after_sync() {
     });
     let nat = t.exec("node-1", &["iptables-nft-save", "-t", "nat"]);
     assert_eq!(
-        nat.lines().filter(|l| l.starts_with("-A POSTROUTING") && l.contains("SLUICE-POSTROUTING")).count(),
+        nat.lines().filter(|l| l.starts_with("-A POSTROUTING") && l.contains("SLUICE-NODE-MASQ")).count(),
         1,
         "{nat}"
     );
@@ -109,12 +109,15 @@ fn bad_manifest_is_reported_and_changes_nothing() {
     std::fs::write(&bad, "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: not-a-number}]}\n")
         .expect("write");
     t.lab.apply(&bad).expect("apply (valid YAML, invalid Service)");
-    let s = eventually("source error reported", Duration::from_secs(10), || {
+    // The file parses; the object in it does not decode: it alone is refused, by name.
+    let s = eventually("bad object reported", Duration::from_secs(10), || {
         let s = t.status("node-1");
-        (!s["source"]["errors"].as_array()?.is_empty()).then_some(s)
+        (!s["rejected"].as_array()?.is_empty()).then_some(s)
     });
-    let err = s["source"]["errors"][0].as_str().expect("error");
-    assert!(err.contains("broken.yaml") && err.contains("Service s"), "{err}");
+    let r = &s["rejected"][0];
+    assert_eq!(r["object"], "Service default/s", "{r}");
+    assert!(r["reason"].as_str().is_some_and(|x| x.contains("does not decode")), "{r}");
+    assert!(s["source"]["errors"].as_array().is_some_and(|e| e.is_empty()), "the file itself is fine: {s}");
     assert_eq!(s["routes"].as_array().map(Vec::len), Some(1), "routes untouched");
     // Unparseable YAML is refused by `apply` itself.
     std::fs::write(&bad, "kind: [").expect("write");

@@ -140,7 +140,8 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
             .iter()
             .all(|n| {
                 t.try_status(n)
-                    .is_some_and(|s| s["services"] == 6 && s["errors"].as_array().is_some_and(|e| e.is_empty()))
+                    // 7: web-dup is served on its ClusterIP; only its nodePort (web's) is refused.
+                    .is_some_and(|s| s["services"] == 7 && s["errors"].as_array().is_some_and(|e| e.is_empty()))
             })
             .then_some(())
     });

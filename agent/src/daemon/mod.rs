@@ -49,12 +49,12 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     tokio::spawn(server::serve(listener, status.clone(), wake.clone(), query_tx));
     tracing::info!(node = %cfg.node_name, socket = %cfg.socket_path.display(), "sluice agent started");
 
-    let mut node = node::NodeManager::start().await?;
     let ipt = match cfg.iptables.variant {
         IptablesVariant::Auto => tokio::task::spawn_blocking(Iptables::detect).await?,
         IptablesVariant::Nft => Iptables { variant: Variant::Nft },
         IptablesVariant::Legacy => Iptables { variant: Variant::Legacy },
     };
+    let mut node = node::NodeManager::start(ipt).await?;
     let mut engine = Engine::new(registry::build(&cfg, ipt));
     let mut restore_errors = tokio::task::block_in_place(|| engine.restore());
     for e in &restore_errors {
@@ -62,7 +62,6 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     }
     let mut source = state::SourceSide::new(&cfg).await?;
     let mut health = health::HealthServers::default();
-    let masq_by = format!("iptables {}, chain {}", ipt.variant.as_str(), sluice_iptables::services::POSTROUTING);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -98,7 +97,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             let res = planner.set_node_config(label);
             planner.apply(res);
         }
-        let plumbing = node.reconcile(&cfg, &cur.state, sync.synced, &masq_by).await;
+        let plumbing = node.reconcile(&cfg, &cur.state, sync.synced).await;
         let view = ServiceView::new(&cfg.node_name, &cur.state.services, &cur.state.host_ports);
         let desired = Desired {
             generation: cur.generation,

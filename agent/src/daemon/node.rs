@@ -2,8 +2,9 @@
 //! to other nodes' pod CIDRs, the CNI conflist, this node's pod interfaces and devices. Its
 //! output is the [`NodeContext`] every backend receives.
 //!
-//! Pod masquerade is node plumbing too; it is rendered into the iptables backend's ruleset
-//! (one POSTROUTING chain with service SNAT and hairpin), from `NodeContext::masquerade`.
+//! Pod masquerade is node plumbing too: its own chain (`SLUICE-NODE-MASQ`, nat POSTROUTING),
+//! synced here whichever backend serves the Service features (`sluice_iptables::NodeRules`,
+//! which reads and prunes only `SLUICE-NODE-*` chains).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sluice_config::Config;
 use sluice_core::{ClusterState, LocalEndpoint, NodeContext, PodRoute, desired_pod_routes};
-use sluice_iptables::RouteManager;
+use sluice_iptables::node::Masquerade;
+use sluice_iptables::{Iptables, NodeRules, RouteManager};
 
 pub struct NodeManager {
     routes: RouteManager,
@@ -22,6 +24,9 @@ pub struct NodeManager {
     /// The last pod interfaces read from the IPAM store: kept when a read fails, so a store
     /// problem never withdraws the programs of pods that are still there.
     last_endpoints: Vec<LocalEndpoint>,
+    rules: NodeRules,
+    /// How masquerade is done, for status (variant and chain).
+    masq_by: String,
 }
 
 /// What one pass of node plumbing found and did.
@@ -36,16 +41,24 @@ pub struct NodeReport {
 }
 
 impl NodeManager {
-    pub async fn start() -> anyhow::Result<Self> {
+    pub async fn start(ipt: Iptables) -> anyhow::Result<Self> {
         // Pods route through the node: forwarding is a precondition of pod networking.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")?;
         let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink socket")?;
         tokio::spawn(conn);
-        Ok(NodeManager { routes: RouteManager::new(handle.clone()), handle, devices: None, last_endpoints: Vec::new() })
+        let masq_by = format!("iptables {}, chain {}", ipt.variant.as_str(), sluice_iptables::node::MASQ_CHAIN);
+        Ok(NodeManager {
+            routes: RouteManager::new(handle.clone()),
+            handle,
+            devices: None,
+            last_endpoints: Vec::new(),
+            rules: NodeRules::new(ipt),
+            masq_by,
+        })
     }
 
     /// Converge routes and the conflist; gather the node facts. `synced`: stale routes may go.
-    pub async fn reconcile(&mut self, cfg: &Config, state: &ClusterState, synced: bool, masq_by: &str) -> NodeReport {
+    pub async fn reconcile(&mut self, cfg: &Config, state: &ClusterState, synced: bool) -> NodeReport {
         let mut r = NodeReport::default();
         let me = state.node(&cfg.node_name);
         let pod_cidr = cfg.pod_cidr.or(me.and_then(|n| n.pod_cidr));
@@ -65,8 +78,15 @@ impl NodeManager {
         r.masquerade = match pod_cidr {
             None => "waiting for pod CIDR".into(),
             Some(_) if !cfg.masquerade => "off (masquerade: false)".into(),
-            Some(cidr) => format!("{cidr} -> outside {} ({masq_by})", cfg.cluster_cidr),
+            Some(cidr) => format!("{cidr} -> outside {} ({})", cfg.cluster_cidr, self.masq_by),
         };
+        let masq =
+            pod_cidr.filter(|_| cfg.masquerade).map(|pod_cidr| Masquerade { pod_cidr, cluster_cidr: cfg.cluster_cidr });
+        match tokio::task::block_in_place(|| self.rules.sync(masq)) {
+            Ok(Some(rep)) if !rep.tables.is_empty() => tracing::info!(lines = rep.lines, "pod masquerade synced"),
+            Ok(_) => {}
+            Err(e) => r.errors.push(format!("pod masquerade: {e}")),
+        }
         if let Some(cidr) = pod_cidr {
             if !cfg.cni.conflist_path.as_os_str().is_empty() {
                 match super::cni_conf::write_if_changed(cfg, cidr) {
@@ -104,7 +124,6 @@ impl NodeManager {
             name: cfg.node_name.clone(),
             cluster_cidr: cfg.cluster_cidr,
             pod_cidr,
-            masquerade: cfg.masquerade,
             ips,
             devices: self.devices.as_ref().map(|(_, d, _)| d.clone()).unwrap_or_default(),
             cgroup: cfg.cgroup_root(),

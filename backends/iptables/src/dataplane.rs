@@ -1,5 +1,6 @@
-//! The iptables backend behind the core `Dataplane` seam: render the node's whole ruleset (pod
-//! masquerade plus the Service features the engine gives it), sync it incrementally, re-read the
+//! The iptables backend behind the core `Dataplane` seam: render the ruleset of the Service
+//! features the engine gives it (pod masquerade is the node manager's, `crate::node`), sync it
+//! incrementally, re-read the
 //! kernel for a full resync periodically and after failures, and flush UDP conntrack entries
 //! of removed backends.
 
@@ -13,8 +14,8 @@ use sluice_core::{
 
 use crate::incremental::Renderer;
 use crate::restore::{Iptables, IptablesError, Variant};
-use crate::ruleset::{TABLES, observe};
-use crate::services::{Masquerade, NodeInput};
+use crate::ruleset::{ChainOwner, TABLES, observe};
+use crate::services::NodeInput;
 use crate::sync::{
     RuleSyncer, flush_closed_tcp_conntrack, flush_udp_conntrack, flush_udp_to_frontend, flush_untranslated_to,
     udp_backends,
@@ -75,7 +76,6 @@ fn served_frontends(
 struct Inputs {
     generation: u64,
     owned: BTreeSet<Feature>,
-    masquerade: Option<Masquerade>,
     node: String,
     cluster_cidr: ipnet::Ipv4Net,
 }
@@ -97,7 +97,7 @@ fn table_of(e: &IptablesError) -> Option<&str> {
 impl IptablesDataplane {
     pub fn new(ipt: Iptables) -> Self {
         IptablesDataplane {
-            syncer: Some(RuleSyncer::new(ipt)),
+            syncer: Some(RuleSyncer::new(ipt, ChainOwner::Services)),
             ipt,
             renderer: Renderer::default(),
             last_inputs: None,
@@ -150,11 +150,11 @@ impl Dataplane for IptablesDataplane {
         let dumps: Result<Vec<_>, _> = TABLES.iter().map(|t| self.ipt.save(t)).collect();
         match dumps {
             Ok(dumps) => {
-                let applied = observe(&dumps);
+                let applied = observe(&dumps, ChainOwner::Services);
                 r.objects = applied.chains.len();
-                let serves_services =
-                    applied.hooks.keys().any(|(_, hook)| !hook.ends_with(crate::services::POSTROUTING));
-                if serves_services {
+                // Hooks exist only while some Service feature is served (pod masquerade is the
+                // node manager's chain).
+                if !applied.hooks.is_empty() {
                     r.features = Feature::SERVICES.into_iter().collect();
                 }
             }
@@ -167,14 +167,9 @@ impl Dataplane for IptablesDataplane {
         // Missing objects are kept by the engine's prune gate (it passes the last complete
         // Services while the source is incomplete); the ruleset is always rendered whole.
         let node = desired.node;
-        let masquerade = node
-            .pod_cidr
-            .filter(|_| node.masquerade)
-            .map(|pod_cidr| Masquerade { pod_cidr, cluster_cidr: node.cluster_cidr });
         let inputs = Inputs {
             generation: desired.generation,
             owned: owned.clone(),
-            masquerade,
             node: node.name.clone(),
             cluster_cidr: node.cluster_cidr,
         };
@@ -186,13 +181,12 @@ impl Dataplane for IptablesDataplane {
         let (ruleset, stats) = self.renderer.render(&NodeInput {
             node_name: &inputs.node,
             cluster_cidr: inputs.cluster_cidr,
-            masquerade: inputs.masquerade.clone(),
             services: desired.view.services,
             host_ports: desired.view.all_host_ports,
             owned: &inputs.owned,
         });
         tracing::debug!(reused = stats.reused, rendered = stats.rendered, "iptables rules rendered");
-        let syncer = self.syncer.get_or_insert_with(|| RuleSyncer::new(self.ipt));
+        let syncer = self.syncer.get_or_insert_with(|| RuleSyncer::new(self.ipt, ChainOwner::Services));
         // On a thread of its own: a full sync parses the whole `iptables-save` dump (at 10k
         // Services ~130k rules), and memory freed on the caller's thread stays in its allocator
         // heap (measured: the agent's RSS at 10k Services 169-171 MB this way, 150 MB before).
@@ -293,7 +287,7 @@ impl Dataplane for IptablesDataplane {
             "iptables-{}: {} rules; serving [{}]",
             self.ipt.variant.as_str(),
             self.rules,
-            if owned.is_empty() { "masquerade only".to_string() } else { owned.join(", ") }
+            if owned.is_empty() { "nothing".to_string() } else { owned.join(", ") }
         )
     }
 }

@@ -104,7 +104,6 @@ mod tests {
         NodeInput {
             node_name: node,
             cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
-            masquerade: None,
             services: s,
             host_ports: &[],
             owned,

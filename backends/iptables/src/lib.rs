@@ -13,6 +13,7 @@
 
 pub mod dataplane;
 pub mod incremental;
+pub mod node;
 pub mod probe;
 pub mod restore;
 pub mod routes;
@@ -22,7 +23,11 @@ pub mod services;
 pub mod sync;
 
 pub use dataplane::{IptablesDataplane, SPEC};
+pub use node::NodeRules;
 pub use restore::{Iptables, IptablesError, Variant};
 pub use routes::{NODE_RTPROTO, RouteError, RouteManager};
 
 pub const CHAIN_PREFIX: &str = "SLUICE-";
+/// Chains of the node plumbing (pod masquerade), owned by the node manager, not the Service
+/// backend: each syncer reads and prunes only its own.
+pub const NODE_CHAIN_PREFIX: &str = "SLUICE-NODE-";

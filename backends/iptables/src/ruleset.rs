@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::CHAIN_PREFIX;
 use crate::save::TableDump;
+use crate::{CHAIN_PREFIX, NODE_CHAIN_PREFIX};
 
 pub const TABLES: [&str; 2] = ["nat", "filter"];
 
@@ -114,11 +114,28 @@ fn hash_of(rule: &str) -> Option<u64> {
     rule.get(i..i + 16).and_then(|h| u64::from_str_radix(h, 16).ok())
 }
 
-/// Read sluice's chains and hooks back from `iptables-save` dumps.
-pub fn observe(dumps: &[TableDump]) -> Applied {
+/// Which of sluice's chains a syncer owns: two syncers (the Service backend and the node
+/// manager) share the tables, and neither may prune the other's chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainOwner {
+    /// `SLUICE-*` except `SLUICE-NODE-*`.
+    Services,
+    /// `SLUICE-NODE-*`.
+    Node,
+}
+
+impl ChainOwner {
+    pub fn owns(self, chain: &str) -> bool {
+        let node = chain.starts_with(NODE_CHAIN_PREFIX);
+        chain.starts_with(CHAIN_PREFIX) && (node == (self == ChainOwner::Node))
+    }
+}
+
+/// Read the chains and hooks `owner` owns back from `iptables-save` dumps.
+pub fn observe(dumps: &[TableDump], owner: ChainOwner) -> Applied {
     let mut a = Applied::default();
     for t in dumps {
-        for c in t.chains.iter().filter(|c| c.starts_with(CHAIN_PREFIX)) {
+        for c in t.chains.iter().filter(|c| owner.owns(c)) {
             let rules: Vec<&String> = t.rules.iter().filter(|r| r.split_whitespace().next() == Some(c)).collect();
             let hash = rules.first().and_then(|r| hash_of(r)).unwrap_or(0);
             a.chains.insert((t.name.clone(), c.clone()), ChainState { hash, rules: rules.len() });
@@ -129,7 +146,7 @@ pub fn observe(dumps: &[TableDump]) -> Applied {
             if builtin.starts_with(CHAIN_PREFIX) {
                 continue;
             }
-            if let Some(target) = r.rsplit(" -j ").next().filter(|t| t.starts_with(CHAIN_PREFIX)) {
+            if let Some(target) = r.rsplit(" -j ").next().filter(|t| owner.owns(t)) {
                 a.hooks.insert((t.name.clone(), format!("{builtin} {target}")), r.clone());
             }
         }

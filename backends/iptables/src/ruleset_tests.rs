@@ -42,7 +42,7 @@ fn first_sync_writes_everything_then_nothing() {
     let (again, _) = plan_sync(&r, &after);
     assert!(again.is_empty(), "{again:?}");
     // Same after a restart, from what iptables-save shows.
-    let observed = observe(&dump_after(&r));
+    let observed = observe(&dump_after(&r), ChainOwner::Services);
     assert_eq!(observed.chains, after.chains);
     let (restart, _) = plan_sync(&r, &observed);
     assert!(restart.is_empty(), "{restart:?}");
@@ -75,7 +75,7 @@ fn drift_is_detected_by_rule_count() {
     let mut dumps = dump_after(&r);
     // Someone appended a rule to a sluice chain by hand.
     dumps[0].rules.push("SLUICE-SVC-A -j ACCEPT".into());
-    let (b, _) = plan_sync(&r, &observe(&dumps));
+    let (b, _) = plan_sync(&r, &observe(&dumps, ChainOwner::Services));
     assert!(b["nat"].contains(":SLUICE-SVC-A - [0:0]"), "drifted chain rewritten");
 }
 
@@ -83,7 +83,7 @@ fn drift_is_detected_by_rule_count() {
 fn unwanted_hook_is_removed_with_its_exact_rule() {
     let mut r = ruleset();
     r.hook("nat", "OUTPUT", "SLUICE-SERVICES", "-m addrtype --dst-type LOCAL");
-    let observed = observe(&dump_after(&r));
+    let observed = observe(&dump_after(&r), ChainOwner::Services);
     let mut r2 = r.clone();
     r2.hooks.retain(|h| h.builtin != "OUTPUT");
     let (b, _) = plan_sync(&r2, &observed);

@@ -101,7 +101,7 @@ COMMIT
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].name, "nat");
         // Hooks are read back by ruleset::observe (the one place that interprets them).
-        let hooks = crate::ruleset::observe(&t).hooks;
+        let hooks = crate::ruleset::observe(&t, crate::ruleset::ChainOwner::Services).hooks;
         assert!(hooks.contains_key(&("nat".to_string(), "POSTROUTING SLUICE-POSTROUTING".to_string())));
         assert!(!hooks.contains_key(&("nat".to_string(), "PREROUTING SLUICE-POSTROUTING".to_string())));
         assert_eq!(sluice_chains(&t[0]), ["SLUICE-POSTROUTING"]);

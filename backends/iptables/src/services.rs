@@ -37,17 +37,9 @@ pub const POSTROUTING: &str = "SLUICE-POSTROUTING";
 pub const FILTER: &str = "SLUICE-FILTER";
 pub const REJECT: &str = "SLUICE-REJECT";
 
-/// Pod masquerading (always sluice's: pod networking is not a kube-proxy feature).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Masquerade {
-    pub pod_cidr: Ipv4Net,
-    pub cluster_cidr: Ipv4Net,
-}
-
 pub struct NodeInput<'a> {
     pub node_name: &'a str,
     pub cluster_cidr: Ipv4Net,
-    pub masquerade: Option<Masquerade>,
     pub services: &'a [Service],
     pub host_ports: &'a [HostPort],
     /// Features the plan gives to iptables on this node.
@@ -414,32 +406,23 @@ pub fn assemble<'f>(input: &NodeInput<'_>, fragments: impl Iterator<Item = &'f F
             *r.chain("nat", HOSTPORTS) = hp;
         }
     }
-    // POSTROUTING: service masquerade, hairpin, then pod masquerade.
-    let post = r.chain("nat", POSTROUTING);
-    post.push(format!(
-        "-m mark --mark {MASQ_MARK} -m comment --comment \"sluice: service traffic needing SNAT\" -j MASQUERADE"
-    ));
-    for ep in &local_eps {
-        post.push(format!(
-            "-s {ep}/32 -d {ep}/32 -m conntrack --ctstate DNAT -m comment --comment \"sluice: hairpin\" -j MASQUERADE"
-        ));
-    }
-    if let Some(m) = &input.masquerade {
-        post.push(format!(
-            "-s {} -d {} -m comment --comment \"sluice: pod traffic inside the cluster keeps its source\" -j RETURN",
-            m.pod_cidr, m.cluster_cidr
-        ));
-        post.push(format!(
-            "-s {} -m comment --comment \"sluice: masquerade pod traffic leaving the cluster\" -j MASQUERADE",
-            m.pod_cidr
-        ));
-    }
-    r.hook("nat", "POSTROUTING", POSTROUTING, "");
     let serves_any = r
         .chains
         .get("nat")
         .is_some_and(|t| t.keys().any(|k| k.starts_with("SLUICE-D-") || k == NODEPORTS || k == HOSTPORTS));
     if serves_any {
+        // POSTROUTING: service masquerade and hairpin (pod masquerade is node plumbing:
+        // `crate::node`, chain SLUICE-NODE-MASQ, whoever serves the Services).
+        let post = r.chain("nat", POSTROUTING);
+        post.push(format!(
+            "-m mark --mark {MASQ_MARK} -m comment --comment \"sluice: service traffic needing SNAT\" -j MASQUERADE"
+        ));
+        for ep in &local_eps {
+            post.push(format!(
+                "-s {ep}/32 -d {ep}/32 -m conntrack --ctstate DNAT -m comment --comment \"sluice: hairpin\" -j MASQUERADE"
+            ));
+        }
+        r.hook("nat", "POSTROUTING", POSTROUTING, "");
         r.hook("nat", "PREROUTING", SERVICES, "");
         if owns(Feature::SocketLbTcp) || owns(Feature::SocketLbUdp) {
             // Host processes reach Services through per-packet DNAT in OUTPUT.

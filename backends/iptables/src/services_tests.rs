@@ -36,10 +36,6 @@ fn render_one(services: &[Service], owned: &BTreeSet<Feature>) -> Ruleset {
     render(&NodeInput {
         node_name: "node-1",
         cluster_cidr: "10.244.0.0/16".parse().expect("net"),
-        masquerade: Some(Masquerade {
-            pod_cidr: "10.244.1.0/24".parse().expect("net"),
-            cluster_cidr: "10.244.0.0/16".parse().expect("net"),
-        }),
         services,
         host_ports: &[],
         owned,
@@ -152,9 +148,9 @@ fn no_endpoints_rejects_and_unowned_features_are_left_alone() {
     assert!(!r.chains["nat"].keys().any(|k| k.starts_with("SLUICE-D-")), "ClusterIP left to its owner");
     assert!(r.chains["nat"].contains_key(NODEPORTS));
     assert!(!r.hooks.iter().any(|h| h.builtin == "OUTPUT" && h.table == "nat"));
-    // Nothing owned: only pod masquerade remains.
+    // Nothing owned: nothing hooked (pod masquerade is the node manager's chain).
     let r = render_one(&[web()], &BTreeSet::new());
-    assert!(!r.hooks.iter().any(|h| h.target == SERVICES));
+    assert!(r.hooks.is_empty(), "{:?}", r.hooks);
 }
 
 #[test]

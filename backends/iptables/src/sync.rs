@@ -9,7 +9,7 @@ use std::process::Command;
 use sluice_core::{Protocol, Service};
 
 use crate::restore::{Iptables, IptablesError};
-use crate::ruleset::{Applied, Ruleset, TABLES, observe, plan_sync};
+use crate::ruleset::{Applied, ChainOwner, Ruleset, TABLES, observe, plan_sync};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -22,12 +22,13 @@ pub struct SyncReport {
 
 pub struct RuleSyncer {
     pub ipt: Iptables,
+    owner: ChainOwner,
     applied: Option<Applied>,
 }
 
 impl RuleSyncer {
-    pub fn new(ipt: Iptables) -> Self {
-        RuleSyncer { ipt, applied: None }
+    pub fn new(ipt: Iptables, owner: ChainOwner) -> Self {
+        RuleSyncer { ipt, owner, applied: None }
     }
 
     /// Bring the kernel to `desired`. `full` re-reads the kernel state first.
@@ -35,7 +36,7 @@ impl RuleSyncer {
         let full = full || self.applied.is_none();
         if full {
             let dumps = TABLES.iter().map(|t| self.ipt.save(t)).collect::<Result<Vec<_>, _>>()?;
-            self.applied = Some(observe(&dumps));
+            self.applied = Some(observe(&dumps, self.owner));
         }
         let applied = self.applied.take().unwrap_or_default();
         let (batches, after) = plan_sync(desired, &applied);
