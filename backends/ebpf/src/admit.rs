@@ -13,7 +13,7 @@ use sluice_core::{
     BackendId, DataplaneError, HostPort, MapSizes, ObjectError, ObjectRef, Protocol, Service, ServiceName,
 };
 
-use crate::maps::{NodeCtx, footprint, host_ports_footprint};
+use crate::maps::{Footprint, NodeCtx, footprint, footprint_bound, host_ports_footprint};
 
 /// The Services to write (borrowed when all are admitted whole) and the refusals.
 pub struct Admission<'a> {
@@ -33,11 +33,20 @@ pub fn admit<'a>(
     sizes: &MapSizes,
     written: &BTreeSet<ServiceName>,
 ) -> Admission<'a> {
+    let has_sctp = |s: &Service| s.frontends.iter().any(|f| f.protocol == Protocol::Sctp);
+    // Fast path (every pass with room to spare): the upper bounds fit, nothing is encoded twice.
+    let mut bound = host_ports_footprint(services, host_ports, ctx);
+    for s in services {
+        bound.add(footprint_bound(s, ctx));
+    }
+    if bound.overflow(sizes).is_none() && !services.iter().any(has_sctp) {
+        return Admission { services: Cow::Borrowed(services), refused: Vec::new() };
+    }
     let mut refused = Vec::new();
     // SCTP frontends out first (a copy only of the Services that have one).
     let mut sctp_free: Vec<Cow<'a, Service>> = Vec::with_capacity(services.len());
     for s in services {
-        if s.frontends.iter().any(|f| f.protocol == Protocol::Sctp) {
+        if has_sctp(s) {
             let mut c = s.clone();
             c.frontends.retain(|f| f.protocol != Protocol::Sctp);
             refused.push(refuse(
@@ -49,7 +58,7 @@ pub fn admit<'a>(
             sctp_free.push(Cow::Borrowed(s));
         }
     }
-    let mut used = host_ports_footprint(services, host_ports, ctx);
+    let mut used: Footprint = host_ports_footprint(services, host_ports, ctx);
     let mut order: Vec<usize> = (0..sctp_free.len()).collect();
     order.sort_by_key(|i| !written.contains(&sctp_free[*i].name));
     let mut keep = vec![false; sctp_free.len()];

@@ -73,3 +73,24 @@ fn sctp_frontends_are_refused_by_name_and_the_other_ports_served() {
         a.refused[0]
     );
 }
+
+#[test]
+fn the_bound_is_never_below_the_exact_footprint() {
+    let s = ServiceBuilder::new("default", "np")
+        .cluster_ip("10.96.0.1", 80)
+        .node_port(30080)
+        .external_ip("203.0.113.1", 80)
+        .backend(backend("10.244.1.2", 8080, "node-1"))
+        .backend(backend("10.244.2.2", 8080, "node-2"))
+        .source_range("198.51.100.0/24")
+        .build();
+    let mut c = ctx();
+    c.node_ips.push("198.51.100.99".parse().expect("ip"));
+    for maglev in [None, Some(251)] {
+        c.maglev_m = maglev;
+        let (exact, bound) = (crate::maps::footprint(&s, &c), crate::maps::footprint_bound(&s, &c));
+        assert!(exact.services <= bound.services && exact.backends <= bound.backends, "{exact:?} {bound:?}");
+        assert!(exact.source_ranges <= bound.source_ranges && exact.maglev <= bound.maglev, "{exact:?} {bound:?}");
+        assert!(exact.services > 0);
+    }
+}

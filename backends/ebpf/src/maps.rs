@@ -336,6 +336,20 @@ impl Footprint {
     }
 }
 
+/// An upper bound of what `s` takes, computed without encoding it (a frontend's entries at most one per
+/// node address): when the bounds of all Services fit, the exact footprints are not needed, and a
+/// single change at 10k Services costs no encode of the others.
+pub fn footprint_bound(s: &Service, ctx: &NodeCtx) -> Footprint {
+    let per = ctx.node_ips.len().max(1) as u64;
+    let svc = s.frontends.len() as u64 * per;
+    Footprint {
+        services: svc,
+        backends: svc * s.backends.len() as u64,
+        source_ranges: svc * s.source_ranges.len() as u64,
+        maglev: if ctx.maglev_m.is_some() { svc * u64::from(ctx.maglev_m.unwrap_or(0)) } else { 0 },
+    }
+}
+
 /// What `s` takes in the maps on this node.
 pub fn footprint(s: &Service, ctx: &NodeCtx) -> Footprint {
     let mut fronts = Vec::new();
