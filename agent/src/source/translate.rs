@@ -65,8 +65,18 @@ pub fn translate_with(o: &Objects, opts: Options, prior: &[Service]) -> ClusterS
     let mut services =
         admitted(&o.services, "Service", true, |s| &s.metadata, |s| validate::service(s, &cx), &mut st.rejected);
     // Oldest first, then by name: the order the API server's allocators effectively give.
-    services
-        .sort_by_key(|s| (s.metadata.creation_timestamp.is_none(), s.metadata.creation_timestamp.clone(), name_of(s)));
+    services.sort_by_cached_key(|s| {
+        (s.metadata.creation_timestamp.is_none(), s.metadata.creation_timestamp.clone(), name_of(s))
+    });
+    // EndpointSlices by the Service they belong to (namespace, kubernetes.io/service-name):
+    // one pass, not one scan of every slice per Service.
+    let mut slice_index: SliceIndex<'_> = BTreeMap::new();
+    for sl in &slices {
+        if let Some(svc) = sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
+            let ns = sl.metadata.namespace.as_deref().unwrap_or("default");
+            slice_index.entry((ns, svc.as_str())).or_default().push(sl);
+        }
+    }
     let allocated = opts.service_cidr.map(|cidr| super::alloc::cluster_ips(&services, cidr)).unwrap_or_default();
     let mut converted = Vec::new();
     for s in services {
@@ -78,7 +88,7 @@ pub fn translate_with(o: &Objects, opts: Options, prior: &[Service]) -> ClusterS
                 "",
                 Problem::PoolExhausted { cidr },
             )),
-            _ => service(s, alloc.flatten(), &slices, &pods).map_err(|detail| {
+            _ => service(s, alloc.flatten(), &slice_index, &pods).map_err(|detail| {
                 Rejected::new(
                     validate::display_name("Service", &s.metadata, true),
                     "spec",
@@ -98,6 +108,9 @@ pub fn translate_with(o: &Objects, opts: Options, prior: &[Service]) -> ClusterS
     st.services.sort_by(|a, b| a.name.cmp(&b.name));
     st
 }
+
+/// Valid EndpointSlices by (namespace, Service name).
+type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
 
 /// The objects of one kind that pass validation and are not a second copy of an earlier one;
 /// the others are recorded in `rejected`.
@@ -211,7 +224,7 @@ fn port_u16(v: i32, what: &str) -> Result<u16, String> {
 fn service(
     s: &K8sService,
     allocated: Option<std::net::Ipv4Addr>,
-    slices: &[&EndpointSlice],
+    slices: &SliceIndex<'_>,
     pods: &[&Pod],
 ) -> Result<Option<Service>, String> {
     let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -273,25 +286,20 @@ fn service(
         }
     }
     let svc_name = ServiceName { namespace: ns.clone(), name: name.clone() };
-    let own_slices: Vec<&EndpointSlice> = slices
-        .iter()
-        .copied()
-        .filter(|sl| {
-            sl.metadata.namespace.as_deref().unwrap_or("default") == ns
-                && sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name)
-        })
-        .collect();
+    let own_slices: &[&EndpointSlice] = slices.get(&(ns.as_str(), name.as_str())).map_or(&[], Vec::as_slice);
     let mut backends = if own_slices.is_empty() {
         match &spec.selector {
             Some(sel) if !sel.is_empty() => backends_from_selector(&ns, sel, ports, pods)?,
             _ => Vec::new(),
         }
     } else {
-        backends_from_slices(&own_slices)?
+        backends_from_slices(own_slices)?
     };
     // In one order whatever order the source listed pods and slices in (every node programs
     // the same slots), each endpoint once.
-    let key = |b: &Backend| (b.ip, b.port, b.port_name.clone(), b.protocol);
+    fn key(b: &Backend) -> (IpAddr, u16, &str, Protocol) {
+        (b.ip, b.port, b.port_name.as_str(), b.protocol)
+    }
     backends.sort_by(|a, b| (key(a), a.state, &a.node).cmp(&(key(b), b.state, &b.node)));
     backends.dedup_by(|a, b| key(a) == key(b));
     let affinity_timeout_s = match spec.session_affinity.as_deref() {
