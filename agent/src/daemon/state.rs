@@ -64,7 +64,11 @@ impl SourceSide {
     /// Read the source; translate and gate when it changed. Returns the source's status and
     /// what the engine may do (prune only when synced and complete).
     pub fn read(&mut self) -> (SourceStatus, SourceSync) {
+        let t = std::time::Instant::now();
         let read = self.source.read(self.current.as_ref().map(|c| c.generation));
+        if !read.unchanged {
+            tracing::debug!(ms = t.elapsed().as_millis() as u64, "source read");
+        }
         self.synced = self.synced || read.complete;
         let mut status = SourceStatus {
             kind: self.source.kind().into(),
@@ -89,7 +93,14 @@ impl SourceSide {
                     saved.as_slice()
                 }
             };
+            let t = std::time::Instant::now();
             let mut state = translate_with(&objects, self.opts, prior);
+            tracing::debug!(
+                ms = t.elapsed().as_millis() as u64,
+                services = state.services.len(),
+                rejected = state.rejected.len(),
+                "translated"
+            );
             let held = if sync.prune_allowed() {
                 if let Err(e) = self.save(&state) {
                     status.errors.push(format!("{e:#}"));
