@@ -152,9 +152,9 @@ impl Dataplane for IptablesDataplane {
             Ok(dumps) => {
                 let applied = observe(&dumps, ChainOwner::Services);
                 r.objects = applied.chains.len();
-                // Hooks exist only while some Service feature is served (pod masquerade is the
-                // node manager's chain).
-                if !applied.hooks.is_empty() {
+                // The POSTROUTING hook is always there; the others only while some Service
+                // feature is served (pod masquerade is the node manager's chain).
+                if applied.hooks.keys().any(|(_, hook)| !hook.ends_with(crate::services::POSTROUTING)) {
                     r.features = Feature::SERVICES.into_iter().collect();
                 }
             }
