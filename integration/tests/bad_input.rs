@@ -15,17 +15,7 @@ use common::{TestLab, eventually, require_root};
 
 const CORPUS: &str = include_str!("data/bad_objects.yaml");
 
-const SERVICES: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec: {type: NodePort, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-x, namespace: default}
-spec: {clusterIP: 10.96.0.11, externalIPs: [203.0.113.10], selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
-"#;
+const SERVICES: &str = include_str!("data/bad_input_services.yaml");
 
 fn rejected_has(t: &TestLab, node: &str, object: &str, text: &str) -> Option<bool> {
     let s = t.try_status(node)?;

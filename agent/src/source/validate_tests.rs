@@ -149,36 +149,12 @@ fn duplicate_objects_in_one_read_keep_the_first() {
 #[test]
 fn the_bad_input_corpus_is_refused_by_name() {
     const CORPUS: &str = include_str!("../../../integration/tests/data/bad_objects.yaml");
-    const LAB: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDR: 10.244.1.0/24}
-status: {addresses: [{type: InternalIP, address: 198.51.100.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDR: 10.244.2.0/24}
-status: {addresses: [{type: InternalIP, address: 198.51.100.12}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: default, labels: {app: web}}
-spec: {nodeName: node-1, containers: [{name: c, image: x}]}
-status: {podIP: 10.244.1.2}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec: {type: NodePort, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-x, namespace: default}
-spec: {clusterIP: 10.96.0.11, externalIPs: [203.0.113.10], selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
-"#;
-    let base = translate_with(&read(LAB), opts(), &[]);
+    const SERVICES: &str = include_str!("../../../integration/tests/data/bad_input_services.yaml");
+    // BASE's node and pod (its Service is web, as in SERVICES), plus node-2.
+    let nodes_and_pod = BASE.split("\n---\n").take(2).collect::<Vec<_>>().join("\n---\n");
+    let node2 = "apiVersion: v1\nkind: Node\nmetadata: {name: node-2}\nspec: {podCIDR: 10.244.2.0/24}\nstatus: {addresses: [{type: InternalIP, address: 198.51.100.12}]}\n";
+    let lab = format!("{nodes_and_pod}\n---\n{node2}---\n{SERVICES}");
+    let base = translate_with(&read(&lab), opts(), &[]);
     assert!(base.rejected.is_empty(), "{:?}", base.rejected);
     let mut seen = BTreeSet::new();
     let cases: Vec<&str> = CORPUS.split("\n---\n").skip(1).collect();
@@ -187,7 +163,7 @@ spec: {clusterIP: 10.96.0.11, externalIPs: [203.0.113.10], selector: {app: web},
         let (head, body) = case.split_once('\n').expect("expect line");
         let (object, text) = head.trim_start_matches("# expect: ").split_once(" :: ").expect("OBJECT :: TEXT");
         assert!(seen.insert(object.to_string()), "objects are distinct: {object}");
-        let st = translate_with(&read(&format!("{LAB}---\n{body}")), opts(), &base.services);
+        let st = translate_with(&read(&format!("{lab}\n---\n{body}")), opts(), &base.services);
         assert!(
             st.rejected.iter().any(|r| r.object == object && r.reason.contains(text)),
             "{object}: want {text:?} in {:?}",
