@@ -264,6 +264,35 @@ fn crash_mid_add_is_reclaimed_by_next_add_and_gc() {
     assert!(node.ns.slc_links().is_empty());
 }
 
+/// A real plugin process SIGKILLed at every point of ADD (delays from 0 to 20 ms, ADD takes a
+/// few): whatever it left, the DEL of that container removes (record, host veth, pod end).
+#[test]
+fn a_plugin_killed_anywhere_in_add_leaves_nothing_del_does_not_remove() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("10.50.8.0/24");
+    let pod = Netns::new("pod");
+    let conf = node.conf("1.0.0");
+    let mut killed_mid_add = 0;
+    for i in 0..40u64 {
+        let id = format!("kill{i}");
+        let mut child = node.spawn_add(&id, &pod, &conf);
+        std::thread::sleep(std::time::Duration::from_micros(i * 500));
+        let _ = child.kill(); // our own child, by its handle
+        let status = child.wait().expect("wait");
+        if !status.success() {
+            killed_mid_add += 1;
+        }
+        let (ok, out) = node.del(&id, &pod.path());
+        assert!(ok, "DEL after a kill at {} us: {out}", i * 500);
+        assert!(node.allocations().is_empty(), "record left after kill at {} us + DEL", i * 500);
+        assert!(node.ns.slc_links().is_empty(), "host veth left after kill at {} us + DEL", i * 500);
+        assert!(!pod.run("ip", &["-o", "link", "show"]).contains("eth0"), "pod end left at {} us", i * 500);
+    }
+    assert!(killed_mid_add > 0, "no kill landed before ADD finished: the delays do not cover ADD");
+}
+
 #[test]
 fn gc_keeps_valid_attachments() {
     if !require_root() {

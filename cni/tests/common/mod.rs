@@ -138,6 +138,25 @@ impl Node {
         (out.status.success(), v)
     }
 
+    /// Start an ADD and return at once (stdin written): the caller may kill it mid-way.
+    pub fn spawn_add(&self, id: &str, pod: &Netns, conf: &Value) -> std::process::Child {
+        let mut c = self.ns.command(PLUGIN);
+        c.env_clear().stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        let path = pod.path();
+        for (k, v) in [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", path.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/nonexistent"),
+        ] {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("spawn plugin");
+        child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("write");
+        child
+    }
+
     pub fn add(&self, id: &str, pod: &Netns, conf: &Value) -> (bool, Value) {
         self.call(
             &[
