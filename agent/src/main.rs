@@ -96,6 +96,11 @@ enum BpfLbCmd {
 #[derive(Subcommand)]
 enum ServiceCmd {
     /// Every Service frontend on this node: type, owner (eBPF, iptables, kube-proxy), backends.
+    ///
+    /// Also lists what is not served and why: Services refused by validation or a frontend
+    /// conflict (owner `rejected`, with the field, the value and what is accepted), and
+    /// frontends whose dataplane could not program them (owner `eBPF (failed)`, e.g. a full map,
+    /// with the `bpf_map_sizes` key to raise). Each stays listed until it is fixed.
     List,
 }
 
