@@ -128,3 +128,59 @@ fn bad_input_is_isolated_and_reversible_on_a_mixed_cluster() {
         suite("t-bad-mix", "ebpf", "iptables");
     }
 }
+
+/// A map too small for every Service: what fits is programmed and answers, the rest is refused
+/// by name with the map and the key to raise (status and `sluice service list`, never listed as
+/// served); when room frees up, the next Service by name gets it.
+#[test]
+fn a_full_ebpf_map_programs_what_fits_and_names_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("node-1.yaml");
+    std::fs::write(&cfg, "dataplane: ebpf\nbpf_map_sizes: {services: 3}\n").expect("write");
+    let t = TestLab::up("t-bad-full", 1, &[("node-1".into(), cfg)]);
+    let web = [("app".to_string(), "web".to_string())].into_iter().collect();
+    t.lab.pod_add("node-1", "a", web, Some(8080)).expect("a");
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let svc = |i: u32| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec: {{clusterIP: 10.96.3.{i}, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+        )
+    };
+    let mut files = Vec::new();
+    for i in 1..=5 {
+        let f = dir.path().join(format!("s{i}.yaml"));
+        std::fs::write(&f, svc(i)).expect("write");
+        files.push(f);
+    }
+    for f in &files {
+        t.lab.apply(f).expect("apply");
+    }
+    let full = |name: &str| {
+        format!("Service default/{name}: eBPF: map services is full (3 entries; raise bpf_map_sizes.services)")
+    };
+    eventually("s4 and s5 refused by name", Duration::from_secs(15), || {
+        let errs = t.try_status("node-1")?["errors"].to_string();
+        (errs.contains(&full("s4")) && errs.contains(&full("s5"))).then_some(())
+    });
+    for i in 1..=3 {
+        assert_eq!(t.curl("client", &format!("http://10.96.3.{i}/")).expect("fits"), "a");
+    }
+    for i in 4..=5 {
+        assert!(t.curl("client", &format!("http://10.96.3.{i}/")).is_err(), "s{i} does not fit but answers");
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&t.exec("node-1", &["sluice", "service", "list", "-o", "json"])).expect("json");
+    let owner =
+        |fe: &str| list.as_array().and_then(|l| l.iter().find(|e| e["frontend"] == fe)).map(|e| e["owner"].clone());
+    assert_eq!(owner("10.96.3.1:80/TCP"), Some("eBPF".into()), "{list}");
+    assert_eq!(owner("10.96.3.4:80/TCP"), Some("eBPF (failed)".into()), "never listed as served: {list}");
+    // Room frees up: the next by name (s4) gets it, s5 stays refused; nothing stale remains.
+    t.lab.delete(&files[0]).expect("delete s1");
+    eventually("s4 admitted", Duration::from_secs(15), || t.curl("client", "http://10.96.3.4/").ok());
+    let errs = t.status("node-1")["errors"].to_string();
+    assert!(errs.contains(&full("s5")) && !errs.contains(&full("s4")), "{errs}");
+    assert!(t.curl("client", "http://10.96.3.1/").is_err(), "s1 deleted");
+}

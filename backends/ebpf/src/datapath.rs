@@ -161,8 +161,9 @@ impl Datapath {
         (out, keys)
     }
 
-    /// Bring the maps to `want`: backends first, then services (a frontend never points at a
-    /// slot that is not there yet), then stale services, then stale backends. UDP flows whose
+    /// Bring the maps to `want`: frontends that go away first (with their slots), then backends,
+    /// then services (a frontend never points at a slot that is not there yet), then the stale
+    /// slots of frontends that stay. UDP flows whose
     /// backend went away lose their conntrack entries (they would black-hole otherwise; TCP
     /// re-picks on every SYN, so its stale entries are harmless and the scan is skipped).
     fn sync(&mut self, want: Entries) -> Result<usize, DatapathError> {
@@ -178,8 +179,22 @@ impl Datapath {
             .map(|(_, b)| (b.addr, b.port))
             .filter(|b| !still.contains(b))
             .collect();
+        // Frontends that go away entirely leave first, with their slots (at a map's capacity the
+        // new ones fit only then); frontends that stay get new slots before their entry changes.
+        let want_ids: BTreeSet<u32> = want.services.values().map(|v| v.service_id).collect();
+        {
+            let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
+            for k in self.written.services.keys().filter(|k| !want.services.contains_key(k)) {
+                let _ = svc.remove(k);
+                changes += 1;
+            }
+        }
         {
             let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
+            for k in self.written.backends.keys().filter(|k| !want_ids.contains(&k.service_id)) {
+                let _ = be.remove(k);
+                changes += 1;
+            }
             for (k, v) in &want.backends {
                 if self.written.backends.get(k) != Some(v) {
                     be.insert(*k, *v, 0).map_err(map_err("sluice_backends"))?;
@@ -195,14 +210,11 @@ impl Datapath {
                     changes += 1;
                 }
             }
-            for k in self.written.services.keys().filter(|k| !want.services.contains_key(k)) {
-                let _ = svc.remove(k);
-                changes += 1;
-            }
         }
         {
             let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
-            for k in self.written.backends.keys().filter(|k| !want.backends.contains_key(k)) {
+            let stale = |k: &&BackendKey| want_ids.contains(&k.service_id) && !want.backends.contains_key(k);
+            for k in self.written.backends.keys().filter(stale) {
                 let _ = be.remove(k);
                 changes += 1;
             }
@@ -331,7 +343,30 @@ impl Datapath {
                 }
             }
         }
+        let old_ids: BTreeSet<u32> =
+            old.iter().filter_map(|k| self.written.services.get(k)).map(|v| v.service_id).collect();
+        // Frontends that go away entirely leave first, with their backend slots: at a map's
+        // capacity a new frontend only fits once they are gone, and nothing points at what they
+        // leave. (Changed frontends keep make-before-break: new slots, then the entry, then the
+        // old slots.)
+        let gone: Vec<SvcKey> = old.iter().filter(|k| !fresh.services.contains_key(k)).copied().collect();
+        let gone_ids: BTreeSet<u32> =
+            gone.iter().filter_map(|k| self.written.services.get(k)).map(|v| v.service_id).collect();
+        let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
+        for k in &gone {
+            let _ = svc.remove(k);
+            self.written.services.remove(k);
+            self.ids.remove(k);
+            changes += 1;
+        }
         let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
+        for (k, _) in
+            old_backends.iter().filter(|(k, _)| gone_ids.contains(&k.service_id) && !fresh.backends.contains_key(k))
+        {
+            let _ = be.remove(k);
+            self.written.backends.remove(k);
+            changes += 1;
+        }
         for (k, v) in &fresh.backends {
             if self.written.backends.get(k) != Some(v) {
                 be.insert(*k, *v, 0).map_err(map_err("sluice_backends"))?;
@@ -346,14 +381,6 @@ impl Datapath {
                 self.written.services.insert(*k, *v);
                 changes += 1;
             }
-        }
-        let old_ids: BTreeSet<u32> =
-            old.iter().filter_map(|k| self.written.services.get(k)).map(|v| v.service_id).collect();
-        for k in old.iter().filter(|k| !fresh.services.contains_key(k)) {
-            let _ = svc.remove(k);
-            self.written.services.remove(k);
-            self.ids.remove(k);
-            changes += 1;
         }
         let mut lpm = ranges_map(&mut self.bpf)?;
         for k in fresh.ranges.difference(&self.written.ranges) {
@@ -377,7 +404,9 @@ impl Datapath {
             old_ids.iter().filter(|id| self.written.maglev.contains_key(id)).copied().collect();
         changes += self.write_maglev(&fresh.maglev, stale_tables)?;
         let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
-        for (k, _) in old_backends.iter().filter(|(k, _)| !fresh.backends.contains_key(k)) {
+        for (k, _) in
+            old_backends.iter().filter(|(k, _)| !gone_ids.contains(&k.service_id) && !fresh.backends.contains_key(k))
+        {
             let _ = be.remove(k);
             self.written.backends.remove(k);
             changes += 1;
