@@ -181,7 +181,7 @@ pub enum Problem {
     #[error("repeats {first}")]
     Duplicate { first: String },
     #[error(
-        "is already served for {winner}, which came first; only this frontend is refused, the Service's other frontends are served"
+        "is already served for {winner}, which came first; only this frontend is refused (any other frontend of this Service is still served)"
     )]
     Conflict { winner: String },
     #[error("is empty and service_cidr {cidr} has no free address; set spec.clusterIP or widen service_cidr")]
