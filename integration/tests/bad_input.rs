@@ -10,8 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::kernel::kernel_state;
-use common::{TestLab, eventually, require_root};
+use common::kernel::{kernel_state, settled};
+use common::{TestLab, eventually, require_root, two_node_web_lab};
 
 const CORPUS: &str = include_str!("data/bad_objects.yaml");
 
@@ -36,17 +36,8 @@ fn good_services_answer(t: &TestLab, during: &str) {
 }
 
 fn suite(lab_name: &str, node1: &str, node2: &str) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut configs = Vec::new();
-    for (node, dp) in [("node-1", node1), ("node-2", node2)] {
-        let cfg = dir.path().join(format!("{node}.yaml"));
-        std::fs::write(&cfg, format!("dataplane: {dp}\nkube_proxy_replacement: strict\n")).expect("write");
-        configs.push((node.to_string(), cfg));
-    }
-    let t = TestLab::up(lab_name, 2, &configs);
-    let web = || [("app".to_string(), "web".to_string())].into_iter().collect();
-    t.lab.pod_add("node-1", "a", web(), Some(8080)).expect("a");
-    t.lab.pod_add("node-2", "b", web(), Some(8080)).expect("b");
+    let cfg = |dp: &str| format!("dataplane: {dp}\nkube_proxy_replacement: strict\n");
+    let (t, dir) = two_node_web_lab(lab_name, &cfg(node1), &cfg(node2));
     t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
     let base = dir.path().join("base.yaml");
     std::fs::write(&base, SERVICES).expect("write");
@@ -56,16 +47,8 @@ fn suite(lab_name: &str, node1: &str, node2: &str) {
     });
     let pids: Vec<Option<u32>> = t.lab.state().expect("state").nodes.iter().map(|n| n.agent_pid).collect();
     // The state every removal must return to (settled: two equal reads a second apart).
-    let before: Vec<String> = ["node-1", "node-2"]
-        .iter()
-        .map(|n| {
-            eventually("kernel state settles", Duration::from_secs(20), || {
-                let a = kernel_state(&t, n, false);
-                std::thread::sleep(Duration::from_secs(1));
-                (kernel_state(&t, n, false) == a).then_some(a)
-            })
-        })
-        .collect();
+    let before: Vec<String> =
+        ["node-1", "node-2"].iter().map(|n| settled(&t, n, false, Duration::from_secs(1))).collect();
     assert!(before[0].contains("SLUICE") || before[0].contains("sluice_svc"), "{}", before[0]);
     let cases: Vec<&str> = CORPUS.split("\n---\n").skip(1).collect();
     assert!(cases.len() >= 50, "corpus has {} objects", cases.len());

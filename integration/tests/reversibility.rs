@@ -12,8 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::kernel::kernel_state;
-use common::{TestLab, eventually, require_root};
+use common::kernel::settled;
+use common::{eventually, require_root, two_node_web_lab};
 
 const CORPUS: &str = include_str!("data/bad_objects.yaml");
 const STEPS: usize = 30;
@@ -88,31 +88,13 @@ impl Rng {
     }
 }
 
-fn settled(t: &TestLab, node: &str) -> String {
-    eventually(&format!("{node}: kernel state settles"), Duration::from_secs(30), || {
-        let a = kernel_state(t, node, true);
-        std::thread::sleep(Duration::from_millis(1500));
-        (kernel_state(t, node, true) == a).then_some(a)
-    })
-}
-
 fn property(lab_name: &str, node1: &str, node2: &str) {
     let seed = std::env::var("SLUICE_REVERSIBILITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
     });
     eprintln!("{lab_name}: SLUICE_REVERSIBILITY_SEED={seed}");
     let mut rng = Rng(seed);
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut configs = Vec::new();
-    for (node, dp) in [("node-1", node1), ("node-2", node2)] {
-        let cfg = dir.path().join(format!("{node}.yaml"));
-        std::fs::write(&cfg, format!("dataplane: {dp}\n")).expect("write");
-        configs.push((node.to_string(), cfg));
-    }
-    let t = TestLab::up(lab_name, 2, &configs);
-    let web = || [("app".to_string(), "web".to_string())].into_iter().collect();
-    t.lab.pod_add("node-1", "a", web(), Some(8080)).expect("a");
-    t.lab.pod_add("node-2", "b", web(), Some(8080)).expect("b");
+    let (t, dir) = two_node_web_lab(lab_name, &format!("dataplane: {node1}\n"), &format!("dataplane: {node2}\n"));
     let bad: Vec<&str> = CORPUS
         .split("\n---\n")
         .skip(1)
@@ -157,7 +139,8 @@ fn property(lab_name: &str, node1: &str, node2: &str) {
         // Sometimes wait for the agents to see a step, sometimes pile the next one on.
         std::thread::sleep(Duration::from_millis(if rng.below(2) == 0 { 50 } else { 700 }));
     }
-    let lived: Vec<String> = ["node-1", "node-2"].iter().map(|n| settled(&t, n)).collect();
+    let lived: Vec<String> =
+        ["node-1", "node-2"].iter().map(|n| settled(&t, n, true, Duration::from_millis(1500))).collect();
     // Fresh agents: kernel state and state directory gone, the same objects in the source.
     for node in ["node-1", "node-2"] {
         t.lab.stop_agent(node).expect("stop");
@@ -172,7 +155,7 @@ fn property(lab_name: &str, node1: &str, node2: &str) {
         eventually(&format!("{node}: fresh agent synced"), Duration::from_secs(20), || {
             t.try_status(node)?["source"]["synced"].as_bool()?.then_some(())
         });
-        let fresh = settled(&t, node);
+        let fresh = settled(&t, node, true, Duration::from_millis(1500));
         assert!(
             fresh == lived[n],
             "{node} (seed {seed}): after\n{}\nthe long-lived agent's kernel state\n{}\ndiffers from a fresh agent's\n{fresh}",

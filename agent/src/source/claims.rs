@@ -24,6 +24,12 @@ fn claim(f: &Frontend) -> Claim {
     Claim { ip: if f.kind == FrontendKind::NodePort { None } else { f.ip }, port: f.port, protocol: f.protocol }
 }
 
+/// `address:port/PROTO` as a rejection shows it.
+fn shown(f: &Frontend) -> String {
+    let ip = f.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "(node addresses)".into());
+    format!("{ip}:{}/{}", f.port, f.protocol)
+}
+
 fn field(k: FrontendKind) -> &'static str {
     match k {
         FrontendKind::ClusterIp => "spec.clusterIP",
@@ -60,13 +66,11 @@ pub fn resolve(services: &mut [(Service, Option<Time>)], prior: &[Service]) -> V
         let mut own: BTreeMap<Claim, FrontendKind> = BTreeMap::new();
         s.frontends.retain(|f| {
             if let Some(first) = own.get(&claim(f)) {
-                let ip = f.ip.map(|ip| ip.to_string()).unwrap_or_default();
-                let value = format!("{ip}:{}/{}", f.port, f.protocol);
                 let first = format!("this Service's {}", field(*first));
                 rejected.push(Rejected::new(
                     format!("Service {name}"),
                     field(f.kind),
-                    value,
+                    shown(f),
                     Problem::Duplicate { first },
                 ));
                 return false;
@@ -76,13 +80,11 @@ pub fn resolve(services: &mut [(Service, Option<Time>)], prior: &[Service]) -> V
         });
         s.frontends.retain(|f| match winner.get(&claim(f)) {
             Some((w, wname)) if *w != i => {
-                let ip = f.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "(node addresses)".into());
-                let value = format!("{ip}:{}/{}", f.port, f.protocol);
                 let winner = format!("Service {wname}");
                 rejected.push(Rejected::new(
                     format!("Service {name}"),
                     field(f.kind),
-                    value,
+                    shown(f),
                     Problem::Conflict { winner },
                 ));
                 false

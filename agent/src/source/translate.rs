@@ -238,13 +238,12 @@ fn service(
     if cluster_ip == "None" {
         return Ok(None);
     }
+    // Addresses, ports and ranges were validated (`validate::service`); the errors below keep
+    // the translation total, they do not repeat the rules.
     let vip: Option<IpAddr> = match cluster_ip {
         "" => allocated.map(IpAddr::V4),
-        ip => Some(ip.parse().map_err(|_| format!("spec.clusterIP {ip:?} is not an IP address"))?),
+        ip => Some(IpAddr::V4(ip.parse().map_err(|_| format!("spec.clusterIP {ip:?} is not an IPv4 address"))?)),
     };
-    if let Some(IpAddr::V6(ip)) = vip {
-        return Err(format!("spec.clusterIP {ip} is IPv6; sluice serves IPv4 Services only"));
-    }
     let mut frontends = Vec::new();
     let ports: &[ServicePort] = spec.ports.as_deref().unwrap_or(&[]);
     for p in ports {
@@ -267,11 +266,9 @@ fn service(
             frontends.push(fe(FrontendKind::NodePort, None, port_u16(np, "nodePort")?));
         }
         for ip in spec.external_ips.iter().flatten() {
-            let ip: IpAddr = ip.parse().map_err(|_| format!("spec.externalIPs entry {ip:?} is not an IP address"))?;
-            if ip.is_ipv6() {
-                return Err(format!("spec.externalIPs entry {ip} is IPv6; sluice serves IPv4 Services only"));
-            }
-            frontends.push(fe(FrontendKind::ExternalIp, Some(ip), port));
+            let ip: std::net::Ipv4Addr =
+                ip.parse().map_err(|_| format!("spec.externalIPs entry {ip:?} is not an IPv4 address"))?;
+            frontends.push(fe(FrontendKind::ExternalIp, Some(IpAddr::V4(ip)), port));
         }
         if ty == "LoadBalancer" {
             let ingress = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
@@ -310,10 +307,10 @@ fn service(
                 .and_then(|c| c.client_ip.as_ref())
                 .and_then(|c| c.timeout_seconds)
                 .unwrap_or(10800);
-            if !(1..=86400).contains(&t) {
-                return Err(format!("sessionAffinityConfig.clientIP.timeoutSeconds {t} is outside 1-86400"));
-            }
-            Some(t as u32)
+            Some(
+                u32::try_from(t)
+                    .map_err(|_| format!("sessionAffinityConfig.clientIP.timeoutSeconds {t} is negative"))?,
+            )
         }
         _ => None,
     };

@@ -73,10 +73,6 @@ impl NodeRules {
             }
         }
     }
-
-    pub fn chain(&self) -> &'static str {
-        MASQ_CHAIN
-    }
 }
 
 #[cfg(test)]

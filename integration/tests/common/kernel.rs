@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::TestLab;
+use std::time::Duration;
+
+use super::{TestLab, eventually};
 
 /// Chain name -> its rules in order, for sluice's chains and hooks, per iptables variant.
 pub fn iptables_state(t: &TestLab, node: &str) -> BTreeMap<String, Vec<String>> {
@@ -91,4 +93,13 @@ pub fn kernel_state(t: &TestLab, node: &str, normalize: bool) -> String {
         &serde_json::json!({"iptables": iptables_state(t, node), "bpf": bpf_state(t, node, normalize)}),
     )
     .expect("json")
+}
+
+/// The node's kernel state once it stops changing (two equal reads `gap` apart).
+pub fn settled(t: &TestLab, node: &str, normalize: bool, gap: Duration) -> String {
+    eventually(&format!("{node}: kernel state settles"), Duration::from_secs(30), || {
+        let a = kernel_state(t, node, normalize);
+        std::thread::sleep(gap);
+        (kernel_state(t, node, normalize) == a).then_some(a)
+    })
 }

@@ -62,6 +62,23 @@ impl Drop for TestLab {
     }
 }
 
+/// A 2-node lab whose nodes get these config lines, with echo pods `a` (node-1) and `b`
+/// (node-2) labelled app=web serving 8080. The temp dir holds the configs (keep it alive).
+pub fn two_node_web_lab(name: &str, node1: &str, node2: &str) -> (TestLab, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut configs = Vec::new();
+    for (node, text) in [("node-1", node1), ("node-2", node2)] {
+        let cfg = dir.path().join(format!("{node}.yaml"));
+        std::fs::write(&cfg, text).expect("write");
+        configs.push((node.to_string(), cfg));
+    }
+    let t = TestLab::up(name, 2, &configs);
+    let web = || [("app".to_string(), "web".to_string())].into_iter().collect();
+    t.lab.pod_add("node-1", "a", web(), Some(8080)).expect("pod a");
+    t.lab.pod_add("node-2", "b", web(), Some(8080)).expect("pod b");
+    (t, dir)
+}
+
 /// Poll `f` until it returns Some, or panic with `what` after `timeout`.
 pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
