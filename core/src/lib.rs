@@ -19,6 +19,7 @@ pub mod gate;
 pub mod lb;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod registry;
 pub mod routes;
 pub mod service;

@@ -1,0 +1,320 @@
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::identity::{allocate, preferred};
+use super::*;
+use crate::service::Protocol;
+
+fn labels(s: &str) -> BTreeMap<String, String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
+}
+
+fn ep(ns: &str, name: &str, ip: &str, node: &str, pod_labels: &str) -> PolicyEndpoint {
+    let mut nsl = labels(&format!("kubernetes.io/metadata.name={ns}"));
+    if ns == "y" {
+        nsl.insert("team".into(), "blue".into());
+    }
+    PolicyEndpoint {
+        namespace: ns.into(),
+        name: name.into(),
+        ip: ip.parse().expect("ip"),
+        node: Some(node.into()),
+        labels: IdentityLabels { namespace: ns.into(), pod: labels(pod_labels), namespace_labels: nsl },
+        ports: vec![
+            NamedPort { name: "serve-80-tcp".into(), protocol: Protocol::Tcp, port: 80 },
+            NamedPort { name: "serve-80-udp".into(), protocol: Protocol::Udp, port: 80 },
+            // Same name, another number on b: named ports resolve per pod.
+            NamedPort { name: "web".into(), protocol: Protocol::Tcp, port: if name == "b" { 81 } else { 80 } },
+        ],
+    }
+}
+
+/// x/a, x/b on node-1; y/a, y/b on node-2.
+fn cluster() -> Vec<PolicyEndpoint> {
+    vec![
+        ep("x", "a", "10.244.1.10", "node-1", "pod=a"),
+        ep("x", "b", "10.244.1.11", "node-1", "pod=b"),
+        ep("y", "a", "10.244.2.10", "node-2", "pod=a"),
+        ep("y", "b", "10.244.2.11", "node-2", "pod=b"),
+    ]
+}
+
+fn nodes() -> BTreeMap<String, Vec<Ipv4Addr>> {
+    [
+        ("node-1".to_string(), vec![Ipv4Addr::new(198, 51, 100, 11)]),
+        ("node-2".to_string(), vec![Ipv4Addr::new(198, 51, 100, 12)]),
+    ]
+    .into()
+}
+
+fn netpol(ns: &str, name: &str, subject: &str, ingress: Option<Vec<Rule>>, egress: Option<Vec<Rule>>) -> Policy {
+    Policy {
+        name: PolicyName { kind: PolicyKind::NetworkPolicy, namespace: Some(ns.into()), name: name.into() },
+        subject: Subject {
+            namespace: Some(ns.into()),
+            selector: LabelSelector { match_labels: labels(subject), match_expressions: vec![] },
+            extended: false,
+        },
+        ingress,
+        egress,
+        ingress_deny: vec![],
+        egress_deny: vec![],
+        audit: false,
+    }
+}
+
+fn pods(ns: NsScope, sel: &str) -> Peer {
+    Peer::Pods {
+        namespaces: ns,
+        pods: LabelSelector { match_labels: labels(sel), match_expressions: vec![] },
+        extended: false,
+    }
+}
+
+fn tcp(port: u16) -> PortRule {
+    PortRule { protocol: Protocol::Tcp, port: Some(PortSpec::Range { port, end: port }) }
+}
+
+/// Run a trace between two addresses in a cluster with these policies.
+fn allowed(policies: &[Policy], from: &str, to: &str, proto: Protocol, port: u16) -> bool {
+    allowed_with(policies, Enforcement::Default, from, to, proto, port)
+}
+
+fn allowed_with(policies: &[Policy], enf: Enforcement, from: &str, to: &str, proto: Protocol, port: u16) -> bool {
+    let eps = cluster();
+    let n = nodes();
+    let ctx = PolicyContext::new(PolicyInput {
+        endpoints: &eps,
+        policies,
+        enforcement: enf,
+        node: "node-1",
+        node_ips: &n,
+        cluster_cidr: "10.244.0.0/16".parse().expect("net"),
+        apiserver: &[],
+    });
+    ctx.trace(from.parse().expect("ip"), to.parse().expect("ip"), proto, port).allowed
+}
+
+const XA: &str = "10.244.1.10";
+const XB: &str = "10.244.1.11";
+const YA: &str = "10.244.2.10";
+const YB: &str = "10.244.2.11";
+use Protocol::{Sctp, Tcp, Udp};
+
+#[test]
+fn no_policy_allows_everything_and_deny_all_isolates_per_direction() {
+    assert!(allowed(&[], XA, XB, Tcp, 80));
+    // ingress: [] on x/b: nothing reaches x/b, but x/b still connects out.
+    let deny_in = netpol("x", "deny", "pod=b", Some(vec![]), None);
+    assert!(!allowed(std::slice::from_ref(&deny_in), XA, XB, Tcp, 80));
+    assert!(allowed(std::slice::from_ref(&deny_in), XB, XA, Tcp, 80));
+    // Egress isolation only.
+    let deny_out = netpol("x", "deny-out", "pod=b", None, Some(vec![]));
+    assert!(allowed(std::slice::from_ref(&deny_out), XA, XB, Tcp, 80));
+    assert!(!allowed(std::slice::from_ref(&deny_out), XB, XA, Tcp, 80));
+}
+
+#[test]
+fn empty_rule_allows_all_and_policies_are_a_union() {
+    let all = Rule { peers: None, ports: None };
+    let p = netpol("x", "all", "pod=b", Some(vec![all]), None);
+    assert!(allowed(std::slice::from_ref(&p), YA, XB, Udp, 9));
+    // A deny-all and an allow-from-a on one pod: the union allows a only.
+    let deny = netpol("x", "deny", "", Some(vec![]), None);
+    let from_a = netpol(
+        "x",
+        "from-a",
+        "pod=b",
+        Some(vec![Rule { peers: Some(vec![pods(NsScope::Named("x".into()), "pod=a")]), ports: None }]),
+        None,
+    );
+    let both = [deny, from_a];
+    assert!(allowed(&both, XA, XB, Tcp, 80));
+    assert!(!allowed(&both, YA, XB, Tcp, 80), "a podSelector-only peer is the policy's namespace");
+    assert!(!allowed(&both, XB, XA, Tcp, 80), "deny-all still isolates x/a");
+}
+
+#[test]
+fn namespace_and_pod_selector_in_one_peer_is_and_in_two_peers_is_or() {
+    let blue = NsScope::Selector(LabelSelector::from_labels([("team", "blue")]));
+    let and =
+        Peer::Pods { namespaces: blue.clone(), pods: LabelSelector::from_labels([("pod", "a")]), extended: false };
+    let p_and = netpol("x", "and", "pod=b", Some(vec![Rule { peers: Some(vec![and]), ports: None }]), None);
+    assert!(allowed(std::slice::from_ref(&p_and), YA, XB, Tcp, 80));
+    assert!(!allowed(std::slice::from_ref(&p_and), YB, XB, Tcp, 80));
+    assert!(!allowed(std::slice::from_ref(&p_and), XA, XB, Tcp, 80));
+    let or = vec![pods(blue, ""), pods(NsScope::Named("x".into()), "pod=a")];
+    let p_or = netpol("x", "or", "pod=b", Some(vec![Rule { peers: Some(or), ports: None }]), None);
+    assert!(allowed(std::slice::from_ref(&p_or), YB, XB, Tcp, 80));
+    assert!(allowed(std::slice::from_ref(&p_or), XA, XB, Tcp, 80));
+}
+
+#[test]
+fn match_expressions_notin_matches_pods_without_the_key() {
+    let sel = LabelSelector {
+        match_labels: BTreeMap::new(),
+        match_expressions: vec![Requirement {
+            key: "pod".into(),
+            operator: Operator::NotIn,
+            values: ["a".into()].into(),
+        }],
+    };
+    assert!(sel.matches(&labels("pod=b")) && sel.matches(&labels("")) && !sel.matches(&labels("pod=a")));
+    let ex = Requirement { key: "pod".into(), operator: Operator::Exists, values: Default::default() };
+    assert!(ex.matches(&labels("pod=z")) && !ex.matches(&labels("x=y")));
+}
+
+#[test]
+fn ip_block_with_except_matches_pod_addresses() {
+    let block =
+        Peer::Cidr { net: "10.244.0.0/16".parse().expect("net"), except: vec!["10.244.2.0/24".parse().expect("net")] };
+    let p = netpol("x", "cidr", "pod=b", Some(vec![Rule { peers: Some(vec![block]), ports: None }]), None);
+    assert!(allowed(std::slice::from_ref(&p), XA, XB, Tcp, 80));
+    assert!(!allowed(std::slice::from_ref(&p), YA, XB, Tcp, 80), "except takes y's pods out");
+}
+
+#[test]
+fn ports_protocols_end_port_and_named_ports() {
+    let rule = |ports| Rule { peers: None, ports: Some(ports) };
+    // UDP 80 only: never TCP 80.
+    let udp = netpol(
+        "x",
+        "udp",
+        "pod=b",
+        Some(vec![rule(vec![PortRule { protocol: Udp, port: Some(PortSpec::Range { port: 80, end: 80 }) }])]),
+        None,
+    );
+    assert!(allowed(std::slice::from_ref(&udp), XA, XB, Udp, 80));
+    assert!(!allowed(std::slice::from_ref(&udp), XA, XB, Tcp, 80));
+    let sctp = netpol("x", "sctp", "pod=b", Some(vec![rule(vec![PortRule { protocol: Sctp, port: None }])]), None);
+    assert!(
+        !allowed(std::slice::from_ref(&sctp), XA, XB, Tcp, 80) && allowed(std::slice::from_ref(&sctp), XA, XB, Sctp, 7)
+    );
+    // endPort.
+    let range = netpol(
+        "x",
+        "range",
+        "pod=b",
+        Some(vec![rule(vec![PortRule { protocol: Tcp, port: Some(PortSpec::Range { port: 80, end: 81 }) }])]),
+        None,
+    );
+    assert!(
+        allowed(std::slice::from_ref(&range), XA, XB, Tcp, 81)
+            && !allowed(std::slice::from_ref(&range), XA, XB, Tcp, 82)
+    );
+    // Named ingress port: "web" is 81 on x/b.
+    let named = netpol(
+        "x",
+        "named",
+        "",
+        Some(vec![rule(vec![PortRule { protocol: Tcp, port: Some(PortSpec::Named("web".into())) }])]),
+        None,
+    );
+    assert!(allowed(std::slice::from_ref(&named), XA, XB, Tcp, 81));
+    assert!(!allowed(std::slice::from_ref(&named), XA, XB, Tcp, 80));
+    assert!(allowed(std::slice::from_ref(&named), XB, XA, Tcp, 80));
+    // Named egress port: resolved per destination.
+    let out = netpol(
+        "y",
+        "named-out",
+        "pod=a",
+        None,
+        Some(vec![rule(vec![PortRule { protocol: Tcp, port: Some(PortSpec::Named("web".into())) }])]),
+    );
+    assert!(allowed(std::slice::from_ref(&out), YA, XB, Tcp, 81));
+    assert!(!allowed(std::slice::from_ref(&out), YA, XB, Tcp, 80));
+    assert!(allowed(std::slice::from_ref(&out), YA, XA, Tcp, 80));
+    // Default TCP on a rule with ports.
+    let p80 = netpol("x", "p80", "pod=b", Some(vec![rule(vec![tcp(80)])]), None);
+    assert!(
+        allowed(std::slice::from_ref(&p80), YA, XB, Tcp, 80) && !allowed(std::slice::from_ref(&p80), YA, XB, Udp, 80)
+    );
+}
+
+#[test]
+fn deny_beats_allow_and_entities() {
+    let mut p = netpol(
+        "x",
+        "snp",
+        "pod=b",
+        Some(vec![Rule { peers: Some(vec![Peer::Entity(Entity::Cluster)]), ports: None }]),
+        None,
+    );
+    p.name.kind = PolicyKind::SluiceNetworkPolicy;
+    p.ingress_deny = vec![Rule { peers: Some(vec![pods(NsScope::Any, "pod=a")]), ports: Some(vec![tcp(80)]) }];
+    assert!(!allowed(std::slice::from_ref(&p), YA, XB, Tcp, 80), "deny wins");
+    assert!(allowed(std::slice::from_ref(&p), YA, XB, Tcp, 81));
+    assert!(allowed(std::slice::from_ref(&p), YB, XB, Tcp, 80));
+    assert!(!allowed(std::slice::from_ref(&p), "203.0.113.9", XB, Tcp, 80), "world is not cluster");
+    let world = netpol(
+        "x",
+        "world",
+        "pod=b",
+        Some(vec![Rule { peers: Some(vec![Peer::Entity(Entity::World)]), ports: None }]),
+        None,
+    );
+    assert!(allowed(std::slice::from_ref(&world), "203.0.113.9", XB, Tcp, 80));
+    assert!(!allowed(std::slice::from_ref(&world), YA, XB, Tcp, 80));
+    assert!(!allowed(std::slice::from_ref(&world), "198.51.100.12", XB, Tcp, 80), "a remote node is not world");
+    // From the pod's own node: always.
+    assert!(allowed(std::slice::from_ref(&world), "198.51.100.11", XB, Tcp, 80));
+}
+
+#[test]
+fn enforcement_modes_and_audit() {
+    assert!(!allowed_with(&[], Enforcement::Always, XA, XB, Tcp, 80));
+    let deny = netpol("x", "deny", "", Some(vec![]), None);
+    assert!(allowed_with(std::slice::from_ref(&deny), Enforcement::Never, XA, XB, Tcp, 80));
+    let mut audit = deny.clone();
+    audit.audit = true;
+    assert!(allowed(std::slice::from_ref(&audit), XA, XB, Tcp, 80), "audit never drops");
+    let eps = cluster();
+    let n = nodes();
+    let ctx = PolicyContext::new(PolicyInput {
+        endpoints: &eps,
+        policies: std::slice::from_ref(&audit),
+        enforcement: Enforcement::Default,
+        node: "node-1",
+        node_ips: &n,
+        cluster_cidr: "10.244.0.0/16".parse().expect("net"),
+        apiserver: &[],
+    });
+    let t = ctx.trace(XA.parse().expect("ip"), XB.parse().expect("ip"), Tcp, 80);
+    let ing = t.ingress.expect("ingress step");
+    assert_eq!(ing.decision, Decision::NotIsolated);
+    assert!(matches!(ing.audit, Some(Decision::DefaultDeny { .. })), "{ing:?}");
+}
+
+#[test]
+fn identities_are_deterministic_reserved_below_256_and_never_shared() {
+    let a = cluster();
+    let one = allocate(a.iter().map(|e| e.labels.clone()));
+    let two = allocate(a.iter().rev().map(|e| e.labels.clone()));
+    assert_eq!(one, two, "order-independent");
+    assert_eq!(one.labels.len(), 4);
+    assert!(one.labels.keys().all(|i| i.is_cluster()));
+    // Force collisions: many sets, fold them and check no number is shared.
+    let many: Vec<IdentityLabels> = (0..5000)
+        .map(|i| IdentityLabels {
+            namespace: "n".into(),
+            pod: labels(&format!("i={i}")),
+            namespace_labels: BTreeMap::new(),
+        })
+        .collect();
+    let alloc = allocate(many.clone());
+    assert_eq!(alloc.labels.len(), 5000);
+    for c in &alloc.collisions {
+        assert_ne!(c.preferred, c.given);
+    }
+    let l0 = &many[0];
+    let same = allocate(many[..10].to_vec());
+    if !alloc.collisions.iter().any(|c| c.labels == l0.canonical()) {
+        assert_eq!(alloc.get(l0), Some(preferred(l0)));
+        assert_eq!(same.get(l0), alloc.get(l0), "stable as other label sets come and go");
+    }
+    assert_eq!(Identity::HOST.reserved_name(), Some("host"));
+}
