@@ -29,6 +29,9 @@ pub struct PodInfo {
     pub ip: Option<IpAddr>,
     pub labels: BTreeMap<String, String>,
     pub ready: bool,
+    /// Named containerPorts (network policy resolves named ports against them).
+    #[serde(default)]
+    pub ports: Vec<crate::policy::NamedPort>,
 }
 
 /// A pod interface on *this* node, as wired by the CNI plugin.
@@ -51,6 +54,13 @@ pub struct ClusterState {
     pub host_ports: Vec<crate::service::HostPort>,
     /// Objects the translation refused, each with the reason (shown in status, never fatal).
     pub rejected: Vec<Rejected>,
+    /// Namespace -> labels (with `kubernetes.io/metadata.name`); namespaces without an object
+    /// have that label only.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Network policies of every kind, translated and validated.
+    #[serde(default)]
+    pub policies: Vec<crate::policy::Policy>,
 }
 
 pub use crate::validate::Rejected;

@@ -61,7 +61,7 @@ pub fn classify(docs: Vec<Value>, into: &mut Objects) {
         let ns = d.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
         let is_object = d.is_object() && !kind.is_empty() && d.get("apiVersion").is_some_and(Value::is_string);
         let object = match kind.as_str() {
-            "Node" => format!("Node {}", escape(&name)),
+            "Node" | "Namespace" | "SluiceClusterwideNetworkPolicy" => format!("{kind} {}", escape(&name)),
             "" => "document".into(),
             k => format!("{} {}/{}", escape(k), escape(&ns), escape(&name)),
         };
@@ -75,6 +75,11 @@ pub fn classify(docs: Vec<Value>, into: &mut Objects) {
             "Pod" => serde_json::from_value(d).map(|o| into.pods.push(o)),
             "Service" => serde_json::from_value(d).map(|o| into.services.push(o)),
             "EndpointSlice" => serde_json::from_value(d).map(|o| into.endpoint_slices.push(o)),
+            "Namespace" => serde_json::from_value(d).map(|o| into.namespaces.push(o)),
+            "NetworkPolicy" => serde_json::from_value(d).map(|o| into.network_policies.push(o)),
+            "SluiceNetworkPolicy" | "SluiceClusterwideNetworkPolicy" => {
+                serde_json::from_value(d).map(|o| into.sluice_policies.push(o))
+            }
             _ => Ok(()),
         };
         if let Err(e) = decoded {

@@ -5,6 +5,7 @@ mod alloc;
 mod claims;
 pub mod kube;
 pub mod manifests;
+pub mod policy;
 pub mod translate;
 pub mod validate;
 
@@ -21,12 +22,22 @@ pub struct Objects {
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    pub namespaces: Vec<k8s_openapi::api::core::v1::Namespace>,
+    pub network_policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    /// SluiceNetworkPolicy and SluiceClusterwideNetworkPolicy documents.
+    pub sluice_policies: Vec<policy::SluicePolicyDoc>,
     /// Documents the source could not decode into an object (named, with the reason).
     pub rejected: Vec<sluice_core::validate::Rejected>,
 }
 
 impl Objects {
     pub fn count(&self) -> usize {
-        self.nodes.len() + self.pods.len() + self.services.len() + self.endpoint_slices.len()
+        self.nodes.len()
+            + self.pods.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.namespaces.len()
+            + self.network_policies.len()
+            + self.sluice_policies.len()
     }
 }

@@ -104,9 +104,37 @@ pub fn translate_with(o: &Objects, opts: Options, prior: &[Service]) -> ClusterS
         }
     }
     st.rejected.extend(super::claims::resolve(&mut converted, prior));
+    policies(o, &mut st);
     st.services = converted.into_iter().map(|(s, _)| s).collect();
     st.services.sort_by(|a, b| a.name.cmp(&b.name));
     st
+}
+
+/// Namespaces and policies of every kind; invalid ones refused by name.
+fn policies(o: &Objects, st: &mut ClusterState) {
+    st.namespaces = super::policy::namespaces(&o.namespaces, &mut st.rejected);
+    for p in &st.pods {
+        st.namespaces
+            .entry(p.namespace.clone())
+            .or_insert_with(|| [(super::policy::NAME_LABEL.to_string(), p.namespace.clone())].into_iter().collect());
+    }
+    let nps = admitted(&o.network_policies, "NetworkPolicy", true, |n| &n.metadata, |_| Ok(()), &mut st.rejected);
+    for np in nps {
+        match super::policy::network_policy(np) {
+            Ok(p) => st.policies.push(p),
+            Err(r) => st.rejected.push(*r),
+        }
+    }
+    let docs = admitted(&o.sluice_policies, "SluiceNetworkPolicy", true, |d| &d.metadata, |_| Ok(()), &mut st.rejected);
+    let mut notes = Vec::new();
+    for d in docs {
+        match super::policy::sluice_policy(d, &mut notes) {
+            Ok(p) => st.policies.push(p),
+            Err(r) => st.rejected.push(*r),
+        }
+    }
+    st.rejected.extend(notes);
+    st.policies.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 /// Valid EndpointSlices by (namespace, Service name).
@@ -203,7 +231,24 @@ fn pod(p: &Pod) -> PodInfo {
         ip: status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok()),
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ready,
+        ports: named_ports(p),
     }
+}
+
+/// The pod's named containerPorts (validation already checked names and numbers).
+fn named_ports(p: &Pod) -> Vec<sluice_core::policy::NamedPort> {
+    let containers = p.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|cp| {
+            Some(sluice_core::policy::NamedPort {
+                name: cp.name.clone()?,
+                protocol: protocol(cp.protocol.as_ref()).ok()?,
+                port: u16::try_from(cp.container_port).ok()?,
+            })
+        })
+        .collect()
 }
 
 fn protocol(p: Option<&String>) -> Result<Protocol, String> {

@@ -75,7 +75,9 @@ pub struct KubeStore {
     pub pods: KindStore<Pod>,
     pub services: KindStore<Service>,
     pub endpoint_slices: KindStore<EndpointSlice>,
-    /// Stored for the policy work; not translated yet.
+    /// Translated; Namespaces and the Sluice policy CRDs are not watched yet (the manifest
+    /// source reads them), and Pods only on this node (identities of remote pods are unknown:
+    /// selector peers never match them, which fails closed).
     pub network_policies: KindStore<NetworkPolicy>,
 }
 
@@ -104,6 +106,9 @@ impl KubeStore {
             pods: self.pods.values(),
             services: self.services.values(),
             endpoint_slices: self.endpoint_slices.values(),
+            network_policies: self.network_policies.values(),
+            namespaces: Vec::new(),
+            sluice_policies: Vec::new(),
             rejected: Vec::new(),
         }
     }
