@@ -82,6 +82,11 @@ pub struct Config {
     /// Which backends may serve features: auto (eBPF where the kernel allows, else iptables), ebpf, iptables.
     pub dataplane: DataplaneMode,
     pub probes: ProbesConfig,
+    /// Network policy enforcement: `default` (a pod is isolated in a direction once a policy
+    /// selects it for that direction), `always` (every pod is isolated: only what a policy
+    /// allows passes), `never` (policies are read and shown, nothing is enforced). Changeable
+    /// while the agent runs.
+    pub policy_enforcement: sluice_core::policy::Enforcement,
     /// Where the eBPF backend pins its maps and links. Default: /sys/fs/bpf/sluice/<node_name>.
     pub bpf_pin_dir: Option<PathBuf>,
     /// Node devices the eBPF backend serves NodePort/ExternalIPs/LoadBalancer/HostPort on.
@@ -169,6 +174,7 @@ impl Default for Config {
             kube_proxy_replacement_features: Vec::new(),
             dataplane: DataplaneMode::Auto,
             probes: ProbesConfig::default(),
+            policy_enforcement: sluice_core::policy::Enforcement::Default,
             node_port_range: "30000-32767".into(),
             node_configs: Default::default(),
             bpf_pin_dir: None,

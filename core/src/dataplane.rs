@@ -45,6 +45,8 @@ pub struct Desired<'a> {
     pub view: &'a ServiceView<'a>,
     pub local_endpoints: &'a [LocalEndpoint],
     pub node: &'a NodeContext,
+    /// This node's endpoints' policy (the `policy` feature's input).
+    pub policy: &'a crate::policy::PolicyView,
 }
 
 /// The kernel object an error is about.

@@ -62,7 +62,8 @@ const SYNCED: SourceSync = SourceSync { synced: true, complete: true };
 fn pass(r: &mut Rig, plan: &Plan, svcs: &[Service], sync: SourceSync) -> PassReport {
     let node = NodeContext { name: "node-1".into(), ..Default::default() };
     let view = ServiceView::new("node-1", svcs, &[]);
-    let desired = Desired { generation: 1, view: &view, local_endpoints: &[], node: &node };
+    let pv = crate::policy::PolicyView::default();
+    let desired = Desired { generation: 1, view: &view, local_endpoints: &[], node: &node, policy: &pv };
     r.engine.reconcile(plan, &desired, sync)
 }
 

@@ -322,7 +322,27 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             entries.push(PlanEntry { feature: f, owner: Owner::KubeProxy, reason });
             continue;
         }
-        let entry = match choose(caps, &cands, f, dataplane) {
+        // sluice's own features a chosen dataplane does not implement in this build fall back
+        // to a backend that does (the node runs netfilter whatever serves its Services); the
+        // plan says which was passed over and why.
+        let chosen = choose(caps, &cands, f, dataplane).or_else(|lacks| {
+            let others: Vec<&BackendSpec> = backends.iter().filter(|b| !cands.iter().any(|c| c.id == b.id)).collect();
+            if f.is_kube_proxy_feature() || !lacks.iter().all(|l| l.not_built) || others.is_empty() {
+                return Err(lacks);
+            }
+            match choose(caps, &others, f, dataplane) {
+                Ok(mut e) => {
+                    let mut passed = lacks;
+                    if let Reason::FellBack { passed_over } = e.reason {
+                        passed.extend(passed_over);
+                    }
+                    e.reason = Reason::FellBack { passed_over: passed };
+                    Ok(e)
+                }
+                Err(more) => Err(lacks.into_iter().chain(more).collect()),
+            }
+        });
+        let entry = match chosen {
             Ok(entry) => entry,
             Err(lacks) => {
                 // Strict and partial promise the kube-proxy features only: sluice's own

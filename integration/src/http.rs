@@ -9,36 +9,87 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-pub fn serve(name: &str, port: u16) -> anyhow::Result<()> {
-    let tcp = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding TCP port {port}"))?;
-    let udp = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding UDP port {port}"))?;
-    let uname = name.to_string();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(format!("{uname}\n").as_bytes(), peer);
-        }
-    });
-    // A pool of acceptors answering short requests inline: a thread per connection would cost
-    // the server more than the network path being measured at thousands of connections a
-    // second. Long-lived modes (ECHO, SINK) move to a thread of their own.
-    let tcp = std::sync::Arc::new(tcp);
-    let workers: Vec<_> = (0..8)
-        .map(|_| {
+pub fn serve(name: &str, ports: &[u16]) -> anyhow::Result<()> {
+    let mut workers = Vec::new();
+    for &port in ports {
+        let tcp = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding TCP port {port}"))?;
+        let udp = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding UDP port {port}"))?;
+        let uname = name.to_string();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(format!("{uname}\n").as_bytes(), peer);
+            }
+        });
+        // A pool of acceptors answering short requests inline: a thread per connection would
+        // cost the server more than the network path being measured at thousands of
+        // connections a second. Long-lived modes (ECHO, SINK) move to a thread of their own.
+        let tcp = std::sync::Arc::new(tcp);
+        for _ in 0..8 {
             let tcp = tcp.clone();
             let name = name.to_string();
-            std::thread::spawn(move || {
+            workers.push(std::thread::spawn(move || {
                 for conn in tcp.incoming() {
                     let Ok(stream) = conn else { continue };
                     let _ = answer(stream, &name);
                 }
-            })
-        })
-        .collect();
+            }));
+        }
+    }
     for w in workers {
         let _ = w.join();
     }
     Ok(())
+}
+
+/// One probe target: `IP:PORT/tcp` or `IP:PORT/udp`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeResult {
+    pub target: String,
+    /// Whether anything answered.
+    pub answered: bool,
+    /// The echo server's name (who answered), or the error.
+    pub detail: String,
+}
+
+pub fn parse_target(t: &str) -> anyhow::Result<(SocketAddr, bool)> {
+    let (addr, proto) = t.rsplit_once('/').unwrap_or((t, "tcp"));
+    let udp = match proto {
+        "tcp" => false,
+        "udp" => true,
+        other => bail!("protocol {other:?} in {t:?}: accepted tcp, udp"),
+    };
+    Ok((addr.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?, udp))
+}
+
+/// Probe every target at once (each on its own thread): a new connection (TCP: an HTTP
+/// request) or one datagram (UDP), answered within `timeout` or not.
+pub fn probe_many(targets: &[String], timeout: Duration) -> Vec<ProbeResult> {
+    let handles: Vec<_> = targets
+        .iter()
+        .cloned()
+        .map(|t| {
+            std::thread::spawn(move || {
+                let res = parse_target(&t).and_then(|(addr, udp)| {
+                    if udp { udp_from(&addr.to_string(), 0, timeout) } else { get(&format!("http://{addr}/"), timeout) }
+                });
+                match res {
+                    Ok(body) => ProbeResult { target: t, answered: true, detail: body.trim().to_string() },
+                    Err(e) => ProbeResult { target: t, answered: false, detail: format!("{e:#}") },
+                }
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join().unwrap_or_else(|_| ProbeResult {
+                target: String::new(),
+                answered: false,
+                detail: "probe thread panicked".into(),
+            })
+        })
+        .collect()
 }
 
 fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {

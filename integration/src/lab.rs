@@ -355,17 +355,21 @@ fn node_manifest(n: &NodeRec) -> String {
 
 pub(crate) fn pod_manifest(p: &PodRec) -> String {
     let labels: String = p.labels.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
-    let host = |proto: &str| match p.host_port {
-        Some(hp) if proto == "TCP" => format!("      hostPort: {hp}\n"),
-        _ => String::new(),
-    };
-    let ports = p
-        .serve_port
-        .map(|port| format!("    ports:\n    - name: http\n      containerPort: {port}\n      protocol: TCP\n{}    - name: udp\n      containerPort: {port}\n      protocol: UDP\n", host("TCP")))
-        .unwrap_or_default();
+    let mut ports = String::new();
+    for (i, port) in p.ports().iter().enumerate() {
+        let host = match p.host_port {
+            Some(hp) if i == 0 => format!("      hostPort: {hp}\n"),
+            _ => String::new(),
+        };
+        ports.push_str(&format!(
+            "    - name: serve-{port}-tcp\n      containerPort: {port}\n      protocol: TCP\n{host}    - name: serve-{port}-udp\n      containerPort: {port}\n      protocol: UDP\n"
+        ));
+    }
+    let ports = if ports.is_empty() { ports } else { format!("    ports:\n{ports}") };
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: sluice-lab/echo\n{ports}status:\n  phase: Running\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n  conditions:\n  - type: Ready\n    status: \"True\"\n",
-        name = p.name,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: sluice-lab/echo\n{ports}status:\n  phase: Running\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n  conditions:\n  - type: Ready\n    status: \"True\"\n",
+        name = p.short(),
+        ns = p.namespace,
         node = p.node,
         ip = p.ip,
         labels = if labels.is_empty() { "    {}\n".to_string() } else { labels },

@@ -54,20 +54,36 @@ impl Lab {
         serve: Option<u16>,
         host_port: Option<u16>,
     ) -> anyhow::Result<PodRec> {
-        valid_name("pod", name)?;
-        if host_port.is_some() && serve.is_none() {
+        self.pod_add_ports(node, name, labels, &serve.into_iter().collect::<Vec<_>>(), host_port)
+    }
+
+    /// Create pod `NS/NAME` (or `NAME` in default) on `node`, with an echo server on each of
+    /// `ports` (TCP and UDP); the manifest names them `serve-<port>-tcp` / `serve-<port>-udp`.
+    pub fn pod_add_ports(
+        &self,
+        node: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        ports: &[u16],
+        host_port: Option<u16>,
+    ) -> anyhow::Result<PodRec> {
+        let (ns, short, key) = crate::state::pod_key(name);
+        valid_name("namespace", &ns)?;
+        valid_name("pod", &short)?;
+        if host_port.is_some() && ports.is_empty() {
             bail!("--host-port needs --serve PORT (the hostPort maps to the echo server's port)");
         }
         let _l = self.lock()?;
         let mut st = self.state()?;
-        if st.pods.iter().any(|p| p.name == name) {
-            bail!("pod {name} already exists (delete it with `sluice-lab pod del {name}`)");
+        if st.pods.iter().any(|p| p.name == key) {
+            bail!("pod {key} already exists (delete it with `sluice-lab pod del {key}`)");
         }
         let n = st.node(node)?.clone();
-        let netns = format!("{}pod-{name}", self.prefix());
-        let container_id = format!("lab-{}-{name}", self.name);
+        let flat = key.replace('/', ".");
+        let netns = format!("{}pod-{flat}", self.prefix());
+        let container_id = format!("lab-{}-{flat}", self.name);
         let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID=uid-{name}"
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={short};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID=uid-{flat}"
         );
         topo::add_netns(&netns)?;
         let inv = match self.invocation(&n, &container_id, &format!("/run/netns/{netns}"), args) {
@@ -81,40 +97,96 @@ impl Lab {
             Ok(r) => r,
             Err(e) => {
                 topo::del_netns(&netns);
-                return Err(e.context(format!("wiring pod {name} on {node} with sluice-cni")));
+                return Err(e.context(format!("wiring pod {key} on {node} with sluice-cni")));
             }
         };
         let ip =
             result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
         let mut rec = PodRec {
-            name: name.into(),
+            name: key.clone(),
+            namespace: ns,
             node: node.into(),
             netns: netns.clone(),
             container_id,
             ip,
             labels,
-            serve_port: serve,
+            serve_port: ports.first().copied(),
+            serve_ports: ports.to_vec(),
             host_port,
             serve_pid: None,
             cni_result: result,
         };
-        if let Some(port) = serve {
-            let args = vec!["serve".into(), "--name".into(), name.into(), "--port".into(), port.to_string()];
-            let log = self.dir.join(format!("pod-{name}.log"));
+        if !ports.is_empty() {
+            let mut args = vec!["serve".into(), "--name".into(), key.clone()];
+            for p in ports {
+                args.extend(["--port".to_string(), p.to_string()]);
+            }
+            let log = self.dir.join(format!("pod-{flat}.log"));
             rec.serve_pid = Some(proc::spawn_daemon(&netns, None, &self.bin_dir.join("sluice-lab"), &args, &[], &log)?);
         }
-        std::fs::write(self.manifests_dir().join("pods").join(format!("{name}.yaml")), pod_manifest(&rec))?;
+        self.write_pod_manifest(&rec)?;
         st.pods.push(rec.clone());
         st.save(&self.state_path())?;
-        if let Some(port) = serve {
-            wait_listening(&netns, port)?;
+        for p in ports {
+            wait_listening(&netns, *p)?;
         }
         // Like a kubelet waiting for the pod to be reported: the node's agent lists it.
         self.wait_endpoint(&n, &rec.ip, true)?;
         Ok(rec)
     }
 
+    fn pod_manifest_path(&self, p: &PodRec) -> PathBuf {
+        self.manifests_dir().join("pods").join(format!("{}.yaml", p.name.replace('/', "_")))
+    }
+
+    fn write_pod_manifest(&self, p: &PodRec) -> anyhow::Result<()> {
+        let path = self.pod_manifest_path(p);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, pod_manifest(p))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Replace a pod's labels (as `kubectl label --overwrite` with the whole set).
+    pub fn pod_label(&self, name: &str, labels: BTreeMap<String, String>) -> anyhow::Result<PodRec> {
+        let (_, _, key) = crate::state::pod_key(name);
+        let _l = self.lock()?;
+        let mut st = self.state()?;
+        let p = st.pods.iter_mut().find(|p| p.name == key).with_context(|| format!("no pod {key:?} in this lab"))?;
+        for (k, v) in labels {
+            p.labels.insert(k, v);
+        }
+        let rec = p.clone();
+        self.write_pod_manifest(&rec)?;
+        st.save(&self.state_path())?;
+        Ok(rec)
+    }
+
+    /// Create or relabel a Namespace object (with `kubernetes.io/metadata.name`, as the API
+    /// server sets it). `replace`: the labels given are the whole set.
+    pub fn namespace_set(&self, ns: &str, labels: BTreeMap<String, String>, replace: bool) -> anyhow::Result<()> {
+        valid_name("namespace", ns)?;
+        let dir = self.manifests_dir().join("namespaces");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{ns}.yaml"));
+        let mut all: BTreeMap<String, String> = if replace {
+            BTreeMap::new()
+        } else {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("no namespace {ns} (add it first)"))?;
+            let v: Value = serde_saphyr::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default()
+        };
+        all.extend(labels);
+        all.insert("kubernetes.io/metadata.name".into(), ns.into());
+        let labels: String = all.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n{labels}"))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
     pub fn pod_del(&self, name: &str) -> anyhow::Result<()> {
+        let (_, _, name) = crate::state::pod_key(name);
         let _l = self.lock()?;
         let mut st = self.state()?;
         let i = st.pods.iter().position(|p| p.name == name).with_context(|| format!("no pod {name:?} in this lab"))?;
@@ -122,7 +194,7 @@ impl Lab {
         if let Some(pid) = p.serve_pid {
             proc::stop(pid, Duration::from_secs(3));
         }
-        let _ = std::fs::remove_file(self.manifests_dir().join("pods").join(format!("{name}.yaml")));
+        let _ = std::fs::remove_file(self.pod_manifest_path(&p));
         let n = st.node(&p.node)?.clone();
         let inv = self.invocation(&n, &p.container_id, &format!("/run/netns/{}", p.netns), String::new())?;
         let res = cnirun::del(&inv, Some(&p.cni_result));
@@ -174,7 +246,8 @@ impl Lab {
             env.push(("SLUICE_CONFIG".into(), n.dir.join("config.yaml").display().to_string()));
             return Ok(ExecTarget { netns: n.netns.clone(), env, cgroup: Some(self.node_cgroup(&n.name)) });
         }
-        if let Some(p) = st.pods.iter().find(|p| p.name == name) {
+        let (_, _, key) = crate::state::pod_key(name);
+        if let Some(p) = st.pods.iter().find(|p| p.name == key) {
             return Ok(ExecTarget { netns: p.netns.clone(), env, cgroup: None });
         }
         if let Some(e) = st.externals.iter().find(|e| e.name == name) {
@@ -219,6 +292,21 @@ impl Lab {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Probe targets (`IP:PORT/tcp|udp`) from a pod, node or external host, all at once.
+    pub fn probe(
+        &self,
+        from: &str,
+        targets: &[String],
+        timeout_ms: u64,
+    ) -> anyhow::Result<Vec<crate::http::ProbeResult>> {
+        let mut argv =
+            vec!["sluice-lab".to_string(), "probe-local".into(), "--timeout-ms".into(), timeout_ms.to_string()];
+        argv.extend(targets.iter().cloned());
+        let out = self.command(from, &argv)?.output()?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("probing from {from}: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
 
     /// Copy Kubernetes YAML into the standalone source every agent reads.

@@ -146,29 +146,74 @@ enum Cmd {
     Serve {
         #[arg(long)]
         name: String,
-        #[arg(long)]
-        port: u16,
+        /// Repeatable: every port is served on TCP and UDP.
+        #[arg(long, required = true)]
+        port: Vec<u16>,
+    },
+    /// Namespaces (Namespace objects in the standalone source, for policy selectors).
+    #[command(subcommand)]
+    Namespace(NsCmd),
+    /// Can FROM (a pod `NS/NAME`, node or external host) reach IP:PORT? Exit 0 when something
+    /// answered, 1 when nothing did within the timeout (a policy drop looks like this).
+    Probe {
+        from: String,
+        /// IP:PORT.
+        addr: std::net::SocketAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        protocol: ProbeProto,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// Probe targets (`IP:PORT/tcp|udp`) from here, all at once; prints JSON (what `probe` runs
+    /// inside FROM).
+    #[command(hide = true)]
+    ProbeLocal {
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        targets: Vec<String>,
     },
 }
 
 #[derive(Subcommand)]
 enum PodCmd {
-    /// Create pod NAME on NODE.
+    /// Create pod NS/NAME (plain NAME: default/NAME) on NODE.
     Add {
         node: String,
         name: String,
         /// Pod labels, k=v,k2=v2.
         #[arg(long, default_value = "")]
         labels: String,
-        /// Run an HTTP (and UDP) echo server on this port that answers with the pod name.
-        #[arg(long)]
-        serve: Option<u16>,
+        /// Run an HTTP (and UDP) echo server on these ports (80,81) that answers with the pod
+        /// name; the manifest names them serve-<port>-tcp and serve-<port>-udp.
+        #[arg(long, value_delimiter = ',')]
+        serve: Vec<u16>,
         /// Declare a hostPort (TCP) for the echo server's port in the pod's manifest.
         #[arg(long)]
         host_port: Option<u16>,
     },
     /// Delete a pod (CNI DEL through the whole chain, then its namespace).
     Del { name: String },
+    /// Add or change labels of pod NS/NAME (k=v,k2=v2).
+    Label { name: String, labels: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProbeProto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Subcommand)]
+enum NsCmd {
+    /// Create namespace NS (with `kubernetes.io/metadata.name`, as the API server sets it).
+    Add {
+        ns: String,
+        /// Namespace labels, k=v,k2=v2.
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
+    /// Add or change labels of namespace NS (k=v,k2=v2).
+    Label { ns: String, labels: String },
 }
 
 #[derive(Subcommand)]
@@ -196,7 +241,12 @@ fn run() -> anyhow::Result<u8> {
     let cli = Cli::parse();
     let json_out = cli.output == Output::Json;
     match cli.cmd {
-        Cmd::Serve { name, port } => sluice_lab::http::serve(&name, port).map(|_| 0),
+        Cmd::Serve { name, port } => sluice_lab::http::serve(&name, &port).map(|_| 0),
+        Cmd::ProbeLocal { timeout_ms, targets } => {
+            let res = sluice_lab::http::probe_many(&targets, Duration::from_millis(timeout_ms));
+            println!("{}", serde_json::to_string(&res)?);
+            Ok(0)
+        }
         Cmd::Curl { url, timeout_ms } => {
             print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
             Ok(0)
@@ -259,7 +309,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         Cmd::Down => println!("{}", lab.down()?),
         Cmd::Status => status(lab, json_out)?,
         Cmd::Pod(PodCmd::Add { node, name, labels, serve, host_port }) => {
-            let p = lab.pod_add_with(&node, &name, parse_labels(&labels)?, serve, host_port)?;
+            let p = lab.pod_add_ports(&node, &name, parse_labels(&labels)?, &serve, host_port)?;
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
@@ -268,13 +318,49 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                     p.name,
                     p.node,
                     p.ip,
-                    serve.map(|s| format!(" (echo server on :{s})")).unwrap_or_default()
+                    if serve.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (echo server on {})",
+                            serve.iter().map(|s| format!(":{s}")).collect::<Vec<_>>().join(" ")
+                        )
+                    }
                 );
             }
         }
         Cmd::Pod(PodCmd::Del { name }) => {
             lab.pod_del(&name)?;
             println!("pod {name} deleted");
+        }
+        Cmd::Pod(PodCmd::Label { name, labels }) => {
+            let p = lab.pod_label(&name, parse_labels(&labels)?)?;
+            let l: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("pod {} labels: {}", p.name, l.join(","));
+        }
+        Cmd::Namespace(NsCmd::Add { ns, labels }) => {
+            lab.namespace_set(&ns, parse_labels(&labels)?, true)?;
+            println!("namespace {ns} added");
+        }
+        Cmd::Namespace(NsCmd::Label { ns, labels }) => {
+            lab.namespace_set(&ns, parse_labels(&labels)?, false)?;
+            println!("namespace {ns} labelled");
+        }
+        Cmd::Probe { from, addr, protocol, timeout_ms } => {
+            let proto = match protocol {
+                ProbeProto::Tcp => "tcp",
+                ProbeProto::Udp => "udp",
+            };
+            let res = lab.probe(&from, &[format!("{addr}/{proto}")], timeout_ms)?;
+            let r = res.first().context("no probe result")?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(r)?);
+            } else if r.answered {
+                println!("{from} -> {addr}/{proto}: answered by {}", r.detail);
+            } else {
+                println!("{from} -> {addr}/{proto}: no answer ({})", r.detail);
+            }
+            return Ok(if r.answered { 0 } else { 1 });
         }
         Cmd::External(ExtCmd::Add { name, serve }) => {
             let e = lab.external_add(&name, serve)?;
@@ -388,6 +474,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
             }
         }
         Cmd::Serve { .. }
+        | Cmd::ProbeLocal { .. }
         | Cmd::Curl { .. }
         | Cmd::Load { .. }
         | Cmd::Hold { .. }
@@ -422,7 +509,7 @@ fn status(lab: &Lab, json_out: bool) -> anyhow::Result<()> {
     let pods: Vec<_> = st
         .pods
         .iter()
-        .map(|p| json!({"name": p.name, "node": p.node, "ip": p.ip, "labels": p.labels, "serve_port": p.serve_port}))
+        .map(|p| json!({"name": p.name, "node": p.node, "ip": p.ip, "labels": p.labels, "serve_ports": p.ports()}))
         .collect();
     let ext: Vec<_> = st.externals.iter().map(|e| json!({"name": e.name, "ip": e.ip})).collect();
     if json_out {
@@ -450,7 +537,7 @@ fn status(lab: &Lab, json_out: bool) -> anyhow::Result<()> {
             p.node.clone(),
             p.ip.clone(),
             labels.join(","),
-            p.serve_port.map(|s| s.to_string()).unwrap_or_default(),
+            p.ports().iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
         ]);
     }
     println!("{t}");

@@ -18,15 +18,47 @@ pub struct NodeRec {
     pub dir: PathBuf,
 }
 
+fn default_ns() -> String {
+    "default".into()
+}
+
+impl PodRec {
+    /// The pod's name inside its namespace.
+    pub fn short(&self) -> &str {
+        self.name.rsplit('/').next().unwrap_or(&self.name)
+    }
+
+    /// The ports the echo server listens on.
+    pub fn ports(&self) -> Vec<u16> {
+        if self.serve_ports.is_empty() { self.serve_port.into_iter().collect() } else { self.serve_ports.clone() }
+    }
+}
+
+/// `NS/NAME` or `NAME` -> (namespace, name, the lab's key: `NAME` in default, else `NS/NAME`).
+pub fn pod_key(s: &str) -> (String, String, String) {
+    match s.split_once('/') {
+        Some(("default", n)) => ("default".into(), n.into(), n.into()),
+        Some((ns, n)) => (ns.into(), n.into(), format!("{ns}/{n}")),
+        None => ("default".into(), s.into(), s.into()),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRec {
+    /// How the lab names the pod: `NAME` in `default`, `NS/NAME` elsewhere.
     pub name: String,
+    #[serde(default = "default_ns")]
+    pub namespace: String,
     pub node: String,
     pub netns: String,
     pub container_id: String,
     pub ip: String,
     pub labels: BTreeMap<String, String>,
+    /// The first echo port (kept for callers that serve one).
     pub serve_port: Option<u16>,
+    /// Every echo port (TCP and UDP each).
+    #[serde(default)]
+    pub serve_ports: Vec<u16>,
     /// hostPort mapped to `serve_port` (TCP), declared in the pod's manifest.
     #[serde(default)]
     pub host_port: Option<u16>,

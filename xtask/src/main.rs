@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("runc", "/usr/sbin/runc"),
     ("procps", "/usr/bin/ps"),
     ("conntrack", "/usr/sbin/conntrack"),
+    // Network policy on the iptables backend: one set per peer.
+    ("ipset", "/usr/sbin/ipset"),
     ("clang-19", "/usr/bin/clang-19"),
     ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
     ("linux-libc-dev", "/usr/include/linux/bpf.h"),

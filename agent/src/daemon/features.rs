@@ -38,6 +38,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
     same.kube_proxy_replacement_features = old.kube_proxy_replacement_features.clone();
     same.dataplane = old.dataplane;
     same.probes = old.probes.clone();
+    same.policy_enforcement = old.policy_enforcement;
     if &same == old {
         return Ok(());
     }
@@ -51,7 +52,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
         .map(|(k, _)| k.clone())
         .collect();
     Err(format!(
-        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane and probes.assume_missing can",
+        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, probes.assume_missing and policy_enforcement can",
         keys.join(", ")
     ))
 }

@@ -11,6 +11,7 @@ mod devices;
 pub mod features;
 mod health;
 mod node;
+mod policy;
 mod publish;
 pub mod registry;
 mod server;
@@ -67,6 +68,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // Per-Service errors of the last pass: `sluice service list` shows them as failed.
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
+    let mut policy = policy::PolicyCache::default();
     loop {
         let mut reload = false;
         tokio::select! {
@@ -99,11 +101,19 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         }
         let plumbing = node.reconcile(&cfg, &cur.state, sync.synced).await;
         let view = ServiceView::new(&cfg.node_name, &cur.state.services, &cur.state.host_ports);
+        let policy_view = policy.update(
+            cur.generation,
+            planner.config.policy_enforcement,
+            &cur.state,
+            &plumbing.local_endpoints,
+            &plumbing.ctx,
+        );
         let desired = Desired {
             generation: cur.generation,
             view: &view,
             local_endpoints: &plumbing.local_endpoints,
             node: &plumbing.ctx,
+            policy: policy_view,
         };
         let pass = tokio::task::block_in_place(|| engine.reconcile(&planner.plan, &desired, sync));
         failed =

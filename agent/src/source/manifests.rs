@@ -193,6 +193,9 @@ impl ManifestDir {
             objects.pods.extend(o.pods.iter().cloned());
             objects.services.extend(o.services.iter().cloned());
             objects.endpoint_slices.extend(o.endpoint_slices.iter().cloned());
+            objects.namespaces.extend(o.namespaces.iter().cloned());
+            objects.network_policies.extend(o.network_policies.iter().cloned());
+            objects.sluice_policies.extend(o.sluice_policies.iter().cloned());
             objects.rejected.extend(o.rejected.iter().cloned());
         }
         objects

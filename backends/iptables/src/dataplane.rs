@@ -13,6 +13,7 @@ use sluice_core::{
 };
 
 use crate::incremental::Renderer;
+use crate::policy_sync::PolicyRules;
 use crate::restore::{Iptables, IptablesError, Variant};
 use crate::ruleset::{ChainOwner, TABLES, observe};
 use crate::services::NodeInput;
@@ -28,7 +29,8 @@ pub const FULL_RESYNC: Duration = Duration::from_secs(30);
 fn needs(f: Feature) -> Option<&'static [Capability]> {
     use Capability::*;
     match f {
-        Feature::Policy | Feature::Flows => None,
+        Feature::Flows => None,
+        Feature::Policy => Some(&[Iptables, Conntrack, Ipset]),
         _ => Some(&[Iptables, Conntrack]),
     }
 }
@@ -51,6 +53,10 @@ pub struct IptablesDataplane {
     /// Frontend addresses (and protocols) the last sync served: a new one gets its stale
     /// conntrack entries cleared.
     last_frontends: BTreeSet<(std::net::IpAddr, sluice_core::Protocol)>,
+    /// Network policy: its own chains and sets, its own syncer.
+    policy: PolicyRules,
+    /// Whether the last policy sync (with the feature owned) succeeded.
+    policy_programmed: bool,
 }
 
 /// Most new frontend addresses whose untranslated conntrack entries are cleared in one sync
@@ -105,6 +111,8 @@ impl IptablesDataplane {
             last_full: None,
             rules: 0,
             last_frontends: BTreeSet::new(),
+            policy: PolicyRules::new(ipt),
+            policy_programmed: false,
         }
     }
 
@@ -112,64 +120,14 @@ impl IptablesDataplane {
         self.ipt.variant
     }
 
-    fn programmed(&self) -> BTreeSet<Feature> {
-        self.last_inputs.as_ref().map(|i| i.owned.clone()).unwrap_or_default()
-    }
-}
-
-/// Frontends iptables serves from now on: connection attempts tracked before their rules
-/// existed must not catch later connections (see `flush_untranslated_to`).
-fn clear_stale_entries(fresh: &[(std::net::IpAddr, sluice_core::Protocol)]) -> Vec<ObjectError> {
-    if fresh.len() > FLUSH_MAX {
-        return Vec::new();
-    }
-    let mut errors = Vec::new();
-    for (vip, p) in fresh {
-        let proto = match p {
-            sluice_core::Protocol::Tcp => "tcp",
-            sluice_core::Protocol::Udp => "udp",
-            sluice_core::Protocol::Sctp => "sctp",
-        };
-        if let Err(e) = flush_untranslated_to(*vip, proto) {
-            errors.push(kernel(Op::ConntrackFlush, None, e));
-        }
-    }
-    errors
-}
-
-impl Dataplane for IptablesDataplane {
-    fn spec(&self) -> BackendSpec {
-        SPEC
-    }
-
-    /// sluice's chains from a previous agent serve whatever Service features that agent gave
-    /// to iptables; which ones is not recorded, so every Service feature counts as possibly
-    /// served (the engine then keeps them here until their planned owner serves them).
-    fn restore(&mut self) -> Restored {
-        let mut r = Restored::default();
-        let dumps: Result<Vec<_>, _> = TABLES.iter().map(|t| self.ipt.save(t)).collect();
-        match dumps {
-            Ok(dumps) => {
-                let applied = observe(&dumps, ChainOwner::Services);
-                r.objects = applied.chains.len();
-                // The POSTROUTING hook is always there; the others only while some Service
-                // feature is served (pod masquerade is the node manager's chain).
-                if applied.hooks.keys().any(|(_, hook)| !hook.ends_with(crate::services::POSTROUTING)) {
-                    r.features = Feature::SERVICES.into_iter().collect();
-                }
-            }
-            Err(e) => r.errors.push(kernel(Op::Restore, table_of(&e), &e)),
-        }
-        r
-    }
-
-    fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, _prune: bool) -> Report {
+    /// The Service features: render, sync, flush what changed.
+    fn reconcile_services(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>) -> Report {
         // Missing objects are kept by the engine's prune gate (it passes the last complete
         // Services while the source is incomplete); the ruleset is always rendered whole.
         let node = desired.node;
         let inputs = Inputs {
             generation: desired.generation,
-            owned: owned.clone(),
+            owned: owned.iter().copied().filter(|f| f.is_kube_proxy_feature()).collect(),
             node: node.name.clone(),
             cluster_cidr: node.cluster_cidr,
         };
@@ -235,6 +193,101 @@ impl Dataplane for IptablesDataplane {
         report
     }
 
+    fn programmed(&self) -> BTreeSet<Feature> {
+        let mut p = self.last_inputs.as_ref().map(|i| i.owned.clone()).unwrap_or_default();
+        if self.policy_programmed {
+            p.insert(Feature::Policy);
+        }
+        p
+    }
+
+    /// Policy chains and sets: installed while the feature is owned, removed when it is not.
+    fn reconcile_policy(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>) -> Option<ObjectError> {
+        let want = owned.contains(&Feature::Policy).then_some(desired.policy);
+        match self.policy.sync(want) {
+            Ok(r) => {
+                if let Some(r) = r.filter(|r| !r.tables.is_empty() || r.lines > 0) {
+                    tracing::info!(lines = r.lines, full = r.full, "policy rules synced");
+                }
+                self.policy_programmed = want.is_some();
+                None
+            }
+            Err(e) => {
+                // The kernel keeps the last complete policy: what was enforced still is.
+                Some(ObjectError {
+                    object: ObjectRef::Table("filter".into()),
+                    error: DataplaneError::Kernel {
+                        backend: BackendId::IPTABLES,
+                        op: Op::RuleSync,
+                        detail: format!("network policy: {e} (will retry with a full resync)"),
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Frontends iptables serves from now on: connection attempts tracked before their rules
+/// existed must not catch later connections (see `flush_untranslated_to`).
+fn clear_stale_entries(fresh: &[(std::net::IpAddr, sluice_core::Protocol)]) -> Vec<ObjectError> {
+    if fresh.len() > FLUSH_MAX {
+        return Vec::new();
+    }
+    let mut errors = Vec::new();
+    for (vip, p) in fresh {
+        let proto = match p {
+            sluice_core::Protocol::Tcp => "tcp",
+            sluice_core::Protocol::Udp => "udp",
+            sluice_core::Protocol::Sctp => "sctp",
+        };
+        if let Err(e) = flush_untranslated_to(*vip, proto) {
+            errors.push(kernel(Op::ConntrackFlush, None, e));
+        }
+    }
+    errors
+}
+
+impl Dataplane for IptablesDataplane {
+    fn spec(&self) -> BackendSpec {
+        SPEC
+    }
+
+    /// sluice's chains from a previous agent serve whatever Service features that agent gave
+    /// to iptables; which ones is not recorded, so every Service feature counts as possibly
+    /// served (the engine then keeps them here until their planned owner serves them).
+    fn restore(&mut self) -> Restored {
+        let mut r = Restored::default();
+        let dumps: Result<Vec<_>, _> = TABLES.iter().map(|t| self.ipt.save(t)).collect();
+        match dumps {
+            Ok(dumps) => {
+                let applied = observe(&dumps, ChainOwner::Services);
+                r.objects = applied.chains.len();
+                // The POSTROUTING hook is always there; the others only while some Service
+                // feature is served (pod masquerade is the node manager's chain).
+                if applied.hooks.keys().any(|(_, hook)| !hook.ends_with(crate::services::POSTROUTING)) {
+                    r.features = Feature::SERVICES.into_iter().collect();
+                }
+                // Policy chains of a previous agent keep enforcing until this one takes over:
+                // a restart never opens a selected pod.
+                let policy = observe(&dumps, ChainOwner::Policy);
+                if !policy.chains.is_empty() {
+                    r.features.insert(Feature::Policy);
+                    r.objects += policy.chains.len();
+                }
+            }
+            Err(e) => r.errors.push(kernel(Op::Restore, table_of(&e), &e)),
+        }
+        r
+    }
+
+    fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, _prune: bool) -> Report {
+        let policy_error = self.reconcile_policy(desired, owned);
+        let mut report = self.reconcile_services(desired, owned);
+        report.programmed = self.programmed();
+        report.errors.extend(policy_error);
+        report
+    }
+
     /// A Service frontend changed dataplanes: closed TCP connections' conntrack entries would
     /// catch new connections on reused client ports (see `flush_closed_tcp_conntrack`), and UDP
     /// flows to the frontends would clash with the ones eBPF translates before netfilter.
@@ -276,17 +329,26 @@ impl Dataplane for IptablesDataplane {
                 Err(e) => out.errors.push(kernel(Op::Cleanup, table_of(&e), &e)),
             }
         }
+        match PolicyRules::destroy_all_sets() {
+            Ok(n) => out.removed += n,
+            Err(crate::ipset::IpsetError::Spawn { .. }) => {} // no ipset: sluice made no sets
+            Err(e) => out.errors.push(kernel(Op::Cleanup, None, e)),
+        }
         self.last_inputs = None;
         self.syncer = None;
+        self.policy = PolicyRules::new(self.ipt);
+        self.policy_programmed = false;
         out
     }
 
     fn summary(&self) -> String {
         let owned: Vec<&str> = self.programmed().iter().map(|f| f.name()).collect();
         format!(
-            "iptables-{}: {} rules; serving [{}]",
+            "iptables-{}: {} rules, {} policy chains, {} policy sets; serving [{}]",
             self.ipt.variant.as_str(),
             self.rules,
+            self.policy.chains,
+            self.policy.set_count,
             if owned.is_empty() { "nothing".to_string() } else { owned.join(", ") }
         )
     }

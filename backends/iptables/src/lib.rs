@@ -13,7 +13,10 @@
 
 pub mod dataplane;
 pub mod incremental;
+pub mod ipset;
 pub mod node;
+pub mod policy;
+mod policy_sync;
 pub mod probe;
 pub mod restore;
 pub mod routes;
@@ -24,6 +27,7 @@ pub mod sync;
 
 pub use dataplane::{IptablesDataplane, SPEC};
 pub use node::NodeRules;
+pub use policy_sync::{PolicyRules, PolicySyncError};
 pub use restore::{Iptables, IptablesError, Variant};
 pub use routes::{NODE_RTPROTO, RouteError, RouteManager};
 

@@ -44,9 +44,14 @@ pub fn conntrack() -> (bool, String) {
 }
 
 pub fn ipset() -> (bool, String) {
-    if Path::new("/sys/module/ip_set").exists() {
-        (true, "ip_set present".into())
-    } else {
-        (false, "ip_set not loaded (no /sys/module/ip_set)".into())
+    // The binary drives the sets; the kernel module loads on first use (asking the kernel
+    // through it is the probe, so a node booted without ip_set loaded still passes).
+    let Some(bin) = which("ipset") else {
+        return (false, "ipset binary not found (install the ipset package)".into());
+    };
+    match std::process::Command::new(&bin).args(["list", "-n"]).output() {
+        Ok(o) if o.status.success() => (true, format!("{bin} works; ip_set present")),
+        Ok(o) => (false, format!("{bin} list failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => (false, format!("running {bin}: {e}")),
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::save::TableDump;
+use crate::policy::POLICY_CHAIN_PREFIX;
 use crate::{CHAIN_PREFIX, NODE_CHAIN_PREFIX};
 
 pub const TABLES: [&str; 2] = ["nat", "filter"];
@@ -118,16 +119,24 @@ fn hash_of(rule: &str) -> Option<u64> {
 /// manager) share the tables, and neither may prune the other's chains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChainOwner {
-    /// `SLUICE-*` except `SLUICE-NODE-*`.
+    /// `SLUICE-*` except `SLUICE-NODE-*` and `SLUICE-POL-*`.
     Services,
     /// `SLUICE-NODE-*`.
     Node,
+    /// `SLUICE-POL-*`.
+    Policy,
 }
 
 impl ChainOwner {
     pub fn owns(self, chain: &str) -> bool {
-        let node = chain.starts_with(NODE_CHAIN_PREFIX);
-        chain.starts_with(CHAIN_PREFIX) && (node == (self == ChainOwner::Node))
+        let owner = if chain.starts_with(NODE_CHAIN_PREFIX) {
+            ChainOwner::Node
+        } else if chain.starts_with(POLICY_CHAIN_PREFIX) {
+            ChainOwner::Policy
+        } else {
+            ChainOwner::Services
+        };
+        chain.starts_with(CHAIN_PREFIX) && owner == self
     }
 }
 

@@ -66,7 +66,7 @@ fn proto(p: Protocol) -> &'static str {
 /// A rule comment from object names: printable ASCII only (no quote, backslash or control
 /// character can end the comment or the restore line), at most 200 bytes (iptables allows 256).
 /// Validation refuses such names before they get here; this is the second line of defence.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     s.chars()
         .map(|c| if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' { c } else { '?' })
         .take(200)

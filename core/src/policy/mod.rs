@@ -12,6 +12,7 @@ pub mod identity;
 pub mod model;
 pub mod selector;
 pub mod trace;
+pub mod view;
 
 pub use compile::{
     Action, CompiledRule, Decision, DirectionPolicy, EndpointPolicy, NamedPort, PeerMatch, PolicyContext,
@@ -22,6 +23,7 @@ pub use model::{
     Direction, Enforcement, Entity, NsScope, Peer, Policy, PolicyKind, PolicyName, PortRule, PortSpec, Rule, Subject,
 };
 pub use selector::{LabelSelector, Operator, Requirement};
+pub use view::{EndpointRules, PolicyView};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,152 @@
+//! The policy side of a pass: the cluster's pods as policy endpoints, this node's view of
+//! who is `host` and `remote-node`, and the compiled rules of this node's endpoints, recompiled
+//! only when something they depend on changed (source, enforcement mode, local endpoints).
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr};
+
+use sluice_core::policy::{
+    EndpointRules, Enforcement, IdentityLabels, PolicyContext, PolicyEndpoint, PolicyInput, PolicyView,
+};
+use sluice_core::{ClusterState, LocalEndpoint, NodeContext};
+
+/// Every pod with an IPv4 address, with its identity labels.
+pub fn endpoints(state: &ClusterState) -> Vec<PolicyEndpoint> {
+    state
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let Some(IpAddr::V4(ip)) = p.ip else { return None };
+            Some(PolicyEndpoint {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                ip,
+                node: p.node.clone(),
+                labels: IdentityLabels {
+                    namespace: p.namespace.clone(),
+                    pod: p.labels.clone(),
+                    namespace_labels: state.namespaces.get(&p.namespace).cloned().unwrap_or_default(),
+                },
+                ports: p.ports.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Node name -> its addresses (this node's as the node manager found them).
+pub fn node_ips(state: &ClusterState, ctx: &NodeContext) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    let mut m: BTreeMap<String, Vec<Ipv4Addr>> =
+        state.nodes.values().map(|n| (n.name.clone(), n.internal_ip.into_iter().collect())).collect();
+    let own = m.entry(ctx.name.clone()).or_default();
+    for ip in &ctx.ips {
+        if !own.contains(ip) {
+            own.push(*ip);
+        }
+    }
+    m
+}
+
+/// The `kube-apiserver` entity: the endpoints of `default/kubernetes`.
+pub fn apiserver(state: &ClusterState) -> Vec<Ipv4Addr> {
+    state
+        .services
+        .iter()
+        .filter(|s| s.name.namespace == "default" && s.name.name == "kubernetes")
+        .flat_map(|s| s.backends.iter())
+        .filter_map(|b| match b.ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Everything a compile needs, owned (the context borrows it).
+pub struct Inputs {
+    pub endpoints: Vec<PolicyEndpoint>,
+    pub node_ips: BTreeMap<String, Vec<Ipv4Addr>>,
+    pub apiserver: Vec<Ipv4Addr>,
+}
+
+impl Inputs {
+    pub fn new(state: &ClusterState, ctx: &NodeContext) -> Self {
+        Inputs { endpoints: endpoints(state), node_ips: node_ips(state, ctx), apiserver: apiserver(state) }
+    }
+
+    pub fn context<'a>(
+        &'a self,
+        state: &'a ClusterState,
+        ctx: &'a NodeContext,
+        enforcement: Enforcement,
+    ) -> PolicyContext<'a> {
+        PolicyContext::new(PolicyInput {
+            endpoints: &self.endpoints,
+            policies: &state.policies,
+            enforcement,
+            node: &ctx.name,
+            node_ips: &self.node_ips,
+            cluster_cidr: ctx.cluster_cidr,
+            apiserver: &self.apiserver,
+        })
+    }
+}
+
+/// The compiled view of this node's endpoints, kept between passes.
+#[derive(Default)]
+pub struct PolicyCache {
+    key: Option<u64>,
+    pub view: PolicyView,
+}
+
+impl PolicyCache {
+    pub fn update(
+        &mut self,
+        generation: u64,
+        enforcement: Enforcement,
+        state: &ClusterState,
+        local: &[LocalEndpoint],
+        ctx: &NodeContext,
+    ) -> &PolicyView {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (generation, enforcement, &ctx.name, &ctx.ips, ctx.cluster_cidr).hash(&mut h);
+        for e in local {
+            (&e.ip, &e.host_interface).hash(&mut h);
+        }
+        let key = h.finish();
+        if self.key == Some(key) {
+            return &self.view;
+        }
+        let t = std::time::Instant::now();
+        let inputs = Inputs::new(state, ctx);
+        let cx = inputs.context(state, ctx, enforcement);
+        let mut eps = Vec::new();
+        for l in local {
+            let compiled = match cx.endpoint(l.ip) {
+                Some(e) => cx.compile(e),
+                // A pod the source does not know (yet): no labels, no identity; only
+                // `policy_enforcement: always` isolates it.
+                None => cx.compile(&PolicyEndpoint {
+                    namespace: l.pod_namespace.clone().unwrap_or_default(),
+                    name: l.pod_name.clone().unwrap_or_default(),
+                    ip: l.ip,
+                    node: Some(ctx.name.clone()),
+                    labels: IdentityLabels {
+                        namespace: String::new(),
+                        pod: BTreeMap::new(),
+                        namespace_labels: BTreeMap::new(),
+                    },
+                    ports: Vec::new(),
+                }),
+            };
+            let pod = match (&l.pod_namespace, &l.pod_name) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                _ => l.container_id.chars().take(12).collect(),
+            };
+            eps.push(EndpointRules { ip: l.ip, interface: l.host_interface.clone(), pod, policy: compiled });
+        }
+        self.view = PolicyView { generation: key, enforcement, endpoints: eps, ipcache: cx.ipcache.clone() };
+        self.key = Some(key);
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, endpoints = local.len(), "policy compiled");
+        &self.view
+    }
+}
