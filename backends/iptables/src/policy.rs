@@ -54,7 +54,10 @@ fn set_entries(peer: &PeerMatch, view: &PolicyView) -> Option<BTreeSet<String>> 
         PeerMatch::Cidr { net, except } => {
             // hash:net takes prefixes 1-32: /0 is its two halves.
             let nets: Vec<Ipv4Net> = if net.prefix_len() == 0 {
-                vec![Ipv4Net::new(Ipv4Addr::new(0, 0, 0, 0), 1).unwrap_or(*net), Ipv4Net::new(Ipv4Addr::new(128, 0, 0, 0), 1).unwrap_or(*net)]
+                vec![
+                    Ipv4Net::new(Ipv4Addr::new(0, 0, 0, 0), 1).unwrap_or(*net),
+                    Ipv4Net::new(Ipv4Addr::new(128, 0, 0, 0), 1).unwrap_or(*net),
+                ]
             } else {
                 vec![*net]
             };
@@ -74,7 +77,9 @@ fn set_name(peer: &PeerMatch) -> String {
 fn serde_json_key(peer: &PeerMatch) -> String {
     match peer {
         PeerMatch::Any => "any".into(),
-        PeerMatch::Identities(ids) => format!("ids:{}", ids.iter().map(|i| i.0.to_string()).collect::<Vec<_>>().join(",")),
+        PeerMatch::Identities(ids) => {
+            format!("ids:{}", ids.iter().map(|i| i.0.to_string()).collect::<Vec<_>>().join(","))
+        }
         PeerMatch::Ips(ips) => format!("ips:{}", ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
         PeerMatch::Cidr { net, except } => {
             format!("cidr:{net}-{}", except.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
@@ -126,7 +131,8 @@ fn direction_rules(d: &DirectionPolicy, ingress: bool, pod: &str, view: &PolicyV
         ));
     }
     let by: Vec<String> = d.selected_by.iter().map(|p| p.to_string()).collect();
-    let why = if by.is_empty() { "policy_enforcement=always".to_string() } else { format!("selected by {}", by.join(", ")) };
+    let why =
+        if by.is_empty() { "policy_enforcement=always".to_string() } else { format!("selected by {}", by.join(", ")) };
     out.push(format!("-m comment --comment \"sluice: default deny for {}: {}\" -j DROP", quote(pod), quote(&why)));
     out
 }

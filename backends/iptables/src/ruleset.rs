@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::save::TableDump;
 use crate::policy::POLICY_CHAIN_PREFIX;
+use crate::save::TableDump;
 use crate::{CHAIN_PREFIX, NODE_CHAIN_PREFIX};
 
 pub const TABLES: [&str; 2] = ["nat", "filter"];

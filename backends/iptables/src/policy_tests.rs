@@ -1,0 +1,110 @@
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use sluice_core::Protocol;
+use sluice_core::policy::{
+    Action, CompiledRule, DirectionPolicy, EndpointPolicy, EndpointRules, Enforcement, Identity, PeerMatch, PolicyKind,
+    PolicyName, PolicyView,
+};
+
+use super::*;
+
+fn name() -> PolicyName {
+    PolicyName { kind: PolicyKind::NetworkPolicy, namespace: Some("x".into()), name: "p".into() }
+}
+
+fn rule(action: Action, peer: PeerMatch, proto: Option<Protocol>, ports: Option<(u16, u16)>) -> CompiledRule {
+    CompiledRule { action, peer, protocol: proto, ports, policy: name(), audit: false }
+}
+
+fn view(ingress: DirectionPolicy) -> PolicyView {
+    PolicyView {
+        generation: 1,
+        enforcement: Enforcement::Default,
+        endpoints: vec![EndpointRules {
+            ip: Ipv4Addr::new(10, 244, 1, 5),
+            interface: "slcabc".into(),
+            pod: "x/b".into(),
+            policy: EndpointPolicy { identity: Identity(300), ingress, egress: DirectionPolicy::default() },
+        }],
+        ipcache: [(Ipv4Addr::new(10, 244, 2, 7), Identity(400)), (Ipv4Addr::new(10, 244, 2, 8), Identity(401))].into(),
+    }
+}
+
+#[test]
+fn nothing_isolated_renders_nothing() {
+    let (r, sets) = render(&view(DirectionPolicy::default()));
+    assert!(r.chains.is_empty() && r.hooks.is_empty() && sets.is_empty());
+}
+
+#[test]
+fn isolated_ingress_gets_a_chain_with_denies_first_sets_per_peer_and_a_named_default_deny() {
+    let d = DirectionPolicy {
+        enforced: true,
+        selected_by: vec![name()],
+        audited_by: vec![],
+        rules: vec![
+            rule(Action::Deny, PeerMatch::Ips([Ipv4Addr::new(10, 244, 2, 8)].into()), None, None),
+            rule(
+                Action::Allow,
+                PeerMatch::Identities([Identity(400), Identity(401)].into()),
+                Some(Protocol::Tcp),
+                Some((80, 81)),
+            ),
+            rule(
+                Action::Allow,
+                PeerMatch::Cidr {
+                    net: "10.0.0.0/8".parse().expect("net"),
+                    except: vec!["10.244.0.0/16".parse().expect("net")],
+                },
+                Some(Protocol::Udp),
+                None,
+            ),
+            rule(
+                Action::Allow,
+                PeerMatch::Cidr { net: "192.168.0.0/16".parse().expect("net"), except: vec![] },
+                Some(Protocol::Sctp),
+                Some((9, 9)),
+            ),
+            // Nobody has identity 999: no rule, no set.
+            rule(Action::Allow, PeerMatch::Identities([Identity(999)].into()), None, None),
+        ],
+    };
+    let (r, sets) = render(&view(d));
+    let chain = endpoint_chain("slcabc", true);
+    let rules = &r.chains["filter"][&chain];
+    assert_eq!(rules.len(), 5, "{rules:#?}");
+    assert!(rules[0].ends_with("-j DROP") && rules[0].contains("--match-set"), "{}", rules[0]);
+    assert!(rules[1].contains("-p tcp -m tcp --dport 80:81") && rules[1].ends_with("-j RETURN"));
+    assert!(rules[2].contains("-p udp ") && rules[2].contains("--match-set"));
+    assert!(rules[3].starts_with("-s 192.168.0.0/16 -p sctp -m sctp --dport 9 "), "{}", rules[3]);
+    assert!(rules[4].contains("default deny for x/b: selected by NetworkPolicy x/p") && rules[4].ends_with("-j DROP"));
+    assert_eq!(sets.len(), 3);
+    let members: BTreeSet<&String> = sets.values().flatten().collect();
+    assert!(members.contains(&"10.244.2.7/32".to_string()) && members.contains(&"10.244.0.0/16 nomatch".to_string()));
+    let fwd = &r.chains["filter"][FWD_CHAIN];
+    assert!(fwd[0].contains("RELATED,ESTABLISHED") && fwd[1].starts_with("-o slcabc ") && fwd.len() == 2);
+    assert_eq!(r.hooks.len(), 1);
+}
+
+#[test]
+fn set_names_follow_the_peer_not_its_members() {
+    let peer = PeerMatch::Identities([Identity(400)].into());
+    let d = DirectionPolicy {
+        enforced: true,
+        selected_by: vec![],
+        audited_by: vec![],
+        rules: vec![rule(Action::Allow, peer.clone(), None, None)],
+    };
+    let (_, a) = render(&view(d.clone()));
+    let mut v = view(d);
+    v.ipcache.insert(Ipv4Addr::new(10, 244, 3, 3), Identity(400));
+    let (_, b) = render(&v);
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "a new pod changes members only");
+    assert_eq!(b.values().next().map(|s| s.len()), Some(2));
+    // The whole internet as a set: hash:net has no /0.
+    let world =
+        PeerMatch::Cidr { net: "0.0.0.0/0".parse().expect("net"), except: vec!["10.244.0.0/16".parse().expect("net")] };
+    let e = set_entries(&world, &v).expect("set");
+    assert!(e.contains("0.0.0.0/1") && e.contains("128.0.0.0/1"));
+}
