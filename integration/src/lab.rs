@@ -367,7 +367,7 @@ pub(crate) fn pod_manifest(p: &PodRec) -> String {
     }
     let ports = if ports.is_empty() { ports } else { format!("    ports:\n{ports}") };
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: sluice-lab/echo\n{ports}status:\n  phase: Running\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n  conditions:\n  - type: Ready\n    status: \"True\"\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: \"{name}\"\n  namespace: \"{ns}\"\n  labels:\n{labels}spec:\n  nodeName: \"{node}\"\n  containers:\n  - name: main\n    image: sluice-lab/echo\n{ports}status:\n  phase: Running\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n  conditions:\n  - type: Ready\n    status: \"True\"\n",
         name = p.short(),
         ns = p.namespace,
         node = p.node,
