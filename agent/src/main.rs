@@ -70,6 +70,18 @@ enum Cmd {
     /// Services: `sluice service list` shows every frontend, its owner and its backends.
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Pods on this node as policy endpoints: identity, labels, and whether each direction is
+    /// isolated and by which policies (`sluice endpoint list`).
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Security identities in use: reserved ones (host 1, world 2, ... kube-apiserver 7) and one
+    /// per distinct label set (pod labels, namespace labels, namespace), from 256.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// Network policy: `get` lists the policies in force (and refused ones, with why) and the
+    /// pods they select here; `trace` decides a connection with the rules the datapath enforces.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
     /// SLUICE-* chains and hooks, both variants; eBPF: pinned maps and links), then sluice routes.
     /// Pod interfaces are left to the runtime. Safe to run twice. `-o json` counts per backend.
@@ -77,6 +89,40 @@ enum Cmd {
         /// The agent's config, for its BPF pin directory (default: all of /sys/fs/bpf/sluice).
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Every pod on this node: identity, ingress/egress enforcement and the policies behind it.
+    List,
+}
+
+#[derive(Subcommand)]
+enum IdentityCmd {
+    /// Every identity: number, labels, how many pods carry it.
+    List,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// The policies in force, in audit or enforce mode, and which pods on this node each selects;
+    /// refused policies follow with the field, the value and what is accepted.
+    Get,
+    /// Would a new connection FROM -> TO on PORT pass? Prints each direction's decision and the
+    /// rule or policy that made it (a drop names the policy, or the policies whose default deny
+    /// applies). Exit status 0 when allowed, 1 when denied.
+    ///
+    /// Example: sluice policy trace --from x/a --to y/b --port 80/TCP
+    Trace {
+        /// NS/POD (plain POD: default/POD) or an IPv4 address.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// PORT or PORT/PROTO (TCP, UDP, SCTP; default TCP).
+        #[arg(long)]
+        port: String,
     },
 }
 
@@ -112,6 +158,16 @@ fn main() -> std::process::ExitCode {
         Cmd::Cleanup { config } => cli::cleanup::run(config.as_deref(), cli.output),
         Cmd::Service(ServiceCmd::List) => cli::service::list(&cli.socket, cli.output),
         Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List)) => cli::bpf::lb_list(&cli.socket, cli.output),
+        Cmd::Endpoint(EndpointCmd::List) => cli::policy::endpoints(&cli.socket, cli.output),
+        Cmd::Identity(IdentityCmd::List) => cli::policy::identities(&cli.socket, cli.output),
+        Cmd::Policy(PolicyCmd::Get) => cli::policy::get(&cli.socket, cli.output),
+        Cmd::Policy(PolicyCmd::Trace { from, to, port }) => {
+            match cli::policy::trace(&cli.socket, &from, &to, &port, cli.output) {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::from(1),
+                Err(e) => Err(e),
+            }
+        }
         Cmd::Probe { config } => cli::probe::run(config.as_deref(), cli.output),
         Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), cli.output),
     };

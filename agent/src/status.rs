@@ -50,6 +50,19 @@ pub fn render(s: &AgentStatus) -> String {
         ),
     );
     out += &line("Services:", &s.services.to_string());
+    let p = &s.policy;
+    out += &line(
+        "Policy:",
+        &format!(
+            "enforcement={} by {}; {} policies; {} endpoints isolated on ingress, {} on egress; {} identities",
+            p.enforcement,
+            if p.owner.is_empty() { "nobody" } else { &p.owner },
+            p.policies.len(),
+            p.ingress_isolated,
+            p.egress_isolated,
+            p.identities
+        ),
+    );
     if !s.held.is_empty() {
         let names: Vec<String> = s.held.iter().map(|n| n.to_string()).collect();
         out += &line(

@@ -169,17 +169,34 @@ fn run_case(c: &Cluster, case: &Case) {
     let file = c.dir.path().join(format!("{}.yaml", case.name));
     std::fs::write(&file, &case.yaml).expect("write");
     c.t.lab.apply(&file).unwrap_or_else(|e| panic!("apply {}: {e:#}", case.name));
+    let n = case.yaml.lines().filter(|l| l.starts_with("kind: ") && l.ends_with("Policy")).count();
+    wait_policies(c, case.name, n);
     check(c, case.name, &*case.expect);
     for (i, step) in case.steps.iter().enumerate() {
         (step.act)(&c.t.lab);
         check(c, &format!("{} step {} ({})", case.name, i + 1, step.what), &*step.expect);
     }
     c.t.lab.delete(&file).unwrap_or_else(|e| panic!("delete {}: {e:#}", case.name));
+    wait_policies(c, case.name, 0);
     for undo in &case.undo {
         undo(&c.t.lab);
     }
     check(c, &format!("{} deleted", case.name), &|_, _, _, _| true);
     eprintln!("case {}: ok ({:.1}s)", case.name, started.elapsed().as_secs_f64());
+}
+
+/// Until every agent has read `n` policies (so a case expecting everything allowed is not
+/// checked before its policies are in force).
+fn wait_policies(c: &Cluster, case: &str, n: usize) {
+    for node in ["node-1", "node-2"] {
+        common::eventually(&format!("{node} to read the {n} policies of case {case}"), Duration::from_secs(15), || {
+            let st = c.t.try_status(node)?;
+            let listed = st["policy"]["policies"].as_array()?.len();
+            let rejected = st["rejected"].as_array().map(|r| r.len()).unwrap_or(0);
+            assert_eq!(rejected, 0, "case {case}: policies refused: {}", st["rejected"]);
+            (listed == n).then_some(())
+        });
+    }
 }
 
 fn suite(name: &str, node1: &str, node2: &str) {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+pub mod policy;
 pub mod types;
 
 pub use types::{AgentStatus, LbEntry, ServiceEntry};
@@ -22,6 +23,14 @@ pub enum Request {
     BpfLb,
     /// Sent by sluice-cni after ADD and DEL: reconcile now instead of at the next poll.
     EndpointsChanged,
+    /// This node's endpoints with identity and enforcement (`sluice endpoint list`).
+    Endpoints,
+    /// Identities in use (`sluice identity list`).
+    Identities,
+    /// Policies in force and what they select here (`sluice policy get`).
+    Policies,
+    /// Would a new connection pass (`sluice policy trace`)? `from`/`to`: `NS/POD` or an IPv4.
+    Trace { from: String, to: String, port: u16, protocol: sluice_core::Protocol },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +39,10 @@ pub enum Response {
     Status(Box<AgentStatus>),
     Services(Vec<ServiceEntry>),
     BpfLb(Vec<LbEntry>),
+    Endpoints(Vec<policy::EndpointEntry>),
+    Identities(Vec<policy::IdentityEntry>),
+    Policies(Box<policy::PolicyReport>),
+    Trace(Box<sluice_core::policy::trace::Trace>),
     Ok,
     Error(String),
 }

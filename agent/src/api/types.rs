@@ -60,6 +60,9 @@ pub struct AgentStatus {
     /// until a complete read says they are gone (the prune gate).
     #[serde(default)]
     pub held: Vec<ServiceName>,
+    /// Network policy on this node.
+    #[serde(default)]
+    pub policy: super::policy::PolicySummary,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bpf;
 pub mod cleanup;
 pub mod plan;
+pub mod policy;
 pub mod probe;
 pub mod service;
 pub mod status;

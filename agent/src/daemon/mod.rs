@@ -12,6 +12,7 @@ pub mod features;
 mod health;
 mod node;
 mod policy;
+mod policy_query;
 mod publish;
 pub mod registry;
 mod server;
@@ -76,7 +77,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             _ = sighup.recv() => reload = true,
             _ = wake.notified() => {}
             Some(q) = queries.recv() => {
-                answer(q, &source, &planner, &engine, &failed);
+                answer(q, &source, &planner, &engine, &failed, &policy);
                 continue;
             }
             _ = sigterm.recv() => break,
@@ -140,6 +141,11 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
                 iptables_variant: ipt.variant.as_str(),
             },
         );
+        let owner = match planner.plan.owner(Feature::Policy) {
+            sluice_core::Owner::Backend(b) => b.to_string(),
+            other => other.to_string(),
+        };
+        st.policy = policy_query::summary(&policy, &cur.state, owner);
     }
     let _ = std::fs::remove_file(&cfg.socket_path);
     tracing::info!("sluice agent stopped; kernel state left in place for the next start");
@@ -153,8 +159,13 @@ fn answer(
     planner: &features::Planner,
     engine: &Engine,
     failed: &[sluice_core::ObjectError],
+    policy: &policy::PolicyCache,
 ) {
     match q {
+        server::Query::Policy(req, tx) => {
+            let state = source.current().map(|c| &c.state);
+            let _ = tx.send(policy_query::answer(&req, policy, state, planner.config.policy_enforcement));
+        }
         server::Query::Services(tx) => {
             let (services, rejected) = source
                 .current()

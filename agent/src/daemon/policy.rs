@@ -96,6 +96,9 @@ impl Inputs {
 pub struct PolicyCache {
     key: Option<u64>,
     pub view: PolicyView,
+    /// What the view was compiled for (the CLI's questions are answered against it).
+    pub ctx: NodeContext,
+    pub identities: usize,
 }
 
 impl PolicyCache {
@@ -145,6 +148,8 @@ impl PolicyCache {
             eps.push(EndpointRules { ip: l.ip, interface: l.host_interface.clone(), pod, policy: compiled });
         }
         self.view = PolicyView { generation: key, enforcement, endpoints: eps, ipcache: cx.ipcache.clone() };
+        self.ctx = ctx.clone();
+        self.identities = cx.identities.labels.len();
         self.key = Some(key);
         tracing::debug!(ms = t.elapsed().as_millis() as u64, endpoints = local.len(), "policy compiled");
         &self.view

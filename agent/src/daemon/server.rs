@@ -35,6 +35,8 @@ fn gone() -> Response {
 pub enum Query {
     Services(oneshot::Sender<Vec<ServiceEntry>>),
     BpfLb(oneshot::Sender<Vec<LbEntry>>),
+    /// Policy questions: answered from the loop's state (endpoints, identities, policies, trace).
+    Policy(Request, oneshot::Sender<Response>),
 }
 
 /// Ask the reconcile loop; None when it is gone (the agent is stopping).
@@ -100,6 +102,12 @@ pub async fn serve(
                 Ok(Request::Status) => Response::Status(Box::new(status.read().await.clone())),
                 Ok(Request::Services) => ask(&queries, Query::Services).await.map_or_else(gone, Response::Services),
                 Ok(Request::BpfLb) => ask(&queries, Query::BpfLb).await.map_or_else(gone, Response::BpfLb),
+                Ok(
+                    req @ (Request::Endpoints
+                    | Request::Identities
+                    | Request::Policies
+                    | Request::Trace { .. }),
+                ) => ask(&queries, |tx| Query::Policy(req, tx)).await.unwrap_or_else(gone),
                 Ok(Request::EndpointsChanged) => {
                     wake.notify_one();
                     Response::Ok
