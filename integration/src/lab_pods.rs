@@ -180,7 +180,10 @@ impl Lab {
         all.insert("kubernetes.io/metadata.name".into(), ns.into());
         let labels: String = all.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{ns}\"\n  labels:\n{labels}"))?;
+        std::fs::write(
+            &tmp,
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{ns}\"\n  labels:\n{labels}"),
+        )?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
     }

@@ -52,7 +52,13 @@ fn setup(name: &str, node1: &str, node2: &str) -> Cluster {
             let node = if (i * 3 + j) % 2 == 0 { "node-1" } else { "node-2" };
             let rec = t
                 .lab
-                .pod_add_ports(node, &format!("{ns}/{pod}"), [("pod".to_string(), pod.to_string())].into(), &[80, 81], None)
+                .pod_add_ports(
+                    node,
+                    &format!("{ns}/{pod}"),
+                    [("pod".to_string(), pod.to_string())].into(),
+                    &[80, 81],
+                    None,
+                )
                 .unwrap_or_else(|e| panic!("pod {ns}/{pod}: {e:#}"));
             let svc_ip = format!("10.96.10.{}", 10 * (i + 1) + j + 1);
             svcs.push_str(&format!(

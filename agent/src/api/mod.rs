@@ -30,7 +30,12 @@ pub enum Request {
     /// Policies in force and what they select here (`sluice policy get`).
     Policies,
     /// Would a new connection pass (`sluice policy trace`)? `from`/`to`: `NS/POD` or an IPv4.
-    Trace { from: String, to: String, port: u16, protocol: sluice_core::Protocol },
+    Trace {
+        from: String,
+        to: String,
+        port: u16,
+        protocol: sluice_core::Protocol,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -53,7 +53,9 @@ pub fn endpoints(socket: &Path, out: Output) -> anyhow::Result<()> {
 }
 
 pub fn identities(socket: &Path, out: Output) -> anyhow::Result<()> {
-    let Response::Identities(list) = ask(socket, Request::Identities)? else { bail!("agent sent an unexpected answer") };
+    let Response::Identities(list) = ask(socket, Request::Identities)? else {
+        bail!("agent sent an unexpected answer")
+    };
     if out == Output::Json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
@@ -110,7 +112,11 @@ pub fn get(socket: &Path, out: Output) -> anyhow::Result<()> {
 /// `80`, `80/TCP`, `53/udp`.
 pub fn parse_port(s: &str) -> anyhow::Result<(u16, Protocol)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-    let port: u16 = port.parse().ok().filter(|p| *p > 0).with_context(|| format!("port {port:?} is not 1-65535 (give PORT or PORT/PROTO, e.g. 80/TCP)"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .with_context(|| format!("port {port:?} is not 1-65535 (give PORT or PORT/PROTO, e.g. 80/TCP)"))?;
     let proto = match proto.to_ascii_uppercase().as_str() {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,

@@ -102,12 +102,9 @@ pub async fn serve(
                 Ok(Request::Status) => Response::Status(Box::new(status.read().await.clone())),
                 Ok(Request::Services) => ask(&queries, Query::Services).await.map_or_else(gone, Response::Services),
                 Ok(Request::BpfLb) => ask(&queries, Query::BpfLb).await.map_or_else(gone, Response::BpfLb),
-                Ok(
-                    req @ (Request::Endpoints
-                    | Request::Identities
-                    | Request::Policies
-                    | Request::Trace { .. }),
-                ) => ask(&queries, |tx| Query::Policy(req, tx)).await.unwrap_or_else(gone),
+                Ok(req @ (Request::Endpoints | Request::Identities | Request::Policies | Request::Trace { .. })) => {
+                    ask(&queries, |tx| Query::Policy(req, tx)).await.unwrap_or_else(gone)
+                }
                 Ok(Request::EndpointsChanged) => {
                     wake.notify_one();
                     Response::Ok

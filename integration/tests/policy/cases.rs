@@ -54,7 +54,9 @@ pub struct Case {
 }
 
 fn np(ns: &str, name: &str, spec: &str) -> String {
-    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n{spec}---\n")
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n{spec}---\n"
+    )
 }
 
 fn case(name: &'static str, yaml: String, expect: impl Fn(&P, &P, u16, Proto) -> bool + 'static) -> Case {
@@ -174,7 +176,11 @@ pub fn all(pods: &[P]) -> Vec<Case> {
     // Label mutations under a policy: pods and namespaces gaining the selected labels.
     let mut m = case(
         "pod-and-namespace-label-changes",
-        np("x", "a-from-team-blue", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {team: blue}}}]\n  - from: [{namespaceSelector: {matchLabels: {env: prod}}}]\n"),
+        np(
+            "x",
+            "a-from-team-blue",
+            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {team: blue}}}]\n  - from: [{namespaceSelector: {matchLabels: {env: prod}}}]\n",
+        ),
         |_, t, _, _| !t.is("x/a"),
     );
     m.steps.push(Step {
