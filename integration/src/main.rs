@@ -164,6 +164,20 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Connect to IP:PORT over and over until the answer changes (answering -> silent with
+    /// `--until silent`, or back); prints JSON with the Unix time (ms) the first probe of the
+    /// new state started. For `cargo xtask bench policy`.
+    #[command(hide = true)]
+    FlipWatch {
+        addr: std::net::SocketAddr,
+        #[arg(long, value_parser = ["silent", "answer"])]
+        until: String,
+        /// A probe unanswered after this long counts as silent.
+        #[arg(long, default_value_t = 150)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 60)]
+        max_secs: u64,
+    },
     /// Probe targets (`IP:PORT/tcp|udp`) from here, all at once; prints JSON (what `probe` runs
     /// inside FROM).
     #[command(hide = true)]
@@ -242,6 +256,24 @@ fn run() -> anyhow::Result<u8> {
     let json_out = cli.output == Output::Json;
     match cli.cmd {
         Cmd::Serve { name, port } => sluice_lab::http::serve(&name, &port).map(|_| 0),
+        Cmd::FlipWatch { addr, until, timeout_ms, max_secs } => {
+            let want_answer = until == "answer";
+            let start = std::time::Instant::now();
+            let mut probes = 0u64;
+            loop {
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+                let ok = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(timeout_ms)).is_ok();
+                probes += 1;
+                if ok == want_answer {
+                    println!("{{\"flipped_unix_ms\": {at}, \"probes\": {probes}}}");
+                    return Ok(0);
+                }
+                if start.elapsed() > Duration::from_secs(max_secs) {
+                    anyhow::bail!("{addr} did not turn {until} within {max_secs}s ({probes} probes)");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         Cmd::ProbeLocal { timeout_ms, targets } => {
             let res = sluice_lab::http::probe_many(&targets, Duration::from_millis(timeout_ms));
             println!("{}", serde_json::to_string(&res)?);
@@ -475,6 +507,7 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         }
         Cmd::Serve { .. }
         | Cmd::ProbeLocal { .. }
+        | Cmd::FlipWatch { .. }
         | Cmd::Curl { .. }
         | Cmd::Load { .. }
         | Cmd::Hold { .. }

@@ -12,13 +12,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("probe") => probe(),
         Some("services") => services(&args[1..]),
         Some("agent") => agent(&args[1..]),
-        other => bail!("unknown benchmark {other:?}; available: cni, probe, services, agent"),
+        Some("policy") => crate::bench_policy::run(&args[1..]),
+        other => bail!("unknown benchmark {other:?}; available: cni, probe, services, agent, policy"),
     }
 }
 
 /// Build release binaries, bring up a 1-node lab named "bench", run `body` with a command
 /// factory for `sluice-lab` and the output directory, and tear the lab down whatever happens.
-fn in_bench_lab(
+pub(crate) fn in_bench_lab(
     what: &str,
     body: impl FnOnce(&dyn Fn() -> Command, &std::path::Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@
 //!   cargo xtask bench agent    the whole agent at N Services: time to program, RSS
 
 mod bench;
+mod bench_policy;
 mod demo;
 
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 use sluice_core::Protocol;
-use sluice_core::policy::{Action, CompiledRule, DirectionPolicy, EndpointRules, PeerMatch, PolicyView};
+use sluice_core::policy::{Action, DirectionPolicy, EndpointRules, PeerMatch, PolicyView};
 
 use crate::ipset::{SET_PREFIX, Sets};
 use crate::ruleset::Ruleset;
@@ -87,49 +87,120 @@ fn serde_json_key(peer: &PeerMatch) -> String {
     }
 }
 
-fn proto_match(r: &CompiledRule) -> String {
-    let Some(p) = r.protocol else { return String::new() };
+fn proto_match(protocol: Option<Protocol>, ports: Option<(u16, u16)>) -> String {
+    let Some(p) = protocol else { return String::new() };
     let p = match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
         Protocol::Sctp => "sctp",
     };
-    match r.ports {
+    match ports {
         None => format!("-p {p} "),
         Some((lo, hi)) if lo == hi => format!("-p {p} -m {p} --dport {lo} "),
         Some((lo, hi)) => format!("-p {p} -m {p} --dport {lo}:{hi} "),
     }
 }
 
-/// The rules of one direction's chain; sets it needs are added to `sets`.
-fn direction_rules(d: &DirectionPolicy, ingress: bool, pod: &str, view: &PolicyView, sets: &mut Sets) -> Vec<String> {
+/// The match of one peer, and the set it needs (added to `sets`); `None` when it can match
+/// nothing (no address has its identities now).
+fn peer_match(peer: &PeerMatch, ingress: bool, view: &PolicyView, sets: &mut Sets) -> Option<String> {
     let dir = if ingress { "src" } else { "dst" };
     let flag = if ingress { "-s" } else { "-d" };
-    let mut out = Vec::new();
+    match set_entries(peer, view) {
+        None => Some(match peer {
+            PeerMatch::Cidr { net, .. } if net.prefix_len() > 0 => format!("{flag} {net} "),
+            _ => String::new(),
+        }),
+        Some(entries) if entries.is_empty() => None,
+        Some(entries) => {
+            let name = set_name(peer);
+            sets.insert(name.clone(), entries);
+            Some(format!("-m set --match-set {name} {dir} "))
+        }
+    }
+}
+
+/// The rules of one direction's chain; sets it needs are added to `sets`.
+///
+/// Rules whose peers are addresses of identities (or single pods) and that share action,
+/// protocol and ports become one rule over one set holding all their addresses: a thousand
+/// policies allowing a thousand identities on one port cost the packet one set lookup, not a
+/// thousand rules. That set is named after the chain and the (action, protocol, ports) group,
+/// so a policy or label change only adds and removes members.
+fn direction_rules(
+    chain: &str,
+    d: &DirectionPolicy,
+    ingress: bool,
+    pod: &str,
+    view: &PolicyView,
+    sets: &mut Sets,
+) -> Vec<String> {
+    let dir = if ingress { "src" } else { "dst" };
+    // (action, protocol, ports) -> (addresses, policies), in first-seen order.
+    let mut groups: Vec<((Action, Option<Protocol>, Option<(u16, u16)>), BTreeSet<String>, BTreeSet<String>)> =
+        Vec::new();
+    let mut others: Vec<(Action, String)> = Vec::new();
     for r in d.rules.iter().filter(|r| !r.audit) {
-        let peer = match set_entries(&r.peer, view) {
-            None => match &r.peer {
-                PeerMatch::Cidr { net, .. } if net.prefix_len() > 0 => format!("{flag} {net} "),
-                _ => String::new(),
-            },
-            // No address has these identities now: the rule cannot match anything.
-            Some(entries) if entries.is_empty() => continue,
-            Some(entries) => {
-                let name = set_name(&r.peer);
-                sets.insert(name.clone(), entries);
-                format!("-m set --match-set {name} {dir} ")
-            }
+        let addresses: Option<Vec<Ipv4Addr>> = match &r.peer {
+            PeerMatch::Identities(ids) => Some(view.addresses_of(ids).collect()),
+            PeerMatch::Ips(ips) => Some(ips.iter().copied().collect()),
+            _ => None,
         };
         let (target, what) = match r.action {
             Action::Allow => ("RETURN", "allow"),
             Action::Deny => ("DROP", "deny"),
         };
-        out.push(format!(
-            "{peer}{}-m comment --comment \"sluice: {what} by {}\" -j {target}",
-            proto_match(r),
-            quote(&r.policy.to_string())
+        match addresses {
+            Some(addrs) => {
+                let key = (r.action, r.protocol, r.ports);
+                let i = match groups.iter().position(|g| g.0 == key) {
+                    Some(i) => i,
+                    None => {
+                        groups.push((key, BTreeSet::new(), BTreeSet::new()));
+                        groups.len() - 1
+                    }
+                };
+                groups[i].1.extend(addrs.iter().map(|a| format!("{a}/32")));
+                groups[i].2.insert(r.policy.to_string());
+            }
+            None => {
+                let Some(peer) = peer_match(&r.peer, ingress, view, sets) else { continue };
+                others.push((
+                    r.action,
+                    format!(
+                        "{peer}{}-m comment --comment \"sluice: {what} by {}\" -j {target}",
+                        proto_match(r.protocol, r.ports),
+                        quote(&r.policy.to_string())
+                    ),
+                ));
+            }
+        }
+    }
+    for ((action, protocol, ports), addrs, policies) in groups {
+        if addrs.is_empty() {
+            continue; // no address has these identities now: nothing to match
+        }
+        let key = format!("{chain}:{action:?}:{protocol:?}:{ports:?}");
+        let name = format!("{SET_PREFIX}{}", hex(&[&key], 16));
+        sets.insert(name.clone(), addrs);
+        let (target, what) = match action {
+            Action::Allow => ("RETURN", "allow"),
+            Action::Deny => ("DROP", "deny"),
+        };
+        let by: Vec<String> = policies.into_iter().collect();
+        let by = if by.len() > 3 { format!("{} and {} more", by[..3].join(", "), by.len() - 3) } else { by.join(", ") };
+        others.push((
+            action,
+            format!(
+                "-m set --match-set {name} {dir} {}-m comment --comment \"sluice: {what} by {}\" -j {target}",
+                proto_match(protocol, ports),
+                quote(&by)
+            ),
         ));
     }
+    // Deny before allow.
+    let mut out: Vec<String> = others.iter().filter(|(a, _)| *a == Action::Deny).map(|(_, r)| r.clone()).collect();
+    out.extend(others.iter().filter(|(a, _)| *a == Action::Allow).map(|(_, r)| r.clone()));
     let by: Vec<String> = d.selected_by.iter().map(|p| p.to_string()).collect();
     let why =
         if by.is_empty() { "policy_enforcement=always".to_string() } else { format!("selected by {}", by.join(", ")) };
@@ -154,7 +225,7 @@ pub fn render(view: &PolicyView) -> (Ruleset, Sets) {
                 continue;
             }
             let chain = endpoint_chain(&ep.interface, ingress);
-            let rules = direction_rules(d, ingress, &ep.pod, view, &mut sets);
+            let rules = direction_rules(&chain, d, ingress, &ep.pod, view, &mut sets);
             *r.chain("filter", &chain) = rules;
             let dev = if ingress { "-o" } else { "-i" };
             dispatch.push(format!(

@@ -116,6 +116,9 @@ pub struct PolicyContext<'a> {
     pub ipcache: BTreeMap<Ipv4Addr, Identity>,
     /// Identities a pod peer selects, per (peer, policy namespace): shared by every endpoint.
     peer_cache: RefCell<HashMap<(Peer, Option<String>), BTreeSet<Identity>>>,
+    /// Pod label (key, value) -> the identities carrying it: a selector with matchLabels looks
+    /// at the identities of its rarest label only, not at every identity of the cluster.
+    by_label: HashMap<(String, String), Vec<Identity>>,
 }
 
 impl<'a> PolicyContext<'a> {
@@ -136,7 +139,13 @@ impl<'a> PolicyContext<'a> {
                 ipcache.insert(e.ip, id);
             }
         }
-        PolicyContext { input, identities, ipcache, peer_cache: RefCell::new(HashMap::new()) }
+        let mut by_label: HashMap<(String, String), Vec<Identity>> = HashMap::new();
+        for (id, l) in &identities.labels {
+            for (k, v) in &l.pod {
+                by_label.entry((k.clone(), v.clone())).or_default().push(*id);
+            }
+        }
+        PolicyContext { input, identities, ipcache, peer_cache: RefCell::new(HashMap::new()), by_label }
     }
 
     pub fn endpoint(&self, ip: Ipv4Addr) -> Option<&'a PolicyEndpoint> {
@@ -281,17 +290,41 @@ impl<'a> PolicyContext<'a> {
                 if let Some(ids) = self.peer_cache.borrow().get(&key) {
                     return vec![PeerMatch::Identities(ids.clone())];
                 }
-                let ids: BTreeSet<Identity> = self
-                    .identities
-                    .labels
-                    .iter()
-                    .filter(|(_, l)| pod_peer_matches(peer, l))
-                    .map(|(id, _)| *id)
-                    .collect();
+                let ids: BTreeSet<Identity> = match self.candidates(peer) {
+                    Some(c) => c
+                        .iter()
+                        .filter(|id| self.identities.labels.get(id).is_some_and(|l| pod_peer_matches(peer, l)))
+                        .copied()
+                        .collect(),
+                    None => self
+                        .identities
+                        .labels
+                        .iter()
+                        .filter(|(_, l)| pod_peer_matches(peer, l))
+                        .map(|(id, _)| *id)
+                        .collect(),
+                };
                 self.peer_cache.borrow_mut().insert(key, ids.clone());
                 vec![PeerMatch::Identities(ids)]
             }
         }
+    }
+
+    /// The identities that can match a pod peer at all: those with its rarest matchLabels pair
+    /// (`None`: it pins no pod label, look at every identity).
+    fn candidates(&self, peer: &Peer) -> Option<&Vec<Identity>> {
+        let Peer::Pods { pods, .. } = peer else { return None };
+        let empty: &Vec<Identity> = {
+            static EMPTY: Vec<Identity> = Vec::new();
+            &EMPTY
+        };
+        pods.match_labels
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with(super::identity::NAMESPACE_LABELS_PREFIX) && *k != super::identity::NAMESPACE_KEY
+            })
+            .map(|(k, v)| self.by_label.get(&(k.clone(), v.clone())).unwrap_or(empty))
+            .min_by_key(|c| c.len())
     }
 
     fn entity(&self, en: Entity) -> Vec<PeerMatch> {

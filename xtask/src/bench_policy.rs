@@ -1,0 +1,227 @@
+//! `cargo xtask bench policy`: what network policy costs, per dataplane, side by side in one
+//! run: the new-connection rate between two pods with no policy, with N policies selecting the
+//! server and M identities installed, and with the policies removed again; the time from a
+//! policy change (and from a pod label change) to enforcement; the agent's RSS at that scale.
+
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn json(cmd: &mut Command) -> anyhow::Result<Value> {
+    let out = cmd.output().context("running sluice-lab")?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{:?}: not JSON", cmd))
+}
+
+struct Opts {
+    dataplanes: Vec<String>,
+    policies: usize,
+    identities: usize,
+    secs: u64,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Opts> {
+    let mut o =
+        Opts { dataplanes: vec!["iptables".into(), "ebpf".into()], policies: 1000, identities: 10_000, secs: 5 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().with_context(|| format!("{a} needs a value"))?;
+        let num = || v.parse::<usize>().with_context(|| format!("{a} {v:?} is not a number"));
+        match a.as_str() {
+            "--dataplane" => o.dataplanes = v.split(',').map(str::to_string).collect(),
+            "--policies" => o.policies = num()?,
+            "--identities" => o.identities = num()?,
+            "--secs" => o.secs = num()? as u64,
+            other => bail!(
+                "unknown option {other:?}; accepted: --dataplane iptables,ebpf --policies N --identities N --secs S"
+            ),
+        }
+    }
+    for d in &o.dataplanes {
+        if !["iptables", "ebpf", "auto"].contains(&d.as_str()) {
+            bail!("--dataplane {d:?}: accepted: iptables, ebpf, auto");
+        }
+    }
+    Ok(o)
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let o = parse(args)?;
+    crate::bench::in_bench_lab("policy", |lab, out_dir| {
+        let mut results = Vec::new();
+        for dp in &o.dataplanes {
+            eprintln!("bench policy: dataplane {dp}");
+            results.push(one(lab, out_dir, dp, &o)?);
+        }
+        println!(
+            "\npolicy benchmark: {} policies selecting the server, {} identities; new connections/s client -> server (one node)",
+            o.policies, o.identities
+        );
+        println!(
+            "dataplane  no-policy  with-policies  ratio  policies-removed  ratio  policy-change->enforced  label-change->enforced  agent-RSS"
+        );
+        for r in &results {
+            println!(
+                "{:<9}  {:>9.0}  {:>13.0}  {:>5.3}  {:>16.0}  {:>5.3}  {:>10} ms / {:>5} ms  {:>10} ms / {:>5} ms  {:>6.1} MB",
+                r["dataplane"].as_str().unwrap_or(""),
+                r["rate_none"].as_f64().unwrap_or(0.0),
+                r["rate_policies"].as_f64().unwrap_or(0.0),
+                r["ratio"].as_f64().unwrap_or(0.0),
+                r["rate_removed"].as_f64().unwrap_or(0.0),
+                r["ratio_removed"].as_f64().unwrap_or(0.0),
+                r["policy_deny_ms"],
+                r["policy_allow_ms"],
+                r["label_deny_ms"],
+                r["label_allow_ms"],
+                r["agent_rss_mb"].as_f64().unwrap_or(0.0),
+            );
+        }
+        println!(
+            "(change -> enforced: file written / label changed until the first probe sees the new verdict, deny / allow; includes up to 100 ms of source polling)"
+        );
+        std::fs::write(out_dir.join("policy.json"), serde_json::to_string_pretty(&results)?)?;
+        Ok(())
+    })
+}
+
+fn rate(lab: &dyn Fn() -> Command, server: &str, secs: u64) -> anyhow::Result<f64> {
+    let v = json(lab().args(["exec", "client", "--", "sluice-lab", "load", &format!("{server}:80")]).args([
+        "--secs",
+        &secs.to_string(),
+        "--connections",
+        "16",
+    ]))?;
+    if v["failed"].as_u64().unwrap_or(0) > 0 {
+        bail!("load to {server}:80 had {} failed connections", v["failed"]);
+    }
+    v["conn_per_s"].as_f64().context("conn_per_s")
+}
+
+/// ms from `act` until the client sees the server turn `until` (silent or answer).
+fn flip(
+    lab: &dyn Fn() -> Command,
+    server: &str,
+    until: &str,
+    act: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let child = lab()
+        .args(["exec", "client", "--", "sluice-lab", "flip-watch", &format!("{server}:80"), "--until", until])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = now_ms();
+    act()?;
+    let out = child.wait_with_output()?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("flip-watch output")?;
+    Ok(v["flipped_unix_ms"].as_u64().context("flipped_unix_ms")?.saturating_sub(t0))
+}
+
+fn wait_policy(lab: &dyn Fn() -> Command, policies: usize, identities: usize) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let st = json(lab().args(["exec", "node-1", "--", "sluice", "status", "-o", "json"]))?;
+        let p = &st["policy"];
+        if p["policies"].as_array().map(Vec::len) == Some(policies)
+            && p["identities"].as_u64() >= Some(identities as u64)
+            && st["errors"].as_array().is_some_and(|e| e.is_empty())
+        {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("the agent did not report {policies} policies and {identities} identities within 300 s: {p}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn one(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, dp: &str, o: &Opts) -> anyhow::Result<Value> {
+    let cfg = out_dir.join("policy-node.yaml");
+    std::fs::write(&cfg, format!("dataplane: {dp}\nsource: {{poll_interval_ms: 100}}\n"))?;
+    let _ = lab().arg("down").output();
+    crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
+    crate::run(lab().args(["pod", "add", "node-1", "server", "--labels", "role=server", "--serve", "80"]))?;
+    crate::run(lab().args(["pod", "add", "node-1", "client", "--labels", "role=client"]))?;
+    let st = json(lab().args(["-o", "json", "status"]))?;
+    let server = st["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "server"))
+        .and_then(|p| p["ip"].as_str())
+        .context("server ip")?
+        .to_string();
+    let rate_none = rate(lab, &server, o.secs)?;
+
+    // Identities: pods elsewhere in the cluster, each with its own label set.
+    let mut ids = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n");
+    for i in 0..o.identities {
+        let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 244, 128, 0)) + i as u32);
+        ids += &format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: bench, labels: {{id: \"{i}\"}}}}\nspec: {{nodeName: node-9, containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n"
+        );
+    }
+    let ids_file = out_dir.join("policy-identities.yaml");
+    std::fs::write(&ids_file, ids)?;
+    // Policies: each selects the server and allows one of those identities; one allows the client.
+    let mut pols = String::new();
+    for i in 0..o.policies {
+        pols += &format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p{i}, namespace: default}}\nspec:\n  podSelector: {{matchLabels: {{role: server}}}}\n  ingress: [{{from: [{{namespaceSelector: {{}}, podSelector: {{matchLabels: {{id: \"{}\"}}}}}}], ports: [{{port: 80}}]}}]\n",
+            i % o.identities.max(1)
+        );
+    }
+    let pol_file = out_dir.join("policy-many.yaml");
+    std::fs::write(&pol_file, pols)?;
+    let client_file = out_dir.join("policy-client.yaml");
+    std::fs::write(
+        &client_file,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-client, namespace: default}\nspec:\n  podSelector: {matchLabels: {role: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: 80}]}]\n",
+    )?;
+    crate::run(lab().arg("apply").arg(&ids_file))?;
+    crate::run(lab().arg("apply").arg(&pol_file))?;
+    crate::run(lab().arg("apply").arg(&client_file))?;
+    wait_policy(lab, o.policies + 1, o.identities)?;
+    let rate_policies = rate(lab, &server, o.secs)?;
+
+    let policy_deny_ms = flip(lab, &server, "silent", || crate::run(lab().arg("delete").arg(&client_file)))?;
+    let policy_allow_ms = flip(lab, &server, "answer", || crate::run(lab().arg("apply").arg(&client_file)))?;
+    let label_deny_ms =
+        flip(lab, &server, "silent", || crate::run(lab().args(["pod", "label", "client", "role=other"])))?;
+    let label_allow_ms =
+        flip(lab, &server, "answer", || crate::run(lab().args(["pod", "label", "client", "role=client"])))?;
+
+    let st = json(lab().args(["-o", "json", "status"]))?;
+    let pid = st["nodes"][0]["agent_pid"].as_u64().context("agent pid")?;
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .context("VmRSS")?;
+
+    crate::run(lab().arg("delete").arg(&pol_file))?;
+    crate::run(lab().arg("delete").arg(&client_file))?;
+    wait_policy(lab, 0, o.identities)?;
+    let rate_removed = rate(lab, &server, o.secs)?;
+    crate::run(lab().arg("down"))?;
+    Ok(serde_json::json!({
+        "dataplane": dp,
+        "policies": o.policies,
+        "identities": o.identities,
+        "rate_none": rate_none,
+        "rate_policies": rate_policies,
+        "rate_removed": rate_removed,
+        "ratio": rate_policies / rate_none,
+        "ratio_removed": rate_policies / rate_removed,
+        "policy_deny_ms": policy_deny_ms,
+        "policy_allow_ms": policy_allow_ms,
+        "label_deny_ms": label_deny_ms,
+        "label_allow_ms": label_allow_ms,
+        "agent_rss_mb": rss_kb as f64 / 1024.0,
+    }))
+}
