@@ -8,13 +8,13 @@ use crate::{cargo, root};
 
 const LAB: &str = "demo";
 
-fn lab() -> Command {
+pub(crate) fn lab() -> Command {
     let mut c = Command::new(root().join("target/debug/sluice-lab"));
     c.env("SLUICE_LAB", LAB).env("SLUICE_BIN_DIR", root().join("target/debug"));
     c
 }
 
-fn step(title: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn step(title: &str, args: &[&str]) -> anyhow::Result<String> {
     println!("\n$ sluice-lab {}", args.join(" "));
     let out = lab().args(args).output().with_context(|| format!("running sluice-lab {args:?}"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -103,12 +103,14 @@ pub fn run_demo() -> anyhow::Result<()> {
     step("the eBPF service map on node-1", &["exec", "node-1", "--", "sluice", "bpf", "lb", "list"])?;
 
     bad_input()?;
+    crate::demo_policy::policy()?;
     live_switch()?;
 
     println!("\n-- what the agent on node-1 reports --");
     step("node-1 status", &["exec", "node-1", "--", "sluice", "status"])?;
     println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes,");
     println!("   a Service balanced over them on eBPF, hostile Services were refused by name beside it,");
+    println!("   a NetworkPolicy let only the client through (also via the Service) and named itself in the trace,");
     println!("   then node-1 moved to iptables live without a failed connection ==");
     Ok(())
 }

@@ -12,6 +12,7 @@
 mod bench;
 mod bench_policy;
 mod demo;
+mod demo_policy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
