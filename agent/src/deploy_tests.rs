@@ -79,3 +79,23 @@ fn manifests_are_valid_kubernetes_objects() {
     assert!(env.contains(&"KUBERNETES_SERVICE_HOST".to_string()));
     assert!(kpf[3]["data"]["config.yaml"].as_str().expect("cfg").contains("kube_proxy_replacement: strict"));
 }
+
+#[test]
+fn the_policy_crds_are_the_ones_the_agent_watches() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Vec<CustomResourceDefinition> = docs(include_str!("../../deploy/sluice-crds.yaml"))
+        .into_iter()
+        .map(|d| serde_json::from_value(d).expect("a CustomResourceDefinition"))
+        .collect();
+    let names: Vec<(String, String)> =
+        crds.iter().map(|c| (c.spec.names.kind.clone(), c.spec.names.plural.clone())).collect();
+    let watched: Vec<(String, String)> =
+        crate::source::kube::KubeSource::CRDS.iter().map(|(k, p)| (k.to_string(), p.to_string())).collect();
+    assert_eq!(names, watched);
+    assert!(crds.iter().all(|c| c.spec.group == "sluice.io"));
+    // RBAC lets the agent read them, and Namespaces.
+    for (file, text) in MANIFESTS {
+        assert!(text.contains("resources: [sluicenetworkpolicies, sluiceclusterwidenetworkpolicies]"), "{file}");
+        assert!(text.contains("namespaces]"), "{file}");
+    }
+}

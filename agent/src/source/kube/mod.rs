@@ -1,5 +1,8 @@
-//! The `kubernetes` source: kube-rs watchers over Nodes, this node's Pods, Services,
-//! EndpointSlices and NetworkPolicies, each retried with backoff, feeding one [`KubeStore`].
+//! The `kubernetes` source: kube-rs watchers over Nodes, Pods (cluster-wide: identities and the
+//! IP-to-identity map need every pod), Services, EndpointSlices, Namespaces, NetworkPolicies and
+//! the Sluice policy CRDs, each retried with backoff, feeding one [`KubeStore`]. The CRDs must be
+//! installed (deploy/sluice-crds.yaml): until they are listed the source is not in sync and
+//! nothing is pruned, so a missing CRD never opens a policy.
 //!
 //! During an API outage the store keeps its last view (the dataplane stays as it is) and the
 //! source reports itself stale with the outage's age; when the watchers come back they relist
@@ -13,9 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Config};
 use kube::{Api, Client, Resource};
@@ -86,21 +90,50 @@ fn spawn_watch<K>(
 }
 
 impl KubeSource {
-    /// Start the watchers. Pods are limited to this node (field selector spec.nodeName).
-    pub fn start(client: Client, node: &str, location: String) -> Self {
+    /// The Sluice policy CRDs: (kind, plural).
+    pub const CRDS: [(&'static str, &'static str); 2] = [
+        ("SluiceNetworkPolicy", "sluicenetworkpolicies"),
+        ("SluiceClusterwideNetworkPolicy", "sluiceclusterwidenetworkpolicies"),
+    ];
+
+    /// Start the watchers.
+    pub fn start(client: Client, _node: &str, location: String) -> Self {
         let store = Arc::new(Mutex::new(KubeStore::default()));
         let health = Arc::new(Mutex::new(Health::default()));
         let all = Config::default();
         spawn_watch::<Node>(Api::all(client.clone()), all.clone(), store.clone(), health.clone(), "Node", |s| {
             &mut s.nodes
         });
-        spawn_watch::<Pod>(
+        spawn_watch::<Pod>(Api::all(client.clone()), all.clone(), store.clone(), health.clone(), "Pod", |s| {
+            &mut s.pods
+        });
+        spawn_watch::<Namespace>(
             Api::all(client.clone()),
-            all.clone().fields(&format!("spec.nodeName={node}")),
+            all.clone(),
             store.clone(),
             health.clone(),
-            "Pod",
-            |s| &mut s.pods,
+            "Namespace",
+            |s| &mut s.namespaces,
+        );
+        let crd = |kind: &str, plural: &str| {
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("sluice.io", "v1", kind), plural)
+        };
+        let (snp, scnp) = (crd(Self::CRDS[0].0, Self::CRDS[0].1), crd(Self::CRDS[1].0, Self::CRDS[1].1));
+        spawn_watch::<DynamicObject>(
+            Api::all_with(client.clone(), &snp),
+            all.clone(),
+            store.clone(),
+            health.clone(),
+            "SluiceNetworkPolicy",
+            |s| &mut s.sluice_policies,
+        );
+        spawn_watch::<DynamicObject>(
+            Api::all_with(client.clone(), &scnp),
+            all.clone(),
+            store.clone(),
+            health.clone(),
+            "SluiceClusterwideNetworkPolicy",
+            |s| &mut s.sluice_clusterwide_policies,
         );
         spawn_watch::<Service>(Api::all(client.clone()), all.clone(), store.clone(), health.clone(), "Service", |s| {
             &mut s.services

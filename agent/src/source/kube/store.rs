@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
+use kube::core::DynamicObject;
 use kube::runtime::watcher::Event;
 
 use crate::source::Objects;
@@ -75,10 +76,20 @@ pub struct KubeStore {
     pub pods: KindStore<Pod>,
     pub services: KindStore<Service>,
     pub endpoint_slices: KindStore<EndpointSlice>,
-    /// Translated; Namespaces and the Sluice policy CRDs are not watched yet (the manifest
-    /// source reads them), and Pods only on this node (identities of remote pods are unknown:
-    /// selector peers never match them, which fails closed).
     pub network_policies: KindStore<NetworkPolicy>,
+    pub namespaces: KindStore<Namespace>,
+    pub sluice_policies: KindStore<DynamicObject>,
+    pub sluice_clusterwide_policies: KindStore<DynamicObject>,
+}
+
+/// A CRD object as the policy translation reads it (the same document the manifest source
+/// decodes).
+fn doc(kind: &str, o: DynamicObject) -> crate::source::policy::SluicePolicyDoc {
+    crate::source::policy::SluicePolicyDoc {
+        kind: kind.into(),
+        spec: o.data.get("spec").cloned(),
+        metadata: o.metadata,
+    }
 }
 
 impl KubeStore {
@@ -89,6 +100,9 @@ impl KubeStore {
             && self.services.synced
             && self.endpoint_slices.synced
             && self.network_policies.synced
+            && self.namespaces.synced
+            && self.sluice_policies.synced
+            && self.sluice_clusterwide_policies.synced
     }
 
     /// Changes whenever any watcher delivered an event.
@@ -98,6 +112,9 @@ impl KubeStore {
             + self.services.events
             + self.endpoint_slices.events
             + self.network_policies.events
+            + self.namespaces.events
+            + self.sluice_policies.events
+            + self.sluice_clusterwide_policies.events
     }
 
     pub fn objects(&self) -> Objects {
@@ -107,8 +124,19 @@ impl KubeStore {
             services: self.services.values(),
             endpoint_slices: self.endpoint_slices.values(),
             network_policies: self.network_policies.values(),
-            namespaces: Vec::new(),
-            sluice_policies: Vec::new(),
+            namespaces: self.namespaces.values(),
+            sluice_policies: self
+                .sluice_policies
+                .values()
+                .into_iter()
+                .map(|o| doc("SluiceNetworkPolicy", o))
+                .chain(
+                    self.sluice_clusterwide_policies
+                        .values()
+                        .into_iter()
+                        .map(|o| doc("SluiceClusterwideNetworkPolicy", o)),
+                )
+                .collect(),
             rejected: Vec::new(),
         }
     }

@@ -29,6 +29,9 @@ fn kind_of(path: &str) -> &'static str {
         p if p.ends_with("/services") => "Service",
         p if p.ends_with("/endpointslices") => "EndpointSlice",
         p if p.ends_with("/networkpolicies") => "NetworkPolicy",
+        p if p.ends_with("/namespaces") => "Namespace",
+        p if p.ends_with("/sluicenetworkpolicies") => "SluiceNetworkPolicy",
+        p if p.ends_with("/sluiceclusterwidenetworkpolicies") => "SluiceClusterwideNetworkPolicy",
         _ => "Unknown",
     }
 }
@@ -101,7 +104,16 @@ fn start(api: Arc<Mutex<Api>>) -> KubeSource {
 
 fn fixture_api() -> Arc<Mutex<Api>> {
     let mut a = Api::default();
-    for k in ["Node", "Pod", "Service", "EndpointSlice", "NetworkPolicy"] {
+    for k in [
+        "Node",
+        "Pod",
+        "Service",
+        "EndpointSlice",
+        "NetworkPolicy",
+        "Namespace",
+        "SluiceNetworkPolicy",
+        "SluiceClusterwideNetworkPolicy",
+    ] {
         a.lists.insert(k, (items(k), 5000));
     }
     Arc::new(Mutex::new(a))
@@ -133,6 +145,9 @@ async fn same_objects_give_the_same_desired_state_from_both_sources() {
     assert_eq!(from_kube.services.len(), 1);
     assert_eq!(from_kube.host_ports.len(), 1);
     assert_eq!(from_kube.nodes["node-1"].labels.get("sluice.io/node-config").map(String::as_str), Some("old-kernel"));
+    // Policy kinds too: the Namespace's labels, a NetworkPolicy and a Sluice CRD.
+    assert_eq!(from_kube.policies.len(), 2, "{:?}", from_kube.rejected);
+    assert_eq!(from_kube.namespaces["default"].get("team").map(String::as_str), Some("web"));
 }
 
 #[tokio::test]
