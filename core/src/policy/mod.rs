@@ -9,6 +9,7 @@
 
 pub mod compile;
 pub mod identity;
+pub mod lower;
 pub mod model;
 pub mod selector;
 pub mod trace;
@@ -19,6 +20,7 @@ pub use compile::{
     PolicyEndpoint, PolicyInput, decide,
 };
 pub use identity::{Allocation, Identity, IdentityLabels};
+pub use lower::{LoweredPeer, LoweredRule, SetEntry, lower};
 pub use model::{
     Direction, Enforcement, Entity, NsScope, Peer, Policy, PolicyKind, PolicyName, PortRule, PortSpec, Rule, Subject,
 };
