@@ -182,6 +182,9 @@ pub enum Reason {
     Follows { base: Feature, owner: Owner },
     /// The base feature moved to where its dependent can be served.
     MovedWith { dependent: Feature, owner: Owner, because: Box<Reason> },
+    /// Policy must see Service backends: `passed` polices before translation, and ClusterIPs
+    /// are translated by `translator`.
+    AfterTranslation { passed: BackendId, translator: Owner },
 }
 
 impl fmt::Display for Reason {
@@ -195,6 +198,10 @@ impl fmt::Display for Reason {
             Reason::MovedWith { dependent, owner, because } => {
                 write!(f, "moved to {owner} with {dependent}: {because}")
             }
+            Reason::AfterTranslation { passed, translator } => write!(
+                f,
+                "{passed} polices before Service translation and ClusterIPs are translated by {translator}: enforced after it"
+            ),
         }
     }
 }
@@ -371,6 +378,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         return Err(e);
     }
     align_groups(&mut entries, caps, backends);
+    place_policy(&mut entries, caps, backends);
     if !caps.kube_proxy_active {
         let left: Vec<_> = entries.iter().filter(|e| e.owner == Owner::KubeProxy).map(|e| e.feature.title()).collect();
         if !left.is_empty() {
@@ -428,6 +436,26 @@ fn align_groups(entries: &mut [PlanEntry], caps: &Capabilities, backends: &[Back
         if !changed {
             break;
         }
+    }
+}
+
+/// A backend that polices before netfilter's DNAT sees Service backends only when it translates
+/// the ClusterIPs itself: otherwise `policy` goes to the first backend that polices after
+/// translation (or stays, with the reason, when there is none).
+fn place_policy(entries: &mut [PlanEntry], caps: &Capabilities, backends: &[BackendSpec]) {
+    let owner = |f: Feature, e: &[PlanEntry]| e.iter().find(|x| x.feature == f).map(|x| x.owner).unwrap_or(Owner::Off);
+    let Owner::Backend(pol) = owner(Feature::Policy, entries) else { return };
+    let translator = owner(Feature::ClusterIp, entries);
+    let needs_own = backends.iter().find(|b| b.id == pol).is_some_and(|b| b.policy_needs_own_translation);
+    if !needs_own || translator == Owner::Backend(pol) {
+        return;
+    }
+    let alt = backends
+        .iter()
+        .find(|b| b.id != pol && !b.policy_needs_own_translation && lack(caps, b, Feature::Policy).is_none());
+    if let (Some(alt), Some(e)) = (alt, entries.iter_mut().find(|e| e.feature == Feature::Policy)) {
+        e.owner = Owner::Backend(alt.id);
+        e.reason = Reason::AfterTranslation { passed: pol, translator };
     }
 }
 

@@ -110,6 +110,10 @@ pub struct BackendSpec {
     /// The capabilities a feature needs on this backend; `None` when this build does not
     /// implement the feature on it.
     pub needs: fn(Feature) -> Option<&'static [Capability]>,
+    /// Its `policy` sees a Service's backend only when it translates ClusterIPs itself (it
+    /// polices at the pod's interface, before netfilter's DNAT). The plan gives it `policy`
+    /// only together with `cluster-ip`.
+    pub policy_needs_own_translation: bool,
 }
 
 impl BackendSpec {

@@ -135,7 +135,7 @@ impl ServiceBuilder {
 
 /// Spec of a test backend implementing every feature, needing `needs` for each.
 pub fn spec(id: BackendId, needs: fn(Feature) -> Option<&'static [Capability]>) -> BackendSpec {
-    BackendSpec { id, needs }
+    BackendSpec { id, needs, policy_needs_own_translation: false }
 }
 
 /// One call a [`FakeDataplane`] received.

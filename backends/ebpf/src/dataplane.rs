@@ -32,11 +32,15 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
         Feature::SocketLbTcp => &[Bpffs, CgroupV2, MapHash, AttachCgroupConnect4, AttachCgroupGetpeername4],
         Feature::SocketLbUdp => &[Bpffs, CgroupV2, MapHash, MapLruHash, AttachCgroupSendmsg4, AttachCgroupRecvmsg4],
         Feature::SourceRanges => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, MapLpmTrie],
-        Feature::Policy | Feature::Flows => return None,
+        // Policy maps looked up by the pod-veth programs.
+        Feature::Policy => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, MapLpmTrie, Tcx],
+        Feature::Flows => return None,
     })
 }
 
-pub const SPEC: BackendSpec = BackendSpec { id: BackendId::EBPF, needs };
+/// Policy at the pod veths runs before netfilter: it sees Service backends only when eBPF
+/// translates the ClusterIPs too.
+pub const SPEC: BackendSpec = BackendSpec { id: BackendId::EBPF, needs, policy_needs_own_translation: true };
 
 /// Features served at the node's devices.
 const DEVICE_FEATURES: [Feature; 4] =
@@ -60,6 +64,22 @@ pub struct EbpfDataplane {
     admitted: BTreeSet<sluice_core::ServiceName>,
     /// Services (or frontends) the last sync refused; reported on every pass while it lasts.
     refused: Vec<ObjectError>,
+    policy: PolicyState,
+}
+
+/// The policy maps as this process last wrote them.
+#[derive(Default)]
+struct PolicyState {
+    /// (view generation, owned) of the last successful sync.
+    last: Option<Option<u64>>,
+    written: Option<(
+        std::collections::BTreeMap<crate::policy::PolEpKey, crate::policy::PolEpVal>,
+        BTreeSet<crate::policy::SetRow>,
+    )>,
+    ids: std::collections::BTreeMap<String, u32>,
+    programmed: bool,
+    errors: Vec<ObjectError>,
+    endpoints: usize,
 }
 
 fn err(object: ObjectRef, op: Op, e: impl std::fmt::Display) -> ObjectError {
@@ -88,6 +108,7 @@ impl EbpfDataplane {
             cgroup: None,
             admitted: BTreeSet::new(),
             refused: Vec::new(),
+            policy: PolicyState::default(),
         }
     }
 
@@ -102,7 +123,68 @@ impl EbpfDataplane {
     }
 
     fn programmed(&self) -> BTreeSet<Feature> {
-        self.synced.as_ref().map(|(_, c)| c.owned.clone()).unwrap_or_default()
+        let mut p: BTreeSet<Feature> = self
+            .synced
+            .as_ref()
+            .map(|(_, c)| c.owned.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| *f != Feature::Policy)
+            .collect();
+        if self.policy.programmed {
+            p.insert(Feature::Policy);
+        }
+        p
+    }
+
+    /// Policy maps: the view's rules while `policy` is owned, nothing when it is not. A pass
+    /// that cannot write everything writes nothing (the last complete policy stays).
+    fn reconcile_policy(&mut self, dp: &mut Datapath, desired: &Desired<'_>, owned: &BTreeSet<Feature>) {
+        let want_policy = owned.contains(&Feature::Policy);
+        let key = want_policy.then_some(desired.policy.generation);
+        if self.policy.last == Some(key) {
+            return;
+        }
+        let have = match self.policy.written.take() {
+            Some(h) => h,
+            None => match crate::policy::read(dp) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.policy.errors = vec![datapath_err(Op::Restore, &e)];
+                    return;
+                }
+            },
+        };
+        let (want, errs) = if want_policy {
+            let taken: BTreeSet<u32> = have.1.iter().map(|r| r.0).collect();
+            let ifindex = |name: &str| nix::net::if_::if_nametoindex(name).ok();
+            crate::policy::encode(desired.policy, &ifindex, &self.policy.ids, &taken)
+        } else {
+            (crate::policy::Encoded::default(), Vec::new())
+        };
+        self.policy.errors =
+            errs.iter().map(|e| err(ObjectRef::Map("sluice_pol_ep".into()), Op::MapUpdate, e)).collect();
+        if errs.iter().any(|e| matches!(e, crate::policy::PolicyError::TooManyRules { .. })) {
+            self.policy.written = Some(have);
+            return;
+        }
+        match crate::policy::sync(dp, &have, &want) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(writes = n, endpoints = want.endpoints.len() / 2, "eBPF policy maps synced");
+                }
+                self.policy.endpoints = want.endpoints.len() / 2;
+                self.policy.ids = want.ids;
+                self.policy.written = Some((want.endpoints, want.sets));
+                self.policy.programmed = want_policy;
+                self.policy.last = Some(key);
+            }
+            Err(e) => {
+                // Re-read the maps next pass: what was written is not known exactly.
+                self.policy.errors.push(datapath_err(Op::MapUpdate, &e));
+                self.policy.last = None;
+            }
+        }
     }
 }
 
@@ -123,6 +205,10 @@ impl Dataplane for EbpfDataplane {
                 r.objects = dp.entries().services.len() + dp.entries().backends.len();
                 if !dp.entries().services.is_empty() {
                     r.features = Feature::SERVICES.into_iter().filter(|f| needs(*f).is_some()).collect();
+                }
+                // Pinned policy entries keep enforcing until the new agent's plan says otherwise.
+                if crate::policy::read(dp).is_ok_and(|(eps, _)| eps.values().any(|v| v.enforced != 0)) {
+                    r.features.insert(Feature::Policy);
                 }
             }
             Err(e) => r.errors.push(*e),
@@ -151,6 +237,7 @@ impl Dataplane for EbpfDataplane {
         self.dp = None;
         self.synced = None;
         self.handled.clear();
+        self.policy = PolicyState::default();
         match crate::datapath::remove_all(&self.pin_dir) {
             Ok(removed) => CleanupReport { removed, errors: Vec::new() },
             Err(e) => CleanupReport { removed: 0, errors: vec![err(ObjectRef::Backend, Op::Cleanup, e)] },
@@ -161,12 +248,13 @@ impl Dataplane for EbpfDataplane {
         match &self.dp {
             None => "not loaded (no feature is given to eBPF on this node)".into(),
             Some(dp) => format!(
-                "loaded, maps and links pinned in {}; programs on {} pod veth(s) and device(s) [{}]; socket LB {}; {} service frontend(s)",
+                "loaded, maps and links pinned in {}; programs on {} pod veth(s) and device(s) [{}]; socket LB {}; {} service frontend(s); policy {}",
                 self.pin_dir.display(),
                 dp.attached().len().saturating_sub(self.devices.len()),
                 self.devices.join(", "),
                 self.cgroup.as_ref().map(|c| format!("on {}", c.display())).unwrap_or_else(|| "off".into()),
-                dp.entries().services.len()
+                dp.entries().services.len(),
+                if self.policy.programmed { format!("on {} endpoint(s)", self.policy.endpoints) } else { "off".into() }
             ),
         }
     }
@@ -262,6 +350,9 @@ impl EbpfDataplane {
             self.cgroup = None;
             tracing::info!("socket LB released (the plan no longer gives it to eBPF)");
         }
+        self.reconcile_policy(dp, desired, owned);
+        report.errors.extend(self.policy.errors.iter().cloned());
+        report.programmed = self.programmed();
         let ctx = NodeCtx {
             node_name: node.name.clone(),
             node_ips: node.ips.clone(),
@@ -290,9 +381,9 @@ impl EbpfDataplane {
                     tracing::info!(changes = n, "eBPF service maps synced");
                 }
                 report.changes = n;
-                report.programmed = owned.clone();
                 self.admitted = adm.services.iter().map(|s| s.name.clone()).collect();
                 self.synced = Some((desired.generation, ctx));
+                report.programmed = self.programmed();
             }
             Err(e) => report.errors.push(datapath_err(Op::MapUpdate, &e)),
         }

@@ -19,6 +19,7 @@ pub mod dataplane;
 pub mod lb_list;
 pub mod loader;
 pub mod maps;
+pub mod policy;
 pub mod probe;
 
 pub use dataplane::{EbpfDataplane, SPEC};

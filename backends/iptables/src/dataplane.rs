@@ -35,7 +35,7 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
     }
 }
 
-pub const SPEC: BackendSpec = BackendSpec { id: BackendId::IPTABLES, needs };
+pub const SPEC: BackendSpec = BackendSpec { id: BackendId::IPTABLES, needs, policy_needs_own_translation: false };
 
 pub struct IptablesDataplane {
     syncer: Option<RuleSyncer>,

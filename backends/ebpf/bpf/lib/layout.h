@@ -117,6 +117,59 @@ struct sock_key {
 	__u16 pad;
 };
 
+/* Network policy (lib/policy.h). Per endpoint (its host veth) and direction: the lowered rule
+ * list, denies first, the first match decides; an endpoint with no entry is not policed. */
+#define POL_INGRESS 0
+#define POL_EGRESS 1
+#define POL_MAX_RULES 32
+
+struct pol_ep_key {
+	__u32 ifindex;
+	__u32 dir;          /* POL_INGRESS, POL_EGRESS */
+};
+
+#define POL_PEER_ANY 0
+#define POL_PEER_NET 1      /* arg = network, arg2 = mask (network byte order) */
+#define POL_PEER_SET 2      /* arg = set id in sluice_pol_set */
+#define POL_ALLOW 1
+#define POL_DENY 2
+
+struct pol_rule {
+	__u8 action;        /* POL_ALLOW, POL_DENY */
+	__u8 proto;         /* 0 = any */
+	__u8 peer;          /* POL_PEER_* */
+	__u8 pad;
+	__u16 lo;           /* host byte order; hi == 0: every port */
+	__u16 hi;
+	__u32 arg;
+	__u32 arg2;
+};
+
+struct pol_ep_val {
+	__u32 enforced;     /* 0: not isolated in this direction (flows are still recorded) */
+	__u32 count;
+	struct pol_rule rules[POL_MAX_RULES];
+};
+
+/* Peer sets: LPM key = set id (always fully matched) + address prefix; value 1 match, 0 nomatch. */
+struct pol_set_key {
+	__u32 prefixlen;    /* 32 + prefix length */
+	__u32 set_id;
+	__u32 addr;
+};
+
+/* Admitted flows, per endpoint and direction: later packets and replies pass without a lookup. */
+struct pol_ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+	__u32 ifindex;
+};
+
 struct affinity_key {
 	__u32 client;
 	__u32 service_id;

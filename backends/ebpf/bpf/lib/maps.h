@@ -90,4 +90,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_maglev SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct pol_ep_key);
+	__type(value, struct pol_ep_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_pol_ep SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct pol_set_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_pol_set SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct pol_ct_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_pol_ct SEC(".maps");
+
 #endif

@@ -5,6 +5,7 @@
 
 #include "../lib/lb.h"
 #include "../lib/nat.h"
+#include "../lib/policy.h"
 
 SEC("classifier")
 int sluice_from_pod(struct __sk_buff *skb)
@@ -15,8 +16,13 @@ int sluice_from_pod(struct __sk_buff *skb)
 	__u32 slot = 0;
 	int syn;
 
-	if (parse_flow(skb, &k, &syn))
+	if (parse_flow(skb, &k, &syn)) {
+		/* Not TCP or UDP: policed all the same (an isolated pod sends no SCTP or ICMP that no
+		 * rule allows). */
+		if (!parse_other(skb, &k) && !pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport))
+			return TC_ACT_SHOT;
 		return PASS;
+	}
 	if (!syn) {
 		/* The reply of a flow that came from outside the node to this (local) backend. */
 		struct nat_val *r = bpf_map_lookup_elem(&sluice_rnat, &k);
@@ -45,6 +51,8 @@ int sluice_from_pod(struct __sk_buff *skb)
 		/* Mid-stream without an entry: a connection another dataplane (iptables) NATed.
 		 * Kernel conntrack keeps serving it, so established connections survive moving
 		 * ClusterIP between backends. */
+		if (!pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport))
+			return TC_ACT_SHOT;
 		return PASS;
 	}
 	if (!be) {
@@ -64,6 +72,8 @@ int sluice_from_pod(struct __sk_buff *skb)
 				bpf_map_delete_elem(&sluice_rnat, &rk);
 				bpf_map_delete_elem(&sluice_ct, &k);
 			}
+			if (!pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport))
+				return TC_ACT_SHOT;
 			return PASS;
 		}
 		if (!source_allowed(svc, k.saddr))
@@ -105,6 +115,14 @@ int sluice_from_pod(struct __sk_buff *skb)
 		 * of a packet arriving from it). */
 		return back_into_pod(skb);
 	}
+	{
+		/* Egress policy sees the backend, as it would after iptables' DNAT. */
+		struct flow_key pk = k;
+		pk.daddr = be->addr;
+		pk.dport = be->port;
+		if (!pol_pass(skb->ifindex, POL_EGRESS, &pk, be->addr, be->port))
+			return TC_ACT_SHOT;
+	}
 	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
@@ -116,8 +134,17 @@ int sluice_to_pod(struct __sk_buff *skb)
 	struct flow_key k;
 	struct nat_val *front;
 
-	if (parse(skb, &k))
+	if (parse(skb, &k)) {
+		if (!parse_other(skb, &k) && !from_own_node(skb, k.saddr) &&
+		    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport))
+			return TC_ACT_SHOT;
 		return PASS;
+	}
+	/* Ingress policy, before reverse NAT: the source as it arrived (a hairpin flow is the pod
+	 * reaching itself; traffic from this node always passes). */
+	if (k.saddr != bpf_htonl(HAIRPIN_ADDR_HOST_ORDER) && !from_own_node(skb, k.saddr) &&
+	    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport))
+		return TC_ACT_SHOT;
 	front = bpf_map_lookup_elem(&sluice_rnat, &k);
 	if (!front || (front->flags & (NAT_F_EXTERNAL | NAT_F_HAIRPIN)))
 		return PASS;

@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Network policy at the pod veths: egress in sluice_from_pod after Service translation (the
+ * destination is the backend), ingress in sluice_to_pod before reverse NAT. A flow admitted in a
+ * direction is recorded in sluice_pol_ct; its later packets, and its replies in the other
+ * direction, pass without a rule lookup. Traffic from this node's own address always passes. */
+#ifndef SLUICE_LIB_POLICY_H
+#define SLUICE_LIB_POLICY_H
+
+#include "maps.h"
+
+static __always_inline int pol_rule_matches(struct pol_rule *r, __u32 peer, __u8 proto, __u16 port)
+{
+	if (r->proto && r->proto != proto)
+		return 0;
+	if (r->hi && (port < r->lo || port > r->hi))
+		return 0;
+	if (r->peer == POL_PEER_NET)
+		return (peer & r->arg2) == r->arg;
+	if (r->peer == POL_PEER_SET) {
+		struct pol_set_key sk = { .prefixlen = 64, .set_id = r->arg, .addr = peer };
+		__u8 *m = bpf_map_lookup_elem(&sluice_pol_set, &sk);
+		return m && *m;
+	}
+	return 1;
+}
+
+/* 1: pass, 0: drop. `k` is the flow as the endpoint sees it in this direction (for egress: after
+ * Service translation); `peer` is the other end (destination on egress, source on ingress). */
+static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k, __u32 peer, __u16 port_n)
+{
+	struct pol_ep_key ek = { .ifindex = ifindex, .dir = dir };
+	struct pol_ep_val *ep = bpf_map_lookup_elem(&sluice_pol_ep, &ek);
+	struct pol_ct_key ck = { .saddr = k->saddr, .daddr = k->daddr, .sport = k->sport, .dport = k->dport,
+				 .proto = k->proto, .dir = dir, .ifindex = ifindex };
+	struct pol_ct_key rk = { .saddr = k->daddr, .daddr = k->saddr, .sport = k->dport, .dport = k->sport,
+				 .proto = k->proto, .dir = dir == POL_INGRESS ? POL_EGRESS : POL_INGRESS, .ifindex = ifindex };
+	__u8 one = 1;
+	int pass = 0;
+
+	if (!ep)
+		return 1; /* not policed */
+	if (bpf_map_lookup_elem(&sluice_pol_ct, &ck) || bpf_map_lookup_elem(&sluice_pol_ct, &rk))
+		return 1; /* an admitted flow, or the reply of one */
+	if (!ep->enforced) {
+		pass = 1;
+	} else {
+		__u16 port = bpf_ntohs(port_n);
+		__u32 n = ep->count;
+		for (int i = 0; i < POL_MAX_RULES; i++) {
+			if (i >= n)
+				break;
+			struct pol_rule *r = &ep->rules[i];
+			if (pol_rule_matches(r, peer, k->proto, port)) {
+				pass = r->action == POL_ALLOW;
+				break;
+			}
+		}
+	}
+	if (pass)
+		bpf_map_update_elem(&sluice_pol_ct, &ck, &one, BPF_ANY);
+	return pass;
+}
+
+/* Any IPv4 packet the service path does not parse (SCTP, ICMP, ...): addresses, protocol, and
+ * SCTP's ports; other protocols police with ports 0 (only a rule without ports matches them). */
+static __always_inline int parse_other(struct __sk_buff *skb, struct flow_key *k)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + ETH_HLEN;
+
+	if ((void *)(ip + 1) > end)
+		return -1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5)
+		return -1;
+	k->saddr = ip->saddr;
+	k->daddr = ip->daddr;
+	k->proto = ip->protocol;
+	k->sport = k->dport = 0;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	if (ip->protocol == IPPROTO_SCTP && !(ip->frag_off & bpf_htons(0x3fff))) {
+		__u16 *ports = data + L4_OFF;
+		if ((void *)(ports + 2) > end)
+			return -1;
+		k->sport = ports[0];
+		k->dport = ports[1];
+	}
+	return 0;
+}
+
+/* Traffic from this node to a pod always passes (Kubernetes): a packet a local socket sent
+ * (forwarded packets lose their socket when they cross a veth), or one from the node's address. */
+static __always_inline int from_own_node(struct __sk_buff *skb, __u32 saddr)
+{
+	__u32 zero = 0;
+	struct node_cfg *node;
+
+	if (skb->sk)
+		return 1;
+	node = bpf_map_lookup_elem(&sluice_node, &zero);
+	return node && node->node_ip == saddr;
+}
+
+#endif

@@ -1,0 +1,274 @@
+//! Network policy in the eBPF datapath: the lowered rules (`core::policy::lower`, the same
+//! lists the iptables backend renders) encoded per endpoint and direction into `sluice_pol_ep`,
+//! their peer sets into the LPM trie `sluice_pol_set`. The programs (bpf/lib/policy.h) walk the
+//! list, first match decides, and record admitted flows in `sluice_pol_ct`.
+//!
+//! Writes never open a gap: new sets get ids not in use, their entries go in first, then each
+//! endpoint's entry is replaced in one update, then what no entry names any more is removed.
+//! After a restart the pinned maps are read back and the same diff applies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::mem::{offset_of, size_of};
+
+use aya::maps::HashMap;
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use sluice_core::Protocol;
+use sluice_core::policy::{Action, LoweredPeer, PolicyView, lower};
+
+use crate::datapath::{Datapath, DatapathError};
+
+pub const POL_INGRESS: u32 = 0;
+pub const POL_EGRESS: u32 = 1;
+pub const POL_MAX_RULES: usize = 32;
+const PEER_ANY: u8 = 0;
+const PEER_NET: u8 = 1;
+const PEER_SET: u8 = 2;
+const ALLOW: u8 = 1;
+const DENY: u8 = 2;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct PolEpKey {
+    pub ifindex: u32,
+    pub dir: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolRule {
+    pub action: u8,
+    pub proto: u8,
+    pub peer: u8,
+    pub pad: u8,
+    pub lo: u16,
+    pub hi: u16,
+    pub arg: u32,
+    pub arg2: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolEpVal {
+    pub enforced: u32,
+    pub count: u32,
+    pub rules: [PolRule; POL_MAX_RULES],
+}
+
+impl Default for PolEpVal {
+    fn default() -> Self {
+        PolEpVal { enforced: 0, count: 0, rules: [PolRule::default(); POL_MAX_RULES] }
+    }
+}
+
+// SAFETY: plain #[repr(C)] integer structs with explicit padding; any bit pattern is valid.
+unsafe impl aya::Pod for PolEpKey {}
+unsafe impl aya::Pod for PolRule {}
+unsafe impl aya::Pod for PolEpVal {}
+
+const _: () = {
+    assert!(size_of::<PolEpKey>() == 8);
+    assert!(size_of::<PolRule>() == 16 && offset_of!(PolRule, lo) == 4 && offset_of!(PolRule, arg) == 8);
+    assert!(size_of::<PolEpVal>() == 8 + 16 * POL_MAX_RULES && offset_of!(PolEpVal, rules) == 8);
+};
+
+/// One set entry: (set id, network address in packet order, prefix length, match).
+pub type SetRow = (u32, u32, u32, bool);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "endpoint {pod} ({dir}) needs {rules} policy rules, more than the {max} an eBPF endpoint holds; it keeps its last complete policy"
+    )]
+    TooManyRules { pod: String, dir: &'static str, rules: usize, max: usize },
+    #[error("interface {ifname} of {pod} has no index (gone?)")]
+    NoInterface { pod: String, ifname: String },
+}
+
+/// What the maps should hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Encoded {
+    pub endpoints: BTreeMap<PolEpKey, PolEpVal>,
+    pub sets: BTreeSet<SetRow>,
+    /// Set key -> id (stable across passes while the key lives).
+    pub ids: BTreeMap<String, u32>,
+}
+
+fn proto_num(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn net_be(n: &ipnet::Ipv4Net) -> (u32, u32) {
+    (u32::from_ne_bytes(n.network().octets()), u32::from_ne_bytes(n.netmask().octets()))
+}
+
+/// Encode the view. `ifindex` resolves an endpoint's interface; `prev_ids` keeps set ids of
+/// keys that stay, and new keys take ids in neither `prev_ids` nor `taken` (ids the pinned map
+/// still holds), so a set never changes meaning while an endpoint entry names it.
+pub fn encode(
+    view: &PolicyView,
+    ifindex: &dyn Fn(&str) -> Option<u32>,
+    prev_ids: &BTreeMap<String, u32>,
+    taken: &BTreeSet<u32>,
+) -> (Encoded, Vec<PolicyError>) {
+    let mut out = Encoded::default();
+    let mut errors = Vec::new();
+    let mut used: BTreeSet<u32> = taken.iter().copied().chain(prev_ids.values().copied()).collect();
+    let mut next = 1u32;
+    for ep in &view.endpoints {
+        // Every endpoint gets entries, isolated or not: its admitted flows are recorded, so an
+        // isolation added later never cuts the replies of a connection it already has.
+        let p = &ep.policy;
+        let Some(idx) = ifindex(&ep.interface) else {
+            errors.push(PolicyError::NoInterface { pod: ep.pod.clone(), ifname: ep.interface.clone() });
+            continue;
+        };
+        for (dir, d, name) in [(POL_INGRESS, &p.ingress, "ingress"), (POL_EGRESS, &p.egress, "egress")] {
+            let mut val = PolEpVal { enforced: u32::from(d.enforced), ..Default::default() };
+            if d.enforced {
+                let rules = lower(&format!("{}:{name}", ep.interface), d, view);
+                if rules.len() > POL_MAX_RULES {
+                    errors.push(PolicyError::TooManyRules {
+                        pod: ep.pod.clone(),
+                        dir: name,
+                        rules: rules.len(),
+                        max: POL_MAX_RULES,
+                    });
+                    continue;
+                }
+                for (i, r) in rules.iter().enumerate() {
+                    let (peer, arg, arg2) = match &r.peer {
+                        LoweredPeer::Any => (PEER_ANY, 0, 0),
+                        LoweredPeer::Net(n) => {
+                            let (a, m) = net_be(n);
+                            (PEER_NET, a, m)
+                        }
+                        LoweredPeer::Set { key, entries } => {
+                            let id = match out.ids.get(key).or_else(|| prev_ids.get(key)) {
+                                Some(id) => *id,
+                                None => {
+                                    while used.contains(&next) {
+                                        next += 1;
+                                    }
+                                    used.insert(next);
+                                    next
+                                }
+                            };
+                            out.ids.insert(key.clone(), id);
+                            for e in entries {
+                                out.sets.insert((id, net_be(&e.net).0, u32::from(e.net.prefix_len()), !e.nomatch));
+                            }
+                            (PEER_SET, id, 0)
+                        }
+                    };
+                    let (lo, hi) = r.ports.unwrap_or((0, 0));
+                    val.rules[i] = PolRule {
+                        action: if r.action == Action::Allow { ALLOW } else { DENY },
+                        proto: r.protocol.map(proto_num).unwrap_or(0),
+                        peer,
+                        pad: 0,
+                        lo,
+                        hi,
+                        arg,
+                        arg2,
+                    };
+                }
+                val.count = rules.len() as u32;
+            }
+            out.endpoints.insert(PolEpKey { ifindex: idx, dir }, val);
+        }
+    }
+    (out, errors)
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |e| DatapathError::Map { map, detail: e.to_string() }
+}
+
+fn lpm(row: &SetRow) -> LpmKey<[u32; 2]> {
+    LpmKey::new(32 + row.2, [row.0, row.1])
+}
+
+/// What the pinned maps hold now.
+pub fn read(dp: &mut Datapath) -> Result<(BTreeMap<PolEpKey, PolEpVal>, BTreeSet<SetRow>), DatapathError> {
+    let mut eps = BTreeMap::new();
+    {
+        let m = dp
+            .bpf
+            .map_mut("sluice_pol_ep")
+            .ok_or(DatapathError::Map { map: "sluice_pol_ep", detail: "missing".into() })?;
+        let h: HashMap<_, PolEpKey, PolEpVal> = HashMap::try_from(m).map_err(map_err("sluice_pol_ep"))?;
+        for (k, v) in h.iter().flatten() {
+            eps.insert(k, v);
+        }
+    }
+    let mut sets = BTreeSet::new();
+    {
+        let m = dp
+            .bpf
+            .map_mut("sluice_pol_set")
+            .ok_or(DatapathError::Map { map: "sluice_pol_set", detail: "missing".into() })?;
+        let t: LpmTrie<_, [u32; 2], u8> = LpmTrie::try_from(m).map_err(map_err("sluice_pol_set"))?;
+        for (k, v) in t.iter().flatten() {
+            let [id, addr] = k.data();
+            sets.insert((id, addr, k.prefix_len().saturating_sub(32), v != 0));
+        }
+    }
+    Ok((eps, sets))
+}
+
+/// Bring the maps from `have` to `want` without a gap: set entries first, endpoint entries,
+/// then stale endpoint entries and set entries. Returns the writes made.
+pub fn sync(
+    dp: &mut Datapath,
+    have: &(BTreeMap<PolEpKey, PolEpVal>, BTreeSet<SetRow>),
+    want: &Encoded,
+) -> Result<usize, DatapathError> {
+    let mut n = 0;
+    let (have_eps, have_sets) = have;
+    let key_of = |r: &SetRow| (r.0, r.1, r.2);
+    let want_keys: BTreeSet<(u32, u32, u32)> = want.sets.iter().map(key_of).collect();
+    {
+        let m = dp
+            .bpf
+            .map_mut("sluice_pol_set")
+            .ok_or(DatapathError::Map { map: "sluice_pol_set", detail: "missing".into() })?;
+        let mut t: LpmTrie<_, [u32; 2], u8> = LpmTrie::try_from(m).map_err(map_err("sluice_pol_set"))?;
+        for row in want.sets.difference(have_sets) {
+            t.insert(&lpm(row), u8::from(row.3), 0).map_err(map_err("sluice_pol_set"))?;
+            n += 1;
+        }
+    }
+    {
+        let m = dp
+            .bpf
+            .map_mut("sluice_pol_ep")
+            .ok_or(DatapathError::Map { map: "sluice_pol_ep", detail: "missing".into() })?;
+        let mut h: HashMap<_, PolEpKey, PolEpVal> = HashMap::try_from(m).map_err(map_err("sluice_pol_ep"))?;
+        for (k, v) in &want.endpoints {
+            if have_eps.get(k) != Some(v) {
+                h.insert(*k, *v, 0).map_err(map_err("sluice_pol_ep"))?;
+                n += 1;
+            }
+        }
+        for k in have_eps.keys().filter(|k| !want.endpoints.contains_key(k)) {
+            let _ = h.remove(k);
+            n += 1;
+        }
+    }
+    {
+        let m = dp
+            .bpf
+            .map_mut("sluice_pol_set")
+            .ok_or(DatapathError::Map { map: "sluice_pol_set", detail: "missing".into() })?;
+        let mut t: LpmTrie<_, [u32; 2], u8> = LpmTrie::try_from(m).map_err(map_err("sluice_pol_set"))?;
+        for row in have_sets.iter().filter(|r| !want_keys.contains(&key_of(r))) {
+            let _ = t.remove(&lpm(row));
+            n += 1;
+        }
+    }
+    Ok(n)
+}
