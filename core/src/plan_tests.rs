@@ -294,3 +294,28 @@ fn owners_and_reasons_serialize_as_before() {
     let back: Plan = serde_json::from_value(json).expect("back");
     assert_eq!(back, p);
 }
+
+/// A backend that polices before Service translation gets `policy` only where it also
+/// translates ClusterIPs; elsewhere policy is enforced after translation, and the plan says why.
+#[test]
+fn policy_follows_translation_for_backends_that_police_before_it() {
+    let mut kernel = spec(BackendId::EBPF, kernel_needs);
+    kernel.policy_needs_own_translation = true;
+    let specs = [kernel, spec(BackendId::IPTABLES, netfilter_needs)];
+    let all: Vec<Feature> = Feature::SERVICES.to_vec();
+    let run = |mode, missing: Option<Capability>| {
+        let caps = caps_without(missing);
+        compute(&input(&caps, mode, &all, DataplaneMode::Auto, &specs)).expect("plan")
+    };
+    let p = run(KprMode::Probe, None);
+    assert_eq!((p.owner(Feature::ClusterIp), p.owner(Feature::Policy)), (Owner::EBPF, Owner::EBPF));
+    // No TCX: ClusterIP goes to iptables, so does policy.
+    let p = run(KprMode::Probe, Some(Capability::Tcx));
+    assert_eq!((p.owner(Feature::ClusterIp), p.owner(Feature::Policy)), (Owner::IPTABLES, Owner::IPTABLES));
+    let e = p.entries.iter().find(|e| e.feature == Feature::Policy).expect("entry");
+    assert!(matches!(e.reason, Reason::AfterTranslation { passed: BackendId::EBPF, translator: Owner::IPTABLES }));
+    assert!(e.reason.to_string().contains("enforced after it"), "{}", e.reason);
+    // kube-proxy translates: policy in netfilter, after its DNAT.
+    let p = run(KprMode::Disabled, None);
+    assert_eq!((p.owner(Feature::ClusterIp), p.owner(Feature::Policy)), (Owner::KubeProxy, Owner::IPTABLES));
+}

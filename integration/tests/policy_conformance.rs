@@ -205,31 +205,40 @@ fn wait_policies(c: &Cluster, case: &str, n: usize) {
     }
 }
 
-fn suite(name: &str, node1: &str, node2: &str) {
+/// `owners`: which backend each node's plan gives `policy` to (the suite proves that one).
+fn suite(name: &str, node1: &str, node2: &str, owners: [&str; 2]) {
     if !require_root() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = setup(name, node1, node2);
+    for (node, want) in ["node-1", "node-2"].into_iter().zip(owners) {
+        let st = c.t.status(node);
+        let owner = st["plan"]["entries"]
+            .as_array()
+            .and_then(|es| es.iter().find(|e| e["feature"] == "policy"))
+            .map(|e| e["owner"].clone());
+        assert_eq!(owner, Some(serde_json::json!(want)), "{node}: policy owner");
+    }
     run_cases(&c);
 }
 
 #[test]
 fn conformance_iptables() {
-    suite("t-pol-ipt", "dataplane: iptables\n", "dataplane: iptables\n");
+    suite("t-pol-ipt", "dataplane: iptables\n", "dataplane: iptables\n", ["iptables", "iptables"]);
 }
 
 #[test]
 fn conformance_ebpf() {
-    suite("t-pol-ebpf", "dataplane: ebpf\n", "dataplane: ebpf\n");
+    suite("t-pol-ebpf", "dataplane: ebpf\n", "dataplane: ebpf\n", ["ebpf", "ebpf"]);
 }
 
 #[test]
 fn conformance_auto() {
-    suite("t-pol-auto", "dataplane: auto\n", "dataplane: auto\n");
+    suite("t-pol-auto", "dataplane: auto\n", "dataplane: auto\n", ["ebpf", "ebpf"]);
 }
 
 #[test]
 fn conformance_mixed() {
-    suite("t-pol-mixed", "dataplane: ebpf\n", "dataplane: iptables\n");
+    suite("t-pol-mixed", "dataplane: ebpf\n", "dataplane: iptables\n", ["ebpf", "iptables"]);
 }
