@@ -272,3 +272,81 @@ pub fn sync(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use sluice_core::policy::{
+        CompiledRule, DirectionPolicy, EndpointPolicy, EndpointRules, Enforcement, Identity, PeerMatch, PolicyKind,
+        PolicyName,
+    };
+
+    use super::*;
+
+    fn rule(peer: PeerMatch, port: u16) -> CompiledRule {
+        CompiledRule {
+            action: Action::Allow,
+            peer,
+            protocol: Some(Protocol::Tcp),
+            ports: Some((port, port)),
+            policy: PolicyName { kind: PolicyKind::NetworkPolicy, namespace: Some("x".into()), name: "p".into() },
+            audit: false,
+        }
+    }
+
+    fn view(rules: Vec<CompiledRule>) -> PolicyView {
+        let ep = |iface: &str, ip: [u8; 4], enforced: bool| EndpointRules {
+            ip: Ipv4Addr::from(ip),
+            interface: iface.into(),
+            pod: format!("x/{iface}"),
+            policy: EndpointPolicy {
+                identity: Identity(300),
+                ingress: DirectionPolicy {
+                    enforced,
+                    selected_by: vec![],
+                    audited_by: vec![],
+                    rules: if enforced { rules.clone() } else { vec![] },
+                },
+                egress: DirectionPolicy::default(),
+            },
+        };
+        PolicyView {
+            generation: 1,
+            enforcement: Enforcement::Default,
+            endpoints: vec![ep("a", [10, 244, 1, 2], true), ep("b", [10, 244, 1, 3], false)],
+            ipcache: [(Ipv4Addr::new(10, 244, 2, 2), Identity(400))].into(),
+        }
+    }
+
+    fn idx(name: &str) -> Option<u32> {
+        Some(if name == "a" { 7 } else { 8 })
+    }
+
+    #[test]
+    fn every_endpoint_gets_entries_and_set_ids_stay_put() {
+        let v = view(vec![rule(PeerMatch::Identities([Identity(400)].into()), 80), rule(PeerMatch::Any, 81)]);
+        let (e, errs) = encode(&v, &idx, &BTreeMap::new(), &BTreeSet::new());
+        assert!(errs.is_empty());
+        assert_eq!(e.endpoints.len(), 4, "both directions of both endpoints (flows of unisolated ones are recorded)");
+        let a = e.endpoints[&PolEpKey { ifindex: 7, dir: POL_INGRESS }];
+        assert_eq!((a.enforced, a.count), (1, 2));
+        assert_eq!(e.endpoints[&PolEpKey { ifindex: 8, dir: POL_INGRESS }].enforced, 0);
+        let set = a.rules.iter().find(|r| r.peer == PEER_SET).expect("set rule");
+        assert_eq!((set.lo, set.hi, set.proto, set.action), (80, 80, 6, ALLOW));
+        assert_eq!(e.sets.len(), 1);
+        // Again, with a set id taken by the pinned map: the key keeps its id from the last pass.
+        let (again, _) = encode(&v, &idx, &e.ids, &[1, 2].into());
+        assert_eq!(again.ids, e.ids);
+        // A fresh key avoids ids still in the pinned map.
+        let (fresh, _) = encode(&v, &idx, &BTreeMap::new(), &[1].into());
+        assert!(fresh.ids.values().all(|id| *id != 1));
+    }
+
+    #[test]
+    fn too_many_rules_is_an_error_naming_the_endpoint() {
+        let rules: Vec<CompiledRule> = (0..40).map(|p| rule(PeerMatch::Any, 1000 + p)).collect();
+        let (_, errs) = encode(&view(rules), &idx, &BTreeMap::new(), &BTreeSet::new());
+        assert!(matches!(&errs[..], [PolicyError::TooManyRules { pod, rules: 40, .. }] if pod == "x/a"), "{errs:?}");
+    }
+}

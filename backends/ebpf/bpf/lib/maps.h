@@ -111,7 +111,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct pol_ct_key);
-	__type(value, __u8);
+	__type(value, __u32);       /* last seen, seconds (now_s) */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_pol_ct SEC(".maps");
 

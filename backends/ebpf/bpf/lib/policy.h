@@ -24,9 +24,27 @@ static __always_inline int pol_rule_matches(struct pol_rule *r, __u32 peer, __u8
 	return 1;
 }
 
+/* An admitted flow idle longer than this is decided afresh (conntrack's UDP stream timeout). */
+#define POL_CT_IDLE_S 180
+/* Refresh an entry's last-seen time at most this often (a map write per packet is too many). */
+#define POL_CT_REFRESH_S 30
+
+/* Whether `key` is an admitted flow seen recently; refreshes its time now and then. */
+static __always_inline int pol_ct_live(struct pol_ct_key *key, __u32 now)
+{
+	__u32 *seen = bpf_map_lookup_elem(&sluice_pol_ct, key);
+	if (!seen || now - *seen > POL_CT_IDLE_S)
+		return 0;
+	if (now - *seen > POL_CT_REFRESH_S)
+		bpf_map_update_elem(&sluice_pol_ct, key, &now, BPF_ANY);
+	return 1;
+}
+
 /* 1: pass, 0: drop. `k` is the flow as the endpoint sees it in this direction (for egress: after
- * Service translation); `peer` is the other end (destination on egress, source on ingress). */
-static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k, __u32 peer, __u16 port_n)
+ * Service translation); `peer` is the other end (destination on egress, source on ingress).
+ * A TCP SYN is always decided afresh: a reused client port must not inherit an old
+ * connection's admission, and a policy change applies to every new connection. */
+static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k, __u32 peer, __u16 port_n, int syn)
 {
 	struct pol_ep_key ek = { .ifindex = ifindex, .dir = dir };
 	struct pol_ep_val *ep = bpf_map_lookup_elem(&sluice_pol_ep, &ek);
@@ -34,12 +52,12 @@ static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k
 				 .proto = k->proto, .dir = dir, .ifindex = ifindex };
 	struct pol_ct_key rk = { .saddr = k->daddr, .daddr = k->saddr, .sport = k->dport, .dport = k->sport,
 				 .proto = k->proto, .dir = dir == POL_INGRESS ? POL_EGRESS : POL_INGRESS, .ifindex = ifindex };
-	__u8 one = 1;
+	__u32 now = now_s();
 	int pass = 0;
 
 	if (!ep)
 		return 1; /* not policed */
-	if (bpf_map_lookup_elem(&sluice_pol_ct, &ck) || bpf_map_lookup_elem(&sluice_pol_ct, &rk))
+	if (!syn && (pol_ct_live(&ck, now) || pol_ct_live(&rk, now)))
 		return 1; /* an admitted flow, or the reply of one */
 	if (!ep->enforced) {
 		pass = 1;
@@ -57,7 +75,7 @@ static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k
 		}
 	}
 	if (pass)
-		bpf_map_update_elem(&sluice_pol_ct, &ck, &one, BPF_ANY);
+		bpf_map_update_elem(&sluice_pol_ct, &ck, &now, BPF_ANY);
 	return pass;
 }
 

@@ -19,7 +19,7 @@ int sluice_from_pod(struct __sk_buff *skb)
 	if (parse_flow(skb, &k, &syn)) {
 		/* Not TCP or UDP: policed all the same (an isolated pod sends no SCTP or ICMP that no
 		 * rule allows). */
-		if (!parse_other(skb, &k) && !pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport))
+		if (!parse_other(skb, &k) && !pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport, 0))
 			return TC_ACT_SHOT;
 		return PASS;
 	}
@@ -51,7 +51,7 @@ int sluice_from_pod(struct __sk_buff *skb)
 		/* Mid-stream without an entry: a connection another dataplane (iptables) NATed.
 		 * Kernel conntrack keeps serving it, so established connections survive moving
 		 * ClusterIP between backends. */
-		if (!pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport))
+		if (!pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport, syn))
 			return TC_ACT_SHOT;
 		return PASS;
 	}
@@ -72,7 +72,7 @@ int sluice_from_pod(struct __sk_buff *skb)
 				bpf_map_delete_elem(&sluice_rnat, &rk);
 				bpf_map_delete_elem(&sluice_ct, &k);
 			}
-			if (!pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport))
+			if (!pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport, syn))
 				return TC_ACT_SHOT;
 			return PASS;
 		}
@@ -120,7 +120,7 @@ int sluice_from_pod(struct __sk_buff *skb)
 		struct flow_key pk = k;
 		pk.daddr = be->addr;
 		pk.dport = be->port;
-		if (!pol_pass(skb->ifindex, POL_EGRESS, &pk, be->addr, be->port))
+		if (!pol_pass(skb->ifindex, POL_EGRESS, &pk, be->addr, be->port, syn))
 			return TC_ACT_SHOT;
 	}
 	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
@@ -133,17 +133,19 @@ int sluice_to_pod(struct __sk_buff *skb)
 {
 	struct flow_key k;
 	struct nat_val *front;
+	int syn;
 
 	if (parse(skb, &k)) {
 		if (!parse_other(skb, &k) && !from_own_node(skb, k.saddr) &&
-		    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport))
+		    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport, 0))
 			return TC_ACT_SHOT;
 		return PASS;
 	}
+	syn = k.proto == IPPROTO_TCP ? tcp_syn(skb) : 0;
 	/* Ingress policy, before reverse NAT: the source as it arrived (a hairpin flow is the pod
 	 * reaching itself; traffic from this node always passes). */
 	if (k.saddr != bpf_htonl(HAIRPIN_ADDR_HOST_ORDER) && !from_own_node(skb, k.saddr) &&
-	    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport))
+	    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport, syn > 0))
 		return TC_ACT_SHOT;
 	front = bpf_map_lookup_elem(&sluice_rnat, &k);
 	if (!front || (front->flags & (NAT_F_EXTERNAL | NAT_F_HAIRPIN)))
