@@ -106,3 +106,65 @@ fn bad_policies_are_isolated_and_restarts_never_open_or_drop() {
     t.lab.delete(&good).expect("delete good");
     eventually("no policy: 81 answers", Duration::from_secs(15), || answered(&t, &b81).then_some(()));
 }
+
+/// The paths beside pod-to-pod: NodePort from outside the cluster (the backend sees the client,
+/// `externalTrafficPolicy: Local`) and host to pod, on an eBPF and an iptables node.
+fn outside_and_host_paths(lab: &str, cfg: &str) {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = dir.path().join("node.yaml");
+    std::fs::write(&c, cfg).expect("write");
+    let t = TestLab::up(lab, 2, &[("node-1".into(), c.clone()), ("node-2".into(), c)]);
+    t.lab.namespace_set("x", Default::default(), true).expect("ns");
+    t.lab.pod_add_ports("node-1", "x/a", [("pod".to_string(), "a".to_string())].into(), &[80], None).expect("pod a");
+    let b = t
+        .lab
+        .pod_add_ports("node-2", "x/b", [("pod".to_string(), "b".to_string())].into(), &[80], None)
+        .expect("pod b");
+    t.lab.external_add("ext", None).expect("ext");
+    let svc = dir.path().join("svc.yaml");
+    std::fs::write(
+        &svc,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  clusterIP: 10.96.20.2\n  selector: {pod: b}\n  ports: [{port: 80, targetPort: 80, nodePort: 30090}]\n",
+    )
+    .expect("write");
+    t.lab.apply(&svc).expect("apply");
+    let ok = |from: &str, target: &str| t.lab.probe(from, &[target.to_string()], 800).expect("probe")[0].answered;
+    let nodeport = "198.51.100.12:30090/tcp";
+    let pod = format!("{}:80/tcp", b.ip);
+    eventually("NodePort answers before any policy", Duration::from_secs(15), || ok("ext", nodeport).then_some(()));
+
+    // Only pods of x may reach b: the outside client is refused at the NodePort, the node b
+    // runs on still reaches it, another node does not.
+    let np = dir.path().join("np.yaml");
+    std::fs::write(&np, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-x, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{podSelector: {}}]}]\n").expect("write");
+    t.lab.apply(&np).expect("apply");
+    eventually("outside refused through the NodePort", Duration::from_secs(15), || {
+        (!ok("ext", nodeport)).then_some(())
+    });
+    assert!(ok("x/a", &pod), "a pod of x still reaches b");
+    assert!(ok("node-2", &pod), "b's own node reaches it");
+    assert!(!ok("node-1", &pod), "another node is not allowed");
+    t.lab.delete(&np).expect("delete");
+
+    // Only the world may reach b (a Sluice policy with an entity): the outside client passes,
+    // pods do not.
+    std::fs::write(&np, "apiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: b-from-world, namespace: x}\nspec:\n  endpointSelector: {matchLabels: {pod: b}}\n  ingress: [{fromEntities: [world]}]\n").expect("write");
+    t.lab.apply(&np).expect("apply");
+    eventually("pods refused, the world admitted", Duration::from_secs(15), || {
+        (!ok("x/a", &pod) && ok("ext", nodeport)).then_some(())
+    });
+    assert!(!ok("x/a", "10.96.20.2:80/tcp"), "nor through the ClusterIP");
+}
+
+#[test]
+fn outside_and_host_paths_on_ebpf() {
+    outside_and_host_paths("t-pol-oute", "dataplane: ebpf\n");
+}
+
+#[test]
+fn outside_and_host_paths_on_iptables() {
+    outside_and_host_paths("t-pol-outi", "dataplane: iptables\n");
+}
