@@ -35,14 +35,7 @@ struct Cluster {
 }
 
 fn setup(name: &str, node1: &str, node2: &str) -> Cluster {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut configs = Vec::new();
-    for (node, text) in [("node-1", node1), ("node-2", node2)] {
-        let cfg = dir.path().join(format!("{node}.yaml"));
-        std::fs::write(&cfg, text).expect("write");
-        configs.push((node.to_string(), cfg));
-    }
-    let t = TestLab::up(name, 2, &configs);
+    let (t, dir) = common::two_node_lab(name, node1, node2);
     let mut pods = Vec::new();
     let mut svcs = String::new();
     for (i, ns) in NS.iter().enumerate() {

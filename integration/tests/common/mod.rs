@@ -62,9 +62,8 @@ impl Drop for TestLab {
     }
 }
 
-/// A 2-node lab whose nodes get these config lines, with echo pods `a` (node-1) and `b`
-/// (node-2) labelled app=web serving 8080. The temp dir holds the configs (keep it alive).
-pub fn two_node_web_lab(name: &str, node1: &str, node2: &str) -> (TestLab, tempfile::TempDir) {
+/// A 2-node lab whose nodes get these config lines (the temp dir holds them: keep it alive).
+pub fn two_node_lab(name: &str, node1: &str, node2: &str) -> (TestLab, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     let mut configs = Vec::new();
     for (node, text) in [("node-1", node1), ("node-2", node2)] {
@@ -72,7 +71,13 @@ pub fn two_node_web_lab(name: &str, node1: &str, node2: &str) -> (TestLab, tempf
         std::fs::write(&cfg, text).expect("write");
         configs.push((node.to_string(), cfg));
     }
-    let t = TestLab::up(name, 2, &configs);
+    (TestLab::up(name, 2, &configs), dir)
+}
+
+/// A 2-node lab whose nodes get these config lines, with echo pods `a` (node-1) and `b`
+/// (node-2) labelled app=web serving 8080. The temp dir holds the configs (keep it alive).
+pub fn two_node_web_lab(name: &str, node1: &str, node2: &str) -> (TestLab, tempfile::TempDir) {
+    let (t, dir) = two_node_lab(name, node1, node2);
     let web = || [("app".to_string(), "web".to_string())].into_iter().collect();
     t.lab.pod_add("node-1", "a", web(), Some(8080)).expect("pod a");
     t.lab.pod_add("node-2", "b", web(), Some(8080)).expect("pod b");
