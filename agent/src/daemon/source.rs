@@ -38,7 +38,7 @@ impl AgentSource {
                     .as_ref()
                     .map(|p| format!("API via {}", p.display()))
                     .unwrap_or_else(|| "API (in-cluster or $KUBECONFIG)".into());
-                AgentSource::Kube(KubeSource::start(client, &cfg.node_name, location))
+                AgentSource::Kube(KubeSource::start(client, location))
             }
         })
     }

@@ -77,7 +77,7 @@ pub type SetRow = (u32, u32, u32, bool);
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(
-        "endpoint {pod} ({dir}) needs {rules} policy rules, more than the {max} an eBPF endpoint holds; it keeps its last complete policy"
+        "endpoint {pod} ({dir}) needs {rules} policy rules, more than the {max} an eBPF endpoint holds; every endpoint keeps its last complete policy (rules on the same ports and protocol share one entry: merge ports, or set dataplane: iptables on this node, which has no such limit)"
     )]
     TooManyRules { pod: String, dir: &'static str, rules: usize, max: usize },
     #[error("interface {ifname} of {pod} has no index (gone?)")]

@@ -16,6 +16,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::compile::{Action, DirectionPolicy, PeerMatch};
+use super::identity::Identity;
 use super::view::PolicyView;
 use crate::service::Protocol;
 
@@ -58,10 +59,22 @@ pub fn lower(scope: &str, d: &DirectionPolicy, view: &PolicyView) -> Vec<Lowered
     type Group = ((Action, Option<Protocol>, Option<(u16, u16)>), BTreeSet<SetEntry>, BTreeSet<String>);
     let mut groups: Vec<Group> = Vec::new();
     let mut others: Vec<LoweredRule> = Vec::new();
+    // Identity -> addresses, built once per call: a scan of the whole IP-to-identity map per
+    // rule costs a thousand scans of ten thousand entries at a thousand policies.
+    let mut by_identity: Option<std::collections::HashMap<Identity, Vec<Ipv4Addr>>> = None;
     for r in d.rules.iter().filter(|r| !r.audit) {
         let policy = r.policy.to_string();
         let addresses: Option<Vec<Ipv4Addr>> = match &r.peer {
-            PeerMatch::Identities(ids) => Some(view.addresses_of(ids).collect()),
+            PeerMatch::Identities(ids) => {
+                let index = by_identity.get_or_insert_with(|| {
+                    let mut m: std::collections::HashMap<Identity, Vec<Ipv4Addr>> = std::collections::HashMap::new();
+                    for (ip, id) in &view.ipcache {
+                        m.entry(*id).or_default().push(*ip);
+                    }
+                    m
+                });
+                Some(ids.iter().filter_map(|id| index.get(id)).flatten().copied().collect())
+            }
             PeerMatch::Ips(ips) => Some(ips.iter().copied().collect()),
             _ => None,
         };

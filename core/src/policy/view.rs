@@ -28,13 +28,3 @@ pub struct PolicyView {
     pub endpoints: Vec<EndpointRules>,
     pub ipcache: BTreeMap<Ipv4Addr, Identity>,
 }
-
-impl PolicyView {
-    /// The addresses whose identity is in `ids`.
-    pub fn addresses_of<'a>(
-        &'a self,
-        ids: &'a std::collections::BTreeSet<Identity>,
-    ) -> impl Iterator<Item = Ipv4Addr> + 'a {
-        self.ipcache.iter().filter(|(_, id)| ids.contains(id)).map(|(ip, _)| *ip)
-    }
-}

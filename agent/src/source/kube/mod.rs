@@ -97,7 +97,7 @@ impl KubeSource {
     ];
 
     /// Start the watchers.
-    pub fn start(client: Client, _node: &str, location: String) -> Self {
+    pub fn start(client: Client, location: String) -> Self {
         let store = Arc::new(Mutex::new(KubeStore::default()));
         let health = Arc::new(Mutex::new(Health::default()));
         let all = Config::default();
