@@ -116,7 +116,7 @@ pub fn render(s: &AgentStatus) -> String {
 
 /// The status line, a FEATURE | OWNER | REASON table and the warnings.
 pub fn render_plan(p: &Plan) -> String {
-    let mut out = format!("{}\n", p.status_line());
+    let mut out = format!("{}\ntc attach: {}\n", p.status_line(), p.tc_attach.describe());
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_header(["FEATURE", "OWNER", "REASON"]);
     for e in &p.entries {

@@ -150,11 +150,20 @@ pub struct NodeOverride {
 /// The label on a Node object that selects one of `node_configs`.
 pub const NODE_CONFIG_LABEL: &str = "sluice.io/node-config";
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
     /// Capabilities to treat as missing even if the kernel has them (rehearse an older kernel).
     pub assume_missing: Vec<String>,
+    /// How often the agent probes the node again (a module loaded after start, say) and
+    /// re-plans when a capability came or went.
+    pub reprobe_interval_s: u64,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig { assume_missing: Vec::new(), reprobe_interval_s: 60 }
+    }
 }
 
 impl Default for Config {
@@ -362,6 +371,9 @@ impl Config {
             _ => {}
         }
         self.assume_missing()?;
+        if !(1..=86_400).contains(&self.probes.reprobe_interval_s) {
+            return Err(invalid("probes.reprobe_interval_s", self.probes.reprobe_interval_s, "1 to 86400 (seconds)"));
+        }
         self.node_port_range()?;
         for name in self.node_configs.keys() {
             self.with_node_config(Some(name))?;

@@ -31,13 +31,18 @@ pub enum Capability {
     HelperRedirectPeer,
     HelperGetNetnsCookie,
     Tcx,
+    /// A clsact qdisc with a `cls_bpf` direct-action filter (classic tc, every kernel here).
+    TcClsact,
+    /// Derived: tc programs can attach at all (TCX, else classic tc). The eBPF pod and device
+    /// programs need this, not TCX itself.
+    TcAttach,
     Iptables,
     Conntrack,
     Ipset,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 24] = [
+    pub const ALL: [Capability; 26] = [
         Capability::KernelBtf,
         Capability::Bpffs,
         Capability::CgroupV2,
@@ -59,6 +64,8 @@ impl Capability {
         Capability::HelperRedirectPeer,
         Capability::HelperGetNetnsCookie,
         Capability::Tcx,
+        Capability::TcClsact,
+        Capability::TcAttach,
         Capability::Iptables,
         Capability::Conntrack,
         Capability::Ipset,
@@ -87,6 +94,8 @@ impl Capability {
             Capability::HelperRedirectPeer => "helper-redirect-peer",
             Capability::HelperGetNetnsCookie => "helper-get-netns-cookie",
             Capability::Tcx => "tcx",
+            Capability::TcClsact => "tc-clsact",
+            Capability::TcAttach => "tc-attach",
             Capability::Iptables => "iptables",
             Capability::Conntrack => "conntrack",
             Capability::Ipset => "ipset",
@@ -117,6 +126,8 @@ impl Capability {
             Capability::HelperRedirectPeer => "no bpf_redirect_peer",
             Capability::HelperGetNetnsCookie => "no bpf_get_netns_cookie",
             Capability::Tcx => "no TCX links",
+            Capability::TcClsact => "no clsact qdisc with cls_bpf",
+            Capability::TcAttach => "no tc attach (neither TCX nor clsact with cls_bpf)",
             Capability::Iptables => "no iptables binaries",
             Capability::Conntrack => "no conntrack",
             Capability::Ipset => "no ipset",
@@ -186,6 +197,45 @@ impl Capabilities {
         }
     }
 
+    /// How tc programs attach here: TCX links where the kernel has them (6.6+), else a clsact
+    /// qdisc with `cls_bpf` filters (every kernel sluice runs on).
+    pub fn tc_attach(&self) -> TcAttach {
+        if self.results.get(&Capability::TcAttach).is_some_and(|r| r.assumed_missing) {
+            return TcAttach::None;
+        }
+        self.raw_tc_attach()
+    }
+
+    fn raw_tc_attach(&self) -> TcAttach {
+        if self.has(Capability::Tcx) {
+            TcAttach::Tcx
+        } else if self.has(Capability::TcClsact) {
+            TcAttach::Classic
+        } else {
+            TcAttach::None
+        }
+    }
+
+    /// Fill the derived `tc-attach` from `tcx` and `tc-clsact` (after probing, and again after
+    /// `assume_missing`, so hiding `tcx` rehearses a pre-6.6 kernel on the classic path).
+    /// Hiding `tc-attach` itself hides both paths.
+    pub fn derive(mut self) -> Self {
+        let hidden = self.results.get(&Capability::TcAttach).is_some_and(|r| r.assumed_missing);
+        if !hidden {
+            let path = self.raw_tc_attach();
+            let detail = match path {
+                TcAttach::Tcx => "via TCX links".to_string(),
+                TcAttach::Classic => "via clsact + cls_bpf (classic tc): this kernel has no TCX".to_string(),
+                TcAttach::None => "neither TCX nor clsact + cls_bpf works here".to_string(),
+            };
+            self.results.insert(
+                Capability::TcAttach,
+                ProbeResult { found: path != TcAttach::None, detail, assumed_missing: false },
+            );
+        }
+        self
+    }
+
     /// Hide capabilities, as `probes.assume_missing` asks, so a newer kernel rehearses an older one.
     pub fn assume_missing(mut self, missing: &[Capability]) -> Self {
         for c in missing {
@@ -200,6 +250,29 @@ impl Capabilities {
                 r.detail = format!("present, but assumed missing by probes.assume_missing ({})", r.detail);
             }
         }
-        self
+        self.derive()
+    }
+}
+
+/// The tc attach path of a node (what `sluice probe`, `sluice plan` and status show).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TcAttach {
+    /// BPF links on the device's TCX hook (Linux 6.6+), pinned so they outlive the agent.
+    Tcx,
+    /// A clsact qdisc plus `cls_bpf` direct-action filters at sluice's own priority and handle.
+    Classic,
+    /// No way to attach tc programs: the pod and device features go to another backend.
+    #[default]
+    None,
+}
+
+impl TcAttach {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TcAttach::Tcx => "tcx (BPF links, Linux 6.6+)",
+            TcAttach::Classic => "classic tc (clsact qdisc + cls_bpf direct-action; no TCX on this kernel)",
+            TcAttach::None => "none (neither TCX nor clsact + cls_bpf)",
+        }
     }
 }

@@ -34,6 +34,9 @@ pub struct NodeContext {
     pub devices: Vec<String>,
     /// The node's cgroup v2 directory (socket LB attaches there).
     pub cgroup: PathBuf,
+    /// How tc programs attach here (the plan's, from the probe): a backend never tries a path
+    /// the probe found missing.
+    pub tc_attach: crate::TcAttach,
 }
 
 /// What one pass asks of a backend.

@@ -22,6 +22,7 @@ fn plan_with(owner: impl Fn(Feature) -> Owner) -> Plan {
                 reason: Reason::Dataplane { dataplane: DataplaneMode::Auto },
             })
             .collect(),
+        tc_attach: crate::TcAttach::Tcx,
         warnings: Vec::new(),
     }
 }

@@ -28,7 +28,7 @@ pub mod testing;
 pub mod validate;
 pub mod view;
 
-pub use caps::{Capabilities, Capability, ProbeResult};
+pub use caps::{Capabilities, Capability, ProbeResult, TcAttach};
 pub use dataplane::{
     CleanupReport, Dataplane, DataplaneError, Desired, LbRow, MissingFact, NodeContext, ObjectError, ObjectRef, Op,
     Report, Restored,

@@ -218,6 +218,9 @@ pub struct Plan {
     pub mode: KprMode,
     pub dataplane: DataplaneMode,
     pub entries: Vec<PlanEntry>,
+    /// How the eBPF backend attaches its tc programs on this node (from the probe).
+    #[serde(default)]
+    pub tc_attach: crate::TcAttach,
     /// Things an operator must know (features left to kube-proxy without kube-proxy running...).
     pub warnings: Vec<String>,
 }
@@ -388,7 +391,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             ));
         }
     }
-    Ok(Plan { mode, dataplane, entries, warnings })
+    Ok(Plan { mode, dataplane, entries, tc_attach: caps.tc_attach(), warnings })
 }
 
 fn names_capability(e: &PlanError) -> bool {

@@ -6,16 +6,16 @@ use crate::testing::spec;
 fn kernel_needs(f: Feature) -> Option<&'static [Capability]> {
     use Capability::*;
     Some(match f {
-        Feature::ClusterIp | Feature::SessionAffinity => &[ProgSchedCls, MapLruHash, Tcx],
+        Feature::ClusterIp | Feature::SessionAffinity => &[ProgSchedCls, MapLruHash, TcAttach],
         Feature::NodePort
         | Feature::ExternalIps
         | Feature::LoadBalancer
         | Feature::HostPort
         | Feature::TrafficPolicyLocal
-        | Feature::HealthCheckNodePort => &[ProgSchedCls, MapLruHash, Tcx, HelperFibLookup],
+        | Feature::HealthCheckNodePort => &[ProgSchedCls, MapLruHash, TcAttach, HelperFibLookup],
         Feature::SocketLbTcp => &[CgroupV2, AttachCgroupConnect4],
         Feature::SocketLbUdp => &[CgroupV2, AttachCgroupSendmsg4, AttachCgroupRecvmsg4],
-        Feature::SourceRanges => &[ProgSchedCls, Tcx, MapLpmTrie],
+        Feature::SourceRanges => &[ProgSchedCls, TcAttach, MapLpmTrie],
         Feature::Policy => &[ProgSchedCls, MapLpmTrie],
         Feature::Flows => &[ProgSchedCls, MapRingbuf],
     })
@@ -309,8 +309,8 @@ fn policy_follows_translation_for_backends_that_police_before_it() {
     };
     let p = run(KprMode::Probe, None);
     assert_eq!((p.owner(Feature::ClusterIp), p.owner(Feature::Policy)), (Owner::EBPF, Owner::EBPF));
-    // No TCX: ClusterIP goes to iptables, so does policy.
-    let p = run(KprMode::Probe, Some(Capability::Tcx));
+    // No tc attach at all: ClusterIP goes to iptables, so does policy.
+    let p = run(KprMode::Probe, Some(Capability::TcAttach));
     assert_eq!((p.owner(Feature::ClusterIp), p.owner(Feature::Policy)), (Owner::IPTABLES, Owner::IPTABLES));
     let e = p.entries.iter().find(|e| e.feature == Feature::Policy).expect("entry");
     assert!(matches!(e.reason, Reason::AfterTranslation { passed: BackendId::EBPF, translator: Owner::IPTABLES }));
@@ -318,4 +318,28 @@ fn policy_follows_translation_for_backends_that_police_before_it() {
     // kube-proxy translates: policy in netfilter, after its DNAT.
     let p = run(KprMode::Disabled, None);
     assert_eq!((p.owner(Feature::ClusterIp), p.owner(Feature::Policy)), (Owner::KubeProxy, Owner::IPTABLES));
+}
+
+#[test]
+fn without_tcx_the_tc_features_stay_on_ebpf_through_classic_tc() {
+    let specs = [spec(BackendId::EBPF, kernel_needs), spec(BackendId::IPTABLES, netfilter_needs)];
+    let all: Vec<Feature> = Feature::SERVICES.to_vec();
+    let caps = caps_without(Some(Capability::Tcx));
+    assert!(caps.results[&Capability::TcAttach].found, "{:?}", caps.results[&Capability::TcAttach]);
+    let p = compute(&input(&caps, KprMode::Probe, &all, DataplaneMode::Auto, &specs)).expect("plan");
+    assert_eq!(p.tc_attach, crate::TcAttach::Classic);
+    assert_eq!(p.owner(Feature::ClusterIp), Owner::EBPF);
+    assert_eq!(p.owner(Feature::NodePort), Owner::EBPF);
+    // Neither path: the tc features leave eBPF, the reason names what is missing.
+    let caps = Capabilities::all_present().assume_missing(&[Capability::Tcx, Capability::TcClsact]);
+    let p = compute(&input(&caps, KprMode::Probe, &all, DataplaneMode::Auto, &specs)).expect("plan");
+    assert_eq!(p.tc_attach, crate::TcAttach::None);
+    assert_eq!(p.owner(Feature::ClusterIp), Owner::IPTABLES);
+    let e = p.entries.iter().find(|e| e.feature == Feature::ClusterIp).expect("entry");
+    assert!(e.reason.to_string().contains("no tc attach"), "{}", e.reason);
+    // Hiding tc-attach itself hides both paths, whatever the kernel has.
+    let caps = Capabilities::all_present().assume_missing(&[Capability::TcAttach]);
+    assert_eq!(caps.tc_attach(), crate::TcAttach::None);
+    assert!(caps.has(Capability::Tcx), "the probed paths stay visible in `sluice probe`");
+    assert!(!caps.has(Capability::TcAttach));
 }

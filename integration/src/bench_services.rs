@@ -287,7 +287,10 @@ fn ebpf_record(
     let mut rec = Record::new("ebpf", "-", n);
     let res = (|| -> anyhow::Result<()> {
         let mut dp = sluice_ebpf::datapath::Datapath::open(&pin, &Default::default())?;
-        dp.attach(client_if)?;
+        // The node's own path: TCX where the kernel has it, classic tc otherwise.
+        let path =
+            if sluice_ebpf::probe::tcx().0 { sluice_core::TcAttach::Tcx } else { sluice_core::TcAttach::Classic };
+        dp.attach(client_if, path)?;
         // Sorted by name, as the agent's translation hands them over.
         let mut svcs = services(n, backend);
         svcs.sort_by(|a, b| a.name.cmp(&b.name));

@@ -97,10 +97,25 @@ fn live_switch_iptables_auto_and_back_keeps_connections() {
 
 #[test]
 fn agent_kill_9_under_load_fails_no_connection() {
-    if !require_root() {
-        return;
+    if require_root() {
+        kill_9_under_load("t-kill", None);
     }
-    let (t, _dir) = setup("t-kill", None);
+}
+
+/// The same on classic tc (clsact + cls_bpf, as on kernels before 6.6): netlink filters cannot be
+/// pinned, so the restarted agent finds its own by priority, handle and name and replaces their
+/// programs in place.
+#[test]
+fn agent_kill_9_under_load_fails_no_connection_on_classic_tc() {
+    if require_root() {
+        kill_9_under_load("t-kill-cls", Some("probes:\n  assume_missing: [tcx]\n"));
+    }
+}
+
+fn kill_9_under_load(name: &str, node1_cfg: Option<&str>) {
+    let (t, _dir) = setup(name, node1_cfg);
+    let want = if node1_cfg.is_some() || !sluice_ebpf::probe::tcx().0 { "classic" } else { "tcx" };
+    assert_eq!(t.status("node-1")["plan"]["tc_attach"], want);
     assert_eq!(owner(&t.status("node-1"), "cluster-ip"), "ebpf");
     // Three kinds of traffic, each served by eBPF on node-1: a pod to the ClusterIP (tc on its
     // veth), an outside host to the NodePort (tc on eth0, SNAT to node-2's backend), a host
@@ -130,4 +145,10 @@ fn agent_kill_9_under_load_fails_no_connection() {
     let log = std::fs::read_to_string(t.lab.dir.join("nodes/node-1/agent.log")).expect("log");
     let after = log.rsplit("sluice agent started").next().unwrap_or("");
     assert!(!after.contains("eBPF service maps synced"), "restart rewrote the service maps:\n{after}");
+    if want == "classic" {
+        // Replaced in place: still one sluice filter per hook, at sluice's priority and handle.
+        let f = t.exec("node-1", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+        assert_eq!(f.lines().filter(|l| l.contains("sluice_from_net direct-action")).count(), 1, "{f}");
+        assert!(f.contains("pref 20736"), "{f}");
+    }
 }

@@ -95,6 +95,8 @@ enum Variant {
     /// Both backends on each node: no bpf_fib_lookup, so NodePort, ExternalIPs, LoadBalancer and
     /// HostPort stay on iptables while ClusterIP and socket LB run on eBPF.
     Split,
+    /// eBPF attached with classic tc (clsact + cls_bpf), as on kernels before 6.6: TCX hidden.
+    Classic,
 }
 
 fn setup(lab_name: &str, v: Variant) -> TestLab {
@@ -108,12 +110,16 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
         .expect("write");
     let ebpf = dir.path().join("ebpf.yaml");
     std::fs::write(&ebpf, "dataplane: ebpf\nkube_proxy_replacement: true\n").expect("write");
+    let classic = dir.path().join("classic.yaml");
+    std::fs::write(&classic, "dataplane: ebpf\nkube_proxy_replacement: strict\nprobes:\n  assume_missing: [tcx]\n")
+        .expect("write");
     let split = dir.path().join("split.yaml");
     std::fs::write(&split, "probes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
     let configs: Vec<(String, std::path::PathBuf)> = match v {
         Variant::Iptables => vec![("node-1".into(), ipt.clone()), ("node-2".into(), ipt)],
         Variant::Ebpf => vec![("node-1".into(), ebpf.clone()), ("node-2".into(), ebpf)],
         Variant::Split => vec![("node-1".into(), split.clone()), ("node-2".into(), split)],
+        Variant::Classic => vec![("node-1".into(), classic.clone()), ("node-2".into(), classic)],
         Variant::Auto => vec![],
         Variant::Mixed => vec![("node-2".into(), old)],
     };
@@ -145,6 +151,18 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
             })
             .then_some(())
     });
+    // The attach path the probe chose (TCX only where the kernel has it and the config does
+    // not hide it) is the one the plan shows and the agent used.
+    let want = if v == Variant::Classic || !sluice_ebpf::probe::tcx().0 { "classic" } else { "tcx" };
+    if v != Variant::Iptables {
+        let st = t.status("node-1");
+        assert_eq!(st["plan"]["tc_attach"], want, "{}", st["plan"]);
+    }
+    if want == "classic" && v != Variant::Iptables {
+        // sluice's filter, recognisable by priority, handle and name, on the node device.
+        let f = t.exec("node-1", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+        assert!(f.contains("pref 20736") && f.contains("sluice_from_net") && f.contains("direct-action"), "{f}");
+    }
     t
 }
 
@@ -166,6 +184,13 @@ fn connectivity_suite_on_ebpf() {
 fn connectivity_suite_on_auto() {
     if require_root() {
         suite("t-svc-auto", Variant::Auto);
+    }
+}
+
+#[test]
+fn connectivity_suite_on_classic_tc() {
+    if require_root() {
+        suite("t-svc-cls", Variant::Classic);
     }
 }
 

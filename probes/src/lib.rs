@@ -21,9 +21,13 @@ pub fn probe() -> (Capabilities, Duration) {
     let start = Instant::now();
     let mut caps = Capabilities { kernel: system::kernel_release(), ..Default::default() };
     for c in Capability::ALL {
+        if c == Capability::TcAttach {
+            continue; // derived below from tcx and tc-clsact
+        }
         let (found, detail) = probe_one(c);
         caps.results.insert(c, ProbeResult { found, detail, assumed_missing: false });
     }
+    let mut caps = caps.derive();
     let (active, evidence) = system::kube_proxy();
     caps.kube_proxy_active = active;
     caps.kube_proxy_evidence = evidence;
@@ -43,6 +47,8 @@ fn probe_one(c: Capability) -> (bool, String) {
         MapHash | MapLruHash | MapLpmTrie | MapRingbuf | MapHashOfMaps => bpf::map(c),
         HelperFibLookup | HelperRedirectNeigh | HelperRedirectPeer | HelperGetNetnsCookie => bpf::helper(c),
         Tcx => bpf::tcx(),
+        TcClsact => bpf::tc_clsact(),
+        TcAttach => (false, "derived from tcx and tc-clsact".into()),
         Iptables => netfilter::iptables(),
         Conntrack => netfilter::conntrack(),
         Ipset => netfilter::ipset(),

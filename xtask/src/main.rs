@@ -13,6 +13,8 @@ mod bench;
 mod bench_policy;
 mod demo;
 mod demo_policy;
+mod vm;
+mod vm_tier;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +38,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("linux-libc-dev", "/usr/include/linux/bpf.h"),
     // Reads pinned BPF maps in the bad-input suite (kernel state before/after, entry by entry).
     ("bpftool", "/usr/sbin/bpftool"),
+    // The older-kernel tier: Debian 12's 6.1 kernel under qemu, an initramfs from busybox.
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("cpio", "/usr/bin/cpio"),
+    ("kmod", "/usr/bin/kmod"),
 ];
 
 fn main() -> std::process::ExitCode {
@@ -45,9 +51,12 @@ fn main() -> std::process::ExitCode {
         Some("demo") => setup().and_then(|_| demo::run()),
         Some("test") => setup().and_then(|_| test(&args[1..])),
         Some("bench") => setup().and_then(|_| bench::run(&args[1..])),
+        Some("vm") => setup()
+            .and_then(|_| run(cargo().args(["build", "--workspace", "--bins"])))
+            .and_then(|_| vm::cli(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup        install the system packages sluice needs (apt)\n  demo         bring up a 2-node lab, show cross-node pod and Service traffic, tear down\n  test         run every test tier (needs root for the privileged and end-to-end tiers)\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins\n  bench probe  how long `sluice probe` takes\n  bench services [--backend B] [--services 100,1000,10000] [--variants legacy,nft] [--restore-timeout-s S]\n               eBPF and iptables vs kube-proxy's ruleset: programming, one change, connection rates,\n               then the goal ratios again in alternating (paired) rounds, and the iptables-legacy floor\n  bench agent [--services N] [--dataplane auto|ebpf|iptables]\n               the whole agent at N Services: time to program, RSS"
+                "usage: cargo xtask <command>\n\n  setup        install the system packages sluice needs (apt)\n  demo         bring up a 2-node lab, show cross-node pod and Service traffic, tear down\n  test         run every test tier (needs root): unit, privileged, end-to-end lab, then the\n               older-kernel tier in a 6.1 guest (skipped when test filters are given)\n  vm [--timeout-s N] -- CMD\n               run CMD in a Debian 12 6.1 kernel under qemu, on this machine's files\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins\n  bench probe  how long `sluice probe` takes\n  bench services [--backend B] [--services 100,1000,10000] [--variants legacy,nft] [--restore-timeout-s S]\n               eBPF and iptables vs kube-proxy's ruleset: programming, one change, connection rates,\n               then the goal ratios again in alternating (paired) rounds, and the iptables-legacy floor\n  bench agent [--services N] [--dataplane auto|ebpf|iptables]\n               the whole agent at N Services: time to program, RSS"
             );
             return std::process::ExitCode::from(2);
         }
@@ -127,11 +136,13 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .spawn()
         .context("running cargo test")?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut host = std::collections::BTreeMap::new();
     if let Some(out) = child.stdout.take() {
         use std::io::BufRead;
         for line in std::io::BufReader::new(out).lines() {
             let line = line?;
             println!("{line}");
+            vm_tier::results(&line, &mut host);
             if let Some(rest) = line.strip_prefix("test result: ") {
                 let num = |key: &str| -> u64 {
                     rest.split(';')
@@ -149,8 +160,11 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     let status = child.wait()?;
     println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    // The older-kernel tier runs with the full suite (test filters select host cases only);
+    // it runs even after a host failure, so one run shows how both kernels fare.
+    let vm = if extra.is_empty() { vm_tier::run(&host) } else { Ok(()) };
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
-    Ok(())
+    vm
 }

@@ -25,6 +25,7 @@ pub fn run(config: Option<&Path>, out: Output) -> anyhow::Result<()> {
         let v = json!({
             "kernel": caps.kernel, "probe_ms": took.as_secs_f64() * 1000.0,
             "kube_proxy": {"active": caps.kube_proxy_active, "evidence": caps.kube_proxy_evidence},
+            "tc_attach": caps.tc_attach(),
             "capabilities": list,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -54,6 +55,7 @@ pub fn run(config: Option<&Path>, out: Output) -> anyhow::Result<()> {
         if caps.kube_proxy_active { "active" } else { "not detected" },
         caps.kube_proxy_evidence
     );
+    println!("tc attach:  {}", caps.tc_attach().describe());
     println!("{t}");
     println!("{found}/{} capabilities found, probed in {:.1} ms", caps.results.len(), took.as_secs_f64() * 1000.0);
     Ok(())

@@ -149,6 +149,24 @@ impl Planner {
         }
     }
 
+    /// A fresh probe of the node. When a capability came or went (a module loaded after boot,
+    /// a kernel feature enabled), re-plan with the running config; `None` when nothing changed.
+    pub fn reprobe(&mut self, caps: Capabilities) -> Option<Result<Vec<Step>, String>> {
+        let changed: Vec<String> = caps
+            .results
+            .iter()
+            .filter(|(c, r)| self.probed.results.get(c).map(|o| o.found) != Some(r.found))
+            .map(|(c, r)| format!("{c} {}", if r.found { "appeared" } else { "went away" }))
+            .collect();
+        if changed.is_empty() && caps.kube_proxy_active == self.probed.kube_proxy_active {
+            return None;
+        }
+        tracing::info!(changes = %changed.join(", "), kube_proxy = caps.kube_proxy_active, "node capabilities changed: re-planning");
+        self.probed = caps;
+        self.status.last_attempt_unix = super::now_unix();
+        Some(self.replan(Ok(self.config.clone()), self.node_config.clone()))
+    }
+
     fn replan(&mut self, base: Result<Config, String>, label: Option<String>) -> Result<Vec<Step>, String> {
         let attempt = base.and_then(|new| {
             let effective = new.with_node_config(label.as_deref()).map_err(|e| format!("{e:#}"))?;

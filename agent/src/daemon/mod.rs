@@ -67,6 +67,10 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Capabilities that appear after start (nf_conntrack or ip_set loaded by someone, a module
+    // installed) are noticed: the node is probed again now and then, off the loop.
+    let (probe_tx, mut probes) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(reprobe(probe_tx, Duration::from_secs(cfg.probes.reprobe_interval_s.max(1))));
     // Per-Service errors of the last pass: `sluice service list` shows them as failed.
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     let mut policy = policy::PolicyCache::default();
@@ -75,6 +79,11 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         tokio::select! {
             _ = tick.tick() => {}
             _ = sighup.recv() => reload = true,
+            Some(caps) = probes.recv() => {
+                if let Some(res) = planner.reprobe(caps) {
+                    planner.apply(res);
+                }
+            }
             _ = wake.notified() => {}
             Some(q) = queries.recv() => {
                 answer(q, &source, &planner, &engine, &failed, &policy);
@@ -100,7 +109,8 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             let res = planner.set_node_config(label);
             planner.apply(res);
         }
-        let plumbing = node.reconcile(&cfg, &cur.state, sync.synced).await;
+        let mut plumbing = node.reconcile(&cfg, &cur.state, sync.synced).await;
+        plumbing.ctx.tc_attach = planner.plan.tc_attach;
         let view = ServiceView::new(&cfg.node_name, &cur.state.services, &cur.state.host_ports);
         let policy_view = policy.update(
             cur.generation,
@@ -150,6 +160,18 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let _ = std::fs::remove_file(&cfg.socket_path);
     tracing::info!("sluice agent stopped; kernel state left in place for the next start");
     Ok(())
+}
+
+async fn reprobe(tx: tokio::sync::mpsc::Sender<sluice_core::Capabilities>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the first tick is now: the start-up probe just ran
+    loop {
+        tick.tick().await;
+        let Ok((caps, _)) = tokio::task::spawn_blocking(sluice_probes::probe).await else { continue };
+        if tx.send(caps).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Between two passes: what the lists show is what the last pass programmed.

@@ -127,6 +127,8 @@ impl NodeManager {
             ips,
             devices: self.devices.as_ref().map(|(_, d, _)| d.clone()).unwrap_or_default(),
             cgroup: cfg.cgroup_root(),
+            // Filled from the plan by the caller (the probe's attach path).
+            tc_attach: Default::default(),
         };
         r
     }

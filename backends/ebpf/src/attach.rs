@@ -1,5 +1,6 @@
-//! Attaching the programs, always through pinned links so they outlive the agent: tc (TCX) on
-//! pod veths and node devices, cgroup v2 sock_addr hooks for socket LB. Every link is pinned
+//! Attaching the programs so they outlive the agent: tc on pod veths and node devices (pinned
+//! TCX links; on kernels without TCX, classic tc filters: see `attach_classic`), cgroup v2
+//! sock_addr hooks for socket LB. Every link is pinned
 //! under `<pin_dir>/links/` (tc: `<ifname>-<ingress|egress>`) or `<pin_dir>/cgroup/<program>`.
 //!
 //! Takeover on restart: a tc link pinned by an earlier agent gets this process's program swapped
@@ -14,6 +15,8 @@ use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 
+use sluice_core::TcAttach;
+
 use crate::datapath::{Datapath, DatapathError};
 
 /// Programs on a pod's host veth.
@@ -27,14 +30,56 @@ impl Datapath {
         self.pin_dir.join("links").join(format!("{ifname}-{dir}"))
     }
 
-    /// Attach the pod programs to a pod's host veth (or swap them into pinned links).
-    pub fn attach(&mut self, ifname: &str) -> Result<(), DatapathError> {
-        self.attach_tc(ifname, &POD_PROGS)
+    /// Attach the pod programs to a pod's host veth (or swap them into what an earlier agent
+    /// attached), on the node's tc attach path.
+    pub fn attach(&mut self, ifname: &str, path: TcAttach) -> Result<(), DatapathError> {
+        self.attach_on(ifname, &POD_PROGS, path)
     }
 
     /// Attach the node-device program (NodePort, ExternalIPs, LoadBalancer, HostPort from outside).
-    pub fn attach_device(&mut self, ifname: &str) -> Result<(), DatapathError> {
-        self.attach_tc(ifname, &DEVICE_PROGS)
+    pub fn attach_device(&mut self, ifname: &str, path: TcAttach) -> Result<(), DatapathError> {
+        self.attach_on(ifname, &DEVICE_PROGS, path)
+    }
+
+    /// Attach on `path`, then release what the other path held on this interface (the kernel
+    /// runs both while they overlap; the second sees translated packets and passes them), so a
+    /// node moving between TCX and classic tc is never without programs.
+    fn attach_on(
+        &mut self,
+        ifname: &str,
+        progs: &[(&'static str, TcAttachType, &str)],
+        path: TcAttach,
+    ) -> Result<(), DatapathError> {
+        match path {
+            TcAttach::Tcx => {
+                self.attach_tc(ifname, progs)?;
+                crate::attach_classic::release(&self.pin_dir, ifname);
+            }
+            TcAttach::Classic => {
+                let named: Vec<(&'static str, &str)> = progs.iter().map(|(n, _, d)| (*n, *d)).collect();
+                self.attach_classic(ifname, &named)?;
+                self.unpin_links(ifname);
+            }
+            TcAttach::None => {
+                return Err(DatapathError::Attach {
+                    prog: progs.first().map(|p| p.0).unwrap_or("sluice"),
+                    target: ifname.into(),
+                    detail: "this node has no tc attach path (neither TCX nor clsact + cls_bpf); the plan should not give eBPF tc features here".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn unpin_links(&self, ifname: &str) {
+        for dir in ["ingress", "egress"] {
+            let path = self.link_path(ifname, dir);
+            if let Ok(l) = PinnedLink::from_pin(&path) {
+                let _ = l.unpin();
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     fn attach_tc(&mut self, ifname: &str, progs: &[(&'static str, TcAttachType, &str)]) -> Result<(), DatapathError> {
@@ -114,15 +159,17 @@ impl Datapath {
         self.pin_dir.join("cgroup").join(crate::loader::SOCK_PROGRAMS[0]).exists()
     }
 
-    /// Interfaces with pinned tc links (pod veths and node devices).
+    /// Interfaces with sluice's tc programs (pod veths and node devices), on either path.
     pub fn attached(&self) -> BTreeSet<String> {
         let dir = self.pin_dir.join("links");
-        std::fs::read_dir(dir)
+        let mut all: BTreeSet<String> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.rsplit_once('-').map(|(i, _)| i.to_string())))
-            .collect()
+            .collect();
+        all.extend(crate::attach_classic::attached(&self.pin_dir));
+        all
     }
 
     /// Detach from interfaces not in `keep` (deleted pods, devices no longer used): unpin, which
@@ -130,14 +177,8 @@ impl Datapath {
     pub fn detach_others(&mut self, keep: &BTreeSet<String>) -> Vec<String> {
         let mut gone = Vec::new();
         for ifname in self.attached().difference(keep) {
-            for dir in ["ingress", "egress"] {
-                let path = self.link_path(ifname, dir);
-                if let Ok(l) = PinnedLink::from_pin(&path) {
-                    let _ = l.unpin();
-                } else {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+            self.unpin_links(ifname);
+            crate::attach_classic::release(&self.pin_dir, ifname);
             gone.push(ifname.clone());
         }
         gone
@@ -146,7 +187,7 @@ impl Datapath {
 
 /// Remove every sluice BPF object under `pin_dir` (links detach when unpinned).
 pub fn remove_all(pin_dir: &Path) -> Result<usize, std::io::Error> {
-    let mut n = 0;
+    let mut n = crate::attach_classic::release_all(pin_dir);
     for sub in ["links", "cgroup"] {
         if let Ok(rd) = std::fs::read_dir(pin_dir.join(sub)) {
             for e in rd.flatten() {

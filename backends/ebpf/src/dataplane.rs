@@ -22,18 +22,18 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
     use Capability::*;
     Some(match f {
         // Attached through pinned TCX links (kernel >= 6.6), which survive agent restarts.
-        Feature::ClusterIp | Feature::SessionAffinity => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx],
+        Feature::ClusterIp | Feature::SessionAffinity => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, TcAttach],
         Feature::NodePort
         | Feature::ExternalIps
         | Feature::LoadBalancer
         | Feature::HostPort
         | Feature::TrafficPolicyLocal
-        | Feature::HealthCheckNodePort => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, HelperFibLookup],
+        | Feature::HealthCheckNodePort => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, TcAttach, HelperFibLookup],
         Feature::SocketLbTcp => &[Bpffs, CgroupV2, MapHash, AttachCgroupConnect4, AttachCgroupGetpeername4],
         Feature::SocketLbUdp => &[Bpffs, CgroupV2, MapHash, MapLruHash, AttachCgroupSendmsg4, AttachCgroupRecvmsg4],
-        Feature::SourceRanges => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, Tcx, MapLpmTrie],
+        Feature::SourceRanges => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, TcAttach, MapLpmTrie],
         // Policy maps looked up by the pod-veth programs.
-        Feature::Policy => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, MapLpmTrie, Tcx],
+        Feature::Policy => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, MapLpmTrie, TcAttach],
         Feature::Flows => return None,
     })
 }
@@ -54,6 +54,8 @@ pub struct EbpfDataplane {
     dp: Option<Datapath>,
     /// Interfaces whose links this process attached or took over (swapped its programs into).
     handled: BTreeSet<String>,
+    /// The tc attach path `handled` was attached on: a new path re-attaches every interface.
+    path: sluice_core::TcAttach,
     /// Whether this process attached the socket-LB programs.
     cgroup_handled: bool,
     /// (source generation, node context) of the last map sync: skip when unchanged.
@@ -102,6 +104,7 @@ impl EbpfDataplane {
             maglev_m,
             dp: None,
             handled: BTreeSet::new(),
+            path: sluice_core::TcAttach::None,
             cgroup_handled: false,
             synced: None,
             devices: Vec::new(),
@@ -248,8 +251,13 @@ impl Dataplane for EbpfDataplane {
         match &self.dp {
             None => "not loaded (no feature is given to eBPF on this node)".into(),
             Some(dp) => format!(
-                "loaded, maps and links pinned in {}; programs on {} pod veth(s) and device(s) [{}]; socket LB {}; {} service frontend(s); policy {}",
+                "loaded, maps and links pinned in {}; tc attach {}; programs on {} pod veth(s) and device(s) [{}]; socket LB {}; {} service frontend(s); policy {}",
                 self.pin_dir.display(),
+                match self.path {
+                    sluice_core::TcAttach::Tcx => "tcx",
+                    sluice_core::TcAttach::Classic => "classic (clsact + cls_bpf)",
+                    sluice_core::TcAttach::None => "none",
+                },
                 dp.attached().len().saturating_sub(self.devices.len()),
                 self.devices.join(", "),
                 self.cgroup.as_ref().map(|c| format!("on {}", c.display())).unwrap_or_else(|| "off".into()),
@@ -309,6 +317,13 @@ impl EbpfDataplane {
                 },
             });
         }
+        if node.tc_attach != self.path {
+            if !self.handled.is_empty() {
+                tracing::info!(from = ?self.path, to = ?node.tc_attach, "tc attach path changed: re-attaching every interface");
+            }
+            self.handled.clear();
+            self.path = node.tc_attach;
+        }
         let pods = desired.local_endpoints.iter().filter(|e| !e.host_interface.is_empty()).map(|e| &e.host_interface);
         for (ifname, device) in devices.iter().map(|d| (d, true)).chain(pods.map(|p| (p, false))) {
             keep.insert(ifname.clone());
@@ -317,7 +332,7 @@ impl EbpfDataplane {
             if self.handled.contains(ifname) {
                 continue;
             }
-            let res = if device { dp.attach_device(ifname) } else { dp.attach(ifname) };
+            let res = if device { dp.attach_device(ifname, node.tc_attach) } else { dp.attach(ifname, node.tc_attach) };
             match res {
                 Ok(()) => {
                     if device {

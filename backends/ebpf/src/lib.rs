@@ -6,7 +6,8 @@
 //! - [`loader`]: loading with aya, map pinning, bpffs.
 //!
 //! - [`datapath`]: the service maps kept in step with the desired services; [`attach`]: the
-//!   programs on pod veths, node devices and the node's cgroup, through pinned links.
+//!   programs on pod veths, node devices and the node's cgroup, through pinned TCX links or
+//!   (kernels before 6.6) clsact + `cls_bpf` filters ([`attach_classic`], [`tc_netlink`]).
 //!
 //! - [`dataplane`]: the backend behind core's `Dataplane` seam (what the engine drives).
 //!
@@ -14,6 +15,7 @@
 
 pub mod admit;
 pub mod attach;
+pub mod attach_classic;
 pub mod datapath;
 pub mod dataplane;
 pub mod lb_list;
@@ -21,6 +23,7 @@ pub mod loader;
 pub mod maps;
 pub mod policy;
 pub mod probe;
+pub mod tc_netlink;
 
 pub use dataplane::{EbpfDataplane, SPEC};
 

@@ -1,6 +1,7 @@
 //! BPF probes (called by sluice-probes). Program, map and helper support come from aya's feature probes (which follow
 //! libbpf's). Attach types of cgroup/sock_addr programs and TCX links need raw syscalls: each
-//! loads a two-instruction program and closes it at once.
+//! loads a two-instruction program and closes it at once; the tc attach paths (TCX, classic
+//! clsact + cls_bpf) are tried in a throwaway network namespace.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -161,4 +162,31 @@ pub fn tcx() -> (bool, String) {
         }
     });
     probe.join().unwrap_or_else(|_| (false, "tcx probe thread panicked".into()))
+}
+
+/// Classic tc: a clsact qdisc and a `cls_bpf` direct-action filter with a no-op program on `lo`
+/// of a throwaway network namespace (as for TCX); the namespace takes both with it.
+pub fn tc_clsact() -> (bool, String) {
+    use crate::tc_netlink as nl;
+    let probe = std::thread::spawn(|| -> (bool, String) {
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+            return (false, format!("cannot create a scratch netns for the probe: {e}"));
+        }
+        // TC_ACT_UNSPEC (-1): a no-op if a packet ever met it.
+        let prog = match load(bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS, 0, -1) {
+            Ok(fd) => fd,
+            Err(e) => return (false, format!("sched_cls program rejected: {e}")),
+        };
+        if let Err(e) = nl::add_clsact(1) {
+            return (false, format!("clsact qdisc rejected (sch_ingress missing?): {e}"));
+        }
+        let (prio, handle) = (crate::attach_classic::PRIORITY, crate::attach_classic::HANDLE);
+        match nl::replace_filter(1, nl::Hook::Ingress, prio, handle, std::os::fd::AsFd::as_fd(&prog), "sluice_probe") {
+            Ok(()) => {
+                (true, "clsact qdisc and cls_bpf direct-action filter created (in a scratch netns) and released".into())
+            }
+            Err(e) => (false, format!("cls_bpf filter rejected (cls_bpf missing?): {e}")),
+        }
+    });
+    probe.join().unwrap_or_else(|_| (false, "tc-clsact probe thread panicked".into()))
 }

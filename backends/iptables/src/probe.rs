@@ -33,13 +33,41 @@ pub fn iptables() -> (bool, String) {
     }
 }
 
-/// Whether netfilter conntrack is present.
+/// Make sure a kernel module is there, as kube-proxy does: loaded already, built in, or loaded
+/// now with `modprobe` (a freshly booted node has none of netfilter's modules loaded until the
+/// first rule needs them). `Err` says what was tried.
+pub fn ensure_module(name: &str) -> Result<String, String> {
+    if Path::new("/sys/module").join(name).exists() {
+        return Ok(format!("{name} loaded"));
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let builtin =
+        std::fs::read_to_string(format!("/lib/modules/{}/modules.builtin", release.trim())).unwrap_or_default();
+    if builtin.lines().any(|l| l.rsplit('/').next().is_some_and(|f| f == format!("{name}.ko"))) {
+        return Ok(format!("{name} built into the kernel"));
+    }
+    let Some(modprobe) = which("modprobe") else {
+        return Err(format!("{name} not loaded and no modprobe to load it (install kmod)"));
+    };
+    match std::process::Command::new(&modprobe).arg(name).output() {
+        Ok(o) if o.status.success() && Path::new("/sys/module").join(name).exists() => {
+            Ok(format!("{name} loaded now by modprobe"))
+        }
+        Ok(o) => {
+            Err(format!("{name} not loaded; `modprobe {name}` failed: {}", String::from_utf8_lossy(&o.stderr).trim()))
+        }
+        Err(e) => Err(format!("{name} not loaded; running {modprobe}: {e}")),
+    }
+}
+
+/// Whether netfilter conntrack is present (loading it if it is only installed).
 pub fn conntrack() -> (bool, String) {
-    if Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() || Path::new("/sys/module/nf_conntrack").exists()
-    {
-        (true, "nf_conntrack present".into())
-    } else {
-        (false, "nf_conntrack not loaded (no /sys/module/nf_conntrack)".into())
+    if Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
+        return (true, "nf_conntrack present".into());
+    }
+    match ensure_module("nf_conntrack") {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
     }
 }
 
@@ -49,6 +77,9 @@ pub fn ipset() -> (bool, String) {
     let Some(bin) = which("ipset") else {
         return (false, "ipset binary not found (install the ipset package)".into());
     };
+    if let Err(d) = ensure_module("ip_set") {
+        return (false, d);
+    }
     match std::process::Command::new(&bin).args(["list", "-n"]).output() {
         Ok(o) if o.status.success() => (true, format!("{bin} works; ip_set present")),
         Ok(o) => (false, format!("{bin} list failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
