@@ -56,7 +56,7 @@ fn main() -> std::process::ExitCode {
             .and_then(|_| vm::cli(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup        install the system packages sluice needs (apt)\n  demo         bring up a 2-node lab, show cross-node pod and Service traffic, tear down\n  test         run every test tier (needs root): unit, privileged, end-to-end lab, then the\n               older-kernel tier in a 6.1 guest (skipped when test filters are given)\n  vm [--timeout-s N] -- CMD\n               run CMD in a Debian 12 6.1 kernel under qemu, on this machine's files\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins\n  bench probe  how long `sluice probe` takes\n  bench services [--backend B] [--services 100,1000,10000] [--variants legacy,nft] [--restore-timeout-s S]\n               eBPF and iptables vs kube-proxy's ruleset: programming, one change, connection rates,\n               then the goal ratios again in alternating (paired) rounds, and the iptables-legacy floor\n  bench agent [--services N] [--dataplane auto|ebpf|iptables]\n               the whole agent at N Services: time to program, RSS"
+                "usage: cargo xtask <command>\n\n  setup        install the system packages sluice needs (apt)\n  demo         bring up a 2-node lab, show cross-node pod and Service traffic, tear down\n  test         run every test tier (needs root): unit, privileged, end-to-end lab, then the\n               older-kernel tier in a 6.1 guest with SLUICE_TEST_VM=1\n  vm [--timeout-s N] -- CMD\n               run CMD in a Debian 12 6.1 kernel under qemu, on this machine's files\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins\n  bench probe  how long `sluice probe` takes\n  bench services [--backend B] [--services 100,1000,10000] [--variants legacy,nft] [--restore-timeout-s S]\n               eBPF and iptables vs kube-proxy's ruleset: programming, one change, connection rates,\n               then the goal ratios again in alternating (paired) rounds, and the iptables-legacy floor\n  bench agent [--services N] [--dataplane auto|ebpf|iptables]\n               the whole agent at N Services: time to program, RSS"
             );
             return std::process::ExitCode::from(2);
         }
@@ -160,9 +160,10 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     let status = child.wait()?;
     println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
-    // The older-kernel tier runs with the full suite (test filters select host cases only);
-    // it runs even after a host failure, so one run shows how both kernels fare.
-    let vm = if extra.is_empty() { vm_tier::run(&host) } else { Ok(()) };
+    // The older-kernel tier (not yet part of the default run: see docs/design/ebpf.md) runs
+    // with SLUICE_TEST_VM=1 and the full suite; it runs even after a host failure, so one run
+    // shows how both kernels fare.
+    let vm = if extra.is_empty() && std::env::var_os("SLUICE_TEST_VM").is_some() { vm_tier::run(&host) } else { Ok(()) };
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
