@@ -83,9 +83,11 @@ fn build_initrd(unpacked: &Path, kver: &str, modules: &Path, out: &Path) -> anyh
     std::fs::create_dir_all(tree.join("bin"))?;
     std::fs::create_dir_all(tree.join("mods"))?;
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).context("copying /bin/busybox (busybox-static)")?;
-    let deps = output(
-        Command::new("modprobe").arg("--show-depends").arg("-d").arg(unpacked).arg("-S").arg(kver).args(BOOT_MODULES),
-    )?;
+    // One module per call: modprobe reads any further words as that module's parameters.
+    let mut deps = String::new();
+    for m in BOOT_MODULES {
+        deps += &output(Command::new("modprobe").arg("--show-depends").arg("-d").arg(unpacked).arg("-S").arg(kver).arg(m))?;
+    }
     let mut order = Vec::new();
     for line in deps.lines() {
         let Some(path) = line.strip_prefix("insmod ").map(|p| p.trim()) else { continue };
