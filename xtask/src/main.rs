@@ -163,7 +163,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // The older-kernel tier (not yet part of the default run: see docs/design/ebpf.md) runs
     // with SLUICE_TEST_VM=1 and the full suite; it runs even after a host failure, so one run
     // shows how both kernels fare.
-    let vm = if extra.is_empty() && std::env::var_os("SLUICE_TEST_VM").is_some() { vm_tier::run(&host) } else { Ok(()) };
+    let vm =
+        if extra.is_empty() && std::env::var_os("SLUICE_TEST_VM").is_some() { vm_tier::run(&host) } else { Ok(()) };
     if !status.success() {
         bail!("cargo test failed: {status}");
     }

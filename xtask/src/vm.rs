@@ -86,7 +86,8 @@ fn build_initrd(unpacked: &Path, kver: &str, modules: &Path, out: &Path) -> anyh
     // One module per call: modprobe reads any further words as that module's parameters.
     let mut deps = String::new();
     for m in BOOT_MODULES {
-        deps += &output(Command::new("modprobe").arg("--show-depends").arg("-d").arg(unpacked).arg("-S").arg(kver).arg(m))?;
+        deps +=
+            &output(Command::new("modprobe").arg("--show-depends").arg("-d").arg(unpacked).arg("-S").arg(kver).arg(m))?;
     }
     let mut order = Vec::new();
     for line in deps.lines() {

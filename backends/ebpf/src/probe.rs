@@ -137,21 +137,27 @@ pub fn sock_addr_attach(c: Capability) -> (bool, String) {
     }
 }
 
-/// TCX: create a tcx ingress link for a no-op program on `lo` of a throwaway network
-/// namespace made on a short-lived thread, so no existing namespace is touched. Closing the
-/// fds detaches the link; the namespace dies with the thread.
-pub fn tcx() -> (bool, String) {
-    let probe = std::thread::spawn(|| -> (bool, String) {
+/// Run `attach` with a no-op sched_cls program (-1: TCX_NEXT / TC_ACT_UNSPEC, a no-op if a
+/// packet ever met it) on a short-lived thread in a throwaway network namespace, so no existing
+/// namespace is touched: whatever it attaches to `lo` (ifindex 1) dies with the thread.
+fn in_scratch_netns(what: &'static str, attach: fn(&OwnedFd) -> (bool, String)) -> (bool, String) {
+    let probe = std::thread::spawn(move || -> (bool, String) {
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
             return (false, format!("cannot create a scratch netns for the probe: {e}"));
         }
-        // TCX_NEXT (-1): a no-op if a packet ever met it.
-        let prog = match load(bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS, 0, -1) {
-            Ok(fd) => fd,
-            Err(e) => return (false, format!("sched_cls program rejected: {e}")),
-        };
+        match load(bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS, 0, -1) {
+            Ok(prog) => attach(&prog),
+            Err(e) => (false, format!("sched_cls program rejected: {e}")),
+        }
+    });
+    probe.join().unwrap_or_else(|_| (false, format!("{what} probe thread panicked")))
+}
+
+/// TCX: a tcx ingress link on `lo` of a scratch netns (closing the fds detaches it).
+pub fn tcx() -> (bool, String) {
+    in_scratch_netns("tcx", |prog| {
         let mut attr = LinkCreateAttr {
-            prog_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
+            prog_fd: std::os::fd::AsRawFd::as_raw_fd(prog) as u32,
             target_ifindex: 1, // lo is always ifindex 1 in a new netns
             attach_type: bpf_attach_type::BPF_TCX_INGRESS as u32,
             flags: 0,
@@ -160,33 +166,22 @@ pub fn tcx() -> (bool, String) {
             Ok(_link) => (true, "tcx ingress link created (in a scratch netns) and released".into()),
             Err(e) => (false, format!("tcx link rejected: {e}")),
         }
-    });
-    probe.join().unwrap_or_else(|_| (false, "tcx probe thread panicked".into()))
+    })
 }
 
-/// Classic tc: a clsact qdisc and a `cls_bpf` direct-action filter with a no-op program on `lo`
-/// of a throwaway network namespace (as for TCX); the namespace takes both with it.
+/// Classic tc: a clsact qdisc and a `cls_bpf` direct-action filter on `lo` of a scratch netns.
 pub fn tc_clsact() -> (bool, String) {
     use crate::tc_netlink as nl;
-    let probe = std::thread::spawn(|| -> (bool, String) {
-        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-            return (false, format!("cannot create a scratch netns for the probe: {e}"));
-        }
-        // TC_ACT_UNSPEC (-1): a no-op if a packet ever met it.
-        let prog = match load(bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS, 0, -1) {
-            Ok(fd) => fd,
-            Err(e) => return (false, format!("sched_cls program rejected: {e}")),
-        };
+    in_scratch_netns("tc-clsact", |prog| {
         if let Err(e) = nl::add_clsact(1) {
             return (false, format!("clsact qdisc rejected (sch_ingress missing?): {e}"));
         }
         let (prio, handle) = (crate::attach_classic::PRIORITY, crate::attach_classic::HANDLE);
-        match nl::replace_filter(1, nl::Hook::Ingress, prio, handle, std::os::fd::AsFd::as_fd(&prog), "sluice_probe") {
+        match nl::replace_filter(1, nl::Hook::Ingress, prio, handle, std::os::fd::AsFd::as_fd(prog), "sluice_probe") {
             Ok(()) => {
                 (true, "clsact qdisc and cls_bpf direct-action filter created (in a scratch netns) and released".into())
             }
             Err(e) => (false, format!("cls_bpf filter rejected (cls_bpf missing?): {e}")),
         }
-    });
-    probe.join().unwrap_or_else(|_| (false, "tc-clsact probe thread panicked".into()))
+    })
 }
