@@ -70,7 +70,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     // Capabilities that appear after start (nf_conntrack or ip_set loaded by someone, a module
     // installed) are noticed: the node is probed again now and then, off the loop.
     let (probe_tx, mut probes) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(reprobe(probe_tx, Duration::from_secs(cfg.probes.reprobe_interval_s.max(1))));
+    tokio::spawn(reprobe(probe_tx, Duration::from_secs(cfg.probes.reprobe_interval_s)));
     // Per-Service errors of the last pass: `sluice service list` shows them as failed.
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     let mut policy = policy::PolicyCache::default();

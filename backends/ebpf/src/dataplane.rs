@@ -253,11 +253,7 @@ impl Dataplane for EbpfDataplane {
             Some(dp) => format!(
                 "loaded, maps and links pinned in {}; tc attach {}; programs on {} pod veth(s) and device(s) [{}]; socket LB {}; {} service frontend(s); policy {}",
                 self.pin_dir.display(),
-                match self.path {
-                    sluice_core::TcAttach::Tcx => "tcx",
-                    sluice_core::TcAttach::Classic => "classic (clsact + cls_bpf)",
-                    sluice_core::TcAttach::None => "none",
-                },
+                self.path.describe(),
                 dp.attached().len().saturating_sub(self.devices.len()),
                 self.devices.join(", "),
                 self.cgroup.as_ref().map(|c| format!("on {}", c.display())).unwrap_or_else(|| "off".into()),

@@ -3,21 +3,14 @@
 //! restart, refusing a foreign filter in its slot, keeping other tc users' qdiscs, and leaving
 //! nothing after release.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::require_root;
 use sluice_core::TcAttach;
 use sluice_ebpf::datapath::Datapath;
-
-fn require_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    if std::env::var_os("SLUICE_SKIP_PRIVILEGED").is_some() {
-        return false;
-    }
-    panic!("BPF tests need root; run `cargo xtask test` as root or set SLUICE_SKIP_PRIVILEGED=1 to skip");
-}
 
 /// A named netns with veth devices, deleted on drop (also when the test fails).
 struct Ns {

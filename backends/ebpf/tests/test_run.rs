@@ -1,6 +1,8 @@
 //! Tier 2: the BPF programs run on crafted packets through BPF_PROG_TEST_RUN (no interfaces):
 //! expected verdicts and rewritten packets, with valid checksums, for the forward and reply path.
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,6 +12,7 @@ use aya::maps::Array;
 use aya::maps::HashMap;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use common::require_root;
 use sluice_ebpf::maps::{
     BE_F_LOCAL, BackendKey, BackendVal, FlowKey, MaglevKey, NatVal, NodeCfg, SVC_F_EXTERNAL, SVC_F_MAGLEV,
     SVC_F_SOCK_TCP, SVC_F_SRC_RANGES, SVC_F_TC, SvcKey, SvcVal, addr, port,
@@ -22,16 +25,6 @@ const TC_ACT_SHOT: u32 = 2;
 /// A redirect (to the device the FIB names); the test run does not transmit it.
 const TC_ACT_REDIRECT: u32 = 7;
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn require_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    if std::env::var_os("SLUICE_SKIP_PRIVILEGED").is_some() {
-        return false;
-    }
-    panic!("BPF tests need root; run `cargo xtask test` as root or set SLUICE_SKIP_PRIVILEGED=1 to skip");
-}
 
 /// Loaded programs with maps pinned in a private directory, removed on drop.
 struct Lb {
