@@ -30,6 +30,10 @@ pub enum Capability {
     HelperRedirectNeigh,
     HelperRedirectPeer,
     HelperGetNetnsCookie,
+    /// `bpf_skc_lookup_tcp` and `bpf_sk_lookup_udp` from tc (5.2): the SNAT port check.
+    HelperSkLookup,
+    /// `bpf_get_socket_cookie` from cgroup/sock_addr (5.7): socket-LB reverse translation.
+    HelperSocketCookie,
     Tcx,
     /// A clsact qdisc with a `cls_bpf` direct-action filter (classic tc, every kernel here).
     TcClsact,
@@ -42,7 +46,7 @@ pub enum Capability {
 }
 
 impl Capability {
-    pub const ALL: [Capability; 26] = [
+    pub const ALL: [Capability; 28] = [
         Capability::KernelBtf,
         Capability::Bpffs,
         Capability::CgroupV2,
@@ -63,6 +67,8 @@ impl Capability {
         Capability::HelperRedirectNeigh,
         Capability::HelperRedirectPeer,
         Capability::HelperGetNetnsCookie,
+        Capability::HelperSkLookup,
+        Capability::HelperSocketCookie,
         Capability::Tcx,
         Capability::TcClsact,
         Capability::TcAttach,
@@ -93,6 +99,8 @@ impl Capability {
             Capability::HelperRedirectNeigh => "helper-redirect-neigh",
             Capability::HelperRedirectPeer => "helper-redirect-peer",
             Capability::HelperGetNetnsCookie => "helper-get-netns-cookie",
+            Capability::HelperSkLookup => "helper-sk-lookup",
+            Capability::HelperSocketCookie => "helper-socket-cookie",
             Capability::Tcx => "tcx",
             Capability::TcClsact => "tc-clsact",
             Capability::TcAttach => "tc-attach",
@@ -125,6 +133,8 @@ impl Capability {
             Capability::HelperRedirectNeigh => "no bpf_redirect_neigh",
             Capability::HelperRedirectPeer => "no bpf_redirect_peer",
             Capability::HelperGetNetnsCookie => "no bpf_get_netns_cookie",
+            Capability::HelperSkLookup => "no bpf_skc_lookup_tcp/bpf_sk_lookup_udp",
+            Capability::HelperSocketCookie => "no bpf_get_socket_cookie for socket hooks",
             Capability::Tcx => "no TCX links",
             Capability::TcClsact => "no clsact qdisc with cls_bpf",
             Capability::TcAttach => "no tc attach (neither TCX nor clsact with cls_bpf)",

@@ -45,7 +45,8 @@ fn probe_one(c: Capability) -> (bool, String) {
             bpf::sock_addr_attach(c)
         }
         MapHash | MapLruHash | MapLpmTrie | MapRingbuf | MapHashOfMaps => bpf::map(c),
-        HelperFibLookup | HelperRedirectNeigh | HelperRedirectPeer | HelperGetNetnsCookie => bpf::helper(c),
+        HelperFibLookup | HelperRedirectNeigh | HelperRedirectPeer | HelperGetNetnsCookie | HelperSkLookup
+        | HelperSocketCookie => bpf::helper(c),
         Tcx => bpf::tcx(),
         TcClsact => bpf::tc_clsact(),
         TcAttach => (false, "derived from tcx and tc-clsact".into()),

@@ -20,20 +20,38 @@ use crate::maps::NodeCtx;
 /// Kernel capabilities each feature needs on this backend; `None`: not built yet.
 fn needs(f: Feature) -> Option<&'static [Capability]> {
     use Capability::*;
+    // One object holds every map and program, and loading it creates every map and loads every
+    // tc program: whatever one of them uses, every feature on eBPF needs (else the verifier or
+    // map creation would fail at runtime instead of the plan choosing iptables up front).
+    // Object: [Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup,
+    //          HelperRedirectNeigh, HelperSkLookup]; tc features add TcAttach (TCX or classic tc).
+    const TC: &[Capability] = &[
+        Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup, HelperRedirectNeigh, HelperSkLookup,
+        TcAttach,
+    ];
+    const SOCK_TCP: &[Capability] = &[
+        Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup, HelperRedirectNeigh, HelperSkLookup,
+        CgroupV2, AttachCgroupConnect4, AttachCgroupGetpeername4, HelperSocketCookie,
+    ];
+    const SOCK_UDP: &[Capability] = &[
+        Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup, HelperRedirectNeigh, HelperSkLookup,
+        CgroupV2, AttachCgroupSendmsg4, AttachCgroupRecvmsg4, HelperSocketCookie,
+    ];
     Some(match f {
-        // Attached through pinned TCX links (kernel >= 6.6), which survive agent restarts.
-        Feature::ClusterIp | Feature::SessionAffinity => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, TcAttach],
-        Feature::NodePort
+        // The pod-veth programs (ClusterIP, affinity, source ranges, policy) and the device
+        // programs (NodePort and friends) share the object's needs and one attach path.
+        Feature::ClusterIp
+        | Feature::SessionAffinity
+        | Feature::NodePort
         | Feature::ExternalIps
         | Feature::LoadBalancer
         | Feature::HostPort
         | Feature::TrafficPolicyLocal
-        | Feature::HealthCheckNodePort => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, TcAttach, HelperFibLookup],
-        Feature::SocketLbTcp => &[Bpffs, CgroupV2, MapHash, AttachCgroupConnect4, AttachCgroupGetpeername4],
-        Feature::SocketLbUdp => &[Bpffs, CgroupV2, MapHash, MapLruHash, AttachCgroupSendmsg4, AttachCgroupRecvmsg4],
-        Feature::SourceRanges => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, TcAttach, MapLpmTrie],
-        // Policy maps looked up by the pod-veth programs.
-        Feature::Policy => &[Bpffs, ProgSchedCls, MapHash, MapLruHash, MapLpmTrie, TcAttach],
+        | Feature::HealthCheckNodePort
+        | Feature::SourceRanges
+        | Feature::Policy => TC,
+        Feature::SocketLbTcp => SOCK_TCP,
+        Feature::SocketLbUdp => SOCK_UDP,
         Feature::Flows => return None,
     })
 }

@@ -29,3 +29,6 @@ pub use dataplane::{EbpfDataplane, SPEC};
 
 /// The compiled object (see build.rs).
 pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.bpf.o"));
+
+#[cfg(test)]
+mod needs_tests;

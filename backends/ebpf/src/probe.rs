@@ -41,27 +41,35 @@ pub fn map(c: Capability) -> (bool, String) {
 }
 
 pub fn helper(c: Capability) -> (bool, String) {
-    let (pt, h, name) = match c {
-        Capability::HelperFibLookup => {
-            (ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_fib_lookup, "bpf_fib_lookup from sched_cls")
-        }
+    use aya_obj::generated::bpf_func_id::*;
+    let (pt, helpers, name): (_, &[BpfHelper], _) = match c {
+        Capability::HelperFibLookup => (ProgramType::SchedClassifier, &[BPF_FUNC_fib_lookup], "bpf_fib_lookup from sched_cls"),
         Capability::HelperRedirectNeigh => {
-            (ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_redirect_neigh, "bpf_redirect_neigh from sched_cls")
+            (ProgramType::SchedClassifier, &[BPF_FUNC_redirect_neigh], "bpf_redirect_neigh from sched_cls")
         }
         Capability::HelperRedirectPeer => {
-            (ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_redirect_peer, "bpf_redirect_peer from sched_cls")
+            (ProgramType::SchedClassifier, &[BPF_FUNC_redirect_peer], "bpf_redirect_peer from sched_cls")
         }
-        _ => (
-            ProgramType::CgroupSockAddr,
-            BpfHelper::BPF_FUNC_get_netns_cookie,
-            "bpf_get_netns_cookie from cgroup/sock_addr",
+        Capability::HelperSkLookup => (
+            ProgramType::SchedClassifier,
+            &[BPF_FUNC_skc_lookup_tcp, BPF_FUNC_sk_lookup_udp, BPF_FUNC_sk_release],
+            "bpf_skc_lookup_tcp, bpf_sk_lookup_udp and bpf_sk_release from sched_cls",
         ),
+        Capability::HelperSocketCookie => (
+            ProgramType::CgroupSockAddr,
+            &[BPF_FUNC_get_socket_cookie],
+            "bpf_get_socket_cookie from cgroup/sock_addr",
+        ),
+        _ => (ProgramType::CgroupSockAddr, &[BPF_FUNC_get_netns_cookie], "bpf_get_netns_cookie from cgroup/sock_addr"),
     };
-    match is_helper_supported(pt, h) {
-        Ok(true) => (true, format!("{name} accepted by the verifier")),
-        Ok(false) => (false, format!("{name} unknown to the verifier")),
-        Err(e) => (false, format!("{name}: probe failed: {e}")),
+    for h in helpers {
+        match is_helper_supported(pt, *h) {
+            Ok(true) => {}
+            Ok(false) => return (false, format!("{name}: {h:?} unknown to the verifier")),
+            Err(e) => return (false, format!("{name}: probe failed: {e}")),
+        }
     }
+    (true, format!("{name} accepted by the verifier"))
 }
 
 /// The prefix of `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`. The kernel
