@@ -83,6 +83,16 @@ pub fn render(s: &AgentStatus) -> String {
                 &format!("{} is served by nobody: {} failed to program it (see errors)", f.feature, f.planned),
             );
         }
+        for h in &f.holes {
+            let cover = match h.covered_by {
+                Some(b) => format!("served there by {b} until it does"),
+                None => "NOT SERVED there: no other backend can".into(),
+            };
+            out += &line(
+                "Hole:",
+                &format!("{} on {}: {} could not attach (see errors); {cover}", f.feature, h.interface, f.planned),
+            );
+        }
     }
     out += &line("Routes:", &format!("{} to other nodes' pod CIDRs", s.routes.len()));
     for r in &s.routes {
@@ -143,11 +153,35 @@ mod tests {
                 feature: Feature::NodePort,
                 planned: Owner::EBPF,
                 progress: Progress::Moving { kept_by: vec![BackendId::IPTABLES] },
+                holes: Vec::new(),
             }],
             ..Default::default()
         };
         let text = render(&s);
         assert!(text.contains("Held:           default/other (missing from an incomplete source read"), "{text}");
         assert!(text.contains("Moving:         node-port to eBPF: still served by iptables"), "{text}");
+    }
+
+    #[test]
+    fn holes_name_the_interface_and_who_covers_it() {
+        let s = AgentStatus {
+            features: vec![FeatureState {
+                feature: Feature::ClusterIp,
+                planned: Owner::EBPF,
+                progress: Progress::Serving,
+                holes: vec![sluice_core::HoleState {
+                    interface: "veth1".into(),
+                    covered_by: Some(BackendId::IPTABLES),
+                }],
+            }],
+            ..Default::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains(
+                "Hole:           cluster-ip on veth1: eBPF could not attach (see errors); served there by iptables"
+            ),
+            "{text}"
+        );
     }
 }

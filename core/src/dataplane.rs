@@ -171,6 +171,17 @@ pub struct Report {
     /// Kernel objects written or removed in this pass (0: nothing differed).
     pub changes: usize,
     pub errors: Vec<ObjectError>,
+    /// Interfaces where features in `programmed` are nevertheless not served (the attach
+    /// failed there; the error is in `errors`): the engine has the plan's fallback backend
+    /// serve those features too until the hole closes.
+    pub holes: Vec<Hole>,
+}
+
+/// Features a backend serves everywhere but on one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hole {
+    pub interface: String,
+    pub features: BTreeSet<Feature>,
 }
 
 /// What a backend found of its own in the kernel at start.

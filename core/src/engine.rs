@@ -11,6 +11,9 @@
 //!   the source is synced and its last read was complete.
 //! - At start, what each backend restores from the kernel counts as served: a restart with a
 //!   changed plan moves features make-before-break too.
+//! - A backend that serves a feature but reports a hole (one interface it could not attach to)
+//!   has the plan's fallback backend serve that feature too, for as long as the hole lasts; the
+//!   fallback gets it in the same pass and drops it once the owner's report has no hole.
 //!
 //! The engine itself does no I/O: the backends do, inside `reconcile`.
 
@@ -18,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::{Dataplane, Desired, ObjectError, Report};
+use crate::dataplane::{Dataplane, Desired, Hole, ObjectError, Report};
 use crate::plan::{Feature, Owner, Plan, Step};
 use crate::registry::BackendId;
 
@@ -57,6 +60,16 @@ pub struct FeatureState {
     pub planned: Owner,
     #[serde(flatten)]
     pub progress: Progress,
+    /// Interfaces the planned backend could not serve it on, and who covers them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holes: Vec<HoleState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoleState {
+    pub interface: String,
+    /// The fallback backend serving the feature there (None: nobody can).
+    pub covered_by: Option<BackendId>,
 }
 
 /// Whether one step of a transition has happened.
@@ -86,12 +99,14 @@ pub struct Engine {
     backends: Vec<Box<dyn Dataplane + Send>>,
     /// What each backend's kernel state serves, from its last report (or restore).
     serving: BTreeMap<BackendId, BTreeSet<Feature>>,
+    /// Each backend's holes, from its last report.
+    holes: BTreeMap<BackendId, Vec<Hole>>,
 }
 
 impl Engine {
     /// Backends in registry order (the order they reconcile in).
     pub fn new(backends: Vec<Box<dyn Dataplane + Send>>) -> Self {
-        Engine { backends, serving: BTreeMap::new() }
+        Engine { backends, serving: BTreeMap::new(), holes: BTreeMap::new() }
     }
 
     pub fn backends(&self) -> impl Iterator<Item = &(dyn Dataplane + Send)> {
@@ -114,10 +129,25 @@ impl Engine {
         self.serving.get(&id).cloned().unwrap_or_default()
     }
 
-    /// What `id` must program: its planned features, plus features it serves whose planned
-    /// owner is another backend that does not serve them yet.
+    /// Features the planned backend serves with a hole on some interface.
+    fn holed(&self, plan: &Plan) -> BTreeMap<Feature, Vec<&str>> {
+        let mut out: BTreeMap<Feature, Vec<&str>> = BTreeMap::new();
+        for (id, holes) in &self.holes {
+            for h in holes {
+                for f in h.features.iter().filter(|f| plan.owner(**f) == Owner::Backend(*id)) {
+                    out.entry(*f).or_default().push(&h.interface);
+                }
+            }
+        }
+        out
+    }
+
+    /// What `id` must program: its planned features; features it serves whose planned owner is
+    /// another backend that does not serve them yet; features it is the fallback for whose
+    /// owner has a hole.
     fn owned(&self, plan: &Plan, id: BackendId) -> BTreeSet<Feature> {
         let mut owned = plan.owned_by(id);
+        owned.extend(self.holed(plan).into_keys().filter(|f| plan.fallback(*f) == Some(id)));
         for f in self.serving(id) {
             if let Owner::Backend(next) = plan.owner(f)
                 && next != id
@@ -180,11 +210,13 @@ impl Engine {
         let Some(b) = self.backends.iter_mut().find(|b| b.id() == id) else { return Report::default() };
         let report = b.reconcile(desired, owned, prune);
         self.serving.insert(id, report.programmed.clone());
+        self.holes.insert(id, report.holes.clone());
         report
     }
 
     /// Every feature's progress under `plan`.
     pub fn states(&self, plan: &Plan) -> Vec<FeatureState> {
+        let holed = self.holed(plan);
         plan.entries
             .iter()
             .map(|e| {
@@ -201,7 +233,16 @@ impl Engine {
                     }
                     Owner::KubeProxy | Owner::Off => Progress::NotSluice,
                 };
-                FeatureState { feature: e.feature, planned: e.owner, progress }
+                let holes = holed
+                    .get(&e.feature)
+                    .into_iter()
+                    .flatten()
+                    .map(|i| HoleState {
+                        interface: i.to_string(),
+                        covered_by: e.fallback.filter(|b| self.serving(*b).contains(&e.feature)),
+                    })
+                    .collect();
+                FeatureState { feature: e.feature, planned: e.owner, progress, holes }
             })
             .collect()
     }

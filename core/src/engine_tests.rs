@@ -20,6 +20,7 @@ fn plan_with(owner: impl Fn(Feature) -> Owner) -> Plan {
                 feature,
                 owner: owner(feature),
                 reason: Reason::Dataplane { dataplane: DataplaneMode::Auto },
+                fallback: None,
             })
             .collect(),
         tc_attach: crate::TcAttach::Tcx,
@@ -32,6 +33,7 @@ struct Rig {
     log: Arc<Mutex<Vec<Call>>>,
     fail_b: Arc<Mutex<BTreeSet<Feature>>>,
     kernel_a: Arc<Mutex<BTreeMap<crate::ServiceName, BTreeSet<Feature>>>>,
+    holes_a: Arc<Mutex<Vec<crate::dataplane::Hole>>>,
 }
 
 fn rig(restored_a: BTreeSet<Feature>) -> Rig {
@@ -39,10 +41,10 @@ fn rig(restored_a: BTreeSet<Feature>) -> Rig {
     let mut a = FakeDataplane::new(A, log.clone());
     a.restored = restored_a;
     let b = FakeDataplane::new(B, log.clone());
-    let (fail_b, kernel_a) = (b.fail.clone(), a.kernel.clone());
+    let (fail_b, kernel_a, holes_a) = (b.fail.clone(), a.kernel.clone(), a.holes.clone());
     let mut engine = Engine::new(vec![Box::new(a), Box::new(b)]);
     assert!(engine.restore().is_empty());
-    Rig { engine, log, fail_b, kernel_a }
+    Rig { engine, log, fail_b, kernel_a, holes_a }
 }
 
 fn services() -> Vec<Service> {
@@ -194,4 +196,42 @@ fn steady_state_calls_each_backend_once() {
     pass(&mut r, &plan, &svcs, SYNCED);
     let rep = pass(&mut r, &plan, &svcs, SYNCED);
     assert_eq!(rep.calls, 2);
+}
+
+/// One interface the owner cannot serve: the fallback backend serves the feature too, in the
+/// same pass, and drops it once the hole closes; the owner keeps it throughout.
+#[test]
+fn a_hole_on_one_interface_is_covered_by_the_fallback_until_it_closes() {
+    let mut r = rig(BTreeSet::new());
+    let svcs = services();
+    let mut plan = plan_with(|f| if f.is_kube_proxy_feature() { Owner::Backend(A) } else { Owner::Off });
+    for e in plan.entries.iter_mut().filter(|e| e.owner == Owner::Backend(A)) {
+        e.fallback = Some(B);
+    }
+    let hole = crate::dataplane::Hole { interface: "veth1".into(), features: BTreeSet::from([Feature::ClusterIp]) };
+    *r.holes_a.lock().expect("lock") = vec![hole];
+    let rep = pass(&mut r, &plan, &svcs, SYNCED);
+    assert!(r.engine.serving(A).contains(&Feature::ClusterIp), "the owner keeps serving its other interfaces");
+    assert_eq!(r.engine.serving(B), BTreeSet::from([Feature::ClusterIp]), "only the holed feature falls back");
+    let st = rep.features.iter().find(|s| s.feature == Feature::ClusterIp).expect("state");
+    assert_eq!(st.progress, Progress::Serving);
+    assert_eq!(st.holes, vec![HoleState { interface: "veth1".into(), covered_by: Some(B) }]);
+    let np = rep.features.iter().find(|s| s.feature == Feature::NodePort).expect("state");
+    assert!(np.holes.is_empty());
+    // Without a fallback the hole is reported uncovered.
+    let mut bare = plan.clone();
+    bare.entries.iter_mut().for_each(|e| e.fallback = None);
+    let rep = pass(&mut r, &bare, &svcs, SYNCED);
+    let st = rep.features.iter().find(|s| s.feature == Feature::ClusterIp).expect("state");
+    assert_eq!(st.holes, vec![HoleState { interface: "veth1".into(), covered_by: None }]);
+    assert!(!r.engine.serving(B).contains(&Feature::ClusterIp));
+    // The hole closes: the fallback lets go in the next pass, the owner still serves.
+    pass(&mut r, &plan, &svcs, SYNCED);
+    assert!(r.engine.serving(B).contains(&Feature::ClusterIp));
+    r.holes_a.lock().expect("lock").clear();
+    let start = calls(&r).len();
+    let rep = pass(&mut r, &plan, &svcs, SYNCED);
+    assert!(r.engine.serving(B).is_empty(), "{:?}", calls(&r)[start..].to_vec());
+    assert!(r.engine.serving(A).contains(&Feature::ClusterIp));
+    assert!(rep.features.iter().all(|s| s.holes.is_empty()));
 }

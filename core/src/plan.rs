@@ -211,6 +211,11 @@ pub struct PlanEntry {
     pub feature: Feature,
     pub owner: Owner,
     pub reason: Reason,
+    /// Another backend that can serve the feature on the interfaces where the owner cannot
+    /// (an attach that failed on one device): any registered backend with what it needs, even
+    /// one `dataplane` does not name, since a hole in the datapath is worse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<BackendId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,7 +295,7 @@ fn choose(caps: &Capabilities, cands: &[&BackendSpec], f: Feature, d: DataplaneM
                 } else {
                     Reason::FellBack { passed_over: lacks }
                 };
-                return Ok(PlanEntry { feature: f, owner: Owner::Backend(spec.id), reason });
+                return Ok(PlanEntry { feature: f, owner: Owner::Backend(spec.id), reason, fallback: None });
             }
             Some(l) => lacks.push(l),
         }
@@ -329,7 +334,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         };
         if !taken {
             let reason = if mode == KprMode::Disabled { Reason::Mode { mode } } else { Reason::NotListed };
-            entries.push(PlanEntry { feature: f, owner: Owner::KubeProxy, reason });
+            entries.push(PlanEntry { feature: f, owner: Owner::KubeProxy, reason, fallback: None });
             continue;
         }
         // sluice's own features a chosen dataplane does not implement in this build fall back
@@ -372,7 +377,7 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
                 }
                 let owner = if f.is_kube_proxy_feature() { Owner::KubeProxy } else { Owner::Off };
                 warnings.push(format!("{} left to {owner}: {}", f.title(), join_lacks(&lacks)));
-                PlanEntry { feature: f, owner, reason: Reason::Unservable { lacks } }
+                PlanEntry { feature: f, owner, reason: Reason::Unservable { lacks }, fallback: None }
             }
         };
         entries.push(entry);
@@ -382,6 +387,11 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     }
     align_groups(&mut entries, caps, backends);
     place_policy(&mut entries, caps, backends);
+    for e in &mut entries {
+        if let Owner::Backend(owner) = e.owner {
+            e.fallback = backends.iter().find(|b| b.id != owner && lack(caps, b, e.feature).is_none()).map(|b| b.id);
+        }
+    }
     if !caps.kube_proxy_active {
         let left: Vec<_> = entries.iter().filter(|e| e.owner == Owner::KubeProxy).map(|e| e.feature.title()).collect();
         if !left.is_empty() {
@@ -465,6 +475,11 @@ fn place_policy(entries: &mut [PlanEntry], caps: &Capabilities, backends: &[Back
 impl Plan {
     pub fn owner(&self, f: Feature) -> Owner {
         self.entries.iter().find(|e| e.feature == f).map(|e| e.owner).unwrap_or(Owner::Off)
+    }
+
+    /// The backend that covers `f` where its owner has a hole (see [`PlanEntry::fallback`]).
+    pub fn fallback(&self, f: Feature) -> Option<BackendId> {
+        self.entries.iter().find(|e| e.feature == f).and_then(|e| e.fallback)
     }
 
     /// The features the plan gives to one backend.

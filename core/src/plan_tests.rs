@@ -343,3 +343,24 @@ fn without_tcx_the_tc_features_stay_on_ebpf_through_classic_tc() {
     assert!(caps.has(Capability::Tcx), "the probed paths stay visible in `sluice probe`");
     assert!(!caps.has(Capability::TcAttach));
 }
+
+#[test]
+fn every_backend_owned_feature_names_a_fallback_for_holes_even_under_a_named_dataplane() {
+    let specs = [spec(BackendId::EBPF, kernel_needs), spec(BackendId::IPTABLES, netfilter_needs)];
+    let all: Vec<Feature> = Feature::SERVICES.to_vec();
+    for d in [DataplaneMode::Auto, DataplaneMode::Only(BackendId::EBPF)] {
+        let caps = caps_without(None);
+        let p = compute(&input(&caps, KprMode::Probe, &all, d, &specs)).expect("plan");
+        assert_eq!(p.owner(Feature::ClusterIp), Owner::EBPF);
+        assert_eq!(p.fallback(Feature::ClusterIp), Some(BackendId::IPTABLES), "{d:?}");
+        assert_eq!(p.fallback(Feature::NodePort), Some(BackendId::IPTABLES), "{d:?}");
+    }
+    // No netfilter: nobody to fall back to (the hole is reported uncovered).
+    let caps = caps_without(Some(Capability::Iptables));
+    let p = compute(&input(&caps, KprMode::Probe, &all, DataplaneMode::Auto, &specs)).expect("plan");
+    assert_eq!(p.owner(Feature::ClusterIp), Owner::EBPF);
+    assert_eq!(p.fallback(Feature::ClusterIp), None);
+    // kube-proxy's features have no fallback.
+    let p = compute(&input(&caps_without(None), KprMode::Disabled, &all, DataplaneMode::Auto, &specs)).expect("plan");
+    assert_eq!(p.fallback(Feature::ClusterIp), None);
+}

@@ -156,6 +156,8 @@ pub struct FakeDataplane {
     pub fail: Arc<Mutex<BTreeSet<Feature>>>,
     pub kernel: Arc<Mutex<BTreeMap<ServiceName, BTreeSet<Feature>>>>,
     pub restored: BTreeSet<Feature>,
+    /// Holes to report (for the features owned in the call).
+    pub holes: Arc<Mutex<Vec<crate::dataplane::Hole>>>,
     serving: BTreeSet<Feature>,
 }
 
@@ -167,6 +169,7 @@ impl FakeDataplane {
             fail: Arc::default(),
             kernel: Arc::default(),
             restored: BTreeSet::new(),
+            holes: Arc::default(),
             serving: BTreeSet::new(),
         }
     }
@@ -216,7 +219,19 @@ impl Dataplane for FakeDataplane {
             changes += before - kernel.len();
         }
         self.serving = now.clone();
-        Report { programmed: now, changes, errors }
+        let holes = self
+            .holes
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut h| {
+                h.features.retain(|f| now.contains(f));
+                h
+            })
+            .filter(|h| !h.features.is_empty())
+            .collect();
+        Report { programmed: now, changes, errors, holes }
     }
 
     fn cleanup(&mut self) -> CleanupReport {

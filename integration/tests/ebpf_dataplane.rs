@@ -152,3 +152,103 @@ fn kill_9_under_load(name: &str, node1_cfg: Option<&str>) {
         assert!(f.contains("pref 20736"), "{f}");
     }
 }
+
+/// Another tc user's filter (named like Cilium's) replaces sluice's in its own slot on `dev`'s
+/// ingress, inside `netns`; its program is sluice's pod program over empty maps of its own
+/// (it lets everything through untranslated). Returns the pin dir of those maps.
+fn foreign_filter(netns: &str, dev: &str, add: bool) -> std::path::PathBuf {
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/{netns}-foreign"));
+    let (path, dev, dir) = (format!("/run/netns/{netns}"), dev.to_string(), pins.clone());
+    std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        let fd = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).expect("dev");
+        let hook = sluice_ebpf::tc_netlink::Hook::Ingress;
+        if !add {
+            sluice_ebpf::tc_netlink::del_filter(ifindex, hook, 20736, 0x5100).expect("delete the foreign filter");
+            return;
+        }
+        let mut bpf = sluice_ebpf::loader::load(&dir).expect("load");
+        let prog: &mut aya::programs::SchedClassifier =
+            bpf.program_mut("sluice_from_pod").expect("prog").try_into().expect("sched_cls");
+        let fd = prog.fd().expect("fd");
+        sluice_ebpf::tc_netlink::replace_filter(ifindex, hook, 20736, 0x5100, fd.as_fd(), "cil_from_container")
+            .expect("foreign filter");
+    })
+    .join()
+    .expect("netns thread");
+    pins
+}
+
+fn holes(s: &serde_json::Value, feature: &str) -> Vec<serde_json::Value> {
+    s["features"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["feature"] == feature))
+        .and_then(|f| f["holes"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Classic tc, and another tc user holds sluice's slot on one pod's veth: that pod's ClusterIP
+/// traffic (and policy) falls back to iptables, every other interface stays on eBPF, status
+/// names the hole and the foreign filter; once the filter is gone sluice attaches there and
+/// iptables lets go.
+#[test]
+fn an_attach_failure_on_one_pod_veth_falls_back_to_iptables_there_only() {
+    if !require_root() {
+        return;
+    }
+    let (t, _dir) = setup("t-hole", Some("probes:\n  assume_missing: [tcx]\n"));
+    let s = t.status("node-1");
+    assert_eq!(s["plan"]["tc_attach"], "classic");
+    assert_eq!(owner(&s, "cluster-ip"), "ebpf");
+    let veth = s["local_endpoints"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["pod_name"] == "client"))
+        .and_then(|e| e["host_interface"].as_str())
+        .expect("client's veth")
+        .to_string();
+    let netns = t.lab.state().expect("state").node("node-1").expect("node").netns.clone();
+    let pins = foreign_filter(&netns, &veth, true);
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins);
+    t.lab.restart_agent("node-1", true).expect("kill -9 and start again");
+    let s = eventually("the hole is covered by iptables", Duration::from_secs(20), || {
+        let s = t.try_status("node-1")?;
+        let h = holes(&s, "cluster-ip");
+        (h.len() == 1 && h[0]["interface"] == veth.as_str() && h[0]["covered_by"] == "iptables").then_some(s)
+    });
+    let errors = s["errors"].to_string();
+    assert!(errors.contains("cil_from_container") && errors.contains(&veth), "{errors}");
+    assert_eq!(owner(&s, "cluster-ip"), "ebpf", "the plan is unchanged: the fallback covers one interface");
+    assert!(holes(&s, "node-port").is_empty(), "the node's devices attached: {}", s["features"]);
+    let rules = t.exec("node-1", &["iptables-save", "-t", "nat"]);
+    assert!(rules.contains("10.96.0.10/32"), "iptables programs the ClusterIP for the holed veth:\n{rules}");
+    // The holed pod reaches the Service (through netfilter); outside traffic still through eBPF.
+    for _ in 0..10 {
+        let b = t.curl("client", "http://10.96.0.10/").expect("client through the fallback");
+        assert!(b == "a" || b == "b", "{b}");
+    }
+    let b = t.curl("ext", "http://198.51.100.11:30080/").expect("NodePort on eBPF");
+    assert!(b == "a" || b == "b", "{b}");
+    let tc = t.exec("node-1", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(tc.contains("sluice_from_net"), "{tc}");
+    // The other user removes its filter: sluice attaches there and the fallback is released.
+    foreign_filter(&netns, &veth, false);
+    eventually("the hole closes", Duration::from_secs(20), || {
+        let s = t.try_status("node-1")?;
+        holes(&s, "cluster-ip").is_empty().then_some(())
+    });
+    eventually("iptables lets the ClusterIP go", Duration::from_secs(20), || {
+        (!t.exec("node-1", &["iptables-save", "-t", "nat"]).contains("10.96.0.10/32")).then_some(())
+    });
+    let tc = t.exec("node-1", &["tc", "filter", "show", "dev", &veth, "ingress"]);
+    assert!(tc.contains("sluice_from_pod"), "{tc}");
+    let b = t.curl("client", "http://10.96.0.10/").expect("client through eBPF again");
+    assert!(b == "a" || b == "b", "{b}");
+}

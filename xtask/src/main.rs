@@ -173,7 +173,10 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     let vm = if extra.is_empty() && !skip_vm {
         vm_tier::run(&host)
     } else {
-        eprintln!("xtask: tier 4 (older kernel) not run: {}", if skip_vm { "SLUICE_TEST_VM=0" } else { "a test filter was given" });
+        eprintln!(
+            "xtask: tier 4 (older kernel) not run: {}",
+            if skip_vm { "SLUICE_TEST_VM=0" } else { "a test filter was given" }
+        );
         Ok(())
     };
     if !status.success() {

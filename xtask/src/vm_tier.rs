@@ -25,7 +25,15 @@ const GUEST_RUNS: &[(&str, &[&str])] = &[
             "1",
         ],
     ),
-    ("ebpf_dataplane", &["agent_kill_9_under_load_fails_no_connection", "--test-threads", "1"]),
+    (
+        "ebpf_dataplane",
+        &[
+            "agent_kill_9_under_load_fails_no_connection",
+            "an_attach_failure_on_one_pod_veth_falls_back",
+            "--test-threads",
+            "1",
+        ],
+    ),
 ];
 
 /// Test executables by target name, built (not run) by cargo.

@@ -26,16 +26,43 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
     // Object: [Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup,
     //          HelperRedirectNeigh, HelperSkLookup]; tc features add TcAttach (TCX or classic tc).
     const TC: &[Capability] = &[
-        Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup, HelperRedirectNeigh, HelperSkLookup,
+        Bpffs,
+        MapHash,
+        MapLruHash,
+        MapLpmTrie,
+        ProgSchedCls,
+        HelperFibLookup,
+        HelperRedirectNeigh,
+        HelperSkLookup,
         TcAttach,
     ];
     const SOCK_TCP: &[Capability] = &[
-        Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup, HelperRedirectNeigh, HelperSkLookup,
-        CgroupV2, AttachCgroupConnect4, AttachCgroupGetpeername4, HelperSocketCookie,
+        Bpffs,
+        MapHash,
+        MapLruHash,
+        MapLpmTrie,
+        ProgSchedCls,
+        HelperFibLookup,
+        HelperRedirectNeigh,
+        HelperSkLookup,
+        CgroupV2,
+        AttachCgroupConnect4,
+        AttachCgroupGetpeername4,
+        HelperSocketCookie,
     ];
     const SOCK_UDP: &[Capability] = &[
-        Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup, HelperRedirectNeigh, HelperSkLookup,
-        CgroupV2, AttachCgroupSendmsg4, AttachCgroupRecvmsg4, HelperSocketCookie,
+        Bpffs,
+        MapHash,
+        MapLruHash,
+        MapLpmTrie,
+        ProgSchedCls,
+        HelperFibLookup,
+        HelperRedirectNeigh,
+        HelperSkLookup,
+        CgroupV2,
+        AttachCgroupSendmsg4,
+        AttachCgroupRecvmsg4,
+        HelperSocketCookie,
     ];
     Some(match f {
         // The pod-veth programs (ClusterIP, affinity, source ranges, policy) and the device
@@ -63,6 +90,27 @@ pub const SPEC: BackendSpec = BackendSpec { id: BackendId::EBPF, needs, policy_n
 /// Features served at the node's devices.
 const DEVICE_FEATURES: [Feature; 4] =
     [Feature::NodePort, Feature::ExternalIps, Feature::LoadBalancer, Feature::HostPort];
+
+/// What a device whose attach failed leaves unserved (with the modifiers of those frontends).
+const DEVICE_HOLE: [Feature; 6] = [
+    Feature::NodePort,
+    Feature::ExternalIps,
+    Feature::LoadBalancer,
+    Feature::HostPort,
+    Feature::TrafficPolicyLocal,
+    Feature::SourceRanges,
+];
+
+/// What a pod veth whose attach failed leaves unserved: that pod's ClusterIP traffic and its
+/// policy.
+const POD_HOLE: [Feature; 3] = [Feature::ClusterIp, Feature::SessionAffinity, Feature::Policy];
+
+/// The hole an attach failure leaves: the owned features the interface carries.
+pub(crate) fn hole(ifname: &str, device: bool, owned: &BTreeSet<Feature>) -> Option<sluice_core::dataplane::Hole> {
+    let kinds: &[Feature] = if device { &DEVICE_HOLE } else { &POD_HOLE };
+    let features: BTreeSet<Feature> = kinds.iter().copied().filter(|f| owned.contains(f)).collect();
+    (!features.is_empty()).then(|| sluice_core::dataplane::Hole { interface: ifname.to_string(), features })
+}
 
 pub struct EbpfDataplane {
     pin_dir: PathBuf,
@@ -354,7 +402,10 @@ impl EbpfDataplane {
                     }
                     self.handled.insert(ifname.clone());
                 }
-                Err(e) => report.errors.push(datapath_err(Op::Attach, &e)),
+                Err(e) => {
+                    report.errors.push(datapath_err(Op::Attach, &e));
+                    report.holes.extend(hole(ifname, device, owned));
+                }
             }
         }
         for gone in dp.detach_others(&keep) {

@@ -56,7 +56,8 @@ fn helpers(sources: &[&str]) -> BTreeSet<String> {
         while let Some(i) = rest.find("bpf_") {
             let tail = &rest[i..];
             let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
-            let preceded_by_ident = rest[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            let preceded_by_ident =
+                rest[..i].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
             if !preceded_by_ident && tail[end..].starts_with('(') {
                 out.insert(tail[..end].to_string());
             }
@@ -74,10 +75,8 @@ fn needs(f: Feature) -> BTreeSet<Capability> {
 fn every_helper_the_programs_call_is_probed() {
     let mut all = vec![POD, NET, SOCK];
     all.extend(LIBS);
-    let unknown: Vec<String> = helpers(&all)
-        .into_iter()
-        .filter(|h| !BASELINE.contains(&h.as_str()) && probed_by(h).is_none())
-        .collect();
+    let unknown: Vec<String> =
+        helpers(&all).into_iter().filter(|h| !BASELINE.contains(&h.as_str()) && probed_by(h).is_none()).collect();
     assert!(unknown.is_empty(), "helpers with no probe: {unknown:?} (add a Capability and its probe)");
 }
 
@@ -107,4 +106,18 @@ fn the_tc_features_need_an_attach_path_not_tcx() {
         let n = needs(f);
         assert!(n.contains(&Capability::TcAttach) && !n.contains(&Capability::Tcx), "{}", f.name());
     }
+}
+
+#[test]
+fn a_failed_attach_leaves_a_hole_of_the_owned_features_that_interface_carries() {
+    use crate::dataplane::hole;
+    let owned: BTreeSet<Feature> =
+        [Feature::ClusterIp, Feature::NodePort, Feature::SourceRanges, Feature::SocketLbTcp].into();
+    let pod = hole("veth1", false, &owned).expect("pod hole");
+    assert_eq!(pod.interface, "veth1");
+    assert_eq!(pod.features, BTreeSet::from([Feature::ClusterIp]));
+    let dev = hole("eth0", true, &owned).expect("device hole");
+    assert_eq!(dev.features, BTreeSet::from([Feature::NodePort, Feature::SourceRanges]));
+    // Nothing owned that the interface carries: no hole to cover.
+    assert!(hole("eth0", true, &BTreeSet::from([Feature::ClusterIp])).is_none());
 }

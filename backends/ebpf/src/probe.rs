@@ -43,7 +43,9 @@ pub fn map(c: Capability) -> (bool, String) {
 pub fn helper(c: Capability) -> (bool, String) {
     use aya_obj::generated::bpf_func_id::*;
     let (pt, helpers, name): (_, &[BpfHelper], _) = match c {
-        Capability::HelperFibLookup => (ProgramType::SchedClassifier, &[BPF_FUNC_fib_lookup], "bpf_fib_lookup from sched_cls"),
+        Capability::HelperFibLookup => {
+            (ProgramType::SchedClassifier, &[BPF_FUNC_fib_lookup], "bpf_fib_lookup from sched_cls")
+        }
         Capability::HelperRedirectNeigh => {
             (ProgramType::SchedClassifier, &[BPF_FUNC_redirect_neigh], "bpf_redirect_neigh from sched_cls")
         }
@@ -55,11 +57,9 @@ pub fn helper(c: Capability) -> (bool, String) {
             &[BPF_FUNC_skc_lookup_tcp, BPF_FUNC_sk_lookup_udp, BPF_FUNC_sk_release],
             "bpf_skc_lookup_tcp, bpf_sk_lookup_udp and bpf_sk_release from sched_cls",
         ),
-        Capability::HelperSocketCookie => (
-            ProgramType::CgroupSockAddr,
-            &[BPF_FUNC_get_socket_cookie],
-            "bpf_get_socket_cookie from cgroup/sock_addr",
-        ),
+        Capability::HelperSocketCookie => {
+            (ProgramType::CgroupSockAddr, &[BPF_FUNC_get_socket_cookie], "bpf_get_socket_cookie from cgroup/sock_addr")
+        }
         _ => (ProgramType::CgroupSockAddr, &[BPF_FUNC_get_netns_cookie], "bpf_get_netns_cookie from cgroup/sock_addr"),
     };
     for h in helpers {
