@@ -24,6 +24,9 @@ use crate::bench_services::{Options, PEER_JUMPS, flush_all, load, peer_input, re
 /// Rounds of one pair each.
 pub const ROUNDS: usize = 8;
 
+/// Settling time between programming and measuring.
+pub const SETTLE_TIME: Duration = SETTLE;
+
 /// After programming, before measuring: the kernel frees the previous table and the restore's
 /// memory; the load should not share the CPUs with that.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -33,6 +36,9 @@ const SETTLE: Duration = Duration::from_secs(2);
 pub enum Deploy {
     Sluice(usize),
     Peer(usize),
+    /// sluice's eBPF programs and maps at N Services, attached with TCX or classic tc.
+    EbpfTcx(usize),
+    EbpfClassic(usize),
 }
 
 /// Where the load goes: the deployment's target ClusterIP, or the backend pod itself.
@@ -101,6 +107,8 @@ impl Bench<'_> {
                 let target = format!("{}={}:8080", SocketAddr::new(IpAddr::V4(vip(n / 2)), 80), self.backend);
                 Prepared::Peer(peer_input(self.o, n, "full", &target)?)
             }
+            // Compared by bench_attach, on one datapath.
+            Deploy::EbpfTcx(_) | Deploy::EbpfClassic(_) => anyhow::bail!("{d:?} is not an iptables deployment"),
         })
     }
 
@@ -125,7 +133,7 @@ impl Bench<'_> {
 
     fn addr(&self, d: Deploy, t: Target) -> SocketAddr {
         let n = match d {
-            Deploy::Sluice(n) | Deploy::Peer(n) => n,
+            Deploy::Sluice(n) | Deploy::Peer(n) | Deploy::EbpfTcx(n) | Deploy::EbpfClassic(n) => n,
         };
         match t {
             Target::ClusterIp => SocketAddr::new(IpAddr::V4(vip(n / 2)), 80),

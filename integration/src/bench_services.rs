@@ -281,15 +281,14 @@ fn ebpf_record(
     backend: Ipv4Addr,
     client_if: &str,
     direct: SocketAddr,
+    path: sluice_core::TcAttach,
 ) -> anyhow::Result<Record> {
     let pin = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}", std::process::id()));
     let _ = sluice_ebpf::datapath::remove_all(&pin);
-    let mut rec = Record::new("ebpf", "-", n);
+    let name = if path == sluice_core::TcAttach::Classic { "ebpf-classic" } else { "ebpf" };
+    let mut rec = Record::new(name, if path == sluice_core::TcAttach::Classic { "classic" } else { "tcx" }, n);
     let res = (|| -> anyhow::Result<()> {
         let mut dp = sluice_ebpf::datapath::Datapath::open(&pin, &Default::default())?;
-        // The node's own path: TCX where the kernel has it, classic tc otherwise.
-        let path =
-            if sluice_ebpf::probe::tcx().0 { sluice_core::TcAttach::Tcx } else { sluice_core::TcAttach::Classic };
         dp.attach(client_if, path)?;
         // Sorted by name, as the agent's translation hands them over.
         let mut svcs = services(n, backend);
@@ -347,24 +346,48 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
     lab.exec_output("bench-backend", &["sysctl", "-w", "net.ipv4.tcp_max_tw_buckets=2048"])?;
     let owned: std::collections::BTreeSet<Feature> = sluice_iptables::SPEC.implemented();
     let mut records = Vec::new();
-    if o.backends.iter().any(|b| b == "ebpf") {
+    // `ebpf`: the node's own path (TCX where the kernel has it, classic tc otherwise);
+    // `ebpf-classic`: classic tc whatever the kernel has.
+    let node_path = if sluice_ebpf::probe::tcx().0 { sluice_core::TcAttach::Tcx } else { sluice_core::TcAttach::Classic };
+    let ebpf_paths: Vec<sluice_core::TcAttach> = o
+        .backends
+        .iter()
+        .filter_map(|b| match b.as_str() {
+            "ebpf" => Some(node_path),
+            "ebpf-classic" => Some(sluice_core::TcAttach::Classic),
+            _ => None,
+        })
+        .collect();
+    if !ebpf_paths.is_empty() {
         let client_if = st
             .pods
             .iter()
             .find(|p| p.name == "bench-client")
             .and_then(|p| p.cni_result["interfaces"][0]["name"].as_str().map(str::to_string))
             .context("no bench-client pod")?;
-        for &n in &o.services {
+        for &path in &ebpf_paths {
+            for &n in &o.services {
+                flush_all()?;
+                let base = baseline(lab, direct, o, n)?;
+                let mut rec = ebpf_record(lab, o, n, backend, &client_if, direct, path)?;
+                rec.baseline_direct_conn_per_s = base;
+                progress(&rec);
+                records.push(rec);
+            }
+        }
+        // Both paths asked for: the two compared in alternation at the largest N.
+        let max = o.services.iter().copied().max().unwrap_or(0);
+        if ebpf_paths.len() == 2 && ebpf_paths[0] != ebpf_paths[1] {
             flush_all()?;
-            let base = baseline(lab, direct, o, n)?;
-            let mut rec = ebpf_record(lab, o, n, backend, &client_if, direct)?;
-            rec.baseline_direct_conn_per_s = base;
-            progress(&rec);
-            records.push(rec);
+            if let Some(pairs) = crate::bench_attach::classic_vs_tcx(lab, o, max, backend, &client_if)?
+                && let Some(rec) = records.iter_mut().find(|r| r.backend == "ebpf-classic" && r.services == max)
+            {
+                rec.paired = Some(vec![pairs]);
+            }
         }
     }
     for &variant in &o.variants {
-        for backend_name in o.backends.iter().filter(|b| *b != "ebpf") {
+        for backend_name in o.backends.iter().filter(|b| !b.starts_with("ebpf")) {
             for &n in &o.services {
                 flush_all()?;
                 let mut rec = Record::new(backend_name, variant.as_str(), n);

@@ -2,6 +2,7 @@
 //! and the benchmarks. The binary is a thin CLI over [`lab::Lab`].
 
 pub mod bench;
+pub mod bench_attach;
 pub mod bench_floor;
 pub mod bench_paired;
 pub mod bench_services;

@@ -89,7 +89,7 @@ fn probe() -> anyhow::Result<()> {
 
 /// Service programming and connection rates: sluice's iptables backend vs the kube-proxy
 /// reference ruleset, each iptables variant, N services of 10 endpoints (plus N = 0).
-/// Options: `--backend B` (iptables, kube-proxy-iptables; repeatable), `--services 100,1000,10000`,
+/// Options: `--backend B` (ebpf, ebpf-classic, iptables, kube-proxy-iptables; repeatable), `--services 100,1000,10000`,
 /// `--variants legacy,nft`, `--restore-timeout-s S`.
 fn services(args: &[String]) -> anyhow::Result<()> {
     if !crate::nix_is_root() {
@@ -115,8 +115,12 @@ fn services(args: &[String]) -> anyhow::Result<()> {
     if backends.is_empty() {
         backends = vec!["ebpf".into(), "iptables".into(), "kube-proxy-iptables".into()];
     }
-    if let Some(b) = backends.iter().find(|b| !["ebpf", "iptables", "kube-proxy-iptables"].contains(&b.as_str())) {
-        bail!("--backend {b:?}: available: ebpf, iptables, kube-proxy-iptables");
+    const BACKENDS: [&str; 4] = ["ebpf", "ebpf-classic", "iptables", "kube-proxy-iptables"];
+    if let Some(b) = backends.iter().find(|b| !BACKENDS.contains(&b.as_str())) {
+        bail!(
+            "--backend {b:?}: available: {} (ebpf attaches as the node would, TCX where the kernel has it; ebpf-classic always with classic tc; both: also compared in alternation)",
+            BACKENDS.join(", ")
+        );
     }
     let peer = root().join("../shared/bench/kube-proxy-iptables.py");
     if !peer.is_file() {
