@@ -81,6 +81,10 @@ pub struct Config {
     pub kube_proxy_replacement_features: Vec<String>,
     /// Which backends may serve features: auto (eBPF where the kernel allows, else iptables), ebpf, iptables.
     pub dataplane: DataplaneMode,
+    /// Per feature, over `dataplane`: e.g. `{node-port: iptables}` keeps NodePort (and what
+    /// follows it) on iptables while the other features go by `dataplane`. Keys are feature
+    /// names as in `sluice plan`; values as `dataplane`.
+    pub dataplane_features: std::collections::BTreeMap<String, DataplaneMode>,
     pub probes: ProbesConfig,
     /// Network policy enforcement: `default` (a pod is isolated in a direction once a policy
     /// selects it for that direction), `always` (every pod is isolated: only what a policy
@@ -144,6 +148,7 @@ pub struct NodeOverride {
     pub kube_proxy_replacement: Option<KprSetting>,
     pub kube_proxy_replacement_features: Option<Vec<String>>,
     pub dataplane: Option<DataplaneMode>,
+    pub dataplane_features: Option<std::collections::BTreeMap<String, DataplaneMode>>,
     pub probes: Option<ProbesConfig>,
 }
 
@@ -182,6 +187,7 @@ impl Default for Config {
             kube_proxy_replacement: KprSetting(KprMode::Probe),
             kube_proxy_replacement_features: Vec::new(),
             dataplane: DataplaneMode::Auto,
+            dataplane_features: Default::default(),
             probes: ProbesConfig::default(),
             policy_enforcement: sluice_core::policy::Enforcement::Default,
             node_port_range: "30000-32767".into(),
@@ -370,6 +376,7 @@ impl Config {
             }
             _ => {}
         }
+        self.feature_dataplanes()?;
         self.assume_missing()?;
         if !(1..=86_400).contains(&self.probes.reprobe_interval_s) {
             return Err(invalid("probes.reprobe_interval_s", self.probes.reprobe_interval_s, "1 to 86400 (seconds)"));
@@ -405,6 +412,9 @@ impl Config {
         }
         if let Some(d) = o.dataplane {
             c.dataplane = d;
+        }
+        if let Some(d) = &o.dataplane_features {
+            c.dataplane_features = d.clone();
         }
         if let Some(p) = &o.probes {
             c.probes = p.clone();
@@ -458,6 +468,19 @@ impl Config {
                 f.parse::<Feature>().map_err(|e| {
                     invalid(&format!("kube_proxy_replacement_features[{i}]"), f, &format!("one of {}", e.known))
                 })
+            })
+            .collect()
+    }
+
+    /// `dataplane_features`, parsed.
+    pub fn feature_dataplanes(&self) -> Result<std::collections::BTreeMap<Feature, DataplaneMode>, ConfigError> {
+        self.dataplane_features
+            .iter()
+            .map(|(f, d)| {
+                let feature = f.parse::<Feature>().map_err(|e| {
+                    invalid("dataplane_features", f, &format!("feature names as keys, one of {}", e.known))
+                })?;
+                Ok((feature, *d))
             })
             .collect()
     }

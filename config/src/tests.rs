@@ -212,3 +212,15 @@ fn environment_child() {
     assert!(c.warnings.iter().any(|w| w.contains("SLUICE_NOT_A_KEY")), "{:?}", c.warnings);
     assert!(!c.warnings.iter().any(|w| w.contains("SLUICE_NODE_NAME")), "{:?}", c.warnings);
 }
+
+#[test]
+fn dataplane_features_name_features_and_dataplanes() {
+    let c = from_yaml_str("node_name: a\ndataplane_features: {node-port: iptables}\n").expect("ok");
+    let m = c.feature_dataplanes().expect("parsed");
+    assert_eq!(m.get(&sluice_core::Feature::NodePort), Some(&sluice_core::DataplaneMode::IPTABLES));
+    let e = from_yaml_str("node_name: a\ndataplane_features: {nodeport: iptables}\n").expect_err("bad key");
+    assert!(e.to_string().contains("dataplane_features") && e.to_string().contains("nodeport"), "{e}");
+    assert!(e.to_string().contains("node-port"), "names what is accepted: {e}");
+    let e = from_yaml_str("node_name: a\ndataplane_features: {node-port: bpf}\n").expect_err("bad dataplane");
+    assert!(e.to_string().contains("bpf"), "{e}");
+}

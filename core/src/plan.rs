@@ -255,6 +255,8 @@ pub struct PlanInput<'a> {
     pub mode: KprMode,
     pub partial_features: &'a [Feature],
     pub dataplane: DataplaneMode,
+    /// Per-feature dataplanes over `dataplane` (a follower without its own takes its base's).
+    pub dataplane_features: &'a std::collections::BTreeMap<Feature, DataplaneMode>,
     /// The registered backends, best first. A feature a backend does not implement is never
     /// given to it, and the plan says so.
     pub backends: &'a [BackendSpec],
@@ -304,7 +306,7 @@ fn choose(caps: &Capabilities, cands: &[&BackendSpec], f: Feature, d: DataplaneM
 }
 
 pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
-    let PlanInput { caps, mode, partial_features, dataplane, backends } = *input;
+    let PlanInput { caps, mode, partial_features, dataplane, dataplane_features, backends } = *input;
     let cands = candidates(dataplane, backends);
     if cands.is_empty() {
         let accepted = std::iter::once("auto".to_string())
@@ -322,7 +324,6 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             }
         }
     }
-    let names = cands.iter().map(|b| b.id.to_string()).collect::<Vec<_>>().join(" or ");
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
     let mut first_error: Option<PlanError> = None;
@@ -337,15 +338,30 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             entries.push(PlanEntry { feature: f, owner: Owner::KubeProxy, reason, fallback: None });
             continue;
         }
+        // The feature's own dataplane (`dataplane_features`), else its base's, else the node's.
+        let d = dataplane_features
+            .get(&f)
+            .or_else(|| f.base().and_then(|b| dataplane_features.get(&b)))
+            .copied()
+            .unwrap_or(dataplane);
+        let cands = candidates(d, backends);
+        if cands.is_empty() {
+            let accepted = std::iter::once("auto".to_string())
+                .chain(backends.iter().map(|b| b.id.as_str().to_string()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(PlanError::UnknownDataplane { given: d.name().into(), accepted });
+        }
+        let names = cands.iter().map(|b| b.id.to_string()).collect::<Vec<_>>().join(" or ");
         // sluice's own features a chosen dataplane does not implement in this build fall back
         // to a backend that does (the node runs netfilter whatever serves its Services); the
         // plan says which was passed over and why.
-        let chosen = choose(caps, &cands, f, dataplane).or_else(|lacks| {
+        let chosen = choose(caps, &cands, f, d).or_else(|lacks| {
             let others: Vec<&BackendSpec> = backends.iter().filter(|b| !cands.iter().any(|c| c.id == b.id)).collect();
             if f.is_kube_proxy_feature() || !lacks.iter().all(|l| l.not_built) || others.is_empty() {
                 return Err(lacks);
             }
-            match choose(caps, &others, f, dataplane) {
+            match choose(caps, &others, f, d) {
                 Ok(mut e) => {
                     let mut passed = lacks;
                     if let Reason::FellBack { passed_over } = e.reason {

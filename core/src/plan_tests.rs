@@ -65,7 +65,9 @@ fn input<'a>(
     dataplane: DataplaneMode,
     backends: &'a [BackendSpec],
 ) -> PlanInput<'a> {
-    PlanInput { caps, mode, partial_features, dataplane, backends }
+    static NONE: std::sync::LazyLock<std::collections::BTreeMap<Feature, DataplaneMode>> =
+        std::sync::LazyLock::new(Default::default);
+    PlanInput { caps, mode, partial_features, dataplane, dataplane_features: &NONE, backends }
 }
 
 fn plan(mode: KprMode, d: DataplaneMode, missing: Option<Capability>) -> Result<Plan, PlanError> {
@@ -363,4 +365,28 @@ fn every_backend_owned_feature_names_a_fallback_for_holes_even_under_a_named_dat
     // kube-proxy's features have no fallback.
     let p = compute(&input(&caps_without(None), KprMode::Disabled, &all, DataplaneMode::Auto, &specs)).expect("plan");
     assert_eq!(p.fallback(Feature::ClusterIp), None);
+}
+
+#[test]
+fn dataplane_features_put_one_feature_and_its_followers_on_another_backend() {
+    let specs = [spec(BackendId::EBPF, kernel_needs), spec(BackendId::IPTABLES, netfilter_needs)];
+    let all: Vec<Feature> = Feature::SERVICES.to_vec();
+    let caps = caps_without(None);
+    let per: std::collections::BTreeMap<Feature, DataplaneMode> = [(Feature::NodePort, DataplaneMode::IPTABLES)].into();
+    let mut i = input(&caps, KprMode::Probe, &all, DataplaneMode::Auto, &specs);
+    i.dataplane_features = &per;
+    let p = compute(&i).expect("plan");
+    assert_eq!(p.owner(Feature::ClusterIp), Owner::EBPF);
+    assert_eq!(p.owner(Feature::NodePort), Owner::IPTABLES);
+    // Followers go with their base unless named themselves.
+    assert_eq!(p.owner(Feature::TrafficPolicyLocal), Owner::IPTABLES);
+    let e = p.entries.iter().find(|e| e.feature == Feature::NodePort).expect("entry");
+    assert_eq!(e.reason, Reason::Dataplane { dataplane: DataplaneMode::IPTABLES });
+    // The named backend lacking a capability: the same rules as `dataplane` (probe: kube-proxy).
+    let caps = caps_without(Some(Capability::Iptables));
+    let mut i = input(&caps, KprMode::Probe, &all, DataplaneMode::Auto, &specs);
+    i.dataplane_features = &per;
+    let p = compute(&i).expect("plan");
+    assert_eq!(p.owner(Feature::NodePort), Owner::KubeProxy);
+    assert_eq!(p.owner(Feature::ClusterIp), Owner::EBPF);
 }

@@ -36,8 +36,12 @@ pub fn classic_vs_tcx(
         };
         dp.update(&svcs, &[], &ctx)?;
         let target = SocketAddr::new(IpAddr::V4(vip(n / 2)), 80);
-        let mut pairs =
-            Pairs { a: Deploy::EbpfClassic(n), b: Deploy::EbpfTcx(n), target: Target::ClusterIp, conn_per_s: Vec::new() };
+        let mut pairs = Pairs {
+            a: Deploy::EbpfClassic(n),
+            b: Deploy::EbpfTcx(n),
+            target: Target::ClusterIp,
+            conn_per_s: Vec::new(),
+        };
         for round in 0..ROUNDS {
             let order = if round % 4 == 0 || round % 4 == 3 {
                 [TcAttach::Classic, TcAttach::Tcx]

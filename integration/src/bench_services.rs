@@ -348,7 +348,8 @@ pub fn run(lab: &Lab, o: &Options, mut progress: impl FnMut(&Record)) -> anyhow:
     let mut records = Vec::new();
     // `ebpf`: the node's own path (TCX where the kernel has it, classic tc otherwise);
     // `ebpf-classic`: classic tc whatever the kernel has.
-    let node_path = if sluice_ebpf::probe::tcx().0 { sluice_core::TcAttach::Tcx } else { sluice_core::TcAttach::Classic };
+    let node_path =
+        if sluice_ebpf::probe::tcx().0 { sluice_core::TcAttach::Tcx } else { sluice_core::TcAttach::Classic };
     let ebpf_paths: Vec<sluice_core::TcAttach> = o
         .backends
         .iter()

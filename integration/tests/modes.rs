@@ -22,19 +22,23 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let old_kernel = dir.path().join("old.yaml");
-    std::fs::write(&old_kernel, "dataplane: auto\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
+    std::fs::write(&old_kernel, "dataplane: auto\nprobes:\n  assume_missing: [tc-attach]\n").expect("write");
     let t = TestLab::up("t-modes", 2, &[("node-2".into(), old_kernel)]);
 
     // Under auto every Service feature goes to eBPF where the kernel allows; node-2, told it
-    // lacks bpf_fib_lookup, keeps the features needing it on iptables and names the capability.
+    // cannot attach tc programs, keeps the features needing them on iptables and names the
+    // capability, and socket LB (cgroup hooks) stays on eBPF.
     let s1 = t.status("node-1");
     assert_eq!(owner(&s1, "cluster-ip"), "ebpf");
     assert_eq!(owner(&s1, "node-port"), "ebpf");
     let s2 = t.status("node-2");
     assert_eq!(owner(&s2, "node-port"), "iptables");
+    assert_eq!(owner(&s2, "socket-lb-tcp"), "ebpf");
     let table = t.exec("node-2", &["sluice", "status"]);
     assert!(
-        table.contains("KubeProxyReplacement: Probe [ClusterIP (eBPF), NodePort (iptables: no bpf_fib_lookup)"),
+        table.contains(
+            "KubeProxyReplacement: Probe [ClusterIP (iptables: no tc attach (neither TCX nor clsact with cls_bpf))"
+        ),
         "{table}"
     );
 
@@ -45,7 +49,7 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
 
     // probe + ebpf: the feature goes to kube-proxy (shown, with a warning).
     let probe_ebpf = dir.path().join("probe-ebpf.yaml");
-    std::fs::write(&probe_ebpf, "node_name: node-2\ndataplane: ebpf\nprobes:\n  assume_missing: [helper-fib-lookup]\n")
+    std::fs::write(&probe_ebpf, "node_name: node-2\ndataplane: ebpf\nprobes:\n  assume_missing: [tc-attach]\n")
         .expect("write");
     let plan: serde_json::Value = serde_json::from_str(
         &t.exec("node-2", &["sluice", "plan", "--config", probe_ebpf.to_str().expect("utf8"), "-o", "json"]),
@@ -71,7 +75,7 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
     std::fs::write(
         &strict,
         format!(
-            "node_name: node-2\nkube_proxy_replacement: strict\ndataplane: ebpf\nsocket_path: {}\nprobes:\n  assume_missing: [helper-fib-lookup]\n",
+            "node_name: node-2\nkube_proxy_replacement: strict\ndataplane: ebpf\nsocket_path: {}\nprobes:\n  assume_missing: [tc-attach]\n",
             dir.path().join("s.sock").display()
         ),
     )
@@ -85,8 +89,8 @@ fn assume_missing_moves_features_and_strict_refuses_to_start() {
     assert!(!out.status.success(), "strict agent must refuse to start");
     let err = String::from_utf8_lossy(&out.stderr);
     // The refusal names the feature and the capability it lacks (and that eBPF is not built).
-    assert!(err.contains("kube_proxy_replacement=strict: feature node-port cannot be served by eBPF"), "{err}");
-    assert!(err.contains("no bpf_fib_lookup"), "{err}");
+    assert!(err.contains("kube_proxy_replacement=strict: feature cluster-ip cannot be served by eBPF"), "{err}");
+    assert!(err.contains("no tc attach"), "{err}");
 }
 
 #[test]

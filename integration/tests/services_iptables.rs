@@ -114,7 +114,12 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
     std::fs::write(&classic, "dataplane: ebpf\nkube_proxy_replacement: strict\nprobes:\n  assume_missing: [tcx]\n")
         .expect("write");
     let split = dir.path().join("split.yaml");
-    std::fs::write(&split, "probes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
+    // Both backends on one node: the node-device features on iptables, the rest on eBPF.
+    std::fs::write(
+        &split,
+        "dataplane_features: {node-port: iptables, external-ips: iptables, load-balancer: iptables, host-port: iptables}\n",
+    )
+    .expect("write");
     let configs: Vec<(String, std::path::PathBuf)> = match v {
         Variant::Iptables => vec![("node-1".into(), ipt.clone()), ("node-2".into(), ipt)],
         Variant::Ebpf => vec![("node-1".into(), ebpf.clone()), ("node-2".into(), ebpf)],

@@ -22,11 +22,13 @@ pub struct ConfigSource {
 pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {
     let caps = probed.clone().assume_missing(&cfg.assume_missing()?);
     let features = cfg.partial_features()?;
+    let per_feature = cfg.feature_dataplanes()?;
     Ok(compute(&PlanInput {
         caps: &caps,
         mode: cfg.kube_proxy_replacement.0,
         partial_features: &features,
         dataplane: cfg.dataplane,
+        dataplane_features: &per_feature,
         backends: &super::registry::specs(),
     })?)
 }
@@ -37,6 +39,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
     same.kube_proxy_replacement = old.kube_proxy_replacement;
     same.kube_proxy_replacement_features = old.kube_proxy_replacement_features.clone();
     same.dataplane = old.dataplane;
+    same.dataplane_features = old.dataplane_features.clone();
     same.probes = old.probes.clone();
     same.policy_enforcement = old.policy_enforcement;
     if &same == old {
@@ -52,7 +55,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
         .map(|(k, _)| k.clone())
         .collect();
     Err(format!(
-        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, probes.assume_missing and policy_enforcement can",
+        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, dataplane_features, probes and policy_enforcement can",
         keys.join(", ")
     ))
 }
@@ -253,8 +256,8 @@ mod tests {
         assert!(p.status.rejected.as_deref().is_some_and(|r| r.contains("warp")));
 
         // A strict config that the node cannot serve is rejected too.
-        std::fs::write(&path, "node_name: node-1\nkube_proxy_replacement: strict\ndataplane: ebpf\nprobes:\n  assume_missing: [helper-fib-lookup]\n").expect("write");
+        std::fs::write(&path, "node_name: node-1\nkube_proxy_replacement: strict\ndataplane: ebpf\nprobes:\n  assume_missing: [tc-attach]\n").expect("write");
         let e = p.reload().expect_err("strict");
-        assert!(e.contains("strict") && e.contains("node-port") && e.contains("no bpf_fib_lookup"), "{e}");
+        assert!(e.contains("strict") && e.contains("cluster-ip") && e.contains("no tc attach"), "{e}");
     }
 }
