@@ -15,6 +15,7 @@ pub mod dataplane;
 pub mod engine;
 pub mod feature;
 pub mod fingerprint;
+pub mod flow;
 pub mod gate;
 pub mod lb;
 pub mod model;

@@ -1,0 +1,162 @@
+use std::net::Ipv4Addr;
+
+use super::filter::{FilterSet, FlowFilter};
+use super::ring::{FlowRing, Query, QueryError};
+use super::*;
+
+fn ep(ns: &str, pod: &str, identity: u32, labels: &[&str]) -> Endpoint {
+    Endpoint {
+        id: identity,
+        identity,
+        namespace: ns.into(),
+        pod_name: pod.into(),
+        labels: labels.iter().map(|l| format!("k8s:{l}")).collect(),
+        workload: None,
+    }
+}
+
+/// client (default, app=client) -> web (default, app=web) port 80, at `t`.
+fn flow(t: u64, verdict: Verdict) -> Flow {
+    Flow {
+        time_ns: t,
+        verdict,
+        drop_reason: (verdict == Verdict::Dropped).then_some(DropReason::PolicyDenied),
+        event: if verdict == Verdict::Dropped { EventKind::Drop } else { EventKind::Trace },
+        observation: (verdict != Verdict::Dropped).then_some(ObservationPoint::ToEndpoint),
+        source_ip: Ipv4Addr::new(10, 244, 1, 3),
+        destination_ip: Ipv4Addr::new(10, 244, 2, 2),
+        l4: Some(L4::Tcp { source_port: 40000, destination_port: 80, flags: TcpFlags::from_byte(0x02) }),
+        source: ep("default", "client-7d4f", 101, &["app=client"]),
+        destination: ep("default", "web-1", 202, &["app=web", "tier=front"]),
+        node_name: "node-1".into(),
+        direction: TrafficDirection::Ingress,
+        is_reply: Some(false),
+        source_service: None,
+        destination_service: Some(ServiceRef { namespace: "default".into(), name: "web".into() }),
+        policy: PolicyMatch::default(),
+    }
+}
+
+fn admits(white: &[FlowFilter], black: &[FlowFilter], f: &Flow) -> bool {
+    FilterSet::compile(white, black).expect("valid").admits(f)
+}
+
+#[test]
+fn fields_and_within_a_filter_values_or_within_a_field_filters_or_across() {
+    let f = flow(1, Verdict::Forwarded);
+    let pod = FlowFilter { source_pod: vec!["default/client".into()], ..Default::default() };
+    assert!(admits(std::slice::from_ref(&pod), &[], &f));
+    // AND: the pod matches but the verdict does not.
+    let both = FlowFilter { verdict: vec![Verdict::Dropped], ..pod.clone() };
+    assert!(!admits(std::slice::from_ref(&both), &[], &f));
+    // OR within a field.
+    let either = FlowFilter { verdict: vec![Verdict::Dropped, Verdict::Forwarded], ..pod.clone() };
+    assert!(admits(&[either], &[], &f));
+    // OR across filters.
+    assert!(admits(&[both.clone(), pod.clone()], &[], &f));
+    // Blacklist wins.
+    assert!(!admits(std::slice::from_ref(&pod), &[FlowFilter { destination_port: vec!["80".into()], ..Default::default() }], &f));
+    assert!(admits(&[], &[FlowFilter { destination_port: vec!["443".into()], ..Default::default() }], &f));
+}
+
+#[test]
+fn pods_services_ips_labels_identities_ports_flags_nodes() {
+    let f = flow(1, Verdict::Forwarded);
+    let one = |ff: FlowFilter| admits(&[ff], &[], &f);
+    assert!(one(FlowFilter { source_pod: vec!["client".into()], ..Default::default() }), "prefix, any namespace");
+    assert!(one(FlowFilter { destination_pod: vec!["default/".into()], ..Default::default() }), "namespace only");
+    assert!(!one(FlowFilter { destination_pod: vec!["kube-system/".into()], ..Default::default() }));
+    assert!(one(FlowFilter { destination_service: vec!["default/web".into()], ..Default::default() }));
+    assert!(!one(FlowFilter { source_service: vec!["default/web".into()], ..Default::default() }));
+    assert!(one(FlowFilter { source_ip: vec!["10.244.1.0/24".into()], ..Default::default() }));
+    assert!(one(FlowFilter { destination_ip: vec!["10.244.2.2".into()], ..Default::default() }));
+    assert!(!one(FlowFilter { destination_ip: vec!["10.244.2.3".into()], ..Default::default() }));
+    assert!(one(FlowFilter { destination_label: vec!["app=web,tier in (front,back)".into()], ..Default::default() }));
+    assert!(one(FlowFilter { destination_label: vec!["k8s:app=web".into()], ..Default::default() }));
+    assert!(!one(FlowFilter { destination_label: vec!["app=web,!tier".into()], ..Default::default() }));
+    assert!(one(FlowFilter { source_label: vec!["app!=web".into()], ..Default::default() }));
+    assert!(one(FlowFilter { source_identity: vec![101], ..Default::default() }));
+    assert!(!one(FlowFilter { destination_identity: vec![101], ..Default::default() }));
+    assert!(one(FlowFilter { protocol: vec!["TCP".into()], ..Default::default() }));
+    assert!(!one(FlowFilter { protocol: vec!["udp".into()], ..Default::default() }));
+    assert!(one(FlowFilter { tcp_flags: vec![vec!["SYN".into()]], ..Default::default() }));
+    assert!(!one(FlowFilter { tcp_flags: vec![vec!["SYN".into(), "ACK".into()]], ..Default::default() }));
+    assert!(one(FlowFilter { node_name: vec!["node-*".into()], ..Default::default() }));
+    assert!(!one(FlowFilter { node_name: vec!["*-2".into()], ..Default::default() }));
+    assert!(one(FlowFilter { event_type: vec![(4, Some(101))], ..Default::default() }), "trace at to-endpoint");
+    assert!(!one(FlowFilter { event_type: vec![(1, None)], ..Default::default() }));
+    assert!(one(FlowFilter {
+        reply: vec![false],
+        traffic_direction: vec![TrafficDirection::Ingress],
+        ..Default::default()
+    }));
+}
+
+#[test]
+fn bad_filters_name_the_field_the_value_and_what_is_accepted() {
+    let cases: [(FlowFilter, &str, &str); 6] = [
+        (FlowFilter { source_ip: vec!["10.0.0.300".into()], ..Default::default() }, "source_ip", "10.0.0.300"),
+        (FlowFilter { destination_port: vec!["http".into()], ..Default::default() }, "destination_port", "http"),
+        (FlowFilter { protocol: vec!["sctp".into()], ..Default::default() }, "protocol", "sctp"),
+        (FlowFilter { source_label: vec!["app in web".into()], ..Default::default() }, "source_label", "app in web"),
+        (FlowFilter { source_pod: vec!["a/b/c".into()], ..Default::default() }, "source_pod", "a/b/c"),
+        (FlowFilter { tcp_flags: vec![vec!["SYNACK".into()]], ..Default::default() }, "tcp_flags", "SYNACK"),
+    ];
+    for (f, field, value) in cases {
+        let e = FilterSet::compile(&[], &[FlowFilter::default(), f]).expect_err(field);
+        assert_eq!((e.field, e.value.as_str(), e.index), (field, value, 1));
+        assert!(e.to_string().contains("accepted:"), "{e}");
+    }
+}
+
+#[test]
+fn ring_returns_last_or_first_n_oldest_first_and_time_ranges() {
+    let mut r = FlowRing::new(5);
+    for t in 1..=8 {
+        r.push(flow(t * 10, if t % 2 == 0 { Verdict::Dropped } else { Verdict::Forwarded }));
+    }
+    let all = FilterSet::default();
+    let times = |v: Vec<Flow>| v.iter().map(|f| f.time_ns).collect::<Vec<_>>();
+    assert_eq!((r.len(), r.seen(), r.overwritten()), (5, 8, 3));
+    assert_eq!(times(r.query(&Query { number: Some(2), ..Default::default() }, &all)), [70, 80]);
+    assert_eq!(times(r.query(&Query { number: Some(2), first: true, ..Default::default() }, &all)), [40, 50]);
+    assert_eq!(times(r.query(&Query { since_ns: Some(55), until_ns: Some(75), ..Default::default() }, &all)), [60, 70]);
+    let drops =
+        FilterSet::compile(&[FlowFilter { verdict: vec![Verdict::Dropped], ..Default::default() }], &[]).expect("ok");
+    assert_eq!(times(r.query(&Query { number: Some(2), ..Default::default() }, &drops)), [60, 80]);
+    assert_eq!(
+        Query { since_ns: Some(2), until_ns: Some(1), ..Default::default() }.validate(),
+        Err(QueryError::SinceAfterUntil { since_ns: 2, until_ns: 1 })
+    );
+}
+
+#[test]
+fn a_slow_follower_is_told_how_many_flows_it_lost() {
+    let mut r = FlowRing::new(4);
+    let all = FilterSet::default();
+    let q = Query::default();
+    let cursor = r.tail();
+    r.push(flow(1, Verdict::Forwarded));
+    let read = r.read_from(cursor, &all, &q);
+    assert_eq!((read.flows.len(), read.lost, read.next), (1, 0, 1));
+    // The follower falls behind by more than the ring holds.
+    for t in 2..=10 {
+        r.push(flow(t, Verdict::Forwarded));
+    }
+    let read = r.read_from(read.next, &all, &q);
+    assert_eq!(read.lost, 5, "flows 2..=6 were overwritten unread");
+    assert_eq!(read.flows.iter().map(|f| f.time_ns).collect::<Vec<_>>(), [7, 8, 9, 10]);
+    assert_eq!(r.read_from(read.next, &all, &q), super::ring::Read { flows: vec![], lost: 0, next: 10 });
+}
+
+#[test]
+fn wire_numbers_are_hubbles() {
+    assert_eq!(Verdict::Forwarded as i32, 1);
+    assert_eq!(Verdict::Translated as i32, 7);
+    assert_eq!(EventKind::PolicyVerdict as i32, 5);
+    assert_eq!(ObservationPoint::ToEndpoint as i32, 101);
+    assert_eq!(DropReason::PolicyDeny as i32, 181);
+    let f = flow(1, Verdict::Dropped);
+    assert_eq!((f.event as i32, f.sub_type(), f.flow_type()), (1, 133, 1));
+    assert_eq!(TcpFlags::from_byte(0x12).names(), ["SYN", "ACK"]);
+}

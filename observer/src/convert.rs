@@ -1,0 +1,210 @@
+//! core flow records <-> wire messages. Requests are checked here: an unknown enum value, a bad
+//! filter or a `since` after `until` is an error naming the field and the value.
+
+use sluice_core::flow::filter::{FilterError, FlowFilter};
+use sluice_core::flow::ring::{Query, QueryError};
+use sluice_core::flow::{self as core, EventKind, L4, TrafficDirection, Verdict};
+
+use crate::pb::flow as pb;
+use crate::pb::observer::GetFlowsRequest;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Filter(#[from] FilterError),
+    #[error("{0}")]
+    Query(#[from] QueryError),
+    #[error("{field}: {value} is not a known value; accepted: {accepted}")]
+    Enum { field: &'static str, value: i32, accepted: &'static str },
+    #[error("{field}: {detail}")]
+    Time { field: &'static str, detail: String },
+}
+
+pub fn timestamp(ns: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: (ns / 1_000_000_000) as i64, nanos: (ns % 1_000_000_000) as i32 }
+}
+
+fn ns(field: &'static str, t: &prost_types::Timestamp) -> Result<u64, RequestError> {
+    if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(RequestError::Time {
+            field,
+            detail: format!(
+                "{}s {}ns is before 1970 or not normalized; accepted: a time after 1970",
+                t.seconds, t.nanos
+            ),
+        });
+    }
+    Ok(t.seconds as u64 * 1_000_000_000 + t.nanos as u64)
+}
+
+fn verdict(v: i32) -> Result<Verdict, RequestError> {
+    Ok(match v {
+        1 => Verdict::Forwarded,
+        2 => Verdict::Dropped,
+        3 => Verdict::Error,
+        4 => Verdict::Audit,
+        5 => Verdict::Redirected,
+        6 => Verdict::Traced,
+        7 => Verdict::Translated,
+        other => {
+            return Err(RequestError::Enum {
+                field: "verdict",
+                value: other,
+                accepted: "FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED, TRANSLATED",
+            });
+        }
+    })
+}
+
+fn direction(v: i32) -> Result<TrafficDirection, RequestError> {
+    Ok(match v {
+        0 => TrafficDirection::Unknown,
+        1 => TrafficDirection::Ingress,
+        2 => TrafficDirection::Egress,
+        other => {
+            return Err(RequestError::Enum {
+                field: "traffic_direction",
+                value: other,
+                accepted: "TRAFFIC_DIRECTION_UNKNOWN, INGRESS, EGRESS",
+            });
+        }
+    })
+}
+
+fn flag_names(f: &pb::TcpFlags) -> Vec<String> {
+    [(f.fin, "FIN"), (f.syn, "SYN"), (f.rst, "RST"), (f.psh, "PSH"), (f.ack, "ACK"), (f.urg, "URG")]
+        .into_iter()
+        .filter(|&(set, _n)| set)
+        .map(|(_set, n)| n.to_string())
+        .collect()
+}
+
+pub fn filter(f: &pb::FlowFilter) -> Result<FlowFilter, RequestError> {
+    Ok(FlowFilter {
+        source_ip: f.source_ip.clone(),
+        source_pod: f.source_pod.clone(),
+        source_label: f.source_label.clone(),
+        source_service: f.source_service.clone(),
+        source_identity: f.source_identity.clone(),
+        destination_ip: f.destination_ip.clone(),
+        destination_pod: f.destination_pod.clone(),
+        destination_label: f.destination_label.clone(),
+        destination_service: f.destination_service.clone(),
+        destination_identity: f.destination_identity.clone(),
+        verdict: f.verdict.iter().map(|v| verdict(*v)).collect::<Result<_, _>>()?,
+        event_type: f.event_type.iter().map(|e| (e.r#type, e.match_sub_type.then_some(e.sub_type))).collect(),
+        protocol: f.protocol.clone(),
+        source_port: f.source_port.clone(),
+        destination_port: f.destination_port.clone(),
+        reply: f.reply.clone(),
+        tcp_flags: f.tcp_flags.iter().map(flag_names).collect(),
+        node_name: f.node_name.clone(),
+        traffic_direction: f.traffic_direction.iter().map(|d| direction(*d)).collect::<Result<_, _>>()?,
+    })
+}
+
+/// A request's query (number, first, since, until), checked.
+pub fn query(r: &GetFlowsRequest) -> Result<Query, RequestError> {
+    let q = Query {
+        number: (r.number > 0).then_some(r.number),
+        first: r.first,
+        since_ns: r.since.as_ref().map(|t| ns("since", t)).transpose()?,
+        until_ns: r.until.as_ref().map(|t| ns("until", t)).transpose()?,
+    };
+    q.validate()?;
+    Ok(q)
+}
+
+fn endpoint(e: &core::Endpoint) -> pb::Endpoint {
+    pb::Endpoint {
+        id: e.id,
+        identity: e.identity,
+        namespace: e.namespace.clone(),
+        labels: e.labels.clone(),
+        pod_name: e.pod_name.clone(),
+        workloads: e.workload.iter().map(|w| pb::Workload { name: w.name.clone(), kind: w.kind.clone() }).collect(),
+    }
+}
+
+fn service(s: &core::ServiceRef) -> pb::Service {
+    pb::Service { name: s.name.clone(), namespace: s.namespace.clone() }
+}
+
+fn policies(names: &[String]) -> Vec<pb::Policy> {
+    names
+        .iter()
+        .map(|n| {
+            let (namespace, name) = n.split_once('/').unwrap_or(("", n));
+            pb::Policy {
+                name: name.into(),
+                namespace: namespace.into(),
+                kind: "NetworkPolicy".into(),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+pub fn flow(f: &core::Flow) -> pb::Flow {
+    let l4 = f.l4.map(|l| pb::Layer4 {
+        protocol: Some(match l {
+            L4::Tcp { source_port, destination_port, flags } => pb::layer4::Protocol::Tcp(pb::Tcp {
+                source_port: source_port.into(),
+                destination_port: destination_port.into(),
+                flags: Some(pb::TcpFlags {
+                    fin: flags.fin,
+                    syn: flags.syn,
+                    rst: flags.rst,
+                    psh: flags.psh,
+                    ack: flags.ack,
+                    urg: flags.urg,
+                    ..Default::default()
+                }),
+            }),
+            L4::Udp { source_port, destination_port } => pb::layer4::Protocol::Udp(pb::Udp {
+                source_port: source_port.into(),
+                destination_port: destination_port.into(),
+            }),
+            L4::Icmpv4 { r#type, code } => {
+                pb::layer4::Protocol::IcmPv4(pb::IcmPv4 { r#type: r#type.into(), code: code.into() })
+            }
+        }),
+    });
+    let ingress = f.direction == TrafficDirection::Ingress;
+    let (allowed, denied) = (policies(&f.policy.allowed_by), policies(&f.policy.denied_by));
+    pb::Flow {
+        time: Some(timestamp(f.time_ns)),
+        verdict: f.verdict as i32,
+        drop_reason: f.drop_reason.map_or(0, |r| r as u32),
+        ip: Some(pb::Ip {
+            source: f.source_ip.to_string(),
+            destination: f.destination_ip.to_string(),
+            ip_version: pb::IpVersion::IPv4 as i32,
+            encrypted: false,
+        }),
+        l4,
+        source: Some(endpoint(&f.source)),
+        destination: Some(endpoint(&f.destination)),
+        r#type: f.flow_type(),
+        node_name: f.node_name.clone(),
+        reply: f.is_reply.unwrap_or(false),
+        event_type: Some(pb::CiliumEventType { r#type: f.event as i32, sub_type: f.sub_type() }),
+        source_service: f.source_service.as_ref().map(service),
+        destination_service: f.destination_service.as_ref().map(service),
+        traffic_direction: f.direction as i32,
+        trace_observation_point: f.observation.map_or(0, |o| o as i32),
+        drop_reason_desc: f.drop_reason.map_or(0, |r| r as i32),
+        is_reply: f.is_reply,
+        ingress_allowed_by: if ingress { allowed.clone() } else { Vec::new() },
+        egress_allowed_by: if ingress { Vec::new() } else { allowed },
+        ingress_denied_by: if ingress { denied.clone() } else { Vec::new() },
+        egress_denied_by: if ingress { Vec::new() } else { denied },
+        policy_match_type: 0,
+        ..Default::default()
+    }
+}
+
+/// Event kinds have one wire number each; used by the CLI's `--type`.
+pub fn event_number(k: EventKind) -> i32 {
+    k as i32
+}
