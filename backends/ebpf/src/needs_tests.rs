@@ -121,3 +121,15 @@ fn a_failed_attach_leaves_a_hole_of_the_owned_features_that_interface_carries() 
     // Nothing owned that the interface carries: no hole to cover.
     assert!(hole("eth0", true, &BTreeSet::from([Feature::ClusterIp])).is_none());
 }
+
+/// Kernels before 5.2 verify at most 4096 instructions per program; no program may need the
+/// larger limit (else "large instruction limit" would join the needs, with a probe).
+#[test]
+fn every_program_fits_the_old_instruction_limit() {
+    let obj = aya_obj::Object::parse(crate::LB_OBJECT).expect("parse the object");
+    let names: Vec<&str> = obj.functions.values().map(|f| f.name.as_str()).collect();
+    assert!(names.contains(&"sluice_from_pod") && names.contains(&"sluice_from_net"), "{names:?}");
+    for f in obj.functions.values() {
+        assert!(f.instructions.len() < 4096, "{} has {} instructions", f.name, f.instructions.len());
+    }
+}

@@ -55,7 +55,11 @@ fn fields_and_within_a_filter_values_or_within_a_field_filters_or_across() {
     // OR across filters.
     assert!(admits(&[both.clone(), pod.clone()], &[], &f));
     // Blacklist wins.
-    assert!(!admits(std::slice::from_ref(&pod), &[FlowFilter { destination_port: vec!["80".into()], ..Default::default() }], &f));
+    assert!(!admits(
+        std::slice::from_ref(&pod),
+        &[FlowFilter { destination_port: vec!["80".into()], ..Default::default() }],
+        &f
+    ));
     assert!(admits(&[], &[FlowFilter { destination_port: vec!["443".into()], ..Default::default() }], &f));
 }
 
