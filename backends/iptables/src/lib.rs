@@ -11,6 +11,7 @@
 //! Everything sluice creates is marked: chains start with [`CHAIN_PREFIX`], rules carry a
 //! `sluice:` comment, routes carry the protocol number.
 
+pub mod ct_events;
 pub mod dataplane;
 pub mod incremental;
 pub mod ipset;
