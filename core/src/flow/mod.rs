@@ -7,6 +7,8 @@
 //! message field by field. Nothing here does I/O; the backends produce records, the agent serves
 //! them.
 
+pub mod compact;
+pub mod enrich;
 pub mod filter;
 pub mod ring;
 

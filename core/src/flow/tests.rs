@@ -164,3 +164,98 @@ fn wire_numbers_are_hubbles() {
     assert_eq!((f.event as i32, f.sub_type(), f.flow_type()), (1, 133, 1));
     assert_eq!(TcpFlags::from_byte(0x12).names(), ["SYN", "ACK"]);
 }
+
+fn pod(ns: &str, name: &str, ip: &str, node: &str, app: &str) -> crate::model::PodInfo {
+    crate::model::PodInfo {
+        namespace: ns.into(),
+        name: name.into(),
+        node: Some(node.into()),
+        ip: Some(ip.parse().expect("ip")),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ready: true,
+        ports: Vec::new(),
+    }
+}
+
+fn directory() -> enrich::Directory {
+    let pods = [
+        pod("default", "client", "10.244.1.3", "node-1", "client"),
+        pod("default", "web-b", "10.244.2.2", "node-2", "web"),
+    ];
+    let svc = crate::testing::ServiceBuilder::new("default", "web")
+        .cluster_ip("10.96.0.10", 80)
+        .backend(crate::testing::backend("10.244.2.2", 8080, "node-2"))
+        .build();
+    let identity = |ip: Ipv4Addr| Some(if ip.octets()[2] == 1 { 1001 } else { 2002 });
+    let nodes = [(Ipv4Addr::new(198, 51, 100, 11), true), (Ipv4Addr::new(198, 51, 100, 12), false)];
+    enrich::Directory::new("node-1", &pods, &[svc], identity, &nodes)
+}
+
+#[test]
+fn an_observed_service_connection_gets_pods_identities_the_service_and_a_direction() {
+    let d = directory();
+    let o = enrich::Observed {
+        time_ns: 5,
+        proto: 6,
+        src: Ipv4Addr::new(10, 244, 1, 3),
+        sport: 40000,
+        dst: Ipv4Addr::new(10, 96, 0, 10),
+        dport: 80,
+        translated_to: Some((Ipv4Addr::new(10, 244, 2, 2), 8080)),
+        observation: ObservationPoint::ToStack,
+    };
+    let f = d.trace(&o);
+    assert_eq!(
+        (f.source.namespace.as_str(), f.source.pod_name.as_str(), f.source.identity),
+        ("default", "client", 1001)
+    );
+    assert_eq!((f.destination.pod_name.as_str(), f.destination.identity), ("web-b", 2002));
+    assert_eq!(f.destination_ip, Ipv4Addr::new(10, 244, 2, 2));
+    assert_eq!(f.l4.and_then(|l| l.ports()), Some((40000, 8080)));
+    assert_eq!(f.destination_service, Some(ServiceRef { namespace: "default".into(), name: "web".into() }));
+    assert_eq!(f.direction, TrafficDirection::Egress, "it leaves this node's pod");
+    assert!(f.source.labels.contains(&"k8s:app=client".to_string()), "{:?}", f.source.labels);
+    assert_eq!(f.node_name, "node-1");
+    // Hubble's compact line.
+    let line = compact::line("Dec  5 07:00:00.000", &f);
+    assert_eq!(
+        line,
+        "Dec  5 07:00:00.000: default/client:40000 (ID:1001) -> default/web-b:8080 (ID:2002) (service default/web) to-stack FORWARDED (TCP Flags: SYN)"
+    );
+}
+
+#[test]
+fn nodes_and_the_world_get_reserved_identities() {
+    let d = directory();
+    let host = d.endpoint(Ipv4Addr::new(198, 51, 100, 11));
+    assert_eq!((host.identity, host.labels.clone()), (1, vec!["reserved:host".to_string()]));
+    assert_eq!(d.endpoint(Ipv4Addr::new(198, 51, 100, 12)).identity, 6);
+    let world = d.endpoint(Ipv4Addr::new(8, 8, 8, 8));
+    assert_eq!((world.identity, world.labels), (2, vec!["reserved:world".to_string()]));
+    // Into a local pod from outside: ingress, no Service when nothing was translated.
+    let o = enrich::Observed {
+        time_ns: 1,
+        proto: 17,
+        src: Ipv4Addr::new(198, 51, 100, 201),
+        sport: 5353,
+        dst: Ipv4Addr::new(10, 244, 1, 3),
+        dport: 53,
+        translated_to: None,
+        observation: ObservationPoint::FromNetwork,
+    };
+    let f = d.trace(&o);
+    assert_eq!(f.direction, TrafficDirection::Ingress);
+    assert_eq!(f.destination_service, None);
+    assert_eq!(
+        compact::line("t", &f),
+        "t: 198.51.100.201:5353 (world) -> default/client:53 (ID:1001) from-network FORWARDED"
+    );
+}
+
+#[test]
+fn a_drop_line_names_its_reason_and_policy() {
+    let mut f = flow(1, Verdict::Dropped);
+    f.policy.denied_by = vec!["default/deny-all".into()];
+    let line = compact::line("t", &f);
+    assert!(line.ends_with("DROPPED (POLICY_DENIED) by default/deny-all (TCP Flags: SYN)"), "{line}");
+}

@@ -1,0 +1,149 @@
+//! From what a datapath observed (addresses, ports, a translation) to a [`Flow`] with names:
+//! the pods, their identities and labels, the Service whose frontend was translated, the
+//! direction relative to this node's pods. Pure: the agent builds a [`Directory`] from each
+//! source read and hands the datapath's observations through it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::{
+    Endpoint, EventKind, Flow, L4, ObservationPoint, PolicyMatch, ServiceRef, TcpFlags, TrafficDirection, Verdict,
+};
+use crate::model::PodInfo;
+use crate::policy::Identity;
+use crate::service::{Protocol, Service};
+
+/// One connection as a datapath saw it (conntrack NEW, a BPF trace), before names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub time_ns: u64,
+    /// IP protocol number: 6 TCP, 17 UDP, 1 ICMP.
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    /// The destination the client used (a Service frontend when translated).
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// Where the destination was translated to.
+    pub translated_to: Option<(Ipv4Addr, u16)>,
+    pub observation: ObservationPoint,
+}
+
+/// Who is who, from one source read.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    node_name: String,
+    pods: HashMap<Ipv4Addr, (Endpoint, bool)>,
+    frontends: HashMap<(Ipv4Addr, u16, u8), ServiceRef>,
+    nodes: HashMap<Ipv4Addr, bool>,
+}
+
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+impl Directory {
+    /// `identity`: a pod's security identity (the policy cache's numbering); `node_ips`: every
+    /// node's addresses, with whether it is this node.
+    pub fn new(
+        node_name: &str,
+        pods: &[PodInfo],
+        services: &[Service],
+        identity: impl Fn(Ipv4Addr) -> Option<u32>,
+        node_ips: &[(Ipv4Addr, bool)],
+    ) -> Self {
+        let mut d = Directory { node_name: node_name.into(), ..Default::default() };
+        for p in pods {
+            let Some(IpAddr::V4(ip)) = p.ip else { continue };
+            let mut labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
+            labels.push(format!("k8s:io.kubernetes.pod.namespace={}", p.namespace));
+            labels.sort();
+            let ep = Endpoint {
+                id: 0,
+                identity: identity(ip).unwrap_or(Identity::UNMANAGED.0),
+                namespace: p.namespace.clone(),
+                pod_name: p.name.clone(),
+                labels,
+                workload: None,
+            };
+            d.pods.insert(ip, (ep, p.node.as_deref() == Some(node_name)));
+        }
+        for s in services {
+            for f in &s.frontends {
+                if let Some(IpAddr::V4(ip)) = f.ip {
+                    let r = ServiceRef { namespace: s.name.namespace.clone(), name: s.name.name.clone() };
+                    d.frontends.insert((ip, f.port, proto_number(f.protocol)), r);
+                }
+            }
+        }
+        d.nodes = node_ips.iter().copied().collect();
+        d
+    }
+
+    /// A pod, this node (`reserved:host`), another node (`reserved:remote-node`) or the world.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Endpoint {
+        if let Some((ep, _)) = self.pods.get(&ip) {
+            return ep.clone();
+        }
+        let id = match self.nodes.get(&ip) {
+            Some(true) => Identity::HOST,
+            Some(false) => Identity::REMOTE_NODE,
+            None => Identity::WORLD,
+        };
+        Endpoint {
+            identity: id.0,
+            labels: id.reserved_name().map(|n| vec![format!("reserved:{n}")]).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn local_pod(&self, ip: Ipv4Addr) -> bool {
+        self.pods.get(&ip).is_some_and(|(_, local)| *local)
+    }
+
+    /// A forwarded connection as Hubble shows it: the destination is the backend it reached,
+    /// the Service the one whose frontend it used; the direction is egress when it leaves one of
+    /// this node's pods, ingress when it enters one.
+    pub fn trace(&self, o: &Observed) -> Flow {
+        let (dst, dport) = o.translated_to.unwrap_or((o.dst, o.dport));
+        let l4 = match o.proto {
+            6 => Some(L4::Tcp {
+                source_port: o.sport,
+                destination_port: dport,
+                flags: TcpFlags { syn: true, ..Default::default() },
+            }),
+            17 => Some(L4::Udp { source_port: o.sport, destination_port: dport }),
+            1 => Some(L4::Icmpv4 { r#type: o.sport as u8, code: o.dport as u8 }),
+            _ => None,
+        };
+        let direction = if self.local_pod(o.src) {
+            TrafficDirection::Egress
+        } else if self.local_pod(dst) {
+            TrafficDirection::Ingress
+        } else {
+            TrafficDirection::Unknown
+        };
+        Flow {
+            time_ns: o.time_ns,
+            verdict: Verdict::Forwarded,
+            drop_reason: None,
+            event: EventKind::Trace,
+            observation: Some(o.observation),
+            source_ip: o.src,
+            destination_ip: dst,
+            l4,
+            source: self.endpoint(o.src),
+            destination: self.endpoint(dst),
+            node_name: self.node_name.clone(),
+            direction,
+            is_reply: Some(false),
+            source_service: None,
+            destination_service: o.translated_to.and_then(|_| self.frontends.get(&(o.dst, o.dport, o.proto)).cloned()),
+            policy: PolicyMatch::default(),
+        }
+    }
+}
