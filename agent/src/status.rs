@@ -63,6 +63,25 @@ pub fn render(s: &AgentStatus) -> String {
             p.identities
         ),
     );
+    let f = &s.flows;
+    out += &line(
+        "Flows:",
+        &if f.running {
+            format!(
+                "{}; Observer on {}{}; {}/{} flows held, {} seen, {} overwritten, {} kernel overruns",
+                f.source,
+                f.socket.as_deref().unwrap_or("-"),
+                f.listen_address.as_deref().map(|a| format!(" and {a}")).unwrap_or_default(),
+                f.flows,
+                f.capacity,
+                f.seen,
+                f.overwritten,
+                f.lost_in_kernel
+            )
+        } else {
+            format!("off{}", f.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())
+        },
+    );
     if !s.held.is_empty() {
         let names: Vec<String> = s.held.iter().map(|n| n.to_string()).collect();
         out += &line(

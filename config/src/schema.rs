@@ -86,6 +86,8 @@ pub struct Config {
     /// names as in `sluice plan`; values as `dataplane`.
     pub dataplane_features: std::collections::BTreeMap<String, DataplaneMode>,
     pub probes: ProbesConfig,
+    /// Flow visibility (Hubble's Observer API), served while the plan gives `flows` to a backend.
+    pub flows: FlowsConfig,
     /// Network policy enforcement: `default` (a pod is isolated in a direction once a policy
     /// selects it for that direction), `always` (every pod is isolated: only what a policy
     /// allows passes), `never` (policies are read and shown, nothing is enforced). Changeable
@@ -165,6 +167,23 @@ pub struct ProbesConfig {
     pub reprobe_interval_s: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsConfig {
+    /// Flows kept per node for `GetFlows` (Hubble's default: 4095).
+    pub ring_size: usize,
+    /// The Observer's unix socket (root-only). Default: `hubble.sock` beside `socket_path`.
+    pub socket_path: Option<PathBuf>,
+    /// TCP address for Hubble's relay and CLI, e.g. `0.0.0.0:4244`. Nothing listens unless set.
+    pub listen_address: Option<std::net::SocketAddr>,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig { ring_size: 4095, socket_path: None, listen_address: None }
+    }
+}
+
 impl Default for ProbesConfig {
     fn default() -> Self {
         ProbesConfig { assume_missing: Vec::new(), reprobe_interval_s: 60 }
@@ -189,6 +208,7 @@ impl Default for Config {
             dataplane: DataplaneMode::Auto,
             dataplane_features: Default::default(),
             probes: ProbesConfig::default(),
+            flows: FlowsConfig::default(),
             policy_enforcement: sluice_core::policy::Enforcement::Default,
             node_port_range: "30000-32767".into(),
             node_configs: Default::default(),
@@ -380,6 +400,9 @@ impl Config {
         self.assume_missing()?;
         if !(1..=86_400).contains(&self.probes.reprobe_interval_s) {
             return Err(invalid("probes.reprobe_interval_s", self.probes.reprobe_interval_s, "1 to 86400 (seconds)"));
+        }
+        if !(16..=1 << 20).contains(&self.flows.ring_size) {
+            return Err(invalid("flows.ring_size", self.flows.ring_size, "16 to 1048576 flows"));
         }
         self.node_port_range()?;
         for name in self.node_configs.keys() {

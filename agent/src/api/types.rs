@@ -63,6 +63,28 @@ pub struct AgentStatus {
     /// Network policy on this node.
     #[serde(default)]
     pub policy: super::policy::PolicySummary,
+    /// Flow visibility on this node.
+    #[serde(default)]
+    pub flows: FlowsStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowsStatus {
+    /// Whether flows are being recorded (the plan gives `flows` to a backend and its source runs).
+    pub running: bool,
+    /// Where the datapath events come from.
+    pub source: String,
+    /// The Observer's unix socket (Hubble's API).
+    pub socket: Option<String>,
+    pub listen_address: Option<String>,
+    pub flows: usize,
+    pub capacity: usize,
+    pub seen: u64,
+    /// Flows pushed out of the ring by newer ones (readers that fell behind are told per stream).
+    pub overwritten: u64,
+    /// Events the kernel dropped before the agent read them (socket overruns).
+    pub lost_in_kernel: u64,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

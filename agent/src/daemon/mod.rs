@@ -9,6 +9,7 @@
 mod cni_conf;
 mod devices;
 pub mod features;
+mod flows;
 mod health;
 mod node;
 mod policy;
@@ -74,6 +75,8 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     // Per-Service errors of the last pass: `sluice service list` shows them as failed.
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     let mut policy = policy::PolicyCache::default();
+    let mut flows = flows::Flows::new(&cfg);
+    let mut flows_generation = None;
     loop {
         let mut reload = false;
         tokio::select! {
@@ -133,6 +136,29 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         let hc_owned = matches!(planner.plan.owner(Feature::HealthCheckNodePort), sluice_core::Owner::Backend(_));
         let health_errors = health.reconcile(if hc_owned { health::desired(&view) } else { Default::default() }).await;
         planner.track(&engine);
+        // Flows while the plan's owner serves them; who is who refreshed when the source changed.
+        let flows_on = match planner.plan.owner(Feature::Flows) {
+            sluice_core::Owner::Backend(b) => engine.serving(b).contains(&Feature::Flows),
+            _ => false,
+        };
+        if flows_generation != Some(cur.generation) || flows_on != flows.status().running {
+            flows_generation = Some(cur.generation);
+            let node_ips: Vec<_> = cur
+                .state
+                .nodes
+                .values()
+                .filter_map(|n| n.internal_ip.map(|ip| (ip, n.name == cfg.node_name)))
+                .collect();
+            let ipcache = &policy.view.ipcache;
+            let dir = sluice_core::flow::enrich::Directory::new(
+                &cfg.node_name,
+                &cur.state.pods,
+                &cur.state.services,
+                |ip| ipcache.get(&ip).map(|i| i.0),
+                &node_ips,
+            );
+            flows.reconcile(flows_on, dir).await;
+        }
         let mut st = status.write().await;
         publish::status(
             &mut st,
@@ -156,6 +182,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             other => other.to_string(),
         };
         st.policy = policy_query::summary(&policy, &cur.state, owner);
+        st.flows = flows.status();
     }
     let _ = std::fs::remove_file(&cfg.socket_path);
     tracing::info!("sluice agent stopped; kernel state left in place for the next start");

@@ -29,7 +29,8 @@ pub const FULL_RESYNC: Duration = Duration::from_secs(30);
 fn needs(f: Feature) -> Option<&'static [Capability]> {
     use Capability::*;
     match f {
-        Feature::Flows => None,
+        // Conntrack events: every connection netfilter tracks, with its translation.
+        Feature::Flows => Some(&[Iptables, Conntrack]),
         Feature::Policy => Some(&[Iptables, Conntrack, Ipset]),
         _ => Some(&[Iptables, Conntrack]),
     }
@@ -44,6 +45,8 @@ pub struct IptablesDataplane {
     renderer: Renderer,
     /// What the last successful sync was made from.
     last_inputs: Option<Inputs>,
+    /// Whether the plan gives this backend `flows` (read by the agent's conntrack reader).
+    flows: bool,
     /// UDP backend addresses of the last successful sync (their conntrack entries are flushed
     /// when they go; the addresses alone, not a copy of every Service).
     last_udp: BTreeSet<std::net::IpAddr>,
@@ -107,6 +110,7 @@ impl IptablesDataplane {
             ipt,
             renderer: Renderer::default(),
             last_inputs: None,
+            flows: false,
             last_udp: BTreeSet::new(),
             last_full: None,
             rules: 0,
@@ -198,6 +202,9 @@ impl IptablesDataplane {
         if self.policy_programmed {
             p.insert(Feature::Policy);
         }
+        if self.flows {
+            p.insert(Feature::Flows);
+        }
         p
     }
 
@@ -282,6 +289,9 @@ impl Dataplane for IptablesDataplane {
 
     fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, _prune: bool) -> Report {
         let policy_error = self.reconcile_policy(desired, owned);
+        // Flows come from conntrack events, which need no object of their own here: the
+        // netfilter hooks this node's rules (masquerade at least) keep conntrack tracking.
+        self.flows = owned.contains(&Feature::Flows);
         let mut report = self.reconcile_services(desired, owned);
         report.programmed = self.programmed();
         report.errors.extend(policy_error);
@@ -338,6 +348,7 @@ impl Dataplane for IptablesDataplane {
         self.syncer = None;
         self.policy = PolicyRules::new(self.ipt);
         self.policy_programmed = false;
+        self.flows = false;
         out
     }
 

@@ -1,0 +1,206 @@
+//! Flow visibility on this node: while the plan gives `flows` to a backend that serves it, a
+//! reader thread turns the kernel's conntrack events into flows (named through a directory the
+//! loop refreshes each pass) and pushes them into the hub, and the Observer API is served on a
+//! root-only unix socket (and on TCP only when an address is configured).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice_config::Config;
+use sluice_core::flow::ObservationPoint;
+use sluice_core::flow::enrich::{Directory, Observed};
+use sluice_iptables::ct_events::{CtEventSocket, CtKind};
+use sluice_observer::server::Hub;
+
+use crate::api::types::FlowsStatus;
+
+pub struct Flows {
+    hub: Arc<Hub>,
+    directory: Arc<RwLock<Directory>>,
+    stop: Arc<AtomicBool>,
+    lost: Arc<AtomicU64>,
+    error: Arc<Mutex<Option<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    socket: PathBuf,
+    listen: Option<SocketAddr>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+impl Flows {
+    pub fn new(cfg: &Config) -> Self {
+        let socket = cfg.flows.socket_path.clone().unwrap_or_else(|| cfg.socket_path.with_file_name("hubble.sock"));
+        let address = match cfg.flows.listen_address {
+            Some(a) => a.to_string(),
+            None => format!("unix://{}", socket.display()),
+        };
+        Flows {
+            hub: Hub::new(&cfg.node_name, &address, cfg.flows.ring_size),
+            directory: Arc::default(),
+            stop: Arc::default(),
+            lost: Arc::default(),
+            error: Arc::default(),
+            reader: None,
+            servers: Vec::new(),
+            socket,
+            listen: cfg.flows.listen_address,
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.reader.as_ref().is_some_and(|r| !r.is_finished())
+    }
+
+    /// Start or stop with the plan, and refresh who is who.
+    pub async fn reconcile(&mut self, on: bool, directory: Directory) {
+        if let Ok(mut d) = self.directory.write() {
+            *d = directory;
+        }
+        if on && self.reader.is_none() {
+            if let Err(e) = self.start().await {
+                tracing::warn!(error = %e, "flows: cannot start");
+                self.set_error(Some(e.to_string()));
+                self.shutdown();
+            }
+        } else if !on && self.reader.is_some() {
+            self.shutdown();
+            tracing::info!("flows stopped (the plan no longer gives them to a backend)");
+        }
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        if let Ok(mut g) = self.error.lock() {
+            *g = e;
+        }
+    }
+
+    async fn start(&mut self) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
+        let uds = tokio::net::UnixListener::bind(&self.socket)?;
+        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600))?;
+        let health = sluice_observer::server::health().await;
+        let (svc, h) = (self.hub.service(), health.clone());
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+        self.servers.push(tokio::spawn(async move {
+            let r =
+                tonic::transport::Server::builder().add_service(svc).add_service(h).serve_with_incoming(incoming).await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "flows: unix socket server ended");
+            }
+        }));
+        if let Some(addr) = self.listen {
+            let tcp = tokio::net::TcpListener::bind(addr).await?;
+            let svc = self.hub.service();
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+            self.servers.push(tokio::spawn(async move {
+                let r = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .add_service(health)
+                    .serve_with_incoming(incoming)
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "flows: TCP server ended");
+                }
+            }));
+        }
+        // The reader runs on its own OS thread in the agent's netns (netlink sockets stay where
+        // they are made); a 1 s receive timeout lets it see a stop.
+        let mut sock = CtEventSocket::open()?;
+        sock.set_read_timeout(Duration::from_secs(1))?;
+        self.stop.store(false, Ordering::SeqCst);
+        let (hub, dir, stop, lost, error) =
+            (self.hub.clone(), self.directory.clone(), self.stop.clone(), self.lost.clone(), self.error.clone());
+        self.reader = Some(std::thread::Builder::new().name("flows-conntrack".into()).spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match sock.recv() {
+                    Ok(events) => {
+                        let Ok(d) = dir.read() else { continue };
+                        let t = now_ns();
+                        let flows: Vec<_> = events
+                            .iter()
+                            .filter(|e| e.kind == CtKind::New)
+                            .filter_map(|e| {
+                                let (src, dst) = (e.orig.src?, e.orig.dst?);
+                                (!src.is_loopback() && !dst.is_loopback()).then(|| {
+                                    d.trace(&Observed {
+                                        time_ns: t,
+                                        proto: e.orig.proto,
+                                        src,
+                                        sport: e.orig.sport,
+                                        dst,
+                                        dport: e.orig.dport,
+                                        translated_to: e.dnat(),
+                                        observation: ObservationPoint::ToStack,
+                                    })
+                                })
+                            })
+                            .collect();
+                        drop(d);
+                        if !flows.is_empty() {
+                            hub.push(flows);
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    // The socket overran: the kernel dropped events (how many it does not say).
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if let Ok(mut g) = error.lock() {
+                            *g = Some(format!("reading conntrack events: {e}"));
+                        }
+                        break;
+                    }
+                }
+            }
+        })?);
+        self.set_error(None);
+        tracing::info!(socket = %self.socket.display(), tcp = ?self.listen, "flows: Observer API served, conntrack events read");
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        for s in self.servers.drain(..) {
+            s.abort();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    pub fn status(&self) -> FlowsStatus {
+        let (flows, capacity, seen, overwritten) = self.hub.counts();
+        let running = self.running();
+        FlowsStatus {
+            running,
+            source: if running {
+                "conntrack events (netfilter): forwarded connections, with Service translation".into()
+            } else {
+                String::new()
+            },
+            socket: running.then(|| self.socket.display().to_string()),
+            listen_address: self.listen.filter(|_| running).map(|a| a.to_string()),
+            flows,
+            capacity,
+            seen,
+            overwritten,
+            lost_in_kernel: self.lost.load(Ordering::Relaxed),
+            error: self.error.lock().ok().and_then(|g| g.clone()),
+        }
+    }
+}
+
+impl Drop for Flows {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,119 @@
+//! Tier 3: flows on the lab (netfilter nodes: the conntrack source). Traffic through a Service shows up in the node's Observer API
+//! (Hubble's wire format, read with the client generated from the protos) with the right pods,
+//! Service, node and verdict; filters and health answer as Hubble's clients expect; the socket
+//! is root-only.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{eventually, require_root, two_node_web_lab};
+use sluice_observer::pb::flow::{FlowFilter, Verdict};
+use sluice_observer::pb::observer::observer_client::ObserverClient;
+use sluice_observer::pb::observer::{GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes};
+use tokio_stream::StreamExt;
+
+const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n";
+
+async fn client(path: String) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = path.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+        }))
+        .await
+        .expect("connect to the Observer socket")
+}
+
+async fn flows(ch: tonic::transport::Channel, req: GetFlowsRequest) -> Vec<sluice_observer::pb::flow::Flow> {
+    let mut s = ObserverClient::new(ch).get_flows(req).await.expect("GetFlows").into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.next().await {
+        if let Some(ResponseTypes::Flow(f)) = r.expect("item").response_types {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[test]
+fn service_traffic_is_observed_with_pods_service_node_and_verdict() {
+    if !require_root() {
+        return;
+    }
+    let (t, dir) = two_node_web_lab("t-flows", "dataplane: iptables\n", "dataplane: iptables\n");
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let f = dir.path().join("web.yaml");
+    std::fs::write(&f, WEB).expect("write");
+    t.lab.apply(&f).expect("apply");
+    eventually("service programmed", Duration::from_secs(15), || {
+        t.curl("client", "http://10.96.0.10/").ok().filter(|b| b == "a" || b == "b")
+    });
+    let s = t.status("node-1");
+    assert_eq!(s["flows"]["running"], true, "{}", s["flows"]);
+    let socket = s["flows"]["socket"].as_str().expect("socket path").to_string();
+    let mode = std::fs::metadata(&socket).expect("socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the Observer socket is root-only");
+    for _ in 0..5 {
+        let _ = t.curl("client", "http://10.96.0.10/");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let ch = client(socket.clone()).await;
+        // The client's connections to the Service, as Hubble shows them.
+        let want = FlowFilter {
+            source_pod: vec!["default/client".into()],
+            destination_service: vec!["default/web".into()],
+            ..Default::default()
+        };
+        let got =
+            flows(ch.clone(), GetFlowsRequest { number: 20, whitelist: vec![want.clone()], ..Default::default() })
+                .await;
+        assert!(got.len() >= 5, "{} flows: {got:?}", got.len());
+        let f = &got[got.len() - 1];
+        assert_eq!(f.node_name, "node-1");
+        assert_eq!(f.verdict, Verdict::Forwarded as i32);
+        assert_eq!(f.r#type, 1, "L3_L4");
+        assert_eq!(f.event_type.as_ref().map(|e| e.r#type), Some(4), "trace");
+        assert_eq!(f.is_reply, Some(false));
+        let src = f.source.as_ref().expect("source");
+        assert_eq!((src.namespace.as_str(), src.pod_name.as_str()), ("default", "client"));
+        assert!(src.identity != 0 && src.labels.iter().all(|l| l.starts_with("k8s:")), "{src:?}");
+        let dst = f.destination.as_ref().expect("destination");
+        assert!(dst.pod_name == "a" || dst.pod_name == "b", "the backend reached: {dst:?}");
+        assert_eq!(f.destination_service.as_ref().map(|s| s.name.as_str()), Some("web"));
+        let port = match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+            Some(sluice_observer::pb::flow::layer4::Protocol::Tcp(t)) => t.destination_port,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(port, 8080, "the backend's port after translation");
+        // A blacklist removes them all; a filter on another namespace finds none.
+        let none = flows(
+            ch.clone(),
+            GetFlowsRequest { number: 20, whitelist: vec![want.clone()], blacklist: vec![want], ..Default::default() },
+        )
+        .await;
+        assert!(none.is_empty());
+        let other = FlowFilter { source_pod: vec!["kube-system/".into()], ..Default::default() };
+        assert!(
+            flows(ch.clone(), GetFlowsRequest { number: 20, whitelist: vec![other], ..Default::default() })
+                .await
+                .is_empty()
+        );
+        let st =
+            ObserverClient::new(ch.clone()).server_status(ServerStatusRequest {}).await.expect("status").into_inner();
+        assert!(st.seen_flows >= 5 && st.max_flows == 4095, "{st:?}");
+        let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+        let r = h
+            .check(tonic_health::pb::HealthCheckRequest { service: "hubble.server.Observer".into() })
+            .await
+            .expect("health")
+            .into_inner();
+        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    });
+    // The plan says who serves flows.
+    let plan = t.exec("node-1", &["sluice", "plan", "-o", "json"]);
+    assert!(plan.contains("\"flows\""), "{plan}");
+}
