@@ -82,6 +82,12 @@ enum Cmd {
     /// pods they select here; `trace` decides a connection with the rules the datapath enforces.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Flows on this node (Hubble's Observer API): the last 20 by default, as `hubble observe`
+    /// prints them; `-o json` prints one GetFlowsResponse a line.
+    ///
+    /// Examples: sluice observe --last 50 --to-service default/web
+    ///           sluice observe -f --from-namespace x --verdict DROPPED
+    Observe(cli::observe::ObserveArgs),
     /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
     /// SLUICE-* chains and hooks, both variants; eBPF: pinned maps and links), then sluice routes.
     /// Pod interfaces are left to the runtime. Safe to run twice. `-o json` counts per backend.
@@ -169,6 +175,7 @@ fn main() -> std::process::ExitCode {
             }
         }
         Cmd::Probe { config } => cli::probe::run(config.as_deref(), cli.output),
+        Cmd::Observe(args) => cli::observe::run(&cli.socket, &args, cli.output),
         Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), cli.output),
     };
     match result {

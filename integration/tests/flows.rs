@@ -113,6 +113,27 @@ fn service_traffic_is_observed_with_pods_service_node_and_verdict() {
             .into_inner();
         assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     });
+    // `sluice observe`: Hubble's compact lines and JSON, against the same socket.
+    let lines = t.exec("node-1", &["sluice", "observe", "--to-service", "default/web", "--last", "3"]);
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    assert!(
+        lines.lines().all(|l| l.contains(": default/client:")
+            && l.contains("(service default/web) to-stack FORWARDED (TCP Flags: SYN)")),
+        "{lines}"
+    );
+    let json = t.exec(
+        "node-1",
+        &["sluice", "observe", "--from-pod", "default/client", "--protocol", "tcp", "--last", "1", "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
+    assert_eq!(v["node_name"], "node-1");
+    assert_eq!(v["flow"]["verdict"], "FORWARDED");
+    assert_eq!(v["flow"]["Type"], "L3_L4");
+    assert_eq!(v["flow"]["traffic_direction"], "EGRESS");
+    assert_eq!(v["flow"]["source"]["pod_name"], "client");
+    assert_eq!(v["flow"]["l4"]["TCP"]["destination_port"], 8080);
+    let bad = t.lab.exec_output("node-1", &["sluice", "observe", "--verdict", "ALLOWED"]).expect_err("bad verdict");
+    assert!(format!("{bad:#}").contains("ALLOWED") && format!("{bad:#}").contains("FORWARDED"), "{bad:#}");
     // The plan says who serves flows.
     let plan = t.exec("node-1", &["sluice", "plan", "-o", "json"]);
     assert!(plan.contains("\"flows\""), "{plan}");

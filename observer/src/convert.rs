@@ -208,3 +208,95 @@ pub fn flow(f: &core::Flow) -> pb::Flow {
 pub fn event_number(k: EventKind) -> i32 {
     k as i32
 }
+
+fn endpoint_back(e: Option<&pb::Endpoint>) -> core::Endpoint {
+    e.map(|e| core::Endpoint {
+        id: e.id,
+        identity: e.identity,
+        namespace: e.namespace.clone(),
+        pod_name: e.pod_name.clone(),
+        labels: e.labels.clone(),
+        workload: e.workloads.first().map(|w| core::Workload { name: w.name.clone(), kind: w.kind.clone() }),
+    })
+    .unwrap_or_default()
+}
+
+/// A wire flow back into core's record (for the CLI's lines); None when it lacks addresses or
+/// carries values this build does not know.
+pub fn flow_back(f: &pb::Flow) -> Option<core::Flow> {
+    use core::{DropReason, EventKind, ObservationPoint};
+    let ip = f.ip.as_ref()?;
+    let l4 = f.l4.as_ref().and_then(|l| l.protocol.as_ref()).map(|p| match p {
+        pb::layer4::Protocol::Tcp(t) => L4::Tcp {
+            source_port: t.source_port as u16,
+            destination_port: t.destination_port as u16,
+            flags: t
+                .flags
+                .as_ref()
+                .map(|x| core::TcpFlags { fin: x.fin, syn: x.syn, rst: x.rst, psh: x.psh, ack: x.ack, urg: x.urg })
+                .unwrap_or_default(),
+        },
+        pb::layer4::Protocol::Udp(u) => {
+            L4::Udp { source_port: u.source_port as u16, destination_port: u.destination_port as u16 }
+        }
+        pb::layer4::Protocol::IcmPv4(i) => L4::Icmpv4 { r#type: i.r#type as u8, code: i.code as u8 },
+    });
+    let event = match f.event_type.as_ref().map_or(4, |e| e.r#type) {
+        1 => EventKind::Drop,
+        5 => EventKind::PolicyVerdict,
+        7 => EventKind::TraceSock,
+        129 => EventKind::L7,
+        _ => EventKind::Trace,
+    };
+    let observation = match f.trace_observation_point {
+        2 => Some(ObservationPoint::ToHost),
+        3 => Some(ObservationPoint::ToStack),
+        5 => Some(ObservationPoint::FromEndpoint),
+        7 => Some(ObservationPoint::FromHost),
+        8 => Some(ObservationPoint::FromStack),
+        10 => Some(ObservationPoint::FromNetwork),
+        11 => Some(ObservationPoint::ToNetwork),
+        101 => Some(ObservationPoint::ToEndpoint),
+        _ => None,
+    };
+    let drop_reason = match f.drop_reason_desc {
+        133 => Some(DropReason::PolicyDenied),
+        134 => Some(DropReason::InvalidPacketDropped),
+        142 => Some(DropReason::UnknownL4Protocol),
+        158 => Some(DropReason::ServiceBackendNotFound),
+        169 => Some(DropReason::FibLookupFailed),
+        177 => Some(DropReason::DeniedByLbSrcRangeCheck),
+        178 => Some(DropReason::SocketLookupFailed),
+        181 => Some(DropReason::PolicyDeny),
+        _ => None,
+    };
+    let names =
+        |ps: &[pb::Policy]| -> Vec<String> { ps.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect() };
+    Some(core::Flow {
+        time_ns: f.time.as_ref().map_or(0, |t| t.seconds.max(0) as u64 * 1_000_000_000 + t.nanos.max(0) as u64),
+        verdict: verdict(f.verdict).ok()?,
+        drop_reason,
+        event,
+        observation,
+        source_ip: ip.source.parse().ok()?,
+        destination_ip: ip.destination.parse().ok()?,
+        l4,
+        source: endpoint_back(f.source.as_ref()),
+        destination: endpoint_back(f.destination.as_ref()),
+        node_name: f.node_name.clone(),
+        direction: direction(f.traffic_direction).unwrap_or_default(),
+        is_reply: f.is_reply,
+        source_service: f
+            .source_service
+            .as_ref()
+            .map(|s| core::ServiceRef { namespace: s.namespace.clone(), name: s.name.clone() }),
+        destination_service: f
+            .destination_service
+            .as_ref()
+            .map(|s| core::ServiceRef { namespace: s.namespace.clone(), name: s.name.clone() }),
+        policy: core::PolicyMatch {
+            allowed_by: [names(&f.ingress_allowed_by), names(&f.egress_allowed_by)].concat(),
+            denied_by: [names(&f.ingress_denied_by), names(&f.egress_denied_by)].concat(),
+        },
+    })
+}

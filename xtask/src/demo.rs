@@ -105,13 +105,39 @@ pub fn run_demo() -> anyhow::Result<()> {
     bad_input()?;
     crate::demo_policy::policy()?;
     live_switch()?;
+    flows()?;
 
     println!("\n-- what the agent on node-1 reports --");
     step("node-1 status", &["exec", "node-1", "--", "sluice", "status"])?;
     println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes,");
     println!("   a Service balanced over them on eBPF, hostile Services were refused by name beside it,");
     println!("   a NetworkPolicy let only the client through (also via the Service) and named itself in the trace,");
-    println!("   then node-1 moved to iptables live without a failed connection ==");
+    println!("   then node-1 moved to iptables live without a failed connection, and showed its flows Hubble-style ==");
+    Ok(())
+}
+
+/// Flows on node-1 (now on iptables: conntrack events name the Service each connection used),
+/// read from its Observer API as `hubble observe` prints them.
+fn flows() -> anyhow::Result<()> {
+    println!(
+        "\n-- flows: node-1's Observer API (Hubble's wire format, root-only socket), read with `sluice observe` --"
+    );
+    for _ in 0..3 {
+        let _ = lab()
+            .args(["exec", "client", "--", "sluice-lab", "curl", "--timeout-ms", "1000", "http://10.96.0.10/"])
+            .output()?;
+    }
+    let out = step(
+        "the client's connections to the Service",
+        &["exec", "node-1", "--", "sluice", "observe", "--to-service", "default/echo", "--last", "3"],
+    )?;
+    if !out.contains("(service default/echo)") || !out.contains("FORWARDED") {
+        bail!("node-1 showed no forwarded flow to default/echo: {out:?}");
+    }
+    step(
+        "the same as JSON, one GetFlowsResponse a line",
+        &["exec", "node-1", "--", "sluice", "observe", "--to-service", "default/echo", "--last", "1", "-o", "json"],
+    )?;
     Ok(())
 }
 

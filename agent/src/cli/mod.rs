@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod cleanup;
+pub mod observe;
 pub mod plan;
 pub mod policy;
 pub mod probe;
