@@ -87,7 +87,7 @@ enum Cmd {
     ///
     /// Examples: sluice observe --last 50 --to-service default/web
     ///           sluice observe -f --from-namespace x --verdict DROPPED
-    Observe(cli::observe::ObserveArgs),
+    Observe(Box<cli::observe::ObserveArgs>),
     /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
     /// SLUICE-* chains and hooks, both variants; eBPF: pinned maps and links), then sluice routes.
     /// Pod interfaces are left to the runtime. Safe to run twice. `-o json` counts per backend.
