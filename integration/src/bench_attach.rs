@@ -10,7 +10,7 @@ use sluice_core::TcAttach;
 
 use crate::Lab;
 use crate::bench_paired::{Deploy, Pairs, ROUNDS, SETTLE_TIME, Target};
-use crate::bench_services::{Options, load, services, vip};
+use crate::bench_services::{Options, ebpf_inputs, load, vip};
 
 pub fn classic_vs_tcx(
     lab: &Lab,
@@ -26,14 +26,7 @@ pub fn classic_vs_tcx(
     let _ = sluice_ebpf::datapath::remove_all(&pin);
     let res = (|| -> anyhow::Result<Pairs> {
         let mut dp = sluice_ebpf::datapath::Datapath::open(&pin, &Default::default())?;
-        let mut svcs = services(n, backend);
-        svcs.sort_by(|a, b| a.name.cmp(&b.name));
-        let ctx = sluice_ebpf::maps::NodeCtx {
-            node_name: "node-1".into(),
-            node_ips: Vec::new(),
-            owned: [sluice_core::Feature::ClusterIp].into(),
-            maglev_m: None,
-        };
+        let (svcs, ctx) = ebpf_inputs(n, backend);
         dp.update(&svcs, &[], &ctx)?;
         let target = SocketAddr::new(IpAddr::V4(vip(n / 2)), 80);
         let mut pairs = Pairs {

@@ -273,6 +273,20 @@ fn stream(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<f64> {
     v["gbit_per_s"].as_f64().with_context(|| format!("stream output {out:?}"))
 }
 
+/// N Services sorted by name (as the agent's translation hands them over) and a node context
+/// giving eBPF the ClusterIPs only.
+pub(crate) fn ebpf_inputs(n: usize, backend: Ipv4Addr) -> (Vec<Service>, sluice_ebpf::maps::NodeCtx) {
+    let mut svcs = services(n, backend);
+    svcs.sort_by(|a, b| a.name.cmp(&b.name));
+    let ctx = sluice_ebpf::maps::NodeCtx {
+        node_name: "node-1".into(),
+        node_ips: Vec::new(),
+        owned: [sluice_core::Feature::ClusterIp].into(),
+        maglev_m: None,
+    };
+    (svcs, ctx)
+}
+
 /// The eBPF datapath: programs on the client pod's veth, N services in the maps.
 fn ebpf_record(
     lab: &Lab,
@@ -290,15 +304,7 @@ fn ebpf_record(
     let res = (|| -> anyhow::Result<()> {
         let mut dp = sluice_ebpf::datapath::Datapath::open(&pin, &Default::default())?;
         dp.attach(client_if, path)?;
-        // Sorted by name, as the agent's translation hands them over.
-        let mut svcs = services(n, backend);
-        svcs.sort_by(|a, b| a.name.cmp(&b.name));
-        let ctx = sluice_ebpf::maps::NodeCtx {
-            node_name: "node-1".into(),
-            node_ips: Vec::new(),
-            owned: [sluice_core::Feature::ClusterIp].into(),
-            maglev_m: None,
-        };
+        let (mut svcs, ctx) = ebpf_inputs(n, backend);
         let t = Instant::now();
         dp.update(&svcs, &[], &ctx)?;
         rec.program_all_ms = Some(ms(t.elapsed()));

@@ -16,54 +16,40 @@ use sluice_core::{
 
 use crate::datapath::{Datapath, DatapathError};
 use crate::maps::NodeCtx;
+use std::sync::LazyLock;
+
+/// What loading the one object needs: it holds every map and program, and loading it creates
+/// every map and loads every tc program, so whatever one of them uses every feature on eBPF
+/// needs (else the verifier or map creation would fail at runtime instead of the plan choosing
+/// iptables up front).
+const OBJECT: [Capability; 8] = [
+    Capability::Bpffs,
+    Capability::MapHash,
+    Capability::MapLruHash,
+    Capability::MapLpmTrie,
+    Capability::ProgSchedCls,
+    Capability::HelperFibLookup,
+    Capability::HelperRedirectNeigh,
+    Capability::HelperSkLookup,
+];
+
+fn object_and(extra: &[Capability]) -> Vec<Capability> {
+    OBJECT.iter().chain(extra).copied().collect()
+}
+
+/// The tc programs also need an attach path (TCX or classic tc); socket LB its cgroup hooks.
+static TC: LazyLock<Vec<Capability>> = LazyLock::new(|| object_and(&[Capability::TcAttach]));
+static SOCK_TCP: LazyLock<Vec<Capability>> = LazyLock::new(|| {
+    use Capability::*;
+    object_and(&[CgroupV2, AttachCgroupConnect4, AttachCgroupGetpeername4, HelperSocketCookie])
+});
+static SOCK_UDP: LazyLock<Vec<Capability>> = LazyLock::new(|| {
+    use Capability::*;
+    object_and(&[CgroupV2, AttachCgroupSendmsg4, AttachCgroupRecvmsg4, HelperSocketCookie])
+});
 
 /// Kernel capabilities each feature needs on this backend; `None`: not built yet.
 fn needs(f: Feature) -> Option<&'static [Capability]> {
-    use Capability::*;
-    // One object holds every map and program, and loading it creates every map and loads every
-    // tc program: whatever one of them uses, every feature on eBPF needs (else the verifier or
-    // map creation would fail at runtime instead of the plan choosing iptables up front).
-    // Object: [Bpffs, MapHash, MapLruHash, MapLpmTrie, ProgSchedCls, HelperFibLookup,
-    //          HelperRedirectNeigh, HelperSkLookup]; tc features add TcAttach (TCX or classic tc).
-    const TC: &[Capability] = &[
-        Bpffs,
-        MapHash,
-        MapLruHash,
-        MapLpmTrie,
-        ProgSchedCls,
-        HelperFibLookup,
-        HelperRedirectNeigh,
-        HelperSkLookup,
-        TcAttach,
-    ];
-    const SOCK_TCP: &[Capability] = &[
-        Bpffs,
-        MapHash,
-        MapLruHash,
-        MapLpmTrie,
-        ProgSchedCls,
-        HelperFibLookup,
-        HelperRedirectNeigh,
-        HelperSkLookup,
-        CgroupV2,
-        AttachCgroupConnect4,
-        AttachCgroupGetpeername4,
-        HelperSocketCookie,
-    ];
-    const SOCK_UDP: &[Capability] = &[
-        Bpffs,
-        MapHash,
-        MapLruHash,
-        MapLpmTrie,
-        ProgSchedCls,
-        HelperFibLookup,
-        HelperRedirectNeigh,
-        HelperSkLookup,
-        CgroupV2,
-        AttachCgroupSendmsg4,
-        AttachCgroupRecvmsg4,
-        HelperSocketCookie,
-    ];
     Some(match f {
         // The pod-veth programs (ClusterIP, affinity, source ranges, policy) and the device
         // programs (NodePort and friends) share the object's needs and one attach path.
@@ -76,9 +62,9 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
         | Feature::TrafficPolicyLocal
         | Feature::HealthCheckNodePort
         | Feature::SourceRanges
-        | Feature::Policy => TC,
-        Feature::SocketLbTcp => SOCK_TCP,
-        Feature::SocketLbUdp => SOCK_UDP,
+        | Feature::Policy => TC.as_slice(),
+        Feature::SocketLbTcp => SOCK_TCP.as_slice(),
+        Feature::SocketLbUdp => SOCK_UDP.as_slice(),
         Feature::Flows => return None,
     })
 }
