@@ -220,6 +220,38 @@ fn suite(lab_name: &str, v: Variant) {
     // pod -> ClusterIP, same node and other node; load-balanced over both backends.
     assert_eq!(answers(&t, "client", "http://10.96.0.10/", 30), both, "pod-to-clusterip from node-1");
     assert_eq!(answers(&t, "client2", "http://10.96.0.10/", 30), both, "pod-to-clusterip from node-2");
+    if v == Variant::Iptables {
+        // The flows those requests caused, as node-1's Observer shows them (conntrack events on
+        // netfilter nodes name the Service each connection used).
+        let out = t.exec(
+            "node-1",
+            &[
+                "sluice",
+                "observe",
+                "--from-pod",
+                "default/client",
+                "--to-service",
+                "default/web",
+                "--last",
+                "100",
+                "-o",
+                "json",
+            ],
+        );
+        let flows: Vec<serde_json::Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        assert!(flows.len() >= 30, "{} flows for 30 requests:\n{out}", flows.len());
+        for f in &flows {
+            let f = &f["flow"];
+            assert!(f["destination"]["pod_name"] == "a" || f["destination"]["pod_name"] == "b", "{f}");
+            assert_eq!(
+                (&f["node_name"], &f["verdict"], &f["traffic_direction"]),
+                (&"node-1".into(), &"FORWARDED".into(), &"EGRESS".into()),
+                "{f}"
+            );
+            assert_eq!(f["l4"]["TCP"]["destination_port"], 8080, "{f}");
+            assert_eq!(f["destination_service"]["name"], "web", "{f}");
+        }
+    }
     // pod -> NodePort through each node's IP.
     for ip in ["198.51.100.11", "198.51.100.12"] {
         assert_eq!(answers(&t, "client", &format!("http://{ip}:30080/"), 30), both, "pod-to-nodeport via {ip}");
