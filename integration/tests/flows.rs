@@ -17,14 +17,7 @@ use tokio_stream::StreamExt;
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n";
 
 async fn client(path: String) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::try_from("http://localhost")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
-        }))
-        .await
-        .expect("connect to the Observer socket")
+    sluice_observer::client::connect_unix(path.into()).await.expect("connect to the Observer socket")
 }
 
 async fn flows(ch: tonic::transport::Channel, req: GetFlowsRequest) -> Vec<sluice_observer::pb::flow::Flow> {

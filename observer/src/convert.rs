@@ -3,7 +3,7 @@
 
 use sluice_core::flow::filter::{FilterError, FlowFilter};
 use sluice_core::flow::ring::{Query, QueryError};
-use sluice_core::flow::{self as core, EventKind, L4, TrafficDirection, Verdict};
+use sluice_core::flow::{self as core, L4, TrafficDirection, Verdict};
 
 use crate::pb::flow as pb;
 use crate::pb::observer::GetFlowsRequest;
@@ -38,36 +38,18 @@ fn ns(field: &'static str, t: &prost_types::Timestamp) -> Result<u64, RequestErr
 }
 
 fn verdict(v: i32) -> Result<Verdict, RequestError> {
-    Ok(match v {
-        1 => Verdict::Forwarded,
-        2 => Verdict::Dropped,
-        3 => Verdict::Error,
-        4 => Verdict::Audit,
-        5 => Verdict::Redirected,
-        6 => Verdict::Traced,
-        7 => Verdict::Translated,
-        other => {
-            return Err(RequestError::Enum {
-                field: "verdict",
-                value: other,
-                accepted: "FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED, TRANSLATED",
-            });
-        }
+    Verdict::from_number(v).ok_or(RequestError::Enum {
+        field: "verdict",
+        value: v,
+        accepted: "FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED, TRANSLATED",
     })
 }
 
 fn direction(v: i32) -> Result<TrafficDirection, RequestError> {
-    Ok(match v {
-        0 => TrafficDirection::Unknown,
-        1 => TrafficDirection::Ingress,
-        2 => TrafficDirection::Egress,
-        other => {
-            return Err(RequestError::Enum {
-                field: "traffic_direction",
-                value: other,
-                accepted: "TRAFFIC_DIRECTION_UNKNOWN, INGRESS, EGRESS",
-            });
-        }
+    TrafficDirection::from_number(v).ok_or(RequestError::Enum {
+        field: "traffic_direction",
+        value: v,
+        accepted: "TRAFFIC_DIRECTION_UNKNOWN, INGRESS, EGRESS",
     })
 }
 
@@ -204,11 +186,6 @@ pub fn flow(f: &core::Flow) -> pb::Flow {
     }
 }
 
-/// Event kinds have one wire number each; used by the CLI's `--type`.
-pub fn event_number(k: EventKind) -> i32 {
-    k as i32
-}
-
 fn endpoint_back(e: Option<&pb::Endpoint>) -> core::Endpoint {
     e.map(|e| core::Endpoint {
         id: e.id,
@@ -241,35 +218,9 @@ pub fn flow_back(f: &pb::Flow) -> Option<core::Flow> {
         }
         pb::layer4::Protocol::IcmPv4(i) => L4::Icmpv4 { r#type: i.r#type as u8, code: i.code as u8 },
     });
-    let event = match f.event_type.as_ref().map_or(4, |e| e.r#type) {
-        1 => EventKind::Drop,
-        5 => EventKind::PolicyVerdict,
-        7 => EventKind::TraceSock,
-        129 => EventKind::L7,
-        _ => EventKind::Trace,
-    };
-    let observation = match f.trace_observation_point {
-        2 => Some(ObservationPoint::ToHost),
-        3 => Some(ObservationPoint::ToStack),
-        5 => Some(ObservationPoint::FromEndpoint),
-        7 => Some(ObservationPoint::FromHost),
-        8 => Some(ObservationPoint::FromStack),
-        10 => Some(ObservationPoint::FromNetwork),
-        11 => Some(ObservationPoint::ToNetwork),
-        101 => Some(ObservationPoint::ToEndpoint),
-        _ => None,
-    };
-    let drop_reason = match f.drop_reason_desc {
-        133 => Some(DropReason::PolicyDenied),
-        134 => Some(DropReason::InvalidPacketDropped),
-        142 => Some(DropReason::UnknownL4Protocol),
-        158 => Some(DropReason::ServiceBackendNotFound),
-        169 => Some(DropReason::FibLookupFailed),
-        177 => Some(DropReason::DeniedByLbSrcRangeCheck),
-        178 => Some(DropReason::SocketLookupFailed),
-        181 => Some(DropReason::PolicyDeny),
-        _ => None,
-    };
+    let event = f.event_type.as_ref().and_then(|e| EventKind::from_number(e.r#type)).unwrap_or(EventKind::Trace);
+    let observation = ObservationPoint::from_number(f.trace_observation_point);
+    let drop_reason = DropReason::from_number(f.drop_reason_desc);
     let names =
         |ps: &[pb::Policy]| -> Vec<String> { ps.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect() };
     Some(core::Flow {

@@ -9,6 +9,7 @@
 //!
 //! See docs/design/flows.md.
 
+pub mod client;
 pub mod convert;
 pub mod server;
 

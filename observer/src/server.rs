@@ -37,7 +37,8 @@ pub struct Hub {
     started: Instant,
 }
 
-fn now_ns() -> u64 {
+/// Wall-clock nanoseconds since the epoch (flow and event times).
+pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
@@ -75,6 +76,11 @@ impl Hub {
 
     pub fn service(self: &Arc<Self>) -> ObserverServer<ObserverService> {
         ObserverServer::new(ObserverService { hub: self.clone() })
+    }
+
+    /// The Observer and health services, ready to serve on a listener's connections.
+    pub async fn router(self: &Arc<Self>) -> tonic::transport::server::Router {
+        tonic::transport::Server::builder().add_service(self.service()).add_service(health().await)
     }
 }
 

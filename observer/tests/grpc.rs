@@ -13,7 +13,7 @@ use sluice_observer::pb::observer::{
 };
 use sluice_observer::server::Hub;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint as GrpcEndpoint, Server};
+use tonic::transport::Channel;
 
 fn flow(t: u64, ns: &str, pod: &str, port: u16, verdict: Verdict) -> Flow {
     let ep = |ns: &str, pod: &str, id: u32| Endpoint {
@@ -59,22 +59,11 @@ async fn serve(capacity: usize) -> Served {
     let hub = Hub::new("node-1", "unix://hubble.sock", capacity);
     let listener = tokio::net::UnixListener::bind(&path).expect("bind");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let health = sluice_observer::server::health().await;
-    let svc = hub.service();
+    let router = hub.router().await;
     tokio::spawn(async move {
-        let _ = Server::builder().add_service(svc).add_service(health).serve_with_incoming(incoming).await;
+        let _ = router.serve_with_incoming(incoming).await;
     });
-    let channel =
-        GrpcEndpoint::try_from("http://localhost")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let p = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-                }
-            }))
-            .await
-            .expect("connect");
+    let channel = sluice_observer::client::connect_unix(path).await.expect("connect");
     Served { hub, channel, _dir: dir }
 }
 

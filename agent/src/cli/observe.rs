@@ -232,12 +232,7 @@ pub fn run(agent_socket: &Path, a: &ObserveArgs, output: Output) -> anyhow::Resu
         ..Default::default()
     };
     super::block_on(async move {
-        let path = socket.clone();
-        let channel = tonic::transport::Endpoint::try_from("http://localhost")?
-            .connect_with_connector(tower::service_fn(move |_| {
-                let p = path.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
-            }))
+        let channel = sluice_observer::client::connect_unix(socket.clone())
             .await
             .with_context(|| {
                 format!(

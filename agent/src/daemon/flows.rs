@@ -8,13 +8,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use sluice_config::Config;
+use sluice_core::ClusterState;
 use sluice_core::flow::ObservationPoint;
 use sluice_core::flow::enrich::{Directory, Observed};
+use sluice_core::policy::Identity;
 use sluice_iptables::ct_events::{CtEventSocket, CtKind};
-use sluice_observer::server::Hub;
+use sluice_observer::server::{Hub, now_ns};
 
 use crate::api::types::FlowsStatus;
 
@@ -28,10 +33,8 @@ pub struct Flows {
     servers: Vec<tokio::task::JoinHandle<()>>,
     socket: PathBuf,
     listen: Option<SocketAddr>,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    /// The source generation `directory` was built from.
+    generation: Option<u64>,
 }
 
 impl Flows {
@@ -51,6 +54,7 @@ impl Flows {
             servers: Vec::new(),
             socket,
             listen: cfg.flows.listen_address,
+            generation: None,
         }
     }
 
@@ -58,16 +62,38 @@ impl Flows {
         self.reader.as_ref().is_some_and(|r| !r.is_finished())
     }
 
-    /// Start or stop with the plan, and refresh who is who.
-    pub async fn reconcile(&mut self, on: bool, directory: Directory) {
-        if let Ok(mut d) = self.directory.write() {
-            *d = directory;
+    /// Who is who, for naming flows: rebuilt when the source read changed.
+    pub fn refresh(
+        &mut self,
+        generation: u64,
+        node_name: &str,
+        state: &ClusterState,
+        ipcache: &BTreeMap<Ipv4Addr, Identity>,
+    ) {
+        if self.generation == Some(generation) {
+            return;
         }
+        self.generation = Some(generation);
+        let node_ips: Vec<_> =
+            state.nodes.values().filter_map(|n| n.internal_ip.map(|ip| (ip, n.name == node_name))).collect();
+        let dir =
+            Directory::new(node_name, &state.pods, &state.services, |ip| ipcache.get(&ip).map(|i| i.0), &node_ips);
+        if let Ok(mut d) = self.directory.write() {
+            *d = dir;
+        }
+    }
+
+    /// Start or stop with the plan. A start that fails is tried again each pass (the socket path
+    /// may free up), logged once per distinct error.
+    pub async fn reconcile(&mut self, on: bool) {
         if on && self.reader.is_none() {
             if let Err(e) = self.start().await {
-                tracing::warn!(error = %e, "flows: cannot start");
-                self.set_error(Some(e.to_string()));
+                let e = format!("{e:#}");
+                if self.error.lock().ok().and_then(|g| g.clone()).as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "flows: cannot start");
+                }
                 self.shutdown();
+                self.set_error(Some(e));
             }
         } else if !on && self.reader.is_some() {
             self.shutdown();
@@ -82,30 +108,26 @@ impl Flows {
     }
 
     async fn start(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context;
         let _ = std::fs::remove_file(&self.socket);
-        let uds = tokio::net::UnixListener::bind(&self.socket)?;
-        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600))?;
-        let health = sluice_observer::server::health().await;
-        let (svc, h) = (self.hub.service(), health.clone());
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+        let uds = tokio::net::UnixListener::bind(&self.socket).with_context(|| {
+            format!("binding the Observer socket {} (set flows.socket_path to another path)", self.socket.display())
+        })?;
+        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} root-only", self.socket.display()))?;
+        let router = self.hub.router().await;
         self.servers.push(tokio::spawn(async move {
-            let r =
-                tonic::transport::Server::builder().add_service(svc).add_service(h).serve_with_incoming(incoming).await;
-            if let Err(e) = r {
+            if let Err(e) = router.serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds)).await {
                 tracing::warn!(error = %e, "flows: unix socket server ended");
             }
         }));
         if let Some(addr) = self.listen {
-            let tcp = tokio::net::TcpListener::bind(addr).await?;
-            let svc = self.hub.service();
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+            let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("listening on flows.listen_address {addr} (an address of this node, or unset it)")
+            })?;
+            let router = self.hub.router().await;
             self.servers.push(tokio::spawn(async move {
-                let r = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .add_service(health)
-                    .serve_with_incoming(incoming)
-                    .await;
-                if let Err(e) = r {
+                if let Err(e) = router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(tcp)).await {
                     tracing::warn!(error = %e, "flows: TCP server ended");
                 }
             }));

@@ -76,7 +76,6 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     let mut policy = policy::PolicyCache::default();
     let mut flows = flows::Flows::new(&cfg);
-    let mut flows_generation = None;
     loop {
         let mut reload = false;
         tokio::select! {
@@ -141,24 +140,8 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             sluice_core::Owner::Backend(b) => engine.serving(b).contains(&Feature::Flows),
             _ => false,
         };
-        if flows_generation != Some(cur.generation) || flows_on != flows.status().running {
-            flows_generation = Some(cur.generation);
-            let node_ips: Vec<_> = cur
-                .state
-                .nodes
-                .values()
-                .filter_map(|n| n.internal_ip.map(|ip| (ip, n.name == cfg.node_name)))
-                .collect();
-            let ipcache = &policy.view.ipcache;
-            let dir = sluice_core::flow::enrich::Directory::new(
-                &cfg.node_name,
-                &cur.state.pods,
-                &cur.state.services,
-                |ip| ipcache.get(&ip).map(|i| i.0),
-                &node_ips,
-            );
-            flows.reconcile(flows_on, dir).await;
-        }
+        flows.refresh(cur.generation, &cfg.node_name, &cur.state, &policy.view.ipcache);
+        flows.reconcile(flows_on).await;
         let mut st = status.write().await;
         publish::status(
             &mut st,

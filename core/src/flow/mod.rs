@@ -77,6 +77,38 @@ pub enum DropReason {
     PolicyDeny = 181,
 }
 
+/// `Self::ALL` and the variant with a given wire number.
+macro_rules! wire_enum {
+    ($t:ty, [$($v:ident),+ $(,)?]) => {
+        impl $t {
+            pub const ALL: &'static [$t] = &[$(<$t>::$v),+];
+
+            /// The variant whose wire number is `n` (None: not one this build knows).
+            pub fn from_number(n: i32) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| *v as i32 == n)
+            }
+        }
+    };
+}
+
+wire_enum!(Verdict, [Forwarded, Dropped, Error, Audit, Redirected, Traced, Translated]);
+wire_enum!(EventKind, [Drop, Trace, PolicyVerdict, TraceSock, L7]);
+wire_enum!(ObservationPoint, [ToHost, ToStack, FromEndpoint, FromHost, FromStack, FromNetwork, ToNetwork, ToEndpoint]);
+wire_enum!(
+    DropReason,
+    [
+        PolicyDenied,
+        InvalidPacketDropped,
+        UnknownL4Protocol,
+        ServiceBackendNotFound,
+        FibLookupFailed,
+        DeniedByLbSrcRangeCheck,
+        SocketLookupFailed,
+        PolicyDeny,
+    ]
+);
+wire_enum!(TrafficDirection, [Unknown, Ingress, Egress]);
+
 impl DropReason {
     /// Hubble's enum name (the `reason` label of `hubble_drop_total`).
     pub fn name(self) -> &'static str {
