@@ -82,6 +82,19 @@ pub fn render(s: &AgentStatus) -> String {
             format!("off{}", f.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())
         },
     );
+    let m = &s.metrics;
+    out += &line(
+        "Metrics:",
+        &match (&m.agent, &m.hubble) {
+            (None, None) => "not served (set metrics.listen_address / metrics.hubble_listen_address)".to_string(),
+            (a, h) => format!(
+                "sluice_* on {}; hubble_* on {} [{}]",
+                a.as_deref().unwrap_or("-"),
+                h.as_deref().unwrap_or("-"),
+                m.enabled.join(", ")
+            ),
+        },
+    );
     if !s.held.is_empty() {
         let names: Vec<String> = s.held.iter().map(|n| n.to_string()).collect();
         out += &line(

@@ -88,6 +88,9 @@ pub struct Config {
     pub probes: ProbesConfig,
     /// Flow visibility (Hubble's Observer API), served while the plan gives `flows` to a backend.
     pub flows: FlowsConfig,
+    /// Prometheus metrics: Hubble's flow metrics and the agent's own. Nothing listens unless an
+    /// address is set.
+    pub metrics: MetricsConfig,
     /// Network policy enforcement: `default` (a pod is isolated in a direction once a policy
     /// selects it for that direction), `always` (every pod is isolated: only what a policy
     /// allows passes), `never` (policies are read and shown, nothing is enforced). Changeable
@@ -178,6 +181,30 @@ pub struct FlowsConfig {
     pub listen_address: Option<std::net::SocketAddr>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The agent's `sluice_*` metrics (programming latency, map fill, rule counts, errors,
+    /// identities, policies), e.g. `10.0.0.1:9962` (Cilium's agent port).
+    pub listen_address: Option<std::net::SocketAddr>,
+    /// Hubble's flow metrics (`hubble_*`), e.g. `10.0.0.1:9965` (Hubble's port).
+    pub hubble_listen_address: Option<std::net::SocketAddr>,
+    /// Which Hubble metrics to count, in Hubble's `metrics.enabled` syntax: `flow`, `drop`, `tcp`,
+    /// `port-distribution`, `icmp`, `policy`, each optionally with
+    /// `:sourceContext=namespace|pod|pod-name|ip|identity|reserved-identity|workload|workload-name|app;destinationContext=...`.
+    pub enabled: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen_address: None,
+            hubble_listen_address: None,
+            enabled: ["flow", "drop", "tcp", "port-distribution", "icmp", "policy"].map(String::from).to_vec(),
+        }
+    }
+}
+
 impl Default for FlowsConfig {
     fn default() -> Self {
         FlowsConfig { ring_size: 4095, socket_path: None, listen_address: None }
@@ -209,6 +236,7 @@ impl Default for Config {
             dataplane_features: Default::default(),
             probes: ProbesConfig::default(),
             flows: FlowsConfig::default(),
+            metrics: MetricsConfig::default(),
             policy_enforcement: sluice_core::policy::Enforcement::Default,
             node_port_range: "30000-32767".into(),
             node_configs: Default::default(),
@@ -308,6 +336,26 @@ fn invalid(key: &str, value: impl ToString, accepted: &str) -> ConfigError {
 }
 
 impl Config {
+    /// `metrics.enabled`, parsed (Hubble's syntax).
+    pub fn hubble_metrics(&self) -> Result<Vec<sluice_core::flow::metrics::MetricSpec>, ConfigError> {
+        use sluice_core::flow::metrics::{MetricsSpecError as E, parse};
+        parse(&self.metrics.enabled).map_err(|e| {
+            let (E::UnknownMetric { index, .. }
+            | E::UnknownOption { index, .. }
+            | E::BadValue { index, .. }
+            | E::Duplicate { index, .. }) = &e;
+            let accepted = match &e {
+                E::UnknownMetric { .. } => "one of flow, drop, tcp, port-distribution, icmp, policy".to_string(),
+                E::UnknownOption { option, .. } => {
+                    format!("options sourceContext and destinationContext (not {option})")
+                }
+                E::BadValue { option, accepted, .. } => format!("{option} values {accepted}"),
+                E::Duplicate { first, .. } => format!("each metric once (it is also metrics.enabled[{first}])"),
+            };
+            invalid(&format!("metrics.enabled[{index}]"), &self.metrics.enabled[*index], &accepted)
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_with(true)
     }
@@ -403,6 +451,16 @@ impl Config {
         }
         if !(16..=1 << 20).contains(&self.flows.ring_size) {
             return Err(invalid("flows.ring_size", self.flows.ring_size, "16 to 1048576 flows"));
+        }
+        self.hubble_metrics()?;
+        if let (Some(a), Some(b)) = (self.metrics.listen_address, self.metrics.hubble_listen_address)
+            && a == b
+        {
+            return Err(invalid(
+                "metrics.hubble_listen_address",
+                b,
+                "an address other than metrics.listen_address (each serves its own /metrics)",
+            ));
         }
         self.node_port_range()?;
         for name in self.node_configs.keys() {

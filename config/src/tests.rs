@@ -224,3 +224,23 @@ fn dataplane_features_name_features_and_dataplanes() {
     let e = from_yaml_str("node_name: a\ndataplane_features: {node-port: bpf}\n").expect_err("bad dataplane");
     assert!(e.to_string().contains("bpf"), "{e}");
 }
+
+#[test]
+fn hubble_metrics_are_parsed_and_bad_entries_name_the_key_and_value() {
+    let mut c = Config { node_name: "n1".into(), ..Config::default() };
+    assert_eq!(c.hubble_metrics().expect("defaults parse").len(), 6);
+    c.metrics.enabled = vec!["flow".into(), "drop:sourceContext=galaxy".into()];
+    let e = c.validate().expect_err("invalid").to_string();
+    assert!(
+        e.contains("metrics.enabled[1]") && e.contains("drop:sourceContext=galaxy") && e.contains("pod-name"),
+        "{e}"
+    );
+    c.metrics.enabled = vec!["dns".into()];
+    let e = c.validate().expect_err("invalid").to_string();
+    assert!(e.contains("metrics.enabled[0]") && e.contains("port-distribution"), "{e}");
+    c.metrics.enabled = vec!["tcp".into()];
+    let addr: std::net::SocketAddr = "10.0.0.1:9965".parse().expect("addr");
+    c.metrics.listen_address = Some(addr);
+    c.metrics.hubble_listen_address = Some(addr);
+    assert!(c.validate().expect_err("invalid").to_string().contains("metrics.hubble_listen_address"));
+}

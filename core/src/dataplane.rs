@@ -240,6 +240,11 @@ pub trait Dataplane {
         Vec::new()
     }
 
+    /// How full the backend's kernel objects are (the agent's `sluice_*` metrics).
+    fn usage(&self) -> Vec<Usage> {
+        Vec::new()
+    }
+
     /// Events the datapath reported since the last call (flow events land here; no backend
     /// produces any yet).
     fn drain_events(&mut self) -> Vec<DataplaneEvent> {
@@ -251,6 +256,15 @@ pub trait Dataplane {
 /// with the flows issue; the trait's `drain_events` is where backends will hand them over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataplaneEvent {}
+
+/// One measure of a backend's kernel state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Usage {
+    /// A fixed-size map: entries written of its capacity (a full map refuses new frontends).
+    MapFill { map: String, entries: u64, capacity: u64 },
+    /// Objects of one kind (`rules`, `chains`, `sets`, `attached-interfaces`).
+    Objects { kind: String, count: u64 },
+}
 
 /// One frontend as a backend's kernel state holds it (`sluice bpf lb list`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

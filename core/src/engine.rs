@@ -82,7 +82,7 @@ pub enum StepState {
 }
 
 /// The outcome of one pass.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PassReport {
     pub features: Vec<FeatureState>,
     pub errors: Vec<ObjectError>,
@@ -93,6 +93,17 @@ pub struct PassReport {
     pub calls: usize,
     /// Features whose serving backends changed in this pass.
     pub moved: BTreeSet<Feature>,
+    /// Each backend reconcile of the pass, in call order (the agent's latency metrics).
+    pub backend_calls: Vec<BackendCall>,
+}
+
+/// One backend reconcile: how long it took and what it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendCall {
+    pub id: BackendId,
+    pub seconds: f64,
+    pub changes: usize,
+    pub errors: usize,
 }
 
 pub struct Engine {
@@ -172,14 +183,14 @@ impl Engine {
         make.sort_by_key(|(id, owned)| owned.is_subset(&self.serving(*id)));
         for (id, owned) in &make {
             let report = self.call(*id, desired, owned, prune);
-            pass.absorb(report);
+            pass.absorb(*id, report);
         }
         // Break.
         for (id, made) in &make {
             let owned = self.owned(plan, *id);
             if &owned != made {
                 let report = self.call(*id, desired, &owned, prune);
-                pass.absorb(report);
+                pass.absorb(*id, report);
             }
         }
         let moved = self.moved_since(&before);
@@ -206,12 +217,14 @@ impl Engine {
         moved
     }
 
-    fn call(&mut self, id: BackendId, desired: &Desired<'_>, owned: &BTreeSet<Feature>, prune: bool) -> Report {
-        let Some(b) = self.backends.iter_mut().find(|b| b.id() == id) else { return Report::default() };
+    fn call(&mut self, id: BackendId, desired: &Desired<'_>, owned: &BTreeSet<Feature>, prune: bool) -> (Report, f64) {
+        let Some(b) = self.backends.iter_mut().find(|b| b.id() == id) else { return (Report::default(), 0.0) };
+        let started = std::time::Instant::now();
         let report = b.reconcile(desired, owned, prune);
+        let seconds = started.elapsed().as_secs_f64();
         self.serving.insert(id, report.programmed.clone());
         self.holes.insert(id, report.holes.clone());
-        report
+        (report, seconds)
     }
 
     /// Every feature's progress under `plan`.
@@ -259,8 +272,9 @@ impl Engine {
 }
 
 impl PassReport {
-    fn absorb(&mut self, r: Report) {
+    fn absorb(&mut self, id: BackendId, (r, seconds): (Report, f64)) {
         self.calls += 1;
+        self.backend_calls.push(BackendCall { id, seconds, changes: r.changes, errors: r.errors.len() });
         self.changes += r.changes;
         self.errors.extend(r.errors);
     }

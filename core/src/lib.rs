@@ -34,7 +34,7 @@ pub use dataplane::{
     CleanupReport, Dataplane, DataplaneError, Desired, LbRow, MissingFact, NodeContext, ObjectError, ObjectRef, Op,
     Report, Restored,
 };
-pub use engine::{Engine, FeatureState, HoleState, PassReport, Progress, SourceSync, StepState};
+pub use engine::{BackendCall, Engine, FeatureState, HoleState, PassReport, Progress, SourceSync, StepState};
 pub use lb::{LbAlgorithm, MapSizes, maglev_table};
 pub use model::{ClusterState, LocalEndpoint, NodeInfo, PodInfo};
 pub use plan::{DataplaneMode, Feature, KprMode, Lack, Owner, Plan, PlanEntry, PlanError, PlanInput, Reason, Step};

@@ -119,6 +119,11 @@ impl Lab {
             "cni": { "conflist_path": d.join("net.d/05-sluice.conflist"), "data_dir": d.join("cni-data") },
             "bpf_pin_dir": self.bpf_dir().join(&node.name),
             "cgroup_root": self.node_cgroup(&node.name),
+            // Metrics on the node's own underlay address (Cilium's and Hubble's ports).
+            "metrics": {
+                "listen_address": format!("{}:9962", node.underlay_ip),
+                "hubble_listen_address": format!("{}:9965", node.underlay_ip),
+            },
         });
         if let Some(p) = over {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading node config {}", p.display()))?;

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod metrics;
 pub mod server;
 
 /// Generated from `proto/`.

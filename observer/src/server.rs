@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::metrics::FlowMetrics;
 use crate::pb::flow::{LostEvent, LostEventSource};
 use crate::pb::observer::observer_server::{Observer, ObserverServer};
 use crate::pb::observer::{
@@ -24,6 +25,7 @@ use crate::pb::observer::{
     Namespace, Node, ServerStatusRequest, ServerStatusResponse, get_flows_response,
 };
 use crate::pb::relay::NodeState;
+use sluice_core::flow::metrics::{LostSource, MetricSpec};
 
 /// Flows per stream buffered towards one client before its task waits (and falls behind).
 const STREAM_BUFFER: usize = 256;
@@ -35,6 +37,7 @@ pub struct Hub {
     /// Where this node's Observer is reachable (GetNodes' `address`).
     address: String,
     started: Instant,
+    metrics: FlowMetrics,
 }
 
 /// Wall-clock nanoseconds since the epoch (flow and event times).
@@ -43,14 +46,20 @@ pub fn now_ns() -> u64 {
 }
 
 impl Hub {
-    pub fn new(node_name: &str, address: &str, capacity: usize) -> Arc<Self> {
+    /// `metrics`: the Hubble metrics to count (`metrics.enabled`, parsed).
+    pub fn new(node_name: &str, address: &str, capacity: usize, metrics: Vec<MetricSpec>) -> Arc<Self> {
         Arc::new(Hub {
             ring: Mutex::new(FlowRing::new(capacity)),
             notify: Notify::new(),
             node_name: node_name.into(),
             address: address.into(),
             started: Instant::now(),
+            metrics: FlowMetrics::new(metrics),
         })
+    }
+
+    pub fn metrics(&self) -> &FlowMetrics {
+        &self.metrics
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, FlowRing> {
@@ -62,6 +71,7 @@ impl Hub {
         {
             let mut r = self.ring();
             for f in flows {
+                self.metrics.observe(&f);
                 r.push(f);
             }
         }
@@ -139,8 +149,11 @@ async fn stream_flows(
         woken.as_mut().enable();
         let read = hub.ring().read_from(cursor, &filters, &live);
         cursor = read.next;
-        if read.lost > 0 && tx.send(Ok(lost(&hub, read.lost))).await.is_err() {
-            return;
+        if read.lost > 0 {
+            hub.metrics.lost(LostSource::HubbleRingBuffer, read.lost);
+            if tx.send(Ok(lost(&hub, read.lost))).await.is_err() {
+                return;
+            }
         }
         for f in &read.flows {
             if tx.send(Ok(response(&hub, f))).await.is_err() {

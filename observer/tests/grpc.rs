@@ -56,7 +56,7 @@ struct Served {
 async fn serve(capacity: usize) -> Served {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("hubble.sock");
-    let hub = Hub::new("node-1", "unix://hubble.sock", capacity);
+    let hub = Hub::new("node-1", "unix://hubble.sock", capacity, Vec::new());
     let listener = tokio::net::UnixListener::bind(&path).expect("bind");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let router = hub.router().await;
@@ -181,6 +181,9 @@ async fn follow_streams_new_flows_and_reports_what_a_slow_reader_lost() {
     let st = c.server_status(ServerStatusRequest {}).await.expect("status").into_inner();
     assert_eq!((st.num_flows, st.max_flows, st.seen_flows), (8, 8, 102));
     assert_eq!(st.num_connected_nodes, Some(1));
+    // The loss is counted where Prometheus sees it too.
+    let text = s.hub.metrics().render();
+    assert!(text.contains("hubble_lost_events_total{source=\"hubble_ring_buffer\"} 92"), "{text}");
 }
 
 #[tokio::test]

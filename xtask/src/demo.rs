@@ -138,6 +138,25 @@ fn flows() -> anyhow::Result<()> {
         "the same as JSON, one GetFlowsResponse a line",
         &["exec", "node-1", "--", "sluice", "observe", "--to-service", "default/echo", "--last", "1", "-o", "json"],
     )?;
+    println!("\n-- metrics: what Prometheus scrapes from node-1 (Hubble's on :9965, the agent's on :9962) --");
+    let mut shown = 0;
+    for (url, prefixes) in [
+        ("http://198.51.100.11:9965/metrics", &["hubble_flows_processed_total", "hubble_port_distribution_total"][..]),
+        (
+            "http://198.51.100.11:9962/metrics",
+            &["sluice_reconcile_duration_seconds_count", "sluice_feature_served{feature=\"cluster-ip\""][..],
+        ),
+    ] {
+        let out = lab().args(["exec", "world", "--", "sluice-lab", "curl", url]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        for l in text.lines().filter(|l| prefixes.iter().any(|p| l.starts_with(p))) {
+            println!("  {l}");
+            shown += 1;
+        }
+    }
+    if shown == 0 {
+        bail!("node-1 served no flow or agent metrics");
+    }
     Ok(())
 }
 

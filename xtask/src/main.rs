@@ -42,6 +42,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("cpio", "/usr/bin/cpio"),
     ("kmod", "/usr/bin/kmod"),
+    // Metrics: promtool checks the exposition, a real Prometheus scrapes the lab.
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 fn main() -> std::process::ExitCode {

@@ -66,6 +66,19 @@ pub struct AgentStatus {
     /// Flow visibility on this node.
     #[serde(default)]
     pub flows: FlowsStatus,
+    /// Where the Prometheus metrics are served (nothing unless configured).
+    #[serde(default)]
+    pub metrics: MetricsStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsStatus {
+    /// The agent's `sluice_*` metrics (`metrics.listen_address`), when served.
+    pub agent: Option<String>,
+    /// Hubble's flow metrics (`metrics.hubble_listen_address`), when served.
+    pub hubble: Option<String>,
+    /// The Hubble metrics counted, in `metrics.enabled` syntax.
+    pub enabled: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use sluice_config::Config;
 use sluice_core::ClusterState;
 use sluice_core::flow::ObservationPoint;
 use sluice_core::flow::enrich::{Directory, Observed};
+use sluice_core::flow::metrics::LostSource;
 use sluice_core::policy::Identity;
 use sluice_iptables::ct_events::{CtEventSocket, CtKind};
 use sluice_observer::server::{Hub, now_ns};
@@ -45,7 +46,7 @@ impl Flows {
             None => format!("unix://{}", socket.display()),
         };
         Flows {
-            hub: Hub::new(&cfg.node_name, &address, cfg.flows.ring_size),
+            hub: Hub::new(&cfg.node_name, &address, cfg.flows.ring_size, cfg.hubble_metrics().unwrap_or_default()),
             directory: Arc::default(),
             stop: Arc::default(),
             lost: Arc::default(),
@@ -56,6 +57,10 @@ impl Flows {
             listen: cfg.flows.listen_address,
             generation: None,
         }
+    }
+
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
     }
 
     fn running(&self) -> bool {
@@ -173,6 +178,7 @@ impl Flows {
                     // The socket overran: the kernel dropped events (how many it does not say).
                     Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                         lost.fetch_add(1, Ordering::Relaxed);
+                        hub.metrics().lost(LostSource::Kernel, 1);
                     }
                     Err(e) => {
                         if let Ok(mut g) = error.lock() {

@@ -11,6 +11,7 @@ mod devices;
 pub mod features;
 mod flows;
 mod health;
+mod metrics;
 mod node;
 mod policy;
 mod policy_query;
@@ -76,6 +77,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     let mut policy = policy::PolicyCache::default();
     let mut flows = flows::Flows::new(&cfg);
+    let mut metrics = metrics::Metrics::new();
     loop {
         let mut reload = false;
         tokio::select! {
@@ -129,6 +131,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             policy: policy_view,
         };
         let pass = tokio::task::block_in_place(|| engine.reconcile(&planner.plan, &desired, sync));
+        metrics.record_pass(&pass);
         failed =
             pass.errors.iter().filter(|e| matches!(e.object, sluice_core::ObjectRef::Service(_))).cloned().collect();
         // The health servers are the agent's own, whichever backend serves the NodePort.
@@ -142,6 +145,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         };
         flows.refresh(cur.generation, &cfg.node_name, &cur.state, &policy.view.ipcache);
         flows.reconcile(flows_on).await;
+        metrics.ensure_served(&cfg, &flows.hub()).await;
         let mut st = status.write().await;
         publish::status(
             &mut st,
@@ -166,6 +170,9 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         };
         st.policy = policy_query::summary(&policy, &cur.state, owner);
         st.flows = flows.status();
+        st.errors.extend(metrics.errors.iter().cloned());
+        st.metrics = metrics.status.clone();
+        metrics.record_state(&engine, &st);
     }
     let _ = std::fs::remove_file(&cfg.socket_path);
     tracing::info!("sluice agent stopped; kernel state left in place for the next start");

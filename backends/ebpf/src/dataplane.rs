@@ -318,6 +318,31 @@ impl Dataplane for EbpfDataplane {
     fn lb_rows(&self) -> Vec<LbRow> {
         self.dp.as_ref().map(|dp| crate::lb_list::rows(dp.entries())).unwrap_or_default()
     }
+
+    /// The maps whose entries this process writes (conntrack, NAT and affinity are LRU maps the
+    /// datapath fills: counting them means walking them, so they are not reported).
+    fn usage(&self) -> Vec<sluice_core::dataplane::Usage> {
+        use sluice_core::dataplane::Usage;
+        let Some(dp) = &self.dp else { return Vec::new() };
+        let e = dp.entries();
+        let written = |map: &str| -> Option<u64> {
+            Some(match map {
+                "sluice_svc" => e.services.len() as u64,
+                "sluice_backends" => e.backends.len() as u64,
+                "sluice_src_ranges" => e.ranges.len() as u64,
+                "sluice_maglev" => e.maglev.values().map(|t| t.len() as u64).sum(),
+                _ => return None,
+            })
+        };
+        let mut out: Vec<Usage> = crate::loader::map_sizes(&self.map_sizes)
+            .into_iter()
+            .filter_map(|(map, capacity)| {
+                written(map).map(|entries| Usage::MapFill { map: map.into(), entries, capacity: capacity.into() })
+            })
+            .collect();
+        out.push(Usage::Objects { kind: "attached-interfaces".into(), count: dp.attached().len() as u64 });
+        out
+    }
 }
 
 impl EbpfDataplane {

@@ -352,6 +352,14 @@ impl Dataplane for IptablesDataplane {
         out
     }
 
+    fn usage(&self) -> Vec<sluice_core::dataplane::Usage> {
+        use sluice_core::dataplane::Usage;
+        [("rules", self.rules), ("policy-chains", self.policy.chains), ("policy-sets", self.policy.set_count)]
+            .into_iter()
+            .map(|(kind, n)| Usage::Objects { kind: kind.into(), count: n as u64 })
+            .collect()
+    }
+
     fn summary(&self) -> String {
         let owned: Vec<&str> = self.programmed().iter().map(|f| f.name()).collect();
         format!(

@@ -14,7 +14,7 @@ fn peer(ep: &super::Endpoint, ip: std::net::Ipv4Addr, port: Option<u16>) -> Stri
     format!("{who}{port} ({id})")
 }
 
-fn point(o: ObservationPoint) -> &'static str {
+pub(crate) fn point(o: ObservationPoint) -> &'static str {
     match o {
         ObservationPoint::ToHost => "to-host",
         ObservationPoint::ToStack => "to-stack",

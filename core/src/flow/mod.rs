@@ -10,6 +10,7 @@
 pub mod compact;
 pub mod enrich;
 pub mod filter;
+pub mod metrics;
 pub mod ring;
 
 use std::net::Ipv4Addr;

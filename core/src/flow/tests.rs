@@ -4,7 +4,7 @@ use super::filter::{FilterSet, FlowFilter};
 use super::ring::{FlowRing, Query, QueryError};
 use super::*;
 
-fn ep(ns: &str, pod: &str, identity: u32, labels: &[&str]) -> Endpoint {
+pub(crate) fn ep(ns: &str, pod: &str, identity: u32, labels: &[&str]) -> Endpoint {
     Endpoint {
         id: identity,
         identity,
@@ -16,7 +16,7 @@ fn ep(ns: &str, pod: &str, identity: u32, labels: &[&str]) -> Endpoint {
 }
 
 /// client (default, app=client) -> web (default, app=web) port 80, at `t`.
-fn flow(t: u64, verdict: Verdict) -> Flow {
+pub(crate) fn flow(t: u64, verdict: Verdict) -> Flow {
     Flow {
         time_ns: t,
         verdict,
