@@ -88,6 +88,12 @@ enum Cmd {
     /// Examples: sluice observe --last 50 --to-service default/web
     ///           sluice observe -f --from-namespace x --verdict DROPPED
     Observe(Box<cli::observe::ObserveArgs>),
+    /// The cluster-wide Observer (Hubble relay, port 4245): follows one node's peer service to
+    /// find every node's Observer and answers GetFlows, GetNodes, GetNamespaces and ServerStatus
+    /// over all of them. Hubble's CLI and `sluice observe --server HOST:PORT` read from it.
+    ///
+    /// Example: sluice relay --listen-address 0.0.0.0:4245 --peer-service 10.0.0.1:4244
+    Relay(cli::relay::RelayArgs),
     /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
     /// SLUICE-* chains and hooks, both variants; eBPF: pinned maps and links), then sluice routes.
     /// Pod interfaces are left to the runtime. Safe to run twice. `-o json` counts per backend.
@@ -175,6 +181,7 @@ fn main() -> std::process::ExitCode {
             }
         }
         Cmd::Probe { config } => cli::probe::run(config.as_deref(), cli.output),
+        Cmd::Relay(args) => cli::relay::run(args),
         Cmd::Observe(args) => cli::observe::run(&cli.socket, &args, cli.output),
         Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), cli.output),
     };

@@ -119,7 +119,9 @@ impl Lab {
             "cni": { "conflist_path": d.join("net.d/05-sluice.conflist"), "data_dir": d.join("cni-data") },
             "bpf_pin_dir": self.bpf_dir().join(&node.name),
             "cgroup_root": self.node_cgroup(&node.name),
-            // Metrics on the node's own underlay address (Cilium's and Hubble's ports).
+            // The Observer, for relays, and metrics on the node's own underlay address (Hubble's
+            // and Cilium's ports).
+            "flows": { "listen_address": format!("{}:4244", node.underlay_ip) },
             "metrics": {
                 "listen_address": format!("{}:9962", node.underlay_ip),
                 "hubble_listen_address": format!("{}:9965", node.underlay_ip),

@@ -131,3 +131,72 @@ fn service_traffic_is_observed_with_pods_service_node_and_verdict() {
     let plan = t.exec("node-1", &["sluice", "plan", "-o", "json"]);
     assert!(plan.contains("\"flows\""), "{plan}");
 }
+
+/// `sluice relay` beside the nodes (an external host of the lab), finding them through node-1's
+/// peer service on 4244: one `sluice observe --server` shows both nodes' flows, and a node whose
+/// agent stops is named unavailable while the other's flows still come.
+#[test]
+fn the_relay_serves_the_whole_cluster_and_names_a_node_that_is_gone() {
+    if !require_root() {
+        return;
+    }
+    let (t, dir) = two_node_web_lab("t-relay", "dataplane: iptables\n", "dataplane: iptables\n");
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let ext = t.lab.external_add("relay", None).expect("external host for the relay");
+    let f = dir.path().join("web.yaml");
+    std::fs::write(&f, WEB).expect("write");
+    t.lab.apply(&f).expect("apply");
+    eventually("service programmed", Duration::from_secs(15), || {
+        t.curl("client", "http://10.96.0.10/").ok().filter(|b| b == "a" || b == "b")
+    });
+    let listen = format!("{}:4245", ext.ip);
+    let argv: Vec<String> = ["sluice", "relay", "--listen-address", &listen, "--peer-service", "198.51.100.11:4244"]
+        .map(String::from)
+        .to_vec();
+    let log = std::fs::File::create(dir.path().join("relay.log")).expect("log");
+    let child = t.lab.command("relay", &argv).expect("command").stderr(log).spawn().expect("sluice relay");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _relay = Stop(child);
+    // Cross-node requests: node-1 sees the client's connections, node-2 the forwarded ones to b.
+    let nodes_seen = |out: &str| -> std::collections::BTreeSet<String> {
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("flow").is_some())
+            .filter_map(|v| v["node_name"].as_str().map(String::from))
+            .collect()
+    };
+    let observe = |extra: &[&str]| -> String {
+        let mut argv = vec!["sluice", "observe", "--server", &listen, "-o", "json"];
+        argv.extend_from_slice(extra);
+        t.lab.exec_output("node-1", &argv).unwrap_or_default()
+    };
+    eventually("flows of both nodes through the relay", Duration::from_secs(30), || {
+        let _ = t.curl("client", "http://10.96.0.10/");
+        let seen = nodes_seen(&observe(&["--last", "100", "--from-pod", "default/client"]));
+        (seen.len() == 2).then_some(())
+    });
+    // A time range without a count: every flow in it, from both nodes, oldest first.
+    let ranged = observe(&["--since", "5m", "--from-pod", "default/client"]);
+    let times: Vec<String> = ranged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["time"].as_str().map(String::from))
+        .collect();
+    assert!(times.len() >= 2 && times.windows(2).all(|w| w[0] <= w[1]), "{ranged}");
+    assert!(observe(&["--until", "2000-01-01T00:00:00Z"]).lines().all(|l| !l.contains("\"flow\"")));
+    // node-2's agent stops: the relay names it, node-1's flows still come.
+    t.lab.stop_agent("node-2").expect("stop node-2");
+    let out = eventually("node-2 named unavailable", Duration::from_secs(30), || {
+        let out = observe(&["--last", "5"]);
+        out.contains("NODE_UNAVAILABLE").then_some(out)
+    });
+    let status = out.lines().find(|l| l.contains("node_status")).expect("a node_status line");
+    assert!(status.contains("node-2"), "{status}");
+    assert_eq!(nodes_seen(&out), ["node-1".to_string()].into_iter().collect(), "{out}");
+}

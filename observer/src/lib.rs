@@ -12,6 +12,8 @@
 pub mod client;
 pub mod convert;
 pub mod metrics;
+pub mod peer;
+pub mod relay;
 pub mod server;
 
 /// Generated from `proto/`.

@@ -38,6 +38,8 @@ pub struct Hub {
     address: String,
     started: Instant,
     metrics: FlowMetrics,
+    /// Every node's Observer, for `peer.Peer/Notify` (the agent sets it from its source).
+    peers: tokio::sync::watch::Sender<crate::peer::PeerMap>,
 }
 
 /// Wall-clock nanoseconds since the epoch (flow and event times).
@@ -55,11 +57,21 @@ impl Hub {
             address: address.into(),
             started: Instant::now(),
             metrics: FlowMetrics::new(metrics),
+            peers: tokio::sync::watch::Sender::new(Default::default()),
         })
     }
 
     pub fn metrics(&self) -> &FlowMetrics {
         &self.metrics
+    }
+
+    /// The cluster's nodes and their Observer addresses (streams see only real changes).
+    pub fn set_peers(&self, peers: crate::peer::PeerMap) {
+        self.peers.send_if_modified(|cur| {
+            let changed = *cur != peers;
+            *cur = peers;
+            changed
+        });
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, FlowRing> {
@@ -90,8 +102,27 @@ impl Hub {
 
     /// The Observer and health services, ready to serve on a listener's connections.
     pub async fn router(self: &Arc<Self>) -> tonic::transport::server::Router {
-        tonic::transport::Server::builder().add_service(self.service()).add_service(health().await)
+        tonic::transport::Server::builder()
+            .add_service(self.service())
+            .add_service(crate::peer::PeerService::server(self.peers.subscribe()))
+            .add_service(health().await)
     }
+}
+
+/// A `GetFlows` request as the server runs it, or `InvalidArgument` naming the field and value
+/// (the relay checks requests the same way before fanning them out).
+pub fn check_request(r: &GetFlowsRequest) -> Result<(Query, FilterSet), Status> {
+    let bad = |e: convert::RequestError| Status::invalid_argument(e.to_string());
+    let q = convert::query(r).map_err(bad)?;
+    if r.first && r.follow {
+        return Err(Status::invalid_argument(
+            "first and follow together: first reads the oldest flows, follow the newest; accepted: one of them",
+        ));
+    }
+    let white = r.whitelist.iter().map(convert::filter).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let black = r.blacklist.iter().map(convert::filter).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let filters = FilterSet::compile(&white, &black).map_err(|e| bad(e.into()))?;
+    Ok((q, filters))
 }
 
 pub struct ObserverService {
@@ -176,16 +207,7 @@ impl Observer for ObserverService {
 
     async fn get_flows(&self, req: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
         let r = req.into_inner();
-        let bad = |e: convert::RequestError| Status::invalid_argument(e.to_string());
-        let q = convert::query(&r).map_err(bad)?;
-        if r.first && r.follow {
-            return Err(Status::invalid_argument(
-                "first and follow together: first reads the oldest flows, follow the newest; accepted: one of them",
-            ));
-        }
-        let white = r.whitelist.iter().map(convert::filter).collect::<Result<Vec<_>, _>>().map_err(bad)?;
-        let black = r.blacklist.iter().map(convert::filter).collect::<Result<Vec<_>, _>>().map_err(bad)?;
-        let filters = FilterSet::compile(&white, &black).map_err(|e| bad(e.into()))?;
+        let (q, filters) = check_request(&r)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(stream_flows(self.hub.clone(), q, filters, r.follow, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

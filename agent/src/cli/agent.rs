@@ -16,7 +16,8 @@ pub struct AgentArgs {
     manifests: Option<PathBuf>,
 }
 
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+/// Logs of the long-running commands (agent, relay) to stderr, filtered by `SLUICE_LOG`.
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
@@ -25,6 +26,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging();
     let mut flags = serde_json::Map::new();
     if let Some(n) = args.node_name {
         flags.insert("node_name".into(), n.into());

@@ -4,9 +4,11 @@ pub mod agent;
 pub mod bpf;
 pub mod cleanup;
 pub mod observe;
+mod observe_time;
 pub mod plan;
 pub mod policy;
 pub mod probe;
+pub mod relay;
 pub mod service;
 pub mod status;
 

@@ -11,16 +11,24 @@ use sluice_observer::pb::observer::observer_client::ObserverClient;
 use sluice_observer::pb::observer::{GetFlowsRequest, GetFlowsResponse, get_flows_response::ResponseTypes};
 use tokio_stream::StreamExt;
 
+use super::observe_time::rfc3339;
 use crate::Output;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ObserveArgs {
-    /// The Observer's unix socket (default: hubble.sock beside the agent's socket).
-    #[arg(long, env = "SLUICE_HUBBLE_SOCKET")]
-    pub server: Option<PathBuf>,
-    /// The last N flows (oldest first).
-    #[arg(long, default_value_t = 20)]
-    pub last: u64,
+    /// Where to read flows: a unix socket path (default: hubble.sock beside the agent's
+    /// socket) or HOST:PORT of a node's Observer (4244) or of `sluice relay` (4245).
+    #[arg(long, env = "SLUICE_HUBBLE_SERVER")]
+    pub server: Option<String>,
+    /// The last N flows (oldest first); 20 unless --since/--until give a range.
+    #[arg(long)]
+    pub last: Option<u64>,
+    /// Flows from this time on: RFC 3339 (2026-12-05T09:00:00Z) or a duration ago (5m, 2h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Flows up to this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
     /// The first N flows in the buffer instead.
     #[arg(long)]
     pub first: Option<u64>,
@@ -109,23 +117,6 @@ fn filter(a: &ObserveArgs) -> anyhow::Result<pb::FlowFilter> {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC).
-fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
-    let Some(t) = t else { return String::new() };
-    let days = t.seconds.div_euclid(86_400);
-    let secs = t.seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z", secs / 3600, secs / 60 % 60, secs % 60, t.nanos)
-}
-
 fn endpoint(e: Option<&pb::Endpoint>) -> Value {
     e.map(|e| json!({"ID": e.id, "identity": e.identity, "namespace": e.namespace, "labels": e.labels, "pod_name": e.pod_name}))
         .unwrap_or(Value::Null)
@@ -198,6 +189,13 @@ pub fn json_line(r: &GetFlowsResponse) -> Value {
                 "num_events_lost": l.num_events_lost
             });
         }
+        Some(ResponseTypes::NodeStatus(n)) => {
+            out["node_status"] = json!({
+                "state_change": sluice_observer::pb::relay::NodeState::try_from(n.state_change).map(|s| s.as_str_name()).unwrap_or(""),
+                "node_names": n.node_names,
+                "message": n.message,
+            });
+        }
         _ => {}
     }
     out
@@ -215,31 +213,78 @@ fn compact(r: &GetFlowsResponse) -> Option<String> {
         Some(ResponseTypes::LostEvents(l)) => {
             Some(format!("EVENTS LOST: {} flows this reader did not get in time", l.num_events_lost))
         }
+        Some(ResponseTypes::NodeStatus(n)) => {
+            let state = sluice_observer::pb::relay::NodeState::try_from(n.state_change)
+                .map(|s| s.as_str_name())
+                .unwrap_or("UNKNOWN_NODE_STATE");
+            Some(format!("{state}: {} {}", n.node_names.join(", "), n.message))
+        }
         _ => None,
     }
 }
 
-pub fn run(agent_socket: &Path, a: &ObserveArgs, output: Output) -> anyhow::Result<()> {
-    let socket = a.server.clone().unwrap_or_else(|| agent_socket.with_file_name("hubble.sock"));
-    let req = GetFlowsRequest {
-        number: if a.all { u64::MAX } else { a.first.unwrap_or(a.last) },
+/// Where `--server` points.
+enum Server {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+fn server(agent_socket: &Path, s: Option<&str>) -> Server {
+    match s {
+        None => Server::Unix(agent_socket.with_file_name("hubble.sock")),
+        Some(s) if s.starts_with('/') || s.starts_with("unix://") => {
+            Server::Unix(s.trim_start_matches("unix://").into())
+        }
+        Some(s) => Server::Tcp(s.trim_start_matches("http://").to_string()),
+    }
+}
+
+pub fn request(a: &ObserveArgs, now_s: i64) -> anyhow::Result<GetFlowsRequest> {
+    let since = a.since.as_deref().map(|s| super::observe_time::parse("--since", s, now_s)).transpose()?;
+    let until = a.until.as_deref().map(|s| super::observe_time::parse("--until", s, now_s)).transpose()?;
+    let ranged = since.is_some() || until.is_some();
+    let number = match (a.all, a.first, a.last) {
+        (true, _, _) => u64::MAX,
+        (_, Some(n), _) | (_, None, Some(n)) => n,
+        // A range without a count: everything in it (as hubble observe does).
+        (_, None, None) if ranged => 0,
+        (_, None, None) => 20,
+    };
+    Ok(GetFlowsRequest {
+        number,
         first: a.first.is_some(),
         follow: a.follow,
+        since,
+        until,
         whitelist: {
             let f = filter(a)?;
             if f == pb::FlowFilter::default() { Vec::new() } else { vec![f] }
         },
         ..Default::default()
-    };
+    })
+}
+
+pub fn run(agent_socket: &Path, a: &ObserveArgs, output: Output) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let req = request(a, now)?;
+    let server = server(agent_socket, a.server.as_deref());
     super::block_on(async move {
-        let channel = sluice_observer::client::connect_unix(socket.clone())
-            .await
-            .with_context(|| {
+        let channel = match &server {
+            Server::Unix(socket) => sluice_observer::client::connect_unix(socket.clone()).await.with_context(|| {
                 format!(
-                    "cannot reach the Observer at {} (is the agent running with flows on? `sluice status` shows the Flows line; --server picks another socket)",
+                    "cannot reach the Observer at {} (is the agent running with flows on? `sluice status` shows the Flows line; --server picks another socket or HOST:PORT)",
                     socket.display()
                 )
-            })?;
+            })?,
+            Server::Tcp(addr) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .with_context(|| format!("--server {addr:?}: expected a socket path or HOST:PORT"))?
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .connect()
+                .await
+                .with_context(|| {
+                    format!("cannot reach the Observer at {addr} (a node's flows.listen_address, or sluice relay's --listen-address)")
+                })?,
+        };
         let mut stream = ObserverClient::new(channel)
             .get_flows(req)
             .await
@@ -265,10 +310,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_are_rfc3339_utc() {
-        let t = prost_types::Timestamp { seconds: 1_796_461_200, nanos: 5 };
-        assert_eq!(rfc3339(Some(&t)), "2026-12-05T09:00:00.000000005Z");
-        assert_eq!(rfc3339(Some(&prost_types::Timestamp { seconds: 0, nanos: 0 })), "1970-01-01T00:00:00.000000000Z");
+    fn counts_and_ranges_as_hubble_observe() {
+        let req = |a: ObserveArgs| request(&a, 1000).expect("valid");
+        assert_eq!(req(ObserveArgs::default()).number, 20);
+        assert_eq!(req(ObserveArgs { last: Some(3), ..Default::default() }).number, 3);
+        let ranged = req(ObserveArgs { since: Some("10s".into()), ..Default::default() });
+        assert_eq!((ranged.number, ranged.since.map(|t| t.seconds)), (0, Some(990)));
+        let both = req(ObserveArgs { since: Some("10s".into()), last: Some(5), ..Default::default() });
+        assert_eq!(both.number, 5);
+        let first = req(ObserveArgs { first: Some(2), ..Default::default() });
+        assert_eq!((first.number, first.first), (2, true));
     }
 
     #[test]
@@ -278,6 +329,8 @@ mod tests {
         assert!(e.contains("ALLOWED") && e.contains("FORWARDED"), "{e}");
         let a = ObserveArgs { kind: vec!["flow".into()], ..Default::default() };
         assert!(filter(&a).expect_err("bad type").to_string().contains("trace, drop"));
+        let a = ObserveArgs { since: Some("tomorrow".into()), ..Default::default() };
+        assert!(request(&a, 0).expect_err("bad since").to_string().contains("--since \"tomorrow\""));
         let a = ObserveArgs { from_namespace: vec!["x".into()], verdict: vec!["dropped".into()], ..Default::default() };
         let f = filter(&a).expect("ok");
         assert_eq!((f.source_pod, f.verdict), (vec!["x/".to_string()], vec![2]));

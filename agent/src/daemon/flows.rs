@@ -86,6 +86,16 @@ impl Flows {
         if let Ok(mut d) = self.directory.write() {
             *d = dir;
         }
+        // Every node's Observer, for relays: its InternalIP on this node's TCP port (the
+        // cluster runs one config; Hubble's 4244 when none is set here).
+        let port = self.listen.map_or(4244, |a| a.port());
+        self.hub.set_peers(
+            state
+                .nodes
+                .values()
+                .filter_map(|n| n.internal_ip.map(|ip| (n.name.clone(), format!("{ip}:{port}"))))
+                .collect(),
+        );
     }
 
     /// Start or stop with the plan. A start that fails is tried again each pass (the socket path
