@@ -173,6 +173,8 @@ pub struct ProbesConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowsConfig {
+    /// Record flows and serve the Observer API (Hubble's `enable-hubble`). Changeable at runtime.
+    pub enabled: bool,
     /// Flows kept per node for `GetFlows` (Hubble's default: 4095).
     pub ring_size: usize,
     /// The Observer's unix socket (root-only). Default: `hubble.sock` beside `socket_path`.
@@ -207,7 +209,7 @@ impl Default for MetricsConfig {
 
 impl Default for FlowsConfig {
     fn default() -> Self {
-        FlowsConfig { ring_size: 4095, socket_path: None, listen_address: None }
+        FlowsConfig { enabled: true, ring_size: 4095, socket_path: None, listen_address: None }
     }
 }
 

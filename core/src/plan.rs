@@ -185,6 +185,8 @@ pub enum Reason {
     /// Policy must see Service backends: `passed` polices before translation, and ClusterIPs
     /// are translated by `translator`.
     AfterTranslation { passed: BackendId, translator: Owner },
+    /// Turned off in the config (`key` names the setting).
+    Disabled { key: String },
 }
 
 impl fmt::Display for Reason {
@@ -202,6 +204,7 @@ impl fmt::Display for Reason {
                 f,
                 "{passed} polices before Service translation and ClusterIPs are translated by {translator}: enforced after it"
             ),
+            Reason::Disabled { key } => write!(f, "turned off by {key}"),
         }
     }
 }
@@ -260,6 +263,8 @@ pub struct PlanInput<'a> {
     /// The registered backends, best first. A feature a backend does not implement is never
     /// given to it, and the plan says so.
     pub backends: &'a [BackendSpec],
+    /// sluice features the config turns off (`flows.enabled: false`), with the key that does.
+    pub disabled: &'a [(Feature, &'static str)],
 }
 
 fn missing(caps: &Capabilities, needs: &[Capability]) -> Vec<Capability> {
@@ -306,7 +311,7 @@ fn choose(caps: &Capabilities, cands: &[&BackendSpec], f: Feature, d: DataplaneM
 }
 
 pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
-    let PlanInput { caps, mode, partial_features, dataplane, dataplane_features, backends } = *input;
+    let PlanInput { caps, mode, partial_features, dataplane, dataplane_features, backends, disabled } = *input;
     let cands = candidates(dataplane, backends);
     if cands.is_empty() {
         let accepted = std::iter::once("auto".to_string())
@@ -336,6 +341,15 @@ pub fn compute(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         if !taken {
             let reason = if mode == KprMode::Disabled { Reason::Mode { mode } } else { Reason::NotListed };
             entries.push(PlanEntry { feature: f, owner: Owner::KubeProxy, reason, fallback: None });
+            continue;
+        }
+        if let Some((_, key)) = disabled.iter().find(|(d, _)| *d == f) {
+            entries.push(PlanEntry {
+                feature: f,
+                owner: Owner::Off,
+                reason: Reason::Disabled { key: key.to_string() },
+                fallback: None,
+            });
             continue;
         }
         // The feature's own dataplane (`dataplane_features`), else its base's, else the node's.

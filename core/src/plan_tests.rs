@@ -67,7 +67,7 @@ fn input<'a>(
 ) -> PlanInput<'a> {
     static NONE: std::sync::LazyLock<std::collections::BTreeMap<Feature, DataplaneMode>> =
         std::sync::LazyLock::new(Default::default);
-    PlanInput { caps, mode, partial_features, dataplane, dataplane_features: &NONE, backends }
+    PlanInput { caps, mode, partial_features, dataplane, dataplane_features: &NONE, backends, disabled: &[] }
 }
 
 fn plan(mode: KprMode, d: DataplaneMode, missing: Option<Capability>) -> Result<Plan, PlanError> {
@@ -389,4 +389,19 @@ fn dataplane_features_put_one_feature_and_its_followers_on_another_backend() {
     let p = compute(&i).expect("plan");
     assert_eq!(p.owner(Feature::NodePort), Owner::KubeProxy);
     assert_eq!(p.owner(Feature::ClusterIp), Owner::EBPF);
+}
+
+#[test]
+fn a_feature_turned_off_in_the_config_is_off_with_the_key() {
+    let caps = caps_without(None);
+    let all: Vec<Feature> = Feature::ALL.into_iter().filter(|f| f.is_kube_proxy_feature()).collect();
+    let b = backends();
+    let on = compute(&input(&caps, KprMode::Probe, &all, DataplaneMode::Auto, &b)).expect("plan");
+    let flows = |p: &Plan| p.entries.iter().find(|e| e.feature == Feature::Flows).cloned().expect("flows");
+    assert_ne!(flows(&on).owner, Owner::Off);
+    let off = [(Feature::Flows, "flows.enabled")];
+    let p = compute(&PlanInput { disabled: &off, ..input(&caps, KprMode::Probe, &all, DataplaneMode::Auto, &b) })
+        .expect("plan");
+    assert_eq!(flows(&p).owner, Owner::Off);
+    assert_eq!(flows(&p).reason.to_string(), "turned off by flows.enabled");
 }

@@ -203,6 +203,11 @@ pub(crate) fn peer_input(o: &Options, n: usize, mode: &str, target: &str) -> any
 }
 
 pub(crate) fn load(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<f64> {
+    load_counts(lab, addr, o).map(|(rate, _)| rate)
+}
+
+/// (conn/s, connections completed) of one load run from the bench-client pod.
+pub(crate) fn load_counts(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<(f64, u64)> {
     // Each measurement starts from an empty conntrack table (this runs in the node's netns),
     // so earlier runs' TIME_WAIT entries do not slow later ones.
     let _ = Command::new("conntrack").arg("-F").stderr(Stdio::null()).output();
@@ -222,7 +227,7 @@ pub(crate) fn load(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<f
     if v["failed"].as_u64().unwrap_or(0) > v["ok"].as_u64().unwrap_or(0) / 100 {
         bail!("too many failed connections to {addr}: {v}");
     }
-    Ok(v["conn_per_s"].as_f64().unwrap_or(0.0))
+    Ok((v["conn_per_s"].as_f64().unwrap_or(0.0), v["ok"].as_u64().unwrap_or(0)))
 }
 
 /// Connection rates and single-stream throughput to the Service (`vip`, when there is one) and

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_attach;
 pub mod bench_floor;
+pub mod bench_flows;
 pub mod bench_paired;
 pub mod bench_services;
 pub mod cnirun;

@@ -141,6 +141,19 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The flows benchmark (run by `cargo xtask bench flows` inside node-1's netns): conn/s with
+    /// flows on vs off per dataplane, the agent's CPU and RSS, the flow pipeline's events/s and
+    /// GetFlows latency.
+    #[command(hide = true)]
+    BenchFlows {
+        /// The ClusterIP:port to load (a Service over the bench-backend pod).
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        load_secs: u64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run the echo server (what `pod add --serve` starts inside the pod).
     #[command(hide = true)]
     Serve {
@@ -445,6 +458,24 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
             );
             if let Some(p) = json {
                 std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+            }
+        }
+        Cmd::BenchFlows { target, load_secs, json } => {
+            let opts = sluice_lab::bench_services::Options {
+                services: Vec::new(),
+                variants: Vec::new(),
+                backends: Vec::new(),
+                peer_script: PathBuf::new(),
+                load_secs,
+                connections: 16,
+                restore_timeout: Duration::from_secs(60),
+            };
+            let report = sluice_lab::bench_flows::run(lab, target, &opts)?;
+            for l in sluice_lab::bench_flows::lines(&report) {
+                println!("{l}");
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
             }
         }
         Cmd::BenchServices { services, variants, backends, peer_script, load_secs, restore_timeout_s, json } => {

@@ -13,7 +13,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("services") => services(&args[1..]),
         Some("agent") => agent(&args[1..]),
         Some("policy") => crate::bench_policy::run(&args[1..]),
-        other => bail!("unknown benchmark {other:?}; available: cni, probe, services, agent, policy"),
+        Some("flows") => flows(&args[1..]),
+        other => bail!("unknown benchmark {other:?}; available: cni, probe, services, agent, policy, flows"),
     }
 }
 
@@ -277,4 +278,69 @@ fn measure_agent(
     let _ = std::fs::remove_file(&file);
     crate::run(lab().arg("down"))?;
     Ok((programmed, rss_kb as f64 / 1024.0))
+}
+
+/// Flow visibility's cost and capacity (integration/src/bench_flows.rs): one node with its
+/// agent, a ClusterIP over a backend pod, a client pod.
+fn flows(args: &[String]) -> anyhow::Result<()> {
+    let mut load_secs = "3".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--load-secs" => load_secs = it.next().cloned().context("--load-secs needs a value")?,
+            other => bail!("unknown option {other:?}; accepted: --load-secs S"),
+        }
+    }
+    in_bench_lab("flows", |lab, out_dir| {
+        let cfg = out_dir.join("flows-node.yaml");
+        std::fs::write(&cfg, "dataplane: iptables\n")?;
+        crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
+        crate::run(lab().args(["pod", "add", "node-1", "bench-backend", "--serve", "8080", "--labels", "app=bench"]))?;
+        crate::run(lab().args(["pod", "add", "node-1", "bench-client"]))?;
+        let svc = out_dir.join("flows-service.yaml");
+        std::fs::write(
+            &svc,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bench, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: bench}\n  ports: [{port: 80, targetPort: 8080}]\n",
+        )?;
+        crate::run(lab().arg("apply").arg(&svc))?;
+        let mut ready = false;
+        for _ in 0..100 {
+            let out = lab()
+                .args([
+                    "exec",
+                    "bench-client",
+                    "--",
+                    "sluice-lab",
+                    "curl",
+                    "--timeout-ms",
+                    "1000",
+                    "http://10.96.0.10/",
+                ])
+                .output()?;
+            if out.status.success() {
+                ready = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        if !ready {
+            bail!("the bench Service 10.96.0.10:80 never answered");
+        }
+        crate::run(
+            lab()
+                .args([
+                    "exec",
+                    "node-1",
+                    "--",
+                    "sluice-lab",
+                    "bench-flows",
+                    "--target",
+                    "10.96.0.10:80",
+                    "--load-secs",
+                    &load_secs,
+                    "--json",
+                ])
+                .arg(out_dir.join("flows.json")),
+        )
+    })
 }

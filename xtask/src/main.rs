@@ -8,6 +8,7 @@
 //!   cargo xtask bench probe    how long probing the kernel takes
 //!   cargo xtask bench services Service programming and connection rates vs kube-proxy's ruleset
 //!   cargo xtask bench agent    the whole agent at N Services: time to program, RSS
+//!   cargo xtask bench flows    flow visibility: conn/s with flows on vs off, events/s, GetFlows latency
 
 mod bench;
 mod bench_policy;
@@ -64,7 +65,7 @@ fn main() -> std::process::ExitCode {
             eprintln!(
                 "usage: cargo xtask <command>\n\n  setup        install the system packages sluice needs (apt)\n  demo         bring up a 2-node lab, show cross-node pod and Service traffic, tear down\n  test         run every test tier (needs root): unit, privileged, end-to-end lab, then the\n               older-kernel tier in a 6.1 guest (SLUICE_TEST_VM=0 skips that tier)\n  test-older-kernel
                only the older-kernel tier (tier 4 of `test`)
-  vm [--timeout-s N] -- CMD\n               run CMD in a Debian 12 6.1 kernel under qemu, on this machine's files\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins\n  bench probe  how long `sluice probe` takes\n  bench services [--backend ebpf|ebpf-classic|iptables|kube-proxy-iptables]... [--services 100,1000,10000] [--variants legacy,nft] [--restore-timeout-s S]\n               eBPF and iptables vs kube-proxy's ruleset: programming, one change, connection rates,\n               then the goal ratios again in alternating (paired) rounds, and the iptables-legacy floor\n  bench agent [--services N] [--dataplane auto|ebpf|iptables]\n               the whole agent at N Services: time to program, RSS"
+  vm [--timeout-s N] -- CMD\n               run CMD in a Debian 12 6.1 kernel under qemu, on this machine's files\n  bench cni    CNI ADD/DEL latency vs the reference ptp + host-local plugins\n  bench probe  how long `sluice probe` takes\n  bench services [--backend ebpf|ebpf-classic|iptables|kube-proxy-iptables]... [--services 100,1000,10000] [--variants legacy,nft] [--restore-timeout-s S]\n               eBPF and iptables vs kube-proxy's ruleset: programming, one change, connection rates,\n               then the goal ratios again in alternating (paired) rounds, and the iptables-legacy floor\n  bench agent [--services N] [--dataplane auto|ebpf|iptables]\n               the whole agent at N Services: time to program, RSS\n  bench flows [--load-secs S]\n               conn/s with flows on vs off (iptables and eBPF nodes, ABBA rounds), flows vs connections,\n               agent CPU/RSS, the flow pipeline's events/s, GetFlows latency"
             );
             return std::process::ExitCode::from(2);
         }

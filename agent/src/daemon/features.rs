@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use sluice_config::Config;
 use sluice_core::plan::{compute, transition};
-use sluice_core::{Capabilities, Plan, PlanInput, Step, StepState};
+use sluice_core::{Capabilities, Feature, Plan, PlanInput, Step, StepState};
 
 pub use crate::api::types::{ReloadStatus, StepRecord};
 
@@ -30,6 +30,7 @@ pub fn plan_for(cfg: &Config, probed: &Capabilities) -> anyhow::Result<Plan> {
         dataplane: cfg.dataplane,
         dataplane_features: &per_feature,
         backends: &super::registry::specs(),
+        disabled: if cfg.flows.enabled { &[] } else { &[(Feature::Flows, "flows.enabled: false")] },
     })?)
 }
 
@@ -42,6 +43,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
     same.dataplane_features = old.dataplane_features.clone();
     same.probes = old.probes.clone();
     same.policy_enforcement = old.policy_enforcement;
+    same.flows.enabled = old.flows.enabled;
     if &same == old {
         return Ok(());
     }
@@ -55,7 +57,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
         .map(|(k, _)| k.clone())
         .collect();
     Err(format!(
-        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, dataplane_features, probes and policy_enforcement can",
+        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, dataplane_features, probes, policy_enforcement and flows.enabled can",
         keys.join(", ")
     ))
 }

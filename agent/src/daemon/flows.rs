@@ -15,14 +15,17 @@ use std::net::Ipv4Addr;
 
 use sluice_config::Config;
 use sluice_core::ClusterState;
-use sluice_core::flow::ObservationPoint;
-use sluice_core::flow::enrich::{Directory, Observed};
+use sluice_core::flow::enrich::Directory;
 use sluice_core::flow::metrics::LostSource;
 use sluice_core::policy::Identity;
-use sluice_iptables::ct_events::{CtEventSocket, CtKind};
+use sluice_iptables::ct_events::CtEventSocket;
 use sluice_observer::server::{Hub, now_ns};
 
 use crate::api::types::FlowsStatus;
+
+/// How long the reader lets events gather after a batch (the kernel queues them meanwhile; the
+/// 4 MiB socket buffer holds far more than arrives in this time).
+const COALESCE: Duration = Duration::from_millis(5);
 
 pub struct Flows {
     hub: Arc<Hub>,
@@ -149,40 +152,24 @@ impl Flows {
         }
         // The reader runs on its own OS thread in the agent's netns (netlink sockets stay where
         // they are made); a 1 s receive timeout lets it see a stop.
-        let mut sock = CtEventSocket::open()?;
+        let mut sock = CtEventSocket::open(sluice_iptables::ct_events::GROUP_NEW)?;
         sock.set_read_timeout(Duration::from_secs(1))?;
         self.stop.store(false, Ordering::SeqCst);
         let (hub, dir, stop, lost, error) =
             (self.hub.clone(), self.directory.clone(), self.stop.clone(), self.lost.clone(), self.error.clone());
         self.reader = Some(std::thread::Builder::new().name("flows-conntrack".into()).spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                match sock.recv() {
+                match sock.recv_batch() {
                     Ok(events) => {
                         let Ok(d) = dir.read() else { continue };
-                        let t = now_ns();
-                        let flows: Vec<_> = events
-                            .iter()
-                            .filter(|e| e.kind == CtKind::New)
-                            .filter_map(|e| {
-                                let (src, dst) = (e.orig.src?, e.orig.dst?);
-                                (!src.is_loopback() && !dst.is_loopback()).then(|| {
-                                    d.trace(&Observed {
-                                        time_ns: t,
-                                        proto: e.orig.proto,
-                                        src,
-                                        sport: e.orig.sport,
-                                        dst,
-                                        dport: e.orig.dport,
-                                        translated_to: e.dnat(),
-                                        observation: ObservationPoint::ToStack,
-                                    })
-                                })
-                            })
-                            .collect();
+                        let flows = sluice_iptables::ct_events::flows_from(&events, &d, now_ns());
                         drop(d);
                         if !flows.is_empty() {
                             hub.push(flows);
                         }
+                        // Let a burst gather: the next read takes it whole (one wake-up per
+                        // batch, not per connection); flows are at most this late.
+                        std::thread::sleep(COALESCE);
                     }
                     Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                     // The socket overran: the kernel dropped events (how many it does not say).

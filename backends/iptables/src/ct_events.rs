@@ -13,7 +13,8 @@ const MSG_CT_DELETE: u16 = (1 << 8) | 2;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 /// Multicast groups (bit = group - 1): NEW = 1, DESTROY = 3.
-pub const GROUPS_NEW_AND_DESTROY: u32 = 1 | (1 << 2);
+pub const GROUP_NEW: u32 = 1;
+pub const GROUPS_NEW_AND_DESTROY: u32 = GROUP_NEW | (1 << 2);
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -158,20 +159,111 @@ pub fn parse(mut buf: &[u8]) -> Vec<CtEvent> {
     out
 }
 
+// The kernel's encoding, for the tests and the flows benchmark, which feed the parser with it.
+
+fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 4 + payload.len();
+    let mut v = Vec::new();
+    v.extend((len as u16).to_ne_bytes());
+    v.extend(ty.to_ne_bytes());
+    v.extend(payload);
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+fn nested(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+    attr(ty | 0x8000, &parts.concat())
+}
+
+fn tuple_attr(ty: u16, t: &Tuple) -> Vec<u8> {
+    let (src, dst) = (t.src.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(), t.dst.unwrap_or(Ipv4Addr::UNSPECIFIED).octets());
+    let (sport, dport, proto) = (t.sport, t.dport, t.proto);
+    nested(
+        ty,
+        &[
+            nested(CTA_TUPLE_IP, &[attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)]),
+            nested(
+                CTA_TUPLE_PROTO,
+                &[
+                    attr(CTA_PROTO_NUM, &[proto]),
+                    attr(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
+                    attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+                ],
+            ),
+        ],
+    )
+}
+
+fn message(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+    let len = 16 + 4 + body.len();
+    let mut v = Vec::new();
+    v.extend((len as u32).to_ne_bytes());
+    v.extend(ty.to_ne_bytes());
+    v.extend(flags.to_ne_bytes());
+    v.extend([0u8; 8]);
+    v.extend([2, 0, 0, 0]);
+    v.extend(body);
+    v
+}
+
+/// A conntrack NEW event for a TCP/UDP connection as the kernel sends it (`status`: `IPS_*` bits).
+pub fn encode_new(orig: &Tuple, reply: &Tuple, status: u32) -> Vec<u8> {
+    let body =
+        [tuple_attr(CTA_TUPLE_ORIG, orig), tuple_attr(CTA_TUPLE_REPLY, reply), attr(CTA_STATUS, &status.to_be_bytes())]
+            .concat();
+    message(MSG_CT_NEW, NLM_F_CREATE | 0x200, &body)
+}
+
+/// What the agent records for each event: a trace flow per new connection (observed where
+/// netfilter tracks it: to the stack, forwarded), named through `dir`; loopback is left out.
+pub fn flows_from(
+    events: &[CtEvent],
+    dir: &sluice_core::flow::enrich::Directory,
+    time_ns: u64,
+) -> Vec<sluice_core::flow::Flow> {
+    use sluice_core::flow::ObservationPoint;
+    use sluice_core::flow::enrich::Observed;
+    events
+        .iter()
+        .filter(|e| e.kind == CtKind::New)
+        .filter_map(|e| {
+            let (src, dst) = (e.orig.src?, e.orig.dst?);
+            (!src.is_loopback() && !dst.is_loopback()).then(|| {
+                dir.trace(&Observed {
+                    time_ns,
+                    proto: e.orig.proto,
+                    src,
+                    sport: e.orig.sport,
+                    dst,
+                    dport: e.orig.dport,
+                    translated_to: e.dnat(),
+                    observation: ObservationPoint::ToStack,
+                })
+            })
+        })
+        .collect()
+}
+
 /// A subscription to this netns's conntrack NEW and DESTROY events.
 pub struct CtEventSocket {
     sock: netlink_sys::Socket,
     buf: Vec<u8>,
+    /// An ENOBUFS seen while draining, returned by the next `recv`/`recv_batch`.
+    overrun: bool,
 }
 
 impl CtEventSocket {
-    /// Open in the calling thread's netns (a netlink socket stays in the netns it was made in).
-    pub fn open() -> std::io::Result<Self> {
+    /// Open in the calling thread's netns (a netlink socket stays in the netns it was made in),
+    /// subscribed to `groups` (the agent takes NEW only: each subscribed group costs the kernel
+    /// a message per connection).
+    pub fn open(groups: u32) -> std::io::Result<Self> {
         let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
-        sock.bind(&netlink_sys::SocketAddr::new(0, GROUPS_NEW_AND_DESTROY))?;
+        sock.bind(&netlink_sys::SocketAddr::new(0, groups))?;
         // A burst of connections must not overflow the socket before the reader drains it.
         let _ = sock.set_rx_buf_sz(4 << 20);
-        Ok(CtEventSocket { sock, buf: vec![0; 1 << 16] })
+        Ok(CtEventSocket { sock, buf: vec![0; 1 << 16], overrun: false })
     }
 
     /// Make `recv` give up (EAGAIN) after `d` without events, so a reader can check for shutdown.
@@ -194,8 +286,29 @@ impl CtEventSocket {
     /// Block for the next datagram. `Err` with ENOBUFS means events were lost in the kernel
     /// (the caller counts that as lost events, never silently).
     pub fn recv(&mut self) -> std::io::Result<Vec<CtEvent>> {
+        if std::mem::take(&mut self.overrun) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+        }
         let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
         Ok(parse(&self.buf[..n]))
+    }
+
+    /// Block for the next datagram, then take every one already queued without blocking: one
+    /// wake-up for a burst instead of one per connection. `Err` as `recv`.
+    pub fn recv_batch(&mut self) -> std::io::Result<Vec<CtEvent>> {
+        let mut out = self.recv()?;
+        loop {
+            match self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+                Ok(n) => out.extend(parse(&self.buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+                // An overrun after a good read: report it next call, keep what was read.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() => {
+                    self.overrun = true;
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -203,56 +316,15 @@ impl CtEventSocket {
 mod tests {
     use super::*;
 
-    fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
-        let len = 4 + payload.len();
-        let mut v = Vec::new();
-        v.extend((len as u16).to_ne_bytes());
-        v.extend(ty.to_ne_bytes());
-        v.extend(payload);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
-        v
-    }
-
-    fn nested(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
-        attr(ty | 0x8000, &parts.concat())
-    }
-
-    fn tuple_attr(ty: u16, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-        nested(
-            ty,
-            &[
-                nested(CTA_TUPLE_IP, &[attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)]),
-                nested(
-                    CTA_TUPLE_PROTO,
-                    &[
-                        attr(CTA_PROTO_NUM, &[6]),
-                        attr(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
-                        attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
-                    ],
-                ),
-            ],
-        )
-    }
-
-    fn message(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
-        let len = 16 + 4 + body.len();
-        let mut v = Vec::new();
-        v.extend((len as u32).to_ne_bytes());
-        v.extend(ty.to_ne_bytes());
-        v.extend(flags.to_ne_bytes());
-        v.extend([0u8; 8]);
-        v.extend([2, 0, 0, 0]);
-        v.extend(body);
-        v
+    fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Tuple {
+        Tuple { src: Some(src.into()), dst: Some(dst.into()), proto: 6, sport, dport }
     }
 
     /// client 10.244.1.3:40000 -> ClusterIP 10.96.0.10:80, DNATed to 10.244.2.2:8080.
     fn dnat_body() -> Vec<u8> {
         [
-            tuple_attr(CTA_TUPLE_ORIG, [10, 244, 1, 3], [10, 96, 0, 10], 40000, 80),
-            tuple_attr(CTA_TUPLE_REPLY, [10, 244, 2, 2], [10, 244, 1, 3], 8080, 40000),
+            tuple_attr(CTA_TUPLE_ORIG, &tcp([10, 244, 1, 3], [10, 96, 0, 10], 40000, 80)),
+            tuple_attr(CTA_TUPLE_REPLY, &tcp([10, 244, 2, 2], [10, 244, 1, 3], 8080, 40000)),
             attr(CTA_STATUS, &(1u32 << 5).to_be_bytes()),
         ]
         .concat()
@@ -303,12 +375,20 @@ mod tests {
     #[test]
     fn an_untranslated_connection_has_no_dnat() {
         let body = [
-            tuple_attr(CTA_TUPLE_ORIG, [10, 244, 1, 3], [10, 244, 2, 2], 40000, 8080),
-            tuple_attr(CTA_TUPLE_REPLY, [10, 244, 2, 2], [10, 244, 1, 3], 8080, 40000),
+            tuple_attr(CTA_TUPLE_ORIG, &tcp([10, 244, 1, 3], [10, 244, 2, 2], 40000, 8080)),
+            tuple_attr(CTA_TUPLE_REPLY, &tcp([10, 244, 2, 2], [10, 244, 1, 3], 8080, 40000)),
         ]
         .concat();
         let e = parse(&message(MSG_CT_NEW, NLM_F_CREATE, &body));
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].dnat(), None);
+    }
+
+    #[test]
+    fn encode_new_is_what_parse_reads() {
+        let orig = Tuple { proto: 17, ..tcp([10, 244, 1, 3], [10, 96, 0, 53], 5353, 53) };
+        let reply = Tuple { proto: 17, ..tcp([10, 244, 2, 9], [10, 244, 1, 3], 53, 5353) };
+        let e = parse(&encode_new(&orig, &reply, 1 << 5));
+        assert_eq!(e, vec![CtEvent { kind: CtKind::New, orig, reply, status: 1 << 5 }]);
     }
 }

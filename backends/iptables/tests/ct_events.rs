@@ -66,7 +66,7 @@ fn a_dnated_connection_arrives_as_new_with_its_translation_then_destroy() {
     let events = std::thread::spawn(move || {
         let fd = std::fs::File::open(&path).expect("netns");
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let mut sub = CtEventSocket::open().expect("subscribe");
+        let mut sub = CtEventSocket::open(sluice_iptables::ct_events::GROUPS_NEW_AND_DESTROY).expect("subscribe");
         sub.set_read_timeout(Duration::from_millis(500)).expect("timeout");
         let server = TcpListener::bind("10.96.0.10:8080").expect("listen");
         let mut c = TcpStream::connect("10.96.0.10:80").expect("connect through the DNAT");

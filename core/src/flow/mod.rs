@@ -10,6 +10,7 @@
 pub mod compact;
 pub mod enrich;
 pub mod filter;
+pub mod graph;
 pub mod metrics;
 pub mod ring;
 
