@@ -107,13 +107,17 @@ fn the_relay_manifest_is_a_deployment_and_service_whose_command_parses() {
     let docs = docs(include_str!("../../deploy/sluice-relay.yaml"));
     let dep: Deployment = serde_json::from_value(docs[0].clone()).expect("Deployment");
     let svc: Service = serde_json::from_value(docs[1].clone()).expect("Service");
-    let port = svc.spec.and_then(|s| s.ports).and_then(|p| p.first().map(|p| p.port));
-    assert_eq!(port, Some(4245));
+    let ports: Vec<i32> = svc.spec.and_then(|s| s.ports).into_iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, [4245, 80]);
     let pod = dep.spec.expect("spec").template.spec.expect("pod");
-    let cmd = pod.containers[0].command.clone().expect("command");
-    // With the env references filled in as the kubelet does, the CLI accepts it.
-    let argv: Vec<String> =
-        cmd.iter().map(|a| a.replace("$(POD_IP)", "10.244.1.9").replace("$(NODE_IP)", "10.0.0.1")).collect();
-    let cli = <crate::Cli as clap::Parser>::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(cli.cmd, crate::Cmd::Relay(_)));
+    let mut cmds = Vec::new();
+    for c in &pod.containers {
+        let cmd = c.command.clone().expect("command");
+        // With the env references filled in as the kubelet does, the CLI accepts it.
+        let argv: Vec<String> =
+            cmd.iter().map(|a| a.replace("$(POD_IP)", "10.244.1.9").replace("$(NODE_IP)", "10.0.0.1")).collect();
+        let cli = <crate::Cli as clap::Parser>::try_parse_from(argv).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        cmds.push(cli.cmd);
+    }
+    assert!(matches!(cmds[..], [crate::Cmd::Relay(_), crate::Cmd::Ui(_)]));
 }

@@ -94,6 +94,13 @@ enum Cmd {
     ///
     /// Example: sluice relay --listen-address 0.0.0.0:4245 --peer-service 10.0.0.1:4244
     Relay(cli::relay::RelayArgs),
+    /// The service map in a browser: workloads, Services and world/host/remote-node as nodes,
+    /// edges per port and protocol coloured by verdict, a namespace picker, a live flow table
+    /// with verdict and text filters; click an edge for its flows and the policies that decided
+    /// them. Reads a node's Observer or, with --server, `sluice relay` for the whole cluster.
+    ///
+    /// Example: sluice ui --listen-address 127.0.0.1:12000 --server 10.0.0.5:4245
+    Ui(cli::ui::UiArgs),
     /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
     /// SLUICE-* chains and hooks, both variants; eBPF: pinned maps and links), then sluice routes.
     /// Pod interfaces are left to the runtime. Safe to run twice. `-o json` counts per backend.
@@ -182,6 +189,7 @@ fn main() -> std::process::ExitCode {
         }
         Cmd::Probe { config } => cli::probe::run(config.as_deref(), cli.output),
         Cmd::Relay(args) => cli::relay::run(args),
+        Cmd::Ui(args) => cli::ui::run(&cli.socket, args),
         Cmd::Observe(args) => cli::observe::run(&cli.socket, &args, cli.output),
         Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), cli.output),
     };

@@ -45,6 +45,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("kmod", "/usr/bin/kmod"),
     // Metrics: promtool checks the exposition, a real Prometheus scrapes the lab.
     ("prometheus", "/usr/bin/promtool"),
+    // The service-map UI is tested in a real headless browser, driven over WebDriver.
+    ("chromium", "/usr/bin/chromium"),
+    ("chromium-driver", "/usr/bin/chromedriver"),
 ];
 
 fn main() -> std::process::ExitCode {

@@ -11,6 +11,7 @@ pub mod probe;
 pub mod relay;
 pub mod service;
 pub mod status;
+pub mod ui;
 
 /// A small runtime for the short-lived CLI commands.
 pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
