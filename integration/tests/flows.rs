@@ -200,3 +200,62 @@ fn the_relay_serves_the_whole_cluster_and_names_a_node_that_is_gone() {
     assert!(status.contains("node-2"), "{status}");
     assert_eq!(nodes_seen(&out), ["node-1".to_string()].into_iter().collect(), "{out}");
 }
+
+/// A policy drop on an iptables node is a flow: DROPPED with the drop reason, the direction, the
+/// pod it was for and the policy that isolates it (default deny) or the deny rule's policy;
+/// counted in `hubble_drop_total` too.
+#[test]
+fn policy_drops_are_flows_attributed_to_the_policy() {
+    if !require_root() {
+        return;
+    }
+    let (t, dir) = two_node_web_lab("t-drops", "dataplane: iptables\n", "dataplane: iptables\n");
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    eventually("b answers before any policy", Duration::from_secs(15), || {
+        t.curl("client", "http://10.244.2.2:8080/").ok().filter(|b| b == "b")
+    });
+    let f = dir.path().join("deny.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-isolated, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+    )
+    .expect("write");
+    t.lab.apply(&f).expect("apply");
+    eventually("b isolated", Duration::from_secs(15), || {
+        t.curl("client", "http://10.244.2.2:8080/").is_err().then_some(())
+    });
+    // node-2 dropped the client's SYNs on their way into b.
+    let line = eventually("the drop on node-2", Duration::from_secs(15), || {
+        let _ = t.curl("client", "http://10.244.2.2:8080/");
+        let out = t.lab.exec_output("node-2", &["sluice", "observe", "--verdict", "DROPPED", "--last", "1"]).ok()?;
+        out.lines().next().map(String::from)
+    });
+    assert!(
+        line.contains("default/client")
+            && line.contains("-> default/b:8080")
+            && line.contains("DROPPED (POLICY_DENIED)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("(default deny: ") && line.contains("web-isolated") && line.contains("selects this pod"),
+        "{line}"
+    );
+    let json = t.exec("node-2", &["sluice", "observe", "--verdict", "DROPPED", "--last", "1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
+    assert_eq!(v["flow"]["verdict"], "DROPPED");
+    assert_eq!(v["flow"]["drop_reason_desc"], "POLICY_DENIED");
+    assert_eq!(v["flow"]["traffic_direction"], "INGRESS");
+    assert_eq!(v["flow"]["event_type"]["type"], 1, "drop event");
+    assert_eq!(v["flow"]["event_type"]["sub_type"], 133);
+    assert_eq!(v["flow"]["destination"]["pod_name"], "b");
+    // Counted where Prometheus reads it.
+    let m = t.lab.exec_output("node-1", &["sluice-lab", "curl", "http://198.51.100.12:9965/metrics"]).expect("metrics");
+    assert!(m.lines().any(|l| l.starts_with("hubble_drop_total{reason=\"POLICY_DENIED\",protocol=\"TCP\"")), "{m}");
+    // Removing the policy ends the drops: nothing is logged for allowed traffic.
+    t.lab.delete(&f).expect("delete");
+    eventually("b answers again", Duration::from_secs(15), || {
+        t.curl("client", "http://10.244.2.2:8080/").ok().filter(|b| b == "b")
+    });
+    let st = t.status("node-2");
+    assert!(st["flows"]["source"].as_str().unwrap_or("").contains("NFLOG"), "{}", st["flows"]);
+}

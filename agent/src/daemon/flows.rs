@@ -34,6 +34,13 @@ pub struct Flows {
     lost: Arc<AtomicU64>,
     error: Arc<Mutex<Option<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// The NFLOG reader (policy drops), when its group could be bound.
+    drops: Option<std::thread::JoinHandle<()>>,
+    /// What each NFLOG prefix stands for, from the policy view the iptables rules were made of.
+    drop_tags: Arc<RwLock<std::collections::HashMap<String, sluice_iptables::policy::DropTag>>>,
+    /// Why drops are not logged (the group is taken, nfnetlink_log is missing), when so.
+    drops_error: Option<String>,
+    policy_generation: Option<u64>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     socket: PathBuf,
     listen: Option<SocketAddr>,
@@ -55,6 +62,10 @@ impl Flows {
             lost: Arc::default(),
             error: Arc::default(),
             reader: None,
+            drops: None,
+            drop_tags: Arc::default(),
+            drops_error: None,
+            policy_generation: None,
             servers: Vec::new(),
             socket,
             listen: cfg.flows.listen_address,
@@ -64,6 +75,23 @@ impl Flows {
 
     pub fn hub(&self) -> Arc<Hub> {
         self.hub.clone()
+    }
+
+    /// The NFLOG group policy drops should be logged to: while the drop reader runs.
+    pub fn log_drops(&self) -> Option<u16> {
+        self.drops.as_ref().filter(|d| !d.is_finished()).map(|_| sluice_iptables::nflog::GROUP)
+    }
+
+    /// What the policy chains' NFLOG prefixes stand for, when the policy view changed.
+    pub fn refresh_policy(&mut self, view: &sluice_core::policy::PolicyView) {
+        if self.policy_generation == Some(view.generation) {
+            return;
+        }
+        self.policy_generation = Some(view.generation);
+        let tags = sluice_iptables::policy::drop_tags(view);
+        if let Ok(mut t) = self.drop_tags.write() {
+            *t = tags;
+        }
     }
 
     fn running(&self) -> bool {
@@ -186,14 +214,65 @@ impl Flows {
                 }
             }
         })?);
+        self.start_drops();
         self.set_error(None);
         tracing::info!(socket = %self.socket.display(), tcp = ?self.listen, "flows: Observer API served, conntrack events read");
         Ok(())
     }
 
+    /// Policy drops from NFLOG: optional (flows run without them), reported when unavailable.
+    fn start_drops(&mut self) {
+        use sluice_iptables::nflog::{GROUP, NflogSocket, drop_flows};
+        let sock = NflogSocket::open(GROUP).and_then(|s| s.set_read_timeout(Duration::from_secs(1)).map(|_| s));
+        let mut sock = match sock {
+            Ok(s) => s,
+            Err(e) => {
+                let why =
+                    format!("policy drops not logged: NFLOG group {GROUP}: {e} (another program may listen on it)");
+                tracing::warn!("{why}");
+                self.drops_error = Some(why);
+                return;
+            }
+        };
+        self.drops_error = None;
+        let (hub, dir, tags, stop, lost) =
+            (self.hub.clone(), self.directory.clone(), self.drop_tags.clone(), self.stop.clone(), self.lost.clone());
+        let spawned = std::thread::Builder::new().name("flows-drops".into()).spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match sock.recv_batch() {
+                    Ok(logged) => {
+                        let (Ok(d), Ok(t)) = (dir.read(), tags.read()) else { continue };
+                        let flows = drop_flows(&logged, &t, &d, now_ns());
+                        drop((d, t));
+                        if !flows.is_empty() {
+                            hub.push(flows);
+                        }
+                        std::thread::sleep(COALESCE);
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                        hub.metrics().lost(LostSource::Kernel, 1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading policy drops (NFLOG) failed; drops are no longer logged");
+                        break;
+                    }
+                }
+            }
+        });
+        match spawned {
+            Ok(h) => self.drops = Some(h),
+            Err(e) => self.drops_error = Some(format!("policy drops not logged: {e}")),
+        }
+    }
+
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        if let Some(r) = self.drops.take() {
             let _ = r.join();
         }
         for s in self.servers.drain(..) {
@@ -207,10 +286,12 @@ impl Flows {
         let running = self.running();
         FlowsStatus {
             running,
-            source: if running {
-                "conntrack events (netfilter): forwarded connections, with Service translation".into()
-            } else {
-                String::new()
+            source: match (running, self.log_drops()) {
+                (false, _) => String::new(),
+                (true, Some(g)) => format!(
+                    "conntrack events (netfilter): forwarded connections, with Service translation; NFLOG group {g}: policy drops (iptables)"
+                ),
+                (true, None) => "conntrack events (netfilter): forwarded connections, with Service translation".into(),
             },
             socket: running.then(|| self.socket.display().to_string()),
             listen_address: self.listen.filter(|_| running).map(|a| a.to_string()),
@@ -219,7 +300,12 @@ impl Flows {
             seen,
             overwritten,
             lost_in_kernel: self.lost.load(Ordering::Relaxed),
-            error: self.error.lock().ok().and_then(|g| g.clone()),
+            error: self
+                .error
+                .lock()
+                .ok()
+                .and_then(|g| g.clone())
+                .or_else(|| self.drops_error.clone().filter(|_| running)),
         }
     }
 }

@@ -122,6 +122,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             &cur.state,
             &plumbing.local_endpoints,
             &plumbing.ctx,
+            flows.log_drops(),
         );
         let desired = Desired {
             generation: cur.generation,
@@ -144,6 +145,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             _ => false,
         };
         flows.refresh(cur.generation, &cfg.node_name, &cur.state, &policy.view.ipcache);
+        flows.refresh_policy(&policy.view);
         flows.reconcile(flows_on).await;
         metrics.ensure_served(&cfg, &flows.hub()).await;
         let mut st = status.write().await;

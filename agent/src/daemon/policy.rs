@@ -109,9 +109,10 @@ impl PolicyCache {
         state: &ClusterState,
         local: &[LocalEndpoint],
         ctx: &NodeContext,
+        log_drops: Option<u16>,
     ) -> &PolicyView {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (generation, enforcement, &ctx.name, &ctx.ips, ctx.cluster_cidr).hash(&mut h);
+        (generation, enforcement, &ctx.name, &ctx.ips, ctx.cluster_cidr, log_drops).hash(&mut h);
         for e in local {
             (&e.ip, &e.host_interface).hash(&mut h);
         }
@@ -147,7 +148,7 @@ impl PolicyCache {
             };
             eps.push(EndpointRules { ip: l.ip, interface: l.host_interface.clone(), pod, policy: compiled });
         }
-        self.view = PolicyView { generation: key, enforcement, endpoints: eps, ipcache: cx.ipcache.clone() };
+        self.view = PolicyView { generation: key, enforcement, endpoints: eps, ipcache: cx.ipcache.clone(), log_drops };
         self.ctx = ctx.clone();
         self.identities = cx.identities.labels.len();
         self.key = Some(key);

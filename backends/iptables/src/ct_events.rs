@@ -66,7 +66,7 @@ impl CtEvent {
 }
 
 /// Netlink attributes in `buf`: (type without flags, payload).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if buf.len() < 4 {
             return None;
@@ -246,6 +246,23 @@ pub fn flows_from(
         .collect()
 }
 
+/// SO_RCVTIMEO on a netlink socket.
+pub(crate) fn set_read_timeout(sock: &netlink_sys::Socket, d: std::time::Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t };
+    // SAFETY: a valid socket fd and a timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 /// A subscription to this netns's conntrack NEW and DESTROY events.
 pub struct CtEventSocket {
     sock: netlink_sys::Socket,
@@ -268,19 +285,7 @@ impl CtEventSocket {
 
     /// Make `recv` give up (EAGAIN) after `d` without events, so a reader can check for shutdown.
     pub fn set_read_timeout(&self, d: std::time::Duration) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let tv = libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t };
-        // SAFETY: a valid socket fd and a timeval of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        set_read_timeout(&self.sock, d)
     }
 
     /// Block for the next datagram. `Err` with ENOBUFS means events were lost in the kernel

@@ -15,6 +15,7 @@ pub mod ct_events;
 pub mod dataplane;
 pub mod incremental;
 pub mod ipset;
+pub mod nflog;
 pub mod node;
 pub mod policy;
 mod policy_sync;

@@ -14,12 +14,16 @@
 //! Allowed packets RETURN, so whatever else hangs off FORWARD still sees them. Traffic from the
 //! node itself leaves through OUTPUT and is never policed here (Kubernetes allows it).
 //! Chains are `SLUICE-POL-*`, owned by their own syncer; sets are `sluice-<hash>`.
+//! While the agent records flows (`PolicyView::log_drops`), each DROP is preceded by an NFLOG
+//! rule with the same match whose prefix names it (`nflog::PREFIX` + a tag): `drop_tags` says,
+//! for each tag, the pod, the direction and the policies that decided the drop.
 
 use sha2::{Digest, Sha256};
 use sluice_core::Protocol;
 use sluice_core::policy::{Action, DirectionPolicy, EndpointRules, LoweredPeer, PolicyView, SetEntry, lower};
 
 use crate::ipset::{SET_PREFIX, Sets};
+use crate::nflog;
 use crate::ruleset::Ruleset;
 use crate::services::quote;
 
@@ -62,8 +66,24 @@ fn proto_match(protocol: Option<Protocol>, ports: Option<(u16, u16)>) -> String 
     }
 }
 
+/// What decided the drops logged with one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropTag {
+    /// `NS/NAME` of the pod whose chain dropped the packet.
+    pub pod: String,
+    pub ingress: bool,
+    /// The deny rule's policies, or (default deny) the policies that select the pod.
+    pub policies: Vec<String>,
+    /// No rule matched: the pod is isolated in this direction (`policies` select it).
+    pub default_deny: bool,
+}
+
+fn drop_prefix(chain: &str, rule: &str) -> String {
+    format!("{}{}", nflog::PREFIX, hex(&[chain, rule], 12))
+}
+
 /// The rules of one direction's chain (the shared lowering, `core::policy::lower`); the sets
-/// they name are added to `sets`.
+/// they name are added to `sets`, the drops' tags to `tags`.
 fn direction_rules(
     chain: &str,
     d: &DirectionPolicy,
@@ -71,11 +91,21 @@ fn direction_rules(
     pod: &str,
     view: &PolicyView,
     sets: &mut Sets,
+    tags: &mut Vec<(String, DropTag)>,
 ) -> Vec<String> {
+    let mut out = Vec::new();
+    // Log, then drop: the same match twice (NFLOG does not end the chain).
+    let mut drop = |out: &mut Vec<String>, matches: String, comment: String, rule: &str, tag: DropTag| {
+        let prefix = drop_prefix(chain, rule);
+        if let Some(group) = view.log_drops {
+            out.push(format!("{matches}-j NFLOG --nflog-group {group} --nflog-prefix {prefix}"));
+        }
+        tags.push((prefix, tag));
+        out.push(format!("{matches}-m comment --comment \"{comment}\" -j DROP"));
+    };
     let dir = if ingress { "src" } else { "dst" };
     let flag = if ingress { "-s" } else { "-d" };
-    let mut out = Vec::new();
-    for r in lower(chain, d, view) {
+    for (i, r) in lower(chain, d, view).into_iter().enumerate() {
         let peer = match &r.peer {
             LoweredPeer::Any => String::new(),
             LoweredPeer::Net(net) => format!("{flag} {net} "),
@@ -85,32 +115,46 @@ fn direction_rules(
                 format!("-m set --match-set {name} {dir} ")
             }
         };
-        let (target, what) = match r.action {
-            Action::Allow => ("RETURN", "allow"),
-            Action::Deny => ("DROP", "deny"),
-        };
         let by = if r.policies.len() > 3 {
             format!("{} and {} more", r.policies[..3].join(", "), r.policies.len() - 3)
         } else {
             r.policies.join(", ")
         };
-        out.push(format!(
-            "{peer}{}-m comment --comment \"sluice: {what} by {}\" -j {target}",
-            proto_match(r.protocol, r.ports),
-            quote(&by)
-        ));
+        let matches = format!("{peer}{}", proto_match(r.protocol, r.ports));
+        match r.action {
+            Action::Allow => {
+                out.push(format!("{matches}-m comment --comment \"sluice: allow by {}\" -j RETURN", quote(&by)))
+            }
+            Action::Deny => {
+                let tag = DropTag { pod: pod.into(), ingress, policies: r.policies.clone(), default_deny: false };
+                drop(&mut out, matches, format!("sluice: deny by {}", quote(&by)), &i.to_string(), tag);
+            }
+        }
     }
     let by: Vec<String> = d.selected_by.iter().map(|p| p.to_string()).collect();
     let why =
         if by.is_empty() { "policy_enforcement=always".to_string() } else { format!("selected by {}", by.join(", ")) };
-    out.push(format!("-m comment --comment \"sluice: default deny for {}: {}\" -j DROP", quote(pod), quote(&why)));
+    let tag = DropTag { pod: pod.into(), ingress, policies: by, default_deny: true };
+    drop(&mut out, String::new(), format!("sluice: default deny for {}: {}", quote(pod), quote(&why)), "default", tag);
     out
 }
 
 /// The policy chains and sets for this node's endpoints; empty when nothing is isolated.
 pub fn render(view: &PolicyView) -> (Ruleset, Sets) {
+    let (r, sets, _) = render_tagged(view);
+    (r, sets)
+}
+
+/// What decided the drops each NFLOG prefix stands for, under `view` (the agent names logged
+/// drops with it).
+pub fn drop_tags(view: &PolicyView) -> std::collections::HashMap<String, DropTag> {
+    render_tagged(view).2.into_iter().collect()
+}
+
+fn render_tagged(view: &PolicyView) -> (Ruleset, Sets, Vec<(String, DropTag)>) {
     let mut r = Ruleset::default();
     let mut sets = Sets::new();
+    let mut tags = Vec::new();
     let mut dispatch = vec![
         "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"sluice: replies and admitted flows\" -j RETURN"
             .to_string(),
@@ -124,7 +168,7 @@ pub fn render(view: &PolicyView) -> (Ruleset, Sets) {
                 continue;
             }
             let chain = endpoint_chain(&ep.interface, ingress);
-            let rules = direction_rules(&chain, d, ingress, &ep.pod, view, &mut sets);
+            let rules = direction_rules(&chain, d, ingress, &ep.pod, view, &mut sets, &mut tags);
             *r.chain("filter", &chain) = rules;
             let dev = if ingress { "-o" } else { "-i" };
             dispatch.push(format!(
@@ -139,7 +183,7 @@ pub fn render(view: &PolicyView) -> (Ruleset, Sets) {
         *r.chain("filter", FWD_CHAIN) = dispatch;
         r.hook("filter", "FORWARD", FWD_CHAIN, "");
     }
-    (r, sets)
+    (r, sets, tags)
 }
 
 #[cfg(test)]

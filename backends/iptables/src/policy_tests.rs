@@ -28,6 +28,7 @@ fn view(ingress: DirectionPolicy) -> PolicyView {
             policy: EndpointPolicy { identity: Identity(300), ingress, egress: DirectionPolicy::default() },
         }],
         ipcache: [(Ipv4Addr::new(10, 244, 2, 7), Identity(400)), (Ipv4Addr::new(10, 244, 2, 8), Identity(401))].into(),
+        log_drops: None,
     }
 }
 
@@ -146,4 +147,41 @@ fn set_names_follow_the_peer_not_its_members() {
     let (_, sets) = render(&view(d));
     let e = sets.values().next().expect("set");
     assert!(e.contains("0.0.0.0/1") && e.contains("128.0.0.0/1") && e.contains("10.244.0.0/16 nomatch"), "{e:?}");
+}
+
+#[test]
+fn logged_drops_carry_a_prefix_that_names_what_decided_them() {
+    let deny = DirectionPolicy {
+        enforced: true,
+        rules: vec![rule(Action::Deny, PeerMatch::Any, Some(Protocol::Tcp), Some((22, 22)))],
+        selected_by: vec![name()],
+        audited_by: vec![],
+    };
+    let mut v = view(deny);
+    let (quiet, _) = render(&v);
+    assert!(
+        !quiet.chains["filter"].values().flat_map(|c| c.iter()).any(|l| l.contains("NFLOG")),
+        "no NFLOG unless asked"
+    );
+    v.log_drops = Some(crate::nflog::GROUP);
+    let (r, _) = render(&v);
+    let chain = r.chains["filter"].iter().find(|(n, _)| n.starts_with("SLUICE-POL-I-")).map(|(_, c)| c).expect("chain");
+    let drops: Vec<&String> = chain.iter().filter(|l| l.ends_with("-j DROP")).collect();
+    let logs: Vec<&String> = chain.iter().filter(|l| l.contains("-j NFLOG")).collect();
+    assert_eq!((drops.len(), logs.len()), (2, 2), "{chain:#?}");
+    // Each NFLOG line sits right before its DROP with the same match.
+    for (i, l) in chain.iter().enumerate() {
+        if l.contains("-j NFLOG") {
+            let next = &chain[i + 1];
+            assert!(next.ends_with("-j DROP"));
+            assert_eq!(l.split("-j NFLOG").next(), next.split("-m comment").next(), "{l} / {next}");
+        }
+    }
+    let tags = drop_tags(&v);
+    let prefix = |l: &str| l.split("--nflog-prefix ").nth(1).expect("prefix").trim().to_string();
+    let explicit = &tags[&prefix(logs[0])];
+    assert!(!explicit.default_deny && explicit.ingress && explicit.pod == "x/b" && !explicit.policies.is_empty());
+    let default = &tags[&prefix(logs[1])];
+    assert!(default.default_deny && default.policies == explicit.policies, "{default:?}");
+    assert!(prefix(logs[0]).len() < 64, "NFLOG prefixes are at most 63 bytes");
 }

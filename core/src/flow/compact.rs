@@ -55,7 +55,16 @@ pub fn line(time: &str, f: &Flow) -> String {
         EventKind::Drop => {
             s += &format!(" {} ({})", verdict(f.verdict), f.drop_reason.map_or("unknown reason", |r| r.name()));
             if !f.policy.denied_by.is_empty() {
-                s += &format!(" by {}", f.policy.denied_by.join(", "));
+                let by = f.policy.denied_by.join(", ");
+                // Attribution as users need it: the deny rule's policy, or the isolation.
+                s += &if f.drop_reason == Some(super::DropReason::PolicyDenied) {
+                    format!(
+                        " (default deny: {by} select{} this pod)",
+                        if f.policy.denied_by.len() == 1 { "s" } else { "" }
+                    )
+                } else {
+                    format!(" by {by}")
+                };
             }
         }
         EventKind::PolicyVerdict => s += &format!(" policy-verdict {}", verdict(f.verdict)),

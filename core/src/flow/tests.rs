@@ -257,5 +257,12 @@ fn a_drop_line_names_its_reason_and_policy() {
     let mut f = flow(1, Verdict::Dropped);
     f.policy.denied_by = vec!["default/deny-all".into()];
     let line = compact::line("t", &f);
-    assert!(line.ends_with("DROPPED (POLICY_DENIED) by default/deny-all (TCP Flags: SYN)"), "{line}");
+    assert!(
+        line.ends_with("DROPPED (POLICY_DENIED) (default deny: default/deny-all selects this pod) (TCP Flags: SYN)"),
+        "{line}"
+    );
+    f.drop_reason = Some(DropReason::PolicyDeny);
+    f.policy.denied_by = vec!["default/no-ssh".into()];
+    let line = compact::line("t", &f);
+    assert!(line.ends_with("DROPPED (POLICY_DENY) by default/no-ssh (TCP Flags: SYN)"), "{line}");
 }

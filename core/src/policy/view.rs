@@ -27,4 +27,7 @@ pub struct PolicyView {
     pub enforcement: Enforcement,
     pub endpoints: Vec<EndpointRules>,
     pub ipcache: BTreeMap<Ipv4Addr, Identity>,
+    /// The NFLOG group drops are logged to while the agent records flows (backends that log
+    /// drops through netfilter; `None`: not logged).
+    pub log_drops: Option<u16>,
 }

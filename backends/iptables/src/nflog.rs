@@ -1,0 +1,353 @@
+//! NFLOG: the packets sluice's policy chains drop, handed to the agent by the kernel. Each DROP
+//! rule of a policy chain is preceded by an NFLOG rule with the same match and a prefix naming
+//! it (`sluice-drop:<tag>`, see `policy::drop_tags`), so every drop arrives with what decided
+//! it. The parser is pure (bytes in, packets out); the socket is a blocking reader the agent
+//! runs on its own thread in the node's netns.
+
+use std::net::Ipv4Addr;
+
+use crate::ct_events::attrs;
+
+/// The NFLOG group sluice's rules log to (one listener per group and netns).
+pub const GROUP: u16 = 4242;
+/// What every sluice drop prefix starts with.
+pub const PREFIX: &str = "sluice-drop:";
+
+/// `NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET` and `... | NFULNL_MSG_CONFIG`.
+const MSG_PACKET: u16 = 4 << 8;
+const MSG_CONFIG: u16 = (4 << 8) | 1;
+const NFULA_PAYLOAD: u16 = 9;
+const NFULA_PREFIX: u16 = 10;
+const NFULA_CFG_CMD: u16 = 1;
+const NFULA_CFG_MODE: u16 = 2;
+const CFG_CMD_BIND: u8 = 1;
+const COPY_PACKET: u8 = 2;
+/// Bytes of each packet copied: IPv4 and TCP headers with options.
+const COPY_RANGE: u32 = 128;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLMSG_ERROR: u16 = 2;
+
+/// The headers of a logged IPv4 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP).
+    pub proto: u8,
+    /// Ports for TCP/UDP/SCTP; ICMP type and code.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub prefix: String,
+    pub packet: Packet,
+}
+
+/// An IPv4 header (and the L4 ports / ICMP type) from the start of a packet.
+pub fn parse_ipv4(p: &[u8]) -> Option<Packet> {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let proto = p[9];
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    let l4 = p.get(ihl..).unwrap_or(&[]);
+    let be16 = |i: usize| l4.get(i..i + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let (sport, dport, tcp_flags) = match proto {
+        6 => (be16(0), be16(2), l4.get(13).copied().unwrap_or(0)),
+        17 | 132 => (be16(0), be16(2), 0),
+        1 => (l4.first().copied().unwrap_or(0).into(), l4.get(1).copied().unwrap_or(0).into(), 0),
+        _ => (0, 0, 0),
+    };
+    Some(Packet { src, dst, proto, sport, dport, tcp_flags })
+}
+
+/// Every logged IPv4 packet in one datagram; other messages and non-IPv4 payloads are skipped.
+pub fn parse(mut buf: &[u8]) -> Vec<Logged> {
+    let mut out = Vec::new();
+    while buf.len() >= 16 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < 16 || len > buf.len() {
+            break;
+        }
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+        let msg = &buf[16..len];
+        buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
+        if ty != MSG_PACKET || msg.len() < 4 {
+            continue;
+        }
+        let (mut prefix, mut packet) = (String::new(), None);
+        for (ty, p) in attrs(&msg[4..]) {
+            match ty {
+                NFULA_PREFIX => prefix = String::from_utf8_lossy(p.split(|b| *b == 0).next().unwrap_or(&[])).into(),
+                NFULA_PAYLOAD => packet = parse_ipv4(p),
+                _ => {}
+            }
+        }
+        if let Some(packet) = packet {
+            out.push(Logged { prefix, packet });
+        }
+    }
+    out
+}
+
+fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend(((4 + payload.len()) as u16).to_ne_bytes());
+    v.extend(ty.to_ne_bytes());
+    v.extend(payload);
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+/// One netfilter netlink message: header, nfgenmsg (family, version 0, `res_id`), attributes.
+fn message(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend(((16 + 4 + attrs.len()) as u32).to_ne_bytes());
+    v.extend(ty.to_ne_bytes());
+    v.extend(flags.to_ne_bytes());
+    v.extend(seq.to_ne_bytes());
+    v.extend(0u32.to_ne_bytes());
+    v.extend([family, 0]);
+    v.extend(res_id.to_be_bytes());
+    v.extend(attrs);
+    v
+}
+
+/// A packet message as the kernel sends it (tests and benchmarks feed the parser with it).
+pub fn encode_packet(prefix: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = prefix.as_bytes().to_vec();
+    p.push(0);
+    let attrs = [attr(NFULA_PREFIX, &p), attr(NFULA_PAYLOAD, payload)].concat();
+    message(MSG_PACKET, 0, 0, 2, GROUP, &attrs)
+}
+
+/// The two requests that make the kernel send `group`'s packets here: bind, copy packets.
+pub fn config_requests(group: u16) -> [Vec<u8>; 2] {
+    let mut mode = COPY_RANGE.to_be_bytes().to_vec();
+    mode.extend([COPY_PACKET, 0]);
+    [
+        message(MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 1, 0, group, &attr(NFULA_CFG_CMD, &[CFG_CMD_BIND])),
+        message(MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 2, 0, group, &attr(NFULA_CFG_MODE, &mode)),
+    ]
+}
+
+/// The errno of a netlink ack (0: success), if `buf` holds one.
+fn ack_errno(buf: &[u8]) -> Option<i32> {
+    let ty = u16::from_ne_bytes(buf.get(4..6)?.try_into().ok()?);
+    if ty != NLMSG_ERROR {
+        return None;
+    }
+    Some(i32::from_ne_bytes(buf.get(16..20)?.try_into().ok()?))
+}
+
+/// A listener on one NFLOG group in this netns.
+pub struct NflogSocket {
+    sock: netlink_sys::Socket,
+    buf: Vec<u8>,
+    overrun: bool,
+}
+
+impl NflogSocket {
+    /// Bind `group` in the calling thread's netns. EBUSY: another program listens on it.
+    pub fn open(group: u16) -> std::io::Result<Self> {
+        let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        let _ = sock.set_rx_buf_sz(4 << 20);
+        let mut buf = vec![0; 1 << 16];
+        for req in config_requests(group) {
+            sock.send(&req, 0)?;
+            let n = sock.recv(&mut &mut buf[..], 0)?;
+            match ack_errno(&buf[..n]) {
+                Some(0) => {}
+                Some(e) => return Err(std::io::Error::from_raw_os_error(-e)),
+                None => return Err(std::io::Error::other("no acknowledgement from nfnetlink_log")),
+            }
+        }
+        Ok(NflogSocket { sock, buf, overrun: false })
+    }
+
+    pub fn set_read_timeout(&self, d: std::time::Duration) -> std::io::Result<()> {
+        crate::ct_events::set_read_timeout(&self.sock, d)
+    }
+
+    /// Block for the next datagram, then take every one already queued (as
+    /// `CtEventSocket::recv_batch`; ENOBUFS means the kernel dropped log messages).
+    pub fn recv_batch(&mut self) -> std::io::Result<Vec<Logged>> {
+        if std::mem::take(&mut self.overrun) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+        }
+        let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+        let mut out = parse(&self.buf[..n]);
+        loop {
+            match self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+                Ok(n) => out.extend(parse(&self.buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.overrun = true;
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The flows of logged drops: each named through `dir` and attributed through `tags` (what the
+/// prefix's rule stands for). A sluice prefix no longer in `tags` (the policy changed between the
+/// drop and its reading) is still a policy drop, attributed to that.
+pub fn drop_flows(
+    logged: &[Logged],
+    tags: &std::collections::HashMap<String, crate::policy::DropTag>,
+    dir: &sluice_core::flow::enrich::Directory,
+    time_ns: u64,
+) -> Vec<sluice_core::flow::Flow> {
+    use sluice_core::flow::enrich::Observed;
+    use sluice_core::flow::{DropReason, EventKind, L4, ObservationPoint, TcpFlags, TrafficDirection, Verdict};
+    logged
+        .iter()
+        .filter(|l| l.prefix.starts_with(PREFIX))
+        .map(|l| {
+            let p = l.packet;
+            let tag = tags.get(&l.prefix);
+            let ingress = tag.is_none_or(|t| t.ingress);
+            let mut f = dir.trace(&Observed {
+                time_ns,
+                proto: p.proto,
+                src: p.src,
+                sport: p.sport,
+                dst: p.dst,
+                dport: p.dport,
+                translated_to: None,
+                observation: if ingress { ObservationPoint::ToEndpoint } else { ObservationPoint::FromEndpoint },
+            });
+            f.verdict = Verdict::Dropped;
+            f.event = EventKind::Drop;
+            f.observation = None;
+            f.direction = if ingress { TrafficDirection::Ingress } else { TrafficDirection::Egress };
+            if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {
+                *flags = TcpFlags::from_byte(p.tcp_flags);
+            }
+            match tag {
+                Some(t) => {
+                    f.drop_reason =
+                        Some(if t.default_deny { DropReason::PolicyDenied } else { DropReason::PolicyDeny });
+                    f.policy.denied_by = t.policies.clone();
+                }
+                None => {
+                    f.drop_reason = Some(DropReason::PolicyDenied);
+                    f.policy.denied_by = vec!["(a policy rule changed since this drop)".into()];
+                }
+            }
+            f
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_syn(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        p.extend(src);
+        p.extend(dst);
+        p.extend(sport.to_be_bytes());
+        p.extend(dport.to_be_bytes());
+        p.extend([0; 8]);
+        p.extend([0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        p
+    }
+
+    #[test]
+    fn a_logged_syn_with_its_prefix() {
+        let buf = [
+            encode_packet("sluice-drop:0123456789ab", &tcp_syn([10, 244, 1, 3], [10, 244, 2, 2], 40000, 8080)),
+            encode_packet("other", &[0x60, 0, 0, 0]),
+        ]
+        .concat();
+        let got = parse(&buf);
+        assert_eq!(got.len(), 1, "the IPv6 payload is skipped");
+        assert_eq!(got[0].prefix, "sluice-drop:0123456789ab");
+        let p = got[0].packet;
+        assert_eq!((p.src, p.dst), (Ipv4Addr::new(10, 244, 1, 3), Ipv4Addr::new(10, 244, 2, 2)));
+        assert_eq!((p.proto, p.sport, p.dport, p.tcp_flags), (6, 40000, 8080, 0x02));
+    }
+
+    #[test]
+    fn drops_are_named_and_attributed() {
+        use crate::policy::DropTag;
+        use sluice_core::flow::{DropReason, EventKind, TrafficDirection, Verdict};
+        let pods = vec![sluice_core::PodInfo {
+            namespace: "x".into(),
+            name: "b".into(),
+            node: Some("n1".into()),
+            ip: Some(std::net::IpAddr::V4(Ipv4Addr::new(10, 244, 2, 2))),
+            labels: Default::default(),
+            ready: true,
+            ports: Vec::new(),
+        }];
+        let dir = sluice_core::flow::enrich::Directory::new("n1", &pods, &[], |_| Some(300), &[]);
+        let tags = [
+            (
+                "sluice-drop:a".to_string(),
+                DropTag { pod: "x/b".into(), ingress: true, policies: vec!["x/deny-all".into()], default_deny: true },
+            ),
+            (
+                "sluice-drop:b".to_string(),
+                DropTag { pod: "x/b".into(), ingress: true, policies: vec!["x/no-ssh".into()], default_deny: false },
+            ),
+        ]
+        .into();
+        let syn = tcp_syn([10, 244, 1, 3], [10, 244, 2, 2], 40000, 8080);
+        let logged: Vec<Logged> = ["sluice-drop:a", "sluice-drop:b", "sluice-drop:gone", "someone-else"]
+            .iter()
+            .map(|p| Logged { prefix: p.to_string(), packet: parse_ipv4(&syn).expect("ipv4") })
+            .collect();
+        let f = drop_flows(&logged, &tags, &dir, 7);
+        assert_eq!(f.len(), 3, "other programs' NFLOG prefixes are not sluice's drops");
+        assert!(f.iter().all(|f| f.verdict == Verdict::Dropped
+            && f.event == EventKind::Drop
+            && f.direction == TrafficDirection::Ingress));
+        assert_eq!(
+            (f[0].drop_reason, f[0].policy.denied_by.clone()),
+            (Some(DropReason::PolicyDenied), vec!["x/deny-all".to_string()])
+        );
+        assert_eq!(
+            (f[1].drop_reason, f[1].policy.denied_by.clone()),
+            (Some(DropReason::PolicyDeny), vec!["x/no-ssh".to_string()])
+        );
+        assert_eq!(f[0].destination.pod_name, "b");
+        assert!(!f[2].policy.denied_by.is_empty(), "even a stale prefix is attributed");
+    }
+
+    #[test]
+    fn garbage_and_truncation_never_panic() {
+        let whole = encode_packet("sluice-drop:x", &tcp_syn([1, 1, 1, 1], [2, 2, 2, 2], 1, 2));
+        for cut in 0..whole.len() {
+            let _ = parse(&whole[..cut]);
+        }
+        assert!(parse(&[0xff; 64]).is_empty());
+        assert_eq!(parse_ipv4(&[0x45; 19]), None);
+    }
+
+    #[test]
+    fn config_requests_bind_the_group_then_copy_packets() {
+        let [bind, mode] = config_requests(GROUP);
+        assert_eq!(u16::from_ne_bytes([bind[4], bind[5]]), MSG_CONFIG);
+        assert_eq!(u16::from_be_bytes([bind[18], bind[19]]), GROUP, "res_id is the group, big-endian");
+        assert_eq!(&bind[20..25], &[5, 0, NFULA_CFG_CMD as u8, 0, CFG_CMD_BIND]);
+        assert_eq!(&mode[24..30], &[0, 0, 0, COPY_RANGE as u8, COPY_PACKET, 0]);
+        assert_eq!(
+            ack_errno(&[[36u8, 0, 0, 0, 2, 0, 0, 0].as_slice(), &[0; 8], &(-16i32).to_ne_bytes()].concat()),
+            Some(-16)
+        );
+    }
+}
