@@ -155,14 +155,7 @@ fn the_relay_serves_the_whole_cluster_and_names_a_node_that_is_gone() {
         .to_vec();
     let log = std::fs::File::create(dir.path().join("relay.log")).expect("log");
     let child = t.lab.command("relay", &argv).expect("command").stderr(log).spawn().expect("sluice relay");
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _relay = Stop(child);
+    let _relay = common::KillOnDrop(child);
     // Cross-node requests: node-1 sees the client's connections, node-2 the forwarded ones to b.
     let nodes_seen = |out: &str| -> std::collections::BTreeSet<String> {
         out.lines()

@@ -5,25 +5,15 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{eventually, require_root, two_node_web_lab};
+use common::{KillOnDrop, eventually, require_root, two_node_web_lab};
 use serde_json::Value;
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n";
 const NODE1: &str = "198.51.100.11";
 const NODE2: &str = "198.51.100.12";
-
-/// Prometheus, stopped by its PID when the test ends (also on failure), before the lab goes.
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn encode(q: &str) -> String {
     q.bytes()
@@ -82,7 +72,7 @@ fn prometheus_scrapes_both_nodes_and_answers_every_dashboard_query() {
     .map(String::from)
     .to_vec();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-    let _prom = Prometheus(
+    let _prom = KillOnDrop(
         t.lab.command("prom", &argv).expect("command").stdout(Stdio::null()).stderr(log).spawn().expect("prometheus"),
     );
     let api = |path: &str| -> Option<Value> {

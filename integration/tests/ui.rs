@@ -9,21 +9,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{eventually, require_root, two_node_web_lab};
+use common::{KillOnDrop, eventually, require_root, two_node_web_lab};
 use serde_json::{Value, json};
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n";
-
-struct Stop(Child);
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One WebDriver call to chromedriver on 127.0.0.1:9515 (HTTP/1.1, JSON, connection closed).
 fn wd(method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -105,7 +97,9 @@ fn the_service_map_shows_pods_services_and_edges_and_updates_live() {
     let spawn = |argv: &[&str], log: &str| {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let log = std::fs::File::create(dir.path().join(log)).expect("log");
-        Stop(t.lab.command("ui", &argv).expect("command").stdout(Stdio::null()).stderr(log).spawn().expect("spawn"))
+        KillOnDrop(
+            t.lab.command("ui", &argv).expect("command").stdout(Stdio::null()).stderr(log).spawn().expect("spawn"),
+        )
     };
     let _relay = spawn(
         &["sluice", "relay", "--listen-address", "127.0.0.1:4245", "--peer-service", "198.51.100.11:4244"],

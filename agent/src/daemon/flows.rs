@@ -27,6 +27,38 @@ use crate::api::types::FlowsStatus;
 /// 4 MiB socket buffer holds far more than arrives in this time).
 const COALESCE: Duration = Duration::from_millis(5);
 
+/// A reader thread's loop: read a burst, turn it into flows, push them, let the next burst
+/// gather; a kernel overrun (ENOBUFS) is counted as lost, never silent; other errors end it.
+fn read_loop<T>(
+    stop: &AtomicBool,
+    hub: &Hub,
+    lost: &AtomicU64,
+    mut recv: impl FnMut() -> std::io::Result<Vec<T>>,
+    mut to_flows: impl FnMut(&[T]) -> Vec<sluice_core::flow::Flow>,
+) -> std::io::Result<()> {
+    while !stop.load(Ordering::SeqCst) {
+        match recv() {
+            Ok(batch) => {
+                let flows = to_flows(&batch);
+                if !flows.is_empty() {
+                    hub.push(flows);
+                }
+                // Let a burst gather: the next read takes it whole (one wake-up per batch, not
+                // per connection); flows are at most this late.
+                std::thread::sleep(COALESCE);
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            // The socket overran: the kernel dropped events (how many it does not say).
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                lost.fetch_add(1, Ordering::Relaxed);
+                hub.metrics().lost(LostSource::Kernel, 1);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 pub struct Flows {
     hub: Arc<Hub>,
     directory: Arc<RwLock<Directory>>,
@@ -186,32 +218,17 @@ impl Flows {
         let (hub, dir, stop, lost, error) =
             (self.hub.clone(), self.directory.clone(), self.stop.clone(), self.lost.clone(), self.error.clone());
         self.reader = Some(std::thread::Builder::new().name("flows-conntrack".into()).spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                match sock.recv_batch() {
-                    Ok(events) => {
-                        let Ok(d) = dir.read() else { continue };
-                        let flows = sluice_iptables::ct_events::flows_from(&events, &d, now_ns());
-                        drop(d);
-                        if !flows.is_empty() {
-                            hub.push(flows);
-                        }
-                        // Let a burst gather: the next read takes it whole (one wake-up per
-                        // batch, not per connection); flows are at most this late.
-                        std::thread::sleep(COALESCE);
-                    }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                    // The socket overran: the kernel dropped events (how many it does not say).
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                        hub.metrics().lost(LostSource::Kernel, 1);
-                    }
-                    Err(e) => {
-                        if let Ok(mut g) = error.lock() {
-                            *g = Some(format!("reading conntrack events: {e}"));
-                        }
-                        break;
-                    }
-                }
+            let res = read_loop(
+                &stop,
+                &hub,
+                &lost,
+                || sock.recv_batch(),
+                |events| {
+                    dir.read().map(|d| sluice_iptables::ct_events::flows_from(events, &d, now_ns())).unwrap_or_default()
+                },
+            );
+            if let (Err(e), Ok(mut g)) = (res, error.lock()) {
+                *g = Some(format!("reading conntrack events: {e}"));
             }
         })?);
         self.start_drops();
@@ -238,27 +255,18 @@ impl Flows {
         let (hub, dir, tags, stop, lost) =
             (self.hub.clone(), self.directory.clone(), self.drop_tags.clone(), self.stop.clone(), self.lost.clone());
         let spawned = std::thread::Builder::new().name("flows-drops".into()).spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                match sock.recv_batch() {
-                    Ok(logged) => {
-                        let (Ok(d), Ok(t)) = (dir.read(), tags.read()) else { continue };
-                        let flows = drop_flows(&logged, &t, &d, now_ns());
-                        drop((d, t));
-                        if !flows.is_empty() {
-                            hub.push(flows);
-                        }
-                        std::thread::sleep(COALESCE);
-                    }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                        hub.metrics().lost(LostSource::Kernel, 1);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading policy drops (NFLOG) failed; drops are no longer logged");
-                        break;
-                    }
-                }
+            let res = read_loop(
+                &stop,
+                &hub,
+                &lost,
+                || sock.recv_batch(),
+                |logged| match (dir.read(), tags.read()) {
+                    (Ok(d), Ok(t)) => drop_flows(logged, &t, &d, now_ns()),
+                    _ => Vec::new(),
+                },
+            );
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "reading policy drops (NFLOG) failed; drops are no longer logged");
             }
         });
         match spawned {

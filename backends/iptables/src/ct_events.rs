@@ -161,7 +161,7 @@ pub fn parse(mut buf: &[u8]) -> Vec<CtEvent> {
 
 // The kernel's encoding, for the tests and the flows benchmark, which feed the parser with it.
 
-fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
     let len = 4 + payload.len();
     let mut v = Vec::new();
     v.extend((len as u16).to_ne_bytes());

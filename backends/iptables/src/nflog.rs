@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::ct_events::attrs;
+use crate::ct_events::{attr, attrs};
 
 /// The NFLOG group sluice's rules log to (one listener per group and netns).
 pub const GROUP: u16 = 4242;
@@ -94,17 +94,6 @@ pub fn parse(mut buf: &[u8]) -> Vec<Logged> {
         }
     }
     out
-}
-
-fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend(((4 + payload.len()) as u16).to_ne_bytes());
-    v.extend(ty.to_ne_bytes());
-    v.extend(payload);
-    while v.len() % 4 != 0 {
-        v.push(0);
-    }
-    v
 }
 
 /// One netfilter netlink message: header, nfgenmsg (family, version 0, `res_id`), attributes.

@@ -27,7 +27,7 @@ pub(crate) fn point(o: ObservationPoint) -> &'static str {
     }
 }
 
-fn verdict(v: Verdict) -> &'static str {
+pub(crate) fn verdict(v: Verdict) -> &'static str {
     match v {
         Verdict::Forwarded => "FORWARDED",
         Verdict::Dropped => "DROPPED",

@@ -217,17 +217,7 @@ pub fn protocol(f: &Flow) -> &'static str {
     f.l4.map_or("Unknown flow", |l| l.protocol())
 }
 
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Forwarded => "FORWARDED",
-        Verdict::Dropped => "DROPPED",
-        Verdict::Error => "ERROR",
-        Verdict::Audit => "AUDIT",
-        Verdict::Redirected => "REDIRECTED",
-        Verdict::Traced => "TRACED",
-        Verdict::Translated => "TRANSLATED",
-    }
-}
+use super::compact::verdict as verdict_name;
 
 fn icmp_type(t: u8, code: u8) -> String {
     match (t, code) {

@@ -109,13 +109,16 @@ impl EndpointPolicy {
     }
 }
 
+/// Peers already resolved to identities, per (peer, the policy's namespace).
+type PeerCache = RefCell<HashMap<(Peer, Option<String>), BTreeSet<Identity>>>;
+
 /// Everything the compiler derived once per state: identities and the IP-to-identity map.
 pub struct PolicyContext<'a> {
     pub input: PolicyInput<'a>,
     pub identities: Allocation,
     pub ipcache: BTreeMap<Ipv4Addr, Identity>,
     /// Identities a pod peer selects, per (peer, policy namespace): shared by every endpoint.
-    peer_cache: RefCell<HashMap<(Peer, Option<String>), BTreeSet<Identity>>>,
+    peer_cache: PeerCache,
     /// Pod label (key, value) -> the identities carrying it: a selector with matchLabels looks
     /// at the identities of its rarest label only, not at every identity of the cluster.
     by_label: HashMap<(String, String), Vec<Identity>>,

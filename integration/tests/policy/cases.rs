@@ -44,13 +44,16 @@ pub struct Step {
     pub expect: Expect,
 }
 
+/// A step that puts the lab back as it was.
+pub type Undo = Box<dyn Fn(&Lab)>;
+
 pub struct Case {
     pub name: &'static str,
     pub yaml: String,
     pub expect: Expect,
     pub steps: Vec<Step>,
     /// Restores what the steps changed (after the policy is deleted).
-    pub undo: Vec<Box<dyn Fn(&Lab)>>,
+    pub undo: Vec<Undo>,
 }
 
 fn np(ns: &str, name: &str, spec: &str) -> String {
