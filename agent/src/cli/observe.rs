@@ -57,6 +57,11 @@ pub struct ObserveArgs {
     pub from_label: Vec<String>,
     #[arg(long)]
     pub to_label: Vec<String>,
+    /// Source security identity (numeric, as `sluice identity list` shows; 2 = world).
+    #[arg(long)]
+    pub from_identity: Vec<u32>,
+    #[arg(long)]
+    pub to_identity: Vec<u32>,
     /// Destination Service: NS/NAME.
     #[arg(long)]
     pub to_service: Vec<String>,
@@ -107,6 +112,8 @@ fn filter(a: &ObserveArgs) -> anyhow::Result<pb::FlowFilter> {
         destination_ip: a.to_ip.clone(),
         source_label: a.from_label.clone(),
         destination_label: a.to_label.clone(),
+        source_identity: a.from_identity.clone(),
+        destination_identity: a.to_identity.clone(),
         destination_service: a.to_service.clone(),
         destination_port: a.port.clone(),
         verdict,
@@ -116,7 +123,6 @@ fn filter(a: &ObserveArgs) -> anyhow::Result<pb::FlowFilter> {
     })
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC).
 fn endpoint(e: Option<&pb::Endpoint>) -> Value {
     e.map(|e| json!({"ID": e.id, "identity": e.identity, "namespace": e.namespace, "labels": e.labels, "pod_name": e.pod_name}))
         .unwrap_or(Value::Null)
@@ -334,5 +340,7 @@ mod tests {
         let a = ObserveArgs { from_namespace: vec!["x".into()], verdict: vec!["dropped".into()], ..Default::default() };
         let f = filter(&a).expect("ok");
         assert_eq!((f.source_pod, f.verdict), (vec!["x/".to_string()], vec![2]));
+        let a = ObserveArgs { to_identity: vec![2, 300], ..Default::default() };
+        assert_eq!(filter(&a).expect("ok").destination_identity, vec![2, 300]);
     }
 }
