@@ -25,7 +25,7 @@ use sluice_iptables::ct_events::{Tuple, encode_new, flows_from, parse};
 use sluice_observer::server::Hub;
 
 use crate::Lab;
-use crate::bench_paired::{Pairs, ROUNDS, Summary};
+use crate::bench_paired::{ROUNDS, Summary, summarize};
 use crate::bench_services::{Options, load_counts};
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,13 +41,7 @@ pub struct OnOff {
 
 impl OnOff {
     pub fn summary(&self) -> Option<Summary> {
-        Pairs {
-            a: crate::bench_paired::Deploy::Sluice(0),
-            b: crate::bench_paired::Deploy::Sluice(0),
-            target: crate::bench_paired::Target::ClusterIp,
-            conn_per_s: self.conn_per_s.clone(),
-        }
-        .summary()
+        summarize(&self.conn_per_s)
     }
 
     /// Connections that are neither a flow nor covered by a reported kernel overrun.

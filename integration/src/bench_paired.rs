@@ -62,17 +62,22 @@ impl Pairs {
     /// second in a round tends to measure lower here; ABBA puts each first equally often, and the
     /// geometric mean of the rounds cancels that effect exactly.
     pub fn summary(&self) -> Option<Summary> {
-        let mut r: Vec<f64> =
-            self.conn_per_s.iter().filter(|p| p[0] > 0.0 && p[1] > 0.0).map(|p| p[0] / p[1]).collect();
-        r.sort_by(f64::total_cmp);
-        let median = match r.len() {
-            0 => return None,
-            k if k % 2 == 1 => r[k / 2],
-            k => (r[k / 2 - 1] + r[k / 2]) / 2.0,
-        };
-        let geomean = (r.iter().map(|x| x.ln()).sum::<f64>() / r.len() as f64).exp();
-        Some(Summary { median, geomean, min: r[0], max: r[r.len() - 1] })
+        summarize(&self.conn_per_s)
     }
+}
+
+/// a/b over rounds of `[a, b]` rates (see `Pairs::summary`); rounds where either side measured
+/// nothing are left out.
+pub fn summarize(rounds: &[[f64; 2]]) -> Option<Summary> {
+    let mut r: Vec<f64> = rounds.iter().filter(|p| p[0] > 0.0 && p[1] > 0.0).map(|p| p[0] / p[1]).collect();
+    r.sort_by(f64::total_cmp);
+    let median = match r.len() {
+        0 => return None,
+        k if k % 2 == 1 => r[k / 2],
+        k => (r[k / 2 - 1] + r[k / 2]) / 2.0,
+    };
+    let geomean = (r.iter().map(|x| x.ln()).sum::<f64>() / r.len() as f64).exp();
+    Some(Summary { median, geomean, min: r[0], max: r[r.len() - 1] })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -34,10 +34,9 @@ struct NodeConn {
     channel: Channel,
 }
 
-#[derive(Default)]
 pub struct Relay {
     nodes: RwLock<BTreeMap<String, NodeConn>>,
-    started: Option<Instant>,
+    started: Instant,
 }
 
 /// A lazily connected channel to a peer: `host:port`, or `unix:///path` (Hubble's form for an
@@ -53,7 +52,7 @@ fn channel(address: &str) -> Result<Channel, String> {
 
 impl Relay {
     pub fn new() -> Arc<Self> {
-        Arc::new(Relay { nodes: RwLock::default(), started: Some(Instant::now()) })
+        Arc::new(Relay { nodes: RwLock::default(), started: Instant::now() })
     }
 
     /// Apply one peer notification (connections are made lazily, on first use).
@@ -329,7 +328,7 @@ impl Observer for RelayObserver {
         let answers =
             ask_all(self.relay.nodes(), |mut c| async move { c.server_status(ServerStatusRequest {}).await }).await;
         let mut out = ServerStatusResponse {
-            uptime_ns: self.relay.started.map_or(0, |s| s.elapsed().as_nanos() as u64),
+            uptime_ns: self.relay.started.elapsed().as_nanos() as u64,
             version: concat!("sluice-relay ", env!("CARGO_PKG_VERSION")).into(),
             ..Default::default()
         };

@@ -80,10 +80,11 @@ impl Hub {
 
     /// Record flows and wake the followers.
     pub fn push(&self, flows: impl IntoIterator<Item = Flow>) {
+        // Counted before the ring's lock: readers wait for the copy only.
+        let flows: Vec<Flow> = flows.into_iter().inspect(|f| self.metrics.observe(f)).collect();
         {
             let mut r = self.ring();
             for f in flows {
-                self.metrics.observe(&f);
                 r.push(f);
             }
         }

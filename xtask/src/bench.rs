@@ -48,6 +48,16 @@ pub(crate) fn in_bench_lab(
     Ok(())
 }
 
+/// The services and flows benchmarks' node: one node on iptables (`dataplane: iptables`), an
+/// echo backend pod on 8080 (with `backend_args`, e.g. labels) and a client pod.
+fn bench_node(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, backend_args: &[&str]) -> anyhow::Result<()> {
+    let cfg = out_dir.join("bench-node.yaml");
+    std::fs::write(&cfg, "dataplane: iptables\n")?;
+    crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
+    crate::run(lab().args(["pod", "add", "node-1", "bench-backend", "--serve", "8080"]).args(backend_args))?;
+    crate::run(lab().args(["pod", "add", "node-1", "bench-client"]))
+}
+
 fn cni(args: &[String]) -> anyhow::Result<()> {
     in_bench_lab("cni", |lab, out_dir| {
         crate::run(lab().args(["up", "--nodes", "1"]))?;
@@ -129,11 +139,7 @@ fn services(args: &[String]) -> anyhow::Result<()> {
     }
     in_bench_lab("services", |lab, out_dir| {
         // The node's own agent stays off eBPF: the benchmark attaches its own datapath.
-        let cfg = out_dir.join("bench-node.yaml");
-        std::fs::write(&cfg, "dataplane: iptables\n")?;
-        crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
-        crate::run(lab().args(["pod", "add", "node-1", "bench-backend", "--serve", "8080"]))?;
-        crate::run(lab().args(["pod", "add", "node-1", "bench-client"]))?;
+        bench_node(lab, out_dir, &[])?;
         // The node's agent would resync its own rules in the middle of the measurements.
         let st = String::from_utf8(lab().args(["status", "-o", "json"]).output()?.stdout)?;
         if let Some(pid) =
@@ -292,11 +298,7 @@ fn flows(args: &[String]) -> anyhow::Result<()> {
         }
     }
     in_bench_lab("flows", |lab, out_dir| {
-        let cfg = out_dir.join("flows-node.yaml");
-        std::fs::write(&cfg, "dataplane: iptables\n")?;
-        crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
-        crate::run(lab().args(["pod", "add", "node-1", "bench-backend", "--serve", "8080", "--labels", "app=bench"]))?;
-        crate::run(lab().args(["pod", "add", "node-1", "bench-client"]))?;
+        bench_node(lab, out_dir, &["--labels", "app=bench"])?;
         let svc = out_dir.join("flows-service.yaml");
         std::fs::write(
             &svc,

@@ -60,7 +60,10 @@ struct Row {
 }
 
 fn bad(e: impl std::fmt::Display) -> Response {
-    (axum::http::StatusCode::BAD_GATEWAY, format!("reading flows from the Observer: {e}")).into_response()
+    let msg = format!(
+        "reading flows from the Observer: {e} (is it running? a node needs flows on, see `sluice status`; `sluice ui --server` picks a socket, a node's HOST:4244 or the relay's HOST:4245)"
+    );
+    (axum::http::StatusCode::BAD_GATEWAY, msg).into_response()
 }
 
 async fn recent(ctx: &Ctx) -> Result<Vec<Flow>, tonic::Status> {
@@ -89,7 +92,6 @@ fn label(ep: &sluice_core::flow::Endpoint, ip: std::net::Ipv4Addr) -> String {
 }
 
 fn row(f: &Flow) -> Row {
-    let map = sluice_core::flow::graph::build(std::slice::from_ref(f), None);
     Row {
         time: super::observe_time::rfc3339(Some(&sluice_observer::convert::timestamp(f.time_ns))),
         node: f.node_name.clone(),
@@ -100,7 +102,7 @@ fn row(f: &Flow) -> Row {
         protocol: f.l4.map_or("IP", |l| l.protocol()).to_string(),
         verdict: if f.verdict == Verdict::Dropped { "DROPPED" } else { "FORWARDED" }.into(),
         policy: f.policy.allowed_by.iter().chain(&f.policy.denied_by).cloned().collect::<Vec<_>>().join(", "),
-        edges: map.edges.iter().map(|e| format!("{}|{}|{}", e.from, e.to, e.port)).collect(),
+        edges: sluice_core::flow::graph::edge_keys(f),
     }
 }
 

@@ -7,11 +7,12 @@
 
 use std::net::Ipv4Addr;
 
+use crate::nfnl::{self, Reader, attr, attrs, messages};
+
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW` and `... | IPCTNL_MSG_CT_DELETE`.
 const MSG_CT_NEW: u16 = 1 << 8;
 const MSG_CT_DELETE: u16 = (1 << 8) | 2;
 const NLM_F_CREATE: u16 = 0x400;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 /// Multicast groups (bit = group - 1): NEW = 1, DESTROY = 3.
 pub const GROUP_NEW: u32 = 1;
 pub const GROUPS_NEW_AND_DESTROY: u32 = GROUP_NEW | (1 << 2);
@@ -65,24 +66,6 @@ impl CtEvent {
     }
 }
 
-/// Netlink attributes in `buf`: (type without flags, payload).
-pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            buf = &[];
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
-        Some((ty, payload))
-    })
-}
-
 fn be16(p: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(p.get(..2)?.try_into().ok()?))
 }
@@ -121,17 +104,9 @@ fn tuple(buf: &[u8]) -> Tuple {
 
 /// Every conntrack NEW (creating) and DELETE message in one datagram; other messages (updates,
 /// errors, other families) are skipped. Truncated input yields what was complete.
-pub fn parse(mut buf: &[u8]) -> Vec<CtEvent> {
+pub fn parse(buf: &[u8]) -> Vec<CtEvent> {
     let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-        let flags = u16::from_ne_bytes([buf[6], buf[7]]);
-        let msg = &buf[16..len];
-        buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
+    for (ty, flags, msg) in messages(buf) {
         let kind = match ty {
             MSG_CT_NEW if flags & NLM_F_CREATE != 0 => CtKind::New,
             MSG_CT_DELETE => CtKind::Destroy,
@@ -161,18 +136,6 @@ pub fn parse(mut buf: &[u8]) -> Vec<CtEvent> {
 
 // The kernel's encoding, for the tests and the flows benchmark, which feed the parser with it.
 
-pub(crate) fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 4 + payload.len();
-    let mut v = Vec::new();
-    v.extend((len as u16).to_ne_bytes());
-    v.extend(ty.to_ne_bytes());
-    v.extend(payload);
-    while v.len() % 4 != 0 {
-        v.push(0);
-    }
-    v
-}
-
 fn nested(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
     attr(ty | 0x8000, &parts.concat())
 }
@@ -196,16 +159,9 @@ fn tuple_attr(ty: u16, t: &Tuple) -> Vec<u8> {
     )
 }
 
+/// A conntrack message of the AF_INET family.
 fn message(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
-    let len = 16 + 4 + body.len();
-    let mut v = Vec::new();
-    v.extend((len as u32).to_ne_bytes());
-    v.extend(ty.to_ne_bytes());
-    v.extend(flags.to_ne_bytes());
-    v.extend([0u8; 8]);
-    v.extend([2, 0, 0, 0]);
-    v.extend(body);
-    v
+    nfnl::message(ty, flags, 0, 2, 0, body)
 }
 
 /// A conntrack NEW event for a TCP/UDP connection as the kernel sends it (`status`: `IPS_*` bits).
@@ -246,30 +202,8 @@ pub fn flows_from(
         .collect()
 }
 
-/// SO_RCVTIMEO on a netlink socket.
-pub(crate) fn set_read_timeout(sock: &netlink_sys::Socket, d: std::time::Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let tv = libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t };
-    // SAFETY: a valid socket fd and a timeval of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
 /// A subscription to this netns's conntrack NEW and DESTROY events.
-pub struct CtEventSocket {
-    sock: netlink_sys::Socket,
-    buf: Vec<u8>,
-    /// An ENOBUFS seen while draining, returned by the next `recv`/`recv_batch`.
-    overrun: bool,
-}
+pub struct CtEventSocket(Reader);
 
 impl CtEventSocket {
     /// Open in the calling thread's netns (a netlink socket stays in the netns it was made in),
@@ -278,42 +212,24 @@ impl CtEventSocket {
     pub fn open(groups: u32) -> std::io::Result<Self> {
         let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
         sock.bind(&netlink_sys::SocketAddr::new(0, groups))?;
-        // A burst of connections must not overflow the socket before the reader drains it.
-        let _ = sock.set_rx_buf_sz(4 << 20);
-        Ok(CtEventSocket { sock, buf: vec![0; 1 << 16], overrun: false })
+        Ok(CtEventSocket(Reader::new(sock)))
     }
 
     /// Make `recv` give up (EAGAIN) after `d` without events, so a reader can check for shutdown.
     pub fn set_read_timeout(&self, d: std::time::Duration) -> std::io::Result<()> {
-        set_read_timeout(&self.sock, d)
+        self.0.set_read_timeout(d)
     }
 
     /// Block for the next datagram. `Err` with ENOBUFS means events were lost in the kernel
     /// (the caller counts that as lost events, never silently).
     pub fn recv(&mut self) -> std::io::Result<Vec<CtEvent>> {
-        if std::mem::take(&mut self.overrun) {
-            return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
-        }
-        let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-        Ok(parse(&self.buf[..n]))
+        self.0.recv(parse)
     }
 
     /// Block for the next datagram, then take every one already queued without blocking: one
     /// wake-up for a burst instead of one per connection. `Err` as `recv`.
     pub fn recv_batch(&mut self) -> std::io::Result<Vec<CtEvent>> {
-        let mut out = self.recv()?;
-        loop {
-            match self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
-                Ok(n) => out.extend(parse(&self.buf[..n])),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
-                // An overrun after a good read: report it next call, keep what was read.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() => {
-                    self.overrun = true;
-                    return Ok(out);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.0.recv_batch(parse)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod dataplane;
 pub mod incremental;
 pub mod ipset;
 pub mod nflog;
+mod nfnl;
 pub mod node;
 pub mod policy;
 mod policy_sync;

@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::ct_events::{attr, attrs};
+use crate::nfnl::{Reader, attr, attrs, message, messages};
 
 /// The NFLOG group sluice's rules log to (one listener per group and netns).
 pub const GROUP: u16 = 4242;
@@ -68,16 +68,9 @@ pub fn parse_ipv4(p: &[u8]) -> Option<Packet> {
 }
 
 /// Every logged IPv4 packet in one datagram; other messages and non-IPv4 payloads are skipped.
-pub fn parse(mut buf: &[u8]) -> Vec<Logged> {
+pub fn parse(buf: &[u8]) -> Vec<Logged> {
     let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-        let msg = &buf[16..len];
-        buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
+    for (ty, _, msg) in messages(buf) {
         if ty != MSG_PACKET || msg.len() < 4 {
             continue;
         }
@@ -94,20 +87,6 @@ pub fn parse(mut buf: &[u8]) -> Vec<Logged> {
         }
     }
     out
-}
-
-/// One netfilter netlink message: header, nfgenmsg (family, version 0, `res_id`), attributes.
-fn message(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend(((16 + 4 + attrs.len()) as u32).to_ne_bytes());
-    v.extend(ty.to_ne_bytes());
-    v.extend(flags.to_ne_bytes());
-    v.extend(seq.to_ne_bytes());
-    v.extend(0u32.to_ne_bytes());
-    v.extend([family, 0]);
-    v.extend(res_id.to_be_bytes());
-    v.extend(attrs);
-    v
 }
 
 /// A packet message as the kernel sends it (tests and benchmarks feed the parser with it).
@@ -138,54 +117,35 @@ fn ack_errno(buf: &[u8]) -> Option<i32> {
 }
 
 /// A listener on one NFLOG group in this netns.
-pub struct NflogSocket {
-    sock: netlink_sys::Socket,
-    buf: Vec<u8>,
-    overrun: bool,
-}
+pub struct NflogSocket(Reader);
 
 impl NflogSocket {
     /// Bind `group` in the calling thread's netns. EBUSY: another program listens on it.
     pub fn open(group: u16) -> std::io::Result<Self> {
         let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
         sock.bind_auto()?;
-        let _ = sock.set_rx_buf_sz(4 << 20);
-        let mut buf = vec![0; 1 << 16];
+        let r = Reader::new(sock);
+        let mut buf = vec![0; 4096];
         for req in config_requests(group) {
-            sock.send(&req, 0)?;
-            let n = sock.recv(&mut &mut buf[..], 0)?;
+            r.sock.send(&req, 0)?;
+            let n = r.sock.recv(&mut &mut buf[..], 0)?;
             match ack_errno(&buf[..n]) {
                 Some(0) => {}
                 Some(e) => return Err(std::io::Error::from_raw_os_error(-e)),
                 None => return Err(std::io::Error::other("no acknowledgement from nfnetlink_log")),
             }
         }
-        Ok(NflogSocket { sock, buf, overrun: false })
+        Ok(NflogSocket(r))
     }
 
     pub fn set_read_timeout(&self, d: std::time::Duration) -> std::io::Result<()> {
-        crate::ct_events::set_read_timeout(&self.sock, d)
+        self.0.set_read_timeout(d)
     }
 
-    /// Block for the next datagram, then take every one already queued (as
-    /// `CtEventSocket::recv_batch`; ENOBUFS means the kernel dropped log messages).
+    /// Block for the next datagram, then take every one already queued (ENOBUFS: the kernel
+    /// dropped log messages).
     pub fn recv_batch(&mut self) -> std::io::Result<Vec<Logged>> {
-        if std::mem::take(&mut self.overrun) {
-            return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
-        }
-        let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-        let mut out = parse(&self.buf[..n]);
-        loop {
-            match self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
-                Ok(n) => out.extend(parse(&self.buf[..n])),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.overrun = true;
-                    return Ok(out);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.0.recv_batch(parse)
     }
 }
 

@@ -81,36 +81,43 @@ fn node_of(ep: &Endpoint, ip: std::net::Ipv4Addr) -> MapNode {
             name,
         };
     }
-    let (kind, name) = match Identity(ep.identity) {
+    // Reserved peers are one node each (every world address is "world"); an address sluice
+    // cannot name stays one node per address.
+    let (kind, id) = match Identity(ep.identity) {
         Identity::WORLD => (NodeKind::World, "world".to_string()),
         Identity::HOST => (NodeKind::Host, "host".to_string()),
         Identity::REMOTE_NODE => (NodeKind::RemoteNode, "remote-node".to_string()),
-        _ => (NodeKind::Unknown, ip.to_string()),
+        _ => (NodeKind::Unknown, format!("ip:{ip}")),
     };
-    MapNode { id: format!("{name}:{ip}", name = kind_tag(kind)), kind, namespace: String::new(), name }
-        .with_id_for_reserved()
+    let name = if kind == NodeKind::Unknown { ip.to_string() } else { id.clone() };
+    MapNode { id, kind, namespace: String::new(), name }
 }
 
-fn kind_tag(k: NodeKind) -> &'static str {
-    match k {
-        NodeKind::Workload => "workload",
-        NodeKind::Service => "service",
-        NodeKind::World => "world",
-        NodeKind::Host => "host",
-        NodeKind::RemoteNode => "remote-node",
-        NodeKind::Unknown => "ip",
-    }
-}
-
-impl MapNode {
-    /// Reserved peers are one node each (every world address is "world"); unknown addresses
-    /// stay one node per address.
-    fn with_id_for_reserved(mut self) -> Self {
-        if self.kind != NodeKind::Unknown {
-            self.id = kind_tag(self.kind).to_string();
+/// The edges one flow is on, as (from, to): one, or two through the Service it used.
+fn hops(f: &Flow) -> Vec<(MapNode, MapNode)> {
+    let src = node_of(&f.source, f.source_ip);
+    let dst = node_of(&f.destination, f.destination_ip);
+    match &f.destination_service {
+        Some(s) => {
+            let svc = MapNode {
+                id: format!("service:{}/{}", s.namespace, s.name),
+                kind: NodeKind::Service,
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            };
+            vec![(src, svc.clone()), (svc, dst)]
         }
-        self
+        None => vec![(src, dst)],
     }
+}
+
+fn dport(f: &Flow) -> u16 {
+    f.l4.and_then(|l| l.ports()).map_or(0, |p| p.1)
+}
+
+/// The keys (`from|to|port`) of the edges `f` is on, as the UI matches flows to a clicked edge.
+pub fn edge_keys(f: &Flow) -> Vec<String> {
+    hops(f).into_iter().map(|(a, b)| format!("{}|{}|{}", a.id, b.id, dport(f))).collect()
 }
 
 /// Fold `flows` (oldest first) into a map, keeping only what touches `namespace` when given.
@@ -132,25 +139,9 @@ pub fn build(flows: &[Flow], namespace: Option<&str>) -> ServiceMap {
                 continue;
             }
         }
-        let src = node_of(&f.source, f.source_ip);
-        let dst = node_of(&f.destination, f.destination_ip);
         let protocol = f.l4.map_or("IP", |l| l.protocol()).to_string();
-        let port = f.l4.and_then(|l| l.ports()).map_or(0, |p| p.1);
-        let mut hops = Vec::new();
-        match &f.destination_service {
-            Some(s) => {
-                let svc = MapNode {
-                    id: format!("service:{}/{}", s.namespace, s.name),
-                    kind: NodeKind::Service,
-                    namespace: s.namespace.clone(),
-                    name: s.name.clone(),
-                };
-                hops.push((src.clone(), svc.clone()));
-                hops.push((svc, dst.clone()));
-            }
-            None => hops.push((src.clone(), dst.clone())),
-        }
-        for (a, b) in hops {
+        let port = dport(f);
+        for (a, b) in hops(f) {
             let key = (a.id.clone(), b.id.clone(), port, protocol.clone());
             let e = edges.entry(key).or_insert_with(|| MapEdge {
                 from: a.id.clone(),
@@ -204,7 +195,11 @@ mod tests {
         b.source.pod_name = "client-9x2k".into();
         b.policy.denied_by = vec!["default/deny-all".into()];
         a.source.pod_name = "client-7d4f".into();
+        let keys = edge_keys(&a);
         let m = build(&[a, b], None);
+        let built: Vec<String> = m.edges.iter().map(|e| format!("{}|{}|{}", e.from, e.to, e.port)).collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().all(|k| built.contains(k)), "{keys:?} in {built:?}");
         let ids: Vec<&str> = m.nodes.iter().map(|n| n.id.as_str()).collect();
         // Both client pods carry app=client: one workload.
         assert_eq!(ids, ["service:default/web", "workload:default/client", "workload:default/web"]);
