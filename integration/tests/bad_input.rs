@@ -167,3 +167,84 @@ fn a_full_ebpf_map_programs_what_fits_and_names_the_rest() {
     assert!(errs.contains(&full("s5")) && !errs.contains(&full("s4")), "{errs}");
     assert!(t.curl("client", "http://10.96.3.1/").is_err(), "s1 deleted");
 }
+
+/// A Service whose rules the kernel refuses (here: someone else's chain jumps into its chain,
+/// so the chain cannot be deleted when the Service goes) is held at the rules it has; every
+/// other Service still changes (before: the whole batch failed, on every pass, and nothing
+/// changed on the node until the foreign rule went). Status names the held Service; once the
+/// kernel takes its change (the foreign rule removed), it is retried alone and its chains go.
+#[test]
+fn a_service_the_kernel_refuses_is_held_and_every_other_service_still_changes() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("node-1.yaml");
+    std::fs::write(&cfg, "dataplane: iptables\n").expect("write");
+    let t = TestLab::up("t-bad-held", 1, &[("node-1".into(), cfg)]);
+    let web = [("app".to_string(), "web".to_string())].into_iter().collect();
+    t.lab.pod_add("node-1", "a", web, Some(8080)).expect("a");
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let write = |i: u32| {
+        let f = dir.path().join(format!("s{i}.yaml"));
+        std::fs::write(
+            &f,
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec: {{clusterIP: 10.96.4.{i}, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+            ),
+        )
+        .expect("write");
+        f
+    };
+    let (s1, s2, s3) = (write(1), write(2), write(3));
+    t.lab.apply(&s1).expect("apply s1");
+    t.lab.apply(&s2).expect("apply s2");
+    for i in 1..=2 {
+        eventually(&format!("s{i} answers"), Duration::from_secs(20), || {
+            t.curl("client", &format!("http://10.96.4.{i}/")).ok()
+        });
+    }
+    // s1's own chain: the one its ClusterIP's dispatch rule jumps to.
+    let save = t.exec("node-1", &["iptables-save", "-t", "nat"]);
+    let chain = save
+        .lines()
+        .find(|l| l.contains("-d 10.96.4.1/32") && l.contains("-j SLUICE-SVC-"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no chain of s1 in:\n{save}"))
+        .to_string();
+    // Someone else's chain (not sluice's, not a built-in one) with a rule jumping into it.
+    let ipt = |op: &str, chain_args: &[&str]| {
+        let mut argv = vec!["iptables", "-t", "nat", op];
+        argv.extend_from_slice(chain_args);
+        t.exec("node-1", &argv);
+    };
+    ipt("-N", &["FOREIGN"]);
+    ipt("-A", &["FOREIGN", "-p", "udp", "--dport", "9", "-j", &chain]);
+    t.lab.delete(&s1).expect("delete s1");
+    t.lab.apply(&s3).expect("apply s3");
+    eventually("s3 answers while s1's removal is refused", Duration::from_secs(20), || {
+        t.curl("client", "http://10.96.4.3/").ok()
+    });
+    assert_eq!(t.curl("client", "http://10.96.4.2/").expect("s2 still answers"), "a");
+    let held = eventually("status names s1", Duration::from_secs(10), || {
+        let errs = t.try_status("node-1")?["errors"].to_string();
+        errs.contains("Service default/s1").then_some(errs)
+    });
+    assert!(held.contains("its rules as they were stay in place"), "{held}");
+    assert!(!held.contains("Service default/s3") && !held.contains("Service default/s2"), "{held}");
+    // sluice leaves the foreign rule alone (it is not its own to remove).
+    assert!(t.exec("node-1", &["iptables-save", "-t", "nat"]).contains(&format!("-A FOREIGN -p udp -m udp --dport 9 -j {chain}")));
+    // The foreign rule goes: s1 is retried alone and its chains go; nothing is reported.
+    ipt("-F", &["FOREIGN"]);
+    ipt("-X", &["FOREIGN"]);
+    eventually("s1's chain removed", Duration::from_secs(20), || {
+        (!t.exec("node-1", &["iptables-save", "-t", "nat"]).contains(&chain)).then_some(())
+    });
+    eventually("s1 no longer reported", Duration::from_secs(10), || {
+        (!t.try_status("node-1")?["errors"].to_string().contains("Service default/s1")).then_some(())
+    });
+    assert!(t.curl("client", "http://10.96.4.1/").is_err(), "s1 was deleted");
+    for i in 2..=3 {
+        assert_eq!(t.curl("client", &format!("http://10.96.4.{i}/")).expect("answers"), "a");
+    }
+}

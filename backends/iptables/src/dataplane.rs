@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::{
     BackendId, BackendSpec, Capability, CleanupReport, Dataplane, DataplaneError, Desired, Feature, ObjectError,
-    ObjectRef, Op, Report, Restored,
+    ObjectRef, Op, Report, Restored, ServiceName,
 };
 
 use crate::incremental::Renderer;
@@ -60,7 +60,17 @@ pub struct IptablesDataplane {
     policy: PolicyRules,
     /// Whether the last policy sync (with the feature owned) succeeded.
     policy_programmed: bool,
+    /// Services whose rules the kernel refused in the last pass, with the error: they keep
+    /// the rules they had, everything else is programmed. Retried every `HELD_RETRY`.
+    held: std::collections::BTreeMap<ServiceName, ObjectError>,
+    held_since: Option<Instant>,
 }
+
+/// How often Services the kernel refused are retried when nothing else changes.
+const HELD_RETRY: Duration = Duration::from_secs(5);
+/// Most Services held out of one pass (each costs a failed restore and a re-read); a batch
+/// still refused after that fails whole, as before (the kernel keeps the last good rules).
+const HELD_MAX: usize = 8;
 
 /// Most new frontend addresses whose untranslated conntrack entries are cleared in one sync
 /// (each is a `conntrack` process); more at once (a node starting with many Services) are left,
@@ -70,11 +80,13 @@ const FLUSH_MAX: usize = 64;
 fn served_frontends(
     desired: &Desired<'_>,
     owned: &BTreeSet<Feature>,
+    held: &std::collections::BTreeMap<ServiceName, ObjectError>,
 ) -> BTreeSet<(std::net::IpAddr, sluice_core::Protocol)> {
     desired
         .view
         .services
         .iter()
+        .filter(|s| !held.contains_key(&s.name))
         .flat_map(|s| s.frontends.iter())
         .filter(|f| owned.contains(&f.kind.feature()))
         .filter_map(|f| f.ip.map(|ip| (ip, f.protocol)))
@@ -117,6 +129,8 @@ impl IptablesDataplane {
             last_frontends: BTreeSet::new(),
             policy: PolicyRules::new(ipt),
             policy_programmed: false,
+            held: Default::default(),
+            held_since: None,
         }
     }
 
@@ -124,7 +138,10 @@ impl IptablesDataplane {
         self.ipt.variant
     }
 
-    /// The Service features: render, sync, flush what changed.
+    /// The Service features: render, sync, flush what changed. A batch the kernel refuses
+    /// because of one Service's rules (the tool names the line; the line names the Service's
+    /// chain) is retried with that Service held at the rules it has in place: every other
+    /// Service is still programmed, and the held one is retried alone on later passes.
     fn reconcile_services(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>) -> Report {
         // Missing objects are kept by the engine's prune gate (it passes the last complete
         // Services while the source is incomplete); the ruleset is always rendered whole.
@@ -136,30 +153,72 @@ impl IptablesDataplane {
             cluster_cidr: node.cluster_cidr,
         };
         let full_due = self.last_full.is_none_or(|t| t.elapsed() > FULL_RESYNC);
-        if self.last_inputs.as_ref() == Some(&inputs) && !full_due {
-            return Report { programmed: self.programmed(), ..Default::default() };
+        let retry_due = !self.held.is_empty() && self.held_since.is_none_or(|t| t.elapsed() > HELD_RETRY);
+        if self.last_inputs.as_ref() == Some(&inputs) && !full_due && !retry_due {
+            return Report {
+                programmed: self.programmed(),
+                errors: self.held.values().cloned().collect(),
+                ..Default::default()
+            };
         }
         let mut report = Report { programmed: self.programmed(), ..Default::default() };
-        let (ruleset, stats) = self.renderer.render(&NodeInput {
+        let input = NodeInput {
             node_name: &inputs.node,
             cluster_cidr: inputs.cluster_cidr,
             services: desired.view.services,
             host_ports: desired.view.all_host_ports,
             owned: &inputs.owned,
-        });
-        tracing::debug!(reused = stats.reused, rendered = stats.rendered, "iptables rules rendered");
-        let syncer = self.syncer.get_or_insert_with(|| RuleSyncer::new(self.ipt, ChainOwner::Services));
-        // On a thread of its own: a full sync parses the whole `iptables-save` dump (at 10k
-        // Services ~130k rules), and memory freed on the caller's thread stays in its allocator
-        // heap (measured: the agent's RSS at 10k Services 169-171 MB this way, 150 MB before).
-        let sync = std::thread::scope(|s| s.spawn(|| syncer.sync(&ruleset, full_due)).join());
-        let sync = sync.unwrap_or_else(|_| {
-            Err(IptablesError::Spawn {
-                binary: "iptables-restore".into(),
-                source: std::io::Error::other("the sync thread panicked"),
-            })
-        });
-        match sync {
+        };
+        // Every pass starts with nothing held: a held Service is retried with all the others.
+        let mut held: std::collections::BTreeMap<ServiceName, ObjectError> = Default::default();
+        let synced = loop {
+            let names: BTreeSet<ServiceName> = held.keys().cloned().collect();
+            let rendered = self.renderer.render_holding(&input, &names);
+            tracing::debug!(reused = rendered.stats.reused, rendered = rendered.stats.rendered, "iptables rules rendered");
+            let full = full_due || !held.is_empty();
+            let syncer = self.syncer.get_or_insert_with(|| RuleSyncer::new(self.ipt, ChainOwner::Services));
+            // On a thread of its own: a full sync parses the whole `iptables-save` dump (at 10k
+            // Services ~130k rules), and memory freed on the caller's thread stays in its
+            // allocator heap (measured: the agent's RSS at 10k Services 169-171 MB this way,
+            // 150 MB before).
+            let sync = std::thread::scope(|s| s.spawn(|| syncer.sync(&rendered.ruleset, full)).join());
+            let sync = sync.unwrap_or_else(|_| {
+                Err(IptablesError::Spawn {
+                    binary: "iptables-restore".into(),
+                    source: std::io::Error::other("the sync thread panicked"),
+                })
+            });
+            match sync {
+                Ok(sync) => {
+                    self.rules = rendered.ruleset.rule_count();
+                    self.renderer.commit(rendered);
+                    break Ok(sync);
+                }
+                Err(e) => {
+                    let owner = match &e {
+                        IptablesError::Failed { line: Some(line), .. } => {
+                            self.renderer.owner_of_line(&rendered, line).filter(|n| !held.contains_key(n))
+                        }
+                        _ => None,
+                    };
+                    match owner {
+                        Some(name) if held.len() < HELD_MAX => {
+                            tracing::warn!(service = %name, error = %e, "the kernel refused one Service's rules; programming the others without them");
+                            let detail = format!(
+                                "{e} (its rules as they were stay in place; the other Services are programmed; retried every {}s)",
+                                HELD_RETRY.as_secs()
+                            );
+                            held.insert(name.clone(), ObjectError {
+                                object: ObjectRef::Service(name),
+                                error: DataplaneError::Kernel { backend: BackendId::IPTABLES, op: Op::RuleSync, detail },
+                            });
+                        }
+                        _ => break Err(e),
+                    }
+                }
+            }
+        };
+        match synced {
             Ok(sync) => {
                 if !sync.tables.is_empty() {
                     tracing::info!(full = sync.full, lines = sync.lines, tables = ?sync.tables, "iptables synced");
@@ -176,13 +235,12 @@ impl IptablesDataplane {
                         Err(e) => report.errors.push(kernel(Op::ConntrackFlush, None, e)),
                     }
                 }
-                let frontends = served_frontends(desired, &inputs.owned);
+                let frontends = served_frontends(desired, &inputs.owned, &held);
                 let fresh: Vec<_> = frontends.difference(&self.last_frontends).copied().collect();
                 if !fresh.is_empty() {
                     report.errors.extend(clear_stale_entries(&fresh));
                 }
                 self.last_frontends = frontends;
-                self.rules = ruleset.rule_count();
                 report.programmed = inputs.owned.clone();
                 self.last_inputs = Some(inputs);
                 self.last_udp = udp_now;
@@ -194,6 +252,9 @@ impl IptablesDataplane {
                 report.errors.push(kernel(Op::RuleSync, table_of(&e), format!("{e} (will retry with a full resync)")));
             }
         }
+        self.held_since = (!held.is_empty()).then(Instant::now);
+        report.errors.extend(held.values().cloned());
+        self.held = held;
         report
     }
 
@@ -346,6 +407,7 @@ impl Dataplane for IptablesDataplane {
         }
         self.last_inputs = None;
         self.syncer = None;
+        self.held.clear();
         self.policy = PolicyRules::new(self.ipt);
         self.policy_programmed = false;
         self.flows = false;

@@ -33,7 +33,24 @@ pub enum IptablesError {
     #[error("could not run {binary}: {source} (install the iptables package)")]
     Spawn { binary: String, source: std::io::Error },
     #[error("{binary} failed (exit {status}) for table {table}: {stderr}")]
-    Failed { binary: String, table: String, status: String, stderr: String },
+    Failed {
+        binary: String,
+        table: String,
+        status: String,
+        stderr: String,
+        /// The input line the tool names as failing (`line N`), when it names one: what lets
+        /// a caller tell which object's rules the kernel refused.
+        line: Option<String>,
+    },
+}
+
+/// The batch line a failed restore names: both variants say `line N` (nft: `line 5:
+/// CHAIN_DEL failed (Device or resource busy): chain X`; legacy: `line 5 failed`), 1-based.
+pub fn failed_line<'b>(stderr: &str, batch: &'b str) -> Option<&'b str> {
+    let at = stderr.find("line ")?;
+    let digits: String = stderr[at + 5..].chars().take_while(char::is_ascii_digit).collect();
+    let n: usize = digits.parse().ok()?;
+    batch.lines().nth(n.checked_sub(1)?)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +93,7 @@ impl Iptables {
                 table: table.into(),
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
+                line: None,
             });
         }
         let text = String::from_utf8_lossy(&out.stdout);
@@ -105,12 +123,9 @@ impl Iptables {
         if out.status.success() {
             Ok(())
         } else {
-            Err(IptablesError::Failed {
-                binary,
-                table: table.into(),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
-            })
+            let stderr: String = String::from_utf8_lossy(&out.stderr).trim().into();
+            let line = failed_line(&stderr, batch).map(str::to_string);
+            Err(IptablesError::Failed { binary, table: table.into(), status: out.status.to_string(), stderr, line })
         }
     }
 
@@ -125,5 +140,21 @@ impl Iptables {
             }
         }
         Ok(touched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failed_line;
+
+    #[test]
+    fn the_line_a_failed_restore_names_is_found_in_the_batch() {
+        let batch = "*nat\n:SLUICE-C - [0:0]\n-A SLUICE-C -j RETURN\n-F SLUICE-A\n-X SLUICE-A\nCOMMIT\n";
+        let nft = "iptables-restore v1.8.9 (nf_tables): \nline 5: CHAIN_DEL failed (Device or resource busy): chain SLUICE-A";
+        assert_eq!(failed_line(nft, batch), Some("-X SLUICE-A"));
+        assert_eq!(failed_line("iptables-restore: line 5 failed", batch), Some("-X SLUICE-A"));
+        for stderr in ["line 0 failed", "line 99 failed", "line x", "Another app holds the xtables lock", ""] {
+            assert_eq!(failed_line(stderr, batch), None, "{stderr}");
+        }
     }
 }

@@ -140,6 +140,9 @@ impl ChainOwner {
     }
 }
 
+/// The chains of the kernel's tables, where sluice's hooks are.
+const BUILTIN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
 /// Read the chains and hooks `owner` owns back from `iptables-save` dumps.
 pub fn observe(dumps: &[TableDump], owner: ChainOwner) -> Applied {
     let mut a = Applied::default();
@@ -152,7 +155,10 @@ pub fn observe(dumps: &[TableDump], owner: ChainOwner) -> Applied {
         for r in &t.rules {
             let mut words = r.split_whitespace();
             let builtin = words.next().unwrap_or_default();
-            if builtin.starts_with(CHAIN_PREFIX) {
+            // sluice hooks into built-in chains only: a jump from anyone else's chain into a
+            // sluice chain is theirs, never removed here (it can hold a chain sluice wants to
+            // delete; the backend then holds that one Service, see `IptablesDataplane`).
+            if !BUILTIN_CHAINS.contains(&builtin) {
                 continue;
             }
             if let Some(target) = r.rsplit(" -j ").next().filter(|t| owner.owns(t)) {

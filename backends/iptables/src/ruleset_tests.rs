@@ -94,6 +94,20 @@ fn unwanted_hook_is_removed_with_its_exact_rule() {
     );
 }
 
+/// A jump from someone else's chain into a sluice chain is theirs: never taken for a hook,
+/// never removed (only built-in chains hold sluice's hooks).
+#[test]
+fn a_foreign_chains_jump_into_a_sluice_chain_is_left_alone() {
+    let r = ruleset();
+    let mut dumps = dump_after(&r);
+    dumps[0].chains.push("FOREIGN".into());
+    dumps[0].rules.push("FOREIGN -p udp -m udp --dport 9 -j SLUICE-SVC-A".into());
+    let observed = observe(&dumps, ChainOwner::Services);
+    assert_eq!(observed.hooks.len(), 1, "{:?}", observed.hooks);
+    let (b, _) = plan_sync(&r, &observed);
+    assert!(b.is_empty(), "{b:?}");
+}
+
 #[test]
 fn hash_rides_on_the_first_rules_comment() {
     let h = 0x0123_4567_89ab_cdef;

@@ -117,6 +117,13 @@ pub struct Fragment {
     sep_chains: Vec<(String, Vec<String>)>,
 }
 
+impl Fragment {
+    /// Whether `chain` is one of this Service's own chains (not a shared dispatch chain).
+    pub fn owns_chain(&self, chain: &str) -> bool {
+        self.chains.iter().any(|(n, _)| n == chain) || self.sep_chains.iter().any(|(n, _)| n == chain)
+    }
+}
+
 /// A fragment while it is being built.
 #[derive(Default)]
 struct Draft {
