@@ -44,6 +44,8 @@ pub struct Datapath {
     last_host_ports: Vec<HostPort>,
     /// Pinned maps whose size differs from the config's (kept until `sluice cleanup`).
     pub size_mismatches: Vec<SizeMismatch>,
+    /// What the kernel refused in the last update (`Datapath::refused`).
+    refused: Vec<(Option<sluice_core::ServiceName>, DatapathError)>,
 }
 
 /// A pinned map whose size is not the configured one.
@@ -52,6 +54,13 @@ pub struct SizeMismatch {
     pub map: &'static str,
     pub pinned: u32,
     pub configured: u32,
+}
+
+/// Service ids whose entries the kernel refused in one update, with the first refusal.
+type Refusals = BTreeMap<u32, DatapathError>;
+
+fn refuse(refused: &mut Refusals, id: u32, map: &'static str, e: aya::maps::MapError) {
+    refused.entry(id).or_insert(DatapathError::Map { map, detail: e.to_string() });
 }
 
 /// What the datapath remembers of a written Service.
@@ -142,6 +151,7 @@ impl Datapath {
             last_ctx: None,
             last_host_ports: Vec::new(),
             size_mismatches,
+            refused: Vec::new(),
         })
     }
 
@@ -166,7 +176,10 @@ impl Datapath {
     /// slots of frontends that stay. UDP flows whose
     /// backend went away lose their conntrack entries (they would black-hole otherwise; TCP
     /// re-picks on every SYN, so its stale entries are harmless and the scan is skipped).
-    fn sync(&mut self, want: Entries) -> Result<usize, DatapathError> {
+    /// An entry the kernel refuses fails only its service (by id, in `refused`): that service's
+    /// frontends keep what they had, every other service is written. `written` follows each
+    /// write, so it is what the maps hold either way.
+    fn sync(&mut self, want: Entries, refused: &mut Refusals) -> Result<usize, DatapathError> {
         let mut changes = 0;
         let udp_ids: BTreeSet<u32> =
             self.written.services.iter().filter(|(k, _)| k.proto == 17).map(|(_, v)| v.service_id).collect();
@@ -182,59 +195,93 @@ impl Datapath {
         // Frontends that go away entirely leave first, with their slots (at a map's capacity the
         // new ones fit only then); frontends that stay get new slots before their entry changes.
         let want_ids: BTreeSet<u32> = want.services.values().map(|v| v.service_id).collect();
+        let gone: Vec<SvcKey> = self.written.services.keys().filter(|k| !want.services.contains_key(k)).copied().collect();
         {
             let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
-            for k in self.written.services.keys().filter(|k| !want.services.contains_key(k)) {
-                let _ = svc.remove(k);
+            for k in gone {
+                let _ = svc.remove(&k);
+                self.written.services.remove(&k);
                 changes += 1;
             }
         }
         {
+            let orphans: Vec<BackendKey> =
+                self.written.backends.keys().filter(|k| !want_ids.contains(&k.service_id)).copied().collect();
             let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
-            for k in self.written.backends.keys().filter(|k| !want_ids.contains(&k.service_id)) {
-                let _ = be.remove(k);
+            for k in orphans {
+                let _ = be.remove(&k);
+                self.written.backends.remove(&k);
                 changes += 1;
             }
             for (k, v) in &want.backends {
                 if self.written.backends.get(k) != Some(v) {
-                    be.insert(*k, *v, 0).map_err(map_err("sluice_backends"))?;
-                    changes += 1;
+                    match be.insert(*k, *v, 0) {
+                        Ok(()) => {
+                            self.written.backends.insert(*k, *v);
+                            changes += 1;
+                        }
+                        Err(e) => refuse(refused, k.service_id, "sluice_backends", e),
+                    }
                 }
             }
         }
+        changes += self.write_services(&want.services, refused)?;
         {
-            let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
-            for (k, v) in &want.services {
-                if self.written.services.get(k) != Some(v) {
-                    svc.insert(*k, *v, 0).map_err(map_err("sluice_svc"))?;
-                    changes += 1;
-                }
-            }
-        }
-        {
+            let stale: Vec<BackendKey> = self
+                .written
+                .backends
+                .keys()
+                .filter(|k| want_ids.contains(&k.service_id) && !want.backends.contains_key(k))
+                .filter(|k| !refused.contains_key(&k.service_id))
+                .copied()
+                .collect();
             let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
-            let stale = |k: &&BackendKey| want_ids.contains(&k.service_id) && !want.backends.contains_key(k);
-            for k in self.written.backends.keys().filter(stale) {
-                let _ = be.remove(k);
+            for k in stale {
+                let _ = be.remove(&k);
+                self.written.backends.remove(&k);
                 changes += 1;
             }
         }
         {
+            let stale: Vec<SrcRangeKey> = self.written.ranges.difference(&want.ranges).copied().collect();
             let mut lpm = ranges_map(&mut self.bpf)?;
             for k in want.ranges.difference(&self.written.ranges) {
-                lpm.insert(&lpm_key(k), 1, 0).map_err(map_err("sluice_src_ranges"))?;
-                changes += 1;
+                match lpm.insert(&lpm_key(k), 1, 0) {
+                    Ok(()) => changes += 1,
+                    Err(e) => refuse(refused, k.service_id, "sluice_src_ranges", e),
+                }
             }
-            for k in self.written.ranges.difference(&want.ranges) {
+            for k in &stale {
                 let _ = lpm.remove(&lpm_key(k));
                 changes += 1;
             }
+            let ok = |k: &SrcRangeKey| !refused.contains_key(&k.service_id);
+            self.written.ranges = want.ranges.iter().copied().filter(ok).collect();
         }
-        changes += self.write_maglev(&want.maglev, self.written.maglev.keys().copied().collect())?;
+        changes += self.write_maglev(&want.maglev, self.written.maglev.keys().copied().collect(), refused)?;
         if !gone_backends.is_empty() {
             self.flush_flows(&gone_backends)?;
         }
-        self.written = want;
+        Ok(changes)
+    }
+
+    /// Write the frontend entries that differ, but none of a service already refused (its
+    /// entry would point at slots that are not all there).
+    fn write_services(&mut self, want: &BTreeMap<SvcKey, SvcVal>, refused: &mut Refusals) -> Result<usize, DatapathError> {
+        let mut changes = 0;
+        let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
+        for (k, v) in want {
+            if self.written.services.get(k) == Some(v) || refused.contains_key(&v.service_id) {
+                continue;
+            }
+            match svc.insert(*k, *v, 0) {
+                Ok(()) => {
+                    self.written.services.insert(*k, *v);
+                    changes += 1;
+                }
+                Err(e) => refuse(refused, v.service_id, "sluice_svc", e),
+            }
+        }
         Ok(changes)
     }
 
@@ -254,10 +301,12 @@ impl Datapath {
                 self.write_node(ctx)?;
             }
             let (want, keys) = self.encode(services, host_ports, ctx);
-            let n = self.sync(want)?;
+            let mut refused = Refusals::new();
+            let n = self.sync(want, &mut refused)?;
             self.last = services.iter().zip(keys).map(|(s, k)| (s.name.clone(), written(s, k))).collect();
             self.last_ctx = Some(ctx.clone());
             self.last_host_ports = host_ports.to_vec();
+            self.note_refusals(services, refused);
             return Ok(n);
         }
         // One merge pass over both name-ordered lists (sources deliver Services sorted by name;
@@ -320,13 +369,59 @@ impl Datapath {
             self.last.remove(r);
         }
         for (s, k) in changed_owned.iter().zip(keys) {
+            // A refused service keeps its old frontends in the maps: the retry removes those
+            // of them it no longer has.
+            let mut k = k;
+            for old in self.last.get(&s.name).map(|w| w.keys.as_slice()).unwrap_or_default() {
+                if !k.contains(old) {
+                    k.push(*old);
+                }
+            }
             self.last.insert(s.name.clone(), written(s, k));
         }
-        self.sync_delta(&old_keys, fresh)
+        let mut refused = Refusals::new();
+        let n = self.sync_delta(&old_keys, fresh, &mut refused)?;
+        self.note_refusals(&changed_owned, refused);
+        Ok(n)
+    }
+
+    /// Name the services the kernel refused entries of: each is retried on the next update
+    /// (its fingerprint is forgotten), everything else stays as written.
+    fn note_refusals(&mut self, services: &[Service], mut refused: Refusals) {
+        self.refused.clear();
+        if refused.is_empty() {
+            return;
+        }
+        for s in services {
+            let Some(w) = self.last.get_mut(&s.name) else { continue };
+            let ids: BTreeSet<u32> = w.keys.iter().filter_map(|k| self.ids.get(k)).copied().collect();
+            if let Some(id) = ids.iter().find(|id| refused.contains_key(id)) {
+                w.fingerprint = 0;
+                if let Some(e) = refused.remove(id) {
+                    self.refused.push((Some(s.name.clone()), e));
+                }
+                refused.retain(|id, _| !ids.contains(id));
+            }
+        }
+        // Entries of no service (hostPorts): the next full write retries them.
+        if !refused.is_empty() {
+            self.last_host_ports.clear();
+        }
+        self.refused.extend(refused.into_values().map(|e| (None, e)));
+    }
+
+    /// What the kernel refused in the last update: per service (`None`: hostPort entries).
+    pub fn refused(&self) -> &[(Option<sluice_core::ServiceName>, DatapathError)] {
+        &self.refused
     }
 
     /// Apply one delta: the touched services' old frontends (`old`) are replaced by `fresh`.
-    fn sync_delta(&mut self, old: &BTreeSet<SvcKey>, fresh: Entries) -> Result<usize, DatapathError> {
+    fn sync_delta(
+        &mut self,
+        old: &BTreeSet<SvcKey>,
+        fresh: Entries,
+        refused: &mut Refusals,
+    ) -> Result<usize, DatapathError> {
         let mut changes = 0;
         // Old backend slots of the touched services (BackendKey sorts by service id first).
         let mut old_backends: Vec<(BackendKey, BackendVal)> = Vec::new();
@@ -369,23 +464,26 @@ impl Datapath {
         }
         for (k, v) in &fresh.backends {
             if self.written.backends.get(k) != Some(v) {
-                be.insert(*k, *v, 0).map_err(map_err("sluice_backends"))?;
-                self.written.backends.insert(*k, *v);
-                changes += 1;
+                match be.insert(*k, *v, 0) {
+                    Ok(()) => {
+                        self.written.backends.insert(*k, *v);
+                        changes += 1;
+                    }
+                    Err(e) => refuse(refused, k.service_id, "sluice_backends", e),
+                }
             }
         }
-        let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
-        for (k, v) in &fresh.services {
-            if self.written.services.get(k) != Some(v) {
-                svc.insert(*k, *v, 0).map_err(map_err("sluice_svc"))?;
-                self.written.services.insert(*k, *v);
-                changes += 1;
-            }
-        }
+        changes += self.write_services(&fresh.services, refused)?;
         let mut lpm = ranges_map(&mut self.bpf)?;
+        let mut ranges_failed = BTreeSet::new();
         for k in fresh.ranges.difference(&self.written.ranges) {
-            lpm.insert(&lpm_key(k), 1, 0).map_err(map_err("sluice_src_ranges"))?;
-            changes += 1;
+            match lpm.insert(&lpm_key(k), 1, 0) {
+                Ok(()) => changes += 1,
+                Err(e) => {
+                    refuse(refused, k.service_id, "sluice_src_ranges", e);
+                    ranges_failed.insert(*k);
+                }
+            }
         }
         let stale: Vec<SrcRangeKey> = self
             .written
@@ -399,14 +497,16 @@ impl Datapath {
             self.written.ranges.remove(k);
             changes += 1;
         }
-        self.written.ranges.extend(fresh.ranges.iter().copied());
+        self.written.ranges.extend(fresh.ranges.iter().filter(|k| !ranges_failed.contains(*k)).copied());
         let stale_tables: BTreeSet<u32> =
             old_ids.iter().filter(|id| self.written.maglev.contains_key(id)).copied().collect();
-        changes += self.write_maglev(&fresh.maglev, stale_tables)?;
+        changes += self.write_maglev(&fresh.maglev, stale_tables, refused)?;
         let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
-        for (k, _) in
-            old_backends.iter().filter(|(k, _)| !gone_ids.contains(&k.service_id) && !fresh.backends.contains_key(k))
-        {
+        // Old slots of a refused service stay: its frontends still point at them.
+        let stale = |k: &BackendKey| {
+            !gone_ids.contains(&k.service_id) && !fresh.backends.contains_key(k) && !refused.contains_key(&k.service_id)
+        };
+        for (k, _) in old_backends.iter().filter(|(k, _)| stale(k)) {
             let _ = be.remove(k);
             self.written.backends.remove(k);
             changes += 1;
@@ -423,16 +523,23 @@ impl Datapath {
         &mut self,
         tables: &BTreeMap<u32, Vec<u32>>,
         candidates: BTreeSet<u32>,
+        refused: &mut Refusals,
     ) -> Result<usize, DatapathError> {
         let mut changes = 0;
         let mut map: HashMap<_, MaglevKey, u32> = hash_map(&mut self.bpf, "sluice_maglev")?;
+        let mut failed = BTreeSet::new();
         for (id, table) in tables {
             let old = self.written.maglev.get(id);
             for (i, slot) in table.iter().enumerate() {
                 if old.and_then(|o| o.get(i)) != Some(slot) {
-                    map.insert(MaglevKey { service_id: *id, index: i as u32 }, *slot, 0)
-                        .map_err(map_err("sluice_maglev"))?;
-                    changes += 1;
+                    match map.insert(MaglevKey { service_id: *id, index: i as u32 }, *slot, 0) {
+                        Ok(()) => changes += 1,
+                        Err(e) => {
+                            refuse(refused, *id, "sluice_maglev", e);
+                            failed.insert(*id);
+                            break;
+                        }
+                    }
                 }
             }
             // A shrunk table (smaller lb_maglev_table_size) loses its tail.
@@ -449,7 +556,8 @@ impl Datapath {
         for id in &candidates {
             self.written.maglev.remove(id);
         }
-        self.written.maglev.extend(tables.iter().map(|(k, v)| (*k, v.clone())));
+        // A table half written is rewritten whole on the retry.
+        self.written.maglev.extend(tables.iter().filter(|(k, _)| !failed.contains(*k)).map(|(k, v)| (*k, v.clone())));
         Ok(changes)
     }
 

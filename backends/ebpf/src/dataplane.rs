@@ -473,7 +473,17 @@ impl EbpfDataplane {
                 }
                 report.changes = n;
                 self.admitted = adm.services.iter().map(|s| s.name.clone()).collect();
-                self.synced = Some((desired.generation, ctx));
+                // Services the kernel refused keep what they had and are retried on the next
+                // pass (not marked synced); every other Service is written.
+                let refused = dp.refused();
+                for (name, e) in refused {
+                    let object = name.clone().map_or(ObjectRef::Backend, ObjectRef::Service);
+                    tracing::warn!(%object, error = %e, "the kernel refused one Service's entries; the others are written");
+                    report.errors.push(err(object, Op::MapUpdate, format!("{e} (what it had stays; retried every pass)")));
+                }
+                if refused.is_empty() {
+                    self.synced = Some((desired.generation, ctx));
+                }
                 report.programmed = self.programmed();
             }
             Err(e) => report.errors.push(datapath_err(Op::MapUpdate, &e)),
