@@ -1,5 +1,6 @@
 //! Tier 3: bad input on real agents. Every malformed or conflicting object of the corpus
-//! (tests/data/bad_objects.yaml, 60+ of them) is applied one by one to a running 2-node cluster
+//! (tests/data/bad_objects.yaml, 70+ of them: Services, EndpointSlices, Nodes, Pods, Namespaces,
+//! NetworkPolicies and sluice's policy CRDs) is applied one by one to a running 2-node cluster
 //! with working Services: after each, both agents report it by name with the expected reason,
 //! every good Service still answers (ClusterIP, ExternalIP, NodePort through the other node),
 //! and after its removal each node's kernel state (sluice's iptables chains, every entry of the
