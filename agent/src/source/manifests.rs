@@ -106,6 +106,25 @@ fn stamp(p: &Path) -> Stamp {
     std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
+/// Services without `metadata.creationTimestamp` get their file's birth time, as the API server
+/// would stamp them on create: conflicts are decided oldest first, and without a time every
+/// node would fall back on its own history (which Service it served first) and nodes that
+/// started at different times could pick different winners. Every node reading the shared
+/// directory sees the same birth time, and an edit in place keeps it (the modification time
+/// would make an edited winner lose to a newcomer). Filesystems without birth times keep the
+/// old order (served first, then name).
+fn stand_in_creation_time(f: &Path, objs: &mut Objects) {
+    let born = std::fs::metadata(f)
+        .and_then(|m| m.created())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| k8s_openapi::jiff::Timestamp::from_second(d.as_secs() as i64).ok());
+    let Some(born) = born else { return };
+    for s in objs.services.iter_mut().filter(|s| s.metadata.creation_timestamp.is_none()) {
+        s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(born));
+    }
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -170,6 +189,7 @@ impl ManifestDir {
                 .map_err(|e| e.to_string())
                 .and_then(|t| parse_documents(f, &t))
                 .map(|docs| classify(docs, &mut objs));
+            stand_in_creation_time(f, &mut objs);
             self.generation += 1;
             match parsed {
                 Ok(()) => {
@@ -215,6 +235,36 @@ mod tests {
         classify(docs, &mut o);
         assert_eq!((o.nodes.len(), o.pods.len()), (1, 1));
         assert!(o.rejected.is_empty());
+    }
+
+    /// A Service without a creation time takes its file's birth time, the same for every
+    /// reader and kept across an edit in place; an explicit one is kept.
+    #[test]
+    fn services_without_a_creation_time_take_their_files_birth_time() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("s.yaml");
+        let doc = |port: u16| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: default}}\nspec: {{ports: [{{port: {port}}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: b, namespace: default, creationTimestamp: \"2020-01-02T03:04:05Z\"}}\nspec: {{ports: [{{port: 80}}]}}\n"
+            )
+        };
+        std::fs::write(&f, doc(80)).expect("write");
+        let Ok(born) = std::fs::metadata(&f).and_then(|m| m.created()) else {
+            return; // this filesystem keeps no birth times: nothing to stand in with
+        };
+        let secs = born.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64;
+        let times = |m: &mut ManifestDir| -> Vec<i64> {
+            let o = m.read().0.expect("objects");
+            o.services.iter().map(|s| s.metadata.creation_timestamp.as_ref().expect("stamped").0.as_second()).collect()
+        };
+        let (mut one, mut two) = (ManifestDir::new(dir.path().into()), ManifestDir::new(dir.path().into()));
+        assert_eq!(times(&mut one), [secs, 1577934245]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // Edited in place (same file, new content): the same time, for a reader that saw it
+        // before and for one that did not.
+        std::fs::write(&f, doc(81)).expect("write");
+        assert_eq!(times(&mut one), [secs, 1577934245]);
+        assert_eq!(times(&mut two), [secs, 1577934245]);
     }
 
     #[test]
