@@ -144,7 +144,7 @@ pub fn run_in_guest(g: &Guest, cmd: &str, timeout: Duration) -> anyhow::Result<G
 # Runs as the guest's init after switch_root: mount what a node has, run the command, power off.
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run; {tmp}
 mount -t bpf bpf /sys/fs/bpf; mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
@@ -158,6 +158,13 @@ sync
 /bin/busybox poweroff -f
 "#,
         bin = root().join("target/debug").display(),
+        // A fresh /tmp, unless the checkout itself is under /tmp (a tmpfs there would hide it;
+        // the root is an overlay on tmpfs anyway, so nothing written reaches the host).
+        tmp = if root().starts_with("/tmp") {
+            ": keep the host /tmp, seen through the overlay"
+        } else {
+            "mount -t tmpfs tmpfs /tmp"
+        },
         root = root().display(),
         cmd = cmd.replace('\'', r"'\''"),
     );
