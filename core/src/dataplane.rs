@@ -221,6 +221,14 @@ pub trait Dataplane {
     /// source is incomplete or not yet synced: missing is not the same as deleted).
     fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, prune: bool) -> Report;
 
+    /// Called once per pass in which a holder is about to drop features a new owner now
+    /// serves (between make and break): shared kernel state can be settled here, while the old
+    /// owner still serves, so that what is left for `after_transition` is small. `moving`: the
+    /// features about to be dropped.
+    fn before_break(&mut self, _desired: &Desired<'_>, _moving: &BTreeSet<Feature>) -> Vec<ObjectError> {
+        Vec::new()
+    }
+
     /// Called once per pass in which features changed hands (any backend's served set changed),
     /// after every backend reconciled: kernel state shared between dataplanes (netfilter's
     /// conntrack) may need settling. `moved`: the features whose serving backends changed.

@@ -185,7 +185,16 @@ impl Engine {
             let report = self.call(*id, desired, owned, prune);
             pass.absorb(*id, report);
         }
-        // Break.
+        // Break, after a word to every backend about what is about to be dropped.
+        let moving: BTreeSet<Feature> = make
+            .iter()
+            .flat_map(|(id, made)| made.difference(&self.owned(plan, *id)).copied().collect::<Vec<_>>())
+            .collect();
+        if !moving.is_empty() {
+            for b in &mut self.backends {
+                pass.errors.extend(b.before_break(desired, &moving));
+            }
+        }
         for (id, made) in &make {
             let owned = self.owned(plan, *id);
             if &owned != made {

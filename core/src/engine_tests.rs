@@ -34,6 +34,7 @@ struct Rig {
     fail_b: Arc<Mutex<BTreeSet<Feature>>>,
     kernel_a: Arc<Mutex<BTreeMap<crate::ServiceName, BTreeSet<Feature>>>>,
     holes_a: Arc<Mutex<Vec<crate::dataplane::Hole>>>,
+    before_breaks_a: crate::testing::BeforeBreaks,
 }
 
 fn rig(restored_a: BTreeSet<Feature>) -> Rig {
@@ -42,9 +43,10 @@ fn rig(restored_a: BTreeSet<Feature>) -> Rig {
     a.restored = restored_a;
     let b = FakeDataplane::new(B, log.clone());
     let (fail_b, kernel_a, holes_a) = (b.fail.clone(), a.kernel.clone(), a.holes.clone());
+    let before_breaks_a = a.before_breaks.clone();
     let mut engine = Engine::new(vec![Box::new(a), Box::new(b)]);
     assert!(engine.restore().is_empty());
-    Rig { engine, log, fail_b, kernel_a, holes_a }
+    Rig { engine, log, fail_b, kernel_a, holes_a, before_breaks_a }
 }
 
 fn services() -> Vec<Service> {
@@ -101,6 +103,11 @@ fn make_before_break_for_every_feature_both_ways() {
             assert_eq!(st.progress, Progress::Serving);
             assert_eq!(rep.calls, 3, "new owner once, old owner twice (keep, then release)");
             assert_eq!(rep.moved, BTreeSet::from([f]), "the settle hook hears of the move");
+            // Every backend hears of the coming break once, after the make and before the break.
+            let bb = r.before_breaks_a.lock().map(|b| b.clone()).unwrap_or_default();
+            assert_eq!(bb.len(), 1, "{f}: {bb:?}");
+            assert_eq!(bb[0].1, BTreeSet::from([f]));
+            assert!(start + made < bb[0].0 && bb[0].0 <= start + broke, "{f}: {bb:?} vs {log:?}");
         }
     }
 }

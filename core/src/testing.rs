@@ -138,6 +138,10 @@ pub fn spec(id: BackendId, needs: fn(Feature) -> Option<&'static [Capability]>) 
     BackendSpec { id, needs, policy_needs_own_translation: false }
 }
 
+/// Each `before_break` a [`FakeDataplane`] heard: how many calls its log held then, and the
+/// features moving.
+pub type BeforeBreaks = Arc<Mutex<Vec<(usize, BTreeSet<Feature>)>>>;
+
 /// One call a [`FakeDataplane`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
@@ -158,6 +162,7 @@ pub struct FakeDataplane {
     pub restored: BTreeSet<Feature>,
     /// Holes to report (for the features owned in the call).
     pub holes: Arc<Mutex<Vec<crate::dataplane::Hole>>>,
+    pub before_breaks: BeforeBreaks,
     serving: BTreeSet<Feature>,
 }
 
@@ -170,6 +175,7 @@ impl FakeDataplane {
             kernel: Arc::default(),
             restored: BTreeSet::new(),
             holes: Arc::default(),
+            before_breaks: Arc::default(),
             serving: BTreeSet::new(),
         }
     }
@@ -232,6 +238,14 @@ impl Dataplane for FakeDataplane {
             .filter(|h| !h.features.is_empty())
             .collect();
         Report { programmed: now, changes, errors, holes }
+    }
+
+    fn before_break(&mut self, _desired: &Desired<'_>, moving: &BTreeSet<Feature>) -> Vec<ObjectError> {
+        let at = self.log.lock().map(|l| l.len()).unwrap_or_default();
+        if let Ok(mut b) = self.before_breaks.lock() {
+            b.push((at, moving.clone()));
+        }
+        Vec::new()
     }
 
     fn cleanup(&mut self) -> CleanupReport {

@@ -390,6 +390,24 @@ impl Dataplane for IptablesDataplane {
         errors
     }
 
+    /// The same TIME_WAIT settle as after the transition, once before the break too: the old
+    /// owner still serves while the bulk of the entries goes, so the one after the break (the
+    /// window in which a reused client port's SYN can meet a closed connection's entry) has
+    /// only the entries of the last moments to delete. Measured in the live-switch lab: the
+    /// settle after the break deleted ~27k entries in ~240 ms before this.
+    fn before_break(&mut self, _desired: &Desired<'_>, moving: &BTreeSet<Feature>) -> Vec<ObjectError> {
+        if !moving.iter().any(|f| f.translates_addresses()) {
+            return Vec::new();
+        }
+        match flush_closed_tcp_conntrack() {
+            Ok(n) => {
+                tracing::info!(deleted = n, "conntrack entries of closed TCP connections flushed before the break");
+                Vec::new()
+            }
+            Err(e) => vec![kernel(Op::ConntrackFlush, None, e)],
+        }
+    }
+
     /// Both variants: a node may have switched between them since sluice last ran.
     fn cleanup(&mut self) -> CleanupReport {
         let mut out = CleanupReport::default();
