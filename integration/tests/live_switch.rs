@@ -3,11 +3,10 @@
 //!
 //! Two nodes; a client on node-1 opens new connections in a closed loop (16 loops) to a ClusterIP over
 //! three backends (one on node-1, two on node-2) while node-1's config file is rewritten from
-//! iptables to eBPF and back. No connection may fail in a control run without switches, at most
-//! one per switch with them (the goal is none; see below),
-//! and in the second after each switch took effect the rate must be within 10% of the new
-//! regime's steady rate, compared within this one run (runs minutes apart differ by the
-//! machine's drift alone).
+//! iptables to eBPF and back. No connection may fail, in a control run without switches or
+//! across the switches; the rate in the second after each switch took effect is compared with
+//! the new regime's steady rate within this one run (runs minutes apart differ by the machine's
+//! drift alone): printed against the 10% goal, asserted only against collapse (see below).
 //!
 //! The lab is driven through the `sluice-lab` binary, as an operator drives it.
 
@@ -174,12 +173,13 @@ fn new_connections_survive_a_live_switch_both_ways() {
         v["errors"],
         timeline.iter().enumerate().filter(|(_, (_, f))| *f > 0).map(|(i, _)| i as u64 * BUCKET_MS).collect::<Vec<_>>()
     );
-    // The goal is 0; measured: 0 in 7 of 8 runs, one connect timing out (SYN and its retransmit
-    // lost) right after eBPF -> iptables in the eighth. Up to one per switch is tolerated while
-    // that is open (issue 11's note); before the fixes a switch lost every connection for 14 s.
+    // No new connection may fail across either switch. (Before the TIME_WAIT settle moved
+    // mostly ahead of the break, the window after eBPF -> iptables in which a reused client
+    // port's SYN could meet a closed connection's conntrack entry lasted ~240 ms, and one connect
+    // in eight CI-like runs once timed out in it; it now lasts ~70 ms.)
     let failed = v["failed"].as_u64().unwrap_or(u64::MAX);
     eprintln!("failed across the switches: {failed} ({})", v["errors"]);
-    assert!(failed <= 2, "{failed} new connections failed across the switches: {report}");
+    assert_eq!(failed, 0, "new connections failed across the switches: {report}");
     // The agent polls its config every 300 ms: a switch is in effect by s + 300 ms. The second
     // after that is compared with the steady rate of the regime the switch led to (measured in
     // the rest of that regime's turn: a node back on iptables keeps the tc programs attached, so

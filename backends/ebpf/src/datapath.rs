@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use aya::Ebpf;
+use crate::loader::Loaded;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap};
 use sluice_core::{HostPort, Service};
@@ -31,7 +31,7 @@ pub enum DatapathError {
 }
 
 pub struct Datapath {
-    pub(crate) bpf: Ebpf,
+    pub(crate) bpf: Loaded,
     pub(crate) pin_dir: PathBuf,
     /// Service IDs by frontend, restored from the pinned map at open.
     ids: BTreeMap<SvcKey, u32>,
@@ -83,7 +83,7 @@ fn missing(map: &'static str) -> DatapathError {
 
 /// One of the object's hash maps (plain or LRU), typed.
 fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
-    bpf: &'a mut Ebpf,
+    bpf: &'a mut Loaded,
     name: &'static str,
 ) -> Result<HashMap<&'a mut aya::maps::MapData, K, V>, DatapathError> {
     let map = bpf.map_mut(name).ok_or(missing(name))?;
@@ -91,7 +91,7 @@ fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
 }
 
 /// The source-range trie; keys are (service id, address) under a prefix length.
-fn ranges_map(bpf: &mut Ebpf) -> Result<LpmTrie<&mut aya::maps::MapData, [u32; 2], u8>, DatapathError> {
+fn ranges_map(bpf: &mut Loaded) -> Result<LpmTrie<&mut aya::maps::MapData, [u32; 2], u8>, DatapathError> {
     let map = bpf.map_mut("sluice_src_ranges").ok_or(missing("sluice_src_ranges"))?;
     LpmTrie::try_from(map).map_err(map_err("sluice_src_ranges"))
 }

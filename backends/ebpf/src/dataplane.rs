@@ -18,7 +18,7 @@ use crate::datapath::{Datapath, DatapathError};
 use crate::maps::NodeCtx;
 use std::sync::LazyLock;
 
-/// What loading the one object needs: it holds every map and program, and loading it creates
+/// What loading the objects needs: they are loaded together (`crate::OBJECTS`), which creates
 /// every map and loads every tc program, so whatever one of them uses every feature on eBPF
 /// needs (else the verifier or map creation would fail at runtime instead of the plan choosing
 /// iptables up front).

@@ -27,8 +27,13 @@ pub mod tc_netlink;
 
 pub use dataplane::{EbpfDataplane, SPEC};
 
-/// The compiled object (see build.rs).
-pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.bpf.o"));
+/// The compiled objects, one per hook family (see build.rs and bpf/*.bpf.c): pod veths, node
+/// devices, cgroup socket hooks. They share their maps through pins.
+pub static OBJECTS: [(&str, &[u8]); 3] = [
+    ("pod", aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod.bpf.o"))),
+    ("net", aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/net.bpf.o"))),
+    ("sock", aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.bpf.o"))),
+];
 
 #[cfg(test)]
 mod needs_tests;

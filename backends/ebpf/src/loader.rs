@@ -12,8 +12,8 @@ pub enum LoadError {
     Mount { path: PathBuf, source: nix::Error },
     #[error("creating pin directory {path}: {source}")]
     PinDir { path: PathBuf, source: std::io::Error },
-    #[error("loading the BPF object: {source}")]
-    Load { source: Box<aya::EbpfError> },
+    #[error("loading the BPF object {object}: {source}")]
+    Load { object: &'static str, source: Box<aya::EbpfError> },
     #[error("program {name} missing from the BPF object")]
     MissingProgram { name: &'static str },
     #[error("program {name}: {source}")]
@@ -40,9 +40,30 @@ pub const TC_PROGRAMS: [&str; 3] = ["sluice_from_pod", "sluice_to_pod", "sluice_
 pub const SOCK_PROGRAMS: [&str; 4] =
     ["sluice_sock_connect4", "sluice_sock_sendmsg4", "sluice_sock_recvmsg4", "sluice_sock_getpeername4"];
 
-/// Load the object with its maps pinned in `pin_dir` (reused if already there) and load every
-/// program into the kernel (not attached).
-pub fn load(pin_dir: &Path) -> Result<Ebpf, LoadError> {
+/// The loaded objects (`crate::OBJECTS`), used as one: a program is found in the object that
+/// has it; a map in the first object (every object declares every map, and pinning by name makes
+/// them the same kernel maps).
+pub struct Loaded {
+    objects: Vec<Ebpf>,
+}
+
+impl Loaded {
+    pub fn program_mut(&mut self, name: &str) -> Option<&mut aya::programs::Program> {
+        self.objects.iter_mut().find_map(|o| o.program_mut(name))
+    }
+
+    pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.objects.first_mut().and_then(|o| o.map_mut(name))
+    }
+
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.objects.first().and_then(|o| o.map(name))
+    }
+}
+
+/// Load the objects with their maps pinned in `pin_dir` (reused if already there) and load
+/// every program into the kernel (not attached).
+pub fn load(pin_dir: &Path) -> Result<Loaded, LoadError> {
     load_with(pin_dir, &MapSizes::default())
 }
 
@@ -64,15 +85,19 @@ pub fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 10] {
 
 /// `load` with map sizes from the config. A map already pinned keeps the size it was created
 /// with (the kernel cannot resize): `Datapath::open` reports the difference.
-pub fn load_with(pin_dir: &Path, sizes: &MapSizes) -> Result<Ebpf, LoadError> {
+pub fn load_with(pin_dir: &Path, sizes: &MapSizes) -> Result<Loaded, LoadError> {
     ensure_bpffs()?;
     std::fs::create_dir_all(pin_dir).map_err(|source| LoadError::PinDir { path: pin_dir.into(), source })?;
-    let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(pin_dir);
-    for (name, n) in map_sizes(sizes) {
-        loader.map_max_entries(name, n);
+    let mut objects = Vec::with_capacity(crate::OBJECTS.len());
+    for (object, bytes) in crate::OBJECTS {
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for (name, n) in map_sizes(sizes) {
+            loader.map_max_entries(name, n);
+        }
+        objects.push(loader.load(bytes).map_err(|e| LoadError::Load { object, source: Box::new(e) })?);
     }
-    let mut bpf = loader.load(crate::LB_OBJECT).map_err(|e| LoadError::Load { source: Box::new(e) })?;
+    let mut bpf = Loaded { objects };
     for name in TC_PROGRAMS {
         let prog: &mut aya::programs::SchedClassifier = bpf
             .program_mut(name)

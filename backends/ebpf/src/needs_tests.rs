@@ -126,10 +126,20 @@ fn a_failed_attach_leaves_a_hole_of_the_owned_features_that_interface_carries() 
 /// larger limit (else "large instruction limit" would join the needs, with a probe).
 #[test]
 fn every_program_fits_the_old_instruction_limit() {
-    let obj = aya_obj::Object::parse(crate::LB_OBJECT).expect("parse the object");
-    let names: Vec<&str> = obj.functions.values().map(|f| f.name.as_str()).collect();
-    assert!(names.contains(&"sluice_from_pod") && names.contains(&"sluice_from_net"), "{names:?}");
-    for f in obj.functions.values() {
-        assert!(f.instructions.len() < 4096, "{} has {} instructions", f.name, f.instructions.len());
+    let mut names = Vec::new();
+    for (object, bytes) in crate::OBJECTS {
+        let obj = aya_obj::Object::parse(bytes).unwrap_or_else(|e| panic!("parse {object}: {e}"));
+        for f in obj.functions.values() {
+            assert!(f.instructions.len() < 4096, "{object}: {} has {} instructions", f.name, f.instructions.len());
+            names.push((object, f.name.clone()));
+        }
+    }
+    // One object per hook family, each program in exactly one of them.
+    for (object, prog) in [("pod", "sluice_from_pod"), ("pod", "sluice_to_pod"), ("net", "sluice_from_net")]
+        .into_iter()
+        .chain(crate::loader::SOCK_PROGRAMS.iter().map(|p| ("sock", *p)))
+    {
+        let homes: Vec<&str> = names.iter().filter(|(_, n)| n == prog).map(|(o, _)| *o).collect();
+        assert_eq!(homes, [object], "{prog}: {names:?}");
     }
 }

@@ -7,7 +7,6 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use aya::Ebpf;
 use aya::maps::Array;
 use aya::maps::HashMap;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
@@ -28,7 +27,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Loaded programs with maps pinned in a private directory, removed on drop.
 struct Lb {
-    bpf: Option<Ebpf>,
+    bpf: Option<sluice_ebpf::loader::Loaded>,
     dir: PathBuf,
 }
 
@@ -43,7 +42,7 @@ impl Lb {
         Lb { bpf: Some(bpf), dir }
     }
 
-    fn bpf(&mut self) -> &mut Ebpf {
+    fn bpf(&mut self) -> &mut sluice_ebpf::loader::Loaded {
         self.bpf.as_mut().expect("loaded")
     }
 
