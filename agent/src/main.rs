@@ -101,6 +101,9 @@ enum Cmd {
     ///
     /// Example: sluice ui --listen-address 127.0.0.1:12000 --server 10.0.0.5:4245
     Ui(cli::ui::UiArgs),
+    /// Taking this node off kube-proxy (only `plan` is built so far; docs/design/migration.md).
+    #[command(subcommand)]
+    Migrate(MigrateCmd),
     /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
     /// SLUICE-* chains and hooks, both variants; eBPF: pinned maps and links), then sluice routes.
     /// Pod interfaces are left to the runtime. Safe to run twice. `-o json` counts per backend.
@@ -109,6 +112,18 @@ enum Cmd {
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum MigrateCmd {
+    /// Compare kube-proxy's live rules on this node (KUBE-* chains in either iptables variant)
+    /// with what sluice programs here, frontend by frontend: what sluice takes over as is, what
+    /// differs (with both values), what only one side serves, kube-proxy rules of a shape sluice
+    /// does not recognise, and whether anything blocks cutover. Changes nothing. Run as root on
+    /// the node, beside its agent.
+    ///
+    /// Example: sluice migrate plan -o json
+    Plan,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +191,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Status => cli::status::run(&cli.socket, cli.output),
         Cmd::Cleanup { config } => cli::cleanup::run(config.as_deref(), cli.output),
         Cmd::Service(ServiceCmd::List) => cli::service::list(&cli.socket, cli.output),
+        Cmd::Migrate(MigrateCmd::Plan) => cli::migrate::plan(&cli.socket, cli.output),
         Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List)) => cli::bpf::lb_list(&cli.socket, cli.output),
         Cmd::Endpoint(EndpointCmd::List) => cli::policy::endpoints(&cli.socket, cli.output),
         Cmd::Identity(IdentityCmd::List) => cli::policy::identities(&cli.socket, cli.output),

@@ -18,6 +18,7 @@ pub mod fingerprint;
 pub mod flow;
 pub mod gate;
 pub mod lb;
+pub mod migrate;
 pub mod model;
 pub mod plan;
 pub mod policy;

@@ -234,7 +234,10 @@ fn a_service_the_kernel_refuses_is_held_and_every_other_service_still_changes() 
     assert!(held.contains("its rules as they were stay in place"), "{held}");
     assert!(!held.contains("Service default/s3") && !held.contains("Service default/s2"), "{held}");
     // sluice leaves the foreign rule alone (it is not its own to remove).
-    assert!(t.exec("node-1", &["iptables-save", "-t", "nat"]).contains(&format!("-A FOREIGN -p udp -m udp --dport 9 -j {chain}")));
+    assert!(
+        t.exec("node-1", &["iptables-save", "-t", "nat"])
+            .contains(&format!("-A FOREIGN -p udp -m udp --dport 9 -j {chain}"))
+    );
     // The foreign rule goes: s1 is retried alone and its chains go; nothing is reported.
     ipt("-F", &["FOREIGN"]);
     ipt("-X", &["FOREIGN"]);

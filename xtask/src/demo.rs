@@ -106,13 +106,15 @@ pub fn run_demo() -> anyhow::Result<()> {
     crate::demo_policy::policy()?;
     live_switch()?;
     flows()?;
+    crate::demo_migrate::migration()?;
 
     println!("\n-- what the agent on node-1 reports --");
     step("node-1 status", &["exec", "node-1", "--", "sluice", "status"])?;
     println!("\n== demo done: pods on two nodes reached each other through sluice-cni and the agents' routes,");
     println!("   a Service balanced over them on eBPF, hostile Services were refused by name beside it,");
     println!("   a NetworkPolicy let only the client through (also via the Service) and named itself in the trace,");
-    println!("   then node-1 moved to iptables live without a failed connection, and showed its flows Hubble-style ==");
+    println!("   then node-1 moved to iptables live without a failed connection, showed its flows Hubble-style,");
+    println!("   and node-2 compared kube-proxy's rules with its own before a cutover ==");
     Ok(())
 }
 

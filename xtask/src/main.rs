@@ -13,6 +13,7 @@
 mod bench;
 mod bench_policy;
 mod demo;
+mod demo_migrate;
 mod demo_policy;
 mod vm;
 mod vm_tier;

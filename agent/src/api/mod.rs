@@ -19,6 +19,8 @@ pub enum Request {
     Status,
     /// Every Service frontend with its backends and owner (`sluice service list`).
     Services,
+    /// The Services sluice programs on this node, as the model holds them (`sluice migrate plan`).
+    DesiredServices,
     /// The eBPF service maps (`sluice bpf lb list`).
     BpfLb,
     /// Sent by sluice-cni after ADD and DEL: reconcile now instead of at the next poll.
@@ -43,6 +45,7 @@ pub enum Request {
 pub enum Response {
     Status(Box<AgentStatus>),
     Services(Vec<ServiceEntry>),
+    DesiredServices { node: String, services: Vec<sluice_core::Service> },
     BpfLb(Vec<LbEntry>),
     Endpoints(Vec<policy::EndpointEntry>),
     Identities(Vec<policy::IdentityEntry>),

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod cleanup;
+pub mod migrate;
 pub mod observe;
 mod observe_time;
 pub mod plan;

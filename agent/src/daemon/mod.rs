@@ -214,6 +214,10 @@ fn answer(
                 .unwrap_or_default();
             let _ = tx.send(crate::services::entries(services, rejected, failed, &planner.plan));
         }
+        server::Query::DesiredServices(tx) => {
+            let services = source.current().map(|c| c.state.services.clone()).unwrap_or_default();
+            let _ = tx.send((planner.config.node_name.clone(), services));
+        }
         server::Query::BpfLb(tx) => {
             let rows = engine.backends().find(|b| b.id() == BackendId::EBPF).map(|b| b.lb_rows());
             let _ = tx.send(rows.unwrap_or_default());

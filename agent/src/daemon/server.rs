@@ -34,6 +34,8 @@ fn gone() -> Response {
 /// Questions only the reconcile loop can answer (it owns the state and the datapath).
 pub enum Query {
     Services(oneshot::Sender<Vec<ServiceEntry>>),
+    /// This node's name and the Services the source holds (translated, validated).
+    DesiredServices(oneshot::Sender<(String, Vec<sluice_core::Service>)>),
     BpfLb(oneshot::Sender<Vec<LbEntry>>),
     /// Policy questions: answered from the loop's state (endpoints, identities, policies, trace).
     Policy(Request, oneshot::Sender<Response>),
@@ -101,6 +103,9 @@ pub async fn serve(
             let resp = match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Status) => Response::Status(Box::new(status.read().await.clone())),
                 Ok(Request::Services) => ask(&queries, Query::Services).await.map_or_else(gone, Response::Services),
+                Ok(Request::DesiredServices) => ask(&queries, Query::DesiredServices)
+                    .await
+                    .map_or_else(gone, |(node, services)| Response::DesiredServices { node, services }),
                 Ok(Request::BpfLb) => ask(&queries, Query::BpfLb).await.map_or_else(gone, Response::BpfLb),
                 Ok(req @ (Request::Endpoints | Request::Identities | Request::Policies | Request::Trace { .. })) => {
                     ask(&queries, |tx| Query::Policy(req, tx)).await.unwrap_or_else(gone)

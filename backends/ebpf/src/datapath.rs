@@ -195,7 +195,8 @@ impl Datapath {
         // Frontends that go away entirely leave first, with their slots (at a map's capacity the
         // new ones fit only then); frontends that stay get new slots before their entry changes.
         let want_ids: BTreeSet<u32> = want.services.values().map(|v| v.service_id).collect();
-        let gone: Vec<SvcKey> = self.written.services.keys().filter(|k| !want.services.contains_key(k)).copied().collect();
+        let gone: Vec<SvcKey> =
+            self.written.services.keys().filter(|k| !want.services.contains_key(k)).copied().collect();
         {
             let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
             for k in gone {
@@ -267,7 +268,11 @@ impl Datapath {
 
     /// Write the frontend entries that differ, but none of a service already refused (its
     /// entry would point at slots that are not all there).
-    fn write_services(&mut self, want: &BTreeMap<SvcKey, SvcVal>, refused: &mut Refusals) -> Result<usize, DatapathError> {
+    fn write_services(
+        &mut self,
+        want: &BTreeMap<SvcKey, SvcVal>,
+        refused: &mut Refusals,
+    ) -> Result<usize, DatapathError> {
         let mut changes = 0;
         let mut svc: HashMap<_, SvcKey, SvcVal> = hash_map(&mut self.bpf, "sluice_svc")?;
         for (k, v) in want {

@@ -479,7 +479,11 @@ impl EbpfDataplane {
                 for (name, e) in refused {
                     let object = name.clone().map_or(ObjectRef::Backend, ObjectRef::Service);
                     tracing::warn!(%object, error = %e, "the kernel refused one Service's entries; the others are written");
-                    report.errors.push(err(object, Op::MapUpdate, format!("{e} (what it had stays; retried every pass)")));
+                    report.errors.push(err(
+                        object,
+                        Op::MapUpdate,
+                        format!("{e} (what it had stays; retried every pass)"),
+                    ));
                 }
                 if refused.is_empty() {
                     self.synced = Some((desired.generation, ctx));

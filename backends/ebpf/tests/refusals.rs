@@ -56,7 +56,10 @@ fn in_kernel(pins: &Pins, sizes: &MapSizes) -> Vec<u8> {
 }
 
 fn refused(dp: &Datapath) -> Vec<String> {
-    dp.refused().iter().map(|(n, e)| format!("{}: {e}", n.as_ref().map(|n| n.to_string()).unwrap_or_default())).collect()
+    dp.refused()
+        .iter()
+        .map(|(n, e)| format!("{}: {e}", n.as_ref().map(|n| n.to_string()).unwrap_or_default()))
+        .collect()
 }
 
 #[test]
@@ -68,7 +71,8 @@ fn entries_the_kernel_refuses_fail_only_their_service_which_is_retried() {
     let _ = remove_all(&pins.0);
     let sizes = MapSizes { backends: 4, ..Default::default() };
     let mut dp = Datapath::open(&pins.0, &sizes).expect("open");
-    let ctx = NodeCtx { node_name: "node-1".into(), node_ips: vec![], owned: [Feature::ClusterIp].into(), maglev_m: None };
+    let ctx =
+        NodeCtx { node_name: "node-1".into(), node_ips: vec![], owned: [Feature::ClusterIp].into(), maglev_m: None };
     let (a, b, c, d) = (svc("a", 1), svc("b", 2), svc("c", 3), svc("d", 4));
 
     // The first write (whole): a and b fill the map, c is refused by name.

@@ -174,7 +174,11 @@ impl IptablesDataplane {
         let synced = loop {
             let names: BTreeSet<ServiceName> = held.keys().cloned().collect();
             let rendered = self.renderer.render_holding(&input, &names);
-            tracing::debug!(reused = rendered.stats.reused, rendered = rendered.stats.rendered, "iptables rules rendered");
+            tracing::debug!(
+                reused = rendered.stats.reused,
+                rendered = rendered.stats.rendered,
+                "iptables rules rendered"
+            );
             let full = full_due || !held.is_empty();
             let syncer = self.syncer.get_or_insert_with(|| RuleSyncer::new(self.ipt, ChainOwner::Services));
             // On a thread of its own: a full sync parses the whole `iptables-save` dump (at 10k
@@ -208,10 +212,17 @@ impl IptablesDataplane {
                                 "{e} (its rules as they were stay in place; the other Services are programmed; retried every {}s)",
                                 HELD_RETRY.as_secs()
                             );
-                            held.insert(name.clone(), ObjectError {
-                                object: ObjectRef::Service(name),
-                                error: DataplaneError::Kernel { backend: BackendId::IPTABLES, op: Op::RuleSync, detail },
-                            });
+                            held.insert(
+                                name.clone(),
+                                ObjectError {
+                                    object: ObjectRef::Service(name),
+                                    error: DataplaneError::Kernel {
+                                        backend: BackendId::IPTABLES,
+                                        op: Op::RuleSync,
+                                        detail,
+                                    },
+                                },
+                            );
                         }
                         _ => break Err(e),
                     }

@@ -94,14 +94,13 @@ impl Renderer {
     /// The Service whose own chain a restore input line names (as the chain written, or as the
     /// target of a jump), in `pending` or in what is committed: shared chains name none.
     pub fn owner_of_line(&self, pending: &Rendered, line: &str) -> Option<ServiceName> {
-        let chains: Vec<&str> = line
-            .split_whitespace()
-            .map(|t| t.trim_start_matches(':'))
-            .filter(|t| t.starts_with("SLUICE-"))
-            .collect();
-        pending.next.iter().chain(self.cache.iter()).find_map(|(name, (_, frag))| {
-            chains.iter().any(|c| frag.owns_chain(c)).then(|| name.clone())
-        })
+        let chains: Vec<&str> =
+            line.split_whitespace().map(|t| t.trim_start_matches(':')).filter(|t| t.starts_with("SLUICE-")).collect();
+        pending
+            .next
+            .iter()
+            .chain(self.cache.iter())
+            .find_map(|(name, (_, frag))| chains.iter().any(|c| frag.owns_chain(c)).then(|| name.clone()))
     }
 }
 

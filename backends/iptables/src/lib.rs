@@ -15,6 +15,7 @@ pub mod ct_events;
 pub mod dataplane;
 pub mod incremental;
 pub mod ipset;
+pub mod kube_proxy;
 pub mod nflog;
 mod nfnl;
 pub mod node;

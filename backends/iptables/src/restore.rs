@@ -150,7 +150,8 @@ mod tests {
     #[test]
     fn the_line_a_failed_restore_names_is_found_in_the_batch() {
         let batch = "*nat\n:SLUICE-C - [0:0]\n-A SLUICE-C -j RETURN\n-F SLUICE-A\n-X SLUICE-A\nCOMMIT\n";
-        let nft = "iptables-restore v1.8.9 (nf_tables): \nline 5: CHAIN_DEL failed (Device or resource busy): chain SLUICE-A";
+        let nft =
+            "iptables-restore v1.8.9 (nf_tables): \nline 5: CHAIN_DEL failed (Device or resource busy): chain SLUICE-A";
         assert_eq!(failed_line(nft, batch), Some("-X SLUICE-A"));
         assert_eq!(failed_line("iptables-restore: line 5 failed", batch), Some("-X SLUICE-A"));
         for stderr in ["line 0 failed", "line 99 failed", "line x", "Another app holds the xtables lock", ""] {

@@ -1,0 +1,153 @@
+//! `sluice migrate plan`: kube-proxy's live Service state on this node (both iptables variants'
+//! `KUBE-*` chains, read with iptables-save) compared frontend by frontend with what sluice
+//! programs here (asked of the agent): what sluice takes over as is, what differs (both
+//! values), what only one side serves, kube-proxy rules of unknown shape, and what blocks
+//! cutover. Runs on the node, as root, beside its agent.
+
+use std::path::Path;
+use std::process::Command;
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+use sluice_core::migrate::{KubeProxyState, PlanRow, UnknownRule, Verdict, compare, sluice_frontends};
+use sluice_core::view::ServiceView;
+use sluice_iptables::restore::{Iptables, IptablesError, Variant};
+
+use crate::Output;
+use crate::api::{Request, Response, call};
+
+#[derive(Debug, Serialize)]
+pub struct MigratePlan {
+    pub node: String,
+    /// Where kube-proxy's state was found (`iptables-nft`, `iptables-legacy`), empty if nowhere.
+    pub kube_proxy_sources: Vec<String>,
+    pub rows: Vec<PlanRow>,
+    pub unknown: Vec<UnknownRule>,
+    /// Why cutover cannot happen now (empty: it can).
+    pub blockers: Vec<String>,
+}
+
+/// kube-proxy's state in one iptables variant, if it has any `KUBE-*` chain there.
+fn read_variant(variant: Variant) -> anyhow::Result<Option<KubeProxyState>> {
+    let ipt = Iptables { variant };
+    let nat = match ipt.save("nat") {
+        Ok(t) => t,
+        Err(IptablesError::Spawn { .. }) => return Ok(None), // this variant is not installed
+        Err(e) => return Err(anyhow::anyhow!("reading kube-proxy's rules: {e}")),
+    };
+    if !nat.chains.iter().any(|c| c.starts_with("KUBE-")) {
+        return Ok(None);
+    }
+    let filter = ipt.save("filter").map_err(|e| anyhow::anyhow!("reading kube-proxy's rules: {e}"))?;
+    Ok(Some(sluice_iptables::kube_proxy::parse(&nat, Some(&filter), &format!("iptables-{}", variant.as_str()))))
+}
+
+/// Whether kube-proxy's nftables-mode table exists here (`nft` missing: no).
+fn nftables_mode() -> bool {
+    Command::new("nft").args(["list", "table", "ip", "kube-proxy"]).output().is_ok_and(|o| o.status.success())
+}
+
+pub fn build(socket: &Path) -> anyhow::Result<MigratePlan> {
+    let (node, services) = match super::block_on(call(socket, &Request::DesiredServices))?? {
+        Response::DesiredServices { node, services } => (node, services),
+        Response::Error(e) => anyhow::bail!("agent refused the request: {e}"),
+        _ => anyhow::bail!("agent sent an unexpected answer"),
+    };
+    let view = ServiceView::new(&node, &services, &[]);
+    let ours = sluice_frontends(&view);
+    let mut found = Vec::new();
+    for variant in [Variant::Nft, Variant::Legacy] {
+        if let Some(s) = read_variant(variant)? {
+            found.push(s);
+        }
+    }
+    let mut blockers = Vec::new();
+    if found.len() > 1 {
+        blockers.push(
+            "kube-proxy chains exist in both iptables variants (nft and legacy): a leftover of an earlier mode; clean the stale one (`kube-proxy --cleanup` with that variant) first".into(),
+        );
+    }
+    if nftables_mode() {
+        blockers.push(
+            "kube-proxy runs in nftables mode here (table `ip kube-proxy`): this sluice reads iptables-mode rules only; compare by hand or switch kube-proxy to iptables mode first".into(),
+        );
+    }
+    let theirs: Vec<_> = found.iter().flat_map(|s| s.frontends.iter().cloned()).collect();
+    let unknown: Vec<UnknownRule> = found.iter().flat_map(|s| s.unknown.iter().cloned()).collect();
+    let rows = compare(&theirs, &ours);
+    let dark = rows.iter().filter(|r| r.blocks()).count();
+    if dark > 0 {
+        blockers.push(format!(
+            "{dark} frontend(s) only kube-proxy serves would stop answering at cutover (a Service sluice rejected or does not know: see `sluice service list`)"
+        ));
+    }
+    if !unknown.is_empty() {
+        blockers.push(format!(
+            "{} rule(s) in kube-proxy's chains of a shape sluice does not recognise (listed); they are kept, and block cutover",
+            unknown.len()
+        ));
+    }
+    Ok(MigratePlan {
+        node,
+        kube_proxy_sources: found.iter().map(|s| s.source.clone()).collect(),
+        rows,
+        unknown,
+        blockers,
+    })
+}
+
+fn verdict_text(v: &Verdict) -> (&'static str, String) {
+    match v {
+        Verdict::Matches => ("matches", String::new()),
+        Verdict::Differs { fields } => (
+            "differs",
+            fields
+                .iter()
+                .map(|f| format!("{}: kube-proxy {} / sluice {}", f.field, f.kube_proxy, f.sluice))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        Verdict::OnlyKubeProxy => ("only kube-proxy", "sluice does not serve it: it would stop answering".into()),
+        Verdict::OnlySluice => ("only sluice", "taken over (kube-proxy does not serve it)".into()),
+    }
+}
+
+pub fn plan(socket: &Path, out: Output) -> anyhow::Result<()> {
+    let p = build(socket)?;
+    if let Output::Json = out {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(());
+    }
+    match p.kube_proxy_sources.as_slice() {
+        [] => println!("Node {}: no kube-proxy rules found (no KUBE-* chains in either iptables variant)", p.node),
+        s => println!("Node {}: kube-proxy's rules read from {}", p.node, s.join(", ")),
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["FRONTEND", "KIND", "SERVICE PORT", "VERDICT", "DETAIL"]);
+    for r in &p.rows {
+        let (v, detail) = verdict_text(&r.verdict);
+        t.add_row([r.frontend.clone(), r.kind.to_string(), r.service_port.clone(), v.into(), detail]);
+    }
+    println!("{t}");
+    for u in &p.unknown {
+        println!("Unknown rule ({} {}): {} [{}]", u.table, u.chain, u.rule, u.why);
+    }
+    let count = |f: fn(&Verdict) -> bool| p.rows.iter().filter(|r| f(&r.verdict)).count();
+    println!(
+        "{} match, {} differ, {} only kube-proxy, {} only sluice",
+        count(|v| matches!(v, Verdict::Matches)),
+        count(|v| matches!(v, Verdict::Differs { .. })),
+        count(|v| matches!(v, Verdict::OnlyKubeProxy)),
+        count(|v| matches!(v, Verdict::OnlySluice)),
+    );
+    if p.blockers.is_empty() {
+        println!("Cutover: ready (`sluice migrate apply` is not built yet; see docs/design/migration.md)");
+    } else {
+        println!("Cutover: blocked");
+        for b in &p.blockers {
+            println!("  - {b}");
+        }
+    }
+    Ok(())
+}
