@@ -76,7 +76,7 @@ impl<'a> Parser<'a> {
 
     /// Follow a frontend's target: FW -> EXT -> SVC/SVL -> SEP.
     fn follow(&mut self, chain: &str, leads: &mut Leads, depth: u8) {
-        if depth > 4 {
+        if depth > 3 {
             self.unknown(chain, "", "chains nest deeper than kube-proxy's layout");
             return;
         }

@@ -152,3 +152,64 @@ fn comments_with_spaces_stay_one_word() {
     let w = words("-m comment --comment \"default/web:http cluster IP\" -j X");
     assert_eq!(w, ["-m", "comment", "--comment", "default/web:http cluster IP", "-j", "X"]);
 }
+
+/// Fuzz tier: rules assembled from kube-proxy's own words in any order and count, plus arbitrary
+/// text, give frontends and unknown rules, never a panic; every frontend read comes from a
+/// KUBE-SERVICES or KUBE-NODEPORTS rule.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("-j".to_string()),
+            Just("-d".to_string()),
+            Just("-p".to_string()),
+            Just("--dport".to_string()),
+            Just("--to-destination".to_string()),
+            Just("--comment".to_string()),
+            Just("\"default/web:http cluster IP\"".to_string()),
+            Just("--rcheck".to_string()),
+            Just("--seconds".to_string()),
+            Just("!".to_string()),
+            Just("\"".to_string()),
+            "KUBE-(SVC|SVL|EXT|FW|SEP)-[AB]",
+            Just("KUBE-NODEPORTS".to_string()),
+            Just("KUBE-MARK-MASQ".to_string()),
+            Just("DNAT".to_string()),
+            Just("tcp".to_string()),
+            "10\\.96\\.0\\.[0-9]{1,3}(/32)?(:[0-9]{1,6})?",
+            "[0-9]{1,6}",
+            "[ -~]{0,12}",
+        ]
+    }
+
+    fn rule() -> impl Strategy<Value = String> {
+        let chain = prop_oneof![
+            Just("KUBE-SERVICES"),
+            Just("KUBE-NODEPORTS"),
+            Just("KUBE-SVC-A"),
+            Just("KUBE-SVL-A"),
+            Just("KUBE-EXT-A"),
+            Just("KUBE-FW-A"),
+            Just("KUBE-SEP-A"),
+            Just("KUBE-SEP-B"),
+        ];
+        (chain, proptest::collection::vec(word(), 0..12)).prop_map(|(c, w)| format!("{c} {}", w.join(" ")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_rules_parse_without_panicking(rules in proptest::collection::vec(rule(), 0..24)) {
+            let nat = TableDump { name: "nat".into(), chains: vec![], rules: rules.clone() };
+            let filter = TableDump { name: "filter".into(), chains: vec![], rules: rules.clone() };
+            let s = parse(&nat, Some(&filter), "fuzz");
+            let heads = rules.iter().filter(|r| r.starts_with("KUBE-SERVICES ") || r.starts_with("KUBE-NODEPORTS ")).count();
+            // nat and filter each contribute at most one frontend per such rule.
+            prop_assert!(s.frontends.len() <= 2 * heads, "{} frontends from {} rules", s.frontends.len(), heads);
+        }
+    }
+}
