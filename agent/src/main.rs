@@ -101,7 +101,7 @@ enum Cmd {
     ///
     /// Example: sluice ui --listen-address 127.0.0.1:12000 --server 10.0.0.5:4245
     Ui(cli::ui::UiArgs),
-    /// Taking this node off kube-proxy (only `plan` is built so far; docs/design/migration.md).
+    /// Taking this node off kube-proxy (`plan` and `verify` are built so far; docs/design/migration.md).
     #[command(subcommand)]
     Migrate(MigrateCmd),
     /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
@@ -124,6 +124,13 @@ enum MigrateCmd {
     ///
     /// Example: sluice migrate plan -o json
     Plan,
+    /// The plan's comparison again, plus a TCP connect from this node to every frontend sluice
+    /// serves here (ClusterIPs, external and LoadBalancer IPs with endpoints). Exit status 1 on
+    /// any blocker, difference or frontend that did not answer; run it before and after a
+    /// cutover. NodePorts from another node and conntrack counts are not built yet.
+    ///
+    /// Example: sluice migrate verify -o json
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -192,6 +199,11 @@ fn main() -> std::process::ExitCode {
         Cmd::Cleanup { config } => cli::cleanup::run(config.as_deref(), cli.output),
         Cmd::Service(ServiceCmd::List) => cli::service::list(&cli.socket, cli.output),
         Cmd::Migrate(MigrateCmd::Plan) => cli::migrate::plan(&cli.socket, cli.output),
+        Cmd::Migrate(MigrateCmd::Verify) => match cli::migrate::verify(&cli.socket, cli.output) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List)) => cli::bpf::lb_list(&cli.socket, cli.output),
         Cmd::Endpoint(EndpointCmd::List) => cli::policy::endpoints(&cli.socket, cli.output),
         Cmd::Identity(IdentityCmd::List) => cli::policy::identities(&cli.socket, cli.output),

@@ -4,7 +4,8 @@
 //! jumps from the built-in chains (so it carries no traffic), and the plan read back from the real
 //! iptables and the real agent must classify every frontend: a match, a difference with both
 //! values, a frontend only kube-proxy serves (blocks cutover), frontends only sluice serves, and
-//! a rule of unknown shape (listed, blocks cutover).
+//! a rule of unknown shape (listed, blocks cutover). `sluice migrate verify` passes before the
+//! rules (every ClusterIP answers from the node) and fails after (exit status 1).
 
 mod common;
 
@@ -72,6 +73,19 @@ fn migrate_plan_compares_kube_proxys_live_rules_with_sluice() {
         serde_json::from_str(&t.exec("node-1", &["sluice", "migrate", "plan", "-o", "json"])).expect("json");
     assert_eq!(plan["kube_proxy_sources"], serde_json::json!([]), "{plan:#}");
     assert_eq!(row(&plan, "10.96.0.10:80/TCP")["verdict"], "only-sluice");
+    // Verify from the node: every ClusterIP answers, nothing differs: exit 0.
+    let v: serde_json::Value =
+        serde_json::from_str(&t.exec("node-1", &["sluice", "migrate", "verify", "-o", "json"])).expect("json");
+    assert_eq!(v["passed"], true, "{v:#}");
+    let mut answered: Vec<&str> = v["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .filter(|p| p["ok"] == true)
+        .filter_map(|p| p["frontend"].as_str())
+        .collect();
+    answered.sort();
+    assert_eq!(answered, ["10.96.0.10:80/TCP", "10.96.0.20:80/TCP"], "{v:#}");
 
     let rules = dir.path().join("kube-proxy.rules");
     std::fs::write(&rules, kube_proxy_rules(&a, &b)).expect("write");
@@ -98,9 +112,20 @@ fn migrate_plan_compares_kube_proxys_live_rules_with_sluice() {
     let blockers = plan["blockers"].to_string();
     assert!(blockers.contains("2 frontend(s) only kube-proxy serves") && blockers.contains("1 rule(s)"), "{blockers}");
 
+    // Verify now fails (exit status 1), naming the difference.
+    let failed = t.lab.exec_output("node-1", &["sluice", "migrate", "verify"]);
+    let err = format!("{:#}", failed.expect_err("verify must fail with differences and blockers"));
+    assert!(err.contains("exit status: 1"), "{err}");
+
     // The table says the same in words.
     let text = t.exec("node-1", &["sluice", "migrate", "plan"]);
-    for want in ["kube-proxy's rules read from iptables-nft", "differs", "endpoints: kube-proxy", "Unknown rule", "Cutover: blocked"] {
+    for want in [
+        "kube-proxy's rules read from iptables-nft",
+        "differs",
+        "endpoints: kube-proxy",
+        "Unknown rule",
+        "Cutover: blocked",
+    ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
-use sluice_core::migrate::{KubeProxyState, PlanRow, UnknownRule, Verdict, compare, sluice_frontends};
+use sluice_core::migrate::{KubeProxyState, PlanRow, ProxiedFrontend, UnknownRule, Verdict, compare, sluice_frontends};
 use sluice_core::view::ServiceView;
 use sluice_iptables::restore::{Iptables, IptablesError, Variant};
 
@@ -47,7 +47,12 @@ fn nftables_mode() -> bool {
     Command::new("nft").args(["list", "table", "ip", "kube-proxy"]).output().is_ok_and(|o| o.status.success())
 }
 
+/// The plan, and sluice's own frontends (what `verify` probes).
 pub fn build(socket: &Path) -> anyhow::Result<MigratePlan> {
+    build_with_ours(socket).map(|(p, _)| p)
+}
+
+fn build_with_ours(socket: &Path) -> anyhow::Result<(MigratePlan, Vec<ProxiedFrontend>)> {
     let (node, services) = match super::block_on(call(socket, &Request::DesiredServices))?? {
         Response::DesiredServices { node, services } => (node, services),
         Response::Error(e) => anyhow::bail!("agent refused the request: {e}"),
@@ -87,13 +92,88 @@ pub fn build(socket: &Path) -> anyhow::Result<MigratePlan> {
             unknown.len()
         ));
     }
-    Ok(MigratePlan {
+    let plan = MigratePlan {
         node,
         kube_proxy_sources: found.iter().map(|s| s.source.clone()).collect(),
         rows,
         unknown,
         blockers,
-    })
+    };
+    Ok((plan, ours))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    pub frontend: String,
+    pub service_port: String,
+    /// `Some(true)` answered, `Some(false)` did not, `None` not probed (`result` says why).
+    pub ok: Option<bool>,
+    pub result: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verification {
+    #[serde(flatten)]
+    pub plan: MigratePlan,
+    pub probes: Vec<Probe>,
+    /// No blocker, no difference, every probed frontend answered.
+    pub passed: bool,
+}
+
+/// A TCP connect to every TCP frontend with an address and endpoints, from this node.
+fn probe(f: &ProxiedFrontend) -> Probe {
+    let frontend = f.key().to_string();
+    let service_port = f.service_port.clone();
+    let result = |ok: Option<bool>, result: String| Probe {
+        frontend: frontend.clone(),
+        service_port: service_port.clone(),
+        ok,
+        result,
+    };
+    let Some(ip) = f.ip else {
+        return result(None, "not probed: NodePorts are probed from another node (not built yet)".into());
+    };
+    if f.protocol != sluice_core::Protocol::Tcp {
+        return result(None, "not probed: only TCP frontends are probed (a handshake proves an answer)".into());
+    }
+    if f.endpoints.is_empty() {
+        return result(None, "not probed: no endpoints (refused by design)".into());
+    }
+    let addr = std::net::SocketAddr::new(ip, f.port);
+    match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)) {
+        Ok(_) => result(Some(true), "answered".into()),
+        Err(e) => result(Some(false), format!("failed: {e}")),
+    }
+}
+
+/// `sluice migrate verify`: the plan's comparison again plus a probe of every frontend sluice
+/// serves here; `Ok(false)` (exit status 1) on any blocker, difference or failed probe.
+pub fn verify(socket: &Path, out: Output) -> anyhow::Result<bool> {
+    let (plan, ours) = build_with_ours(socket)?;
+    let probes: Vec<Probe> = ours.iter().map(probe).collect();
+    let differs = plan.rows.iter().filter(|r| matches!(r.verdict, Verdict::Differs { .. })).count();
+    let passed = plan.blockers.is_empty() && differs == 0 && probes.iter().all(|p| p.ok != Some(false));
+    let v = Verification { plan, probes, passed };
+    if let Output::Json = out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(v.passed);
+    }
+    print_plan(&v.plan);
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["FRONTEND", "SERVICE PORT", "PROBE"]);
+    for p in &v.probes {
+        t.add_row([p.frontend.clone(), p.service_port.clone(), p.result.clone()]);
+    }
+    println!("{t}");
+    let failed = v.probes.iter().filter(|p| p.ok == Some(false)).count();
+    println!(
+        "Verify: {} ({} probed, {failed} failed; {differs} difference(s); {} blocker(s))",
+        if v.passed { "passed" } else { "FAILED" },
+        v.probes.iter().filter(|p| p.ok.is_some()).count(),
+        v.plan.blockers.len()
+    );
+    Ok(v.passed)
 }
 
 fn verdict_text(v: &Verdict) -> (&'static str, String) {
@@ -118,6 +198,11 @@ pub fn plan(socket: &Path, out: Output) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(());
     }
+    print_plan(&p);
+    Ok(())
+}
+
+fn print_plan(p: &MigratePlan) {
     match p.kube_proxy_sources.as_slice() {
         [] => println!("Node {}: no kube-proxy rules found (no KUBE-* chains in either iptables variant)", p.node),
         s => println!("Node {}: kube-proxy's rules read from {}", p.node, s.join(", ")),
@@ -149,5 +234,4 @@ pub fn plan(socket: &Path, out: Output) -> anyhow::Result<()> {
             println!("  - {b}");
         }
     }
-    Ok(())
 }

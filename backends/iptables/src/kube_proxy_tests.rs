@@ -111,7 +111,10 @@ fn every_frontend_is_read_with_its_endpoints_affinity_and_policy() {
     assert_eq!(np.endpoints, eps(&["10.244.1.3:8080", "10.244.2.3:8080"]), "the cluster-wide set");
     let ext = find(&s, FrontendKind::ExternalIp, 80);
     assert_eq!(ext.ip, Some("203.0.113.10".parse().expect("ip")));
-    assert_eq!((ext.endpoints.clone(), ext.affinity_s, ext.external_local), (web.endpoints.clone(), Some(10800), false));
+    assert_eq!(
+        (ext.endpoints.clone(), ext.affinity_s, ext.external_local),
+        (web.endpoints.clone(), Some(10800), false)
+    );
     let lb = find(&s, FrontendKind::LoadBalancer, 53);
     assert_eq!((lb.protocol, lb.external_local), (Protocol::Udp, false));
     assert_eq!(lb.endpoints, eps(&["10.244.1.4:53"]), "through KUBE-FW and KUBE-EXT");
