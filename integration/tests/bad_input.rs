@@ -113,6 +113,19 @@ fn bad_input_is_isolated_and_reversible_on_a_mixed_cluster() {
     }
 }
 
+/// One node with this config, an echo pod `a` (app=web, 8080) and a `client` pod. The temp dir
+/// holds the config (keep it alive).
+fn one_node_lab(name: &str, config: &str) -> (TestLab, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("node-1.yaml");
+    std::fs::write(&cfg, config).expect("write");
+    let t = TestLab::up(name, 1, &[("node-1".into(), cfg)]);
+    let web = [("app".to_string(), "web".to_string())].into_iter().collect();
+    t.lab.pod_add("node-1", "a", web, Some(8080)).expect("a");
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    (t, dir)
+}
+
 /// A map too small for every Service: what fits is programmed and answers, the rest is refused
 /// by name with the map and the key to raise (status and `sluice service list`, never listed as
 /// served); when room frees up, the next Service by name gets it.
@@ -121,13 +134,7 @@ fn a_full_ebpf_map_programs_what_fits_and_names_the_rest() {
     if !require_root() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tmp");
-    let cfg = dir.path().join("node-1.yaml");
-    std::fs::write(&cfg, "dataplane: ebpf\nbpf_map_sizes: {services: 3}\n").expect("write");
-    let t = TestLab::up("t-bad-full", 1, &[("node-1".into(), cfg)]);
-    let web = [("app".to_string(), "web".to_string())].into_iter().collect();
-    t.lab.pod_add("node-1", "a", web, Some(8080)).expect("a");
-    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let (t, dir) = one_node_lab("t-bad-full", "dataplane: ebpf\nbpf_map_sizes: {services: 3}\n");
     let svc = |i: u32| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec: {{clusterIP: 10.96.3.{i}, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
@@ -179,13 +186,7 @@ fn a_service_the_kernel_refuses_is_held_and_every_other_service_still_changes() 
     if !require_root() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tmp");
-    let cfg = dir.path().join("node-1.yaml");
-    std::fs::write(&cfg, "dataplane: iptables\n").expect("write");
-    let t = TestLab::up("t-bad-held", 1, &[("node-1".into(), cfg)]);
-    let web = [("app".to_string(), "web".to_string())].into_iter().collect();
-    t.lab.pod_add("node-1", "a", web, Some(8080)).expect("a");
-    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let (t, dir) = one_node_lab("t-bad-held", "dataplane: iptables\n");
     let write = |i: u32| {
         let f = dir.path().join(format!("s{i}.yaml"));
         std::fs::write(

@@ -214,18 +214,8 @@ impl Datapath {
                 self.written.backends.remove(&k);
                 changes += 1;
             }
-            for (k, v) in &want.backends {
-                if self.written.backends.get(k) != Some(v) {
-                    match be.insert(*k, *v, 0) {
-                        Ok(()) => {
-                            self.written.backends.insert(*k, *v);
-                            changes += 1;
-                        }
-                        Err(e) => refuse(refused, k.service_id, "sluice_backends", e),
-                    }
-                }
-            }
         }
+        changes += self.write_backends(&want.backends, refused)?;
         changes += self.write_services(&want.services, refused)?;
         {
             let stale: Vec<BackendKey> = self
@@ -262,6 +252,29 @@ impl Datapath {
         changes += self.write_maglev(&want.maglev, self.written.maglev.keys().copied().collect(), refused)?;
         if !gone_backends.is_empty() {
             self.flush_flows(&gone_backends)?;
+        }
+        Ok(changes)
+    }
+
+    /// Write the backend slots that differ; a refused one fails its service.
+    fn write_backends(
+        &mut self,
+        want: &BTreeMap<BackendKey, BackendVal>,
+        refused: &mut Refusals,
+    ) -> Result<usize, DatapathError> {
+        let mut changes = 0;
+        let mut be: HashMap<_, BackendKey, BackendVal> = hash_map(&mut self.bpf, "sluice_backends")?;
+        for (k, v) in want {
+            if self.written.backends.get(k) == Some(v) {
+                continue;
+            }
+            match be.insert(*k, *v, 0) {
+                Ok(()) => {
+                    self.written.backends.insert(*k, *v);
+                    changes += 1;
+                }
+                Err(e) => refuse(refused, k.service_id, "sluice_backends", e),
+            }
         }
         Ok(changes)
     }
@@ -467,17 +480,7 @@ impl Datapath {
             self.written.backends.remove(k);
             changes += 1;
         }
-        for (k, v) in &fresh.backends {
-            if self.written.backends.get(k) != Some(v) {
-                match be.insert(*k, *v, 0) {
-                    Ok(()) => {
-                        self.written.backends.insert(*k, *v);
-                        changes += 1;
-                    }
-                    Err(e) => refuse(refused, k.service_id, "sluice_backends", e),
-                }
-            }
-        }
+        changes += self.write_backends(&fresh.backends, refused)?;
         changes += self.write_services(&fresh.services, refused)?;
         let mut lpm = ranges_map(&mut self.bpf)?;
         let mut ranges_failed = BTreeSet::new();
