@@ -131,6 +131,38 @@ enum MigrateCmd {
     ///
     /// Example: sluice migrate verify -o json
     Verify,
+    /// Take this node off kube-proxy: refuse if it is not ready (source not synced, a Service
+    /// rejected or failing, a blocker of `plan`); pin kube_proxy_replacement to strict and wait
+    /// until sluice serves every Service feature; write the marker that keeps kube-proxy off the
+    /// node (<state_dir>/kube-proxy-replaced) and wait for a running kube-proxy to stop;
+    /// snapshot kube-proxy's rules into the migration record; remove them in one atomic batch
+    /// per table (jumps before chains; conntrack untouched, so open connections keep their
+    /// translation); verify. Rerun it after any failure: every step checks the node first.
+    /// Exit status 1 if the verification after it fails.
+    ///
+    /// Example: sluice migrate apply --wait 120
+    Apply {
+        /// Go past rules in kube-proxy's chains of a shape sluice does not recognise (they are
+        /// still kept, in chains that are not removed only if someone else jumps to them).
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for each hand-over (sluice serving everything, kube-proxy stopping).
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Give this node back to kube-proxy, make-before-break: remove the marker, put kube-proxy's
+    /// rules back from the snapshot `apply` took (unless kube-proxy's own rules are already
+    /// there), then pin kube_proxy_replacement to disabled and wait until sluice has handed
+    /// every Service feature over; verify. Exit status 1 if the verification fails.
+    ///
+    /// Example: sluice migrate rollback
+    Rollback {
+        /// Seconds to wait for sluice to hand its Service features over.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Stop pinning kube_proxy_replacement on this node: the config file decides again.
+    Release,
 }
 
 #[derive(Subcommand)]
@@ -204,6 +236,21 @@ fn main() -> std::process::ExitCode {
             Ok(false) => return std::process::ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Cmd::Migrate(MigrateCmd::Apply { force, wait }) => {
+            match cli::migrate_apply::apply(&cli.socket, force, std::time::Duration::from_secs(wait), cli.output) {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::from(1),
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Migrate(MigrateCmd::Rollback { wait }) => {
+            match cli::migrate_apply::rollback(&cli.socket, std::time::Duration::from_secs(wait), cli.output) {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::from(1),
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Migrate(MigrateCmd::Release) => cli::migrate_apply::release(&cli.socket),
         Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List)) => cli::bpf::lb_list(&cli.socket, cli.output),
         Cmd::Endpoint(EndpointCmd::List) => cli::policy::endpoints(&cli.socket, cli.output),
         Cmd::Identity(IdentityCmd::List) => cli::policy::identities(&cli.socket, cli.output),

@@ -49,6 +49,16 @@ pub fn render(s: &AgentStatus) -> String {
             s.config.rejected.as_ref().map(|r| format!(", LAST RELOAD REJECTED: {r}")).unwrap_or_default()
         ),
     );
+    if let Some(m) = &s.config.migration {
+        out += &line(
+            "Migration:",
+            &format!(
+                "kube_proxy_replacement pinned to {} by `{}` (over the config file; `sluice migrate release` unpins)",
+                m.kube_proxy_replacement.title().to_lowercase(),
+                m.set_by
+            ),
+        );
+    }
     out += &line("Services:", &s.services.to_string());
     let p = &s.policy;
     out += &line(

@@ -66,7 +66,8 @@ pub struct Config {
     #[serde(deserialize_with = "net::network")]
     pub service_cidr: Ipv4Net,
     /// Where the agent keeps what must survive its restarts (the last complete set of Services,
-    /// which the prune gate holds while the source is incomplete). Default: /run/sluice/<node_name>.
+    /// which the prune gate holds while the source is incomplete; `sluice migrate`'s record, pin and
+    /// marker). It must survive reboots. Default: /var/lib/sluice/<node_name>.
     pub state_dir: Option<PathBuf>,
     /// Unix socket for the CLI (root-only, mode 0600).
     pub socket_path: PathBuf,
@@ -517,7 +518,7 @@ impl Config {
 
     /// See `state_dir`.
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| PathBuf::from("/run/sluice").join(&self.node_name))
+        self.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/sluice").join(&self.node_name))
     }
 
     /// The cgroup v2 directory for socket LB (see `cgroup_root`).

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{FeatureState, Progress};
+use crate::plan::{Feature, Owner};
 use crate::service::{FrontendKind, Protocol};
 use crate::view::ServiceView;
 
@@ -186,6 +188,88 @@ pub fn compare(kube_proxy: &[ProxiedFrontend], sluice: &[ProxiedFrontend]) -> Ve
         .collect()
 }
 
+/// Who should serve the node's Service features at the end of a migration step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// `apply`: every Service feature served by a sluice backend.
+    ToSluice,
+    /// `rollback`: none left with sluice (kube-proxy serves them).
+    ToKubeProxy,
+}
+
+/// A Service feature not yet where a migration step wants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub feature: Feature,
+    pub why: PendingReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "reason")]
+pub enum PendingReason {
+    /// The plan gives it to someone else (kube-proxy, or off) on this node.
+    PlannedTo { owner: Owner },
+    /// Planned right, but the backend does not serve it yet; these still do.
+    Moving { kept_by: Vec<crate::BackendId> },
+    /// The planned backend failed to program it.
+    Failed,
+    /// Served, except on these interfaces, where nobody of sluice's covers it.
+    Holes { interfaces: Vec<String> },
+    /// The agent reported nothing for it.
+    Unreported,
+}
+
+impl fmt::Display for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.why {
+            PendingReason::PlannedTo { owner } => write!(f, "{}: planned to {owner}", self.feature),
+            PendingReason::Moving { kept_by } => {
+                let k: Vec<String> = kept_by.iter().map(|b| b.to_string()).collect();
+                write!(f, "{}: moving (still kept by {})", self.feature, k.join(", "))
+            }
+            PendingReason::Failed => write!(f, "{}: its backend failed to program it (see `sluice status`)", self.feature),
+            PendingReason::Holes { interfaces } => {
+                write!(f, "{}: not served on {}", self.feature, interfaces.join(", "))
+            }
+            PendingReason::Unreported => write!(f, "{}: no state reported yet", self.feature),
+        }
+    }
+}
+
+/// The Service features not yet where `to` wants them, from the agent's per-feature state.
+/// Empty: the hand-over is complete on this node.
+pub fn pending(features: &[FeatureState], to: HandOver) -> Vec<Pending> {
+    let mut out = Vec::new();
+    for feature in Feature::SERVICES {
+        let Some(st) = features.iter().find(|s| s.feature == feature) else {
+            out.push(Pending { feature, why: PendingReason::Unreported });
+            continue;
+        };
+        let why = match (to, st.planned, &st.progress) {
+            (HandOver::ToSluice, Owner::Backend(_), Progress::Serving) => {
+                let open: Vec<String> =
+                    st.holes.iter().filter(|h| h.covered_by.is_none()).map(|h| h.interface.clone()).collect();
+                (!open.is_empty()).then_some(PendingReason::Holes { interfaces: open })
+            }
+            (HandOver::ToSluice, Owner::Backend(_), Progress::Moving { kept_by }) => {
+                Some(PendingReason::Moving { kept_by: kept_by.clone() })
+            }
+            (HandOver::ToSluice, Owner::Backend(_), _) => Some(PendingReason::Failed),
+            (HandOver::ToSluice, owner, _) => Some(PendingReason::PlannedTo { owner }),
+            (HandOver::ToKubeProxy, Owner::KubeProxy, Progress::NotSluice) => None,
+            (HandOver::ToKubeProxy, Owner::KubeProxy, Progress::Moving { kept_by }) => {
+                Some(PendingReason::Moving { kept_by: kept_by.clone() })
+            }
+            (HandOver::ToKubeProxy, Owner::KubeProxy, _) => Some(PendingReason::Failed),
+            (HandOver::ToKubeProxy, owner, _) => Some(PendingReason::PlannedTo { owner }),
+        };
+        if let Some(why) = why {
+            out.push(Pending { feature, why });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +318,36 @@ mod tests {
         assert_eq!(verdicts[2], ("10.96.0.5:80/TCP", &Verdict::OnlySluice));
         assert_eq!(verdicts[3], ("10.96.0.9:80/TCP", &Verdict::OnlyKubeProxy));
         assert_eq!(rows.iter().filter(|r| r.blocks()).count(), 1);
+    }
+
+    fn states(owner: Owner, progress: Progress) -> Vec<FeatureState> {
+        Feature::SERVICES
+            .iter()
+            .map(|&feature| FeatureState { feature, planned: owner, progress: progress.clone(), holes: Vec::new() })
+            .collect()
+    }
+
+    #[test]
+    fn a_hand_over_is_complete_only_when_every_service_feature_is_where_it_goes() {
+        let served = states(Owner::IPTABLES, Progress::Serving);
+        assert_eq!(pending(&served, HandOver::ToSluice), []);
+        let p = pending(&served, HandOver::ToKubeProxy);
+        assert_eq!(p.len(), Feature::SERVICES.len());
+        assert!(matches!(p[0].why, PendingReason::PlannedTo { owner: Owner::IPTABLES }));
+
+        let mut moving = served.clone();
+        moving[1].progress = Progress::Moving { kept_by: vec![crate::BackendId::EBPF] };
+        moving[2].holes = vec![crate::HoleState { interface: "eth1".into(), covered_by: None }];
+        moving.pop();
+        let p = pending(&moving, HandOver::ToSluice);
+        let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert_eq!(p.len(), 3, "{text:?}");
+        assert!(text[0].contains("moving (still kept by eBPF)"), "{text:?}");
+        assert!(text[1].contains("not served on eth1"), "{text:?}");
+        assert!(text[2].contains("no state reported"), "{text:?}");
+
+        let back = states(Owner::KubeProxy, Progress::NotSluice);
+        assert_eq!(pending(&back, HandOver::ToKubeProxy), []);
+        assert!(pending(&back, HandOver::ToSluice).iter().all(|p| p.why == PendingReason::PlannedTo { owner: Owner::KubeProxy }));
     }
 }

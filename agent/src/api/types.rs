@@ -121,6 +121,23 @@ pub struct ReloadStatus {
     pub node_config: Option<String>,
     /// The steps of the last applied change, in the order they ran.
     pub last_transition: Vec<StepRecord>,
+    /// `kube_proxy_replacement` set on this node by `sluice migrate`, over the config file.
+    #[serde(default)]
+    pub migration: Option<MigrationOverride>,
+    /// Where the agent keeps what must survive a restart (last complete read, migration record).
+    #[serde(default)]
+    pub state_dir: String,
+}
+
+/// `sluice migrate apply` (strict) or `rollback` (disabled) pins this node's
+/// `kube_proxy_replacement` until the next migrate step; kept in the state directory, so it
+/// survives restarts, and shown in `sluice status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationOverride {
+    pub kube_proxy_replacement: sluice_core::KprMode,
+    /// The command that set it (`sluice migrate apply`).
+    pub set_by: String,
+    pub since_unix: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,7 +24,43 @@ pub struct MigratePlan {
     pub rows: Vec<PlanRow>,
     pub unknown: Vec<UnknownRule>,
     /// Why cutover cannot happen now (empty: it can).
-    pub blockers: Vec<String>,
+    pub blockers: Vec<Blocker>,
+}
+
+/// What stops `sluice migrate apply` (shown as its sentence in `-o json`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(into = "String")]
+pub enum Blocker {
+    /// kube-proxy chains in both iptables variants.
+    BothVariants,
+    /// kube-proxy's nftables-mode table, which this build does not read.
+    NftablesMode,
+    /// Frontends only kube-proxy serves.
+    OnlyKubeProxy { count: usize },
+    /// Rules of a shape the parser does not know (`apply --force` keeps them and goes on).
+    UnknownRules { count: usize },
+}
+
+impl Blocker {
+    /// Whether `apply --force` may go past it.
+    pub fn forceable(&self) -> bool {
+        matches!(self, Blocker::UnknownRules { .. })
+    }
+}
+
+impl From<Blocker> for String {
+    fn from(b: Blocker) -> String {
+        match b {
+            Blocker::BothVariants => "kube-proxy chains exist in both iptables variants (nft and legacy): a leftover of an earlier mode; clean the stale one (`kube-proxy --cleanup` with that variant) first".into(),
+            Blocker::NftablesMode => "kube-proxy runs in nftables mode here (table `ip kube-proxy`): this sluice reads iptables-mode rules only; compare by hand or switch kube-proxy to iptables mode first".into(),
+            Blocker::OnlyKubeProxy { count } => format!(
+                "{count} frontend(s) only kube-proxy serves would stop answering at cutover (a Service sluice rejected or does not know: see `sluice service list`)"
+            ),
+            Blocker::UnknownRules { count } => format!(
+                "{count} rule(s) in kube-proxy's chains of a shape sluice does not recognise (listed); they are kept, and block cutover unless `sluice migrate apply --force`"
+            ),
+        }
+    }
 }
 
 /// kube-proxy's state in one iptables variant, if it has any `KUBE-*` chain there.
@@ -52,7 +88,7 @@ pub fn build(socket: &Path) -> anyhow::Result<MigratePlan> {
     build_with_ours(socket).map(|(p, _)| p)
 }
 
-fn build_with_ours(socket: &Path) -> anyhow::Result<(MigratePlan, Vec<ProxiedFrontend>)> {
+pub(crate) fn build_with_ours(socket: &Path) -> anyhow::Result<(MigratePlan, Vec<ProxiedFrontend>)> {
     let (node, services) = match super::block_on(call(socket, &Request::DesiredServices))?? {
         Response::DesiredServices { node, services } => (node, services),
         Response::Error(e) => anyhow::bail!("agent refused the request: {e}"),
@@ -68,29 +104,20 @@ fn build_with_ours(socket: &Path) -> anyhow::Result<(MigratePlan, Vec<ProxiedFro
     }
     let mut blockers = Vec::new();
     if found.len() > 1 {
-        blockers.push(
-            "kube-proxy chains exist in both iptables variants (nft and legacy): a leftover of an earlier mode; clean the stale one (`kube-proxy --cleanup` with that variant) first".into(),
-        );
+        blockers.push(Blocker::BothVariants);
     }
     if nftables_mode() {
-        blockers.push(
-            "kube-proxy runs in nftables mode here (table `ip kube-proxy`): this sluice reads iptables-mode rules only; compare by hand or switch kube-proxy to iptables mode first".into(),
-        );
+        blockers.push(Blocker::NftablesMode);
     }
     let theirs: Vec<_> = found.iter().flat_map(|s| s.frontends.iter().cloned()).collect();
     let unknown: Vec<UnknownRule> = found.iter().flat_map(|s| s.unknown.iter().cloned()).collect();
     let rows = compare(&theirs, &ours);
     let dark = rows.iter().filter(|r| r.blocks()).count();
     if dark > 0 {
-        blockers.push(format!(
-            "{dark} frontend(s) only kube-proxy serves would stop answering at cutover (a Service sluice rejected or does not know: see `sluice service list`)"
-        ));
+        blockers.push(Blocker::OnlyKubeProxy { count: dark });
     }
     if !unknown.is_empty() {
-        blockers.push(format!(
-            "{} rule(s) in kube-proxy's chains of a shape sluice does not recognise (listed); they are kept, and block cutover",
-            unknown.len()
-        ));
+        blockers.push(Blocker::UnknownRules { count: unknown.len() });
     }
     let plan = MigratePlan {
         node,
@@ -121,7 +148,7 @@ pub struct Verification {
 }
 
 /// A TCP connect to every TCP frontend with an address and endpoints, from this node.
-fn probe(f: &ProxiedFrontend) -> Probe {
+pub(crate) fn probe(f: &ProxiedFrontend) -> Probe {
     let frontend = f.key().to_string();
     let service_port = f.service_port.clone();
     let result = |ok: Option<bool>, result: String| Probe {
@@ -146,18 +173,16 @@ fn probe(f: &ProxiedFrontend) -> Probe {
     }
 }
 
-/// `sluice migrate verify`: the plan's comparison again plus a probe of every frontend sluice
-/// serves here; `Ok(false)` (exit status 1) on any blocker, difference or failed probe.
-pub fn verify(socket: &Path, out: Output) -> anyhow::Result<bool> {
+/// The plan's comparison again plus a probe of every frontend sluice serves here.
+pub(crate) fn verify_report(socket: &Path) -> anyhow::Result<Verification> {
     let (plan, ours) = build_with_ours(socket)?;
     let probes: Vec<Probe> = ours.iter().map(probe).collect();
     let differs = plan.rows.iter().filter(|r| matches!(r.verdict, Verdict::Differs { .. })).count();
     let passed = plan.blockers.is_empty() && differs == 0 && probes.iter().all(|p| p.ok != Some(false));
-    let v = Verification { plan, probes, passed };
-    if let Output::Json = out {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(v.passed);
-    }
+    Ok(Verification { plan, probes, passed })
+}
+
+pub(crate) fn print_verification(v: &Verification) {
     print_plan(&v.plan);
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -167,12 +192,24 @@ pub fn verify(socket: &Path, out: Output) -> anyhow::Result<bool> {
     }
     println!("{t}");
     let failed = v.probes.iter().filter(|p| p.ok == Some(false)).count();
+    let differs = v.plan.rows.iter().filter(|r| matches!(r.verdict, Verdict::Differs { .. })).count();
     println!(
         "Verify: {} ({} probed, {failed} failed; {differs} difference(s); {} blocker(s))",
         if v.passed { "passed" } else { "FAILED" },
         v.probes.iter().filter(|p| p.ok.is_some()).count(),
         v.plan.blockers.len()
     );
+}
+
+/// `sluice migrate verify`: `Ok(false)` (exit status 1) on any blocker, difference or failed
+/// probe.
+pub fn verify(socket: &Path, out: Output) -> anyhow::Result<bool> {
+    let v = verify_report(socket)?;
+    if let Output::Json = out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_verification(&v);
+    }
     Ok(v.passed)
 }
 
@@ -202,7 +239,7 @@ pub fn plan(socket: &Path, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_plan(p: &MigratePlan) {
+pub(crate) fn print_plan(p: &MigratePlan) {
     match p.kube_proxy_sources.as_slice() {
         [] => println!("Node {}: no kube-proxy rules found (no KUBE-* chains in either iptables variant)", p.node),
         s => println!("Node {}: kube-proxy's rules read from {}", p.node, s.join(", ")),
@@ -227,11 +264,11 @@ fn print_plan(p: &MigratePlan) {
         count(|v| matches!(v, Verdict::OnlySluice)),
     );
     if p.blockers.is_empty() {
-        println!("Cutover: ready (`sluice migrate apply` is not built yet; see docs/design/migration.md)");
+        println!("Cutover: ready (`sluice migrate apply` takes this node off kube-proxy)");
     } else {
         println!("Cutover: blocked");
         for b in &p.blockers {
-            println!("  - {b}");
+            println!("  - {}", String::from(b.clone()));
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bpf;
 pub mod cleanup;
 pub mod migrate;
+pub mod migrate_apply;
 pub mod observe;
 mod observe_time;
 pub mod plan;

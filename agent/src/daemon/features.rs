@@ -9,7 +9,7 @@ use sluice_config::Config;
 use sluice_core::plan::{compute, transition};
 use sluice_core::{Capabilities, Feature, Plan, PlanInput, Step, StepState};
 
-pub use crate::api::types::{ReloadStatus, StepRecord};
+pub use crate::api::types::{MigrationOverride, ReloadStatus, StepRecord};
 
 /// Where the running config came from, so it can be re-read.
 #[derive(Debug, Clone)]
@@ -70,7 +70,50 @@ pub struct Planner {
     pub status: ReloadStatus,
     /// The node's `sluice.io/node-config` label, selecting a `node_configs` entry.
     pub node_config: Option<String>,
+    /// Where `sluice migrate`'s pin of kube_proxy_replacement is kept.
+    override_file: PathBuf,
     mtime: Option<SystemTime>,
+}
+
+/// The pin `sluice migrate` left, if any. A file that cannot be read stops the agent: guessing
+/// would hand a migrated node's Services back to a kube-proxy that is gone.
+fn load_override(path: &std::path::Path) -> anyhow::Result<Option<MigrationOverride>> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a migration pin ({e}); it is written by `sluice migrate apply|rollback`: remove it to use the config file's kube_proxy_replacement",
+                path.display()
+            )
+        }),
+    }
+}
+
+/// Write (or with `None` remove) the pin: a new file renamed into place, never half-written.
+fn store_override(path: &std::path::Path, o: Option<&MigrationOverride>) -> Result<(), String> {
+    let Some(o) = o else {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("removing {}: {e}", path.display())),
+            _ => Ok(()),
+        };
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let tmp = path.with_extension("json.new");
+    let body = serde_json::to_vec_pretty(o).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, body).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("renaming {} into place: {e}", tmp.display()))
+}
+
+/// The config the plan is made from: the file (or flags), the node's `node_configs` entry, and
+/// `sluice migrate`'s pin of kube_proxy_replacement over both.
+fn effective(cfg: &Config, label: Option<&str>, pin: Option<&MigrationOverride>) -> Result<Config, String> {
+    let mut e = cfg.with_node_config(label).map_err(|e| format!("{e:#}"))?;
+    if let Some(p) = pin {
+        e.kube_proxy_replacement = sluice_config::KprSetting(p.kube_proxy_replacement);
+    }
+    Ok(e)
 }
 
 fn mtime(p: &Option<PathBuf>) -> Option<SystemTime> {
@@ -79,7 +122,12 @@ fn mtime(p: &Option<PathBuf>) -> Option<SystemTime> {
 
 impl Planner {
     pub fn new(source: ConfigSource, probed: Capabilities, config: Config) -> anyhow::Result<Self> {
-        let plan = plan_for(&config, &probed)?;
+        let override_file = config.state_dir().join("migration").join("pin.json");
+        let pin = load_override(&override_file)?;
+        let plan = plan_for(&effective(&config, None, pin.as_ref()).map_err(anyhow::Error::msg)?, &probed)?;
+        if let Some(p) = &pin {
+            tracing::warn!(mode = p.kube_proxy_replacement.title(), by = %p.set_by, "kube_proxy_replacement pinned by sluice migrate, over the config file");
+        }
         let status = ReloadStatus {
             path: source.path.as_ref().map(|p| p.display().to_string()),
             generation: 1,
@@ -87,8 +135,26 @@ impl Planner {
             rejected: None,
             node_config: None,
             last_transition: Vec::new(),
+            migration: pin,
+            state_dir: config.state_dir().display().to_string(),
         };
-        Ok(Planner { mtime: mtime(&source.path), source, probed, config, plan, status, node_config: None })
+        Ok(Planner { mtime: mtime(&source.path), source, probed, config, plan, status, node_config: None, override_file })
+    }
+
+    /// `sluice migrate` pins (or releases) kube_proxy_replacement on this node. The pin is
+    /// stored before the re-plan and put back as it was if the plan cannot be made, so what is
+    /// on disk always matches the plan in force.
+    pub fn set_migration(&mut self, pin: Option<MigrationOverride>) -> Result<Vec<Step>, String> {
+        self.status.last_attempt_unix = super::now_unix();
+        let before = self.status.migration.clone();
+        store_override(&self.override_file, pin.as_ref())?;
+        self.status.migration = pin;
+        let res = self.replan(Ok(self.config.clone()), self.node_config.clone());
+        if res.is_err() {
+            self.status.migration = before;
+            store_override(&self.override_file, self.status.migration.as_ref())?;
+        }
+        res
     }
 
     /// Has the config file changed since it was last read?
@@ -173,8 +239,9 @@ impl Planner {
     }
 
     fn replan(&mut self, base: Result<Config, String>, label: Option<String>) -> Result<Vec<Step>, String> {
+        let pin = self.status.migration.clone();
         let attempt = base.and_then(|new| {
-            let effective = new.with_node_config(label.as_deref()).map_err(|e| format!("{e:#}"))?;
+            let effective = effective(&new, label.as_deref(), pin.as_ref())?;
             plan_for(&effective, &self.probed).map(|p| (new, p)).map_err(|e| format!("{e:#}"))
         });
         // A label naming nothing valid still counts as seen, so it is not retried every loop.

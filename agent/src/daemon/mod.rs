@@ -90,8 +90,15 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             }
             _ = wake.notified() => {}
             Some(q) = queries.recv() => {
-                answer(q, &source, &planner, &engine, &failed, &policy);
-                continue;
+                // A migration pin re-plans now; the pass below starts carrying it out.
+                let server::Query::Migration(mode, set_by, tx) = q else {
+                    answer(q, &source, &planner, &engine, &failed, &policy);
+                    continue;
+                };
+                let pin = mode.map(|m| features::MigrationOverride { kube_proxy_replacement: m, set_by, since_unix: now_unix() });
+                let res = planner.set_migration(pin);
+                let _ = tx.send(res.as_ref().map(|_| ()).map_err(Clone::clone));
+                planner.apply(res);
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -218,6 +225,7 @@ fn answer(
             let services = source.current().map(|c| c.state.services.clone()).unwrap_or_default();
             let _ = tx.send((planner.config.node_name.clone(), services));
         }
+        server::Query::Migration(..) => {} // handled by the loop: it changes the plan
         server::Query::BpfLb(tx) => {
             let rows = engine.backends().find(|b| b.id() == BackendId::EBPF).map(|b| b.lb_rows());
             let _ = tx.send(rows.unwrap_or_default());

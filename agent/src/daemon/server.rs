@@ -39,6 +39,8 @@ pub enum Query {
     BpfLb(oneshot::Sender<Vec<LbEntry>>),
     /// Policy questions: answered from the loop's state (endpoints, identities, policies, trace).
     Policy(Request, oneshot::Sender<Response>),
+    /// `sluice migrate`: pin or release kube_proxy_replacement (the loop re-plans).
+    Migration(Option<sluice_core::KprMode>, String, oneshot::Sender<Result<(), String>>),
 }
 
 /// Ask the reconcile loop; None when it is gone (the agent is stopping).
@@ -109,6 +111,13 @@ pub async fn serve(
                 Ok(Request::BpfLb) => ask(&queries, Query::BpfLb).await.map_or_else(gone, Response::BpfLb),
                 Ok(req @ (Request::Endpoints | Request::Identities | Request::Policies | Request::Trace { .. })) => {
                     ask(&queries, |tx| Query::Policy(req, tx)).await.unwrap_or_else(gone)
+                }
+                Ok(Request::Migration { kube_proxy_replacement, set_by }) => {
+                    match ask(&queries, |tx| Query::Migration(kube_proxy_replacement, set_by, tx)).await {
+                        None => gone(),
+                        Some(Ok(())) => Response::Ok,
+                        Some(Err(e)) => Response::Error(e),
+                    }
                 }
                 Ok(Request::EndpointsChanged) => {
                     wake.notify_one();

@@ -13,7 +13,7 @@ use sluice_core::{FrontendKind, Protocol};
 use crate::save::TableDump;
 
 /// A rule's words, with a quoted comment kept whole (without its quotes).
-fn words(rule: &str) -> Vec<String> {
+pub(crate) fn words(rule: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;

@@ -16,6 +16,7 @@ pub mod dataplane;
 pub mod incremental;
 pub mod ipset;
 pub mod kube_proxy;
+pub mod kube_proxy_cutover;
 pub mod nflog;
 mod nfnl;
 pub mod node;

@@ -1,0 +1,148 @@
+//! Tier 3: a node taken off kube-proxy and given back, under load. node-1 "runs kube-proxy":
+//! kube-proxy's iptables layout for the `web` ClusterIP, hooked from PREROUTING and OUTPUT so it
+//! carries the traffic, while sluice there is `kube_proxy_replacement: disabled`. A client on
+//! node-1 holds one connection through the ClusterIP (opened through kube-proxy's NAT) and opens
+//! new ones in a closed loop while `sluice migrate apply`, `rollback` and `apply` again run,
+//! the second apply killed once midway and rerun. The held connection must never break, no new
+//! connection may fail, and the kernel and the records must say what each step claims.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{KillOnDrop, eventually, require_root, two_node_web_lab};
+
+const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
+
+/// kube-proxy's rules for `web`, with its hooks (appended, as a kube-proxy started after sluice
+/// would find sluice's own hooks first in a real node; here sluice has none: it is disabled).
+fn kube_proxy_rules(a: &str, b: &str) -> String {
+    format!(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-SVC-WEB - [0:0]\n:KUBE-SEP-A - [0:0]\n:KUBE-SEP-B - [0:0]\n\
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+-A KUBE-POSTROUTING -j MASQUERADE --random-fully\n\
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-WEB\n\
+-A KUBE-SVC-WEB -m comment --comment \"default/web:http -> {a}:8080\" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-A\n\
+-A KUBE-SVC-WEB -m comment --comment \"default/web:http -> {b}:8080\" -j KUBE-SEP-B\n\
+-A KUBE-SEP-A -s {a}/32 -j KUBE-MARK-MASQ\n\
+-A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination {a}:8080\n\
+-A KUBE-SEP-B -s {b}/32 -j KUBE-MARK-MASQ\n\
+-A KUBE-SEP-B -p tcp -m tcp -j DNAT --to-destination {b}:8080\n\
+COMMIT\n"
+    )
+}
+
+/// Wait for a process the test started: (success, stdout, stderr).
+fn finish(mut p: KillOnDrop) -> (bool, String, String) {
+    use std::io::Read;
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = p.0.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = p.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let ok = p.0.wait().is_ok_and(|s| s.success());
+    (ok, out, err)
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn apply_rollback_apply_under_load_breaks_no_connection() {
+    if !require_root() {
+        return;
+    }
+    let (t, dir) = two_node_web_lab(
+        "t-mig-apply",
+        "dataplane: iptables\nkube_proxy_replacement: disabled\n",
+        "dataplane: iptables\n",
+    );
+    let f = dir.path().join("web.yaml");
+    std::fs::write(&f, WEB).expect("write");
+    t.lab.apply(&f).expect("apply");
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let st = t.lab.state().expect("state");
+    let ip = |pod: &str| st.pods.iter().find(|p| p.name == pod).map(|p| p.ip.clone()).expect("pod");
+    let rules = dir.path().join("kube-proxy.rules");
+    std::fs::write(&rules, kube_proxy_rules(&ip("a"), &ip("b"))).expect("write");
+    t.exec("node-1", &["sh", "-c", &format!("iptables-restore --noflush < {}", rules.display())]);
+    // kube-proxy serves the ClusterIP: its rule counts the packets.
+    eventually("web answers through kube-proxy", Duration::from_secs(20), || t.curl("client", "http://10.96.0.10/").ok());
+    let counted = t.exec("node-1", &["iptables-save", "-c", "-t", "nat"]);
+    let line = counted.lines().find(|l| l.contains("default/web:http cluster IP")).expect("kube-proxy's rule");
+    assert!(!line.starts_with("[0:"), "kube-proxy's rule carried no packet: {line}");
+    let before = t.status("node-1");
+    assert_eq!(before["config"]["migration"], serde_json::Value::Null);
+
+    // The load: one held connection (opened now, through kube-proxy's NAT) and new ones.
+    let spawn = |argv: &[&str]| {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let mut c = t.lab.command("client", &argv).expect("command");
+        KillOnDrop(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn"))
+    };
+    let hold = spawn(&["sluice-lab", "hold", "10.96.0.10:80", "--secs", "40", "--interval-ms", "50"]);
+    let load = spawn(&["sluice-lab", "load", "10.96.0.10:80", "--connections", "4", "--secs", "40"]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // apply: sluice takes every Service feature, then kube-proxy's rules go.
+    let out = json(&t.exec("node-1", &["sluice", "migrate", "apply", "-o", "json"]));
+    assert_eq!(out["verify"]["passed"], true, "{out:#}");
+    assert_eq!(out["verify"]["kube_proxy_sources"], serde_json::json!([]), "{out:#}");
+    let nat = out["removed"].as_array().expect("removed").iter().find(|r| r["table"] == "nat").cloned().expect("nat");
+    assert_eq!(nat["chains"], 6, "{out:#}");
+    assert_eq!(nat["hooks"], 3, "{out:#}");
+    let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
+    assert!(!saved.contains("KUBE-"), "kube-proxy's rules are gone:\n{saved}");
+    let st = t.status("node-1");
+    assert_eq!(st["config"]["migration"]["kube_proxy_replacement"], "strict", "{:#}", st["config"]);
+    let state_dir = std::path::PathBuf::from(st["config"]["state_dir"].as_str().expect("state_dir"));
+    assert!(state_dir.join("kube-proxy-replaced").exists(), "the marker");
+    let record = json(&std::fs::read_to_string(state_dir.join("migration/record.json")).expect("record"));
+    assert_eq!(record["snapshot"]["variants"][0]["tables"][0]["chains"].as_array().map(Vec::len), Some(6));
+    // A rerun changes nothing and still passes.
+    let again = json(&t.exec("node-1", &["sluice", "migrate", "apply", "-o", "json"]));
+    assert_eq!(again["removed"], serde_json::json!([]), "{again:#}");
+    assert_eq!(again["snapshot_unix"], out["snapshot_unix"], "the snapshot rollback uses stays");
+
+    // rollback: kube-proxy's rules back first, then sluice hands over.
+    let back = json(&t.exec("node-1", &["sluice", "migrate", "rollback", "-o", "json"]));
+    assert_eq!(back["passed"], true, "{back:#}");
+    assert_eq!(back["kube_proxy_sources"], serde_json::json!(["iptables-nft"]), "{back:#}");
+    let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
+    assert!(saved.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"), "{saved}");
+    assert!(
+        !saved.contains("-j SLUICE-SERVICES") && !saved.lines().any(|l| l.starts_with("-A SLUICE") && l.contains("10.96.0.10")),
+        "sluice handed its Service rules over:\n{saved}"
+    );
+    assert!(!state_dir.join("kube-proxy-replaced").exists(), "the marker is gone");
+    assert_eq!(t.status("node-1")["config"]["migration"]["kube_proxy_replacement"], "disabled");
+
+    // apply again, killed midway once (by its PID), then rerun: it converges.
+    let mut c = t.lab.command("node-1", &["sluice".into(), "migrate".into(), "apply".into()]).expect("command");
+    let mut first = KillOnDrop(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn"));
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let out = json(&t.exec("node-1", &["sluice", "migrate", "apply", "-o", "json"]));
+    assert_eq!(out["verify"]["passed"], true, "{out:#}");
+    let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
+    assert!(!saved.contains("KUBE-") && saved.contains("-j SLUICE-SERVICES"), "{saved}");
+
+    // The load ran across all of it.
+    let (ok, out, err) = finish(hold);
+    assert!(ok, "the held connection broke: {out}{err}");
+    let (_, out, err) = finish(load);
+    let v = json(&format!("{out}{}", if out.is_empty() { err } else { String::new() }));
+    eprintln!("across apply, rollback, apply: {} new connections ok, {} failed {}", v["ok"], v["failed"], v["errors"]);
+    assert!(v["ok"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(v["failed"], 0, "new connections failed: {}", v["errors"]);
+}
