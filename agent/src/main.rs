@@ -101,7 +101,7 @@ enum Cmd {
     ///
     /// Example: sluice ui --listen-address 127.0.0.1:12000 --server 10.0.0.5:4245
     Ui(cli::ui::UiArgs),
-    /// Taking this node off kube-proxy (`plan` and `verify` are built so far; docs/design/migration.md).
+    /// Taking this node off kube-proxy and back: plan, apply, verify, rollback, release (docs/design/migration.md).
     #[command(subcommand)]
     Migrate(MigrateCmd),
     /// Remove every kernel object sluice owns on this node: each registered backend's (iptables:
@@ -152,11 +152,16 @@ enum MigrateCmd {
     },
     /// Give this node back to kube-proxy, make-before-break: remove the marker, put kube-proxy's
     /// rules back from the snapshot `apply` took (unless kube-proxy's own rules are already
-    /// there), then pin kube_proxy_replacement to disabled and wait until sluice has handed
+    /// there), refuse if they leave a frontend sluice serves uncovered, then pin
+    /// kube_proxy_replacement to disabled and wait until sluice has handed
     /// every Service feature over; verify. Exit status 1 if the verification fails.
     ///
     /// Example: sluice migrate rollback
     Rollback {
+        /// Hand over even if kube-proxy's rules do not serve every frontend sluice serves now
+        /// (those frontends stop answering).
+        #[arg(long)]
+        force: bool,
         /// Seconds to wait for sluice to hand its Service features over.
         #[arg(long, default_value_t = 60)]
         wait: u64,
@@ -243,8 +248,8 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Cmd::Migrate(MigrateCmd::Rollback { wait }) => {
-            match cli::migrate_apply::rollback(&cli.socket, std::time::Duration::from_secs(wait), cli.output) {
+        Cmd::Migrate(MigrateCmd::Rollback { force, wait }) => {
+            match cli::migrate_apply::rollback(&cli.socket, force, std::time::Duration::from_secs(wait), cli.output) {
                 Ok(true) => Ok(()),
                 Ok(false) => return std::process::ExitCode::from(1),
                 Err(e) => Err(e),

@@ -227,7 +227,9 @@ impl fmt::Display for Pending {
                 let k: Vec<String> = kept_by.iter().map(|b| b.to_string()).collect();
                 write!(f, "{}: moving (still kept by {})", self.feature, k.join(", "))
             }
-            PendingReason::Failed => write!(f, "{}: its backend failed to program it (see `sluice status`)", self.feature),
+            PendingReason::Failed => {
+                write!(f, "{}: its backend failed to program it (see `sluice status`)", self.feature)
+            }
             PendingReason::Holes { interfaces } => {
                 write!(f, "{}: not served on {}", self.feature, interfaces.join(", "))
             }
@@ -348,6 +350,10 @@ mod tests {
 
         let back = states(Owner::KubeProxy, Progress::NotSluice);
         assert_eq!(pending(&back, HandOver::ToKubeProxy), []);
-        assert!(pending(&back, HandOver::ToSluice).iter().all(|p| p.why == PendingReason::PlannedTo { owner: Owner::KubeProxy }));
+        assert!(
+            pending(&back, HandOver::ToSluice)
+                .iter()
+                .all(|p| p.why == PendingReason::PlannedTo { owner: Owner::KubeProxy })
+        );
     }
 }

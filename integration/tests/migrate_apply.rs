@@ -76,7 +76,9 @@ fn apply_rollback_apply_under_load_breaks_no_connection() {
     std::fs::write(&rules, kube_proxy_rules(&ip("a"), &ip("b"))).expect("write");
     t.exec("node-1", &["sh", "-c", &format!("iptables-restore --noflush < {}", rules.display())]);
     // kube-proxy serves the ClusterIP: its rule counts the packets.
-    eventually("web answers through kube-proxy", Duration::from_secs(20), || t.curl("client", "http://10.96.0.10/").ok());
+    eventually("web answers through kube-proxy", Duration::from_secs(20), || {
+        t.curl("client", "http://10.96.0.10/").ok()
+    });
     let counted = t.exec("node-1", &["iptables-save", "-c", "-t", "nat"]);
     let line = counted.lines().find(|l| l.contains("default/web:http cluster IP")).expect("kube-proxy's rule");
     assert!(!line.starts_with("[0:"), "kube-proxy's rule carried no packet: {line}");
@@ -118,9 +120,13 @@ fn apply_rollback_apply_under_load_breaks_no_connection() {
     assert_eq!(back["passed"], true, "{back:#}");
     assert_eq!(back["kube_proxy_sources"], serde_json::json!(["iptables-nft"]), "{back:#}");
     let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
-    assert!(saved.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"), "{saved}");
     assert!(
-        !saved.contains("-j SLUICE-SERVICES") && !saved.lines().any(|l| l.starts_with("-A SLUICE") && l.contains("10.96.0.10")),
+        saved.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+        "{saved}"
+    );
+    assert!(
+        !saved.contains("-j SLUICE-SERVICES")
+            && !saved.lines().any(|l| l.starts_with("-A SLUICE") && l.contains("10.96.0.10")),
         "sluice handed its Service rules over:\n{saved}"
     );
     assert!(!state_dir.join("kube-proxy-replaced").exists(), "the marker is gone");

@@ -40,7 +40,10 @@ pub enum Request {
     },
     /// Pin (or with `None` release) this node's `kube_proxy_replacement` for `sluice migrate`;
     /// refused when the plan it gives cannot be made on this node.
-    Migration { kube_proxy_replacement: Option<sluice_core::KprMode>, set_by: String },
+    Migration {
+        kube_proxy_replacement: Option<sluice_core::KprMode>,
+        set_by: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -136,7 +136,11 @@ fn wait_hand_over(socket: &Path, mode: Option<KprMode>, to: HandOver, wait: Dura
             );
         }
         if said.elapsed() >= Duration::from_secs(3) {
-            eprintln!("  waiting ({}s): {}", start.elapsed().as_secs(), if what.is_empty() { "the next pass".into() } else { what.join("; ") });
+            eprintln!(
+                "  waiting ({}s): {}",
+                start.elapsed().as_secs(),
+                if what.is_empty() { "the next pass".into() } else { what.join("; ") }
+            );
             said = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -154,9 +158,9 @@ fn kube_proxy_running() -> Vec<String> {
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kube-proxy"))
         .map(|pid| format!("process kube-proxy (pid {pid})"))
         .collect();
-    let listening = ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-        std::fs::read_to_string(f).is_ok_and(|t| t.lines().skip(1).any(|l| healthz_listener(l)))
-    });
+    let listening = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.lines().skip(1).any(healthz_listener)));
     if listening {
         signs.push("a listener on kube-proxy's healthz port 10256".into());
     }
@@ -217,7 +221,11 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
     let st = status(socket)?;
     let paths = paths(&st)?;
     if !st.source.synced {
-        bail!("node {} is not ready: sluice has not synced its source yet ({}); rerun when `sluice status` shows it synced", st.node, st.source.location);
+        bail!(
+            "node {} is not ready: sluice has not synced its source yet ({}); rerun when `sluice status` shows it synced",
+            st.node,
+            st.source.location
+        );
     }
     let rejected: Vec<_> = st.rejected.iter().filter(|r| r.object.starts_with("Service ")).collect();
     if let Some(r) = rejected.first() {
@@ -228,12 +236,21 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
         );
     }
     if let Some(e) = st.dataplane_errors.first() {
-        bail!("node {} is not ready: the dataplane reports {} error(s), e.g. {e} (see `sluice status`)", st.node, st.dataplane_errors.len());
+        bail!(
+            "node {} is not ready: the dataplane reports {} error(s), e.g. {e} (see `sluice status`)",
+            st.node,
+            st.dataplane_errors.len()
+        );
     }
     let (plan, _) = build_with_ours(socket)?;
-    let hard: Vec<String> = plan.blockers.iter().filter(|b| !(force && b.forceable())).map(|b| String::from(b.clone())).collect();
+    let hard: Vec<String> =
+        plan.blockers.iter().filter(|b| !(force && b.forceable())).map(|b| String::from(b.clone())).collect();
     if !hard.is_empty() {
-        bail!("node {} is not ready for cutover:\n  - {}\n(`sluice migrate plan` shows the detail)", plan.node, hard.join("\n  - "));
+        bail!(
+            "node {} is not ready for cutover:\n  - {}\n(`sluice migrate plan` shows the detail)",
+            plan.node,
+            hard.join("\n  - ")
+        );
     }
 
     step(2, "pinning kube_proxy_replacement: strict; waiting until sluice serves every Service feature");
@@ -260,7 +277,11 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
             );
         }
         if start.elapsed() < Duration::from_millis(600) {
-            eprintln!("  kube-proxy still runs ({}); waiting up to {}s for it to stop", signs.join(", "), wait.as_secs());
+            eprintln!(
+                "  kube-proxy still runs ({}); waiting up to {}s for it to stop",
+                signs.join(", "),
+                wait.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -272,7 +293,11 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
     if !taken.is_empty() {
         let chains: usize = taken.iter().flat_map(|v| &v.tables).map(|t| t.chains.len()).sum();
         record.snapshot = Some(Snapshot { taken_unix: now(), variants: taken });
-        record.events.push(Event { at_unix: now(), step: "apply".into(), detail: format!("snapshot of {chains} kube-proxy chains") });
+        record.events.push(Event {
+            at_unix: now(),
+            step: "apply".into(),
+            detail: format!("snapshot of {chains} kube-proxy chains"),
+        });
         save(&paths.record, &record)?;
     }
 
@@ -285,20 +310,41 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
             let now_t = ipt.save(&t.table).map_err(|e| anyhow::anyhow!("reading table {}: {e}", t.table))?;
             kept.extend(t.kept.iter().cloned());
             let Some(batch) = t.removal_batch(&now_t) else { continue };
-            ipt.restore(&t.table, &batch).map_err(|e| anyhow::anyhow!("removing kube-proxy's rules from {} ({}): {e}; nothing of that table was changed", t.table, v.variant.as_str()))?;
+            ipt.restore(&t.table, &batch).map_err(|e| {
+                anyhow::anyhow!(
+                    "removing kube-proxy's rules from {} ({}): {e}; nothing of that table was changed",
+                    t.table,
+                    v.variant.as_str()
+                )
+            })?;
             let count = |p: &str| batch.lines().filter(|l| l.starts_with(p)).count();
-            removed.push(Removed { variant: v.variant, table: t.table.clone(), chains: count("-X "), hooks: count("-D ") });
+            removed.push(Removed {
+                variant: v.variant,
+                table: t.table.clone(),
+                chains: count("-X "),
+                hooks: count("-D "),
+            });
         }
     }
     if !removed.is_empty() {
         let n: usize = removed.iter().map(|r| r.chains).sum();
-        record.events.push(Event { at_unix: now(), step: "apply".into(), detail: format!("removed {n} kube-proxy chains") });
+        record.events.push(Event {
+            at_unix: now(),
+            step: "apply".into(),
+            detail: format!("removed {n} kube-proxy chains"),
+        });
         save(&paths.record, &record)?;
     }
 
     step(6, "verifying");
     let verify = verify_report(socket)?;
-    let report = ApplyReport { node: st.node, snapshot_unix: record.snapshot.as_ref().map(|s| s.taken_unix), removed, kept, verify };
+    let report = ApplyReport {
+        node: st.node,
+        snapshot_unix: record.snapshot.as_ref().map(|s| s.taken_unix),
+        removed,
+        kept,
+        verify,
+    };
     let passed = report.verify.passed;
     if let Output::Json = out {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -315,13 +361,13 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
         "Node {}: {} (`sluice migrate rollback` gives it back to kube-proxy{})",
         report.node,
         if passed { "taken off kube-proxy" } else { "off kube-proxy, but the verification FAILED" },
-        report.snapshot_unix.map(|t| format!(", from the snapshot of {t}")).unwrap_or_default()
+        report.snapshot_unix.map(|t| format!(", from the snapshot taken at unix time {t}")).unwrap_or_default()
     );
     Ok(passed)
 }
 
 /// `sluice migrate rollback`. `Ok(false)`: done, but the verification after it failed.
-pub fn rollback(socket: &Path, wait: Duration, out: Output) -> anyhow::Result<bool> {
+pub fn rollback(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow::Result<bool> {
     let st = status(socket)?;
     let paths = paths(&st)?;
     let mut record = load(&paths.record)?;
@@ -335,7 +381,10 @@ pub fn rollback(socket: &Path, wait: Duration, out: Output) -> anyhow::Result<bo
     eprintln!("[2/4] putting kube-proxy's rules back (behind sluice's, which serve until step 3)");
     let (before, _) = build_with_ours(socket)?;
     if !before.kube_proxy_sources.is_empty() {
-        eprintln!("  kube-proxy's rules are here already ({}): the snapshot is not needed", before.kube_proxy_sources.join(", "));
+        eprintln!(
+            "  kube-proxy's rules are here already ({}): the snapshot is not needed",
+            before.kube_proxy_sources.join(", ")
+        );
     } else {
         let Some(snap) = &record.snapshot else {
             bail!(
@@ -349,17 +398,44 @@ pub fn rollback(socket: &Path, wait: Duration, out: Output) -> anyhow::Result<bo
             for t in &v.tables {
                 let now_t = ipt.save(&t.table).map_err(|e| anyhow::anyhow!("reading table {}: {e}", t.table))?;
                 ipt.restore(&t.table, &t.restore_batch(&now_t)).map_err(|e| {
-                    anyhow::anyhow!("restoring kube-proxy's rules into {} ({}): {e}; sluice still serves every Service", t.table, v.variant.as_str())
+                    anyhow::anyhow!(
+                        "restoring kube-proxy's rules into {} ({}): {e}; sluice still serves every Service",
+                        t.table,
+                        v.variant.as_str()
+                    )
                 })?;
             }
         }
-        record.events.push(Event { at_unix: now(), step: "rollback".into(), detail: format!("restored the snapshot of {}", snap.taken_unix) });
+        record.events.push(Event {
+            at_unix: now(),
+            step: "rollback".into(),
+            detail: format!("restored the snapshot of {}", snap.taken_unix),
+        });
         save(&paths.record, &record)?;
+    }
+    // kube-proxy must cover every frontend sluice serves before sluice lets go of any.
+    let (covered, _) = build_with_ours(socket)?;
+    let dark: Vec<String> = covered
+        .rows
+        .iter()
+        .filter(|r| matches!(r.verdict, sluice_core::migrate::Verdict::OnlySluice))
+        .map(|r| format!("{} ({})", r.frontend, r.service_port))
+        .collect();
+    if !dark.is_empty() && !force {
+        bail!(
+            "kube-proxy's rules do not serve {} frontend(s) sluice serves now: {}. They would stop answering; sluice keeps serving them. Let kube-proxy run on the node (it programs every Service at its first sync) and rerun, or `--force`",
+            dark.len(),
+            dark.join(", ")
+        );
     }
     eprintln!("[3/4] pinning kube_proxy_replacement: disabled; waiting until sluice hands every Service feature back");
     pin(socket, Some(KprMode::Disabled), "sluice migrate rollback")?;
     wait_hand_over(socket, Some(KprMode::Disabled), HandOver::ToKubeProxy, wait)?;
-    record.events.push(Event { at_unix: now(), step: "rollback".into(), detail: "kube-proxy serves every Service feature".into() });
+    record.events.push(Event {
+        at_unix: now(),
+        step: "rollback".into(),
+        detail: "kube-proxy serves every Service feature".into(),
+    });
     save(&paths.record, &record)?;
     eprintln!("[4/4] verifying");
     let v = verify_report(socket)?;
@@ -385,7 +461,8 @@ mod tests {
     #[test]
     fn only_a_listener_on_10256_counts_as_kube_proxys_healthz() {
         let listen = "   0: 00000000:2810 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1";
-        let connected = "   1: 0100007F:2810 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1";
+        let connected =
+            "   1: 0100007F:2810 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1";
         let other = "   2: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1";
         let v6 = "   0: 00000000000000000000000000000000:2810 00000000000000000000000000000000:0000 0A 0 0 0 0 0 4 1";
         assert!(super::healthz_listener(listen));

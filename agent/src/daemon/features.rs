@@ -138,7 +138,16 @@ impl Planner {
             migration: pin,
             state_dir: config.state_dir().display().to_string(),
         };
-        Ok(Planner { mtime: mtime(&source.path), source, probed, config, plan, status, node_config: None, override_file })
+        Ok(Planner {
+            mtime: mtime(&source.path),
+            source,
+            probed,
+            config,
+            plan,
+            status,
+            node_config: None,
+            override_file,
+        })
     }
 
     /// `sluice migrate` pins (or releases) kube_proxy_replacement on this node. The pin is
