@@ -221,6 +221,14 @@ pub trait Dataplane {
     /// source is incomplete or not yet synced: missing is not the same as deleted).
     fn reconcile(&mut self, desired: &Desired<'_>, owned: &BTreeSet<Feature>, prune: bool) -> Report;
 
+    /// Whether this backend translates Service addresses in netfilter, as kube-proxy does:
+    /// features moving between it and kube-proxy change nothing conntrack sees, so neither
+    /// `before_break` nor `after_transition` hears of them (a settle there would only disturb
+    /// connections).
+    fn translates_in_netfilter(&self) -> bool {
+        false
+    }
+
     /// Called once per pass in which a holder is about to drop features a new owner now
     /// serves (between make and break): shared kernel state can be settled here, while the old
     /// owner still serves, so that what is left for `after_transition` is small. `moving`: the

@@ -112,12 +112,15 @@ pub struct Engine {
     serving: BTreeMap<BackendId, BTreeSet<Feature>>,
     /// Each backend's holes, from its last report.
     holes: BTreeMap<BackendId, Vec<Hole>>,
+    /// Features the last pass's plan left to kube-proxy: a backend taking one over is a change
+    /// of dataplane too (kube-proxy translates in netfilter), though no backend of ours held it.
+    kube_proxy_had: BTreeSet<Feature>,
 }
 
 impl Engine {
     /// Backends in registry order (the order they reconcile in).
     pub fn new(backends: Vec<Box<dyn Dataplane + Send>>) -> Self {
-        Engine { backends, serving: BTreeMap::new(), holes: BTreeMap::new() }
+        Engine { backends, serving: BTreeMap::new(), holes: BTreeMap::new(), kube_proxy_had: BTreeSet::new() }
     }
 
     pub fn backends(&self) -> impl Iterator<Item = &(dyn Dataplane + Send)> {
@@ -177,6 +180,23 @@ impl Engine {
         let mut pass = PassReport { prune, ..Default::default() };
         let before = self.serving.clone();
         let ids: Vec<BackendId> = self.backends.iter().map(|b| b.id()).collect();
+        // Taking features from kube-proxy: the word before the break comes before the make,
+        // since the make is the moment kube-proxy's rules stop seeing new flows.
+        let netfilter: BTreeSet<BackendId> =
+            self.backends.iter().filter(|b| b.translates_in_netfilter()).map(|b| b.id()).collect();
+        let taking: BTreeSet<Feature> = self
+            .kube_proxy_had
+            .iter()
+            .copied()
+            .filter(|f| {
+                plan.owner(*f).backend().is_some_and(|b| !self.serving(b).contains(f) && !netfilter.contains(&b))
+            })
+            .collect();
+        if !taking.is_empty() {
+            for b in &mut self.backends {
+                pass.errors.extend(b.before_break(desired, &taking));
+            }
+        }
         // Make. Backends that gain features go first so that, within the pass, a holder's
         // second call (break) already sees the new owner's result.
         let mut make: Vec<(BackendId, BTreeSet<Feature>)> = ids.iter().map(|id| (*id, self.owned(plan, *id))).collect();
@@ -186,9 +206,17 @@ impl Engine {
             pass.absorb(*id, report);
         }
         // Break, after a word to every backend about what is about to be dropped.
+        // A netfilter backend handing a feature to kube-proxy: same translation point, no word.
+        let to_kube_proxy_alike =
+            |f: &Feature, from: &BackendId| plan.owner(*f) == Owner::KubeProxy && netfilter.contains(from);
         let moving: BTreeSet<Feature> = make
             .iter()
-            .flat_map(|(id, made)| made.difference(&self.owned(plan, *id)).copied().collect::<Vec<_>>())
+            .flat_map(|(id, made)| {
+                made.difference(&self.owned(plan, *id))
+                    .copied()
+                    .filter(|f| !to_kube_proxy_alike(f, id))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         if !moving.is_empty() {
             for b in &mut self.backends {
@@ -202,7 +230,12 @@ impl Engine {
                 pass.absorb(*id, report);
             }
         }
-        let moved = self.moved_since(&before);
+        let moved: BTreeSet<Feature> = self
+            .moved_since(&before, &taking)
+            .into_iter()
+            .filter(|f| !before.iter().any(|(id, had)| had.contains(f) && to_kube_proxy_alike(f, id)))
+            .collect();
+        self.kube_proxy_had = Feature::ALL.into_iter().filter(|f| plan.owner(*f) == Owner::KubeProxy).collect();
         if !moved.is_empty() {
             for b in &mut self.backends {
                 pass.errors.extend(b.after_transition(desired, &moved));
@@ -214,10 +247,16 @@ impl Engine {
     }
 
     /// Features whose set of serving backends differs from `before`, among those some backend
-    /// served before (a feature programmed for the first time has moved from nowhere).
-    fn moved_since(&self, before: &BTreeMap<BackendId, BTreeSet<Feature>>) -> BTreeSet<Feature> {
+    /// served before or kube-proxy had (`from_kube_proxy`); a feature programmed for the first
+    /// time has moved from nowhere.
+    fn moved_since(
+        &self,
+        before: &BTreeMap<BackendId, BTreeSet<Feature>>,
+        from_kube_proxy: &BTreeSet<Feature>,
+    ) -> BTreeSet<Feature> {
         let ids: BTreeSet<&BackendId> = before.keys().chain(self.serving.keys()).collect();
-        let served_before: BTreeSet<Feature> = before.values().flatten().copied().collect();
+        let mut served_before: BTreeSet<Feature> = before.values().flatten().copied().collect();
+        served_before.extend(from_kube_proxy);
         let mut moved = BTreeSet::new();
         for id in ids {
             let (was, now) = (before.get(id).cloned().unwrap_or_default(), self.serving(*id));

@@ -242,3 +242,53 @@ fn a_hole_on_one_interface_is_covered_by_the_fallback_until_it_closes() {
     assert!(r.engine.serving(A).contains(&Feature::ClusterIp));
     assert!(rep.features.iter().all(|s| s.holes.is_empty()));
 }
+
+/// kube-proxy -> a backend: no backend of ours held the features, yet it is a change of
+/// dataplane. Every backend hears of it before the new owner's make (kube-proxy's rules stop
+/// seeing new flows at that moment) and the settle hook hears of the move after it.
+#[test]
+fn taking_features_from_kube_proxy_is_a_move() {
+    let mut r = rig(BTreeSet::new());
+    let svcs = services();
+    let kube_proxy = plan_with(|f| if f.is_kube_proxy_feature() { Owner::KubeProxy } else { Owner::Off });
+    let on_a = plan_with(|f| if f.is_kube_proxy_feature() { Owner::Backend(A) } else { Owner::Off });
+    let first = pass(&mut r, &kube_proxy, &svcs, SYNCED);
+    assert!(first.moved.is_empty());
+    let start = calls(&r).len();
+    let rep = pass(&mut r, &on_a, &svcs, SYNCED);
+    let taken: BTreeSet<Feature> = Feature::SERVICES.into_iter().collect();
+    assert_eq!(rep.moved, taken, "the settle hook hears of the move");
+    let bb = r.before_breaks_a.lock().map(|b| b.clone()).unwrap_or_default();
+    assert_eq!(bb.len(), 1, "{bb:?}");
+    assert_eq!(bb[0], (start, taken), "heard before the new owner's make");
+    // Once taken, the next pass is no move.
+    let again = pass(&mut r, &on_a, &svcs, SYNCED);
+    assert!(again.moved.is_empty(), "{:?}", again.moved);
+}
+
+/// kube-proxy <-> a backend that translates in netfilter as kube-proxy does: no settle either
+/// way (it would only disturb live connections).
+#[test]
+fn kube_proxy_and_a_netfilter_backend_trade_features_without_a_settle() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut a = FakeDataplane::new(A, log.clone());
+    a.netfilter = true;
+    let bb = a.before_breaks.clone();
+    let mut r = Rig {
+        engine: Engine::new(vec![Box::new(a)]),
+        log,
+        fail_b: Arc::default(),
+        kernel_a: Arc::default(),
+        holes_a: Arc::default(),
+        before_breaks_a: bb.clone(),
+    };
+    let svcs = services();
+    let kube_proxy = plan_with(|f| if f.is_kube_proxy_feature() { Owner::KubeProxy } else { Owner::Off });
+    let on_a = plan_with(|f| if f.is_kube_proxy_feature() { Owner::Backend(A) } else { Owner::Off });
+    pass(&mut r, &kube_proxy, &svcs, SYNCED);
+    let took = pass(&mut r, &on_a, &svcs, SYNCED);
+    assert!(took.moved.is_empty() && r.engine.serving(A).contains(&Feature::ClusterIp), "{:?}", took.moved);
+    let gave = pass(&mut r, &kube_proxy, &svcs, SYNCED);
+    assert!(gave.moved.is_empty() && !r.engine.serving(A).contains(&Feature::ClusterIp), "{:?}", gave.moved);
+    assert!(bb.lock().map(|b| b.is_empty()).unwrap_or(false), "no word before a break");
+}

@@ -163,6 +163,8 @@ pub struct FakeDataplane {
     /// Holes to report (for the features owned in the call).
     pub holes: Arc<Mutex<Vec<crate::dataplane::Hole>>>,
     pub before_breaks: BeforeBreaks,
+    /// What `translates_in_netfilter` answers.
+    pub netfilter: bool,
     serving: BTreeSet<Feature>,
 }
 
@@ -176,6 +178,7 @@ impl FakeDataplane {
             restored: BTreeSet::new(),
             holes: Arc::default(),
             before_breaks: Arc::default(),
+            netfilter: false,
             serving: BTreeSet::new(),
         }
     }
@@ -238,6 +241,10 @@ impl Dataplane for FakeDataplane {
             .filter(|h| !h.features.is_empty())
             .collect();
         Report { programmed: now, changes, errors, holes }
+    }
+
+    fn translates_in_netfilter(&self) -> bool {
+        self.netfilter
     }
 
     fn before_break(&mut self, _desired: &Desired<'_>, moving: &BTreeSet<Feature>) -> Vec<ObjectError> {

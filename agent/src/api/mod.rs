@@ -51,7 +51,13 @@ pub enum Request {
 pub enum Response {
     Status(Box<AgentStatus>),
     Services(Vec<ServiceEntry>),
-    DesiredServices { node: String, services: Vec<sluice_core::Service> },
+    DesiredServices {
+        node: String,
+        services: Vec<sluice_core::Service>,
+        /// Every node the source knows (name, address): where `migrate verify` probes NodePorts.
+        #[serde(default)]
+        nodes: Vec<sluice_core::NodeInfo>,
+    },
     BpfLb(Vec<LbEntry>),
     Endpoints(Vec<policy::EndpointEntry>),
     Identities(Vec<policy::IdentityEntry>),

@@ -88,9 +88,16 @@ pub fn build(socket: &Path) -> anyhow::Result<MigratePlan> {
     build_with_ours(socket).map(|(p, _)| p)
 }
 
-pub(crate) fn build_with_ours(socket: &Path) -> anyhow::Result<(MigratePlan, Vec<ProxiedFrontend>)> {
-    let (node, services) = match super::block_on(call(socket, &Request::DesiredServices))?? {
-        Response::DesiredServices { node, services } => (node, services),
+/// What sluice serves here, and where: the frontends and every node's address.
+pub(crate) struct Ours {
+    pub frontends: Vec<ProxiedFrontend>,
+    pub node: String,
+    pub nodes: Vec<sluice_core::NodeInfo>,
+}
+
+pub(crate) fn build_with_ours(socket: &Path) -> anyhow::Result<(MigratePlan, Ours)> {
+    let (node, services, nodes) = match super::block_on(call(socket, &Request::DesiredServices))?? {
+        Response::DesiredServices { node, services, nodes } => (node, services, nodes),
         Response::Error(e) => anyhow::bail!("agent refused the request: {e}"),
         _ => anyhow::bail!("agent sent an unexpected answer"),
     };
@@ -120,13 +127,13 @@ pub(crate) fn build_with_ours(socket: &Path) -> anyhow::Result<(MigratePlan, Vec
         blockers.push(Blocker::UnknownRules { count: unknown.len() });
     }
     let plan = MigratePlan {
-        node,
+        node: node.clone(),
         kube_proxy_sources: found.iter().map(|s| s.source.clone()).collect(),
         rows,
         unknown,
         blockers,
     };
-    Ok((plan, ours))
+    Ok((plan, Ours { frontends: ours, node, nodes }))
 }
 
 #[derive(Debug, Serialize)]
@@ -138,48 +145,113 @@ pub struct Probe {
     pub result: String,
 }
 
+/// Kernel conntrack entries to the frontends sluice serves here: connections the cutover must
+/// keep. `translated` ones were NATed in netfilter (kube-proxy's rules or sluice's iptables
+/// backend); flows eBPF translated are tracked to their backend and not counted.
+#[derive(Debug, Default, Serialize)]
+pub struct ConntrackCounts {
+    pub entries: usize,
+    pub translated: usize,
+    pub frontends: Vec<FrontendCount>,
+    /// Why nothing could be counted (conntrack missing, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FrontendCount {
+    pub frontend: String,
+    pub entries: usize,
+    pub translated: usize,
+}
+
+pub(crate) fn conntrack_counts(ours: &Ours) -> ConntrackCounts {
+    let entries = match sluice_iptables::conntrack_list::list() {
+        Ok(e) => e,
+        Err(e) => return ConntrackCounts { error: Some(e.to_string()), ..Default::default() },
+    };
+    let me = ours.nodes.iter().find(|n| n.name == ours.node).and_then(|n| n.internal_ip).map(std::net::IpAddr::from);
+    let mut out = ConntrackCounts::default();
+    for f in &ours.frontends {
+        let Some(dst) = f.ip.or(me) else { continue };
+        let proto = f.protocol.to_string().to_lowercase();
+        let hits: Vec<_> = entries
+            .iter()
+            .filter(|e| e.orig_dst == dst && e.orig_dport == Some(f.port) && e.protocol == proto)
+            .collect();
+        if hits.is_empty() {
+            continue;
+        }
+        let translated = hits.iter().filter(|e| e.translated()).count();
+        out.entries += hits.len();
+        out.translated += translated;
+        out.frontends.push(FrontendCount { frontend: f.key().to_string(), entries: hits.len(), translated });
+    }
+    out
+}
+
 #[derive(Debug, Serialize)]
 pub struct Verification {
     #[serde(flatten)]
     pub plan: MigratePlan,
     pub probes: Vec<Probe>,
+    pub conntrack: ConntrackCounts,
     /// No blocker, no difference, every probed frontend answered.
     pub passed: bool,
 }
 
-/// A TCP connect to every TCP frontend with an address and endpoints, from this node.
-pub(crate) fn probe(f: &ProxiedFrontend) -> Probe {
-    let frontend = f.key().to_string();
+/// TCP connects from this node to a frontend sluice serves: its address, or for a NodePort every
+/// node's address (this node's through its own stack, every other node's as a client outside
+/// that node would reach it).
+pub(crate) fn probe(f: &ProxiedFrontend, ours: &Ours) -> Vec<Probe> {
     let service_port = f.service_port.clone();
-    let result = |ok: Option<bool>, result: String| Probe {
-        frontend: frontend.clone(),
+    let row = |frontend: String, ok: Option<bool>, result: String| Probe {
+        frontend,
         service_port: service_port.clone(),
         ok,
         result,
     };
-    let Some(ip) = f.ip else {
-        return result(None, "not probed: NodePorts are probed from another node (not built yet)".into());
+    let connect = |frontend: String, addr: std::net::SocketAddr, from: &str| match std::net::TcpStream::connect_timeout(
+        &addr,
+        std::time::Duration::from_secs(1),
+    ) {
+        Ok(_) => row(frontend, Some(true), format!("answered{from}")),
+        Err(e) => row(frontend, Some(false), format!("failed{from}: {e}")),
     };
+    let skip = |why: &str| vec![row(f.key().to_string(), None, format!("not probed: {why}"))];
     if f.protocol != sluice_core::Protocol::Tcp {
-        return result(None, "not probed: only TCP frontends are probed (a handshake proves an answer)".into());
+        return skip("only TCP frontends are probed (a handshake proves an answer)");
     }
     if f.endpoints.is_empty() {
-        return result(None, "not probed: no endpoints (refused by design)".into());
+        return skip("no endpoints (refused by design)");
     }
-    let addr = std::net::SocketAddr::new(ip, f.port);
-    match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)) {
-        Ok(_) => result(Some(true), "answered".into()),
-        Err(e) => result(Some(false), format!("failed: {e}")),
+    if let Some(ip) = f.ip {
+        return vec![connect(f.key().to_string(), std::net::SocketAddr::new(ip, f.port), "")];
     }
+    if f.external_local {
+        return skip("externalTrafficPolicy Local answers only on nodes with a local endpoint");
+    }
+    let mut out = Vec::new();
+    for n in &ours.nodes {
+        let Some(ip) = n.internal_ip else { continue };
+        let frontend = format!("{} {ip}:{}/{}", n.name, f.port, f.protocol);
+        let from = if n.name == ours.node { " (from this node)".to_string() } else { format!(" (from {})", ours.node) };
+        out.push(connect(frontend, std::net::SocketAddr::new(ip.into(), f.port), &from));
+    }
+    if out.is_empty() {
+        return skip("no node with an address is known");
+    }
+    out
 }
 
 /// The plan's comparison again plus a probe of every frontend sluice serves here.
 pub(crate) fn verify_report(socket: &Path) -> anyhow::Result<Verification> {
     let (plan, ours) = build_with_ours(socket)?;
-    let probes: Vec<Probe> = ours.iter().map(probe).collect();
+    let probes: Vec<Probe> = ours.frontends.iter().flat_map(|f| probe(f, &ours)).collect();
     let differs = plan.rows.iter().filter(|r| matches!(r.verdict, Verdict::Differs { .. })).count();
     let passed = plan.blockers.is_empty() && differs == 0 && probes.iter().all(|p| p.ok != Some(false));
-    Ok(Verification { plan, probes, passed })
+    let conntrack = conntrack_counts(&ours);
+    Ok(Verification { plan, probes, conntrack, passed })
 }
 
 pub(crate) fn print_verification(v: &Verification) {
@@ -193,6 +265,13 @@ pub(crate) fn print_verification(v: &Verification) {
     println!("{t}");
     let failed = v.probes.iter().filter(|p| p.ok == Some(false)).count();
     let differs = v.plan.rows.iter().filter(|r| matches!(r.verdict, Verdict::Differs { .. })).count();
+    match &v.conntrack.error {
+        Some(e) => println!("Conntrack: not counted ({e})"),
+        None => println!(
+            "Conntrack: {} entries to these frontends, {} translated in netfilter (kept across a cutover)",
+            v.conntrack.entries, v.conntrack.translated
+        ),
+    }
     println!(
         "Verify: {} ({} probed, {failed} failed; {differs} difference(s); {} blocker(s))",
         if v.passed { "passed" } else { "FAILED" },

@@ -208,6 +208,10 @@ pub struct ApplyReport {
     pub snapshot_unix: Option<u64>,
     pub removed: Vec<Removed>,
     pub kept: Vec<KeptChain>,
+    /// Conntrack entries to sluice's frontends just before and just after the removal: the
+    /// removal itself drops none (connections may still end on their own in between).
+    pub conntrack_before: usize,
+    pub conntrack_after: usize,
     pub verify: Verification,
 }
 
@@ -301,7 +305,9 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
         save(&paths.record, &record)?;
     }
 
-    step(5, "removing kube-proxy's rules: one batch per table, jumps before chains");
+    step(5, "removing kube-proxy's rules: one batch per table, jumps before chains; conntrack kept");
+    let (_, ours) = build_with_ours(socket)?;
+    let conntrack_before = super::migrate::conntrack_counts(&ours).entries;
     let mut removed = Vec::new();
     let mut kept = Vec::new();
     for v in record.snapshot.iter().flat_map(|s| &s.variants) {
@@ -336,6 +342,8 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
         save(&paths.record, &record)?;
     }
 
+    let conntrack_after = super::migrate::conntrack_counts(&ours).entries;
+
     step(6, "verifying");
     let verify = verify_report(socket)?;
     let report = ApplyReport {
@@ -343,6 +351,8 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
         snapshot_unix: record.snapshot.as_ref().map(|s| s.taken_unix),
         removed,
         kept,
+        conntrack_before,
+        conntrack_after,
         verify,
     };
     let passed = report.verify.passed;
@@ -354,6 +364,10 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
     for r in &report.removed {
         println!("Removed from {} ({}): {} chains, {} jumps", r.table, r.variant.as_str(), r.chains, r.hooks);
     }
+    println!(
+        "Conntrack entries to sluice's frontends: {} before the removal, {} after",
+        report.conntrack_before, report.conntrack_after
+    );
     for k in &report.kept {
         println!("Kept {}: {} jumps to it (not kube-proxy's)", k.chain, k.referenced_by);
     }

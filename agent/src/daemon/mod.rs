@@ -222,8 +222,11 @@ fn answer(
             let _ = tx.send(crate::services::entries(services, rejected, failed, &planner.plan));
         }
         server::Query::DesiredServices(tx) => {
-            let services = source.current().map(|c| c.state.services.clone()).unwrap_or_default();
-            let _ = tx.send((planner.config.node_name.clone(), services));
+            let (services, nodes) = source
+                .current()
+                .map(|c| (c.state.services.clone(), c.state.nodes.values().cloned().collect()))
+                .unwrap_or_default();
+            let _ = tx.send((planner.config.node_name.clone(), services, nodes));
         }
         server::Query::Migration(..) => {} // handled by the loop: it changes the plan
         server::Query::BpfLb(tx) => {

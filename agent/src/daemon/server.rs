@@ -35,7 +35,7 @@ fn gone() -> Response {
 pub enum Query {
     Services(oneshot::Sender<Vec<ServiceEntry>>),
     /// This node's name and the Services the source holds (translated, validated).
-    DesiredServices(oneshot::Sender<(String, Vec<sluice_core::Service>)>),
+    DesiredServices(oneshot::Sender<(String, Vec<sluice_core::Service>, Vec<sluice_core::NodeInfo>)>),
     BpfLb(oneshot::Sender<Vec<LbEntry>>),
     /// Policy questions: answered from the loop's state (endpoints, identities, policies, trace).
     Policy(Request, oneshot::Sender<Response>),
@@ -107,7 +107,7 @@ pub async fn serve(
                 Ok(Request::Services) => ask(&queries, Query::Services).await.map_or_else(gone, Response::Services),
                 Ok(Request::DesiredServices) => ask(&queries, Query::DesiredServices)
                     .await
-                    .map_or_else(gone, |(node, services)| Response::DesiredServices { node, services }),
+                    .map_or_else(gone, |(node, services, nodes)| Response::DesiredServices { node, services, nodes }),
                 Ok(Request::BpfLb) => ask(&queries, Query::BpfLb).await.map_or_else(gone, Response::BpfLb),
                 Ok(req @ (Request::Endpoints | Request::Identities | Request::Policies | Request::Trace { .. })) => {
                     ask(&queries, |tx| Query::Policy(req, tx)).await.unwrap_or_else(gone)

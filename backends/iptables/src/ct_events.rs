@@ -10,14 +10,14 @@ use std::net::Ipv4Addr;
 use crate::nfnl::{self, Reader, attr, attrs, messages};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW` and `... | IPCTNL_MSG_CT_DELETE`.
-const MSG_CT_NEW: u16 = 1 << 8;
+pub(crate) const MSG_CT_NEW: u16 = 1 << 8;
 const MSG_CT_DELETE: u16 = (1 << 8) | 2;
 const NLM_F_CREATE: u16 = 0x400;
 /// Multicast groups (bit = group - 1): NEW = 1, DESTROY = 3.
 pub const GROUP_NEW: u32 = 1;
 pub const GROUPS_NEW_AND_DESTROY: u32 = GROUP_NEW | (1 << 2);
 
-const CTA_TUPLE_ORIG: u16 = 1;
+pub(crate) const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_STATUS: u16 = 3;
 const CTA_TUPLE_IP: u16 = 1;
@@ -70,7 +70,7 @@ fn be16(p: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(p.get(..2)?.try_into().ok()?))
 }
 
-fn tuple(buf: &[u8]) -> Tuple {
+pub(crate) fn tuple(buf: &[u8]) -> Tuple {
     let mut t = Tuple::default();
     for (ty, p) in attrs(buf) {
         match ty {
@@ -136,11 +136,11 @@ pub fn parse(buf: &[u8]) -> Vec<CtEvent> {
 
 // The kernel's encoding, for the tests and the flows benchmark, which feed the parser with it.
 
-fn nested(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn nested(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
     attr(ty | 0x8000, &parts.concat())
 }
 
-fn tuple_attr(ty: u16, t: &Tuple) -> Vec<u8> {
+pub(crate) fn tuple_attr(ty: u16, t: &Tuple) -> Vec<u8> {
     let (src, dst) = (t.src.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(), t.dst.unwrap_or(Ipv4Addr::UNSPECIFIED).octets());
     let (sport, dport, proto) = (t.sport, t.dport, t.proto);
     nested(
@@ -160,7 +160,7 @@ fn tuple_attr(ty: u16, t: &Tuple) -> Vec<u8> {
 }
 
 /// A conntrack message of the AF_INET family.
-fn message(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+pub(crate) fn message(ty: u16, flags: u16, body: &[u8]) -> Vec<u8> {
     nfnl::message(ty, flags, 0, 2, 0, body)
 }
 

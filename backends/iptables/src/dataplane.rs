@@ -401,6 +401,12 @@ impl Dataplane for IptablesDataplane {
         errors
     }
 
+    /// DNAT in the nat table, as kube-proxy's: handing features to kube-proxy or taking them
+    /// from it needs no conntrack settle.
+    fn translates_in_netfilter(&self) -> bool {
+        true
+    }
+
     /// The same TIME_WAIT settle as after the transition, once before the break too: the old
     /// owner still serves while the bulk of the entries goes, so the one after the break (the
     /// window in which a reused client port's SYN can meet a closed connection's entry) has

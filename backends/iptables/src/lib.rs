@@ -11,7 +11,9 @@
 //! Everything sluice creates is marked: chains start with [`CHAIN_PREFIX`], rules carry a
 //! `sluice:` comment, routes carry the protocol number.
 
+pub mod conntrack_list;
 pub mod ct_events;
+pub mod ct_flush;
 pub mod dataplane;
 pub mod incremental;
 pub mod ipset;

@@ -89,8 +89,14 @@ pub fn flush_udp_to_frontend(vip: IpAddr) -> Result<usize, ConntrackError> {
 /// the backend's SYN-ACK is matched to the old entry and the client answers it with a reset (a
 /// one-second SYN retransmit per reused port, for the two minutes TIME_WAIT entries live).
 /// Such entries only absorb late packets of connections already closed at both ends.
+///
+/// Each delete names the dumped entry's id (`ct_flush`), so a connection that reused the port
+/// since the dump keeps its entry.
 pub fn flush_closed_tcp_conntrack() -> Result<usize, ConntrackError> {
-    conntrack_delete(&["-p", "tcp", "--state", "TIME_WAIT"])
+    crate::ct_flush::flush_time_wait().map_err(|e| ConntrackError {
+        args: vec!["-p".into(), "tcp".into(), "--state".into(), "TIME_WAIT".into()],
+        detail: format!("over ctnetlink (needs the nf_conntrack_netlink module): {e}"),
+    })
 }
 
 /// Delete the conntrack entries to `vip` that no NAT translated (their reply comes from the
