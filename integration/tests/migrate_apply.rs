@@ -57,6 +57,30 @@ fn finish(mut p: KillOnDrop) -> (bool, String, String) {
     (ok, out, err)
 }
 
+/// The same Service in kube-proxy's nftables-mode layout (its own table, base chains as hooks).
+fn kube_proxy_nft(a: &str, b: &str, node_ip: &str) -> String {
+    let svc = "service-WEB00001-default/web/tcp/http";
+    let ep = |ip: &str, n: &str| format!("endpoint-{n}-default/web/tcp/http__{ip}/8080");
+    let (ea, eb) = (ep(a, "EPA00001"), ep(b, "EPB00002"));
+    format!(
+        "table ip kube-proxy {{\n\
+\tset nodeport-ips {{ type ipv4_addr; elements = {{ {node_ip} }}; }}\n\
+\tmap service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ 10.96.0.10 . tcp . 80 : goto {svc} }}; }}\n\
+\tmap service-nodeports {{ type inet_proto . inet_service : verdict; elements = {{ tcp . 30080 : goto external-WEB00001-default/web/tcp/http }}; }}\n\
+\tchain mark-for-masquerade {{ meta mark set meta mark or 0x4000; }}\n\
+\tchain masquerading {{ meta mark & 0x4000 == 0 return; meta mark set meta mark xor 0x4000; masquerade fully-random; }}\n\
+\tchain services {{ ip daddr . meta l4proto . th dport vmap @service-ips; ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports; }}\n\
+\tchain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}\n\
+\tchain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}\n\
+\tchain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump masquerading; }}\n\
+\tchain {ea} {{ ip saddr {a} jump mark-for-masquerade; meta l4proto tcp dnat to {a}:8080; }}\n\
+\tchain {eb} {{ ip saddr {b} jump mark-for-masquerade; meta l4proto tcp dnat to {b}:8080; }}\n\
+\tchain {svc} {{ ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade; numgen random mod 2 vmap {{ 0 : goto {ea}, 1 : goto {eb} }}; }}\n\
+\tchain external-WEB00001-default/web/tcp/http {{ jump mark-for-masquerade; goto {svc}; }}\n\
+}}\n"
+    )
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -67,15 +91,21 @@ fn json(s: &str) -> serde_json::Value {
 
 #[test]
 fn onto_iptables_apply_rollback_apply_under_load_breaks_no_connection() {
-    rehearse("t-mig-ipt", "iptables");
+    rehearse("t-mig-ipt", "iptables", false);
 }
 
 #[test]
 fn onto_ebpf_apply_rollback_apply_under_load_breaks_no_connection() {
-    rehearse("t-mig-bpf", "ebpf");
+    rehearse("t-mig-bpf", "ebpf", false);
 }
 
-fn rehearse(lab: &str, dataplane: &str) {
+/// kube-proxy in nftables mode: read from `nft -j`, its table deleted whole and put back.
+#[test]
+fn from_nftables_mode_onto_iptables_apply_rollback_apply_under_load() {
+    rehearse("t-mig-nft", "iptables", true);
+}
+
+fn rehearse(lab: &str, dataplane: &str, nftables: bool) {
     if !require_root() {
         return;
     }
@@ -91,15 +121,29 @@ fn rehearse(lab: &str, dataplane: &str) {
     let st = t.lab.state().expect("state");
     let ip = |pod: &str| st.pods.iter().find(|p| p.name == pod).map(|p| p.ip.clone()).expect("pod");
     let rules = dir.path().join("kube-proxy.rules");
-    std::fs::write(&rules, kube_proxy_rules(&ip("a"), &ip("b"))).expect("write");
-    t.exec("node-1", &["sh", "-c", &format!("iptables-restore --noflush < {}", rules.display())]);
-    // kube-proxy serves the ClusterIP: its rule counts the packets.
+    if nftables {
+        let node_ip = st.node("node-1").expect("node-1").underlay_ip.clone();
+        std::fs::write(&rules, kube_proxy_nft(&ip("a"), &ip("b"), &node_ip)).expect("write");
+        t.exec("node-1", &["nft", "-f", rules.to_str().expect("utf8")]);
+    } else {
+        std::fs::write(&rules, kube_proxy_rules(&ip("a"), &ip("b"))).expect("write");
+        t.exec("node-1", &["sh", "-c", &format!("iptables-restore --noflush < {}", rules.display())]);
+    }
     eventually("web answers through kube-proxy", Duration::from_secs(20), || {
         t.curl("client", "http://10.96.0.10/").ok()
     });
-    let counted = t.exec("node-1", &["iptables-save", "-c", "-t", "nat"]);
-    let line = counted.lines().find(|l| l.contains("default/web:http cluster IP")).expect("kube-proxy's rule");
-    assert!(!line.starts_with("[0:"), "kube-proxy's rule carried no packet: {line}");
+    if nftables {
+        // sluice reads kube-proxy's nftables layout and finds it equal to its own.
+        let plan = json(&t.exec("node-1", &["sluice", "migrate", "plan", "-o", "json"]));
+        assert_eq!(plan["kube_proxy_sources"], serde_json::json!(["nftables"]), "{plan:#}");
+        assert_eq!(plan["unknown"], serde_json::json!([]), "{plan:#}");
+        assert!(plan["rows"].as_array().expect("rows").iter().all(|r| r["verdict"] == "matches"), "{plan:#}");
+    } else {
+        // kube-proxy serves the ClusterIP: its rule counts the packets.
+        let counted = t.exec("node-1", &["iptables-save", "-c", "-t", "nat"]);
+        let line = counted.lines().find(|l| l.contains("default/web:http cluster IP")).expect("kube-proxy's rule");
+        assert!(!line.starts_with("[0:"), "kube-proxy's rule carried no packet: {line}");
+    }
     let before = t.status("node-1");
     assert_eq!(before["config"]["migration"], serde_json::Value::Null);
 
@@ -121,17 +165,27 @@ fn rehearse(lab: &str, dataplane: &str) {
     let out = json(&t.exec("node-1", &["sluice", "migrate", "apply", "-o", "json"]));
     assert_eq!(out["verify"]["passed"], true, "{out:#}");
     assert_eq!(out["verify"]["kube_proxy_sources"], serde_json::json!([]), "{out:#}");
-    let nat = out["removed"].as_array().expect("removed").iter().find(|r| r["table"] == "nat").cloned().expect("nat");
-    assert_eq!(nat["chains"], 8, "{out:#}");
-    assert_eq!(nat["hooks"], 3, "{out:#}");
+    let table = if nftables { "ip kube-proxy" } else { "nat" };
+    let removed =
+        out["removed"].as_array().expect("removed").iter().find(|r| r["table"] == table).cloned().expect("removed");
+    assert_eq!(removed["chains"], if nftables { 10 } else { 8 }, "{out:#}");
+    assert_eq!(removed["hooks"], 3, "{out:#}");
     let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
     assert!(!saved.contains("KUBE-"), "kube-proxy's rules are gone:\n{saved}");
+    assert!(!t.exec("node-1", &["nft", "list", "tables"]).contains("kube-proxy"), "kube-proxy's table is gone");
     let st = t.status("node-1");
     assert_eq!(st["config"]["migration"]["kube_proxy_replacement"], "strict", "{:#}", st["config"]);
     let state_dir = std::path::PathBuf::from(st["config"]["state_dir"].as_str().expect("state_dir"));
     assert!(state_dir.join("kube-proxy-replaced").exists(), "the marker");
     let record = json(&std::fs::read_to_string(state_dir.join("migration/record.json")).expect("record"));
-    assert_eq!(record["snapshot"]["variants"][0]["tables"][0]["chains"].as_array().map(Vec::len), Some(8));
+    if nftables {
+        assert!(
+            record["snapshot"]["nftables"].as_str().is_some_and(|t| t.contains("table ip kube-proxy")),
+            "{record:#}"
+        );
+    } else {
+        assert_eq!(record["snapshot"]["variants"][0]["tables"][0]["chains"].as_array().map(Vec::len), Some(8));
+    }
     // The held connection's entry, translated by kube-proxy's DNAT, is there before and after.
     assert!(out["conntrack_before"].as_u64() >= Some(1), "{out:#}");
     assert!(out["conntrack_after"].as_u64() >= Some(1), "{out:#}");
@@ -151,12 +205,18 @@ fn rehearse(lab: &str, dataplane: &str) {
     mark("rollback");
     let back = json(&t.exec("node-1", &["sluice", "migrate", "rollback", "-o", "json"]));
     assert_eq!(back["passed"], true, "{back:#}");
-    assert_eq!(back["kube_proxy_sources"], serde_json::json!(["iptables-nft"]), "{back:#}");
+    let source = if nftables { "nftables" } else { "iptables-nft" };
+    assert_eq!(back["kube_proxy_sources"], serde_json::json!([source]), "{back:#}");
     let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
-    assert!(
-        saved.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
-        "{saved}"
-    );
+    if nftables {
+        let table = t.exec("node-1", &["nft", "list", "table", "ip", "kube-proxy"]);
+        assert!(table.contains("hook prerouting") && table.contains("dnat to"), "{table}");
+    } else {
+        assert!(
+            saved.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+            "{saved}"
+        );
+    }
     assert!(
         !saved.contains("-j SLUICE-SERVICES")
             && !saved.lines().any(|l| l.starts_with("-A SLUICE") && l.contains("10.96.0.10")),

@@ -33,6 +33,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("runc", "/usr/sbin/runc"),
     ("procps", "/usr/bin/ps"),
     ("conntrack", "/usr/sbin/conntrack"),
+    // `sluice migrate` reads and removes kube-proxy's nftables-mode table.
+    ("nftables", "/usr/sbin/nft"),
     // Network policy on the iptables backend: one set per peer.
     ("ipset", "/usr/sbin/ipset"),
     ("clang-19", "/usr/bin/clang-19"),

@@ -31,10 +31,10 @@ pub struct MigratePlan {
 #[derive(Debug, Clone, Serialize)]
 #[serde(into = "String")]
 pub enum Blocker {
-    /// kube-proxy chains in both iptables variants.
-    BothVariants,
-    /// kube-proxy's nftables-mode table, which this build does not read.
-    NftablesMode,
+    /// kube-proxy state in more than one mode or iptables variant.
+    SeveralModes { sources: Vec<String> },
+    /// kube-proxy's nftables-mode table could not be read as nft's JSON.
+    NftablesUnreadable { why: String },
     /// Frontends only kube-proxy serves.
     OnlyKubeProxy { count: usize },
     /// Rules of a shape the parser does not know (`apply --force` keeps them and goes on).
@@ -51,8 +51,13 @@ impl Blocker {
 impl From<Blocker> for String {
     fn from(b: Blocker) -> String {
         match b {
-            Blocker::BothVariants => "kube-proxy chains exist in both iptables variants (nft and legacy): a leftover of an earlier mode; clean the stale one (`kube-proxy --cleanup` with that variant) first".into(),
-            Blocker::NftablesMode => "kube-proxy runs in nftables mode here (table `ip kube-proxy`): this sluice reads iptables-mode rules only; compare by hand or switch kube-proxy to iptables mode first".into(),
+            Blocker::SeveralModes { sources } => format!(
+                "kube-proxy state exists in more than one place ({}): a leftover of an earlier mode; clean the stale one (`kube-proxy --cleanup` in that mode) first",
+                sources.join(", ")
+            ),
+            Blocker::NftablesUnreadable { why } => {
+                format!("kube-proxy's nftables table `ip kube-proxy` could not be read ({why}); compare by hand")
+            }
             Blocker::OnlyKubeProxy { count } => format!(
                 "{count} frontend(s) only kube-proxy serves would stop answering at cutover (a Service sluice rejected or does not know: see `sluice service list`)"
             ),
@@ -78,9 +83,15 @@ fn read_variant(variant: Variant) -> anyhow::Result<Option<KubeProxyState>> {
     Ok(Some(sluice_iptables::kube_proxy::parse(&nat, Some(&filter), &format!("iptables-{}", variant.as_str()))))
 }
 
-/// Whether kube-proxy's nftables-mode table exists here (`nft` missing: no).
-fn nftables_mode() -> bool {
-    Command::new("nft").args(["list", "table", "ip", "kube-proxy"]).output().is_ok_and(|o| o.status.success())
+/// kube-proxy's nftables-mode table, if it exists here (`nft` missing: no table): its state,
+/// or why it could not be read.
+fn read_nftables() -> Option<Result<KubeProxyState, String>> {
+    let out = Command::new("nft").args(["-j", "list", "table", "ip", "kube-proxy"]).output().ok()?;
+    if !out.status.success() {
+        return None; // no such table
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(sluice_iptables::kube_proxy_nft::parse(&text).ok_or_else(|| "not nft's JSON".to_string()))
 }
 
 /// The plan, and sluice's own frontends (what `verify` probes).
@@ -110,11 +121,13 @@ pub(crate) fn build_with_ours(socket: &Path) -> anyhow::Result<(MigratePlan, Our
         }
     }
     let mut blockers = Vec::new();
-    if found.len() > 1 {
-        blockers.push(Blocker::BothVariants);
+    match read_nftables() {
+        Some(Ok(state)) => found.push(state),
+        Some(Err(why)) => blockers.push(Blocker::NftablesUnreadable { why }),
+        None => {}
     }
-    if nftables_mode() {
-        blockers.push(Blocker::NftablesMode);
+    if found.len() > 1 {
+        blockers.push(Blocker::SeveralModes { sources: found.iter().map(|s| s.source.clone()).collect() });
     }
     let theirs: Vec<_> = found.iter().flat_map(|s| s.frontends.iter().cloned()).collect();
     let unknown: Vec<UnknownRule> = found.iter().flat_map(|s| s.unknown.iter().cloned()).collect();
@@ -320,7 +333,10 @@ pub fn plan(socket: &Path, out: Output) -> anyhow::Result<()> {
 
 pub(crate) fn print_plan(p: &MigratePlan) {
     match p.kube_proxy_sources.as_slice() {
-        [] => println!("Node {}: no kube-proxy rules found (no KUBE-* chains in either iptables variant)", p.node),
+        [] => println!(
+            "Node {}: no kube-proxy rules found (no KUBE-* chains in either iptables variant, no nftables table `ip kube-proxy`)",
+            p.node
+        ),
         s => println!("Node {}: kube-proxy's rules read from {}", p.node, s.join(", ")),
     }
     let mut t = Table::new();

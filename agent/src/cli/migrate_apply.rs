@@ -40,6 +40,35 @@ pub struct VariantSnapshot {
 pub struct Snapshot {
     pub taken_unix: u64,
     pub variants: Vec<VariantSnapshot>,
+    /// kube-proxy's nftables-mode table as `nft list table ip kube-proxy` printed it (loadable
+    /// again with `nft -f`).
+    #[serde(default)]
+    pub nftables: Option<String>,
+}
+
+/// `nft` with `args`, `input` on stdin; stdout, or the error naming the command.
+fn nft(args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running nft {} (install the nftables package)", args.join(" ")))?;
+    if let (Some(mut stdin), Some(text)) = (child.stdin.take(), input) {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// kube-proxy's nftables-mode table as text, if there is one.
+fn nftables_table() -> Option<String> {
+    nft(&["list", "table", "ip", "kube-proxy"], None).ok()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,7 +224,8 @@ fn take_snapshot() -> anyhow::Result<Vec<VariantSnapshot>> {
 
 #[derive(Debug, Serialize)]
 pub struct Removed {
-    pub variant: Variant,
+    /// `nft` or `legacy` (iptables variants), or `nftables` (kube-proxy's nftables mode).
+    pub variant: String,
     pub table: String,
     pub chains: usize,
     pub hooks: usize,
@@ -294,9 +324,11 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
     let mut record = load(&paths.record)?;
     record.node = st.node.clone();
     let taken = take_snapshot()?;
-    if !taken.is_empty() {
-        let chains: usize = taken.iter().flat_map(|v| &v.tables).map(|t| t.chains.len()).sum();
-        record.snapshot = Some(Snapshot { taken_unix: now(), variants: taken });
+    let nftables = nftables_table();
+    if !taken.is_empty() || nftables.is_some() {
+        let chains: usize = taken.iter().flat_map(|v| &v.tables).map(|t| t.chains.len()).sum::<usize>()
+            + nftables.as_deref().map(|t| t.matches("\n\tchain ").count()).unwrap_or(0);
+        record.snapshot = Some(Snapshot { taken_unix: now(), variants: taken, nftables });
         record.events.push(Event {
             at_unix: now(),
             step: "apply".into(),
@@ -325,12 +357,23 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
             })?;
             let count = |p: &str| batch.lines().filter(|l| l.starts_with(p)).count();
             removed.push(Removed {
-                variant: v.variant,
+                variant: v.variant.as_str().into(),
                 table: t.table.clone(),
                 chains: count("-X "),
                 hooks: count("-D "),
             });
         }
+    }
+    // nftables mode: one table, deleted as one (its base chains are its hooks).
+    if let Some(table) = nftables_table() {
+        nft(&["delete", "table", "ip", "kube-proxy"], None)
+            .context("removing kube-proxy's nftables table; nothing of it was changed")?;
+        removed.push(Removed {
+            variant: "nftables".into(),
+            table: "ip kube-proxy".into(),
+            chains: table.matches("\n\tchain ").count(),
+            hooks: table.matches(" hook ").count(),
+        });
     }
     if !removed.is_empty() {
         let n: usize = removed.iter().map(|r| r.chains).sum();
@@ -362,7 +405,7 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
     }
     super::migrate::print_verification(&report.verify);
     for r in &report.removed {
-        println!("Removed from {} ({}): {} chains, {} jumps", r.table, r.variant.as_str(), r.chains, r.hooks);
+        println!("Removed from {} ({}): {} chains, {} jumps", r.table, r.variant, r.chains, r.hooks);
     }
     println!(
         "Conntrack entries to sluice's frontends: {} before the removal, {} after",
@@ -419,6 +462,10 @@ pub fn rollback(socket: &Path, force: bool, wait: Duration, out: Output) -> anyh
                     )
                 })?;
             }
+        }
+        if let Some(table) = &snap.nftables {
+            nft(&["-f", "/dev/stdin"], Some(table))
+                .context("restoring kube-proxy's nftables table; sluice still serves every Service")?;
         }
         record.events.push(Event {
             at_unix: now(),

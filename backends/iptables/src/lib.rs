@@ -19,6 +19,7 @@ pub mod incremental;
 pub mod ipset;
 pub mod kube_proxy;
 pub mod kube_proxy_cutover;
+pub mod kube_proxy_nft;
 pub mod nflog;
 mod nfnl;
 pub mod node;
