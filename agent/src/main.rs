@@ -116,8 +116,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum MigrateCmd {
-    /// Compare kube-proxy's live rules on this node (KUBE-* chains in either iptables variant)
-    /// with what sluice programs here, frontend by frontend: what sluice takes over as is, what
+    /// Compare kube-proxy's live rules on this node (KUBE-* chains in either iptables variant, or
+    /// its nftables-mode table `ip kube-proxy`) with what sluice programs here, frontend by frontend: what sluice takes over as is, what
     /// differs (with both values), what only one side serves, kube-proxy rules of a shape sluice
     /// does not recognise, and whether anything blocks cutover. Changes nothing. Run as root on
     /// the node, beside its agent.
@@ -125,9 +125,10 @@ enum MigrateCmd {
     /// Example: sluice migrate plan -o json
     Plan,
     /// The plan's comparison again, plus a TCP connect from this node to every frontend sluice
-    /// serves here (ClusterIPs, external and LoadBalancer IPs with endpoints). Exit status 1 on
-    /// any blocker, difference or frontend that did not answer; run it before and after a
-    /// cutover. NodePorts from another node and conntrack counts are not built yet.
+    /// serves here (ClusterIPs, external and LoadBalancer IPs with endpoints; NodePorts on every
+    /// node's address, so run on a neighbour it checks this node's from outside) and the count
+    /// of conntrack entries to them. Exit status 1 on any blocker, difference or frontend that
+    /// did not answer; run it before and after a cutover.
     ///
     /// Example: sluice migrate verify -o json
     Verify,
