@@ -73,7 +73,12 @@ fn migrate_plan_compares_kube_proxys_live_rules_with_sluice() {
         serde_json::from_str(&t.exec("node-1", &["sluice", "migrate", "plan", "-o", "json"])).expect("json");
     assert_eq!(plan["kube_proxy_sources"], serde_json::json!([]), "{plan:#}");
     assert_eq!(row(&plan, "10.96.0.10:80/TCP")["verdict"], "only-sluice");
-    // Verify from the node: every ClusterIP answers, nothing differs: exit 0.
+    // Verify from the node: every ClusterIP answers, and the NodePort on both nodes' addresses
+    // (node-2's once its agent has programmed it), nothing differs: exit 0.
+    let n2 = st.node("node-2").expect("node-2").underlay_ip.clone();
+    eventually("node-2's NodePort answers", Duration::from_secs(20), || {
+        t.curl("client", &format!("http://{n2}:30080/")).ok()
+    });
     let v: serde_json::Value =
         serde_json::from_str(&t.exec("node-1", &["sluice", "migrate", "verify", "-o", "json"])).expect("json");
     assert_eq!(v["passed"], true, "{v:#}");
@@ -85,7 +90,15 @@ fn migrate_plan_compares_kube_proxys_live_rules_with_sluice() {
         .filter_map(|p| p["frontend"].as_str())
         .collect();
     answered.sort();
-    assert_eq!(answered, ["10.96.0.10:80/TCP", "10.96.0.20:80/TCP"], "{v:#}");
+    let n1 = st.node("node-1").expect("node-1").underlay_ip.clone();
+    let mut want = vec![
+        "10.96.0.10:80/TCP".to_string(),
+        "10.96.0.20:80/TCP".into(),
+        format!("node-1 {n1}:30080/TCP"),
+        format!("node-2 {n2}:30080/TCP"),
+    ];
+    want.sort();
+    assert_eq!(answered, want, "{v:#}");
 
     let rules = dir.path().join("kube-proxy.rules");
     std::fs::write(&rules, kube_proxy_rules(&a, &b)).expect("write");

@@ -89,23 +89,56 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// Where "kube-proxy" keeps its rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// iptables mode through iptables-nft (current distributions).
+    IptablesNft,
+    /// iptables mode through iptables-legacy (older nodes).
+    IptablesLegacy,
+    /// nftables mode: its own table.
+    Nftables,
+}
+
+impl Layout {
+    /// The iptables-save that shows its rules (sluice's own are in iptables-nft here).
+    fn save(self) -> &'static str {
+        if self == Layout::IptablesLegacy { "iptables-legacy-save" } else { "iptables-nft-save" }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Layout::IptablesNft => "iptables-nft",
+            Layout::IptablesLegacy => "iptables-legacy",
+            Layout::Nftables => "nftables",
+        }
+    }
+}
+
 #[test]
 fn onto_iptables_apply_rollback_apply_under_load_breaks_no_connection() {
-    rehearse("t-mig-ipt", "iptables", false);
+    rehearse("t-mig-ipt", "iptables", Layout::IptablesNft);
 }
 
 #[test]
 fn onto_ebpf_apply_rollback_apply_under_load_breaks_no_connection() {
-    rehearse("t-mig-bpf", "ebpf", false);
+    rehearse("t-mig-bpf", "ebpf", Layout::IptablesNft);
 }
 
 /// kube-proxy in nftables mode: read from `nft -j`, its table deleted whole and put back.
 #[test]
 fn from_nftables_mode_onto_iptables_apply_rollback_apply_under_load() {
-    rehearse("t-mig-nft", "iptables", true);
+    rehearse("t-mig-nft", "iptables", Layout::Nftables);
 }
 
-fn rehearse(lab: &str, dataplane: &str, nftables: bool) {
+/// kube-proxy through iptables-legacy, sluice through iptables-nft.
+#[test]
+fn from_iptables_legacy_onto_iptables_apply_rollback_apply_under_load() {
+    rehearse("t-mig-leg", "iptables", Layout::IptablesLegacy);
+}
+
+fn rehearse(lab: &str, dataplane: &str, layout: Layout) {
+    let nftables = layout == Layout::Nftables;
     if !require_root() {
         return;
     }
@@ -127,10 +160,16 @@ fn rehearse(lab: &str, dataplane: &str, nftables: bool) {
         t.exec("node-1", &["nft", "-f", rules.to_str().expect("utf8")]);
     } else {
         std::fs::write(&rules, kube_proxy_rules(&ip("a"), &ip("b"))).expect("write");
-        t.exec("node-1", &["sh", "-c", &format!("iptables-restore --noflush < {}", rules.display())]);
+        let restore = if layout == Layout::IptablesLegacy { "iptables-legacy-restore" } else { "iptables-nft-restore" };
+        t.exec("node-1", &["sh", "-c", &format!("{restore} --noflush < {}", rules.display())]);
     }
     eventually("web answers through kube-proxy", Duration::from_secs(20), || {
         t.curl("client", "http://10.96.0.10/").ok()
+    });
+    // node-2's agent serves the NodePort there (verify probes it from node-1).
+    let n2 = st.node("node-2").expect("node-2").underlay_ip.clone();
+    eventually("node-2's NodePort answers", Duration::from_secs(20), || {
+        t.curl("client", &format!("http://{n2}:30080/")).ok()
     });
     if nftables {
         // sluice reads kube-proxy's nftables layout and finds it equal to its own.
@@ -140,7 +179,7 @@ fn rehearse(lab: &str, dataplane: &str, nftables: bool) {
         assert!(plan["rows"].as_array().expect("rows").iter().all(|r| r["verdict"] == "matches"), "{plan:#}");
     } else {
         // kube-proxy serves the ClusterIP: its rule counts the packets.
-        let counted = t.exec("node-1", &["iptables-save", "-c", "-t", "nat"]);
+        let counted = t.exec("node-1", &[layout.save(), "-c", "-t", "nat"]);
         let line = counted.lines().find(|l| l.contains("default/web:http cluster IP")).expect("kube-proxy's rule");
         assert!(!line.starts_with("[0:"), "kube-proxy's rule carried no packet: {line}");
     }
@@ -170,7 +209,7 @@ fn rehearse(lab: &str, dataplane: &str, nftables: bool) {
         out["removed"].as_array().expect("removed").iter().find(|r| r["table"] == table).cloned().expect("removed");
     assert_eq!(removed["chains"], if nftables { 10 } else { 8 }, "{out:#}");
     assert_eq!(removed["hooks"], 3, "{out:#}");
-    let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
+    let saved = t.exec("node-1", &[layout.save(), "-t", "nat"]);
     assert!(!saved.contains("KUBE-"), "kube-proxy's rules are gone:\n{saved}");
     assert!(!t.exec("node-1", &["nft", "list", "tables"]).contains("kube-proxy"), "kube-proxy's table is gone");
     let st = t.status("node-1");
@@ -205,9 +244,8 @@ fn rehearse(lab: &str, dataplane: &str, nftables: bool) {
     mark("rollback");
     let back = json(&t.exec("node-1", &["sluice", "migrate", "rollback", "-o", "json"]));
     assert_eq!(back["passed"], true, "{back:#}");
-    let source = if nftables { "nftables" } else { "iptables-nft" };
-    assert_eq!(back["kube_proxy_sources"], serde_json::json!([source]), "{back:#}");
-    let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
+    assert_eq!(back["kube_proxy_sources"], serde_json::json!([layout.source()]), "{back:#}");
+    let saved = t.exec("node-1", &[layout.save(), "-t", "nat"]);
     if nftables {
         let table = t.exec("node-1", &["nft", "list", "table", "ip", "kube-proxy"]);
         assert!(table.contains("hook prerouting") && table.contains("dnat to"), "{table}");
@@ -217,10 +255,11 @@ fn rehearse(lab: &str, dataplane: &str, nftables: bool) {
             "{saved}"
         );
     }
+    let ours = t.exec("node-1", &["iptables-nft-save", "-t", "nat"]);
     assert!(
-        !saved.contains("-j SLUICE-SERVICES")
-            && !saved.lines().any(|l| l.starts_with("-A SLUICE") && l.contains("10.96.0.10")),
-        "sluice handed its Service rules over:\n{saved}"
+        !ours.contains("-j SLUICE-SERVICES")
+            && !ours.lines().any(|l| l.starts_with("-A SLUICE") && l.contains("10.96.0.10")),
+        "sluice handed its Service rules over:\n{ours}"
     );
     assert!(!state_dir.join("kube-proxy-replaced").exists(), "the marker is gone");
     assert_eq!(t.status("node-1")["config"]["migration"]["kube_proxy_replacement"], "disabled");
@@ -236,7 +275,7 @@ fn rehearse(lab: &str, dataplane: &str, nftables: bool) {
     let out = json(&t.exec("node-1", &["sluice", "migrate", "apply", "-o", "json"]));
     assert_eq!(out["verify"]["passed"], true, "{out:#}");
     mark("done");
-    let saved = t.exec("node-1", &["iptables-save", "-t", "nat"]);
+    let saved = t.exec("node-1", &[layout.save(), "-t", "nat"]);
     assert!(!saved.contains("KUBE-"), "{saved}");
     assert_eq!(t.status("node-1")["config"]["migration"]["kube_proxy_replacement"], "strict");
 

@@ -1,36 +1,16 @@
 //! Tier 2: conntrack events from a real kernel, in a fresh network namespace: a connection DNATed
 //! by an iptables rule arrives as NEW with its translation, and as DESTROY when it is gone.
 
+mod common;
+
+use common::{Ns, require_root, sh};
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sluice_iptables::ct_events::{CtEventSocket, CtKind};
-
-fn require_root() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if !root {
-        eprintln!("skipped: needs root (network namespaces, iptables)");
-    }
-    root
-}
-
-struct Ns(String);
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(ns: &str, args: &[&str]) {
-    let st = Command::new("ip").args(["netns", "exec", ns]).args(args).status().expect("run");
-    assert!(st.success(), "{args:?}");
-}
 
 #[test]
 fn a_dnated_connection_arrives_as_new_with_its_translation_then_destroy() {

@@ -1,33 +1,13 @@
 //! Tier 2: the TIME_WAIT flush against a real kernel, in a fresh network namespace: closed
 //! connections' entries go, an open connection's entry stays.
 
+mod common;
+
+use common::{Ns, require_root, sh};
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-
-fn require_root() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if !root {
-        eprintln!("skipped: needs root (network namespaces, iptables)");
-    }
-    root
-}
-
-struct Ns(String);
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(ns: &str, args: &[&str]) {
-    let st = Command::new("ip").args(["netns", "exec", ns]).args(args).status().expect("run");
-    assert!(st.success(), "{args:?}");
-}
 
 /// `conntrack -L` lines in the namespace with `state`.
 fn count(ns: &str, state: &str) -> usize {
