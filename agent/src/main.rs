@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 #[cfg(test)]
 mod deploy_tests;
+mod files;
 mod services;
 mod source;
 mod status;

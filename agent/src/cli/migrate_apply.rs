@@ -66,6 +66,11 @@ fn nft(args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Chains in `nft list table` text (one tab-indented `chain NAME {` each).
+fn nft_chains(table: &str) -> usize {
+    table.matches("\n\tchain ").count()
+}
+
 /// kube-proxy's nftables-mode table as text, if there is one.
 fn nftables_table() -> Option<String> {
     nft(&["list", "table", "ip", "kube-proxy"], None).ok()
@@ -109,21 +114,16 @@ fn paths(st: &AgentStatus) -> anyhow::Result<Paths> {
 pub const MARKER: &str = "kube-proxy-replaced";
 
 fn load(path: &Path) -> anyhow::Result<Record> {
-    match std::fs::read(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
-        Err(e) => Err(e).with_context(|| format!("reading the migration record {}", path.display())),
-        Ok(b) => serde_json::from_slice(&b).with_context(|| {
-            format!("the migration record {} is not readable; it holds kube-proxy's snapshot: repair it from a backup, never delete it blindly", path.display())
-        }),
-    }
+    let Some(b) = crate::files::read_if_exists(path).context("reading the migration record")? else {
+        return Ok(Record::default());
+    };
+    serde_json::from_slice(&b).with_context(|| {
+        format!("the migration record {} is not readable; it holds kube-proxy's snapshot: repair it from a backup, never delete it blindly", path.display())
+    })
 }
 
 fn save(path: &Path, r: &Record) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("json.new");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(r)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+    crate::files::write_atomic(path, &serde_json::to_vec_pretty(r)?).context("saving the migration record")
 }
 
 fn status(socket: &Path) -> anyhow::Result<AgentStatus> {
@@ -327,7 +327,7 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
     let nftables = nftables_table();
     if !taken.is_empty() || nftables.is_some() {
         let chains: usize = taken.iter().flat_map(|v| &v.tables).map(|t| t.chains.len()).sum::<usize>()
-            + nftables.as_deref().map(|t| t.matches("\n\tchain ").count()).unwrap_or(0);
+            + nftables.as_deref().map(nft_chains).unwrap_or(0);
         record.snapshot = Some(Snapshot { taken_unix: now(), variants: taken, nftables });
         record.events.push(Event {
             at_unix: now(),
@@ -371,7 +371,7 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
         removed.push(Removed {
             variant: "nftables".into(),
             table: "ip kube-proxy".into(),
-            chains: table.matches("\n\tchain ").count(),
+            chains: nft_chains(&table),
             hooks: table.matches(" hook ").count(),
         });
     }

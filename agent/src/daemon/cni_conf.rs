@@ -24,12 +24,7 @@ pub fn write_if_changed(cfg: &Config, pod_cidr: Ipv4Net) -> anyhow::Result<()> {
     if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating CNI config dir {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("installing CNI conflist {}", path.display()))?;
+    crate::files::write_atomic(path, text.as_bytes()).context("installing the CNI conflist")?;
     tracing::info!(path = %path.display(), %pod_cidr, "CNI conflist written");
     Ok(())
 }

@@ -78,19 +78,16 @@ pub struct Planner {
 /// The pin `sluice migrate` left, if any. A file that cannot be read stops the agent: guessing
 /// would hand a migrated node's Services back to a kube-proxy that is gone.
 fn load_override(path: &std::path::Path) -> anyhow::Result<Option<MigrationOverride>> {
-    match std::fs::read(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not a migration pin ({e}); it is written by `sluice migrate apply|rollback`: remove it to use the config file's kube_proxy_replacement",
-                path.display()
-            )
-        }),
-    }
+    let Some(b) = crate::files::read_if_exists(path)? else { return Ok(None) };
+    serde_json::from_slice(&b).map(Some).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a migration pin ({e}); it is written by `sluice migrate apply|rollback`: remove it to use the config file's kube_proxy_replacement",
+            path.display()
+        )
+    })
 }
 
-/// Write (or with `None` remove) the pin: a new file renamed into place, never half-written.
+/// Write (or with `None` remove) the pin, never half-written.
 fn store_override(path: &std::path::Path, o: Option<&MigrationOverride>) -> Result<(), String> {
     let Some(o) = o else {
         return match std::fs::remove_file(path) {
@@ -98,12 +95,8 @@ fn store_override(path: &std::path::Path, o: Option<&MigrationOverride>) -> Resu
             _ => Ok(()),
         };
     };
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let tmp = path.with_extension("json.new");
     let body = serde_json::to_vec_pretty(o).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, body).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("renaming {} into place: {e}", tmp.display()))
+    crate::files::write_atomic(path, &body).map_err(|e| format!("{e:#}"))
 }
 
 /// The config the plan is made from: the file (or flags), the node's `node_configs` entry, and

@@ -146,12 +146,9 @@ impl SourceSide {
 
     fn load(&self) -> anyhow::Result<Option<LastComplete>> {
         let path = &self.last_complete;
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is unreadable (delete it; it is rewritten after the next complete read)", path.display())
-            })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
+        let Some(bytes) = crate::files::read_if_exists(path)? else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("{} is unreadable (delete it; it is rewritten after the next complete read)", path.display())
+        })?))
     }
 }

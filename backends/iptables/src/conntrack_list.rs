@@ -52,7 +52,7 @@ fn parse_line(line: &str) -> Option<CtEntry> {
 
 /// The whole IPv4 table, one process.
 pub fn list() -> Result<Vec<CtEntry>, ConntrackError> {
-    let err = |detail: String| ConntrackError { args: vec!["-L".into()], detail };
+    let err = |detail: String| ConntrackError::Tool { args: vec!["-L".into()], detail };
     let out = Command::new("conntrack").arg("-L").output().map_err(|e| err(e.to_string()))?;
     if !out.status.success() {
         return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));

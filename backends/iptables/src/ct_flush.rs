@@ -13,15 +13,10 @@
 use std::io;
 
 use crate::ct_events::{CTA_TUPLE_ORIG, MSG_CT_NEW, Tuple, message, tuple, tuple_attr};
-use crate::nfnl::{attr, attrs, messages};
+use crate::nfnl::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attr, attrs, messages};
 
 const MSG_CT_GET: u16 = (1 << 8) | 1;
 const MSG_CT_DELETE: u16 = (1 << 8) | 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_ID: u16 = 12;
 const CTA_PROTOINFO_TCP: u16 = 1;

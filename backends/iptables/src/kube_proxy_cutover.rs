@@ -138,21 +138,7 @@ impl TableSnapshot {
             .map(String::as_str)
             .filter(|c| is_kube_proxy_chain(c) && !self.is_kept(c) && present.contains(c))
             .collect();
-        if hooks.is_empty() && chains.is_empty() {
-            return None;
-        }
-        let mut s = format!("*{}\n", self.table);
-        for h in hooks {
-            s.push_str(&format!("-D {h}\n"));
-        }
-        for c in &chains {
-            s.push_str(&format!("-F {c}\n"));
-        }
-        for c in &chains {
-            s.push_str(&format!("-X {c}\n"));
-        }
-        s.push_str("COMMIT\n");
-        Some(s)
+        crate::save::teardown_batch(&self.table, &hooks, &chains)
     }
 
     /// The one batch that puts the snapshot back into the table as it is now: every chain

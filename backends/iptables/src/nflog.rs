@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::nfnl::{Reader, attr, attrs, message, messages};
+use crate::nfnl::{NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, Reader, attr, attrs, message, messages};
 
 /// The NFLOG group sluice's rules log to (one listener per group and netns).
 pub const GROUP: u16 = 4242;
@@ -24,9 +24,6 @@ const CFG_CMD_BIND: u8 = 1;
 const COPY_PACKET: u8 = 2;
 /// Bytes of each packet copied: IPv4 and TCP headers with options.
 const COPY_RANGE: u32 = 128;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLMSG_ERROR: u16 = 2;
 
 /// The headers of a logged IPv4 packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

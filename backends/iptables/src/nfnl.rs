@@ -2,6 +2,12 @@
 //! attributes both ways (the parsers are pure; the encoders feed tests and benchmarks), and a
 //! multicast reader that takes bursts.
 
+pub(crate) const NLM_F_REQUEST: u16 = 1;
+pub(crate) const NLM_F_ACK: u16 = 4;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
+
 /// Each netlink message in one datagram: (type, flags, payload after the header). Stops at the
 /// first truncated or malformed header.
 pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u16, &[u8])> {

@@ -61,18 +61,25 @@ pub fn cleanup_batch(t: &TableDump) -> Option<String> {
                     .is_some_and(|tgt| tgt.starts_with(CHAIN_PREFIX))
         })
         .collect();
-    if ours.is_empty() && hooks.is_empty() {
+    teardown_batch(&t.name, &hooks, &ours)
+}
+
+/// One restore batch taking chains out of `table`: the jumps into them from built-in chains
+/// first (`-D`), then every chain flushed, then deleted. Committed as one, so no packet enters
+/// a flushed chain, and a chain is deleted only once nothing jumps to it. `None`: nothing to do.
+pub fn teardown_batch(table: &str, hooks: &[impl AsRef<str>], chains: &[impl AsRef<str>]) -> Option<String> {
+    if hooks.is_empty() && chains.is_empty() {
         return None;
     }
-    let mut s = format!("*{}\n", t.name);
+    let mut s = format!("*{table}\n");
     for h in hooks {
-        s.push_str(&format!("-D {h}\n"));
+        s.push_str(&format!("-D {}\n", h.as_ref()));
     }
-    for c in &ours {
-        s.push_str(&format!("-F {c}\n"));
+    for c in chains {
+        s.push_str(&format!("-F {}\n", c.as_ref()));
     }
-    for c in &ours {
-        s.push_str(&format!("-X {c}\n"));
+    for c in chains {
+        s.push_str(&format!("-X {}\n", c.as_ref()));
     }
     s.push_str("COMMIT\n");
     Some(s)

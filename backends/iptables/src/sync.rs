@@ -62,10 +62,13 @@ pub fn udp_backends(svcs: &[Service]) -> BTreeSet<IpAddr> {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("conntrack -D {} failed: {detail} (install the conntrack package)", .args.join(" "))]
-pub struct ConntrackError {
-    pub args: Vec<String>,
-    pub detail: String,
+pub enum ConntrackError {
+    /// The `conntrack` tool failed (or is missing).
+    #[error("conntrack {} failed: {detail} (install the conntrack package)", .args.join(" "))]
+    Tool { args: Vec<String>, detail: String },
+    /// A ctnetlink request of sluice's own failed.
+    #[error("{what} over ctnetlink failed: {source} (needs the nf_conntrack_netlink module)")]
+    Netlink { what: &'static str, source: std::io::Error },
 }
 
 /// Delete UDP conntrack entries DNATed to `ip` (exit 1 with "0 flow entries" is success).
@@ -93,10 +96,8 @@ pub fn flush_udp_to_frontend(vip: IpAddr) -> Result<usize, ConntrackError> {
 /// Each delete names the dumped entry's id (`ct_flush`), so a connection that reused the port
 /// since the dump keeps its entry.
 pub fn flush_closed_tcp_conntrack() -> Result<usize, ConntrackError> {
-    crate::ct_flush::flush_time_wait().map_err(|e| ConntrackError {
-        args: vec!["-p".into(), "tcp".into(), "--state".into(), "TIME_WAIT".into()],
-        detail: format!("over ctnetlink (needs the nf_conntrack_netlink module): {e}"),
-    })
+    crate::ct_flush::flush_time_wait()
+        .map_err(|source| ConntrackError::Netlink { what: "deleting TIME_WAIT entries", source })
 }
 
 /// Delete the conntrack entries to `vip` that no NAT translated (their reply comes from the
@@ -114,7 +115,10 @@ pub fn flush_untranslated_to(vip: IpAddr, proto: &str) -> Result<usize, Conntrac
 }
 
 fn conntrack_delete(args: &[&str]) -> Result<usize, ConntrackError> {
-    let err = |detail: String| ConntrackError { args: args.iter().map(|a| a.to_string()).collect(), detail };
+    let err = |detail: String| ConntrackError::Tool {
+        args: std::iter::once("-D").chain(args.iter().copied()).map(str::to_string).collect(),
+        detail,
+    };
     let out = Command::new("conntrack").arg("-D").args(args).output().map_err(|e| err(e.to_string()))?;
     let text = String::from_utf8_lossy(&out.stderr);
     let deleted = text
