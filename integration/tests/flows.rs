@@ -199,10 +199,29 @@ fn the_relay_serves_the_whole_cluster_and_names_a_node_that_is_gone() {
 /// counted in `hubble_drop_total` too.
 #[test]
 fn policy_drops_are_flows_attributed_to_the_policy() {
+    policy_drops_case("t-drops", "dataplane: iptables\n", "NFLOG");
+}
+
+/// The same on a node where eBPF enforces policy (auto: eBPF takes Services and policy, the
+/// conntrack events give the traces): the pod-veth program's drops come through the ring
+/// buffer, attributed the same way.
+#[test]
+fn ebpf_policy_drops_are_flows_attributed_to_the_policy() {
+    policy_drops_case("t-drops-bpf", "dataplane: auto\n", "eBPF ring buffer");
+}
+
+fn policy_drops_case(lab: &str, node2: &str, source: &str) {
     if !require_root() {
         return;
     }
-    let (t, dir) = two_node_web_lab("t-drops", "dataplane: iptables\n", "dataplane: iptables\n");
+    let (t, dir) = two_node_web_lab(lab, "dataplane: iptables\n", node2);
+    if source.starts_with("eBPF") {
+        let st = t.status("node-2");
+        let policy = st["plan"]["entries"].as_array().and_then(|fs| {
+            fs.iter().find(|f| f["feature"] == "policy").map(|f| f["owner"].as_str().unwrap_or("").to_string())
+        });
+        assert_eq!(policy.as_deref(), Some("ebpf"), "eBPF enforces policy on node-2: {}", st["plan"]);
+    }
     t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
     eventually("b answers before any policy", Duration::from_secs(15), || {
         t.curl("client", "http://10.244.2.2:8080/").ok().filter(|b| b == "b")
@@ -250,5 +269,5 @@ fn policy_drops_are_flows_attributed_to_the_policy() {
         t.curl("client", "http://10.244.2.2:8080/").ok().filter(|b| b == "b")
     });
     let st = t.status("node-2");
-    assert!(st["flows"]["source"].as_str().unwrap_or("").contains("NFLOG"), "{}", st["flows"]);
+    assert!(st["flows"]["source"].as_str().unwrap_or("").contains(source), "{}", st["flows"]);
 }

@@ -17,7 +17,7 @@ use sluice_config::Config;
 use sluice_core::ClusterState;
 use sluice_core::flow::enrich::Directory;
 use sluice_core::flow::metrics::LostSource;
-use sluice_core::policy::Identity;
+use sluice_core::policy::{Identity, PolicyView};
 use sluice_iptables::ct_events::CtEventSocket;
 use sluice_observer::server::{Hub, now_ns};
 
@@ -59,6 +59,8 @@ fn read_loop<T>(
     Ok(())
 }
 
+type RuleTagMap = std::collections::HashMap<(String, bool), sluice_core::flow::drop::RuleTags>;
+
 pub struct Flows {
     hub: Arc<Hub>,
     directory: Arc<RwLock<Directory>>,
@@ -73,6 +75,14 @@ pub struct Flows {
     /// Why drops are not logged (the group is taken, nfnetlink_log is missing), when so.
     drops_error: Option<String>,
     policy_generation: Option<u64>,
+    /// The eBPF ring buffer reader (policy drops), while eBPF enforces policy on this node.
+    ebpf_drops: Option<std::thread::JoinHandle<()>>,
+    ebpf_stop: Arc<AtomicBool>,
+    /// What each (endpoint interface, direction, rule index) the datapath reports stands for.
+    rule_tags: Arc<RwLock<RuleTagMap>>,
+    rule_tags_generation: Option<u64>,
+    /// Why the eBPF drops are not read, when so.
+    ebpf_drops_error: Option<String>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     socket: PathBuf,
     listen: Option<SocketAddr>,
@@ -98,6 +108,11 @@ impl Flows {
             drop_tags: Arc::default(),
             drops_error: None,
             policy_generation: None,
+            ebpf_drops: None,
+            ebpf_stop: Arc::default(),
+            rule_tags: Arc::default(),
+            rule_tags_generation: None,
+            ebpf_drops_error: None,
             servers: Vec::new(),
             socket,
             listen: cfg.flows.listen_address,
@@ -123,6 +138,108 @@ impl Flows {
         let tags = sluice_iptables::policy::drop_tags(view);
         if let Ok(mut t) = self.drop_tags.write() {
             *t = tags;
+        }
+    }
+
+    /// Policy drops from the eBPF datapath's ring buffer: read while flows run and eBPF
+    /// enforces policy here (`on`); attributed with the lowering the endpoint maps hold.
+    pub fn reconcile_ebpf_drops(&mut self, on: bool, pin_dir: &std::path::Path, view: &PolicyView) {
+        let on = on && self.running();
+        if on && self.rule_tags_generation != Some(view.generation) {
+            self.rule_tags_generation = Some(view.generation);
+            let tags = sluice_core::flow::drop::tags_by_rule(view);
+            if let Ok(mut t) = self.rule_tags.write() {
+                *t = tags;
+            }
+        }
+        let alive = self.ebpf_drops.as_ref().is_some_and(|h| !h.is_finished());
+        if !on {
+            self.stop_ebpf_drops();
+            self.ebpf_drops_error = None;
+            return;
+        }
+        if alive {
+            return;
+        }
+        self.stop_ebpf_drops();
+        match self.start_ebpf_drops(pin_dir) {
+            Ok(()) => {
+                self.ebpf_drops_error = None;
+                tracing::info!(pin_dir = %pin_dir.display(), "flows: eBPF policy drops read from the ring buffer");
+            }
+            Err(e) => {
+                let why = format!("eBPF policy drops not read: {e}");
+                if self.ebpf_drops_error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!("{why}");
+                }
+                self.ebpf_drops_error = Some(why);
+            }
+        }
+    }
+
+    fn start_ebpf_drops(&mut self, pin_dir: &std::path::Path) -> anyhow::Result<()> {
+        use sluice_core::flow::drop::{DroppedPacket, policy_drop_flow};
+        let mut reader = sluice_ebpf::events::EventReader::open(pin_dir)?;
+        self.ebpf_stop.store(false, Ordering::SeqCst);
+        let (hub, dir, tags, stop, lost) = (
+            self.hub.clone(),
+            self.directory.clone(),
+            self.rule_tags.clone(),
+            self.ebpf_stop.clone(),
+            self.lost.clone(),
+        );
+        let handle = std::thread::Builder::new().name("flows-ebpf-drops".into()).spawn(move || {
+            let res = read_loop(
+                &stop,
+                &hub,
+                &lost,
+                || {
+                    let batch = reader.recv_batch(Duration::from_secs(1));
+                    // Over the datapath's budget, or the ring was full: lost, and said so.
+                    let n = reader.lost_since_last();
+                    if n > 0 {
+                        lost.fetch_add(n, Ordering::Relaxed);
+                        hub.metrics().lost(LostSource::Kernel, n);
+                    }
+                    batch
+                },
+                |drops| {
+                    let (Ok(d), Ok(t)) = (dir.read(), tags.read()) else { return Vec::new() };
+                    drops
+                        .iter()
+                        .map(|e| {
+                            let tag = interface_name(e.ifindex).and_then(|name| {
+                                let rt = t.get(&(name, e.ingress))?;
+                                match e.rule {
+                                    None => Some(&rt.default),
+                                    Some(i) => rt.rules.get(usize::from(i))?.as_ref(),
+                                }
+                            });
+                            let p = DroppedPacket {
+                                proto: e.proto,
+                                src: e.src,
+                                sport: e.sport,
+                                dst: e.dst,
+                                dport: e.dport,
+                                tcp_flags: e.tcp_flags,
+                            };
+                            policy_drop_flow(&d, &p, e.ingress, tag, now_ns())
+                        })
+                        .collect()
+                },
+            );
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "reading eBPF policy drops failed; they are no longer reported");
+            }
+        })?;
+        self.ebpf_drops = Some(handle);
+        Ok(())
+    }
+
+    fn stop_ebpf_drops(&mut self) {
+        self.ebpf_stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.ebpf_drops.take() {
+            let _ = h.join();
         }
     }
 
@@ -276,6 +393,7 @@ impl Flows {
     }
 
     fn shutdown(&mut self) {
+        self.stop_ebpf_drops();
         self.stop.store(true, Ordering::SeqCst);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
@@ -294,12 +412,17 @@ impl Flows {
         let running = self.running();
         FlowsStatus {
             running,
-            source: match (running, self.log_drops()) {
-                (false, _) => String::new(),
-                (true, Some(g)) => format!(
-                    "conntrack events (netfilter): forwarded connections, with Service translation; NFLOG group {g}: policy drops (iptables)"
-                ),
-                (true, None) => "conntrack events (netfilter): forwarded connections, with Service translation".into(),
+            source: if running {
+                let mut s = "conntrack events (netfilter): forwarded connections, with Service translation".to_string();
+                if let Some(g) = self.log_drops() {
+                    s.push_str(&format!("; NFLOG group {g}: policy drops (iptables)"));
+                }
+                if self.ebpf_drops.as_ref().is_some_and(|h| !h.is_finished()) {
+                    s.push_str("; eBPF ring buffer: policy drops (eBPF)");
+                }
+                s
+            } else {
+                String::new()
             },
             socket: running.then(|| self.socket.display().to_string()),
             listen_address: self.listen.filter(|_| running).map(|a| a.to_string()),
@@ -313,7 +436,8 @@ impl Flows {
                 .lock()
                 .ok()
                 .and_then(|g| g.clone())
-                .or_else(|| self.drops_error.clone().filter(|_| running)),
+                .or_else(|| self.drops_error.clone().filter(|_| running))
+                .or_else(|| self.ebpf_drops_error.clone().filter(|_| running)),
         }
     }
 }
@@ -322,4 +446,17 @@ impl Drop for Flows {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The name of this netns's interface `ifindex` (a pod's host veth), if it still exists.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    name.to_str().ok().map(str::to_string)
 }

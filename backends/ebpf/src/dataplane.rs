@@ -22,11 +22,12 @@ use std::sync::LazyLock;
 /// every map and loads every tc program, so whatever one of them uses every feature on eBPF
 /// needs (else the verifier or map creation would fail at runtime instead of the plan choosing
 /// iptables up front).
-const OBJECT: [Capability; 8] = [
+const OBJECT: [Capability; 9] = [
     Capability::Bpffs,
     Capability::MapHash,
     Capability::MapLruHash,
     Capability::MapLpmTrie,
+    Capability::MapRingbuf,
     Capability::ProgSchedCls,
     Capability::HelperFibLookup,
     Capability::HelperRedirectNeigh,

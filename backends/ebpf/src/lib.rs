@@ -18,6 +18,7 @@ pub mod attach;
 pub mod attach_classic;
 pub mod datapath;
 pub mod dataplane;
+pub mod events;
 pub mod lb_list;
 pub mod loader;
 pub mod maps;

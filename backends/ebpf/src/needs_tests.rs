@@ -43,6 +43,8 @@ fn probed_by(helper: &str) -> Option<Capability> {
         "bpf_redirect_neigh" => Capability::HelperRedirectNeigh,
         "bpf_skc_lookup_tcp" | "bpf_sk_lookup_udp" | "bpf_sk_release" => Capability::HelperSkLookup,
         "bpf_get_socket_cookie" => Capability::HelperSocketCookie,
+        // The ring buffer helpers came with the map type (5.8): its probe covers them.
+        "bpf_ringbuf_reserve" | "bpf_ringbuf_submit" => Capability::MapRingbuf,
         _ => return None,
     })
 }
@@ -88,7 +90,7 @@ fn every_feature_on_ebpf_needs_what_loading_the_object_needs() {
     tc.extend(LIBS);
     let object: BTreeSet<Capability> = helpers(&tc).iter().filter_map(|h| probed_by(h)).collect();
     assert!(object.contains(&Capability::HelperFibLookup), "the scan found the tc helpers: {object:?}");
-    let maps = [Capability::MapHash, Capability::MapLruHash, Capability::MapLpmTrie];
+    let maps = [Capability::MapHash, Capability::MapLruHash, Capability::MapLpmTrie, Capability::MapRingbuf];
     for f in Feature::ALL.into_iter().filter(|f| (crate::SPEC.needs)(*f).is_some()) {
         let n = needs(f);
         for c in object.iter().chain(&maps) {

@@ -344,6 +344,30 @@ mod tests {
         assert!(fresh.ids.values().all(|id| *id != 1));
     }
 
+    /// A drop event names a rule by its index in the encoded list: the attribution the agent
+    /// builds (`tags_by_rule`) must hold a deny tag at every deny index, and nothing else.
+    #[test]
+    fn drop_attribution_indexes_the_encoded_rules() {
+        let mut deny = rule(PeerMatch::Any, 22);
+        deny.action = Action::Deny;
+        deny.policy.name = "no-ssh".into();
+        let v = view(vec![deny, rule(PeerMatch::Any, 80)]);
+        let (e, _) = encode(&v, &idx, &BTreeMap::new(), &BTreeSet::new());
+        let tags = sluice_core::flow::drop::tags_by_rule(&v);
+        let a = e.endpoints[&PolEpKey { ifindex: 7, dir: POL_INGRESS }];
+        let t = &tags[&("a".to_string(), true)];
+        assert_eq!(t.rules.len(), a.count as usize);
+        for (i, r) in a.rules[..a.count as usize].iter().enumerate() {
+            let tag = t.rules[i].as_ref();
+            assert_eq!(tag.is_some(), r.action == DENY, "rule {i}");
+        }
+        let denied = t.rules.iter().flatten().next().expect("a deny tag");
+        assert_eq!((denied.pod.as_str(), denied.default_deny), ("x/a", false));
+        assert!(denied.policies.iter().any(|p| p.contains("no-ssh")), "{:?}", denied.policies);
+        assert!(t.default.default_deny);
+        assert!(!tags.contains_key(&("b".to_string(), true)), "b is not isolated");
+    }
+
     #[test]
     fn too_many_rules_is_an_error_naming_the_endpoint() {
         let rules: Vec<CompiledRule> = (0..40).map(|p| rule(PeerMatch::Any, 1000 + p)).collect();

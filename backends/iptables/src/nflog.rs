@@ -155,44 +155,22 @@ pub fn drop_flows(
     dir: &sluice_core::flow::enrich::Directory,
     time_ns: u64,
 ) -> Vec<sluice_core::flow::Flow> {
-    use sluice_core::flow::enrich::Observed;
-    use sluice_core::flow::{DropReason, EventKind, L4, ObservationPoint, TcpFlags, TrafficDirection, Verdict};
+    use sluice_core::flow::drop::{DroppedPacket, policy_drop_flow};
     logged
         .iter()
         .filter(|l| l.prefix.starts_with(PREFIX))
         .map(|l| {
             let p = l.packet;
             let tag = tags.get(&l.prefix);
-            let ingress = tag.is_none_or(|t| t.ingress);
-            let mut f = dir.trace(&Observed {
-                time_ns,
+            let packet = DroppedPacket {
                 proto: p.proto,
                 src: p.src,
                 sport: p.sport,
                 dst: p.dst,
                 dport: p.dport,
-                translated_to: None,
-                observation: if ingress { ObservationPoint::ToEndpoint } else { ObservationPoint::FromEndpoint },
-            });
-            f.verdict = Verdict::Dropped;
-            f.event = EventKind::Drop;
-            f.observation = None;
-            f.direction = if ingress { TrafficDirection::Ingress } else { TrafficDirection::Egress };
-            if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {
-                *flags = TcpFlags::from_byte(p.tcp_flags);
-            }
-            match tag {
-                Some(t) => {
-                    f.drop_reason =
-                        Some(if t.default_deny { DropReason::PolicyDenied } else { DropReason::PolicyDeny });
-                    f.policy.denied_by = t.policies.clone();
-                }
-                None => {
-                    f.drop_reason = Some(DropReason::PolicyDenied);
-                    f.policy.denied_by = vec!["(a policy rule changed since this drop)".into()];
-                }
-            }
-            f
+                tcp_flags: p.tcp_flags,
+            };
+            policy_drop_flow(dir, &packet, tag.is_none_or(|t| t.ingress), tag, time_ns)
         })
         .collect()
 }

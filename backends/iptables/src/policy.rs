@@ -66,17 +66,7 @@ fn proto_match(protocol: Option<Protocol>, ports: Option<(u16, u16)>) -> String 
     }
 }
 
-/// What decided the drops logged with one prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DropTag {
-    /// `NS/NAME` of the pod whose chain dropped the packet.
-    pub pod: String,
-    pub ingress: bool,
-    /// The deny rule's policies, or (default deny) the policies that select the pod.
-    pub policies: Vec<String>,
-    /// No rule matched: the pod is isolated in this direction (`policies` select it).
-    pub default_deny: bool,
-}
+pub use sluice_core::flow::drop::DropTag;
 
 fn drop_prefix(chain: &str, rule: &str) -> String {
     format!("{}{}", nflog::PREFIX, hex(&[chain, rule], 12))
@@ -131,10 +121,12 @@ fn direction_rules(
             }
         }
     }
-    let by: Vec<String> = d.selected_by.iter().map(|p| p.to_string()).collect();
-    let why =
-        if by.is_empty() { "policy_enforcement=always".to_string() } else { format!("selected by {}", by.join(", ")) };
-    let tag = DropTag { pod: pod.into(), ingress, policies: by, default_deny: true };
+    let tag = DropTag::default_deny(pod, ingress, d);
+    let why = if tag.policies.is_empty() {
+        "policy_enforcement=always".to_string()
+    } else {
+        format!("selected by {}", tag.policies.join(", "))
+    };
     drop(&mut out, String::new(), format!("sluice: default deny for {}: {}", quote(pod), quote(&why)), "default", tag);
     out
 }

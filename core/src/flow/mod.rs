@@ -8,6 +8,7 @@
 //! them.
 
 pub mod compact;
+pub mod drop;
 pub mod enrich;
 pub mod filter;
 pub mod graph;

@@ -151,6 +151,38 @@ struct pol_ep_val {
 	struct pol_rule rules[POL_MAX_RULES];
 };
 
+/* Events to user space through the sluice_events ring buffer (src/events.rs parses them; the
+ * layout is asserted there). A policy drop names the endpoint (its host veth), the direction and
+ * the rule that decided: its index in the endpoint's list, or EV_RULE_DEFAULT when none matched
+ * (default deny); user space maps both to policies with the lowering the list was made from. */
+#define EV_POLICY_DROP 1
+#define EV_RULE_DEFAULT 0xff
+
+struct ev_drop {
+	__u8 kind;          /* EV_POLICY_DROP */
+	__u8 dir;           /* POL_INGRESS, POL_EGRESS */
+	__u8 rule;          /* deny rule index, or EV_RULE_DEFAULT */
+	__u8 proto;
+	__u32 ifindex;
+	__u32 saddr;        /* network byte order, as the endpoint sees the flow */
+	__u32 daddr;
+	__u16 sport;        /* network byte order */
+	__u16 dport;
+	__u8 tcp_flags;     /* 0x02 for a connection-opening SYN, 0 otherwise */
+	__u8 pad[3];
+};
+
+/* Per-CPU budget of events a second (a flood of drops must not flood the ring or the reader):
+ * what is over the budget, or finds the ring full, is counted in `suppressed`, which user space
+ * reports as lost events. */
+#define EV_PER_CPU_PER_S 2000
+
+struct ev_budget {
+	__u64 window_ns;
+	__u64 sent;
+	__u64 suppressed;
+};
+
 /* Peer sets: LPM key = set id (always fully matched) + address prefix; value 1 match, 0 nomatch. */
 struct pol_set_key {
 	__u32 prefixlen;    /* 32 + prefix length */

@@ -115,4 +115,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_pol_ct SEC(".maps");
 
+/* Events for user space (flows): policy drops. Not resized by the config. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ev_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ev_budget SEC(".maps");
+
 #endif

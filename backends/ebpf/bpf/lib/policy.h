@@ -40,6 +40,44 @@ static __always_inline int pol_ct_live(struct pol_ct_key *key, __u32 now)
 	return 1;
 }
 
+/* Tell user space about a policy drop, within this CPU's budget of events a second. */
+static __always_inline void pol_report_drop(__u32 ifindex, __u32 dir, struct flow_key *k, __u32 rule, int syn)
+{
+	__u32 zero = 0;
+	struct ev_budget *b = bpf_map_lookup_elem(&sluice_ev_budget, &zero);
+	struct ev_drop *e;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!b)
+		return;
+	if (now - b->window_ns >= 1000000000ULL) {
+		b->window_ns = now;
+		b->sent = 0;
+	}
+	if (b->sent >= EV_PER_CPU_PER_S) {
+		b->suppressed++;
+		return;
+	}
+	e = bpf_ringbuf_reserve(&sluice_events, sizeof(*e), 0);
+	if (!e) {
+		b->suppressed++;
+		return;
+	}
+	b->sent++;
+	e->kind = EV_POLICY_DROP;
+	e->dir = dir;
+	e->rule = rule;
+	e->proto = k->proto;
+	e->ifindex = ifindex;
+	e->saddr = k->saddr;
+	e->daddr = k->daddr;
+	e->sport = k->sport;
+	e->dport = k->dport;
+	e->tcp_flags = syn ? 0x02 : 0;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
 /* 1: pass, 0: drop. `k` is the flow as the endpoint sees it in this direction (for egress: after
  * Service translation); `peer` is the other end (destination on egress, source on ingress).
  * A TCP SYN is always decided afresh: a reused client port must not inherit an old
@@ -54,6 +92,7 @@ static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k
 				 .proto = k->proto, .dir = dir == POL_INGRESS ? POL_EGRESS : POL_INGRESS, .ifindex = ifindex };
 	__u32 now = now_s();
 	int pass = 0;
+	__u32 rule = EV_RULE_DEFAULT;
 
 	if (!ep)
 		return 1; /* not policed */
@@ -70,12 +109,15 @@ static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k
 			struct pol_rule *r = &ep->rules[i];
 			if (pol_rule_matches(r, peer, k->proto, port)) {
 				pass = r->action == POL_ALLOW;
+				rule = i;
 				break;
 			}
 		}
 	}
 	if (pass)
 		bpf_map_update_elem(&sluice_pol_ct, &ck, &now, BPF_ANY);
+	else
+		pol_report_drop(ifindex, dir, k, rule, syn);
 	return pass;
 }
 

@@ -1,0 +1,199 @@
+//! Events the datapath sends to user space through the `sluice_events` ring buffer
+//! (bpf/lib/layout.h `struct ev_drop`, written by `pol_report_drop` in bpf/lib/policy.h): policy
+//! drops naming the endpoint's host veth, the direction and the rule that decided.
+//!
+//! Parsing is pure ([`parse`]); [`EventReader`] opens the pinned ring and the per-CPU budget
+//! maps by path, so a reader thread needs nothing of the loaded object. Events over the
+//! datapath's budget (or that found the ring full) are counted there, and the reader reports
+//! them as lost: a loss is never silent.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+
+use crate::datapath::DatapathError;
+
+/// `EV_POLICY_DROP`.
+pub const EV_POLICY_DROP: u8 = 1;
+/// `EV_RULE_DEFAULT`: no rule matched, the endpoint's default deny dropped the packet.
+pub const RULE_DEFAULT: u8 = 0xff;
+/// `sizeof(struct ev_drop)`.
+pub const EV_DROP_LEN: usize = 24;
+pub const EVENTS_MAP: &str = "sluice_events";
+pub const BUDGET_MAP: &str = "sluice_ev_budget";
+
+/// A packet a pod-veth program dropped for policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyDrop {
+    /// The endpoint's host-side veth.
+    pub ifindex: u32,
+    pub ingress: bool,
+    /// The deny rule's index in the endpoint's lowered list; `None`: default deny.
+    pub rule: Option<u8>,
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+}
+
+/// One ring record; `None` for a kind this build does not know, or a short record.
+pub fn parse(buf: &[u8]) -> Option<PolicyDrop> {
+    if buf.len() < EV_DROP_LEN || buf[0] != EV_POLICY_DROP {
+        return None;
+    }
+    let ip = |at: usize| Ipv4Addr::new(buf[at], buf[at + 1], buf[at + 2], buf[at + 3]);
+    Some(PolicyDrop {
+        ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        ingress: u32::from(buf[1]) == crate::policy::POL_INGRESS,
+        rule: (buf[2] != RULE_DEFAULT).then_some(buf[2]),
+        proto: buf[3],
+        src: ip(8),
+        dst: ip(12),
+        sport: u16::from_be_bytes([buf[16], buf[17]]),
+        dport: u16::from_be_bytes([buf[18], buf[19]]),
+        tcp_flags: buf[20],
+    })
+}
+
+/// `struct ev_budget`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvBudget {
+    pub window_ns: u64,
+    pub sent: u64,
+    pub suppressed: u64,
+}
+
+// SAFETY: plain #[repr(C)] u64 fields; any bit pattern is valid.
+unsafe impl aya::Pod for EvBudget {}
+
+const _: () = assert!(std::mem::size_of::<EvBudget>() == 24);
+
+/// The ring and the budget counters of one node's datapath, opened from its pin directory.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+    budget: PerCpuArray<MapData, EvBudget>,
+    suppressed_seen: u64,
+}
+
+fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
+    let data = MapData::from_pin(pin_dir.join(name))
+        .map_err(|e| DatapathError::Map { map: name, detail: format!("opening the pin: {e}") })?;
+    Map::from_map_data(data).map_err(|e| DatapathError::Map { map: name, detail: e.to_string() })
+}
+
+impl EventReader {
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let ring = RingBuf::try_from(open_pinned(pin_dir, EVENTS_MAP)?)
+            .map_err(|e| DatapathError::Map { map: EVENTS_MAP, detail: e.to_string() })?;
+        let budget = PerCpuArray::try_from(open_pinned(pin_dir, BUDGET_MAP)?)
+            .map_err(|e| DatapathError::Map { map: BUDGET_MAP, detail: e.to_string() })?;
+        let mut r = EventReader { ring, budget, suppressed_seen: 0 };
+        // Count only what is lost from now on.
+        r.suppressed_seen = r.suppressed_total();
+        Ok(r)
+    }
+
+    fn suppressed_total(&self) -> u64 {
+        self.budget.get(&0, 0).map(|v| v.iter().map(|b| b.suppressed).sum()).unwrap_or(0)
+    }
+
+    /// Events suppressed in the datapath since the last call (over budget, or the ring full).
+    pub fn lost_since_last(&mut self) -> u64 {
+        let total = self.suppressed_total();
+        let n = total.saturating_sub(self.suppressed_seen);
+        self.suppressed_seen = total;
+        n
+    }
+
+    /// Wait up to `timeout` for events, then take every record queued. Records of kinds this
+    /// build does not know are skipped.
+    pub fn recv_batch(&mut self, timeout: Duration) -> std::io::Result<Vec<PolicyDrop>> {
+        let mut out = self.drain();
+        if out.is_empty() {
+            let mut pfd = libc::pollfd { fd: self.ring.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            out = self.drain();
+        }
+        if out.is_empty() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(out)
+    }
+
+    fn drain(&mut self) -> Vec<PolicyDrop> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if let Some(d) = parse(&item) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// The ring's fd (for callers that poll several sources).
+    pub fn raw_fd(&self) -> i32 {
+        self.ring.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(dir: u8, rule: u8) -> Vec<u8> {
+        let mut b = vec![EV_POLICY_DROP, dir, rule, 6];
+        b.extend(7u32.to_ne_bytes());
+        b.extend([10, 244, 1, 3]);
+        b.extend([10, 244, 2, 2]);
+        b.extend(40000u16.to_be_bytes());
+        b.extend(8080u16.to_be_bytes());
+        b.extend([0x02, 0, 0, 0]);
+        b
+    }
+
+    #[test]
+    fn a_drop_record_as_the_datapath_writes_it() {
+        let d = parse(&record(1, 3)).expect("parsed");
+        assert_eq!(
+            d,
+            PolicyDrop {
+                ifindex: 7,
+                ingress: false,
+                rule: Some(3),
+                proto: 6,
+                src: Ipv4Addr::new(10, 244, 1, 3),
+                dst: Ipv4Addr::new(10, 244, 2, 2),
+                sport: 40000,
+                dport: 8080,
+                tcp_flags: 0x02,
+            }
+        );
+        let d = parse(&record(0, RULE_DEFAULT)).expect("parsed");
+        assert!(d.ingress);
+        assert_eq!(d.rule, None, "default deny");
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_skipped() {
+        let r = record(0, 0);
+        assert_eq!(parse(&r[..EV_DROP_LEN - 1]), None);
+        let mut unknown = r.clone();
+        unknown[0] = 9;
+        assert_eq!(parse(&unknown), None);
+        assert_eq!(parse(&[]), None);
+    }
+}
