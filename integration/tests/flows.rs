@@ -271,3 +271,50 @@ fn policy_drops_case(lab: &str, node2: &str, source: &str) {
     let st = t.status("node-2");
     assert!(st["flows"]["source"].as_str().unwrap_or("").contains(source), "{}", st["flows"]);
 }
+
+/// An audit-mode policy changes nothing that passes, and its would-be drops are flows: policy
+/// verdict AUDIT naming the policy, on the iptables dataplane (NFLOG) and on eBPF (ring buffer).
+#[test]
+fn audited_policies_report_would_be_drops_on_iptables() {
+    audit_case("t-audit", "dataplane: iptables\n");
+}
+
+#[test]
+fn audited_policies_report_would_be_drops_on_ebpf() {
+    audit_case("t-audit-bpf", "dataplane: auto\n");
+}
+
+fn audit_case(lab: &str, node2: &str) {
+    if !require_root() {
+        return;
+    }
+    let (t, dir) = two_node_web_lab(lab, "dataplane: iptables\n", node2);
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let f = dir.path().join("audit.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web-audit\n  namespace: default\n  labels: {policy.sluice.io/audit: \"true\"}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+    )
+    .expect("write");
+    t.lab.apply(&f).expect("apply");
+    // Every request keeps being answered, and the would-be drop shows up on node-2.
+    let line = eventually("an AUDIT flow on node-2", Duration::from_secs(20), || {
+        let body = t.curl("client", "http://10.244.2.2:8080/").expect("an audit policy never drops");
+        assert_eq!(body, "b");
+        let out = t.lab.exec_output("node-2", &["sluice", "observe", "--verdict", "AUDIT", "--last", "1"]).ok()?;
+        out.lines().next().map(String::from)
+    });
+    assert!(
+        line.contains("default/client") && line.contains("-> default/b:8080") && line.contains("policy-verdict AUDIT"),
+        "{line}"
+    );
+    assert!(line.contains("would be denied") && line.contains("web-audit"), "{line}");
+    let json = t.exec("node-2", &["sluice", "observe", "--verdict", "AUDIT", "--last", "1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
+    assert_eq!(v["flow"]["verdict"], "AUDIT");
+    assert_eq!(v["flow"]["event_type"]["type"], 5, "policy verdict event");
+    assert_eq!(v["flow"]["traffic_direction"], "INGRESS");
+    // No real drop was reported for it.
+    let drops = t.exec("node-2", &["sluice", "observe", "--verdict", "DROPPED", "--last", "5"]);
+    assert!(drops.trim().is_empty(), "{drops}");
+}

@@ -59,7 +59,7 @@ fn read_loop<T>(
     Ok(())
 }
 
-type RuleTagMap = std::collections::HashMap<(String, bool), sluice_core::flow::drop::RuleTags>;
+type RuleTagMap = std::collections::HashMap<sluice_core::flow::drop::TagKey, sluice_core::flow::drop::RuleTags>;
 
 pub struct Flows {
     hub: Arc<Hub>,
@@ -178,7 +178,7 @@ impl Flows {
     }
 
     fn start_ebpf_drops(&mut self, pin_dir: &std::path::Path) -> anyhow::Result<()> {
-        use sluice_core::flow::drop::{DroppedPacket, policy_drop_flow};
+        use sluice_core::flow::drop::{DropTag, DroppedPacket, TagKey, policy_drop_flow};
         let mut reader = sluice_ebpf::events::EventReader::open(pin_dir)?;
         self.ebpf_stop.store(false, Ordering::SeqCst);
         let (hub, dir, tags, stop, lost) = (
@@ -208,8 +208,9 @@ impl Flows {
                     drops
                         .iter()
                         .map(|e| {
-                            let tag = interface_name(e.ifindex).and_then(|name| {
-                                let rt = t.get(&(name, e.ingress))?;
+                            let tag = interface_name(e.ifindex).and_then(|interface| {
+                                let key = TagKey { interface, ingress: e.ingress, audit: e.audit };
+                                let rt = t.get(&key)?;
                                 match e.rule {
                                     None => Some(&rt.default),
                                     Some(i) => rt.rules.get(usize::from(i))?.as_ref(),
@@ -223,6 +224,16 @@ impl Flows {
                                 dport: e.dport,
                                 tcp_flags: e.tcp_flags,
                             };
+                            // An audit event whose list changed before it was read: still
+                            // an audit (the packet passed), never a drop.
+                            let changed = DropTag {
+                                pod: String::new(),
+                                ingress: e.ingress,
+                                policies: vec!["(an audit rule changed since this packet)".into()],
+                                default_deny: false,
+                                audit: true,
+                            };
+                            let tag = tag.or_else(|| e.audit.then_some(&changed));
                             policy_drop_flow(&d, &p, e.ingress, tag, now_ns())
                         })
                         .collect()
@@ -415,10 +426,10 @@ impl Flows {
             source: if running {
                 let mut s = "conntrack events (netfilter): forwarded connections, with Service translation".to_string();
                 if let Some(g) = self.log_drops() {
-                    s.push_str(&format!("; NFLOG group {g}: policy drops (iptables)"));
+                    s.push_str(&format!("; NFLOG group {g}: policy drops and audits (iptables)"));
                 }
                 if self.ebpf_drops.as_ref().is_some_and(|h| !h.is_finished()) {
-                    s.push_str("; eBPF ring buffer: policy drops (eBPF)");
+                    s.push_str("; eBPF ring buffer: policy drops and audits (eBPF)");
                 }
                 s
             } else {

@@ -127,10 +127,7 @@ pub struct EbpfDataplane {
 struct PolicyState {
     /// (view generation, owned) of the last successful sync.
     last: Option<Option<u64>>,
-    written: Option<(
-        std::collections::BTreeMap<crate::policy::PolEpKey, crate::policy::PolEpVal>,
-        BTreeSet<crate::policy::SetRow>,
-    )>,
+    written: Option<crate::policy::Written>,
     ids: std::collections::BTreeMap<String, u32>,
     programmed: bool,
     errors: Vec<ObjectError>,
@@ -212,7 +209,7 @@ impl EbpfDataplane {
             },
         };
         let (want, errs) = if want_policy {
-            let taken: BTreeSet<u32> = have.1.iter().map(|r| r.0).collect();
+            let taken: BTreeSet<u32> = have.sets.iter().map(|r| r.0).collect();
             let ifindex = |name: &str| nix::net::if_::if_nametoindex(name).ok();
             crate::policy::encode(desired.policy, &ifindex, &self.policy.ids, &taken)
         } else {
@@ -231,7 +228,8 @@ impl EbpfDataplane {
                 }
                 self.policy.endpoints = want.endpoints.len() / 2;
                 self.policy.ids = want.ids;
-                self.policy.written = Some((want.endpoints, want.sets));
+                self.policy.written =
+                    Some(crate::policy::Written { endpoints: want.endpoints, audit: want.audit, sets: want.sets });
                 self.policy.programmed = want_policy;
                 self.policy.last = Some(key);
             }
@@ -263,7 +261,7 @@ impl Dataplane for EbpfDataplane {
                     r.features = Feature::SERVICES.into_iter().filter(|f| needs(*f).is_some()).collect();
                 }
                 // Pinned policy entries keep enforcing until the new agent's plan says otherwise.
-                if crate::policy::read(dp).is_ok_and(|(eps, _)| eps.values().any(|v| v.enforced != 0)) {
+                if crate::policy::read(dp).is_ok_and(|w| w.endpoints.values().any(|v| v.enforced != 0)) {
                     r.features.insert(Feature::Policy);
                 }
             }

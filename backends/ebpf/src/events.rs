@@ -18,6 +18,8 @@ use crate::datapath::DatapathError;
 
 /// `EV_POLICY_DROP`.
 pub const EV_POLICY_DROP: u8 = 1;
+/// `EV_POLICY_AUDIT`: an audit-mode policy would have dropped the packet; it passed.
+pub const EV_POLICY_AUDIT: u8 = 2;
 /// `EV_RULE_DEFAULT`: no rule matched, the endpoint's default deny dropped the packet.
 pub const RULE_DEFAULT: u8 = 0xff;
 /// `sizeof(struct ev_drop)`.
@@ -25,9 +27,12 @@ pub const EV_DROP_LEN: usize = 24;
 pub const EVENTS_MAP: &str = "sluice_events";
 pub const BUDGET_MAP: &str = "sluice_ev_budget";
 
-/// A packet a pod-veth program dropped for policy.
+/// A packet a pod-veth program dropped for policy (or, `audit`, would have dropped for an
+/// audit-mode policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyDrop {
+    /// From the audit list: the packet passed.
+    pub audit: bool,
     /// The endpoint's host-side veth.
     pub ifindex: u32,
     pub ingress: bool,
@@ -43,11 +48,12 @@ pub struct PolicyDrop {
 
 /// One ring record; `None` for a kind this build does not know, or a short record.
 pub fn parse(buf: &[u8]) -> Option<PolicyDrop> {
-    if buf.len() < EV_DROP_LEN || buf[0] != EV_POLICY_DROP {
+    if buf.len() < EV_DROP_LEN || !matches!(buf[0], EV_POLICY_DROP | EV_POLICY_AUDIT) {
         return None;
     }
     let ip = |at: usize| Ipv4Addr::new(buf[at], buf[at + 1], buf[at + 2], buf[at + 3]);
     Some(PolicyDrop {
+        audit: buf[0] == EV_POLICY_AUDIT,
         ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
         ingress: u32::from(buf[1]) == crate::policy::POL_INGRESS,
         rule: (buf[2] != RULE_DEFAULT).then_some(buf[2]),
@@ -171,6 +177,7 @@ mod tests {
         assert_eq!(
             d,
             PolicyDrop {
+                audit: false,
                 ifindex: 7,
                 ingress: false,
                 rule: Some(3),
@@ -185,6 +192,9 @@ mod tests {
         let d = parse(&record(0, RULE_DEFAULT)).expect("parsed");
         assert!(d.ingress);
         assert_eq!(d.rule, None, "default deny");
+        let mut audit = record(0, 1);
+        audit[0] = EV_POLICY_AUDIT;
+        assert!(parse(&audit).expect("parsed").audit);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::mem::{offset_of, size_of};
 use aya::maps::HashMap;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use sluice_core::Protocol;
-use sluice_core::policy::{Action, LoweredPeer, PolicyView, lower};
+use sluice_core::flow::drop::audit_scope;
+use sluice_core::policy::{Action, LoweredPeer, PolicyView, audit_shadow, lower};
 
 use crate::datapath::{Datapath, DatapathError};
 
@@ -79,7 +80,7 @@ pub enum PolicyError {
     #[error(
         "endpoint {pod} ({dir}) needs {rules} policy rules, more than the {max} an eBPF endpoint holds; every endpoint keeps its last complete policy (rules on the same ports and protocol share one entry: merge ports, or set dataplane: iptables on this node, which has no such limit)"
     )]
-    TooManyRules { pod: String, dir: &'static str, rules: usize, max: usize },
+    TooManyRules { pod: String, dir: String, rules: usize, max: usize },
     #[error("interface {ifname} of {pod} has no index (gone?)")]
     NoInterface { pod: String, ifname: String },
 }
@@ -88,9 +89,20 @@ pub enum PolicyError {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Encoded {
     pub endpoints: BTreeMap<PolEpKey, PolEpVal>,
+    /// Audit lists (`core::policy::audit_shadow`), only for endpoint directions an audit-mode
+    /// policy concerns: evaluated for new flows the enforced list passed, to report would-be drops.
+    pub audit: BTreeMap<PolEpKey, PolEpVal>,
     pub sets: BTreeSet<SetRow>,
     /// Set key -> id (stable across passes while the key lives).
     pub ids: BTreeMap<String, u32>,
+}
+
+/// What the pinned maps hold (read back, or as this process last wrote them).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub endpoints: BTreeMap<PolEpKey, PolEpVal>,
+    pub audit: BTreeMap<PolEpKey, PolEpVal>,
+    pub sets: BTreeSet<SetRow>,
 }
 
 fn proto_num(p: Protocol) -> u8 {
@@ -105,6 +117,69 @@ fn net_be(n: &ipnet::Ipv4Net) -> (u32, u32) {
     (u32::from_ne_bytes(n.network().octets()), u32::from_ne_bytes(n.netmask().octets()))
 }
 
+/// Set ids: a key keeps its id from the last pass; a new key takes one neither the last pass nor
+/// the pinned map uses.
+struct Ids<'a> {
+    prev: &'a BTreeMap<String, u32>,
+    used: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Ids<'_> {
+    fn id(&mut self, out: &mut Encoded, key: &str) -> u32 {
+        let id = match out.ids.get(key).or_else(|| self.prev.get(key)) {
+            Some(id) => *id,
+            None => {
+                while self.used.contains(&self.next) {
+                    self.next += 1;
+                }
+                self.used.insert(self.next);
+                self.next
+            }
+        };
+        out.ids.insert(key.to_string(), id);
+        id
+    }
+}
+
+/// One lowered list as a map value (its sets added to `out`).
+fn encode_list(
+    rules: &[sluice_core::policy::LoweredRule],
+    enforced: bool,
+    out: &mut Encoded,
+    ids: &mut Ids,
+) -> PolEpVal {
+    let mut val = PolEpVal { enforced: u32::from(enforced), count: rules.len() as u32, ..Default::default() };
+    for (i, r) in rules.iter().enumerate() {
+        let (peer, arg, arg2) = match &r.peer {
+            LoweredPeer::Any => (PEER_ANY, 0, 0),
+            LoweredPeer::Net(n) => {
+                let (a, m) = net_be(n);
+                (PEER_NET, a, m)
+            }
+            LoweredPeer::Set { key, entries } => {
+                let id = ids.id(out, key);
+                for e in entries {
+                    out.sets.insert((id, net_be(&e.net).0, u32::from(e.net.prefix_len()), !e.nomatch));
+                }
+                (PEER_SET, id, 0)
+            }
+        };
+        let (lo, hi) = r.ports.unwrap_or((0, 0));
+        val.rules[i] = PolRule {
+            action: if r.action == Action::Allow { ALLOW } else { DENY },
+            proto: r.protocol.map(proto_num).unwrap_or(0),
+            peer,
+            pad: 0,
+            lo,
+            hi,
+            arg,
+            arg2,
+        };
+    }
+    val
+}
+
 /// Encode the view. `ifindex` resolves an endpoint's interface; `prev_ids` keeps set ids of
 /// keys that stay, and new keys take ids in neither `prev_ids` nor `taken` (ids the pinned map
 /// still holds), so a set never changes meaning while an endpoint entry names it.
@@ -116,8 +191,8 @@ pub fn encode(
 ) -> (Encoded, Vec<PolicyError>) {
     let mut out = Encoded::default();
     let mut errors = Vec::new();
-    let mut used: BTreeSet<u32> = taken.iter().copied().chain(prev_ids.values().copied()).collect();
-    let mut next = 1u32;
+    let mut ids =
+        Ids { prev: prev_ids, used: taken.iter().copied().chain(prev_ids.values().copied()).collect(), next: 1 };
     for ep in &view.endpoints {
         // Every endpoint gets entries, isolated or not: its admitted flows are recorded, so an
         // isolation added later never cuts the replies of a connection it already has.
@@ -127,58 +202,40 @@ pub fn encode(
             continue;
         };
         for (dir, d, name) in [(POL_INGRESS, &p.ingress, "ingress"), (POL_EGRESS, &p.egress, "egress")] {
-            let mut val = PolEpVal { enforced: u32::from(d.enforced), ..Default::default() };
-            if d.enforced {
-                let rules = lower(&format!("{}:{name}", ep.interface), d, view);
+            let key = PolEpKey { ifindex: idx, dir };
+            let shadow = audit_shadow(d);
+            let lists = [
+                (false, format!("{}:{name}", ep.interface), d.enforced.then_some(d)),
+                (true, audit_scope(&ep.interface, dir == POL_INGRESS), shadow.as_ref()),
+            ];
+            let mut val = PolEpVal::default();
+            let mut ok = true;
+            for (audit, scope, list) in lists {
+                let Some(list) = list else { continue };
+                let rules = lower(&scope, list, view);
                 if rules.len() > POL_MAX_RULES {
+                    let dir = if audit { format!("{name}, audit") } else { name.to_string() };
                     errors.push(PolicyError::TooManyRules {
                         pod: ep.pod.clone(),
-                        dir: name,
+                        dir,
                         rules: rules.len(),
                         max: POL_MAX_RULES,
                     });
+                    ok = false;
                     continue;
                 }
-                for (i, r) in rules.iter().enumerate() {
-                    let (peer, arg, arg2) = match &r.peer {
-                        LoweredPeer::Any => (PEER_ANY, 0, 0),
-                        LoweredPeer::Net(n) => {
-                            let (a, m) = net_be(n);
-                            (PEER_NET, a, m)
-                        }
-                        LoweredPeer::Set { key, entries } => {
-                            let id = match out.ids.get(key).or_else(|| prev_ids.get(key)) {
-                                Some(id) => *id,
-                                None => {
-                                    while used.contains(&next) {
-                                        next += 1;
-                                    }
-                                    used.insert(next);
-                                    next
-                                }
-                            };
-                            out.ids.insert(key.clone(), id);
-                            for e in entries {
-                                out.sets.insert((id, net_be(&e.net).0, u32::from(e.net.prefix_len()), !e.nomatch));
-                            }
-                            (PEER_SET, id, 0)
-                        }
-                    };
-                    let (lo, hi) = r.ports.unwrap_or((0, 0));
-                    val.rules[i] = PolRule {
-                        action: if r.action == Action::Allow { ALLOW } else { DENY },
-                        proto: r.protocol.map(proto_num).unwrap_or(0),
-                        peer,
-                        pad: 0,
-                        lo,
-                        hi,
-                        arg,
-                        arg2,
-                    };
+                let v = encode_list(&rules, list.enforced, &mut out, &mut ids);
+                if audit {
+                    out.audit.insert(key, v);
+                } else {
+                    val = v;
                 }
-                val.count = rules.len() as u32;
             }
-            out.endpoints.insert(PolEpKey { ifindex: idx, dir }, val);
+            if ok {
+                out.endpoints.insert(key, val);
+            } else {
+                out.audit.remove(&key);
+            }
         }
     }
     (out, errors)
@@ -192,19 +249,16 @@ fn lpm(row: &SetRow) -> LpmKey<[u32; 2]> {
     LpmKey::new(32 + row.2, [row.0, row.1])
 }
 
+fn read_eps(dp: &mut Datapath, map: &'static str) -> Result<BTreeMap<PolEpKey, PolEpVal>, DatapathError> {
+    let m = dp.bpf.map_mut(map).ok_or(DatapathError::Map { map, detail: "missing".into() })?;
+    let h: HashMap<_, PolEpKey, PolEpVal> = HashMap::try_from(m).map_err(map_err(map))?;
+    Ok(h.iter().flatten().collect())
+}
+
 /// What the pinned maps hold now.
-pub fn read(dp: &mut Datapath) -> Result<(BTreeMap<PolEpKey, PolEpVal>, BTreeSet<SetRow>), DatapathError> {
-    let mut eps = BTreeMap::new();
-    {
-        let m = dp
-            .bpf
-            .map_mut("sluice_pol_ep")
-            .ok_or(DatapathError::Map { map: "sluice_pol_ep", detail: "missing".into() })?;
-        let h: HashMap<_, PolEpKey, PolEpVal> = HashMap::try_from(m).map_err(map_err("sluice_pol_ep"))?;
-        for (k, v) in h.iter().flatten() {
-            eps.insert(k, v);
-        }
-    }
+pub fn read(dp: &mut Datapath) -> Result<Written, DatapathError> {
+    let endpoints = read_eps(dp, "sluice_pol_ep")?;
+    let audit = read_eps(dp, "sluice_pol_audit")?;
     let mut sets = BTreeSet::new();
     {
         let m = dp
@@ -217,18 +271,36 @@ pub fn read(dp: &mut Datapath) -> Result<(BTreeMap<PolEpKey, PolEpVal>, BTreeSet
             sets.insert((id, addr, k.prefix_len().saturating_sub(32), v != 0));
         }
     }
-    Ok((eps, sets))
+    Ok(Written { endpoints, audit, sets })
 }
 
-/// Bring the maps from `have` to `want` without a gap: set entries first, endpoint entries,
-/// then stale endpoint entries and set entries. Returns the writes made.
-pub fn sync(
+/// Write `want`'s entries of one endpoint map that differ from `have`'s, then remove the stale.
+fn sync_eps(
     dp: &mut Datapath,
-    have: &(BTreeMap<PolEpKey, PolEpVal>, BTreeSet<SetRow>),
-    want: &Encoded,
+    map: &'static str,
+    have: &BTreeMap<PolEpKey, PolEpVal>,
+    want: &BTreeMap<PolEpKey, PolEpVal>,
 ) -> Result<usize, DatapathError> {
     let mut n = 0;
-    let (have_eps, have_sets) = have;
+    let m = dp.bpf.map_mut(map).ok_or(DatapathError::Map { map, detail: "missing".into() })?;
+    let mut h: HashMap<_, PolEpKey, PolEpVal> = HashMap::try_from(m).map_err(map_err(map))?;
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            h.insert(*k, *v, 0).map_err(map_err(map))?;
+            n += 1;
+        }
+    }
+    for k in have.keys().filter(|k| !want.contains_key(k)) {
+        let _ = h.remove(k);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Bring the maps from `have` to `want` without a gap: set entries first, endpoint and audit
+/// entries, then stale set entries. Returns the writes made.
+pub fn sync(dp: &mut Datapath, have: &Written, want: &Encoded) -> Result<usize, DatapathError> {
+    let mut n = 0;
     let key_of = |r: &SetRow| (r.0, r.1, r.2);
     let want_keys: BTreeSet<(u32, u32, u32)> = want.sets.iter().map(key_of).collect();
     {
@@ -237,35 +309,20 @@ pub fn sync(
             .map_mut("sluice_pol_set")
             .ok_or(DatapathError::Map { map: "sluice_pol_set", detail: "missing".into() })?;
         let mut t: LpmTrie<_, [u32; 2], u8> = LpmTrie::try_from(m).map_err(map_err("sluice_pol_set"))?;
-        for row in want.sets.difference(have_sets) {
+        for row in want.sets.difference(&have.sets) {
             t.insert(&lpm(row), u8::from(row.3), 0).map_err(map_err("sluice_pol_set"))?;
             n += 1;
         }
     }
-    {
-        let m = dp
-            .bpf
-            .map_mut("sluice_pol_ep")
-            .ok_or(DatapathError::Map { map: "sluice_pol_ep", detail: "missing".into() })?;
-        let mut h: HashMap<_, PolEpKey, PolEpVal> = HashMap::try_from(m).map_err(map_err("sluice_pol_ep"))?;
-        for (k, v) in &want.endpoints {
-            if have_eps.get(k) != Some(v) {
-                h.insert(*k, *v, 0).map_err(map_err("sluice_pol_ep"))?;
-                n += 1;
-            }
-        }
-        for k in have_eps.keys().filter(|k| !want.endpoints.contains_key(k)) {
-            let _ = h.remove(k);
-            n += 1;
-        }
-    }
+    n += sync_eps(dp, "sluice_pol_ep", &have.endpoints, &want.endpoints)?;
+    n += sync_eps(dp, "sluice_pol_audit", &have.audit, &want.audit)?;
     {
         let m = dp
             .bpf
             .map_mut("sluice_pol_set")
             .ok_or(DatapathError::Map { map: "sluice_pol_set", detail: "missing".into() })?;
         let mut t: LpmTrie<_, [u32; 2], u8> = LpmTrie::try_from(m).map_err(map_err("sluice_pol_set"))?;
-        for row in have_sets.iter().filter(|r| !want_keys.contains(&key_of(r))) {
+        for row in have.sets.iter().filter(|r| !want_keys.contains(&key_of(r))) {
             let _ = t.remove(&lpm(row));
             n += 1;
         }
@@ -281,6 +338,8 @@ mod tests {
         CompiledRule, DirectionPolicy, EndpointPolicy, EndpointRules, Enforcement, Identity, PeerMatch, PolicyKind,
         PolicyName,
     };
+
+    use sluice_core::flow::drop::TagKey;
 
     use super::*;
 
@@ -355,7 +414,8 @@ mod tests {
         let (e, _) = encode(&v, &idx, &BTreeMap::new(), &BTreeSet::new());
         let tags = sluice_core::flow::drop::tags_by_rule(&v);
         let a = e.endpoints[&PolEpKey { ifindex: 7, dir: POL_INGRESS }];
-        let t = &tags[&("a".to_string(), true)];
+        let key = |iface: &str, audit| TagKey { interface: iface.into(), ingress: true, audit };
+        let t = &tags[&key("a", false)];
         assert_eq!(t.rules.len(), a.count as usize);
         for (i, r) in a.rules[..a.count as usize].iter().enumerate() {
             let tag = t.rules[i].as_ref();
@@ -365,7 +425,30 @@ mod tests {
         assert_eq!((denied.pod.as_str(), denied.default_deny), ("x/a", false));
         assert!(denied.policies.iter().any(|p| p.contains("no-ssh")), "{:?}", denied.policies);
         assert!(t.default.default_deny);
-        assert!(!tags.contains_key(&("b".to_string(), true)), "b is not isolated");
+        assert!(!tags.contains_key(&key("b", false)), "b is not isolated");
+        assert!(e.audit.is_empty() && !tags.contains_key(&key("a", true)), "no audit policy, no audit list");
+    }
+
+    /// An audit policy gets its own list, and its tags index it the same way.
+    #[test]
+    fn audit_lists_are_encoded_apart_and_attributed_by_index() {
+        let mut audit_deny = rule(PeerMatch::Any, 22);
+        audit_deny.action = Action::Deny;
+        audit_deny.audit = true;
+        audit_deny.policy.name = "audit-no-ssh".into();
+        let v = view(vec![audit_deny, rule(PeerMatch::Any, 80)]);
+        let (e, errs) = encode(&v, &idx, &BTreeMap::new(), &BTreeSet::new());
+        assert!(errs.is_empty(), "{errs:?}");
+        let k = PolEpKey { ifindex: 7, dir: POL_INGRESS };
+        let (enforced, audit) = (e.endpoints[&k], e.audit[&k]);
+        assert_eq!(enforced.count, 1, "the audit deny never reaches the enforced list");
+        assert_eq!((audit.count, audit.enforced), (2, 0), "audit deny, then the allow; no audit isolation");
+        assert_eq!((audit.rules[0].action, audit.rules[0].lo), (DENY, 22));
+        let tags = sluice_core::flow::drop::tags_by_rule(&v);
+        let t = &tags[&TagKey { interface: "a".into(), ingress: true, audit: true }];
+        let tag = t.rules[0].as_ref().expect("the audit deny's tag");
+        assert!(tag.audit && tag.policies.iter().any(|p| p.contains("audit-no-ssh")), "{tag:?}");
+        assert!(t.rules[1].is_none(), "an allow is no drop");
     }
 
     #[test]

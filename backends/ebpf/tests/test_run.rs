@@ -534,3 +534,34 @@ fn policy_drops_reach_the_ring_with_their_rule_and_within_the_budget() {
     assert!(lost > 0, "a flood of {flood} in well under a second exceeds the budget");
     assert_eq!(seen + lost, u64::from(flood), "every drop is either an event or counted as lost");
 }
+
+#[test]
+fn an_audit_list_reports_would_be_drops_and_drops_nothing() {
+    use sluice_ebpf::events::EventReader;
+    use sluice_ebpf::policy::{POL_EGRESS, PolEpKey, PolEpVal, PolRule};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    let key = PolEpKey { ifindex: 1, dir: POL_EGRESS };
+    // Enforced: allow TCP 80 and 81. Audit: deny TCP 81, allow 80, isolate (default deny).
+    let mut enforced = PolEpVal { enforced: 1, count: 1, ..Default::default() };
+    enforced.rules[0] = PolRule { action: 1, proto: 6, lo: 80, hi: 81, ..Default::default() };
+    let mut audit = PolEpVal { enforced: 1, count: 2, ..Default::default() };
+    audit.rules[0] = PolRule { action: 2, proto: 6, lo: 81, hi: 81, ..Default::default() };
+    audit.rules[1] = PolRule { action: 1, proto: 6, lo: 80, hi: 80, ..Default::default() };
+    for (map, val) in [("sluice_pol_ep", enforced), ("sluice_pol_audit", audit)] {
+        let mut m: HashMap<_, PolEpKey, PolEpVal> =
+            HashMap::try_from(lb.bpf().map_mut(map).expect("map")).expect("hash");
+        m.insert(key, val, 0).expect("insert");
+    }
+    let to = |port: u16, sport: u16| packet(6, "10.244.1.5", sport, "10.244.2.2", port);
+    assert_ne!(lb.run("sluice_from_pod", &to(80, 41000)).0, TC_ACT_SHOT, "allowed by both");
+    assert_ne!(lb.run("sluice_from_pod", &to(81, 41001)).0, TC_ACT_SHOT, "an audit deny never drops");
+    assert_eq!(lb.run("sluice_from_pod", &to(82, 41002)).0, TC_ACT_SHOT, "the enforced default deny still drops");
+    let got = events.recv_batch(std::time::Duration::from_secs(1)).expect("events");
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].audit && got[0].rule == Some(0) && got[0].dport == 81, "{:?}", got[0]);
+    assert!(!got[1].audit && got[1].rule.is_none() && got[1].dport == 82, "a real drop is no audit: {:?}", got[1]);
+}

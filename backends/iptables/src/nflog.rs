@@ -12,6 +12,8 @@ use crate::nfnl::{NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, Reader, attr, attrs, me
 pub const GROUP: u16 = 4242;
 /// What every sluice drop prefix starts with.
 pub const PREFIX: &str = "sluice-drop:";
+/// The prefix of audit-mode policies' would-be drops (the packet passed).
+pub const AUDIT_PREFIX: &str = "sluice-audit:";
 
 /// `NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET` and `... | NFULNL_MSG_CONFIG`.
 const MSG_PACKET: u16 = 4 << 8;
@@ -158,7 +160,7 @@ pub fn drop_flows(
     use sluice_core::flow::drop::{DroppedPacket, policy_drop_flow};
     logged
         .iter()
-        .filter(|l| l.prefix.starts_with(PREFIX))
+        .filter(|l| l.prefix.starts_with(PREFIX) || l.prefix.starts_with(AUDIT_PREFIX))
         .map(|l| {
             let p = l.packet;
             let tag = tags.get(&l.prefix);
@@ -170,6 +172,15 @@ pub fn drop_flows(
                 dport: p.dport,
                 tcp_flags: p.tcp_flags,
             };
+            // An audit prefix whose rule changed before it was read: still an audit (it passed).
+            let changed = crate::policy::DropTag {
+                pod: String::new(),
+                ingress: true,
+                policies: vec!["(an audit rule changed since this packet)".into()],
+                default_deny: false,
+                audit: true,
+            };
+            let tag = tag.or_else(|| l.prefix.starts_with(AUDIT_PREFIX).then_some(&changed));
             policy_drop_flow(dir, &packet, tag.is_none_or(|t| t.ingress), tag, time_ns)
         })
         .collect()
@@ -222,11 +233,23 @@ mod tests {
         let tags = [
             (
                 "sluice-drop:a".to_string(),
-                DropTag { pod: "x/b".into(), ingress: true, policies: vec!["x/deny-all".into()], default_deny: true },
+                DropTag {
+                    pod: "x/b".into(),
+                    ingress: true,
+                    policies: vec!["x/deny-all".into()],
+                    default_deny: true,
+                    audit: false,
+                },
             ),
             (
                 "sluice-drop:b".to_string(),
-                DropTag { pod: "x/b".into(), ingress: true, policies: vec!["x/no-ssh".into()], default_deny: false },
+                DropTag {
+                    pod: "x/b".into(),
+                    ingress: true,
+                    policies: vec!["x/no-ssh".into()],
+                    default_deny: false,
+                    audit: false,
+                },
             ),
         ]
         .into();

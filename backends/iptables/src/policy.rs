@@ -17,10 +17,14 @@
 //! While the agent records flows (`PolicyView::log_drops`), each DROP is preceded by an NFLOG
 //! rule with the same match whose prefix names it (`nflog::PREFIX` + a tag): `drop_tags` says,
 //! for each tag, the pod, the direction and the policies that decided the drop.
+//! Audit-mode policies get `SLUICE-POL-AI-<hash>` / `-AE-` chains after the enforced one (only
+//! while drops are logged): their would-be drops are logged with `nflog::AUDIT_PREFIX` and RETURN.
 
 use sha2::{Digest, Sha256};
 use sluice_core::Protocol;
-use sluice_core::policy::{Action, DirectionPolicy, EndpointRules, LoweredPeer, PolicyView, SetEntry, lower};
+use sluice_core::policy::{
+    Action, DirectionPolicy, EndpointRules, LoweredPeer, PolicyView, SetEntry, audit_shadow, lower,
+};
 
 use crate::ipset::{SET_PREFIX, Sets};
 use crate::nflog;
@@ -68,12 +72,20 @@ fn proto_match(protocol: Option<Protocol>, ports: Option<(u16, u16)>) -> String 
 
 pub use sluice_core::flow::drop::DropTag;
 
-fn drop_prefix(chain: &str, rule: &str) -> String {
-    format!("{}{}", nflog::PREFIX, hex(&[chain, rule], 12))
+fn drop_prefix(chain: &str, rule: &str, audit: bool) -> String {
+    format!("{}{}", if audit { nflog::AUDIT_PREFIX } else { nflog::PREFIX }, hex(&[chain, rule], 12))
+}
+
+/// The audit chain of an endpoint direction: what audit-mode policies would have dropped among
+/// the new flows the enforced chain let through.
+pub fn audit_chain(interface: &str, ingress: bool) -> String {
+    format!("{POLICY_CHAIN_PREFIX}A{}-{}", if ingress { "I" } else { "E" }, hex(&[interface], 12))
 }
 
 /// The rules of one direction's chain (the shared lowering, `core::policy::lower`); the sets
-/// they name are added to `sets`, the drops' tags to `tags`.
+/// they name are added to `sets`, the drops' tags to `tags`. `audit`: the audit list
+/// (`core::policy::audit_shadow`): a would-be drop is logged and RETURNs, nothing is dropped.
+#[allow(clippy::too_many_arguments)]
 fn direction_rules(
     chain: &str,
     d: &DirectionPolicy,
@@ -82,19 +94,22 @@ fn direction_rules(
     view: &PolicyView,
     sets: &mut Sets,
     tags: &mut Vec<(String, DropTag)>,
+    audit: bool,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    // Log, then drop: the same match twice (NFLOG does not end the chain).
+    // Log, then drop (or, auditing, return): the same match twice (NFLOG does not end the chain).
     let mut drop = |out: &mut Vec<String>, matches: String, comment: String, rule: &str, tag: DropTag| {
-        let prefix = drop_prefix(chain, rule);
+        let prefix = drop_prefix(chain, rule, audit);
         if let Some(group) = view.log_drops {
             out.push(format!("{matches}-j NFLOG --nflog-group {group} --nflog-prefix {prefix}"));
         }
         tags.push((prefix, tag));
-        out.push(format!("{matches}-m comment --comment \"{comment}\" -j DROP"));
+        let verdict = if audit { "RETURN" } else { "DROP" };
+        out.push(format!("{matches}-m comment --comment \"{comment}\" -j {verdict}"));
     };
     let dir = if ingress { "src" } else { "dst" };
     let flag = if ingress { "-s" } else { "-d" };
+    let would = if audit { "audit: would " } else { "" };
     for (i, r) in lower(chain, d, view).into_iter().enumerate() {
         let peer = match &r.peer {
             LoweredPeer::Any => String::new(),
@@ -113,21 +128,27 @@ fn direction_rules(
         let matches = format!("{peer}{}", proto_match(r.protocol, r.ports));
         match r.action {
             Action::Allow => {
-                out.push(format!("{matches}-m comment --comment \"sluice: allow by {}\" -j RETURN", quote(&by)))
+                out.push(format!("{matches}-m comment --comment \"sluice: {would}allow by {}\" -j RETURN", quote(&by)))
             }
             Action::Deny => {
-                let tag = DropTag { pod: pod.into(), ingress, policies: r.policies.clone(), default_deny: false };
-                drop(&mut out, matches, format!("sluice: deny by {}", quote(&by)), &i.to_string(), tag);
+                let tag =
+                    DropTag { pod: pod.into(), ingress, policies: r.policies.clone(), default_deny: false, audit };
+                drop(&mut out, matches, format!("sluice: {would}deny by {}", quote(&by)), &i.to_string(), tag);
             }
         }
     }
-    let tag = DropTag::default_deny(pod, ingress, d);
+    if !d.enforced {
+        return out; // an audit list of deny rules only: no would-be isolation
+    }
+    let mut tag = DropTag::default_deny(pod, ingress, d);
+    tag.audit = audit;
     let why = if tag.policies.is_empty() {
         "policy_enforcement=always".to_string()
     } else {
         format!("selected by {}", tag.policies.join(", "))
     };
-    drop(&mut out, String::new(), format!("sluice: default deny for {}: {}", quote(pod), quote(&why)), "default", tag);
+    let comment = format!("sluice: {would}default deny for {}: {}", quote(pod), quote(&why));
+    drop(&mut out, String::new(), comment, "default", tag);
     out
 }
 
@@ -156,19 +177,30 @@ fn render_tagged(view: &PolicyView) -> (Ruleset, Sets, Vec<(String, DropTag)>) {
     for ep in eps {
         for ingress in [false, true] {
             let d = if ingress { &ep.policy.ingress } else { &ep.policy.egress };
-            if !d.enforced {
-                continue;
-            }
-            let chain = endpoint_chain(&ep.interface, ingress);
-            let rules = direction_rules(&chain, d, ingress, &ep.pod, view, &mut sets, &mut tags);
-            *r.chain("filter", &chain) = rules;
             let dev = if ingress { "-o" } else { "-i" };
-            dispatch.push(format!(
-                "{dev} {} -m comment --comment \"sluice: {} {}\" -j {chain}",
-                ep.interface,
-                if ingress { "ingress of" } else { "egress of" },
-                quote(&ep.pod)
-            ));
+            let what = if ingress { "ingress of" } else { "egress of" };
+            if d.enforced {
+                let chain = endpoint_chain(&ep.interface, ingress);
+                let rules = direction_rules(&chain, d, ingress, &ep.pod, view, &mut sets, &mut tags, false);
+                *r.chain("filter", &chain) = rules;
+                dispatch.push(format!(
+                    "{dev} {} -m comment --comment \"sluice: {what} {}\" -j {chain}",
+                    ep.interface,
+                    quote(&ep.pod)
+                ));
+            }
+            // Audit: after the enforced chain (what it dropped never gets here), and only
+            // while drops are logged (a would-be drop nobody reads changes nothing).
+            if let (Some(shadow), Some(_)) = (audit_shadow(d), view.log_drops) {
+                let chain = audit_chain(&ep.interface, ingress);
+                let rules = direction_rules(&chain, &shadow, ingress, &ep.pod, view, &mut sets, &mut tags, true);
+                *r.chain("filter", &chain) = rules;
+                dispatch.push(format!(
+                    "{dev} {} -m comment --comment \"sluice: audit of {what} {}\" -j {chain}",
+                    ep.interface,
+                    quote(&ep.pod)
+                ));
+            }
         }
     }
     if dispatch.len() > 1 {

@@ -185,3 +185,37 @@ fn logged_drops_carry_a_prefix_that_names_what_decided_them() {
     assert!(default.default_deny && default.policies == explicit.policies, "{default:?}");
     assert!(prefix(logs[0]).len() < 64, "NFLOG prefixes are at most 63 bytes");
 }
+
+/// Audit: a chain after the enforced one (while drops are logged), whose would-be drops are
+/// logged with the audit prefix and RETURN; nothing in it drops.
+#[test]
+fn an_audit_policy_gets_a_logging_chain_after_the_enforced_one() {
+    let mut audit_deny = rule(Action::Deny, PeerMatch::Any, Some(Protocol::Tcp), Some((22, 22)));
+    audit_deny.audit = true;
+    let d = DirectionPolicy {
+        enforced: true,
+        selected_by: vec![name()],
+        audited_by: vec![name()],
+        rules: vec![audit_deny, rule(Action::Allow, PeerMatch::Any, Some(Protocol::Tcp), Some((22, 80)))],
+    };
+    // Without a drop reader, there is no one to tell: no audit chain.
+    let (r, _) = render(&view(d.clone()));
+    assert!(!r.chains["filter"].contains_key(&audit_chain("slcabc", true)));
+    let mut v = view(d);
+    v.log_drops = Some(4242);
+    let (r, _) = render(&v);
+    let fwd = &r.chains["filter"][FWD_CHAIN];
+    let real = fwd.iter().position(|l| l.ends_with(&endpoint_chain("slcabc", true))).expect("enforced jump");
+    let audit = fwd.iter().position(|l| l.ends_with(&audit_chain("slcabc", true))).expect("audit jump");
+    assert!(real < audit, "what the enforced chain drops never reaches the audit: {fwd:#?}");
+    let rules = &r.chains["filter"][&audit_chain("slcabc", true)];
+    assert!(rules.iter().all(|l| !l.ends_with("-j DROP")), "{rules:#?}");
+    assert!(rules[0].contains("--dport 22") && rules[0].contains(&format!("--nflog-prefix {}", nflog::AUDIT_PREFIX)));
+    assert!(rules[1].contains("--dport 22") && rules[1].ends_with("-j RETURN"), "first match ends the audit");
+    let log = &rules[rules.len() - 2];
+    assert!(log.contains(nflog::AUDIT_PREFIX) && log.contains("-j NFLOG"), "audit isolation: {rules:#?}");
+    let tags = drop_tags(&v);
+    let audits: Vec<_> = tags.iter().filter(|(p, _)| p.starts_with(nflog::AUDIT_PREFIX)).collect();
+    assert_eq!(audits.len(), 2, "the audit deny and the audit default");
+    assert!(audits.iter().all(|(_, t)| t.audit && t.pod == "x/b"));
+}

@@ -67,7 +67,12 @@ pub fn line(time: &str, f: &Flow) -> String {
                 };
             }
         }
-        EventKind::PolicyVerdict => s += &format!(" policy-verdict {}", verdict(f.verdict)),
+        EventKind::PolicyVerdict => {
+            s += &format!(" policy-verdict {}", verdict(f.verdict));
+            if f.verdict == Verdict::Audit && !f.policy.denied_by.is_empty() {
+                s += &format!(" (would be denied: {})", f.policy.denied_by.join(", "));
+            }
+        }
         _ => {
             if let Some(o) = f.observation {
                 s += &format!(" {}", point(o));

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use super::enrich::{Directory, Observed};
 use super::{DropReason, EventKind, Flow, L4, ObservationPoint, TcpFlags, TrafficDirection, Verdict};
-use crate::policy::{Action, DirectionPolicy, PolicyView, lower};
+use crate::policy::{Action, DirectionPolicy, PolicyView, audit_shadow, lower};
 
 /// What decided the drops of one rule (or of one endpoint's default deny).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct DropTag {
     pub policies: Vec<String>,
     /// No rule matched: the pod is isolated in this direction (`policies` select it).
     pub default_deny: bool,
+    /// An audit-mode policy's would-be drop: the packet passed.
+    pub audit: bool,
 }
 
 impl DropTag {
@@ -31,8 +33,19 @@ impl DropTag {
             ingress,
             policies: d.selected_by.iter().map(|p| p.to_string()).collect(),
             default_deny: true,
+            audit: false,
         }
     }
+}
+
+/// Which rule list a datapath reports a rule index of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    /// The endpoint's host interface.
+    pub interface: String,
+    pub ingress: bool,
+    /// The audit list ([`crate::policy::audit_shadow`]), not the enforced one.
+    pub audit: bool,
 }
 
 /// One endpoint direction's tags: by index in its lowered rule list (deny rules only), and
@@ -43,33 +56,44 @@ pub struct RuleTags {
     pub default: DropTag,
 }
 
-/// Tags of every enforced endpoint direction of `view`, keyed by (host interface, ingress):
-/// the index a datapath reports is the index in `lower`'s list, the list it was encoded from.
-pub fn tags_by_rule(view: &PolicyView) -> HashMap<(String, bool), RuleTags> {
+/// Tags of every endpoint direction's enforced list and audit list of `view`: the index a
+/// datapath reports is the index in `lower`'s list, the list it was encoded from. Audit lists
+/// are lowered with the scope [`audit_scope`] (their sets must not share keys with the
+/// enforced list's).
+pub fn tags_by_rule(view: &PolicyView) -> HashMap<TagKey, RuleTags> {
     let mut out = HashMap::new();
     for ep in &view.endpoints {
         for (ingress, d) in [(true, &ep.policy.ingress), (false, &ep.policy.egress)] {
-            if !d.enforced {
-                continue;
-            }
-            let rules = lower(&ep.interface, d, view)
-                .into_iter()
-                .map(|r| {
-                    (r.action == Action::Deny).then(|| DropTag {
-                        pod: ep.pod.clone(),
-                        ingress,
-                        policies: r.policies,
-                        default_deny: false,
+            let shadow = audit_shadow(d);
+            let lists = [(false, d.enforced.then_some(d)), (true, shadow.as_ref())];
+            for (audit, list) in lists {
+                let Some(list) = list else { continue };
+                let scope = if audit { audit_scope(&ep.interface, ingress) } else { ep.interface.clone() };
+                let rules = lower(&scope, list, view)
+                    .into_iter()
+                    .map(|r| {
+                        (r.action == Action::Deny).then(|| DropTag {
+                            pod: ep.pod.clone(),
+                            ingress,
+                            policies: r.policies,
+                            default_deny: false,
+                            audit,
+                        })
                     })
-                })
-                .collect();
-            out.insert(
-                (ep.interface.clone(), ingress),
-                RuleTags { rules, default: DropTag::default_deny(&ep.pod, ingress, d) },
-            );
+                    .collect();
+                let mut default = DropTag::default_deny(&ep.pod, ingress, list);
+                default.audit = audit;
+                let key = TagKey { interface: ep.interface.clone(), ingress, audit };
+                out.insert(key, RuleTags { rules, default });
+            }
         }
     }
     out
+}
+
+/// The lowering scope of an endpoint direction's audit list (set keys derive from it).
+pub fn audit_scope(interface: &str, ingress: bool) -> String {
+    format!("{interface}:{}:audit", if ingress { "ingress" } else { "egress" })
 }
 
 /// The headers of a dropped IPv4 packet, as the endpoint saw it.
@@ -85,7 +109,8 @@ pub struct DroppedPacket {
 
 /// The drop flow of `p`: verdict DROPPED, event type drop with the reason as sub-type,
 /// the direction, and the policies (`tag`; `None`: the rule changed before the drop was read,
-/// said so rather than guessed).
+/// said so rather than guessed). An audit tag makes it a policy verdict AUDIT instead (the
+/// packet passed; `denied_by` names what would have dropped it).
 pub fn policy_drop_flow(
     dir: &Directory,
     p: &DroppedPacket,
@@ -109,6 +134,13 @@ pub fn policy_drop_flow(
     f.direction = if ingress { TrafficDirection::Ingress } else { TrafficDirection::Egress };
     if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {
         *flags = TcpFlags::from_byte(p.tcp_flags);
+    }
+    if let Some(t) = tag.filter(|t| t.audit) {
+        // Audit: the packet passed; what would have dropped it is told as a policy verdict.
+        f.verdict = Verdict::Audit;
+        f.event = EventKind::PolicyVerdict;
+        f.policy.denied_by = t.policies.clone();
+        return f;
     }
     match tag {
         Some(t) => {

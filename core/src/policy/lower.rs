@@ -136,3 +136,31 @@ pub fn lower(scope: &str, d: &DirectionPolicy, view: &PolicyView) -> Vec<Lowered
     let (deny, allow): (Vec<_>, Vec<_>) = others.into_iter().partition(|r| r.action == Action::Deny);
     deny.into_iter().chain(allow).collect()
 }
+
+/// What audit-mode policies add to one direction, as a list a datapath evaluates for a new flow
+/// the enforced list let through (`None` when no audit policy concerns it): the audit deny rules,
+/// then every allow rule (a flow an enforcing policy allows is not an audited drop), and a
+/// default deny when an audit policy isolates the endpoint (`enforced`, attributed through
+/// `selected_by` to those policies). The same verdicts as [`super::compile::decide`]'s audit
+/// half, for flows its enforced half allows.
+pub fn audit_shadow(d: &DirectionPolicy) -> Option<DirectionPolicy> {
+    let audit_denies: Vec<_> = d.rules.iter().filter(|r| r.audit && r.action == Action::Deny).cloned().collect();
+    if d.audited_by.is_empty() && audit_denies.is_empty() {
+        return None;
+    }
+    let allows = d.rules.iter().filter(|r| r.action == Action::Allow).cloned();
+    let rules = audit_denies
+        .into_iter()
+        .chain(allows)
+        .map(|mut r| {
+            r.audit = false;
+            r
+        })
+        .collect();
+    Some(DirectionPolicy {
+        enforced: !d.audited_by.is_empty(),
+        selected_by: d.audited_by.clone(),
+        audited_by: Vec::new(),
+        rules,
+    })
+}

@@ -20,7 +20,7 @@ pub use compile::{
     PolicyEndpoint, PolicyInput, decide,
 };
 pub use identity::{Allocation, Identity, IdentityLabels};
-pub use lower::{LoweredPeer, LoweredRule, SetEntry, lower};
+pub use lower::{LoweredPeer, LoweredRule, SetEntry, audit_shadow, lower};
 pub use model::{
     Direction, Enforcement, Entity, NsScope, Peer, Policy, PolicyKind, PolicyName, PortRule, PortSpec, Rule, Subject,
 };

@@ -318,3 +318,48 @@ fn identities_are_deterministic_reserved_below_256_and_never_shared() {
     }
     assert_eq!(Identity::HOST.reserved_name(), Some("host"));
 }
+
+/// The list datapaths evaluate for audit policies gives, for every flow the enforced rules let
+/// through, the audit verdict the trace computes.
+#[test]
+fn the_audit_shadow_agrees_with_the_trace() {
+    let name = |n: &str, audit: bool| PolicyName {
+        kind: if audit { PolicyKind::SluiceNetworkPolicy } else { PolicyKind::NetworkPolicy },
+        namespace: Some("x".into()),
+        name: n.into(),
+    };
+    let rule = |action, port: u16, policy: &str, audit: bool| CompiledRule {
+        action,
+        peer: PeerMatch::Any,
+        protocol: Some(Tcp),
+        ports: Some((port, port)),
+        policy: name(policy, audit),
+        audit,
+    };
+    let none = DirectionPolicy::default();
+    assert_eq!(audit_shadow(&none), None, "no audit policy: nothing to evaluate");
+    for enforced in [false, true] {
+        let d = DirectionPolicy {
+            enforced,
+            selected_by: if enforced { vec![name("real", false)] } else { vec![] },
+            audited_by: vec![name("audit-iso", true)],
+            rules: vec![
+                rule(Action::Deny, 22, "audit-no-ssh", true),
+                rule(Action::Allow, 80, "real", false),
+                rule(Action::Allow, 443, "audit-tls", true),
+            ],
+        };
+        let shadow = audit_shadow(&d).expect("shadow");
+        for port in [22, 80, 443, 8080] {
+            let (real, audit) = decide(&d, XA.parse().expect("ip"), Identity(300), Tcp, port);
+            if !real.allowed() {
+                continue; // the shadow is evaluated only for what the enforced list lets through
+            }
+            let (shadowed, _) = decide(&shadow, XA.parse().expect("ip"), Identity(300), Tcp, port);
+            match audit {
+                None => assert!(shadowed.allowed(), "port {port} enforced={enforced}: {shadowed:?}"),
+                Some(a) => assert_eq!(shadowed, a, "port {port} enforced={enforced}"),
+            }
+        }
+    }
+}

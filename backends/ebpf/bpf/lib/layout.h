@@ -156,10 +156,11 @@ struct pol_ep_val {
  * the rule that decided: its index in the endpoint's list, or EV_RULE_DEFAULT when none matched
  * (default deny); user space maps both to policies with the lowering the list was made from. */
 #define EV_POLICY_DROP 1
+#define EV_POLICY_AUDIT 2   /* an audit-mode policy would have dropped it; it passed */
 #define EV_RULE_DEFAULT 0xff
 
 struct ev_drop {
-	__u8 kind;          /* EV_POLICY_DROP */
+	__u8 kind;          /* EV_POLICY_DROP, EV_POLICY_AUDIT */
 	__u8 dir;           /* POL_INGRESS, POL_EGRESS */
 	__u8 rule;          /* deny rule index, or EV_RULE_DEFAULT */
 	__u8 proto;

@@ -115,7 +115,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_pol_ct SEC(".maps");
 
-/* Events for user space (flows): policy drops. Not resized by the config. */
+/* Audit lists: same key and layout as sluice_pol_ep, for endpoint directions an audit-mode
+ * policy concerns; evaluated only for new flows the enforced list passed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct pol_ep_key);
+	__type(value, struct pol_ep_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_pol_audit SEC(".maps");
+
+/* Events for user space (flows): policy drops and audited would-be drops. Not resized by the
+ * config. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 18);

@@ -40,8 +40,9 @@ static __always_inline int pol_ct_live(struct pol_ct_key *key, __u32 now)
 	return 1;
 }
 
-/* Tell user space about a policy drop, within this CPU's budget of events a second. */
-static __always_inline void pol_report_drop(__u32 ifindex, __u32 dir, struct flow_key *k, __u32 rule, int syn)
+/* Tell user space about a policy drop (or an audited would-be drop), within this CPU's budget
+ * of events a second. */
+static __always_inline void pol_report(__u8 kind, __u32 ifindex, __u32 dir, struct flow_key *k, __u32 rule, int syn)
 {
 	__u32 zero = 0;
 	struct ev_budget *b = bpf_map_lookup_elem(&sluice_ev_budget, &zero);
@@ -64,7 +65,7 @@ static __always_inline void pol_report_drop(__u32 ifindex, __u32 dir, struct flo
 		return;
 	}
 	b->sent++;
-	e->kind = EV_POLICY_DROP;
+	e->kind = kind;
 	e->dir = dir;
 	e->rule = rule;
 	e->proto = k->proto;
@@ -76,6 +77,46 @@ static __always_inline void pol_report_drop(__u32 ifindex, __u32 dir, struct flo
 	e->tcp_flags = syn ? 0x02 : 0;
 	e->pad[0] = e->pad[1] = e->pad[2] = 0;
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* The first rule of `ep` matching the flow: its index, or EV_RULE_DEFAULT when none does;
+ * `*allow` says whether that rule (or, with none, the list's default) lets the flow pass. */
+static __always_inline __u32 pol_first_match(struct pol_ep_val *ep, __u32 peer, __u8 proto, __u16 port, int *allow)
+{
+	__u32 n = ep->count;
+
+	for (int i = 0; i < POL_MAX_RULES; i++) {
+		if (i >= n)
+			break;
+		struct pol_rule *r = &ep->rules[i];
+		if (pol_rule_matches(r, peer, proto, port)) {
+			*allow = r->action == POL_ALLOW;
+			return i;
+		}
+	}
+	*allow = !ep->enforced;
+	return EV_RULE_DEFAULT;
+}
+
+/* An audit-mode policy's verdict on a new flow the enforced list passed: reported, never
+ * enforced. A separate function (not inlined) so each caller does not carry a second loop. */
+static __noinline int pol_audit(__u32 ifindex, __u32 dir, struct flow_key *k, int syn)
+{
+	struct pol_ep_key ek = { .ifindex = ifindex, .dir = dir };
+	struct pol_ep_val *ep;
+	int allow = 1;
+	__u32 rule;
+
+	if (!k)
+		return 0;
+	ep = bpf_map_lookup_elem(&sluice_pol_audit, &ek);
+	if (!ep)
+		return 0;
+	/* As every caller of pol_pass: the peer is the other end, the port the destination's. */
+	rule = pol_first_match(ep, dir == POL_EGRESS ? k->daddr : k->saddr, k->proto, bpf_ntohs(k->dport), &allow);
+	if (!allow)
+		pol_report(EV_POLICY_AUDIT, ifindex, dir, k, rule, syn);
+	return 0;
 }
 
 /* 1: pass, 0: drop. `k` is the flow as the endpoint sees it in this direction (for egress: after
@@ -98,26 +139,16 @@ static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k
 		return 1; /* not policed */
 	if (!syn && (pol_ct_live(&ck, now) || pol_ct_live(&rk, now)))
 		return 1; /* an admitted flow, or the reply of one */
-	if (!ep->enforced) {
+	if (!ep->enforced)
 		pass = 1;
-	} else {
-		__u16 port = bpf_ntohs(port_n);
-		__u32 n = ep->count;
-		for (int i = 0; i < POL_MAX_RULES; i++) {
-			if (i >= n)
-				break;
-			struct pol_rule *r = &ep->rules[i];
-			if (pol_rule_matches(r, peer, k->proto, port)) {
-				pass = r->action == POL_ALLOW;
-				rule = i;
-				break;
-			}
-		}
-	}
-	if (pass)
-		bpf_map_update_elem(&sluice_pol_ct, &ck, &now, BPF_ANY);
 	else
-		pol_report_drop(ifindex, dir, k, rule, syn);
+		rule = pol_first_match(ep, peer, k->proto, bpf_ntohs(port_n), &pass);
+	if (pass) {
+		bpf_map_update_elem(&sluice_pol_ct, &ck, &now, BPF_ANY);
+		pol_audit(ifindex, dir, k, syn);
+	} else {
+		pol_report(EV_POLICY_DROP, ifindex, dir, k, rule, syn);
+	}
 	return pass;
 }
 
