@@ -386,19 +386,22 @@ impl Datapath {
         for r in &removed {
             self.last.remove(r);
         }
+        // Each record holds the service's frontends now, nothing it had: a frontend it lost may
+        // belong to another service since (a conflict's winner changed), and a later change or
+        // removal of this one must not take it away. (A refused service is retried through its
+        // fingerprint; its frontends that stay are in its new keys.)
         for (s, k) in changed_owned.iter().zip(keys) {
-            // A refused service keeps its old frontends in the maps: the retry removes those
-            // of them it no longer has.
-            let mut k = k;
-            for old in self.last.get(&s.name).map(|w| w.keys.as_slice()).unwrap_or_default() {
-                if !k.contains(old) {
-                    k.push(*old);
-                }
-            }
             self.last.insert(s.name.clone(), written(s, k));
         }
         let mut refused = Refusals::new();
-        let n = self.sync_delta(&old_keys, fresh, &mut refused)?;
+        let n = match self.sync_delta(&old_keys, fresh, &mut refused) {
+            Ok(n) => n,
+            Err(e) => {
+                // What the maps hold is not known exactly: the next update writes everything.
+                self.last.clear();
+                return Err(e);
+            }
+        };
         self.note_refusals(&changed_owned, refused);
         Ok(n)
     }

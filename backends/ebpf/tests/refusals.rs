@@ -102,3 +102,32 @@ fn entries_the_kernel_refuses_fail_only_their_service_which_is_retried() {
     // Nothing left to retry: an unchanged update writes nothing.
     assert_eq!(dp.update(&[c, d], &[], &ctx).expect("update"), 0);
 }
+
+/// A frontend that moves from one Service to another (a conflict's winner changed) belongs to
+/// the new owner only: removing or changing the old owner later leaves it in place. (Found by
+/// the reversibility lab test: the old owner's record kept the key, and its removal deleted
+/// the new owner's NodePort.)
+#[test]
+fn a_frontend_moved_to_another_service_survives_the_old_owner() {
+    if !require_root() {
+        return;
+    }
+    let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/sluice-test-moved-{}", std::process::id())));
+    let _ = remove_all(&pins.0);
+    let sizes = MapSizes::default();
+    let mut dp = Datapath::open(&pins.0, &sizes).expect("open");
+    let ctx =
+        NodeCtx { node_name: "node-1".into(), node_ips: vec![], owned: [Feature::ClusterIp].into(), maglev_m: None };
+    // "x" holds 10.96.0.1; then "x" moves to 10.96.0.2 and "y" takes 10.96.0.1.
+    let (x1, x2, y1) = (svc("x", 1), svc("x", 2), svc("y", 1));
+    dp.update(&[x1.clone()], &[], &ctx).expect("update");
+    assert_eq!(written(&dp), [1]);
+    dp.update(&[x2.clone(), y1.clone()], &[], &ctx).expect("update");
+    assert_eq!(written(&dp), [1, 2]);
+    // The old owner changes again, then goes: y's frontend stays.
+    dp.update(&[svc("x", 3), y1.clone()], &[], &ctx).expect("update");
+    assert_eq!(written(&dp), [1, 3]);
+    dp.update(std::slice::from_ref(&y1), &[], &ctx).expect("update");
+    assert_eq!(written(&dp), [1]);
+    assert_eq!(in_kernel(&pins, &sizes), [1]);
+}
