@@ -120,7 +120,7 @@ fn a_frontend_moved_to_another_service_survives_the_old_owner() {
         NodeCtx { node_name: "node-1".into(), node_ips: vec![], owned: [Feature::ClusterIp].into(), maglev_m: None };
     // "x" holds 10.96.0.1; then "x" moves to 10.96.0.2 and "y" takes 10.96.0.1.
     let (x1, x2, y1) = (svc("x", 1), svc("x", 2), svc("y", 1));
-    dp.update(&[x1.clone()], &[], &ctx).expect("update");
+    dp.update(std::slice::from_ref(&x1), &[], &ctx).expect("update");
     assert_eq!(written(&dp), [1]);
     dp.update(&[x2.clone(), y1.clone()], &[], &ctx).expect("update");
     assert_eq!(written(&dp), [1, 2]);
