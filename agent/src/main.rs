@@ -231,7 +231,7 @@ enum ServiceCmd {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::observe::rewrite_not(std::env::args()));
     let result = match cli.cmd {
         Cmd::Agent(args) => cli::agent::run(args),
         Cmd::Status => cli::status::run(&cli.socket, cli.output),

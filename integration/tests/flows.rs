@@ -317,4 +317,8 @@ fn audit_case(lab: &str, node2: &str) {
     // No real drop was reported for it.
     let drops = t.exec("node-2", &["sluice", "observe", "--verdict", "DROPPED", "--last", "5"]);
     assert!(drops.trim().is_empty(), "{drops}");
+    // `--not` as hubble observe's: everything but the forwarded traces leaves the audits.
+    let not_fwd = t.exec("node-2", &["sluice", "observe", "--last", "50", "--not", "--verdict", "FORWARDED"]);
+    assert!(not_fwd.lines().any(|l| l.contains("AUDIT")), "{not_fwd}");
+    assert!(!not_fwd.contains("FORWARDED"), "{not_fwd}");
 }

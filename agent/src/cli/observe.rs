@@ -77,6 +77,84 @@ pub struct ObserveArgs {
     /// trace, drop, policy-verdict, l7.
     #[arg(long = "type")]
     pub kind: Vec<String>,
+    /// Negate the next filter, as `hubble observe --not`: `--not --verdict FORWARDED` shows
+    /// every flow but forwarded ones. Negated filters form one blacklist filter (a flow is
+    /// left out when it matches all of them); repeat --not before each filter to negate.
+    #[arg(long = "not")]
+    pub not: bool,
+    /// The negated filters' flags and values (what `--not` rewrites to; see `rewrite_not`).
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    pub negated: Vec<String>,
+}
+
+/// Filter flags `--not` may negate (each takes one value).
+const FILTER_FLAGS: [&str; 15] = [
+    "--from-pod",
+    "--to-pod",
+    "--from-namespace",
+    "--to-namespace",
+    "--from-ip",
+    "--to-ip",
+    "--from-label",
+    "--to-label",
+    "--from-identity",
+    "--to-identity",
+    "--to-service",
+    "--port",
+    "--verdict",
+    "--protocol",
+    "--type",
+];
+
+/// `--not FLAG VALUE` (or `--not FLAG=VALUE`) after `observe` becomes `--negated=FLAG
+/// --negated=VALUE`: clap has no "applies to the next flag", so the order is kept here. A
+/// `--not` followed by no filter flag is left as it is (`request` refuses it by name).
+pub fn rewrite_not(argv: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = argv.into_iter().peekable();
+    let mut observing = false;
+    while let Some(a) = it.next() {
+        if !observing {
+            observing = a == "observe";
+            out.push(a);
+            continue;
+        }
+        let next_is_filter =
+            it.peek().is_some_and(|n| FILTER_FLAGS.iter().any(|f| n == f || n.starts_with(&format!("{f}="))));
+        if a != "--not" || !next_is_filter {
+            out.push(a);
+            continue;
+        }
+        let flag = it.next().unwrap_or_default();
+        let has_value = flag.contains('=');
+        out.push(format!("--negated={flag}"));
+        if !has_value && let Some(v) = it.next() {
+            out.push(format!("--negated={v}"));
+        }
+    }
+    out
+}
+
+/// The blacklist filter of the negated flags.
+fn negated_filter(a: &ObserveArgs) -> anyhow::Result<Option<pb::FlowFilter>> {
+    #[derive(clap::Parser)]
+    #[command(no_binary_name = true)]
+    struct Negated {
+        #[command(flatten)]
+        a: ObserveArgs,
+    }
+    if a.not {
+        anyhow::bail!(
+            "--not must come right before a filter flag ({}), e.g. --not --verdict FORWARDED",
+            FILTER_FLAGS.join(", ")
+        );
+    }
+    if a.negated.is_empty() {
+        return Ok(None);
+    }
+    let n = <Negated as clap::Parser>::try_parse_from(&a.negated)
+        .map_err(|e| anyhow::anyhow!("--not {}: {}", a.negated.join(" "), e.kind()))?;
+    Ok(Some(filter(&n.a)?))
 }
 
 const VERDICTS: [&str; 7] = ["FORWARDED", "DROPPED", "ERROR", "AUDIT", "REDIRECTED", "TRACED", "TRANSLATED"];
@@ -266,6 +344,7 @@ pub fn request(a: &ObserveArgs, now_s: i64) -> anyhow::Result<GetFlowsRequest> {
             let f = filter(a)?;
             if f == pb::FlowFilter::default() { Vec::new() } else { vec![f] }
         },
+        blacklist: negated_filter(a)?.into_iter().collect(),
         ..Default::default()
     })
 }
@@ -342,5 +421,48 @@ mod tests {
         assert_eq!((f.source_pod, f.verdict), (vec!["x/".to_string()], vec![2]));
         let a = ObserveArgs { to_identity: vec![2, 300], ..Default::default() };
         assert_eq!(filter(&a).expect("ok").destination_identity, vec![2, 300]);
+    }
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn not_negates_the_next_filter_only() {
+        let a = rewrite_not(argv("sluice observe --last 5 --not --verdict FORWARDED --from-pod x/ --not --to-pod=y/b"));
+        assert_eq!(
+            a,
+            argv(
+                "sluice observe --last 5 --negated=--verdict --negated=FORWARDED --from-pod x/ --negated=--to-pod=y/b"
+            )
+        );
+        // Parsed the way the binary parses it: one whitelist, one blacklist.
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: ObserveArgs,
+        }
+        let t = <T as clap::Parser>::try_parse_from(&a[1..]).expect("parses");
+        let req = request(&t.a, 0).expect("valid");
+        assert_eq!(req.whitelist.len(), 1);
+        assert_eq!(req.whitelist[0].source_pod, vec!["x/".to_string()]);
+        assert_eq!(req.blacklist.len(), 1);
+        assert_eq!(
+            (req.blacklist[0].verdict.clone(), req.blacklist[0].destination_pod.clone()),
+            (vec![1], vec!["y/b".to_string()])
+        );
+        // Before anything that is not a filter, or at the end: refused with the way out.
+        for bad in ["sluice observe --not --last 5", "sluice observe --not"] {
+            let a = rewrite_not(argv(bad));
+            let t = <T as clap::Parser>::try_parse_from(&a[1..]).expect("parses");
+            let e = request(&t.a, 0).expect_err("refused").to_string();
+            assert!(e.contains("--not must come right before a filter flag"), "{e}");
+        }
+        // A bad value behind --not is named like any other.
+        let a = rewrite_not(argv("sluice observe --not --verdict ALLOWED"));
+        let t = <T as clap::Parser>::try_parse_from(&a[1..]).expect("parses");
+        assert!(request(&t.a, 0).expect_err("bad verdict").to_string().contains("ALLOWED"));
+        // Other commands are left alone.
+        assert_eq!(rewrite_not(argv("sluice status --not")), argv("sluice status --not"));
     }
 }
