@@ -178,7 +178,7 @@ impl Flows {
     }
 
     fn start_ebpf_drops(&mut self, pin_dir: &std::path::Path) -> anyhow::Result<()> {
-        use sluice_core::flow::drop::{DropTag, DroppedPacket, TagKey, policy_drop_flow};
+        use sluice_core::flow::drop::{DroppedPacket, TagKey, policy_drop_flow};
         let mut reader = sluice_ebpf::events::EventReader::open(pin_dir)?;
         self.ebpf_stop.store(false, Ordering::SeqCst);
         let (hub, dir, tags, stop, lost) = (
@@ -224,17 +224,7 @@ impl Flows {
                                 dport: e.dport,
                                 tcp_flags: e.tcp_flags,
                             };
-                            // An audit event whose list changed before it was read: still
-                            // an audit (the packet passed), never a drop.
-                            let changed = DropTag {
-                                pod: String::new(),
-                                ingress: e.ingress,
-                                policies: vec!["(an audit rule changed since this packet)".into()],
-                                default_deny: false,
-                                audit: true,
-                            };
-                            let tag = tag.or_else(|| e.audit.then_some(&changed));
-                            policy_drop_flow(&d, &p, e.ingress, tag, now_ns())
+                            policy_drop_flow(&d, &p, e.ingress, e.audit, tag, now_ns())
                         })
                         .collect()
                 },

@@ -149,11 +149,6 @@ impl EventReader {
         }
         out
     }
-
-    /// The ring's fd (for callers that poll several sources).
-    pub fn raw_fd(&self) -> i32 {
-        self.ring.as_raw_fd()
-    }
 }
 
 #[cfg(test)]

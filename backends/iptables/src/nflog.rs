@@ -172,16 +172,8 @@ pub fn drop_flows(
                 dport: p.dport,
                 tcp_flags: p.tcp_flags,
             };
-            // An audit prefix whose rule changed before it was read: still an audit (it passed).
-            let changed = crate::policy::DropTag {
-                pod: String::new(),
-                ingress: true,
-                policies: vec!["(an audit rule changed since this packet)".into()],
-                default_deny: false,
-                audit: true,
-            };
-            let tag = tag.or_else(|| l.prefix.starts_with(AUDIT_PREFIX).then_some(&changed));
-            policy_drop_flow(dir, &packet, tag.is_none_or(|t| t.ingress), tag, time_ns)
+            let audit = l.prefix.starts_with(AUDIT_PREFIX);
+            policy_drop_flow(dir, &packet, tag.is_none_or(|t| t.ingress), audit, tag, time_ns)
         })
         .collect()
 }

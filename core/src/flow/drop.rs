@@ -107,14 +107,16 @@ pub struct DroppedPacket {
     pub tcp_flags: u8,
 }
 
-/// The drop flow of `p`: verdict DROPPED, event type drop with the reason as sub-type,
-/// the direction, and the policies (`tag`; `None`: the rule changed before the drop was read,
-/// said so rather than guessed). An audit tag makes it a policy verdict AUDIT instead (the
-/// packet passed; `denied_by` names what would have dropped it).
+/// The flow of a dropped packet `p`: verdict DROPPED, event type drop with the reason as
+/// sub-type, the direction, and the policies (`tag`). `audit`: the datapath reported an audit
+/// list's would-be drop (the packet passed): a policy verdict AUDIT instead, `denied_by` naming
+/// what would have dropped it. Without a tag (the rule changed before the report was read) the
+/// flow says so rather than guessing.
 pub fn policy_drop_flow(
     dir: &Directory,
     p: &DroppedPacket,
     ingress: bool,
+    audit: bool,
     tag: Option<&DropTag>,
     time_ns: u64,
 ) -> Flow {
@@ -135,11 +137,11 @@ pub fn policy_drop_flow(
     if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {
         *flags = TcpFlags::from_byte(p.tcp_flags);
     }
-    if let Some(t) = tag.filter(|t| t.audit) {
-        // Audit: the packet passed; what would have dropped it is told as a policy verdict.
+    if audit {
         f.verdict = Verdict::Audit;
         f.event = EventKind::PolicyVerdict;
-        f.policy.denied_by = t.policies.clone();
+        f.policy.denied_by =
+            tag.map_or_else(|| vec!["(an audit rule changed since this packet)".into()], |t| t.policies.clone());
         return f;
     }
     match tag {
@@ -149,7 +151,7 @@ pub fn policy_drop_flow(
         }
         None => {
             f.drop_reason = Some(DropReason::PolicyDenied);
-            f.policy.denied_by = vec!["(a policy rule changed since this drop)".into()];
+            f.policy.denied_by = vec!["(a policy rule changed since this packet)".into()];
         }
     }
     f
