@@ -194,7 +194,8 @@ impl Flows {
                 &hub,
                 &lost,
                 || {
-                    let batch = reader.recv_batch(Duration::from_secs(1));
+                    // Short, so a stop (the owner changed) is not held up: the loop joins this thread.
+                    let batch = reader.recv_batch(Duration::from_millis(200));
                     // Over the datapath's budget, or the ring was full: lost, and said so.
                     let n = reader.lost_since_last();
                     if n > 0 {

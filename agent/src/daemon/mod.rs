@@ -155,7 +155,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         flows.refresh_policy(&policy.view);
         flows.reconcile(flows_on).await;
         let ebpf_policy = engine.serving(sluice_core::BackendId::EBPF).contains(&Feature::Policy);
-        flows.reconcile_ebpf_drops(ebpf_policy, &cfg.bpf_pin_dir(), &policy.view);
+        tokio::task::block_in_place(|| flows.reconcile_ebpf_drops(ebpf_policy, &cfg.bpf_pin_dir(), &policy.view));
         metrics.ensure_served(&cfg, &flows.hub()).await;
         let mut st = status.write().await;
         publish::status(
