@@ -8,6 +8,7 @@ pub mod bench_flows;
 pub mod bench_paired;
 pub mod bench_services;
 pub mod cnirun;
+pub mod flip;
 pub mod http;
 pub mod lab;
 pub mod load;

@@ -188,6 +188,10 @@ enum Cmd {
         /// A probe unanswered after this long counts as silent.
         #[arg(long, default_value_t = 150)]
         timeout_ms: u64,
+        /// A new probe starts this often, each on its own (so a silent probe's wait does not
+        /// hide a flip to "answer": the resolution is this, not the timeout).
+        #[arg(long, default_value_t = 5)]
+        every_ms: u64,
         #[arg(long, default_value_t = 60)]
         max_secs: u64,
     },
@@ -269,23 +273,15 @@ fn run() -> anyhow::Result<u8> {
     let json_out = cli.output == Output::Json;
     match cli.cmd {
         Cmd::Serve { name, port } => sluice_lab::http::serve(&name, &port).map(|_| 0),
-        Cmd::FlipWatch { addr, until, timeout_ms, max_secs } => {
-            let want_answer = until == "answer";
-            let start = std::time::Instant::now();
-            let mut probes = 0u64;
-            loop {
-                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
-                let ok = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(timeout_ms)).is_ok();
-                probes += 1;
-                if ok == want_answer {
-                    println!("{{\"flipped_unix_ms\": {at}, \"probes\": {probes}}}");
-                    return Ok(0);
-                }
-                if start.elapsed() > Duration::from_secs(max_secs) {
-                    anyhow::bail!("{addr} did not turn {until} within {max_secs}s ({probes} probes)");
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
+        Cmd::FlipWatch { addr, until, timeout_ms, every_ms, max_secs } => {
+            let timing = sluice_lab::flip::Timing {
+                timeout: Duration::from_millis(timeout_ms),
+                every: Duration::from_millis(every_ms.max(1)),
+                max: Duration::from_secs(max_secs),
+            };
+            let f = sluice_lab::flip::watch(addr, until == "answer", timing)?;
+            println!("{}", serde_json::to_string(&f)?);
+            Ok(0)
         }
         Cmd::ProbeLocal { timeout_ms, targets } => {
             let res = sluice_lab::http::probe_many(&targets, Duration::from_millis(timeout_ms));

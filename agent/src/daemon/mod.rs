@@ -64,7 +64,9 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     for e in &restore_errors {
         tracing::warn!(error = %e, "restoring kernel state");
     }
-    let mut source = state::SourceSide::new(&cfg).await?;
+    // The source wakes the loop when it has news; the tick below is the fallback poll.
+    let source_changed = Arc::new(tokio::sync::Notify::new());
+    let mut source = state::SourceSide::new(&cfg, source_changed.clone()).await?;
     let mut health = health::HealthServers::default();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.source.poll_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -89,6 +91,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
                 }
             }
             _ = wake.notified() => {}
+            _ = source_changed.notified() => {}
             Some(q) = queries.recv() => {
                 // A migration pin re-plans now; the pass below starts carrying it out.
                 let server::Query::Migration(mode, set_by, tx) = q else {

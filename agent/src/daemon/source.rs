@@ -24,12 +24,17 @@ pub struct Read {
 }
 
 impl AgentSource {
-    pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
+    /// `changed` is notified when the source has news (a watch event, a manifest written), so
+    /// the agent acts on it at once; the poll is the fallback.
+    pub async fn new(cfg: &Config, changed: std::sync::Arc<tokio::sync::Notify>) -> anyhow::Result<Self> {
         Ok(match cfg.source.kind {
-            SourceKind::Manifests => AgentSource::Manifests(
-                ManifestDir::new(cfg.source.manifests_dir.clone()),
-                cfg.source.manifests_dir.display().to_string(),
-            ),
+            SourceKind::Manifests => {
+                let dir = &cfg.source.manifests_dir;
+                if let Err(e) = crate::source::dir_watch::spawn(dir, changed) {
+                    tracing::info!(dir = %dir.display(), error = %e, poll_ms = cfg.source.poll_interval_ms, "manifest directory not watched; polled only");
+                }
+                AgentSource::Manifests(ManifestDir::new(dir.clone()), dir.display().to_string())
+            }
             SourceKind::Kubernetes => {
                 let client = crate::source::kube::client(cfg.source.kubeconfig.as_deref()).await?;
                 let location = cfg
@@ -38,7 +43,7 @@ impl AgentSource {
                     .as_ref()
                     .map(|p| format!("API via {}", p.display()))
                     .unwrap_or_else(|| "API (in-cluster or $KUBECONFIG)".into());
-                AgentSource::Kube(KubeSource::start(client, location))
+                AgentSource::Kube(KubeSource::start(client, location, changed))
             }
         })
     }

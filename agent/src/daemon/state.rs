@@ -41,11 +41,11 @@ struct LastCompleteRef<'a> {
 }
 
 impl SourceSide {
-    pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
+    pub async fn new(cfg: &Config, changed: std::sync::Arc<tokio::sync::Notify>) -> anyhow::Result<Self> {
         let (lo, hi) = cfg.node_port_range()?;
         let standalone = cfg.source.kind == sluice_config::SourceKind::Manifests;
         Ok(SourceSide {
-            source: AgentSource::new(cfg).await?,
+            source: AgentSource::new(cfg, changed).await?,
             synced: false,
             current: None,
             opts: Options {

@@ -3,6 +3,7 @@
 
 mod alloc;
 mod claims;
+pub mod dir_watch;
 pub mod kube;
 pub mod manifests;
 pub mod policy;

@@ -42,6 +42,15 @@ pub struct KubeSource {
     pub location: String,
 }
 
+/// What every watcher writes to: the store, the health record, and the agent's wake-up (an
+/// applied event is acted on now, not at the next poll).
+#[derive(Clone)]
+struct Sinks {
+    store: Arc<Mutex<KubeStore>>,
+    health: Arc<Mutex<Health>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
 /// What one read of the source gives the agent.
 pub struct Snapshot {
     /// `None` until every kind has been listed once.
@@ -56,8 +65,7 @@ pub struct Snapshot {
 fn spawn_watch<K>(
     api: Api<K>,
     cfg: Config,
-    store: Arc<Mutex<KubeStore>>,
-    health: Arc<Mutex<Health>>,
+    sinks: Sinks,
     kind: &'static str,
     pick: fn(&mut KubeStore) -> &mut store::KindStore<K>,
 ) where
@@ -68,10 +76,11 @@ fn spawn_watch<K>(
         while let Some(item) = events.next().await {
             match item {
                 Ok(ev) => {
-                    if let Ok(mut s) = store.lock() {
+                    if let Ok(mut s) = sinks.store.lock() {
                         pick(&mut s).apply(ev);
                     }
-                    if let Ok(mut h) = health.lock()
+                    sinks.changed.notify_one();
+                    if let Ok(mut h) = sinks.health.lock()
                         && h.failing.remove(kind).is_some()
                     {
                         tracing::info!(kind, "Kubernetes API reachable again");
@@ -79,7 +88,7 @@ fn spawn_watch<K>(
                 }
                 Err(e) => {
                     tracing::warn!(kind, error = %e, "watch failed; retrying with backoff, dataplane unchanged");
-                    if let Ok(mut h) = health.lock() {
+                    if let Ok(mut h) = sinks.health.lock() {
                         let since = h.failing.get(kind).map(|(t, _)| *t).unwrap_or_else(Instant::now);
                         h.failing.insert(kind, (since, e.to_string()));
                     }
@@ -97,21 +106,21 @@ impl KubeSource {
     ];
 
     /// Start the watchers.
-    pub fn start(client: Client, location: String) -> Self {
+    pub fn start(client: Client, location: String, changed: Arc<tokio::sync::Notify>) -> Self {
         let store = Arc::new(Mutex::new(KubeStore::default()));
         let health = Arc::new(Mutex::new(Health::default()));
+        let sinks = Sinks { store: store.clone(), health: health.clone(), changed };
         let all = Config::default();
-        spawn_watch::<Node>(Api::all(client.clone()), all.clone(), store.clone(), health.clone(), "Node", |s| {
+        spawn_watch::<Node>(Api::all(client.clone()), all.clone(), sinks.clone(), "Node", |s| {
             &mut s.nodes
         });
-        spawn_watch::<Pod>(Api::all(client.clone()), all.clone(), store.clone(), health.clone(), "Pod", |s| {
+        spawn_watch::<Pod>(Api::all(client.clone()), all.clone(), sinks.clone(), "Pod", |s| {
             &mut s.pods
         });
         spawn_watch::<Namespace>(
             Api::all(client.clone()),
             all.clone(),
-            store.clone(),
-            health.clone(),
+            sinks.clone(),
             "Namespace",
             |s| &mut s.namespaces,
         );
@@ -122,31 +131,28 @@ impl KubeSource {
         spawn_watch::<DynamicObject>(
             Api::all_with(client.clone(), &snp),
             all.clone(),
-            store.clone(),
-            health.clone(),
+            sinks.clone(),
             "SluiceNetworkPolicy",
             |s| &mut s.sluice_policies,
         );
         spawn_watch::<DynamicObject>(
             Api::all_with(client.clone(), &scnp),
             all.clone(),
-            store.clone(),
-            health.clone(),
+            sinks.clone(),
             "SluiceClusterwideNetworkPolicy",
             |s| &mut s.sluice_clusterwide_policies,
         );
-        spawn_watch::<Service>(Api::all(client.clone()), all.clone(), store.clone(), health.clone(), "Service", |s| {
+        spawn_watch::<Service>(Api::all(client.clone()), all.clone(), sinks.clone(), "Service", |s| {
             &mut s.services
         });
         spawn_watch::<EndpointSlice>(
             Api::all(client.clone()),
             all.clone(),
-            store.clone(),
-            health.clone(),
+            sinks.clone(),
             "EndpointSlice",
             |s| &mut s.endpoint_slices,
         );
-        spawn_watch::<NetworkPolicy>(Api::all(client), all, store.clone(), health.clone(), "NetworkPolicy", |s| {
+        spawn_watch::<NetworkPolicy>(Api::all(client), all, sinks.clone(), "NetworkPolicy", |s| {
             &mut s.network_policies
         });
         KubeSource { store, health, location }

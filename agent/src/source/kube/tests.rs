@@ -99,7 +99,7 @@ fn start(api: Arc<Mutex<Api>>) -> KubeSource {
         }
     });
     let client = kube::Client::new(svc, "default");
-    KubeSource::start(client, "mock apiserver".into())
+    KubeSource::start(client, "mock apiserver".into(), Default::default())
 }
 
 fn fixture_api() -> Arc<Mutex<Api>> {
