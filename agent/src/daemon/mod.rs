@@ -80,6 +80,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let mut policy = policy::PolicyCache::default();
     let mut flows = flows::Flows::new(&cfg);
     let mut metrics = metrics::Metrics::new();
+    let mut last_generation = None;
     loop {
         let mut reload = false;
         tokio::select! {
@@ -106,11 +107,13 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
+        let t_pass = std::time::Instant::now();
         if reload || planner.file_changed() {
             let res = planner.reload();
             planner.apply(res);
         }
         let (src_status, sync) = source.read();
+        let t_read = t_pass.elapsed();
         let Some(cur) = source.current() else {
             status.write().await.source = src_status;
             continue;
@@ -134,6 +137,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             &plumbing.ctx,
             flows.log_drops(),
         );
+        let t_policy = t_pass.elapsed();
         let desired = Desired {
             generation: cur.generation,
             view: &view,
@@ -142,6 +146,19 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             policy: policy_view,
         };
         let pass = tokio::task::block_in_place(|| engine.reconcile(&planner.plan, &desired, sync));
+        // Where a change's time goes (read, translate and policy, kernel), for the
+        // change-to-enforcement figures: `SLUICE_LOG=sluice=debug`.
+        if last_generation != Some(cur.generation) {
+            last_generation = Some(cur.generation);
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            tracing::debug!(
+                generation = cur.generation,
+                read_ms = ms(t_read),
+                policy_ms = ms(t_policy - t_read),
+                kernel_ms = ms(t_pass.elapsed() - t_policy),
+                "pass after a source change"
+            );
+        }
         metrics.record_pass(&pass);
         failed =
             pass.errors.iter().filter(|e| matches!(e.object, sluice_core::ObjectRef::Service(_))).cloned().collect();

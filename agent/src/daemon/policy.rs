@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 
 use sluice_core::policy::{
-    EndpointRules, Enforcement, IdentityLabels, PolicyContext, PolicyEndpoint, PolicyInput, PolicyView,
+    EndpointRules, Enforcement, Identities, IdentityLabels, PolicyContext, PolicyEndpoint, PolicyInput, PolicyView,
 };
 use sluice_core::{ClusterState, LocalEndpoint, NodeContext};
 
@@ -73,21 +73,32 @@ impl Inputs {
         Inputs { endpoints: endpoints(state), node_ips: node_ips(state, ctx), apiserver: apiserver(state) }
     }
 
+    /// The compile context; `ids` are identities numbered before, reused when they still
+    /// cover these endpoints (`Identities::reuse_or_new`).
     pub fn context<'a>(
         &'a self,
         state: &'a ClusterState,
         ctx: &'a NodeContext,
         enforcement: Enforcement,
+        ids: &Identities,
     ) -> PolicyContext<'a> {
-        PolicyContext::new(PolicyInput {
-            endpoints: &self.endpoints,
-            policies: &state.policies,
-            enforcement,
-            node: &ctx.name,
-            node_ips: &self.node_ips,
-            cluster_cidr: ctx.cluster_cidr,
-            apiserver: &self.apiserver,
-        })
+        PolicyContext::with_identities(
+            PolicyInput {
+                endpoints: &self.endpoints,
+                policies: &state.policies,
+                enforcement,
+                node: &ctx.name,
+                node_ips: &self.node_ips,
+                cluster_cidr: ctx.cluster_cidr,
+                apiserver: &self.apiserver,
+            },
+            ids,
+        )
+    }
+
+    /// Identities for these endpoints: `previous` when the label sets are the same.
+    pub fn identities(&self, previous: Option<&Identities>) -> Identities {
+        Identities::reuse_or_new(previous, &self.endpoints)
     }
 }
 
@@ -99,6 +110,8 @@ pub struct PolicyCache {
     /// What the view was compiled for (the CLI's questions are answered against it).
     pub ctx: NodeContext,
     pub identities: usize,
+    /// The numbering the view was compiled with, reused while no label set comes or goes.
+    pub numbered: Option<Identities>,
 }
 
 impl PolicyCache {
@@ -122,7 +135,8 @@ impl PolicyCache {
         }
         let t = std::time::Instant::now();
         let inputs = Inputs::new(state, ctx);
-        let cx = inputs.context(state, ctx, enforcement);
+        let ids = inputs.identities(self.numbered.as_ref());
+        let cx = inputs.context(state, ctx, enforcement, &ids);
         let mut eps = Vec::new();
         for l in local {
             let compiled = match cx.endpoint(l.ip) {
@@ -151,6 +165,8 @@ impl PolicyCache {
         self.view = PolicyView { generation: key, enforcement, endpoints: eps, ipcache: cx.ipcache.clone(), log_drops };
         self.ctx = ctx.clone();
         self.identities = cx.identities.labels.len();
+        drop(cx);
+        self.numbered = Some(ids);
         self.key = Some(key);
         tracing::debug!(ms = t.elapsed().as_millis() as u64, endpoints = local.len(), "policy compiled");
         &self.view

@@ -71,14 +71,14 @@ pub fn classify(docs: Vec<Value>, into: &mut Objects) {
             continue;
         }
         let decoded = match kind.as_str() {
-            "Node" => serde_json::from_value(d).map(|o| into.nodes.push(o)),
-            "Pod" => serde_json::from_value(d).map(|o| into.pods.push(o)),
-            "Service" => serde_json::from_value(d).map(|o| into.services.push(o)),
-            "EndpointSlice" => serde_json::from_value(d).map(|o| into.endpoint_slices.push(o)),
-            "Namespace" => serde_json::from_value(d).map(|o| into.namespaces.push(o)),
-            "NetworkPolicy" => serde_json::from_value(d).map(|o| into.network_policies.push(o)),
+            "Node" => serde_json::from_value(d).map(|o| into.nodes.push(std::sync::Arc::new(o))),
+            "Pod" => serde_json::from_value(d).map(|o| into.pods.push(std::sync::Arc::new(o))),
+            "Service" => serde_json::from_value(d).map(|o| into.services.push(std::sync::Arc::new(o))),
+            "EndpointSlice" => serde_json::from_value(d).map(|o| into.endpoint_slices.push(std::sync::Arc::new(o))),
+            "Namespace" => serde_json::from_value(d).map(|o| into.namespaces.push(std::sync::Arc::new(o))),
+            "NetworkPolicy" => serde_json::from_value(d).map(|o| into.network_policies.push(std::sync::Arc::new(o))),
             "SluiceNetworkPolicy" | "SluiceClusterwideNetworkPolicy" => {
-                serde_json::from_value(d).map(|o| into.sluice_policies.push(o))
+                serde_json::from_value(d).map(|o| into.sluice_policies.push(std::sync::Arc::new(o)))
             }
             _ => Ok(()),
         };
@@ -121,7 +121,8 @@ fn stand_in_creation_time(f: &Path, objs: &mut Objects) {
         .and_then(|d| k8s_openapi::jiff::Timestamp::from_second(d.as_secs() as i64).ok());
     let Some(born) = born else { return };
     for s in objs.services.iter_mut().filter(|s| s.metadata.creation_timestamp.is_none()) {
-        s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(born));
+        std::sync::Arc::make_mut(s).metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(born));
     }
 }
 

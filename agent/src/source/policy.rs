@@ -41,7 +41,10 @@ impl Obj {
 }
 
 /// Namespace name -> labels (with `kubernetes.io/metadata.name`, as the API server sets it).
-pub fn namespaces(objs: &[Namespace], rejected: &mut Vec<Rejected>) -> BTreeMap<String, BTreeMap<String, String>> {
+pub fn namespaces(
+    objs: &[std::sync::Arc<Namespace>],
+    rejected: &mut Vec<Rejected>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for n in objs {
         let o = Obj(display_name("Namespace", &n.metadata, false));

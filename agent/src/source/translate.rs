@@ -143,7 +143,7 @@ type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
 /// The objects of one kind that pass validation and are not a second copy of an earlier one;
 /// the others are recorded in `rejected`.
 fn admitted<'a, T>(
-    objs: &'a [T],
+    objs: &'a [std::sync::Arc<T>],
     kind: &str,
     namespaced: bool,
     meta: impl Fn(&T) -> &ObjectMeta,
@@ -152,7 +152,7 @@ fn admitted<'a, T>(
 ) -> Vec<&'a T> {
     let dups = validate::duplicates(objs, |o| validate::display_name(kind, meta(o), namespaced));
     let mut out = Vec::new();
-    for (i, o) in objs.iter().enumerate() {
+    for (i, o) in objs.iter().map(|o| o.as_ref()).enumerate() {
         let res = check(o).and_then(|()| match dups.contains(&i) {
             false => Ok(()),
             true => Err(Box::new(Rejected::new(

@@ -4,8 +4,9 @@
 //! [`decide`] evaluate them, so the trace and the datapath read the same rules.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -112,21 +113,71 @@ impl EndpointPolicy {
 /// Peers already resolved to identities, per (peer, the policy's namespace).
 type PeerCache = RefCell<HashMap<(Peer, Option<String>), BTreeSet<Identity>>>;
 
+/// The cluster's identities and the label index over them. They depend only on the set of label
+/// sets, so a caller keeps them between compiles: a policy change (or any change that moves no
+/// label) reuses them instead of renumbering 10,000 label sets.
+#[derive(Debug, Clone, Default)]
+pub struct Identities {
+    pub allocation: Arc<Allocation>,
+    /// Pod label (key, value) -> the identities carrying it: a selector with matchLabels looks
+    /// at the identities of its rarest label only, not at every identity of the cluster.
+    by_label: Arc<HashMap<(String, String), Vec<Identity>>>,
+}
+
+impl Identities {
+    pub fn new(endpoints: &[PolicyEndpoint]) -> Self {
+        let allocation = allocate(endpoints.iter().map(|e| e.labels.clone()));
+        let mut by_label: HashMap<(String, String), Vec<Identity>> = HashMap::new();
+        for (id, l) in &allocation.labels {
+            for (k, v) in &l.pod {
+                by_label.entry((k.clone(), v.clone())).or_default().push(*id);
+            }
+        }
+        Identities { allocation: Arc::new(allocation), by_label: Arc::new(by_label) }
+    }
+
+    /// Are these exactly the label sets numbered here? Every endpoint's set is known, and as
+    /// many distinct sets are seen as are numbered (a subset of the same size is the set).
+    pub fn covers(&self, endpoints: &[PolicyEndpoint]) -> bool {
+        let mut seen = HashSet::new();
+        for e in endpoints {
+            match self.allocation.get(&e.labels) {
+                Some(id) => seen.insert(id),
+                None => return false,
+            };
+        }
+        seen.len() == self.allocation.labels.len()
+    }
+
+    /// `previous` when it covers `endpoints`, else numbered afresh.
+    pub fn reuse_or_new(previous: Option<&Identities>, endpoints: &[PolicyEndpoint]) -> Self {
+        match previous {
+            Some(p) if p.covers(endpoints) => p.clone(),
+            _ => Identities::new(endpoints),
+        }
+    }
+}
+
 /// Everything the compiler derived once per state: identities and the IP-to-identity map.
 pub struct PolicyContext<'a> {
     pub input: PolicyInput<'a>,
-    pub identities: Allocation,
+    pub identities: Arc<Allocation>,
     pub ipcache: BTreeMap<Ipv4Addr, Identity>,
     /// Identities a pod peer selects, per (peer, policy namespace): shared by every endpoint.
     peer_cache: PeerCache,
-    /// Pod label (key, value) -> the identities carrying it: a selector with matchLabels looks
-    /// at the identities of its rarest label only, not at every identity of the cluster.
-    by_label: HashMap<(String, String), Vec<Identity>>,
+    by_label: Arc<HashMap<(String, String), Vec<Identity>>>,
 }
 
 impl<'a> PolicyContext<'a> {
     pub fn new(input: PolicyInput<'a>) -> Self {
-        let identities = allocate(input.endpoints.iter().map(|e| e.labels.clone()));
+        let ids = Identities::new(input.endpoints);
+        Self::with_identities(input, &ids)
+    }
+
+    /// With identities numbered before ([`Identities::reuse_or_new`]); they must be those of
+    /// `input.endpoints`.
+    pub fn with_identities(input: PolicyInput<'a>, ids: &Identities) -> Self {
+        let identities = ids.allocation.clone();
         let mut ipcache = BTreeMap::new();
         for (node, ips) in input.node_ips {
             let id = if node == input.node { Identity::HOST } else { Identity::REMOTE_NODE };
@@ -142,13 +193,13 @@ impl<'a> PolicyContext<'a> {
                 ipcache.insert(e.ip, id);
             }
         }
-        let mut by_label: HashMap<(String, String), Vec<Identity>> = HashMap::new();
-        for (id, l) in &identities.labels {
-            for (k, v) in &l.pod {
-                by_label.entry((k.clone(), v.clone())).or_default().push(*id);
-            }
+        PolicyContext {
+            input,
+            identities,
+            ipcache,
+            peer_cache: RefCell::new(HashMap::new()),
+            by_label: ids.by_label.clone(),
         }
-        PolicyContext { input, identities, ipcache, peer_cache: RefCell::new(HashMap::new()), by_label }
     }
 
     pub fn endpoint(&self, ip: Ipv4Addr) -> Option<&'a PolicyEndpoint> {

@@ -16,7 +16,7 @@ pub mod trace;
 pub mod view;
 
 pub use compile::{
-    Action, CompiledRule, Decision, DirectionPolicy, EndpointPolicy, NamedPort, PeerMatch, PolicyContext,
+    Action, CompiledRule, Decision, DirectionPolicy, EndpointPolicy, Identities, NamedPort, PeerMatch, PolicyContext,
     PolicyEndpoint, PolicyInput, decide,
 };
 pub use identity::{Allocation, Identity, IdentityLabels};

@@ -363,3 +363,30 @@ fn the_audit_shadow_agrees_with_the_trace() {
         }
     }
 }
+
+#[test]
+fn identities_are_reused_only_for_the_same_label_sets() {
+    let eps = cluster();
+    let first = Identities::new(&eps);
+    // The same sets in another order, and a second pod with a set already numbered: reused.
+    let mut same = eps.clone();
+    same.reverse();
+    same.push(ep("x", "a2", "10.244.1.20", "node-1", "pod=a"));
+    assert!(first.covers(&same));
+    let reused = Identities::reuse_or_new(Some(&first), &same);
+    assert!(std::sync::Arc::ptr_eq(&reused.allocation, &first.allocation));
+    // A label changed: a set the numbering has not seen.
+    let mut relabelled = eps.clone();
+    relabelled[0].labels.pod = labels("pod=other");
+    assert!(!first.covers(&relabelled));
+    assert_eq!(
+        *Identities::reuse_or_new(Some(&first), &relabelled).allocation,
+        *Identities::new(&relabelled).allocation
+    );
+    // A set gone (every remaining one known, but fewer): numbered afresh, as a fresh start would.
+    let fewer = eps[1..].to_vec();
+    assert!(!first.covers(&fewer));
+    let renumbered = Identities::reuse_or_new(Some(&first), &fewer);
+    assert_eq!(*renumbered.allocation, *Identities::new(&fewer).allocation);
+    assert!(!renumbered.allocation.labels.values().any(|l| *l == eps[0].labels));
+}

@@ -111,19 +111,11 @@ impl KubeSource {
         let health = Arc::new(Mutex::new(Health::default()));
         let sinks = Sinks { store: store.clone(), health: health.clone(), changed };
         let all = Config::default();
-        spawn_watch::<Node>(Api::all(client.clone()), all.clone(), sinks.clone(), "Node", |s| {
-            &mut s.nodes
+        spawn_watch::<Node>(Api::all(client.clone()), all.clone(), sinks.clone(), "Node", |s| &mut s.nodes);
+        spawn_watch::<Pod>(Api::all(client.clone()), all.clone(), sinks.clone(), "Pod", |s| &mut s.pods);
+        spawn_watch::<Namespace>(Api::all(client.clone()), all.clone(), sinks.clone(), "Namespace", |s| {
+            &mut s.namespaces
         });
-        spawn_watch::<Pod>(Api::all(client.clone()), all.clone(), sinks.clone(), "Pod", |s| {
-            &mut s.pods
-        });
-        spawn_watch::<Namespace>(
-            Api::all(client.clone()),
-            all.clone(),
-            sinks.clone(),
-            "Namespace",
-            |s| &mut s.namespaces,
-        );
         let crd = |kind: &str, plural: &str| {
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("sluice.io", "v1", kind), plural)
         };
@@ -142,16 +134,10 @@ impl KubeSource {
             "SluiceClusterwideNetworkPolicy",
             |s| &mut s.sluice_clusterwide_policies,
         );
-        spawn_watch::<Service>(Api::all(client.clone()), all.clone(), sinks.clone(), "Service", |s| {
-            &mut s.services
+        spawn_watch::<Service>(Api::all(client.clone()), all.clone(), sinks.clone(), "Service", |s| &mut s.services);
+        spawn_watch::<EndpointSlice>(Api::all(client.clone()), all.clone(), sinks.clone(), "EndpointSlice", |s| {
+            &mut s.endpoint_slices
         });
-        spawn_watch::<EndpointSlice>(
-            Api::all(client.clone()),
-            all.clone(),
-            sinks.clone(),
-            "EndpointSlice",
-            |s| &mut s.endpoint_slices,
-        );
         spawn_watch::<NetworkPolicy>(Api::all(client), all, sinks.clone(), "NetworkPolicy", |s| {
             &mut s.network_policies
         });

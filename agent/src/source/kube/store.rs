@@ -6,6 +6,7 @@
 //! missing from the new list are dropped only then (they were deleted while we were not looking).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -18,8 +19,8 @@ use crate::source::Objects;
 
 #[derive(Debug, Clone)]
 pub struct KindStore<K> {
-    current: BTreeMap<String, K>,
-    pending: Option<BTreeMap<String, K>>,
+    current: BTreeMap<String, Arc<K>>,
+    pending: Option<BTreeMap<String, Arc<K>>>,
     /// An initial list completed at least once.
     pub synced: bool,
     pub events: u64,
@@ -42,7 +43,7 @@ impl<K: ResourceExt + Clone> KindStore<K> {
             Event::Init => self.pending = Some(BTreeMap::new()),
             Event::InitApply(o) => {
                 if let Some(p) = self.pending.as_mut() {
-                    p.insert(key(&o), o);
+                    p.insert(key(&o), Arc::new(o));
                 }
             }
             Event::InitDone => {
@@ -52,7 +53,7 @@ impl<K: ResourceExt + Clone> KindStore<K> {
                 self.synced = true;
             }
             Event::Apply(o) => {
-                self.current.insert(key(&o), o);
+                self.current.insert(key(&o), Arc::new(o));
             }
             Event::Delete(o) => {
                 self.current.remove(&key(&o));
@@ -60,7 +61,7 @@ impl<K: ResourceExt + Clone> KindStore<K> {
         }
     }
 
-    pub fn values(&self) -> Vec<K> {
+    pub fn values(&self) -> Vec<Arc<K>> {
         self.current.values().cloned().collect()
     }
 
@@ -84,12 +85,12 @@ pub struct KubeStore {
 
 /// A CRD object as the policy translation reads it (the same document the manifest source
 /// decodes).
-fn doc(kind: &str, o: DynamicObject) -> crate::source::policy::SluicePolicyDoc {
-    crate::source::policy::SluicePolicyDoc {
+fn doc(kind: &str, o: Arc<DynamicObject>) -> Arc<crate::source::policy::SluicePolicyDoc> {
+    Arc::new(crate::source::policy::SluicePolicyDoc {
         kind: kind.into(),
         spec: o.data.get("spec").cloned(),
-        metadata: o.metadata,
-    }
+        metadata: o.metadata.clone(),
+    })
 }
 
 impl KubeStore {
