@@ -73,8 +73,7 @@ impl Inputs {
         Inputs { endpoints: endpoints(state), node_ips: node_ips(state, ctx), apiserver: apiserver(state) }
     }
 
-    /// The compile context; `ids` are identities numbered before, reused when they still
-    /// cover these endpoints (`Identities::reuse_or_new`).
+    /// The compile context, with the identities of these endpoints ([`Inputs::identities`]).
     pub fn context<'a>(
         &'a self,
         state: &'a ClusterState,
@@ -96,9 +95,9 @@ impl Inputs {
         )
     }
 
-    /// Identities for these endpoints: `previous` when the label sets are the same.
-    pub fn identities(&self, previous: Option<&Identities>) -> Identities {
-        Identities::reuse_or_new(previous, &self.endpoints)
+    /// Identities for these endpoints, carried on from `previous` where that is exact.
+    pub fn identities(&self, previous: Option<Identities>) -> Identities {
+        Identities::update(previous, &self.endpoints)
     }
 }
 
@@ -110,7 +109,7 @@ pub struct PolicyCache {
     /// What the view was compiled for (the CLI's questions are answered against it).
     pub ctx: NodeContext,
     pub identities: usize,
-    /// The numbering the view was compiled with, reused while no label set comes or goes.
+    /// The numbering the view was compiled with, carried into the next compile.
     pub numbered: Option<Identities>,
 }
 
@@ -135,7 +134,7 @@ impl PolicyCache {
         }
         let t = std::time::Instant::now();
         let inputs = Inputs::new(state, ctx);
-        let ids = inputs.identities(self.numbered.as_ref());
+        let ids = inputs.identities(self.numbered.take());
         let cx = inputs.context(state, ctx, enforcement, &ids);
         let mut eps = Vec::new();
         for l in local {

@@ -67,7 +67,7 @@ fn endpoints(cache: &PolicyCache, state: &ClusterState) -> Vec<EndpointEntry> {
 
 fn identities(cache: &PolicyCache, state: &ClusterState, enforcement: Enforcement) -> Vec<IdentityEntry> {
     let inputs = Inputs::new(state, &cache.ctx);
-    let cx = inputs.context(state, &cache.ctx, enforcement, &inputs.identities(cache.numbered.as_ref()));
+    let cx = inputs.context(state, &cache.ctx, enforcement, &inputs.identities(cache.numbered.clone()));
     let mut out: Vec<IdentityEntry> = Identity::RESERVED
         .iter()
         .map(|(id, name)| IdentityEntry {
@@ -91,7 +91,7 @@ fn identities(cache: &PolicyCache, state: &ClusterState, enforcement: Enforcemen
 
 fn policies(cache: &PolicyCache, state: &ClusterState, enforcement: Enforcement) -> PolicyReport {
     let inputs = Inputs::new(state, &cache.ctx);
-    let cx = inputs.context(state, &cache.ctx, enforcement, &inputs.identities(cache.numbered.as_ref()));
+    let cx = inputs.context(state, &cache.ctx, enforcement, &inputs.identities(cache.numbered.clone()));
     let local: Vec<&PolicyEndpoint> =
         cache.view.endpoints.iter().filter_map(|e| inputs.endpoints.iter().find(|p| p.ip == e.ip)).collect();
     let policies = state
@@ -158,7 +158,7 @@ pub fn answer(
                 (Err(e), _) | (_, Err(e)) => return Response::Error(e),
             };
             let inputs = Inputs::new(state, &cache.ctx);
-            let cx = inputs.context(state, &cache.ctx, enforcement, &inputs.identities(cache.numbered.as_ref()));
+            let cx = inputs.context(state, &cache.ctx, enforcement, &inputs.identities(cache.numbered.clone()));
             Response::Trace(Box::new(cx.trace(src, dst, *protocol, *port)))
         }
         _ => Response::Error("not a policy request".into()),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::identity::{Allocation, Identity, IdentityLabels, allocate};
+use super::identity::{Allocation, Identity, IdentityLabels, allocate, preferred};
 use super::model::{Direction, Enforcement, Entity, NsScope, Peer, Policy, PolicyName, PortSpec, Rule};
 use crate::service::Protocol;
 
@@ -121,7 +121,7 @@ pub struct Identities {
     pub allocation: Arc<Allocation>,
     /// Pod label (key, value) -> the identities carrying it: a selector with matchLabels looks
     /// at the identities of its rarest label only, not at every identity of the cluster.
-    by_label: Arc<HashMap<(String, String), Vec<Identity>>>,
+    pub(crate) by_label: Arc<HashMap<(String, String), Vec<Identity>>>,
 }
 
 impl Identities {
@@ -149,12 +149,60 @@ impl Identities {
         seen.len() == self.allocation.labels.len()
     }
 
-    /// `previous` when it covers `endpoints`, else numbered afresh.
-    pub fn reuse_or_new(previous: Option<&Identities>, endpoints: &[PolicyEndpoint]) -> Self {
+    /// The numbering for `endpoints`, from `previous` where that gives the same numbers as a
+    /// fresh start: `previous` itself when no label set came or went; `previous` with the sets
+    /// that went removed and those that came added at their preferred numbers when no set is,
+    /// or would be, off its preferred number; else numbered afresh.
+    pub fn update(previous: Option<Identities>, endpoints: &[PolicyEndpoint]) -> Self {
         match previous {
-            Some(p) if p.covers(endpoints) => p.clone(),
-            _ => Identities::new(endpoints),
+            Some(p) if p.covers(endpoints) => p,
+            Some(p) => p.renumbered(endpoints).unwrap_or_else(|| Identities::new(endpoints)),
+            None => Identities::new(endpoints),
         }
+    }
+
+    /// Without collisions every set holds its preferred number, which is what [`allocate`]
+    /// gives the same sets: so removing and adding sets in place is exact. `None` as soon as
+    /// a collision exists or would arise (the caller numbers afresh).
+    fn renumbered(self, endpoints: &[PolicyEndpoint]) -> Option<Self> {
+        if !self.allocation.collisions.is_empty() {
+            return None;
+        }
+        let current: BTreeSet<&IdentityLabels> = endpoints.iter().map(|e| &e.labels).collect();
+        let gone: Vec<Identity> =
+            self.allocation.labels.iter().filter(|(_, l)| !current.contains(l)).map(|(id, _)| *id).collect();
+        let came: Vec<&IdentityLabels> = current.into_iter().filter(|l| self.allocation.get(l).is_none()).collect();
+        // Unshared after a pass (the compile context is dropped), so nothing is copied.
+        let mut alloc = Arc::try_unwrap(self.allocation).unwrap_or_else(|a| (*a).clone());
+        let mut by_label = Arc::try_unwrap(self.by_label).unwrap_or_else(|m| (*m).clone());
+        for id in gone {
+            let Some(l) = alloc.labels.remove(&id) else { continue };
+            alloc.by_labels.remove(&l);
+            for (k, v) in l.pod {
+                let key = (k, v);
+                if let Some(ids) = by_label.get_mut(&key) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        by_label.remove(&key);
+                    }
+                }
+            }
+        }
+        for l in came {
+            let id = preferred(l);
+            if alloc.labels.contains_key(&id) {
+                return None;
+            }
+            alloc.labels.insert(id, l.clone());
+            alloc.by_labels.insert(l.clone(), id);
+            for (k, v) in &l.pod {
+                let ids = by_label.entry((k.clone(), v.clone())).or_default();
+                // Ascending, as a fresh index lists them.
+                let at = ids.binary_search(&id).unwrap_or_else(|at| at);
+                ids.insert(at, id);
+            }
+        }
+        Some(Identities { allocation: Arc::new(alloc), by_label: Arc::new(by_label) })
     }
 }
 
@@ -174,7 +222,7 @@ impl<'a> PolicyContext<'a> {
         Self::with_identities(input, &ids)
     }
 
-    /// With identities numbered before ([`Identities::reuse_or_new`]); they must be those of
+    /// With identities numbered before ([`Identities::update`]); they must be those of
     /// `input.endpoints`.
     pub fn with_identities(input: PolicyInput<'a>, ids: &Identities) -> Self {
         let identities = ids.allocation.clone();

@@ -373,20 +373,44 @@ fn identities_are_reused_only_for_the_same_label_sets() {
     same.reverse();
     same.push(ep("x", "a2", "10.244.1.20", "node-1", "pod=a"));
     assert!(first.covers(&same));
-    let reused = Identities::reuse_or_new(Some(&first), &same);
+    let reused = Identities::update(Some(first.clone()), &same);
     assert!(std::sync::Arc::ptr_eq(&reused.allocation, &first.allocation));
-    // A label changed: a set the numbering has not seen.
+    // A label changed: one set went, one came; the rest keep their numbers, and the result is
+    // what a fresh numbering gives (allocation and label index alike).
     let mut relabelled = eps.clone();
     relabelled[0].labels.pod = labels("pod=other");
     assert!(!first.covers(&relabelled));
-    assert_eq!(
-        *Identities::reuse_or_new(Some(&first), &relabelled).allocation,
-        *Identities::new(&relabelled).allocation
-    );
-    // A set gone (every remaining one known, but fewer): numbered afresh, as a fresh start would.
+    let (updated, fresh) = (Identities::update(Some(first.clone()), &relabelled), Identities::new(&relabelled));
+    assert_eq!(*updated.allocation, *fresh.allocation);
+    assert_eq!(*updated.by_label, *fresh.by_label);
+    // A set gone (every remaining one known, but fewer): the same as a fresh start too.
     let fewer = eps[1..].to_vec();
     assert!(!first.covers(&fewer));
-    let renumbered = Identities::reuse_or_new(Some(&first), &fewer);
+    let renumbered = Identities::update(Some(first), &fewer);
     assert_eq!(*renumbered.allocation, *Identities::new(&fewer).allocation);
+    assert_eq!(*renumbered.by_label, *Identities::new(&fewer).by_label);
     assert!(!renumbered.allocation.labels.values().any(|l| *l == eps[0].labels));
+}
+
+#[test]
+fn identities_with_a_collision_are_numbered_afresh() {
+    // Find two label sets whose preferred numbers collide, then add the second to a cluster
+    // holding the first: the update must give what a fresh numbering gives (the later set in
+    // order moves), not the first-come answer.
+    let mut seen: BTreeMap<Identity, String> = BTreeMap::new();
+    let (a, b) = (0..200_000)
+        .find_map(|i| {
+            let l = format!("n={i}");
+            let id = preferred(&ep("x", "p", "10.244.1.1", "node-1", &l).labels);
+            seen.insert(id, l.clone()).map(|prev| (prev, l))
+        })
+        .expect("a collision among 200,000 label sets");
+    for (first, second) in [(&a, &b), (&b, &a)] {
+        let before = vec![ep("x", "p", "10.244.1.1", "node-1", first)];
+        let mut after = before.clone();
+        after.push(ep("x", "q", "10.244.1.2", "node-1", second));
+        let updated = Identities::update(Some(Identities::new(&before)), &after);
+        assert_eq!(*updated.allocation, *Identities::new(&after).allocation);
+        assert_eq!(updated.allocation.collisions.len(), 1);
+    }
 }
