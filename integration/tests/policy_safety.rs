@@ -157,6 +157,32 @@ fn outside_and_host_paths(lab: &str, cfg: &str) {
         (!ok("x/a", &pod) && ok("ext", nodeport)).then_some(())
     });
     assert!(!ok("x/a", "10.96.20.2:80/tcp"), "nor through the ClusterIP");
+    t.lab.delete(&np).expect("delete");
+
+    // Egress to the pod's own node is policed too (on iptables it enters INPUT, not FORWARD):
+    // a's egress limited to pods of x stops it reaching a server on its node; the `host`
+    // entity lets it through again.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let argv: Vec<String> = ["sluice-lab", "serve", "--name", "node-1", "--port", "7777"].map(String::from).into();
+    let _server = Server(t.lab.command("node-1", &argv).expect("command").spawn().expect("serve on node-1"));
+    let own_node = "198.51.100.11:7777/tcp";
+    eventually("a reaches its own node with no policy", Duration::from_secs(15), || ok("x/a", own_node).then_some(()));
+    std::fs::write(&np, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-to-x, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {}}]}]\n").expect("write");
+    t.lab.apply(&np).expect("apply");
+    eventually("a's own node refused by a's egress policy", Duration::from_secs(15), || {
+        (!ok("x/a", own_node)).then_some(())
+    });
+    assert!(ok("x/a", &pod), "a still reaches b (a pod of x)");
+    let host = dir.path().join("host.yaml");
+    std::fs::write(&host, "apiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: a-to-host, namespace: x}\nspec:\n  endpointSelector: {matchLabels: {pod: a}}\n  egress: [{toEntities: [host]}]\n").expect("write");
+    t.lab.apply(&host).expect("apply");
+    eventually("the host entity admits a's own node", Duration::from_secs(15), || ok("x/a", own_node).then_some(()));
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Network policy in netfilter: per-endpoint chains in the filter table, reached from
 //! `FORWARD` (every packet to or from a pod crosses it after Service translation, whichever
-//! dataplane translated), with one ipset per distinct peer (the addresses of a set of
-//! identities, or a CIDR with its exceptions).
+//! dataplane translated) and from `INPUT` (a pod's packets to its own node's addresses: its
+//! egress policy decides them, as eBPF's does), with one ipset per distinct peer (the addresses
+//! of a set of identities, or a CIDR with its exceptions).
 //!
 //! ```text
-//! FORWARD -> SLUICE-POL-FWD
+//! FORWARD, INPUT -> SLUICE-POL-FWD
 //!   ESTABLISHED,RELATED -> RETURN              replies and admitted flows pass
 //!   -i <pod veth> -> SLUICE-POL-E-<hash>       the pod's egress, when isolated
 //!   -o <pod veth> -> SLUICE-POL-I-<hash>       the pod's ingress, when isolated
@@ -12,7 +13,8 @@
 //!   its comment naming the policies that select the pod)
 //! ```
 //! Allowed packets RETURN, so whatever else hangs off FORWARD still sees them. Traffic from the
-//! node itself leaves through OUTPUT and is never policed here (Kubernetes allows it).
+//! node itself leaves through OUTPUT and is never policed here (Kubernetes allows it); in INPUT
+//! only the `-i <pod veth>` (egress) rules can match.
 //! Chains are `SLUICE-POL-*`, owned by their own syncer; sets are `sluice-<hash>`.
 //! While the agent records flows (`PolicyView::log_drops`), each DROP is preceded by an NFLOG
 //! rule with the same match whose prefix names it (`nflog::PREFIX` + a tag): `drop_tags` says,
@@ -206,6 +208,7 @@ fn render_tagged(view: &PolicyView) -> (Ruleset, Sets, Vec<(String, DropTag)>) {
     if dispatch.len() > 1 {
         *r.chain("filter", FWD_CHAIN) = dispatch;
         r.hook("filter", "FORWARD", FWD_CHAIN, "");
+        r.hook("filter", "INPUT", FWD_CHAIN, "");
     }
     (r, sets, tags)
 }

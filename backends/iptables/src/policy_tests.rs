@@ -87,7 +87,9 @@ fn isolated_ingress_gets_a_chain_with_denies_first_sets_per_peer_and_a_named_def
     assert!(members.contains(&"10.244.2.7/32".to_string()) && members.contains(&"10.244.0.0/16 nomatch".to_string()));
     let fwd = &r.chains["filter"][FWD_CHAIN];
     assert!(fwd[0].contains("RELATED,ESTABLISHED") && fwd[1].starts_with("-o slcabc ") && fwd.len() == 2);
-    assert_eq!(r.hooks.len(), 1);
+    // FORWARD for pod to pod, INPUT for a pod's packets to its own node.
+    let hooked: BTreeSet<&str> = r.hooks.iter().map(|h| h.builtin).collect();
+    assert_eq!(hooked, BTreeSet::from(["FORWARD", "INPUT"]));
 }
 
 #[test]
