@@ -134,8 +134,11 @@ impl PolicyCache {
         }
         let t = std::time::Instant::now();
         let inputs = Inputs::new(state, ctx);
+        let t_inputs = t.elapsed();
         let ids = inputs.identities(self.numbered.take());
+        let t_ids = t.elapsed();
         let cx = inputs.context(state, ctx, enforcement, &ids);
+        let t_cx = t.elapsed();
         let mut eps = Vec::new();
         for l in local {
             let compiled = match cx.endpoint(l.ip) {
@@ -167,7 +170,15 @@ impl PolicyCache {
         drop(cx);
         self.numbered = Some(ids);
         self.key = Some(key);
-        tracing::debug!(ms = t.elapsed().as_millis() as u64, endpoints = local.len(), "policy compiled");
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            ms = ms(t.elapsed()),
+            inputs_ms = ms(t_inputs),
+            identities_ms = ms(t_ids - t_inputs),
+            context_ms = ms(t_cx - t_ids),
+            endpoints = local.len(),
+            "policy compiled"
+        );
         &self.view
     }
 }

@@ -136,42 +136,67 @@ impl Identities {
         Identities { allocation: Arc::new(allocation), by_label: Arc::new(by_label) }
     }
 
+    /// Which numbered identities these endpoints use, and the label sets not numbered here
+    /// (each once): one lookup per endpoint.
+    fn diff<'e>(&self, endpoints: &'e [PolicyEndpoint]) -> (HashSet<Identity>, Vec<&'e IdentityLabels>) {
+        let mut seen = HashSet::new();
+        let mut unknown: BTreeSet<&IdentityLabels> = BTreeSet::new();
+        for e in endpoints {
+            match self.allocation.get(&e.labels) {
+                Some(id) => {
+                    seen.insert(id);
+                }
+                None => {
+                    unknown.insert(&e.labels);
+                }
+            }
+        }
+        (seen, unknown.into_iter().collect())
+    }
+
     /// Are these exactly the label sets numbered here? Every endpoint's set is known, and as
     /// many distinct sets are seen as are numbered (a subset of the same size is the set).
     pub fn covers(&self, endpoints: &[PolicyEndpoint]) -> bool {
-        let mut seen = HashSet::new();
-        for e in endpoints {
-            match self.allocation.get(&e.labels) {
-                Some(id) => seen.insert(id),
-                None => return false,
-            };
-        }
-        seen.len() == self.allocation.labels.len()
+        let (seen, unknown) = self.diff(endpoints);
+        unknown.is_empty() && seen.len() == self.allocation.labels.len()
     }
 
     /// The numbering for `endpoints`, from `previous` where that gives the same numbers as a
     /// fresh start: `previous` itself when no label set came or went; `previous` with the sets
-    /// that went removed and those that came added at their preferred numbers when no set is,
-    /// or would be, off its preferred number; else numbered afresh.
+    /// that went removed and those that came added at their preferred numbers when that cannot
+    /// disturb a collision; else numbered afresh.
     pub fn update(previous: Option<Identities>, endpoints: &[PolicyEndpoint]) -> Self {
         match previous {
-            Some(p) if p.covers(endpoints) => p,
             Some(p) => p.renumbered(endpoints).unwrap_or_else(|| Identities::new(endpoints)),
             None => Identities::new(endpoints),
         }
     }
 
-    /// Without collisions every set holds its preferred number, which is what [`allocate`]
-    /// gives the same sets: so removing and adding sets in place is exact. `None` as soon as
-    /// a collision exists or would arise (the caller numbers afresh).
-    fn renumbered(self, endpoints: &[PolicyEndpoint]) -> Option<Self> {
-        if !self.allocation.collisions.is_empty() {
+    /// In place: the sets that went are removed and those that came get their preferred
+    /// numbers, which is what [`allocate`] would give as long as no set that moved off its
+    /// preferred number (a collision) is touched: a set that goes must not lie on a moved set's
+    /// probe path (that set would move back), nor be a moved set; a set that comes must find its
+    /// preferred number free and off every probe path. `None` otherwise (the caller numbers
+    /// afresh); collisions are rare (~3 among 10,000 sets in a 2^24 space).
+    pub(crate) fn renumbered(self, endpoints: &[PolicyEndpoint]) -> Option<Self> {
+        let on_a_path = |id: Identity| {
+            self.allocation.collisions.iter().any(|c| {
+                let (p, g) = (c.preferred.0, c.given.0);
+                // Probing wraps from MAX_CLUSTER to MIN_CLUSTER.
+                if p <= g { (p..=g).contains(&id.0) } else { id.0 >= p || id.0 <= g }
+            })
+        };
+        let (seen, unknown) = self.diff(endpoints);
+        let gone: Vec<Identity> = self.allocation.labels.keys().filter(|id| !seen.contains(id)).copied().collect();
+        if gone.is_empty() && unknown.is_empty() {
+            return Some(self);
+        }
+        let mut came: Vec<(Identity, String, &IdentityLabels)> =
+            unknown.into_iter().map(|l| (preferred(l), l.canonical(), l)).collect();
+        came.sort();
+        if gone.iter().any(|id| on_a_path(*id)) || came.iter().any(|(id, _, _)| on_a_path(*id)) {
             return None;
         }
-        let current: BTreeSet<&IdentityLabels> = endpoints.iter().map(|e| &e.labels).collect();
-        let gone: Vec<Identity> =
-            self.allocation.labels.iter().filter(|(_, l)| !current.contains(l)).map(|(id, _)| *id).collect();
-        let came: Vec<&IdentityLabels> = current.into_iter().filter(|l| self.allocation.get(l).is_none()).collect();
         // Unshared after a pass (the compile context is dropped), so nothing is copied.
         let mut alloc = Arc::try_unwrap(self.allocation).unwrap_or_else(|a| (*a).clone());
         let mut by_label = Arc::try_unwrap(self.by_label).unwrap_or_else(|m| (*m).clone());
@@ -188,8 +213,7 @@ impl Identities {
                 }
             }
         }
-        for l in came {
-            let id = preferred(l);
+        for (id, _, l) in came {
             if alloc.labels.contains_key(&id) {
                 return None;
             }

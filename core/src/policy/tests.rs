@@ -394,17 +394,10 @@ fn identities_are_reused_only_for_the_same_label_sets() {
 
 #[test]
 fn identities_with_a_collision_are_numbered_afresh() {
-    // Find two label sets whose preferred numbers collide, then add the second to a cluster
-    // holding the first: the update must give what a fresh numbering gives (the later set in
-    // order moves), not the first-come answer.
-    let mut seen: BTreeMap<Identity, String> = BTreeMap::new();
-    let (a, b) = (0..200_000)
-        .find_map(|i| {
-            let l = format!("n={i}");
-            let id = preferred(&ep("x", "p", "10.244.1.1", "node-1", &l).labels);
-            seen.insert(id, l.clone()).map(|prev| (prev, l))
-        })
-        .expect("a collision among 200,000 label sets");
+    // Two label sets whose preferred numbers collide, the second added to a cluster holding
+    // the first (both ways round): the update must give what a fresh numbering gives (the
+    // later set in order moves), not the first-come answer.
+    let (a, b) = colliding_pair();
     for (first, second) in [(&a, &b), (&b, &a)] {
         let before = vec![ep("x", "p", "10.244.1.1", "node-1", first)];
         let mut after = before.clone();
@@ -413,4 +406,80 @@ fn identities_with_a_collision_are_numbered_afresh() {
         assert_eq!(*updated.allocation, *Identities::new(&after).allocation);
         assert_eq!(updated.allocation.collisions.len(), 1);
     }
+}
+
+/// Two label sets whose preferred numbers collide, the first in allocation order first.
+fn colliding_pair() -> (String, String) {
+    let mut seen: BTreeMap<Identity, String> = BTreeMap::new();
+    let (a, b) = (0..200_000)
+        .find_map(|i| {
+            let l = format!("n={i}");
+            let id = preferred(&ep("x", "p", "10.244.1.1", "node-1", &l).labels);
+            seen.insert(id, l.clone()).map(|prev| (prev, l))
+        })
+        .expect("a collision among 200,000 label sets");
+    let key = |l: &str| ep("x", "p", "10.244.1.1", "node-1", l).labels.canonical();
+    if key(&a) <= key(&b) { (a, b) } else { (b, a) }
+}
+
+#[test]
+fn identities_update_in_place_beside_a_collision_and_afresh_on_its_path() {
+    let (a, b) = colliding_pair();
+    let before = vec![
+        ep("x", "a", "10.244.1.1", "node-1", &a),
+        ep("x", "b", "10.244.1.2", "node-1", &b),
+        ep("x", "c", "10.244.1.3", "node-1", "n=c"),
+    ];
+    let first = Identities::new(&before);
+    assert_eq!(first.allocation.collisions.len(), 1);
+    // A label change away from the collision: updated in place, as a fresh numbering gives.
+    let mut relabelled = before.clone();
+    relabelled[2].labels.pod = labels("n=d");
+    let updated = first.clone().renumbered(&relabelled).expect("in place");
+    assert_eq!(*updated.allocation, *Identities::new(&relabelled).allocation);
+    assert_eq!(*updated.by_label, *Identities::new(&relabelled).by_label);
+    // The set holding the contested number goes: the moved one would move back, so in place
+    // is refused and the update numbers afresh.
+    let without_a = before[1..].to_vec();
+    assert!(first.clone().renumbered(&without_a).is_none());
+    let fresh = Identities::update(Some(first), &without_a);
+    assert!(fresh.allocation.collisions.is_empty());
+    assert_eq!(*fresh.allocation, *Identities::new(&without_a).allocation);
+}
+
+#[test]
+#[ignore = "timing probe, run by hand: cargo test --release -p sluice-core identities_timing -- --ignored --nocapture"]
+fn identities_timing() {
+    let eps: Vec<PolicyEndpoint> = (0..10_000)
+        .map(|i| {
+            ep(
+                "bench",
+                &format!("p{i}"),
+                &format!("10.244.{}.{}", 100 + i / 250, i % 250),
+                "node-9",
+                &format!("id={i}"),
+            )
+        })
+        .collect();
+    let first = Identities::new(&eps);
+    let mut changed = eps.clone();
+    changed[5000].labels.pod = labels("id=other");
+    let t = std::time::Instant::now();
+    let covers = first.covers(&changed);
+    let t_cov = t.elapsed();
+    let r = first.clone().renumbered(&changed);
+    let t_ren = t.elapsed();
+    drop(r);
+    let t2 = std::time::Instant::now();
+    let fresh = Identities::new(&changed);
+    eprintln!(
+        "collisions {} covers {covers} in {t_cov:?}; renumbered (shared Arc) {:?}; fresh {:?}",
+        first.allocation.collisions.len(),
+        t_ren - t_cov,
+        t2.elapsed()
+    );
+    let t3 = std::time::Instant::now();
+    let u = Identities::update(Some(first), &changed);
+    eprintln!("update (unshared) {:?}", t3.elapsed());
+    assert_eq!(*u.allocation, *fresh.allocation);
 }
