@@ -208,7 +208,7 @@ impl EbpfDataplane {
                 }
             },
         };
-        let (want, errs) = if want_policy {
+        let (mut want, errs) = if want_policy {
             let taken: BTreeSet<u32> = have.sets.iter().map(|r| r.0).collect();
             let ifindex = |name: &str| nix::net::if_::if_nametoindex(name).ok();
             crate::policy::encode(desired.policy, &ifindex, &self.policy.ids, &taken)
@@ -217,10 +217,7 @@ impl EbpfDataplane {
         };
         self.policy.errors =
             errs.iter().map(|e| err(ObjectRef::Map("sluice_pol_ep".into()), Op::MapUpdate, e)).collect();
-        if errs.iter().any(|e| matches!(e, crate::policy::PolicyError::TooManyRules { .. })) {
-            self.policy.written = Some(have);
-            return;
-        }
+        crate::policy::keep_held(&mut want, &have);
         match crate::policy::sync(dp, &have, &want) {
             Ok(n) => {
                 if n > 0 {

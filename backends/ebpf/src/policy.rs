@@ -78,7 +78,7 @@ pub type SetRow = (u32, u32, u32, bool);
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(
-        "endpoint {pod} ({dir}) needs {rules} policy rules, more than the {max} an eBPF endpoint holds; every endpoint keeps its last complete policy (rules on the same ports and protocol share one entry: merge ports, or set dataplane: iptables on this node, which has no such limit)"
+        "endpoint {pod} ({dir}) needs {rules} policy rules, more than the {max} an eBPF endpoint holds; it keeps its last complete policy, other endpoints are updated (rules on the same ports and protocol share one entry: merge ports, or set dataplane: iptables on this node, which has no such limit)"
     )]
     TooManyRules { pod: String, dir: String, rules: usize, max: usize },
     #[error("interface {ifname} of {pod} has no index (gone?)")]
@@ -95,6 +95,37 @@ pub struct Encoded {
     pub sets: BTreeSet<SetRow>,
     /// Set key -> id (stable across passes while the key lives).
     pub ids: BTreeMap<String, u32>,
+    /// Endpoint directions with a list over the rule limit: `true` when the enforced list is
+    /// (the direction keeps what the maps hold), `false` when only the audit list is (the
+    /// enforced list is written, the audit list kept). See [`keep_held`].
+    pub held: BTreeMap<PolEpKey, bool>,
+}
+
+/// An endpoint direction whose list could not be encoded keeps its last complete policy: the
+/// entries the maps hold for it and the set rows its rules name, so one endpoint over the limit
+/// holds back no other endpoint's change. One that never had an entry denies every new flow
+/// (fails closed) rather than going unpoliced. (Kept set ids cannot clash with new ones: new ids
+/// avoid every id the pinned map holds.)
+pub fn keep_held(want: &mut Encoded, have: &Written) {
+    let mut kept = Vec::new();
+    for (key, enforced) in &want.held {
+        if *enforced {
+            let v = have.endpoints.get(key).copied().unwrap_or(PolEpVal { enforced: 1, ..Default::default() });
+            want.endpoints.insert(*key, v);
+            kept.push(v);
+        }
+        if let Some(v) = have.audit.get(key) {
+            want.audit.insert(*key, *v);
+            kept.push(*v);
+        }
+    }
+    let named: BTreeSet<u32> = kept
+        .iter()
+        .flat_map(|v| v.rules.iter().take(usize::try_from(v.count).unwrap_or(0).min(POL_MAX_RULES)))
+        .filter(|r| r.peer == PEER_SET)
+        .map(|r| r.arg)
+        .collect();
+    want.sets.extend(have.sets.iter().filter(|r| named.contains(&r.0)).copied());
 }
 
 /// What the pinned maps hold (read back, or as this process last wrote them).
@@ -209,7 +240,7 @@ pub fn encode(
                 (true, audit_scope(&ep.interface, dir == POL_INGRESS), shadow.as_ref()),
             ];
             let mut val = PolEpVal::default();
-            let mut ok = true;
+            let mut over = None;
             for (audit, scope, list) in lists {
                 let Some(list) = list else { continue };
                 let rules = lower(&scope, list, view);
@@ -221,7 +252,7 @@ pub fn encode(
                         rules: rules.len(),
                         max: POL_MAX_RULES,
                     });
-                    ok = false;
+                    over = Some(over.unwrap_or(false) || !audit);
                     continue;
                 }
                 let v = encode_list(&rules, list.enforced, &mut out, &mut ids);
@@ -231,10 +262,17 @@ pub fn encode(
                     val = v;
                 }
             }
-            if ok {
-                out.endpoints.insert(key, val);
-            } else {
-                out.audit.remove(&key);
+            match over {
+                None => {
+                    out.endpoints.insert(key, val);
+                }
+                Some(enforced) => {
+                    if !enforced {
+                        out.endpoints.insert(key, val);
+                    }
+                    out.audit.remove(&key);
+                    out.held.insert(key, enforced);
+                }
             }
         }
     }
@@ -452,9 +490,34 @@ mod tests {
     }
 
     #[test]
-    fn too_many_rules_is_an_error_naming_the_endpoint() {
+    fn too_many_rules_is_an_error_naming_the_endpoint_and_holds_back_no_other() {
+        let a = PolEpKey { ifindex: 7, dir: POL_INGRESS };
+        let b = PolEpKey { ifindex: 8, dir: POL_INGRESS };
         let rules: Vec<CompiledRule> = (0..40).map(|p| rule(PeerMatch::Any, 1000 + p)).collect();
-        let (_, errs) = encode(&view(rules), &idx, &BTreeMap::new(), &BTreeSet::new());
+        let (mut want, errs) = encode(&view(rules), &idx, &BTreeMap::new(), &BTreeSet::new());
         assert!(matches!(&errs[..], [PolicyError::TooManyRules { pod, rules: 40, .. }] if pod == "x/a"), "{errs:?}");
+        assert_eq!(want.held, [(a, true)].into());
+        assert!(want.endpoints.contains_key(&b) && !want.endpoints.contains_key(&a), "b is written, a is held");
+        // a's last complete policy (a set rule) stays, with its set rows; b's change goes ahead.
+        let (before, _) = encode(
+            &view(vec![rule(PeerMatch::Identities([Identity(400)].into()), 80)]),
+            &idx,
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
+        let have =
+            Written { endpoints: before.endpoints.clone(), audit: before.audit.clone(), sets: before.sets.clone() };
+        keep_held(&mut want, &have);
+        assert_eq!(want.endpoints[&a], before.endpoints[&a]);
+        assert_eq!(want.sets, before.sets, "the set a's kept rule names");
+        // An endpoint that never had an entry is not left unpoliced: it denies new flows.
+        let (mut fresh, _) = encode(
+            &view((0..40).map(|p| rule(PeerMatch::Any, 1000 + p)).collect()),
+            &idx,
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
+        keep_held(&mut fresh, &Written::default());
+        assert_eq!((fresh.endpoints[&a].enforced, fresh.endpoints[&a].count), (1, 0));
     }
 }
