@@ -147,7 +147,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         };
         let pass = tokio::task::block_in_place(|| engine.reconcile(&planner.plan, &desired, sync));
         // Where a change's time goes (read, translate and policy, kernel), for the
-        // change-to-enforcement figures: `SLUICE_LOG=sluice=debug`.
+        // change-to-enforcement figures: `SLUICE_LOG=sluice::daemon=debug`.
         if last_generation != Some(cur.generation) {
             last_generation = Some(cur.generation);
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -106,6 +106,17 @@ fn stamp(p: &Path) -> Stamp {
     std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
+/// How long an emptied file is taken as being rewritten rather than emptied.
+const EMPTY_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A file rewritten in place (`open` with truncate, then `write`) is empty between the two; a
+/// read there would drop every object it held for one pass (a node losing its labels, Services
+/// their frontends). An empty file younger than [`EMPTY_SETTLE`] is that moment: its last good
+/// content stands until the write lands (a wake-up) or the file stays empty that long (the poll).
+fn being_rewritten(st: Stamp, now: std::time::SystemTime) -> bool {
+    st.is_some_and(|(mtime, len)| len == 0 && now.duration_since(mtime).is_ok_and(|age| age < EMPTY_SETTLE))
+}
+
 /// Services without `metadata.creationTimestamp` get their file's birth time, as the API server
 /// would stamp them on create: conflicts are decided oldest first, and without a time every
 /// node would fall back on its own history (which Service it served first) and nodes that
@@ -176,9 +187,13 @@ impl ManifestDir {
         if before != (self.good.len(), self.bad.len()) {
             self.generation += 1;
         }
+        let now = std::time::SystemTime::now();
         for f in &files {
             let st = stamp(f);
             if st.is_some() && self.good.get(f).is_some_and(|(s, _)| *s == st) {
+                continue;
+            }
+            if self.good.contains_key(f) && being_rewritten(st, now) {
                 continue;
             }
             if let Some((_, message)) = self.bad.get(f).filter(|(s, _)| st.is_some() && *s == st) {
@@ -226,6 +241,24 @@ impl ManifestDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An in-place rewrite seen between its truncate and its write keeps the file's objects;
+    /// a file that stays empty is read as empty.
+    #[test]
+    fn a_file_caught_mid_rewrite_keeps_its_objects() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("n.yaml");
+        std::fs::write(&f, "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n").expect("write");
+        let mut m = ManifestDir::new(dir.path().to_path_buf());
+        assert_eq!(m.read().0.expect("objects").nodes.len(), 1);
+        let g = m.generation();
+        std::fs::File::create(&f).expect("truncate");
+        assert_eq!(m.read().0.expect("objects").nodes.len(), 1, "emptied a moment ago: being rewritten");
+        assert_eq!(m.generation(), g);
+        let old = std::time::SystemTime::now() - EMPTY_SETTLE - std::time::Duration::from_secs(1);
+        std::fs::File::options().write(true).open(&f).and_then(|h| h.set_modified(old)).expect("age");
+        assert!(m.read().0.expect("objects").nodes.is_empty(), "empty for longer: empty");
+    }
 
     #[test]
     fn multi_doc_yaml_and_lists() {

@@ -252,8 +252,13 @@ pub fn encode(
                         rules: rules.len(),
                         max: POL_MAX_RULES,
                     });
-                    over = Some(over.unwrap_or(false) || !audit);
-                    continue;
+                    // The enforced list first: over it, the direction is held whole (its audit
+                    // list too), so the audit list is not encoded for nothing.
+                    over = Some(!audit);
+                    if audit {
+                        continue;
+                    }
+                    break;
                 }
                 let v = encode_list(&rules, list.enforced, &mut out, &mut ids);
                 if audit {

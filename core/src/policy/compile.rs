@@ -156,7 +156,9 @@ impl Identities {
 
     /// Are these exactly the label sets numbered here? Every endpoint's set is known, and as
     /// many distinct sets are seen as are numbered (a subset of the same size is the set).
-    pub fn covers(&self, endpoints: &[PolicyEndpoint]) -> bool {
+    /// ([`Identities::update`] reaches the same answer through `renumbered`.)
+    #[cfg(test)]
+    pub(crate) fn covers(&self, endpoints: &[PolicyEndpoint]) -> bool {
         let (seen, unknown) = self.diff(endpoints);
         unknown.is_empty() && seen.len() == self.allocation.labels.len()
     }
