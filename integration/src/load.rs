@@ -25,12 +25,35 @@ pub struct LoadResult {
     /// Failures by kind (`connect: TimedOut`, `read: ConnectionReset`, ...).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub errors: std::collections::BTreeMap<String, u64>,
+    /// The first few failures in detail (client port, timing), to line up with conntrack and
+    /// agent logs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failure>,
 }
 
-/// One request; the failure's kind (`connect: ...`, `read: ...`) when it fails.
-fn one(addr: SocketAddr) -> Result<(), String> {
-    let kind = |at: &str, e: std::io::Error| format!("{at}: {:?}", e.kind());
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| kind("connect", e))?;
+/// One failed attempt.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub kind: String,
+    /// When the attempt started, ms after the run's start.
+    pub start_ms: u64,
+    /// How long connect took (None: it failed).
+    pub connect_ms: Option<u64>,
+    pub client_port: Option<u16>,
+}
+
+/// Failures kept in detail.
+const DETAILED: usize = 20;
+
+/// One request; the failure's kind (`connect: ...`, `read: ...`), connect time and client port
+/// when it fails.
+fn one(addr: SocketAddr) -> Result<(), (String, Option<u64>, Option<u16>)> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| (format!("connect: {:?}", e.kind()), None, None))?;
+    let connect_ms = Some(t.elapsed().as_millis() as u64);
+    let port = s.local_addr().ok().map(|a| a.port());
+    let kind = |at: &str, e: std::io::Error| (format!("{at}: {:?}", e.kind()), connect_ms, port);
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     s.write_all(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n").map_err(|e| kind("write", e))?;
     let mut buf = [0u8; 512];
@@ -42,7 +65,7 @@ fn one(addr: SocketAddr) -> Result<(), String> {
             Err(e) => return Err(kind("read", e)),
         }
     }
-    if got > 0 { Ok(()) } else { Err("read: empty answer".into()) }
+    if got > 0 { Ok(()) } else { Err(("read: empty answer".into(), connect_ms, port)) }
 }
 
 /// Run `connections` concurrent loops against `addr` for `duration`.
@@ -66,16 +89,23 @@ pub fn run_with_timeline(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let start = Instant::now();
     let errors = std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new());
+    let failures = std::sync::Mutex::new(Vec::<Failure>::new());
     std::thread::scope(|s| {
         for _ in 0..connections {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
+                    let start_ms = start.elapsed().as_millis() as u64;
                     let res = one(addr);
                     let good = res.is_ok();
-                    if let Err(e) = res
-                        && let Ok(mut m) = errors.lock()
-                    {
-                        *m.entry(e).or_default() += 1;
+                    if let Err((kind, connect_ms, client_port)) = res {
+                        if let Ok(mut f) = failures.lock()
+                            && f.len() < DETAILED
+                        {
+                            f.push(Failure { kind: kind.clone(), start_ms, connect_ms, client_port });
+                        }
+                        if let Ok(mut m) = errors.lock() {
+                            *m.entry(kind).or_default() += 1;
+                        }
                     }
                     let counter = if good { &ok } else { &failed };
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -108,6 +138,7 @@ pub fn run_with_timeline(
         bucket_ms: bucket.map(|b| b.as_millis() as u64),
         start_unix_ms,
         errors: errors.into_inner().unwrap_or_default(),
+        failures: failures.into_inner().unwrap_or_default(),
     }
 }
 
