@@ -142,7 +142,15 @@ enum MigrateCmd {
     /// translation); verify. Rerun it after any failure: every step checks the node first.
     /// Exit status 1 if the verification after it fails.
     ///
+    /// With --nodes, the cluster rollout instead, driven from anywhere: one node at a time, in
+    /// the order given, `plan` there (a blocker stops before anything changes), `apply` there,
+    /// then `verify` on a neighbour (the next node in the list, or --verify-from), which probes
+    /// the migrated node's NodePorts from outside it; the first failure stops the rollout and
+    /// names the node, the step and the ways out. Rerunning the same command rechecks migrated
+    /// nodes and goes on where it stopped.
+    ///
     /// Example: sluice migrate apply --wait 120
+    /// Example: sluice migrate apply --nodes node-1,node-2,node-3 --via 'ssh root@{node}'
     Apply {
         /// Go past rules in kube-proxy's chains of a shape sluice does not recognise (they are
         /// still kept, in chains that are not removed only if someone else jumps to them).
@@ -151,6 +159,18 @@ enum MigrateCmd {
         /// Seconds to wait for each hand-over (sluice serving everything, kube-proxy stopping).
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Migrate these nodes one at a time, in this order (comma-separated), instead of this
+        /// node. Needs --via.
+        #[arg(long, value_delimiter = ',', requires = "via")]
+        nodes: Vec<String>,
+        /// How to run `sluice` on a node: a shell command prefix containing {node}, e.g.
+        /// 'ssh root@{node}', 'sluice-lab exec {node} --', or a `kubectl exec` into the node's
+        /// agent pod (docs/design/migration.md).
+        #[arg(long, requires = "nodes")]
+        via: Option<String>,
+        /// Probe each migrated node from this node (default: the next node of --nodes).
+        #[arg(long, requires = "nodes")]
+        verify_from: Option<String>,
     },
     /// Give this node back to kube-proxy, make-before-break: remove the marker, put kube-proxy's
     /// rules back from the snapshot `apply` took (unless kube-proxy's own rules are already
@@ -243,7 +263,15 @@ fn main() -> std::process::ExitCode {
             Ok(false) => return std::process::ExitCode::from(1),
             Err(e) => Err(e),
         },
-        Cmd::Migrate(MigrateCmd::Apply { force, wait }) => {
+        Cmd::Migrate(MigrateCmd::Apply { force, wait, nodes, via: Some(via), verify_from }) => {
+            let targets = cli::migrate_rollout::Targets { nodes, via, verify_from, force, wait };
+            match cli::migrate_rollout::run(&targets, cli.output) {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::from(1),
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Migrate(MigrateCmd::Apply { force, wait, .. }) => {
             match cli::migrate_apply::apply(&cli.socket, force, std::time::Duration::from_secs(wait), cli.output) {
                 Ok(true) => Ok(()),
                 Ok(false) => return std::process::ExitCode::from(1),

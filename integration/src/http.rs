@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -185,7 +186,8 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
 /// Hold one TCP connection open for `duration`, exchanging a line every `interval`; returns the
 /// number of round trips. Any failure (reset, timeout, wrong echo) is an error: the connection
 /// did not survive.
-pub fn hold(addr: &str, duration: Duration, interval: Duration) -> anyhow::Result<u64> {
+/// Ends early (successfully) when `stop_file` appears.
+pub fn hold(addr: &str, duration: Duration, interval: Duration, stop_file: Option<&Path>) -> anyhow::Result<u64> {
     let with_port = if addr.contains(':') { addr.to_string() } else { format!("{addr}:80") };
     let addr: SocketAddr = with_port.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;
     let mut s =
@@ -195,7 +197,7 @@ pub fn hold(addr: &str, duration: Duration, interval: Duration) -> anyhow::Resul
     let start = std::time::Instant::now();
     let mut trips = 0u64;
     let mut buf = [0u8; 64];
-    while start.elapsed() < duration {
+    while start.elapsed() < duration && !stop_file.is_some_and(Path::exists) {
         let msg = format!("ping {trips}\n");
         s.write_all(msg.as_bytes()).with_context(|| format!("write after {trips} round trips"))?;
         let mut got = Vec::new();

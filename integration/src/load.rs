@@ -70,15 +70,19 @@ fn one(addr: SocketAddr) -> Result<(), (String, Option<u64>, Option<u16>)> {
 
 /// Run `connections` concurrent loops against `addr` for `duration`.
 pub fn run(addr: SocketAddr, connections: usize, duration: Duration) -> LoadResult {
-    run_with_timeline(addr, connections, duration, None)
+    run_with_timeline(addr, connections, duration, None, None, Duration::ZERO)
 }
 
-/// [`run`], also counting successes and failures per `bucket` (by when each attempt ended).
+/// [`run`], also counting successes and failures per `bucket` (by when each attempt ended);
+/// ends early when `stop_file` appears; each loop waits `pause` between attempts (a steady
+/// trickle instead of all the machine can do).
 pub fn run_with_timeline(
     addr: SocketAddr,
     connections: usize,
     duration: Duration,
     bucket: Option<Duration>,
+    stop_file: Option<&std::path::Path>,
+    pause: Duration,
 ) -> LoadResult {
     let stop = AtomicBool::new(false);
     let ok = AtomicU64::new(0);
@@ -115,10 +119,15 @@ pub fn run_with_timeline(
                             if good { o } else { f }.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
                 }
             });
         }
-        std::thread::sleep(duration);
+        while start.elapsed() < duration && !stop_file.is_some_and(std::path::Path::exists) {
+            std::thread::sleep(Duration::from_millis(50).min(duration.saturating_sub(start.elapsed())));
+        }
         stop.store(true, Ordering::Relaxed);
     });
     let seconds = start.elapsed().as_secs_f64();

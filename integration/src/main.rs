@@ -105,6 +105,9 @@ enum Cmd {
         secs: u64,
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
+        /// End early (successfully) when this file appears.
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
     },
     /// Closed-loop HTTP load (new connection per request) against IP:PORT; prints JSON.
     Load {
@@ -116,6 +119,12 @@ enum Cmd {
         /// Also print successes and failures per bucket of this many ms (`timeline`).
         #[arg(long)]
         bucket_ms: Option<u64>,
+        /// End early when this file appears (--secs is then the longest it runs).
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
+        /// Each loop waits this long between connections (0: as fast as it can).
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
     /// Single-stream TCP throughput to an echo server (sink mode) at IP:PORT; prints JSON.
     Stream {
@@ -292,14 +301,26 @@ fn run() -> anyhow::Result<u8> {
             print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
             Ok(0)
         }
-        Cmd::Hold { addr, secs, interval_ms } => {
-            let trips = sluice_lab::http::hold(&addr, Duration::from_secs(secs), Duration::from_millis(interval_ms))?;
+        Cmd::Hold { addr, secs, interval_ms, stop_file } => {
+            let trips = sluice_lab::http::hold(
+                &addr,
+                Duration::from_secs(secs),
+                Duration::from_millis(interval_ms),
+                stop_file.as_deref(),
+            )?;
             println!("{trips} round trips on one connection");
             Ok(0)
         }
-        Cmd::Load { addr, connections, secs, bucket_ms } => {
+        Cmd::Load { addr, connections, secs, bucket_ms, stop_file, pause_ms } => {
             let bucket = bucket_ms.map(Duration::from_millis);
-            let r = sluice_lab::load::run_with_timeline(addr, connections, Duration::from_secs(secs), bucket);
+            let r = sluice_lab::load::run_with_timeline(
+                addr,
+                connections,
+                Duration::from_secs(secs),
+                bucket,
+                stop_file.as_deref(),
+                Duration::from_millis(pause_ms),
+            );
             println!("{}", serde_json::to_string(&r)?);
             Ok(0)
         }

@@ -12,18 +12,14 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{eventually, require_root};
+use common::{eventually, now_ms, require_root};
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
 
 /// Bucket size of the load's timeline.
 const BUCKET_MS: u64 = 250;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Connections per second over [from_ms, to_ms) of the run: the median bucket, so one loop
 /// stalled by a lost SYN (the baseline loss below) does not decide the comparison.

@@ -12,82 +12,9 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{KillOnDrop, eventually, require_root, two_node_web_lab};
+use common::{KillOnDrop, eventually, finish, json, kube_proxy, now_ms, require_root, two_node_web_lab};
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]\n";
-
-/// kube-proxy's rules for `web`, with its hooks (appended, as a kube-proxy started after sluice
-/// would find sluice's own hooks first in a real node; here sluice has none: it is disabled).
-fn kube_proxy_rules(a: &str, b: &str) -> String {
-    format!(
-        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-EXT-WEB - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-SVC-WEB - [0:0]\n:KUBE-SEP-A - [0:0]\n:KUBE-SEP-B - [0:0]\n\
--A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
--A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
--A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
--A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
--A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
--A KUBE-POSTROUTING -j MASQUERADE --random-fully\n\
--A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
--A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-WEB\n\
--A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
--A KUBE-NODEPORTS -p tcp -m comment --comment \"default/web:http\" -m tcp --dport 30080 -j KUBE-EXT-WEB\n\
--A KUBE-EXT-WEB -j KUBE-MARK-MASQ\n\
--A KUBE-EXT-WEB -j KUBE-SVC-WEB\n\
--A KUBE-SVC-WEB -m comment --comment \"default/web:http -> {a}:8080\" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-A\n\
--A KUBE-SVC-WEB -m comment --comment \"default/web:http -> {b}:8080\" -j KUBE-SEP-B\n\
--A KUBE-SEP-A -s {a}/32 -j KUBE-MARK-MASQ\n\
--A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination {a}:8080\n\
--A KUBE-SEP-B -s {b}/32 -j KUBE-MARK-MASQ\n\
--A KUBE-SEP-B -p tcp -m tcp -j DNAT --to-destination {b}:8080\n\
-COMMIT\n"
-    )
-}
-
-/// Wait for a process the test started: (success, stdout, stderr).
-fn finish(mut p: KillOnDrop) -> (bool, String, String) {
-    use std::io::Read;
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(mut o) = p.0.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    if let Some(mut e) = p.0.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let ok = p.0.wait().is_ok_and(|s| s.success());
-    (ok, out, err)
-}
-
-/// The same Service in kube-proxy's nftables-mode layout (its own table, base chains as hooks).
-fn kube_proxy_nft(a: &str, b: &str, node_ip: &str) -> String {
-    let svc = "service-WEB00001-default/web/tcp/http";
-    let ep = |ip: &str, n: &str| format!("endpoint-{n}-default/web/tcp/http__{ip}/8080");
-    let (ea, eb) = (ep(a, "EPA00001"), ep(b, "EPB00002"));
-    format!(
-        "table ip kube-proxy {{\n\
-\tset nodeport-ips {{ type ipv4_addr; elements = {{ {node_ip} }}; }}\n\
-\tmap service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ 10.96.0.10 . tcp . 80 : goto {svc} }}; }}\n\
-\tmap service-nodeports {{ type inet_proto . inet_service : verdict; elements = {{ tcp . 30080 : goto external-WEB00001-default/web/tcp/http }}; }}\n\
-\tchain mark-for-masquerade {{ meta mark set meta mark or 0x4000; }}\n\
-\tchain masquerading {{ meta mark & 0x4000 == 0 return; meta mark set meta mark xor 0x4000; masquerade fully-random; }}\n\
-\tchain services {{ ip daddr . meta l4proto . th dport vmap @service-ips; ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports; }}\n\
-\tchain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}\n\
-\tchain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}\n\
-\tchain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump masquerading; }}\n\
-\tchain {ea} {{ ip saddr {a} jump mark-for-masquerade; meta l4proto tcp dnat to {a}:8080; }}\n\
-\tchain {eb} {{ ip saddr {b} jump mark-for-masquerade; meta l4proto tcp dnat to {b}:8080; }}\n\
-\tchain {svc} {{ ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade; numgen random mod 2 vmap {{ 0 : goto {ea}, 1 : goto {eb} }}; }}\n\
-\tchain external-WEB00001-default/web/tcp/http {{ jump mark-for-masquerade; goto {svc}; }}\n\
-}}\n"
-    )
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
 
 /// Where "kube-proxy" keeps its rules.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -156,10 +83,10 @@ fn rehearse(lab: &str, dataplane: &str, layout: Layout) {
     let rules = dir.path().join("kube-proxy.rules");
     if nftables {
         let node_ip = st.node("node-1").expect("node-1").underlay_ip.clone();
-        std::fs::write(&rules, kube_proxy_nft(&ip("a"), &ip("b"), &node_ip)).expect("write");
+        std::fs::write(&rules, kube_proxy::nftables(&[&ip("a"), &ip("b")], &node_ip)).expect("write");
         t.exec("node-1", &["nft", "-f", rules.to_str().expect("utf8")]);
     } else {
-        std::fs::write(&rules, kube_proxy_rules(&ip("a"), &ip("b"))).expect("write");
+        std::fs::write(&rules, kube_proxy::iptables(&[&ip("a"), &ip("b")])).expect("write");
         let restore = if layout == Layout::IptablesLegacy { "iptables-legacy-restore" } else { "iptables-nft-restore" };
         t.exec("node-1", &["sh", "-c", &format!("{restore} --noflush < {}", rules.display())]);
     }

@@ -15,7 +15,7 @@ use sluice_core::{
 };
 
 use crate::datapath::{Datapath, DatapathError};
-use crate::maps::NodeCtx;
+use crate::maps::{DEVICE_FEATURES, NodeCtx};
 use std::sync::LazyLock;
 
 /// What loading the objects needs: they are loaded together (`crate::OBJECTS`), which creates
@@ -75,8 +75,6 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
 pub const SPEC: BackendSpec = BackendSpec { id: BackendId::EBPF, needs, policy_needs_own_translation: true };
 
 /// Features served at the node's devices.
-const DEVICE_FEATURES: [Feature; 4] =
-    [Feature::NodePort, Feature::ExternalIps, Feature::LoadBalancer, Feature::HostPort];
 
 /// What a device whose attach failed leaves unserved (with the modifiers of those frontends).
 const DEVICE_HOLE: [Feature; 6] = [
@@ -107,6 +105,8 @@ pub struct EbpfDataplane {
     dp: Option<Datapath>,
     /// Interfaces whose links this process attached or took over (swapped its programs into).
     handled: BTreeSet<String>,
+    /// Devices kept attached after their frontends went to another dataplane.
+    draining: BTreeSet<String>,
     /// The tc attach path `handled` was attached on: a new path re-attaches every interface.
     path: sluice_core::TcAttach,
     /// Whether this process attached the socket-LB programs.
@@ -154,6 +154,7 @@ impl EbpfDataplane {
             maglev_m,
             dp: None,
             handled: BTreeSet::new(),
+            draining: BTreeSet::new(),
             path: sluice_core::TcAttach::None,
             cgroup_handled: false,
             synced: None,
@@ -288,6 +289,7 @@ impl Dataplane for EbpfDataplane {
         self.dp = None;
         self.synced = None;
         self.handled.clear();
+        self.draining.clear();
         self.policy = PolicyState::default();
         match crate::datapath::remove_all(&self.pin_dir) {
             Ok(removed) => CleanupReport { removed, errors: Vec::new() },
@@ -299,11 +301,19 @@ impl Dataplane for EbpfDataplane {
         match &self.dp {
             None => "not loaded (no feature is given to eBPF on this node)".into(),
             Some(dp) => format!(
-                "loaded, maps and links pinned in {}; tc attach {}; programs on {} pod veth(s) and device(s) [{}]; socket LB {}; {} service frontend(s); policy {}",
+                "loaded, maps and links pinned in {}; tc attach {}; programs on {} pod veth(s) and device(s) [{}]{}; socket LB {}; {} service frontend(s); policy {}",
                 self.pin_dir.display(),
                 self.path.describe(),
-                dp.attached().len().saturating_sub(self.devices.len()),
+                dp.attached().len().saturating_sub(self.devices.len() + self.draining.len()),
                 self.devices.join(", "),
+                if self.draining.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", draining on [{}] (flows eBPF translated before the device frontends moved)",
+                        self.draining.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                },
                 self.cgroup.as_ref().map(|c| format!("on {}", c.display())).unwrap_or_else(|| "off".into()),
                 dp.entries().services.len(),
                 if self.policy.programmed { format!("on {} endpoint(s)", self.policy.endpoints) } else { "off".into() }
@@ -392,6 +402,21 @@ impl EbpfDataplane {
             }
             self.handled.clear();
             self.path = node.tc_attach;
+        }
+        // Devices whose frontends went to another dataplane keep the program while eBPF is
+        // loaded: it carries the flows it translated (their NAT state is in its maps, not the
+        // kernel's conntrack, so netfilter could not take them over) and passes new ones
+        // (NODE_F_DEVICES_DRAIN). Detaching would reset every established NodePort flow.
+        if !serves_devices {
+            let attached = dp.attached();
+            for d in node.devices.iter().filter(|d| attached.contains(*d)) {
+                if keep.insert(d.clone()) && !self.draining.contains(d) {
+                    tracing::info!(device = %d, "eBPF keeps its program on the device for the flows it translated; new flows go to the dataplane that serves the device frontends now");
+                }
+            }
+            self.draining = node.devices.iter().filter(|d| keep.contains(*d)).cloned().collect();
+        } else {
+            self.draining.clear();
         }
         let pods = desired.local_endpoints.iter().filter(|e| !e.host_interface.is_empty()).map(|e| &e.host_interface);
         for (ifname, device) in devices.iter().map(|d| (d, true)).chain(pods.map(|p| (p, false))) {

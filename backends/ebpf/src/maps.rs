@@ -95,7 +95,14 @@ pub struct SrcRangeKey {
 pub struct NodeCfg {
     pub node_ip: u32,
     pub maglev_m: u32,
+    /// NODE_F_*.
+    pub flags: u32,
+    pub pad: u32,
 }
+
+/// The device frontends are another dataplane's: the device program only carries the flows it
+/// translated before the hand-over.
+pub const NODE_F_DEVICES_DRAIN: u32 = 1;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
@@ -136,7 +143,7 @@ const _: () = {
     assert!(size_of::<NatVal>() == 12 && offset_of!(NatVal, snat_port) == 6 && offset_of!(NatVal, flags) == 8);
     assert!(size_of::<SnatVal>() == 20 && offset_of!(SnatVal, client_port) == 8 && offset_of!(SnatVal, last_s) == 12);
     assert!(size_of::<SrcRangeKey>() == 12 && offset_of!(SrcRangeKey, addr) == 8);
-    assert!(size_of::<NodeCfg>() == 8 && offset_of!(NodeCfg, maglev_m) == 4);
+    assert!(size_of::<NodeCfg>() == 16 && offset_of!(NodeCfg, maglev_m) == 4 && offset_of!(NodeCfg, flags) == 8);
     assert!(size_of::<MaglevKey>() == 8);
     assert!(size_of::<SockKey>() == 16 && offset_of!(SockKey, addr) == 8 && offset_of!(SockKey, port) == 12);
 };
@@ -181,9 +188,18 @@ pub struct NodeCtx {
     pub maglev_m: Option<u32>,
 }
 
+/// The features served at the node's devices (the device program's frontends).
+pub const DEVICE_FEATURES: [Feature; 4] =
+    [Feature::NodePort, Feature::ExternalIps, Feature::LoadBalancer, Feature::HostPort];
+
 impl NodeCtx {
     fn owns(&self, f: Feature) -> bool {
         self.owned.contains(&f)
+    }
+
+    /// Whether eBPF serves any device frontend on this node.
+    pub fn serves_devices(&self) -> bool {
+        DEVICE_FEATURES.iter().any(|f| self.owns(*f))
     }
 
     /// Socket-LB flags for a protocol, when the plan gives socket LB to eBPF.

@@ -13,8 +13,8 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use common::require_root;
 use sluice_ebpf::maps::{
-    BE_F_LOCAL, BackendKey, BackendVal, FlowKey, MaglevKey, NatVal, NodeCfg, SVC_F_EXTERNAL, SVC_F_MAGLEV,
-    SVC_F_SOCK_TCP, SVC_F_SRC_RANGES, SVC_F_TC, SvcKey, SvcVal, addr, port,
+    BE_F_LOCAL, BackendKey, BackendVal, FlowKey, MaglevKey, NODE_F_DEVICES_DRAIN, NatVal, NodeCfg, SVC_F_EXTERNAL,
+    SVC_F_MAGLEV, SVC_F_SOCK_TCP, SVC_F_SRC_RANGES, SVC_F_TC, SvcKey, SvcVal, addr, port,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -87,7 +87,7 @@ impl Lb {
 
     fn node(&mut self, ip: &str, maglev_m: u32) {
         let mut a: Array<_, NodeCfg> = Array::try_from(self.bpf().map_mut("sluice_node").expect("map")).expect("node");
-        a.set(0, NodeCfg { node_ip: addr(ip.parse().expect("ip")), maglev_m }, 0).expect("set");
+        a.set(0, NodeCfg { node_ip: addr(ip.parse().expect("ip")), maglev_m, ..Default::default() }, 0).expect("set");
     }
 
     fn maglev(&mut self, id: u32, table: &[u32]) {
@@ -408,6 +408,56 @@ fn node_port_to_a_remote_backend_is_snated_and_the_reply_translated_back() {
     let mut lb2 = Lb::new();
     lb2.frontend("198.51.100.11", 30080, 6, 1, &[("10.244.2.2", 8080, 0)], 0, SVC_F_TC | SVC_F_EXTERNAL);
     assert_eq!(lb2.run("sluice_from_net", &packet(6, "198.51.100.201", 50001, "198.51.100.11", 30080)).0, TC_ACT_SHOT);
+}
+
+/// The device frontends went to another dataplane (NODE_F_DEVICES_DRAIN, frontend gone): the
+/// device program still carries the flow it translated, passes new ones, and leaves replies on
+/// a closed flow's port to netfilter (whose masquerade may have picked that port since).
+#[test]
+fn a_draining_device_carries_its_flows_and_leaves_closed_ports_to_netfilter() {
+    if !require_root() {
+        return;
+    }
+    for draining in [false, true] {
+        let mut lb = Lb::new();
+        lb.node_ip("198.51.100.11");
+        lb.frontend("198.51.100.11", 30080, 6, 1, &[("10.244.2.2", 8080, 0)], 0, SVC_F_TC | SVC_F_EXTERNAL);
+        let syn = packet(6, "198.51.100.201", 50000, "198.51.100.11", 30080);
+        let (_, out) = lb.run("sluice_from_net", &syn);
+        let natted = fields(&out);
+        assert_eq!(natted, (ip("198.51.100.11"), 50000, ip("10.244.2.2"), 8080));
+        // The hand-over: the frontend leaves eBPF's maps, the node is marked draining.
+        {
+            let mut svc: HashMap<_, SvcKey, SvcVal> =
+                HashMap::try_from(lb.bpf().map_mut("sluice_svc").expect("map")).expect("svc");
+            svc.remove(&SvcKey { vip: addr(ip("198.51.100.11")), port: port(30080), proto: 6, pad: 0 }).expect("rm");
+            let mut a: Array<_, NodeCfg> =
+                Array::try_from(lb.bpf().map_mut("sluice_node").expect("map")).expect("node");
+            let flags = if draining { NODE_F_DEVICES_DRAIN } else { 0 };
+            a.set(0, NodeCfg { node_ip: addr(ip("198.51.100.11")), flags, ..Default::default() }, 0).expect("set");
+        }
+        // The established flow keeps its backend and SNAT port, both ways.
+        let ack = with_flags(syn.clone(), 0x10);
+        assert_eq!(fields(&lb.run("sluice_from_net", &ack).1), natted);
+        let reply = with_flags(packet(6, "10.244.2.2", 8080, "198.51.100.11", 50000), 0x10);
+        assert_eq!(
+            fields(&lb.run("sluice_from_net", &reply).1),
+            (ip("198.51.100.11"), 30080, ip("198.51.100.201"), 50000)
+        );
+        // A new flow is the new owner's.
+        let other = packet(6, "198.51.100.201", 50001, "198.51.100.11", 30080);
+        assert_eq!(lb.run("sluice_from_net", &other), (PASS, other.clone()));
+        // The backend closes (its FIN is still translated); a later reply on that port is
+        // ours only while eBPF serves the frontends.
+        let fin = with_flags(packet(6, "10.244.2.2", 8080, "198.51.100.11", 50000), 0x11);
+        assert_eq!(fields(&lb.run("sluice_from_net", &fin).1).3, 50000);
+        let (v, out) = lb.run("sluice_from_net", &reply);
+        if draining {
+            assert_eq!((v, out), (PASS, reply.clone()), "left to netfilter");
+        } else {
+            assert_eq!(fields(&out), (ip("198.51.100.11"), 30080, ip("198.51.100.201"), 50000));
+        }
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kernel;
+pub mod kube_proxy;
 
 use std::time::{Duration, Instant};
 
@@ -106,4 +107,28 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Wait for a process the test started: (success, stdout, stderr).
+pub fn finish(mut p: KillOnDrop) -> (bool, String, String) {
+    use std::io::Read;
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = p.0.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = p.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let ok = p.0.wait().is_ok_and(|s| s.success());
+    (ok, out, err)
+}
+
+/// Unix time in ms, to line a load's timeline up with the steps a test took.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A command's JSON output, or a panic that shows what it printed instead.
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }

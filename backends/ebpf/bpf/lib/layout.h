@@ -101,7 +101,14 @@ struct src_range_key {
 struct node_cfg {
 	__u32 node_ip;      /* SNAT address for flows forwarded to other nodes */
 	__u32 maglev_m;     /* Maglev table size (entries per frontend) */
+	__u32 flags;        /* NODE_F_* */
+	__u32 pad;
 };
+
+/* The device frontends (NodePort, external and LoadBalancer IPs, HostPorts) belong to another
+ * dataplane now: the device program only carries the flows it translated before, and a reply
+ * matching a closing SNAT entry is another dataplane's flow on a recycled port, not ours. */
+#define NODE_F_DEVICES_DRAIN 1
 
 /* Maglev: (service id, bucket) -> backend slot. */
 struct maglev_key {

@@ -27,6 +27,15 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct flow_key
 	return fib_redirect(skb, node->node_ip, ct->addr);
 }
 
+/* Whether the device frontends are another dataplane's (NODE_F_DEVICES_DRAIN). */
+static __always_inline int draining(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct node_cfg *node = bpf_map_lookup_elem(&sluice_node, &zero);
+
+	return node && (node->flags & NODE_F_DEVICES_DRAIN);
+}
+
 SEC("classifier")
 int sluice_from_net(struct __sk_buff *skb)
 {
@@ -42,8 +51,11 @@ int sluice_from_net(struct __sk_buff *skb)
 	/* A reply of a flow this node SNATed: back to the client, from the frontend. */
 	finrst = tcp_fin_rst(skb, k.proto);
 	sv = syn ? NULL : bpf_map_lookup_elem(&sluice_snat, &k);
-	/* A host connection that took the port after our flow closed: its packet, not ours. */
-	if (sv && (sv->flags & SNAT_F_CLOSING) && host_owns(skb, k.proto, k.saddr, k.sport, k.daddr, k.dport))
+	/* A host connection that took the port after our flow closed: its packet, not ours. So is
+	 * any reply on a closed flow's port while draining: netfilter's masquerade (kube-proxy's,
+	 * or the iptables backend's) picks ports without seeing ours. */
+	if (sv && (sv->flags & SNAT_F_CLOSING) &&
+	    (draining(skb) || host_owns(skb, k.proto, k.saddr, k.sport, k.daddr, k.dport)))
 		sv = NULL;
 	if (sv) {
 		__u32 client = sv->client, front = sv->front;
