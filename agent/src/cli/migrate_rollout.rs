@@ -308,11 +308,11 @@ mod tests {
 
     #[test]
     fn bad_targets_are_refused_by_value() {
-        let e = check(&targets(&["node-1", "a;rm"], "ssh {node}")).unwrap_err().to_string();
+        let e = check(&targets(&["node-1", "a;rm"], "ssh {node}")).expect_err("refused").to_string();
         assert!(e.contains("\"a;rm\"") && e.contains("lower-case"), "{e}");
-        let e = check(&targets(&["n1", "n1"], "ssh {node}")).unwrap_err().to_string();
+        let e = check(&targets(&["n1", "n1"], "ssh {node}")).expect_err("refused").to_string();
         assert!(e.contains("n1 is listed twice"), "{e}");
-        let e = check(&targets(&["n1"], "ssh root@host")).unwrap_err().to_string();
+        let e = check(&targets(&["n1"], "ssh root@host")).expect_err("refused").to_string();
         assert!(e.contains("does not contain {node}"), "{e}");
         assert!(check(&targets(&[], "ssh {node}")).is_err());
         assert!(check(&targets(&["Node1"], "ssh {node}")).is_err());

@@ -74,8 +74,6 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
 /// translates the ClusterIPs too.
 pub const SPEC: BackendSpec = BackendSpec { id: BackendId::EBPF, needs, policy_needs_own_translation: true };
 
-/// Features served at the node's devices.
-
 /// What a device whose attach failed leaves unserved (with the modifiers of those frontends).
 const DEVICE_HOLE: [Feature; 6] = [
     Feature::NodePort,
