@@ -33,11 +33,18 @@ fn manifests_are_valid_kubernetes_objects() {
             ok.unwrap_or_else(|e| panic!("{file}: {} does not parse: {e}", d["kind"]));
         }
 
-        // RBAC: get/list/watch only.
+        // RBAC: get/list/watch, and one write: patch on nodes (the migration's node label).
         let role: ClusterRole = serde_json::from_value(docs[1].clone()).expect("role");
+        let mut patches = 0;
         for r in role.rules.expect("rules") {
+            if r.verbs == ["patch"] {
+                assert_eq!(r.resources.as_deref(), Some(&["nodes".to_string()][..]), "{file}: patch only on nodes");
+                patches += 1;
+                continue;
+            }
             assert!(r.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())), "{file}: {:?}", r.verbs);
         }
+        assert_eq!(patches, 1, "{file}: the node label needs patch on nodes");
 
         // The ConfigMap's config is one the agent accepts (node_name arrives by env).
         let cm: ConfigMap = serde_json::from_value(docs[3].clone()).expect("cm");

@@ -136,7 +136,8 @@ enum MigrateCmd {
     /// Take this node off kube-proxy: refuse if it is not ready (source not synced, a Service
     /// rejected or failing, a blocker of `plan`); pin kube_proxy_replacement to strict and wait
     /// until sluice serves every Service feature; write the marker that keeps kube-proxy off the
-    /// node (<state_dir>/kube-proxy-replaced) and wait for a running kube-proxy to stop;
+    /// node (<state_dir>/kube-proxy-replaced; with the kubernetes source the agent also labels
+    /// the Node sluice.io/kube-proxy=replaced) and wait for a running kube-proxy to stop;
     /// snapshot kube-proxy's rules into the migration record; remove them in one atomic batch
     /// per table (jumps before chains; conntrack untouched, so open connections keep their
     /// translation); verify. Rerun it after any failure: every step checks the node first.
@@ -172,7 +173,7 @@ enum MigrateCmd {
         #[arg(long, requires = "nodes")]
         verify_from: Option<String>,
     },
-    /// Give this node back to kube-proxy, make-before-break: remove the marker, put kube-proxy's
+    /// Give this node back to kube-proxy, make-before-break: remove the marker and the label, put kube-proxy's
     /// rules back from the snapshot `apply` took (unless kube-proxy's own rules are already
     /// there), refuse if they leave a frontend sluice serves uncovered, then pin
     /// kube_proxy_replacement to disabled and wait until sluice has handed

@@ -132,6 +132,8 @@ fn rehearse(lab: &str, dataplane: &str, layout: Layout) {
     assert_eq!(out["verify"]["passed"], true, "{out:#}");
     assert_eq!(out["verify"]["kube_proxy_sources"], serde_json::json!([]), "{out:#}");
     let table = if nftables { "ip kube-proxy" } else { "nat" };
+    // The manifest source has no Node object: apply says so instead of labelling.
+    assert!(out["node_label"].as_str().is_some_and(|l| l.contains("manifest source")), "{out:#}");
     let removed =
         out["removed"].as_array().expect("removed").iter().find(|r| r["table"] == table).cloned().expect("removed");
     assert_eq!(removed["chains"], if nftables { 10 } else { 8 }, "{out:#}");

@@ -44,6 +44,11 @@ pub enum Request {
         kube_proxy_replacement: Option<sluice_core::KprMode>,
         set_by: String,
     },
+    /// Set (or remove) `sluice.io/kube-proxy=replaced` on this node's Node object, with the
+    /// agent's API credentials (the kubernetes source only).
+    MarkNode {
+        replaced: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +69,11 @@ pub enum Response {
     Policies(Box<policy::PolicyReport>),
     Trace(Box<sluice_core::policy::trace::Trace>),
     Ok,
+    /// The answer to `MarkNode`: whether the Node carries the label as asked, and what happened.
+    NodeLabel {
+        labelled: bool,
+        detail: String,
+    },
     Error(String),
 }
 

@@ -2,12 +2,13 @@
 //!
 //! apply: refuse a node that is not ready (source not synced, a Service rejected or failing,
 //! a blocker of the plan) -> pin kube_proxy_replacement to strict and wait until sluice serves
-//! every Service feature -> write the marker that keeps kube-proxy off the node and wait for a
+//! every Service feature -> write the marker that keeps kube-proxy off the node (and, with the
+//! kubernetes source, have the agent label the Node for the DaemonSet) and wait for a
 //! running kube-proxy to go -> snapshot kube-proxy's rules into the migration record -> remove
 //! them, one atomic batch per table (jumps before chains) -> verify. Conntrack entries are never
 //! touched: a connection kube-proxy's NAT set up keeps its translation in the kernel.
 //!
-//! rollback: remove the marker -> put kube-proxy's rules back from the snapshot (unless kube-proxy
+//! rollback: remove the marker and the label -> put kube-proxy's rules back from the snapshot (unless kube-proxy
 //! already did) behind sluice's own hooks -> pin kube_proxy_replacement to disabled and wait
 //! until sluice has handed every Service feature back -> verify.
 //!
@@ -143,6 +144,18 @@ fn pin(socket: &Path, mode: Option<KprMode>, by: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Ask the agent to set (or remove) the node label that keeps kube-proxy's DaemonSet away;
+/// what happened, in a line. Never fatal: the marker and the wait for kube-proxy to stop are
+/// what apply relies on, and the line says what the operator must do instead.
+fn mark_node(socket: &Path, replaced: bool) -> String {
+    match super::block_on(call(socket, &Request::MarkNode { replaced })) {
+        Ok(Ok(Response::NodeLabel { detail, .. })) => detail,
+        Ok(Ok(Response::Error(e))) => format!("the node label was not set: {e}"),
+        Ok(Ok(_)) => "the node label was not set: the agent sent an unexpected answer (an older agent?)".into(),
+        Ok(Err(e)) | Err(e) => format!("the node label was not set: {e}"),
+    }
+}
+
 /// Wait until the agent has run a pass under `mode` and every Service feature is where `to`
 /// wants it; print what is pending every few seconds.
 fn wait_hand_over(socket: &Path, mode: Option<KprMode>, to: HandOver, wait: Duration) -> anyhow::Result<()> {
@@ -242,6 +255,9 @@ pub struct ApplyReport {
     /// removal itself drops none (connections may still end on their own in between).
     pub conntrack_before: usize,
     pub conntrack_after: usize,
+    /// What happened to the node label `sluice.io/kube-proxy=replaced` (the kubernetes source
+    /// sets it through the agent; the manifest source has no Node object).
+    pub node_label: String,
     pub verify: Verification,
 }
 
@@ -297,6 +313,8 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
     }
     std::fs::write(&paths.marker, format!("sluice migrate apply at {}\n", now()))
         .with_context(|| format!("writing the marker {}", paths.marker.display()))?;
+    let node_label = mark_node(socket, true);
+    eprintln!("  {node_label}");
     let start = Instant::now();
     loop {
         let signs = kube_proxy_running();
@@ -396,6 +414,7 @@ pub fn apply(socket: &Path, force: bool, wait: Duration, out: Output) -> anyhow:
         kept,
         conntrack_before,
         conntrack_after,
+        node_label,
         verify,
     };
     let passed = report.verify.passed;
@@ -435,6 +454,7 @@ pub fn rollback(socket: &Path, force: bool, wait: Duration, out: Output) -> anyh
         }
         _ => {}
     }
+    eprintln!("  {}", mark_node(socket, false));
     eprintln!("[2/4] putting kube-proxy's rules back (behind sluice's, which serve until step 3)");
     let (before, _) = build_with_ours(socket)?;
     if !before.kube_proxy_sources.is_empty() {

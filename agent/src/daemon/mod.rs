@@ -251,6 +251,31 @@ fn answer(
             let _ = tx.send((planner.config.node_name.clone(), services, nodes));
         }
         server::Query::Migration(..) => {} // handled by the loop: it changes the plan
+        server::Query::MarkNode(replaced, tx) => {
+            let node = planner.config.node_name.clone();
+            let Some(kube) = source.kube() else {
+                let _ = tx.send((
+                    false,
+                    "the manifest source has no Node object to label; keep kube-proxy off this node by its unit (docs/design/migration.md)".into(),
+                ));
+                return;
+            };
+            // The API call runs beside the loop, which goes on reconciling.
+            tokio::spawn(async move {
+                let label = crate::source::kube::node_label::LABEL;
+                let answer = match kube.label_node(&node, replaced).await {
+                    Ok(()) if replaced => (true, format!("node {node} labelled {label}=replaced")),
+                    Ok(()) => (true, format!("label {label} removed from node {node}")),
+                    Err(e) => (
+                        false,
+                        format!(
+                            "labelling node {node} ({label}) failed: {e}; the agent's role needs `patch` on nodes (deploy/sluice.yaml), or label it by hand"
+                        ),
+                    ),
+                };
+                let _ = tx.send(answer);
+            });
+        }
         server::Query::BpfLb(tx) => {
             let rows = engine.backends().find(|b| b.id() == BackendId::EBPF).map(|b| b.lb_rows());
             let _ = tx.send(rows.unwrap_or_default());

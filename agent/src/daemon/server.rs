@@ -41,6 +41,8 @@ pub enum Query {
     Policy(Request, oneshot::Sender<Response>),
     /// `sluice migrate`: pin or release kube_proxy_replacement (the loop re-plans).
     Migration(Option<sluice_core::KprMode>, String, oneshot::Sender<Result<(), String>>),
+    /// `sluice migrate`: label this node's Node object (whether it did, and what happened).
+    MarkNode(bool, oneshot::Sender<(bool, String)>),
 }
 
 /// Ask the reconcile loop; None when it is gone (the agent is stopping).
@@ -119,6 +121,10 @@ pub async fn serve(
                         Some(Err(e)) => Response::Error(e),
                     }
                 }
+                Ok(Request::MarkNode { replaced }) => match ask(&queries, |tx| Query::MarkNode(replaced, tx)).await {
+                    None => gone(),
+                    Some((labelled, detail)) => Response::NodeLabel { labelled, detail },
+                },
                 Ok(Request::EndpointsChanged) => {
                     wake.notify_one();
                     Response::Ok

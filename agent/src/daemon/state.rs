@@ -41,6 +41,14 @@ struct LastCompleteRef<'a> {
 }
 
 impl SourceSide {
+    /// The Kubernetes source, for the writes the agent makes (the migration's node label).
+    pub fn kube(&self) -> Option<crate::source::kube::KubeSource> {
+        match &self.source {
+            AgentSource::Kube(k) => Some(k.clone()),
+            AgentSource::Manifests(..) => None,
+        }
+    }
+
     pub async fn new(cfg: &Config, changed: std::sync::Arc<tokio::sync::Notify>) -> anyhow::Result<Self> {
         let (lo, hi) = cfg.node_port_range()?;
         let standalone = cfg.source.kind == sluice_config::SourceKind::Manifests;

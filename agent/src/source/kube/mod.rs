@@ -8,6 +8,7 @@
 //! source reports itself stale with the outage's age; when the watchers come back they relist
 //! and the agent converges.
 
+pub mod node_label;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,8 @@ pub struct KubeSource {
     store: Arc<Mutex<KubeStore>>,
     health: Arc<Mutex<Health>>,
     pub location: String,
+    /// For the writes the agent makes (the migration's node label).
+    client: Client,
 }
 
 /// What every watcher writes to: the store, the health record, and the agent's wake-up (an
@@ -138,10 +141,10 @@ impl KubeSource {
         spawn_watch::<EndpointSlice>(Api::all(client.clone()), all.clone(), sinks.clone(), "EndpointSlice", |s| {
             &mut s.endpoint_slices
         });
-        spawn_watch::<NetworkPolicy>(Api::all(client), all, sinks.clone(), "NetworkPolicy", |s| {
+        spawn_watch::<NetworkPolicy>(Api::all(client.clone()), all, sinks.clone(), "NetworkPolicy", |s| {
             &mut s.network_policies
         });
-        KubeSource { store, health, location }
+        KubeSource { store, health, location, client }
     }
 
     /// Errors and staleness only (no objects).
