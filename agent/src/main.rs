@@ -25,6 +25,16 @@ pub enum Output {
     Json,
 }
 
+/// What `-o` accepts: every command prints `table` or `json`; `sluice observe` also `compact`
+/// (its default, one line a flow) and `dict` (one block a flow), as `hubble observe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputArg {
+    Table,
+    Json,
+    Compact,
+    Dict,
+}
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
@@ -39,9 +49,10 @@ struct Cli {
     /// The agent's socket.
     #[arg(long, global = true, env = "SLUICE_SOCKET_PATH", default_value = "/run/sluice/sluice.sock")]
     socket: PathBuf,
-    /// Output format of commands that print tables.
-    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
-    output: Output,
+    /// Output format: table (the default) or json; `sluice observe` also compact (its
+    /// default) and dict.
+    #[arg(short = 'o', long, global = true, value_enum)]
+    output: Option<OutputArg>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -253,56 +264,74 @@ enum ServiceCmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(cli::observe::rewrite_not(std::env::args()));
+    let observe_format = match cli.output {
+        None | Some(OutputArg::Compact) => cli::observe::Format::Compact,
+        Some(OutputArg::Table) => cli::observe::Format::Table,
+        Some(OutputArg::Json) => cli::observe::Format::Json,
+        Some(OutputArg::Dict) => cli::observe::Format::Dict,
+    };
+    let output = match cli.output {
+        None | Some(OutputArg::Table) => Output::Table,
+        Some(OutputArg::Json) => Output::Json,
+        Some(o @ (OutputArg::Compact | OutputArg::Dict)) => {
+            if !matches!(cli.cmd, Cmd::Observe(_)) {
+                let name = if o == OutputArg::Compact { "compact" } else { "dict" };
+                eprintln!("error: -o {name} is a format of `sluice observe` only; this command prints table or json");
+                return std::process::ExitCode::from(2);
+            }
+            Output::Table
+        }
+    };
     let result = match cli.cmd {
         Cmd::Agent(args) => cli::agent::run(args),
-        Cmd::Status => cli::status::run(&cli.socket, cli.output),
-        Cmd::Cleanup { config } => cli::cleanup::run(config.as_deref(), cli.output),
-        Cmd::Service(ServiceCmd::List) => cli::service::list(&cli.socket, cli.output),
-        Cmd::Migrate(MigrateCmd::Plan) => cli::migrate::plan(&cli.socket, cli.output),
-        Cmd::Migrate(MigrateCmd::Verify) => match cli::migrate::verify(&cli.socket, cli.output) {
+        Cmd::Status => cli::status::run(&cli.socket, output),
+        Cmd::Cleanup { config } => cli::cleanup::run(config.as_deref(), output),
+        Cmd::Service(ServiceCmd::List) => cli::service::list(&cli.socket, output),
+        Cmd::Migrate(MigrateCmd::Plan) => cli::migrate::plan(&cli.socket, output),
+        Cmd::Migrate(MigrateCmd::Verify) => match cli::migrate::verify(&cli.socket, output) {
             Ok(true) => Ok(()),
             Ok(false) => return std::process::ExitCode::from(1),
             Err(e) => Err(e),
         },
         Cmd::Migrate(MigrateCmd::Apply { force, wait, nodes, via: Some(via), verify_from }) => {
             let targets = cli::migrate_rollout::Targets { nodes, via, verify_from, force, wait };
-            match cli::migrate_rollout::run(&targets, cli.output) {
+            match cli::migrate_rollout::run(&targets, output) {
                 Ok(true) => Ok(()),
                 Ok(false) => return std::process::ExitCode::from(1),
                 Err(e) => Err(e),
             }
         }
         Cmd::Migrate(MigrateCmd::Apply { force, wait, .. }) => {
-            match cli::migrate_apply::apply(&cli.socket, force, std::time::Duration::from_secs(wait), cli.output) {
+            match cli::migrate_apply::apply(&cli.socket, force, std::time::Duration::from_secs(wait), output) {
                 Ok(true) => Ok(()),
                 Ok(false) => return std::process::ExitCode::from(1),
                 Err(e) => Err(e),
             }
         }
         Cmd::Migrate(MigrateCmd::Rollback { force, wait }) => {
-            match cli::migrate_apply::rollback(&cli.socket, force, std::time::Duration::from_secs(wait), cli.output) {
+            match cli::migrate_apply::rollback(&cli.socket, force, std::time::Duration::from_secs(wait), output) {
                 Ok(true) => Ok(()),
                 Ok(false) => return std::process::ExitCode::from(1),
                 Err(e) => Err(e),
             }
         }
         Cmd::Migrate(MigrateCmd::Release) => cli::migrate_apply::release(&cli.socket),
-        Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List)) => cli::bpf::lb_list(&cli.socket, cli.output),
-        Cmd::Endpoint(EndpointCmd::List) => cli::policy::endpoints(&cli.socket, cli.output),
-        Cmd::Identity(IdentityCmd::List) => cli::policy::identities(&cli.socket, cli.output),
-        Cmd::Policy(PolicyCmd::Get) => cli::policy::get(&cli.socket, cli.output),
+        Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List)) => cli::bpf::lb_list(&cli.socket, output),
+        Cmd::Endpoint(EndpointCmd::List) => cli::policy::endpoints(&cli.socket, output),
+        Cmd::Identity(IdentityCmd::List) => cli::policy::identities(&cli.socket, output),
+        Cmd::Policy(PolicyCmd::Get) => cli::policy::get(&cli.socket, output),
         Cmd::Policy(PolicyCmd::Trace { from, to, port }) => {
-            match cli::policy::trace(&cli.socket, &from, &to, &port, cli.output) {
+            match cli::policy::trace(&cli.socket, &from, &to, &port, output) {
                 Ok(true) => Ok(()),
                 Ok(false) => return std::process::ExitCode::from(1),
                 Err(e) => Err(e),
             }
         }
-        Cmd::Probe { config } => cli::probe::run(config.as_deref(), cli.output),
+        Cmd::Probe { config } => cli::probe::run(config.as_deref(), output),
         Cmd::Relay(args) => cli::relay::run(args),
         Cmd::Ui(args) => cli::ui::run(&cli.socket, args),
-        Cmd::Observe(args) => cli::observe::run(&cli.socket, &args, cli.output),
-        Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), cli.output),
+        Cmd::Observe(args) => cli::observe::run(&cli.socket, &args, observe_format),
+        Cmd::Plan { config } => cli::plan::run(&cli.socket, config.as_deref(), output),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

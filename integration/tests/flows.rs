@@ -125,6 +125,21 @@ fn service_traffic_is_observed_with_pods_service_node_and_verdict() {
     assert_eq!(v["flow"]["traffic_direction"], "EGRESS");
     assert_eq!(v["flow"]["source"]["pod_name"], "client");
     assert_eq!(v["flow"]["l4"]["TCP"]["destination_port"], 8080);
+    // Hubble's table and dict formats.
+    let table = t.exec("node-1", &["sluice", "observe", "--to-service", "default/web", "--last", "2", "-o", "table"]);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows[0].starts_with("TIMESTAMP") && rows[0].contains("DESTINATION") && rows[0].ends_with("SUMMARY"));
+    assert!(
+        rows[1..].iter().all(|r| r.contains("default/client:") && r.contains("to-stack") && r.contains("FORWARDED")),
+        "{table}"
+    );
+    let dict = t.exec("node-1", &["sluice", "observe", "--to-service", "default/web", "--last", "2", "-o", "dict"]);
+    assert_eq!(dict.matches("    VERDICT: FORWARDED").count(), 2, "{dict}");
+    assert_eq!(dict.matches("------------").count(), 1, "{dict}");
+    assert!(dict.contains("    SUMMARY: service default/web; TCP Flags: SYN"), "{dict}");
+    let other = t.lab.exec_output("node-1", &["sluice", "status", "-o", "dict"]).expect_err("dict is observe's");
+    assert!(format!("{other:#}").contains("sluice observe"), "{other:#}");
     let bad = t.lab.exec_output("node-1", &["sluice", "observe", "--verdict", "ALLOWED"]).expect_err("bad verdict");
     assert!(format!("{bad:#}").contains("ALLOWED") && format!("{bad:#}").contains("FORWARDED"), "{bad:#}");
     // The plan says who serves flows.

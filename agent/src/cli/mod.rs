@@ -7,6 +7,7 @@ pub mod migrate;
 pub mod migrate_apply;
 pub mod migrate_rollout;
 pub mod observe;
+pub mod observe_print;
 mod observe_time;
 pub mod plan;
 pub mod policy;

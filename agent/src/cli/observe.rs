@@ -1,6 +1,6 @@
 //! `sluice observe`: flows from this node's Observer API (Hubble's wire format), printed as
-//! `hubble observe` prints them: one compact line a flow, or one `GetFlowsResponse` a line as
-//! JSON with proto field names and enum names.
+//! `hubble observe` prints them (`observe_print`): one compact line a flow, one
+//! `GetFlowsResponse` a line as JSON with proto field names and enum names, a table, or a dict.
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +11,9 @@ use sluice_observer::pb::observer::observer_client::ObserverClient;
 use sluice_observer::pb::observer::{GetFlowsRequest, GetFlowsResponse, get_flows_response::ResponseTypes};
 use tokio_stream::StreamExt;
 
+pub use super::observe_print::Format;
+use super::observe_print::Printer;
 use super::observe_time::rfc3339;
-use crate::Output;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ObserveArgs {
@@ -285,28 +286,6 @@ pub fn json_line(r: &GetFlowsResponse) -> Value {
     out
 }
 
-fn compact(r: &GetFlowsResponse) -> Option<String> {
-    match &r.response_types {
-        Some(ResponseTypes::Flow(f)) => {
-            let time = rfc3339(f.time.as_ref());
-            Some(match sluice_observer::convert::flow_back(f) {
-                Some(core) => sluice_core::flow::compact::line(&time, &core),
-                None => format!("{time}: (a flow this build cannot print: {f:?})"),
-            })
-        }
-        Some(ResponseTypes::LostEvents(l)) => {
-            Some(format!("EVENTS LOST: {} flows this reader did not get in time", l.num_events_lost))
-        }
-        Some(ResponseTypes::NodeStatus(n)) => {
-            let state = sluice_observer::pb::relay::NodeState::try_from(n.state_change)
-                .map(|s| s.as_str_name())
-                .unwrap_or("UNKNOWN_NODE_STATE");
-            Some(format!("{state}: {} {}", n.node_names.join(", "), n.message))
-        }
-        _ => None,
-    }
-}
-
 /// Where `--server` points.
 enum Server {
     Unix(PathBuf),
@@ -349,7 +328,7 @@ pub fn request(a: &ObserveArgs, now_s: i64) -> anyhow::Result<GetFlowsRequest> {
     })
 }
 
-pub fn run(agent_socket: &Path, a: &ObserveArgs, output: Output) -> anyhow::Result<()> {
+pub fn run(agent_socket: &Path, a: &ObserveArgs, format: Format) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let req = request(a, now)?;
     let server = server(agent_socket, a.server.as_deref());
@@ -375,17 +354,12 @@ pub fn run(agent_socket: &Path, a: &ObserveArgs, output: Output) -> anyhow::Resu
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();
+        let mut printer = Printer::new(format, a.follow);
         while let Some(item) = stream.next().await {
             let r = item.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-            match output {
-                Output::Json => println!("{}", json_line(&r)),
-                Output::Table => {
-                    if let Some(l) = compact(&r) {
-                        println!("{l}");
-                    }
-                }
-            }
+            print!("{}", printer.push(&r));
         }
+        print!("{}", printer.finish());
         anyhow::Ok(())
     })?
 }

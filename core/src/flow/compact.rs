@@ -4,14 +4,84 @@
 
 use super::{EventKind, Flow, ObservationPoint, Verdict};
 
-fn peer(ep: &super::Endpoint, ip: std::net::Ipv4Addr, port: Option<u16>) -> String {
+/// `namespace/pod:port`, or `ip:port` for what is not a pod.
+fn name(ep: &super::Endpoint, ip: std::net::Ipv4Addr, port: Option<u16>) -> String {
     let who = if ep.pod_name.is_empty() { ip.to_string() } else { format!("{}/{}", ep.namespace, ep.pod_name) };
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{who}{port}")
+}
+
+fn peer(ep: &super::Endpoint, ip: std::net::Ipv4Addr, port: Option<u16>) -> String {
     let id = match crate::policy::Identity(ep.identity).reserved_name() {
         Some(n) => n.to_string(),
         None => format!("ID:{}", ep.identity),
     };
-    format!("{who}{port} ({id})")
+    format!("{} ({id})", name(ep, ip, port))
+}
+
+/// Why a drop happened, as users need it: the deny rule's policy, or the isolation.
+fn attribution(f: &Flow) -> Option<String> {
+    if f.policy.denied_by.is_empty() {
+        return None;
+    }
+    let by = f.policy.denied_by.join(", ");
+    Some(if f.drop_reason == Some(super::DropReason::PolicyDenied) {
+        format!("default deny: {by} select{} this pod", if f.policy.denied_by.len() == 1 { "s" } else { "" })
+    } else {
+        format!("by {by}")
+    })
+}
+
+fn tcp_flags(f: &Flow) -> Option<String> {
+    match f.l4 {
+        Some(super::L4::Tcp { flags, .. }) if !flags.names().is_empty() => {
+            Some(format!("TCP Flags: {}", flags.names().join(", ")))
+        }
+        _ => None,
+    }
+}
+
+/// The columns of `hubble observe -o table` and `-o dict`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    pub source: String,
+    pub destination: String,
+    /// The observation point of a trace, `drop`, or `policy-verdict`.
+    pub kind: String,
+    pub verdict: &'static str,
+    /// TCP flags, the drop reason and who decided, the translated Service.
+    pub summary: String,
+}
+
+pub fn columns(f: &Flow) -> Columns {
+    let ports = f.l4.and_then(|l| l.ports());
+    let kind = match f.event {
+        EventKind::Drop => "drop".to_string(),
+        EventKind::PolicyVerdict => "policy-verdict".to_string(),
+        _ => f.observation.map_or("trace", point).to_string(),
+    };
+    let mut summary: Vec<String> = Vec::new();
+    if f.event == EventKind::Drop {
+        summary.push(f.drop_reason.map_or("unknown reason", |r| r.name()).to_string());
+    }
+    if f.event == EventKind::PolicyVerdict && f.verdict == Verdict::Audit && !f.policy.denied_by.is_empty() {
+        summary.push(format!("would be denied: {}", f.policy.denied_by.join(", ")));
+    } else if f.event == EventKind::Drop {
+        summary.extend(attribution(f));
+    }
+    if let Some(svc) = &f.destination_service {
+        summary.push(format!("service {}/{}", svc.namespace, svc.name));
+    }
+    summary.extend(tcp_flags(f));
+    let arrow_src = name(&f.source, f.source_ip, ports.map(|p| p.0));
+    let arrow_dst = name(&f.destination, f.destination_ip, ports.map(|p| p.1));
+    Columns {
+        source: arrow_src,
+        destination: arrow_dst,
+        kind,
+        verdict: verdict(f.verdict),
+        summary: summary.join("; "),
+    }
 }
 
 pub(crate) fn point(o: ObservationPoint) -> &'static str {
@@ -54,17 +124,10 @@ pub fn line(time: &str, f: &Flow) -> String {
     match f.event {
         EventKind::Drop => {
             s += &format!(" {} ({})", verdict(f.verdict), f.drop_reason.map_or("unknown reason", |r| r.name()));
-            if !f.policy.denied_by.is_empty() {
-                let by = f.policy.denied_by.join(", ");
-                // Attribution as users need it: the deny rule's policy, or the isolation.
-                s += &if f.drop_reason == Some(super::DropReason::PolicyDenied) {
-                    format!(
-                        " (default deny: {by} select{} this pod)",
-                        if f.policy.denied_by.len() == 1 { "s" } else { "" }
-                    )
-                } else {
-                    format!(" by {by}")
-                };
+            match attribution(f) {
+                Some(a) if f.drop_reason == Some(super::DropReason::PolicyDenied) => s += &format!(" ({a})"),
+                Some(a) => s += &format!(" {a}"),
+                None => {}
             }
         }
         EventKind::PolicyVerdict => {
@@ -80,11 +143,8 @@ pub fn line(time: &str, f: &Flow) -> String {
             s += &format!(" {}", verdict(f.verdict));
         }
     }
-    if let Some(super::L4::Tcp { flags, .. }) = f.l4 {
-        let names = flags.names();
-        if !names.is_empty() {
-            s += &format!(" (TCP Flags: {})", names.join(", "));
-        }
+    if let Some(t) = tcp_flags(f) {
+        s += &format!(" ({t})");
     }
     s
 }

@@ -266,3 +266,33 @@ fn a_drop_line_names_its_reason_and_policy() {
     let line = compact::line("t", &f);
     assert!(line.ends_with("DROPPED (POLICY_DENY) by default/no-ssh (TCP Flags: SYN)"), "{line}");
 }
+
+#[test]
+fn table_and_dict_columns_carry_what_the_compact_line_does() {
+    let mut f = flow(1, Verdict::Dropped);
+    f.policy.denied_by = vec!["default/deny-all".into()];
+    let c = compact::columns(&f);
+    assert_eq!(c.kind, "drop");
+    assert_eq!(c.verdict, "DROPPED");
+    assert_eq!(
+        c.summary,
+        "POLICY_DENIED; default deny: default/deny-all selects this pod; service default/web; TCP Flags: SYN"
+    );
+    assert!(!c.source.contains("ID:"), "no identity column in Hubble's table: {}", c.source);
+    let d = directory();
+    let o = enrich::Observed {
+        time_ns: 1,
+        proto: 6,
+        src: Ipv4Addr::new(10, 244, 1, 3),
+        sport: 40000,
+        dst: Ipv4Addr::new(10, 96, 0, 10),
+        dport: 80,
+        translated_to: Some((Ipv4Addr::new(10, 244, 2, 2), 8080)),
+        observation: ObservationPoint::ToStack,
+    };
+    let c = compact::columns(&d.trace(&o));
+    assert_eq!(
+        (c.source.as_str(), c.destination.as_str(), c.kind.as_str(), c.verdict, c.summary.as_str()),
+        ("default/client:40000", "default/web-b:8080", "to-stack", "FORWARDED", "service default/web; TCP Flags: SYN")
+    );
+}
