@@ -275,10 +275,53 @@ fn policy_drops_case(lab: &str, node2: &str, source: &str) {
     assert_eq!(v["flow"]["event_type"]["type"], 1, "drop event");
     assert_eq!(v["flow"]["event_type"]["sub_type"], 133);
     assert_eq!(v["flow"]["destination"]["pod_name"], "b");
+    assert_eq!(v["flow"]["ingress_denied_by"][0]["name"], "web-isolated", "{v}");
     // Counted where Prometheus reads it.
     let m = t.lab.exec_output("node-1", &["sluice-lab", "curl", "http://198.51.100.12:9965/metrics"]).expect("metrics");
     assert!(m.lines().any(|l| l.starts_with("hubble_drop_total{reason=\"POLICY_DENIED\",protocol=\"TCP\"")), "{m}");
-    // Removing the policy ends the drops: nothing is logged for allowed traffic.
+    if source == "NFLOG" {
+        // A policy that allows the client: each new flow it lets through is a policy verdict
+        // (type 5, FORWARDED) naming it. (eBPF reports drops and audits only.)
+        let allow = dir.path().join("allow.yaml");
+        std::fs::write(
+            &allow,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-pods, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: {}}], ports: [{port: 8080}]}]\n",
+        )
+        .expect("write");
+        t.lab.apply(&allow).expect("apply");
+        let json = eventually("an allowed policy verdict on node-2", Duration::from_secs(15), || {
+            t.curl("client", "http://10.244.2.2:8080/").ok().filter(|b| b == "b")?;
+            let argv = [
+                "sluice",
+                "observe",
+                "--type",
+                "policy-verdict",
+                "--verdict",
+                "FORWARDED",
+                "--last",
+                "1",
+                "-o",
+                "json",
+            ];
+            let out = t.lab.exec_output("node-2", &argv).ok()?;
+            (!out.trim().is_empty()).then_some(out)
+        });
+        let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
+        assert_eq!(v["flow"]["event_type"]["type"], 5, "{v}");
+        assert_eq!(v["flow"]["traffic_direction"], "INGRESS", "{v}");
+        assert!(v["flow"]["ingress_allowed_by"].to_string().contains("web-from-pods"), "{v}");
+        assert_eq!(v["flow"]["destination"]["pod_name"], "b");
+        let m =
+            t.lab.exec_output("node-1", &["sluice-lab", "curl", "http://198.51.100.12:9965/metrics"]).expect("metrics");
+        assert!(
+            m.lines().any(|l| l.starts_with("hubble_policy_verdicts_total{")
+                && l.contains("direction=\"ingress\"")
+                && l.contains("action=\"forwarded\"")),
+            "{m}"
+        );
+        t.lab.delete(&allow).expect("delete");
+    }
+    // Removing the policy ends the drops.
     t.lab.delete(&f).expect("delete");
     eventually("b answers again", Duration::from_secs(15), || {
         t.curl("client", "http://10.244.2.2:8080/").ok().filter(|b| b == "b")

@@ -112,19 +112,31 @@ fn service(s: &core::ServiceRef) -> pb::Service {
     pb::Service { name: s.name.clone(), namespace: s.namespace.clone() }
 }
 
+/// Policies as core names them (`PolicyName`'s display: `Kind ns/name`, `Kind name` for a
+/// cluster-wide one; a bare `ns/name` is a NetworkPolicy) in Hubble's fields.
 fn policies(names: &[String]) -> Vec<pb::Policy> {
-    names
-        .iter()
-        .map(|n| {
-            let (namespace, name) = n.split_once('/').unwrap_or(("", n));
-            pb::Policy {
-                name: name.into(),
-                namespace: namespace.into(),
-                kind: "NetworkPolicy".into(),
-                ..Default::default()
-            }
-        })
-        .collect()
+    names.iter().map(|n| policy(n)).collect()
+}
+
+fn policy(n: &str) -> pb::Policy {
+    let (kind, rest) = match n.split_once(' ') {
+        Some((k, rest)) if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphabetic()) => (k, rest),
+        // A bare `ns/name` is a NetworkPolicy; anything else (a note such as "(a policy rule
+        // changed since this packet)") is passed on as the name alone.
+        _ => (if n.contains('/') { "NetworkPolicy" } else { "" }, n),
+    };
+    let (namespace, name) = rest.split_once('/').unwrap_or(("", rest));
+    pb::Policy { name: name.into(), namespace: namespace.into(), kind: kind.into(), ..Default::default() }
+}
+
+/// The name core gives a policy back (the inverse of [`policy`] for what it produced).
+fn policy_name(p: &pb::Policy) -> String {
+    match (p.kind.as_str(), p.namespace.as_str()) {
+        ("", "") => p.name.clone(),
+        ("", ns) => format!("{ns}/{}", p.name),
+        (kind, "") => format!("{kind} {}", p.name),
+        (kind, ns) => format!("{kind} {ns}/{}", p.name),
+    }
 }
 
 pub fn flow(f: &core::Flow) -> pb::Flow {
@@ -221,8 +233,7 @@ pub fn flow_back(f: &pb::Flow) -> Option<core::Flow> {
     let event = f.event_type.as_ref().and_then(|e| EventKind::from_number(e.r#type)).unwrap_or(EventKind::Trace);
     let observation = ObservationPoint::from_number(f.trace_observation_point);
     let drop_reason = DropReason::from_number(f.drop_reason_desc);
-    let names =
-        |ps: &[pb::Policy]| -> Vec<String> { ps.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect() };
+    let names = |ps: &[pb::Policy]| -> Vec<String> { ps.iter().map(policy_name).collect() };
     Some(core::Flow {
         time_ns: f.time.as_ref().map_or(0, |t| t.seconds.max(0) as u64 * 1_000_000_000 + t.nanos.max(0) as u64),
         verdict: verdict(f.verdict).ok()?,
@@ -250,4 +261,34 @@ pub fn flow_back(f: &pb::Flow) -> Option<core::Flow> {
             denied_by: [names(&f.ingress_denied_by), names(&f.egress_denied_by)].concat(),
         },
     })
+}
+
+#[cfg(test)]
+mod policy_names {
+    use super::*;
+
+    #[test]
+    fn policy_names_become_hubbles_fields_and_come_back() {
+        let p = policy("NetworkPolicy default/web-isolated");
+        assert_eq!(
+            (p.kind.as_str(), p.namespace.as_str(), p.name.as_str()),
+            ("NetworkPolicy", "default", "web-isolated")
+        );
+        let c = policy("SluiceClusterwideNetworkPolicy no-egress");
+        assert_eq!(
+            (c.kind.as_str(), c.namespace.as_str(), c.name.as_str()),
+            ("SluiceClusterwideNetworkPolicy", "", "no-egress")
+        );
+        let bare = policy("team-a/deny-all");
+        assert_eq!((bare.kind.as_str(), bare.namespace.as_str()), ("NetworkPolicy", "team-a"));
+        let note = policy("(a policy rule changed since this packet)");
+        assert_eq!((note.kind.as_str(), note.name.as_str()), ("", "(a policy rule changed since this packet)"));
+        for n in [
+            "NetworkPolicy default/web-isolated",
+            "SluiceClusterwideNetworkPolicy no-egress",
+            "(a policy rule changed since this packet)",
+        ] {
+            assert_eq!(policy_name(&policy(n)), n);
+        }
+    }
 }

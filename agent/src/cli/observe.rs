@@ -266,6 +266,20 @@ pub fn json_line(r: &GetFlowsResponse) -> Value {
             if let Some(s) = &f.destination_service {
                 flow["destination_service"] = json!({"name": s.name, "namespace": s.namespace});
             }
+            // The policies that decided it, as Hubble prints them.
+            for (key, list) in [
+                ("ingress_allowed_by", &f.ingress_allowed_by),
+                ("egress_allowed_by", &f.egress_allowed_by),
+                ("ingress_denied_by", &f.ingress_denied_by),
+                ("egress_denied_by", &f.egress_denied_by),
+            ] {
+                if !list.is_empty() {
+                    flow[key] = list
+                        .iter()
+                        .map(|p| json!({"name": p.name, "namespace": p.namespace, "labels": p.labels, "kind": p.kind}))
+                        .collect();
+                }
+            }
             out["flow"] = flow;
         }
         Some(ResponseTypes::LostEvents(l)) => {

@@ -14,6 +14,8 @@ pub const GROUP: u16 = 4242;
 pub const PREFIX: &str = "sluice-drop:";
 /// The prefix of audit-mode policies' would-be drops (the packet passed).
 pub const AUDIT_PREFIX: &str = "sluice-audit:";
+/// The prefix of allow rules' verdicts on new flows.
+pub const ALLOW_PREFIX: &str = "sluice-allow:";
 
 /// `NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET` and `... | NFULNL_MSG_CONFIG`.
 const MSG_PACKET: u16 = 4 << 8;
@@ -160,7 +162,7 @@ pub fn drop_flows(
     use sluice_core::flow::drop::{DroppedPacket, policy_drop_flow};
     logged
         .iter()
-        .filter(|l| l.prefix.starts_with(PREFIX) || l.prefix.starts_with(AUDIT_PREFIX))
+        .filter(|l| [PREFIX, AUDIT_PREFIX, ALLOW_PREFIX].iter().any(|p| l.prefix.starts_with(p)))
         .map(|l| {
             let p = l.packet;
             let tag = tags.get(&l.prefix);
@@ -231,6 +233,18 @@ mod tests {
                     policies: vec!["x/deny-all".into()],
                     default_deny: true,
                     audit: false,
+                    allow: false,
+                },
+            ),
+            (
+                "sluice-allow:c".to_string(),
+                DropTag {
+                    pod: "x/b".into(),
+                    ingress: true,
+                    policies: vec!["x/web".into()],
+                    default_deny: false,
+                    audit: false,
+                    allow: true,
                 },
             ),
             (
@@ -241,17 +255,25 @@ mod tests {
                     policies: vec!["x/no-ssh".into()],
                     default_deny: false,
                     audit: false,
+                    allow: false,
                 },
             ),
         ]
         .into();
         let syn = tcp_syn([10, 244, 1, 3], [10, 244, 2, 2], 40000, 8080);
-        let logged: Vec<Logged> = ["sluice-drop:a", "sluice-drop:b", "sluice-drop:gone", "someone-else"]
-            .iter()
-            .map(|p| Logged { prefix: p.to_string(), packet: parse_ipv4(&syn).expect("ipv4") })
-            .collect();
-        let f = drop_flows(&logged, &tags, &dir, 7);
-        assert_eq!(f.len(), 3, "other programs' NFLOG prefixes are not sluice's drops");
+        let logged: Vec<Logged> =
+            ["sluice-drop:a", "sluice-drop:b", "sluice-drop:gone", "someone-else", "sluice-allow:c"]
+                .iter()
+                .map(|p| Logged { prefix: p.to_string(), packet: parse_ipv4(&syn).expect("ipv4") })
+                .collect();
+        let mut f = drop_flows(&logged, &tags, &dir, 7);
+        assert_eq!(f.len(), 4, "other programs' NFLOG prefixes are not sluice's drops");
+        // The allow rule's verdict: a policy verdict, FORWARDED, naming what allowed it.
+        let allowed = f.pop().expect("allow");
+        assert_eq!((allowed.verdict, allowed.event), (Verdict::Forwarded, EventKind::PolicyVerdict));
+        assert_eq!(allowed.policy.allowed_by, ["x/web"]);
+        assert!(allowed.policy.denied_by.is_empty() && allowed.drop_reason.is_none());
+        assert_eq!(allowed.direction, TrafficDirection::Ingress);
         assert!(f.iter().all(|f| f.verdict == Verdict::Dropped
             && f.event == EventKind::Drop
             && f.direction == TrafficDirection::Ingress));

@@ -100,7 +100,12 @@ fn direction_rules(
 ) -> Vec<String> {
     let mut out = Vec::new();
     // Log, then drop (or, auditing, return): the same match twice (NFLOG does not end the chain).
-    let mut drop = |out: &mut Vec<String>, matches: String, comment: String, rule: &str, tag: DropTag| {
+    let drop = |out: &mut Vec<String>,
+                tags: &mut Vec<(String, DropTag)>,
+                matches: String,
+                comment: String,
+                rule: &str,
+                tag: DropTag| {
         let prefix = drop_prefix(chain, rule, audit);
         if let Some(group) = view.log_drops {
             out.push(format!("{matches}-j NFLOG --nflog-group {group} --nflog-prefix {prefix}"));
@@ -130,12 +135,29 @@ fn direction_rules(
         let matches = format!("{peer}{}", proto_match(r.protocol, r.ports));
         match r.action {
             Action::Allow => {
+                // The policy verdict of a new flow (only new flows get here): logged while
+                // flows are recorded, as Hubble's allowed policy verdicts.
+                if let (Some(group), false) = (view.log_drops, audit) {
+                    let prefix = format!("{}{}", nflog::ALLOW_PREFIX, hex(&[chain, &i.to_string()], 12));
+                    out.push(format!("{matches}-j NFLOG --nflog-group {group} --nflog-prefix {prefix}"));
+                    let policies = r.policies.clone();
+                    tags.push((
+                        prefix,
+                        DropTag { pod: pod.into(), ingress, policies, default_deny: false, audit, allow: true },
+                    ));
+                }
                 out.push(format!("{matches}-m comment --comment \"sluice: {would}allow by {}\" -j RETURN", quote(&by)))
             }
             Action::Deny => {
-                let tag =
-                    DropTag { pod: pod.into(), ingress, policies: r.policies.clone(), default_deny: false, audit };
-                drop(&mut out, matches, format!("sluice: {would}deny by {}", quote(&by)), &i.to_string(), tag);
+                let tag = DropTag {
+                    pod: pod.into(),
+                    ingress,
+                    policies: r.policies.clone(),
+                    default_deny: false,
+                    audit,
+                    allow: false,
+                };
+                drop(&mut out, tags, matches, format!("sluice: {would}deny by {}", quote(&by)), &i.to_string(), tag);
             }
         }
     }
@@ -150,7 +172,7 @@ fn direction_rules(
         format!("selected by {}", tag.policies.join(", "))
     };
     let comment = format!("sluice: {would}default deny for {}: {}", quote(pod), quote(&why));
-    drop(&mut out, String::new(), comment, "default", tag);
+    drop(&mut out, tags, String::new(), comment, "default", tag);
     out
 }
 

@@ -188,6 +188,37 @@ fn logged_drops_carry_a_prefix_that_names_what_decided_them() {
     assert!(prefix(logs[0]).len() < 64, "NFLOG prefixes are at most 63 bytes");
 }
 
+/// While flows are recorded, an allow rule logs its verdict (new flows only reach it) right
+/// before it RETURNs, with a prefix that names the policies that allowed the flow.
+#[test]
+fn allow_rules_log_their_policy_verdict_while_flows_are_recorded() {
+    let d = DirectionPolicy {
+        enforced: true,
+        rules: vec![rule(Action::Allow, PeerMatch::Any, Some(Protocol::Tcp), Some((80, 80)))],
+        selected_by: vec![name()],
+        audited_by: vec![],
+    };
+    let mut v = view(d);
+    let (quiet, _) = render(&v);
+    assert!(
+        !quiet.chains["filter"].values().flat_map(|c| c.iter()).any(|l| l.contains("NFLOG")),
+        "no NFLOG unless asked"
+    );
+    v.log_drops = Some(crate::nflog::GROUP);
+    let (r, _) = render(&v);
+    let chain = r.chains["filter"].iter().find(|(n, _)| n.starts_with("SLUICE-POL-I-")).map(|(_, c)| c).expect("chain");
+    let at = chain.iter().position(|l| l.contains(crate::nflog::ALLOW_PREFIX)).expect("allow logged");
+    assert!(
+        chain[at].contains("--dport 80")
+            && chain[at + 1].contains("--dport 80")
+            && chain[at + 1].ends_with("-j RETURN")
+    );
+    let prefix = chain[at].split("--nflog-prefix ").nth(1).expect("prefix").trim().to_string();
+    assert!(prefix.len() < 64);
+    let tag = &drop_tags(&v)[&prefix];
+    assert!(tag.allow && !tag.default_deny && tag.ingress && tag.pod == "x/b" && !tag.policies.is_empty(), "{tag:?}");
+}
+
 /// Audit: a chain after the enforced one (while drops are logged), whose would-be drops are
 /// logged with the audit prefix and RETURN; nothing in it drops.
 #[test]

@@ -22,6 +22,8 @@ pub struct DropTag {
     pub default_deny: bool,
     /// An audit-mode policy's would-be drop: the packet passed.
     pub audit: bool,
+    /// An allow rule's verdict (a new flow it let through), not a drop: `policies` allowed it.
+    pub allow: bool,
 }
 
 impl DropTag {
@@ -34,6 +36,7 @@ impl DropTag {
             policies: d.selected_by.iter().map(|p| p.to_string()).collect(),
             default_deny: true,
             audit: false,
+            allow: false,
         }
     }
 }
@@ -78,6 +81,7 @@ pub fn tags_by_rule(view: &PolicyView) -> HashMap<TagKey, RuleTags> {
                             policies: r.policies,
                             default_deny: false,
                             audit,
+                            allow: false,
                         })
                     })
                     .collect();
@@ -108,7 +112,8 @@ pub struct DroppedPacket {
 }
 
 /// The flow of a dropped packet `p`: verdict DROPPED, event type drop with the reason as
-/// sub-type, the direction, and the policies (`tag`). `audit`: the datapath reported an audit
+/// sub-type, the direction, and the policies (`tag`). A tag of an allow rule makes it the
+/// policy verdict of the new flow that rule let through (FORWARDED, `allowed_by`). `audit`: the datapath reported an audit
 /// list's would-be drop (the packet passed): a policy verdict AUDIT instead, `denied_by` naming
 /// what would have dropped it. Without a tag (the rule changed before the report was read) the
 /// flow says so rather than guessing.
@@ -136,6 +141,14 @@ pub fn policy_drop_flow(
     f.direction = if ingress { TrafficDirection::Ingress } else { TrafficDirection::Egress };
     if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {
         *flags = TcpFlags::from_byte(p.tcp_flags);
+    }
+    if let Some(t) = tag.filter(|t| t.allow) {
+        // A policy verdict for a new flow an allow rule let through (Hubble's type 5,
+        // FORWARDED, with the policies in `*_allowed_by`).
+        f.verdict = Verdict::Forwarded;
+        f.event = EventKind::PolicyVerdict;
+        f.policy.allowed_by = t.policies.clone();
+        return f;
     }
     if audit {
         f.verdict = Verdict::Audit;
