@@ -182,6 +182,11 @@ pub struct FlowsConfig {
     pub socket_path: Option<PathBuf>,
     /// TCP address for Hubble's relay and CLI, e.g. `0.0.0.0:4244`. Nothing listens unless set.
     pub listen_address: Option<std::net::SocketAddr>,
+    /// A policy verdict (FORWARDED, with the allowing policies) for every new flow an allow rule
+    /// admits on iptables-enforced pods. Off by default: one NFLOG message per new connection
+    /// cost the policy benchmark 0.77x of its rate at ~20k connections/s on 2 cores. Drops and
+    /// audits are always reported. Changeable at runtime.
+    pub allowed_verdicts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,7 +215,7 @@ impl Default for MetricsConfig {
 
 impl Default for FlowsConfig {
     fn default() -> Self {
-        FlowsConfig { enabled: true, ring_size: 4095, socket_path: None, listen_address: None }
+        FlowsConfig { enabled: true, ring_size: 4095, socket_path: None, listen_address: None, allowed_verdicts: false }
     }
 }
 

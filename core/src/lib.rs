@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod model;
 pub mod plan;
 pub mod policy;
+pub mod programmed;
 pub mod registry;
 pub mod routes;
 pub mod service;

@@ -214,7 +214,7 @@ fn the_relay_serves_the_whole_cluster_and_names_a_node_that_is_gone() {
 /// counted in `hubble_drop_total` too.
 #[test]
 fn policy_drops_are_flows_attributed_to_the_policy() {
-    policy_drops_case("t-drops", "dataplane: iptables\n", "NFLOG");
+    policy_drops_case("t-drops", "dataplane: iptables\nflows: {allowed_verdicts: true}\n", "NFLOG");
 }
 
 /// The same on a node where eBPF enforces policy (auto: eBPF takes Services and policy, the

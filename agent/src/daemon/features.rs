@@ -44,6 +44,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
     same.probes = old.probes.clone();
     same.policy_enforcement = old.policy_enforcement;
     same.flows.enabled = old.flows.enabled;
+    same.flows.allowed_verdicts = old.flows.allowed_verdicts;
     if &same == old {
         return Ok(());
     }
@@ -57,7 +58,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
         .map(|(k, _)| k.clone())
         .collect();
     Err(format!(
-        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, dataplane_features, probes, policy_enforcement and flows.enabled can",
+        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, dataplane_features, probes, policy_enforcement, flows.enabled and flows.allowed_verdicts can",
         keys.join(", ")
     ))
 }

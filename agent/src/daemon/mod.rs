@@ -136,6 +136,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             &plumbing.local_endpoints,
             &plumbing.ctx,
             flows.log_drops(),
+            planner.config.flows.allowed_verdicts,
         );
         let t_policy = t_pass.elapsed();
         let desired = Desired {

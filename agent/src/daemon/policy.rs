@@ -122,9 +122,11 @@ impl PolicyCache {
         local: &[LocalEndpoint],
         ctx: &NodeContext,
         log_drops: Option<u16>,
+        log_allows: bool,
     ) -> &PolicyView {
+        let log_allows = log_allows && log_drops.is_some();
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (generation, enforcement, &ctx.name, &ctx.ips, ctx.cluster_cidr, log_drops).hash(&mut h);
+        (generation, enforcement, &ctx.name, &ctx.ips, ctx.cluster_cidr, log_drops, log_allows).hash(&mut h);
         for e in local {
             (&e.ip, &e.host_interface).hash(&mut h);
         }
@@ -164,7 +166,14 @@ impl PolicyCache {
             };
             eps.push(EndpointRules { ip: l.ip, interface: l.host_interface.clone(), pod, policy: compiled });
         }
-        self.view = PolicyView { generation: key, enforcement, endpoints: eps, ipcache: cx.ipcache.clone(), log_drops };
+        self.view = PolicyView {
+            generation: key,
+            enforcement,
+            endpoints: eps,
+            ipcache: cx.ipcache.clone(),
+            log_drops,
+            log_allows,
+        };
         self.ctx = ctx.clone();
         self.identities = cx.identities.labels.len();
         drop(cx);

@@ -419,6 +419,7 @@ mod tests {
             endpoints: vec![ep("a", [10, 244, 1, 2], true), ep("b", [10, 244, 1, 3], false)],
             ipcache: [(Ipv4Addr::new(10, 244, 2, 2), Identity(400))].into(),
             log_drops: None,
+            log_allows: false,
         }
     }
 

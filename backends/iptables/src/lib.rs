@@ -26,6 +26,7 @@ pub mod node;
 pub mod policy;
 mod policy_sync;
 pub mod probe;
+pub mod programmed;
 pub mod restore;
 pub mod routes;
 pub mod ruleset;

@@ -136,8 +136,8 @@ fn direction_rules(
         match r.action {
             Action::Allow => {
                 // The policy verdict of a new flow (only new flows get here): logged while
-                // flows are recorded, as Hubble's allowed policy verdicts.
-                if let (Some(group), false) = (view.log_drops, audit) {
+                // flows are recorded and `flows.allowed_verdicts` asks for them.
+                if let (Some(group), true, false) = (view.log_drops, view.log_allows, audit) {
                     let prefix = format!("{}{}", nflog::ALLOW_PREFIX, hex(&[chain, &i.to_string()], 12));
                     out.push(format!("{matches}-j NFLOG --nflog-group {group} --nflog-prefix {prefix}"));
                     let policies = r.policies.clone();

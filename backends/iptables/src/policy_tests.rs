@@ -29,6 +29,7 @@ fn view(ingress: DirectionPolicy) -> PolicyView {
         }],
         ipcache: [(Ipv4Addr::new(10, 244, 2, 7), Identity(400)), (Ipv4Addr::new(10, 244, 2, 8), Identity(401))].into(),
         log_drops: None,
+        log_allows: false,
     }
 }
 
@@ -205,6 +206,12 @@ fn allow_rules_log_their_policy_verdict_while_flows_are_recorded() {
         "no NFLOG unless asked"
     );
     v.log_drops = Some(crate::nflog::GROUP);
+    let (drops_only, _) = render(&v);
+    let logged = |r: &Ruleset| {
+        r.chains["filter"].values().flat_map(|c| c.iter()).any(|l| l.contains(crate::nflog::ALLOW_PREFIX))
+    };
+    assert!(!logged(&drops_only), "allowed verdicts only when asked for");
+    v.log_allows = true;
     let (r, _) = render(&v);
     let chain = r.chains["filter"].iter().find(|(n, _)| n.starts_with("SLUICE-POL-I-")).map(|(_, c)| c).expect("chain");
     let at = chain.iter().position(|l| l.contains(crate::nflog::ALLOW_PREFIX)).expect("allow logged");

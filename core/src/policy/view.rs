@@ -30,4 +30,7 @@ pub struct PolicyView {
     /// The NFLOG group drops are logged to while the agent records flows (backends that log
     /// drops through netfilter; `None`: not logged).
     pub log_drops: Option<u16>,
+    /// Also log allow rules' verdicts on new flows there (`flows.allowed_verdicts`; only with
+    /// `log_drops`).
+    pub log_allows: bool,
 }
