@@ -35,6 +35,8 @@ pub struct ProgrammedRow {
     pub service_port: String,
     /// The backend whose kernel objects were read.
     pub backend: String,
+    /// `"verdict": "programmed" | "differs" | "missing"` (differs with `wanted` and `kernel`).
+    #[serde(flatten)]
     pub verdict: ProgrammedVerdict,
 }
 
@@ -194,6 +196,19 @@ mod tests {
             "another node's address does not count"
         );
         assert_eq!(v[2], ("203.0.113.10:80/TCP", "iptables", &ProgrammedVerdict::Missing));
+    }
+
+    #[test]
+    fn a_row_is_flat_in_json() {
+        let row = ProgrammedRow {
+            frontend: "*:30080/TCP".into(),
+            service_port: "default/web:http".into(),
+            backend: "ebpf".into(),
+            verdict: ProgrammedVerdict::Differs { wanted: vec!["a".into()], kernel: vec![] },
+        };
+        let v = serde_json::to_value(&row).expect("json");
+        assert_eq!(v["verdict"], "differs");
+        assert_eq!(v["wanted"], serde_json::json!(["a"]));
     }
 
     #[test]

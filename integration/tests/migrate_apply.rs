@@ -132,6 +132,11 @@ fn rehearse(lab: &str, dataplane: &str, layout: Layout) {
     assert_eq!(out["verify"]["passed"], true, "{out:#}");
     assert_eq!(out["verify"]["kube_proxy_sources"], serde_json::json!([]), "{out:#}");
     let table = if nftables { "ip kube-proxy" } else { "nat" };
+    // The kernel holds what the agent wants: the ClusterIP and the NodePort, read back from
+    // sluice's nat rules or eBPF's maps.
+    let programmed = out["verify"]["programmed"]["rows"].as_array().expect("programmed rows");
+    assert_eq!(programmed.len(), 2, "{out:#}");
+    assert!(programmed.iter().all(|r| r["verdict"] == "programmed" && r["backend"] == dataplane), "{out:#}");
     // The manifest source has no Node object: apply says so instead of labelling.
     assert!(out["node_label"].as_str().is_some_and(|l| l.contains("manifest source")), "{out:#}");
     let removed =

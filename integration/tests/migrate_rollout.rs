@@ -148,6 +148,10 @@ fn a_mixed_cluster_is_rolled_off_kube_proxy_node_by_node_under_load() {
             .collect();
         let neighbour = if i < 2 { NODES[i + 1].0 } else { NODES[1].0 };
         assert_eq!(steps, [("plan", NODES[i].0), ("apply", NODES[i].0), ("verify", neighbour)], "{n:#}");
+        // The kernel of each node translates the ClusterIP and the NodePort as wanted.
+        let programmed = n["steps"][1]["report"]["verify"]["programmed"]["rows"].as_array().expect("rows");
+        assert_eq!(programmed.len(), 2, "{n:#}");
+        assert!(programmed.iter().all(|r| r["verdict"] == "programmed"), "{n:#}");
         // Each apply verified the node's NodePort on every node's address.
         let probes = n["steps"][1]["report"]["verify"]["probes"].as_array().expect("probes");
         assert_eq!(

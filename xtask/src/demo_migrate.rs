@@ -4,7 +4,8 @@
 //! know. `sluice migrate plan` compares
 //! them with what sluice programs there; `apply` refuses while a frontend only kube-proxy serves
 //! would go dark; once that stale rule is gone, `apply` takes the node off kube-proxy,
-//! `rollback` gives it back from the snapshot, and `apply` takes it again.
+//! `rollback` gives it back from the snapshot, and the rollout command (`apply --nodes`) takes
+//! it again, verified from node-1.
 
 use anyhow::bail;
 
@@ -61,7 +62,28 @@ pub fn migration() -> anyhow::Result<()> {
         bail!("sluice migrate apply did not finish (got {applied:?})");
     }
     step("give node-2 back to kube-proxy", &["exec", "node-2", "--", "sluice", "migrate", "rollback"])?;
-    step("and take it again", &["exec", "node-2", "--", "sluice", "migrate", "apply"])?;
+    // The cluster rollout command, driven from node-1: plan, apply and verify on node-2, then
+    // node-2's NodePort probed from node-1.
+    let rolled = step(
+        "and take it again with the rollout command (from node-1; each node reached through the lab)",
+        &[
+            "exec",
+            "node-1",
+            "--",
+            "sluice",
+            "migrate",
+            "apply",
+            "--nodes",
+            "node-2",
+            "--via",
+            "sluice-lab exec {node} --",
+            "--verify-from",
+            "node-1",
+        ],
+    )?;
+    if !rolled.contains("every node migrated and verified") {
+        bail!("sluice migrate apply --nodes did not finish (got {rolled:?})");
+    }
     Ok(())
 }
 

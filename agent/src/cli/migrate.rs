@@ -209,7 +209,11 @@ pub struct Verification {
     pub plan: MigratePlan,
     pub probes: Vec<Probe>,
     pub conntrack: ConntrackCounts,
-    /// No blocker, no difference, every probed frontend answered.
+    /// Every frontend a sluice backend serves here, checked in that backend's kernel objects
+    /// (its nat rules, or its service maps).
+    pub programmed: super::migrate_programmed::Programmed,
+    /// No blocker, no difference, every probed frontend answered, every frontend sluice serves
+    /// programmed in the kernel as wanted.
     pub passed: bool,
 }
 
@@ -262,9 +266,13 @@ pub(crate) fn verify_report(socket: &Path) -> anyhow::Result<Verification> {
     let (plan, ours) = build_with_ours(socket)?;
     let probes: Vec<Probe> = ours.frontends.iter().flat_map(|f| probe(f, &ours)).collect();
     let differs = plan.rows.iter().filter(|r| matches!(r.verdict, Verdict::Differs { .. })).count();
-    let passed = plan.blockers.is_empty() && differs == 0 && probes.iter().all(|p| p.ok != Some(false));
+    let programmed = super::migrate_programmed::read(socket, &ours)?;
+    let passed = plan.blockers.is_empty()
+        && differs == 0
+        && probes.iter().all(|p| p.ok != Some(false))
+        && programmed.wrong() == 0;
     let conntrack = conntrack_counts(&ours);
-    Ok(Verification { plan, probes, conntrack, passed })
+    Ok(Verification { plan, probes, conntrack, programmed, passed })
 }
 
 pub(crate) fn print_verification(v: &Verification) {
@@ -276,6 +284,25 @@ pub(crate) fn print_verification(v: &Verification) {
         t.add_row([p.frontend.clone(), p.service_port.clone(), p.result.clone()]);
     }
     println!("{t}");
+    let mut k = Table::new();
+    k.load_preset(UTF8_FULL_CONDENSED);
+    k.set_header(["FRONTEND", "SERVICE PORT", "BACKEND", "IN THE KERNEL"]);
+    for r in &v.programmed.rows {
+        let what = match &r.verdict {
+            sluice_core::programmed::ProgrammedVerdict::Programmed => "programmed as wanted".to_string(),
+            sluice_core::programmed::ProgrammedVerdict::Missing => "MISSING".to_string(),
+            sluice_core::programmed::ProgrammedVerdict::Differs { wanted, kernel } => {
+                format!("DIFFERS: wanted {} / kernel {}", wanted.join(", "), kernel.join(", "))
+            }
+        };
+        k.add_row([r.frontend.clone(), r.service_port.clone(), r.backend.clone(), what]);
+    }
+    if !v.programmed.rows.is_empty() {
+        println!("{k}");
+    }
+    for e in &v.programmed.errors {
+        println!("Kernel read: {e}");
+    }
     let failed = v.probes.iter().filter(|p| p.ok == Some(false)).count();
     let differs = v.plan.rows.iter().filter(|r| matches!(r.verdict, Verdict::Differs { .. })).count();
     match &v.conntrack.error {
@@ -286,10 +313,12 @@ pub(crate) fn print_verification(v: &Verification) {
         ),
     }
     println!(
-        "Verify: {} ({} probed, {failed} failed; {differs} difference(s); {} blocker(s))",
+        "Verify: {} ({} probed, {failed} failed; {differs} difference(s); {} blocker(s); {} of {} frontend(s) not programmed as wanted)",
         if v.passed { "passed" } else { "FAILED" },
         v.probes.iter().filter(|p| p.ok.is_some()).count(),
-        v.plan.blockers.len()
+        v.plan.blockers.len(),
+        v.programmed.wrong(),
+        v.programmed.rows.len()
     );
 }
 

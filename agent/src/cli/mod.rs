@@ -5,6 +5,7 @@ pub mod bpf;
 pub mod cleanup;
 pub mod migrate;
 pub mod migrate_apply;
+pub mod migrate_programmed;
 pub mod migrate_rollout;
 pub mod observe;
 pub mod observe_print;

@@ -639,4 +639,25 @@ impl Datapath {
     pub fn entries(&self) -> &Entries {
         &self.written
     }
+
+    /// The frontends and backend slots the kernel's service maps hold now, read back (not what
+    /// this process meant to write): what `sluice bpf lb list` and `migrate verify` show.
+    pub fn kernel_entries(&self) -> Result<Entries, DatapathError> {
+        let svc_map = self.bpf.map("sluice_svc").ok_or(missing("sluice_svc"))?;
+        let svc: HashMap<&aya::maps::MapData, SvcKey, SvcVal> =
+            HashMap::try_from(svc_map).map_err(map_err("sluice_svc"))?;
+        let be_map = self.bpf.map("sluice_backends").ok_or(missing("sluice_backends"))?;
+        let be: HashMap<&aya::maps::MapData, BackendKey, BackendVal> =
+            HashMap::try_from(be_map).map_err(map_err("sluice_backends"))?;
+        let mut out = Entries::default();
+        for r in svc.iter() {
+            let (k, v) = r.map_err(map_err("sluice_svc"))?;
+            out.services.insert(k, v);
+        }
+        for r in be.iter() {
+            let (k, v) = r.map_err(map_err("sluice_backends"))?;
+            out.backends.insert(k, v);
+        }
+        Ok(out)
+    }
 }

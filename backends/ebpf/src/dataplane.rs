@@ -319,8 +319,16 @@ impl Dataplane for EbpfDataplane {
         }
     }
 
+    /// Read back from the kernel's maps; what this process wrote if they cannot be read.
     fn lb_rows(&self) -> Vec<LbRow> {
-        self.dp.as_ref().map(|dp| crate::lb_list::rows(dp.entries())).unwrap_or_default()
+        let Some(dp) = self.dp.as_ref() else { return Vec::new() };
+        match dp.kernel_entries() {
+            Ok(e) => crate::lb_list::rows(&e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the service maps could not be read back; listing what was written");
+                crate::lb_list::rows(dp.entries())
+            }
+        }
     }
 
     /// The maps whose entries this process writes (conntrack, NAT and affinity are LRU maps the
