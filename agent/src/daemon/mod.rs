@@ -135,8 +135,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             &cur.state,
             &plumbing.local_endpoints,
             &plumbing.ctx,
-            flows.log_drops(),
-            planner.config.flows.allowed_verdicts,
+            policy::Logging { drops: flows.log_drops(), allows: planner.config.flows.allowed_verdicts },
         );
         let t_policy = t_pass.elapsed();
         let desired = Desired {

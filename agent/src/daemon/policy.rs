@@ -113,6 +113,15 @@ pub struct PolicyCache {
     pub numbered: Option<Identities>,
 }
 
+/// What the netfilter policy rules log while flows are recorded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Logging {
+    /// The NFLOG group drops go to (`None`: not recorded).
+    pub drops: Option<u16>,
+    /// Allowed verdicts too (`flows.allowed_verdicts`).
+    pub allows: bool,
+}
+
 impl PolicyCache {
     pub fn update(
         &mut self,
@@ -121,10 +130,10 @@ impl PolicyCache {
         state: &ClusterState,
         local: &[LocalEndpoint],
         ctx: &NodeContext,
-        log_drops: Option<u16>,
-        log_allows: bool,
+        log: Logging,
     ) -> &PolicyView {
-        let log_allows = log_allows && log_drops.is_some();
+        let log_drops = log.drops;
+        let log_allows = log.allows && log_drops.is_some();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (generation, enforcement, &ctx.name, &ctx.ips, ctx.cluster_cidr, log_drops, log_allows).hash(&mut h);
         for e in local {
