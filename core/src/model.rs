@@ -32,6 +32,10 @@ pub struct PodInfo {
     /// Named containerPorts (network policy resolves named ports against them).
     #[serde(default)]
     pub ports: Vec<crate::policy::NamedPort>,
+    /// The workload that owns the pod (a ReplicaSet's Deployment, a StatefulSet, ...), as
+    /// Hubble names it on flows; `None` for a bare pod.
+    #[serde(default)]
+    pub workload: Option<crate::flow::Workload>,
 }
 
 /// A pod interface on *this* node, as wired by the CNI plugin.

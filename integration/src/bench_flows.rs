@@ -186,6 +186,7 @@ pub fn pipeline(events: usize) -> Pipeline {
             labels: [("app".to_string(), format!("app-{}", i % 20))].into_iter().collect(),
             ready: true,
             ports: Vec::new(),
+            workload: None,
         })
         .collect();
     let services = crate::bench_services::services(50, Ipv4Addr::new(10, 244, 0, 2));

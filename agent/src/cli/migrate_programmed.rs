@@ -35,12 +35,7 @@ fn iptables_held(errors: &mut Vec<String>) -> Vec<HeldFrontend> {
     let mut out = Vec::new();
     for variant in [Variant::Nft, Variant::Legacy] {
         match (Iptables { variant }).save("nat") {
-            Ok(dump) => out.extend(sluice_iptables::programmed::frontends(&dump).into_iter().map(|f| HeldFrontend {
-                ip: f.ip.map(IpAddr::from),
-                port: f.port,
-                protocol: f.protocol,
-                endpoints: f.endpoints.into_iter().map(|(ip, p)| (IpAddr::from(ip), p)).collect(),
-            })),
+            Ok(dump) => out.extend(sluice_iptables::programmed::frontends(&dump)),
             Err(IptablesError::Spawn { .. }) => {} // this variant is not installed
             Err(e) => errors.push(format!("reading sluice's nat rules ({}): {e}", variant.as_str())),
         }

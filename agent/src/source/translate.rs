@@ -232,7 +232,23 @@ fn pod(p: &Pod) -> PodInfo {
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ready,
         ports: named_ports(p),
+        workload: workload(p),
     }
+}
+
+/// The pod's workload as Hubble names it: its controller, and for a ReplicaSet whose name is a
+/// Deployment's plus the pod's `pod-template-hash`, that Deployment (the Deployment object
+/// itself is not watched; the naming is the Deployment controller's contract).
+fn workload(p: &Pod) -> Option<sluice_core::flow::Workload> {
+    let owner = p.metadata.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))?;
+    if owner.kind == "ReplicaSet"
+        && let Some(hash) = p.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash"))
+        && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}"))
+        && !deployment.is_empty()
+    {
+        return Some(sluice_core::flow::Workload { name: deployment.into(), kind: "Deployment".into() });
+    }
+    Some(sluice_core::flow::Workload { name: owner.name.clone(), kind: owner.kind.clone() })
 }
 
 /// The pod's named containerPorts (validation already checked names and numbers).

@@ -56,6 +56,53 @@ fn nodes_and_pods() {
     assert!(!st.pods[1].ready);
 }
 
+/// Owners as the controllers set them: a Deployment's pod is owned by its ReplicaSet (named
+/// Deployment + `-` + pod-template-hash), a StatefulSet's directly; a bare pod has none.
+#[test]
+fn pods_carry_their_workload_as_hubble_names_it() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-7d9f8c6b5-x2x4z
+  namespace: default
+  labels: {app: web, pod-template-hash: 7d9f8c6b5}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d9f8c6b5, uid: "1", controller: true}]
+spec: {nodeName: node-1, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: db-0
+  namespace: default
+  ownerReferences:
+  - {apiVersion: v1, kind: Node, name: node-1, uid: "2"}
+  - {apiVersion: apps/v1, kind: StatefulSet, name: db, uid: "3", controller: true}
+spec: {nodeName: node-1, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lone, namespace: default}
+spec: {nodeName: node-1, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.4}
+"#;
+    let st = translate(&objects(yaml));
+    let w = |name: &str| {
+        st.pods
+            .iter()
+            .find(|p| p.name == name)
+            .expect("pod")
+            .workload
+            .as_ref()
+            .map(|w| (w.kind.clone(), w.name.clone()))
+    };
+    assert_eq!(w("web-7d9f8c6b5-x2x4z"), Some(("Deployment".into(), "web".into())));
+    assert_eq!(w("db-0"), Some(("StatefulSet".into(), "db".into())), "the controller, not the first owner");
+    assert_eq!(w("lone"), None);
+}
+
 #[test]
 fn service_frontends_and_selector_backends() {
     let st = translate(&objects(CLUSTER));

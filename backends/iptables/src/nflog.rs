@@ -222,6 +222,7 @@ mod tests {
             labels: Default::default(),
             ready: true,
             ports: Vec::new(),
+            workload: None,
         }];
         let dir = sluice_core::flow::enrich::Directory::new("n1", &pods, &[], |_| Some(300), &[]);
         let tags = [

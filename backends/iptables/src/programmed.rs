@@ -11,21 +11,12 @@
 //! cluster-wide and its local endpoints).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use sluice_core::Protocol;
+use sluice_core::programmed::HeldFrontend;
 
 use crate::save::TableDump;
-
-/// One frontend as the kernel's nat table translates it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelFrontend {
-    /// `None`: a NodePort (every node address).
-    pub ip: Option<Ipv4Addr>,
-    pub port: u16,
-    pub protocol: Protocol,
-    pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
-}
 
 /// The value after `flag` in a rule (`-d 10.0.0.1/32` -> `10.0.0.1/32`).
 fn arg<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
@@ -47,8 +38,8 @@ fn protocol(rule: &str) -> Option<Protocol> {
     }
 }
 
-/// Every frontend sluice's nat rules translate.
-pub fn frontends(nat: &TableDump) -> Vec<KernelFrontend> {
+/// Every frontend sluice's nat rules translate (`ip` `None`: a NodePort, every local address).
+pub fn frontends(nat: &TableDump) -> Vec<HeldFrontend> {
     let mut chains: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for r in &nat.rules {
         if let Some((chain, rest)) = r.split_once(' ')
@@ -73,14 +64,14 @@ pub fn frontends(nat: &TableDump) -> Vec<KernelFrontend> {
             let ip = if nodeports {
                 None
             } else {
-                match arg(rule, "-d").and_then(|d| d.strip_suffix("/32")).and_then(|a| a.parse().ok()) {
-                    Some(ip) => Some(ip),
+                match arg(rule, "-d").and_then(|d| d.strip_suffix("/32")).and_then(|a| a.parse::<Ipv4Addr>().ok()) {
+                    Some(ip) => Some(IpAddr::from(ip)),
                     None => continue,
                 }
             };
             let mut endpoints = BTreeSet::new();
             reach(&chains, target, &mut endpoints, &mut BTreeSet::new());
-            out.push(KernelFrontend { ip, port, protocol: p, endpoints });
+            out.push(HeldFrontend { ip, port, protocol: p, endpoints });
         }
     }
     out.sort_by_key(|f| (f.ip, f.port, f.protocol));
@@ -91,7 +82,7 @@ pub fn frontends(nat: &TableDump) -> Vec<KernelFrontend> {
 fn reach<'a>(
     chains: &BTreeMap<&'a str, Vec<&'a str>>,
     chain: &'a str,
-    out: &mut BTreeSet<(Ipv4Addr, u16)>,
+    out: &mut BTreeSet<(IpAddr, u16)>,
     seen: &mut BTreeSet<&'a str>,
 ) {
     if !seen.insert(chain) {
@@ -101,9 +92,9 @@ fn reach<'a>(
         match arg(rule, "-j") {
             Some("DNAT") => {
                 if let Some((ip, port)) = arg(rule, "--to-destination").and_then(|d| d.split_once(':'))
-                    && let (Ok(ip), Ok(port)) = (ip.parse(), port.parse())
+                    && let (Ok(ip), Ok(port)) = (ip.parse::<Ipv4Addr>(), port.parse())
                 {
-                    out.insert((ip, port));
+                    out.insert((IpAddr::from(ip), port));
                 }
             }
             Some(next) if chains.contains_key(next) => reach(chains, next, out, seen),
@@ -160,9 +151,10 @@ mod tests {
                 .collect(),
         };
         let got = frontends(&dump);
-        let eps = |a: [u8; 4], b: [u8; 4]| -> BTreeSet<(Ipv4Addr, u16)> { [(a.into(), 8080), (b.into(), 8080)].into() };
+        let v4 = |a: [u8; 4]| IpAddr::from(Ipv4Addr::from(a));
+        let eps = |a: [u8; 4], b: [u8; 4]| -> BTreeSet<(IpAddr, u16)> { [(v4(a), 8080), (v4(b), 8080)].into() };
         let find = |ip: Option<[u8; 4]>, port| {
-            got.iter().find(|f| f.ip == ip.map(Ipv4Addr::from) && f.port == port).map(|f| f.endpoints.clone())
+            got.iter().find(|f| f.ip == ip.map(v4) && f.port == port).map(|f| f.endpoints.clone())
         };
         let web_eps = eps([10, 244, 1, 2], [10, 244, 2, 2]);
         assert_eq!(find(Some([10, 96, 0, 10]), 80), Some(web_eps.clone()), "{got:#?}");
@@ -194,7 +186,7 @@ mod tests {
         };
         let got = frontends(&dump);
         assert_eq!(got.len(), 1, "{got:#?}");
-        assert_eq!(got[0].ip, Some(Ipv4Addr::new(10, 96, 0, 11)));
-        assert_eq!(got[0].endpoints, [(Ipv4Addr::new(10, 244, 1, 9), 8080)].into());
+        assert_eq!(got[0].ip, Some(Ipv4Addr::new(10, 96, 0, 11).into()));
+        assert_eq!(got[0].endpoints, [(Ipv4Addr::new(10, 244, 1, 9).into(), 8080)].into());
     }
 }

@@ -68,7 +68,7 @@ impl Directory {
                 namespace: p.namespace.clone(),
                 pod_name: p.name.clone(),
                 labels,
-                workload: None,
+                workload: p.workload.clone(),
             };
             d.pods.insert(ip, (ep, p.node.as_deref() == Some(node_name)));
         }

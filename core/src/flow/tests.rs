@@ -174,6 +174,7 @@ fn pod(ns: &str, name: &str, ip: &str, node: &str, app: &str) -> crate::model::P
         labels: [("app".to_string(), app.to_string())].into(),
         ready: true,
         ports: Vec::new(),
+        workload: None,
     }
 }
 
@@ -191,10 +192,9 @@ fn directory() -> enrich::Directory {
     enrich::Directory::new("node-1", &pods, &[svc], identity, &nodes)
 }
 
-#[test]
-fn an_observed_service_connection_gets_pods_identities_the_service_and_a_direction() {
-    let d = directory();
-    let o = enrich::Observed {
+/// The client's SYN to the `web` ClusterIP, translated to web-b, as a trace sees it.
+fn client_to_web() -> enrich::Observed {
+    enrich::Observed {
         time_ns: 5,
         proto: 6,
         src: Ipv4Addr::new(10, 244, 1, 3),
@@ -203,8 +203,13 @@ fn an_observed_service_connection_gets_pods_identities_the_service_and_a_directi
         dport: 80,
         translated_to: Some((Ipv4Addr::new(10, 244, 2, 2), 8080)),
         observation: ObservationPoint::ToStack,
-    };
-    let f = d.trace(&o);
+    }
+}
+
+#[test]
+fn an_observed_service_connection_gets_pods_identities_the_service_and_a_direction() {
+    let d = directory();
+    let f = d.trace(&client_to_web());
     assert_eq!(
         (f.source.namespace.as_str(), f.source.pod_name.as_str(), f.source.identity),
         ("default", "client", 1001)
@@ -279,20 +284,18 @@ fn table_and_dict_columns_carry_what_the_compact_line_does() {
         "POLICY_DENIED; default deny: default/deny-all selects this pod; service default/web; TCP Flags: SYN"
     );
     assert!(!c.source.contains("ID:"), "no identity column in Hubble's table: {}", c.source);
-    let d = directory();
-    let o = enrich::Observed {
-        time_ns: 1,
-        proto: 6,
-        src: Ipv4Addr::new(10, 244, 1, 3),
-        sport: 40000,
-        dst: Ipv4Addr::new(10, 96, 0, 10),
-        dport: 80,
-        translated_to: Some((Ipv4Addr::new(10, 244, 2, 2), 8080)),
-        observation: ObservationPoint::ToStack,
-    };
-    let c = compact::columns(&d.trace(&o));
+    let c = compact::columns(&directory().trace(&client_to_web()));
     assert_eq!(
         (c.source.as_str(), c.destination.as_str(), c.kind.as_str(), c.verdict, c.summary.as_str()),
         ("default/client:40000", "default/web-b:8080", "to-stack", "FORWARDED", "service default/web; TCP Flags: SYN")
     );
+}
+
+#[test]
+fn a_pods_workload_is_on_its_flows() {
+    let mut p = pod("default", "client", "10.244.1.3", "node-1", "client");
+    let w = crate::flow::Workload { name: "client".into(), kind: "Deployment".into() };
+    p.workload = Some(w.clone());
+    let d = enrich::Directory::new("node-1", &[p], &[], |_| Some(1001), &[]);
+    assert_eq!(d.trace(&client_to_web()).source.workload, Some(w));
 }
