@@ -141,16 +141,27 @@ impl Flows {
         }
     }
 
+    /// What each eBPF rule index of `view` stands for. Called before the pass writes `view`'s
+    /// rules to the kernel too: a drop or audit the datapath reports right after the write
+    /// must find what decided it (CI once saw an audit read in that window attributed to
+    /// "(an audit rule changed since this packet)").
+    pub fn refresh_rule_tags(&mut self, view: &PolicyView) {
+        if !self.running() || self.rule_tags_generation == Some(view.generation) {
+            return;
+        }
+        self.rule_tags_generation = Some(view.generation);
+        let tags = sluice_core::flow::drop::tags_by_rule(view);
+        if let Ok(mut t) = self.rule_tags.write() {
+            *t = tags;
+        }
+    }
+
     /// Policy drops from the eBPF datapath's ring buffer: read while flows run and eBPF
     /// enforces policy here (`on`); attributed with the lowering the endpoint maps hold.
     pub fn reconcile_ebpf_drops(&mut self, on: bool, pin_dir: &std::path::Path, view: &PolicyView) {
         let on = on && self.running();
-        if on && self.rule_tags_generation != Some(view.generation) {
-            self.rule_tags_generation = Some(view.generation);
-            let tags = sluice_core::flow::drop::tags_by_rule(view);
-            if let Ok(mut t) = self.rule_tags.write() {
-                *t = tags;
-            }
+        if on {
+            self.refresh_rule_tags(view);
         }
         let alive = self.ebpf_drops.as_ref().is_some_and(|h| !h.is_finished());
         if !on {

@@ -138,6 +138,14 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             policy::Logging { drops: flows.log_drops(), allows: planner.config.flows.allowed_verdicts },
         );
         let t_policy = t_pass.elapsed();
+        // What the new rules' drops stand for, before the rules reach the kernel (a drop read
+        // between the write and a later refresh would otherwise find no attribution).
+        flows.refresh_policy(policy_view);
+        if planner.plan.owner(Feature::Policy) == sluice_core::Owner::EBPF
+            || engine.serving(sluice_core::BackendId::EBPF).contains(&Feature::Policy)
+        {
+            flows.refresh_rule_tags(policy_view);
+        }
         let desired = Desired {
             generation: cur.generation,
             view: &view,
