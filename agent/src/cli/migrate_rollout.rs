@@ -153,18 +153,18 @@ fn run_step(t: &Targets, step: &'static str, on: &str, args: &[&str]) -> StepRes
     let report: Option<serde_json::Value> = serde_json::from_str(&out).ok();
     let mut detail = String::new();
     let mut passed = ok;
-    if step == "plan" {
-        // The plan exits 0 with blockers listed: those stop the rollout too (unless --force
-        // and every blocker is one it goes past, which apply decides again).
+    if step == "plan" && !t.force {
+        // The plan exits 0 with blockers listed: those stop the rollout before apply. With
+        // --force, apply is the one that knows which blockers it may go past (it refuses the
+        // others with the reason), so nothing is read back from the blockers' text here.
         let blockers: Vec<String> = report
             .as_ref()
             .and_then(|r| r["blockers"].as_array())
             .map(|b| b.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
-        let hard: Vec<&String> = blockers.iter().filter(|b| !(t.force && b.contains("--force"))).collect();
-        if !hard.is_empty() {
+        if !blockers.is_empty() {
             passed = false;
-            detail = hard.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ");
+            detail = blockers.join("; ");
         }
     }
     if !ok {

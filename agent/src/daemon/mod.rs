@@ -180,7 +180,6 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             _ => false,
         };
         flows.refresh(cur.generation, &cfg.node_name, &cur.state, &policy.view.ipcache);
-        flows.refresh_policy(&policy.view);
         flows.reconcile(flows_on).await;
         let ebpf_policy = engine.serving(sluice_core::BackendId::EBPF).contains(&Feature::Policy);
         tokio::task::block_in_place(|| flows.reconcile_ebpf_drops(ebpf_policy, &cfg.bpf_pin_dir(), &policy.view));
