@@ -83,7 +83,36 @@ spec:
 "#;
 
 fn answers(t: &TestLab, from: &str, url: &str, n: usize) -> BTreeSet<String> {
-    (0..n).map(|_| t.curl(from, url).unwrap_or_else(|e| panic!("{from} -> {url}: {e:#}"))).collect()
+    (0..n)
+        .map(|i| {
+            t.curl(from, url).unwrap_or_else(|e| {
+                // A rare timeout (once in CI, in the 6.1 guest, external -> ExternalIP) was never
+                // reproduced: print what the nodes held for the failed flow's peers.
+                panic!("{from} -> {url} (request {i} of {n}): {e:#}\n{}", traffic_state(t))
+            })
+        })
+        .collect()
+}
+
+/// Conntrack and sluice's eBPF traffic maps (connection, SNAT and reverse-NAT entries) on
+/// both nodes, for a failure message.
+fn traffic_state(t: &TestLab) -> String {
+    let mut out = String::new();
+    for node in ["node-1", "node-2"] {
+        let ct = t.lab.exec_output(node, &["conntrack", "-L", "-p", "tcp"]).unwrap_or_else(|e| format!("{e:#}"));
+        let lines: Vec<&str> = ct.lines().filter(|l| l.contains("198.51.100.20")).collect();
+        out += &format!("{node} conntrack (outside hosts, {} entries):\n{}\n", lines.len(), lines.join("\n"));
+        for map in ["sluice_ct", "sluice_snat", "sluice_rnat"] {
+            let pin = t.lab.bpf_dir().join(node).join(map);
+            if !pin.exists() {
+                continue;
+            }
+            let dump = std::process::Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&pin).output();
+            let text = dump.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            out += &format!("{node} {map}:\n{text}\n");
+        }
+    }
+    out
 }
 
 #[derive(Clone, Copy, PartialEq)]
