@@ -89,6 +89,8 @@ pub struct Config {
     pub probes: ProbesConfig,
     /// Flow visibility (Hubble's Observer API), served while the plan gives `flows` to a backend.
     pub flows: FlowsConfig,
+    /// The node-local L7 (HTTP) proxy that enforces `toPorts[].rules.http` (iptables policy).
+    pub l7: L7Config,
     /// Prometheus metrics: Hubble's flow metrics and the agent's own. Nothing listens unless an
     /// address is set.
     pub metrics: MetricsConfig,
@@ -191,6 +193,33 @@ pub struct FlowsConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct L7Config {
+    /// Run the proxy. Off: ports with HTTP rules let nothing through (fails closed).
+    pub enabled: bool,
+    /// Its port on 127.0.0.1 (TPROXY delivers there; nothing else can reach it).
+    pub proxy_port: u16,
+    /// Largest request head in bytes (more: 431).
+    pub max_header_bytes: usize,
+    /// Seconds a client has to send a request's headers (slow clients are cut off).
+    pub header_timeout_s: u64,
+    /// Open client connections at most (more are closed at once).
+    pub max_connections: usize,
+}
+
+impl Default for L7Config {
+    fn default() -> Self {
+        L7Config {
+            enabled: true,
+            proxy_port: 15001,
+            max_header_bytes: 65536,
+            header_timeout_s: 10,
+            max_connections: 10000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// The agent's `sluice_*` metrics (programming latency, map fill, rule counts, errors,
     /// identities, policies), e.g. `10.0.0.1:9962` (Cilium's agent port).
@@ -244,6 +273,7 @@ impl Default for Config {
             dataplane_features: Default::default(),
             probes: ProbesConfig::default(),
             flows: FlowsConfig::default(),
+            l7: L7Config::default(),
             metrics: MetricsConfig::default(),
             policy_enforcement: sluice_core::policy::Enforcement::Default,
             node_port_range: "30000-32767".into(),

@@ -194,6 +194,8 @@ pub enum Problem {
     Inconsistent { detail: String },
     #[error("does not decode: {detail}")]
     Decode { detail: String },
+    #[error("is {detail}")]
+    Invalid { detail: String },
     /// Admitted, but this part is not enforced by this build: it fails closed (allows nothing).
     #[error("is not enforced by this build ({detail}); this rule allows nothing until it is (fails closed)")]
     NotEnforced { detail: String },

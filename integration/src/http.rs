@@ -162,6 +162,12 @@ fn long_lived(mut s: TcpStream, got: Vec<u8>) -> std::io::Result<()> {
 
 /// GET `url` (http://IP:PORT/path) and return the body.
 pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
+    request("GET", url, &[], timeout)
+}
+
+/// `method` `url` with extra `headers` (`Name: value`) and return the body of a 200 (any other
+/// status is an error naming the status line and the body).
+pub fn request(method: &str, url: &str, headers: &[String], timeout: Duration) -> anyhow::Result<String> {
     let rest =
         url.strip_prefix("http://").with_context(|| format!("{url:?}: only http://IP:PORT/path URLs are supported"))?;
     let (hostport, path) = match rest.find('/') {
@@ -173,12 +179,13 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     // One write: a server that answers after the first segment must not see a second one.
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: {hostport}\r\n{extra}\r\n").as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).with_context(|| format!("reading from {addr}"))?;
     let Some((head, body)) = resp.split_once("\r\n\r\n") else { bail!("malformed response from {addr}: {resp:?}") };
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("{addr} answered {}", head.lines().next().unwrap_or_default());
+        bail!("{addr} answered {}: {}", head.lines().next().unwrap_or_default(), body.trim());
     }
     Ok(body.to_string())
 }

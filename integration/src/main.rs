@@ -78,6 +78,12 @@ enum Cmd {
         url: String,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// The request method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// An extra request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
     },
     /// Send one UDP datagram to IP:PORT and print the reply.
     Udp {
@@ -297,8 +303,8 @@ fn run() -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string(&res)?);
             Ok(0)
         }
-        Cmd::Curl { url, timeout_ms } => {
-            print!("{}", sluice_lab::http::get(&url, Duration::from_millis(timeout_ms))?);
+        Cmd::Curl { url, timeout_ms, method, headers } => {
+            print!("{}", sluice_lab::http::request(&method, &url, &headers, Duration::from_millis(timeout_ms))?);
             Ok(0)
         }
         Cmd::Hold { addr, secs, interval_ms, stop_file } => {

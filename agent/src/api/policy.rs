@@ -78,6 +78,9 @@ pub fn decision_text(d: &Decision) -> String {
         Decision::FromOwnNode => "allowed: traffic from the pod's own node".into(),
         Decision::Allowed { policy } => format!("allowed by {policy}"),
         Decision::Denied { policy } => format!("denied by {policy}"),
+        Decision::ToProxy { policy } => {
+            format!("allowed to the node's L7 proxy by {policy}: its HTTP rules decide each request")
+        }
         Decision::DefaultDeny { selected_by } if selected_by.is_empty() => {
             "denied: default deny (policy_enforcement=always)".into()
         }

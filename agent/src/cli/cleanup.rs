@@ -47,7 +47,9 @@ pub fn run(config: Option<&std::path::Path>, out: Output) -> anyhow::Result<()> 
     removed.routes = super::block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        anyhow::Ok(RouteManager::new(handle).remove_all().await?)
+        let n = RouteManager::new(handle.clone()).remove_all().await?;
+        // The L7 proxy's policy routing (fwmark rule and its local table).
+        anyhow::Ok(n + sluice_iptables::l7_route::remove(&handle).await?)
     })??;
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(&removed)?),

@@ -11,6 +11,7 @@ mod devices;
 pub mod features;
 mod flows;
 mod health;
+mod l7;
 mod metrics;
 mod node;
 mod policy;
@@ -78,6 +79,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     // Per-Service errors of the last pass: `sluice service list` shows them as failed.
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     let mut policy = policy::PolicyCache::default();
+    let mut l7 = l7::L7Proxy::new(&cfg.l7);
     let mut flows = flows::Flows::new(&cfg);
     let mut metrics = metrics::Metrics::new();
     let mut last_generation = None;
@@ -135,8 +137,15 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             &cur.state,
             &plumbing.local_endpoints,
             &plumbing.ctx,
-            policy::Logging { drops: flows.log_drops(), allows: planner.config.flows.allowed_verdicts },
+            policy::Logging {
+                drops: flows.log_drops(),
+                allows: planner.config.flows.allowed_verdicts,
+                l7_proxy: l7.port(),
+            },
         );
+        if l7.after_pass(policy_view).await {
+            wake.notify_one(); // redirect to it in the next pass
+        }
         let t_policy = t_pass.elapsed();
         // What the new rules' drops stand for, before the rules reach the kernel (a drop read
         // between the write and a later refresh would otherwise find no attribution).
@@ -209,6 +218,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         st.policy = policy_query::summary(&policy, &cur.state, owner);
         st.flows = flows.status();
         st.errors.extend(metrics.errors.iter().cloned());
+        st.errors.extend(l7.error.iter().map(|e| format!("L7 proxy: {e}")));
         st.metrics = metrics.status.clone();
         metrics.record_state(&engine, &st);
     }

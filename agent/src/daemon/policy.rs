@@ -113,13 +113,15 @@ pub struct PolicyCache {
     pub numbered: Option<Identities>,
 }
 
-/// What the netfilter policy rules log while flows are recorded.
+/// What the netfilter policy rules log while flows are recorded, and where L7 rules redirect.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Logging {
     /// The NFLOG group drops go to (`None`: not recorded).
     pub drops: Option<u16>,
     /// Allowed verdicts too (`flows.allowed_verdicts`).
     pub allows: bool,
+    /// The running L7 proxy's port (where `Proxy` rules redirect; `None`: they allow nothing).
+    pub l7_proxy: Option<u16>,
 }
 
 impl PolicyCache {
@@ -135,7 +137,8 @@ impl PolicyCache {
         let log_drops = log.drops;
         let log_allows = log.allows && log_drops.is_some();
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (generation, enforcement, &ctx.name, &ctx.ips, ctx.cluster_cidr, log_drops, log_allows).hash(&mut h);
+        (generation, enforcement, &ctx.name, &ctx.ips, ctx.cluster_cidr, log_drops, log_allows, log.l7_proxy)
+            .hash(&mut h);
         for e in local {
             (&e.ip, &e.host_interface).hash(&mut h);
         }
@@ -182,6 +185,7 @@ impl PolicyCache {
             ipcache: cx.ipcache.clone(),
             log_drops,
             log_allows,
+            l7_proxy: log.l7_proxy,
         };
         self.ctx = ctx.clone();
         self.identities = cx.identities.labels.len();

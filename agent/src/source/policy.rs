@@ -264,7 +264,7 @@ fn np_ports(o: &Obj, field: &str, ports: Option<&Vec<NetworkPolicyPort>>) -> Res
         let f = format!("{field}[{i}]");
         let protos = protocol(o, &format!("{f}.protocol"), p.protocol.as_deref(), false)?;
         let spec = port_spec(o, &f, p.port.as_ref(), p.end_port)?;
-        out.extend(protos.into_iter().map(|protocol| PortRule { protocol, port: spec.clone() }));
+        out.extend(protos.into_iter().map(|protocol| PortRule { protocol, port: spec.clone(), http: None }));
     }
     Ok(Some(out))
 }
@@ -341,6 +341,8 @@ pub fn network_policy(np: &NetworkPolicy) -> Res<Policy> {
 
 #[path = "policy_crd.rs"]
 mod crd;
+#[path = "policy_l7.rs"]
+mod policy_l7;
 pub use crd::{SluicePolicyDoc, sluice_policy};
 
 #[cfg(test)]

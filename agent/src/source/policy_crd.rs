@@ -124,14 +124,42 @@ fn rule(o: &Obj, field: &str, ns: Option<&str>, dir: Dir, v: &Value, notes: &mut
         let mut list = Vec::new();
         for (i, d) in docs.iter().enumerate() {
             let f = format!("{field}.toPorts[{i}]");
-            if d.rules.as_ref().is_some_and(|r| !r.is_null()) {
-                fails_closed = Some((format!("{f}.rules"), "L7 rules are not enforced yet".to_string()));
-            }
+            let http = match d.rules.as_ref().filter(|r| !r.is_null()) {
+                None => None,
+                Some(r) => match super::policy_l7::rules(o, &format!("{f}.rules"), r, dir.deny)? {
+                    super::policy_l7::L7::Http(h) => Some(h),
+                    super::policy_l7::L7::NotEnforced { field, detail } => {
+                        fails_closed = Some((field, detail));
+                        None
+                    }
+                },
+            };
             for (j, p) in d.ports.iter().enumerate() {
                 let pf = format!("{f}.ports[{j}]");
                 let protos = protocol(o, &format!("{pf}.protocol"), p.protocol.as_deref(), true)?;
+                if http.is_some() && protos != [Protocol::Tcp] {
+                    let value = p.protocol.as_deref().unwrap_or("TCP");
+                    return Err(o.err(
+                        format!("{pf}.protocol"),
+                        value,
+                        Problem::NotAllowed { allowed: "TCP ports (HTTP rules need TCP)".into() },
+                    ));
+                }
                 let spec = port_spec(o, &pf, p.port.as_ref(), p.end_port)?;
-                list.extend(protos.into_iter().map(|protocol| PortRule { protocol, port: spec.clone() }));
+                list.extend(protos.into_iter().map(|protocol| PortRule {
+                    protocol,
+                    port: spec.clone(),
+                    http: http.clone(),
+                }));
+            }
+            if http.is_some() && d.ports.is_empty() {
+                return Err(o.err(
+                    format!("{f}.ports"),
+                    "[]",
+                    Problem::Inconsistent {
+                        detail: "HTTP rules apply to the ports they are listed with; list at least one TCP port".into(),
+                    },
+                ));
             }
         }
         ports = (!list.is_empty()).then_some(list);

@@ -63,12 +63,14 @@ fn invalid_policies_are_refused_by_name_and_the_others_kept() {
 #[test]
 fn sluice_policies_entities_deny_and_fail_closed() {
     let st = read(
-        "apiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  endpointSelector: {matchLabels: {'k8s:pod': a}}\n  ingress:\n  - fromEntities: [world, cluster]\n    toPorts: [{ports: [{port: '80', protocol: ANY}]}]\n  - fromEndpoints: [{matchLabels: {pod: b}}]\n    toPorts: [{ports: [{port: '81'}], rules: {http: [{method: GET}]}}]\n  - {}\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: z}}]\n---\napiVersion: sluice.io/v1\nkind: SluiceClusterwideNetworkPolicy\nmetadata: {name: c}\nspec:\n  endpointSelector: {}\n  egress: [{toEntities: [moon]}]\n",
+        "apiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  endpointSelector: {matchLabels: {'k8s:pod': a}}\n  ingress:\n  - fromEntities: [world, cluster]\n    toPorts: [{ports: [{port: '80', protocol: ANY}]}]\n  - fromEndpoints: [{matchLabels: {pod: b}}]\n    toPorts: [{ports: [{port: '81'}], rules: {http: [{method: GET}]}}]\n  - toPorts: [{ports: [{port: '82'}], rules: {kafka: [{topic: t}]}}]\n  - {}\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: z}}]\n---\napiVersion: sluice.io/v1\nkind: SluiceClusterwideNetworkPolicy\nmetadata: {name: c}\nspec:\n  endpointSelector: {}\n  egress: [{toEntities: [moon]}]\n",
     );
     let p = &st.policies[0];
     assert_eq!(p.subject.selector.match_labels.get("pod").map(String::as_str), Some("a"), "k8s: prefix stripped");
     let ing = p.ingress.as_ref().expect("ingress");
-    assert_eq!(ing.len(), 1, "the L7 rule and {{}} allow nothing: {ing:?}");
+    assert_eq!(ing.len(), 2, "the kafka rule and {{}} allow nothing: {ing:?}");
+    let http = ing[1].ports.as_ref().expect("ports");
+    assert_eq!(http[0].http.as_ref().map(|h| h[0].method.as_deref()), Some(Some("GET")), "{http:?}");
     assert_eq!(
         ing[0].peers.as_ref().expect("peers"),
         &vec![Peer::Entity(Entity::World), Peer::Entity(Entity::Cluster)]
@@ -77,7 +79,59 @@ fn sluice_policies_entities_deny_and_fail_closed() {
     assert!(matches!(&p.ingress_deny[0].peers.as_ref().expect("deny")[0], Peer::Pods { namespaces: NsScope::Any, .. }));
     let note = st.rejected.iter().find(|r| r.object == "SluiceNetworkPolicy x/p").expect("L7 reported");
     assert!(matches!(note.problem, Problem::NotEnforced { .. }), "{note:?}");
+    assert_eq!(note.field, "spec.ingress[2].toPorts[0].rules.kafka");
     let bad = st.rejected.iter().find(|r| r.object == "SluiceClusterwideNetworkPolicy c").expect("moon refused");
     assert_eq!(bad.field, "spec.egress[0].toEntities[0]");
     assert!(bad.reason.contains("world, cluster"), "{}", bad.reason);
+}
+
+#[test]
+fn bad_http_rules_refuse_the_policy_by_field_and_value() {
+    let head = "apiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: bad, namespace: x}\nspec:\n  endpointSelector: {}\n";
+    let good = "---\napiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: good, namespace: x}\nspec:\n  endpointSelector: {}\n  ingress: [{toPorts: [{ports: [{port: '80'}], rules: {http: [{path: /ok}]}}]}]\n";
+    let bad = [
+        (
+            "spec.ingress[0].toPorts[0].rules.http[0].path",
+            "(open",
+            "  ingress: [{toPorts: [{ports: [{port: '80'}], rules: {http: [{path: '(open'}]}}]}]\n",
+        ),
+        (
+            "spec.ingress[0].toPorts[0].ports[0].protocol",
+            "UDP",
+            "  ingress: [{toPorts: [{ports: [{port: '53', protocol: UDP}], rules: {http: [{}]}}]}]\n",
+        ),
+        (
+            "spec.ingress[0].toPorts[0].ports[0].protocol",
+            "ANY",
+            "  ingress: [{toPorts: [{ports: [{port: '53', protocol: ANY}], rules: {http: [{}]}}]}]\n",
+        ),
+        (
+            "spec.ingressDeny[0].toPorts[0].rules",
+            "",
+            "  ingressDeny: [{toPorts: [{ports: [{port: '80'}], rules: {http: [{}]}}]}]\n",
+        ),
+        (
+            "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch",
+            "SHOUT",
+            "  ingress: [{toPorts: [{ports: [{port: '80'}], rules: {http: [{headerMatches: [{name: X, mismatch: SHOUT}]}]}}]}]\n",
+        ),
+        (
+            "spec.ingress[0].toPorts[0].rules.http[0].headers[0]",
+            "bad name",
+            "  ingress: [{toPorts: [{ports: [{port: '80'}], rules: {http: [{headers: ['bad name']}]}}]}]\n",
+        ),
+        (
+            "spec.ingress[0].toPorts[0].rules.grpc",
+            "grpc",
+            "  ingress: [{toPorts: [{ports: [{port: '80'}], rules: {grpc: []}}]}]\n",
+        ),
+    ];
+    for (field, value, spec) in bad {
+        let st = read(&format!("{head}{spec}{good}"));
+        assert_eq!(st.policies.len(), 1, "{field}: the good one stays");
+        assert_eq!(st.rejected.len(), 1, "{field}: {:?}", st.rejected);
+        let r = &st.rejected[0];
+        assert_eq!((r.object.as_str(), r.field.as_str()), ("SluiceNetworkPolicy x/bad", field), "{r:?}");
+        assert!(r.value.contains(value), "{field}: the value is named: {r:?}");
+    }
 }

@@ -83,6 +83,12 @@ pub enum PolicyError {
     TooManyRules { pod: String, dir: String, rules: usize, max: usize },
     #[error("interface {ifname} of {pod} has no index (gone?)")]
     NoInterface { pod: String, ifname: String },
+    /// L7 rules need the proxy redirect, which this backend does not have yet: their ports
+    /// let nothing through here (fails closed).
+    #[error(
+        "endpoint {pod} ({dir}): {rules} L7 (HTTP) rule(s) of {policies} are not enforced by the eBPF backend yet (no proxy redirect): those ports let nothing through; set dataplane_features: {{policy: iptables}} on this node to enforce them with the L7 proxy"
+    )]
+    NoL7Redirect { pod: String, dir: String, rules: usize, policies: String },
 }
 
 /// What the maps should hold.
@@ -243,7 +249,18 @@ pub fn encode(
             let mut over = None;
             for (audit, scope, list) in lists {
                 let Some(list) = list else { continue };
-                let rules = lower(&scope, list, view);
+                let (proxied, rules): (Vec<_>, Vec<_>) =
+                    lower(&scope, list, view).into_iter().partition(|r| r.action == Action::Proxy);
+                if !proxied.is_empty() && !audit {
+                    let mut policies: Vec<String> = proxied.iter().flat_map(|r| r.policies.clone()).collect();
+                    policies.dedup();
+                    errors.push(PolicyError::NoL7Redirect {
+                        pod: ep.pod.clone(),
+                        dir: name.to_string(),
+                        rules: proxied.len(),
+                        policies: policies.join(", "),
+                    });
+                }
                 if rules.len() > POL_MAX_RULES {
                     let dir = if audit { format!("{name}, audit") } else { name.to_string() };
                     errors.push(PolicyError::TooManyRules {
@@ -394,6 +411,7 @@ mod tests {
             ports: Some((port, port)),
             policy: PolicyName { kind: PolicyKind::NetworkPolicy, namespace: Some("x".into()), name: "p".into() },
             audit: false,
+            http: vec![],
         }
     }
 
@@ -420,6 +438,7 @@ mod tests {
             ipcache: [(Ipv4Addr::new(10, 244, 2, 2), Identity(400))].into(),
             log_drops: None,
             log_allows: false,
+            l7_proxy: None,
         }
     }
 

@@ -20,6 +20,8 @@ pub mod ipset;
 pub mod kube_proxy;
 pub mod kube_proxy_cutover;
 pub mod kube_proxy_nft;
+pub mod l7;
+pub mod l7_route;
 pub mod nflog;
 mod nfnl;
 pub mod node;

@@ -58,7 +58,20 @@ fn entry_text(e: &SetEntry) -> String {
     if e.nomatch { format!("{} nomatch", e.net) } else { e.net.to_string() }
 }
 
-fn proto_match(protocol: Option<Protocol>, ports: Option<(u16, u16)>) -> String {
+pub(crate) fn peer_match(r: &sluice_core::policy::LoweredRule, ingress: bool, sets: &mut Sets) -> String {
+    let (dir, flag) = if ingress { ("src", "-s") } else { ("dst", "-d") };
+    match &r.peer {
+        LoweredPeer::Any => String::new(),
+        LoweredPeer::Net(net) => format!("{flag} {net} "),
+        LoweredPeer::Set { key, entries } => {
+            let name = set_name(key);
+            sets.insert(name.clone(), entries.iter().map(entry_text).collect());
+            format!("-m set --match-set {name} {dir} ")
+        }
+    }
+}
+
+pub(crate) fn proto_match(protocol: Option<Protocol>, ports: Option<(u16, u16)>) -> String {
     let Some(p) = protocol else { return String::new() };
     let p = match p {
         Protocol::Tcp => "tcp",
@@ -114,19 +127,9 @@ fn direction_rules(
         let verdict = if audit { "RETURN" } else { "DROP" };
         out.push(format!("{matches}-m comment --comment \"{comment}\" -j {verdict}"));
     };
-    let dir = if ingress { "src" } else { "dst" };
-    let flag = if ingress { "-s" } else { "-d" };
     let would = if audit { "audit: would " } else { "" };
     for (i, r) in lower(chain, d, view).into_iter().enumerate() {
-        let peer = match &r.peer {
-            LoweredPeer::Any => String::new(),
-            LoweredPeer::Net(net) => format!("{flag} {net} "),
-            LoweredPeer::Set { key, entries } => {
-                let name = set_name(key);
-                sets.insert(name.clone(), entries.iter().map(entry_text).collect());
-                format!("-m set --match-set {name} {dir} ")
-            }
-        };
+        let peer = peer_match(&r, ingress, sets);
         let by = if r.policies.len() > 3 {
             format!("{} and {} more", r.policies[..3].join(", "), r.policies.len() - 3)
         } else {
@@ -148,6 +151,9 @@ fn direction_rules(
                 }
                 out.push(format!("{matches}-m comment --comment \"sluice: {would}allow by {}\" -j RETURN", quote(&by)))
             }
+            // Not here: what the L7 redirect (mangle, `l7::render`) did not take to the proxy
+            // falls through to the default deny (fails closed).
+            Action::Proxy => {}
             Action::Deny => {
                 let tag = DropTag {
                     pod: pod.into(),
@@ -196,6 +202,15 @@ fn render_tagged(view: &PolicyView) -> (Ruleset, Sets, Vec<(String, DropTag)>) {
         "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"sluice: replies and admitted flows\" -j RETURN"
             .to_string(),
     ];
+    if view.l7_proxy.is_some() {
+        // Redirected to the proxy by a Proxy rule (the mangle chains evaluated the list in
+        // order up to it): the packet is delivered locally, through INPUT, where the pod's
+        // egress chain has no Proxy rule and would drop it.
+        let mark = crate::l7::PROXY_MARK;
+        dispatch.push(format!(
+            "-m mark --mark {mark:#x}/{mark:#x} -m comment --comment \"sluice: to the L7 proxy\" -j RETURN"
+        ));
+    }
     let mut eps: Vec<&EndpointRules> = view.endpoints.iter().collect();
     eps.sort_by(|a, b| a.interface.cmp(&b.interface));
     for ep in eps {
@@ -227,11 +242,12 @@ fn render_tagged(view: &PolicyView) -> (Ruleset, Sets, Vec<(String, DropTag)>) {
             }
         }
     }
-    if dispatch.len() > 1 {
+    if dispatch.len() > 1 + usize::from(view.l7_proxy.is_some()) {
         *r.chain("filter", FWD_CHAIN) = dispatch;
         r.hook("filter", "FORWARD", FWD_CHAIN, "");
         r.hook("filter", "INPUT", FWD_CHAIN, "");
     }
+    crate::l7::render(view, &mut r, &mut sets);
     (r, sets, tags)
 }
 

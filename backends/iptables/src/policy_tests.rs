@@ -14,7 +14,7 @@ fn name() -> PolicyName {
 }
 
 fn rule(action: Action, peer: PeerMatch, proto: Option<Protocol>, ports: Option<(u16, u16)>) -> CompiledRule {
-    CompiledRule { action, peer, protocol: proto, ports, policy: name(), audit: false }
+    CompiledRule { action, peer, protocol: proto, ports, policy: name(), audit: false, http: vec![] }
 }
 
 fn view(ingress: DirectionPolicy) -> PolicyView {
@@ -30,6 +30,7 @@ fn view(ingress: DirectionPolicy) -> PolicyView {
         ipcache: [(Ipv4Addr::new(10, 244, 2, 7), Identity(400)), (Ipv4Addr::new(10, 244, 2, 8), Identity(401))].into(),
         log_drops: None,
         log_allows: false,
+        l7_proxy: None,
     }
 }
 
@@ -258,4 +259,53 @@ fn an_audit_policy_gets_a_logging_chain_after_the_enforced_one() {
     let audits: Vec<_> = tags.iter().filter(|(p, _)| p.starts_with(nflog::AUDIT_PREFIX)).collect();
     assert_eq!(audits.len(), 2, "the audit deny and the audit default");
     assert!(audits.iter().all(|(_, t)| t.audit && t.pod == "x/b"));
+}
+
+#[test]
+fn proxy_rules_redirect_in_mangle_in_list_order_and_are_absent_from_forward() {
+    let d = DirectionPolicy {
+        enforced: true,
+        selected_by: vec![name()],
+        audited_by: vec![],
+        rules: vec![
+            rule(Action::Deny, PeerMatch::Ips([Ipv4Addr::new(10, 244, 2, 8)].into()), None, None),
+            CompiledRule {
+                http: vec![sluice_core::policy::HttpRule { path: Some("/public".into()), ..Default::default() }],
+                ..rule(
+                    Action::Proxy,
+                    PeerMatch::Identities([Identity(400)].into()),
+                    Some(Protocol::Tcp),
+                    Some((80, 80)),
+                )
+            },
+        ],
+    };
+    // No proxy running: nothing redirects, FORWARD has no rule for it (default deny).
+    let (r, _) = render(&view(d.clone()));
+    assert!(!r.chains.contains_key("mangle"), "{:?}", r.chains.get("mangle"));
+    let chain = endpoint_chain("slcabc", true);
+    let fwd = &r.chains["filter"][&chain];
+    assert!(fwd.iter().all(|l| !l.contains("--dport 80")), "{fwd:#?}");
+    assert!(fwd.last().expect("default").contains("-j DROP"));
+
+    let mut v = view(d);
+    v.l7_proxy = Some(15001);
+    let (r, sets) = render(&v);
+    let mangle = &r.chains["mangle"];
+    let top = &mangle[crate::l7::L7_CHAIN];
+    assert!(top[0].contains("-m socket --transparent") && top[0].contains("--set-xmark 0x40000/0x40000"), "{top:#?}");
+    assert!(top[2].starts_with("-d 10.244.1.5 ") && top[2].contains("-j SLUICE-POL-L7-I-"), "{top:#?}");
+    let l7 = mangle.iter().find(|(k, _)| k.starts_with("SLUICE-POL-L7-I-")).map(|(_, v)| v).expect("endpoint chain");
+    assert!(l7[0].contains("FORWARD decides") && l7[0].ends_with("-j RETURN"), "deny first: {l7:#?}");
+    assert!(
+        l7[1].contains("-p tcp -m tcp --dport 80 ")
+            && l7[1].contains("-j TPROXY --on-ip 127.0.0.1 --on-port 15001 --tproxy-mark 0x40000/0x40000"),
+        "{l7:#?}"
+    );
+    assert!(l7[1].contains("-m set --match-set sluice-"), "{l7:#?}");
+    let set = l7[1].split("--match-set ").nth(1).and_then(|s| s.split(' ').next()).expect("set");
+    assert_eq!(sets[set], BTreeSet::from(["10.244.2.7/32".to_string()]));
+    assert!(
+        r.hooks.iter().any(|h| h.table == "mangle" && h.builtin == "PREROUTING" && h.target == crate::l7::L7_CHAIN)
+    );
 }

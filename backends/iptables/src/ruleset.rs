@@ -17,7 +17,7 @@ use crate::policy::POLICY_CHAIN_PREFIX;
 use crate::save::TableDump;
 use crate::{CHAIN_PREFIX, NODE_CHAIN_PREFIX};
 
-pub const TABLES: [&str; 2] = ["nat", "filter"];
+pub const TABLES: [&str; 3] = ["nat", "filter", "mangle"];
 
 /// A jump from a built-in chain into a sluice chain, inserted at the top.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

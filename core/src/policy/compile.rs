@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::identity::{Allocation, Identity, IdentityLabels, allocate, preferred};
+use super::l7::HttpRule;
 use super::model::{Direction, Enforcement, Entity, NsScope, Peer, Policy, PolicyName, PortSpec, Rule};
 use crate::service::Protocol;
 
@@ -51,6 +52,9 @@ pub struct PolicyInput<'a> {
 pub enum Action {
     Allow,
     Deny,
+    /// Allowed at L3/L4 to the node's L7 proxy only, which decides each request by the rule's
+    /// `http` rules (a datapath that has no proxy lets nothing through: fails closed).
+    Proxy,
 }
 
 /// Who a rule is about, as the datapath matches it.
@@ -79,6 +83,9 @@ pub struct CompiledRule {
     pub policy: PolicyName,
     /// From a policy in audit mode: reported, never enforced.
     pub audit: bool,
+    /// The requests a [`Action::Proxy`] rule lets through (empty for the other actions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRule>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,14 +361,17 @@ impl<'a> PolicyContext<'a> {
         action: Action,
         out: &mut BTreeSet<CompiledRule>,
     ) {
-        let mk = |peer: PeerMatch, protocol: Option<Protocol>, ports: Option<(u16, u16)>| CompiledRule {
-            action,
-            peer,
-            protocol,
-            ports,
-            policy: p.name.clone(),
-            audit: p.audit,
-        };
+        let mk_http =
+            |peer: PeerMatch, protocol: Option<Protocol>, ports: Option<(u16, u16)>, http: &Option<Vec<HttpRule>>| {
+                // HTTP rules turn an allow into a redirect to the proxy (deny rules carry none:
+                // the source refuses them there).
+                let (action, http) = match (action, http) {
+                    (Action::Allow, Some(h)) => (Action::Proxy, h.clone()),
+                    _ => (action, Vec::new()),
+                };
+                CompiledRule { action, peer, protocol, ports, policy: p.name.clone(), audit: p.audit, http }
+            };
+        let mk = |peer, protocol, ports| mk_http(peer, protocol, ports, &None);
         let peers: Vec<PeerMatch> = match &r.peers {
             None => vec![PeerMatch::Any],
             Some(ps) => ps.iter().flat_map(|peer| self.peer(peer, p.name.namespace.as_deref())).collect(),
@@ -375,17 +385,17 @@ impl<'a> PolicyContext<'a> {
         for pr in ports {
             match &pr.port {
                 None => peers.iter().for_each(|m| {
-                    out.insert(mk(m.clone(), Some(pr.protocol), None));
+                    out.insert(mk_http(m.clone(), Some(pr.protocol), None, &pr.http));
                 }),
                 Some(PortSpec::Range { port, end }) => peers.iter().for_each(|m| {
-                    out.insert(mk(m.clone(), Some(pr.protocol), Some((*port, *end))));
+                    out.insert(mk_http(m.clone(), Some(pr.protocol), Some((*port, *end)), &pr.http));
                 }),
                 Some(PortSpec::Named(name)) => match d {
                     // Ingress: the name is this pod's own containerPort.
                     Direction::Ingress => {
                         if let Some(n) = resolve(e, name, pr.protocol) {
                             peers.iter().for_each(|m| {
-                                out.insert(mk(m.clone(), Some(pr.protocol), Some((n, n))));
+                                out.insert(mk_http(m.clone(), Some(pr.protocol), Some((n, n)), &pr.http));
                             });
                         }
                     }
@@ -400,7 +410,7 @@ impl<'a> PolicyContext<'a> {
                             }
                         }
                         for (n, ips) in by_port {
-                            out.insert(mk(PeerMatch::Ips(ips), Some(pr.protocol), Some((n, n))));
+                            out.insert(mk_http(PeerMatch::Ips(ips), Some(pr.protocol), Some((n, n)), &pr.http));
                         }
                     }
                 },
@@ -504,7 +514,7 @@ pub fn peer_matches(m: &PeerMatch, ip: Ipv4Addr, id: Identity) -> bool {
     }
 }
 
-fn rule_matches(r: &CompiledRule, ip: Ipv4Addr, id: Identity, proto: Protocol, port: u16) -> bool {
+pub fn rule_matches(r: &CompiledRule, ip: Ipv4Addr, id: Identity, proto: Protocol, port: u16) -> bool {
     peer_matches(&r.peer, ip, id)
         && r.protocol.is_none_or(|p| p == proto)
         && r.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
@@ -523,6 +533,10 @@ pub enum Decision {
     Denied {
         policy: PolicyName,
     },
+    /// Allowed at L3/L4 to the node's L7 proxy, which decides each HTTP request.
+    ToProxy {
+        policy: PolicyName,
+    },
     /// Isolated and no rule allows it: "default deny because these policies select the pod".
     DefaultDeny {
         selected_by: Vec<PolicyName>,
@@ -531,7 +545,10 @@ pub enum Decision {
 
 impl Decision {
     pub fn allowed(&self) -> bool {
-        matches!(self, Decision::NotIsolated | Decision::FromOwnNode | Decision::Allowed { .. })
+        matches!(
+            self,
+            Decision::NotIsolated | Decision::FromOwnNode | Decision::Allowed { .. } | Decision::ToProxy { .. }
+        )
     }
 }
 
@@ -551,6 +568,8 @@ pub fn decide(
         Decision::Denied { policy: r.policy.clone() }
     } else if let Some(r) = hit(false, Action::Allow) {
         Decision::Allowed { policy: r.policy.clone() }
+    } else if let Some(r) = hit(false, Action::Proxy) {
+        Decision::ToProxy { policy: r.policy.clone() }
     } else if d.enforced {
         Decision::DefaultDeny { selected_by: d.selected_by.clone() }
     } else {
@@ -561,8 +580,9 @@ pub fn decide(
     } else if let Some(r) = hit(true, Action::Deny) {
         Some(Decision::Denied { policy: r.policy.clone() })
     } else if !d.audited_by.is_empty()
-        && !matches!(enforced, Decision::Allowed { .. })
+        && !matches!(enforced, Decision::Allowed { .. } | Decision::ToProxy { .. })
         && hit(true, Action::Allow).is_none()
+        && hit(true, Action::Proxy).is_none()
     {
         Some(Decision::DefaultDeny { selected_by: d.audited_by.clone() })
     } else {

@@ -148,7 +148,7 @@ pub fn audit_shadow(d: &DirectionPolicy) -> Option<DirectionPolicy> {
     if d.audited_by.is_empty() && audit_denies.is_empty() {
         return None;
     }
-    let allows = d.rules.iter().filter(|r| r.action == Action::Allow).cloned();
+    let allows = d.rules.iter().filter(|r| r.action != Action::Deny).cloned();
     let rules = audit_denies
         .into_iter()
         .chain(allows)

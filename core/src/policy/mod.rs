@@ -9,6 +9,7 @@
 
 pub mod compile;
 pub mod identity;
+pub mod l7;
 pub mod lower;
 pub mod model;
 pub mod selector;
@@ -17,9 +18,10 @@ pub mod view;
 
 pub use compile::{
     Action, CompiledRule, Decision, DirectionPolicy, EndpointPolicy, Identities, NamedPort, PeerMatch, PolicyContext,
-    PolicyEndpoint, PolicyInput, decide,
+    PolicyEndpoint, PolicyInput, decide, rule_matches,
 };
 pub use identity::{Allocation, Identity, IdentityLabels};
+pub use l7::{HeaderMatch, HttpMatcher, HttpRule, HttpRuleError};
 pub use lower::{LoweredPeer, LoweredRule, SetEntry, audit_shadow, lower};
 pub use model::{
     Direction, Enforcement, Entity, NsScope, Peer, Policy, PolicyKind, PolicyName, PortRule, PortSpec, Rule, Subject,

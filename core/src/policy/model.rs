@@ -127,6 +127,10 @@ pub struct PortRule {
     pub protocol: Protocol,
     /// `None`: every port of `protocol`.
     pub port: Option<PortSpec>,
+    /// `Some`: L7-policed (TCP only): the L3/L4 match admits the peer to the node's proxy, which
+    /// lets through the requests one of these rules matches (docs/design/l7.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<super::l7::HttpRule>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -76,7 +76,7 @@ fn pods(ns: NsScope, sel: &str) -> Peer {
 }
 
 fn tcp(port: u16) -> PortRule {
-    PortRule { protocol: Protocol::Tcp, port: Some(PortSpec::Range { port, end: port }) }
+    PortRule { protocol: Protocol::Tcp, port: Some(PortSpec::Range { port, end: port }), http: None }
 }
 
 /// Run a trace between two addresses in a cluster with these policies.
@@ -185,12 +185,17 @@ fn ports_protocols_end_port_and_named_ports() {
         "x",
         "udp",
         "pod=b",
-        Some(vec![rule(vec![PortRule { protocol: Udp, port: Some(PortSpec::Range { port: 80, end: 80 }) }])]),
+        Some(vec![rule(vec![PortRule {
+            protocol: Udp,
+            port: Some(PortSpec::Range { port: 80, end: 80 }),
+            http: None,
+        }])]),
         None,
     );
     assert!(allowed(std::slice::from_ref(&udp), XA, XB, Udp, 80));
     assert!(!allowed(std::slice::from_ref(&udp), XA, XB, Tcp, 80));
-    let sctp = netpol("x", "sctp", "pod=b", Some(vec![rule(vec![PortRule { protocol: Sctp, port: None }])]), None);
+    let sctp =
+        netpol("x", "sctp", "pod=b", Some(vec![rule(vec![PortRule { protocol: Sctp, port: None, http: None }])]), None);
     assert!(
         !allowed(std::slice::from_ref(&sctp), XA, XB, Tcp, 80) && allowed(std::slice::from_ref(&sctp), XA, XB, Sctp, 7)
     );
@@ -199,7 +204,11 @@ fn ports_protocols_end_port_and_named_ports() {
         "x",
         "range",
         "pod=b",
-        Some(vec![rule(vec![PortRule { protocol: Tcp, port: Some(PortSpec::Range { port: 80, end: 81 }) }])]),
+        Some(vec![rule(vec![PortRule {
+            protocol: Tcp,
+            port: Some(PortSpec::Range { port: 80, end: 81 }),
+            http: None,
+        }])]),
         None,
     );
     assert!(
@@ -211,7 +220,7 @@ fn ports_protocols_end_port_and_named_ports() {
         "x",
         "named",
         "",
-        Some(vec![rule(vec![PortRule { protocol: Tcp, port: Some(PortSpec::Named("web".into())) }])]),
+        Some(vec![rule(vec![PortRule { protocol: Tcp, port: Some(PortSpec::Named("web".into())), http: None }])]),
         None,
     );
     assert!(allowed(std::slice::from_ref(&named), XA, XB, Tcp, 81));
@@ -223,7 +232,7 @@ fn ports_protocols_end_port_and_named_ports() {
         "named-out",
         "pod=a",
         None,
-        Some(vec![rule(vec![PortRule { protocol: Tcp, port: Some(PortSpec::Named("web".into())) }])]),
+        Some(vec![rule(vec![PortRule { protocol: Tcp, port: Some(PortSpec::Named("web".into())), http: None }])]),
     );
     assert!(allowed(std::slice::from_ref(&out), YA, XB, Tcp, 81));
     assert!(!allowed(std::slice::from_ref(&out), YA, XB, Tcp, 80));
@@ -335,6 +344,7 @@ fn the_audit_shadow_agrees_with_the_trace() {
         ports: Some((port, port)),
         policy: name(policy, audit),
         audit,
+        http: vec![],
     };
     let none = DirectionPolicy::default();
     assert_eq!(audit_shadow(&none), None, "no audit policy: nothing to evaluate");

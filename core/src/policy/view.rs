@@ -33,4 +33,14 @@ pub struct PolicyView {
     /// Also log allow rules' verdicts on new flows there (`flows.allowed_verdicts`; only with
     /// `log_drops`).
     pub log_allows: bool,
+    /// The port of this node's L7 proxy while it runs: `Proxy` rules redirect to it (netfilter
+    /// TPROXY). `None`: they let nothing through (fail closed).
+    pub l7_proxy: Option<u16>,
+}
+
+impl PolicyView {
+    /// The local endpoint with this address.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<&EndpointRules> {
+        self.endpoints.iter().find(|e| e.ip == ip)
+    }
 }

@@ -1,0 +1,107 @@
+//! Wiring of the L7 proxy (`sluice-proxy`): started the first time this node's policy has an
+//! L7 rule (and `l7.enabled`), with the policy routing TPROXY needs; it reads the latest
+//! policy view for every new connection. Until it runs (or when it cannot start), the view says
+//! no proxy and the iptables backend redirects nothing: L7 ports let nothing through.
+
+use std::net::SocketAddrV4;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sluice_config::L7Config;
+use sluice_core::policy::{Action, HttpMatcher, PolicyView, l7::connection_checks};
+use sluice_proxy::{Check, Decide, Limits, Verdict};
+
+/// The latest view, shared with the proxy's connection handlers.
+struct SharedView(RwLock<Arc<PolicyView>>);
+
+impl Decide for SharedView {
+    fn decide(&self, client: SocketAddrV4, dst: SocketAddrV4) -> Verdict {
+        let view = self.0.read().map(|v| v.clone()).unwrap_or_default();
+        match connection_checks(&view, *client.ip(), *dst.ip(), dst.port()) {
+            Ok(checks) => Verdict::Http {
+                checks: checks
+                    .into_iter()
+                    .map(|c| Check { matcher: Arc::new(HttpMatcher::new(&c.rules)), policies: c.policies })
+                    .collect(),
+            },
+            Err(reason) => Verdict::Refuse { reason },
+        }
+    }
+}
+
+pub struct L7Proxy {
+    cfg: L7Config,
+    shared: Arc<SharedView>,
+    generation: Option<u64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Why the proxy is not running although L7 rules need it (status shows it).
+    pub error: Option<String>,
+}
+
+fn needs_proxy(view: &PolicyView) -> bool {
+    view.endpoints.iter().any(|e| {
+        [&e.policy.ingress, &e.policy.egress].iter().any(|d| d.rules.iter().any(|r| r.action == Action::Proxy))
+    })
+}
+
+impl L7Proxy {
+    pub fn new(cfg: &L7Config) -> Self {
+        L7Proxy {
+            cfg: cfg.clone(),
+            shared: Arc::new(SharedView(RwLock::new(Arc::default()))),
+            generation: None,
+            task: None,
+            error: None,
+        }
+    }
+
+    /// The port `Proxy` rules redirect to, while the proxy runs.
+    pub fn port(&self) -> Option<u16> {
+        self.task.as_ref().map(|_| self.cfg.proxy_port)
+    }
+
+    /// After each pass: hand the proxy the new view; start it when L7 rules first need it.
+    /// `true` when it started now (the caller runs another pass to redirect to it).
+    pub async fn after_pass(&mut self, view: &PolicyView) -> bool {
+        let needed = needs_proxy(view);
+        if self.generation != Some(view.generation) && (needed || self.task.is_some()) {
+            if let Ok(mut v) = self.shared.0.write() {
+                *v = Arc::new(view.clone());
+            }
+            self.generation = Some(view.generation);
+        }
+        if !needed || self.task.is_some() || self.error.is_some() {
+            return false;
+        }
+        if !self.cfg.enabled {
+            self.error = Some("l7.enabled is false: ports with HTTP rules let nothing through".into());
+            return false;
+        }
+        match self.start().await {
+            Ok(()) => {
+                tracing::info!(port = self.cfg.proxy_port, "L7 proxy started");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "L7 proxy did not start: ports with HTTP rules let nothing through");
+                self.error = Some(format!("{e:#}"));
+                false
+            }
+        }
+    }
+
+    async fn start(&mut self) -> anyhow::Result<()> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        sluice_iptables::l7_route::ensure(&handle).await?;
+        let listener = sluice_proxy::bind_transparent(self.cfg.proxy_port)?;
+        let limits = Limits {
+            max_header_bytes: self.cfg.max_header_bytes,
+            header_timeout: Duration::from_secs(self.cfg.header_timeout_s),
+            max_connections: self.cfg.max_connections,
+        };
+        let decide: Arc<dyn Decide> = self.shared.clone();
+        self.task = Some(tokio::spawn(sluice_proxy::run(listener, decide, limits, None)));
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! The L7 redirect: connections an endpoint's `Proxy` rules match are handed to the node's L7
+//! proxy with TPROXY in mangle PREROUTING (before routing: the packet keeps its addresses, the
+//! proxy's socket sees the original destination and the client's address).
+//!
+//! ```text
+//! mangle PREROUTING -> SLUICE-POL-L7
+//!   -p tcp -m socket --transparent -> MARK 0x40000     replies to the proxy's own upstream
+//!   -m mark --mark 0x40000 -> RETURN                    connections (they carry the client's
+//!                                                       address): delivered to the proxy
+//!   -i <pod veth> -> SLUICE-POL-L7-E-<hash>             egress of a pod with Proxy rules
+//!   -d <pod ip>   -> SLUICE-POL-L7-I-<hash>             ingress of a pod with Proxy rules
+//! SLUICE-POL-L7-I-<hash>: the lowered list in order (first match decides, as in FORWARD):
+//!   deny, allow -> RETURN (FORWARD decides: drop, pass)
+//!   proxy      -> TPROXY --on-ip 127.0.0.1 --on-port <proxy> --tproxy-mark 0x40000
+//! ```
+//! A marked packet is routed locally by the node's rule `fwmark 0x40000 lookup 2004` (table
+//! 2004: `local 0.0.0.0/0 dev lo`), which the agent keeps while the proxy runs. What is not
+//! redirected meets the FORWARD chains, where `Proxy` rules are absent: without the proxy
+//! (`PolicyView::l7_proxy` is `None`) an L7-policed port lets nothing through.
+//! The chains are `SLUICE-POL-*`: the policy syncer owns them; `sluice cleanup` removes them.
+
+use sluice_core::policy::{Action, EndpointRules, PolicyView, lower};
+
+use crate::ipset::Sets;
+use crate::policy::{POLICY_CHAIN_PREFIX, peer_match, proto_match};
+use crate::ruleset::Ruleset;
+use crate::services::quote;
+
+pub const L7_CHAIN: &str = "SLUICE-POL-L7";
+/// The packet mark bit of connections for the proxy (services use 0x10000 and 0x20000).
+pub const PROXY_MARK: u32 = 0x40000;
+/// The routing table that delivers marked packets locally.
+pub const PROXY_TABLE: u32 = 2004;
+
+fn chain(ep: &EndpointRules, ingress: bool) -> String {
+    let base = crate::policy::endpoint_chain(&ep.interface, ingress);
+    format!("{POLICY_CHAIN_PREFIX}L7-{}", &base[POLICY_CHAIN_PREFIX.len()..])
+}
+
+/// Add the redirect chains for `view`'s Proxy rules (nothing while no proxy runs or no rule
+/// needs one).
+pub fn render(view: &PolicyView, r: &mut Ruleset, sets: &mut Sets) {
+    let Some(port) = view.l7_proxy else { return };
+    let mark = format!("{PROXY_MARK:#x}/{PROXY_MARK:#x}");
+    let mut dispatch = vec![
+        format!(
+            "-p tcp -m socket --transparent -m comment --comment \"sluice: replies to the L7 proxy\" -j MARK --set-xmark {mark}"
+        ),
+        format!("-m mark --mark {mark} -j RETURN"),
+    ];
+    let mut eps: Vec<&EndpointRules> = view.endpoints.iter().collect();
+    eps.sort_by(|a, b| a.interface.cmp(&b.interface));
+    for ep in eps {
+        for ingress in [false, true] {
+            let d = if ingress { &ep.policy.ingress } else { &ep.policy.egress };
+            if !d.enforced || !d.rules.iter().any(|r| r.action == Action::Proxy && !r.audit) {
+                continue;
+            }
+            let name = chain(ep, ingress);
+            let mut rules = Vec::new();
+            for lr in lower(&crate::policy::endpoint_chain(&ep.interface, ingress), d, view) {
+                let m = format!("{}{}", peer_match(&lr, ingress, sets), proto_match(lr.protocol, lr.ports));
+                let by = quote(&lr.policies.join(", "));
+                rules.push(match lr.action {
+                    Action::Deny | Action::Allow => {
+                        format!("{m}-m comment --comment \"sluice: L4 rule of {by}, FORWARD decides\" -j RETURN")
+                    }
+                    Action::Proxy => format!(
+                        "{m}-m comment --comment \"sluice: to the L7 proxy by {by}\" -j TPROXY --on-ip 127.0.0.1 --on-port {port} --tproxy-mark {mark}"
+                    ),
+                });
+            }
+            *r.chain("mangle", &name) = rules;
+            let (what, matches) = if ingress {
+                ("ingress of", format!("-d {}", ep.ip))
+            } else {
+                ("egress of", format!("-i {}", ep.interface))
+            };
+            dispatch.push(format!("{matches} -m comment --comment \"sluice: L7 {what} {}\" -j {name}", quote(&ep.pod)));
+        }
+    }
+    if dispatch.len() > 2 {
+        *r.chain("mangle", L7_CHAIN) = dispatch;
+        r.hook("mangle", "PREROUTING", L7_CHAIN, "");
+    }
+}

@@ -1,0 +1,190 @@
+//! Tier 3: L7 (HTTP) policy through the node-local proxy, modelled on Cilium's connectivity
+//! checks: an echo pod whose ingress allows `GET /public` (and `GET /client`, which answers the
+//! caller's address as the echo server saw it) from pods labelled app=client; every other
+//! request gets 403 naming the policy, other identities are dropped at L3/L4; pod to pod on one
+//! node and across nodes, through a ClusterIP from another node, a named-port variant, and an
+//! egress rule by method (two proxies in a row: the client's node's, then the echo's). On
+//! iptables-enforced nodes; an eBPF-enforced node fails closed and says so.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestLab, eventually, require_root, two_node_lab};
+
+const POLICY: &str = r#"
+apiVersion: sluice.io/v1
+kind: SluiceNetworkPolicy
+metadata: {name: echo-l7, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {app: echo}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: /public}
+        - {method: GET, path: /client}
+    - ports: [{port: serve-81-tcp}]
+      rules:
+        http: [{method: GET, path: "/named.*", headers: ["X-Team: blue"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: x}
+spec:
+  clusterIP: 10.96.0.40
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 80}]
+"#;
+
+const EGRESS: &str = r#"
+apiVersion: sluice.io/v1
+kind: SluiceNetworkPolicy
+metadata: {name: client2-get-only, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {app: client, which: two}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: echo}}]
+    toPorts:
+    - ports: [{port: "80"}]
+      rules: {http: [{method: GET}]}
+"#;
+
+const BAD: &str = r#"
+apiVersion: sluice.io/v1
+kind: SluiceNetworkPolicy
+metadata: {name: bad-regex, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {app: echo}}
+  ingress:
+  - toPorts: [{ports: [{port: "80"}], rules: {http: [{path: "/(unclosed"}]}}]
+---
+apiVersion: sluice.io/v1
+kind: SluiceNetworkPolicy
+metadata: {name: bad-udp, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {app: echo}}
+  ingress:
+  - toPorts: [{ports: [{port: "53", protocol: UDP}], rules: {http: [{method: GET}]}}]
+"#;
+
+fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn req(t: &TestLab, from: &str, method: &str, url: &str, headers: &[&str]) -> Result<String, String> {
+    let mut argv = vec!["sluice-lab", "curl", "--timeout-ms", "2000", "-X", method];
+    for h in headers {
+        argv.extend(["-H", h]);
+    }
+    argv.push(url);
+    t.lab.exec_output(from, &argv).map(|s| s.trim().to_string()).map_err(|e| format!("{e:#}"))
+}
+
+fn setup(name: &str, node1: &str) -> (TestLab, tempfile::TempDir, String, String, String) {
+    let (t, dir) = two_node_lab(name, node1, "dataplane: iptables\n");
+    t.lab.namespace_set("x", Default::default(), true).expect("ns");
+    let echo = t.lab.pod_add_ports("node-1", "x/echo", labels(&[("app", "echo")]), &[80, 81], None).expect("echo");
+    t.lab.pod_add("node-1", "x/client", labels(&[("app", "client")]), None).expect("client");
+    let c2 = t.lab.pod_add("node-2", "x/client2", labels(&[("app", "client"), ("which", "two")]), None).expect("c2");
+    t.lab.pod_add("node-2", "x/other", labels(&[("app", "other")]), None).expect("other");
+    let f = dir.path().join("l7.yaml");
+    std::fs::write(&f, POLICY).expect("write");
+    t.lab.apply(&f).expect("apply");
+    (t, dir, echo.ip.to_string(), c2.ip.to_string(), f.display().to_string())
+}
+
+#[test]
+fn http_rules_allow_get_public_and_refuse_the_rest_on_iptables() {
+    if !require_root() {
+        return;
+    }
+    let (t, dir, echo, c2ip, _) = setup("t-l7", "dataplane: iptables\n");
+    let public = format!("http://{echo}/public");
+    eventually("GET /public through the proxy from node-1's client", Duration::from_secs(20), || {
+        (req(&t, "x/client", "GET", &public, &[]).ok()? == "x/echo").then_some(())
+    });
+    // Pod to pod on one node and across nodes; through the ClusterIP from the other node.
+    assert_eq!(req(&t, "x/client2", "GET", &public, &[]).as_deref(), Ok("x/echo"), "across nodes");
+    assert_eq!(req(&t, "x/client2", "GET", "http://10.96.0.40/public", &[]).as_deref(), Ok("x/echo"), "ClusterIP");
+    // The upstream connection keeps the client's address (the echo answers what it saw).
+    assert_eq!(req(&t, "x/client2", "GET", &format!("http://{echo}/client"), &[]), Ok(c2ip.clone()));
+    // Requests no rule matches: 403 naming the policy; the connection was accepted.
+    for (from, method, path) in
+        [("x/client", "GET", "/private"), ("x/client2", "POST", "/public"), ("x/client", "GET", "/public/x")]
+    {
+        let e = req(&t, from, method, &format!("http://{echo}{path}"), &[]).expect_err("refused");
+        assert!(e.contains("403") && e.contains("SluiceNetworkPolicy x/echo-l7"), "{from} {method} {path}: {e}");
+    }
+    // Another identity is dropped at L3/L4, never reaching the proxy.
+    let e = req(&t, "x/other", "GET", &public, &[]).expect_err("dropped");
+    assert!(e.contains("timed out") || e.contains("connecting"), "{e}");
+    // The named port (the echo's containerPort serve-81-tcp) with a header rule.
+    let named = format!("http://{echo}:81/named/1");
+    assert_eq!(req(&t, "x/client2", "GET", &named, &["X-Team: blue"]).as_deref(), Ok("x/echo"));
+    let e = req(&t, "x/client2", "GET", &named, &["X-Team: red"]).expect_err("wrong header value");
+    assert!(e.contains("403"), "{e}");
+
+    // Egress by method on client2: its node's proxy refuses POST (any path); GET passes both.
+    let f = dir.path().join("egress.yaml");
+    std::fs::write(&f, EGRESS).expect("write");
+    t.lab.apply(&f).expect("apply");
+    eventually("client2's egress rule refuses POST", Duration::from_secs(20), || {
+        let e = req(&t, "x/client2", "POST", &format!("http://{echo}/anything"), &[]).err()?;
+        e.contains("SluiceNetworkPolicy x/client2-get-only").then_some(())
+    });
+    assert_eq!(req(&t, "x/client2", "GET", &public, &[]).as_deref(), Ok("x/echo"), "egress then ingress proxy");
+    let e = req(&t, "x/client2", "GET", &format!("http://{echo}/private"), &[]).expect_err("ingress rule");
+    assert!(e.contains("SluiceNetworkPolicy x/echo-l7"), "the echo's node decides /private: {e}");
+
+    // Bad rules: refused by name with the field and value; the good policies stay in force.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, BAD).expect("write");
+    t.lab.apply(&bad).expect("apply");
+    let rejected = eventually("both bad policies refused", Duration::from_secs(15), || {
+        let out = t.lab.exec_output("node-1", &["sluice", "policy", "get", "-o", "json"]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let r = v["rejected"].as_array()?;
+        (r.len() == 2).then(|| v["rejected"].to_string())
+    });
+    assert!(
+        rejected.contains("x/bad-regex") && rejected.contains("spec.ingress[0].toPorts[0].rules.http[0].path"),
+        "{rejected}"
+    );
+    assert!(rejected.contains("x/bad-udp") && rejected.contains("HTTP rules need TCP"), "{rejected}");
+    assert_eq!(req(&t, "x/client", "GET", &public, &[]).as_deref(), Ok("x/echo"));
+    t.lab.delete(&bad).expect("delete");
+
+    // The kernel objects: the TPROXY chains while L7 rules exist; gone with the policies.
+    let mangle = t.exec("node-1", &["iptables-save", "-t", "mangle"]);
+    assert!(mangle.contains("-j TPROXY") && mangle.contains("SLUICE-POL-L7"), "{mangle}");
+    let rules = t.exec("node-1", &["ip", "rule", "show"]);
+    assert!(rules.contains("fwmark 0x40000/0x40000 lookup 2004"), "{rules}");
+    t.lab.delete(std::path::Path::new(&f)).expect("delete egress");
+    let all = dir.path().join("l7.yaml");
+    t.lab.delete(&all).expect("delete policy");
+    eventually("redirect chains removed with the policy", Duration::from_secs(15), || {
+        (!t.exec("node-1", &["iptables-save", "-t", "mangle"]).contains("SLUICE-POL-L7")).then_some(())
+    });
+    assert_eq!(req(&t, "x/other", "GET", &public, &[]).as_deref(), Ok("x/echo"), "no policy: open again");
+}
+
+#[test]
+fn an_ebpf_enforced_node_fails_closed_on_http_rules_and_says_so() {
+    if !require_root() {
+        return;
+    }
+    let (t, _dir, echo, _, _) = setup("t-l7-ebpf", "dataplane: ebpf\n");
+    let public = format!("http://{echo}/public");
+    let errors = eventually("node-1 reports the L7 rules it cannot enforce", Duration::from_secs(20), || {
+        let st = t.try_status("node-1")?;
+        let e = st["errors"].to_string();
+        e.contains("not enforced by the eBPF backend").then_some(e)
+    });
+    assert!(errors.contains("x/echo") && errors.contains("SluiceNetworkPolicy x/echo-l7"), "{errors}");
+    // Closed: neither the allowed request nor anything else passes.
+    assert!(req(&t, "x/client2", "GET", &public, &[]).is_err(), "an L7 port on eBPF lets nothing through");
+    assert!(req(&t, "x/other", "GET", &public, &[]).is_err());
+}

@@ -1,0 +1,86 @@
+//! sluice's node-local L7 proxy. Connections reach it by netfilter TPROXY (the iptables
+//! backend's `l7` chains): the accepted socket's local address is the connection's original
+//! destination and its peer the client, as the kernel saw them, never as the client claims.
+//! For each connection the agent's [`Decide`] says whether it may be served at all and which
+//! HTTP rules its requests must pass; each request that passes is forwarded over one upstream
+//! connection per downstream connection, opened from the client's own address (a transparent
+//! socket), so the destination's own policy sees the real client. A request no rule matches
+//! gets `403` naming the policies; bodies stream both ways.
+//!
+//! HTTP/1.1 (keep-alive) and HTTP/2 without TLS (prior knowledge, h2c) are served, each
+//! forwarded in the protocol it came in. Header size and the time to send them are limited
+//! (slowloris), and so is the number of connections.
+
+mod serve;
+mod socket;
+
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::policy::HttpMatcher;
+
+pub use serve::run;
+pub use socket::bind_transparent;
+
+/// One set of HTTP rules a request must pass, and whose they are (the 403 names them).
+#[derive(Clone)]
+pub struct Check {
+    pub matcher: Arc<HttpMatcher>,
+    /// `Kind ns/name` of the policies behind the rules, joined.
+    pub policies: String,
+}
+
+/// What the proxy may do with a connection.
+#[derive(Clone)]
+pub enum Verdict {
+    /// Serve HTTP: a request is forwarded when every check passes it (the source's egress rules
+    /// and the destination's ingress rules, where each has L7 rules on this node).
+    Http { checks: Vec<Check> },
+    /// Close it at once: L3/L4 policy does not allow it, or nothing here knows it (fails closed).
+    Refuse { reason: String },
+}
+
+/// The agent's policy, as the proxy asks it (kept current by the agent, read per connection).
+pub trait Decide: Send + Sync + 'static {
+    fn decide(&self, client: SocketAddrV4, original_dst: SocketAddrV4) -> Verdict;
+}
+
+/// One request as it was decided and answered (the agent turns these into L7 flows).
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub client: SocketAddrV4,
+    pub server: SocketAddrV4,
+    pub method: String,
+    pub url: String,
+    pub protocol: &'static str,
+    /// `None`: the upstream failed before answering (502 sent).
+    pub code: Option<u16>,
+    pub latency: Duration,
+    /// Refused by policy (403 sent, nothing forwarded): the policies that had rules for it.
+    pub denied_by: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (bytes); more gets 431.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// Open downstream connections at most; more are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_header_bytes: 64 * 1024, header_timeout: Duration::from_secs(10), max_connections: 10_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(
+        "binding the L7 proxy's transparent listener on 127.0.0.1:{port}: {source} (needs CAP_NET_ADMIN; pick a free port with l7.proxy_port)"
+    )]
+    Bind { port: u16, source: std::io::Error },
+}

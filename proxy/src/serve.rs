@@ -1,0 +1,204 @@
+//! Accepting, deciding and forwarding.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use sluice_core::policy::l7::Request as RuleRequest;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore, mpsc};
+
+use crate::socket::connect_as;
+use crate::{Check, Decide, Limits, RequestRecord, Verdict};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+enum Upstream {
+    H1(http1::SendRequest<Incoming>),
+    H2(http2::SendRequest<Incoming>),
+}
+
+struct Conn {
+    client: SocketAddrV4,
+    server: SocketAddrV4,
+    checks: Vec<Check>,
+    upstream: Mutex<Option<Upstream>>,
+    records: Option<mpsc::Sender<RequestRecord>>,
+}
+
+fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().map(|ip| SocketAddrV4::new(ip, a.port())),
+    }
+}
+
+/// Serve connections from `listener` until the task is dropped.
+pub async fn run(
+    listener: TcpListener,
+    decide: Arc<dyn Decide>,
+    limits: Limits,
+    records: Option<mpsc::Sender<RequestRecord>>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "L7 proxy accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer, max = limits.max_connections, "L7 proxy at its connection limit: closed");
+            continue;
+        };
+        let (Some(client), Some(server)) = (v4(peer), stream.local_addr().ok().and_then(v4)) else { continue };
+        let checks = match decide.decide(client, server) {
+            Verdict::Http { checks } => checks,
+            Verdict::Refuse { reason } => {
+                tracing::info!(%client, %server, %reason, "L7 proxy refused a connection");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(Conn { client, server, checks, upstream: Mutex::new(None), records: records.clone() });
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192));
+            b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+            let svc = hyper::service::service_fn(move |req| handle(conn.clone(), req));
+            if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%client, error = %e, "L7 proxy connection ended");
+            }
+        });
+    }
+}
+
+fn text(code: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *r.status_mut() = code;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1): never forwarded.
+const HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let method = req.method().as_str().to_string();
+    let version = req.version();
+    let rr = RuleRequest { method: &method, path: &path, host: &host, headers: &headers };
+    let url = format!("http://{host}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let protocol = if version == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" };
+    let record = |code: Option<u16>, denied_by: Option<String>| RequestRecord {
+        client: c.client,
+        server: c.server,
+        method: method.clone(),
+        url: url.clone(),
+        protocol,
+        code,
+        latency: start.elapsed(),
+        denied_by,
+    };
+    if let Some(refused) = c.checks.iter().find(|k| !k.matcher.allows(&rr)) {
+        let r = text(StatusCode::FORBIDDEN, format!("Access denied by sluice L7 policy ({})\n", refused.policies));
+        send(&c, record(Some(403), Some(refused.policies.clone())));
+        return Ok(r);
+    }
+    for h in HOP {
+        req.headers_mut().remove(h);
+    }
+    match forward(&c, req, version).await {
+        Ok(resp) => {
+            send(&c, record(Some(resp.status().as_u16()), None));
+            let (mut parts, body) = resp.into_parts();
+            for h in HOP {
+                parts.headers.remove(h);
+            }
+            Ok(Response::from_parts(parts, body.boxed()))
+        }
+        Err(e) => {
+            tracing::info!(client = %c.client, server = %c.server, error = %e, "L7 proxy upstream failed");
+            send(&c, record(None, None));
+            Ok(text(StatusCode::BAD_GATEWAY, format!("sluice L7 proxy: upstream {} failed: {e}\n", c.server)))
+        }
+    }
+}
+
+fn send(c: &Conn, r: RequestRecord) {
+    if let Some(tx) = &c.records {
+        let _ = tx.try_send(r); // a full channel drops the record, never the request
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// Send `req` over this connection's upstream (opened on first use, in the request's protocol).
+async fn forward(c: &Conn, req: Request<Incoming>, version: Version) -> Result<Response<Incoming>, ForwardError> {
+    let mut up = c.upstream.lock().await;
+    if up.as_ref().is_none_or(|u| match u {
+        Upstream::H1(s) => s.is_closed(),
+        Upstream::H2(s) => s.is_closed(),
+    }) {
+        let stream = connect_as(*c.client.ip(), c.server).await.map_err(ForwardError::Connect)?;
+        let io = TokioIo::new(stream);
+        *up = Some(if version == Version::HTTP_2 {
+            let (s, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            Upstream::H2(s)
+        } else {
+            let (s, conn) = http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Upstream::H1(s)
+        });
+    }
+    match up.as_mut() {
+        Some(Upstream::H2(s)) => {
+            // Multiplexed: release the lock, many requests share the connection.
+            let mut s = s.clone();
+            drop(up);
+            s.ready().await?;
+            Ok(s.send_request(req).await?)
+        }
+        Some(Upstream::H1(s)) => {
+            s.ready().await?;
+            Ok(s.send_request(req).await?)
+        }
+        None => unreachable!("set above"),
+    }
+}
