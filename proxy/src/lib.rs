@@ -21,7 +21,7 @@ use std::time::Duration;
 use sluice_core::policy::HttpMatcher;
 
 pub use serve::run;
-pub use socket::bind_transparent;
+pub use socket::{bind, bind_transparent};
 
 /// One set of HTTP rules a request must pass, and whose they are (the 403 names them).
 #[derive(Clone)]
@@ -36,7 +36,14 @@ pub struct Check {
 pub enum Verdict {
     /// Serve HTTP: a request is forwarded when every check passes it (the source's egress rules
     /// and the destination's ingress rules, where each has L7 rules on this node).
-    Http { checks: Vec<Check> },
+    Http {
+        checks: Vec<Check>,
+        /// Where passing requests go: the original destination.
+        upstream: SocketAddrV4,
+        /// The address upstream connections come from: the client's own (transparent), or
+        /// `None` for the node's.
+        source: Option<std::net::Ipv4Addr>,
+    },
     /// Close it at once: L3/L4 policy does not allow it, or nothing here knows it (fails closed).
     Refuse { reason: String },
 }

@@ -29,6 +29,8 @@ enum Upstream {
 struct Conn {
     client: SocketAddrV4,
     server: SocketAddrV4,
+    upstream_addr: SocketAddrV4,
+    source: Option<std::net::Ipv4Addr>,
     checks: Vec<Check>,
     upstream: Mutex<Option<Upstream>>,
     records: Option<mpsc::Sender<RequestRecord>>,
@@ -63,15 +65,23 @@ pub async fn run(
             continue;
         };
         let (Some(client), Some(server)) = (v4(peer), stream.local_addr().ok().and_then(v4)) else { continue };
-        let checks = match decide.decide(client, server) {
-            Verdict::Http { checks } => checks,
+        let (checks, upstream_addr, source) = match decide.decide(client, server) {
+            Verdict::Http { checks, upstream, source } => (checks, upstream, source),
             Verdict::Refuse { reason } => {
                 tracing::info!(%client, %server, %reason, "L7 proxy refused a connection");
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(Conn { client, server, checks, upstream: Mutex::new(None), records: records.clone() });
+        let conn = Arc::new(Conn {
+            client,
+            server,
+            upstream_addr,
+            source,
+            checks,
+            upstream: Mutex::new(None),
+            records: records.clone(),
+        });
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -149,7 +159,7 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         Err(e) => {
             tracing::info!(client = %c.client, server = %c.server, error = %e, "L7 proxy upstream failed");
             send(&c, record(None, None));
-            Ok(text(StatusCode::BAD_GATEWAY, format!("sluice L7 proxy: upstream {} failed: {e}\n", c.server)))
+            Ok(text(StatusCode::BAD_GATEWAY, format!("sluice L7 proxy: upstream {} failed: {e}\n", c.upstream_addr)))
         }
     }
 }
@@ -175,7 +185,7 @@ async fn forward(c: &Conn, req: Request<Incoming>, version: Version) -> Result<R
         Upstream::H1(s) => s.is_closed(),
         Upstream::H2(s) => s.is_closed(),
     }) {
-        let stream = connect_as(*c.client.ip(), c.server).await.map_err(ForwardError::Connect)?;
+        let stream = connect_as(c.source, c.upstream_addr).await.map_err(ForwardError::Connect)?;
         let io = TokioIo::new(stream);
         *up = Some(if version == Version::HTTP_2 {
             let (s, conn) = http2::handshake(TokioExecutor::new(), io).await?;
@@ -187,18 +197,18 @@ async fn forward(c: &Conn, req: Request<Incoming>, version: Version) -> Result<R
             Upstream::H1(s)
         });
     }
-    match up.as_mut() {
-        Some(Upstream::H2(s)) => {
+    let Some(u) = up.as_mut() else { return Err(ForwardError::Connect(std::io::ErrorKind::NotConnected.into())) };
+    match u {
+        Upstream::H2(s) => {
             // Multiplexed: release the lock, many requests share the connection.
             let mut s = s.clone();
             drop(up);
             s.ready().await?;
             Ok(s.send_request(req).await?)
         }
-        Some(Upstream::H1(s)) => {
+        Upstream::H1(s) => {
             s.ready().await?;
             Ok(s.send_request(req).await?)
         }
-        None => unreachable!("set above"),
     }
 }

@@ -23,6 +23,8 @@ impl Decide for SharedView {
                     .into_iter()
                     .map(|c| Check { matcher: Arc::new(HttpMatcher::new(&c.rules)), policies: c.policies })
                     .collect(),
+                upstream: dst,
+                source: Some(*client.ip()),
             },
             Err(reason) => Verdict::Refuse { reason },
         }

@@ -1,0 +1,208 @@
+//! The proxy against a real HTTP server over loopback (no TPROXY in front, no root): keep-alive
+//! and h2c forwarding, 403 without closing the connection, streamed bodies, malformed and
+//! oversized requests, slow clients and the connection limit.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_core::policy::{HttpMatcher, HttpRule};
+use sluice_proxy::{Check, Decide, Limits, Verdict};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream answering `METHOD PATH <body length>`, counting the connections it accepted.
+async fn backend() -> (SocketAddrV4, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let SocketAddr::V4(addr) = l.local_addr().expect("addr") else { panic!("v4") };
+    let conns = Arc::new(AtomicUsize::new(0));
+    let n = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            n.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let head = format!("{} {}", req.method(), req.uri().path());
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(format!("{head} {}", body.len())))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+struct Rules {
+    upstream: SocketAddrV4,
+    refuse: bool,
+}
+
+impl Decide for Rules {
+    fn decide(&self, _client: SocketAddrV4, _dst: SocketAddrV4) -> Verdict {
+        if self.refuse {
+            return Verdict::Refuse { reason: "test".into() };
+        }
+        let rules = [
+            HttpRule { method: Some("GET".into()), path: Some("/public.*".into()), ..Default::default() },
+            HttpRule { method: Some("POST".into()), path: Some("/upload".into()), ..Default::default() },
+        ];
+        Verdict::Http {
+            checks: vec![Check {
+                matcher: Arc::new(HttpMatcher::new(&rules)),
+                policies: "SluiceNetworkPolicy x/p".into(),
+            }],
+            upstream: self.upstream,
+            source: None,
+        }
+    }
+}
+
+async fn proxy(limits: Limits, refuse: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (upstream, conns) = backend().await;
+    let l = sluice_proxy::bind(0).expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(sluice_proxy::run(l, Arc::new(Rules { upstream, refuse }), limits, None));
+    (addr, conns)
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).header("host", "echo").body(Full::new(Bytes::new())).expect("request")
+}
+
+async fn text(r: Response<Incoming>) -> (u16, String) {
+    let code = r.status().as_u16();
+    (code, String::from_utf8_lossy(&r.into_body().collect().await.expect("body").to_bytes()).into_owned())
+}
+
+#[tokio::test]
+async fn keep_alive_requests_share_one_upstream_and_a_403_keeps_the_connection() {
+    let (addr, conns) = proxy(Limits::default(), false).await;
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+    tokio::spawn(conn);
+    for (path, want) in
+        [("/public", (200, "GET /public 0")), ("/private", (403, "")), ("/public/2", (200, "GET /public/2 0"))]
+    {
+        let (code, body) = text(tx.send_request(get(path)).await.expect("send")).await;
+        assert_eq!(code, want.0, "{path}: {body}");
+        if code == 403 {
+            assert!(body.contains("SluiceNetworkPolicy x/p"), "the 403 names the policy: {body}");
+        } else {
+            assert_eq!(body, want.1);
+        }
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "one upstream connection for the keep-alive connection");
+}
+
+#[tokio::test]
+async fn h2c_is_served_and_forwarded_as_http2_with_concurrent_streams() {
+    let (addr, conns) = proxy(Limits::default(), false).await;
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let path = if i % 2 == 0 { format!("/public/{i}") } else { format!("/private/{i}") };
+            let req = Request::get(format!("http://echo{path}")).body(Full::new(Bytes::new())).expect("req");
+            (i, text(tx.send_request(req).await.expect("send")).await)
+        }));
+    }
+    for t in tasks {
+        let (i, (code, body)) = t.await.expect("task");
+        if i % 2 == 0 {
+            assert_eq!((code, body), (200, format!("GET /public/{i} 0")));
+        } else {
+            assert_eq!(code, 403, "{body}");
+        }
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "streams share one upstream HTTP/2 connection");
+}
+
+#[tokio::test]
+async fn request_bodies_stream_through() {
+    let (addr, _) = proxy(Limits::default(), false).await;
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+    tokio::spawn(conn);
+    // 64 chunks of 64 KiB, sent as they are produced (chunked: no length known up front).
+    let chunks = futures_stream(64, 64 * 1024);
+    let req = Request::post("/upload").header("host", "echo").body(chunks).expect("req");
+    let (code, body) = text(tx.send_request(req).await.expect("send")).await;
+    assert_eq!((code, body), (200, format!("POST /upload {}", 64 * 64 * 1024)));
+}
+
+fn futures_stream(n: usize, size: usize) -> impl hyper::body::Body<Data = Bytes, Error = std::io::Error> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    tokio::spawn(async move {
+        for _ in 0..n {
+            if tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; size])))).await.is_err() {
+                return;
+            }
+        }
+    });
+    StreamBody::new(tokio_stream_from(rx))
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Write `raw`, read until the peer closes or 5 s pass; what came back.
+async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_are_answered_and_only_that_connection_closes() {
+    let limits = Limits { max_header_bytes: 8192, ..Limits::default() };
+    let (addr, _) = proxy(limits, false).await;
+    let bad = raw(addr, b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad:?}");
+    let big = format!("GET /public HTTP/1.1\r\nhost: echo\r\nx-big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let over = raw(addr, big.as_bytes()).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "{over:?}");
+    let ok = raw(addr, b"GET /public HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("GET /public 0"), "others still served: {ok:?}");
+}
+
+#[tokio::test]
+async fn a_slow_client_is_cut_off_and_the_connection_limit_holds() {
+    let limits = Limits { header_timeout: Duration::from_millis(500), max_connections: 2, ..Limits::default() };
+    let (addr, _) = proxy(limits, false).await;
+    // Slowloris: half a request line, then nothing. The proxy closes it (the read ends).
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /public HTTP/1.1\r\n").await.expect("write");
+    let mut buf = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(cut.is_ok(), "a client that never finishes its headers is disconnected");
+    // Two idle connections take both slots; a third is closed at once, unanswered.
+    let _a = TcpStream::connect(addr).await.expect("a");
+    let _b = TcpStream::connect(addr).await.expect("b");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = raw(addr, b"GET /public HTTP/1.1\r\nhost: echo\r\n\r\n").await;
+    assert_eq!(third, "", "over the limit: closed without an answer");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_closed_unanswered() {
+    let (addr, conns) = proxy(Limits::default(), true).await;
+    assert_eq!(raw(addr, b"GET /public HTTP/1.1\r\nhost: echo\r\n\r\n").await, "");
+    assert_eq!(conns.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+}
