@@ -118,6 +118,40 @@ fn http_rules_allow_get_public_and_refuse_the_rest_on_iptables() {
         let e = req(&t, from, method, &format!("http://{echo}{path}"), &[]).expect_err("refused");
         assert!(e.contains("403") && e.contains("SluiceNetworkPolicy x/echo-l7"), "{from} {method} {path}: {e}");
     }
+    // Each request is an L7 flow on the echo's node: the request (FORWARDED, or DROPPED when
+    // refused) and the response with its status and latency, filtered as hubble observe does.
+    let observe = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut argv = vec!["sluice", "observe", "--type", "l7", "--last", "1000", "-o", "json"];
+        argv.extend(args);
+        t.exec("node-1", &argv)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["flow"].clone())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ok = loop {
+        let f = observe(&["--http-path", "^/public$", "--http-status", "2+"]);
+        if !f.is_empty() {
+            break f;
+        }
+        let all = t.exec("node-1", &["sluice", "observe", "--last", "50"]);
+        assert!(std::time::Instant::now() < deadline, "no response flow of GET /public; the last flows:\n{all}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let r = &ok[0];
+    assert_eq!((r["l7"]["type"].as_str(), r["l7"]["http"]["code"].as_u64()), (Some("RESPONSE"), Some(200)), "{r}");
+    assert_eq!(r["l7"]["http"]["method"], "GET", "{r}");
+    assert!(r["l7"]["latency_ns"].as_u64().is_some_and(|n| n > 0), "{r}");
+    assert_eq!((r["Type"].as_str(), r["verdict"].as_str()), (Some("L7"), Some("FORWARDED")), "{r}");
+    let refused = observe(&["--http-method", "POST", "--verdict", "DROPPED"]);
+    let p = refused.first().unwrap_or_else(|| panic!("a DROPPED request flow for POST /public: {refused:?}"));
+    assert_eq!(p["l7"]["type"], "REQUEST", "{p}");
+    assert!(p["ingress_denied_by"].to_string().contains("echo-l7"), "{p}");
+    assert_eq!(p["source"]["pod_name"], "client2", "{p}");
+    let line = t.exec("node-1", &["sluice", "observe", "--type", "l7", "--http-path", "^/private", "--last", "5"]);
+    assert!(line.contains("http-request DROPPED (HTTP/1.1 GET http://") && line.contains("/private"), "{line}");
+
     // Another identity is dropped at L3/L4, never reaching the proxy.
     let e = req(&t, "x/other", "GET", &public, &[]).expect_err("dropped");
     assert!(e.contains("timed out") || e.contains("connecting"), "{e}");

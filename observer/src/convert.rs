@@ -82,6 +82,9 @@ pub fn filter(f: &pb::FlowFilter) -> Result<FlowFilter, RequestError> {
         tcp_flags: f.tcp_flags.iter().map(flag_names).collect(),
         node_name: f.node_name.clone(),
         traffic_direction: f.traffic_direction.iter().map(|d| direction(*d)).collect::<Result<_, _>>()?,
+        http_status_code: f.http_status_code.clone(),
+        http_method: f.http_method.clone(),
+        http_path: f.http_path.clone(),
     })
 }
 
@@ -194,8 +197,44 @@ pub fn flow(f: &core::Flow) -> pb::Flow {
         ingress_denied_by: if ingress { denied.clone() } else { Vec::new() },
         egress_denied_by: if ingress { Vec::new() } else { denied },
         policy_match_type: 0,
+        l7: f.l7.as_ref().map(|l| pb::Layer7 {
+            r#type: l.r#type as i32,
+            latency_ns: l.latency_ns,
+            record: Some(pb::layer7::Record::Http(pb::Http {
+                code: l.http.code.into(),
+                method: l.http.method.clone(),
+                url: l.http.url.clone(),
+                protocol: l.http.protocol.clone(),
+                headers: l
+                    .http
+                    .headers
+                    .iter()
+                    .map(|(k, v)| pb::HttpHeader { key: k.clone(), value: v.clone() })
+                    .collect(),
+            })),
+        }),
         ..Default::default()
     }
+}
+
+fn l7_back(l: &pb::Layer7) -> Option<core::l7::L7> {
+    let r#type = match l.r#type {
+        1 => core::l7::L7Type::Request,
+        2 => core::l7::L7Type::Response,
+        _ => return None,
+    };
+    let Some(pb::layer7::Record::Http(h)) = &l.record else { return None };
+    Some(core::l7::L7 {
+        r#type,
+        latency_ns: l.latency_ns,
+        http: core::l7::Http {
+            code: h.code as u16,
+            method: h.method.clone(),
+            url: h.url.clone(),
+            protocol: h.protocol.clone(),
+            headers: h.headers.iter().map(|x| (x.key.clone(), x.value.clone())).collect(),
+        },
+    })
 }
 
 fn endpoint_back(e: Option<&pb::Endpoint>) -> core::Endpoint {
@@ -260,6 +299,7 @@ pub fn flow_back(f: &pb::Flow) -> Option<core::Flow> {
             allowed_by: [names(&f.ingress_allowed_by), names(&f.egress_allowed_by)].concat(),
             denied_by: [names(&f.ingress_denied_by), names(&f.egress_denied_by)].concat(),
         },
+        l7: f.l7.as_ref().and_then(l7_back),
     })
 }
 

@@ -36,6 +36,7 @@ fn flow(verdict: Verdict, port: u16, flags: u8) -> Flow {
         source_service: None,
         destination_service: None,
         policy: PolicyMatch::default(),
+        l7: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn flow(t: u64, node: &str) -> Flow {
         source_service: None,
         destination_service: None,
         policy: PolicyMatch::default(),
+        l7: None,
     }
 }
 

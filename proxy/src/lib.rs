@@ -66,6 +66,10 @@ pub struct RequestRecord {
     pub latency: Duration,
     /// Refused by policy (403 sent, nothing forwarded): the policies that had rules for it.
     pub denied_by: Option<String>,
+    /// The policies whose HTTP rules were checked (and passed, unless `denied_by`).
+    pub checked_by: Vec<String>,
+    /// When the request arrived (wall clock, ns since the epoch).
+    pub time_ns: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -129,7 +129,10 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
     let rr = RuleRequest { method: &method, path: &path, host: &host, headers: &headers };
     let url = format!("http://{host}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let protocol = if version == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" };
+    let time_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let record = |code: Option<u16>, denied_by: Option<String>| RequestRecord {
+        time_ns,
+        checked_by: c.checks.iter().map(|k| k.policies.clone()).collect(),
         client: c.client,
         server: c.server,
         method: method.clone(),

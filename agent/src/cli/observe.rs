@@ -78,6 +78,15 @@ pub struct ObserveArgs {
     /// trace, drop, policy-verdict, l7.
     #[arg(long = "type")]
     pub kind: Vec<String>,
+    /// HTTP request method of L7 flows (GET, POST, ...).
+    #[arg(long)]
+    pub http_method: Vec<String>,
+    /// HTTP path of L7 flows: a regular expression (`^/api/`).
+    #[arg(long)]
+    pub http_path: Vec<String>,
+    /// HTTP status of L7 responses: a code (403) or a class (5+).
+    #[arg(long)]
+    pub http_status: Vec<String>,
     /// Negate the next filter, as `hubble observe --not`: `--not --verdict FORWARDED` shows
     /// every flow but forwarded ones. Negated filters form one blacklist filter (a flow is
     /// left out when it matches all of them); repeat --not before each filter to negate.
@@ -89,7 +98,7 @@ pub struct ObserveArgs {
 }
 
 /// Filter flags `--not` may negate (each takes one value).
-const FILTER_FLAGS: [&str; 15] = [
+const FILTER_FLAGS: [&str; 18] = [
     "--from-pod",
     "--to-pod",
     "--from-namespace",
@@ -105,6 +114,9 @@ const FILTER_FLAGS: [&str; 15] = [
     "--verdict",
     "--protocol",
     "--type",
+    "--http-method",
+    "--http-path",
+    "--http-status",
 ];
 
 /// `--not FLAG VALUE` (or `--not FLAG=VALUE`) after `observe` becomes `--negated=FLAG
@@ -198,6 +210,9 @@ fn filter(a: &ObserveArgs) -> anyhow::Result<pb::FlowFilter> {
         verdict,
         protocol: a.protocol.clone(),
         event_type,
+        http_method: a.http_method.clone(),
+        http_path: a.http_path.clone(),
+        http_status_code: a.http_status.clone(),
         ..Default::default()
     })
 }
@@ -265,6 +280,18 @@ pub fn json_line(r: &GetFlowsResponse) -> Value {
             }
             if let Some(s) = &f.destination_service {
                 flow["destination_service"] = json!({"name": s.name, "namespace": s.namespace});
+            }
+            if let Some(l7) = &f.l7 {
+                let mut v = json!({
+                    "type": pb::L7FlowType::try_from(l7.r#type).map(|t| t.as_str_name()).unwrap_or(""),
+                    "latency_ns": l7.latency_ns,
+                });
+                if let Some(pb::layer7::Record::Http(h)) = &l7.record {
+                    let headers: Vec<Value> =
+                        h.headers.iter().map(|x| json!({"key": x.key, "value": x.value})).collect();
+                    v["http"] = json!({"code": h.code, "method": h.method, "url": h.url, "protocol": h.protocol, "headers": headers});
+                }
+                flow["l7"] = v;
             }
             // The policies that decided it, as Hubble prints them.
             for (key, list) in [

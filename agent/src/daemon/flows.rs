@@ -120,6 +120,11 @@ impl Flows {
         }
     }
 
+    /// Who is who, as the last pass left it (the L7 proxy's flows are named through it).
+    pub fn directory(&self) -> Arc<RwLock<Directory>> {
+        self.directory.clone()
+    }
+
     pub fn hub(&self) -> Arc<Hub> {
         self.hub.clone()
     }

@@ -8,8 +8,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sluice_config::L7Config;
+use sluice_core::flow::enrich::Directory;
+use sluice_core::flow::l7::ObservedHttp;
 use sluice_core::policy::{Action, HttpMatcher, PolicyView, l7::connection_checks};
-use sluice_proxy::{Check, Decide, Limits, Verdict};
+use sluice_proxy::{Check, Decide, Limits, RequestRecord, Verdict};
 
 /// The latest view, shared with the proxy's connection handlers.
 struct SharedView(RwLock<Arc<PolicyView>>);
@@ -33,6 +35,8 @@ impl Decide for SharedView {
 
 pub struct L7Proxy {
     cfg: L7Config,
+    hub: Arc<sluice_observer::server::Hub>,
+    directory: Arc<RwLock<Directory>>,
     shared: Arc<SharedView>,
     generation: Option<u64>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -47,9 +51,11 @@ fn needs_proxy(view: &PolicyView) -> bool {
 }
 
 impl L7Proxy {
-    pub fn new(cfg: &L7Config) -> Self {
+    pub fn new(cfg: &L7Config, hub: Arc<sluice_observer::server::Hub>, directory: Arc<RwLock<Directory>>) -> Self {
         L7Proxy {
             cfg: cfg.clone(),
+            hub,
+            directory,
             shared: Arc::new(SharedView(RwLock::new(Arc::default()))),
             generation: None,
             task: None,
@@ -103,7 +109,37 @@ impl L7Proxy {
             max_connections: self.cfg.max_connections,
         };
         let decide: Arc<dyn Decide> = self.shared.clone();
-        self.task = Some(tokio::spawn(sluice_proxy::run(listener, decide, limits, None)));
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(record_flows(rx, self.hub.clone(), self.directory.clone()));
+        self.task = Some(tokio::spawn(sluice_proxy::run(listener, decide, limits, Some(tx))));
         Ok(())
+    }
+}
+
+/// Each request the proxy handled becomes Hubble's L7 flows (request, and response unless
+/// refused) in this node's flow buffer and metrics.
+async fn record_flows(
+    mut rx: tokio::sync::mpsc::Receiver<RequestRecord>,
+    hub: Arc<sluice_observer::server::Hub>,
+    directory: Arc<RwLock<Directory>>,
+) {
+    while let Some(r) = rx.recv().await {
+        let o = ObservedHttp {
+            time_ns: r.time_ns,
+            client: (*r.client.ip(), r.client.port()),
+            server: (*r.server.ip(), r.server.port()),
+            method: r.method,
+            url: r.url,
+            protocol: r.protocol.to_string(),
+            code: r.code.unwrap_or(502),
+            latency_ns: r.latency.as_nanos() as u64,
+            allowed_by: if r.denied_by.is_some() { Vec::new() } else { r.checked_by.clone() },
+            denied_by: r.denied_by.map(|d| vec![d]),
+        };
+        let flows = match directory.read() {
+            Ok(d) => d.http(&o),
+            Err(_) => continue,
+        };
+        hub.push(flows);
     }
 }

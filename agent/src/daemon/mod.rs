@@ -79,8 +79,8 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     // Per-Service errors of the last pass: `sluice service list` shows them as failed.
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     let mut policy = policy::PolicyCache::default();
-    let mut l7 = l7::L7Proxy::new(&cfg.l7);
     let mut flows = flows::Flows::new(&cfg);
+    let mut l7 = l7::L7Proxy::new(&cfg.l7, flows.hub(), flows.directory());
     let mut metrics = metrics::Metrics::new();
     let mut last_generation = None;
     loop {

@@ -53,8 +53,37 @@ pub struct Columns {
     pub summary: String,
 }
 
+/// `http-request` / `http-response` and what Hubble prints in brackets after the verdict.
+fn http(f: &Flow) -> Option<(&'static str, String)> {
+    let l7 = f.l7.as_ref()?;
+    let h = &l7.http;
+    Some(match l7.r#type {
+        super::l7::L7Type::Request => ("http-request", format!("{} {} {}", h.protocol, h.method, h.url)),
+        super::l7::L7Type::Response => (
+            "http-response",
+            format!("{} {} {}ms ({} {})", h.protocol, h.code, l7.latency_ns / 1_000_000, h.method, h.url),
+        ),
+    })
+}
+
+fn l7_denial(f: &Flow) -> Option<String> {
+    (f.verdict == Verdict::Dropped && !f.policy.denied_by.is_empty())
+        .then(|| format!("no HTTP rule of {} allows it", f.policy.denied_by.join(", ")))
+}
+
 pub fn columns(f: &Flow) -> Columns {
     let ports = f.l4.and_then(|l| l.ports());
+    if let Some((kind, what)) = http(f) {
+        let mut summary = vec![what];
+        summary.extend(l7_denial(f));
+        return Columns {
+            source: name(&f.source, f.source_ip, ports.map(|p| p.0)),
+            destination: name(&f.destination, f.destination_ip, ports.map(|p| p.1)),
+            kind: kind.to_string(),
+            verdict: verdict(f.verdict),
+            summary: summary.join("; "),
+        };
+    }
     let kind = match f.event {
         EventKind::Drop => "drop".to_string(),
         EventKind::PolicyVerdict => "policy-verdict".to_string(),
@@ -120,6 +149,13 @@ pub fn line(time: &str, f: &Flow) -> String {
     );
     if let Some(svc) = &f.destination_service {
         s += &format!(" (service {}/{})", svc.namespace, svc.name);
+    }
+    if let Some((kind, what)) = http(f) {
+        s += &format!(" {kind} {} ({what})", verdict(f.verdict));
+        if let Some(a) = l7_denial(f) {
+            s += &format!(" ({a})");
+        }
+        return s;
     }
     match f.event {
         EventKind::Drop => {

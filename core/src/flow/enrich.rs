@@ -101,6 +101,14 @@ impl Directory {
         }
     }
 
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    pub(crate) fn is_local_pod(&self, ip: Ipv4Addr) -> bool {
+        self.local_pod(ip)
+    }
+
     fn local_pod(&self, ip: Ipv4Addr) -> bool {
         self.pods.get(&ip).is_some_and(|(_, local)| *local)
     }
@@ -144,6 +152,7 @@ impl Directory {
             source_service: None,
             destination_service: o.translated_to.and_then(|_| self.frontends.get(&(o.dst, o.dport, o.proto)).cloned()),
             policy: PolicyMatch::default(),
+            l7: None,
         }
     }
 }

@@ -34,6 +34,37 @@ pub struct FlowFilter {
     /// Patterns with `*` (any run of characters).
     pub node_name: Vec<String>,
     pub traffic_direction: Vec<TrafficDirection>,
+    /// `404`, or a class: `4+` (any 4xx), `5+`. Responses only.
+    pub http_status_code: Vec<String>,
+    pub http_method: Vec<String>,
+    /// Regular expressions over the URL's path.
+    pub http_path: Vec<String>,
+}
+
+/// A compiled `http_path` (compared by its pattern).
+#[derive(Debug, Clone)]
+struct PathRe(regex::Regex);
+
+impl PartialEq for PathRe {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.as_str() == o.0.as_str()
+    }
+}
+
+impl Eq for PathRe {}
+
+/// An `http_status_code`: exact, or a class (`4+`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Code(u16),
+    Class(u16),
+}
+
+fn status(s: &str) -> Option<Status> {
+    match s.strip_suffix('+') {
+        Some(c) => c.parse::<u16>().ok().filter(|c| (1..=5).contains(c)).map(Status::Class),
+        None => s.parse::<u16>().ok().filter(|c| (100..=599).contains(c)).map(Status::Code),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +117,9 @@ pub struct Compiled {
     tcp_flags: Vec<Vec<String>>,
     nodes: Vec<String>,
     directions: Vec<TrafficDirection>,
+    statuses: Vec<Status>,
+    methods: Vec<String>,
+    paths: Vec<PathRe>,
 }
 
 const PROTOCOLS: [&str; 3] = ["tcp", "udp", "icmpv4"];
@@ -259,7 +293,20 @@ impl FlowFilter {
                 return Err(err("node_name", n, "a node name pattern, `*` for any run of characters"));
             }
         }
+        let statuses = self
+            .http_status_code
+            .iter()
+            .map(|s| status(s).ok_or_else(|| err("http_status_code", s, "a status code (404) or a class (4+)")))
+            .collect::<Result<_, _>>()?;
+        let paths = self
+            .http_path
+            .iter()
+            .map(|p| regex::Regex::new(p).map(PathRe).map_err(|_| err("http_path", p, "a regular expression")))
+            .collect::<Result<_, _>>()?;
         Ok(Compiled {
+            statuses,
+            methods: self.http_method.clone(),
+            paths,
             source,
             destination,
             verdicts: self.verdict.clone(),
@@ -355,6 +402,26 @@ impl Compiled {
                 }))
             && (self.nodes.is_empty() || self.nodes.iter().any(|n| glob(n, &f.node_name)))
             && (self.directions.is_empty() || self.directions.contains(&f.direction))
+            && self.http_matches(f)
+    }
+
+    fn http_matches(&self, f: &Flow) -> bool {
+        if self.statuses.is_empty() && self.methods.is_empty() && self.paths.is_empty() {
+            return true;
+        }
+        let Some(l7) = &f.l7 else { return false };
+        let h = &l7.http;
+        let path =
+            h.url.split_once("://").map_or(h.url.as_str(), |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        (self.statuses.is_empty()
+            || (h.code != 0
+                && self.statuses.iter().any(|s| match *s {
+                    Status::Code(c) => c == h.code,
+                    Status::Class(c) => h.code / 100 == c,
+                })))
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(&h.method)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.0.is_match(path)))
     }
 }
 

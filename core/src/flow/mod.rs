@@ -12,6 +12,7 @@ pub mod drop;
 pub mod enrich;
 pub mod filter;
 pub mod graph;
+pub mod l7;
 pub mod metrics;
 pub mod ring;
 
@@ -267,6 +268,9 @@ pub struct Flow {
     /// The Service whose frontend was translated to `destination_ip`.
     pub destination_service: Option<ServiceRef>,
     pub policy: PolicyMatch,
+    /// L7 flows (the proxy's HTTP requests and responses) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<l7::L7>,
 }
 
 impl Flow {

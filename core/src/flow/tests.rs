@@ -34,6 +34,7 @@ pub(crate) fn flow(t: u64, verdict: Verdict) -> Flow {
         source_service: None,
         destination_service: Some(ServiceRef { namespace: "default".into(), name: "web".into() }),
         policy: PolicyMatch::default(),
+        l7: None,
     }
 }
 
@@ -298,4 +299,72 @@ fn a_pods_workload_is_on_its_flows() {
     p.workload = Some(w.clone());
     let d = enrich::Directory::new("node-1", &[p], &[], |_| Some(1001), &[]);
     assert_eq!(d.trace(&client_to_web()).source.workload, Some(w));
+}
+
+fn http_exchange(method: &str, path: &str, code: u16, denied: bool) -> l7::ObservedHttp {
+    l7::ObservedHttp {
+        time_ns: 1_000,
+        client: (Ipv4Addr::new(10, 244, 2, 2), 40000),
+        server: (Ipv4Addr::new(10, 244, 1, 2), 80),
+        method: method.into(),
+        url: format!("http://10.244.1.2{path}?q=1"),
+        protocol: "HTTP/1.1".into(),
+        code,
+        latency_ns: 2_000_000,
+        denied_by: denied.then(|| vec!["SluiceNetworkPolicy x/echo-l7".into()]),
+        allowed_by: if denied { vec![] } else { vec!["SluiceNetworkPolicy x/echo-l7".into()] },
+    }
+}
+
+#[test]
+fn an_http_exchange_is_a_request_and_a_response_flow_and_a_refusal_one_dropped_request() {
+    let dir = enrich::Directory::new("node-1", &[], &[], |_| None, &[]);
+    let ok = dir.http(&http_exchange("GET", "/public", 200, false));
+    assert_eq!(ok.len(), 2);
+    let (req, resp) = (&ok[0], &ok[1]);
+    assert_eq!((req.event, req.verdict, req.flow_type()), (EventKind::L7, Verdict::Forwarded, 2));
+    assert_eq!(req.l7.as_ref().map(|l| (l.r#type, l.http.code)), Some((l7::L7Type::Request, 0)));
+    assert_eq!(
+        resp.l7.as_ref().map(|l| (l.r#type, l.http.code, l.latency_ns)),
+        Some((l7::L7Type::Response, 200, 2_000_000))
+    );
+    assert_eq!((resp.source_ip, resp.is_reply, resp.time_ns), (Ipv4Addr::new(10, 244, 1, 2), Some(true), 2_001_000));
+    let line = compact::line("t", resp);
+    assert!(line.contains("http-response FORWARDED (HTTP/1.1 200 2ms (GET http://10.244.1.2/public?q=1))"), "{line}");
+    let refused = dir.http(&http_exchange("POST", "/public", 403, true));
+    assert_eq!(refused.len(), 1, "nothing was forwarded: no response flow");
+    assert_eq!((refused[0].verdict, refused[0].drop_reason), (Verdict::Dropped, Some(DropReason::PolicyDenied)));
+    let line = compact::line("t", &refused[0]);
+    assert!(
+        line.contains("http-request DROPPED") && line.contains("no HTTP rule of SluiceNetworkPolicy x/echo-l7"),
+        "{line}"
+    );
+}
+
+#[test]
+fn http_filters_match_method_path_and_status_of_l7_flows_only() {
+    let dir = enrich::Directory::new("node-1", &[], &[], |_| None, &[]);
+    let mut flows = dir.http(&http_exchange("GET", "/api/v1", 503, false));
+    flows.extend(dir.http(&http_exchange("POST", "/public", 403, true)));
+    flows.push(flow(1, Verdict::Forwarded));
+    let pick = |f: FlowFilter| -> Vec<usize> {
+        let s = FilterSet::compile(&[f], &[]).expect("valid");
+        flows.iter().enumerate().filter(|(_, x)| s.admits(x)).map(|(i, _)| i).collect()
+    };
+    assert_eq!(pick(FlowFilter { http_status_code: vec!["5+".into()], ..Default::default() }), vec![1]);
+    assert_eq!(pick(FlowFilter { http_status_code: vec!["503".into()], ..Default::default() }), vec![1]);
+    assert_eq!(pick(FlowFilter { http_method: vec!["post".into()], ..Default::default() }), vec![2]);
+    assert_eq!(
+        pick(FlowFilter { http_path: vec!["^/api/".into()], ..Default::default() }),
+        vec![0, 1],
+        "the query is not part of the path"
+    );
+    for (field, bad) in [("http_status_code", "6+"), ("http_status_code", "abc"), ("http_path", "(")] {
+        let f = match field {
+            "http_path" => FlowFilter { http_path: vec![bad.into()], ..Default::default() },
+            _ => FlowFilter { http_status_code: vec![bad.into()], ..Default::default() },
+        };
+        let e = FilterSet::compile(&[f], &[]).expect_err("refused");
+        assert_eq!((e.field, e.value.as_str()), (field, bad));
+    }
 }

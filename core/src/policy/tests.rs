@@ -493,3 +493,51 @@ fn identities_timing() {
     eprintln!("update (unshared) {:?}", t3.elapsed());
     assert_eq!(*u.allocation, *fresh.allocation);
 }
+
+#[test]
+fn the_proxy_checks_both_local_directions_and_refuses_what_l3_l4_does_not_allow() {
+    let http = vec![HttpRule { method: Some("GET".into()), path: Some("/public".into()), ..Default::default() }];
+    let l7 = PortRule { http: Some(http.clone()), ..tcp(80) };
+    let ingress = netpol(
+        "x",
+        "l7",
+        "pod=b",
+        Some(vec![Rule { peers: Some(vec![pods(NsScope::Named("x".into()), "pod=a")]), ports: Some(vec![l7]) }]),
+        None,
+    );
+    let view = |policies: &[Policy]| {
+        let eps = cluster();
+        let n = nodes();
+        let ctx = PolicyContext::new(PolicyInput {
+            endpoints: &eps,
+            policies,
+            enforcement: Enforcement::Default,
+            node: "node-1",
+            node_ips: &n,
+            cluster_cidr: "10.244.0.0/16".parse().expect("net"),
+            apiserver: &[],
+        });
+        let endpoints = eps[..2]
+            .iter()
+            .map(|e| EndpointRules {
+                ip: e.ip,
+                interface: format!("veth-{}", e.name),
+                pod: format!("x/{}", e.name),
+                policy: ctx.compile(e),
+            })
+            .collect();
+        PolicyView { endpoints, ipcache: ctx.ipcache.clone(), l7_proxy: Some(15001), ..Default::default() }
+    };
+    let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+    let v = view(std::slice::from_ref(&ingress));
+    let checks = l7::connection_checks(&v, ip(XA), ip(XB), 80).expect("allowed to the proxy");
+    assert_eq!(checks, vec![l7::L7Check { rules: http, policies: "NetworkPolicy x/l7".into() }]);
+    assert!(l7::connection_checks(&v, ip(YA), ip(XB), 80).is_err(), "y/a is not a peer: refused");
+    assert!(l7::connection_checks(&v, ip(XA), ip(XB), 81).is_err(), "another port: refused");
+    assert!(l7::connection_checks(&v, ip(YA), ip(YB), 80).is_err(), "no local endpoint: refused");
+    // x/a's egress allows only 81: the proxy's upstream would bypass FORWARD, so it refuses.
+    let egress = netpol("x", "a-out", "pod=a", None, Some(vec![Rule { peers: None, ports: Some(vec![tcp(81)]) }]));
+    let v = view(&[ingress, egress]);
+    let e = l7::connection_checks(&v, ip(XA), ip(XB), 80).expect_err("egress denies");
+    assert!(e.contains("egress of x/a"), "{e}");
+}
