@@ -12,6 +12,8 @@ use common::{KillOnDrop, eventually, require_root, two_node_web_lab};
 use serde_json::Value;
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n";
+/// An L7 policy on node-1's `echo` pod: its requests are counted by `http`.
+const ECHO_L7: &str = "apiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: echo-l7, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: echo}}\n  ingress: [{toPorts: [{ports: [{port: '8080'}], rules: {http: [{method: GET, path: /ok}]}}]}]\n";
 const NODE1: &str = "198.51.100.11";
 const NODE2: &str = "198.51.100.12";
 
@@ -26,7 +28,7 @@ fn encode(q: &str) -> String {
 
 fn node_config(dataplane: &str, ip: &str) -> String {
     format!(
-        "dataplane: {dataplane}\nmetrics:\n  listen_address: {ip}:9962\n  hubble_listen_address: {ip}:9965\n  enabled: [flow, \"drop:sourceContext=namespace;destinationContext=pod\", tcp, port-distribution, icmp, policy]\n"
+        "dataplane: {dataplane}\nmetrics:\n  listen_address: {ip}:9962\n  hubble_listen_address: {ip}:9965\n  enabled: [flow, \"drop:sourceContext=namespace;destinationContext=pod\", tcp, port-distribution, icmp, policy, http]\n"
     )
 }
 
@@ -37,9 +39,11 @@ fn prometheus_scrapes_both_nodes_and_answers_every_dashboard_query() {
     }
     let (t, dir) = two_node_web_lab("t-metrics", &node_config("iptables", NODE1), &node_config("auto", NODE2));
     t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let echo =
+        t.lab.pod_add("node-1", "echo", [("app".to_string(), "echo".to_string())].into(), Some(8080)).expect("echo");
     t.lab.external_add("prom", None).expect("external host for Prometheus");
     let f = dir.path().join("web.yaml");
-    std::fs::write(&f, WEB).expect("write");
+    std::fs::write(&f, format!("{WEB}---\n{ECHO_L7}")).expect("write");
     t.lab.apply(&f).expect("apply");
     eventually("service programmed", Duration::from_secs(15), || {
         t.curl("client", "http://10.96.0.10/").ok().filter(|b| b == "a" || b == "b")
@@ -84,9 +88,12 @@ fn prometheus_scrapes_both_nodes_and_answers_every_dashboard_query() {
         let up = v["data"]["activeTargets"].as_array()?.iter().filter(|t| t["health"] == "up").count();
         (up == 4).then_some(())
     });
-    // Traffic while Prometheus watches, so rates over the window have something to show.
-    for _ in 0..10 {
+    // Traffic while Prometheus watches, so rates over the window have something to show;
+    // HTTP requests through node-1's L7 proxy: 5 allowed, 5 refused.
+    for i in 0..10 {
         let _ = t.curl("client", "http://10.96.0.10/");
+        let path = if i % 2 == 0 { "ok" } else { "no" };
+        let _ = t.curl("client", &format!("http://{}:8080/{path}", echo.ip));
         std::thread::sleep(Duration::from_millis(300));
     }
     let query = |q: &str| -> Option<Value> { api(&format!("/api/v1/query?query={}", encode(q))) };
@@ -98,7 +105,24 @@ fn prometheus_scrapes_both_nodes_and_answers_every_dashboard_query() {
         );
         (series(&q) == 1).then_some(())
     });
-    assert_eq!(series(&format!("hubble_port_distribution_total{{instance=\"{NODE1}:9965\",port=\"8080\"}}")), 1);
+    assert_eq!(
+        series(&format!("hubble_port_distribution_total{{instance=\"{NODE1}:9965\",protocol=\"TCP\",port=\"8080\"}}")),
+        1
+    );
+    // Hubble's http metrics: every request, the responses by status, their durations.
+    eventually("the proxied requests counted", Duration::from_secs(20), || {
+        let q = format!(
+            "hubble_http_requests_total{{instance=\"{NODE1}:9965\",method=\"GET\",protocol=\"HTTP/1.1\",reporter=\"server\"}} >= 10"
+        );
+        (series(&q) == 1).then_some(())
+    });
+    assert_eq!(series("hubble_http_responses_total{method=\"GET\",status=\"200\",reporter=\"server\"} >= 5"), 1);
+    assert_eq!(series("hubble_http_request_duration_seconds_count{method=\"GET\",reporter=\"server\"} >= 5"), 1);
+    assert_eq!(
+        series("histogram_quantile(0.99, rate(hubble_http_request_duration_seconds_bucket[1m])) > 0"),
+        1,
+        "durations land in buckets"
+    );
     assert!(series("sluice_kernel_objects{backend=\"iptables\",kind=\"rules\"} > 0") >= 1);
     assert_eq!(
         series(&format!(

@@ -7,14 +7,27 @@ use std::sync::Arc;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sluice_core::flow::Flow;
-use sluice_core::flow::metrics::{LostSource, MetricSpec};
+use sluice_core::flow::metrics::{LostSource, MetricKind, MetricSpec};
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The two further metrics of `http` (its requests counter is the spec's own family).
+struct HttpFamilies {
+    responses: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+/// Prometheus' default buckets (seconds), as Hubble's request duration uses.
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
 pub struct FlowMetrics {
     specs: Vec<(MetricSpec, Family<Labels, Counter>)>,
+    http: Option<HttpFamilies>,
     lost: Family<Labels, Counter>,
     registry: Registry,
 }
@@ -30,9 +43,22 @@ impl FlowMetrics {
                 (s, family)
             })
             .collect();
+        let http = specs.iter().any(|(s, _)| s.kind == MetricKind::Http).then(|| {
+            let f = HttpFamilies {
+                responses: Family::default(),
+                duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            };
+            registry.register("http_responses", "Count of HTTP responses", f.responses.clone());
+            registry.register(
+                "http_request_duration_seconds",
+                "Quantiles of HTTP request duration",
+                f.duration.clone(),
+            );
+            f
+        });
         let lost = Family::<Labels, Counter>::default();
         registry.register("lost_events", "Number of lost events", lost.clone());
-        FlowMetrics { specs, lost, registry }
+        FlowMetrics { specs, http, lost, registry }
     }
 
     /// The specs being counted (for status).
@@ -44,6 +70,10 @@ impl FlowMetrics {
         for (spec, family) in &self.specs {
             for sample in spec.samples(f) {
                 family.get_or_create(&sample.labels).inc();
+            }
+            if let (Some(h), Some(r)) = (&self.http, spec.http_response(f)) {
+                h.responses.get_or_create(&r.responses).inc();
+                h.duration.get_or_create(&r.duration).observe(r.seconds);
             }
         }
     }

@@ -29,6 +29,8 @@ pub struct Check {
     pub matcher: Arc<HttpMatcher>,
     /// `Kind ns/name` of the policies behind the rules, joined.
     pub policies: String,
+    /// The server's ingress rules (else the client's egress rules): who reports the request.
+    pub ingress: bool,
 }
 
 /// What the proxy may do with a connection.
@@ -70,6 +72,9 @@ pub struct RequestRecord {
     pub checked_by: Vec<String>,
     /// When the request arrived (wall clock, ns since the epoch).
     pub time_ns: u64,
+    /// Decided by the server's ingress rules (the refusing ones when denied); else the client's
+    /// egress rules.
+    pub ingress: bool,
 }
 
 #[derive(Debug, Clone)]

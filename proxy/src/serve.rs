@@ -130,8 +130,11 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
     let url = format!("http://{host}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let protocol = if version == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" };
     let time_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let refused = c.checks.iter().find(|k| !k.matcher.allows(&rr));
+    let ingress = refused.map_or_else(|| c.checks.iter().any(|k| k.ingress), |k| k.ingress);
     let record = |code: Option<u16>, denied_by: Option<String>| RequestRecord {
         time_ns,
+        ingress,
         checked_by: c.checks.iter().map(|k| k.policies.clone()).collect(),
         client: c.client,
         server: c.server,
@@ -142,7 +145,7 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         latency: start.elapsed(),
         denied_by,
     };
-    if let Some(refused) = c.checks.iter().find(|k| !k.matcher.allows(&rr)) {
+    if let Some(refused) = refused {
         let r = text(StatusCode::FORBIDDEN, format!("Access denied by sluice L7 policy ({})\n", refused.policies));
         send(&c, record(Some(403), Some(refused.policies.clone())));
         return Ok(r);

@@ -59,6 +59,7 @@ impl Decide for Rules {
             checks: vec![Check {
                 matcher: Arc::new(HttpMatcher::new(&rules)),
                 policies: "SluiceNetworkPolicy x/p".into(),
+                ingress: true,
             }],
             upstream: self.upstream,
             source: None,

@@ -23,7 +23,11 @@ impl Decide for SharedView {
             Ok(checks) => Verdict::Http {
                 checks: checks
                     .into_iter()
-                    .map(|c| Check { matcher: Arc::new(HttpMatcher::new(&c.rules)), policies: c.policies })
+                    .map(|c| Check {
+                        matcher: Arc::new(HttpMatcher::new(&c.rules)),
+                        policies: c.policies,
+                        ingress: c.ingress,
+                    })
                     .collect(),
                 upstream: dst,
                 source: Some(*client.ip()),
@@ -126,6 +130,7 @@ async fn record_flows(
     while let Some(r) = rx.recv().await {
         let o = ObservedHttp {
             time_ns: r.time_ns,
+            ingress: r.ingress,
             client: (*r.client.ip(), r.client.port()),
             server: (*r.server.ip(), r.server.port()),
             method: r.method,

@@ -105,10 +105,6 @@ impl Directory {
         &self.node_name
     }
 
-    pub(crate) fn is_local_pod(&self, ip: Ipv4Addr) -> bool {
-        self.local_pod(ip)
-    }
-
     fn local_pod(&self, ip: Ipv4Addr) -> bool {
         self.pods.get(&ip).is_some_and(|(_, local)| *local)
     }

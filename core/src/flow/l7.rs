@@ -41,6 +41,8 @@ pub struct L7 {
 pub struct ObservedHttp {
     /// When the request arrived.
     pub time_ns: u64,
+    /// Decided by the server's ingress rules (else the client's egress rules).
+    pub ingress: bool,
     pub client: (Ipv4Addr, u16),
     pub server: (Ipv4Addr, u16),
     pub method: String,
@@ -58,13 +60,7 @@ pub struct ObservedHttp {
 impl Directory {
     /// The request flow and, unless refused, the response flow.
     pub fn http(&self, o: &ObservedHttp) -> Vec<Flow> {
-        let direction = if self.is_local_pod(o.client.0) {
-            TrafficDirection::Egress
-        } else if self.is_local_pod(o.server.0) {
-            TrafficDirection::Ingress
-        } else {
-            TrafficDirection::Unknown
-        };
+        let direction = if o.ingress { TrafficDirection::Ingress } else { TrafficDirection::Egress };
         let flow = |time_ns, verdict, l7: L7, reply: bool| {
             let (src, dst) = if reply { (o.server, o.client) } else { (o.client, o.server) };
             let flags = TcpFlags { psh: true, ack: true, ..Default::default() };

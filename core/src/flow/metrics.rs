@@ -23,16 +23,19 @@ pub enum MetricKind {
     PortDistribution,
     Icmp,
     Policy,
+    /// `http`: requests, responses and request durations of L7 flows (three metrics).
+    Http,
 }
 
 impl MetricKind {
-    pub const ALL: [MetricKind; 6] = [
+    pub const ALL: [MetricKind; 7] = [
         MetricKind::Flow,
         MetricKind::Drop,
         MetricKind::Tcp,
         MetricKind::PortDistribution,
         MetricKind::Icmp,
         MetricKind::Policy,
+        MetricKind::Http,
     ];
 
     /// The name in `metrics.enabled` (Hubble's).
@@ -44,6 +47,7 @@ impl MetricKind {
             MetricKind::PortDistribution => "port-distribution",
             MetricKind::Icmp => "icmp",
             MetricKind::Policy => "policy",
+            MetricKind::Http => "http",
         }
     }
 
@@ -56,6 +60,7 @@ impl MetricKind {
             MetricKind::PortDistribution => "port_distribution",
             MetricKind::Icmp => "icmp",
             MetricKind::Policy => "policy_verdicts",
+            MetricKind::Http => "http_requests",
         }
     }
 
@@ -67,6 +72,7 @@ impl MetricKind {
             MetricKind::PortDistribution => "Numbers of packets distributed by destination port",
             MetricKind::Icmp => "Number of ICMP messages",
             MetricKind::Policy => "Number of policy verdicts",
+            MetricKind::Http => "Count of HTTP requests",
         }
     }
 
@@ -79,6 +85,7 @@ impl MetricKind {
             MetricKind::PortDistribution => &["protocol", "port"],
             MetricKind::Icmp => &["family", "type"],
             MetricKind::Policy => &["direction", "match", "action"],
+            MetricKind::Http => &["method", "protocol", "reporter"],
         }
     }
 }
@@ -120,7 +127,7 @@ impl Context {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetricsSpecError {
     #[error(
-        "metrics.enabled[{index}]: unknown metric {name:?}; accepted: flow, drop, tcp, port-distribution, icmp, policy"
+        "metrics.enabled[{index}]: unknown metric {name:?}; accepted: flow, drop, tcp, port-distribution, icmp, policy, http"
     )]
     UnknownMetric { index: usize, name: String },
     #[error(
@@ -330,6 +337,12 @@ impl MetricSpec {
                     if f.policy.allowed_by.is_empty() && f.policy.denied_by.is_empty() { "none" } else { "l3-l4" };
                 vec![vec![direction.into(), matched.into(), verdict_name(f.verdict).to_lowercase()]]
             }
+            MetricKind::Http => match &f.l7 {
+                Some(l7) if l7.r#type == super::l7::L7Type::Request => {
+                    vec![vec![l7.http.method.clone(), l7.http.protocol.clone(), reporter(f).into()]]
+                }
+                _ => Vec::new(),
+            },
             MetricKind::Drop | MetricKind::PortDistribution | MetricKind::Policy => Vec::new(),
         };
         let names = self.label_names();
@@ -344,6 +357,44 @@ impl MetricSpec {
                 Sample { kind: self.kind, labels: names.iter().copied().zip(values).collect() }
             })
             .collect()
+    }
+}
+
+/// Who reported an L7 flow, as Hubble labels it: the client's side (egress rules) or the
+/// server's (ingress rules).
+fn reporter(f: &Flow) -> &'static str {
+    match f.direction {
+        TrafficDirection::Egress => "client",
+        TrafficDirection::Ingress => "server",
+        TrafficDirection::Unknown => "unknown",
+    }
+}
+
+/// What an `http` response flow adds to `hubble_http_responses_total{method,status,reporter}`
+/// and to `hubble_http_request_duration_seconds{method,reporter}` (label pairs, seconds).
+pub struct HttpResponse {
+    pub responses: Vec<(&'static str, String)>,
+    pub duration: Vec<(&'static str, String)>,
+    pub seconds: f64,
+}
+
+impl MetricSpec {
+    pub fn http_response(&self, f: &Flow) -> Option<HttpResponse> {
+        let l7 = f.l7.as_ref().filter(|l| self.kind == MetricKind::Http && l.r#type == super::l7::L7Type::Response)?;
+        let mut ctx = Vec::new();
+        if !self.source.is_empty() {
+            ctx.push(("source", context_value(&self.source, &f.source, f.source_ip)));
+        }
+        if !self.destination.is_empty() {
+            ctx.push(("destination", context_value(&self.destination, &f.destination, f.destination_ip)));
+        }
+        let method = ("method", l7.http.method.clone());
+        let reporter = ("reporter", reporter(f).to_string());
+        let mut responses = vec![method.clone(), ("status", l7.http.code.to_string()), reporter.clone()];
+        responses.extend(ctx.iter().cloned());
+        let mut duration = vec![method, reporter];
+        duration.extend(ctx);
+        Some(HttpResponse { responses, duration, seconds: l7.latency_ns as f64 / 1e9 })
     }
 }
 

@@ -126,3 +126,32 @@ fn context_alternatives_take_the_first_that_says_something() {
     assert_eq!(out.labels[4], ("source", "client".to_string()));
     assert_eq!(out.labels[5], ("destination", "reserved:world".to_string()));
 }
+
+#[test]
+fn http_counts_requests_and_responses_with_their_duration_by_reporter() {
+    let spec = spec("http:destinationContext=pod");
+    assert_eq!(spec.label_names(), vec!["method", "protocol", "reporter", "destination"]);
+    let dir = crate::flow::enrich::Directory::new("node-1", &[], &[], |_| None, &[]);
+    let o = crate::flow::l7::ObservedHttp {
+        time_ns: 1,
+        ingress: true,
+        client: (std::net::Ipv4Addr::new(10, 244, 2, 2), 40000),
+        server: (std::net::Ipv4Addr::new(10, 244, 1, 2), 80),
+        method: "GET".into(),
+        url: "http://10.244.1.2/public".into(),
+        protocol: "HTTP/1.1".into(),
+        code: 200,
+        latency_ns: 30_000_000,
+        denied_by: None,
+        allowed_by: vec![],
+    };
+    let flows = dir.http(&o);
+    let req = spec.samples(&flows[0]);
+    assert_eq!(labels(&req[0])[..3], [("method", "GET"), ("protocol", "HTTP/1.1"), ("reporter", "server")]);
+    assert!(spec.samples(&flows[1]).is_empty(), "a response is not a request");
+    let r = spec.http_response(&flows[1]).expect("response");
+    assert_eq!(r.responses[..3], [("method", "GET".into()), ("status", "200".into()), ("reporter", "server".into())]);
+    assert!((r.seconds - 0.03).abs() < 1e-9);
+    assert!(spec.http_response(&flows[0]).is_none());
+    assert!(spec.samples(&flow(1, Verdict::Forwarded)).is_empty(), "L3/L4 flows count nothing here");
+}

@@ -304,6 +304,7 @@ fn a_pods_workload_is_on_its_flows() {
 fn http_exchange(method: &str, path: &str, code: u16, denied: bool) -> l7::ObservedHttp {
     l7::ObservedHttp {
         time_ns: 1_000,
+        ingress: true,
         client: (Ipv4Addr::new(10, 244, 2, 2), 40000),
         server: (Ipv4Addr::new(10, 244, 1, 2), 80),
         method: method.into(),

@@ -119,6 +119,8 @@ pub struct L7Check {
     pub rules: Vec<HttpRule>,
     /// `Kind ns/name` of the policies, joined.
     pub policies: String,
+    /// The destination's ingress rules (else the client's egress rules).
+    pub ingress: bool,
 }
 
 /// What the L7 proxy does with a connection it was handed (`client` -> `dst`): the checks each
@@ -164,6 +166,7 @@ pub fn connection_checks(
                 checks.push(L7Check {
                     rules: hits.iter().flat_map(|r| r.http.iter().cloned()).collect(),
                     policies: policies.join(", "),
+                    ingress: dir == Direction::Ingress,
                 });
             }
             v if v.allowed() => {}
