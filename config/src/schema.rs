@@ -487,6 +487,18 @@ impl Config {
         if !(1..=86_400).contains(&self.probes.reprobe_interval_s) {
             return Err(invalid("probes.reprobe_interval_s", self.probes.reprobe_interval_s, "1 to 86400 (seconds)"));
         }
+        if self.l7.proxy_port == 0 {
+            return Err(invalid("l7.proxy_port", self.l7.proxy_port, "a port 1 to 65535, free on 127.0.0.1"));
+        }
+        if !(8192..=1 << 20).contains(&self.l7.max_header_bytes) {
+            return Err(invalid("l7.max_header_bytes", self.l7.max_header_bytes, "8192 to 1048576 bytes"));
+        }
+        if !(1..=3600).contains(&self.l7.header_timeout_s) {
+            return Err(invalid("l7.header_timeout_s", self.l7.header_timeout_s, "1 to 3600 seconds"));
+        }
+        if !(1..=1_000_000).contains(&self.l7.max_connections) {
+            return Err(invalid("l7.max_connections", self.l7.max_connections, "1 to 1000000 connections"));
+        }
         if !(16..=1 << 20).contains(&self.flows.ring_size) {
             return Err(invalid("flows.ring_size", self.flows.ring_size, "16 to 1048576 flows"));
         }

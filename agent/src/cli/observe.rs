@@ -396,11 +396,23 @@ pub fn run(agent_socket: &Path, a: &ObserveArgs, format: Format) -> anyhow::Resu
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();
         let mut printer = Printer::new(format, a.follow);
+        // A reader that went away (`| head`) ends the stream quietly, as hubble observe does.
+        let mut out = std::io::stdout().lock();
+        let write = |out: &mut std::io::StdoutLock, s: String| -> anyhow::Result<bool> {
+            use std::io::Write;
+            match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        };
         while let Some(item) = stream.next().await {
             let r = item.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-            print!("{}", printer.push(&r));
+            if !write(&mut out, printer.push(&r))? {
+                return anyhow::Ok(());
+            }
         }
-        print!("{}", printer.finish());
+        write(&mut out, printer.finish())?;
         anyhow::Ok(())
     })?
 }
