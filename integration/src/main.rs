@@ -169,6 +169,40 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The L7 benchmark (run by `cargo xtask bench l7` on its lab).
+    #[command(hide = true)]
+    BenchL7 {
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// A keep-alive HTTP server answering `ok` (the L7 benchmark's backend).
+    #[command(hide = true)]
+    HttpServe {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Closed-loop HTTP load with N clients; prints JSON (req/s, p50, p99).
+    #[command(hide = true)]
+    HttpLoad {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+        #[arg(long)]
+        keep_alive: bool,
+    },
+    /// Open N keep-alive connections (one request each), print how many, hold them.
+    #[command(hide = true)]
+    HttpHold {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        #[arg(long, default_value_t = 4.0)]
+        secs: f64,
+    },
     /// Run the echo server (what `pod add --serve` starts inside the pod).
     #[command(hide = true)]
     Serve {
@@ -303,6 +337,13 @@ fn run() -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string(&res)?);
             Ok(0)
         }
+        Cmd::HttpServe { port } => sluice_lab::http_load::serve(port).map(|_| 0),
+        Cmd::HttpLoad { target, conns, secs, keep_alive } => {
+            let r = sluice_lab::http_load::load(target, "/bench", conns, secs, keep_alive)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(0)
+        }
+        Cmd::HttpHold { target, conns, secs } => sluice_lab::http_load::hold_many(target, conns, secs).map(|_| 0),
         Cmd::Curl { url, timeout_ms, method, headers } => {
             print!("{}", sluice_lab::http::request(&method, &url, &headers, Duration::from_millis(timeout_ms))?);
             Ok(0)
@@ -483,6 +524,15 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
                 std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
             }
         }
+        Cmd::BenchL7 { json } => {
+            let report = sluice_lab::bench_l7::run(lab)?;
+            for l in sluice_lab::bench_l7::lines(&report) {
+                println!("{l}");
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            }
+        }
         Cmd::BenchFlows { target, load_secs, json } => {
             let opts = sluice_lab::bench_services::Options {
                 services: Vec::new(),
@@ -563,6 +613,9 @@ fn lab_cmd(lab: &Lab, cmd: Cmd, json_out: bool) -> anyhow::Result<u8> {
         | Cmd::ProbeLocal { .. }
         | Cmd::FlipWatch { .. }
         | Cmd::Curl { .. }
+        | Cmd::HttpServe { .. }
+        | Cmd::HttpLoad { .. }
+        | Cmd::HttpHold { .. }
         | Cmd::Load { .. }
         | Cmd::Hold { .. }
         | Cmd::Stream { .. }

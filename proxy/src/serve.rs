@@ -65,26 +65,20 @@ pub async fn run(
             continue;
         };
         let (Some(client), Some(server)) = (v4(peer), stream.local_addr().ok().and_then(v4)) else { continue };
-        let (checks, upstream_addr, source) = match decide.decide(client, server) {
-            Verdict::Http { checks, upstream, source } => (checks, upstream, source),
-            Verdict::Refuse { reason } => {
-                tracing::info!(%client, %server, %reason, "L7 proxy refused a connection");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = Arc::new(Conn {
-            client,
-            server,
-            upstream_addr,
-            source,
-            checks,
-            upstream: Mutex::new(None),
-            records: records.clone(),
-        });
-        let limits = limits.clone();
+        let (limits, records, decide) = (limits.clone(), records.clone(), decide.clone());
+        // Decided in the connection's own task: the accept loop only accepts.
         tokio::spawn(async move {
             let _permit = permit;
+            let (checks, upstream_addr, source) = match decide.decide(client, server) {
+                Verdict::Http { checks, upstream, source } => (checks, upstream, source),
+                Verdict::Refuse { reason } => {
+                    tracing::info!(%client, %server, %reason, "L7 proxy refused a connection");
+                    return;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let conn =
+                Arc::new(Conn { client, server, upstream_addr, source, checks, upstream: Mutex::new(None), records });
             let mut b = auto::Builder::new(TokioExecutor::new());
             b.http1()
                 .timer(TokioTimer::new())

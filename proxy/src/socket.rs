@@ -35,6 +35,10 @@ pub async fn connect_as(client: Option<Ipv4Addr>, dst: SocketAddrV4) -> std::io:
     let s = TcpSocket::new_v4()?;
     if let Some(client) = client {
         setsockopt(&s, sockopt::IpTransparent, &true)?;
+        // The port is picked at connect, unique per 4-tuple: a bind to port 0 would need a port
+        // free of every socket of that address, and thousands of TIME_WAITs of the client's
+        // earlier connections make that search slow, then fail.
+        setsockopt(&s, sockopt::IpBindAddressNoPort, &true)?;
         s.bind(SocketAddr::V4(SocketAddrV4::new(client, 0)))?;
     }
     let stream = s.connect(SocketAddr::V4(dst)).await?;

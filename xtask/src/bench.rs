@@ -14,7 +14,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("agent") => agent(&args[1..]),
         Some("policy") => crate::bench_policy::run(&args[1..]),
         Some("flows") => flows(&args[1..]),
-        other => bail!("unknown benchmark {other:?}; available: cni, probe, services, agent, policy, flows"),
+        Some("l7") => l7(&args[1..]),
+        other => bail!("unknown benchmark {other:?}; available: cni, probe, services, agent, policy, flows, l7"),
     }
 }
 
@@ -344,5 +345,17 @@ fn flows(args: &[String]) -> anyhow::Result<()> {
                 ])
                 .arg(out_dir.join("flows.json")),
         )
+    })
+}
+
+/// Requests through the L7 proxy vs straight to the pod (keep-alive and new connections, 1 and
+/// 64 clients, alternating rounds), and the proxy's memory per 1,000 open connections.
+fn l7(args: &[String]) -> anyhow::Result<()> {
+    if let Some(a) = args.first() {
+        bail!("unknown option {a:?}; `cargo xtask bench l7` takes none");
+    }
+    in_bench_lab("l7", |lab, out_dir| {
+        bench_node(lab, out_dir, &["--labels", "app=bench-backend"])?;
+        crate::run(lab().args(["bench-l7", "--json"]).arg(out_dir.join("l7.json")))
     })
 }

@@ -54,3 +54,56 @@ pub fn policy() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&np);
     Ok(())
 }
+
+/// The demo's L7 step (node-1 is on iptables by now): an HTTP rule lets the client `GET /public`
+/// on pod a and nothing else; the node's proxy answers 403 naming the policy, and each request
+/// shows up as an L7 flow.
+pub fn l7() -> anyhow::Result<()> {
+    println!("\n-- L7 policy: the client may only GET /public on pod a (node-1's proxy decides each request) --");
+    let st: serde_json::Value = serde_json::from_slice(&lab().args(["status", "-o", "json"]).output()?.stdout)?;
+    let a = st["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "default/a" || p["name"] == "a")
+        .and_then(|p| p["ip"].as_str())
+        .map(str::to_string);
+    let Some(a) = a else { bail!("pod a's address is not in the lab status: {st}") };
+    let p = std::env::temp_dir().join("sluice-demo-l7.yaml");
+    std::fs::write(
+        &p,
+        "apiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: echo-http, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: echo}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {role: client}}]\n    toPorts:\n    - ports: [{port: '8080'}]\n      rules: {http: [{method: GET, path: /public}]}\n",
+    )?;
+    step("apply the HTTP policy", &["apply", &p.display().to_string()])?;
+    let public = format!("http://{a}:8080/public");
+    let mut ok = false;
+    for _ in 0..50 {
+        let out =
+            lab().args(["exec", "client", "--", "sluice-lab", "curl", "--timeout-ms", "500", &public]).output()?;
+        if out.status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !ok {
+        bail!("GET /public never passed the proxy");
+    }
+    step("GET /public passes", &["exec", "client", "--", "sluice-lab", "curl", &public])?;
+    let private = format!("http://{a}:8080/private");
+    let out = lab().args(["exec", "client", "--", "sluice-lab", "curl", &private]).output()?;
+    println!(
+        "\n$ sluice-lab exec client -- sluice-lab curl {private}\n{}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    if out.status.success() {
+        bail!("GET /private passed the HTTP rule");
+    }
+    step(
+        "the requests as L7 flows on node-1",
+        &["exec", "node-1", "--", "sluice", "observe", "--type", "l7", "--last", "4"],
+    )?;
+    step("remove the HTTP policy", &["delete", &p.display().to_string()])?;
+    let _ = std::fs::remove_file(&p);
+    Ok(())
+}

@@ -10,24 +10,31 @@ use std::time::Duration;
 use sluice_config::L7Config;
 use sluice_core::flow::enrich::Directory;
 use sluice_core::flow::l7::ObservedHttp;
-use sluice_core::policy::{Action, HttpMatcher, PolicyView, l7::connection_checks};
+use sluice_core::policy::{Action, HttpMatcher, HttpRule, PolicyView, l7::connection_checks};
 use sluice_proxy::{Check, Decide, Limits, RequestRecord, Verdict};
 
-/// The latest view, shared with the proxy's connection handlers.
-struct SharedView(RwLock<Arc<PolicyView>>);
+/// The latest view, shared with the proxy's connection handlers, and the rule sets compiled
+/// under it (regexes compile once per view, not per connection).
+#[derive(Default)]
+struct Current {
+    view: Arc<PolicyView>,
+    matchers: std::sync::Mutex<std::collections::HashMap<Vec<HttpRule>, Arc<HttpMatcher>>>,
+}
+
+struct SharedView(RwLock<Arc<Current>>);
 
 impl Decide for SharedView {
     fn decide(&self, client: SocketAddrV4, dst: SocketAddrV4) -> Verdict {
-        let view = self.0.read().map(|v| v.clone()).unwrap_or_default();
-        match connection_checks(&view, *client.ip(), *dst.ip(), dst.port()) {
+        let cur = self.0.read().map(|v| v.clone()).unwrap_or_default();
+        let matcher = |rules: &Vec<HttpRule>| -> Arc<HttpMatcher> {
+            let Ok(mut m) = cur.matchers.lock() else { return Arc::new(HttpMatcher::new(rules)) };
+            m.entry(rules.clone()).or_insert_with(|| Arc::new(HttpMatcher::new(rules))).clone()
+        };
+        match connection_checks(&cur.view, *client.ip(), *dst.ip(), dst.port()) {
             Ok(checks) => Verdict::Http {
                 checks: checks
                     .into_iter()
-                    .map(|c| Check {
-                        matcher: Arc::new(HttpMatcher::new(&c.rules)),
-                        policies: c.policies,
-                        ingress: c.ingress,
-                    })
+                    .map(|c| Check { matcher: matcher(&c.rules), policies: c.policies, ingress: c.ingress })
                     .collect(),
                 upstream: dst,
                 source: Some(*client.ip()),
@@ -78,7 +85,7 @@ impl L7Proxy {
         let needed = needs_proxy(view);
         if self.generation != Some(view.generation) && (needed || self.task.is_some()) {
             if let Ok(mut v) = self.shared.0.write() {
-                *v = Arc::new(view.clone());
+                *v = Arc::new(Current { view: Arc::new(view.clone()), matchers: Default::default() });
             }
             self.generation = Some(view.generation);
         }

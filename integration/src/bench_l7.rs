@@ -1,0 +1,158 @@
+//! `cargo xtask bench l7`: requests through the node's L7 proxy vs straight to the pod, side by
+//! side in one run. One iptables node; the backend pod serves keep-alive HTTP on two ports of the
+//! same pod: 8081 behind an HTTP rule (TPROXY to the proxy) and 8082 allowed at L4 only (the
+//! same policy chain, no proxy). For keep-alive and new-connection-per-request, with 1 and 64
+//! concurrent clients, rounds alternate direct/proxied (ABBA); the medians are compared. Then
+//! 1,000 idle keep-alive connections are held through the proxy and the agent's RSS growth
+//! is reported per 1,000 connections.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::Lab;
+use crate::http_load::LoadReport;
+
+const ROUNDS: usize = 4;
+const SECS: f64 = 2.0;
+
+const POLICY: &str = "apiVersion: sluice.io/v1\nkind: SluiceNetworkPolicy\nmetadata: {name: bench-l7, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: bench-backend}}\n  ingress:\n  - toPorts: [{ports: [{port: '8081'}], rules: {http: [{method: GET}]}}]\n  - toPorts: [{ports: [{port: '8082'}]}]\n";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    pub keep_alive: bool,
+    pub clients: usize,
+    pub direct: Vec<LoadReport>,
+    pub proxied: Vec<LoadReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub cases: Vec<Case>,
+    pub held_connections: usize,
+    pub rss_mb_per_1000: f64,
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+fn load(lab: &Lab, target: SocketAddr, clients: usize, keep_alive: bool, secs: f64) -> anyhow::Result<LoadReport> {
+    let mut argv: Vec<String> =
+        ["sluice-lab", "http-load", "--target", &target.to_string(), "--conns", &clients.to_string()]
+            .map(String::from)
+            .to_vec();
+    argv.extend(["--secs".into(), secs.to_string()]);
+    if keep_alive {
+        argv.push("--keep-alive".into());
+    }
+    let out = lab.command("bench-client", &argv)?.stderr(Stdio::inherit()).output()?;
+    anyhow::ensure!(out.status.success(), "http-load failed: {}", String::from_utf8_lossy(&out.stdout));
+    Ok(serde_json::from_slice(&out.stdout).context("http-load output")?)
+}
+
+pub fn run(lab: &Lab) -> anyhow::Result<Report> {
+    let st = lab.state()?;
+    let backend = st.pods.iter().find(|p| p.name.ends_with("bench-backend")).context("pod bench-backend")?;
+    let ip: std::net::Ipv4Addr = backend.ip.parse().context("bench-backend's address")?;
+    let pid = st.nodes.first().and_then(|n| n.agent_pid).context("the node's agent is not running")?;
+    let serve = |port: u16| -> anyhow::Result<Child> {
+        let argv = ["sluice-lab", "http-serve", "--port", &port.to_string()].map(String::from).to_vec();
+        Ok(Child(lab.command("bench-backend", &argv)?.stdout(Stdio::null()).spawn()?))
+    };
+    let _servers = [serve(8081)?, serve(8082)?];
+    let dir = std::env::temp_dir().join(format!("sluice-bench-l7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let f = dir.join("policy.yaml");
+    std::fs::write(&f, POLICY)?;
+    lab.apply(&f)?;
+    let (proxied, direct) = (SocketAddr::new(ip.into(), 8081), SocketAddr::new(ip.into(), 8082));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = load(lab, proxied, 1, true, 0.3);
+        if r.as_ref().is_ok_and(|r| r.requests > 0 && r.errors == 0) {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the proxy never answered on {proxied}: {r:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut cases = Vec::new();
+    for (keep_alive, clients) in [(true, 1), (true, 64), (false, 1), (false, 64)] {
+        let mut c = Case { keep_alive, clients, direct: Vec::new(), proxied: Vec::new() };
+        for round in 0..ROUNDS {
+            let order = if round % 4 == 0 || round % 4 == 3 { [false, true] } else { [true, false] };
+            for through_proxy in order {
+                let r = load(lab, if through_proxy { proxied } else { direct }, clients, keep_alive, SECS)?;
+                if through_proxy { c.proxied.push(r) } else { c.direct.push(r) }
+            }
+        }
+        eprintln!("{}", line(&c));
+        cases.push(c);
+    }
+    // Memory: 1,000 idle keep-alive connections held through the proxy.
+    let before = rss_mb(pid)?;
+    let argv = ["sluice-lab", "http-hold", "--target", &proxied.to_string(), "--conns", "1000", "--secs", "4"]
+        .map(String::from)
+        .to_vec();
+    let mut holder = Child(lab.command("bench-client", &argv)?.stdout(Stdio::piped()).spawn()?);
+    let mut first = String::new();
+    if let Some(out) = holder.0.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut first)?;
+    }
+    let held: usize = first.trim().parse().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_mb(pid)?;
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&dir);
+    let per = if held > 0 { (during - before).max(0.0) * 1000.0 / held as f64 } else { 0.0 };
+    Ok(Report { cases, held_connections: held, rss_mb_per_1000: per })
+}
+
+fn line(c: &Case) -> String {
+    let m = |v: &[LoadReport], f: fn(&LoadReport) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let (dr, pr) = (m(&c.direct, |r| r.req_per_s), m(&c.proxied, |r| r.req_per_s));
+    let (d50, p50) = (m(&c.direct, |r| r.p50_ms), m(&c.proxied, |r| r.p50_ms));
+    let (d99, p99) = (m(&c.direct, |r| r.p99_ms), m(&c.proxied, |r| r.p99_ms));
+    let errors: u64 = c.proxied.iter().chain(&c.direct).map(|r| r.errors).sum();
+    format!(
+        "l7 {:<14} {:>2} clients: direct {dr:>8.0} req/s, proxied {pr:>8.0} req/s ({:.2}x); p50 {d50:.3} -> {p50:.3} ms (+{:.3}); p99 {d99:.3} -> {p99:.3} ms (+{:.3}); errors {errors}",
+        if c.keep_alive { "keep-alive" } else { "new-connection" },
+        c.clients,
+        if dr > 0.0 { pr / dr } else { 0.0 },
+        p50 - d50,
+        p99 - d99,
+    )
+}
+
+pub fn lines(r: &Report) -> Vec<String> {
+    let mut out: Vec<String> = r.cases.iter().map(line).collect();
+    out.push(format!(
+        "l7 proxy memory: {:.2} MB RSS per 1,000 open keep-alive connections ({} held)",
+        r.rss_mb_per_1000, r.held_connections
+    ));
+    out
+}
