@@ -72,7 +72,7 @@ fn load(lab: &Lab, target: SocketAddr, clients: usize, keep_alive: bool, secs: f
     }
     let out = lab.command("bench-client", &argv)?.stderr(Stdio::inherit()).output()?;
     anyhow::ensure!(out.status.success(), "http-load failed: {}", String::from_utf8_lossy(&out.stdout));
-    Ok(serde_json::from_slice(&out.stdout).context("http-load output")?)
+    serde_json::from_slice(&out.stdout).context("http-load output")
 }
 
 pub fn run(lab: &Lab) -> anyhow::Result<Report> {

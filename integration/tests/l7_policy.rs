@@ -103,9 +103,12 @@ fn http_rules_allow_get_public_and_refuse_the_rest_on_iptables() {
     }
     let (t, dir, echo, c2ip, _) = setup("t-l7", "dataplane: iptables\n");
     let public = format!("http://{echo}/public");
-    eventually("GET /public through the proxy from node-1's client", Duration::from_secs(20), || {
-        (req(&t, "x/client", "GET", &public, &[]).ok()? == "x/echo").then_some(())
+    // In force once the proxy refuses /private (before the agents read the policy, everything
+    // passes straight to the pod).
+    eventually("the proxy refusing GET /private", Duration::from_secs(20), || {
+        req(&t, "x/client", "GET", &format!("http://{echo}/private"), &[]).err()?.contains("403").then_some(())
     });
+    assert_eq!(req(&t, "x/client", "GET", &public, &[]).as_deref(), Ok("x/echo"), "on one node");
     // Pod to pod on one node and across nodes; through the ClusterIP from the other node.
     assert_eq!(req(&t, "x/client2", "GET", &public, &[]).as_deref(), Ok("x/echo"), "across nodes");
     assert_eq!(req(&t, "x/client2", "GET", "http://10.96.0.40/public", &[]).as_deref(), Ok("x/echo"), "ClusterIP");

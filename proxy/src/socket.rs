@@ -30,18 +30,44 @@ fn listen(port: u16, transparent: bool) -> Result<TcpListener, ProxyError> {
     s.listen(1024).map_err(err)
 }
 
-/// Connect to `dst` from `client`'s address (any port), or from the node's (`None`).
+/// Upstream source ports: above the kernel's default ephemeral range (32768-60999). The client
+/// picks its own ports from that range with the same connect-time hash the kernel would use
+/// here, so a port chosen by the kernel for the client's address collides with the client's
+/// own connections to the same destination (one conntrack tuple for two connections).
+const UPSTREAM_PORT_LO: u16 = 61000;
+const UPSTREAM_PORTS: u16 = 4535;
+
+/// Connect to `dst` from `client`'s address (a port of [`UPSTREAM_PORT_LO`]..), or from the
+/// node's (`None`).
 pub async fn connect_as(client: Option<Ipv4Addr>, dst: SocketAddrV4) -> std::io::Result<TcpStream> {
-    let s = TcpSocket::new_v4()?;
-    if let Some(client) = client {
+    let Some(client) = client else {
+        let stream = TcpSocket::new_v4()?.connect(SocketAddr::V4(dst)).await?;
+        stream.set_nodelay(true)?;
+        return Ok(stream);
+    };
+    let mut last = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    for i in 0..16u32 {
+        let port = UPSTREAM_PORT_LO
+            + ((seed.wrapping_mul(2654435761).wrapping_add(i * 7919)) % u32::from(UPSTREAM_PORTS)) as u16;
+        let s = TcpSocket::new_v4()?;
         setsockopt(&s, sockopt::IpTransparent, &true)?;
-        // The port is picked at connect, unique per 4-tuple: a bind to port 0 would need a port
-        // free of every socket of that address, and thousands of TIME_WAITs of the client's
-        // earlier connections make that search slow, then fail.
-        setsockopt(&s, sockopt::IpBindAddressNoPort, &true)?;
-        s.bind(SocketAddr::V4(SocketAddrV4::new(client, 0)))?;
+        s.set_reuseaddr(true)?;
+        if let Err(e) = s.bind(SocketAddr::V4(SocketAddrV4::new(client, port))) {
+            last = e;
+            continue;
+        }
+        match s.connect(SocketAddr::V4(dst)).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            // The tuple is still held (a TIME_WAIT of an earlier upstream): the next port.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable || e.kind() == std::io::ErrorKind::AddrInUse => {
+                last = e;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let stream = s.connect(SocketAddr::V4(dst)).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+    Err(last)
 }

@@ -50,7 +50,9 @@ pub struct L7Proxy {
     directory: Arc<RwLock<Directory>>,
     shared: Arc<SharedView>,
     generation: Option<u64>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// The proxy's own thread and runtime: the agent's loop blocks its workers during kernel
+    /// writes, which must not stall requests in flight.
+    task: Option<std::thread::JoinHandle<()>>,
     /// Why the proxy is not running although L7 rules need it (status shows it).
     pub error: Option<String>,
 }
@@ -113,7 +115,6 @@ impl L7Proxy {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         sluice_iptables::l7_route::ensure(&handle).await?;
-        let listener = sluice_proxy::bind_transparent(self.cfg.proxy_port)?;
         let limits = Limits {
             max_header_bytes: self.cfg.max_header_bytes,
             header_timeout: Duration::from_secs(self.cfg.header_timeout_s),
@@ -122,7 +123,39 @@ impl L7Proxy {
         let decide: Arc<dyn Decide> = self.shared.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(record_flows(rx, self.hub.clone(), self.directory.clone()));
-        self.task = Some(tokio::spawn(sluice_proxy::run(listener, decide, limits, Some(tx))));
+        let port = self.cfg.proxy_port;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let thread = std::thread::Builder::new().name("sluice-l7-proxy".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("sluice-l7")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("starting the proxy's runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match sluice_proxy::bind_transparent(port) {
+                    Ok(listener) => {
+                        let _ = ready_tx.send(Ok(()));
+                        sluice_proxy::run(listener, decide, limits, Some(tx)).await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        })?;
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!(e),
+            Err(_) => anyhow::bail!("the proxy's thread did not report within 10 s"),
+        }
+        self.task = Some(thread);
         Ok(())
     }
 }
