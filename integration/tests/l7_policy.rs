@@ -176,6 +176,18 @@ fn http_rules_allow_get_public_and_refuse_the_rest_on_iptables() {
     let e = req(&t, "x/client2", "GET", &format!("http://{echo}/private"), &[]).expect_err("ingress rule");
     assert!(e.contains("SluiceNetworkPolicy x/echo-l7"), "the echo's node decides /private: {e}");
 
+    // An agent killed (-9) and restarted: its proxy goes with it; the L7 port never opens
+    // (/private is never answered by the echo) and serves again once the new agent runs.
+    t.lab.restart_agent("node-1", true).expect("restart");
+    let private = format!("http://{echo}/private");
+    eventually("GET /public through the new agent's proxy", Duration::from_secs(30), || {
+        let p = req(&t, "x/client2", "GET", &private, &[]);
+        assert!(p.is_err(), "the L7 port opened during the restart: /private answered {p:?}");
+        (req(&t, "x/client2", "GET", &public, &[]).ok()? == "x/echo").then_some(())
+    });
+    let e = req(&t, "x/client2", "GET", &private, &[]).expect_err("refused after the restart");
+    assert!(e.contains("403"), "{e}");
+
     // Bad rules: refused by name with the field and value; the good policies stay in force.
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, BAD).expect("write");

@@ -131,20 +131,32 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         let mut plumbing = node.reconcile(&cfg, &cur.state, sync.synced).await;
         plumbing.ctx.tc_attach = planner.plan.tc_attach;
         let view = ServiceView::new(&cfg.node_name, &cur.state.services, &cur.state.host_ports);
-        let policy_view = policy.update(
-            cur.generation,
-            planner.config.policy_enforcement,
+        let logging = |l7_proxy| policy::Logging {
+            drops: flows.log_drops(),
+            allows: planner.config.flows.allowed_verdicts,
+            l7_proxy,
+        };
+        let (generation, enforcement) = (cur.generation, planner.config.policy_enforcement);
+        let mut policy_view = policy.update(
+            generation,
+            enforcement,
             &cur.state,
             &plumbing.local_endpoints,
             &plumbing.ctx,
-            policy::Logging {
-                drops: flows.log_drops(),
-                allows: planner.config.flows.allowed_verdicts,
-                l7_proxy: l7.port(),
-            },
+            logging(l7.port()),
         );
         if l7.after_pass(policy_view).await {
-            wake.notify_one(); // redirect to it in the next pass
+            // Started now (the first proxy rule, or the first pass after a restart): this pass
+            // already redirects to it, so an L7 port is closed for no pass longer than needed.
+            policy_view = policy.update(
+                generation,
+                enforcement,
+                &cur.state,
+                &plumbing.local_endpoints,
+                &plumbing.ctx,
+                logging(l7.port()),
+            );
+            l7.after_pass(policy_view).await;
         }
         let t_policy = t_pass.elapsed();
         // What the new rules' drops stand for, before the rules reach the kernel (a drop read
