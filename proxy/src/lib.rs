@@ -27,8 +27,8 @@ pub use socket::{bind, bind_transparent};
 #[derive(Clone)]
 pub struct Check {
     pub matcher: Arc<HttpMatcher>,
-    /// `Kind ns/name` of the policies behind the rules, joined.
-    pub policies: String,
+    /// `Kind ns/name` of each policy behind the rules.
+    pub policies: Vec<String>,
     /// The server's ingress rules (else the client's egress rules): who reports the request.
     pub ingress: bool,
 }
@@ -67,7 +67,7 @@ pub struct RequestRecord {
     pub code: Option<u16>,
     pub latency: Duration,
     /// Refused by policy (403 sent, nothing forwarded): the policies that had rules for it.
-    pub denied_by: Option<String>,
+    pub denied_by: Option<Vec<String>>,
     /// The policies whose HTTP rules were checked (and passed, unless `denied_by`).
     pub checked_by: Vec<String>,
     /// When the request arrived (wall clock, ns since the epoch).

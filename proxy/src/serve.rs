@@ -126,10 +126,10 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
     let time_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let refused = c.checks.iter().find(|k| !k.matcher.allows(&rr));
     let ingress = refused.map_or_else(|| c.checks.iter().any(|k| k.ingress), |k| k.ingress);
-    let record = |code: Option<u16>, denied_by: Option<String>| RequestRecord {
+    let record = |code: Option<u16>, denied_by: Option<Vec<String>>| RequestRecord {
         time_ns,
         ingress,
-        checked_by: c.checks.iter().map(|k| k.policies.clone()).collect(),
+        checked_by: c.checks.iter().flat_map(|k| k.policies.iter().cloned()).collect(),
         client: c.client,
         server: c.server,
         method: method.clone(),
@@ -140,7 +140,10 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         denied_by,
     };
     if let Some(refused) = refused {
-        let r = text(StatusCode::FORBIDDEN, format!("Access denied by sluice L7 policy ({})\n", refused.policies));
+        let r = text(
+            StatusCode::FORBIDDEN,
+            format!("Access denied by sluice L7 policy ({})\n", refused.policies.join(", ")),
+        );
         send(&c, record(Some(403), Some(refused.policies.clone())));
         return Ok(r);
     }

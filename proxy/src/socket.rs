@@ -3,6 +3,7 @@
 //! the node's; the replies come back to it by the `-m socket --transparent` mark).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -36,6 +37,7 @@ fn listen(port: u16, transparent: bool) -> Result<TcpListener, ProxyError> {
 /// own connections to the same destination (one conntrack tuple for two connections).
 const UPSTREAM_PORT_LO: u16 = 61000;
 const UPSTREAM_PORTS: u16 = 4535;
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
 
 /// Connect to `dst` from `client`'s address (a port of [`UPSTREAM_PORT_LO`]..), or from the
 /// node's (`None`).
@@ -46,10 +48,9 @@ pub async fn connect_as(client: Option<Ipv4Addr>, dst: SocketAddrV4) -> std::io:
         return Ok(stream);
     };
     let mut last = std::io::Error::from(std::io::ErrorKind::AddrInUse);
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    for i in 0..16u32 {
-        let port = UPSTREAM_PORT_LO
-            + ((seed.wrapping_mul(2654435761).wrapping_add(i * 7919)) % u32::from(UPSTREAM_PORTS)) as u16;
+    for _ in 0..16 {
+        // In turn through the range: a port comes back only after every other one was taken.
+        let port = UPSTREAM_PORT_LO + (NEXT_PORT.fetch_add(1, Ordering::Relaxed) % u32::from(UPSTREAM_PORTS)) as u16;
         let s = TcpSocket::new_v4()?;
         setsockopt(&s, sockopt::IpTransparent, &true)?;
         s.set_reuseaddr(true)?;

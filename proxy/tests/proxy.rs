@@ -58,7 +58,7 @@ impl Decide for Rules {
         Verdict::Http {
             checks: vec![Check {
                 matcher: Arc::new(HttpMatcher::new(&rules)),
-                policies: "SluiceNetworkPolicy x/p".into(),
+                policies: vec!["SluiceNetworkPolicy x/p".into()],
                 ingress: true,
             }],
             upstream: self.upstream,

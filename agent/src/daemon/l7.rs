@@ -179,7 +179,7 @@ async fn record_flows(
             code: r.code.unwrap_or(502),
             latency_ns: r.latency.as_nanos() as u64,
             allowed_by: if r.denied_by.is_some() { Vec::new() } else { r.checked_by.clone() },
-            denied_by: r.denied_by.map(|d| vec![d]),
+            denied_by: r.denied_by,
         };
         let flows = match directory.read() {
             Ok(d) => d.http(&o),

@@ -137,18 +137,8 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             l7_proxy,
         };
         let (generation, enforcement) = (cur.generation, planner.config.policy_enforcement);
-        let mut policy_view = policy.update(
-            generation,
-            enforcement,
-            &cur.state,
-            &plumbing.local_endpoints,
-            &plumbing.ctx,
-            logging(l7.port()),
-        );
-        if l7.after_pass(policy_view).await {
-            // Started now (the first proxy rule, or the first pass after a restart): this pass
-            // already redirects to it, so an L7 port is closed for no pass longer than needed.
-            policy_view = policy.update(
+        let policy_view = loop {
+            let v = policy.update(
                 generation,
                 enforcement,
                 &cur.state,
@@ -156,8 +146,13 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
                 &plumbing.ctx,
                 logging(l7.port()),
             );
-            l7.after_pass(policy_view).await;
-        }
+            // true: the proxy started now (the first proxy rule, or the first pass after a
+            // restart); the pass runs again so that it already redirects to it, and an L7 port
+            // is closed no longer than needed. It starts once, so this runs at most twice.
+            if !l7.after_pass(v).await {
+                break v;
+            }
+        };
         let t_policy = t_pass.elapsed();
         // What the new rules' drops stand for, before the rules reach the kernel (a drop read
         // between the write and a later refresh would otherwise find no attribution).

@@ -252,13 +252,13 @@ pub fn encode(
                 let (proxied, rules): (Vec<_>, Vec<_>) =
                     lower(&scope, list, view).into_iter().partition(|r| r.action == Action::Proxy);
                 if !proxied.is_empty() && !audit {
-                    let mut policies: Vec<String> = proxied.iter().flat_map(|r| r.policies.clone()).collect();
-                    policies.dedup();
+                    let policies: std::collections::BTreeSet<String> =
+                        proxied.iter().flat_map(|r| r.policies.clone()).collect();
                     errors.push(PolicyError::NoL7Redirect {
                         pod: ep.pod.clone(),
                         dir: name.to_string(),
                         rules: proxied.len(),
-                        policies: policies.join(", "),
+                        policies: policies.into_iter().collect::<Vec<_>>().join(", "),
                     });
                 }
                 if rules.len() > POL_MAX_RULES {

@@ -22,7 +22,7 @@
 use sluice_core::policy::{Action, EndpointRules, PolicyView, lower};
 
 use crate::ipset::Sets;
-use crate::policy::{POLICY_CHAIN_PREFIX, peer_match, proto_match};
+use crate::policy::{peer_match, proto_match};
 use crate::ruleset::Ruleset;
 use crate::services::quote;
 
@@ -33,8 +33,7 @@ pub const PROXY_MARK: u32 = 0x40000;
 pub const PROXY_TABLE: u32 = 2004;
 
 fn chain(ep: &EndpointRules, ingress: bool) -> String {
-    let base = crate::policy::endpoint_chain(&ep.interface, ingress);
-    format!("{POLICY_CHAIN_PREFIX}L7-{}", &base[POLICY_CHAIN_PREFIX.len()..])
+    crate::policy::endpoint_chain_of("L7-", &ep.interface, ingress)
 }
 
 /// Add the redirect chains for `view`'s Proxy rules (nothing while no proxy runs or no rule

@@ -46,7 +46,12 @@ fn hex(parts: &[&str], n: usize) -> String {
 }
 
 pub fn endpoint_chain(interface: &str, ingress: bool) -> String {
-    format!("{POLICY_CHAIN_PREFIX}{}-{}", if ingress { "I" } else { "E" }, hex(&[interface], 12))
+    endpoint_chain_of("", interface, ingress)
+}
+
+/// An endpoint's chain of a kind (`""`: its filter rules; `"L7-"`: its proxy redirects).
+pub fn endpoint_chain_of(kind: &str, interface: &str, ingress: bool) -> String {
+    format!("{POLICY_CHAIN_PREFIX}{kind}{}-{}", if ingress { "I" } else { "E" }, hex(&[interface], 12))
 }
 
 /// The ipset name of a lowered set (from its key: what it is for, not what it holds).

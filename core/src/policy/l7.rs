@@ -117,8 +117,8 @@ impl HttpMatcher {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct L7Check {
     pub rules: Vec<HttpRule>,
-    /// `Kind ns/name` of the policies, joined.
-    pub policies: String,
+    /// `Kind ns/name` of each policy behind the rules, sorted, each once.
+    pub policies: Vec<String>,
     /// The destination's ingress rules (else the client's egress rules).
     pub ingress: bool,
 }
@@ -161,11 +161,10 @@ pub fn connection_checks(
                         r.action == Action::Proxy && !r.audit && rule_matches(r, peer, id(peer), Protocol::Tcp, port)
                     })
                     .collect();
-                let mut policies: Vec<String> = hits.iter().map(|r| r.policy.to_string()).collect();
-                policies.dedup();
+                let policies = hits.iter().map(|r| r.policy.to_string()).collect::<std::collections::BTreeSet<_>>();
                 checks.push(L7Check {
                     rules: hits.iter().flat_map(|r| r.http.iter().cloned()).collect(),
-                    policies: policies.join(", "),
+                    policies: policies.into_iter().collect(),
                     ingress: dir == Direction::Ingress,
                 });
             }

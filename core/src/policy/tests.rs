@@ -531,7 +531,7 @@ fn the_proxy_checks_both_local_directions_and_refuses_what_l3_l4_does_not_allow(
     let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
     let v = view(std::slice::from_ref(&ingress));
     let checks = l7::connection_checks(&v, ip(XA), ip(XB), 80).expect("allowed to the proxy");
-    assert_eq!(checks, vec![l7::L7Check { rules: http, policies: "NetworkPolicy x/l7".into(), ingress: true }]);
+    assert_eq!(checks, vec![l7::L7Check { rules: http, policies: vec!["NetworkPolicy x/l7".into()], ingress: true }]);
     assert!(l7::connection_checks(&v, ip(YA), ip(XB), 80).is_err(), "y/a is not a peer: refused");
     assert!(l7::connection_checks(&v, ip(XA), ip(XB), 81).is_err(), "another port: refused");
     assert!(l7::connection_checks(&v, ip(YA), ip(YB), 80).is_err(), "no local endpoint: refused");
