@@ -133,7 +133,7 @@ impl Capability {
             Capability::HelperRedirectNeigh => "no bpf_redirect_neigh",
             Capability::HelperRedirectPeer => "no bpf_redirect_peer",
             Capability::HelperGetNetnsCookie => "no bpf_get_netns_cookie",
-            Capability::HelperSkLookup => "no bpf_skc_lookup_tcp/bpf_sk_lookup_udp",
+            Capability::HelperSkLookup => "no bpf_skc_lookup_tcp/bpf_sk_lookup_udp/bpf_sk_assign",
             Capability::HelperSocketCookie => "no bpf_get_socket_cookie for socket hooks",
             Capability::Tcx => "no TCX links",
             Capability::TcClsact => "no clsact qdisc with cls_bpf",

@@ -123,8 +123,8 @@ pub struct EbpfDataplane {
 /// The policy maps as this process last wrote them.
 #[derive(Default)]
 struct PolicyState {
-    /// (view generation, owned) of the last successful sync.
-    last: Option<Option<u64>>,
+    /// ((view generation, L7 proxy port), owned) of the last successful sync.
+    last: Option<Option<(u64, Option<u16>)>>,
     written: Option<crate::policy::Written>,
     ids: std::collections::BTreeMap<String, u32>,
     programmed: bool,
@@ -193,7 +193,7 @@ impl EbpfDataplane {
     /// that cannot write everything writes nothing (the last complete policy stays).
     fn reconcile_policy(&mut self, dp: &mut Datapath, desired: &Desired<'_>, owned: &BTreeSet<Feature>) {
         let want_policy = owned.contains(&Feature::Policy);
-        let key = want_policy.then_some(desired.policy.generation);
+        let key = want_policy.then_some((desired.policy.generation, desired.policy.l7_proxy));
         if self.policy.last == Some(key) {
             return;
         }
@@ -223,9 +223,8 @@ impl EbpfDataplane {
                     tracing::info!(writes = n, endpoints = want.endpoints.len() / 2, "eBPF policy maps synced");
                 }
                 self.policy.endpoints = want.endpoints.len() / 2;
+                self.policy.written = Some(crate::policy::Written::from(&want));
                 self.policy.ids = want.ids;
-                self.policy.written =
-                    Some(crate::policy::Written { endpoints: want.endpoints, audit: want.audit, sets: want.sets });
                 self.policy.programmed = want_policy;
                 self.policy.last = Some(key);
             }
@@ -299,7 +298,7 @@ impl Dataplane for EbpfDataplane {
         match &self.dp {
             None => "not loaded (no feature is given to eBPF on this node)".into(),
             Some(dp) => format!(
-                "loaded, maps and links pinned in {}; tc attach {}; programs on {} pod veth(s) and device(s) [{}]{}; socket LB {}; {} service frontend(s); policy {}",
+                "loaded, maps and links pinned in {}; tc attach {}; programs on {} pod veth(s) and device(s) [{}]{}; socket LB {}; {} service frontend(s); policy {}{}",
                 self.pin_dir.display(),
                 self.path.describe(),
                 dp.attached().len().saturating_sub(self.devices.len() + self.draining.len()),
@@ -314,7 +313,11 @@ impl Dataplane for EbpfDataplane {
                 },
                 self.cgroup.as_ref().map(|c| format!("on {}", c.display())).unwrap_or_else(|| "off".into()),
                 dp.entries().services.len(),
-                if self.policy.programmed { format!("on {} endpoint(s)", self.policy.endpoints) } else { "off".into() }
+                if self.policy.programmed { format!("on {} endpoint(s)", self.policy.endpoints) } else { "off".into() },
+                match self.policy.written.as_ref().map_or(0, |w| w.l7_port) {
+                    0 => String::new(),
+                    p => format!("; L7 rules redirected to the proxy on 127.0.0.1:{p} (bpf_sk_assign)"),
+                }
             ),
         }
     }

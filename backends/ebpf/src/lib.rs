@@ -23,6 +23,7 @@ pub mod lb_list;
 pub mod loader;
 pub mod maps;
 pub mod policy;
+pub mod policy_l7;
 pub mod probe;
 pub mod tc_netlink;
 

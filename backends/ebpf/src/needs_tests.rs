@@ -9,7 +9,8 @@ use sluice_core::{Capability, Feature};
 const POD: &str = include_str!("../bpf/progs/pod.h");
 const NET: &str = include_str!("../bpf/progs/net.h");
 const SOCK: &str = include_str!("../bpf/progs/sock.h");
-const LIBS: [&str; 6] = [
+const LIBS: [&str; 7] = [
+    include_str!("../bpf/lib/l7.h"),
     include_str!("../bpf/lib/layout.h"),
     include_str!("../bpf/lib/policy.h"),
     include_str!("../bpf/lib/maps.h"),
@@ -41,7 +42,7 @@ fn probed_by(helper: &str) -> Option<Capability> {
     Some(match helper {
         "bpf_fib_lookup" => Capability::HelperFibLookup,
         "bpf_redirect_neigh" => Capability::HelperRedirectNeigh,
-        "bpf_skc_lookup_tcp" | "bpf_sk_lookup_udp" | "bpf_sk_release" => Capability::HelperSkLookup,
+        "bpf_skc_lookup_tcp" | "bpf_sk_lookup_udp" | "bpf_sk_release" | "bpf_sk_assign" => Capability::HelperSkLookup,
         "bpf_get_socket_cookie" => Capability::HelperSocketCookie,
         // The ring buffer helpers came with the map type (5.8): its probe covers them.
         "bpf_ringbuf_reserve" | "bpf_ringbuf_submit" => Capability::MapRingbuf,

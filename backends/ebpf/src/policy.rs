@@ -26,6 +26,7 @@ const PEER_NET: u8 = 1;
 const PEER_SET: u8 = 2;
 const ALLOW: u8 = 1;
 const DENY: u8 = 2;
+const PROXY: u8 = 3;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
@@ -83,12 +84,6 @@ pub enum PolicyError {
     TooManyRules { pod: String, dir: String, rules: usize, max: usize },
     #[error("interface {ifname} of {pod} has no index (gone?)")]
     NoInterface { pod: String, ifname: String },
-    /// L7 rules need the proxy redirect, which this backend does not have yet: their ports
-    /// let nothing through here (fails closed).
-    #[error(
-        "endpoint {pod} ({dir}): {rules} L7 (HTTP) rule(s) of {policies} are not enforced by the eBPF backend yet (no proxy redirect): those ports let nothing through; set dataplane_features: {{policy: iptables}} on this node to enforce them with the L7 proxy"
-    )]
-    NoL7Redirect { pod: String, dir: String, rules: usize, policies: String },
 }
 
 /// What the maps should hold.
@@ -105,6 +100,11 @@ pub struct Encoded {
     /// (the direction keeps what the maps hold), `false` when only the audit list is (the
     /// enforced list is written, the audit list kept). See [`keep_held`].
     pub held: BTreeMap<PolEpKey, bool>,
+    /// Local endpoint addresses (packet order) -> host veth ifindex (`sluice_pol_addr`): whose
+    /// ingress rules a destination names.
+    pub addrs: BTreeMap<u32, u32>,
+    /// The L7 proxy's port, 0 while none runs (`sluice_l7_port`): proxy rules then drop.
+    pub l7_port: u32,
 }
 
 /// An endpoint direction whose list could not be encoded keeps its last complete policy: the
@@ -140,6 +140,21 @@ pub struct Written {
     pub endpoints: BTreeMap<PolEpKey, PolEpVal>,
     pub audit: BTreeMap<PolEpKey, PolEpVal>,
     pub sets: BTreeSet<SetRow>,
+    pub addrs: BTreeMap<u32, u32>,
+    pub l7_port: u32,
+}
+
+impl Written {
+    /// What `want` holds once synced.
+    pub fn from(want: &Encoded) -> Written {
+        Written {
+            endpoints: want.endpoints.clone(),
+            audit: want.audit.clone(),
+            sets: want.sets.clone(),
+            addrs: want.addrs.clone(),
+            l7_port: want.l7_port,
+        }
+    }
 }
 
 fn proto_num(p: Protocol) -> u8 {
@@ -179,10 +194,13 @@ impl Ids<'_> {
     }
 }
 
-/// One lowered list as a map value (its sets added to `out`).
+/// One lowered list as a map value (its sets added to `out`). Proxy rules (allowed to the L7
+/// proxy) keep their place: the programs redirect where they can and drop elsewhere; in an
+/// audit list they count as allows (audit reports would-be drops only).
 fn encode_list(
     rules: &[sluice_core::policy::LoweredRule],
     enforced: bool,
+    audit: bool,
     out: &mut Encoded,
     ids: &mut Ids,
 ) -> PolEpVal {
@@ -204,7 +222,12 @@ fn encode_list(
         };
         let (lo, hi) = r.ports.unwrap_or((0, 0));
         val.rules[i] = PolRule {
-            action: if r.action == Action::Allow { ALLOW } else { DENY },
+            action: match r.action {
+                Action::Allow => ALLOW,
+                Action::Proxy if audit => ALLOW,
+                Action::Proxy => PROXY,
+                Action::Deny => DENY,
+            },
             proto: r.protocol.map(proto_num).unwrap_or(0),
             peer,
             pad: 0,
@@ -226,7 +249,7 @@ pub fn encode(
     prev_ids: &BTreeMap<String, u32>,
     taken: &BTreeSet<u32>,
 ) -> (Encoded, Vec<PolicyError>) {
-    let mut out = Encoded::default();
+    let mut out = Encoded { l7_port: view.l7_proxy.map_or(0, u32::from), ..Default::default() };
     let mut errors = Vec::new();
     let mut ids =
         Ids { prev: prev_ids, used: taken.iter().copied().chain(prev_ids.values().copied()).collect(), next: 1 };
@@ -238,6 +261,7 @@ pub fn encode(
             errors.push(PolicyError::NoInterface { pod: ep.pod.clone(), ifname: ep.interface.clone() });
             continue;
         };
+        out.addrs.insert(u32::from_ne_bytes(ep.ip.octets()), idx);
         for (dir, d, name) in [(POL_INGRESS, &p.ingress, "ingress"), (POL_EGRESS, &p.egress, "egress")] {
             let key = PolEpKey { ifindex: idx, dir };
             let shadow = audit_shadow(d);
@@ -249,18 +273,7 @@ pub fn encode(
             let mut over = None;
             for (audit, scope, list) in lists {
                 let Some(list) = list else { continue };
-                let (proxied, rules): (Vec<_>, Vec<_>) =
-                    lower(&scope, list, view).into_iter().partition(|r| r.action == Action::Proxy);
-                if !proxied.is_empty() && !audit {
-                    let policies: std::collections::BTreeSet<String> =
-                        proxied.iter().flat_map(|r| r.policies.clone()).collect();
-                    errors.push(PolicyError::NoL7Redirect {
-                        pod: ep.pod.clone(),
-                        dir: name.to_string(),
-                        rules: proxied.len(),
-                        policies: policies.into_iter().collect::<Vec<_>>().join(", "),
-                    });
-                }
+                let rules = lower(&scope, list, view);
                 if rules.len() > POL_MAX_RULES {
                     let dir = if audit { format!("{name}, audit") } else { name.to_string() };
                     errors.push(PolicyError::TooManyRules {
@@ -277,7 +290,7 @@ pub fn encode(
                     }
                     break;
                 }
-                let v = encode_list(&rules, list.enforced, &mut out, &mut ids);
+                let v = encode_list(&rules, list.enforced, audit, &mut out, &mut ids);
                 if audit {
                     out.audit.insert(key, v);
                 } else {
@@ -331,7 +344,8 @@ pub fn read(dp: &mut Datapath) -> Result<Written, DatapathError> {
             sets.insert((id, addr, k.prefix_len().saturating_sub(32), v != 0));
         }
     }
-    Ok(Written { endpoints, audit, sets })
+    let (addrs, l7_port) = crate::policy_l7::read(dp)?;
+    Ok(Written { endpoints, audit, sets, addrs, l7_port })
 }
 
 /// Write `want`'s entries of one endpoint map that differ from `have`'s, then remove the stale.
@@ -374,8 +388,11 @@ pub fn sync(dp: &mut Datapath, have: &Written, want: &Encoded) -> Result<usize, 
             n += 1;
         }
     }
+    n += crate::policy_l7::add_addrs(dp, &have.addrs, &want.addrs)?;
     n += sync_eps(dp, "sluice_pol_ep", &have.endpoints, &want.endpoints)?;
     n += sync_eps(dp, "sluice_pol_audit", &have.audit, &want.audit)?;
+    n += crate::policy_l7::prune_addrs(dp, &have.addrs, &want.addrs)?;
+    n += crate::policy_l7::set_port(dp, have.l7_port, want.l7_port)?;
     {
         let m = dp
             .bpf
@@ -473,7 +490,9 @@ mod tests {
         let mut deny = rule(PeerMatch::Any, 22);
         deny.action = Action::Deny;
         deny.policy.name = "no-ssh".into();
-        let v = view(vec![deny, rule(PeerMatch::Any, 80)]);
+        let mut proxy = rule(PeerMatch::Any, 8080);
+        proxy.action = Action::Proxy;
+        let v = view(vec![deny, proxy, rule(PeerMatch::Any, 80)]);
         let (e, _) = encode(&v, &idx, &BTreeMap::new(), &BTreeSet::new());
         let tags = sluice_core::flow::drop::tags_by_rule(&v);
         let a = e.endpoints[&PolEpKey { ifindex: 7, dir: POL_INGRESS }];
@@ -482,7 +501,8 @@ mod tests {
         assert_eq!(t.rules.len(), a.count as usize);
         for (i, r) in a.rules[..a.count as usize].iter().enumerate() {
             let tag = t.rules[i].as_ref();
-            assert_eq!(tag.is_some(), r.action == DENY, "rule {i}");
+            // A proxy rule drops where it is not redirected: attributed as a deny is.
+            assert_eq!(tag.is_some(), r.action == DENY || r.action == PROXY, "rule {i}");
         }
         let denied = t.rules.iter().flatten().next().expect("a deny tag");
         assert_eq!((denied.pod.as_str(), denied.default_deny), ("x/a", false));
@@ -490,6 +510,30 @@ mod tests {
         assert!(t.default.default_deny);
         assert!(!tags.contains_key(&key("b", false)), "b is not isolated");
         assert!(e.audit.is_empty() && !tags.contains_key(&key("a", true)), "no audit policy, no audit list");
+    }
+
+    /// Proxy rules keep their place in the enforced list (redirected or dropped by the
+    /// programs), count as allows in an audit list; the proxy port and the endpoint addresses
+    /// go with them.
+    #[test]
+    fn proxy_rules_keep_their_place_with_the_port_and_addresses() {
+        let mut proxy = rule(PeerMatch::Any, 80);
+        proxy.action = Action::Proxy;
+        let mut audit_deny = rule(PeerMatch::Any, 22);
+        audit_deny.action = Action::Deny;
+        audit_deny.audit = true;
+        let mut v = view(vec![audit_deny, proxy, rule(PeerMatch::Any, 81)]);
+        let (e, errs) = encode(&v, &idx, &BTreeMap::new(), &BTreeSet::new());
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(e.l7_port, 0, "no proxy runs: proxy rules drop");
+        let key = PolEpKey { ifindex: 7, dir: POL_INGRESS };
+        let actions = |v: &PolEpVal| v.rules[..v.count as usize].iter().map(|r| (r.action, r.lo)).collect::<Vec<_>>();
+        assert_eq!(actions(&e.endpoints[&key]), vec![(PROXY, 80), (ALLOW, 81)]);
+        assert!(actions(&e.audit[&key]).contains(&(ALLOW, 80)), "{:?}", actions(&e.audit[&key]));
+        let addr = |a: [u8; 4]| u32::from_ne_bytes(a);
+        assert_eq!(e.addrs, [(addr([10, 244, 1, 2]), 7), (addr([10, 244, 1, 3]), 8)].into());
+        v.l7_proxy = Some(15001);
+        assert_eq!(encode(&v, &idx, &BTreeMap::new(), &BTreeSet::new()).0.l7_port, 15001);
     }
 
     /// An audit policy gets its own list, and its tags index it the same way.
@@ -530,8 +574,7 @@ mod tests {
             &BTreeMap::new(),
             &BTreeSet::new(),
         );
-        let have =
-            Written { endpoints: before.endpoints.clone(), audit: before.audit.clone(), sets: before.sets.clone() };
+        let have = Written::from(&before);
         keep_held(&mut want, &have);
         assert_eq!(want.endpoints[&a], before.endpoints[&a]);
         assert_eq!(want.sets, before.sets, "the set a's kept rule names");

@@ -54,8 +54,8 @@ pub fn helper(c: Capability) -> (bool, String) {
         }
         Capability::HelperSkLookup => (
             ProgramType::SchedClassifier,
-            &[BPF_FUNC_skc_lookup_tcp, BPF_FUNC_sk_lookup_udp, BPF_FUNC_sk_release],
-            "bpf_skc_lookup_tcp, bpf_sk_lookup_udp and bpf_sk_release from sched_cls",
+            &[BPF_FUNC_skc_lookup_tcp, BPF_FUNC_sk_lookup_udp, BPF_FUNC_sk_release, BPF_FUNC_sk_assign],
+            "bpf_skc_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release and bpf_sk_assign from sched_cls",
         ),
         Capability::HelperSocketCookie => {
             (ProgramType::CgroupSockAddr, &[BPF_FUNC_get_socket_cookie], "bpf_get_socket_cookie from cgroup/sock_addr")

@@ -615,3 +615,33 @@ fn an_audit_list_reports_would_be_drops_and_drops_nothing() {
     assert!(got[0].audit && got[0].rule == Some(0) && got[0].dport == 81, "{:?}", got[0]);
     assert!(!got[1].audit && got[1].rule.is_none() && got[1].dport == 82, "a real drop is no audit: {:?}", got[1]);
 }
+
+#[test]
+fn a_proxy_rule_drops_where_it_cannot_redirect() {
+    use sluice_ebpf::events::EventReader;
+    use sluice_ebpf::policy::{POL_EGRESS, PolEpKey, PolEpVal, PolRule};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    // Rule 0 sends TCP 80 to the L7 proxy, rule 1 allows TCP 81.
+    let mut val = PolEpVal { enforced: 1, count: 2, ..Default::default() };
+    val.rules[0] = PolRule { action: 3, proto: 6, lo: 80, hi: 80, ..Default::default() };
+    val.rules[1] = PolRule { action: 1, proto: 6, lo: 81, hi: 81, ..Default::default() };
+    let mut eps: HashMap<_, PolEpKey, PolEpVal> =
+        HashMap::try_from(lb.bpf().map_mut("sluice_pol_ep").expect("map")).expect("hash");
+    eps.insert(PolEpKey { ifindex: 1, dir: POL_EGRESS }, val, 0).expect("insert");
+    // No proxy (port 0): dropped and reported with the rule that wanted it.
+    assert_eq!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42000, "10.244.2.2", 80)).0, TC_ACT_SHOT);
+    assert_ne!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42001, "10.244.2.2", 81)).0, TC_ACT_SHOT);
+    let got = events.recv_batch(std::time::Duration::from_secs(1)).expect("events");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].rule, got[0].dport), (Some(0), 80), "{:?}", got[0]);
+    // A proxy port with no listener behind it (nothing here listens on 127.0.0.1:1): dropped.
+    let mut port: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(lb.bpf().map_mut("sluice_l7_port").expect("map")).expect("array");
+    port.set(0, 1, 0).expect("set");
+    assert_eq!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42002, "10.244.2.2", 80)).0, TC_ACT_SHOT);
+    assert_ne!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42003, "10.244.2.2", 81)).0, TC_ACT_SHOT);
+}

@@ -51,7 +51,7 @@ pub struct TagKey {
     pub audit: bool,
 }
 
-/// One endpoint direction's tags: by index in its lowered rule list (deny rules only), and
+/// One endpoint direction's tags: by index in its lowered rule list (deny and proxy rules), and
 /// its default deny.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleTags {
@@ -75,7 +75,8 @@ pub fn tags_by_rule(view: &PolicyView) -> HashMap<TagKey, RuleTags> {
                 let rules = lower(&scope, list, view)
                     .into_iter()
                     .map(|r| {
-                        (r.action == Action::Deny).then(|| DropTag {
+                        // A proxy rule drops where its connection is not redirected (no proxy).
+                        (r.action != Action::Allow).then(|| DropTag {
                             pod: ep.pod.clone(),
                             ingress,
                             policies: r.policies,

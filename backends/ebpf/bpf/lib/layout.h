@@ -140,9 +140,10 @@ struct pol_ep_key {
 #define POL_PEER_SET 2      /* arg = set id in sluice_pol_set */
 #define POL_ALLOW 1
 #define POL_DENY 2
+#define POL_PROXY 3         /* allowed to the node's L7 proxy (lib/l7.h); a drop where it cannot redirect */
 
 struct pol_rule {
-	__u8 action;        /* POL_ALLOW, POL_DENY */
+	__u8 action;        /* POL_ALLOW, POL_DENY, POL_PROXY */
 	__u8 proto;         /* 0 = any */
 	__u8 peer;          /* POL_PEER_* */
 	__u8 pad;
@@ -209,6 +210,12 @@ struct pol_ct_key {
 	__u16 pad;
 	__u32 ifindex;
 };
+
+/* The L7 proxy (lib/l7.h): its listener is 127.0.0.1:PROXY_PORT; packets for it carry
+ * PROXY_MARK, which the node's policy routing (fwmark rule, table 2004) delivers locally.
+ * Upstream connections of the proxy use source ports PROXY_UPSTREAM_LO and above. */
+#define PROXY_MARK 0x40000
+#define PROXY_UPSTREAM_LO 61000
 
 struct affinity_key {
 	__u32 client;

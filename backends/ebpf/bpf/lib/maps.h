@@ -125,6 +125,35 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_pol_audit SEC(".maps");
 
+/* Local endpoints: address -> host veth ifindex (a packet's destination names the endpoint whose
+ * ingress L7 rules apply). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_pol_addr SEC(".maps");
+
+/* The L7 proxy's port (host byte order), index 0; 0 while no proxy runs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_l7_port SEC(".maps");
+
+/* TCP connections handed to the L7 proxy (the tuple as it leaves the client, after Service
+ * translation): their later packets go to the proxy's socket without a policy lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_l7 SEC(".maps");
+
 /* Events for user space (flows): policy drops and audited would-be drops. Not resized by the
  * config. */
 struct {

@@ -79,9 +79,14 @@ static __always_inline void pol_report(__u8 kind, __u32 ifindex, __u32 dir, stru
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* pol_pass's verdicts. */
+#define PV_DROP 0
+#define PV_PASS 1
+#define PV_PROXY 2          /* a new TCP connection for the L7 proxy (lib/l7.h) */
+
 /* The first rule of `ep` matching the flow: its index, or EV_RULE_DEFAULT when none does;
- * `*allow` says whether that rule (or, with none, the list's default) lets the flow pass. */
-static __always_inline __u32 pol_first_match(struct pol_ep_val *ep, __u32 peer, __u8 proto, __u16 port, int *allow)
+ * `*action` is that rule's (POL_ALLOW, POL_DENY, POL_PROXY) or, with none, the list's default. */
+static __always_inline __u32 pol_first_match(struct pol_ep_val *ep, __u32 peer, __u8 proto, __u16 port, __u8 *action)
 {
 	__u32 n = ep->count;
 
@@ -90,11 +95,11 @@ static __always_inline __u32 pol_first_match(struct pol_ep_val *ep, __u32 peer, 
 			break;
 		struct pol_rule *r = &ep->rules[i];
 		if (pol_rule_matches(r, peer, proto, port)) {
-			*allow = r->action == POL_ALLOW;
+			*action = r->action;
 			return i;
 		}
 	}
-	*allow = !ep->enforced;
+	*action = ep->enforced ? POL_DENY : POL_ALLOW;
 	return EV_RULE_DEFAULT;
 }
 
@@ -104,7 +109,7 @@ static __noinline int pol_audit(__u32 ifindex, __u32 dir, struct flow_key *k, in
 {
 	struct pol_ep_key ek = { .ifindex = ifindex, .dir = dir };
 	struct pol_ep_val *ep;
-	int allow = 1;
+	__u8 action = POL_ALLOW;
 	__u32 rule;
 
 	if (!k)
@@ -113,17 +118,19 @@ static __noinline int pol_audit(__u32 ifindex, __u32 dir, struct flow_key *k, in
 	if (!ep)
 		return 0;
 	/* As every caller of pol_pass: the peer is the other end, the port the destination's. */
-	rule = pol_first_match(ep, dir == POL_EGRESS ? k->daddr : k->saddr, k->proto, bpf_ntohs(k->dport), &allow);
-	if (!allow)
+	rule = pol_first_match(ep, dir == POL_EGRESS ? k->daddr : k->saddr, k->proto, bpf_ntohs(k->dport), &action);
+	if (action == POL_DENY)
 		pol_report(EV_POLICY_AUDIT, ifindex, dir, k, rule, syn);
 	return 0;
 }
 
-/* 1: pass, 0: drop. `k` is the flow as the endpoint sees it in this direction (for egress: after
- * Service translation); `peer` is the other end (destination on egress, source on ingress).
- * A TCP SYN is always decided afresh: a reused client port must not inherit an old
- * connection's admission, and a policy change applies to every new connection. */
-static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k, __u32 peer, __u16 port_n, int syn)
+/* PV_PASS, PV_DROP, or (only when `can_proxy`: a new TCP connection where the redirect exists)
+ * PV_PROXY. `k` is the flow as the endpoint sees it in this direction (for egress: after Service
+ * translation); `peer` is the other end (destination on egress, source on ingress). A TCP SYN
+ * is always decided afresh: a reused client port must not inherit an old connection's
+ * admission, and a policy change applies to every new connection. A proxy rule where the
+ * packet cannot be redirected drops it (an L7 port never opens unfiltered). */
+static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k, __u32 peer, __u16 port_n, int syn, int can_proxy)
 {
 	struct pol_ep_key ek = { .ifindex = ifindex, .dir = dir };
 	struct pol_ep_val *ep = bpf_map_lookup_elem(&sluice_pol_ep, &ek);
@@ -132,24 +139,24 @@ static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k
 	struct pol_ct_key rk = { .saddr = k->daddr, .daddr = k->saddr, .sport = k->dport, .dport = k->sport,
 				 .proto = k->proto, .dir = dir == POL_INGRESS ? POL_EGRESS : POL_INGRESS, .ifindex = ifindex };
 	__u32 now = now_s();
-	int pass = 0;
+	__u8 action = POL_ALLOW;
 	__u32 rule = EV_RULE_DEFAULT;
 
 	if (!ep)
-		return 1; /* not policed */
+		return PV_PASS; /* not policed */
 	if (!syn && (pol_ct_live(&ck, now) || pol_ct_live(&rk, now)))
-		return 1; /* an admitted flow, or the reply of one */
-	if (!ep->enforced)
-		pass = 1;
-	else
-		rule = pol_first_match(ep, peer, k->proto, bpf_ntohs(port_n), &pass);
-	if (pass) {
+		return PV_PASS; /* an admitted flow, or the reply of one */
+	if (ep->enforced)
+		rule = pol_first_match(ep, peer, k->proto, bpf_ntohs(port_n), &action);
+	if (action == POL_PROXY && can_proxy)
+		return PV_PROXY;
+	if (action == POL_ALLOW) {
 		bpf_map_update_elem(&sluice_pol_ct, &ck, &now, BPF_ANY);
 		pol_audit(ifindex, dir, k, syn);
-	} else {
-		pol_report(EV_POLICY_DROP, ifindex, dir, k, rule, syn);
+		return PV_PASS;
 	}
-	return pass;
+	pol_report(EV_POLICY_DROP, ifindex, dir, k, rule, syn);
+	return PV_DROP;
 }
 
 /* Any IPv4 packet the service path does not parse (SCTP, ICMP, ...): addresses, protocol, and

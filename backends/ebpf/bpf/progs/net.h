@@ -5,6 +5,7 @@
 
 #include "../lib/lb.h"
 #include "../lib/nat.h"
+#include "../lib/l7.h"
 
 /* Forward a flow from outside the node to a backend on another node: DNAT, SNAT to the node IP,
  * out again. */
@@ -48,6 +49,12 @@ int sluice_from_net(struct __sk_buff *skb)
 
 	if (parse_flow(skb, &k, &syn))
 		return PASS;
+	/* The L7 proxy's: a server's reply to its upstream connection, or a connection to a local
+	 * endpoint whose ingress rules send it to the proxy. */
+	if (l7_upstream_reply(skb, &k))
+		return TC_ACT_OK;
+	if (l7_from_net(&k, syn))
+		return l7_redirect(skb, &k, syn);
 	/* A reply of a flow this node SNATed: back to the client, from the frontend. */
 	finrst = tcp_fin_rst(skb, k.proto);
 	sv = syn ? NULL : bpf_map_lookup_elem(&sluice_snat, &k);

@@ -5,24 +5,27 @@
 
 #include "../lib/lb.h"
 #include "../lib/nat.h"
-#include "../lib/policy.h"
+#include "../lib/l7.h"
 
 SEC("classifier")
 int sluice_from_pod(struct __sk_buff *skb)
 {
-	struct flow_key k;
+	struct flow_key k, pk;
 	struct nat_val *be;
 	struct nat_val chosen = {};
 	__u32 slot = 0;
-	int syn;
+	int syn, v;
 
 	if (parse_flow(skb, &k, &syn)) {
 		/* Not TCP or UDP: policed all the same (an isolated pod sends no SCTP or ICMP that no
 		 * rule allows). */
-		if (!parse_other(skb, &k) && !pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport, 0))
+		if (!parse_other(skb, &k) && !pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport, 0, 0))
 			return TC_ACT_SHOT;
 		return PASS;
 	}
+	/* A server's reply to the L7 proxy's upstream connection (addressed to a client pod). */
+	if (l7_upstream_reply(skb, &k))
+		return TC_ACT_OK;
 	if (!syn) {
 		/* The reply of a flow that came from outside the node to this (local) backend. */
 		struct nat_val *r = bpf_map_lookup_elem(&sluice_rnat, &k);
@@ -50,10 +53,11 @@ int sluice_from_pod(struct __sk_buff *skb)
 	} else if (!be && k.proto == IPPROTO_TCP) {
 		/* Mid-stream without an entry: a connection another dataplane (iptables) NATed.
 		 * Kernel conntrack keeps serving it, so established connections survive moving
-		 * ClusterIP between backends. */
-		if (!pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport, syn))
-			return TC_ACT_SHOT;
-		return PASS;
+		 * ClusterIP between backends. (Or a connection handed to the L7 proxy.) */
+		v = l7_from_pod(skb, &k, syn);
+		if (v == PV_PROXY)
+			return l7_redirect(skb, &k, syn);
+		return v == PV_PASS ? PASS : TC_ACT_SHOT;
 	}
 	if (!be) {
 		struct svc_key sk = { .vip = k.daddr, .port = k.dport, .proto = k.proto };
@@ -72,9 +76,10 @@ int sluice_from_pod(struct __sk_buff *skb)
 				bpf_map_delete_elem(&sluice_rnat, &rk);
 				bpf_map_delete_elem(&sluice_ct, &k);
 			}
-			if (!pol_pass(skb->ifindex, POL_EGRESS, &k, k.daddr, k.dport, syn))
-				return TC_ACT_SHOT;
-			return PASS;
+			v = l7_from_pod(skb, &k, syn);
+			if (v == PV_PROXY)
+				return l7_redirect(skb, &k, syn);
+			return v == PV_PASS ? PASS : TC_ACT_SHOT;
 		}
 		if (!source_allowed(svc, k.saddr))
 			return TC_ACT_SHOT;
@@ -115,17 +120,17 @@ int sluice_from_pod(struct __sk_buff *skb)
 		 * of a packet arriving from it). */
 		return back_into_pod(skb);
 	}
-	{
-		/* Egress policy sees the backend, as it would after iptables' DNAT. */
-		struct flow_key pk = k;
-		pk.daddr = be->addr;
-		pk.dport = be->port;
-		if (!pol_pass(skb->ifindex, POL_EGRESS, &pk, be->addr, be->port, syn))
-			return TC_ACT_SHOT;
-	}
+	/* Egress policy sees the backend, as it would after iptables' DNAT; so does the L7 proxy
+	 * (its socket's address is the backend's). */
+	pk = k;
+	pk.daddr = be->addr;
+	pk.dport = be->port;
+	v = l7_from_pod(skb, &pk, syn);
+	if (v == PV_DROP)
+		return TC_ACT_SHOT;
 	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return v == PV_PROXY ? l7_redirect(skb, &pk, syn) : TC_ACT_OK;
 }
 
 SEC("classifier")
@@ -137,7 +142,7 @@ int sluice_to_pod(struct __sk_buff *skb)
 
 	if (parse(skb, &k)) {
 		if (!parse_other(skb, &k) && !from_own_node(skb, k.saddr) &&
-		    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport, 0))
+		    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport, 0, 0))
 			return TC_ACT_SHOT;
 		return PASS;
 	}
@@ -145,7 +150,7 @@ int sluice_to_pod(struct __sk_buff *skb)
 	/* Ingress policy, before reverse NAT: the source as it arrived (a hairpin flow is the pod
 	 * reaching itself; traffic from this node always passes). */
 	if (k.saddr != bpf_htonl(HAIRPIN_ADDR_HOST_ORDER) && !from_own_node(skb, k.saddr) &&
-	    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport, syn > 0))
+	    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport, syn > 0, 0))
 		return TC_ACT_SHOT;
 	front = bpf_map_lookup_elem(&sluice_rnat, &k);
 	if (!front || (front->flags & (NAT_F_EXTERNAL | NAT_F_HAIRPIN)))

@@ -1,0 +1,69 @@
+//! The policy maps the L7 redirect reads (bpf/lib/l7.h): local endpoint addresses by host veth
+//! (`sluice_pol_addr`: whose ingress rules a destination names) and the proxy's port
+//! (`sluice_l7_port`, 0 while no proxy runs: proxy rules then drop).
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Array, HashMap};
+
+use crate::datapath::{Datapath, DatapathError};
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |e| DatapathError::Map { map, detail: e.to_string() }
+}
+
+fn missing(map: &'static str) -> DatapathError {
+    DatapathError::Map { map, detail: "missing".into() }
+}
+
+/// What the maps hold: (address -> ifindex, proxy port).
+pub fn read(dp: &mut Datapath) -> Result<(BTreeMap<u32, u32>, u32), DatapathError> {
+    let m = dp.bpf.map_mut("sluice_pol_addr").ok_or(missing("sluice_pol_addr"))?;
+    let h: HashMap<_, u32, u32> = HashMap::try_from(m).map_err(map_err("sluice_pol_addr"))?;
+    let addrs = h.iter().flatten().collect();
+    let m = dp.bpf.map_mut("sluice_l7_port").ok_or(missing("sluice_l7_port"))?;
+    let a: Array<_, u32> = Array::try_from(m).map_err(map_err("sluice_l7_port"))?;
+    Ok((addrs, a.get(&0, 0).map_err(map_err("sluice_l7_port"))?))
+}
+
+/// New and changed addresses (before the endpoint entries that may name them).
+pub fn add_addrs(
+    dp: &mut Datapath,
+    have: &BTreeMap<u32, u32>,
+    want: &BTreeMap<u32, u32>,
+) -> Result<usize, DatapathError> {
+    let m = dp.bpf.map_mut("sluice_pol_addr").ok_or(missing("sluice_pol_addr"))?;
+    let mut h: HashMap<_, u32, u32> = HashMap::try_from(m).map_err(map_err("sluice_pol_addr"))?;
+    let mut n = 0;
+    for (k, v) in want.iter().filter(|(k, v)| have.get(k) != Some(v)) {
+        h.insert(k, v, 0).map_err(map_err("sluice_pol_addr"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Addresses no endpoint has any more (after the endpoint entries).
+pub fn prune_addrs(
+    dp: &mut Datapath,
+    have: &BTreeMap<u32, u32>,
+    want: &BTreeMap<u32, u32>,
+) -> Result<usize, DatapathError> {
+    let m = dp.bpf.map_mut("sluice_pol_addr").ok_or(missing("sluice_pol_addr"))?;
+    let mut h: HashMap<_, u32, u32> = HashMap::try_from(m).map_err(map_err("sluice_pol_addr"))?;
+    let stale: Vec<u32> = have.keys().filter(|k| !want.contains_key(k)).copied().collect();
+    for k in &stale {
+        let _ = h.remove(k);
+    }
+    Ok(stale.len())
+}
+
+/// The proxy's port (0: none).
+pub fn set_port(dp: &mut Datapath, have: u32, want: u32) -> Result<usize, DatapathError> {
+    if have == want {
+        return Ok(0);
+    }
+    let m = dp.bpf.map_mut("sluice_l7_port").ok_or(missing("sluice_l7_port"))?;
+    let mut a: Array<_, u32> = Array::try_from(m).map_err(map_err("sluice_l7_port"))?;
+    a.set(0, want, 0).map_err(map_err("sluice_l7_port"))?;
+    Ok(1)
+}
