@@ -204,6 +204,11 @@ pub struct L7Config {
     pub header_timeout_s: u64,
     /// Open client connections at most (more are closed at once).
     pub max_connections: usize,
+    /// Seconds the proxy has on the agent's shutdown to finish the requests in flight.
+    pub drain_timeout_s: u64,
+    /// Headers recorded in L7 flows (request headers on the request flow, response headers on
+    /// the response flow), by name, case-insensitive. None by default: headers carry secrets.
+    pub flow_headers: Vec<String>,
 }
 
 impl Default for L7Config {
@@ -214,6 +219,8 @@ impl Default for L7Config {
             max_header_bytes: 65536,
             header_timeout_s: 10,
             max_connections: 10000,
+            drain_timeout_s: 10,
+            flow_headers: Vec::new(),
         }
     }
 }
@@ -498,6 +505,16 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&self.l7.max_connections) {
             return Err(invalid("l7.max_connections", self.l7.max_connections, "1 to 1000000 connections"));
+        }
+        if self.l7.drain_timeout_s > 300 {
+            return Err(invalid("l7.drain_timeout_s", self.l7.drain_timeout_s, "0 to 300 seconds"));
+        }
+        for (i, h) in self.l7.flow_headers.iter().enumerate() {
+            // RFC 9110 token characters.
+            let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if h.is_empty() || !h.chars().all(tchar) {
+                return Err(invalid(&format!("l7.flow_headers[{i}]"), h, "an HTTP header name, e.g. content-type"));
+            }
         }
         if !(16..=1 << 20).contains(&self.flows.ring_size) {
             return Err(invalid("flows.ring_size", self.flows.ring_size, "16 to 1048576 flows"));

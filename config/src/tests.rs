@@ -37,6 +37,12 @@ fn bad_values_name_key_and_accepted() {
     assert!(e.to_string().contains("A_B"), "{e}");
     let e = from_yaml_str("node_name: a\ncni:\n  chain: [{capabilities: {}}]\n").expect_err("chain");
     assert!(e.to_string().contains("cni.chain[0]"), "{e}");
+    let e = from_yaml_str("node_name: a\nl7: {flow_headers: [x-team, 'bad header']}\n").expect_err("header");
+    let s = e.to_string();
+    assert!(s.contains("l7.flow_headers[1]") && s.contains("bad header") && s.contains("HTTP header name"), "{s}");
+    let e = from_yaml_str("node_name: a\nl7: {drain_timeout_s: 301}\n").expect_err("drain");
+    assert!(e.to_string().contains("l7.drain_timeout_s"), "{e}");
+    assert!(from_yaml_str("node_name: a\nl7: {flow_headers: [X-Team, content-type]}\n").is_ok());
 }
 
 #[test]

@@ -118,7 +118,9 @@ fn suite(name: &str, node1: &str, node2: &str) {
         return;
     }
     let ebpf1 = node1.contains("ebpf");
-    let (t, dir, echo, c2ip, _) = setup(name, node1, node2);
+    // The header rule's header is recorded in the L7 flows; nothing else is.
+    let headers = "l7: {flow_headers: [X-Team]}\n";
+    let (t, dir, echo, c2ip, _) = setup(name, &format!("{node1}{headers}"), &format!("{node2}{headers}"));
     let public = format!("http://{echo}/public");
     // In force once the proxy refuses /private (before the agents read the policy, everything
     // passes straight to the pod).
@@ -187,6 +189,10 @@ fn suite(name: &str, node1: &str, node2: &str) {
     assert_eq!(req(&t, "x/client2", "GET", &named, &["X-Team: blue"]).as_deref(), Ok("x/echo"));
     let e = req(&t, "x/client2", "GET", &named, &["X-Team: red"]).expect_err("wrong header value");
     assert!(e.contains("403"), "{e}");
+    let named_flows = observe(&["--http-path", "^/named", "--http-method", "GET"]);
+    let blue = named_flows.iter().find(|f| f["l7"]["type"] == "REQUEST" && f["verdict"] == "FORWARDED");
+    let blue = blue.unwrap_or_else(|| panic!("the forwarded /named request: {named_flows:?}"));
+    assert_eq!(blue["l7"]["http"]["headers"], serde_json::json!([{"key": "x-team", "value": "blue"}]), "{blue}");
 
     // Egress by method on client2: its node's proxy refuses POST (any path); GET passes both.
     let f = dir.path().join("egress.yaml");

@@ -17,6 +17,20 @@ use serde_json::{Value, json};
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n";
 
+/// HTTP rules on the web pods: only `GET /` from the client.
+const L7: &str = r#"
+apiVersion: sluice.io/v1
+kind: SluiceNetworkPolicy
+metadata: {name: web-l7, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules: {http: [{method: GET, path: /}]}
+"#;
+
 /// One WebDriver call to chromedriver on 127.0.0.1:9515 (HTTP/1.1, JSON, connection closed).
 fn wd(method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let mut s = TcpStream::connect(("127.0.0.1", 9515))?;
@@ -180,6 +194,27 @@ fn the_service_map_shows_pods_services_and_edges_and_updates_live() {
         "{text}"
     );
     assert!(text.contains("no policy decided these flows"), "{text}");
+
+    // HTTP rules on the web pods: the client -> web edge shows the statuses of its requests
+    // (200 for GET /, 403 for what the proxy refused), from the L7 flows of b's node.
+    let l7 = dir.path().join("l7.yaml");
+    std::fs::write(&l7, L7).expect("write");
+    t.lab.apply(&l7).expect("apply");
+    let st = t.lab.state().expect("state");
+    let b = st.pods.iter().find(|p| p.name == "b").expect("pod b").ip.clone();
+    const HTTP: &str = "return [...document.querySelectorAll('.edge')].map(e => e.dataset.from + ' > ' + e.dataset.to + ' ' + e.dataset.port + ' ' + e.dataset.http)";
+    let http = eventually("HTTP statuses on the client -> web edge", Duration::from_secs(40), || {
+        let _ = t.curl("client", &format!("http://{b}:8080/"));
+        let _ = t.curl("client", &format!("http://{b}:8080/private"));
+        let e = edges_of(&script(&netns, HTTP));
+        e.into_iter().find(|e| {
+            e.starts_with("workload:default/client > workload:default/web 8080 ")
+                && e.contains("200x")
+                && e.contains("403x")
+        })
+    });
+    let label = script(&netns, "return [...document.querySelectorAll('.edge-label')].map(l => l.textContent)");
+    assert!(edges_of(&label).iter().any(|l| l.starts_with("8080/TCP HTTP 200x")), "{http}: {label}");
     // The browser goes with its session (chromedriver itself is stopped by its PID).
     in_netns(&netns, move || {
         let _ = wd("DELETE", &format!("/session/{sid}"), None);

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use sluice_core::policy::HttpMatcher;
 
-pub use serve::run;
+pub use serve::{run, run_until};
 pub use socket::{bind, bind_transparent};
 
 /// One set of HTTP rules a request must pass, and whose they are (the 403 names them).
@@ -45,6 +45,8 @@ pub enum Verdict {
         /// The address upstream connections come from: the client's own (transparent), or
         /// `None` for the node's.
         source: Option<std::net::Ipv4Addr>,
+        /// Header names (lowercase) whose values go into the records.
+        record_headers: Arc<[String]>,
     },
     /// Close it at once: L3/L4 policy does not allow it, or nothing here knows it (fails closed).
     Refuse { reason: String },
@@ -70,6 +72,9 @@ pub struct RequestRecord {
     pub denied_by: Option<Vec<String>>,
     /// The policies whose HTTP rules were checked (and passed, unless `denied_by`).
     pub checked_by: Vec<String>,
+    /// The request's and the response's headers named in `record_headers`.
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
     /// When the request arrived (wall clock, ns since the epoch).
     pub time_ns: u64,
     /// Decided by the server's ingress rules (the refusing ones when denied); else the client's

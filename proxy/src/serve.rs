@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use sluice_core::policy::l7::Request as RuleRequest;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc, watch};
 
 use crate::socket::connect_as;
 use crate::{Check, Decide, Limits, RequestRecord, Verdict};
@@ -32,6 +32,7 @@ struct Conn {
     upstream_addr: SocketAddrV4,
     source: Option<std::net::Ipv4Addr>,
     checks: Vec<Check>,
+    record_headers: Arc<[String]>,
     upstream: Mutex<Option<Upstream>>,
     records: Option<mpsc::Sender<RequestRecord>>,
 }
@@ -50,35 +51,66 @@ pub async fn run(
     limits: Limits,
     records: Option<mpsc::Sender<RequestRecord>>,
 ) {
+    run_until(listener, decide, limits, records, std::future::pending()).await
+}
+
+/// Serve connections from `listener` until `shutdown` completes, then drain: the listener
+/// closes (new connections are not accepted: the redirect finds no socket and drops them, and
+/// the client's SYN is retried against the next proxy), every open connection finishes the
+/// requests it has in flight and closes (HTTP/1.1 after the current response, HTTP/2 with
+/// GOAWAY; idle ones at once). Returns when the last connection is gone; the caller bounds the
+/// wait.
+pub async fn run_until(
+    listener: TcpListener,
+    decide: Arc<dyn Decide>,
+    limits: Limits,
+    records: Option<mpsc::Sender<RequestRecord>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "L7 proxy accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "L7 proxy accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(client = %peer, max = limits.max_connections, "L7 proxy at its connection limit: closed");
             continue;
         };
         let (Some(client), Some(server)) = (v4(peer), stream.local_addr().ok().and_then(v4)) else { continue };
-        let (limits, records, decide) = (limits.clone(), records.clone(), decide.clone());
+        let (limits, records, decide, mut drain) = (limits.clone(), records.clone(), decide.clone(), drain_rx.clone());
         // Decided in the connection's own task: the accept loop only accepts.
         tokio::spawn(async move {
             let _permit = permit;
-            let (checks, upstream_addr, source) = match decide.decide(client, server) {
-                Verdict::Http { checks, upstream, source } => (checks, upstream, source),
+            let (checks, upstream_addr, source, record_headers) = match decide.decide(client, server) {
+                Verdict::Http { checks, upstream, source, record_headers } => {
+                    (checks, upstream, source, record_headers)
+                }
                 Verdict::Refuse { reason } => {
                     tracing::info!(%client, %server, %reason, "L7 proxy refused a connection");
                     return;
                 }
             };
             let _ = stream.set_nodelay(true);
-            let conn =
-                Arc::new(Conn { client, server, upstream_addr, source, checks, upstream: Mutex::new(None), records });
+            let conn = Arc::new(Conn {
+                client,
+                server,
+                upstream_addr,
+                source,
+                checks,
+                record_headers,
+                upstream: Mutex::new(None),
+                records,
+            });
             let mut b = auto::Builder::new(TokioExecutor::new());
             b.http1()
                 .timer(TokioTimer::new())
@@ -86,11 +118,26 @@ pub async fn run(
                 .max_buf_size(limits.max_header_bytes.max(8192));
             b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
             let svc = hyper::service::service_fn(move |req| handle(conn.clone(), req));
-            if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+            let served = b.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(served);
+            let result = tokio::select! {
+                r = served.as_mut() => r,
+                _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%client, error = %e, "L7 proxy connection ended");
             }
         });
     }
+    drop(listener);
+    let open = limits.max_connections - slots.available_permits();
+    tracing::info!(open, "L7 proxy draining: finishing the requests in flight");
+    let _ = drain_tx.send(true);
+    // Every connection's permit back: all of them finished.
+    let _ = slots.acquire_many(limits.max_connections as u32).await;
 }
 
 fn text(code: StatusCode, body: String) -> Response<Body> {
@@ -126,7 +173,19 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
     let time_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let refused = c.checks.iter().find(|k| !k.matcher.allows(&rr));
     let ingress = refused.map_or_else(|| c.checks.iter().any(|k| k.ingress), |k| k.ingress);
-    let record = |code: Option<u16>, denied_by: Option<Vec<String>>| RequestRecord {
+    let recorded = |h: &hyper::HeaderMap| -> Vec<(String, String)> {
+        if c.record_headers.is_empty() {
+            return Vec::new();
+        }
+        h.iter()
+            .filter(|(n, _)| c.record_headers.iter().any(|r| r == n.as_str()))
+            .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect()
+    };
+    let request_headers = recorded(req.headers());
+    let record = |code: Option<u16>, denied_by: Option<Vec<String>>, response_headers| RequestRecord {
+        request_headers: request_headers.clone(),
+        response_headers,
         time_ns,
         ingress,
         checked_by: c.checks.iter().flat_map(|k| k.policies.iter().cloned()).collect(),
@@ -144,7 +203,7 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
             StatusCode::FORBIDDEN,
             format!("Access denied by sluice L7 policy ({})\n", refused.policies.join(", ")),
         );
-        send(&c, record(Some(403), Some(refused.policies.clone())));
+        send(&c, record(Some(403), Some(refused.policies.clone()), Vec::new()));
         return Ok(r);
     }
     for h in HOP {
@@ -152,7 +211,7 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
     }
     match forward(&c, req, version).await {
         Ok(resp) => {
-            send(&c, record(Some(resp.status().as_u16()), None));
+            send(&c, record(Some(resp.status().as_u16()), None, recorded(resp.headers())));
             let (mut parts, body) = resp.into_parts();
             for h in HOP {
                 parts.headers.remove(h);
@@ -161,7 +220,7 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         }
         Err(e) => {
             tracing::info!(client = %c.client, server = %c.server, error = %e, "L7 proxy upstream failed");
-            send(&c, record(None, None));
+            send(&c, record(None, None, Vec::new()));
             Ok(text(StatusCode::BAD_GATEWAY, format!("sluice L7 proxy: upstream {} failed: {e}\n", c.upstream_addr)))
         }
     }

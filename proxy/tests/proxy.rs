@@ -17,7 +17,8 @@ use sluice_proxy::{Check, Decide, Limits, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// An upstream answering `METHOD PATH <body length>`, counting the connections it accepted.
+/// An upstream answering `METHOD PATH <body length>` (after 400 ms when the path says `slow`),
+/// counting the connections it accepted.
 async fn backend() -> (SocketAddrV4, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let SocketAddr::V4(addr) = l.local_addr().expect("addr") else { panic!("v4") };
@@ -29,6 +30,9 @@ async fn backend() -> (SocketAddrV4, Arc<AtomicUsize>) {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
                     let head = format!("{} {}", req.method(), req.uri().path());
+                    if head.contains("slow") {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                    }
                     let body = req.into_body().collect().await?.to_bytes();
                     Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(format!("{head} {}", body.len())))))
                 });
@@ -63,16 +67,49 @@ impl Decide for Rules {
             }],
             upstream: self.upstream,
             source: None,
+            record_headers: ["x-team".to_string(), "content-length".to_string()].into(),
         }
     }
 }
 
 async fn proxy(limits: Limits, refuse: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, conns, _) = proxy_recording(limits, refuse).await;
+    (addr, conns)
+}
+
+async fn proxy_recording(
+    limits: Limits,
+    refuse: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::sync::mpsc::Receiver<sluice_proxy::RequestRecord>) {
     let (upstream, conns) = backend().await;
     let l = sluice_proxy::bind(0).expect("bind");
     let addr = l.local_addr().expect("addr");
-    tokio::spawn(sluice_proxy::run(l, Arc::new(Rules { upstream, refuse }), limits, None));
-    (addr, conns)
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(sluice_proxy::run(l, Arc::new(Rules { upstream, refuse }), limits, Some(tx)));
+    (addr, conns, rx)
+}
+
+#[tokio::test]
+async fn records_carry_only_the_headers_named_for_flows() {
+    let (addr, _, mut rx) = proxy_recording(Limits::default(), false).await;
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+    tokio::spawn(conn);
+    for path in ["/public", "/private"] {
+        let req = Request::get(path)
+            .header("host", "echo")
+            .header("X-Team", "blue")
+            .header("Authorization", "Bearer secret")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        text(tx.send_request(req).await.expect("send")).await;
+    }
+    let ok = rx.recv().await.expect("a record");
+    assert_eq!(ok.request_headers, vec![("x-team".to_string(), "blue".to_string())], "no authorization");
+    assert_eq!(ok.response_headers, vec![("content-length".to_string(), "13".to_string())], "{ok:?}");
+    let refused = rx.recv().await.expect("a record");
+    assert_eq!((refused.code, refused.request_headers.len()), (Some(403), 1));
+    assert!(refused.response_headers.is_empty(), "the proxy's own 403 is not recorded as upstream headers");
 }
 
 fn get(path: &str) -> Request<Full<Bytes>> {
@@ -206,4 +243,37 @@ async fn a_refused_connection_is_closed_unanswered() {
     let (addr, conns) = proxy(Limits::default(), true).await;
     assert_eq!(raw(addr, b"GET /public HTTP/1.1\r\nhost: echo\r\n\r\n").await, "");
     assert_eq!(conns.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn on_shutdown_requests_in_flight_finish_and_nothing_new_is_accepted() {
+    let (upstream, _) = backend().await;
+    let l = sluice_proxy::bind(0).expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        let _ = stop_rx.await;
+    };
+    let rules = Arc::new(Rules { upstream, refuse: false });
+    let proxy = tokio::spawn(sluice_proxy::run_until(l, rules, Limits::default(), None, stop));
+    let connect = || async {
+        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+        let (tx, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+        tokio::spawn(conn);
+        tx
+    };
+    // An idle keep-alive connection, and one with a slow request in flight.
+    let mut idle = connect().await;
+    assert_eq!(text(idle.send_request(get("/public")).await.expect("send")).await.0, 200);
+    let mut busy = connect().await;
+    let slow = tokio::spawn(async move { text(busy.send_request(get("/public/slow")).await.expect("send")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop_tx.send(()).expect("stop");
+    assert_eq!(slow.await.expect("task"), (200, "GET /public/slow 0".to_string()), "the request in flight finishes");
+    tokio::time::timeout(Duration::from_secs(5), proxy)
+        .await
+        .expect("drained once the last request finished")
+        .expect("task");
+    assert!(idle.send_request(get("/public")).await.is_err(), "the idle connection was closed");
+    assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
 }

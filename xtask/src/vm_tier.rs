@@ -34,6 +34,8 @@ const GUEST_RUNS: &[(&str, &[&str])] = &[
             "1",
         ],
     ),
+    // The L7 redirect on classic tc: bpf_sk_assign from a cls_bpf program.
+    ("l7_policy", &["on_ebpf", "on_a_mixed_cluster", "--test-threads", "1"]),
 ];
 
 /// Test executables by target name, built (not run) by cargo.

@@ -262,7 +262,34 @@ pub(crate) fn probe(f: &ProxiedFrontend, ours: &Ours) -> Vec<Probe> {
 }
 
 /// The plan's comparison again plus a probe of every frontend sluice serves here.
+/// Wait (at most `max`) until the agent has read its source: one that has just (re)started
+/// knows no Service yet, and every frontend would look like kube-proxy's alone.
+fn wait_synced(socket: &Path, max: std::time::Duration) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let st = super::migrate_apply::status(socket)?;
+        if st.source.synced {
+            return Ok(());
+        }
+        if t0.elapsed() > max {
+            anyhow::bail!(
+                "node {} is not ready: sluice has not synced its source ({}) within {} s; rerun when `sluice status` shows it synced",
+                st.node,
+                st.source.location,
+                max.as_secs()
+            );
+        }
+        if !said {
+            eprintln!("waiting for the agent on {} to sync its source ({})", st.node, st.source.location);
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 pub(crate) fn verify_report(socket: &Path) -> anyhow::Result<Verification> {
+    wait_synced(socket, std::time::Duration::from_secs(30))?;
     let (plan, ours) = build_with_ours(socket)?;
     let probes: Vec<Probe> = ours.frontends.iter().flat_map(|f| probe(f, &ours)).collect();
     let differs = plan.rows.iter().filter(|r| matches!(r.verdict, Verdict::Differs { .. })).count();

@@ -127,7 +127,7 @@ fn save(path: &Path, r: &Record) -> anyhow::Result<()> {
     crate::files::write_atomic(path, &serde_json::to_vec_pretty(r)?).context("saving the migration record")
 }
 
-fn status(socket: &Path) -> anyhow::Result<AgentStatus> {
+pub(crate) fn status(socket: &Path) -> anyhow::Result<AgentStatus> {
     match super::block_on(call(socket, &Request::Status))?? {
         Response::Status(st) => Ok(*st),
         Response::Error(e) => bail!("agent refused the request: {e}"),

@@ -18,6 +18,8 @@ use sluice_proxy::{Check, Decide, Limits, RequestRecord, Verdict};
 #[derive(Default)]
 struct Current {
     view: Arc<PolicyView>,
+    /// `l7.flow_headers`, lowercase.
+    flow_headers: Arc<[String]>,
     matchers: std::sync::Mutex<std::collections::HashMap<Vec<HttpRule>, Arc<HttpMatcher>>>,
 }
 
@@ -38,6 +40,7 @@ impl Decide for SharedView {
                     .collect(),
                 upstream: dst,
                 source: Some(*client.ip()),
+                record_headers: cur.flow_headers.clone(),
             },
             Err(reason) => Verdict::Refuse { reason },
         }
@@ -53,6 +56,8 @@ pub struct L7Proxy {
     /// The proxy's own thread and runtime: the agent's loop blocks its workers during kernel
     /// writes, which must not stall requests in flight.
     task: Option<std::thread::JoinHandle<()>>,
+    /// Ends the proxy's accepting (it then drains); dropped with the agent otherwise.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Why the proxy is not running although L7 rules need it (status shows it).
     pub error: Option<String>,
 }
@@ -72,6 +77,7 @@ impl L7Proxy {
             shared: Arc::new(SharedView(RwLock::new(Arc::default()))),
             generation: None,
             task: None,
+            stop: None,
             error: None,
         }
     }
@@ -83,11 +89,14 @@ impl L7Proxy {
 
     /// After each pass: hand the proxy the new view; start it when L7 rules first need it.
     /// `true` when it started now (the caller runs another pass to redirect to it).
-    pub async fn after_pass(&mut self, view: &PolicyView) -> bool {
+    pub async fn after_pass(&mut self, view: &PolicyView, cfg: &L7Config) -> bool {
         let needed = needs_proxy(view);
-        if self.generation != Some(view.generation) && (needed || self.task.is_some()) {
+        let headers_changed = cfg.flow_headers != self.cfg.flow_headers;
+        if (self.generation != Some(view.generation) || headers_changed) && (needed || self.task.is_some()) {
+            self.cfg.flow_headers = cfg.flow_headers.clone();
+            let flow_headers = cfg.flow_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
             if let Ok(mut v) = self.shared.0.write() {
-                *v = Arc::new(Current { view: Arc::new(view.clone()), matchers: Default::default() });
+                *v = Arc::new(Current { view: Arc::new(view.clone()), flow_headers, matchers: Default::default() });
             }
             self.generation = Some(view.generation);
         }
@@ -125,6 +134,7 @@ impl L7Proxy {
         tokio::spawn(record_flows(rx, self.hub.clone(), self.directory.clone()));
         let port = self.cfg.proxy_port;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("sluice-l7-proxy".into()).spawn(move || {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -142,7 +152,10 @@ impl L7Proxy {
                 match sluice_proxy::bind_transparent(port) {
                     Ok(listener) => {
                         let _ = ready_tx.send(Ok(()));
-                        sluice_proxy::run(listener, decide, limits, Some(tx)).await;
+                        let stop = async move {
+                            let _ = stop_rx.await;
+                        };
+                        sluice_proxy::run_until(listener, decide, limits, Some(tx), stop).await;
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
@@ -156,7 +169,34 @@ impl L7Proxy {
             Err(_) => anyhow::bail!("the proxy's thread did not report within 10 s"),
         }
         self.task = Some(thread);
+        self.stop = Some(stop_tx);
         Ok(())
+    }
+
+    /// On the agent's shutdown: the proxy stops accepting and the connections it holds finish
+    /// their requests in flight (HTTP/1.1 closes after the current response, HTTP/2 sends
+    /// GOAWAY), for at most `timeout`; what is still open then goes with the process.
+    pub async fn drain(&mut self, timeout: Duration) {
+        let (Some(stop), Some(thread)) = (self.stop.take(), self.task.take()) else { return };
+        let _ = stop.send(());
+        let t0 = std::time::Instant::now();
+        let joined = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + timeout;
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            thread.is_finished()
+        })
+        .await
+        .unwrap_or(false);
+        if joined {
+            tracing::info!(ms = t0.elapsed().as_millis() as u64, "L7 proxy drained");
+        } else {
+            tracing::warn!(
+                ?timeout,
+                "L7 proxy: connections still open after l7.drain_timeout_s; closed with the agent"
+            );
+        }
     }
 }
 
@@ -180,6 +220,8 @@ async fn record_flows(
             latency_ns: r.latency.as_nanos() as u64,
             allowed_by: if r.denied_by.is_some() { Vec::new() } else { r.checked_by.clone() },
             denied_by: r.denied_by,
+            request_headers: r.request_headers,
+            response_headers: r.response_headers,
         };
         let flows = match directory.read() {
             Ok(d) => d.http(&o),

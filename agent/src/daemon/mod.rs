@@ -149,7 +149,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             // true: the proxy started now (the first proxy rule, or the first pass after a
             // restart); the pass runs again so that it already redirects to it, and an L7 port
             // is closed no longer than needed. It starts once, so this runs at most twice.
-            if !l7.after_pass(v).await {
+            if !l7.after_pass(v, &planner.config.l7).await {
                 break v;
             }
         };
@@ -229,6 +229,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         st.metrics = metrics.status.clone();
         metrics.record_state(&engine, &st);
     }
+    l7.drain(Duration::from_secs(planner.config.l7.drain_timeout_s)).await;
     let _ = std::fs::remove_file(&cfg.socket_path);
     tracing::info!("sluice agent stopped; kernel state left in place for the next start");
     Ok(())

@@ -3,7 +3,9 @@
 //! (world, host, remote-node) are the nodes; an edge is one (from, to, port, protocol) with its
 //! counts per verdict and the policies that decided it. A flow through a Service is two edges:
 //! client to Service, Service to the backend reached (Hubble UI's empty maps come from
-//! dropping one of them).
+//! dropping one of them). L7 flows add HTTP status counts to the client -> server edge: a
+//! response's code (the response flow runs server -> client and is folded back onto the
+//! request's edge), 403 for a request the proxy refused.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +50,8 @@ pub struct MapEdge {
     pub denied_by: Vec<String>,
     /// When the last flow on this edge was seen (ns since the epoch).
     pub last_seen_ns: u64,
+    /// HTTP status -> responses on this edge (from L7 flows); empty without an L7 policy.
+    pub http: BTreeMap<u16, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -93,10 +97,18 @@ fn node_of(ep: &Endpoint, ip: std::net::Ipv4Addr) -> MapNode {
     MapNode { id, kind, namespace: String::new(), name }
 }
 
+/// An L7 response flow (server -> client): counted on its request's edge.
+fn l7_response(f: &Flow) -> bool {
+    f.l7.as_ref().is_some_and(|l| l.r#type == super::l7::L7Type::Response)
+}
+
 /// The edges one flow is on, as (from, to): one, or two through the Service it used.
 fn hops(f: &Flow) -> Vec<(MapNode, MapNode)> {
-    let src = node_of(&f.source, f.source_ip);
-    let dst = node_of(&f.destination, f.destination_ip);
+    let mut src = node_of(&f.source, f.source_ip);
+    let mut dst = node_of(&f.destination, f.destination_ip);
+    if l7_response(f) {
+        std::mem::swap(&mut src, &mut dst);
+    }
     match &f.destination_service {
         Some(s) => {
             let svc = MapNode {
@@ -111,8 +123,9 @@ fn hops(f: &Flow) -> Vec<(MapNode, MapNode)> {
     }
 }
 
+/// The edge's port: the destination port (the server's, for an L7 response).
 fn dport(f: &Flow) -> u16 {
-    f.l4.and_then(|l| l.ports()).map_or(0, |p| p.1)
+    f.l4.and_then(|l| l.ports()).map_or(0, |p| if l7_response(f) { p.0 } else { p.1 })
 }
 
 /// The keys (`from|to|port`) of the edges `f` is on, as the UI matches flows to a clicked edge.
@@ -154,7 +167,22 @@ pub fn build(flows: &[Flow], namespace: Option<&str>) -> ServiceMap {
                 allowed_by: Vec::new(),
                 denied_by: Vec::new(),
                 last_seen_ns: 0,
+                http: BTreeMap::new(),
             });
+            e.last_seen_ns = e.last_seen_ns.max(f.time_ns);
+            nodes.entry(a.id.clone()).or_insert(a);
+            nodes.entry(b.id.clone()).or_insert(b);
+            if let Some(l7) = &f.l7 {
+                // A response is the status of a request already counted; a refused request
+                // was answered 403 by the proxy.
+                if l7_response(f) {
+                    *e.http.entry(l7.http.code).or_default() += 1;
+                    continue;
+                }
+                if f.verdict == Verdict::Dropped {
+                    *e.http.entry(403).or_default() += 1;
+                }
+            }
             match f.verdict {
                 Verdict::Dropped => e.dropped += 1,
                 _ => e.forwarded += 1,
@@ -174,9 +202,6 @@ pub fn build(flows: &[Flow], namespace: Option<&str>) -> ServiceMap {
                     e.denied_by.push(p.clone());
                 }
             }
-            e.last_seen_ns = e.last_seen_ns.max(f.time_ns);
-            nodes.entry(a.id.clone()).or_insert(a);
-            nodes.entry(b.id.clone()).or_insert(b);
         }
     }
     namespaces.sort();
@@ -208,6 +233,39 @@ mod tests {
         assert_eq!((e.forwarded, e.dropped, e.verdict, e.port), (1, 1, "mixed", 80));
         assert_eq!(e.denied_by, vec!["default/deny-all".to_string()]);
         assert_eq!(m.namespaces, vec!["default".to_string()]);
+    }
+
+    #[test]
+    fn l7_flows_put_http_statuses_on_the_request_edge() {
+        use crate::flow::l7::ObservedHttp;
+        let ip = |d| std::net::Ipv4Addr::new(10, 244, 1, d);
+        let p = |name: &str, d| crate::flow::tests::pod("x", name, &ip(d).to_string(), "node-1", name);
+        let dir = crate::flow::enrich::Directory::new("node-1", &[p("client", 2), p("echo", 3)], &[], |_| None, &[]);
+        let exchange = |port, code, denied: bool| ObservedHttp {
+            time_ns: 1,
+            ingress: true,
+            client: (ip(2), port),
+            server: (ip(3), 80),
+            method: "GET".into(),
+            url: "http://echo/".into(),
+            protocol: "HTTP/1.1".into(),
+            code,
+            latency_ns: 1,
+            denied_by: denied.then(|| vec!["SluiceNetworkPolicy x/l7".into()]),
+            allowed_by: vec![],
+            request_headers: vec![],
+            response_headers: vec![],
+        };
+        let mut flows = dir.http(&exchange(40000, 200, false));
+        flows.extend(dir.http(&exchange(40001, 200, false)));
+        flows.extend(dir.http(&exchange(40002, 403, true)));
+        let m = build(&flows, None);
+        assert_eq!(m.edges.len(), 1, "responses fold onto the request's edge: {:?}", m.edges);
+        let e = &m.edges[0];
+        assert_eq!((e.from.as_str(), e.to.as_str(), e.port), ("workload:x/client", "workload:x/echo", 80));
+        assert_eq!(e.http, [(200, 2), (403, 1)].into());
+        assert_eq!((e.forwarded, e.dropped, e.verdict), (2, 1, "mixed"), "requests are counted, responses not");
+        assert!(flows.iter().all(|f| edge_keys(f) == vec!["workload:x/client|workload:x/echo|80".to_string()]));
     }
 
     #[test]

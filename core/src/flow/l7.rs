@@ -55,6 +55,9 @@ pub struct ObservedHttp {
     pub denied_by: Option<Vec<String>>,
     /// Allowed through these policies' HTTP rules.
     pub allowed_by: Vec<String>,
+    /// The headers `l7.flow_headers` names, of the request and of the response.
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
 }
 
 impl Directory {
@@ -87,18 +90,22 @@ impl Directory {
                 l7: Some(l7),
             }
         };
-        let http = |code| Http {
+        let http = |code, headers: &Vec<(String, String)>| Http {
             code,
             method: o.method.clone(),
             url: o.url.clone(),
             protocol: o.protocol.clone(),
-            headers: Vec::new(),
+            headers: headers.clone(),
         };
         let verdict = if o.denied_by.is_some() { Verdict::Dropped } else { Verdict::Forwarded };
-        let mut out =
-            vec![flow(o.time_ns, verdict, L7 { r#type: L7Type::Request, latency_ns: 0, http: http(0) }, false)];
+        let mut out = vec![flow(
+            o.time_ns,
+            verdict,
+            L7 { r#type: L7Type::Request, latency_ns: 0, http: http(0, &o.request_headers) },
+            false,
+        )];
         if o.denied_by.is_none() {
-            let l7 = L7 { r#type: L7Type::Response, latency_ns: o.latency_ns, http: http(o.code) };
+            let l7 = L7 { r#type: L7Type::Response, latency_ns: o.latency_ns, http: http(o.code, &o.response_headers) };
             out.push(flow(o.time_ns + o.latency_ns, Verdict::Forwarded, l7, true));
         }
         out

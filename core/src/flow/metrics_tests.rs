@@ -144,6 +144,8 @@ fn http_counts_requests_and_responses_with_their_duration_by_reporter() {
         latency_ns: 30_000_000,
         denied_by: None,
         allowed_by: vec![],
+        request_headers: vec![],
+        response_headers: vec![],
     };
     let flows = dir.http(&o);
     let req = spec.samples(&flows[0]);

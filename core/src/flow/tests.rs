@@ -166,7 +166,7 @@ fn wire_numbers_are_hubbles() {
     assert_eq!(TcpFlags::from_byte(0x12).names(), ["SYN", "ACK"]);
 }
 
-fn pod(ns: &str, name: &str, ip: &str, node: &str, app: &str) -> crate::model::PodInfo {
+pub(crate) fn pod(ns: &str, name: &str, ip: &str, node: &str, app: &str) -> crate::model::PodInfo {
     crate::model::PodInfo {
         namespace: ns.into(),
         name: name.into(),
@@ -314,6 +314,8 @@ fn http_exchange(method: &str, path: &str, code: u16, denied: bool) -> l7::Obser
         latency_ns: 2_000_000,
         denied_by: denied.then(|| vec!["SluiceNetworkPolicy x/echo-l7".into()]),
         allowed_by: if denied { vec![] } else { vec!["SluiceNetworkPolicy x/echo-l7".into()] },
+        request_headers: vec![("x-team".into(), "blue".into())],
+        response_headers: vec![("content-type".into(), "text/plain".into())],
     }
 }
 
@@ -324,6 +326,10 @@ fn an_http_exchange_is_a_request_and_a_response_flow_and_a_refusal_one_dropped_r
     assert_eq!(ok.len(), 2);
     let (req, resp) = (&ok[0], &ok[1]);
     assert_eq!((req.event, req.verdict, req.flow_type()), (EventKind::L7, Verdict::Forwarded, 2));
+    // Each flow carries its own message's recorded headers.
+    let headers = |f: &Flow| f.l7.as_ref().map(|l| l.http.headers.clone()).unwrap_or_default();
+    assert_eq!(headers(req), vec![("x-team".to_string(), "blue".to_string())]);
+    assert_eq!(headers(resp), vec![("content-type".to_string(), "text/plain".to_string())]);
     assert_eq!(req.l7.as_ref().map(|l| (l.r#type, l.http.code)), Some((l7::L7Type::Request, 0)));
     assert_eq!(
         resp.l7.as_ref().map(|l| (l.r#type, l.http.code, l.latency_ns)),
