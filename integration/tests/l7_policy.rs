@@ -131,13 +131,11 @@ fn suite(name: &str, node1: &str, node2: &str) {
     // Pod to pod on one node and across nodes; through the ClusterIP from the other node.
     assert_eq!(req(&t, "x/client2", "GET", &public, &[]).as_deref(), Ok("x/echo"), "across nodes");
     assert_eq!(req(&t, "x/client2", "GET", "http://10.96.0.40/public", &[]).as_deref(), Ok("x/echo"), "ClusterIP");
-    if ebpf1 {
-        // eBPF translates the ClusterIP before the redirect: on one node too (iptables Services
-        // translate after mangle, where the redirect is decided: dropped there, see l7.md).
-        let e = req(&t, "x/client", "GET", "http://10.96.0.40/private", &[]).expect_err("refused");
-        assert!(e.contains("403"), "ClusterIP on one node: {e}");
-        assert_eq!(req(&t, "x/client", "GET", "http://10.96.0.40/public", &[]).as_deref(), Ok("x/echo"));
-    }
+    // Through the ClusterIP on one node: eBPF translates it before the redirect; on iptables
+    // Services the proxy takes the ClusterIP as it is and picks the backend itself.
+    let e = req(&t, "x/client", "GET", "http://10.96.0.40/private", &[]).expect_err("refused");
+    assert!(e.contains("403"), "ClusterIP on one node: {e}");
+    assert_eq!(req(&t, "x/client", "GET", "http://10.96.0.40/public", &[]).as_deref(), Ok("x/echo"));
     // The upstream connection keeps the client's address (the echo answers what it saw).
     assert_eq!(req(&t, "x/client2", "GET", &format!("http://{echo}/client"), &[]), Ok(c2ip.clone()));
     // Requests no rule matches: 403 naming the policy; the connection was accepted.
@@ -203,6 +201,11 @@ fn suite(name: &str, node1: &str, node2: &str) {
         e.contains("SluiceNetworkPolicy x/client2-get-only").then_some(())
     });
     assert_eq!(req(&t, "x/client2", "GET", &public, &[]).as_deref(), Ok("x/echo"), "egress then ingress proxy");
+    // The egress rule through the ClusterIP too.
+    let e = req(&t, "x/client2", "POST", "http://10.96.0.40/anything", &[]).expect_err("egress rule");
+    assert!(e.contains("SluiceNetworkPolicy x/client2-get-only"), "ClusterIP, egress: {e}");
+    let got = req(&t, "x/client2", "GET", "http://10.96.0.40/public", &[]);
+    assert_eq!(got.as_deref(), Ok("x/echo"), "ClusterIP, egress then ingress");
     let e = req(&t, "x/client2", "GET", &format!("http://{echo}/private"), &[]).expect_err("ingress rule");
     assert!(e.contains("SluiceNetworkPolicy x/echo-l7"), "the echo's node decides /private: {e}");
 

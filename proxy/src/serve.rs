@@ -190,7 +190,8 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         ingress,
         checked_by: c.checks.iter().flat_map(|k| k.policies.iter().cloned()).collect(),
         client: c.client,
-        server: c.server,
+        // The server reached (a backend the proxy picked, for a ClusterIP it balances).
+        server: c.upstream_addr,
         method: method.clone(),
         url: url.clone(),
         protocol,

@@ -32,6 +32,14 @@ impl Decide for SharedView {
             let Ok(mut m) = cur.matchers.lock() else { return Arc::new(HttpMatcher::new(rules)) };
             m.entry(rules.clone()).or_insert_with(|| Arc::new(HttpMatcher::new(rules))).clone()
         };
+        // A ClusterIP taken as it is (netfilter Services translate after the redirect): the
+        // proxy picks the backend, and the checks are the backend's.
+        let frontend = cur.view.l7_frontends.iter().find(|f| f.vip == *dst.ip() && f.port == dst.port());
+        let dst = match frontend.map(|f| f.pick(client.port())) {
+            None => dst,
+            Some(Some((ip, port))) => SocketAddrV4::new(ip, port),
+            Some(None) => return Verdict::Refuse { reason: format!("{dst}: the Service has no backend") },
+        };
         match connection_checks(&cur.view, *client.ip(), *dst.ip(), dst.port()) {
             Ok(checks) => Verdict::Http {
                 checks: checks

@@ -186,7 +186,12 @@ impl PolicyCache {
             log_drops,
             log_allows,
             l7_proxy: log.l7_proxy,
+            l7_frontends: Vec::new(),
         };
+        if log.l7_proxy.is_some() {
+            self.view.l7_frontends =
+                sluice_core::policy::l7_frontends::frontends(&self.view, &ctx.name, &state.services);
+        }
         self.ctx = ctx.clone();
         self.identities = cx.identities.labels.len();
         drop(cx);

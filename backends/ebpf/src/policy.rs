@@ -456,6 +456,7 @@ mod tests {
             log_drops: None,
             log_allows: false,
             l7_proxy: None,
+            l7_frontends: vec![],
         }
     }
 

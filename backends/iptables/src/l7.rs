@@ -7,6 +7,10 @@
 //!   -p tcp -m socket --transparent -> MARK 0x40000     replies to the proxy's own upstream
 //!   -m mark --mark 0x40000 -> RETURN                    connections (they carry the client's
 //!                                                       address): delivered to the proxy
+//!   -d <ClusterIP> -p tcp --dport <port> --syn -> CONNMARK, TPROXY
+//!                                                       a Service whose backends have Proxy
+//!                                                       rules here (`l7_frontends`); later
+//!                                                       packets: connmark -> MARK, RETURN
 //!   -i <pod veth> -> SLUICE-POL-L7-E-<hash>             egress of a pod with Proxy rules
 //!   -d <pod ip>   -> SLUICE-POL-L7-I-<hash>             ingress of a pod with Proxy rules
 //! SLUICE-POL-L7-I-<hash>: the lowered list in order (first match decides, as in FORWARD):
@@ -41,12 +45,29 @@ fn chain(ep: &EndpointRules, ingress: bool) -> String {
 pub fn render(view: &PolicyView, r: &mut Ruleset, sets: &mut Sets) {
     let Some(port) = view.l7_proxy else { return };
     let mark = format!("{PROXY_MARK:#x}/{PROXY_MARK:#x}");
-    let mut dispatch = vec![
-        format!(
-            "-p tcp -m socket --transparent -m comment --comment \"sluice: replies to the L7 proxy\" -j MARK --set-xmark {mark}"
-        ),
-        format!("-m mark --mark {mark} -j RETURN"),
-    ];
+    let mut dispatch = vec![format!(
+        "-p tcp -m socket --transparent -m comment --comment \"sluice: replies to the L7 proxy\" -j MARK --set-xmark {mark}"
+    )];
+    if !view.l7_frontends.is_empty() {
+        dispatch.push(format!(
+            "-m connmark --mark {mark} -m comment --comment \"sluice: a ClusterIP connection the L7 proxy took\" -j MARK --set-xmark {mark}"
+        ));
+    }
+    dispatch.push(format!("-m mark --mark {mark} -j RETURN"));
+    // ClusterIPs with HTTP-policed backends: the SYN goes to the proxy's listener before nat
+    // translates it (the proxy's socket then holds the backend's address); the connection is
+    // marked, so its later packets, translated by conntrack, are delivered locally too, where
+    // the kernel finds the proxy's socket by the translated addresses.
+    for f in &view.l7_frontends {
+        let m = format!("-d {}/32 -p tcp -m tcp --dport {} --tcp-flags SYN,RST,ACK SYN", f.vip, f.port);
+        let by = quote(&f.service);
+        dispatch.push(format!(
+            "{m} -m comment --comment \"sluice: ClusterIP of {by}, its L7 proxy connection\" -j CONNMARK --set-xmark {mark}"
+        ));
+        dispatch.push(format!(
+            "{m} -m comment --comment \"sluice: ClusterIP of {by} to the L7 proxy\" -j TPROXY --on-ip 127.0.0.1 --on-port {port} --tproxy-mark {mark}"
+        ));
+    }
     let mut eps: Vec<&EndpointRules> = view.endpoints.iter().collect();
     eps.sort_by(|a, b| a.interface.cmp(&b.interface));
     for ep in eps {
@@ -78,7 +99,7 @@ pub fn render(view: &PolicyView, r: &mut Ruleset, sets: &mut Sets) {
             dispatch.push(format!("{matches} -m comment --comment \"sluice: L7 {what} {}\" -j {name}", quote(&ep.pod)));
         }
     }
-    if dispatch.len() > 2 {
+    if dispatch.iter().any(|r| r.contains("-j TPROXY") || r.contains("-j SLUICE-POL-L7-")) {
         *r.chain("mangle", L7_CHAIN) = dispatch;
         r.hook("mangle", "PREROUTING", L7_CHAIN, "");
     }

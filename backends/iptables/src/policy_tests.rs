@@ -31,6 +31,7 @@ fn view(ingress: DirectionPolicy) -> PolicyView {
         log_drops: None,
         log_allows: false,
         l7_proxy: None,
+        l7_frontends: vec![],
     }
 }
 
@@ -307,5 +308,23 @@ fn proxy_rules_redirect_in_mangle_in_list_order_and_are_absent_from_forward() {
     assert_eq!(sets[set], BTreeSet::from(["10.244.2.7/32".to_string()]));
     assert!(
         r.hooks.iter().any(|h| h.table == "mangle" && h.builtin == "PREROUTING" && h.target == crate::l7::L7_CHAIN)
+    );
+    // A ClusterIP the proxy balances: taken before the endpoints' chains.
+    v.l7_frontends = vec![sluice_core::policy::l7_frontends::L7Frontend {
+        vip: "10.96.0.40".parse().expect("ip"),
+        port: 80,
+        service: "x/echo".into(),
+        backends: vec![("10.244.1.5".parse().expect("ip"), 80)],
+    }];
+    let (r, _) = render(&v);
+    let top = &r.chains["mangle"][crate::l7::L7_CHAIN];
+    assert!(top[1].starts_with("-m connmark --mark 0x40000/0x40000 ") && top[2].ends_with("-j RETURN"), "{top:#?}");
+    let syn = "-d 10.96.0.40/32 -p tcp -m tcp --dport 80 --tcp-flags SYN,RST,ACK SYN ";
+    assert!(top[3].starts_with(syn) && top[3].ends_with("-j CONNMARK --set-xmark 0x40000/0x40000"), "{top:#?}");
+    assert!(
+        top[4].starts_with(syn)
+            && top[4].contains("ClusterIP of x/echo")
+            && top[4].ends_with("-j TPROXY --on-ip 127.0.0.1 --on-port 15001 --tproxy-mark 0x40000/0x40000"),
+        "{top:#?}"
     );
 }

@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod identity;
 pub mod l7;
+pub mod l7_frontends;
 pub mod lower;
 pub mod model;
 pub mod selector;

@@ -537,7 +537,20 @@ fn the_proxy_checks_both_local_directions_and_refuses_what_l3_l4_does_not_allow(
     assert!(l7::connection_checks(&v, ip(YA), ip(YB), 80).is_err(), "no local endpoint: refused");
     // x/a's egress allows only 81: the proxy's upstream would bypass FORWARD, so it refuses.
     let egress = netpol("x", "a-out", "pod=a", None, Some(vec![Rule { peers: None, ports: Some(vec![tcp(81)]) }]));
-    let v = view(&[ingress, egress]);
+    let v = view(&[ingress.clone(), egress]);
     let e = l7::connection_checks(&v, ip(XA), ip(XB), 80).expect_err("egress denies");
     assert!(e.contains("egress of x/a"), "{e}");
+    // The ClusterIP of a Service backed by x/b's port 80 is taken by the proxy as it is;
+    // another Service's (y/b) or another port's is not.
+    use crate::testing::{ServiceBuilder, backend};
+    let services = [
+        ServiceBuilder::new("x", "b").cluster_ip("10.96.0.20", 80).backend(backend(XB, 80, "node-1")).build(),
+        ServiceBuilder::new("x", "b81").cluster_ip("10.96.0.21", 80).backend(backend(XB, 81, "node-1")).build(),
+        ServiceBuilder::new("y", "b").cluster_ip("10.96.0.22", 80).backend(backend(YB, 80, "node-1")).build(),
+    ];
+    let v = view(std::slice::from_ref(&ingress));
+    let fronts = super::l7_frontends::frontends(&v, "node-1", &services);
+    assert_eq!(fronts.len(), 1, "{fronts:?}");
+    assert_eq!((fronts[0].vip, fronts[0].port, fronts[0].service.as_str()), (ip("10.96.0.20"), 80, "x/b"));
+    assert_eq!(fronts[0].pick(40000), Some((ip(XB), 80)));
 }

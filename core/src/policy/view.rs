@@ -36,6 +36,9 @@ pub struct PolicyView {
     /// The port of this node's L7 proxy while it runs: `Proxy` rules redirect to it (netfilter
     /// TPROXY). `None`: they let nothing through (fail closed).
     pub l7_proxy: Option<u16>,
+    /// ClusterIPs the redirect takes before netfilter Services translate them, while the proxy
+    /// runs (see `l7_frontends`).
+    pub l7_frontends: Vec<super::l7_frontends::L7Frontend>,
 }
 
 impl PolicyView {
