@@ -1,6 +1,6 @@
 //! `cargo xtask bench l7`: requests through the node's L7 proxy vs straight to the pod, side by
-//! side in one run. One iptables node; the backend pod serves keep-alive HTTP on two ports of the
-//! same pod: 8081 behind an HTTP rule (TPROXY to the proxy) and 8082 allowed at L4 only (the
+//! side in one run. One node (iptables: TPROXY, or eBPF: bpf_sk_assign); the backend pod serves keep-alive HTTP on two ports of the
+//! same pod: 8081 behind an HTTP rule (redirected to the proxy) and 8082 allowed at L4 only (the
 //! same policy chain, no proxy). For keep-alive and new-connection-per-request, with 1 and 64
 //! concurrent clients, rounds alternate direct/proxied (ABBA); the medians are compared. Then
 //! 1,000 idle keep-alive connections are held through the proxy and the agent's RSS growth

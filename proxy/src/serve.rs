@@ -207,8 +207,20 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         send(&c, record(Some(403), Some(refused.policies.clone()), Vec::new()));
         return Ok(r);
     }
+    // A client that closes after this request: so does the upstream connection, closed by the
+    // server as it would be without the proxy (the TIME_WAIT stays off the node, and the
+    // upstream's source port can be reused at once).
+    let closing = version != Version::HTTP_2
+        && req
+            .headers()
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
     for h in HOP {
         req.headers_mut().remove(h);
+    }
+    if closing {
+        req.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     }
     match forward(&c, req, version).await {
         Ok(resp) => {

@@ -52,8 +52,17 @@ pub(crate) fn in_bench_lab(
 /// The services and flows benchmarks' node: one node on iptables (`dataplane: iptables`), an
 /// echo backend pod on 8080 (with `backend_args`, e.g. labels) and a client pod.
 fn bench_node(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, backend_args: &[&str]) -> anyhow::Result<()> {
+    bench_node_on(lab, out_dir, backend_args, "iptables")
+}
+
+fn bench_node_on(
+    lab: &dyn Fn() -> Command,
+    out_dir: &std::path::Path,
+    backend_args: &[&str],
+    dataplane: &str,
+) -> anyhow::Result<()> {
     let cfg = out_dir.join("bench-node.yaml");
-    std::fs::write(&cfg, "dataplane: iptables\n")?;
+    std::fs::write(&cfg, format!("dataplane: {dataplane}\n"))?;
     crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
     crate::run(lab().args(["pod", "add", "node-1", "bench-backend", "--serve", "8080"]).args(backend_args))?;
     crate::run(lab().args(["pod", "add", "node-1", "bench-client"]))
@@ -351,11 +360,15 @@ fn flows(args: &[String]) -> anyhow::Result<()> {
 /// Requests through the L7 proxy vs straight to the pod (keep-alive and new connections, 1 and
 /// 64 clients, alternating rounds), and the proxy's memory per 1,000 open connections.
 fn l7(args: &[String]) -> anyhow::Result<()> {
-    if let Some(a) = args.first() {
-        bail!("unknown option {a:?}; `cargo xtask bench l7` takes none");
-    }
+    let dataplane = match args {
+        [] => "iptables",
+        [flag, d] if flag == "--dataplane" && (d == "iptables" || d == "ebpf") => d.as_str(),
+        _ => bail!(
+            "unknown options {args:?}; `cargo xtask bench l7` takes `--dataplane iptables|ebpf` (the redirect: TPROXY or bpf_sk_assign; default iptables)"
+        ),
+    };
     in_bench_lab("l7", |lab, out_dir| {
-        bench_node(lab, out_dir, &["--labels", "app=bench-backend"])?;
+        bench_node_on(lab, out_dir, &["--labels", "app=bench-backend"], dataplane)?;
         crate::run(lab().args(["bench-l7", "--json"]).arg(out_dir.join("l7.json")))
     })
 }

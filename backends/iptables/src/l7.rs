@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! mangle PREROUTING -> SLUICE-POL-L7
-//!   -p tcp -m socket --transparent -> MARK 0x40000     replies to the proxy's own upstream
+//!   -p tcp ! --syn -m socket --transparent -> MARK     replies to the proxy's own upstream
 //!   -m mark --mark 0x40000 -> RETURN                    connections (they carry the client's
 //!                                                       address): delivered to the proxy
 //!   -d <ClusterIP> -p tcp --dport <port> --syn -> CONNMARK, TPROXY
@@ -45,8 +45,11 @@ fn chain(ep: &EndpointRules, ingress: bool) -> String {
 pub fn render(view: &PolicyView, r: &mut Ruleset, sets: &mut Sets) {
     let Some(port) = view.l7_proxy else { return };
     let mark = format!("{PROXY_MARK:#x}/{PROXY_MARK:#x}");
+    // Replies are never a bare SYN: a client's SYN must not match the TIME_WAIT the proxy's
+    // earlier connection on the same ports left (it would meet that socket, not the proxy's
+    // listener, and be answered with a stale ACK).
     let mut dispatch = vec![format!(
-        "-p tcp -m socket --transparent -m comment --comment \"sluice: replies to the L7 proxy\" -j MARK --set-xmark {mark}"
+        "-p tcp -m tcp ! --tcp-flags SYN,RST,ACK SYN -m socket --transparent -m comment --comment \"sluice: replies to the L7 proxy\" -j MARK --set-xmark {mark}"
     )];
     if !view.l7_frontends.is_empty() {
         dispatch.push(format!(

@@ -127,14 +127,14 @@ static __always_inline int l7_redirect(struct __sk_buff *skb, struct flow_key *k
 }
 
 /* A packet for one of the proxy's upstream connections: marked for local delivery (returns 1)
- * when a local socket owns its tuple. */
-static __always_inline int l7_upstream_reply(struct __sk_buff *skb, struct flow_key *k)
+ * when a local socket owns its tuple. A reply is never a bare SYN. */
+static __always_inline int l7_upstream_reply(struct __sk_buff *skb, struct flow_key *k, int syn)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
 	int ours;
 
-	if (k->proto != IPPROTO_TCP || bpf_ntohs(k->dport) < PROXY_UPSTREAM_LO || !l7_port())
+	if (syn || k->proto != IPPROTO_TCP || bpf_ntohs(k->dport) < PROXY_UPSTREAM_LO || !l7_port())
 		return 0;
 	t.ipv4.saddr = k->saddr;
 	t.ipv4.daddr = k->daddr;

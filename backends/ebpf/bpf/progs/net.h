@@ -51,7 +51,7 @@ int sluice_from_net(struct __sk_buff *skb)
 		return PASS;
 	/* The L7 proxy's: a server's reply to its upstream connection, or a connection to a local
 	 * endpoint whose ingress rules send it to the proxy. */
-	if (l7_upstream_reply(skb, &k))
+	if (l7_upstream_reply(skb, &k, syn))
 		return TC_ACT_OK;
 	if (l7_from_net(&k, syn))
 		return l7_redirect(skb, &k, syn);

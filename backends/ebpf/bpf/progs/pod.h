@@ -24,7 +24,7 @@ int sluice_from_pod(struct __sk_buff *skb)
 		return PASS;
 	}
 	/* A server's reply to the L7 proxy's upstream connection (addressed to a client pod). */
-	if (l7_upstream_reply(skb, &k))
+	if (l7_upstream_reply(skb, &k, syn))
 		return TC_ACT_OK;
 	if (!syn) {
 		/* The reply of a flow that came from outside the node to this (local) backend. */
