@@ -108,6 +108,21 @@ static __always_inline int l7_redirect(struct __sk_buff *skb, struct flow_key *k
 	if (syn) {
 		t.ipv4.saddr = k->saddr;
 		t.ipv4.sport = k->sport;
+		t.ipv4.daddr = k->daddr;
+		t.ipv4.dport = k->dport;
+		/* A socket of these very ports (the TIME_WAIT of the proxy's previous connection):
+		 * the stack must meet it first, or the listener's new request would collide with it
+		 * and the SYN would vanish. It answers with its old ACK, the client resets it and
+		 * retries, and the retry reaches the listener. */
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk) {
+			int listening = sk->state == BPF_TCP_LISTEN;
+			bpf_sk_release(sk);
+			if (!listening) {
+				skb->mark |= PROXY_MARK;
+				return TC_ACT_OK;
+			}
+		}
 		t.ipv4.daddr = bpf_htonl(0x7f000001);
 		t.ipv4.dport = bpf_htons((__u16)port);
 		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
