@@ -73,11 +73,11 @@ fn written(s: &Service, keys: Vec<SvcKey>) -> Written {
     Written { fingerprint: s.fingerprint(), keys }
 }
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+pub(crate) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |e| DatapathError::Map { map, detail: e.to_string() }
 }
 
-fn missing(map: &'static str) -> DatapathError {
+pub(crate) fn missing(map: &'static str) -> DatapathError {
     DatapathError::Map { map, detail: "missing from the BPF object".into() }
 }
 

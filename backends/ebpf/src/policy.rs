@@ -16,7 +16,7 @@ use sluice_core::Protocol;
 use sluice_core::flow::drop::audit_scope;
 use sluice_core::policy::{Action, LoweredPeer, PolicyView, audit_shadow, lower};
 
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{Datapath, DatapathError, map_err};
 
 pub const POL_INGRESS: u32 = 0;
 pub const POL_EGRESS: u32 = 1;
@@ -312,10 +312,6 @@ pub fn encode(
         }
     }
     (out, errors)
-}
-
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |e| DatapathError::Map { map, detail: e.to_string() }
 }
 
 fn lpm(row: &SetRow) -> LpmKey<[u32; 2]> {

@@ -6,21 +6,18 @@ use std::collections::BTreeMap;
 
 use aya::maps::{Array, HashMap};
 
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{Datapath, DatapathError, map_err, missing};
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |e| DatapathError::Map { map, detail: e.to_string() }
-}
+const ADDRS: &str = "sluice_pol_addr";
 
-fn missing(map: &'static str) -> DatapathError {
-    DatapathError::Map { map, detail: "missing".into() }
+fn addrs(dp: &mut Datapath) -> Result<HashMap<&mut aya::maps::MapData, u32, u32>, DatapathError> {
+    let m = dp.bpf.map_mut(ADDRS).ok_or(missing(ADDRS))?;
+    HashMap::try_from(m).map_err(map_err(ADDRS))
 }
 
 /// What the maps hold: (address -> ifindex, proxy port).
 pub fn read(dp: &mut Datapath) -> Result<(BTreeMap<u32, u32>, u32), DatapathError> {
-    let m = dp.bpf.map_mut("sluice_pol_addr").ok_or(missing("sluice_pol_addr"))?;
-    let h: HashMap<_, u32, u32> = HashMap::try_from(m).map_err(map_err("sluice_pol_addr"))?;
-    let addrs = h.iter().flatten().collect();
+    let addrs = addrs(dp)?.iter().flatten().collect();
     let m = dp.bpf.map_mut("sluice_l7_port").ok_or(missing("sluice_l7_port"))?;
     let a: Array<_, u32> = Array::try_from(m).map_err(map_err("sluice_l7_port"))?;
     Ok((addrs, a.get(&0, 0).map_err(map_err("sluice_l7_port"))?))
@@ -32,11 +29,10 @@ pub fn add_addrs(
     have: &BTreeMap<u32, u32>,
     want: &BTreeMap<u32, u32>,
 ) -> Result<usize, DatapathError> {
-    let m = dp.bpf.map_mut("sluice_pol_addr").ok_or(missing("sluice_pol_addr"))?;
-    let mut h: HashMap<_, u32, u32> = HashMap::try_from(m).map_err(map_err("sluice_pol_addr"))?;
+    let mut h = addrs(dp)?;
     let mut n = 0;
     for (k, v) in want.iter().filter(|(k, v)| have.get(k) != Some(v)) {
-        h.insert(k, v, 0).map_err(map_err("sluice_pol_addr"))?;
+        h.insert(k, v, 0).map_err(map_err(ADDRS))?;
         n += 1;
     }
     Ok(n)
@@ -48,8 +44,7 @@ pub fn prune_addrs(
     have: &BTreeMap<u32, u32>,
     want: &BTreeMap<u32, u32>,
 ) -> Result<usize, DatapathError> {
-    let m = dp.bpf.map_mut("sluice_pol_addr").ok_or(missing("sluice_pol_addr"))?;
-    let mut h: HashMap<_, u32, u32> = HashMap::try_from(m).map_err(map_err("sluice_pol_addr"))?;
+    let mut h = addrs(dp)?;
     let stale: Vec<u32> = have.keys().filter(|k| !want.contains_key(k)).copied().collect();
     for k in &stale {
         let _ = h.remove(k);
