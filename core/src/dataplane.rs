@@ -50,6 +50,10 @@ pub struct Desired<'a> {
     pub node: &'a NodeContext,
     /// This node's endpoints' policy (the `policy` feature's input).
     pub policy: &'a crate::policy::PolicyView,
+    /// The L7 proxy's listening socket while it runs (beside `policy.l7_proxy`, its port): a
+    /// backend that steers connections to the socket itself (eBPF's socket lookup) needs it; one
+    /// that redirects by port (TPROXY) does not.
+    pub l7_listener: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// The kernel object an error is about.

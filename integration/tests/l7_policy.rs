@@ -245,7 +245,7 @@ fn suite(name: &str, node1: &str, node2: &str) {
     assert!(rules.contains("fwmark 0x40000/0x40000 lookup 2004"), "{rules}");
     if ebpf1 {
         let st = t.exec("node-1", &["sluice", "status"]);
-        assert!(st.contains("L7 rules redirected to the proxy on 127.0.0.1:15001 (bpf_sk_assign)"), "{st}");
+        assert!(st.contains("L7 rules redirected to the proxy on 127.0.0.1:15001 (sk_lookup, bpf_sk_assign)"), "{st}");
     } else {
         let mangle = t.exec("node-1", &["iptables-save", "-t", "mangle"]);
         assert!(mangle.contains("-j TPROXY") && mangle.contains("SLUICE-POL-L7"), "{mangle}");

@@ -15,6 +15,7 @@ use crate::cargo;
 const GUEST_RUNS: &[(&str, &[&str])] = &[
     ("older_kernel", &["--ignored", "--test-threads", "1"]),
     ("test_run", &["--test-threads", "1"]),
+    ("l7_lookup", &["--test-threads", "1"]),
     (
         "services_iptables",
         &[
@@ -34,7 +35,7 @@ const GUEST_RUNS: &[(&str, &[&str])] = &[
             "1",
         ],
     ),
-    // The L7 redirect on classic tc: bpf_sk_assign from a cls_bpf program.
+    // The L7 redirect on classic tc: the mark from a cls_bpf program, the sk_lookup steering.
     ("l7_policy", &["on_ebpf", "on_a_mixed_cluster", "--test-threads", "1"]),
 ];
 

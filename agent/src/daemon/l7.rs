@@ -66,6 +66,9 @@ pub struct L7Proxy {
     task: Option<std::thread::JoinHandle<()>>,
     /// Ends the proxy's accepting (it then drains); dropped with the agent otherwise.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A duplicate of the proxy's listening socket, for a backend that steers connections to the
+    /// socket itself (eBPF). Closed before the proxy drains: it must not keep the port listening.
+    listener: Option<std::os::fd::OwnedFd>,
     /// Why the proxy is not running although L7 rules need it (status shows it).
     pub error: Option<String>,
 }
@@ -86,6 +89,7 @@ impl L7Proxy {
             generation: None,
             task: None,
             stop: None,
+            listener: None,
             error: None,
         }
     }
@@ -93,6 +97,12 @@ impl L7Proxy {
     /// The port `Proxy` rules redirect to, while the proxy runs.
     pub fn port(&self) -> Option<u16> {
         self.task.as_ref().map(|_| self.cfg.proxy_port)
+    }
+
+    /// The proxy's listening socket, while it runs.
+    pub fn listener(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.listener.as_ref().map(|l| l.as_fd())
     }
 
     /// After each pass: hand the proxy the new view; start it when L7 rules first need it.
@@ -141,7 +151,7 @@ impl L7Proxy {
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(record_flows(rx, self.hub.clone(), self.directory.clone()));
         let port = self.cfg.proxy_port;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<std::os::fd::OwnedFd, String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("sluice-l7-proxy".into()).spawn(move || {
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -159,11 +169,19 @@ impl L7Proxy {
             rt.block_on(async move {
                 match sluice_proxy::bind_transparent(port) {
                     Ok(listener) => {
-                        let _ = ready_tx.send(Ok(()));
-                        let stop = async move {
-                            let _ = stop_rx.await;
-                        };
-                        sluice_proxy::run_until(listener, decide, limits, Some(tx), stop).await;
+                        use std::os::fd::AsFd;
+                        match listener.as_fd().try_clone_to_owned() {
+                            Ok(dup) => {
+                                let _ = ready_tx.send(Ok(dup));
+                                let stop = async move {
+                                    let _ = stop_rx.await;
+                                };
+                                sluice_proxy::run_until(listener, decide, limits, Some(tx), stop).await;
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!("duplicating the listening socket: {e}")));
+                            }
+                        }
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.to_string()));
@@ -172,7 +190,7 @@ impl L7Proxy {
             });
         })?;
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
+            Ok(Ok(fd)) => self.listener = Some(fd),
             Ok(Err(e)) => anyhow::bail!(e),
             Err(_) => anyhow::bail!("the proxy's thread did not report within 10 s"),
         }
@@ -186,6 +204,7 @@ impl L7Proxy {
     /// GOAWAY), for at most `timeout`; what is still open then goes with the process.
     pub async fn drain(&mut self, timeout: Duration) {
         let (Some(stop), Some(thread)) = (self.stop.take(), self.task.take()) else { return };
+        self.listener = None;
         let _ = stop.send(());
         let t0 = std::time::Instant::now();
         let joined = tokio::task::spawn_blocking(move || {

@@ -168,6 +168,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             local_endpoints: &plumbing.local_endpoints,
             node: &plumbing.ctx,
             policy: policy_view,
+            l7_listener: l7.listener(),
         };
         let pass = tokio::task::block_in_place(|| engine.reconcile(&planner.plan, &desired, sync));
         // Where a change's time goes (read, translate and policy, kernel), for the

@@ -46,6 +46,9 @@ pub struct Datapath {
     pub size_mismatches: Vec<SizeMismatch>,
     /// What the kernel refused in the last update (`Datapath::refused`).
     refused: Vec<(Option<sluice_core::ServiceName>, DatapathError)>,
+    /// The socket-lookup program runs in this network namespace (`policy_l7::steer`); its link
+    /// lives as long as this process holds the program.
+    pub(crate) l7_lookup: bool,
 }
 
 /// A pinned map whose size is not the configured one.
@@ -152,6 +155,7 @@ impl Datapath {
             last_host_ports: Vec::new(),
             size_mismatches,
             refused: Vec::new(),
+            l7_lookup: false,
         })
     }
 

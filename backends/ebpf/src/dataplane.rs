@@ -130,6 +130,8 @@ struct PolicyState {
     programmed: bool,
     errors: Vec<ObjectError>,
     endpoints: usize,
+    /// Why L7 rules drop although a proxy runs (its connections cannot be steered to it).
+    l7_unsteered: Option<String>,
 }
 
 fn err(object: ObjectRef, op: Op, e: impl std::fmt::Display) -> ObjectError {
@@ -216,6 +218,21 @@ impl EbpfDataplane {
         };
         self.policy.errors =
             errs.iter().map(|e| err(ObjectRef::Map("sluice_pol_ep".into()), Op::MapUpdate, e)).collect();
+        // A proxy port is written only once its connections reach the listener; until then
+        // (or on a kernel without the socket-lookup hook) proxy rules drop.
+        self.policy.l7_unsteered = None;
+        if want.l7_port != 0 {
+            let steered = match desired.l7_listener {
+                Some(fd) => crate::policy_l7::steer(dp, fd).map_err(|e| e.to_string()),
+                None => Err("the agent passed no listening socket for the proxy".into()),
+            };
+            if let Err(e) = steered {
+                tracing::warn!(error = %e, "L7 redirects off: proxy rules drop");
+                self.policy.errors.push(err(ObjectRef::Map("sluice_l7_sock".into()), Op::Attach, &e));
+                self.policy.l7_unsteered = Some(e);
+                want.l7_port = 0;
+            }
+        }
         crate::policy::keep_held(&mut want, &have);
         match crate::policy::sync(dp, &have, &want) {
             Ok(n) => {
@@ -314,9 +331,10 @@ impl Dataplane for EbpfDataplane {
                 self.cgroup.as_ref().map(|c| format!("on {}", c.display())).unwrap_or_else(|| "off".into()),
                 dp.entries().services.len(),
                 if self.policy.programmed { format!("on {} endpoint(s)", self.policy.endpoints) } else { "off".into() },
-                match self.policy.written.as_ref().map_or(0, |w| w.l7_port) {
-                    0 => String::new(),
-                    p => format!("; L7 rules redirected to the proxy on 127.0.0.1:{p} (bpf_sk_assign)"),
+                match (self.policy.written.as_ref().map_or(0, |w| w.l7_port), &self.policy.l7_unsteered) {
+                    (0, None) => String::new(),
+                    (0, Some(why)) => format!("; L7 rules drop: {why}"),
+                    (p, _) => format!("; L7 rules redirected to the proxy on 127.0.0.1:{p} (sk_lookup, bpf_sk_assign)"),
                 }
             ),
         }

@@ -30,11 +30,12 @@ pub mod tc_netlink;
 pub use dataplane::{EbpfDataplane, SPEC};
 
 /// The compiled objects, one per hook family (see build.rs and bpf/*.bpf.c): pod veths, node
-/// devices, cgroup socket hooks. They share their maps through pins.
-pub static OBJECTS: [(&str, &[u8]); 3] = [
+/// devices, cgroup socket hooks, the node's socket lookup. They share their maps through pins.
+pub static OBJECTS: [(&str, &[u8]); 4] = [
     ("pod", aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod.bpf.o"))),
     ("net", aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/net.bpf.o"))),
     ("sock", aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.bpf.o"))),
+    ("lookup", aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lookup.bpf.o"))),
 ];
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ pub const TC_PROGRAMS: [&str; 3] = ["sluice_from_pod", "sluice_to_pod", "sluice_
 pub const SOCK_PROGRAMS: [&str; 4] =
     ["sluice_sock_connect4", "sluice_sock_sendmsg4", "sluice_sock_recvmsg4", "sluice_sock_getpeername4"];
 
+/// The node's socket-lookup program (the L7 proxy's listener for redirected connections).
+pub const LOOKUP_PROGRAM: &str = "sluice_l7_lookup";
+
 /// The loaded objects (`crate::OBJECTS`), used as one: a program is found in the object that
 /// has it; a map in the first object (every object declares every map, and pinning by name makes
 /// them the same kernel maps).
@@ -114,6 +117,10 @@ pub fn load_with(pin_dir: &Path, sizes: &MapSizes) -> Result<Loaded, LoadError> 
             .map_err(|e| LoadError::Program { name, source: Box::new(e) })?;
         // A kernel without one of these hooks (the plan then keeps socket LB off eBPF) must not
         // lose the tc datapath: a program that does not load fails only its own attach.
+        let _ = prog.load();
+    }
+    // Likewise (5.9+): without it only L7 redirects are unavailable (`Datapath::steer_l7`).
+    if let Some(Ok(prog)) = bpf.program_mut(LOOKUP_PROGRAM).map(<&mut aya::programs::SkLookup>::try_from) {
         let _ = prog.load();
     }
     Ok(bpf)

@@ -9,6 +9,9 @@ use sluice_core::{Capability, Feature};
 const POD: &str = include_str!("../bpf/progs/pod.h");
 const NET: &str = include_str!("../bpf/progs/net.h");
 const SOCK: &str = include_str!("../bpf/progs/sock.h");
+/// The sk_lookup program's helpers are probed too, though a kernel without the hook loses only
+/// L7 redirects (the backend reports it at runtime), not a feature.
+const LOOKUP: &str = include_str!("../bpf/progs/lookup.h");
 const LIBS: [&str; 7] = [
     include_str!("../bpf/lib/l7.h"),
     include_str!("../bpf/lib/layout.h"),
@@ -76,7 +79,7 @@ fn needs(f: Feature) -> BTreeSet<Capability> {
 
 #[test]
 fn every_helper_the_programs_call_is_probed() {
-    let mut all = vec![POD, NET, SOCK];
+    let mut all = vec![POD, NET, SOCK, LOOKUP];
     all.extend(LIBS);
     let unknown: Vec<String> =
         helpers(&all).into_iter().filter(|h| !BASELINE.contains(&h.as_str()) && probed_by(h).is_none()).collect();
@@ -141,6 +144,7 @@ fn every_program_fits_the_old_instruction_limit() {
     for (object, prog) in [("pod", "sluice_from_pod"), ("pod", "sluice_to_pod"), ("net", "sluice_from_net")]
         .into_iter()
         .chain(crate::loader::SOCK_PROGRAMS.iter().map(|p| ("sock", *p)))
+        .chain([("lookup", crate::loader::LOOKUP_PROGRAM)])
     {
         let homes: Vec<&str> = names.iter().filter(|(_, n)| n == prog).map(|(o, _)| *o).collect();
         assert_eq!(homes, [object], "{prog}: {names:?}");

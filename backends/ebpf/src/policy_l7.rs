@@ -1,14 +1,19 @@
 //! The policy maps the L7 redirect reads (bpf/lib/l7.h): local endpoint addresses by host veth
 //! (`sluice_pol_addr`: whose ingress rules a destination names) and the proxy's port
-//! (`sluice_l7_port`, 0 while no proxy runs: proxy rules then drop).
+//! (`sluice_l7_port`, 0 while no proxy runs: proxy rules then drop), and the steering of
+//! redirected connections to the proxy's listener (`sluice_l7_sock`, `sluice_l7_lookup`).
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, HashMap};
+use std::os::fd::BorrowedFd;
+
+use aya::maps::{Array, HashMap, SockMap};
+use aya::programs::SkLookup;
 
 use crate::datapath::{Datapath, DatapathError, map_err, missing};
 
 const ADDRS: &str = "sluice_pol_addr";
+const SOCK: &str = "sluice_l7_sock";
 
 fn addrs(dp: &mut Datapath) -> Result<HashMap<&mut aya::maps::MapData, u32, u32>, DatapathError> {
     let m = dp.bpf.map_mut(ADDRS).ok_or(missing(ADDRS))?;
@@ -61,4 +66,33 @@ pub fn set_port(dp: &mut Datapath, have: u32, want: u32) -> Result<usize, Datapa
     let mut a: Array<_, u32> = Array::try_from(m).map_err(map_err("sluice_l7_port"))?;
     a.set(0, want, 0).map_err(map_err("sluice_l7_port"))?;
     Ok(1)
+}
+
+/// Steer redirected connections to the proxy's `listener`: the socket-lookup program on this
+/// network namespace (attached once per process: the link goes with it, and a new agent's proxy
+/// has a new listener anyway) and the listener in `sluice_l7_sock`. Without both, the caller
+/// writes no proxy port, and proxy rules drop.
+pub fn steer(dp: &mut Datapath, listener: BorrowedFd<'_>) -> Result<(), DatapathError> {
+    use crate::loader::LOOKUP_PROGRAM;
+    let attach_err = |detail: String| DatapathError::Attach { prog: LOOKUP_PROGRAM, target: "netns".into(), detail };
+    if !dp.l7_lookup {
+        let netns = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|source| DatapathError::Io { path: "/proc/thread-self/ns/net".into(), source })?;
+        let prog: &mut SkLookup = dp
+            .bpf
+            .program_mut(LOOKUP_PROGRAM)
+            .ok_or_else(|| attach_err("not in the loaded objects".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| attach_err(e.to_string()))?;
+        if prog.fd().is_err() {
+            return Err(attach_err(
+                "the kernel did not load the sk_lookup program (BPF_PROG_TYPE_SK_LOOKUP needs Linux 5.9)".into(),
+            ));
+        }
+        prog.attach(&netns).map_err(|e| attach_err(e.to_string()))?;
+        dp.l7_lookup = true;
+    }
+    let m = dp.bpf.map_mut(SOCK).ok_or(missing(SOCK))?;
+    let mut socks: SockMap<_> = SockMap::try_from(m).map_err(map_err(SOCK))?;
+    socks.set(0, &listener, 0).map_err(map_err(SOCK))
 }

@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* L7 (HTTP) policy: new TCP connections whose first matching rule is POL_PROXY (the client pod's
  * egress rules, or the ingress rules of the local endpoint they go to) are handed to the node's
- * L7 proxy, a transparent listener on 127.0.0.1:port (sluice_l7_port). At tc ingress, the SYN
- * gets the listener with bpf_sk_assign and every packet of the connection gets PROXY_MARK, which
- * the node's policy routing (fwmark rule -> table 2004, a local default route) delivers locally:
- * the stack then finds the proxy's socket by the connection's own addresses, so the proxy knows
- * the original destination from its socket, not from anything the client sends.
+ * L7 proxy, a listener on 127.0.0.1:port (sluice_l7_port). At tc ingress the connection is
+ * recorded (sluice_l7) and every packet gets PROXY_MARK, which the node's policy routing
+ * (fwmark rule -> table 2004, a local default route) delivers locally; the SYN's listener lookup
+ * runs sluice_l7_lookup, which assigns the proxy's listener (bpf_sk_assign in the sk_lookup
+ * hook), and later packets find the accepted socket by the connection's own addresses. So the
+ * proxy knows the original destination from its socket, not from anything the client sends.
  *
  * The proxy opens its upstream connection from the client's address (ports PROXY_UPSTREAM_LO
  * and above); the server's replies, addressed to the client pod, are marked the same way when a
@@ -93,48 +94,30 @@ static __always_inline int l7_from_net(struct flow_key *k, int syn)
 	return proxied;
 }
 
-/* Hand a packet of a proxied connection (`k` as it now is) to the proxy: a SYN to its listener
- * (bpf_sk_assign), later packets to the connection's own socket, which the stack finds once the
- * mark routes them to local delivery. No listener: dropped. */
+/* Hand a packet of a proxied connection (`k` as it now is) to the proxy: every packet gets the
+ * mark that routes it to local delivery; there the stack finds the connection's own socket, or
+ * for a SYN sluice_l7_lookup (progs/lookup.h) gives it the proxy's listener. A SYN while no
+ * listener is up is dropped here (reported as a policy drop by the caller's verdict). */
 static __always_inline int l7_redirect(struct __sk_buff *skb, struct flow_key *k, int syn)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
 	__u32 port = l7_port();
-	long err;
+	int listening;
 
 	if (!port)
 		return TC_ACT_SHOT;
 	if (syn) {
 		t.ipv4.saddr = k->saddr;
 		t.ipv4.sport = k->sport;
-		t.ipv4.daddr = k->daddr;
-		t.ipv4.dport = k->dport;
-		/* A socket of these very ports (the TIME_WAIT of the proxy's previous connection):
-		 * the stack must meet it first, or the listener's new request would collide with it
-		 * and the SYN would vanish. It answers with its old ACK, the client resets it and
-		 * retries, and the retry reaches the listener. */
-		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-		if (sk) {
-			int listening = sk->state == BPF_TCP_LISTEN;
-			bpf_sk_release(sk);
-			if (!listening) {
-				skb->mark |= PROXY_MARK;
-				return TC_ACT_OK;
-			}
-		}
 		t.ipv4.daddr = bpf_htonl(0x7f000001);
 		t.ipv4.dport = bpf_htons((__u16)port);
 		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return TC_ACT_SHOT;
-		if (sk->state != BPF_TCP_LISTEN) {
-			bpf_sk_release(sk);
-			return TC_ACT_SHOT;
-		}
-		err = bpf_sk_assign(skb, sk, 0);
+		listening = sk->state == BPF_TCP_LISTEN;
 		bpf_sk_release(sk);
-		if (err)
+		if (!listening)
 			return TC_ACT_SHOT;
 	}
 	skb->mark |= PROXY_MARK;

@@ -154,6 +154,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_l7 SEC(".maps");
 
+/* The L7 proxy's listener, index 0, written by the agent (a socket leaves the map when it
+ * closes): where sluice_l7_lookup steers the connections the tc programs handed to the proxy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_l7_sock SEC(".maps");
+
 /* Events for user space (flows): policy drops and audited would-be drops. Not resized by the
  * config. */
 struct {
