@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* sluice at the node's devices (tc ingress), one object of three (pod.bpf.c, sock.bpf.c).
+/* sluice at the node's devices (tc ingress), one object of four (pod.bpf.c, sock.bpf.c, lookup.bpf.c).
  *
  * sluice_from_net: NodePort, ExternalIPs, LoadBalancer and HostPort frontends; source ranges;
  * a local backend is DNATed only (the client address is kept), a backend on another node is
@@ -19,7 +19,7 @@
 #include "lib/maps.h"
 
 /* Every program file declares every map (lib/maps.h); maps are pinned by name, so the objects
- * loaded from the three files share one set of maps in the node's pin directory. */
+ * loaded from the four files share one set of maps in the node's pin directory. */
 char LICENSE[] SEC("license") = "GPL";
 
 #include "progs/net.h"

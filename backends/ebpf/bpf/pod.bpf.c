@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* sluice at the pod veths (tc on the host side), one object of three (net.bpf.c: node devices;
- * sock.bpf.c: cgroup socket hooks).
+/* sluice at the pod veths (tc on the host side), one object of four (net.bpf.c: node devices;
+ * sock.bpf.c: cgroup socket hooks; lookup.bpf.c: the node's socket lookup).
  *
  * sluice_from_pod (ingress, packets leaving the pod): a new flow to a service frontend gets a
  * backend (ClientIP affinity first, else random or Maglev), recorded in the forward and reverse
@@ -26,7 +26,7 @@
 #include "lib/maps.h"
 
 /* Every program file declares every map (lib/maps.h); maps are pinned by name, so the objects
- * loaded from the three files share one set of maps in the node's pin directory. */
+ * loaded from the four files share one set of maps in the node's pin directory. */
 char LICENSE[] SEC("license") = "GPL";
 
 #include "progs/pod.h"

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* sluice socket load balancing for host processes (cgroup v2 hooks on the node's cgroup), one
- * object of three (pod.bpf.c, net.bpf.c). Its own object: a kernel without these hooks keeps the
+ * object of four (pod.bpf.c, net.bpf.c, lookup.bpf.c). Its own object: a kernel without these hooks keeps the
  * tc datapath (the plan then keeps socket LB off eBPF).
  *
  * connect4/sendmsg4 translate a frontend to a backend before any packet exists;
@@ -19,7 +19,7 @@
 #include "lib/maps.h"
 
 /* Every program file declares every map (lib/maps.h); maps are pinned by name, so the objects
- * loaded from the three files share one set of maps in the node's pin directory. */
+ * loaded from the four files share one set of maps in the node's pin directory. */
 char LICENSE[] SEC("license") = "GPL";
 
 #include "progs/sock.h"

@@ -119,7 +119,7 @@ pub fn load_with(pin_dir: &Path, sizes: &MapSizes) -> Result<Loaded, LoadError> 
         // lose the tc datapath: a program that does not load fails only its own attach.
         let _ = prog.load();
     }
-    // Likewise (5.9+): without it only L7 redirects are unavailable (`Datapath::steer_l7`).
+    // Likewise (5.9+): without it only L7 redirects are unavailable (`policy_l7::steer` reports it).
     if let Some(Ok(prog)) = bpf.program_mut(LOOKUP_PROGRAM).map(<&mut aya::programs::SkLookup>::try_from) {
         let _ = prog.load();
     }

@@ -86,7 +86,9 @@ pub fn steer(dp: &mut Datapath, listener: BorrowedFd<'_>) -> Result<(), Datapath
             .map_err(|e: aya::programs::ProgramError| attach_err(e.to_string()))?;
         if prog.fd().is_err() {
             return Err(attach_err(
-                "the kernel did not load the sk_lookup program (BPF_PROG_TYPE_SK_LOOKUP needs Linux 5.9)".into(),
+                "the kernel did not load the sk_lookup program (BPF_PROG_TYPE_SK_LOOKUP needs Linux 5.9); \
+                 for HTTP rules on this node give its policy to iptables (`dataplane: iptables` in its node config)"
+                    .into(),
             ));
         }
         prog.attach(&netns).map_err(|e| attach_err(e.to_string()))?;

@@ -47,15 +47,7 @@ impl Ns {
 
     /// Run `f` on a thread inside the namespace (sockets and the program's netns follow it).
     fn within<T: Send + 'static>(&self, f: impl FnOnce(PathBuf) -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        let pin = self.pin.clone();
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).expect("netns");
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f(pin)
-        })
-        .join()
-        .expect("thread")
+        common::in_netns(&self.name, self.pin.clone(), f)
     }
 }
 
