@@ -288,6 +288,7 @@ pub(crate) fn ebpf_inputs(n: usize, backend: Ipv4Addr) -> (Vec<Service>, sluice_
         node_ips: Vec::new(),
         owned: [sluice_core::Feature::ClusterIp].into(),
         maglev_m: None,
+        allowed_verdicts: false,
     };
     (svcs, ctx)
 }

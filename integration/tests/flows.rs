@@ -33,10 +33,21 @@ async fn flows(ch: tonic::transport::Channel, req: GetFlowsRequest) -> Vec<sluic
 
 #[test]
 fn service_traffic_is_observed_with_pods_service_node_and_verdict() {
+    service_traffic_case("t-flows", "dataplane: iptables\n", "to-stack");
+}
+
+/// The same on eBPF nodes: the flows come from the pod-veth programs' traces (the client's
+/// from-endpoint trace carries the Service and the backend it was translated to).
+#[test]
+fn service_traffic_is_observed_on_ebpf_from_the_pod_veths() {
+    service_traffic_case("t-flows-bpf", "dataplane: ebpf\n", "from-endpoint");
+}
+
+fn service_traffic_case(lab: &str, cfg: &str, point: &str) {
     if !require_root() {
         return;
     }
-    let (t, dir) = two_node_web_lab("t-flows", "dataplane: iptables\n", "dataplane: iptables\n");
+    let (t, dir) = two_node_web_lab(lab, cfg, cfg);
     t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
     let f = dir.path().join("web.yaml");
     std::fs::write(&f, WEB).expect("write");
@@ -120,12 +131,12 @@ fn service_traffic_is_observed_with_pods_service_node_and_verdict() {
     assert_eq!(lines.lines().count(), 3, "{lines}");
     assert!(
         lines.lines().all(|l| l.contains(": default/client:")
-            && l.contains("(service default/web) to-stack FORWARDED (TCP Flags: SYN)")),
+            && l.contains(&format!("(service default/web) {point} FORWARDED (TCP Flags: SYN)"))),
         "{lines}"
     );
     let json = t.exec(
         "node-1",
-        &["sluice", "observe", "--from-pod", "default/client", "--protocol", "tcp", "--last", "1", "-o", "json"],
+        &["sluice", "observe", "--from-pod", "default/client", "--to-service", "default/web", "--protocol", "tcp", "--last", "1", "-o", "json"],
     );
     let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
     assert_eq!(v["node_name"], "node-1");
@@ -140,7 +151,7 @@ fn service_traffic_is_observed_with_pods_service_node_and_verdict() {
     assert_eq!(rows.len(), 3, "{table}");
     assert!(rows[0].starts_with("TIMESTAMP") && rows[0].contains("DESTINATION") && rows[0].ends_with("SUMMARY"));
     assert!(
-        rows[1..].iter().all(|r| r.contains("default/client:") && r.contains("to-stack") && r.contains("FORWARDED")),
+        rows[1..].iter().all(|r| r.contains("default/client:") && r.contains(point) && r.contains("FORWARDED")),
         "{table}"
     );
     let dict = t.exec("node-1", &["sluice", "observe", "--to-service", "default/web", "--last", "2", "-o", "dict"]);
@@ -151,9 +162,12 @@ fn service_traffic_is_observed_with_pods_service_node_and_verdict() {
     assert!(format!("{other:#}").contains("sluice observe"), "{other:#}");
     let bad = t.lab.exec_output("node-1", &["sluice", "observe", "--verdict", "ALLOWED"]).expect_err("bad verdict");
     assert!(format!("{bad:#}").contains("ALLOWED") && format!("{bad:#}").contains("FORWARDED"), "{bad:#}");
-    // The plan says who serves flows.
+    // The plan says who serves flows, and status where they come from.
     let plan = t.exec("node-1", &["sluice", "plan", "-o", "json"]);
     assert!(plan.contains("\"flows\""), "{plan}");
+    let source = t.status("node-1")["flows"]["source"].as_str().unwrap_or_default().to_string();
+    let want = if point == "to-stack" { "conntrack events" } else { "eBPF ring buffer" };
+    assert!(source.starts_with(want), "{source}");
 }
 
 /// `sluice relay` beside the nodes (an external host of the lab), finding them through node-1's

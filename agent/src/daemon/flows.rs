@@ -84,6 +84,9 @@ pub struct Flows {
     /// Why the eBPF drops are not read, when so.
     ebpf_drops_error: Option<String>,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    /// The backend whose datapath the flows come from while they run (iptables: conntrack
+    /// events; eBPF: the pod-veth programs' traces in the ring buffer).
+    serving: Option<sluice_core::BackendId>,
     socket: PathBuf,
     listen: Option<SocketAddr>,
     /// The source generation `directory` was built from.
@@ -114,6 +117,7 @@ impl Flows {
             rule_tags_generation: None,
             ebpf_drops_error: None,
             servers: Vec::new(),
+            serving: None,
             socket,
             listen: cfg.flows.listen_address,
             generation: None,
@@ -161,10 +165,11 @@ impl Flows {
         }
     }
 
-    /// Policy drops from the eBPF datapath's ring buffer: read while flows run and eBPF
-    /// enforces policy here (`on`); attributed with the lowering the endpoint maps hold.
-    pub fn reconcile_ebpf_drops(&mut self, on: bool, pin_dir: &std::path::Path, view: &PolicyView) {
-        let on = on && self.running();
+    /// The eBPF datapath's ring buffer: read while flows run and eBPF enforces policy here
+    /// (`policy`: drops, audits, verdicts, attributed with the lowering the endpoint maps hold)
+    /// or serves the flows (traces of new connections).
+    pub fn reconcile_ebpf_drops(&mut self, policy: bool, pin_dir: &std::path::Path, view: &PolicyView) {
+        let on = (policy || self.serving == Some(sluice_core::BackendId::EBPF)) && self.running();
         if on {
             self.refresh_rule_tags(view);
         }
@@ -181,10 +186,10 @@ impl Flows {
         match self.start_ebpf_drops(pin_dir) {
             Ok(()) => {
                 self.ebpf_drops_error = None;
-                tracing::info!(pin_dir = %pin_dir.display(), "flows: eBPF policy drops read from the ring buffer");
+                tracing::info!(pin_dir = %pin_dir.display(), "flows: the eBPF ring buffer is read (traces, policy events)");
             }
             Err(e) => {
-                let why = format!("eBPF policy drops not read: {e}");
+                let why = format!("the eBPF ring buffer is not read (no traces or eBPF policy events): {e}");
                 if self.ebpf_drops_error.as_deref() != Some(why.as_str()) {
                     tracing::warn!("{why}");
                 }
@@ -194,7 +199,6 @@ impl Flows {
     }
 
     fn start_ebpf_drops(&mut self, pin_dir: &std::path::Path) -> anyhow::Result<()> {
-        use sluice_core::flow::drop::{DroppedPacket, TagKey, policy_drop_flow};
         let mut reader = sluice_ebpf::events::EventReader::open(pin_dir)?;
         self.ebpf_stop.store(false, Ordering::SeqCst);
         let (hub, dir, tags, stop, lost) = (
@@ -204,7 +208,7 @@ impl Flows {
             self.ebpf_stop.clone(),
             self.lost.clone(),
         );
-        let handle = std::thread::Builder::new().name("flows-ebpf-drops".into()).spawn(move || {
+        let handle = std::thread::Builder::new().name("flows-ebpf-ring".into()).spawn(move || {
             let res = read_loop(
                 &stop,
                 &hub,
@@ -220,34 +224,13 @@ impl Flows {
                     }
                     batch
                 },
-                |drops| {
+                |events| {
                     let (Ok(d), Ok(t)) = (dir.read(), tags.read()) else { return Vec::new() };
-                    drops
-                        .iter()
-                        .map(|e| {
-                            let tag = interface_name(e.ifindex).and_then(|interface| {
-                                let key = TagKey { interface, ingress: e.ingress, audit: e.audit };
-                                let rt = t.get(&key)?;
-                                match e.rule {
-                                    None => Some(&rt.default),
-                                    Some(i) => rt.rules.get(usize::from(i))?.as_ref(),
-                                }
-                            });
-                            let p = DroppedPacket {
-                                proto: e.proto,
-                                src: e.src,
-                                sport: e.sport,
-                                dst: e.dst,
-                                dport: e.dport,
-                                tcp_flags: e.tcp_flags,
-                            };
-                            policy_drop_flow(&d, &p, e.ingress, e.audit, tag, now_ns())
-                        })
-                        .collect()
+                    events.iter().map(|e| ring_flow(&d, &t, e)).collect()
                 },
             );
             if let Err(e) = res {
-                tracing::warn!(error = %e, "reading eBPF policy drops failed; they are no longer reported");
+                tracing::warn!(error = %e, "reading the eBPF ring buffer failed; its events are no longer reported");
             }
         })?;
         self.ebpf_drops = Some(handle);
@@ -262,7 +245,11 @@ impl Flows {
     }
 
     fn running(&self) -> bool {
-        self.reader.as_ref().is_some_and(|r| !r.is_finished())
+        match self.serving {
+            Some(sluice_core::BackendId::IPTABLES) => self.reader.as_ref().is_some_and(|r| !r.is_finished()),
+            Some(_) => !self.servers.is_empty(),
+            None => false,
+        }
     }
 
     /// Who is who, for naming flows: rebuilt when the source read changed.
@@ -296,11 +283,17 @@ impl Flows {
         );
     }
 
-    /// Start or stop with the plan. A start that fails is tried again each pass (the socket path
-    /// may free up), logged once per distinct error.
-    pub async fn reconcile(&mut self, on: bool) {
-        if on && self.reader.is_none() {
-            if let Err(e) = self.start().await {
+    /// Start or stop with the plan (`owner`: the backend that serves flows); a new owner
+    /// restarts them on its source. A start that fails is tried again each pass (the socket
+    /// path may free up), logged once per distinct error.
+    pub async fn reconcile(&mut self, owner: Option<sluice_core::BackendId>) {
+        if self.serving.is_some() && self.serving != owner {
+            self.shutdown();
+            tracing::info!(now = ?owner.map(|b| b.to_string()), "flows stopped (the plan gives them to another backend, or to none)");
+        }
+        let Some(owner) = owner else { return };
+        if self.serving.is_none() {
+            if let Err(e) = self.start(owner).await {
                 let e = format!("{e:#}");
                 if self.error.lock().ok().and_then(|g| g.clone()).as_deref() != Some(e.as_str()) {
                     tracing::warn!(error = %e, "flows: cannot start");
@@ -308,9 +301,6 @@ impl Flows {
                 self.shutdown();
                 self.set_error(Some(e));
             }
-        } else if !on && self.reader.is_some() {
-            self.shutdown();
-            tracing::info!("flows stopped (the plan no longer gives them to a backend)");
         }
     }
 
@@ -320,7 +310,7 @@ impl Flows {
         }
     }
 
-    async fn start(&mut self) -> anyhow::Result<()> {
+    async fn start(&mut self, owner: sluice_core::BackendId) -> anyhow::Result<()> {
         use anyhow::Context;
         let _ = std::fs::remove_file(&self.socket);
         let uds = tokio::net::UnixListener::bind(&self.socket).with_context(|| {
@@ -345,6 +335,14 @@ impl Flows {
                 }
             }));
         }
+        self.serving = Some(owner);
+        self.start_drops();
+        self.set_error(None);
+        if owner != sluice_core::BackendId::IPTABLES {
+            // The ring reader starts with the pass's eBPF step (`reconcile_ebpf_drops`).
+            tracing::info!(socket = %self.socket.display(), tcp = ?self.listen, "flows: Observer API served, traces read from the eBPF ring buffer");
+            return Ok(());
+        }
         // The reader runs on its own OS thread in the agent's netns (netlink sockets stay where
         // they are made); a 1 s receive timeout lets it see a stop.
         let mut sock = CtEventSocket::open(sluice_iptables::ct_events::GROUP_NEW)?;
@@ -366,8 +364,6 @@ impl Flows {
                 *g = Some(format!("reading conntrack events: {e}"));
             }
         })?);
-        self.start_drops();
-        self.set_error(None);
         tracing::info!(socket = %self.socket.display(), tcp = ?self.listen, "flows: Observer API served, conntrack events read");
         Ok(())
     }
@@ -411,6 +407,7 @@ impl Flows {
     }
 
     fn shutdown(&mut self) {
+        self.serving = None;
         self.stop_ebpf_drops();
         self.stop.store(true, Ordering::SeqCst);
         if let Some(r) = self.reader.take() {
@@ -431,12 +428,23 @@ impl Flows {
         FlowsStatus {
             running,
             source: if running {
-                let mut s = "conntrack events (netfilter): forwarded connections, with Service translation".to_string();
+                let mut s = if self.serving == Some(sluice_core::BackendId::IPTABLES) {
+                    "conntrack events (netfilter): forwarded connections, with Service translation".to_string()
+                } else {
+                    "eBPF ring buffer: new connections at the pod veths (from and to the endpoint), with Service translation".to_string()
+                };
                 if let Some(g) = self.log_drops() {
                     s.push_str(&format!("; NFLOG group {g}: policy drops and audits (iptables)"));
                 }
-                if self.ebpf_drops.as_ref().is_some_and(|h| !h.is_finished()) {
-                    s.push_str("; eBPF ring buffer: policy drops and audits (eBPF)");
+                let ring = self.ebpf_drops.as_ref().is_some_and(|h| !h.is_finished());
+                if self.serving == Some(sluice_core::BackendId::IPTABLES) {
+                    if ring {
+                        s.push_str("; eBPF ring buffer: policy drops and audits (eBPF)");
+                    }
+                } else if ring {
+                    s.push_str(", and the policy events of eBPF-enforced endpoints");
+                } else {
+                    s.push_str(" (not read: see the error)");
                 }
                 s
             } else {
@@ -477,4 +485,63 @@ fn interface_name(ifindex: u32) -> Option<String> {
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
     name.to_str().ok().map(str::to_string)
+}
+
+/// One record of the eBPF ring as a flow: a trace named through the directory (the frontend
+/// and the backend it was translated to), or a policy event attributed with the rule tags.
+fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::Event) -> sluice_core::flow::Flow {
+    use sluice_core::flow::drop::{DroppedPacket, TagKey, policy_drop_flow};
+    use sluice_core::flow::enrich::Observed;
+    use sluice_core::flow::{ObservationPoint, TrafficDirection};
+    use sluice_ebpf::events::{Event, TracePoint};
+    match e {
+        Event::Trace(tr) => {
+            let (observation, direction) = match tr.point {
+                TracePoint::FromEndpoint => (ObservationPoint::FromEndpoint, TrafficDirection::Egress),
+                TracePoint::ToEndpoint => (ObservationPoint::ToEndpoint, TrafficDirection::Ingress),
+            };
+            let mut f = d.trace(&Observed {
+                time_ns: now_ns(),
+                proto: tr.proto,
+                src: tr.src,
+                sport: tr.sport,
+                dst: tr.dst,
+                dport: tr.dport,
+                translated_to: tr.translated_to,
+                observation,
+            });
+            f.direction = direction;
+            f
+        }
+        Event::Policy(p) => {
+            let tag = interface_name(p.ifindex).and_then(|interface| {
+                let key = TagKey { interface, ingress: p.ingress, audit: p.audit };
+                let rt = t.get(&key)?;
+                let tag = match p.rule {
+                    None => Some(&rt.default),
+                    Some(i) => rt.rules.get(usize::from(i))?.as_ref(),
+                }?;
+                // An allow verdict names an allow rule, a drop or audit never does: a rule
+                // list rewritten since the packet is not guessed at.
+                (tag.allow == p.allow).then_some(tag)
+            });
+            let pkt = DroppedPacket {
+                proto: p.proto,
+                src: p.src,
+                sport: p.sport,
+                dst: p.dst,
+                dport: p.dport,
+                tcp_flags: p.tcp_flags,
+            };
+            let mut f = policy_drop_flow(d, &pkt, p.ingress, p.audit, tag, now_ns());
+            if p.allow && tag.is_none() {
+                // Admitted, but the rule is no longer known: a verdict without its policies.
+                f.verdict = sluice_core::flow::Verdict::Forwarded;
+                f.event = sluice_core::flow::EventKind::PolicyVerdict;
+                f.drop_reason = None;
+                f.policy = Default::default();
+            }
+            f
+        }
+    }
 }

@@ -192,12 +192,12 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         let health_errors = health.reconcile(if hc_owned { health::desired(&view) } else { Default::default() }).await;
         planner.track(&engine);
         // Flows while the plan's owner serves them; who is who refreshed when the source changed.
-        let flows_on = match planner.plan.owner(Feature::Flows) {
-            sluice_core::Owner::Backend(b) => engine.serving(b).contains(&Feature::Flows),
-            _ => false,
+        let flows_by = match planner.plan.owner(Feature::Flows) {
+            sluice_core::Owner::Backend(b) => engine.serving(b).contains(&Feature::Flows).then_some(b),
+            _ => None,
         };
         flows.refresh(cur.generation, &cfg.node_name, &cur.state, &policy.view.ipcache);
-        flows.reconcile(flows_on).await;
+        flows.reconcile(flows_by).await;
         let ebpf_policy = engine.serving(sluice_core::BackendId::EBPF).contains(&Feature::Policy);
         tokio::task::block_in_place(|| flows.reconcile_ebpf_drops(ebpf_policy, &cfg.bpf_pin_dir(), &policy.view));
         metrics.ensure_served(&cfg, &flows.hub()).await;

@@ -9,6 +9,7 @@ fn ctx() -> NodeCtx {
         node_ips: vec!["198.51.100.11".parse().expect("ip")],
         owned: Feature::SERVICES.into_iter().collect(),
         maglev_m: None,
+        allowed_verdicts: false,
     }
 }
 

@@ -164,8 +164,7 @@ impl Datapath {
         let map = self.bpf.map_mut("sluice_node").ok_or(missing("sluice_node"))?;
         let mut arr: Array<_, NodeCfg> = Array::try_from(map).map_err(map_err("sluice_node"))?;
         let node_ip = ctx.node_ips.first().map(|ip| crate::maps::addr(*ip)).unwrap_or(0);
-        let flags = if ctx.serves_devices() { 0 } else { crate::maps::NODE_F_DEVICES_DRAIN };
-        arr.set(0, NodeCfg { node_ip, maglev_m: ctx.maglev_m.unwrap_or(0), flags, pad: 0 }, 0)
+        arr.set(0, NodeCfg { node_ip, maglev_m: ctx.maglev_m.unwrap_or(0), flags: ctx.flags(), pad: 0 }, 0)
             .map_err(map_err("sluice_node"))
     }
 

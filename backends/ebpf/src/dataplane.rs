@@ -63,10 +63,11 @@ fn needs(f: Feature) -> Option<&'static [Capability]> {
         | Feature::TrafficPolicyLocal
         | Feature::HealthCheckNodePort
         | Feature::SourceRanges
-        | Feature::Policy => TC.as_slice(),
+        | Feature::Policy
+        // Traces from the pod-veth programs into the ring buffer (MapRingbuf is in OBJECT).
+        | Feature::Flows => TC.as_slice(),
         Feature::SocketLbTcp => SOCK_TCP.as_slice(),
         Feature::SocketLbUdp => SOCK_UDP.as_slice(),
-        Feature::Flows => return None,
     })
 }
 
@@ -497,6 +498,7 @@ impl EbpfDataplane {
             node_ips: node.ips.clone(),
             owned: owned.clone(),
             maglev_m: self.maglev_m,
+            allowed_verdicts: desired.policy.log_allows,
         };
         if self.synced.as_ref().is_some_and(|(g, c)| *g == desired.generation && *c == ctx) {
             report.errors.extend(self.refused.iter().cloned());

@@ -1,10 +1,12 @@
 //! Events the datapath sends to user space through the `sluice_events` ring buffer
-//! (bpf/lib/layout.h `struct ev_drop`, written by `pol_report_drop` in bpf/lib/policy.h): policy
-//! drops naming the endpoint's host veth, the direction and the rule that decided.
+//! (bpf/lib/layout.h): policy drops, audits and allow verdicts (`struct ev_drop`, written by
+//! `pol_report` in bpf/lib/policy.h) naming the endpoint's host veth, the direction and the rule
+//! that decided; and traces of new connections at the pod veths (`struct ev_trace`, written by
+//! `trace_new` in bpf/lib/trace.h) with the Service translation.
 //!
 //! Parsing is pure ([`parse`]); [`EventReader`] opens the pinned ring and the per-CPU budget
 //! maps by path, so a reader thread needs nothing of the loaded object. Events over the
-//! datapath's budget (or that found the ring full) are counted there, and the reader reports
+//! datapath's budgets (or that found the ring full) are counted there, and the reader reports
 //! them as lost: a loss is never silent.
 
 use std::net::Ipv4Addr;
@@ -20,23 +22,32 @@ use crate::datapath::DatapathError;
 pub const EV_POLICY_DROP: u8 = 1;
 /// `EV_POLICY_AUDIT`: an audit-mode policy would have dropped the packet; it passed.
 pub const EV_POLICY_AUDIT: u8 = 2;
+/// `EV_TRACE`: a new connection seen at a pod veth.
+pub const EV_TRACE: u8 = 3;
+/// `EV_POLICY_ALLOW`: an allow rule admitted a new flow.
+pub const EV_POLICY_ALLOW: u8 = 4;
 /// `EV_RULE_DEFAULT`: no rule matched, the endpoint's default deny dropped the packet.
 pub const RULE_DEFAULT: u8 = 0xff;
 /// `sizeof(struct ev_drop)`.
 pub const EV_DROP_LEN: usize = 24;
+/// `sizeof(struct ev_trace)`.
+pub const EV_TRACE_LEN: usize = 28;
 pub const EVENTS_MAP: &str = "sluice_events";
 pub const BUDGET_MAP: &str = "sluice_ev_budget";
+pub const TRACE_BUDGET_MAP: &str = "sluice_trace_budget";
 
 /// A packet a pod-veth program dropped for policy (or, `audit`, would have dropped for an
-/// audit-mode policy).
+/// audit-mode policy; or, `allow`, a new flow an allow rule admitted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyDrop {
     /// From the audit list: the packet passed.
     pub audit: bool,
+    /// An allow rule's verdict: the packet passed.
+    pub allow: bool,
     /// The endpoint's host-side veth.
     pub ifindex: u32,
     pub ingress: bool,
-    /// The deny rule's index in the endpoint's lowered list; `None`: default deny.
+    /// The rule's index in the endpoint's lowered list; `None`: default deny.
     pub rule: Option<u8>,
     pub proto: u8,
     pub src: Ipv4Addr,
@@ -46,24 +57,86 @@ pub struct PolicyDrop {
     pub tcp_flags: u8,
 }
 
+/// Where a trace was taken (`TRACE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TracePoint {
+    /// Leaving a pod (its host veth's ingress), before Service translation.
+    FromEndpoint,
+    /// Entering a pod (its host veth's egress).
+    ToEndpoint,
+}
+
+/// A new connection a pod-veth program saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trace {
+    pub point: TracePoint,
+    /// The pod's host-side veth.
+    pub ifindex: u32,
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    /// The destination the packet carried (a Service frontend when translated).
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// The backend a frontend was translated to.
+    pub translated_to: Option<(Ipv4Addr, u16)>,
+    pub tcp_flags: u8,
+}
+
+/// One record of the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Policy(PolicyDrop),
+    Trace(Trace),
+}
+
+fn ip(buf: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(buf[at], buf[at + 1], buf[at + 2], buf[at + 3])
+}
+
+fn port(buf: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([buf[at], buf[at + 1]])
+}
+
 /// One ring record; `None` for a kind this build does not know, or a short record.
-pub fn parse(buf: &[u8]) -> Option<PolicyDrop> {
-    if buf.len() < EV_DROP_LEN || !matches!(buf[0], EV_POLICY_DROP | EV_POLICY_AUDIT) {
-        return None;
+pub fn parse(buf: &[u8]) -> Option<Event> {
+    match *buf.first()? {
+        EV_POLICY_DROP | EV_POLICY_AUDIT | EV_POLICY_ALLOW if buf.len() >= EV_DROP_LEN => {
+            Some(Event::Policy(PolicyDrop {
+                audit: buf[0] == EV_POLICY_AUDIT,
+                allow: buf[0] == EV_POLICY_ALLOW,
+                ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                ingress: u32::from(buf[1]) == crate::policy::POL_INGRESS,
+                rule: (buf[2] != RULE_DEFAULT).then_some(buf[2]),
+                proto: buf[3],
+                src: ip(buf, 8),
+                dst: ip(buf, 12),
+                sport: port(buf, 16),
+                dport: port(buf, 18),
+                tcp_flags: buf[20],
+            }))
+        }
+        EV_TRACE if buf.len() >= EV_TRACE_LEN => {
+            let point = match buf[1] {
+                0 => TracePoint::FromEndpoint,
+                1 => TracePoint::ToEndpoint,
+                _ => return None,
+            };
+            let x = ip(buf, 20);
+            Some(Event::Trace(Trace {
+                point,
+                ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                proto: buf[3],
+                src: ip(buf, 8),
+                sport: port(buf, 16),
+                dst: ip(buf, 12),
+                dport: port(buf, 18),
+                translated_to: (!x.is_unspecified()).then(|| (x, port(buf, 24))),
+                tcp_flags: buf[2],
+            }))
+        }
+        _ => None,
     }
-    let ip = |at: usize| Ipv4Addr::new(buf[at], buf[at + 1], buf[at + 2], buf[at + 3]);
-    Some(PolicyDrop {
-        audit: buf[0] == EV_POLICY_AUDIT,
-        ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
-        ingress: u32::from(buf[1]) == crate::policy::POL_INGRESS,
-        rule: (buf[2] != RULE_DEFAULT).then_some(buf[2]),
-        proto: buf[3],
-        src: ip(8),
-        dst: ip(12),
-        sport: u16::from_be_bytes([buf[16], buf[17]]),
-        dport: u16::from_be_bytes([buf[18], buf[19]]),
-        tcp_flags: buf[20],
-    })
 }
 
 /// `struct ev_budget`.
@@ -83,7 +156,8 @@ const _: () = assert!(std::mem::size_of::<EvBudget>() == 24);
 /// The ring and the budget counters of one node's datapath, opened from its pin directory.
 pub struct EventReader {
     ring: RingBuf<MapData>,
-    budget: PerCpuArray<MapData, EvBudget>,
+    /// The drops' budget and the traces'.
+    budgets: Vec<PerCpuArray<MapData, EvBudget>>,
     suppressed_seen: u64,
 }
 
@@ -97,16 +171,24 @@ impl EventReader {
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
         let ring = RingBuf::try_from(open_pinned(pin_dir, EVENTS_MAP)?)
             .map_err(|e| DatapathError::Map { map: EVENTS_MAP, detail: e.to_string() })?;
-        let budget = PerCpuArray::try_from(open_pinned(pin_dir, BUDGET_MAP)?)
-            .map_err(|e| DatapathError::Map { map: BUDGET_MAP, detail: e.to_string() })?;
-        let mut r = EventReader { ring, budget, suppressed_seen: 0 };
+        let mut budgets = Vec::new();
+        for name in [BUDGET_MAP, TRACE_BUDGET_MAP] {
+            budgets.push(
+                PerCpuArray::try_from(open_pinned(pin_dir, name)?)
+                    .map_err(|e| DatapathError::Map { map: name, detail: e.to_string() })?,
+            );
+        }
+        let mut r = EventReader { ring, budgets, suppressed_seen: 0 };
         // Count only what is lost from now on.
         r.suppressed_seen = r.suppressed_total();
         Ok(r)
     }
 
     fn suppressed_total(&self) -> u64 {
-        self.budget.get(&0, 0).map(|v| v.iter().map(|b| b.suppressed).sum()).unwrap_or(0)
+        self.budgets
+            .iter()
+            .map(|m| m.get(&0, 0).map(|v| v.iter().map(|b| b.suppressed).sum::<u64>()).unwrap_or(0))
+            .sum()
     }
 
     /// Events suppressed in the datapath since the last call (over budget, or the ring full).
@@ -119,7 +201,7 @@ impl EventReader {
 
     /// Wait up to `timeout` for events, then take every record queued. Records of kinds this
     /// build does not know are skipped.
-    pub fn recv_batch(&mut self, timeout: Duration) -> std::io::Result<Vec<PolicyDrop>> {
+    pub fn recv_batch(&mut self, timeout: Duration) -> std::io::Result<Vec<Event>> {
         let mut out = self.drain();
         if out.is_empty() {
             let mut pfd = libc::pollfd { fd: self.ring.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -140,7 +222,7 @@ impl EventReader {
         Ok(out)
     }
 
-    fn drain(&mut self) -> Vec<PolicyDrop> {
+    fn drain(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
             if let Some(d) = parse(&item) {
@@ -166,13 +248,27 @@ mod tests {
         b
     }
 
+    fn trace(obs: u8, x: [u8; 4], xport: u16) -> Vec<u8> {
+        let mut b = vec![EV_TRACE, obs, 0x02, 6];
+        b.extend(9u32.to_ne_bytes());
+        b.extend([10, 244, 1, 3]);
+        b.extend([10, 96, 0, 10]);
+        b.extend(40000u16.to_be_bytes());
+        b.extend(80u16.to_be_bytes());
+        b.extend(x);
+        b.extend(xport.to_be_bytes());
+        b.extend([0, 0]);
+        b
+    }
+
     #[test]
     fn a_drop_record_as_the_datapath_writes_it() {
         let d = parse(&record(1, 3)).expect("parsed");
         assert_eq!(
             d,
-            PolicyDrop {
+            Event::Policy(PolicyDrop {
                 audit: false,
+                allow: false,
                 ifindex: 7,
                 ingress: false,
                 rule: Some(3),
@@ -182,14 +278,46 @@ mod tests {
                 sport: 40000,
                 dport: 8080,
                 tcp_flags: 0x02,
-            }
+            })
         );
-        let d = parse(&record(0, RULE_DEFAULT)).expect("parsed");
+        let policy = |r: &[u8]| match parse(r) {
+            Some(Event::Policy(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        let d = policy(&record(0, RULE_DEFAULT));
         assert!(d.ingress);
         assert_eq!(d.rule, None, "default deny");
         let mut audit = record(0, 1);
         audit[0] = EV_POLICY_AUDIT;
-        assert!(parse(&audit).expect("parsed").audit);
+        assert!(policy(&audit).audit);
+        let mut allow = record(0, 2);
+        allow[0] = EV_POLICY_ALLOW;
+        let a = policy(&allow);
+        assert!(a.allow && !a.audit && a.rule == Some(2));
+    }
+
+    #[test]
+    fn a_trace_record_with_and_without_translation() {
+        let t = parse(&trace(0, [10, 244, 2, 7], 8080)).expect("parsed");
+        assert_eq!(
+            t,
+            Event::Trace(Trace {
+                point: TracePoint::FromEndpoint,
+                ifindex: 9,
+                proto: 6,
+                src: Ipv4Addr::new(10, 244, 1, 3),
+                sport: 40000,
+                dst: Ipv4Addr::new(10, 96, 0, 10),
+                dport: 80,
+                translated_to: Some((Ipv4Addr::new(10, 244, 2, 7), 8080)),
+                tcp_flags: 0x02,
+            })
+        );
+        match parse(&trace(1, [0; 4], 0)) {
+            Some(Event::Trace(t)) => assert_eq!((t.point, t.translated_to), (TracePoint::ToEndpoint, None)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse(&trace(7, [0; 4], 0)), None, "an observation point this build does not know");
     }
 
     #[test]
@@ -200,5 +328,6 @@ mod tests {
         unknown[0] = 9;
         assert_eq!(parse(&unknown), None);
         assert_eq!(parse(&[]), None);
+        assert_eq!(parse(&trace(0, [0; 4], 0)[..EV_TRACE_LEN - 1]), None);
     }
 }

@@ -103,6 +103,10 @@ pub struct NodeCfg {
 /// The device frontends are another dataplane's: the device program only carries the flows it
 /// translated before the hand-over.
 pub const NODE_F_DEVICES_DRAIN: u32 = 1;
+/// The plan gives `flows` to eBPF: the pod-veth programs trace new connections.
+pub const NODE_F_TRACE: u32 = 2;
+/// With `NODE_F_TRACE`: allow rules' verdicts on new flows too (`flows.allowed_verdicts`).
+pub const NODE_F_ALLOWS: u32 = 4;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
@@ -186,6 +190,8 @@ pub struct NodeCtx {
     pub owned: BTreeSet<Feature>,
     /// Maglev table size when `lb_algorithm: maglev`; `None`: random.
     pub maglev_m: Option<u32>,
+    /// Report allow rules' verdicts on new flows (with `flows` owned).
+    pub allowed_verdicts: bool,
 }
 
 /// The features served at the node's devices (the device program's frontends).
@@ -195,6 +201,18 @@ pub const DEVICE_FEATURES: [Feature; 4] =
 impl NodeCtx {
     fn owns(&self, f: Feature) -> bool {
         self.owned.contains(&f)
+    }
+
+    /// `NODE_F_*` for the datapath's node entry.
+    pub fn flags(&self) -> u32 {
+        let mut f = if self.serves_devices() { 0 } else { NODE_F_DEVICES_DRAIN };
+        if self.owns(Feature::Flows) {
+            f |= NODE_F_TRACE;
+            if self.allowed_verdicts {
+                f |= NODE_F_ALLOWS;
+            }
+        }
+        f
     }
 
     /// Whether eBPF serves any device frontend on this node.
@@ -454,6 +472,7 @@ mod tests {
             node_ips: vec!["198.51.100.11".parse().expect("ip"), "198.51.100.50".parse().expect("ip")],
             owned: owned.iter().copied().collect(),
             maglev_m: None,
+            allowed_verdicts: false,
         }
     }
 

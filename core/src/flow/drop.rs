@@ -75,14 +75,16 @@ pub fn tags_by_rule(view: &PolicyView) -> HashMap<TagKey, RuleTags> {
                 let rules = lower(&scope, list, view)
                     .into_iter()
                     .map(|r| {
-                        // A proxy rule drops where its connection is not redirected (no proxy).
-                        (r.action != Action::Allow).then(|| DropTag {
+                        // Deny rules drop, and so does a proxy rule where its connection is not
+                        // redirected (no proxy); an allow rule's index comes with the verdict of
+                        // a new flow it admitted (`flows.allowed_verdicts`).
+                        Some(DropTag {
                             pod: ep.pod.clone(),
                             ingress,
                             policies: r.policies,
                             default_deny: false,
                             audit,
-                            allow: false,
+                            allow: r.action == Action::Allow && !audit,
                         })
                     })
                     .collect();

@@ -109,6 +109,12 @@ struct node_cfg {
  * dataplane now: the device program only carries the flows it translated before, and a reply
  * matching a closing SNAT entry is another dataplane's flow on a recycled port, not ours. */
 #define NODE_F_DEVICES_DRAIN 1
+/* The agent records flows from this datapath: the pod-veth programs send a trace event for each
+ * new connection they see (lib/trace.h). Off, they send none (no cost beyond the flag test). */
+#define NODE_F_TRACE 2
+/* With NODE_F_TRACE: also a policy-verdict event for each new flow an allow rule admitted
+ * (`flows.allowed_verdicts`). */
+#define NODE_F_ALLOWS 4
 
 /* Maglev: (service id, bucket) -> backend slot. */
 struct maglev_key {
@@ -166,6 +172,7 @@ struct pol_ep_val {
 #define EV_POLICY_DROP 1
 #define EV_POLICY_AUDIT 2   /* an audit-mode policy would have dropped it; it passed */
 #define EV_RULE_DEFAULT 0xff
+#define EV_POLICY_ALLOW 4   /* an allow rule admitted a new flow (rule: its index); NODE_F_ALLOWS */
 
 struct ev_drop {
 	__u8 kind;          /* EV_POLICY_DROP, EV_POLICY_AUDIT */
@@ -180,6 +187,34 @@ struct ev_drop {
 	__u8 tcp_flags;     /* 0x02 for a connection-opening SYN, 0 otherwise */
 	__u8 pad[3];
 };
+
+/* A new connection a pod-veth program saw (NODE_F_TRACE): where (TRACE_FROM_ENDPOINT: leaving
+ * a pod, before Service translation; TRACE_TO_ENDPOINT: entering one), the packet's addresses as
+ * the program met them, and the backend a Service frontend was translated to (xaddr 0: none).
+ * The kind's byte is EV_TRACE; the layout is asserted in src/events.rs. */
+#define EV_TRACE 3
+#define TRACE_FROM_ENDPOINT 0
+#define TRACE_TO_ENDPOINT 1
+
+struct ev_trace {
+	__u8 kind;          /* EV_TRACE */
+	__u8 obs;           /* TRACE_FROM_ENDPOINT, TRACE_TO_ENDPOINT */
+	__u8 tcp_flags;     /* the packet's TCP flags byte (0 for UDP) */
+	__u8 proto;
+	__u32 ifindex;      /* the pod's host veth */
+	__u32 saddr;        /* network byte order */
+	__u32 daddr;
+	__u16 sport;        /* network byte order */
+	__u16 dport;
+	__u32 xaddr;        /* translated destination (network byte order), 0 when none */
+	__u16 xport;
+	__u16 pad;
+};
+
+/* Per-CPU budget of trace events a second: a connection flood fills the ring no faster than the
+ * reader empties it; what is over it is counted (`suppressed`) and reported as lost. Separate
+ * from the drops' budget, so traces never crowd out a policy drop. */
+#define TRACE_PER_CPU_PER_S 100000
 
 /* Per-CPU budget of events a second (a flood of drops must not flood the ring or the reader):
  * what is over the budget, or finds the ring full, is counted in `suppressed`, which user space

@@ -180,4 +180,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_ev_budget SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ev_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_trace_budget SEC(".maps");
+
+/* UDP has no SYN: a flow is traced when its key (with the observation point in pad[0]) is not
+ * here or was last traced over TRACE_UDP_AGAIN_S ago (conntrack's view of a new UDP flow). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_trace_udp SEC(".maps");
+
 #endif

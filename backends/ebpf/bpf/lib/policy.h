@@ -7,6 +7,7 @@
 #define SLUICE_LIB_POLICY_H
 
 #include "maps.h"
+#include "trace.h"
 
 static __always_inline int pol_rule_matches(struct pol_rule *r, __u32 peer, __u8 proto, __u16 port)
 {
@@ -47,18 +48,9 @@ static __always_inline void pol_report(__u8 kind, __u32 ifindex, __u32 dir, stru
 	__u32 zero = 0;
 	struct ev_budget *b = bpf_map_lookup_elem(&sluice_ev_budget, &zero);
 	struct ev_drop *e;
-	__u64 now = bpf_ktime_get_ns();
 
-	if (!b)
+	if (!ev_take(b, EV_PER_CPU_PER_S))
 		return;
-	if (now - b->window_ns >= 1000000000ULL) {
-		b->window_ns = now;
-		b->sent = 0;
-	}
-	if (b->sent >= EV_PER_CPU_PER_S) {
-		b->suppressed++;
-		return;
-	}
 	e = bpf_ringbuf_reserve(&sluice_events, sizeof(*e), 0);
 	if (!e) {
 		b->suppressed++;
@@ -103,24 +95,29 @@ static __always_inline __u32 pol_first_match(struct pol_ep_val *ep, __u32 peer, 
 	return EV_RULE_DEFAULT;
 }
 
-/* An audit-mode policy's verdict on a new flow the enforced list passed: reported, never
- * enforced. A separate function (not inlined) so each caller does not carry a second loop. */
-static __noinline int pol_audit(__u32 ifindex, __u32 dir, struct flow_key *k, int syn)
+/* After the enforced list admitted a new flow by `rule` (EV_RULE_DEFAULT: no policy isolates
+ * this direction): the verdict, when asked for (NODE_F_ALLOWS), and an audit-mode policy's
+ * verdict (reported, never enforced). A separate function (not inlined) so each caller of
+ * pol_pass does not carry a second rule loop, and no branch of it adds to the caller's paths
+ * (inlined, the verifier ran out of its budget on sluice_from_pod). */
+static __noinline int pol_admitted(__u32 ifindex, __u32 dir, struct flow_key *k, int syn, __u32 rule)
 {
 	struct pol_ep_key ek = { .ifindex = ifindex, .dir = dir };
 	struct pol_ep_val *ep;
 	__u8 action = POL_ALLOW;
-	__u32 rule;
+	__u32 audit_rule;
 
 	if (!k)
 		return 0;
+	if (rule != EV_RULE_DEFAULT && (node_flags() & (NODE_F_TRACE | NODE_F_ALLOWS)) == (NODE_F_TRACE | NODE_F_ALLOWS))
+		pol_report(EV_POLICY_ALLOW, ifindex, dir, k, rule, syn);
 	ep = bpf_map_lookup_elem(&sluice_pol_audit, &ek);
 	if (!ep)
 		return 0;
 	/* As every caller of pol_pass: the peer is the other end, the port the destination's. */
-	rule = pol_first_match(ep, dir == POL_EGRESS ? k->daddr : k->saddr, k->proto, bpf_ntohs(k->dport), &action);
+	audit_rule = pol_first_match(ep, dir == POL_EGRESS ? k->daddr : k->saddr, k->proto, bpf_ntohs(k->dport), &action);
 	if (action == POL_DENY)
-		pol_report(EV_POLICY_AUDIT, ifindex, dir, k, rule, syn);
+		pol_report(EV_POLICY_AUDIT, ifindex, dir, k, audit_rule, syn);
 	return 0;
 }
 
@@ -152,7 +149,7 @@ static __always_inline int pol_pass(__u32 ifindex, __u32 dir, struct flow_key *k
 		return PV_PROXY;
 	if (action == POL_ALLOW) {
 		bpf_map_update_elem(&sluice_pol_ct, &ck, &now, BPF_ANY);
-		pol_audit(ifindex, dir, k, syn);
+		pol_admitted(ifindex, dir, k, syn, rule);
 		return PV_PASS;
 	}
 	pol_report(EV_POLICY_DROP, ifindex, dir, k, rule, syn);

@@ -6,6 +6,7 @@
 #include "../lib/lb.h"
 #include "../lib/nat.h"
 #include "../lib/l7.h"
+#include "../lib/trace.h"
 
 SEC("classifier")
 int sluice_from_pod(struct __sk_buff *skb)
@@ -77,6 +78,8 @@ int sluice_from_pod(struct __sk_buff *skb)
 				bpf_map_delete_elem(&sluice_ct, &k);
 			}
 			v = l7_from_pod(skb, &k, syn);
+			if (v != PV_DROP)
+				trace_new(skb, &k, TRACE_FROM_ENDPOINT, 0, 0);
 			if (v == PV_PROXY)
 				return l7_redirect(skb, &k, syn);
 			return v == PV_PASS ? PASS : TC_ACT_SHOT;
@@ -113,6 +116,7 @@ int sluice_from_pod(struct __sk_buff *skb)
 	if (be->flags & NAT_F_HAIRPIN) {
 		__u32 addr = be->addr;
 		__u16 port = be->port;
+		trace_new(skb, &k, TRACE_FROM_ENDPOINT, addr, port);
 		if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, addr, L4_OFF + 2, k.dport, port) ||
 		    rewrite(skb, k.proto, IP_SRC_OFF, k.saddr, bpf_htonl(HAIRPIN_ADDR_HOST_ORDER), L4_OFF, k.sport, k.sport))
 			return TC_ACT_SHOT;
@@ -128,6 +132,8 @@ int sluice_from_pod(struct __sk_buff *skb)
 	v = l7_from_pod(skb, &pk, syn);
 	if (v == PV_DROP)
 		return TC_ACT_SHOT;
+	/* The frontend the pod asked for, and the backend it gets. */
+	trace_new(skb, &k, TRACE_FROM_ENDPOINT, pk.daddr, pk.dport);
 	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
 		return TC_ACT_SHOT;
 	return v == PV_PROXY ? l7_redirect(skb, &pk, syn) : TC_ACT_OK;
@@ -152,6 +158,8 @@ int sluice_to_pod(struct __sk_buff *skb)
 	if (k.saddr != bpf_htonl(HAIRPIN_ADDR_HOST_ORDER) && !from_own_node(skb, k.saddr) &&
 	    !pol_pass(skb->ifindex, POL_INGRESS, &k, k.saddr, k.dport, syn > 0, 0))
 		return TC_ACT_SHOT;
+	if (k.saddr != bpf_htonl(HAIRPIN_ADDR_HOST_ORDER))
+		trace_new(skb, &k, TRACE_TO_ENDPOINT, 0, 0); /* (a hairpin was traced leaving) */
 	front = bpf_map_lookup_elem(&sluice_rnat, &k);
 	if (!front || (front->flags & (NAT_F_EXTERNAL | NAT_F_HAIRPIN)))
 		return PASS;

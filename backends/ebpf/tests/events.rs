@@ -1,0 +1,214 @@
+//! Tier 2: the events the pod-veth programs write into the ring buffer, read back through the
+//! pinned ring as the agent reads them (BPF_PROG_TEST_RUN on crafted packets): policy drops,
+//! audits and allow verdicts with their rule, traces of new connections with their Service
+//! translation, and the budgets whose overflow is counted as lost, never silent.
+
+mod common;
+#[path = "common/lb.rs"]
+mod lb;
+
+use aya::maps::HashMap;
+use common::require_root;
+use lb::*;
+use sluice_ebpf::events::{Event, EventReader, PolicyDrop, Trace, TracePoint};
+use sluice_ebpf::maps::{NODE_F_ALLOWS, NODE_F_TRACE};
+
+fn batch(events: &mut EventReader) -> Vec<Event> {
+    events.recv_batch(std::time::Duration::from_secs(1)).expect("events")
+}
+
+fn policy_events(events: &mut EventReader) -> Vec<PolicyDrop> {
+    batch(events)
+        .into_iter()
+        .map(|e| match e {
+            Event::Policy(p) => p,
+            other => panic!("tracing is off: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn policy_drops_reach_the_ring_with_their_rule_and_within_the_budget() {
+    use sluice_ebpf::policy::{POL_EGRESS, PolEpKey, PolEpVal, PolRule};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    // The test run's packets come from loopback (ifindex 1): police its egress. Rule 0 denies
+    // TCP port 81 to anyone, rule 1 allows TCP 80; the rest is default deny.
+    let mut val = PolEpVal { enforced: 1, count: 2, ..Default::default() };
+    val.rules[0] = PolRule { action: 2, proto: 6, lo: 81, hi: 81, ..Default::default() };
+    val.rules[1] = PolRule { action: 1, proto: 6, lo: 80, hi: 80, ..Default::default() };
+    let key = PolEpKey { ifindex: 1, dir: POL_EGRESS };
+    let mut eps: HashMap<_, PolEpKey, PolEpVal> =
+        HashMap::try_from(lb.bpf().map_mut("sluice_pol_ep").expect("map")).expect("hash");
+    eps.insert(key, val, 0).expect("insert");
+    assert_ne!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 40000, "10.244.2.2", 80)).0, TC_ACT_SHOT);
+    assert_eq!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 40001, "10.244.2.2", 81)).0, TC_ACT_SHOT);
+    assert_eq!(lb.run("sluice_from_pod", &packet(17, "10.244.1.5", 40002, "10.244.2.2", 53)).0, TC_ACT_SHOT);
+    let got = policy_events(&mut events);
+    assert_eq!(got.len(), 2, "one event per drop, none for the pass: {got:?}");
+    assert_eq!((got[0].rule, got[0].dport, got[0].proto, got[0].ingress), (Some(0), 81, 6, false));
+    assert_eq!((got[0].src, got[0].dst, got[0].sport), (ip("10.244.1.5"), ip("10.244.2.2"), 40001));
+    assert_eq!(got[0].tcp_flags, 0x02, "a SYN");
+    assert_eq!((got[1].rule, got[1].dport, got[1].proto), (None, 53, 17), "default deny");
+    assert_eq!(events.lost_since_last(), 0);
+    // A flood: past the per-CPU budget, drops are counted as suppressed, never silently gone.
+    let flood = 10_000u32;
+    for i in 0..flood {
+        lb.run("sluice_from_pod", &packet(17, "10.244.1.5", 30000 + (i % 20000) as u16, "10.244.2.2", 53));
+    }
+    let mut seen = 0u64;
+    while let Ok(b) = events.recv_batch(std::time::Duration::from_millis(200)) {
+        seen += b.len() as u64;
+    }
+    let lost = events.lost_since_last();
+    assert!(lost > 0, "a flood of {flood} in well under a second exceeds the budget");
+    assert_eq!(seen + lost, u64::from(flood), "every drop is either an event or counted as lost");
+}
+
+#[test]
+fn an_audit_list_reports_would_be_drops_and_drops_nothing() {
+    use sluice_ebpf::policy::{POL_EGRESS, PolEpKey, PolEpVal, PolRule};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    let key = PolEpKey { ifindex: 1, dir: POL_EGRESS };
+    // Enforced: allow TCP 80 and 81. Audit: deny TCP 81, allow 80, isolate (default deny).
+    let mut enforced = PolEpVal { enforced: 1, count: 1, ..Default::default() };
+    enforced.rules[0] = PolRule { action: 1, proto: 6, lo: 80, hi: 81, ..Default::default() };
+    let mut audit = PolEpVal { enforced: 1, count: 2, ..Default::default() };
+    audit.rules[0] = PolRule { action: 2, proto: 6, lo: 81, hi: 81, ..Default::default() };
+    audit.rules[1] = PolRule { action: 1, proto: 6, lo: 80, hi: 80, ..Default::default() };
+    for (map, val) in [("sluice_pol_ep", enforced), ("sluice_pol_audit", audit)] {
+        let mut m: HashMap<_, PolEpKey, PolEpVal> =
+            HashMap::try_from(lb.bpf().map_mut(map).expect("map")).expect("hash");
+        m.insert(key, val, 0).expect("insert");
+    }
+    let to = |port: u16, sport: u16| packet(6, "10.244.1.5", sport, "10.244.2.2", port);
+    assert_ne!(lb.run("sluice_from_pod", &to(80, 41000)).0, TC_ACT_SHOT, "allowed by both");
+    assert_ne!(lb.run("sluice_from_pod", &to(81, 41001)).0, TC_ACT_SHOT, "an audit deny never drops");
+    assert_eq!(lb.run("sluice_from_pod", &to(82, 41002)).0, TC_ACT_SHOT, "the enforced default deny still drops");
+    let got = policy_events(&mut events);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].audit && got[0].rule == Some(0) && got[0].dport == 81, "{:?}", got[0]);
+    assert!(!got[1].audit && got[1].rule.is_none() && got[1].dport == 82, "a real drop is no audit: {:?}", got[1]);
+}
+
+#[test]
+fn a_proxy_rule_drops_where_it_cannot_redirect() {
+    use sluice_ebpf::policy::{POL_EGRESS, PolEpKey, PolEpVal, PolRule};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    // Rule 0 sends TCP 80 to the L7 proxy, rule 1 allows TCP 81.
+    let mut val = PolEpVal { enforced: 1, count: 2, ..Default::default() };
+    val.rules[0] = PolRule { action: 3, proto: 6, lo: 80, hi: 80, ..Default::default() };
+    val.rules[1] = PolRule { action: 1, proto: 6, lo: 81, hi: 81, ..Default::default() };
+    let mut eps: HashMap<_, PolEpKey, PolEpVal> =
+        HashMap::try_from(lb.bpf().map_mut("sluice_pol_ep").expect("map")).expect("hash");
+    eps.insert(PolEpKey { ifindex: 1, dir: POL_EGRESS }, val, 0).expect("insert");
+    // No proxy (port 0): dropped and reported with the rule that wanted it.
+    assert_eq!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42000, "10.244.2.2", 80)).0, TC_ACT_SHOT);
+    assert_ne!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42001, "10.244.2.2", 81)).0, TC_ACT_SHOT);
+    let got = policy_events(&mut events);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].rule, got[0].dport), (Some(0), 80), "{:?}", got[0]);
+    // A proxy port with no listener behind it (nothing here listens on 127.0.0.1:1): dropped.
+    let mut port: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(lb.bpf().map_mut("sluice_l7_port").expect("map")).expect("array");
+    port.set(0, 1, 0).expect("set");
+    assert_eq!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42002, "10.244.2.2", 80)).0, TC_ACT_SHOT);
+    assert_ne!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42003, "10.244.2.2", 81)).0, TC_ACT_SHOT);
+}
+
+#[test]
+fn new_connections_are_traced_once_with_their_translation_when_tracing_is_on() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    lb.node_ip("198.51.100.11");
+    lb.service("10.96.0.10", 80, 6, 1, &[("10.244.2.7", 8080)], 0);
+    lb.service("10.96.0.53", 53, 17, 2, &[("10.244.2.9", 5353)], 0);
+    // Off: nothing is sent.
+    lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 43000, "10.96.0.10", 80));
+    assert!(events.recv_batch(std::time::Duration::from_millis(200)).is_err(), "no trace while tracing is off");
+    lb.node_flags(NODE_F_TRACE);
+    // A SYN to a ClusterIP: one trace from the endpoint, with the frontend and its backend.
+    lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 43001, "10.96.0.10", 80));
+    // Mid-stream packets and the reply are not new connections.
+    lb.run("sluice_from_pod", &with_flags(packet(6, "10.244.1.5", 43001, "10.96.0.10", 80), 0x10));
+    lb.run("sluice_to_pod", &with_flags(packet(6, "10.244.2.7", 8080, "10.244.1.5", 43001), 0x12));
+    // The same connection entering the backend: a trace to the endpoint.
+    lb.run("sluice_to_pod", &packet(6, "10.244.1.5", 43001, "10.244.2.7", 8080));
+    // UDP: the first packet of a flow, not the next, and not the reply.
+    for _ in 0..3 {
+        lb.run("sluice_from_pod", &packet(17, "10.244.1.5", 44000, "10.96.0.53", 53));
+    }
+    lb.run("sluice_to_pod", &packet(17, "10.244.2.9", 5353, "10.244.1.5", 44000));
+    let got = batch(&mut events);
+    let traces: Vec<Trace> = got
+        .iter()
+        .map(|e| match e {
+            Event::Trace(t) => *t,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(traces.len(), 3, "{traces:#?}");
+    let (syn, into, udp) = (traces[0], traces[1], traces[2]);
+    assert_eq!(syn.point, TracePoint::FromEndpoint);
+    assert_eq!((syn.src, syn.sport, syn.dst, syn.dport), (ip("10.244.1.5"), 43001, ip("10.96.0.10"), 80));
+    assert_eq!((syn.translated_to, syn.proto, syn.tcp_flags), (Some((ip("10.244.2.7"), 8080)), 6, 0x02));
+    assert_eq!(syn.ifindex, 1, "the test run's packets come from loopback");
+    assert_eq!(into.point, TracePoint::ToEndpoint);
+    assert_eq!((into.dst, into.dport, into.translated_to), (ip("10.244.2.7"), 8080, None));
+    assert_eq!((udp.proto, udp.dst, udp.translated_to), (17, ip("10.96.0.53"), Some((ip("10.244.2.9"), 5353))));
+    assert_eq!(events.lost_since_last(), 0);
+    // A flood of new connections past the traces' budget: every one is a trace or counted lost.
+    let flood = 120_000u32;
+    for i in 0..flood {
+        let sport = 1024 + (i % 60_000) as u16;
+        lb.run("sluice_from_pod", &packet(6, &format!("10.244.3.{}", 1 + i / 60_000), sport, "10.244.2.7", 8080));
+    }
+    let mut seen = 0u64;
+    while let Ok(b) = events.recv_batch(std::time::Duration::from_millis(200)) {
+        seen += b.len() as u64;
+    }
+    let lost = events.lost_since_last();
+    assert_eq!(seen + lost, u64::from(flood), "seen {seen}, lost {lost}");
+}
+
+#[test]
+fn allow_verdicts_name_the_rule_only_when_asked_for() {
+    use sluice_ebpf::policy::{POL_EGRESS, PolEpKey, PolEpVal, PolRule};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    lb.node_ip("198.51.100.11");
+    let mut val = PolEpVal { enforced: 1, count: 1, ..Default::default() };
+    val.rules[0] = PolRule { action: 1, proto: 6, lo: 80, hi: 80, ..Default::default() };
+    let mut eps: HashMap<_, PolEpKey, PolEpVal> =
+        HashMap::try_from(lb.bpf().map_mut("sluice_pol_ep").expect("map")).expect("hash");
+    eps.insert(PolEpKey { ifindex: 1, dir: POL_EGRESS }, val, 0).expect("insert");
+    let syn = |sport| packet(6, "10.244.1.5", sport, "10.244.2.2", 80);
+    lb.node_flags(NODE_F_TRACE);
+    assert_ne!(lb.run("sluice_from_pod", &syn(45000)).0, TC_ACT_SHOT);
+    let got = batch(&mut events);
+    assert!(matches!(got[..], [Event::Trace(_)]), "a trace, no verdict unless asked: {got:?}");
+    lb.node_flags(NODE_F_TRACE | NODE_F_ALLOWS);
+    assert_ne!(lb.run("sluice_from_pod", &syn(45001)).0, TC_ACT_SHOT);
+    let got = batch(&mut events);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let Event::Policy(v) = got[0] else { panic!("{got:?}") };
+    assert!(v.allow && !v.audit && v.rule == Some(0) && v.dport == 80 && !v.ingress, "{v:?}");
+    assert!(matches!(got[1], Event::Trace(t) if t.sport == 45001));
+}
