@@ -2,9 +2,10 @@
 //!
 //! - Connection rate through a ClusterIP with flows on vs off, on one node's real agent, in ABBA
 //!   rounds (bench_paired's method): the agent's `flows.enabled` is switched in its config file
-//!   between measurements (it applies without a restart). Once per node dataplane (iptables,
-//!   eBPF): on both, flows come from conntrack events. In the "on" rounds, every connection the
-//!   load made must show up as a flow, or the kernel's overruns must say events were lost.
+//!   between measurements (it applies without a restart). Once per node dataplane: on iptables
+//!   flows come from conntrack events (one a connection), on eBPF from the pod veths' traces
+//!   (two: from the client, to the backend). In the "on" rounds, every connection the load made
+//!   must show up as its flows, or the reported losses must say events were lost.
 //! - The agent's CPU and RSS while the load runs with flows on.
 //! - The flow pipeline's own rate (the code the agent's reader thread runs: parse a conntrack
 //!   event, name it through the directory, count its metrics, push it into the ring), fed with
@@ -35,6 +36,9 @@ pub struct OnOff {
     pub conn_per_s: Vec<[f64; 2]>,
     /// Per "on" round: (connections made, flows recorded, kernel overruns).
     pub accounted: Vec<(u64, u64, u64)>,
+    /// Flows each connection makes: 1 from conntrack (iptables node), 2 from an eBPF node's
+    /// pod veths (the client's from-endpoint and the backend's to-endpoint trace).
+    pub flows_per_connection: u64,
     pub agent_cpu_percent: f64,
     pub agent_rss_mb: f64,
 }
@@ -49,7 +53,7 @@ impl OnOff {
         self.accounted
             .iter()
             .filter(|(_, _, overruns)| *overruns == 0)
-            .map(|(made, seen, _)| made.saturating_sub(*seen))
+            .map(|(made, seen, _)| (made * self.flows_per_connection).saturating_sub(*seen).div_ceil(self.flows_per_connection))
             .sum()
     }
 }
@@ -122,6 +126,7 @@ pub fn on_off(lab: &Lab, dataplane: &str, addr: SocketAddr, o: &Options) -> anyh
         dataplane: dataplane.into(),
         conn_per_s: Vec::new(),
         accounted: Vec::new(),
+        flows_per_connection: if dataplane == "ebpf" { 2 } else { 1 },
         agent_cpu_percent: 0.0,
         agent_rss_mb: 0.0,
     };
@@ -287,8 +292,9 @@ pub fn lines(r: &Report) -> Vec<String> {
             None => out.push(format!("{} node: no rates measured", o.dataplane)),
         }
         out.push(format!(
-            "{} node, flows on: {made} connections, {seen} flows recorded, {overruns} kernel overruns reported, {} connections neither recorded nor covered by a reported overrun; agent CPU {:.1}% of one core, RSS {:.1} MB",
+            "{} node, flows on: {made} connections, {seen} flows recorded ({} a connection), {overruns} losses reported, {} connections neither recorded nor covered by a reported overrun; agent CPU {:.1}% of one core, RSS {:.1} MB",
             o.dataplane,
+            o.flows_per_connection,
             o.unreported_loss(),
             o.agent_cpu_percent,
             o.agent_rss_mb

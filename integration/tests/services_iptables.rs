@@ -249,9 +249,10 @@ fn suite(lab_name: &str, v: Variant) {
     // pod -> ClusterIP, same node and other node; load-balanced over both backends.
     assert_eq!(answers(&t, "client", "http://10.96.0.10/", 30), both, "pod-to-clusterip from node-1");
     assert_eq!(answers(&t, "client2", "http://10.96.0.10/", 30), both, "pod-to-clusterip from node-2");
-    if v == Variant::Iptables {
-        // The flows those requests caused, as node-1's Observer shows them (conntrack events on
-        // netfilter nodes name the Service each connection used).
+    {
+        // The flows those requests caused, as node-1's Observer shows them, with the Service
+        // each connection used (conntrack events on a netfilter node, to-stack; the pod veth's
+        // traces on an eBPF node, from-endpoint).
         let out = t.exec(
             "node-1",
             &[

@@ -15,6 +15,8 @@ use crate::cargo;
 const GUEST_RUNS: &[(&str, &[&str])] = &[
     ("older_kernel", &["--ignored", "--test-threads", "1"]),
     ("test_run", &["--test-threads", "1"]),
+    // Traces and policy events through the ring buffer (the verifier of 6.1 takes the programs).
+    ("events", &["--test-threads", "1"]),
     ("l7_lookup", &["--test-threads", "1"]),
     (
         "services_iptables",
