@@ -81,7 +81,13 @@ pub fn render(s: &AgentStatus) -> String {
                 "{}; Observer on {}{}; {}/{} flows held, {} seen, {} overwritten, {} kernel overruns",
                 f.source,
                 f.socket.as_deref().unwrap_or("-"),
-                f.listen_address.as_deref().map(|a| format!(" and {a}")).unwrap_or_default(),
+                f.listen_address
+                    .as_deref()
+                    .map(|a| format!(
+                        " and {a}{}",
+                        f.tls.as_deref().map(|t| format!(" (TLS: {t})")).unwrap_or_default()
+                    ))
+                    .unwrap_or_default(),
                 f.flows,
                 f.capacity,
                 f.seen,

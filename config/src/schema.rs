@@ -185,10 +185,25 @@ pub struct FlowsConfig {
     /// TCP address for Hubble's relay and CLI, e.g. `0.0.0.0:4244`. Nothing listens unless set.
     pub listen_address: Option<std::net::SocketAddr>,
     /// A policy verdict (FORWARDED, with the allowing policies) for every new flow an allow rule
-    /// admits on iptables-enforced pods. Off by default: one NFLOG message per new connection
-    /// cost the policy benchmark 0.77x of its rate at ~20k connections/s on 2 cores. Drops and
-    /// audits are always reported. Changeable at runtime.
+    /// admits on policed pods (iptables and eBPF). Off by default: one NFLOG message per new
+    /// connection cost the policy benchmark 0.77x of its rate at ~20k connections/s on 2 cores.
+    /// Drops and audits are always reported. Changeable at runtime.
     pub allowed_verdicts: bool,
+    /// TLS on the TCP listener (`listen_address`; the unix socket is root-only and stays
+    /// plaintext), as Hubble's `hubble-tls-cert-file`/`-key-file`/`-client-ca-files`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A server's certificate, its key and, for mutual TLS, the CAs its clients' certificates must
+/// chain to. PEM files, read when the listener starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Set: clients must present a certificate one of these CAs signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,7 +266,14 @@ impl Default for MetricsConfig {
 
 impl Default for FlowsConfig {
     fn default() -> Self {
-        FlowsConfig { enabled: true, ring_size: 4095, socket_path: None, listen_address: None, allowed_verdicts: false }
+        FlowsConfig {
+            enabled: true,
+            ring_size: 4095,
+            socket_path: None,
+            listen_address: None,
+            allowed_verdicts: false,
+            tls: None,
+        }
     }
 }
 
@@ -451,6 +473,13 @@ impl Config {
             if !(1..=16_777_216).contains(&v) {
                 return Err(invalid(&format!("bpf_map_sizes.{k}"), v, "1..=16777216 entries"));
             }
+        }
+        if self.flows.tls.is_some() && self.flows.listen_address.is_none() {
+            return Err(invalid(
+                "flows.tls",
+                "set",
+                "TLS with flows.listen_address (it secures the TCP listener; the unix socket is root-only): set the address, or remove flows.tls",
+            ));
         }
         if !(100..=60_000).contains(&self.source.poll_interval_ms) {
             return Err(invalid("source.poll_interval_ms", self.source.poll_interval_ms, "100..=60000"));

@@ -250,3 +250,21 @@ fn hubble_metrics_are_parsed_and_bad_entries_name_the_key_and_value() {
     c.metrics.hubble_listen_address = Some(addr);
     assert!(c.validate().expect_err("invalid").to_string().contains("metrics.hubble_listen_address"));
 }
+
+#[test]
+fn flows_tls_needs_the_tcp_listener_and_rejects_unknown_keys() {
+    let c = from_yaml_str(
+        "node_name: a\nflows: {listen_address: 10.0.0.1:4244, tls: {cert_file: /etc/sluice/tls.crt, key_file: /etc/sluice/tls.key, client_ca_file: /etc/sluice/ca.crt}}\n",
+    )
+    .expect("parsed");
+    c.validate().expect("valid");
+    let tls = c.flows.tls.as_ref().expect("tls");
+    assert_eq!(tls.client_ca_file.as_deref(), Some(std::path::Path::new("/etc/sluice/ca.crt")));
+    let e = from_yaml_str("node_name: a\nflows: {tls: {cert_file: /c, key_file: /k}}\n").expect_err("no listener");
+    let e = e.to_string();
+    assert!(e.contains("flows.tls") && e.contains("flows.listen_address"), "{e}");
+    let e = from_yaml_str("node_name: a\nflows: {listen_address: 10.0.0.1:4244, tls: {cert: /c, key_file: /k}}\n")
+        .expect_err("unknown key")
+        .to_string();
+    assert!(e.contains("cert"), "{e}");
+}

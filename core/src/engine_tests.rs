@@ -68,7 +68,8 @@ fn pass(r: &mut Rig, plan: &Plan, svcs: &[Service], sync: SourceSync) -> PassRep
     let node = NodeContext { name: "node-1".into(), ..Default::default() };
     let view = ServiceView::new("node-1", svcs, &[]);
     let pv = crate::policy::PolicyView::default();
-    let desired = Desired { generation: 1, view: &view, local_endpoints: &[], node: &node, policy: &pv, l7_listener: None };
+    let desired =
+        Desired { generation: 1, view: &view, local_endpoints: &[], node: &node, policy: &pv, l7_listener: None };
     r.engine.reconcile(plan, &desired, sync)
 }
 

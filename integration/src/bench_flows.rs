@@ -53,7 +53,9 @@ impl OnOff {
         self.accounted
             .iter()
             .filter(|(_, _, overruns)| *overruns == 0)
-            .map(|(made, seen, _)| (made * self.flows_per_connection).saturating_sub(*seen).div_ceil(self.flows_per_connection))
+            .map(|(made, seen, _)| {
+                (made * self.flows_per_connection).saturating_sub(*seen).div_ceil(self.flows_per_connection)
+            })
             .sum()
     }
 }

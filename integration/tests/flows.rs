@@ -136,7 +136,20 @@ fn service_traffic_case(lab: &str, cfg: &str, point: &str) {
     );
     let json = t.exec(
         "node-1",
-        &["sluice", "observe", "--from-pod", "default/client", "--to-service", "default/web", "--protocol", "tcp", "--last", "1", "-o", "json"],
+        &[
+            "sluice",
+            "observe",
+            "--from-pod",
+            "default/client",
+            "--to-service",
+            "default/web",
+            "--protocol",
+            "tcp",
+            "--last",
+            "1",
+            "-o",
+            "json",
+        ],
     );
     let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
     assert_eq!(v["node_name"], "node-1");
@@ -402,4 +415,149 @@ fn audit_case(lab: &str, node2: &str) {
     let not_fwd = t.exec("node-2", &["sluice", "observe", "--last", "50", "--not", "--verdict", "FORWARDED"]);
     assert!(not_fwd.lines().any(|l| l.contains("AUDIT")), "{not_fwd}");
     assert!(!not_fwd.contains("FORWARDED"), "{not_fwd}");
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A throwaway CA in `dir` (ca.pem) and a certificate `who`.pem/.key it signed, with `ext`.
+fn signed(dir: &std::path::Path, who: &str, ext: &str) {
+    if !dir.join("ca.pem").exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+            ]
+            .into_iter()
+            .chain(["-out", "ca.pem", "-subj", "/CN=sluice lab CA", "-days", "1"])
+            .collect::<Vec<_>>(),
+        );
+    }
+    let (key, csr, pem, extf) =
+        (format!("{who}.key"), format!("{who}.csr"), format!("{who}.pem"), format!("{who}.ext"));
+    openssl(
+        dir,
+        &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &key, "-out", &csr]
+            .into_iter()
+            .chain(["-subj", &format!("/CN={who}")])
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(dir.join(&extf), format!("{ext}\n")).expect("ext");
+    openssl(
+        dir,
+        &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem]
+            .into_iter()
+            .chain(["-days", "1", "-extfile", &extf])
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// `flows.tls` on both nodes with client certificates required; the relay reaches them over
+/// TLS with its own client certificate and serves TLS itself; `sluice observe` reads through it
+/// and from a node directly; plaintext and certificate-less clients are refused.
+#[test]
+fn the_nodes_and_the_relay_speak_mutual_tls() {
+    if !require_root() {
+        return;
+    }
+    let pki = tempfile::tempdir().expect("tmp");
+    let p = pki.path();
+    signed(p, "node", "subjectAltName=IP:198.51.100.11,IP:198.51.100.12");
+    signed(p, "client", "extendedKeyUsage=clientAuth");
+    let cfg = format!(
+        "dataplane: iptables\nflows: {{tls: {{cert_file: {0}/node.pem, key_file: {0}/node.key, client_ca_file: {0}/ca.pem}}}}\n",
+        p.display()
+    );
+    let (t, dir) = two_node_web_lab("t-tls", &cfg, &cfg);
+    t.lab.pod_add("node-1", "client", Default::default(), None).expect("client");
+    let ext = t.lab.external_add("relay", None).expect("external host for the relay");
+    signed(p, "relay", &format!("subjectAltName=IP:{}", ext.ip));
+    let f = dir.path().join("web.yaml");
+    std::fs::write(&f, WEB).expect("write");
+    t.lab.apply(&f).expect("apply");
+    eventually("service programmed", Duration::from_secs(15), || {
+        t.curl("client", "http://10.96.0.10/").ok().filter(|b| b == "a" || b == "b")
+    });
+    assert_eq!(t.status("node-1")["flows"]["tls"], "mutual (client certificates required)");
+    let file = |n: &str| p.join(n).display().to_string();
+    let listen = format!("{}:4245", ext.ip);
+    let argv: Vec<String> = [
+        "sluice",
+        "relay",
+        "--listen-address",
+        &listen,
+        "--peer-service",
+        "198.51.100.11:4244",
+        "--tls-hubble-server-ca-file",
+        &file("ca.pem"),
+        "--tls-hubble-client-cert-file",
+        &file("client.pem"),
+        "--tls-hubble-client-key-file",
+        &file("client.key"),
+        "--tls-server-cert-file",
+        &file("relay.pem"),
+        "--tls-server-key-file",
+        &file("relay.key"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let log = std::fs::File::create(dir.path().join("relay.log")).expect("log");
+    let child = t.lab.command("relay", &argv).expect("command").stderr(log).spawn().expect("sluice relay");
+    let _relay = common::KillOnDrop(child);
+    let ca = file("ca.pem");
+    let nodes_seen = |out: &str| -> std::collections::BTreeSet<String> {
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("flow").is_some())
+            .filter_map(|v| v["node_name"].as_str().map(String::from))
+            .collect()
+    };
+    eventually("flows of both nodes through the relay, over TLS", Duration::from_secs(30), || {
+        let _ = t.curl("client", "http://10.96.0.10/");
+        let out = t
+            .lab
+            .exec_output(
+                "node-1",
+                &["sluice", "observe", "--server", &listen, "--tls-ca-cert-file", &ca, "--last", "100", "-o", "json"],
+            )
+            .unwrap_or_default();
+        (nodes_seen(&out).len() == 2).then_some(())
+    });
+    // A node directly: with the client certificate served, without it (or in plaintext) refused.
+    let node = "198.51.100.11:4244";
+    let (cert, key) = (file("client.pem"), file("client.key"));
+    let direct = t.exec(
+        "node-1",
+        &[
+            "sluice",
+            "observe",
+            "--server",
+            node,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-client-cert-file",
+            &cert,
+            "--tls-client-key-file",
+            &key,
+            "--last",
+            "3",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(nodes_seen(&direct), ["node-1".to_string()].into_iter().collect(), "{direct}");
+    let no_cert = t.lab.exec_output("node-1", &["sluice", "observe", "--server", node, "--tls-ca-cert-file", &ca]);
+    assert!(no_cert.is_err(), "no client certificate: {no_cert:?}");
+    let plain = t.lab.exec_output("node-1", &["sluice", "observe", "--server", node]).expect_err("plaintext");
+    assert!(format!("{plain:#}").contains("--tls-ca-cert-file"), "the error names the way out: {plain:#}");
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod peer;
 pub mod relay;
 pub mod server;
+pub mod tls;
 
 /// Generated from `proto/`.
 #[allow(clippy::all, missing_docs)]

@@ -1,7 +1,8 @@
 //! `sluice relay`: one Observer API for the whole cluster. It follows a node's
 //! `peer.Peer/Notify` to learn every node's Observer address, and answers each call by asking
 //! all nodes at once: `GetFlows` merges their flows (the last N of the cluster, oldest first, or
-//! the first N; followed streams are passed on as they arrive), `GetNodes` says which nodes
+//! the first N; followed streams are put in time order over a short window, and a node that
+//! joins while a stream is followed is followed too), `GetNodes` says which nodes
 //! answered (`NODE_CONNECTED`) and which did not (`NODE_UNAVAILABLE`), `ServerStatus` sums them.
 //! A node that does not answer never blocks the others: it is named in a `node_status` event.
 
@@ -36,42 +37,76 @@ struct NodeConn {
 
 pub struct Relay {
     nodes: RwLock<BTreeMap<String, NodeConn>>,
+    /// How to reach nodes over TCP: plaintext (`None`) or TLS checked against these files.
+    tls: Option<crate::tls::ClientFiles>,
+    /// Bumped on every change of `nodes`: followed streams pick up nodes that join.
+    changed: tokio::sync::watch::Sender<u64>,
     started: Instant,
 }
 
+/// How long a followed flow may wait for flows of other nodes with an earlier time (Hubble's
+/// relay sorts followed streams the same way, with a buffer drained on a timeout).
+pub const SORT_WINDOW: Duration = Duration::from_millis(500);
+/// At most this many followed flows wait; past it the oldest goes out at once.
+pub const SORT_MAX: usize = 1000;
+
 /// A lazily connected channel to a peer: `host:port`, or `unix:///path` (Hubble's form for an
 /// Observer on the relay's own node).
-fn channel(address: &str) -> Result<Channel, String> {
+fn channel(address: &str, tls: Option<&crate::tls::ClientFiles>) -> Result<Channel, String> {
     if let Some(path) = address.strip_prefix("unix://") {
         return Ok(crate::client::unix_lazy(path.into()));
     }
-    Endpoint::from_shared(format!("http://{address}"))
-        .map(|e| e.connect_timeout(NODE_TIMEOUT).connect_lazy())
-        .map_err(|e| format!("peer address {address:?}: {e}"))
+    tcp_channel(address, tls).map_err(|e| format!("peer address {address:?}: {e}"))
+}
+
+/// A lazily connected channel to `HOST:PORT`, with TLS when `tls` is given (the certificate is
+/// checked for the host's name unless the files name another).
+pub fn tcp_channel(address: &str, tls: Option<&crate::tls::ClientFiles>) -> Result<Channel, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut e = Endpoint::from_shared(format!("{scheme}://{address}")).map_err(|e| e.to_string())?;
+    if let Some(t) = tls {
+        let c = t.config(crate::tls::host_of(address)).map_err(|e| e.to_string())?;
+        e = e.tls_config(c).map_err(|e| e.to_string())?;
+    }
+    Ok(e.connect_timeout(NODE_TIMEOUT).connect_lazy())
 }
 
 impl Relay {
     pub fn new() -> Arc<Self> {
-        Arc::new(Relay { nodes: RwLock::default(), started: Instant::now() })
+        Self::with_tls(None)
+    }
+
+    /// A relay that reaches the nodes' TCP Observers over TLS (`tls`), or in plaintext.
+    pub fn with_tls(tls: Option<crate::tls::ClientFiles>) -> Arc<Self> {
+        Arc::new(Relay {
+            nodes: RwLock::default(),
+            tls,
+            changed: tokio::sync::watch::Sender::new(0),
+            started: Instant::now(),
+        })
     }
 
     /// Apply one peer notification (connections are made lazily, on first use).
     pub fn apply(&self, n: &ChangeNotification) {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         match ChangeNotificationType::try_from(n.r#type) {
-            Ok(ChangeNotificationType::PeerAdded | ChangeNotificationType::PeerUpdated) => match channel(&n.address) {
-                Ok(channel) => {
-                    tracing::info!(node = %n.name, address = %n.address, "relay: node added");
-                    nodes.insert(n.name.clone(), NodeConn { address: n.address.clone(), channel });
+            Ok(ChangeNotificationType::PeerAdded | ChangeNotificationType::PeerUpdated) => {
+                match channel(&n.address, self.tls.as_ref()) {
+                    Ok(channel) => {
+                        tracing::info!(node = %n.name, address = %n.address, "relay: node added");
+                        nodes.insert(n.name.clone(), NodeConn { address: n.address.clone(), channel });
+                    }
+                    Err(e) => tracing::warn!(node = %n.name, error = %e, "relay: node skipped"),
                 }
-                Err(e) => tracing::warn!(node = %n.name, error = %e, "relay: node skipped"),
-            },
+            }
             Ok(ChangeNotificationType::PeerDeleted) => {
                 tracing::info!(node = %n.name, "relay: node gone");
                 nodes.remove(&n.name);
             }
             _ => tracing::warn!(node = %n.name, r#type = n.r#type, "relay: unknown peer notification ignored"),
         }
+        drop(nodes);
+        self.changed.send_modify(|g| *g += 1);
     }
 
     /// The nodes known now, by name.
@@ -108,6 +143,8 @@ impl Relay {
                                 first = false;
                                 let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
                                 nodes.retain(|n, _| seen.contains(n));
+                                drop(nodes);
+                                self.changed.send_modify(|g| *g += 1);
                             }
                             Err(_) => {}
                         }
@@ -120,8 +157,19 @@ impl Relay {
     }
 
     pub async fn router(self: &Arc<Self>) -> tonic::transport::server::Router {
-        tonic::transport::Server::builder()
-            .add_service(ObserverServer::new(RelayObserver { relay: self.clone() }))
+        self.services(tonic::transport::Server::builder()).await
+    }
+
+    /// The same services behind TLS (`crate::tls::server`).
+    pub async fn router_tls(
+        self: &Arc<Self>,
+        tls: tonic::transport::ServerTlsConfig,
+    ) -> Result<tonic::transport::server::Router, tonic::transport::Error> {
+        Ok(self.services(tonic::transport::Server::builder().tls_config(tls)?).await)
+    }
+
+    async fn services(self: &Arc<Self>, mut b: tonic::transport::Server) -> tonic::transport::server::Router {
+        b.add_service(ObserverServer::new(RelayObserver { relay: self.clone() }))
             .add_service(crate::server::health().await)
     }
 }
@@ -202,6 +250,80 @@ pub fn merge(mut flows: Vec<GetFlowsResponse>, number: u64, first: bool) -> Vec<
     flows
 }
 
+/// Followed flows waiting for their turn, in time order (then arrival).
+#[derive(Default)]
+pub struct SortBuffer {
+    items: BTreeMap<((i64, i32), u64), (Instant, GetFlowsResponse)>,
+    seq: u64,
+}
+
+impl SortBuffer {
+    pub fn push(&mut self, r: GetFlowsResponse, now: Instant) {
+        self.seq += 1;
+        self.items.insert((time_key(&r), self.seq), (now, r));
+    }
+
+    /// The flows that may go now, oldest first: the earliest while it has waited `SORT_WINDOW`
+    /// (or while more than `SORT_MAX` wait). A flow never overtakes an earlier one still here.
+    pub fn ready(&mut self, now: Instant) -> Vec<GetFlowsResponse> {
+        let mut out = Vec::new();
+        loop {
+            let full = self.items.len() > SORT_MAX;
+            let Some(entry) = self.items.first_entry() else { break };
+            if !full && now.duration_since(entry.get().0) < SORT_WINDOW {
+                break;
+            }
+            out.push(entry.remove().1);
+        }
+        out
+    }
+}
+
+/// A followed stream over every node, including the ones that join while it runs (asked for
+/// new flows only), in time order over `SORT_WINDOW`. Ends when the client goes away.
+async fn follow_flows(relay: Arc<Relay>, req: GetFlowsRequest, out: mpsc::Sender<Result<GetFlowsResponse, Status>>) {
+    let (tx, mut rx) = mpsc::channel(256);
+    let mut changes = relay.changed.subscribe();
+    let mut following = std::collections::BTreeSet::new();
+    for (name, _, ch) in relay.nodes() {
+        following.insert(name.clone());
+        tokio::spawn(from_node(name, ch, req.clone(), tx.clone()));
+    }
+    let mut sorter = SortBuffer::default();
+    let mut tick = tokio::time::interval(SORT_WINDOW / 5);
+    loop {
+        let mut now_out = Vec::new();
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(FromNode::Item(r)) => sorter.push(*r, Instant::now()),
+                Some(FromNode::Failed(name, why)) => {
+                    // Asked again when the peer service next says something.
+                    following.remove(&name);
+                    now_out.push(node_status(NodeState::NodeUnavailable, vec![name], &why));
+                }
+                Some(FromNode::Done) | None => {}
+            },
+            Ok(()) = changes.changed() => {
+                for (name, _, ch) in relay.nodes() {
+                    if following.insert(name.clone()) {
+                        tracing::info!(node = %name, "relay: a followed stream takes in a node that joined");
+                        let new_only = GetFlowsRequest { number: 0, first: false, ..req.clone() };
+                        tokio::spawn(from_node(name.clone(), ch, new_only, tx.clone()));
+                        now_out.push(node_status(NodeState::NodeConnected, vec![name], "joined the cluster"));
+                    }
+                }
+            },
+            _ = tick.tick() => {}
+            _ = out.closed() => return,
+        }
+        for r in now_out.into_iter().chain(sorter.ready(Instant::now())) {
+            if out.send(Ok(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 async fn relay_flows(
     nodes: Vec<(String, String, Channel)>,
     req: GetFlowsRequest,
@@ -215,20 +337,6 @@ async fn relay_flows(
     drop(tx);
     let mut failed: Vec<(String, String)> = Vec::new();
     let mut done = 0;
-    if req.follow {
-        // Streams are passed on as they come; a node that fails is reported when it does.
-        while let Some(m) = rx.recv().await {
-            let r = match m {
-                FromNode::Item(r) => *r,
-                FromNode::Failed(name, why) => node_status(NodeState::NodeUnavailable, vec![name], &why),
-                FromNode::Done => continue,
-            };
-            if out.send(Ok(r)).await.is_err() {
-                return;
-            }
-        }
-        return;
-    }
     let mut flows = Vec::new();
     let mut other = Vec::new();
     while let Some(m) = rx.recv().await {
@@ -284,7 +392,11 @@ impl Observer for RelayObserver {
         let r = req.into_inner();
         crate::server::check_request(&r)?;
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(relay_flows(self.relay.nodes(), r, tx));
+        if r.follow {
+            tokio::spawn(follow_flows(self.relay.clone(), r, tx));
+        } else {
+            tokio::spawn(relay_flows(self.relay.nodes(), r, tx));
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -372,5 +484,25 @@ mod tests {
         assert_eq!(secs(merge(all.clone(), 3, false)), [3, 4, 5]);
         assert_eq!(secs(merge(all.clone(), 2, true)), [1, 2]);
         assert_eq!(secs(merge(all, 0, false)), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_sort_buffer_waits_its_window_and_never_lets_a_flow_overtake_an_earlier_one() {
+        let t0 = Instant::now();
+        let mut b = SortBuffer::default();
+        b.push(at(9, "a"), t0);
+        b.push(at(8, "b"), t0 + Duration::from_millis(100));
+        assert!(b.ready(t0 + Duration::from_millis(200)).is_empty(), "inside the window");
+        // At 500 ms the first arrival (9) has waited long enough, but 8 is earlier and has not:
+        // nothing goes until 8 may; then both, in time order.
+        assert!(b.ready(t0 + SORT_WINDOW).is_empty());
+        let out = b.ready(t0 + SORT_WINDOW + Duration::from_millis(100));
+        assert_eq!(out.iter().map(|r| time_key(r).0).collect::<Vec<_>>(), [8, 9]);
+        // Past SORT_MAX waiting, the oldest goes at once.
+        for i in 0..=SORT_MAX as i64 {
+            b.push(at(100 + i, "a"), t0);
+        }
+        let out = b.ready(t0);
+        assert_eq!(out.iter().map(|r| time_key(r).0).collect::<Vec<_>>(), [100]);
     }
 }

@@ -103,8 +103,19 @@ impl Hub {
 
     /// The Observer and health services, ready to serve on a listener's connections.
     pub async fn router(self: &Arc<Self>) -> tonic::transport::server::Router {
-        tonic::transport::Server::builder()
-            .add_service(self.service())
+        self.services(tonic::transport::Server::builder()).await
+    }
+
+    /// The same services behind TLS (`crate::tls::server`).
+    pub async fn router_tls(
+        self: &Arc<Self>,
+        tls: tonic::transport::ServerTlsConfig,
+    ) -> Result<tonic::transport::server::Router, tonic::transport::Error> {
+        Ok(self.services(tonic::transport::Server::builder().tls_config(tls)?).await)
+    }
+
+    async fn services(self: &Arc<Self>, mut b: tonic::transport::Server) -> tonic::transport::server::Router {
+        b.add_service(self.service())
             .add_service(crate::peer::PeerService::server(self.peers.subscribe()))
             .add_service(health().await)
     }

@@ -220,3 +220,55 @@ async fn the_relay_merges_every_node_and_names_the_ones_that_do_not_answer() {
     c.hubs[0].set_peers([("node-1".to_string(), c.sockets[0].clone())].into_iter().collect());
     until_nodes(&c.relay, &[("node-1", NodeState::NodeConnected)]).await;
 }
+
+async fn next_flow(s: &mut tonic::Streaming<sluice_observer::pb::observer::GetFlowsResponse>) -> (i64, String) {
+    loop {
+        let r =
+            tokio::time::timeout(Duration::from_secs(5), s.next()).await.expect("in time").expect("item").expect("ok");
+        if let Some(f) = flows(&[r]).pop() {
+            return f;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_followed_stream_takes_in_a_joining_node_and_keeps_time_order() {
+    let c = cluster().await;
+    until_nodes(&c.relay, &[("node-1", NodeState::NodeConnected), ("node-2", NodeState::NodeConnected)]).await;
+    let mut follow = ObserverClient::new(c.relay.clone())
+        .get_flows(GetFlowsRequest { follow: true, ..Default::default() })
+        .await
+        .expect("follow")
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two nodes' flows arriving out of time order (node-1's later one first) leave in time order.
+    c.hubs[0].push([flow(9 * S, "node-1")]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.hubs[1].push([flow(8 * S, "node-2")]);
+    let n = |s: &str| s.to_string();
+    assert_eq!(next_flow(&mut follow).await, (8, n("node-2")));
+    assert_eq!(next_flow(&mut follow).await, (9, n("node-1")));
+    // A third node joins while the stream is open: it is named connected, and its new flows
+    // come through the same stream.
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("node-3.sock");
+    let hub3 = Hub::new("node-3", &format!("unix://{}", path.display()), 100, Vec::new());
+    hub3.push([flow(5 * S, "node-3")]); // before it joined: not replayed into a followed stream
+    serve_unix(hub3.router().await, &path).await;
+    let mut peers: std::collections::BTreeMap<String, String> = [("node-1", &c.sockets[0]), ("node-2", &c.sockets[1])]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    peers.insert("node-3".into(), format!("unix://{}", path.display()));
+    c.hubs[0].set_peers(peers);
+    let joined = loop {
+        let r = tokio::time::timeout(Duration::from_secs(5), follow.next()).await.expect("in time").expect("item");
+        if let Some(ResponseTypes::NodeStatus(s)) = r.expect("ok").response_types {
+            break s;
+        }
+    };
+    assert_eq!((joined.state_change, joined.node_names), (NodeState::NodeConnected as i32, vec![n("node-3")]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub3.push([flow(10 * S, "node-3")]);
+    assert_eq!(next_flow(&mut follow).await, (10, n("node-3")));
+}

@@ -51,6 +51,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // The service-map UI is tested in a real headless browser, driven over WebDriver.
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
+    // The Observer's TLS tests make a throwaway CA and certificates with it.
+    ("openssl", "/usr/bin/openssl"),
 ];
 
 fn main() -> std::process::ExitCode {

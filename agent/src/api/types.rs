@@ -90,6 +90,9 @@ pub struct FlowsStatus {
     /// The Observer's unix socket (Hubble's API).
     pub socket: Option<String>,
     pub listen_address: Option<String>,
+    /// TLS on `listen_address`: "server certificate" or "mutual (client certificates required)".
+    #[serde(default)]
+    pub tls: Option<String>,
     pub flows: usize,
     pub capacity: usize,
     pub seen: u64,

@@ -21,6 +21,18 @@ pub struct ObserveArgs {
     /// socket) or HOST:PORT of a node's Observer (4244) or of `sluice relay` (4245).
     #[arg(long, env = "SLUICE_HUBBLE_SERVER")]
     pub server: Option<String>,
+    /// With --server HOST:PORT: speak TLS, checking the server's certificate against this PEM
+    /// CA bundle (a node's `flows.tls`, or the relay's --tls-server-cert-file).
+    #[arg(long)]
+    pub tls_ca_cert_file: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the HOST of --server).
+    #[arg(long, requires = "tls_ca_cert_file")]
+    pub tls_server_name: Option<String>,
+    /// This client's certificate and key, for servers that require one (mutual TLS).
+    #[arg(long, requires_all = ["tls_ca_cert_file", "tls_client_key_file"])]
+    pub tls_client_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_client_cert_file")]
+    pub tls_client_key_file: Option<PathBuf>,
     /// The last N flows (oldest first); 20 unless --since/--until give a range.
     #[arg(long)]
     pub last: Option<u64>,
@@ -381,19 +393,48 @@ pub fn run(agent_socket: &Path, a: &ObserveArgs, format: Format) -> anyhow::Resu
                     socket.display()
                 )
             })?,
-            Server::Tcp(addr) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .with_context(|| format!("--server {addr:?}: expected a socket path or HOST:PORT"))?
-                .connect_timeout(std::time::Duration::from_secs(5))
-                .connect()
-                .await
-                .with_context(|| {
-                    format!("cannot reach the Observer at {addr} (a node's flows.listen_address, or sluice relay's --listen-address)")
-                })?,
+            Server::Tcp(addr) => {
+                let tls = a.tls_ca_cert_file.as_ref().map(|ca| sluice_observer::tls::ClientFiles {
+                    ca_file: ca.clone(),
+                    server_name: a.tls_server_name.clone(),
+                    cert_file: a.tls_client_cert_file.clone(),
+                    key_file: a.tls_client_key_file.clone(),
+                });
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let mut e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+                    .with_context(|| format!("--server {addr:?}: expected a socket path or HOST:PORT"))?;
+                if let Some(t) = &tls {
+                    let host = sluice_observer::tls::host_of(addr);
+                    e = e.tls_config(t.config(host)?).context("--tls-ca-cert-file")?;
+                }
+                e.connect_timeout(std::time::Duration::from_secs(5)).connect().await.with_context(|| {
+                    format!(
+                        "cannot reach the Observer at {addr} (a node's flows.listen_address, or sluice relay's --listen-address; {})",
+                        if tls.is_some() {
+                            "TLS: is the certificate signed by --tls-ca-cert-file and issued for the name? --tls-server-name picks another"
+                        } else {
+                            "a server with TLS needs --tls-ca-cert-file"
+                        }
+                    )
+                })?
+            }
         };
+        // A plaintext client meets a TLS server only at the first call (the TCP connect
+        // succeeded): say what it most likely is.
+        let plain_tcp = matches!(server, Server::Tcp(_)) && a.tls_ca_cert_file.is_none();
         let mut stream = ObserverClient::new(channel)
             .get_flows(req)
             .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .map_err(|s| {
+                if plain_tcp && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Internal) {
+                    anyhow::anyhow!(
+                        "{} (if the server speaks TLS, its flows.tls or the relay's --tls-server-cert-file: give --tls-ca-cert-file)",
+                        s.message()
+                    )
+                } else {
+                    anyhow::anyhow!("{}", s.message())
+                }
+            })?
             .into_inner();
         let mut printer = Printer::new(format, a.follow);
         // A reader that went away (`| head`) ends the stream quietly, as hubble observe does.

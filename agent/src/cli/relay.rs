@@ -24,6 +24,26 @@ pub struct RelayArgs {
     /// The same through a node's unix socket (the relay then runs on that node).
     #[arg(long)]
     pub peer_socket: Option<PathBuf>,
+    /// Serve TLS on --listen-address with this PEM certificate chain (and --tls-server-key-file).
+    #[arg(long, requires = "tls_server_key_file")]
+    pub tls_server_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_server_cert_file")]
+    pub tls_server_key_file: Option<PathBuf>,
+    /// Require client certificates signed by these PEM CAs (mutual TLS on --listen-address).
+    #[arg(long, requires = "tls_server_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Reach the nodes' Observers (and --peer-service) over TLS, checking their certificates
+    /// against this PEM CA bundle (the nodes' `flows.tls`).
+    #[arg(long)]
+    pub tls_hubble_server_ca_file: Option<PathBuf>,
+    /// The name every node's certificate must carry (default: the host the peer service gives).
+    #[arg(long, requires = "tls_hubble_server_ca_file")]
+    pub tls_hubble_server_name: Option<String>,
+    /// The relay's client certificate and key, for nodes that require one (mutual TLS).
+    #[arg(long, requires_all = ["tls_hubble_server_ca_file", "tls_hubble_client_key_file"])]
+    pub tls_hubble_client_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_hubble_client_cert_file")]
+    pub tls_hubble_client_key_file: Option<PathBuf>,
 }
 
 pub fn run(a: RelayArgs) -> anyhow::Result<()> {
@@ -32,20 +52,36 @@ pub fn run(a: RelayArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: RelayArgs) -> anyhow::Result<()> {
+    let nodes_tls = a.tls_hubble_server_ca_file.as_ref().map(|ca| sluice_observer::tls::ClientFiles {
+        ca_file: ca.clone(),
+        server_name: a.tls_hubble_server_name.clone(),
+        cert_file: a.tls_hubble_client_cert_file.clone(),
+        key_file: a.tls_hubble_client_key_file.clone(),
+    });
+    if let Some(t) = &nodes_tls {
+        // Read the files now: a bad one stops the relay here, not each node's connection later.
+        t.config("check").context("--tls-hubble-server-ca-file")?;
+    }
     let peer = match (&a.peer_service, &a.peer_socket) {
-        (Some(addr), _) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .with_context(|| format!("--peer-service {addr:?} is not HOST:PORT"))?
-            .connect_lazy(),
+        (Some(addr), _) => sluice_observer::relay::tcp_channel(addr, nodes_tls.as_ref())
+            .map_err(|e| anyhow::anyhow!("--peer-service {addr:?}: {e} (expected HOST:PORT)"))?,
         (None, Some(path)) => sluice_observer::client::unix_lazy(path.clone()),
         (None, None) => anyhow::bail!("give --peer-service HOST:PORT or --peer-socket PATH"),
     };
-    let relay = sluice_observer::relay::Relay::new();
+    let relay = sluice_observer::relay::Relay::with_tls(nodes_tls);
     tokio::spawn(relay.clone().discover(peer));
     let listener = tokio::net::TcpListener::bind(a.listen_address).await.with_context(|| {
         format!("listening on --listen-address {} (an address of this host and a free port)", a.listen_address)
     })?;
     tracing::info!(listen = %a.listen_address, peer_service = ?a.peer_service, peer_socket = ?a.peer_socket, "sluice relay serving");
-    let router = relay.router().await;
+    let router = match (&a.tls_server_cert_file, &a.tls_server_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = sluice_observer::tls::server(cert, key, a.tls_client_ca_file.as_deref())
+                .context("--tls-server-cert-file")?;
+            relay.router_tls(tls).await.context("--tls-server-cert-file")?
+        }
+        _ => relay.router().await,
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)) => r.context("relay server")?,

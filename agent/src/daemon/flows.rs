@@ -89,6 +89,8 @@ pub struct Flows {
     serving: Option<sluice_core::BackendId>,
     socket: PathBuf,
     listen: Option<SocketAddr>,
+    /// TLS on the TCP listener (`flows.tls`).
+    tls: Option<sluice_config::TlsFiles>,
     /// The source generation `directory` was built from.
     generation: Option<u64>,
 }
@@ -120,6 +122,7 @@ impl Flows {
             serving: None,
             socket,
             listen: cfg.flows.listen_address,
+            tls: cfg.flows.tls.clone(),
             generation: None,
         }
     }
@@ -292,15 +295,15 @@ impl Flows {
             tracing::info!(now = ?owner.map(|b| b.to_string()), "flows stopped (the plan gives them to another backend, or to none)");
         }
         let Some(owner) = owner else { return };
-        if self.serving.is_none() {
-            if let Err(e) = self.start(owner).await {
-                let e = format!("{e:#}");
-                if self.error.lock().ok().and_then(|g| g.clone()).as_deref() != Some(e.as_str()) {
-                    tracing::warn!(error = %e, "flows: cannot start");
-                }
-                self.shutdown();
-                self.set_error(Some(e));
+        if self.serving.is_none()
+            && let Err(e) = self.start(owner).await
+        {
+            let e = format!("{e:#}");
+            if self.error.lock().ok().and_then(|g| g.clone()).as_deref() != Some(e.as_str()) {
+                tracing::warn!(error = %e, "flows: cannot start");
             }
+            self.shutdown();
+            self.set_error(Some(e));
         }
     }
 
@@ -328,7 +331,14 @@ impl Flows {
             let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("listening on flows.listen_address {addr} (an address of this node, or unset it)")
             })?;
-            let router = self.hub.router().await;
+            let router = match &self.tls {
+                None => self.hub.router().await,
+                Some(t) => {
+                    let cfg = sluice_observer::tls::server(&t.cert_file, &t.key_file, t.client_ca_file.as_deref())
+                        .context("flows.tls")?;
+                    self.hub.router_tls(cfg).await.context("flows.tls")?
+                }
+            };
             self.servers.push(tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(tcp)).await {
                     tracing::warn!(error = %e, "flows: TCP server ended");
@@ -452,6 +462,10 @@ impl Flows {
             },
             socket: running.then(|| self.socket.display().to_string()),
             listen_address: self.listen.filter(|_| running).map(|a| a.to_string()),
+            tls: self.tls.as_ref().filter(|_| running && self.listen.is_some()).map(|t| {
+                if t.client_ca_file.is_some() { "mutual (client certificates required)" } else { "server certificate" }
+                    .to_string()
+            }),
             flows,
             capacity,
             seen,

@@ -71,8 +71,13 @@ fn entries_the_kernel_refuses_fail_only_their_service_which_is_retried() {
     let _ = remove_all(&pins.0);
     let sizes = MapSizes { backends: 4, ..Default::default() };
     let mut dp = Datapath::open(&pins.0, &sizes).expect("open");
-    let ctx =
-        NodeCtx { node_name: "node-1".into(), node_ips: vec![], owned: [Feature::ClusterIp].into(), maglev_m: None, allowed_verdicts: false };
+    let ctx = NodeCtx {
+        node_name: "node-1".into(),
+        node_ips: vec![],
+        owned: [Feature::ClusterIp].into(),
+        maglev_m: None,
+        allowed_verdicts: false,
+    };
     let (a, b, c, d) = (svc("a", 1), svc("b", 2), svc("c", 3), svc("d", 4));
 
     // The first write (whole): a and b fill the map, c is refused by name.
@@ -116,8 +121,13 @@ fn a_frontend_moved_to_another_service_survives_the_old_owner() {
     let _ = remove_all(&pins.0);
     let sizes = MapSizes::default();
     let mut dp = Datapath::open(&pins.0, &sizes).expect("open");
-    let ctx =
-        NodeCtx { node_name: "node-1".into(), node_ips: vec![], owned: [Feature::ClusterIp].into(), maglev_m: None, allowed_verdicts: false };
+    let ctx = NodeCtx {
+        node_name: "node-1".into(),
+        node_ips: vec![],
+        owned: [Feature::ClusterIp].into(),
+        maglev_m: None,
+        allowed_verdicts: false,
+    };
     // "x" holds 10.96.0.1; then "x" moves to 10.96.0.2 and "y" takes 10.96.0.1.
     let (x1, x2, y1) = (svc("x", 1), svc("x", 2), svc("y", 1));
     dp.update(std::slice::from_ref(&x1), &[], &ctx).expect("update");

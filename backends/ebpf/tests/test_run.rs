@@ -12,8 +12,8 @@ use aya::maps::HashMap;
 use common::require_root;
 use lb::*;
 use sluice_ebpf::maps::{
-    BE_F_LOCAL, FlowKey, NODE_F_DEVICES_DRAIN, NatVal, NodeCfg, SVC_F_EXTERNAL,
-    SVC_F_MAGLEV, SVC_F_SOCK_TCP, SVC_F_SRC_RANGES, SVC_F_TC, SvcKey, SvcVal, addr, port,
+    BE_F_LOCAL, FlowKey, NODE_F_DEVICES_DRAIN, NatVal, NodeCfg, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SOCK_TCP,
+    SVC_F_SRC_RANGES, SVC_F_TC, SvcKey, SvcVal, addr, port,
 };
 
 #[test]
@@ -165,7 +165,6 @@ fn maps_are_pinned_and_survive_the_loader() {
     let svc: HashMap<_, SvcKey, SvcVal> = HashMap::try_from(again.map_mut("sluice_svc").expect("map")).expect("svc");
     assert_eq!(svc.iter().count(), 1, "service restored from the pinned map");
 }
-
 
 #[test]
 fn node_port_to_a_local_backend_keeps_the_client_address() {

@@ -193,7 +193,6 @@ pub fn checksums_valid(p: &[u8]) -> bool {
     ip_ok && l4_ok
 }
 
-
 /// TCP flags byte of a crafted packet: make it mid-stream (ACK, or SYN+ACK).
 pub fn with_flags(mut p: Vec<u8>, flags: u8) -> Vec<u8> {
     let old = u16::from_be_bytes([p[46], p[47]]);
