@@ -497,11 +497,12 @@ mod tests {
         let t = &tags[&key("a", false)];
         assert_eq!(t.rules.len(), a.count as usize);
         for (i, r) in a.rules[..a.count as usize].iter().enumerate() {
-            let tag = t.rules[i].as_ref();
-            // A proxy rule drops where it is not redirected: attributed as a deny is.
-            assert_eq!(tag.is_some(), r.action == DENY || r.action == PROXY, "rule {i}");
+            let tag = t.rules[i].as_ref().expect("every rule is attributable");
+            // A proxy rule drops where it is not redirected: attributed as a deny is; an allow
+            // rule's tag names the verdict of a flow it admitted.
+            assert_eq!(tag.allow, r.action != DENY && r.action != PROXY, "rule {i}");
         }
-        let denied = t.rules.iter().flatten().next().expect("a deny tag");
+        let denied = t.rules.iter().flatten().find(|t| !t.allow).expect("a deny tag");
         assert_eq!((denied.pod.as_str(), denied.default_deny), ("x/a", false));
         assert!(denied.policies.iter().any(|p| p.contains("no-ssh")), "{:?}", denied.policies);
         assert!(t.default.default_deny);
@@ -552,7 +553,8 @@ mod tests {
         let t = &tags[&TagKey { interface: "a".into(), ingress: true, audit: true }];
         let tag = t.rules[0].as_ref().expect("the audit deny's tag");
         assert!(tag.audit && tag.policies.iter().any(|p| p.contains("audit-no-ssh")), "{tag:?}");
-        assert!(t.rules[1].is_none(), "an allow is no drop");
+        let allow = t.rules[1].as_ref().expect("the allow's tag");
+        assert!(!allow.allow, "an audit list reports would-be drops only, never verdicts: {allow:?}");
     }
 
     #[test]
