@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::pb::observer::observer_client::ObserverClient;
@@ -62,13 +62,7 @@ fn channel(address: &str, tls: Option<&crate::tls::ClientFiles>) -> Result<Chann
 /// A lazily connected channel to `HOST:PORT`, with TLS when `tls` is given (the certificate is
 /// checked for the host's name unless the files name another).
 pub fn tcp_channel(address: &str, tls: Option<&crate::tls::ClientFiles>) -> Result<Channel, String> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut e = Endpoint::from_shared(format!("{scheme}://{address}")).map_err(|e| e.to_string())?;
-    if let Some(t) = tls {
-        let c = t.config(crate::tls::host_of(address)).map_err(|e| e.to_string())?;
-        e = e.tls_config(c).map_err(|e| e.to_string())?;
-    }
-    Ok(e.connect_timeout(NODE_TIMEOUT).connect_lazy())
+    Ok(crate::tls::endpoint(address, tls)?.connect_timeout(NODE_TIMEOUT).connect_lazy())
 }
 
 impl Relay {

@@ -71,6 +71,18 @@ impl ClientFiles {
     }
 }
 
+/// An endpoint for `HOST:PORT`: plaintext, or TLS checked against `tls` (the certificate must
+/// carry the host's name unless the files name another). Not connected yet.
+pub fn endpoint(address: &str, tls: Option<&ClientFiles>) -> Result<tonic::transport::Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| format!("{e} (expected HOST:PORT)"))?;
+    if let Some(t) = tls {
+        e = e.tls_config(t.config(host_of(address)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    Ok(e)
+}
+
 /// The host part of `HOST:PORT` (brackets of an IPv6 literal removed).
 pub fn host_of(address: &str) -> &str {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);

@@ -400,13 +400,9 @@ pub fn run(agent_socket: &Path, a: &ObserveArgs, format: Format) -> anyhow::Resu
                     cert_file: a.tls_client_cert_file.clone(),
                     key_file: a.tls_client_key_file.clone(),
                 });
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                let mut e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
-                    .with_context(|| format!("--server {addr:?}: expected a socket path or HOST:PORT"))?;
-                if let Some(t) = &tls {
-                    let host = sluice_observer::tls::host_of(addr);
-                    e = e.tls_config(t.config(host)?).context("--tls-ca-cert-file")?;
-                }
+                let e = sluice_observer::tls::endpoint(addr, tls.as_ref()).map_err(|e| {
+                    anyhow::anyhow!("--server {addr:?}{}: {e}", if tls.is_some() { " with --tls-ca-cert-file" } else { "" })
+                })?;
                 e.connect_timeout(std::time::Duration::from_secs(5)).connect().await.with_context(|| {
                     format!(
                         "cannot reach the Observer at {addr} (a node's flows.listen_address, or sluice relay's --listen-address; {})",

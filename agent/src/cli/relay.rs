@@ -64,7 +64,7 @@ async fn serve(a: RelayArgs) -> anyhow::Result<()> {
     }
     let peer = match (&a.peer_service, &a.peer_socket) {
         (Some(addr), _) => sluice_observer::relay::tcp_channel(addr, nodes_tls.as_ref())
-            .map_err(|e| anyhow::anyhow!("--peer-service {addr:?}: {e} (expected HOST:PORT)"))?,
+            .map_err(|e| anyhow::anyhow!("--peer-service {addr:?}: {e}"))?,
         (None, Some(path)) => sluice_observer::client::unix_lazy(path.clone()),
         (None, None) => anyhow::bail!("give --peer-service HOST:PORT or --peer-socket PATH"),
     };

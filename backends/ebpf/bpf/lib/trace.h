@@ -75,18 +75,21 @@ static __noinline __attribute__((unused)) int trace_new(struct __sk_buff *skb, s
 	struct ev_trace *e;
 	__u8 flags = 0;
 
-	if (!skb || !k || !(node_flags() & NODE_F_TRACE))
+	if (!skb || !k)
 		return 0;
+	/* Every packet of a flow comes here: the cheap tests first. A TCP packet that opens no
+	 * connection costs one header read, not the node entry's lookup; UDP, whose novelty is a
+	 * map lookup, asks whether tracing is on before that. */
 	if (k->proto == IPPROTO_TCP) {
 		__u8 *f = (void *)(long)skb->data + L4_OFF + 13;
 		if ((void *)(f + 1) > (void *)(long)skb->data_end)
 			return 0;
 		flags = *f;
 		/* SYN without ACK. */
-		if ((flags & 0x12) != 0x02)
+		if ((flags & 0x12) != 0x02 || !(node_flags() & NODE_F_TRACE))
 			return 0;
 	} else if (k->proto == IPPROTO_UDP) {
-		if (!trace_udp_new(k, obs, xaddr, xport))
+		if (!(node_flags() & NODE_F_TRACE) || !trace_udp_new(k, obs, xaddr, xport))
 			return 0;
 	} else {
 		return 0;
