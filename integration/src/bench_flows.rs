@@ -217,7 +217,7 @@ pub fn pipeline(events: usize) -> Pipeline {
     let start = Instant::now();
     for i in 0..events {
         let evs = parse(&msgs[i % msgs.len()]);
-        let flows = flows_from(&evs, &dir, sluice_observer::server::now_ns());
+        let flows = flows_from(&evs, &dir, sluice_observer::server::now_ns(), false);
         hub.push(flows);
     }
     let secs = start.elapsed().as_secs_f64();

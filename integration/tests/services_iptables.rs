@@ -288,10 +288,12 @@ fn suite(lab_name: &str, v: Variant) {
     }
     // node host processes -> ClusterIP.
     assert_eq!(answers(&t, "node-2", "http://10.96.0.10/", 30), both, "host-to-clusterip");
+    host_flows_check(&t, v);
     // external -> NodePort, ExternalIP, LoadBalancer IP.
     for ip in ["198.51.100.11", "198.51.100.12"] {
         assert_eq!(answers(&t, "ext", &format!("http://{ip}:30080/"), 30), both, "external-to-nodeport via {ip}");
     }
+    external_flows_check(&t, v);
     assert_eq!(answers(&t, "ext", "http://203.0.113.10/", 30), both, "external-to-externalip");
     assert_eq!(t.curl("ext", "http://203.0.113.101/").map(|_| ()).ok(), Some(()), "external-to-loadbalancer");
 
@@ -446,4 +448,84 @@ fn churn(lab_name: &str, v: Variant) {
     // The same UDP flow now reaches the remaining backend: its conntrack entry was flushed.
     let again = t.exec("client", &["sluice-lab", "udp", "--source-port", "40000", "10.96.0.14:53"]).trim().to_string();
     assert_eq!(again, stays, "UDP flow must not black-hole into the removed backend");
+}
+
+/// `sluice observe ... -o json` on `node` until `enough` holds of the flows (the reader takes
+/// events in bursts: the last ones may be a moment behind), or 5 s.
+fn observed(
+    t: &TestLab,
+    node: &str,
+    args: &[&str],
+    enough: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut cmd = vec!["sluice", "observe", "--last", "300", "-o", "json"];
+    cmd.extend_from_slice(args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = t.exec(node, &cmd);
+        let flows: Vec<serde_json::Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["flow"].clone())
+            .collect();
+        if enough(&flows) || std::time::Instant::now() > deadline {
+            return flows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The host's 30 connections to the ClusterIP, on node-2: socket LB's translations (trace-sock)
+/// where eBPF serves it, the conntrack flows where netfilter translates them.
+fn host_flows_check(t: &TestLab, v: Variant) {
+    let sock_lb = !matches!(v, Variant::Iptables | Variant::Mixed);
+    let host = |f: &serde_json::Value| f["source"]["identity"] == 1;
+    let all = observed(t, "node-2", &["--to-service", "default/web"], |fs| fs.iter().filter(|f| host(f)).count() >= 30);
+    let flows: Vec<&serde_json::Value> = all.iter().filter(|f| host(f)).collect();
+    assert!(
+        flows.len() >= 30,
+        "{} host flows to web for 30 requests; node-2's last flows:\n{}",
+        flows.len(),
+        t.exec("node-2", &["sluice", "observe", "--last", "40"])
+    );
+    for f in flows {
+        assert!(f["destination"]["pod_name"] == "a" || f["destination"]["pod_name"] == "b", "{f}");
+        if sock_lb {
+            assert_eq!((&f["Type"], &f["verdict"]), (&"SOCK".into(), &"TRANSLATED".into()), "{f}");
+            assert_eq!(f["sock_xlate_point"], "SOCK_XLATE_POINT_POST_DIRECTION_FWD", "{f}");
+            assert_eq!(f["event_type"]["type"], 7, "trace-sock: {f}");
+        } else {
+            assert_eq!(
+                (&f["verdict"], &f["trace_observation_point"]),
+                (&"FORWARDED".into(), &"TO_STACK".into()),
+                "{f}"
+            );
+        }
+        assert_eq!(f["l4"]["TCP"]["destination_port"], 8080, "{f}");
+    }
+}
+
+/// The outside host's 30 connections to web's NodePort on node-1, as node-1 shows them: traced
+/// arriving on the device with the backend and the Service (eBPF), or conntrack's (netfilter:
+/// the iptables backend, and the split node whose NodePort is on iptables).
+fn external_flows_check(t: &TestLab, v: Variant) {
+    let ebpf_nodeport = !matches!(v, Variant::Iptables | Variant::Split);
+    let flows =
+        observed(t, "node-1", &["--from-ip", "198.51.100.201", "--to-service", "default/web"], |fs| fs.len() >= 30);
+    assert!(flows.len() >= 30, "{} flows for 30 requests: {flows:#?}", flows.len());
+    for f in &flows {
+        assert!(f["destination"]["pod_name"] == "a" || f["destination"]["pod_name"] == "b", "{f}");
+        let point = if ebpf_nodeport { "FROM_NETWORK" } else { "TO_STACK" };
+        assert_eq!((&f["verdict"], &f["trace_observation_point"]), (&"FORWARDED".into(), &point.into()), "{f}");
+        assert_eq!((&f["source"]["identity"], &f["node_name"]), (&2.into(), &"node-1".into()), "world: {f}");
+        assert_eq!(f["l4"]["TCP"]["destination_port"], 8080, "{f}");
+    }
+    if ebpf_nodeport {
+        // Those that went to node-2's backend also left node-1 SNATed: traced to the network.
+        let out = observed(t, "node-1", &["--from-ip", "198.51.100.11", "--to-pod", "default/b"], |fs| !fs.is_empty());
+        assert!(
+            out.iter().any(|f| f["trace_observation_point"] == "TO_NETWORK" && f["destination_service"].is_null()),
+            "no to-network trace towards b: {out:#?}"
+        );
+    }
 }

@@ -174,7 +174,12 @@ pub fn flow(f: &core::Flow) -> pb::Flow {
         verdict: f.verdict as i32,
         drop_reason: f.drop_reason.map_or(0, |r| r as u32),
         ip: Some(pb::Ip {
-            source: f.source_ip.to_string(),
+            // A trace-sock flow's socket has no source address yet: unset, as Hubble's.
+            source: if f.sock.is_some() && f.source_ip.is_unspecified() {
+                String::new()
+            } else {
+                f.source_ip.to_string()
+            },
             destination: f.destination_ip.to_string(),
             ip_version: pb::IpVersion::IPv4 as i32,
             encrypted: false,
@@ -197,6 +202,8 @@ pub fn flow(f: &core::Flow) -> pb::Flow {
         ingress_denied_by: if ingress { denied.clone() } else { Vec::new() },
         egress_denied_by: if ingress { Vec::new() } else { denied },
         policy_match_type: 0,
+        sock_xlate_point: f.sock.map_or(0, |x| x.point as i32),
+        socket_cookie: f.sock.map_or(0, |x| x.socket_cookie),
         l7: f.l7.as_ref().map(|l| pb::Layer7 {
             r#type: l.r#type as i32,
             latency_ns: l.latency_ns,
@@ -272,6 +279,8 @@ pub fn flow_back(f: &pb::Flow) -> Option<core::Flow> {
     let event = f.event_type.as_ref().and_then(|e| EventKind::from_number(e.r#type)).unwrap_or(EventKind::Trace);
     let observation = ObservationPoint::from_number(f.trace_observation_point);
     let drop_reason = DropReason::from_number(f.drop_reason_desc);
+    let sock = core::SockXlatePoint::from_number(f.sock_xlate_point)
+        .map(|point| core::SockXlate { point, socket_cookie: f.socket_cookie });
     let names = |ps: &[pb::Policy]| -> Vec<String> { ps.iter().map(policy_name).collect() };
     Some(core::Flow {
         time_ns: f.time.as_ref().map_or(0, |t| t.seconds.max(0) as u64 * 1_000_000_000 + t.nanos.max(0) as u64),
@@ -279,7 +288,11 @@ pub fn flow_back(f: &pb::Flow) -> Option<core::Flow> {
         drop_reason,
         event,
         observation,
-        source_ip: ip.source.parse().ok()?,
+        source_ip: if ip.source.is_empty() && sock.is_some() {
+            std::net::Ipv4Addr::UNSPECIFIED
+        } else {
+            ip.source.parse().ok()?
+        },
         destination_ip: ip.destination.parse().ok()?,
         l4,
         source: endpoint_back(f.source.as_ref()),
@@ -300,6 +313,7 @@ pub fn flow_back(f: &pb::Flow) -> Option<core::Flow> {
             denied_by: [names(&f.ingress_denied_by), names(&f.egress_denied_by)].concat(),
         },
         l7: f.l7.as_ref().and_then(l7_back),
+        sock,
     })
 }
 

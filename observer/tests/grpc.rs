@@ -45,6 +45,7 @@ fn flow(t: u64, ns: &str, pod: &str, port: u16, verdict: Verdict) -> Flow {
             denied_by: if verdict == Verdict::Dropped { vec![format!("{ns}/deny-all")] } else { vec![] },
         },
         l7: None,
+        sock: None,
     }
 }
 

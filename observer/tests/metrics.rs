@@ -37,6 +37,7 @@ fn flow(verdict: Verdict, port: u16, flags: u8) -> Flow {
         destination_service: None,
         policy: PolicyMatch::default(),
         l7: None,
+        sock: None,
     }
 }
 

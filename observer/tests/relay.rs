@@ -50,6 +50,7 @@ fn flow(t: u64, node: &str) -> Flow {
         destination_service: None,
         policy: PolicyMatch::default(),
         l7: None,
+        sock: None,
     }
 }
 

@@ -286,6 +286,12 @@ pub fn json_line(r: &GetFlowsResponse) -> Value {
                     pb::TraceObservationPoint::try_from(f.trace_observation_point).ok().map(|v| v.as_str_name())
                 ));
             }
+            if f.sock_xlate_point != 0 {
+                flow["sock_xlate_point"] =
+                    json!(name(pb::SocketTranslationPoint::try_from(f.sock_xlate_point).ok().map(|v| v.as_str_name())));
+                // Hubble's JSON writes 64-bit integers as strings (protobuf's JSON mapping).
+                flow["socket_cookie"] = json!(f.socket_cookie.to_string());
+            }
             if f.drop_reason_desc != 0 {
                 flow["drop_reason_desc"] =
                     json!(name(pb::DropReason::try_from(f.drop_reason_desc).ok().map(|v| v.as_str_name())));

@@ -1,7 +1,9 @@
-//! Flow visibility on this node: while the plan gives `flows` to a backend that serves it, a
-//! reader thread turns the kernel's conntrack events into flows (named through a directory the
-//! loop refreshes each pass) and pushes them into the hub, and the Observer API is served on a
-//! root-only unix socket (and on TCP only when an address is configured).
+//! Flow visibility on this node: while the plan gives `flows` to a backend that serves it,
+//! reader threads (flows_sources.rs) turn the datapath's observations into flows (named through a
+//! directory the loop refreshes each pass) and push them into the hub: conntrack events on an
+//! iptables node; the eBPF ring (traces, policy events) on an eBPF node, plus the conntrack
+//! events of connections netfilter translates there. The Observer API is served on a root-only
+//! unix socket (and on TCP only when an address is configured).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -18,48 +20,11 @@ use sluice_core::ClusterState;
 use sluice_core::flow::enrich::Directory;
 use sluice_core::flow::metrics::LostSource;
 use sluice_core::policy::{Identity, PolicyView};
-use sluice_iptables::ct_events::CtEventSocket;
 use sluice_observer::server::{Hub, now_ns};
 
 use crate::api::types::FlowsStatus;
 
-/// How long the reader lets events gather after a batch (the kernel queues them meanwhile; the
-/// 4 MiB socket buffer holds far more than arrives in this time).
-const COALESCE: Duration = Duration::from_millis(5);
-
-/// A reader thread's loop: read a burst, turn it into flows, push them, let the next burst
-/// gather; a kernel overrun (ENOBUFS) is counted as lost, never silent; other errors end it.
-fn read_loop<T>(
-    stop: &AtomicBool,
-    hub: &Hub,
-    lost: &AtomicU64,
-    mut recv: impl FnMut() -> std::io::Result<Vec<T>>,
-    mut to_flows: impl FnMut(&[T]) -> Vec<sluice_core::flow::Flow>,
-) -> std::io::Result<()> {
-    while !stop.load(Ordering::SeqCst) {
-        match recv() {
-            Ok(batch) => {
-                let flows = to_flows(&batch);
-                if !flows.is_empty() {
-                    hub.push(flows);
-                }
-                // Let a burst gather: the next read takes it whole (one wake-up per batch, not
-                // per connection); flows are at most this late.
-                std::thread::sleep(COALESCE);
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            // The socket overran: the kernel dropped events (how many it does not say).
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                lost.fetch_add(1, Ordering::Relaxed);
-                hub.metrics().lost(LostSource::Kernel, 1);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-type RuleTagMap = std::collections::HashMap<sluice_core::flow::drop::TagKey, sluice_core::flow::drop::RuleTags>;
+use super::flows_sources::{self as sources, RuleTagMap, read_loop, ring_flow};
 
 pub struct Flows {
     hub: Arc<Hub>,
@@ -83,6 +48,10 @@ pub struct Flows {
     rule_tags_generation: Option<u64>,
     /// Why the eBPF drops are not read, when so.
     ebpf_drops_error: Option<String>,
+    /// On an eBPF-traced node where netfilter translates some frontends (Services on iptables
+    /// or kube-proxy): conntrack events of the connections netfilter translated.
+    nat_reader: Option<std::thread::JoinHandle<()>>,
+    nat_stop: Arc<AtomicBool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     /// The backend whose datapath the flows come from while they run (iptables: conntrack
     /// events; eBPF: the pod-veth programs' traces in the ring buffer).
@@ -118,6 +87,8 @@ impl Flows {
             rule_tags: Arc::default(),
             rule_tags_generation: None,
             ebpf_drops_error: None,
+            nat_reader: None,
+            nat_stop: Arc::default(),
             servers: Vec::new(),
             serving: None,
             socket,
@@ -240,6 +211,40 @@ impl Flows {
         Ok(())
     }
 
+    /// `netfilter_translates`: some frontend on this node is translated by netfilter (the
+    /// iptables backend or kube-proxy). The eBPF programs see those connections before (pod
+    /// veth) or after (the backend's veth) the translation, never with it: conntrack knows it.
+    pub fn reconcile_netfilter_nat(&mut self, netfilter_translates: bool) {
+        let want = netfilter_translates && self.serving == Some(sluice_core::BackendId::EBPF) && self.running();
+        let alive = self.nat_reader.as_ref().is_some_and(|h| !h.is_finished());
+        if want == alive {
+            return;
+        }
+        self.stop_nat_reader();
+        if !want {
+            return;
+        }
+        self.nat_stop.store(false, Ordering::SeqCst);
+        let (hub, dir, stop, lost, error) =
+            (self.hub.clone(), self.directory.clone(), self.nat_stop.clone(), self.lost.clone(), self.error.clone());
+        match sources::spawn_conntrack(hub, dir, stop, lost, error, true) {
+            Ok(h) => {
+                tracing::info!("flows: conntrack events read for the connections netfilter translates");
+                self.nat_reader = Some(h);
+            }
+            Err(e) => {
+                self.set_error(Some(format!("reading conntrack events (netfilter-translated connections): {e:#}")))
+            }
+        }
+    }
+
+    fn stop_nat_reader(&mut self) {
+        self.nat_stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.nat_reader.take() {
+            let _ = h.join();
+        }
+    }
+
     fn stop_ebpf_drops(&mut self) {
         self.ebpf_stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.ebpf_drops.take() {
@@ -267,8 +272,16 @@ impl Flows {
             return;
         }
         self.generation = Some(generation);
-        let node_ips: Vec<_> =
-            state.nodes.values().filter_map(|n| n.internal_ip.map(|ip| (ip, n.name == node_name))).collect();
+        // A node's addresses: its own, and its pod network's gateway (the first address of its
+        // podCIDR, as the CNI plugin assigns it), which its host processes use towards its pods.
+        let node_ips: Vec<_> = state
+            .nodes
+            .values()
+            .flat_map(|n| {
+                let gw = n.pod_cidr.and_then(|c| c.hosts().next());
+                n.internal_ip.into_iter().chain(gw).map(move |ip| (ip, n.name == node_name))
+            })
+            .collect();
         let dir =
             Directory::new(node_name, &state.pods, &state.services, |ip| ipcache.get(&ip).map(|i| i.0), &node_ips);
         if let Ok(mut d) = self.directory.write() {
@@ -353,27 +366,10 @@ impl Flows {
             tracing::info!(socket = %self.socket.display(), tcp = ?self.listen, "flows: Observer API served, traces read from the eBPF ring buffer");
             return Ok(());
         }
-        // The reader runs on its own OS thread in the agent's netns (netlink sockets stay where
-        // they are made); a 1 s receive timeout lets it see a stop.
-        let mut sock = CtEventSocket::open(sluice_iptables::ct_events::GROUP_NEW)?;
-        sock.set_read_timeout(Duration::from_secs(1))?;
         self.stop.store(false, Ordering::SeqCst);
         let (hub, dir, stop, lost, error) =
             (self.hub.clone(), self.directory.clone(), self.stop.clone(), self.lost.clone(), self.error.clone());
-        self.reader = Some(std::thread::Builder::new().name("flows-conntrack".into()).spawn(move || {
-            let res = read_loop(
-                &stop,
-                &hub,
-                &lost,
-                || sock.recv_batch(),
-                |events| {
-                    dir.read().map(|d| sluice_iptables::ct_events::flows_from(events, &d, now_ns())).unwrap_or_default()
-                },
-            );
-            if let (Err(e), Ok(mut g)) = (res, error.lock()) {
-                *g = Some(format!("reading conntrack events: {e}"));
-            }
-        })?);
+        self.reader = Some(sources::spawn_conntrack(hub, dir, stop, lost, error, false)?);
         tracing::info!(socket = %self.socket.display(), tcp = ?self.listen, "flows: Observer API served, conntrack events read");
         Ok(())
     }
@@ -419,6 +415,7 @@ impl Flows {
     fn shutdown(&mut self) {
         self.serving = None;
         self.stop_ebpf_drops();
+        self.stop_nat_reader();
         self.stop.store(true, Ordering::SeqCst);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
@@ -441,7 +438,7 @@ impl Flows {
                 let mut s = if self.serving == Some(sluice_core::BackendId::IPTABLES) {
                     "conntrack events (netfilter): forwarded connections, with Service translation".to_string()
                 } else {
-                    "eBPF ring buffer: new connections at the pod veths (from and to the endpoint), with Service translation".to_string()
+                    "eBPF ring buffer: new connections at the pod veths (from and to the endpoint) and at the node devices for external frontends (from and to the network), socket-LB translations (trace-sock), with Service translation".to_string()
                 };
                 if let Some(g) = self.log_drops() {
                     s.push_str(&format!("; NFLOG group {g}: policy drops and audits (iptables)"));
@@ -455,6 +452,9 @@ impl Flows {
                     s.push_str(", and the policy events of eBPF-enforced endpoints");
                 } else {
                     s.push_str(" (not read: see the error)");
+                }
+                if self.nat_reader.as_ref().is_some_and(|h| !h.is_finished()) {
+                    s.push_str("; conntrack events (netfilter): connections netfilter translated (frontends on iptables or kube-proxy), to-stack, with their Service");
                 }
                 s
             } else {
@@ -485,77 +485,5 @@ impl Flows {
 impl Drop for Flows {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// The name of this netns's interface `ifindex` (a pod's host veth), if it still exists.
-fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    name.to_str().ok().map(str::to_string)
-}
-
-/// One record of the eBPF ring as a flow: a trace named through the directory (the frontend
-/// and the backend it was translated to), or a policy event attributed with the rule tags.
-fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::Event) -> sluice_core::flow::Flow {
-    use sluice_core::flow::drop::{DroppedPacket, TagKey, policy_drop_flow};
-    use sluice_core::flow::enrich::Observed;
-    use sluice_core::flow::{ObservationPoint, TrafficDirection};
-    use sluice_ebpf::events::{Event, TracePoint};
-    match e {
-        Event::Trace(tr) => {
-            let (observation, direction) = match tr.point {
-                TracePoint::FromEndpoint => (ObservationPoint::FromEndpoint, TrafficDirection::Egress),
-                TracePoint::ToEndpoint => (ObservationPoint::ToEndpoint, TrafficDirection::Ingress),
-            };
-            let mut f = d.trace(&Observed {
-                time_ns: now_ns(),
-                proto: tr.proto,
-                src: tr.src,
-                sport: tr.sport,
-                dst: tr.dst,
-                dport: tr.dport,
-                translated_to: tr.translated_to,
-                observation,
-            });
-            f.direction = direction;
-            f
-        }
-        Event::Policy(p) => {
-            let tag = interface_name(p.ifindex).and_then(|interface| {
-                let key = TagKey { interface, ingress: p.ingress, audit: p.audit };
-                let rt = t.get(&key)?;
-                let tag = match p.rule {
-                    None => Some(&rt.default),
-                    Some(i) => rt.rules.get(usize::from(i))?.as_ref(),
-                }?;
-                // An allow verdict names an allow rule, a drop or audit never does: a rule
-                // list rewritten since the packet is not guessed at.
-                (tag.allow == p.allow).then_some(tag)
-            });
-            let pkt = DroppedPacket {
-                proto: p.proto,
-                src: p.src,
-                sport: p.sport,
-                dst: p.dst,
-                dport: p.dport,
-                tcp_flags: p.tcp_flags,
-            };
-            let mut f = policy_drop_flow(d, &pkt, p.ingress, p.audit, tag, now_ns());
-            if p.allow && tag.is_none() {
-                // Admitted, but the rule is no longer known: a verdict without its policies.
-                f.verdict = sluice_core::flow::Verdict::Forwarded;
-                f.event = sluice_core::flow::EventKind::PolicyVerdict;
-                f.drop_reason = None;
-                f.policy = Default::default();
-            }
-            f
-        }
     }
 }

@@ -10,6 +10,7 @@ mod cni_conf;
 mod devices;
 pub mod features;
 mod flows;
+mod flows_sources;
 mod health;
 mod l7;
 mod metrics;
@@ -198,6 +199,14 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         };
         flows.refresh(cur.generation, &cfg.node_name, &cur.state, &policy.view.ipcache);
         flows.reconcile(flows_by).await;
+        // Frontends netfilter translates (this node's iptables backend, or kube-proxy beside it).
+        let netfilter_translates =
+            [Feature::ClusterIp, Feature::NodePort, Feature::ExternalIps, Feature::LoadBalancer, Feature::HostPort]
+                .iter()
+                .any(|f| {
+                    matches!(planner.plan.owner(*f), sluice_core::Owner::KubeProxy | sluice_core::Owner::IPTABLES)
+                });
+        flows.reconcile_netfilter_nat(netfilter_translates);
         let ebpf_policy = engine.serving(sluice_core::BackendId::EBPF).contains(&Feature::Policy);
         tokio::task::block_in_place(|| flows.reconcile_ebpf_drops(ebpf_policy, &cfg.bpf_pin_dir(), &policy.view));
         metrics.ensure_served(&cfg, &flows.hub()).await;

@@ -1,8 +1,9 @@
 //! Events the datapath sends to user space through the `sluice_events` ring buffer
 //! (bpf/lib/layout.h): policy drops, audits and allow verdicts (`struct ev_drop`, written by
 //! `pol_report` in bpf/lib/policy.h) naming the endpoint's host veth, the direction and the rule
-//! that decided; and traces of new connections at the pod veths (`struct ev_trace`, written by
-//! `trace_new` in bpf/lib/trace.h) with the Service translation.
+//! that decided; traces of new connections at the pod veths and the node devices (`struct
+//! ev_trace`, written by `trace_new` in bpf/lib/trace.h) with the Service translation; and
+//! socket-LB translations of host processes' sockets (`struct ev_sock`, `trace_sock`).
 //!
 //! Parsing is pure ([`parse`]); [`EventReader`] opens the pinned ring and the per-CPU budget
 //! maps by path, so a reader thread needs nothing of the loaded object. Events over the
@@ -26,12 +27,16 @@ pub const EV_POLICY_AUDIT: u8 = 2;
 pub const EV_TRACE: u8 = 3;
 /// `EV_POLICY_ALLOW`: an allow rule admitted a new flow.
 pub const EV_POLICY_ALLOW: u8 = 4;
+/// `EV_TRACE_SOCK`: socket LB translated a host process's connection.
+pub const EV_TRACE_SOCK: u8 = 5;
 /// `EV_RULE_DEFAULT`: no rule matched, the endpoint's default deny dropped the packet.
 pub const RULE_DEFAULT: u8 = 0xff;
 /// `sizeof(struct ev_drop)`.
 pub const EV_DROP_LEN: usize = 24;
 /// `sizeof(struct ev_trace)`.
 pub const EV_TRACE_LEN: usize = 28;
+/// `sizeof(struct ev_sock)`.
+pub const EV_SOCK_LEN: usize = 24;
 pub const EVENTS_MAP: &str = "sluice_events";
 pub const BUDGET_MAP: &str = "sluice_ev_budget";
 pub const TRACE_BUDGET_MAP: &str = "sluice_trace_budget";
@@ -64,13 +69,17 @@ pub enum TracePoint {
     FromEndpoint,
     /// Entering a pod (its host veth's egress).
     ToEndpoint,
+    /// Arriving on a node device for an external frontend (NodePort, ExternalIP, ...).
+    FromNetwork,
+    /// An external frontend's connection leaving for a backend on another node, SNATed.
+    ToNetwork,
 }
 
 /// A new connection a pod-veth program saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trace {
     pub point: TracePoint,
-    /// The pod's host-side veth.
+    /// The pod's host-side veth, or the node device (network points).
     pub ifindex: u32,
     pub proto: u8,
     pub src: Ipv4Addr,
@@ -83,11 +92,22 @@ pub struct Trace {
     pub tcp_flags: u8,
 }
 
+/// A socket-LB translation: a host process's connect() (or first sendmsg() to a backend) to a
+/// frontend, after translation (Hubble's post-xlate-fwd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockTrace {
+    pub proto: u8,
+    pub front: (Ipv4Addr, u16),
+    pub backend: (Ipv4Addr, u16),
+    pub cookie: u64,
+}
+
 /// One record of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Policy(PolicyDrop),
     Trace(Trace),
+    Sock(SockTrace),
 }
 
 fn ip(buf: &[u8], at: usize) -> Ipv4Addr {
@@ -120,6 +140,8 @@ pub fn parse(buf: &[u8]) -> Option<Event> {
             let point = match buf[1] {
                 0 => TracePoint::FromEndpoint,
                 1 => TracePoint::ToEndpoint,
+                2 => TracePoint::FromNetwork,
+                3 => TracePoint::ToNetwork,
                 _ => return None,
             };
             let x = ip(buf, 20);
@@ -135,6 +157,13 @@ pub fn parse(buf: &[u8]) -> Option<Event> {
                 tcp_flags: buf[2],
             }))
         }
+        // Only the post-translation point is written (SOCK_XLATE_POST_FWD).
+        EV_TRACE_SOCK if buf.len() >= EV_SOCK_LEN && buf[1] == 2 => Some(Event::Sock(SockTrace {
+            proto: buf[2],
+            front: (ip(buf, 4), port(buf, 12)),
+            backend: (ip(buf, 8), port(buf, 14)),
+            cookie: u64::from_ne_bytes(buf[16..24].try_into().ok()?),
+        })),
         _ => None,
     }
 }
@@ -317,7 +346,37 @@ mod tests {
             Some(Event::Trace(t)) => assert_eq!((t.point, t.translated_to), (TracePoint::ToEndpoint, None)),
             other => panic!("{other:?}"),
         }
+        match parse(&trace(2, [10, 244, 2, 7], 8080)) {
+            Some(Event::Trace(t)) => assert_eq!(t.point, TracePoint::FromNetwork),
+            other => panic!("{other:?}"),
+        }
+        match parse(&trace(3, [0; 4], 0)) {
+            Some(Event::Trace(t)) => assert_eq!(t.point, TracePoint::ToNetwork),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(parse(&trace(7, [0; 4], 0)), None, "an observation point this build does not know");
+    }
+
+    #[test]
+    fn a_socket_translation_record() {
+        let mut b = vec![EV_TRACE_SOCK, 2, 6, 0];
+        b.extend([10, 96, 0, 10]);
+        b.extend([10, 244, 2, 7]);
+        b.extend(80u16.to_be_bytes());
+        b.extend(8080u16.to_be_bytes());
+        b.extend(0x1234_5678_9abc_u64.to_ne_bytes());
+        assert_eq!(
+            parse(&b),
+            Some(Event::Sock(SockTrace {
+                proto: 6,
+                front: (Ipv4Addr::new(10, 96, 0, 10), 80),
+                backend: (Ipv4Addr::new(10, 244, 2, 7), 8080),
+                cookie: 0x1234_5678_9abc,
+            }))
+        );
+        assert_eq!(parse(&b[..EV_SOCK_LEN - 1]), None);
+        b[1] = 3;
+        assert_eq!(parse(&b), None, "a translation point this build does not write");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Tier 2: the events the pod-veth programs write into the ring buffer, read back through the
 //! pinned ring as the agent reads them (BPF_PROG_TEST_RUN on crafted packets): policy drops,
 //! audits and allow verdicts with their rule, traces of new connections with their Service
-//! translation, and the budgets whose overflow is counted as lost, never silent.
+//! translation (at the pod veths and at the node device), and the budgets whose overflow is counted as lost, never silent.
 
 mod common;
 #[path = "common/lb.rs"]
@@ -211,4 +211,143 @@ fn allow_verdicts_name_the_rule_only_when_asked_for() {
     let Event::Policy(v) = got[0] else { panic!("{got:?}") };
     assert!(v.allow && !v.audit && v.rule == Some(0) && v.dport == 80 && !v.ingress, "{v:?}");
     assert!(matches!(got[1], Event::Trace(t) if t.sport == 45001));
+}
+
+#[test]
+fn connections_from_outside_are_traced_arriving_and_leaving_for_another_node() {
+    use sluice_ebpf::maps::{BE_F_LOCAL, SVC_F_EXTERNAL, SVC_F_TC};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    lb.node_ip("198.51.100.11");
+    let ext = SVC_F_TC | SVC_F_EXTERNAL;
+    lb.frontend("198.51.100.11", 30080, 6, 1, &[("10.244.1.2", 8080, BE_F_LOCAL)], 0, ext);
+    lb.frontend("198.51.100.11", 30081, 6, 2, &[("10.244.2.2", 8080, 0)], 0, ext);
+    lb.frontend("198.51.100.11", 30053, 17, 3, &[("10.244.1.2", 5353, BE_F_LOCAL)], 0, ext);
+    let local = packet(6, "198.51.100.201", 50000, "198.51.100.11", 30080);
+    lb.run("sluice_from_net", &local);
+    assert!(events.recv_batch(std::time::Duration::from_millis(200)).is_err(), "no trace while tracing is off");
+    lb.node_flags(NODE_F_TRACE);
+    // To a local backend: traced arriving, with the backend; not its next packets.
+    lb.run("sluice_from_net", &packet(6, "198.51.100.201", 50001, "198.51.100.11", 30080));
+    lb.run("sluice_from_net", &with_flags(packet(6, "198.51.100.201", 50001, "198.51.100.11", 30080), 0x10));
+    // To a backend on another node: arriving, then leaving SNATed as the backend sees it.
+    let (_, out) = lb.run("sluice_from_net", &packet(6, "198.51.100.201", 50002, "198.51.100.11", 30081));
+    let (_, snat_port, _, _) = fields(&out);
+    // UDP: the flow's first datagram only.
+    for _ in 0..3 {
+        lb.run("sluice_from_net", &packet(17, "198.51.100.201", 50003, "198.51.100.11", 30053));
+    }
+    let traces: Vec<Trace> = batch(&mut events)
+        .into_iter()
+        .map(|e| match e {
+            Event::Trace(t) => t,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(traces.len(), 4, "{traces:#?}");
+    let (to_local, to_remote, leaving, udp) = (traces[0], traces[1], traces[2], traces[3]);
+    assert_eq!(to_local.point, TracePoint::FromNetwork);
+    assert_eq!(
+        (to_local.src, to_local.sport, to_local.dst, to_local.dport, to_local.translated_to),
+        (ip("198.51.100.201"), 50001, ip("198.51.100.11"), 30080, Some((ip("10.244.1.2"), 8080)))
+    );
+    assert_eq!((to_remote.point, to_remote.translated_to), (TracePoint::FromNetwork, Some((ip("10.244.2.2"), 8080))));
+    assert_eq!(leaving.point, TracePoint::ToNetwork);
+    assert_eq!(
+        (leaving.src, leaving.sport, leaving.dst, leaving.dport, leaving.translated_to),
+        (ip("198.51.100.11"), snat_port, ip("10.244.2.2"), 8080, None)
+    );
+    assert_eq!(
+        (udp.point, udp.proto, udp.translated_to),
+        (TracePoint::FromNetwork, 17, Some((ip("10.244.1.2"), 5353)))
+    );
+    assert_eq!(events.lost_since_last(), 0);
+}
+
+/// A cgroup v2 directory of its own, removed on drop (its processes have exited by then).
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_socket_translation_is_traced_once_per_socket_and_backend() {
+    use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    // Where cgroup v2 is mounted (the unified hierarchy; /sys/fs/cgroup itself on most hosts).
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let Some(root) = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    }) else {
+        panic!("no cgroup v2 mount: socket LB needs one");
+    };
+    let cg = TestCgroup(std::path::PathBuf::from(format!(
+        "{root}/sluice-test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )));
+    std::fs::create_dir(&cg.0).expect("a cgroup v2 directory");
+    // Socket LB for host TCP and UDP (flags 4 | 8) on 10.96.0.10:80, to a loopback backend.
+    lb.frontend("10.96.0.10", 80, 6, 1, &[("127.0.0.1", 8080, 0)], 0, 4);
+    lb.frontend("10.96.0.10", 53, 17, 2, &[("127.0.0.1", 5353, 0)], 0, 8);
+    lb.node_flags(NODE_F_TRACE);
+    let file = std::fs::File::open(&cg.0).expect("open cgroup");
+    let mut links = Vec::new();
+    for name in ["sluice_sock_connect4", "sluice_sock_sendmsg4"] {
+        let p: &mut CgroupSockAddr = lb.bpf().program_mut(name).expect("prog").try_into().expect("sock_addr");
+        links.push(p.attach(&file, CgroupAttachMode::Single).expect("attach"));
+    }
+    // A process in the cgroup (this test binary again, running `sock_client` below), in a
+    // network namespace of its own (nothing leaves it): one TCP connect, and one UDP socket
+    // sending three datagrams (one translation traced).
+    let exe = std::env::current_exe().expect("test binary");
+    let st = std::process::Command::new(exe)
+        .args(["--exact", "sock_client", "--test-threads", "1", "--quiet"])
+        .env("SLUICE_SOCK_CLIENT_CGROUP", &cg.0)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run the client");
+    assert!(st.success(), "{st}");
+    let got = batch(&mut events);
+    let socks: Vec<_> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::Sock(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(socks.len(), 2, "{got:#?}");
+    assert_eq!(
+        (socks[0].proto, socks[0].front, socks[0].backend),
+        (6, (ip("10.96.0.10"), 80), (ip("127.0.0.1"), 8080))
+    );
+    assert_eq!((socks[1].proto, socks[1].backend), (17, (ip("127.0.0.1"), 5353)));
+    assert!(socks[0].cookie != 0 && socks[0].cookie != socks[1].cookie, "{socks:?}");
+}
+
+/// The client of `a_socket_translation_is_traced_once_per_socket_and_backend`, run as its own
+/// process (cgroup membership is per process); a no-op otherwise.
+#[test]
+fn sock_client() {
+    use std::net::{TcpStream, UdpSocket};
+    let Some(cg) = std::env::var_os("SLUICE_SOCK_CLIENT_CGROUP") else { return };
+    std::fs::write(std::path::Path::new(&cg).join("cgroup.procs"), std::process::id().to_string())
+        .expect("join the cgroup");
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a network namespace of its own");
+    let _ = TcpStream::connect_timeout(&"10.96.0.10:80".parse().expect("addr"), std::time::Duration::from_millis(200));
+    let u = UdpSocket::bind("0.0.0.0:0").expect("udp");
+    for _ in 0..3 {
+        let _ = u.send_to(b"x", "10.96.0.10:53");
+    }
 }

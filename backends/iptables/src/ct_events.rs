@@ -174,16 +174,18 @@ pub fn encode_new(orig: &Tuple, reply: &Tuple, status: u32) -> Vec<u8> {
 
 /// What the agent records for each event: a trace flow per new connection (observed where
 /// netfilter tracks it: to the stack, forwarded), named through `dir`; loopback is left out.
+/// `translated_only`: only connections netfilter DNATed (where a BPF datapath traces the rest).
 pub fn flows_from(
     events: &[CtEvent],
     dir: &sluice_core::flow::enrich::Directory,
     time_ns: u64,
+    translated_only: bool,
 ) -> Vec<sluice_core::flow::Flow> {
     use sluice_core::flow::ObservationPoint;
     use sluice_core::flow::enrich::Observed;
     events
         .iter()
-        .filter(|e| e.kind == CtKind::New)
+        .filter(|e| e.kind == CtKind::New && (!translated_only || e.dnat().is_some()))
         .filter_map(|e| {
             let (src, dst) = (e.orig.src?, e.orig.dst?);
             (!src.is_loopback() && !dst.is_loopback()).then(|| {

@@ -4,8 +4,12 @@
 
 use super::{EventKind, Flow, ObservationPoint, Verdict};
 
-/// `namespace/pod:port`, or `ip:port` for what is not a pod.
+/// `namespace/pod:port`, or `ip:port` for what is not a pod; a socket not bound yet (a
+/// trace-sock flow's source) by its identity alone.
 fn name(ep: &super::Endpoint, ip: std::net::Ipv4Addr, port: Option<u16>) -> String {
+    if ip.is_unspecified() && ep.pod_name.is_empty() {
+        return crate::policy::Identity(ep.identity).reserved_name().unwrap_or("unbound socket").to_string();
+    }
     let who = if ep.pod_name.is_empty() { ip.to_string() } else { format!("{}/{}", ep.namespace, ep.pod_name) };
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
     format!("{who}{port}")
@@ -87,6 +91,7 @@ pub fn columns(f: &Flow) -> Columns {
     let kind = match f.event {
         EventKind::Drop => "drop".to_string(),
         EventKind::PolicyVerdict => "policy-verdict".to_string(),
+        EventKind::TraceSock => f.sock.map_or("trace-sock", |x| x.point.name()).to_string(),
         _ => f.observation.map_or("trace", point).to_string(),
     };
     let mut summary: Vec<String> = Vec::new();
@@ -175,6 +180,9 @@ pub fn line(time: &str, f: &Flow) -> String {
         _ => {
             if let Some(o) = f.observation {
                 s += &format!(" {}", point(o));
+            }
+            if let Some(x) = f.sock {
+                s += &format!(" {}", x.point.name());
             }
             s += &format!(" {}", verdict(f.verdict));
         }

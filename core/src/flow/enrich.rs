@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{
-    Endpoint, EventKind, Flow, L4, ObservationPoint, PolicyMatch, ServiceRef, TcpFlags, TrafficDirection, Verdict,
+    Endpoint, EventKind, Flow, L4, ObservationPoint, PolicyMatch, ServiceRef, SockXlate, SockXlatePoint, TcpFlags,
+    TrafficDirection, Verdict,
 };
 use crate::model::PodInfo;
 use crate::policy::Identity;
@@ -35,6 +36,8 @@ pub struct Directory {
     node_name: String,
     pods: HashMap<Ipv4Addr, (Endpoint, bool)>,
     frontends: HashMap<(Ipv4Addr, u16, u8), ServiceRef>,
+    /// NodePort frontends (every node address): by port and protocol.
+    node_ports: HashMap<(u16, u8), ServiceRef>,
     nodes: HashMap<Ipv4Addr, bool>,
 }
 
@@ -74,9 +77,17 @@ impl Directory {
         }
         for s in services {
             for f in &s.frontends {
-                if let Some(IpAddr::V4(ip)) = f.ip {
-                    let r = ServiceRef { namespace: s.name.namespace.clone(), name: s.name.name.clone() };
-                    d.frontends.insert((ip, f.port, proto_number(f.protocol)), r);
+                let r = ServiceRef { namespace: s.name.namespace.clone(), name: s.name.name.clone() };
+                // Services come in name order; a frontend two claim is the first one's (the
+                // service view refuses it to the later one).
+                match f.ip {
+                    Some(IpAddr::V4(ip)) => {
+                        d.frontends.entry((ip, f.port, proto_number(f.protocol))).or_insert(r);
+                    }
+                    None => {
+                        d.node_ports.entry((f.port, proto_number(f.protocol))).or_insert(r);
+                    }
+                    Some(IpAddr::V6(_)) => {}
                 }
             }
         }
@@ -107,6 +118,58 @@ impl Directory {
 
     fn local_pod(&self, ip: Ipv4Addr) -> bool {
         self.pods.get(&ip).is_some_and(|(_, local)| *local)
+    }
+
+    /// The Service whose frontend `ip:port` is: an address of its own, or a NodePort on a node
+    /// address.
+    fn service_at(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef> {
+        if let Some(s) = self.frontends.get(&(ip, port, proto)) {
+            return Some(s.clone());
+        }
+        self.nodes.contains_key(&ip).then(|| self.node_ports.get(&(port, proto)).cloned()).flatten()
+    }
+
+    /// A host process's socket that socket LB gave a backend (`backend`) for a frontend
+    /// (`front`), as Hubble shows trace-sock: from this node's host (the socket is not bound
+    /// yet: no source address or port), to the backend, TRANSLATED, with the Service.
+    pub fn sock_translation(
+        &self,
+        time_ns: u64,
+        proto: u8,
+        front: (Ipv4Addr, u16),
+        backend: (Ipv4Addr, u16),
+        socket_cookie: u64,
+    ) -> Flow {
+        let l4 = match proto {
+            6 => Some(L4::Tcp { source_port: 0, destination_port: backend.1, flags: TcpFlags::default() }),
+            17 => Some(L4::Udp { source_port: 0, destination_port: backend.1 }),
+            _ => None,
+        };
+        let host = Endpoint {
+            identity: Identity::HOST.0,
+            labels: Identity::HOST.reserved_name().map(|n| vec![format!("reserved:{n}")]).unwrap_or_default(),
+            ..Default::default()
+        };
+        Flow {
+            time_ns,
+            verdict: Verdict::Translated,
+            drop_reason: None,
+            event: EventKind::TraceSock,
+            observation: None,
+            source_ip: Ipv4Addr::UNSPECIFIED,
+            destination_ip: backend.0,
+            l4,
+            source: host,
+            destination: self.endpoint(backend.0),
+            node_name: self.node_name.clone(),
+            direction: TrafficDirection::Egress,
+            is_reply: Some(false),
+            source_service: None,
+            destination_service: self.service_at(front.0, front.1, proto),
+            policy: PolicyMatch::default(),
+            l7: None,
+            sock: Some(SockXlate { point: SockXlatePoint::PostDirectionFwd, socket_cookie }),
+        }
     }
 
     /// A forwarded connection as Hubble shows it: the destination is the backend it reached,
@@ -146,9 +209,10 @@ impl Directory {
             direction,
             is_reply: Some(false),
             source_service: None,
-            destination_service: o.translated_to.and_then(|_| self.frontends.get(&(o.dst, o.dport, o.proto)).cloned()),
+            destination_service: o.translated_to.and_then(|_| self.service_at(o.dst, o.dport, o.proto)),
             policy: PolicyMatch::default(),
             l7: None,
+            sock: None,
         }
     }
 }

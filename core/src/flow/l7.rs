@@ -88,6 +88,7 @@ impl Directory {
                     denied_by: o.denied_by.clone().unwrap_or_default(),
                 },
                 l7: Some(l7),
+                sock: None,
             }
         };
         let http = |code, headers: &Vec<(String, String)>| Http {

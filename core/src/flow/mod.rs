@@ -271,6 +271,44 @@ pub struct Flow {
     /// L7 flows (the proxy's HTTP requests and responses) only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l7: Option<l7::L7>,
+    /// Socket-LB translations (trace-sock flows) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock: Option<SockXlate>,
+}
+
+/// Where socket LB translated (Hubble's SocketTranslationPoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[repr(i32)]
+pub enum SockXlatePoint {
+    /// Before the frontend was translated.
+    PreDirectionFwd = 1,
+    /// After: the destination is the backend.
+    PostDirectionFwd = 2,
+    PreDirectionRev = 3,
+    PostDirectionRev = 4,
+}
+
+wire_enum!(SockXlatePoint, [PreDirectionFwd, PostDirectionFwd, PreDirectionRev, PostDirectionRev]);
+
+impl SockXlatePoint {
+    /// How `hubble observe` names the point.
+    pub fn name(self) -> &'static str {
+        match self {
+            SockXlatePoint::PreDirectionFwd => "pre-xlate-fwd",
+            SockXlatePoint::PostDirectionFwd => "post-xlate-fwd",
+            SockXlatePoint::PreDirectionRev => "pre-xlate-rev",
+            SockXlatePoint::PostDirectionRev => "post-xlate-rev",
+        }
+    }
+}
+
+/// A socket-LB translation of one socket, before any packet exists: the socket has no source
+/// address yet (the flow's `source_ip` is unspecified), only its cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SockXlate {
+    pub point: SockXlatePoint,
+    pub socket_cookie: u64,
 }
 
 impl Flow {
@@ -283,9 +321,13 @@ impl Flow {
         }
     }
 
-    /// Hubble's flow `Type`: 1 (L3_L4) or 2 (L7).
+    /// Hubble's flow `Type`: 1 (L3_L4), 2 (L7) or 3 (SOCK).
     pub fn flow_type(&self) -> i32 {
-        if self.event == EventKind::L7 { 2 } else { 1 }
+        match self.event {
+            EventKind::L7 => 2,
+            EventKind::TraceSock => 3,
+            _ => 1,
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub(crate) fn flow(t: u64, verdict: Verdict) -> Flow {
         destination_service: Some(ServiceRef { namespace: "default".into(), name: "web".into() }),
         policy: PolicyMatch::default(),
         l7: None,
+        sock: None,
     }
 }
 
@@ -374,4 +375,50 @@ fn http_filters_match_method_path_and_status_of_l7_flows_only() {
         let e = FilterSet::compile(&[f], &[]).expect_err("refused");
         assert_eq!((e.field, e.value.as_str()), (field, bad));
     }
+}
+
+#[test]
+fn a_node_port_connection_names_its_service_and_a_socket_translation_is_a_trace_sock_flow() {
+    let mut svc = crate::testing::ServiceBuilder::new("default", "web")
+        .cluster_ip("10.96.0.10", 80)
+        .backend(crate::testing::backend("10.244.2.2", 8080, "node-2"))
+        .build();
+    svc.frontends.push(crate::service::Frontend {
+        kind: crate::service::FrontendKind::NodePort,
+        ip: None,
+        port: 30080,
+        protocol: crate::service::Protocol::Tcp,
+        port_name: String::new(),
+        target_port: 8080,
+    });
+    let pods = [pod("default", "web-b", "10.244.2.2", "node-2", "web")];
+    let nodes = [(Ipv4Addr::new(198, 51, 100, 11), true), (Ipv4Addr::new(198, 51, 100, 12), false)];
+    let d = enrich::Directory::new("node-1", &pods, &[svc], |_| Some(2002), &nodes);
+    let mut o = enrich::Observed {
+        time_ns: 1,
+        proto: 6,
+        src: Ipv4Addr::new(198, 51, 100, 201),
+        sport: 50000,
+        dst: Ipv4Addr::new(198, 51, 100, 11),
+        dport: 30080,
+        translated_to: Some((Ipv4Addr::new(10, 244, 2, 2), 8080)),
+        observation: ObservationPoint::FromNetwork,
+    };
+    let web = Some(ServiceRef { namespace: "default".into(), name: "web".into() });
+    assert_eq!(d.trace(&o).destination_service, web, "a NodePort on this node's address");
+    o.dst = Ipv4Addr::new(198, 51, 100, 12);
+    assert_eq!(d.trace(&o).destination_service, web, "and on another node's");
+    o.dst = Ipv4Addr::new(203, 0, 113, 9);
+    assert_eq!(d.trace(&o).destination_service, None, "the port on an address no node has is no NodePort");
+
+    let f = d.sock_translation(7, 6, (Ipv4Addr::new(10, 96, 0, 10), 80), (Ipv4Addr::new(10, 244, 2, 2), 8080), 42);
+    assert_eq!((f.event, f.verdict, f.flow_type(), f.sub_type()), (EventKind::TraceSock, Verdict::Translated, 3, 0));
+    assert_eq!((f.source.identity, f.source_ip), (1, Ipv4Addr::UNSPECIFIED), "the host, not bound yet");
+    assert_eq!((f.destination.pod_name.as_str(), f.destination_service.clone()), ("web-b", web));
+    assert_eq!(f.sock.map(|x| (x.point as i32, x.socket_cookie)), Some((2, 42)));
+    assert_eq!(
+        compact::line("t", &f),
+        "t: host (host) -> default/web-b:8080 (ID:2002) (service default/web) post-xlate-fwd TRANSLATED"
+    );
+    assert_eq!(compact::columns(&f).kind, "post-xlate-fwd");
 }

@@ -188,20 +188,24 @@ struct ev_drop {
 	__u8 pad[3];
 };
 
-/* A new connection a pod-veth program saw (NODE_F_TRACE): where (TRACE_FROM_ENDPOINT: leaving
- * a pod, before Service translation; TRACE_TO_ENDPOINT: entering one), the packet's addresses as
- * the program met them, and the backend a Service frontend was translated to (xaddr 0: none).
- * The kind's byte is EV_TRACE; the layout is asserted in src/events.rs. */
+/* A new connection a tc program saw (NODE_F_TRACE): where (TRACE_FROM_ENDPOINT: leaving a pod,
+ * before Service translation; TRACE_TO_ENDPOINT: entering one; TRACE_FROM_NETWORK: arriving on a
+ * node device for an external frontend; TRACE_TO_NETWORK: that connection leaving again, SNATed,
+ * for a backend on another node), the packet's addresses as the program met them (to-network: as
+ * it leaves), and the backend a Service frontend was translated to (xaddr 0: none). The kind's
+ * byte is EV_TRACE; the layout is asserted in src/events.rs. */
 #define EV_TRACE 3
 #define TRACE_FROM_ENDPOINT 0
 #define TRACE_TO_ENDPOINT 1
+#define TRACE_FROM_NETWORK 2
+#define TRACE_TO_NETWORK 3
 
 struct ev_trace {
 	__u8 kind;          /* EV_TRACE */
-	__u8 obs;           /* TRACE_FROM_ENDPOINT, TRACE_TO_ENDPOINT */
+	__u8 obs;           /* TRACE_* */
 	__u8 tcp_flags;     /* the packet's TCP flags byte (0 for UDP) */
 	__u8 proto;
-	__u32 ifindex;      /* the pod's host veth */
+	__u32 ifindex;      /* the pod's host veth, or the node device (network points) */
 	__u32 saddr;        /* network byte order */
 	__u32 daddr;
 	__u16 sport;        /* network byte order */
@@ -209,6 +213,24 @@ struct ev_trace {
 	__u32 xaddr;        /* translated destination (network byte order), 0 when none */
 	__u16 xport;
 	__u16 pad;
+};
+
+/* A socket-LB translation (Hubble's trace-sock, NODE_F_TRACE): a host process's connect() or
+ * first sendmsg() to a frontend, after translation (SOCK_XLATE_POST_FWD), with the socket's
+ * cookie. Layout asserted in src/events.rs. */
+#define EV_TRACE_SOCK 5
+#define SOCK_XLATE_POST_FWD 2
+
+struct ev_sock {
+	__u8 kind;          /* EV_TRACE_SOCK */
+	__u8 xlate;         /* SOCK_XLATE_POST_FWD */
+	__u8 proto;
+	__u8 pad;
+	__u32 front;        /* the frontend the process asked for (network byte order) */
+	__u32 backend;      /* the backend it was given */
+	__u16 front_port;   /* network byte order */
+	__u16 backend_port;
+	__u64 cookie;       /* bpf_get_socket_cookie */
 };
 
 /* Per-CPU budget of trace events a second: a connection flood fills the ring no faster than the

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Trace events for flow visibility (NODE_F_TRACE): one per new connection a pod-veth program
- * sees, not one per packet (Hubble's monitor aggregation does the same for established flows).
+/* Trace events for flow visibility (NODE_F_TRACE): one per new connection a tc program sees at
+ * each observation point (pod veths; node devices for external frontends), and one per socket-LB
+ * translation, not one per packet (Hubble's monitor aggregation does the same for established flows).
  * New means a TCP SYN without ACK, or a UDP flow not traced in the last TRACE_UDP_AGAIN_S. */
 #ifndef SLUICE_LIB_TRACE_H
 #define SLUICE_LIB_TRACE_H
@@ -55,11 +56,15 @@ static __always_inline int trace_udp_new(struct flow_key *k, __u8 obs, __u32 xad
 	seen = bpf_map_lookup_elem(&sluice_trace_udp, &tk);
 	if (seen && now - *seen < TRACE_UDP_AGAIN_S)
 		return 0;
-	rk = (struct flow_key){ .saddr = tk.daddr, .daddr = tk.saddr, .sport = tk.dport, .dport = tk.sport,
-				.proto = tk.proto, .pad = { (obs == TRACE_FROM_ENDPOINT ? TRACE_TO_ENDPOINT : TRACE_FROM_ENDPOINT) + 1 } };
-	seen = bpf_map_lookup_elem(&sluice_trace_udp, &rk);
-	if (seen && now - *seen < TRACE_UDP_AGAIN_S)
-		return 0; /* the reply of a flow traced the other way */
+	if (obs <= TRACE_TO_ENDPOINT) {
+		/* (The network points are met only by a flow's first packet, replies take the
+		 * reverse-NAT paths before them.) */
+		rk = (struct flow_key){ .saddr = tk.daddr, .daddr = tk.saddr, .sport = tk.dport, .dport = tk.sport,
+					.proto = tk.proto, .pad = { (obs == TRACE_FROM_ENDPOINT ? TRACE_TO_ENDPOINT : TRACE_FROM_ENDPOINT) + 1 } };
+		seen = bpf_map_lookup_elem(&sluice_trace_udp, &rk);
+		if (seen && now - *seen < TRACE_UDP_AGAIN_S)
+			return 0; /* the reply of a flow traced the other way */
+	}
 	bpf_map_update_elem(&sluice_trace_udp, &tk, &now, BPF_ANY);
 	return 1;
 }
@@ -115,6 +120,40 @@ static __noinline __attribute__((unused)) int trace_new(struct __sk_buff *skb, s
 	e->xaddr = xaddr;
 	e->xport = xport;
 	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* A socket-LB translation of a host process's socket (`cookie`): `front` asked for, `be` given.
+ * The caller tells whether it is new (a UDP socket's later sendmsg calls to the same backend are
+ * not). Context-free, so the cgroup programs can call it. */
+static __noinline __attribute__((unused)) int trace_sock(__u64 cookie, __u32 proto, struct nat_val *front,
+							  struct backend_val *be)
+{
+	__u32 zero = 0;
+	struct ev_budget *b;
+	struct ev_sock *e;
+
+	if (!front || !be || !(node_flags() & NODE_F_TRACE))
+		return 0;
+	b = bpf_map_lookup_elem(&sluice_trace_budget, &zero);
+	if (!ev_take(b, TRACE_PER_CPU_PER_S))
+		return 0;
+	e = bpf_ringbuf_reserve(&sluice_events, sizeof(*e), 0);
+	if (!e) {
+		b->suppressed++;
+		return 0;
+	}
+	b->sent++;
+	e->kind = EV_TRACE_SOCK;
+	e->xlate = SOCK_XLATE_POST_FWD;
+	e->proto = proto;
+	e->pad = 0;
+	e->front = front->addr;
+	e->backend = be->addr;
+	e->front_port = front->port;
+	e->backend_port = be->port;
+	e->cookie = cookie;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

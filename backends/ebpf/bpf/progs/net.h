@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* tc program on the node's devices: sluice_from_net (NodePort, ExternalIPs, LoadBalancer, HostPort). */
+/* tc program on the node's devices: sluice_from_net (NodePort, ExternalIPs, LoadBalancer, HostPort);
+ * traces new connections to those frontends (from-network, and to-network when forwarded). */
 #ifndef SLUICE_PROGS_NET_H
 #define SLUICE_PROGS_NET_H
 
 #include "../lib/lb.h"
 #include "../lib/nat.h"
 #include "../lib/l7.h"
+#include "../lib/trace.h"
 
 /* Forward a flow from outside the node to a backend on another node: DNAT, SNAT to the node IP,
  * out again. */
@@ -45,6 +47,7 @@ int sluice_from_net(struct __sk_buff *skb)
 	struct snat_val *sv;
 	struct nat_val chosen = {};
 	__u32 slot = 0;
+	__u32 snat_ip = 0;
 	int syn, finrst;
 
 	if (parse_flow(skb, &k, &syn))
@@ -139,9 +142,18 @@ int sluice_from_net(struct __sk_buff *skb)
 			}
 			if (!chosen.snat_port)
 				return TC_ACT_SHOT; /* no free port for this backend */
+			snat_ip = node->node_ip;
 		}
 		bpf_map_update_elem(&sluice_ct, &k, &chosen, BPF_ANY);
 		be = &chosen;
+		/* A new connection from outside: traced arriving (with the backend it was given) and,
+		 * when it leaves for another node, leaving as the backend will see it. */
+		trace_new(skb, &k, TRACE_FROM_NETWORK, chosen.addr, chosen.port);
+		if (snat_ip) {
+			struct flow_key tk = { .saddr = snat_ip, .daddr = chosen.addr, .sport = chosen.snat_port,
+					       .dport = chosen.port, .proto = k.proto };
+			trace_new(skb, &tk, TRACE_TO_NETWORK, 0, 0);
+		}
 	}
 	if (be->snat_port) {
 		struct nat_val ct = *be;

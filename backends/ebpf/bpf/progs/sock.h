@@ -4,6 +4,7 @@
 #define SLUICE_PROGS_SOCK_H
 
 #include "../lib/lb.h"
+#include "../lib/trace.h"
 
 /* Socket LB: translate a host process's destination before the first packet exists. */
 static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 want)
@@ -14,6 +15,7 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 want)
 	struct sock_key rk = {};
 	__u32 slot;
 	struct nat_val front = {};
+	struct nat_val *had;
 
 	if (ctx->user_family != 2 /* AF_INET */)
 		return 1;
@@ -28,6 +30,11 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 want)
 	rk.port = b->port;
 	front.addr = ctx->user_ip4;
 	front.port = (__u16)ctx->user_port;
+	/* New for the tracer unless this socket already sent to this backend for this frontend
+	 * (a UDP socket's every sendmsg comes here). */
+	had = bpf_map_lookup_elem(&sluice_sock_rnat, &rk);
+	if (!had || had->addr != front.addr || had->port != front.port)
+		trace_sock(rk.cookie, ctx->protocol, &front, b);
 	bpf_map_update_elem(&sluice_sock_rnat, &rk, &front, BPF_ANY);
 	ctx->user_ip4 = b->addr;
 	ctx->user_port = (__u32)b->port;
