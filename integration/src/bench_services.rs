@@ -144,6 +144,7 @@ pub(crate) fn sluice_rules(renderer: &mut Renderer, svcs: &[Service], owned: &BT
             services: svcs,
             host_ports: &[],
             owned,
+            log_group: None,
         })
         .0
 }
@@ -598,6 +599,7 @@ mod tests {
                 services: &svcs,
                 host_ports: &[],
                 owned: &owned,
+                log_group: None,
             });
             let nat = &r.chains["nat"];
             assert!(nat.keys().any(|k| k.starts_with("SLUICE-D-")), "n={n}: {:?}", nat.keys().collect::<Vec<_>>());

@@ -84,7 +84,13 @@ fn service_traffic_case(lab: &str, cfg: &str, point: &str) {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(got.len() >= answered, "{} flows for {answered} answered requests: {got:?}", got.len());
+        assert!(
+            got.len() >= answered,
+            "{} flows for {answered} answered requests; node-1's last flows:\n{}\nconntrack:\n{}",
+            got.len(),
+            t.exec("node-1", &["sluice", "observe", "--last", "30"]),
+            t.lab.exec_output("node-1", &["conntrack", "-L"]).unwrap_or_default()
+        );
         let f = &got[got.len() - 1];
         assert_eq!(f.node_name, "node-1");
         assert_eq!(f.verdict, Verdict::Forwarded as i32);

@@ -74,6 +74,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: empty, namespace: default}
+spec:
+  clusterIP: 10.96.0.17
+  selector: {app: nobody}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: web-dup, namespace: default}
 spec:
   type: NodePort
@@ -180,8 +188,8 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
             .iter()
             .all(|n| {
                 t.try_status(n)
-                    // 7: web-dup is served on its ClusterIP; only its nodePort (web's) is refused.
-                    .is_some_and(|s| s["services"] == 7 && s["errors"].as_array().is_some_and(|e| e.is_empty()))
+                    // 8: web-dup is served on its ClusterIP; only its nodePort (web's) is refused.
+                    .is_some_and(|s| s["services"] == 8 && s["errors"].as_array().is_some_and(|e| e.is_empty()))
             })
             .then_some(())
     });
@@ -336,6 +344,9 @@ fn suite(lab_name: &str, v: Variant) {
     // Source ranges: ext (.201) allowed, ext2 (.202) refused.
     assert!(t.curl("ext", "http://203.0.113.101/").is_ok());
     assert!(t.curl("ext2", "http://203.0.113.101/").is_err(), "source range must refuse ext2");
+    // A Service without endpoints refuses.
+    assert!(t.curl("client", "http://10.96.0.17/").is_err(), "a Service without endpoints must refuse");
+    drop_flows_check(&t);
 
     // UDP Service.
     let udp: BTreeSet<String> =
@@ -528,4 +539,19 @@ fn external_flows_check(t: &TestLab, v: Variant) {
             "no to-network trace towards b: {out:#?}"
         );
     }
+}
+
+/// The two refusals above as node-1 shows them: drops with Hubble's reason, naming the Service.
+fn drop_flows_check(t: &TestLab) {
+    let want = |from: &[&str], reason: &str, service: &str| {
+        let mut args = from.to_vec();
+        args.extend(["--verdict", "DROPPED"]);
+        let flows = observed(t, "node-1", &args, |fs| !fs.is_empty());
+        assert!(
+            flows.iter().any(|f| f["drop_reason_desc"] == reason && f["destination_service"]["name"] == service),
+            "no {reason} drop from {from:?} naming {service}: {flows:#?}"
+        );
+    };
+    want(&["--from-ip", "198.51.100.202"], "DENIED_BY_LB_SRC_RANGE_CHECK", "web-ranges");
+    want(&["--from-pod", "default/client"], "SERVICE_BACKEND_NOT_FOUND", "empty");
 }

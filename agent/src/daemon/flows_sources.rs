@@ -127,6 +127,19 @@ pub(crate) fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::
             f
         }
         Event::Sock(x) => d.sock_translation(now_ns(), x.proto, x.front, x.backend, x.cookie),
+        Event::LbDrop(x) => {
+            let pkt = DroppedPacket {
+                proto: x.proto,
+                src: x.src,
+                sport: x.sport,
+                dst: x.dst,
+                dport: x.dport,
+                tcp_flags: x.tcp_flags,
+            };
+            let reason = sluice_core::flow::DropReason::from_number(i32::from(x.reason))
+                .unwrap_or(sluice_core::flow::DropReason::ServiceBackendNotFound);
+            sluice_core::flow::drop::service_drop_flow(d, &pkt, reason, now_ns())
+        }
         Event::Policy(p) => {
             let tag = interface_name(p.ifindex).and_then(|interface| {
                 let key = TagKey { interface, ingress: p.ingress, audit: p.audit };

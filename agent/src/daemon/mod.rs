@@ -155,8 +155,10 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             }
         };
         let t_policy = t_pass.elapsed();
-        // What the new rules' drops stand for, before the rules reach the kernel (a drop read
-        // between the write and a later refresh would otherwise find no attribution).
+        // What the new rules' drops stand for, and who is who (the Services' frontends), before
+        // the rules reach the kernel: a flow read between the write and a later refresh would
+        // otherwise find no attribution, or no Service.
+        flows.refresh(cur.generation, &cfg.node_name, &cur.state, &policy_view.ipcache);
         flows.refresh_policy(policy_view);
         if planner.plan.owner(Feature::Policy) == sluice_core::Owner::EBPF
             || engine.serving(sluice_core::BackendId::EBPF).contains(&Feature::Policy)
@@ -197,7 +199,6 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
             sluice_core::Owner::Backend(b) => engine.serving(b).contains(&Feature::Flows).then_some(b),
             _ => None,
         };
-        flows.refresh(cur.generation, &cfg.node_name, &cur.state, &policy.view.ipcache);
         flows.reconcile(flows_by).await;
         // Frontends netfilter translates (this node's iptables backend, or kube-proxy beside it).
         let netfilter_translates =

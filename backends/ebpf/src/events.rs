@@ -3,7 +3,8 @@
 //! `pol_report` in bpf/lib/policy.h) naming the endpoint's host veth, the direction and the rule
 //! that decided; traces of new connections at the pod veths and the node devices (`struct
 //! ev_trace`, written by `trace_new` in bpf/lib/trace.h) with the Service translation; and
-//! socket-LB translations of host processes' sockets (`struct ev_sock`, `trace_sock`).
+//! socket-LB translations of host processes' sockets (`struct ev_sock`, `trace_sock`); and
+//! packets a Service frontend dropped (`struct ev_drop` of kind `EV_LB_DROP`, `lb_drop`).
 //!
 //! Parsing is pure ([`parse`]); [`EventReader`] opens the pinned ring and the per-CPU budget
 //! maps by path, so a reader thread needs nothing of the loaded object. Events over the
@@ -29,6 +30,8 @@ pub const EV_TRACE: u8 = 3;
 pub const EV_POLICY_ALLOW: u8 = 4;
 /// `EV_TRACE_SOCK`: socket LB translated a host process's connection.
 pub const EV_TRACE_SOCK: u8 = 5;
+/// `EV_LB_DROP`: a Service frontend dropped the packet (no backend, source ranges).
+pub const EV_LB_DROP: u8 = 6;
 /// `EV_RULE_DEFAULT`: no rule matched, the endpoint's default deny dropped the packet.
 pub const RULE_DEFAULT: u8 = 0xff;
 /// `sizeof(struct ev_drop)`.
@@ -102,12 +105,29 @@ pub struct SockTrace {
     pub cookie: u64,
 }
 
+/// A packet a Service frontend dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbDrop {
+    /// At a node device (from outside), or at a pod's veth (the pod sending).
+    pub at_device: bool,
+    pub ifindex: u32,
+    /// Hubble's drop reason number (158 no backend, 177 source ranges).
+    pub reason: u8,
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+}
+
 /// One record of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Policy(PolicyDrop),
     Trace(Trace),
     Sock(SockTrace),
+    LbDrop(LbDrop),
 }
 
 fn ip(buf: &[u8], at: usize) -> Ipv4Addr {
@@ -157,6 +177,17 @@ pub fn parse(buf: &[u8]) -> Option<Event> {
                 tcp_flags: buf[2],
             }))
         }
+        EV_LB_DROP if buf.len() >= EV_DROP_LEN => Some(Event::LbDrop(LbDrop {
+            at_device: buf[1] == 1,
+            ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+            reason: buf[2],
+            proto: buf[3],
+            src: ip(buf, 8),
+            dst: ip(buf, 12),
+            sport: port(buf, 16),
+            dport: port(buf, 18),
+            tcp_flags: buf[20],
+        })),
         // Only the post-translation point is written (SOCK_XLATE_POST_FWD).
         EV_TRACE_SOCK if buf.len() >= EV_SOCK_LEN && buf[1] == 2 => Some(Event::Sock(SockTrace {
             proto: buf[2],
@@ -355,6 +386,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(parse(&trace(7, [0; 4], 0)), None, "an observation point this build does not know");
+    }
+
+    #[test]
+    fn a_service_drop_record() {
+        let mut r = record(1, 158);
+        r[0] = EV_LB_DROP;
+        match parse(&r) {
+            Some(Event::LbDrop(d)) => {
+                assert!(d.at_device && d.reason == 158 && d.dport == 8080 && d.tcp_flags == 0x02, "{d:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

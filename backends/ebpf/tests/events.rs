@@ -10,7 +10,7 @@ mod lb;
 use aya::maps::HashMap;
 use common::require_root;
 use lb::*;
-use sluice_ebpf::events::{Event, EventReader, PolicyDrop, Trace, TracePoint};
+use sluice_ebpf::events::{Event, EventReader, LbDrop, PolicyDrop, Trace, TracePoint};
 use sluice_ebpf::maps::{NODE_F_ALLOWS, NODE_F_TRACE};
 
 fn batch(events: &mut EventReader) -> Vec<Event> {
@@ -350,4 +350,45 @@ fn sock_client() {
     for _ in 0..3 {
         let _ = u.send_to(b"x", "10.96.0.10:53");
     }
+}
+
+#[test]
+fn service_drops_are_reported_with_their_reason_while_flows_run() {
+    use sluice_ebpf::maps::{BE_F_LOCAL, SVC_F_EXTERNAL, SVC_F_SRC_RANGES, SVC_F_TC};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    lb.node_ip("198.51.100.11");
+    // A ClusterIP without endpoints, and a LoadBalancer IP open to 198.51.100.200/29 only.
+    lb.service("10.96.0.20", 80, 6, 1, &[], 0);
+    lb.frontend(
+        "203.0.113.101",
+        80,
+        6,
+        2,
+        &[("10.244.1.2", 8080, BE_F_LOCAL)],
+        0,
+        SVC_F_TC | SVC_F_EXTERNAL | SVC_F_SRC_RANGES,
+    );
+    lb.allow_range(2, "198.51.100.200", 29);
+    let no_backend = packet(6, "10.244.1.5", 46000, "10.96.0.20", 80);
+    let outside = packet(6, "198.51.100.192", 46001, "203.0.113.101", 80);
+    assert_eq!(lb.run("sluice_from_pod", &no_backend).0, TC_ACT_SHOT);
+    assert!(events.recv_batch(std::time::Duration::from_millis(200)).is_err(), "nothing while flows are off");
+    lb.node_flags(NODE_F_TRACE);
+    assert_eq!(lb.run("sluice_from_pod", &no_backend).0, TC_ACT_SHOT);
+    assert_eq!(lb.run("sluice_from_net", &outside).0, TC_ACT_SHOT);
+    let drops: Vec<LbDrop> = batch(&mut events)
+        .into_iter()
+        .map(|e| match e {
+            Event::LbDrop(d) => d,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(drops.len(), 2, "{drops:#?}");
+    assert_eq!((drops[0].at_device, drops[0].reason, drops[0].dst, drops[0].dport), (false, 158, ip("10.96.0.20"), 80));
+    assert_eq!(drops[0].tcp_flags, 0x02);
+    assert_eq!((drops[1].at_device, drops[1].reason, drops[1].src), (true, 177, ip("198.51.100.192")));
 }

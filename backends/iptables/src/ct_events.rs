@@ -314,4 +314,28 @@ mod tests {
         let e = parse(&encode_new(&orig, &reply, 1 << 5));
         assert_eq!(e, vec![CtEvent { kind: CtKind::New, orig, reply, status: 1 << 5 }]);
     }
+
+    #[test]
+    fn translated_only_keeps_the_connections_netfilter_dnated() {
+        let natted = encode_new(
+            &tcp([10, 244, 1, 3], [10, 96, 0, 10], 40000, 80),
+            &tcp([10, 244, 2, 2], [10, 244, 1, 3], 8080, 40000),
+            1 << 5,
+        );
+        // Pod to pod, untranslated (what a BPF datapath already traced).
+        let plain = encode_new(
+            &tcp([10, 244, 1, 3], [10, 244, 2, 2], 40001, 8080),
+            &tcp([10, 244, 2, 2], [10, 244, 1, 3], 8080, 40001),
+            0,
+        );
+        let evs = parse(&[natted, plain].concat());
+        let dir = sluice_core::flow::enrich::Directory::default();
+        assert_eq!(flows_from(&evs, &dir, 1, false).len(), 2);
+        let only = flows_from(&evs, &dir, 1, true);
+        assert_eq!(only.len(), 1);
+        assert_eq!(
+            (only[0].destination_ip, only[0].l4.and_then(|l| l.ports())),
+            (Ipv4Addr::new(10, 244, 2, 2), Some((40000, 8080)))
+        );
+    }
 }

@@ -99,6 +99,7 @@ struct Inputs {
     owned: BTreeSet<Feature>,
     node: String,
     cluster_cidr: ipnet::Ipv4Net,
+    log_group: Option<u16>,
 }
 
 fn kernel(op: Op, table: Option<&str>, e: impl std::fmt::Display) -> ObjectError {
@@ -151,6 +152,7 @@ impl IptablesDataplane {
             owned: owned.iter().copied().filter(|f| f.is_kube_proxy_feature()).collect(),
             node: node.name.clone(),
             cluster_cidr: node.cluster_cidr,
+            log_group: desired.policy.log_drops,
         };
         let full_due = self.last_full.is_none_or(|t| t.elapsed() > FULL_RESYNC);
         let retry_due = !self.held.is_empty() && self.held_since.is_none_or(|t| t.elapsed() > HELD_RETRY);
@@ -168,6 +170,7 @@ impl IptablesDataplane {
             services: desired.view.services,
             host_ports: desired.view.all_host_ports,
             owned: &inputs.owned,
+            log_group: inputs.log_group,
         };
         // Every pass starts with nothing held: a held Service is retried with all the others.
         let mut held: std::collections::BTreeMap<ServiceName, ObjectError> = Default::default();

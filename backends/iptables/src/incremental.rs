@@ -152,6 +152,7 @@ mod tests {
             services: s,
             host_ports: &[],
             owned,
+            log_group: None,
         }
     }
 

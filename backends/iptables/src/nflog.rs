@@ -16,6 +16,10 @@ pub const PREFIX: &str = "sluice-drop:";
 pub const AUDIT_PREFIX: &str = "sluice-audit:";
 /// The prefix of allow rules' verdicts on new flows.
 pub const ALLOW_PREFIX: &str = "sluice-allow:";
+/// The prefixes of the Service rules' drops: a frontend without endpoints (rejected), a source
+/// outside a LoadBalancer's `loadBalancerSourceRanges` (dropped).
+pub const NO_ENDPOINTS_PREFIX: &str = "sluice-svc:noep";
+pub const SOURCE_RANGE_PREFIX: &str = "sluice-svc:range";
 
 /// `NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET` and `... | NFULNL_MSG_CONFIG`.
 const MSG_PACKET: u16 = 4 << 8;
@@ -159,13 +163,12 @@ pub fn drop_flows(
     dir: &sluice_core::flow::enrich::Directory,
     time_ns: u64,
 ) -> Vec<sluice_core::flow::Flow> {
-    use sluice_core::flow::drop::{DroppedPacket, policy_drop_flow};
+    use sluice_core::flow::DropReason;
+    use sluice_core::flow::drop::{DroppedPacket, policy_drop_flow, service_drop_flow};
     logged
         .iter()
-        .filter(|l| [PREFIX, AUDIT_PREFIX, ALLOW_PREFIX].iter().any(|p| l.prefix.starts_with(p)))
-        .map(|l| {
+        .filter_map(|l| {
             let p = l.packet;
-            let tag = tags.get(&l.prefix);
             let packet = DroppedPacket {
                 proto: p.proto,
                 src: p.src,
@@ -174,8 +177,20 @@ pub fn drop_flows(
                 dport: p.dport,
                 tcp_flags: p.tcp_flags,
             };
+            let service = match l.prefix.as_str() {
+                NO_ENDPOINTS_PREFIX => Some(DropReason::ServiceBackendNotFound),
+                SOURCE_RANGE_PREFIX => Some(DropReason::DeniedByLbSrcRangeCheck),
+                _ => None,
+            };
+            if let Some(reason) = service {
+                return Some(service_drop_flow(dir, &packet, reason, time_ns));
+            }
+            if ![PREFIX, AUDIT_PREFIX, ALLOW_PREFIX].iter().any(|x| l.prefix.starts_with(x)) {
+                return None;
+            }
+            let tag = tags.get(&l.prefix);
             let audit = l.prefix.starts_with(AUDIT_PREFIX);
-            policy_drop_flow(dir, &packet, tag.is_none_or(|t| t.ingress), audit, tag, time_ns)
+            Some(policy_drop_flow(dir, &packet, tag.is_none_or(|t| t.ingress), audit, tag, time_ns))
         })
         .collect()
 }
@@ -208,6 +223,24 @@ mod tests {
         let p = got[0].packet;
         assert_eq!((p.src, p.dst), (Ipv4Addr::new(10, 244, 1, 3), Ipv4Addr::new(10, 244, 2, 2)));
         assert_eq!((p.proto, p.sport, p.dport, p.tcp_flags), (6, 40000, 8080, 0x02));
+    }
+
+    #[test]
+    fn service_drops_name_the_frontend_and_the_reason() {
+        use sluice_core::flow::{DropReason, EventKind, TrafficDirection};
+        let svc = sluice_core::testing::ServiceBuilder::new("default", "empty").cluster_ip("10.96.0.13", 80).build();
+        let dir = sluice_core::flow::enrich::Directory::new("n1", &[], &[svc], |_| None, &[]);
+        let syn = tcp_syn([198, 51, 100, 201], [10, 96, 0, 13], 40000, 80);
+        let logged: Vec<Logged> = [NO_ENDPOINTS_PREFIX, SOURCE_RANGE_PREFIX]
+            .iter()
+            .map(|p| Logged { prefix: p.to_string(), packet: parse_ipv4(&syn).expect("ipv4") })
+            .collect();
+        let f = drop_flows(&logged, &Default::default(), &dir, 7);
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[0].event, f[0].drop_reason), (EventKind::Drop, Some(DropReason::ServiceBackendNotFound)));
+        assert_eq!(f[0].destination_service.as_ref().map(|s| s.name.as_str()), Some("empty"));
+        assert_eq!(f[0].direction, TrafficDirection::Unknown, "from outside");
+        assert_eq!(f[1].drop_reason, Some(DropReason::DeniedByLbSrcRangeCheck));
     }
 
     #[test]

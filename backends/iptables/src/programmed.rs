@@ -141,6 +141,7 @@ mod tests {
             services: &services,
             host_ports: &[],
             owned: &owned,
+            log_group: None,
         });
         let dump = TableDump {
             name: "nat".into(),

@@ -44,6 +44,9 @@ pub struct NodeInput<'a> {
     pub host_ports: &'a [HostPort],
     /// Features the plan gives to iptables on this node.
     pub owned: &'a BTreeSet<Feature>,
+    /// While flows are recorded: the NFLOG group the Service drops (no endpoints, source
+    /// ranges) are logged to, each before its REJECT or DROP.
+    pub log_group: Option<u16>,
 }
 
 fn short_hash(parts: &[&str]) -> String {
@@ -443,12 +446,30 @@ pub fn assemble<'f>(input: &NodeInput<'_>, fragments: impl Iterator<Item = &'f F
     // when there is something to drop or reject: the filter chains see every packet, not only
     // the first of a connection as nat does.
     let drops = r.chains.get("nat").is_some_and(|t| t.keys().any(|k| k.starts_with("SLUICE-FW-")));
+    let log = |prefix: &str| {
+        input.log_group.map(|g| format!("-j NFLOG --nflog-group {g} --nflog-prefix \"{prefix}\" --nflog-range 128"))
+    };
     if drops {
-        r.chain("filter", FILTER)
+        let filter = r.chain("filter", FILTER);
+        if let Some(nflog) = log(crate::nflog::SOURCE_RANGE_PREFIX) {
+            filter.push(format!("-m mark --mark {DROP_MARK} {nflog}"));
+        }
+        filter
             .push(format!("-m mark --mark {DROP_MARK} -m comment --comment \"sluice: source range refused\" -j DROP"));
     }
     if !rejects.is_empty() {
         r.chain("filter", FILTER).push(format!("-m conntrack --ctstate NEW -j {REJECT}"));
+        // Each REJECT preceded by its NFLOG twin (same match), so the flow names the frontend.
+        let rejects = match log(crate::nflog::NO_ENDPOINTS_PREFIX) {
+            Some(nflog) => rejects
+                .into_iter()
+                .flat_map(|rule| {
+                    let logged = rule.strip_suffix("-j REJECT").map(|m| format!("{m}{nflog}"));
+                    logged.into_iter().chain(std::iter::once(rule))
+                })
+                .collect(),
+            None => rejects,
+        };
         *r.chain("filter", REJECT) = rejects;
     }
     if drops || r.chains.get("filter").is_some_and(|t| t.contains_key(REJECT)) {

@@ -39,6 +39,7 @@ fn render_one(services: &[Service], owned: &BTreeSet<Feature>) -> Ruleset {
         services,
         host_ports: &[],
         owned,
+        log_group: None,
     })
 }
 
@@ -201,4 +202,37 @@ fn hostile_names_cannot_break_a_restore_line() {
             }
         }
     }
+}
+
+#[test]
+fn while_flows_run_service_drops_are_logged_before_they_happen() {
+    let mut empty = web();
+    empty.backends.clear();
+    let mut ranged = web();
+    ranged.name.name = "ranged".into();
+    ranged.frontends = vec![fe(FrontendKind::LoadBalancer, Some("198.51.100.240"), 80)];
+    ranged.source_ranges = vec!["198.51.100.0/28".parse().expect("net")];
+    let owned = all_owned();
+    let services = [empty, ranged];
+    let r = render(&NodeInput {
+        node_name: "node-1",
+        cluster_cidr: "10.244.0.0/16".parse().expect("net"),
+        services: &services,
+        host_ports: &[],
+        owned: &owned,
+        log_group: Some(4242),
+    });
+    let rej = &r.chains["filter"][REJECT];
+    for (i, rule) in rej.iter().enumerate().filter(|(_, l)| l.ends_with("-j REJECT")) {
+        let nflog = &rej[i - 1];
+        let (m, _) = rule.split_once(" -j ").expect("target");
+        assert!(
+            nflog.starts_with(m) && nflog.contains("-j NFLOG --nflog-group 4242 --nflog-prefix \"sluice-svc:noep\""),
+            "{rej:#?}"
+        );
+    }
+    assert_eq!(rej.len(), 6, "ClusterIP, NodePort and ExternalIP rejects, each logged: {rej:#?}");
+    let filter = &r.chains["filter"][FILTER];
+    assert!(filter[0].contains("--mark 0x20000/0x20000") && filter[0].contains("sluice-svc:range"), "{filter:#?}");
+    assert!(filter[1].ends_with("-j DROP"));
 }

@@ -172,3 +172,33 @@ pub fn policy_drop_flow(
     }
     f
 }
+
+/// The flow of a packet a Service frontend dropped (no backend: SERVICE_BACKEND_NOT_FOUND; a
+/// LoadBalancer's source ranges: DENIED_BY_LB_SRC_RANGE_CHECK), attributed to the Service whose
+/// frontend `p.dst:p.dport` is. Sent by one of this node's pods: EGRESS; otherwise (from outside,
+/// from the host) the direction is unknown: no endpoint of this node sent or was to get it.
+pub fn service_drop_flow(dir: &Directory, p: &DroppedPacket, reason: DropReason, time_ns: u64) -> Flow {
+    let mut f = dir.trace(&Observed {
+        time_ns,
+        proto: p.proto,
+        src: p.src,
+        sport: p.sport,
+        dst: p.dst,
+        dport: p.dport,
+        translated_to: None,
+        observation: ObservationPoint::FromEndpoint,
+    });
+    f.verdict = Verdict::Dropped;
+    f.event = EventKind::Drop;
+    f.observation = None;
+    f.drop_reason = Some(reason);
+    // (The trace's direction: egress when a local pod sent it; nothing enters a pod here.)
+    if f.direction != TrafficDirection::Egress {
+        f.direction = TrafficDirection::Unknown;
+    }
+    f.destination_service = dir.service_at(p.dst, p.dport, p.proto);
+    if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {
+        *flags = TcpFlags::from_byte(p.tcp_flags);
+    }
+    f
+}

@@ -122,7 +122,7 @@ impl Directory {
 
     /// The Service whose frontend `ip:port` is: an address of its own, or a NodePort on a node
     /// address.
-    fn service_at(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef> {
+    pub fn service_at(&self, ip: Ipv4Addr, port: u16, proto: u8) -> Option<ServiceRef> {
         if let Some(s) = self.frontends.get(&(ip, port, proto)) {
             return Some(s.clone());
         }

@@ -422,3 +422,27 @@ fn a_node_port_connection_names_its_service_and_a_socket_translation_is_a_trace_
     );
     assert_eq!(compact::columns(&f).kind, "post-xlate-fwd");
 }
+
+#[test]
+fn a_service_drop_names_the_service_and_its_reason() {
+    let d = directory();
+    let p = drop::DroppedPacket {
+        proto: 6,
+        src: Ipv4Addr::new(10, 244, 1, 3),
+        sport: 40000,
+        dst: Ipv4Addr::new(10, 96, 0, 10),
+        dport: 80,
+        tcp_flags: 0x02,
+    };
+    let f = drop::service_drop_flow(&d, &p, DropReason::ServiceBackendNotFound, 1);
+    assert_eq!((f.verdict, f.event, f.sub_type()), (Verdict::Dropped, EventKind::Drop, 158));
+    assert_eq!((f.direction, f.source.pod_name.as_str()), (TrafficDirection::Egress, "client"));
+    assert_eq!(f.destination_service, Some(ServiceRef { namespace: "default".into(), name: "web".into() }));
+    assert_eq!(
+        compact::line("t", &f),
+        "t: default/client:40000 (ID:1001) -> 10.96.0.10:80 (world) (service default/web) DROPPED (SERVICE_BACKEND_NOT_FOUND) (TCP Flags: SYN)"
+    );
+    let outside = drop::DroppedPacket { src: Ipv4Addr::new(198, 51, 100, 192), ..p };
+    let f = drop::service_drop_flow(&d, &outside, DropReason::DeniedByLbSrcRangeCheck, 1);
+    assert_eq!((f.direction, f.sub_type()), (TrafficDirection::Unknown, 177));
+}

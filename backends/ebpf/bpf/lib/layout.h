@@ -173,6 +173,14 @@ struct pol_ep_val {
 #define EV_POLICY_AUDIT 2   /* an audit-mode policy would have dropped it; it passed */
 #define EV_RULE_DEFAULT 0xff
 #define EV_POLICY_ALLOW 4   /* an allow rule admitted a new flow (rule: its index); NODE_F_ALLOWS */
+/* A Service frontend dropped the packet (NODE_F_TRACE): `rule` carries Hubble's drop reason
+ * (DROP_NO_SERVICE_BACKEND, DROP_LB_SRC_RANGE), `dir` where (LB_AT_POD: a pod's veth, the pod
+ * sending; LB_AT_DEVICE: a node device, from outside). */
+#define EV_LB_DROP 6
+#define DROP_NO_SERVICE_BACKEND 158
+#define DROP_LB_SRC_RANGE 177
+#define LB_AT_POD 0
+#define LB_AT_DEVICE 1
 
 struct ev_drop {
 	__u8 kind;          /* EV_POLICY_DROP, EV_POLICY_AUDIT */

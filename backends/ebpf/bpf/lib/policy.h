@@ -71,6 +71,16 @@ static __always_inline void pol_report(__u8 kind, __u32 ifindex, __u32 dir, stru
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* A packet a Service frontend dropped (`reason`: DROP_*; `at`: LB_AT_*), reported while flows
+ * run. Not inlined: the drop paths of the programs stay one call each. */
+static __noinline __attribute__((unused)) int lb_drop(struct __sk_buff *skb, struct flow_key *k, __u32 at, __u32 reason, int syn)
+{
+	if (!skb || !k || !(node_flags() & NODE_F_TRACE))
+		return TC_ACT_SHOT;
+	pol_report(EV_LB_DROP, skb->ifindex, at, k, reason, syn);
+	return TC_ACT_SHOT;
+}
+
 /* pol_pass's verdicts. */
 #define PV_DROP 0
 #define PV_PASS 1

@@ -94,10 +94,10 @@ int sluice_from_net(struct __sk_buff *skb)
 			return PASS;
 		}
 		if (!source_allowed(svc, k.saddr))
-			return TC_ACT_SHOT;
+			return lb_drop(skb, &k, LB_AT_DEVICE, DROP_LB_SRC_RANGE, syn);
 		b = choose(k.saddr, svc, &slot, flow_hash(&k));
 		if (!b)
-			return TC_ACT_SHOT;
+			return lb_drop(skb, &k, LB_AT_DEVICE, DROP_NO_SERVICE_BACKEND, syn);
 		chosen.addr = b->addr;
 		chosen.port = b->port;
 		if (b->flags & BE_F_LOCAL) {

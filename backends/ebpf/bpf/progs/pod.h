@@ -85,10 +85,10 @@ int sluice_from_pod(struct __sk_buff *skb)
 			return v == PV_PASS ? PASS : TC_ACT_SHOT;
 		}
 		if (!source_allowed(svc, k.saddr))
-			return TC_ACT_SHOT;
+			return lb_drop(skb, &k, LB_AT_POD, DROP_LB_SRC_RANGE, syn);
 		b = choose(k.saddr, svc, &slot, flow_hash(&k));
-		if (!b)
-			return TC_ACT_SHOT; /* a frontend without endpoints refuses, as kube-proxy's REJECT */
+		if (!b) /* a frontend without endpoints refuses, as kube-proxy's REJECT */
+			return lb_drop(skb, &k, LB_AT_POD, DROP_NO_SERVICE_BACKEND, syn);
 		if (b->addr == k.saddr && svc->backend_count > 1) {
 			/* A pod is balanced to itself only when it is the only backend: take the next
 			 * one (hairpin needs a second NAT). */
