@@ -189,6 +189,11 @@ pub struct FlowsConfig {
     /// connection cost the policy benchmark 0.77x of its rate at ~20k connections/s on 2 cores.
     /// Drops and audits are always reported. Changeable at runtime.
     pub allowed_verdicts: bool,
+    /// eBPF nodes: also a `to-stack` trace where a pod's new connection enters the host stack
+    /// (after its Service translation), beside the `from-endpoint` one, as Cilium's monitor
+    /// shows both. Off by default: a third trace per connection (docs/benchmarks.md has the
+    /// cost). Netfilter nodes' conntrack flows are to-stack already. Changeable at runtime.
+    pub trace_to_stack: bool,
     /// TLS on the TCP listener (`listen_address`; the unix socket is root-only and stays
     /// plaintext), as Hubble's `hubble-tls-cert-file`/`-key-file`/`-client-ca-files`.
     pub tls: Option<TlsFiles>,
@@ -272,6 +277,7 @@ impl Default for FlowsConfig {
             socket_path: None,
             listen_address: None,
             allowed_verdicts: false,
+            trace_to_stack: false,
             tls: None,
         }
     }

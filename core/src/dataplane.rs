@@ -37,6 +37,8 @@ pub struct NodeContext {
     /// How tc programs attach here (the plan's, from the probe): a backend never tries a path
     /// the probe found missing.
     pub tc_attach: crate::TcAttach,
+    /// Flows: also trace where pods' new connections enter the stack (`flows.trace_to_stack`).
+    pub trace_to_stack: bool,
 }
 
 /// What one pass asks of a backend.

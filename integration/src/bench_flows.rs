@@ -66,14 +66,24 @@ fn node_config_path(lab: &Lab) -> anyhow::Result<(PathBuf, crate::state::NodeRec
     Ok((n.dir.join("config.yaml"), n))
 }
 
+/// The arm `ebpf+to-stack`: eBPF with `flows.trace_to_stack` (a third trace per connection).
+const TO_STACK_ARM: &str = "ebpf+to-stack";
+
 /// Rewrite the node's config (the lab writes JSON, which is YAML) and wait until the agent
-/// applied it: its flows running as asked, and `dataplane` as given.
-fn set_config(lab: &Lab, dataplane: &str, flows: bool) -> anyhow::Result<()> {
+/// applied it: its flows running as asked, and `arm`'s dataplane as given.
+fn set_config(lab: &Lab, arm: &str, flows: bool) -> anyhow::Result<()> {
     let (path, node) = node_config_path(lab)?;
     let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path)?).context("node config")?;
+    let dataplane = if arm == TO_STACK_ARM { "ebpf" } else { arm };
     cfg["dataplane"] = dataplane.into();
     cfg["flows"]["enabled"] = flows.into();
-    std::fs::write(&path, serde_json::to_string_pretty(&cfg)? + "\n")?;
+    cfg["flows"]["trace_to_stack"] = (arm == TO_STACK_ARM).into();
+    let text = serde_json::to_string_pretty(&cfg)? + "\n";
+    // A changed file is applied when the agent's config generation moves past this one.
+    let applied_after = (std::fs::read_to_string(&path)? != text)
+        .then(|| lab.agent_status(&node).map(|st| st["config"]["generation"].as_u64().unwrap_or(0)))
+        .transpose()?;
+    std::fs::write(&path, text)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = lab.agent_status(&node)?;
@@ -85,7 +95,8 @@ fn set_config(lab: &Lab, dataplane: &str, flows: bool) -> anyhow::Result<()> {
             .find(|e| e["feature"] == "cluster-ip")
             .is_some_and(|e| e["owner"].to_string().contains(dataplane));
         let settled = st["features"].as_array().into_iter().flatten().all(|f| f["state"] != "moving");
-        if running && planned && settled {
+        let applied = applied_after.is_none_or(|g| st["config"]["generation"].as_u64().unwrap_or(0) > g);
+        if running && planned && settled && applied {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -128,7 +139,12 @@ pub fn on_off(lab: &Lab, dataplane: &str, addr: SocketAddr, o: &Options) -> anyh
         dataplane: dataplane.into(),
         conn_per_s: Vec::new(),
         accounted: Vec::new(),
-        flows_per_connection: if dataplane == "ebpf" { 2 } else { 1 },
+        // (to-stack: the client's from-endpoint and to-stack, the backend's to-endpoint)
+        flows_per_connection: match dataplane {
+            "ebpf" => 2,
+            TO_STACK_ARM => 3,
+            _ => 1,
+        },
         agent_cpu_percent: 0.0,
         agent_rss_mb: 0.0,
     };
@@ -261,7 +277,7 @@ pub struct Report {
 
 pub fn run(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<Report> {
     let mut on_off_all = Vec::new();
-    for dp in ["iptables", "ebpf"] {
+    for dp in ["iptables", "ebpf", TO_STACK_ARM] {
         on_off_all.push(on_off(lab, dp, addr, o)?);
     }
     let (_, node) = node_config_path(lab)?;
@@ -289,7 +305,11 @@ pub fn lines(r: &Report) -> Vec<String> {
                 s.min,
                 s.max,
                 o.conn_per_s.len(),
-                if o.dataplane == "ebpf" { "0.95x" } else { "0.9x" }
+                match o.dataplane.as_str() {
+                    "ebpf" => "0.95x",
+                    TO_STACK_ARM => "none (opt-in)",
+                    _ => "0.9x",
+                }
             )),
             None => out.push(format!("{} node: no rates measured", o.dataplane)),
         }

@@ -290,6 +290,7 @@ pub(crate) fn ebpf_inputs(n: usize, backend: Ipv4Addr) -> (Vec<Service>, sluice_
         owned: [sluice_core::Feature::ClusterIp].into(),
         maglev_m: None,
         allowed_verdicts: false,
+        trace_to_stack: false,
     };
     (svcs, ctx)
 }

@@ -146,7 +146,9 @@ fn setup(lab_name: &str, v: Variant) -> TestLab {
     std::fs::write(&old, "kube_proxy_replacement: strict\nprobes:\n  assume_missing: [prog-sched-cls]\n")
         .expect("write");
     let ebpf = dir.path().join("ebpf.yaml");
-    std::fs::write(&ebpf, "dataplane: ebpf\nkube_proxy_replacement: true\n").expect("write");
+    // (With to-stack traces: the eBPF variant checks them.)
+    std::fs::write(&ebpf, "dataplane: ebpf\nkube_proxy_replacement: true\nflows: {trace_to_stack: true}\n")
+        .expect("write");
     let classic = dir.path().join("classic.yaml");
     std::fs::write(&classic, "dataplane: ebpf\nkube_proxy_replacement: strict\nprobes:\n  assume_missing: [tcx]\n")
         .expect("write");
@@ -288,6 +290,16 @@ fn suite(lab_name: &str, v: Variant) {
             );
             assert_eq!(f["l4"]["TCP"]["destination_port"], 8080, "{f}");
             assert_eq!(f["destination_service"]["name"], "web", "{f}");
+        }
+        // eBPF with flows.trace_to_stack: each of those connections also entered the stack,
+        // translated (to the backend, port 8080); the other eBPF variants trace no to-stack.
+        // (An iptables node's conntrack flows are all to-stack.)
+        let to_stack = observed(&t, "node-1", &["--from-pod", "default/client", "--to-port", "8080"], |fs| {
+            fs.iter().filter(|f| f["trace_observation_point"] == "TO_STACK").count() >= 30
+        });
+        let n = to_stack.iter().filter(|f| f["trace_observation_point"] == "TO_STACK").count();
+        if v != Variant::Iptables {
+            assert_eq!(n >= 30, v == Variant::Ebpf, "{n} to-stack traces ({} flows)", to_stack.len());
         }
     }
     // pod -> NodePort through each node's IP.

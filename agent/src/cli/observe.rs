@@ -75,10 +75,19 @@ pub struct ObserveArgs {
     pub from_identity: Vec<u32>,
     #[arg(long)]
     pub to_identity: Vec<u32>,
+    /// Source Service: NS/NAME.
+    #[arg(long)]
+    pub from_service: Vec<String>,
     /// Destination Service: NS/NAME.
     #[arg(long)]
     pub to_service: Vec<String>,
+    /// Source port.
+    #[arg(long)]
+    pub from_port: Vec<String>,
     /// Destination port.
+    #[arg(long)]
+    pub to_port: Vec<String>,
+    /// Either port, source or destination (as hubble observe's --port).
     #[arg(long)]
     pub port: Vec<String>,
     /// FORWARDED, DROPPED, ... (case-insensitive).
@@ -110,7 +119,7 @@ pub struct ObserveArgs {
 }
 
 /// Filter flags `--not` may negate (each takes one value).
-const FILTER_FLAGS: [&str; 18] = [
+const FILTER_FLAGS: [&str; 21] = [
     "--from-pod",
     "--to-pod",
     "--from-namespace",
@@ -121,7 +130,10 @@ const FILTER_FLAGS: [&str; 18] = [
     "--to-label",
     "--from-identity",
     "--to-identity",
+    "--from-service",
     "--to-service",
+    "--from-port",
+    "--to-port",
     "--port",
     "--verdict",
     "--protocol",
@@ -160,8 +172,8 @@ pub fn rewrite_not(argv: impl IntoIterator<Item = String>) -> Vec<String> {
     out
 }
 
-/// The blacklist filter of the negated flags.
-fn negated_filter(a: &ObserveArgs) -> anyhow::Result<Option<pb::FlowFilter>> {
+/// The blacklist filters of the negated flags (a flow is left out when it matches one).
+fn negated_filters(a: &ObserveArgs) -> anyhow::Result<Vec<pb::FlowFilter>> {
     #[derive(clap::Parser)]
     #[command(no_binary_name = true)]
     struct Negated {
@@ -175,11 +187,25 @@ fn negated_filter(a: &ObserveArgs) -> anyhow::Result<Option<pb::FlowFilter>> {
         );
     }
     if a.negated.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let n = <Negated as clap::Parser>::try_parse_from(&a.negated)
         .map_err(|e| anyhow::anyhow!("--not {}: {}", a.negated.join(" "), e.kind()))?;
-    Ok(Some(filter(&n.a)?))
+    filters(&n.a)
+}
+
+/// The filters of the flags: one, or two when `--port` asks for either port (a flow passes
+/// either: the source port's copy or the destination port's).
+fn filters(a: &ObserveArgs) -> anyhow::Result<Vec<pb::FlowFilter>> {
+    let f = filter(a)?;
+    if a.port.is_empty() {
+        return Ok(if f == pb::FlowFilter::default() { Vec::new() } else { vec![f] });
+    }
+    let mut to = f.clone();
+    to.destination_port.extend(a.port.iter().cloned());
+    let mut from = f;
+    from.source_port.extend(a.port.iter().cloned());
+    Ok(vec![to, from])
 }
 
 const VERDICTS: [&str; 7] = ["FORWARDED", "DROPPED", "ERROR", "AUDIT", "REDIRECTED", "TRACED", "TRANSLATED"];
@@ -217,8 +243,10 @@ fn filter(a: &ObserveArgs) -> anyhow::Result<pb::FlowFilter> {
         destination_label: a.to_label.clone(),
         source_identity: a.from_identity.clone(),
         destination_identity: a.to_identity.clone(),
+        source_service: a.from_service.clone(),
         destination_service: a.to_service.clone(),
-        destination_port: a.port.clone(),
+        source_port: a.from_port.clone(),
+        destination_port: a.to_port.clone(),
         verdict,
         protocol: a.protocol.clone(),
         event_type,
@@ -378,11 +406,8 @@ pub fn request(a: &ObserveArgs, now_s: i64) -> anyhow::Result<GetFlowsRequest> {
         follow: a.follow,
         since,
         until,
-        whitelist: {
-            let f = filter(a)?;
-            if f == pb::FlowFilter::default() { Vec::new() } else { vec![f] }
-        },
-        blacklist: negated_filter(a)?.into_iter().collect(),
+        whitelist: filters(a)?,
+        blacklist: negated_filters(a)?,
         ..Default::default()
     })
 }
@@ -495,6 +520,30 @@ mod tests {
 
     fn argv(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn ports_and_services_from_and_to_and_either_port() {
+        let a = ObserveArgs {
+            from_port: vec!["40000".into()],
+            to_port: vec!["8080".into()],
+            from_service: vec!["default/web".into()],
+            ..Default::default()
+        };
+        let f = filters(&a).expect("ok");
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (&f[0].source_port, &f[0].destination_port),
+            (&vec!["40000".to_string()], &vec!["8080".to_string()])
+        );
+        assert_eq!(f[0].source_service, vec!["default/web".to_string()]);
+        // --port: either side, as two filters a flow passes by matching one.
+        let a = ObserveArgs { port: vec!["53".into()], from_pod: vec!["x/".into()], ..Default::default() };
+        let f = filters(&a).expect("ok");
+        assert_eq!(f.len(), 2);
+        assert_eq!((&f[0].destination_port, f[0].source_port.is_empty()), (&vec!["53".to_string()], true));
+        assert_eq!((&f[1].source_port, f[1].destination_port.is_empty()), (&vec!["53".to_string()], true));
+        assert!(f.iter().all(|f| f.source_pod == vec!["x/".to_string()]));
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
     same.policy_enforcement = old.policy_enforcement;
     same.flows.enabled = old.flows.enabled;
     same.flows.allowed_verdicts = old.flows.allowed_verdicts;
+    same.flows.trace_to_stack = old.flows.trace_to_stack;
     if &same == old {
         return Ok(());
     }
@@ -58,7 +59,7 @@ fn runtime_changeable(old: &Config, new: &Config) -> Result<(), String> {
         .map(|(k, _)| k.clone())
         .collect();
     Err(format!(
-        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, dataplane_features, probes, policy_enforcement, flows.enabled and flows.allowed_verdicts can",
+        "{} cannot change while the agent runs (restart it); only kube_proxy_replacement, kube_proxy_replacement_features, dataplane, dataplane_features, probes, policy_enforcement, flows.enabled, flows.allowed_verdicts and flows.trace_to_stack can",
         keys.join(", ")
     ))
 }

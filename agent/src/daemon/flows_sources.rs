@@ -110,6 +110,7 @@ pub(crate) fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::
                 TracePoint::ToEndpoint => (ObservationPoint::ToEndpoint, Some(TrafficDirection::Ingress)),
                 TracePoint::FromNetwork => (ObservationPoint::FromNetwork, None),
                 TracePoint::ToNetwork => (ObservationPoint::ToNetwork, None),
+                TracePoint::ToStack => (ObservationPoint::ToStack, Some(TrafficDirection::Egress)),
             };
             let mut f = d.trace(&Observed {
                 time_ns: now_ns(),

@@ -131,6 +131,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         }
         let mut plumbing = node.reconcile(&cfg, &cur.state, sync.synced).await;
         plumbing.ctx.tc_attach = planner.plan.tc_attach;
+        plumbing.ctx.trace_to_stack = planner.config.flows.trace_to_stack;
         let view = ServiceView::new(&cfg.node_name, &cur.state.services, &cur.state.host_ports);
         let logging = |l7_proxy| policy::Logging {
             drops: flows.log_drops(),

@@ -127,8 +127,10 @@ impl NodeManager {
             ips,
             devices: self.devices.as_ref().map(|(_, d, _)| d.clone()).unwrap_or_default(),
             cgroup: cfg.cgroup_root(),
-            // Filled from the plan by the caller (the probe's attach path).
+            // Filled from the plan by the caller (the probe's attach path), and from the
+            // config (flows.trace_to_stack).
             tc_attach: Default::default(),
+            trace_to_stack: false,
         };
         r
     }

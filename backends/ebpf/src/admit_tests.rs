@@ -10,6 +10,7 @@ fn ctx() -> NodeCtx {
         owned: Feature::SERVICES.into_iter().collect(),
         maglev_m: None,
         allowed_verdicts: false,
+        trace_to_stack: false,
     }
 }
 

@@ -499,6 +499,7 @@ impl EbpfDataplane {
             owned: owned.clone(),
             maglev_m: self.maglev_m,
             allowed_verdicts: desired.policy.log_allows,
+            trace_to_stack: node.trace_to_stack,
         };
         if self.synced.as_ref().is_some_and(|(g, c)| *g == desired.generation && *c == ctx) {
             report.errors.extend(self.refused.iter().cloned());

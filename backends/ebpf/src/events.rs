@@ -76,6 +76,9 @@ pub enum TracePoint {
     FromNetwork,
     /// An external frontend's connection leaving for a backend on another node, SNATed.
     ToNetwork,
+    /// A pod's connection entering the host stack, after Service translation
+    /// (`NODE_F_TO_STACK`).
+    ToStack,
 }
 
 /// A new connection a pod-veth program saw.
@@ -162,6 +165,7 @@ pub fn parse(buf: &[u8]) -> Option<Event> {
                 1 => TracePoint::ToEndpoint,
                 2 => TracePoint::FromNetwork,
                 3 => TracePoint::ToNetwork,
+                4 => TracePoint::ToStack,
                 _ => return None,
             };
             let x = ip(buf, 20);

@@ -107,6 +107,9 @@ pub const NODE_F_DEVICES_DRAIN: u32 = 1;
 pub const NODE_F_TRACE: u32 = 2;
 /// With `NODE_F_TRACE`: allow rules' verdicts on new flows too (`flows.allowed_verdicts`).
 pub const NODE_F_ALLOWS: u32 = 4;
+/// With `NODE_F_TRACE`: a to-stack trace too where a pod's new connection enters the stack
+/// (`flows.trace_to_stack`).
+pub const NODE_F_TO_STACK: u32 = 8;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
@@ -192,6 +195,8 @@ pub struct NodeCtx {
     pub maglev_m: Option<u32>,
     /// Report allow rules' verdicts on new flows (with `flows` owned).
     pub allowed_verdicts: bool,
+    /// Trace where pods' new connections enter the stack too (with `flows` owned).
+    pub trace_to_stack: bool,
 }
 
 /// The features served at the node's devices (the device program's frontends).
@@ -210,6 +215,9 @@ impl NodeCtx {
             f |= NODE_F_TRACE;
             if self.allowed_verdicts {
                 f |= NODE_F_ALLOWS;
+            }
+            if self.trace_to_stack {
+                f |= NODE_F_TO_STACK;
             }
         }
         f
@@ -473,11 +481,27 @@ mod tests {
             owned: owned.iter().copied().collect(),
             maglev_m: None,
             allowed_verdicts: false,
+            trace_to_stack: false,
         }
     }
 
     fn key(ip: &str, p: u16) -> SvcKey {
         SvcKey { vip: addr(ip.parse().expect("ip")), port: port(p), proto: 6, pad: 0 }
+    }
+
+    #[test]
+    fn the_node_entry_asks_for_traces_only_while_flows_are_owned() {
+        let mut c = ctx(&[Feature::ClusterIp]);
+        c.allowed_verdicts = true;
+        c.trace_to_stack = true;
+        assert_eq!(c.flags() & (NODE_F_TRACE | NODE_F_ALLOWS | NODE_F_TO_STACK), 0, "flows not eBPF's");
+        c.owned.insert(Feature::Flows);
+        assert_eq!(
+            c.flags() & (NODE_F_TRACE | NODE_F_ALLOWS | NODE_F_TO_STACK),
+            NODE_F_TRACE | NODE_F_ALLOWS | NODE_F_TO_STACK
+        );
+        c.trace_to_stack = false;
+        assert_eq!(c.flags() & NODE_F_TO_STACK, 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use aya::maps::HashMap;
 use common::require_root;
 use lb::*;
 use sluice_ebpf::events::{Event, EventReader, LbDrop, PolicyDrop, Trace, TracePoint};
-use sluice_ebpf::maps::{NODE_F_ALLOWS, NODE_F_TRACE};
+use sluice_ebpf::maps::{NODE_F_ALLOWS, NODE_F_TO_STACK, NODE_F_TRACE};
 
 fn batch(events: &mut EventReader) -> Vec<Event> {
     events.recv_batch(std::time::Duration::from_secs(1)).expect("events")
@@ -391,4 +391,39 @@ fn service_drops_are_reported_with_their_reason_while_flows_run() {
     assert_eq!((drops[0].at_device, drops[0].reason, drops[0].dst, drops[0].dport), (false, 158, ip("10.96.0.20"), 80));
     assert_eq!(drops[0].tcp_flags, 0x02);
     assert_eq!((drops[1].at_device, drops[1].reason, drops[1].src), (true, 177, ip("198.51.100.192")));
+}
+
+#[test]
+fn a_to_stack_trace_follows_the_translation_only_when_asked_for() {
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    let mut events = EventReader::open(&lb.dir).expect("open the pinned ring");
+    lb.node_ip("198.51.100.11");
+    lb.service("10.96.0.10", 80, 6, 1, &[("10.244.2.7", 8080)], 0);
+    lb.node_flags(NODE_F_TRACE);
+    lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 47000, "10.96.0.10", 80));
+    let got = batch(&mut events);
+    assert!(matches!(got[..], [Event::Trace(t)] if t.point == TracePoint::FromEndpoint), "{got:?}");
+    lb.node_flags(NODE_F_TRACE | NODE_F_TO_STACK);
+    // To a Service (translated) and to a pod directly: each from the endpoint, then to the stack.
+    lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 47001, "10.96.0.10", 80));
+    lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 47002, "10.244.2.8", 9090));
+    let points: Vec<(TracePoint, u16, std::net::Ipv4Addr, u16)> = batch(&mut events)
+        .into_iter()
+        .map(|e| match e {
+            Event::Trace(t) => (t.point, t.sport, t.dst, t.dport),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        points,
+        [
+            (TracePoint::FromEndpoint, 47001, ip("10.96.0.10"), 80),
+            (TracePoint::ToStack, 47001, ip("10.244.2.7"), 8080),
+            (TracePoint::FromEndpoint, 47002, ip("10.244.2.8"), 9090),
+            (TracePoint::ToStack, 47002, ip("10.244.2.8"), 9090),
+        ]
+    );
 }

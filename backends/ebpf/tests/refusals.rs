@@ -77,6 +77,7 @@ fn entries_the_kernel_refuses_fail_only_their_service_which_is_retried() {
         owned: [Feature::ClusterIp].into(),
         maglev_m: None,
         allowed_verdicts: false,
+        trace_to_stack: false,
     };
     let (a, b, c, d) = (svc("a", 1), svc("b", 2), svc("c", 3), svc("d", 4));
 
@@ -127,6 +128,7 @@ fn a_frontend_moved_to_another_service_survives_the_old_owner() {
         owned: [Feature::ClusterIp].into(),
         maglev_m: None,
         allowed_verdicts: false,
+        trace_to_stack: false,
     };
     // "x" holds 10.96.0.1; then "x" moves to 10.96.0.2 and "y" takes 10.96.0.1.
     let (x1, x2, y1) = (svc("x", 1), svc("x", 2), svc("y", 1));

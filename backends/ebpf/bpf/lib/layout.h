@@ -115,6 +115,8 @@ struct node_cfg {
 /* With NODE_F_TRACE: also a policy-verdict event for each new flow an allow rule admitted
  * (`flows.allowed_verdicts`). */
 #define NODE_F_ALLOWS 4
+/* With NODE_F_TRACE: also a TRACE_TO_STACK trace where a pod's new connection enters the stack. */
+#define NODE_F_TO_STACK 8
 
 /* Maglev: (service id, bucket) -> backend slot. */
 struct maglev_key {
@@ -207,6 +209,7 @@ struct ev_drop {
 #define TRACE_TO_ENDPOINT 1
 #define TRACE_FROM_NETWORK 2
 #define TRACE_TO_NETWORK 3
+#define TRACE_TO_STACK 4    /* NODE_F_TO_STACK: a pod's connection entering the stack, translated */
 
 struct ev_trace {
 	__u8 kind;          /* EV_TRACE */

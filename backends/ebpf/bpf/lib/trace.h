@@ -79,6 +79,7 @@ static __noinline __attribute__((unused)) int trace_new(struct __sk_buff *skb, s
 	struct ev_budget *b;
 	struct ev_trace *e;
 	__u8 flags = 0;
+	__u32 want = obs == TRACE_TO_STACK ? NODE_F_TRACE | NODE_F_TO_STACK : NODE_F_TRACE;
 
 	if (!skb || !k)
 		return 0;
@@ -91,10 +92,10 @@ static __noinline __attribute__((unused)) int trace_new(struct __sk_buff *skb, s
 			return 0;
 		flags = *f;
 		/* SYN without ACK. */
-		if ((flags & 0x12) != 0x02 || !(node_flags() & NODE_F_TRACE))
+		if ((flags & 0x12) != 0x02 || (node_flags() & want) != want)
 			return 0;
 	} else if (k->proto == IPPROTO_UDP) {
-		if (!(node_flags() & NODE_F_TRACE) || !trace_udp_new(k, obs, xaddr, xport))
+		if ((node_flags() & want) != want || !trace_udp_new(k, obs, xaddr, xport))
 			return 0;
 	} else {
 		return 0;

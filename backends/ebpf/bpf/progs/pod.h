@@ -80,6 +80,8 @@ int sluice_from_pod(struct __sk_buff *skb)
 			v = l7_from_pod(skb, &k, syn);
 			if (v != PV_DROP)
 				trace_new(skb, &k, TRACE_FROM_ENDPOINT, 0, 0);
+			if (v == PV_PASS)
+				trace_new(skb, &k, TRACE_TO_STACK, 0, 0);
 			if (v == PV_PROXY)
 				return l7_redirect(skb, &k, syn);
 			return v == PV_PASS ? PASS : TC_ACT_SHOT;
@@ -136,7 +138,10 @@ int sluice_from_pod(struct __sk_buff *skb)
 	trace_new(skb, &k, TRACE_FROM_ENDPOINT, pk.daddr, pk.dport);
 	if (rewrite(skb, k.proto, IP_DST_OFF, k.daddr, be->addr, L4_OFF + 2, k.dport, be->port))
 		return TC_ACT_SHOT;
-	return v == PV_PROXY ? l7_redirect(skb, &pk, syn) : TC_ACT_OK;
+	if (v == PV_PROXY)
+		return l7_redirect(skb, &pk, syn);
+	trace_new(skb, &pk, TRACE_TO_STACK, 0, 0); /* as the stack gets it: to the backend */
+	return TC_ACT_OK;
 }
 
 SEC("classifier")
