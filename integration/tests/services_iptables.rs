@@ -555,15 +555,17 @@ fn external_flows_check(t: &TestLab, v: Variant) {
 
 /// The two refusals above as node-1 shows them: drops with Hubble's reason, naming the Service.
 fn drop_flows_check(t: &TestLab) {
-    let want = |from: &[&str], reason: &str, service: &str| {
+    let want = |from: &[&str], reason: &str, service: &str, direction: &str| {
         let mut args = from.to_vec();
         args.extend(["--verdict", "DROPPED"]);
         let flows = observed(t, "node-1", &args, |fs| !fs.is_empty());
         assert!(
-            flows.iter().any(|f| f["drop_reason_desc"] == reason && f["destination_service"]["name"] == service),
-            "no {reason} drop from {from:?} naming {service}: {flows:#?}"
+            flows.iter().any(|f| f["drop_reason_desc"] == reason
+                && f["destination_service"]["name"] == service
+                && f["traffic_direction"] == direction),
+            "no {reason} {direction} drop from {from:?} naming {service}: {flows:#?}"
         );
     };
-    want(&["--from-ip", "198.51.100.202"], "DENIED_BY_LB_SRC_RANGE_CHECK", "web-ranges");
-    want(&["--from-pod", "default/client"], "SERVICE_BACKEND_NOT_FOUND", "empty");
+    want(&["--from-ip", "198.51.100.202"], "DENIED_BY_LB_SRC_RANGE_CHECK", "web-ranges", "INGRESS");
+    want(&["--from-pod", "default/client"], "SERVICE_BACKEND_NOT_FOUND", "empty", "EGRESS");
 }

@@ -120,8 +120,9 @@ pub fn run_demo() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Flows on node-1 (now on iptables: conntrack events name the Service each connection used),
-/// read from its Observer API as `hubble observe` prints them.
+/// Flows on node-1 (now on iptables: conntrack events name the Service each connection used)
+/// and node-2 (eBPF: its programs' traces), read from their Observer APIs as `hubble observe`
+/// prints them.
 fn flows() -> anyhow::Result<()> {
     println!(
         "\n-- flows: node-1's Observer API (Hubble's wire format, root-only socket), read with `sluice observe` --"
@@ -142,6 +143,26 @@ fn flows() -> anyhow::Result<()> {
         "the same as JSON, one GetFlowsResponse a line",
         &["exec", "node-1", "--", "sluice", "observe", "--to-service", "default/echo", "--last", "1", "-o", "json"],
     )?;
+    // node-2 stayed on eBPF: its programs trace the world's NodePort connections on eth0.
+    let out = step(
+        "node-2 (eBPF): the world's NodePort connections, traced arriving on its eth0 with the backend chosen",
+        &[
+            "exec",
+            "node-2",
+            "--",
+            "sluice",
+            "observe",
+            "--to-service",
+            "default/echo",
+            "--from-identity",
+            "2",
+            "--last",
+            "2",
+        ],
+    )?;
+    if !out.contains("from-network") {
+        bail!("node-2 showed no from-network trace of the NodePort connections: {out:?}");
+    }
     println!("\n-- metrics: what Prometheus scrapes from node-1 (Hubble's on :9965, the agent's on :9962) --");
     let mut shown = 0;
     for (url, prefixes) in [

@@ -165,7 +165,12 @@ impl Datapath {
         let mut arr: Array<_, NodeCfg> = Array::try_from(map).map_err(map_err("sluice_node"))?;
         let node_ip = ctx.node_ips.first().map(|ip| crate::maps::addr(*ip)).unwrap_or(0);
         arr.set(0, NodeCfg { node_ip, maglev_m: ctx.maglev_m.unwrap_or(0), flags: ctx.flags(), pad: 0 }, 0)
-            .map_err(map_err("sluice_node"))
+            .map_err(map_err("sluice_node"))?;
+        // Socket LB is for this netns's processes (the node's); 0 (a kernel without
+        // SO_NETNS_COOKIE) leaves it on every socket of the cgroup.
+        let map = self.bpf.map_mut("sluice_hostns").ok_or(missing("sluice_hostns"))?;
+        let mut arr: Array<_, u64> = Array::try_from(map).map_err(map_err("sluice_hostns"))?;
+        arr.set(0, crate::sock_netns::own_netns_cookie().unwrap_or(0), 0).map_err(map_err("sluice_hostns"))
     }
 
     /// Map entries for exactly these services (IDs kept stable; IDs of frontends no longer

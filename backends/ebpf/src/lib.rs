@@ -25,6 +25,7 @@ pub mod maps;
 pub mod policy;
 pub mod policy_l7;
 pub mod probe;
+pub mod sock_netns;
 pub mod tc_netlink;
 
 pub use dataplane::{EbpfDataplane, SPEC};

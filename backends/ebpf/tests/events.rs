@@ -277,7 +277,7 @@ impl Drop for TestCgroup {
 }
 
 #[test]
-fn a_socket_translation_is_traced_once_per_socket_and_backend() {
+fn a_socket_translation_is_traced_once_per_socket_and_backend_of_the_node_only() {
     use aya::programs::{CgroupAttachMode, CgroupSockAddr};
     if !require_root() {
         return;
@@ -311,14 +311,17 @@ fn a_socket_translation_is_traced_once_per_socket_and_backend() {
     // A process in the cgroup (this test binary again, running `sock_client` below), in a
     // network namespace of its own (nothing leaves it): one TCP connect, and one UDP socket
     // sending three datagrams (one translation traced).
-    let exe = std::env::current_exe().expect("test binary");
-    let st = std::process::Command::new(exe)
-        .args(["--exact", "sock_client", "--test-threads", "1", "--quiet"])
-        .env("SLUICE_SOCK_CLIENT_CGROUP", &cg.0)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run the client");
-    assert!(st.success(), "{st}");
+    let client = || {
+        let exe = std::env::current_exe().expect("test binary");
+        let st = std::process::Command::new(exe)
+            .args(["--exact", "sock_client", "--test-threads", "1", "--quiet"])
+            .env("SLUICE_SOCK_CLIENT_CGROUP", &cg.0)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run the client");
+        assert!(st.success(), "{st}");
+    };
+    client();
     let got = batch(&mut events);
     let socks: Vec<_> = got
         .iter()
@@ -334,9 +337,17 @@ fn a_socket_translation_is_traced_once_per_socket_and_backend() {
     );
     assert_eq!((socks[1].proto, socks[1].backend), (17, (ip("127.0.0.1"), 5353)));
     assert!(socks[0].cookie != 0 && socks[0].cookie != socks[1].cookie, "{socks:?}");
+    // With the node's netns named (the agent writes its own), a socket of another netns (a pod
+    // in the same cgroup) is left to its veth's program: neither translated nor traced.
+    let own = sluice_ebpf::sock_netns::own_netns_cookie().expect("SO_NETNS_COOKIE");
+    let mut hostns: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(lb.bpf().map_mut("sluice_hostns").expect("map")).expect("array");
+    hostns.set(0, own, 0).expect("set");
+    client();
+    assert!(events.recv_batch(std::time::Duration::from_millis(300)).is_err(), "another netns's socket was translated");
 }
 
-/// The client of `a_socket_translation_is_traced_once_per_socket_and_backend`, run as its own
+/// The client of `a_socket_translation_is_traced_once_per_socket_and_backend_of_the_node_only`, run as its own
 /// process (cgroup membership is per process); a no-op otherwise.
 #[test]
 fn sock_client() {

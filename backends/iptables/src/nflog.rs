@@ -239,7 +239,7 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert_eq!((f[0].event, f[0].drop_reason), (EventKind::Drop, Some(DropReason::ServiceBackendNotFound)));
         assert_eq!(f[0].destination_service.as_ref().map(|s| s.name.as_str()), Some("empty"));
-        assert_eq!(f[0].direction, TrafficDirection::Unknown, "from outside");
+        assert_eq!(f[0].direction, TrafficDirection::Ingress, "from outside, to the Service");
         assert_eq!(f[1].drop_reason, Some(DropReason::DeniedByLbSrcRangeCheck));
     }
 

@@ -176,7 +176,8 @@ pub fn policy_drop_flow(
 /// The flow of a packet a Service frontend dropped (no backend: SERVICE_BACKEND_NOT_FOUND; a
 /// LoadBalancer's source ranges: DENIED_BY_LB_SRC_RANGE_CHECK), attributed to the Service whose
 /// frontend `p.dst:p.dport` is. Sent by one of this node's pods: EGRESS; otherwise (from outside,
-/// from the host) the direction is unknown: no endpoint of this node sent or was to get it.
+/// from the host) INGRESS, traffic coming in to the Service (Hubble's clients expect a direction
+/// on every drop).
 pub fn service_drop_flow(dir: &Directory, p: &DroppedPacket, reason: DropReason, time_ns: u64) -> Flow {
     let mut f = dir.trace(&Observed {
         time_ns,
@@ -192,9 +193,9 @@ pub fn service_drop_flow(dir: &Directory, p: &DroppedPacket, reason: DropReason,
     f.event = EventKind::Drop;
     f.observation = None;
     f.drop_reason = Some(reason);
-    // (The trace's direction: egress when a local pod sent it; nothing enters a pod here.)
+    // (The trace's direction: egress when a local pod sent it.)
     if f.direction != TrafficDirection::Egress {
-        f.direction = TrafficDirection::Unknown;
+        f.direction = TrafficDirection::Ingress;
     }
     f.destination_service = dir.service_at(p.dst, p.dport, p.proto);
     if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {

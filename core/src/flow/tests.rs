@@ -444,5 +444,5 @@ fn a_service_drop_names_the_service_and_its_reason() {
     );
     let outside = drop::DroppedPacket { src: Ipv4Addr::new(198, 51, 100, 192), ..p };
     let f = drop::service_drop_flow(&d, &outside, DropReason::DeniedByLbSrcRangeCheck, 1);
-    assert_eq!((f.direction, f.sub_type()), (TrafficDirection::Unknown, 177));
+    assert_eq!((f.direction, f.sub_type()), (TrafficDirection::Ingress, 177), "coming in to the Service");
 }

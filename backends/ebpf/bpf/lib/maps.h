@@ -198,4 +198,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_trace_udp SEC(".maps");
 
+/* The network namespace cookie of the node's own processes (the agent's): socket LB translates
+ * their sockets only; a pod's socket is left to its veth's program (0: not written yet, every
+ * socket, as before this map existed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_hostns SEC(".maps");
+
 #endif

@@ -17,7 +17,14 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 want)
 	struct nat_val front = {};
 	struct nat_val *had;
 
+	__u32 zero = 0;
+	__u64 *hostns = bpf_map_lookup_elem(&sluice_hostns, &zero);
+
 	if (ctx->user_family != 2 /* AF_INET */)
+		return 1;
+	/* Host processes only (a pod in the same cgroup is translated at its veth, where policy
+	 * and the flow trace see the Service). */
+	if (hostns && *hostns && bpf_get_netns_cookie(ctx) != *hostns)
 		return 1;
 	svc = bpf_map_lookup_elem(&sluice_svc, &sk);
 	if (!svc || !(svc->flags & want))
