@@ -144,6 +144,11 @@ fn flows() -> anyhow::Result<()> {
         &["exec", "node-1", "--", "sluice", "observe", "--to-service", "default/echo", "--last", "1", "-o", "json"],
     )?;
     // node-2 stayed on eBPF: its programs trace the world's NodePort connections on eth0.
+    for _ in 0..3 {
+        let _ = lab()
+            .args(["exec", "world", "--", "sluice-lab", "curl", "--timeout-ms", "1000", "http://198.51.100.12:30080/"])
+            .output()?;
+    }
     let out = step(
         "node-2 (eBPF): the world's NodePort connections, traced arriving on its eth0 with the backend chosen",
         &[
