@@ -42,11 +42,11 @@ fn object_and(extra: &[Capability]) -> Vec<Capability> {
 static TC: LazyLock<Vec<Capability>> = LazyLock::new(|| object_and(&[Capability::TcAttach]));
 static SOCK_TCP: LazyLock<Vec<Capability>> = LazyLock::new(|| {
     use Capability::*;
-    object_and(&[CgroupV2, AttachCgroupConnect4, AttachCgroupGetpeername4, HelperSocketCookie])
+    object_and(&[CgroupV2, AttachCgroupConnect4, AttachCgroupGetpeername4, HelperSocketCookie, HelperGetNetnsCookie])
 });
 static SOCK_UDP: LazyLock<Vec<Capability>> = LazyLock::new(|| {
     use Capability::*;
-    object_and(&[CgroupV2, AttachCgroupSendmsg4, AttachCgroupRecvmsg4, HelperSocketCookie])
+    object_and(&[CgroupV2, AttachCgroupSendmsg4, AttachCgroupRecvmsg4, HelperSocketCookie, HelperGetNetnsCookie])
 });
 
 /// Kernel capabilities each feature needs on this backend; `None`: not built yet.

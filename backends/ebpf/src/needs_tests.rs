@@ -47,6 +47,7 @@ fn probed_by(helper: &str) -> Option<Capability> {
         "bpf_redirect_neigh" => Capability::HelperRedirectNeigh,
         "bpf_skc_lookup_tcp" | "bpf_sk_lookup_udp" | "bpf_sk_release" | "bpf_sk_assign" => Capability::HelperSkLookup,
         "bpf_get_socket_cookie" => Capability::HelperSocketCookie,
+        "bpf_get_netns_cookie" => Capability::HelperGetNetnsCookie,
         // The ring buffer helpers came with the map type (5.8): its probe covers them.
         "bpf_ringbuf_reserve" | "bpf_ringbuf_submit" => Capability::MapRingbuf,
         _ => return None,
