@@ -52,6 +52,9 @@ pub struct Flows {
     /// or kube-proxy): conntrack events of the connections netfilter translated.
     nat_reader: Option<std::thread::JoinHandle<()>>,
     nat_stop: Arc<AtomicBool>,
+    /// A reader told to stop, left to end on its own (its receive waits up to 1 s: joining it
+    /// would hold the pass that took the frontends from netfilter up that long).
+    nat_stopping: Option<std::thread::JoinHandle<()>>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     /// The backend whose datapath the flows come from while they run (iptables: conntrack
     /// events; eBPF: the pod-veth programs' traces in the ring buffer).
@@ -89,6 +92,7 @@ impl Flows {
             ebpf_drops_error: None,
             nat_reader: None,
             nat_stop: Arc::default(),
+            nat_stopping: None,
             servers: Vec::new(),
             serving: None,
             socket,
@@ -217,14 +221,19 @@ impl Flows {
     pub fn reconcile_netfilter_nat(&mut self, netfilter_translates: bool) {
         let want = netfilter_translates && self.serving == Some(sluice_core::BackendId::EBPF) && self.running();
         let alive = self.nat_reader.as_ref().is_some_and(|h| !h.is_finished());
+        if self.nat_stopping.as_ref().is_some_and(|h| h.is_finished()) {
+            let _ = self.nat_stopping.take().map(|h| h.join());
+        }
         if want == alive {
             return;
         }
         self.stop_nat_reader();
-        if !want {
+        // One reader at a time (two would record each connection twice): a new one starts once
+        // the last has ended, on a later pass.
+        if !want || self.nat_stopping.is_some() {
             return;
         }
-        self.nat_stop.store(false, Ordering::SeqCst);
+        self.nat_stop = Arc::new(AtomicBool::new(false));
         let (hub, dir, stop, lost, error) =
             (self.hub.clone(), self.directory.clone(), self.nat_stop.clone(), self.lost.clone(), self.error.clone());
         match sources::spawn_conntrack(hub, dir, stop, lost, error, true) {
@@ -241,7 +250,7 @@ impl Flows {
     fn stop_nat_reader(&mut self) {
         self.nat_stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.nat_reader.take() {
-            let _ = h.join();
+            self.nat_stopping = Some(h);
         }
     }
 

@@ -128,23 +128,9 @@ pub fn policy_drop_flow(
     tag: Option<&DropTag>,
     time_ns: u64,
 ) -> Flow {
-    let mut f = dir.trace(&Observed {
-        time_ns,
-        proto: p.proto,
-        src: p.src,
-        sport: p.sport,
-        dst: p.dst,
-        dport: p.dport,
-        translated_to: None,
-        observation: if ingress { ObservationPoint::ToEndpoint } else { ObservationPoint::FromEndpoint },
-    });
-    f.verdict = Verdict::Dropped;
-    f.event = EventKind::Drop;
-    f.observation = None;
+    let point = if ingress { ObservationPoint::ToEndpoint } else { ObservationPoint::FromEndpoint };
+    let mut f = dropped(dir, p, point, time_ns);
     f.direction = if ingress { TrafficDirection::Ingress } else { TrafficDirection::Egress };
-    if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {
-        *flags = TcpFlags::from_byte(p.tcp_flags);
-    }
     if let Some(t) = tag.filter(|t| t.allow) {
         // A policy verdict for a new flow an allow rule let through (Hubble's type 5,
         // FORWARDED, with the policies in `*_allowed_by`).
@@ -179,6 +165,19 @@ pub fn policy_drop_flow(
 /// from the host) INGRESS, traffic coming in to the Service (Hubble's clients expect a direction
 /// on every drop).
 pub fn service_drop_flow(dir: &Directory, p: &DroppedPacket, reason: DropReason, time_ns: u64) -> Flow {
+    let mut f = dropped(dir, p, ObservationPoint::FromEndpoint, time_ns);
+    f.drop_reason = Some(reason);
+    // (The trace's direction: egress when a local pod sent it.)
+    if f.direction != TrafficDirection::Egress {
+        f.direction = TrafficDirection::Ingress;
+    }
+    f.destination_service = dir.service_at(p.dst, p.dport, p.proto);
+    f
+}
+
+/// `p` named through `dir` (the direction as a trace at `point` would have it), as a drop:
+/// DROPPED, event type drop, no observation point, the packet's TCP flags.
+fn dropped(dir: &Directory, p: &DroppedPacket, point: ObservationPoint, time_ns: u64) -> Flow {
     let mut f = dir.trace(&Observed {
         time_ns,
         proto: p.proto,
@@ -187,17 +186,11 @@ pub fn service_drop_flow(dir: &Directory, p: &DroppedPacket, reason: DropReason,
         dst: p.dst,
         dport: p.dport,
         translated_to: None,
-        observation: ObservationPoint::FromEndpoint,
+        observation: point,
     });
     f.verdict = Verdict::Dropped;
     f.event = EventKind::Drop;
     f.observation = None;
-    f.drop_reason = Some(reason);
-    // (The trace's direction: egress when a local pod sent it.)
-    if f.direction != TrafficDirection::Egress {
-        f.direction = TrafficDirection::Ingress;
-    }
-    f.destination_service = dir.service_at(p.dst, p.dport, p.proto);
     if let Some(L4::Tcp { flags, .. }) = &mut f.l4 {
         *flags = TcpFlags::from_byte(p.tcp_flags);
     }

@@ -69,14 +69,31 @@ static __always_inline int trace_udp_new(struct flow_key *k, __u8 obs, __u32 xad
 	return 1;
 }
 
+/* A record of `size` bytes in the ring within this CPU's trace budget; NULL when over it or the
+ * ring is full (counted as suppressed, which user space reports as lost). */
+static __always_inline void *trace_reserve(__u64 size)
+{
+	__u32 zero = 0;
+	struct ev_budget *b = bpf_map_lookup_elem(&sluice_trace_budget, &zero);
+	void *e;
+
+	if (!ev_take(b, TRACE_PER_CPU_PER_S))
+		return NULL;
+	e = bpf_ringbuf_reserve(&sluice_events, size, 0);
+	if (!e) {
+		b->suppressed++;
+		return NULL;
+	}
+	b->sent++;
+	return e;
+}
+
 /* Report the packet `k` (as the program met it) at `obs` if it opens a connection and tracing
  * is on; `xaddr`/`xport`: the backend a frontend was translated to (0: not translated). A
  * separate function, so each call site does not carry the body (unused by the objects that
  * include this without a pod program). */
 static __noinline __attribute__((unused)) int trace_new(struct __sk_buff *skb, struct flow_key *k, __u32 obs, __u32 xaddr, __u32 xport)
 {
-	__u32 zero = 0;
-	struct ev_budget *b;
 	struct ev_trace *e;
 	__u8 flags = 0;
 	__u32 want = obs == TRACE_TO_STACK ? NODE_F_TRACE | NODE_F_TO_STACK : NODE_F_TRACE;
@@ -100,15 +117,9 @@ static __noinline __attribute__((unused)) int trace_new(struct __sk_buff *skb, s
 	} else {
 		return 0;
 	}
-	b = bpf_map_lookup_elem(&sluice_trace_budget, &zero);
-	if (!ev_take(b, TRACE_PER_CPU_PER_S))
+	e = trace_reserve(sizeof(*e));
+	if (!e)
 		return 0;
-	e = bpf_ringbuf_reserve(&sluice_events, sizeof(*e), 0);
-	if (!e) {
-		b->suppressed++;
-		return 0;
-	}
-	b->sent++;
 	e->kind = EV_TRACE;
 	e->obs = obs;
 	e->tcp_flags = flags;
@@ -131,21 +142,13 @@ static __noinline __attribute__((unused)) int trace_new(struct __sk_buff *skb, s
 static __noinline __attribute__((unused)) int trace_sock(__u64 cookie, __u32 proto, struct nat_val *front,
 							  struct backend_val *be)
 {
-	__u32 zero = 0;
-	struct ev_budget *b;
 	struct ev_sock *e;
 
 	if (!front || !be || !(node_flags() & NODE_F_TRACE))
 		return 0;
-	b = bpf_map_lookup_elem(&sluice_trace_budget, &zero);
-	if (!ev_take(b, TRACE_PER_CPU_PER_S))
+	e = trace_reserve(sizeof(*e));
+	if (!e)
 		return 0;
-	e = bpf_ringbuf_reserve(&sluice_events, sizeof(*e), 0);
-	if (!e) {
-		b->suppressed++;
-		return 0;
-	}
-	b->sent++;
 	e->kind = EV_TRACE_SOCK;
 	e->xlate = SOCK_XLATE_POST_FWD;
 	e->proto = proto;
