@@ -97,7 +97,7 @@ fn interface_name(ifindex: u32) -> Option<String> {
 /// One record of the eBPF ring as a flow: a trace named through the directory (the frontend
 /// and the backend it was translated to), or a policy event attributed with the rule tags.
 pub(crate) fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::Event) -> sluice_core::flow::Flow {
-    use sluice_core::flow::drop::{DroppedPacket, TagKey, policy_drop_flow};
+    use sluice_core::flow::drop::{TagKey, policy_drop_flow};
     use sluice_core::flow::enrich::Observed;
     use sluice_core::flow::{ObservationPoint, TrafficDirection};
     use sluice_ebpf::events::{Event, TracePoint};
@@ -128,19 +128,7 @@ pub(crate) fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::
             f
         }
         Event::Sock(x) => d.sock_translation(now_ns(), x.proto, x.front, x.backend, x.cookie),
-        Event::LbDrop(x) => {
-            let pkt = DroppedPacket {
-                proto: x.proto,
-                src: x.src,
-                sport: x.sport,
-                dst: x.dst,
-                dport: x.dport,
-                tcp_flags: x.tcp_flags,
-            };
-            let reason = sluice_core::flow::DropReason::from_number(i32::from(x.reason))
-                .unwrap_or(sluice_core::flow::DropReason::ServiceBackendNotFound);
-            sluice_core::flow::drop::service_drop_flow(d, &pkt, reason, now_ns())
-        }
+        Event::LbDrop(x) => sluice_core::flow::drop::service_drop_flow(d, &x.packet(), x.reason, now_ns()),
         Event::Policy(p) => {
             let tag = interface_name(p.ifindex).and_then(|interface| {
                 let key = TagKey { interface, ingress: p.ingress, audit: p.audit };
@@ -153,15 +141,7 @@ pub(crate) fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::
                 // list rewritten since the packet is not guessed at.
                 (tag.allow == p.allow).then_some(tag)
             });
-            let pkt = DroppedPacket {
-                proto: p.proto,
-                src: p.src,
-                sport: p.sport,
-                dst: p.dst,
-                dport: p.dport,
-                tcp_flags: p.tcp_flags,
-            };
-            let mut f = policy_drop_flow(d, &pkt, p.ingress, p.audit, tag, now_ns());
+            let mut f = policy_drop_flow(d, &p.packet(), p.ingress, p.audit, tag, now_ns());
             if p.allow && tag.is_none() {
                 // Admitted, but the rule is no longer known: a verdict without its policies.
                 f.verdict = sluice_core::flow::Verdict::Forwarded;

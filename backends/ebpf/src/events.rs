@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use sluice_core::flow::drop::DroppedPacket;
 
 use crate::datapath::DatapathError;
 
@@ -114,14 +115,33 @@ pub struct LbDrop {
     /// At a node device (from outside), or at a pod's veth (the pod sending).
     pub at_device: bool,
     pub ifindex: u32,
-    /// Hubble's drop reason number (158 no backend, 177 source ranges).
-    pub reason: u8,
+    /// SERVICE_BACKEND_NOT_FOUND or DENIED_BY_LB_SRC_RANGE_CHECK (a number this build does not
+    /// know makes the record unknown, not a guess).
+    pub reason: sluice_core::flow::DropReason,
     pub proto: u8,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+}
+
+impl PolicyDrop {
+    /// The packet's headers, as the flow records take them.
+    pub fn packet(&self) -> DroppedPacket {
+        let (proto, src, sport, dst, dport, tcp_flags) =
+            (self.proto, self.src, self.sport, self.dst, self.dport, self.tcp_flags);
+        DroppedPacket { proto, src, sport, dst, dport, tcp_flags }
+    }
+}
+
+impl LbDrop {
+    /// The packet's headers, as the flow records take them.
+    pub fn packet(&self) -> DroppedPacket {
+        let (proto, src, sport, dst, dport, tcp_flags) =
+            (self.proto, self.src, self.sport, self.dst, self.dport, self.tcp_flags);
+        DroppedPacket { proto, src, sport, dst, dport, tcp_flags }
+    }
 }
 
 /// One record of the ring.
@@ -184,7 +204,7 @@ pub fn parse(buf: &[u8]) -> Option<Event> {
         EV_LB_DROP if buf.len() >= EV_DROP_LEN => Some(Event::LbDrop(LbDrop {
             at_device: buf[1] == 1,
             ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
-            reason: buf[2],
+            reason: sluice_core::flow::DropReason::from_number(i32::from(buf[2]))?,
             proto: buf[3],
             src: ip(buf, 8),
             dst: ip(buf, 12),
@@ -398,10 +418,12 @@ mod tests {
         r[0] = EV_LB_DROP;
         match parse(&r) {
             Some(Event::LbDrop(d)) => {
-                assert!(d.at_device && d.reason == 158 && d.dport == 8080 && d.tcp_flags == 0x02, "{d:?}")
+                assert!(d.at_device && d.reason as i32 == 158 && d.dport == 8080 && d.tcp_flags == 0x02, "{d:?}")
             }
             other => panic!("{other:?}"),
         }
+        r[2] = 1;
+        assert_eq!(parse(&r), None, "a drop reason this build does not know is not guessed at");
     }
 
     #[test]

@@ -399,9 +399,12 @@ fn service_drops_are_reported_with_their_reason_while_flows_run() {
         })
         .collect();
     assert_eq!(drops.len(), 2, "{drops:#?}");
-    assert_eq!((drops[0].at_device, drops[0].reason, drops[0].dst, drops[0].dport), (false, 158, ip("10.96.0.20"), 80));
+    assert_eq!(
+        (drops[0].at_device, drops[0].reason as i32, drops[0].dst, drops[0].dport),
+        (false, 158, ip("10.96.0.20"), 80)
+    );
     assert_eq!(drops[0].tcp_flags, 0x02);
-    assert_eq!((drops[1].at_device, drops[1].reason, drops[1].src), (true, 177, ip("198.51.100.192")));
+    assert_eq!((drops[1].at_device, drops[1].reason as i32, drops[1].src), (true, 177, ip("198.51.100.192")));
 }
 
 #[test]
