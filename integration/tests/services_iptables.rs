@@ -94,8 +94,9 @@ fn answers(t: &TestLab, from: &str, url: &str, n: usize) -> BTreeSet<String> {
     (0..n)
         .map(|i| {
             t.curl(from, url).unwrap_or_else(|e| {
-                // A rare timeout (once in CI, in the 6.1 guest, external -> ExternalIP) was never
-                // reproduced: print what the nodes held for the failed flow's peers.
+                // A rare timeout (twice in CI, in the 6.1 guest, external -> ExternalIP) was a
+                // stale reverse-NAT entry on the backend's node (docs/design/ebpf.md, "A SYN
+                // re-picks"); should one come back, print what the nodes held for its peers.
                 panic!("{from} -> {url} (request {i} of {n}): {e:#}\n{}", traffic_state(t))
             })
         })

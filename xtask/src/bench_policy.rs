@@ -95,6 +95,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 max("label_allow_ms")
             );
         }
+        for r in &results {
+            let a = &r["agent_pass_ms"];
+            let f = |k: &str, m: &str| a[k][m].as_f64().map_or("?".into(), |v| format!("{v:.1}"));
+            println!(
+                "{:<9}  agent's pass per change ({} passes), median / worst: read {} / {} ms, policy {} / {} ms, kernel {} / {} ms",
+                r["dataplane"].as_str().unwrap_or(""),
+                a["read_ms"]["passes"],
+                f("read_ms", "median"),
+                f("read_ms", "max"),
+                f("policy_ms", "median"),
+                f("policy_ms", "max"),
+                f("kernel_ms", "median"),
+                f("kernel_ms", "max")
+            );
+        }
         println!(
             "(change -> enforced: median of {FLIP_ROUNDS} rounds, deny / allow; from the start of the `sluice-lab delete|apply|pod label` that writes the manifest until the first probe (one starts every 5 ms) with the new verdict; the agent is woken by inotify, its 100 ms poll is the fallback)"
         );
@@ -160,7 +175,13 @@ fn one(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, dp: &str, o: &Opts)
     let cfg = out_dir.join("policy-node.yaml");
     std::fs::write(&cfg, format!("dataplane: {dp}\nsource: {{poll_interval_ms: 100}}\n"))?;
     let _ = lab().arg("down").output();
-    crate::run(lab().args(["up", "--nodes", "1", "--node-config"]).arg(format!("node-1={}", cfg.display())))?;
+    // The agent logs where each change's pass spends its time (read, policy, kernel).
+    crate::run(
+        lab()
+            .env("SLUICE_LOG", "info,sluice::daemon=debug")
+            .args(["up", "--nodes", "1", "--node-config"])
+            .arg(format!("node-1={}", cfg.display())),
+    )?;
     crate::run(lab().args(["pod", "add", "node-1", "server", "--labels", "role=server", "--serve", "80"]))?;
     crate::run(lab().args(["pod", "add", "node-1", "client", "--labels", "role=client"]))?;
     let st = json(lab().args(["-o", "json", "status"]))?;
@@ -204,6 +225,8 @@ fn one(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, dp: &str, o: &Opts)
     let rate_policies = rate(lab, &server, o.secs)?;
 
     // Rounds of the four flips: one figure would be one sample of a noisy machine.
+    let log = lab_dir().join("node-1/agent.log");
+    let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let mut samples: [Vec<u64>; 4] = Default::default();
     for _ in 0..FLIP_ROUNDS {
         samples[0].push(flip(lab, &server, "silent", || crate::run(lab().arg("delete").arg(&client_file)))?);
@@ -217,6 +240,8 @@ fn one(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, dp: &str, o: &Opts)
         v.sort_unstable();
         serde_json::json!({"median": v[v.len() / 2], "max": v[v.len() - 1], "samples": v})
     });
+
+    let agent_ms = pass_times(&log, log_start);
 
     let st = json(lab().args(["-o", "json", "status"]))?;
     let pid = st["nodes"][0]["agent_pid"].as_u64().context("agent pid")?;
@@ -245,5 +270,33 @@ fn one(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, dp: &str, o: &Opts)
         "label_deny_ms": label_deny_ms,
         "label_allow_ms": label_allow_ms,
         "agent_rss_mb": rss_kb as f64 / 1024.0,
+        "agent_pass_ms": agent_ms,
     }))
+}
+
+/// The bench lab's directory (as `sluice-lab` finds it).
+fn lab_dir() -> std::path::PathBuf {
+    std::env::var_os("SLUICE_LAB_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/run/sluice-lab".into()).join("bench")
+}
+
+/// The agent's share of the flips: its "pass after a source change" debug lines written after
+/// `from` (read, policy, kernel; median and worst of each), so a slow figure says whether the
+/// agent or the rest (the lab command, the probes) grew.
+fn pass_times(log: &std::path::Path, from: u64) -> Value {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+    let field = |line: &str, key: &str| -> Option<f64> {
+        let rest = &line[line.find(&format!("{key}="))? + key.len() + 1..];
+        rest.split(|c: char| c.is_whitespace() || c == ',').next()?.parse().ok()
+    };
+    let mut out = serde_json::Map::new();
+    for key in ["read_ms", "policy_ms", "kernel_ms"] {
+        let mut v: Vec<f64> =
+            text.lines().filter(|l| l.contains("pass after a source change")).filter_map(|l| field(l, key)).collect();
+        v.sort_by(f64::total_cmp);
+        if let (Some(median), Some(max)) = (v.get(v.len() / 2), v.last()) {
+            out.insert(key.into(), serde_json::json!({"median": median, "max": max, "passes": v.len()}));
+        }
+    }
+    Value::Object(out)
 }

@@ -185,6 +185,12 @@ fn node_port_to_a_local_backend_keeps_the_client_address() {
     assert!(v == TC_ACT_REDIRECT || v == TC_ACT_OK, "sent out directly: {v}");
     assert_eq!(fields(&out), (ip("198.51.100.11"), 30080, ip("198.51.100.201"), 50000));
     assert!(checksums_valid(&out));
+    // The same address and port later open a connection to the pod itself (another node SNATing
+    // a flow of its own to its address picked the port its host had used for the NodePort
+    // flow): the SYN clears the reverse entry, so the pod's reply keeps its own address.
+    assert_eq!(lb.run("sluice_from_net", &packet(6, "198.51.100.201", 50000, "10.244.1.2", 8080)).0, PASS);
+    let (v, out) = lb.run("sluice_from_pod", &reply);
+    assert_eq!((v, fields(&out)), (PASS, fields(&reply)), "a direct connection's reply is not rewritten to the frontend");
 }
 
 #[test]

@@ -88,9 +88,16 @@ int sluice_from_net(struct __sk_buff *skb)
 		svc = bpf_map_lookup_elem(&sluice_svc, &sk);
 		if (!svc || !(svc->flags & SVC_F_EXTERNAL)) {
 			/* As at the pod veth: an entry for this tuple from a connection served before
-			 * the frontend moved away must not catch this one's later packets. */
-			if (k.proto == IPPROTO_TCP)
+			 * the frontend moved away must not catch this one's later packets; nor may a
+			 * reverse-NAT entry for its reply tuple, left by an earlier NodePort flow from
+			 * the same address and port to a local backend (another node SNATing to its
+			 * own address can pick the port its host used for that flow), rewrite this
+			 * connection's replies to the frontend. */
+			if (k.proto == IPPROTO_TCP) {
+				struct flow_key rk = { .saddr = k.daddr, .daddr = k.saddr, .sport = k.dport, .dport = k.sport, .proto = k.proto };
 				bpf_map_delete_elem(&sluice_ct, &k);
+				bpf_map_delete_elem(&sluice_rnat, &rk);
+			}
 			return PASS;
 		}
 		if (!source_allowed(svc, k.saddr))
