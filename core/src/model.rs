@@ -53,7 +53,8 @@ pub struct LocalEndpoint {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeInfo>,
-    pub pods: Vec<PodInfo>,
+    /// Shared: a translation reuses the pods that did not change (10,000 pods per change).
+    pub pods: Vec<std::sync::Arc<PodInfo>>,
     pub services: Vec<Service>,
     pub host_ports: Vec<crate::service::HostPort>,
     /// Objects the translation refused, each with the reason (shown in status, never fatal).

@@ -99,13 +99,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             let a = &r["agent_pass_ms"];
             let f = |k: &str, m: &str| a[k][m].as_f64().map_or("?".into(), |v| format!("{v:.1}"));
             println!(
-                "{:<9}  agent's pass per change ({} passes), median / worst: read {} / {} ms, policy {} / {} ms, kernel {} / {} ms",
+                "{:<9}  agent's pass per change ({} passes), median / worst: read {} / {} ms (source {} / {}, translate {} / {}), policy {} / {} ms (compile {} / {}: inputs {}, identities {}, context {}), kernel {} / {} ms",
                 r["dataplane"].as_str().unwrap_or(""),
                 a["read_ms"]["passes"],
                 f("read_ms", "median"),
                 f("read_ms", "max"),
+                f("source_ms", "median"),
+                f("source_ms", "max"),
+                f("translate_ms", "median"),
+                f("translate_ms", "max"),
                 f("policy_ms", "median"),
                 f("policy_ms", "max"),
+                f("compile_ms", "median"),
+                f("compile_ms", "max"),
+                f("inputs_ms", "median"),
+                f("identities_ms", "median"),
+                f("context_ms", "median"),
                 f("kernel_ms", "median"),
                 f("kernel_ms", "max")
             );
@@ -225,7 +234,7 @@ fn one(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, dp: &str, o: &Opts)
     let rate_policies = rate(lab, &server, o.secs)?;
 
     // Rounds of the four flips: one figure would be one sample of a noisy machine.
-    let log = lab_dir().join("node-1/agent.log");
+    let log = lab_dir().join("nodes/node-1/agent.log");
     let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let mut samples: [Vec<u64>; 4] = Default::default();
     for _ in 0..FLIP_ROUNDS {
@@ -276,7 +285,10 @@ fn one(lab: &dyn Fn() -> Command, out_dir: &std::path::Path, dp: &str, o: &Opts)
 
 /// The bench lab's directory (as `sluice-lab` finds it).
 fn lab_dir() -> std::path::PathBuf {
-    std::env::var_os("SLUICE_LAB_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| "/run/sluice-lab".into()).join("bench")
+    std::env::var_os("SLUICE_LAB_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/run/sluice-lab".into())
+        .join("bench")
 }
 
 /// The agent's share of the flips: its "pass after a source change" debug lines written after
@@ -290,9 +302,22 @@ fn pass_times(log: &std::path::Path, from: u64) -> Value {
         rest.split(|c: char| c.is_whitespace() || c == ',').next()?.parse().ok()
     };
     let mut out = serde_json::Map::new();
-    for key in ["read_ms", "policy_ms", "kernel_ms"] {
+    // Within read: the source's own read, and the translation of its objects.
+    let keys = [
+        ("read_ms", "pass after a source change", "read_ms"),
+        ("policy_ms", "pass after a source change", "policy_ms"),
+        ("kernel_ms", "pass after a source change", "kernel_ms"),
+        ("source_ms", "source read", "ms"),
+        ("translate_ms", "translated", "ms"),
+        // Within policy: the compile (inputs, identities, context, endpoints).
+        ("compile_ms", "policy compiled", "ms"),
+        ("inputs_ms", "policy compiled", "inputs_ms"),
+        ("identities_ms", "policy compiled", "identities_ms"),
+        ("context_ms", "policy compiled", "context_ms"),
+    ];
+    for (key, line, name) in keys {
         let mut v: Vec<f64> =
-            text.lines().filter(|l| l.contains("pass after a source change")).filter_map(|l| field(l, key)).collect();
+            text.lines().filter(|l| l.contains(&format!(": {line} "))).filter_map(|l| field(l, name)).collect();
         v.sort_by(f64::total_cmp);
         if let (Some(median), Some(max)) = (v.get(v.len() / 2), v.last()) {
             out.insert(key.into(), serde_json::json!({"median": median, "max": max, "passes": v.len()}));

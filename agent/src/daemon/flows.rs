@@ -291,8 +291,13 @@ impl Flows {
                 n.internal_ip.into_iter().chain(gw).map(move |ip| (ip, n.name == node_name))
             })
             .collect();
-        let dir =
-            Directory::new(node_name, &state.pods, &state.services, |ip| ipcache.get(&ip).map(|i| i.0), &node_ips);
+        let dir = Directory::new(
+            node_name,
+            state.pods.iter().map(|p| &**p),
+            &state.services,
+            |ip| ipcache.get(&ip).map(|i| i.0),
+            &node_ips,
+        );
         if let Ok(mut d) = self.directory.write() {
             *d = dir;
         }

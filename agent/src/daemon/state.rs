@@ -14,7 +14,7 @@ use sluice_core::{ClusterState, HostPort, Service, ServiceName, SourceSync};
 
 use super::source::AgentSource;
 use crate::api::types::SourceStatus;
-use crate::source::translate::{Options, translate_with};
+use crate::source::translate::{Memo, Options, translate_memo};
 
 /// What the source says now, translated and gated.
 pub struct Current {
@@ -31,6 +31,8 @@ pub struct SourceSide {
     synced: bool,
     current: Option<Current>,
     opts: Options,
+    /// The pods translated before (an unchanged pod is not translated again).
+    memo: Memo,
     last_complete: PathBuf,
 }
 
@@ -61,6 +63,7 @@ impl SourceSide {
                 service_cidr: standalone.then_some(cfg.service_cidr),
                 cluster_cidr: Some(cfg.cluster_cidr),
             },
+            memo: Memo::default(),
             last_complete: cfg.state_dir().join("last-complete.json"),
         })
     }
@@ -75,7 +78,7 @@ impl SourceSide {
         let t = std::time::Instant::now();
         let read = self.source.read(self.current.as_ref().map(|c| c.generation));
         if !read.unchanged {
-            tracing::debug!(ms = t.elapsed().as_millis() as u64, "source read");
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, "source read");
         }
         self.synced = self.synced || read.complete;
         let mut status = SourceStatus {
@@ -102,9 +105,9 @@ impl SourceSide {
                 }
             };
             let t = std::time::Instant::now();
-            let mut state = translate_with(&objects, self.opts, prior);
+            let mut state = translate_memo(&objects, self.opts, prior, &mut self.memo);
             tracing::debug!(
-                ms = t.elapsed().as_millis() as u64,
+                ms = t.elapsed().as_secs_f64() * 1000.0,
                 services = state.services.len(),
                 rejected = state.rejected.len(),
                 "translated"

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service as K8sService, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -40,10 +41,38 @@ pub fn translate(o: &Objects) -> ClusterState {
 
 /// Validate and translate. `prior`: the Services of the previous translation, whose frontends
 /// keep winning conflicts against newcomers of the same age.
+#[cfg(test)]
 pub fn translate_with(o: &Objects, opts: Options, prior: &[Service]) -> ClusterState {
+    translate_memo(o, opts, prior, &mut Memo::default())
+}
+
+/// Pods validated and translated before, by the object they came from. Sources share an
+/// unchanged object between reads (the same `Arc`), so a change to one pod of 10,000 translates
+/// one: the rest are taken from here (the memo holds each object, so its address is not reused).
+#[derive(Default)]
+pub struct Memo {
+    pods: std::collections::HashMap<usize, MemoPod>,
+}
+
+struct MemoPod {
+    obj: Arc<Pod>,
+    check: validate::Check,
+    info: Arc<PodInfo>,
+}
+
+#[cfg(test)]
+impl Memo {
+    /// Pod objects held.
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+}
+
+/// [`translate_with`], reusing (and renewing) `memo`.
+pub fn translate_memo(o: &Objects, opts: Options, prior: &[Service], memo: &mut Memo) -> ClusterState {
     let mut st = ClusterState { rejected: o.rejected.clone(), ..Default::default() };
     let nodes = admitted(&o.nodes, "Node", false, |n| &n.metadata, validate::node, &mut st.rejected);
-    let pods = admitted(&o.pods, "Pod", true, |p| &p.metadata, validate::pod, &mut st.rejected);
+    let (pods, infos) = admitted_pods(&o.pods, memo, &mut st.rejected);
     let slices = admitted(
         &o.endpoint_slices,
         "EndpointSlice",
@@ -56,7 +85,7 @@ pub fn translate_with(o: &Objects, opts: Options, prior: &[Service]) -> ClusterS
         let info = node(n);
         st.nodes.insert(info.name.clone(), info);
     }
-    st.pods = pods.iter().map(|p| pod(p)).collect();
+    st.pods = infos;
     for p in &pods {
         host_ports(p, &mut st.host_ports);
     }
@@ -150,18 +179,10 @@ fn admitted<'a, T>(
     check: impl Fn(&T) -> validate::Check,
     rejected: &mut Vec<Rejected>,
 ) -> Vec<&'a T> {
-    let dups = validate::duplicates(objs, |o| validate::display_name(kind, meta(o), namespaced));
+    let dups = validate::duplicates(objs.iter().map(|o| identity(meta(o), namespaced)));
     let mut out = Vec::new();
     for (i, o) in objs.iter().map(|o| o.as_ref()).enumerate() {
-        let res = check(o).and_then(|()| match dups.contains(&i) {
-            false => Ok(()),
-            true => Err(Box::new(Rejected::new(
-                validate::display_name(kind, meta(o), namespaced),
-                "metadata.name",
-                meta(o).name.as_deref().unwrap_or_default(),
-                Problem::Duplicate { first: "an earlier object of the same kind and name in this read".into() },
-            ))),
-        });
+        let res = check(o).and_then(|()| unique(kind, meta(o), namespaced, !dups.contains(&i)));
         match res {
             Ok(()) => out.push(o),
             Err(r) => rejected.push(*r),
@@ -170,7 +191,61 @@ fn admitted<'a, T>(
     out
 }
 
+/// [`admitted`] for Pods, with their translations, taken from `memo` where the object is the
+/// one translated before.
+fn admitted_pods<'a>(
+    objs: &'a [Arc<Pod>],
+    memo: &mut Memo,
+    rejected: &mut Vec<Rejected>,
+) -> (Vec<&'a Pod>, Vec<Arc<PodInfo>>) {
+    let dups = validate::duplicates(objs.iter().map(|o| identity(&o.metadata, true)));
+    let mut next = std::collections::HashMap::with_capacity(objs.len());
+    let (mut pods, mut infos) = (Vec::new(), Vec::new());
+    for (i, o) in objs.iter().enumerate() {
+        let at = Arc::as_ptr(o) as usize;
+        let m = match memo.pods.remove(&at).filter(|m| Arc::ptr_eq(&m.obj, o)) {
+            Some(m) => m,
+            None => MemoPod { obj: o.clone(), check: validate::pod(o), info: Arc::new(pod(o)) },
+        };
+        match m.check.clone().and_then(|()| unique("Pod", &o.metadata, true, !dups.contains(&i))) {
+            Ok(()) => {
+                pods.push(o.as_ref());
+                infos.push(m.info.clone());
+            }
+            Err(r) => rejected.push(*r),
+        }
+        next.insert(at, m);
+    }
+    memo.pods = next;
+    (pods, infos)
+}
+
+/// What makes two objects of a kind the same one: namespace (when namespaced) and name.
+fn identity(m: &ObjectMeta, namespaced: bool) -> (&str, &str) {
+    (
+        if namespaced { m.namespace.as_deref().unwrap_or("default") } else { "" },
+        m.name.as_deref().unwrap_or("<unnamed>"),
+    )
+}
+
+/// The refusal of a second copy of an object (`unique` false).
+fn unique(kind: &str, m: &ObjectMeta, namespaced: bool, unique: bool) -> validate::Check {
+    if unique {
+        return Ok(());
+    }
+    Err(Box::new(Rejected::new(
+        validate::display_name(kind, m, namespaced),
+        "metadata.name",
+        m.name.as_deref().unwrap_or_default(),
+        Problem::Duplicate { first: "an earlier object of the same kind and name in this read".into() },
+    )))
+}
+
 fn host_ports(p: &Pod, out: &mut Vec<sluice_core::HostPort>) {
+    let containers = p.spec.iter().flat_map(|s| s.containers.iter());
+    if !containers.flat_map(|c| c.ports.iter().flatten()).any(|cp| cp.host_port.is_some_and(|h| h != 0)) {
+        return; // (most pods: not translated twice)
+    }
     let info = pod(p);
     let Some(IpAddr::V4(pod_ip)) = info.ip else { return };
     for c in p.spec.iter().flat_map(|s| s.containers.iter()) {

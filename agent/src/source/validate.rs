@@ -19,17 +19,22 @@ use super::translate::Options;
 pub struct Ctx<'a> {
     pub opts: &'a Options,
     /// Address -> `Node name` / `Pod ns/name`.
-    pub owners: &'a BTreeMap<Ipv4Addr, String>,
+    pub owners: &'a BTreeMap<Ipv4Addr, Owner<'a>>,
 }
 
 pub type Check = Result<(), Box<Rejected>>;
 
 /// Builds rejections for one object.
-struct Obj(String);
+/// (The object's name is formatted only when it is refused.)
+struct Obj<'a> {
+    kind: &'static str,
+    meta: &'a ObjectMeta,
+    namespaced: bool,
+}
 
-impl Obj {
+impl Obj<'_> {
     fn err(&self, field: impl Into<String>, value: impl std::fmt::Display, problem: Problem) -> Box<Rejected> {
-        Box::new(Rejected::new(self.0.clone(), field, value, problem))
+        Box::new(Rejected::new(display_name(self.kind, self.meta, self.namespaced), field, value, problem))
     }
 
     fn syntax(&self, field: &str, value: &str, syntax: Syntax) -> Check {
@@ -58,7 +63,10 @@ impl Obj {
         }
         for (k, v) in m.labels.iter().flatten() {
             self.syntax("metadata.labels", k, Syntax::QualifiedName)?;
-            self.syntax(&format!("metadata.labels[{k}]"), v, Syntax::LabelValue)?;
+            // The field is named only for a bad value (10,000 pods are checked per change).
+            if !Syntax::LabelValue.check(v) {
+                self.syntax(&format!("metadata.labels[{k}]"), v, Syntax::LabelValue)?;
+            }
         }
         Ok(())
     }
@@ -78,7 +86,7 @@ pub fn display_name(kind: &str, m: &ObjectMeta, namespaced: bool) -> String {
 }
 
 pub fn node(n: &Node) -> Check {
-    let o = Obj(display_name("Node", &n.metadata, false));
+    let o = Obj { kind: "Node", meta: &n.metadata, namespaced: false };
     o.meta(&n.metadata, Syntax::Dns1123Subdomain, false)?;
     for (i, a) in n.status.iter().flat_map(|s| s.addresses.iter().flatten()).enumerate() {
         if a.type_ == "InternalIP" {
@@ -92,7 +100,7 @@ pub fn node(n: &Node) -> Check {
 }
 
 pub fn pod(p: &Pod) -> Check {
-    let o = Obj(display_name("Pod", &p.metadata, true));
+    let o = Obj { kind: "Pod", meta: &p.metadata, namespaced: true };
     o.meta(&p.metadata, Syntax::Dns1123Subdomain, true)?;
     if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
         match validate::ipv4(ip) {
@@ -123,7 +131,7 @@ pub fn pod(p: &Pod) -> Check {
 }
 
 pub fn endpoint_slice(s: &EndpointSlice) -> Check {
-    let o = Obj(display_name("EndpointSlice", &s.metadata, true));
+    let o = Obj { kind: "EndpointSlice", meta: &s.metadata, namespaced: true };
     o.meta(&s.metadata, Syntax::Dns1123Subdomain, true)?;
     o.one_of("addressType", Some(s.address_type.as_str()), &["IPv4", "IPv6", "FQDN"])?;
     let ipv4 = s.address_type == "IPv4";
@@ -150,7 +158,7 @@ pub fn endpoint_slice(s: &EndpointSlice) -> Check {
 const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
 
 pub fn service(s: &K8sService, cx: &Ctx<'_>) -> Check {
-    let o = Obj(display_name("Service", &s.metadata, true));
+    let o = Obj { kind: "Service", meta: &s.metadata, namespaced: true };
     o.meta(&s.metadata, Syntax::Dns1035Label, true)?;
     let spec = s.spec.as_ref().ok_or_else(|| o.err("spec", "", Problem::Missing))?;
     o.one_of("spec.type", spec.type_.as_deref(), &SERVICE_TYPES)?;
@@ -262,8 +270,8 @@ fn address(o: &Obj, field: &str, value: &str, cx: &Ctx<'_>, cluster_ip: bool) ->
     if let Some(cidr) = cx.opts.cluster_cidr.filter(|c| c.contains(&ip)) {
         return Err(o.err(field, value, Problem::InPodNetwork { cidr }));
     }
-    if let Some(owner) = cx.owners.get(&ip).filter(|w| cluster_ip || w.starts_with("Pod ")) {
-        return Err(o.err(field, value, Problem::TakenBy { owner: owner.clone() }));
+    if let Some(owner) = cx.owners.get(&ip).filter(|w| cluster_ip || matches!(w, Owner::Pod(_))) {
+        return Err(o.err(field, value, Problem::TakenBy { owner: owner.to_string() }));
     }
     if let Some(cidr) = cx.opts.service_cidr.filter(|c| cluster_ip && !c.contains(&ip)) {
         return Err(o.err(field, value, Problem::OutsideServiceCidr { cidr }));
@@ -271,19 +279,37 @@ fn address(o: &Obj, field: &str, value: &str, cx: &Ctx<'_>, cluster_ip: bool) ->
     Ok(())
 }
 
+/// Who holds an address: named only when a Service's address collides with it (a change's
+/// translation builds this for every pod, and formatting 10,000 names would cost more than the
+/// rest of it).
+#[derive(Clone, Copy)]
+pub enum Owner<'a> {
+    Node(&'a ObjectMeta),
+    Pod(&'a ObjectMeta),
+}
+
+impl std::fmt::Display for Owner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Node(m) => write!(f, "Node {}", m.name.as_deref().unwrap_or_default()),
+            Owner::Pod(m) => f.write_str(&display_name("Pod", m, true)),
+        }
+    }
+}
+
 /// Addresses of the valid nodes and pods, for [`Ctx::owners`].
-pub fn owners(nodes: &[&Node], pods: &[&Pod]) -> BTreeMap<Ipv4Addr, String> {
+pub fn owners<'a>(nodes: &[&'a Node], pods: &[&'a Pod]) -> BTreeMap<Ipv4Addr, Owner<'a>> {
     let mut out = BTreeMap::new();
     for n in nodes {
         for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()).filter(|a| a.type_ == "InternalIP") {
             if let Ok(ip) = a.address.parse() {
-                out.insert(ip, format!("Node {}", n.metadata.name.as_deref().unwrap_or_default()));
+                out.insert(ip, Owner::Node(&n.metadata));
             }
         }
     }
     for p in pods {
         if let Some(Ok(IpAddr::V4(ip))) = p.status.as_ref().and_then(|s| s.pod_ip.as_deref()).map(str::parse) {
-            out.entry(ip).or_insert_with(|| display_name("Pod", &p.metadata, true));
+            out.entry(ip).or_insert(Owner::Pod(&p.metadata));
         }
     }
     out
@@ -291,9 +317,15 @@ pub fn owners(nodes: &[&Node], pods: &[&Pod]) -> BTreeMap<Ipv4Addr, String> {
 
 /// Names whose object appears twice in one read (two manifests of one Service): the API
 /// server would hold one; sluice cannot tell which is meant and refuses the later copies.
-pub fn duplicates<T>(objs: &[T], key: impl Fn(&T) -> String) -> BTreeSet<usize> {
+pub fn duplicates<K: Ord>(keys: impl IntoIterator<Item = K>) -> BTreeSet<usize> {
     let mut seen = BTreeSet::new();
-    objs.iter().enumerate().filter(|(_, o)| !seen.insert(key(o))).map(|(i, _)| i).collect()
+    let mut dups = BTreeSet::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        if !seen.insert(k) {
+            dups.insert(i);
+        }
+    }
+    dups
 }
 
 #[cfg(test)]

@@ -190,7 +190,11 @@ fn node_port_to_a_local_backend_keeps_the_client_address() {
     // flow): the SYN clears the reverse entry, so the pod's reply keeps its own address.
     assert_eq!(lb.run("sluice_from_net", &packet(6, "198.51.100.201", 50000, "10.244.1.2", 8080)).0, PASS);
     let (v, out) = lb.run("sluice_from_pod", &reply);
-    assert_eq!((v, fields(&out)), (PASS, fields(&reply)), "a direct connection's reply is not rewritten to the frontend");
+    assert_eq!(
+        (v, fields(&out)),
+        (PASS, fields(&reply)),
+        "a direct connection's reply is not rewritten to the frontend"
+    );
 }
 
 #[test]

@@ -52,9 +52,9 @@ fn proto_number(p: Protocol) -> u8 {
 impl Directory {
     /// `identity`: a pod's security identity (the policy cache's numbering); `node_ips`: every
     /// node's addresses, with whether it is this node.
-    pub fn new(
+    pub fn new<'p>(
         node_name: &str,
-        pods: &[PodInfo],
+        pods: impl IntoIterator<Item = &'p PodInfo>,
         services: &[Service],
         identity: impl Fn(Ipv4Addr) -> Option<u32>,
         node_ips: &[(Ipv4Addr, bool)],
