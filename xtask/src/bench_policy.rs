@@ -99,7 +99,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             let a = &r["agent_pass_ms"];
             let f = |k: &str, m: &str| a[k][m].as_f64().map_or("?".into(), |v| format!("{v:.1}"));
             println!(
-                "{:<9}  agent's pass per change ({} passes), median / worst: read {} / {} ms (source {} / {}, translate {} / {}), policy {} / {} ms (compile {} / {}: inputs {}, identities {}, context {}), kernel {} / {} ms",
+                "{:<9}  agent's pass per change ({} passes), median / worst: read {} / {} ms (source {} / {}, translate {} / {}), policy {} / {} ms (compile {} / {}: inputs {}, identities {}, context {}), flows' directory {} / {} ms, kernel {} / {} ms",
                 r["dataplane"].as_str().unwrap_or(""),
                 a["read_ms"]["passes"],
                 f("read_ms", "median"),
@@ -115,6 +115,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 f("inputs_ms", "median"),
                 f("identities_ms", "median"),
                 f("context_ms", "median"),
+                f("flows_ms", "median"),
+                f("flows_ms", "max"),
                 f("kernel_ms", "median"),
                 f("kernel_ms", "max")
             );
@@ -306,6 +308,7 @@ fn pass_times(log: &std::path::Path, from: u64) -> Value {
     let keys = [
         ("read_ms", "pass after a source change", "read_ms"),
         ("policy_ms", "pass after a source change", "policy_ms"),
+        ("flows_ms", "pass after a source change", "flows_ms"),
         ("kernel_ms", "pass after a source change", "kernel_ms"),
         ("source_ms", "source read", "ms"),
         ("translate_ms", "translated", "ms"),

@@ -291,13 +291,11 @@ impl Flows {
                 n.internal_ip.into_iter().chain(gw).map(move |ip| (ip, n.name == node_name))
             })
             .collect();
-        let dir = Directory::new(
-            node_name,
-            state.pods.iter().map(|p| &**p),
-            &state.services,
-            |ip| ipcache.get(&ip).map(|i| i.0),
-            &node_ips,
-        );
+        let identity = |ip| ipcache.get(&ip).map(|i: &Identity| i.0);
+        let dir = match self.directory.read() {
+            Ok(prev) => Directory::renew(&prev, node_name, &state.pods, &state.services, identity, &node_ips),
+            Err(_) => Directory::new(node_name, state.pods.iter().map(|p| &**p), &state.services, identity, &node_ips),
+        };
         if let Ok(mut d) = self.directory.write() {
             *d = dir;
         }

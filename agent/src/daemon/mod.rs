@@ -166,6 +166,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         {
             flows.refresh_rule_tags(policy_view);
         }
+        let t_flows = t_pass.elapsed();
         let desired = Desired {
             generation: cur.generation,
             view: &view,
@@ -184,7 +185,8 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
                 generation = cur.generation,
                 read_ms = ms(t_read),
                 policy_ms = ms(t_policy - t_read),
-                kernel_ms = ms(t_pass.elapsed() - t_policy),
+                flows_ms = ms(t_flows - t_policy),
+                kernel_ms = ms(t_pass.elapsed() - t_flows),
                 "pass after a source change"
             );
         }

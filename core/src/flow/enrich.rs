@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use super::{
     Endpoint, EventKind, Flow, L4, ObservationPoint, PolicyMatch, ServiceRef, SockXlate, SockXlatePoint, TcpFlags,
@@ -34,7 +35,9 @@ pub struct Observed {
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     node_name: String,
-    pods: HashMap<Ipv4Addr, (Endpoint, bool)>,
+    pods: HashMap<Ipv4Addr, (Arc<Endpoint>, bool)>,
+    /// The translation each pod's entry was built from ([`Directory::renew`]).
+    built_from: HashMap<Ipv4Addr, Arc<PodInfo>>,
     frontends: HashMap<(Ipv4Addr, u16, u8), ServiceRef>,
     /// NodePort frontends (every node address): by port and protocol.
     node_ports: HashMap<(u16, u8), ServiceRef>,
@@ -59,21 +62,57 @@ impl Directory {
         identity: impl Fn(Ipv4Addr) -> Option<u32>,
         node_ips: &[(Ipv4Addr, bool)],
     ) -> Self {
+        Self::build(None, node_name, pods.into_iter().map(|p| (p, None)), services, identity, node_ips)
+    }
+
+    /// [`Directory::new`] after a change: a pod whose translation is the one `prev` was built
+    /// from (the same `Arc`) and whose identity did not change keeps its entry (10,000 pods'
+    /// labels are not formatted again for one pod's change).
+    pub fn renew(
+        prev: &Directory,
+        node_name: &str,
+        pods: &[Arc<PodInfo>],
+        services: &[Service],
+        identity: impl Fn(Ipv4Addr) -> Option<u32>,
+        node_ips: &[(Ipv4Addr, bool)],
+    ) -> Self {
+        Self::build(Some(prev), node_name, pods.iter().map(|p| (&**p, Some(p))), services, identity, node_ips)
+    }
+
+    fn build<'p>(
+        prev: Option<&Directory>,
+        node_name: &str,
+        pods: impl Iterator<Item = (&'p PodInfo, Option<&'p Arc<PodInfo>>)>,
+        services: &[Service],
+        identity: impl Fn(Ipv4Addr) -> Option<u32>,
+        node_ips: &[(Ipv4Addr, bool)],
+    ) -> Self {
         let mut d = Directory { node_name: node_name.into(), ..Default::default() };
-        for p in pods {
+        for (p, src) in pods {
             let Some(IpAddr::V4(ip)) = p.ip else { continue };
-            let mut labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
-            labels.push(format!("k8s:io.kubernetes.pod.namespace={}", p.namespace));
-            labels.sort();
-            let ep = Endpoint {
-                id: 0,
-                identity: identity(ip).unwrap_or(Identity::UNMANAGED.0),
-                namespace: p.namespace.clone(),
-                pod_name: p.name.clone(),
-                labels,
-                workload: p.workload.clone(),
-            };
+            let id = identity(ip).unwrap_or(Identity::UNMANAGED.0);
+            let kept = src.zip(prev).and_then(|(src, prev)| {
+                let (ep, _) = prev.pods.get(&ip)?;
+                let same = prev.built_from.get(&ip).is_some_and(|b| Arc::ptr_eq(b, src)) && ep.identity == id;
+                same.then(|| ep.clone())
+            });
+            let ep = kept.unwrap_or_else(|| {
+                let mut labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
+                labels.push(format!("k8s:io.kubernetes.pod.namespace={}", p.namespace));
+                labels.sort();
+                Arc::new(Endpoint {
+                    id: 0,
+                    identity: id,
+                    namespace: p.namespace.clone(),
+                    pod_name: p.name.clone(),
+                    labels,
+                    workload: p.workload.clone(),
+                })
+            });
             d.pods.insert(ip, (ep, p.node.as_deref() == Some(node_name)));
+            if let Some(src) = src {
+                d.built_from.insert(ip, src.clone());
+            }
         }
         for s in services {
             for f in &s.frontends {
@@ -98,7 +137,7 @@ impl Directory {
     /// A pod, this node (`reserved:host`), another node (`reserved:remote-node`) or the world.
     pub fn endpoint(&self, ip: Ipv4Addr) -> Endpoint {
         if let Some((ep, _)) = self.pods.get(&ip) {
-            return ep.clone();
+            return (**ep).clone();
         }
         let id = match self.nodes.get(&ip) {
             Some(true) => Identity::HOST,

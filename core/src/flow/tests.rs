@@ -302,6 +302,29 @@ fn a_pods_workload_is_on_its_flows() {
     assert_eq!(d.trace(&client_to_web()).source.workload, Some(w));
 }
 
+/// A renewed directory names every pod as a fresh one would: entries of unchanged pods are
+/// kept, a changed pod (a new translation) or a changed identity is named anew.
+#[test]
+fn a_renewed_directory_names_pods_as_a_new_one_would() {
+    use std::sync::Arc;
+    let a = Arc::new(pod("default", "a", "10.244.1.2", "node-1", "a"));
+    let b = Arc::new(pod("default", "b", "10.244.1.3", "node-1", "b"));
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().expect("ip");
+    let first =
+        enrich::Directory::renew(&Default::default(), "node-1", &[a.clone(), b.clone()], &[], |_| Some(300), &[]);
+    let mut b2 = (*b).clone();
+    b2.labels.insert("tier".into(), "db".into());
+    let pods = [a.clone(), Arc::new(b2)];
+    let id = |i: std::net::Ipv4Addr| Some(if i == ip("10.244.1.2") { 301 } else { 300 });
+    let renewed = enrich::Directory::renew(&first, "node-1", &pods, &[], id, &[]);
+    let fresh = enrich::Directory::new("node-1", pods.iter().map(|p| &**p), &[], id, &[]);
+    for addr in ["10.244.1.2", "10.244.1.3", "10.244.1.9"] {
+        assert_eq!(renewed.endpoint(ip(addr)), fresh.endpoint(ip(addr)), "{addr}");
+    }
+    assert_eq!(renewed.endpoint(ip("10.244.1.2")).identity, 301, "a new identity is not kept from before");
+    assert!(renewed.endpoint(ip("10.244.1.3")).labels.contains(&"k8s:tier=db".to_string()));
+}
+
 fn http_exchange(method: &str, path: &str, code: u16, denied: bool) -> l7::ObservedHttp {
     l7::ObservedHttp {
         time_ns: 1_000,
