@@ -28,6 +28,80 @@ pub struct Case {
     pub clients: usize,
     pub direct: Vec<LoadReport>,
     pub proxied: Vec<LoadReport>,
+    /// CPU time per request, each measurement: who spends the machine's 2 cores.
+    pub direct_cpu: Vec<Cpu>,
+    pub proxied_cpu: Vec<Cpu>,
+}
+
+/// CPU microseconds per request over one measurement, by party, and how busy the machine was.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Cpu {
+    pub client_us: f64,
+    pub server_us: f64,
+    pub proxy_us: f64,
+    /// Everything the machine ran (softirq included) per request.
+    pub machine_us: f64,
+    /// Share of all cores busy during the measurement.
+    pub busy: f64,
+}
+
+/// Cumulative CPU seconds: the load generators this process waited for, the echo servers, the
+/// agent's proxy threads (named `sluice-l7*`), and the machine (busy, total).
+#[derive(Clone, Copy)]
+struct Ticks {
+    client: f64,
+    server: f64,
+    proxy: f64,
+    busy: f64,
+    total: f64,
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// utime + stime of /proc/.../stat, in seconds.
+fn stat_secs(path: &str) -> f64 {
+    let Ok(s) = std::fs::read_to_string(path) else { return 0.0 };
+    // Fields after the command (which may hold spaces) are after the last ')'.
+    let rest: Vec<&str> = s.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let f = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (f(11) + f(12)) / clk_tck()
+}
+
+fn ticks(servers: &[u32], agent: u32) -> Ticks {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let client = tv(ru.ru_utime) + tv(ru.ru_stime);
+    let server = servers.iter().map(|p| stat_secs(&format!("/proc/{p}/stat"))).sum();
+    let mut proxy = 0.0;
+    for t in std::fs::read_dir(format!("/proc/{agent}/task")).into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("sluice-l7") {
+            proxy += stat_secs(&t.path().join("stat").display().to_string());
+        }
+    }
+    let cpu = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> =
+        cpu.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: f64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    Ticks { client, server, proxy, busy: (total - idle) / clk_tck(), total: total / clk_tck() }
+}
+
+fn per_request(a: Ticks, b: Ticks, requests: u64) -> Cpu {
+    let n = requests.max(1) as f64 / 1e6;
+    Cpu {
+        client_us: (b.client - a.client) / n,
+        server_us: (b.server - a.server) / n,
+        proxy_us: (b.proxy - a.proxy) / n,
+        machine_us: (b.busy - a.busy) / n,
+        busy: if b.total > a.total { (b.busy - a.busy) / (b.total - a.total) } else { 0.0 },
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,7 +158,8 @@ pub fn run(lab: &Lab) -> anyhow::Result<Report> {
         let argv = ["sluice-lab", "http-serve", "--port", &port.to_string()].map(String::from).to_vec();
         Ok(Child(lab.command("bench-backend", &argv)?.stdout(Stdio::null()).spawn()?))
     };
-    let _servers = [serve(8081)?, serve(8082)?];
+    let servers = [serve(8081)?, serve(8082)?];
+    let server_pids: Vec<u32> = servers.iter().map(|c| c.0.id()).collect();
     let dir = std::env::temp_dir().join(format!("sluice-bench-l7-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let f = dir.join("policy.yaml");
@@ -102,15 +177,30 @@ pub fn run(lab: &Lab) -> anyhow::Result<Report> {
     }
     let mut cases = Vec::new();
     for (keep_alive, clients) in [(true, 1), (true, 64), (false, 1), (false, 64)] {
-        let mut c = Case { keep_alive, clients, direct: Vec::new(), proxied: Vec::new() };
+        let mut c = Case {
+            keep_alive,
+            clients,
+            direct: Vec::new(),
+            proxied: Vec::new(),
+            direct_cpu: Vec::new(),
+            proxied_cpu: Vec::new(),
+        };
         for round in 0..ROUNDS {
             let order = if round % 4 == 0 || round % 4 == 3 { [false, true] } else { [true, false] };
             for through_proxy in order {
+                let before = ticks(&server_pids, pid);
                 let r = load(lab, if through_proxy { proxied } else { direct }, clients, keep_alive, SECS)?;
-                if through_proxy { c.proxied.push(r) } else { c.direct.push(r) }
+                let cpu = per_request(before, ticks(&server_pids, pid), r.requests);
+                if through_proxy {
+                    c.proxied.push(r);
+                    c.proxied_cpu.push(cpu);
+                } else {
+                    c.direct.push(r);
+                    c.direct_cpu.push(cpu);
+                }
             }
         }
-        eprintln!("{}", line(&c));
+        eprintln!("{}\n{}", line(&c), cpu_line(&c));
         cases.push(c);
     }
     // Memory: 1,000 idle keep-alive connections held through the proxy.
@@ -148,8 +238,32 @@ fn line(c: &Case) -> String {
     )
 }
 
+/// Where each request's CPU goes (medians), and the rate the proxied path could reach at most
+/// with the machine as busy as the direct path kept it: direct CPU per request / proxied.
+fn cpu_line(c: &Case) -> String {
+    let m = |v: &[Cpu], f: fn(&Cpu) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let (d, p) = (&c.direct_cpu, &c.proxied_cpu);
+    let (dm, pm) = (m(d, |x| x.machine_us), m(p, |x| x.machine_us));
+    format!(
+        "l7 {:<14} {:>2} clients: CPU per request direct {:.1} us (client {:.1}, server {:.1}; cores {:.0}% busy), proxied {:.1} us (client {:.1}, server {:.1}, proxy {:.1}; {:.0}% busy): on CPU alone the proxied rate is at most {:.2}x",
+        if c.keep_alive { "keep-alive" } else { "new-connection" },
+        c.clients,
+        dm,
+        m(d, |x| x.client_us),
+        m(d, |x| x.server_us),
+        m(d, |x| x.busy) * 100.0,
+        pm,
+        m(p, |x| x.client_us),
+        m(p, |x| x.server_us),
+        m(p, |x| x.proxy_us),
+        m(p, |x| x.busy) * 100.0,
+        if pm > 0.0 { dm / pm } else { 0.0 },
+    )
+}
+
 pub fn lines(r: &Report) -> Vec<String> {
     let mut out: Vec<String> = r.cases.iter().map(line).collect();
+    out.extend(r.cases.iter().map(cpu_line));
     out.push(format!(
         "l7 proxy memory: {:.2} MB RSS per 1,000 open keep-alive connections ({} held)",
         r.rss_mb_per_1000, r.held_connections
