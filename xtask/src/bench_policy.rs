@@ -300,7 +300,9 @@ fn pass_times(log: &std::path::Path, from: u64) -> Value {
     let text = std::fs::read(log).unwrap_or_default();
     let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
     let field = |line: &str, key: &str| -> Option<f64> {
-        let rest = &line[line.find(&format!("{key}="))? + key.len() + 1..];
+        // " key=": `ms=` must not match the end of `read_ms=`.
+        let at = line.find(&format!(" {key}="))? + key.len() + 2;
+        let rest = &line[at..];
         rest.split(|c: char| c.is_whitespace() || c == ',').next()?.parse().ok()
     };
     let mut out = serde_json::Map::new();
@@ -327,4 +329,31 @@ fn pass_times(log: &std::path::Path, from: u64) -> Value {
         }
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The agent's debug lines as tracing writes them: `ms=` is read as its own field, never as
+    /// the end of `read_ms=` or `inputs_ms=`.
+    #[test]
+    fn pass_times_reads_each_field_by_its_own_name() {
+        let log = std::env::temp_dir().join(format!("sluice-pass-times-{}.log", std::process::id()));
+        let lines = [
+            "2026-12-06T23:00:00Z  INFO sluice::daemon: started",
+            "2026-12-06T23:00:01Z DEBUG sluice::daemon::state: source read ms=1.5",
+            "2026-12-06T23:00:01Z DEBUG sluice::daemon::state: translated ms=11.25 services=1 rejected=0",
+            "2026-12-06T23:00:01Z DEBUG sluice::daemon::policy: policy compiled inputs_ms=7.5 identities_ms=8 context_ms=6 ms=26.5 endpoints=2",
+            "2026-12-06T23:00:01Z DEBUG sluice::daemon: pass after a source change generation=3 read_ms=14 policy_ms=28 flows_ms=5.5 kernel_ms=1.5",
+        ];
+        std::fs::write(&log, format!("skipped ms=99\n{}\n", lines.join("\n"))).expect("write");
+        let v = super::pass_times(&log, "skipped ms=99\n".len() as u64);
+        let _ = std::fs::remove_file(&log);
+        let m = |k: &str| v[k]["median"].as_f64();
+        assert_eq!(
+            [m("source_ms"), m("translate_ms"), m("compile_ms"), m("inputs_ms"), m("read_ms"), m("kernel_ms")],
+            [Some(1.5), Some(11.25), Some(26.5), Some(7.5), Some(14.0), Some(1.5)],
+            "{v}"
+        );
+        assert_eq!(v["read_ms"]["passes"], 1);
+    }
 }

@@ -14,6 +14,12 @@ pub(crate) fn lab() -> Command {
     c
 }
 
+/// `sluice-lab curl` from `from` (a pod, node or outside host), quietly: the demo's own traffic.
+pub(crate) fn curl(from: &str, url: &str, timeout_ms: u32) -> anyhow::Result<std::process::Output> {
+    let t = timeout_ms.to_string();
+    Ok(lab().args(["exec", from, "--", "sluice-lab", "curl", "--timeout-ms", &t, url]).output()?)
+}
+
 pub(crate) fn step(title: &str, args: &[&str]) -> anyhow::Result<String> {
     println!("\n$ sluice-lab {}", args.join(" "));
     let out = lab().args(args).output().with_context(|| format!("running sluice-lab {args:?}"))?;
@@ -61,9 +67,7 @@ pub fn run_demo() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&svc);
     let mut answers = std::collections::BTreeSet::new();
     for _ in 0..100 {
-        let out = lab()
-            .args(["exec", "client", "--", "sluice-lab", "curl", "--timeout-ms", "500", "http://10.96.0.10/"])
-            .output()?;
+        let out = curl("client", "http://10.96.0.10/", 500)?;
         if out.status.success() {
             answers.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
         }
@@ -79,9 +83,7 @@ pub fn run_demo() -> anyhow::Result<()> {
     // node-2's agent picks the Service up on its own poll: give it a moment.
     let mut np = String::new();
     for _ in 0..100 {
-        let out = lab()
-            .args(["exec", "world", "--", "sluice-lab", "curl", "--timeout-ms", "500", "http://198.51.100.12:30080/"])
-            .output()?;
+        let out = curl("world", "http://198.51.100.12:30080/", 500)?;
         if out.status.success() {
             np = String::from_utf8_lossy(&out.stdout).trim().to_string();
             break;
@@ -128,9 +130,7 @@ fn flows() -> anyhow::Result<()> {
         "\n-- flows: node-1's Observer API (Hubble's wire format, root-only socket), read with `sluice observe` --"
     );
     for _ in 0..3 {
-        let _ = lab()
-            .args(["exec", "client", "--", "sluice-lab", "curl", "--timeout-ms", "1000", "http://10.96.0.10/"])
-            .output()?;
+        let _ = curl("client", "http://10.96.0.10/", 1000)?;
     }
     let out = step(
         "the client's connections to the Service",
@@ -145,9 +145,7 @@ fn flows() -> anyhow::Result<()> {
     )?;
     // node-2 stayed on eBPF: its programs trace the world's NodePort connections on eth0.
     for _ in 0..3 {
-        let _ = lab()
-            .args(["exec", "world", "--", "sluice-lab", "curl", "--timeout-ms", "1000", "http://198.51.100.12:30080/"])
-            .output()?;
+        let _ = curl("world", "http://198.51.100.12:30080/", 1000)?;
     }
     let out = step(
         "node-2 (eBPF): the world's NodePort connections, traced arriving on its eth0 with the backend chosen",

@@ -4,7 +4,7 @@
 
 use anyhow::bail;
 
-use crate::demo::{lab, step};
+use crate::demo::{curl, lab, step};
 
 pub fn policy() -> anyhow::Result<()> {
     println!("\n-- network policy: only pods labelled role=client may reach the echo pods (on 8080) --");
@@ -80,8 +80,7 @@ pub fn l7() -> anyhow::Result<()> {
     // In force once the proxy answers /private with 403 (the agents read the policy first).
     let mut refused = None;
     for _ in 0..100 {
-        let out =
-            lab().args(["exec", "client", "--", "sluice-lab", "curl", "--timeout-ms", "500", &private]).output()?;
+        let out = curl("client", &private, 500)?;
         let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if err.contains("403") {
             refused = Some(err);

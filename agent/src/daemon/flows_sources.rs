@@ -128,7 +128,7 @@ pub(crate) fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::
             f
         }
         Event::Sock(x) => d.sock_translation(now_ns(), x.proto, x.front, x.backend, x.cookie),
-        Event::LbDrop(x) => sluice_core::flow::drop::service_drop_flow(d, &x.packet(), x.reason, now_ns()),
+        Event::LbDrop(x) => sluice_core::flow::drop::service_drop_flow(d, &x.packet, x.reason, now_ns()),
         Event::Policy(p) => {
             let tag = interface_name(p.ifindex).and_then(|interface| {
                 let key = TagKey { interface, ingress: p.ingress, audit: p.audit };
@@ -141,7 +141,7 @@ pub(crate) fn ring_flow(d: &Directory, t: &RuleTagMap, e: &sluice_ebpf::events::
                 // list rewritten since the packet is not guessed at.
                 (tag.allow == p.allow).then_some(tag)
             });
-            let mut f = policy_drop_flow(d, &p.packet(), p.ingress, p.audit, tag, now_ns());
+            let mut f = policy_drop_flow(d, &p.packet, p.ingress, p.audit, tag, now_ns());
             if p.allow && tag.is_none() {
                 // Admitted, but the rule is no longer known: a verdict without its policies.
                 f.verdict = sluice_core::flow::Verdict::Forwarded;

@@ -179,7 +179,7 @@ fn admitted<'a, T>(
     check: impl Fn(&T) -> validate::Check,
     rejected: &mut Vec<Rejected>,
 ) -> Vec<&'a T> {
-    let dups = validate::duplicates(objs.iter().map(|o| identity(meta(o), namespaced)));
+    let dups = validate::duplicates(objs.iter().map(|o| object_key(meta(o), namespaced)));
     let mut out = Vec::new();
     for (i, o) in objs.iter().map(|o| o.as_ref()).enumerate() {
         let res = check(o).and_then(|()| unique(kind, meta(o), namespaced, !dups.contains(&i)));
@@ -198,7 +198,7 @@ fn admitted_pods<'a>(
     memo: &mut Memo,
     rejected: &mut Vec<Rejected>,
 ) -> (Vec<&'a Pod>, Vec<Arc<PodInfo>>) {
-    let dups = validate::duplicates(objs.iter().map(|o| identity(&o.metadata, true)));
+    let dups = validate::duplicates(objs.iter().map(|o| object_key(&o.metadata, true)));
     let mut next = std::collections::HashMap::with_capacity(objs.len());
     let (mut pods, mut infos) = (Vec::new(), Vec::new());
     for (i, o) in objs.iter().enumerate() {
@@ -221,7 +221,7 @@ fn admitted_pods<'a>(
 }
 
 /// What makes two objects of a kind the same one: namespace (when namespaced) and name.
-fn identity(m: &ObjectMeta, namespaced: bool) -> (&str, &str) {
+fn object_key(m: &ObjectMeta, namespaced: bool) -> (&str, &str) {
     (
         if namespaced { m.namespace.as_deref().unwrap_or("default") } else { "" },
         m.name.as_deref().unwrap_or("<unnamed>"),

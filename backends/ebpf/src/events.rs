@@ -58,12 +58,8 @@ pub struct PolicyDrop {
     pub ingress: bool,
     /// The rule's index in the endpoint's lowered list; `None`: default deny.
     pub rule: Option<u8>,
-    pub proto: u8,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub sport: u16,
-    pub dport: u16,
-    pub tcp_flags: u8,
+    /// The packet's headers, as the program met them.
+    pub packet: DroppedPacket,
 }
 
 /// Where a trace was taken (`TRACE_*`).
@@ -118,30 +114,8 @@ pub struct LbDrop {
     /// SERVICE_BACKEND_NOT_FOUND or DENIED_BY_LB_SRC_RANGE_CHECK (a number this build does not
     /// know makes the record unknown, not a guess).
     pub reason: sluice_core::flow::DropReason,
-    pub proto: u8,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub sport: u16,
-    pub dport: u16,
-    pub tcp_flags: u8,
-}
-
-impl PolicyDrop {
-    /// The packet's headers, as the flow records take them.
-    pub fn packet(&self) -> DroppedPacket {
-        let (proto, src, sport, dst, dport, tcp_flags) =
-            (self.proto, self.src, self.sport, self.dst, self.dport, self.tcp_flags);
-        DroppedPacket { proto, src, sport, dst, dport, tcp_flags }
-    }
-}
-
-impl LbDrop {
-    /// The packet's headers, as the flow records take them.
-    pub fn packet(&self) -> DroppedPacket {
-        let (proto, src, sport, dst, dport, tcp_flags) =
-            (self.proto, self.src, self.sport, self.dst, self.dport, self.tcp_flags);
-        DroppedPacket { proto, src, sport, dst, dport, tcp_flags }
-    }
+    /// The packet's headers, as the program met them.
+    pub packet: DroppedPacket,
 }
 
 /// One record of the ring.
@@ -161,6 +135,18 @@ fn port(buf: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([buf[at], buf[at + 1]])
 }
 
+/// The packet of a drop record (`struct ev_drop`: policy and Service drops share the layout).
+fn drop_packet(buf: &[u8]) -> DroppedPacket {
+    DroppedPacket {
+        proto: buf[3],
+        src: ip(buf, 8),
+        dst: ip(buf, 12),
+        sport: port(buf, 16),
+        dport: port(buf, 18),
+        tcp_flags: buf[20],
+    }
+}
+
 /// One ring record; `None` for a kind this build does not know, or a short record.
 pub fn parse(buf: &[u8]) -> Option<Event> {
     match *buf.first()? {
@@ -171,12 +157,7 @@ pub fn parse(buf: &[u8]) -> Option<Event> {
                 ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
                 ingress: u32::from(buf[1]) == crate::policy::POL_INGRESS,
                 rule: (buf[2] != RULE_DEFAULT).then_some(buf[2]),
-                proto: buf[3],
-                src: ip(buf, 8),
-                dst: ip(buf, 12),
-                sport: port(buf, 16),
-                dport: port(buf, 18),
-                tcp_flags: buf[20],
+                packet: drop_packet(buf),
             }))
         }
         EV_TRACE if buf.len() >= EV_TRACE_LEN => {
@@ -205,12 +186,7 @@ pub fn parse(buf: &[u8]) -> Option<Event> {
             at_device: buf[1] == 1,
             ifindex: u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
             reason: sluice_core::flow::DropReason::from_number(i32::from(buf[2]))?,
-            proto: buf[3],
-            src: ip(buf, 8),
-            dst: ip(buf, 12),
-            sport: port(buf, 16),
-            dport: port(buf, 18),
-            tcp_flags: buf[20],
+            packet: drop_packet(buf),
         })),
         // Only the post-translation point is written (SOCK_XLATE_POST_FWD).
         EV_TRACE_SOCK if buf.len() >= EV_SOCK_LEN && buf[1] == 2 => Some(Event::Sock(SockTrace {
@@ -356,12 +332,14 @@ mod tests {
                 ifindex: 7,
                 ingress: false,
                 rule: Some(3),
-                proto: 6,
-                src: Ipv4Addr::new(10, 244, 1, 3),
-                dst: Ipv4Addr::new(10, 244, 2, 2),
-                sport: 40000,
-                dport: 8080,
-                tcp_flags: 0x02,
+                packet: DroppedPacket {
+                    proto: 6,
+                    src: Ipv4Addr::new(10, 244, 1, 3),
+                    dst: Ipv4Addr::new(10, 244, 2, 2),
+                    sport: 40000,
+                    dport: 8080,
+                    tcp_flags: 0x02,
+                },
             })
         );
         let policy = |r: &[u8]| match parse(r) {
@@ -418,7 +396,10 @@ mod tests {
         r[0] = EV_LB_DROP;
         match parse(&r) {
             Some(Event::LbDrop(d)) => {
-                assert!(d.at_device && d.reason as i32 == 158 && d.dport == 8080 && d.tcp_flags == 0x02, "{d:?}")
+                assert!(
+                    d.at_device && d.reason as i32 == 158 && d.packet.dport == 8080 && d.packet.tcp_flags == 0x02,
+                    "{d:?}"
+                )
             }
             other => panic!("{other:?}"),
         }

@@ -49,10 +49,13 @@ fn policy_drops_reach_the_ring_with_their_rule_and_within_the_budget() {
     assert_eq!(lb.run("sluice_from_pod", &packet(17, "10.244.1.5", 40002, "10.244.2.2", 53)).0, TC_ACT_SHOT);
     let got = policy_events(&mut events);
     assert_eq!(got.len(), 2, "one event per drop, none for the pass: {got:?}");
-    assert_eq!((got[0].rule, got[0].dport, got[0].proto, got[0].ingress), (Some(0), 81, 6, false));
-    assert_eq!((got[0].src, got[0].dst, got[0].sport), (ip("10.244.1.5"), ip("10.244.2.2"), 40001));
-    assert_eq!(got[0].tcp_flags, 0x02, "a SYN");
-    assert_eq!((got[1].rule, got[1].dport, got[1].proto), (None, 53, 17), "default deny");
+    assert_eq!((got[0].rule, got[0].packet.dport, got[0].packet.proto, got[0].ingress), (Some(0), 81, 6, false));
+    assert_eq!(
+        (got[0].packet.src, got[0].packet.dst, got[0].packet.sport),
+        (ip("10.244.1.5"), ip("10.244.2.2"), 40001)
+    );
+    assert_eq!(got[0].packet.tcp_flags, 0x02, "a SYN");
+    assert_eq!((got[1].rule, got[1].packet.dport, got[1].packet.proto), (None, 53, 17), "default deny");
     assert_eq!(events.lost_since_last(), 0);
     // A flood: past the per-CPU budget, drops are counted as suppressed, never silently gone.
     let flood = 10_000u32;
@@ -94,8 +97,12 @@ fn an_audit_list_reports_would_be_drops_and_drops_nothing() {
     assert_eq!(lb.run("sluice_from_pod", &to(82, 41002)).0, TC_ACT_SHOT, "the enforced default deny still drops");
     let got = policy_events(&mut events);
     assert_eq!(got.len(), 2, "{got:?}");
-    assert!(got[0].audit && got[0].rule == Some(0) && got[0].dport == 81, "{:?}", got[0]);
-    assert!(!got[1].audit && got[1].rule.is_none() && got[1].dport == 82, "a real drop is no audit: {:?}", got[1]);
+    assert!(got[0].audit && got[0].rule == Some(0) && got[0].packet.dport == 81, "{:?}", got[0]);
+    assert!(
+        !got[1].audit && got[1].rule.is_none() && got[1].packet.dport == 82,
+        "a real drop is no audit: {:?}",
+        got[1]
+    );
 }
 
 #[test]
@@ -118,7 +125,7 @@ fn a_proxy_rule_drops_where_it_cannot_redirect() {
     assert_ne!(lb.run("sluice_from_pod", &packet(6, "10.244.1.5", 42001, "10.244.2.2", 81)).0, TC_ACT_SHOT);
     let got = policy_events(&mut events);
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!((got[0].rule, got[0].dport), (Some(0), 80), "{:?}", got[0]);
+    assert_eq!((got[0].rule, got[0].packet.dport), (Some(0), 80), "{:?}", got[0]);
     // A proxy port with no listener behind it (nothing here listens on 127.0.0.1:1): dropped.
     let mut port: aya::maps::Array<_, u32> =
         aya::maps::Array::try_from(lb.bpf().map_mut("sluice_l7_port").expect("map")).expect("array");
@@ -209,7 +216,7 @@ fn allow_verdicts_name_the_rule_only_when_asked_for() {
     let got = batch(&mut events);
     assert_eq!(got.len(), 2, "{got:?}");
     let Event::Policy(v) = got[0] else { panic!("{got:?}") };
-    assert!(v.allow && !v.audit && v.rule == Some(0) && v.dport == 80 && !v.ingress, "{v:?}");
+    assert!(v.allow && !v.audit && v.rule == Some(0) && v.packet.dport == 80 && !v.ingress, "{v:?}");
     assert!(matches!(got[1], Event::Trace(t) if t.sport == 45001));
 }
 
@@ -400,11 +407,11 @@ fn service_drops_are_reported_with_their_reason_while_flows_run() {
         .collect();
     assert_eq!(drops.len(), 2, "{drops:#?}");
     assert_eq!(
-        (drops[0].at_device, drops[0].reason as i32, drops[0].dst, drops[0].dport),
+        (drops[0].at_device, drops[0].reason as i32, drops[0].packet.dst, drops[0].packet.dport),
         (false, 158, ip("10.96.0.20"), 80)
     );
-    assert_eq!(drops[0].tcp_flags, 0x02);
-    assert_eq!((drops[1].at_device, drops[1].reason as i32, drops[1].src), (true, 177, ip("198.51.100.192")));
+    assert_eq!(drops[0].packet.tcp_flags, 0x02);
+    assert_eq!((drops[1].at_device, drops[1].reason as i32, drops[1].packet.src), (true, 177, ip("198.51.100.192")));
 }
 
 #[test]
