@@ -168,6 +168,36 @@ pub fn get(url: &str, timeout: Duration) -> anyhow::Result<String> {
 /// `method` `url` with extra `headers` (`Name: value`) and return the body of a 200 (any other
 /// status is an error naming the status line and the body).
 pub fn request(method: &str, url: &str, headers: &[String], timeout: Duration) -> anyhow::Result<String> {
+    request_from(method, url, headers, timeout, None)
+}
+
+/// A connection from `local_port` (`None`: any), as the kernel's connect would pick one.
+fn connect_from(addr: SocketAddr, timeout: Duration, local_port: Option<u16>) -> anyhow::Result<TcpStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt};
+    let Some(port) = local_port else { return Ok(TcpStream::connect_timeout(&addr, timeout)?) };
+    let SocketAddr::V4(v4) = addr else { anyhow::bail!("{addr}: --local-port takes IPv4 addresses") };
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // connect(2) gives up after the send timeout.
+    setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64),
+    )?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(0, 0, 0, 0, port))
+        .with_context(|| format!("binding local port {port}"))?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// [`request`] from a given local port.
+pub fn request_from(
+    method: &str,
+    url: &str,
+    headers: &[String],
+    timeout: Duration,
+    local_port: Option<u16>,
+) -> anyhow::Result<String> {
     let rest =
         url.strip_prefix("http://").with_context(|| format!("{url:?}: only http://IP:PORT/path URLs are supported"))?;
     let (hostport, path) = match rest.find('/') {
@@ -176,7 +206,7 @@ pub fn request(method: &str, url: &str, headers: &[String], timeout: Duration) -
     };
     let with_port = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
     let addr: SocketAddr = with_port.parse().with_context(|| format!("{hostport:?} is not IP or IP:PORT"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+    let mut s = connect_from(addr, timeout, local_port).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     // One write: a server that answers after the first segment must not see a second one.
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();

@@ -84,6 +84,9 @@ enum Cmd {
         /// An extra request header, `Name: value` (repeatable).
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// Connect from this local port (e.g. to reuse a port an earlier connection had).
+        #[arg(long)]
+        local_port: Option<u16>,
     },
     /// Send one UDP datagram to IP:PORT and print the reply.
     Udp {
@@ -344,8 +347,9 @@ fn run() -> anyhow::Result<u8> {
             Ok(0)
         }
         Cmd::HttpHold { target, conns, secs } => sluice_lab::http_load::hold_many(target, conns, secs).map(|_| 0),
-        Cmd::Curl { url, timeout_ms, method, headers } => {
-            print!("{}", sluice_lab::http::request(&method, &url, &headers, Duration::from_millis(timeout_ms))?);
+        Cmd::Curl { url, timeout_ms, method, headers, local_port } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            print!("{}", sluice_lab::http::request_from(&method, &url, &headers, timeout, local_port)?);
             Ok(0)
         }
         Cmd::Hold { addr, secs, interval_ms, stop_file } => {

@@ -136,6 +136,16 @@ fn suite(name: &str, node1: &str, node2: &str) {
     let e = req(&t, "x/client", "GET", "http://10.96.0.40/private", &[]).expect_err("refused");
     assert!(e.contains("403"), "ClusterIP on one node: {e}");
     assert_eq!(req(&t, "x/client", "GET", "http://10.96.0.40/public", &[]).as_deref(), Ok("x/echo"));
+    // One client port through the ClusterIP, then straight to the pod while conntrack still
+    // holds the first connection, whose reply tuple (echo:80 -> client:port after the DNAT) is
+    // the second's: conntrack gives the second another source port after the redirect, and its
+    // packets after the SYN must still find the proxy's connection (they were reset).
+    let from_port = |url: &str| {
+        let argv = ["sluice-lab", "curl", "--timeout-ms", "2000", "--local-port", "40123", url];
+        t.lab.exec_output("x/client", &argv).map(|s| s.trim().to_string()).map_err(|e| format!("{e:#}"))
+    };
+    assert_eq!(from_port("http://10.96.0.40/public").as_deref(), Ok("x/echo"), "ClusterIP from port 40123");
+    assert_eq!(from_port(&public).as_deref(), Ok("x/echo"), "the pod from port 40123 again");
     // The upstream connection keeps the client's address (the echo answers what it saw).
     assert_eq!(req(&t, "x/client2", "GET", &format!("http://{echo}/client"), &[]), Ok(c2ip.clone()));
     // Requests no rule matches: 403 naming the policy; the connection was accepted.

@@ -15,8 +15,15 @@
 //!   -d <pod ip>   -> SLUICE-POL-L7-I-<hash>             ingress of a pod with Proxy rules
 //! SLUICE-POL-L7-I-<hash>: the lowered list in order (first match decides, as in FORWARD):
 //!   deny, allow -> RETURN (FORWARD decides: drop, pass)
-//!   proxy      -> TPROXY --on-ip 127.0.0.1 --on-port <proxy> --tproxy-mark 0x40000
+//!   proxy      -> --syn: CONNMARK; TPROXY --on-ip 127.0.0.1 --on-port <proxy> --tproxy-mark 0x40000
 //! ```
+//! Only a connection's SYN is TPROXYed; its later packets take the connmark's MARK and are
+//! routed locally, where the kernel finds the proxy's socket after nat. TPROXY looks sockets up
+//! before nat: when conntrack gave the connection another source port (its reply tuple clashed
+//! with a ClusterIP connection's from the same client port, DNATed to this pod), the SYN still
+//! reached the listener, but TPROXY's lookup of the ACK missed the new connection under the
+//! client's own port and handed it to the listener, which reset it (the demo saw new
+//! connections reset for ~30 s after a dataplane switch).
 //! A marked packet is routed locally by the node's rule `fwmark 0x40000 lookup 2004` (table
 //! 2004: `local 0.0.0.0/0 dev lo`), which the agent keeps while the proxy runs. What is not
 //! redirected meets the FORWARD chains, where `Proxy` rules are absent: without the proxy
@@ -51,11 +58,9 @@ pub fn render(view: &PolicyView, r: &mut Ruleset, sets: &mut Sets) {
     let mut dispatch = vec![format!(
         "-p tcp -m tcp ! --tcp-flags SYN,RST,ACK SYN -m socket --transparent -m comment --comment \"sluice: replies to the L7 proxy\" -j MARK --set-xmark {mark}"
     )];
-    if !view.l7_frontends.is_empty() {
-        dispatch.push(format!(
-            "-m connmark --mark {mark} -m comment --comment \"sluice: a ClusterIP connection the L7 proxy took\" -j MARK --set-xmark {mark}"
-        ));
-    }
+    dispatch.push(format!(
+        "-m connmark --mark {mark} -m comment --comment \"sluice: a connection the L7 proxy took\" -j MARK --set-xmark {mark}"
+    ));
     dispatch.push(format!("-m mark --mark {mark} -j RETURN"));
     // ClusterIPs with HTTP-policed backends: the SYN goes to the proxy's listener before nat
     // translates it (the proxy's socket then holds the backend's address); the connection is
@@ -84,14 +89,23 @@ pub fn render(view: &PolicyView, r: &mut Ruleset, sets: &mut Sets) {
             for lr in lower(&crate::policy::endpoint_chain(&ep.interface, ingress), d, view) {
                 let m = format!("{}{}", peer_match(&lr, ingress, sets), proto_match(lr.protocol, lr.ports));
                 let by = quote(&lr.policies.join(", "));
-                rules.push(match lr.action {
+                let rule = match lr.action {
                     Action::Deny | Action::Allow => {
                         format!("{m}-m comment --comment \"sluice: L4 rule of {by}, FORWARD decides\" -j RETURN")
                     }
-                    Action::Proxy => format!(
-                        "{m}-m comment --comment \"sluice: to the L7 proxy by {by}\" -j TPROXY --on-ip 127.0.0.1 --on-port {port} --tproxy-mark {mark}"
-                    ),
-                });
+                    Action::Proxy => {
+                        // The connection is marked too: its later packets are delivered by the
+                        // mark, after nat (see the module doc), not by TPROXY's lookup.
+                        let tcp = if m.contains("-m tcp ") { "" } else { "-m tcp " };
+                        rules.push(format!(
+                            "{m}{tcp}--tcp-flags SYN,RST,ACK SYN -m comment --comment \"sluice: L7 proxy connection by {by}\" -j CONNMARK --set-xmark {mark}"
+                        ));
+                        format!(
+                            "{m}-m comment --comment \"sluice: to the L7 proxy by {by}\" -j TPROXY --on-ip 127.0.0.1 --on-port {port} --tproxy-mark {mark}"
+                        )
+                    }
+                };
+                rules.push(rule);
             }
             *r.chain("mangle", &name) = rules;
             let (what, matches) = if ingress {

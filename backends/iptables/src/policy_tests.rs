@@ -295,16 +295,23 @@ fn proxy_rules_redirect_in_mangle_in_list_order_and_are_absent_from_forward() {
     let mangle = &r.chains["mangle"];
     let top = &mangle[crate::l7::L7_CHAIN];
     assert!(top[0].contains("-m socket --transparent") && top[0].contains("--set-xmark 0x40000/0x40000"), "{top:#?}");
-    assert!(top[2].starts_with("-d 10.244.1.5 ") && top[2].contains("-j SLUICE-POL-L7-I-"), "{top:#?}");
+    // Later packets of a connection the proxy took: by its connmark, after nat.
+    assert!(top[1].starts_with("-m connmark --mark 0x40000/0x40000 ") && top[2].ends_with("-j RETURN"), "{top:#?}");
+    assert!(top[3].starts_with("-d 10.244.1.5 ") && top[3].contains("-j SLUICE-POL-L7-I-"), "{top:#?}");
     let l7 = mangle.iter().find(|(k, _)| k.starts_with("SLUICE-POL-L7-I-")).map(|(_, v)| v).expect("endpoint chain");
     assert!(l7[0].contains("FORWARD decides") && l7[0].ends_with("-j RETURN"), "deny first: {l7:#?}");
     assert!(
-        l7[1].contains("-p tcp -m tcp --dport 80 ")
-            && l7[1].contains("-j TPROXY --on-ip 127.0.0.1 --on-port 15001 --tproxy-mark 0x40000/0x40000"),
+        l7[1].contains("-p tcp -m tcp --dport 80 --tcp-flags SYN,RST,ACK SYN ")
+            && l7[1].ends_with("-j CONNMARK --set-xmark 0x40000/0x40000"),
+        "the SYN marks the connection: {l7:#?}"
+    );
+    assert!(
+        l7[2].contains("-p tcp -m tcp --dport 80 ")
+            && l7[2].contains("-j TPROXY --on-ip 127.0.0.1 --on-port 15001 --tproxy-mark 0x40000/0x40000"),
         "{l7:#?}"
     );
-    assert!(l7[1].contains("-m set --match-set sluice-"), "{l7:#?}");
-    let set = l7[1].split("--match-set ").nth(1).and_then(|s| s.split(' ').next()).expect("set");
+    assert!(l7[2].contains("-m set --match-set sluice-"), "{l7:#?}");
+    let set = l7[2].split("--match-set ").nth(1).and_then(|s| s.split(' ').next()).expect("set");
     assert_eq!(sets[set], BTreeSet::from(["10.244.2.7/32".to_string()]));
     assert!(
         r.hooks.iter().any(|h| h.table == "mangle" && h.builtin == "PREROUTING" && h.target == crate::l7::L7_CHAIN)
