@@ -68,6 +68,12 @@ fn manifests_are_valid_kubernetes_objects() {
         }
         let env: Vec<&str> = agent.env.iter().flatten().map(|e| e.name.as_str()).collect();
         assert!(env.contains(&"SLUICE_NODE_NAME"), "{file}");
+        // The L7 proxy's own container: the agent's command line parses it, on the same socket.
+        let proxy = pod.containers.iter().find(|c| c.name == "l7-proxy").expect("l7-proxy container");
+        let argv = proxy.command.clone().unwrap_or_default();
+        assert!(<crate::Cli as clap::Parser>::try_parse_from(&argv).is_ok(), "{file}: {argv:?}");
+        let proxy_mounts: Vec<&str> = proxy.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        assert!(proxy_mounts.contains(&"/run/sluice") && proxy_mounts.contains(&"/etc/sluice"), "{file}");
         let init = &pod.init_containers.expect("init")[0];
         assert!(
             init.command.iter().flatten().any(|c| c.contains("sluice-cni")),

@@ -61,6 +61,13 @@ struct Cli {
 enum Cmd {
     /// Run the node agent (foreground; stop with SIGTERM — kernel state stays for the next start).
     Agent(cli::agent::AgentArgs),
+    /// Run this node's L7 (HTTP policy) proxy. The agent starts it when a policy first has HTTP
+    /// rules and nothing answers on `l7.control_socket`; it outlives the agent (its connections
+    /// and the last policy view go on) and drains on SIGTERM. Run it yourself (or as a second
+    /// container of the DaemonSet) to keep it apart from the agent's lifecycle.
+    ///
+    /// Example: sluice proxy --config /etc/sluice/config.yaml
+    Proxy(cli::proxy::ProxyArgs),
     /// Show this node's agent: node, pod CIDR, source sync, feature plan, routes, local endpoints.
     Status,
     /// Probe this node's kernel: each capability, found or not, and the features that need it.
@@ -284,6 +291,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Agent(args) => cli::agent::run(args),
+        Cmd::Proxy(args) => cli::proxy::run(args),
         Cmd::Status => cli::status::run(&cli.socket, output),
         Cmd::Cleanup { config } => cli::cleanup::run(config.as_deref(), output),
         Cmd::Service(ServiceCmd::List) => cli::service::list(&cli.socket, output),

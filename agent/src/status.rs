@@ -98,6 +98,12 @@ pub fn render(s: &AgentStatus) -> String {
             format!("off{}", f.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())
         },
     );
+    if let Some(p) = &s.l7_proxy {
+        out += &line(
+            "L7 proxy:",
+            &format!("pid {} on 127.0.0.1:{} (control socket {}; outlives the agent)", p.pid, p.port, p.control),
+        );
+    }
     let m = &s.metrics;
     out += &line(
         "Metrics:",

@@ -224,8 +224,12 @@ pub struct L7Config {
     pub header_timeout_s: u64,
     /// Open client connections at most (more are closed at once).
     pub max_connections: usize,
-    /// Seconds the proxy has on the agent's shutdown to finish the requests in flight.
+    /// Seconds the proxy has, when it stops (SIGTERM, `sluice cleanup`), to finish the requests
+    /// in flight.
     pub drain_timeout_s: u64,
+    /// The proxy process's control socket (root-only). Default: `l7-proxy.sock` beside
+    /// `socket_path`.
+    pub control_socket: Option<PathBuf>,
     /// Headers recorded in L7 flows (request headers on the request flow, response headers on
     /// the response flow), by name, case-insensitive. None by default: headers carry secrets.
     pub flow_headers: Vec<String>,
@@ -240,6 +244,7 @@ impl Default for L7Config {
             header_timeout_s: 10,
             max_connections: 10000,
             drain_timeout_s: 10,
+            control_socket: None,
             flow_headers: Vec::new(),
         }
     }
@@ -609,6 +614,11 @@ impl Config {
             other => other,
         })?;
         Ok(c)
+    }
+
+    /// The L7 proxy's control socket (`l7.control_socket`, else beside `socket_path`).
+    pub fn l7_control_socket(&self) -> PathBuf {
+        self.l7.control_socket.clone().unwrap_or_else(|| self.socket_path.with_file_name("l7-proxy.sock"))
     }
 
     pub fn bpf_pin_dir(&self) -> PathBuf {

@@ -46,7 +46,7 @@ pub struct Cpu {
 }
 
 /// Cumulative CPU seconds: the load generators this process waited for, the echo servers, the
-/// agent's proxy threads (named `sluice-l7*`), and the machine (busy, total).
+/// proxy process (`sluice proxy`), and the machine (busy, total).
 #[derive(Clone, Copy)]
 struct Ticks {
     client: f64,
@@ -71,20 +71,14 @@ fn stat_secs(path: &str) -> f64 {
     (f(11) + f(12)) / clk_tck()
 }
 
-fn ticks(servers: &[u32], agent: u32) -> Ticks {
+fn ticks(servers: &[u32], proxy: u32) -> Ticks {
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     let client = tv(ru.ru_utime) + tv(ru.ru_stime);
     let server = servers.iter().map(|p| stat_secs(&format!("/proc/{p}/stat"))).sum();
-    let mut proxy = 0.0;
-    for t in std::fs::read_dir(format!("/proc/{agent}/task")).into_iter().flatten().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.starts_with("sluice-l7") {
-            proxy += stat_secs(&t.path().join("stat").display().to_string());
-        }
-    }
+    let proxy = stat_secs(&format!("/proc/{proxy}/stat"));
     let cpu = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<f64> =
         cpu.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
@@ -153,7 +147,7 @@ pub fn run(lab: &Lab) -> anyhow::Result<Report> {
     let st = lab.state()?;
     let backend = st.pods.iter().find(|p| p.name.ends_with("bench-backend")).context("pod bench-backend")?;
     let ip: std::net::Ipv4Addr = backend.ip.parse().context("bench-backend's address")?;
-    let pid = st.nodes.first().and_then(|n| n.agent_pid).context("the node's agent is not running")?;
+    let node = st.nodes.first().context("the lab has no node")?;
     let serve = |port: u16| -> anyhow::Result<Child> {
         let argv = ["sluice-lab", "http-serve", "--port", &port.to_string()].map(String::from).to_vec();
         Ok(Child(lab.command("bench-backend", &argv)?.stdout(Stdio::null()).spawn()?))
@@ -175,6 +169,10 @@ pub fn run(lab: &Lab) -> anyhow::Result<Report> {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the proxy never answered on {proxied}: {r:?}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The proxy is its own process (the agent started it): its CPU and memory are its own.
+    let pid = lab.agent_status(node)?["l7_proxy"]["pid"]
+        .as_u64()
+        .context("the agent's status names no L7 proxy process")? as u32;
     let mut cases = Vec::new();
     for (keep_alive, clients) in [(true, 1), (true, 64), (false, 1), (false, 64)] {
         let mut c = Case {

@@ -254,6 +254,62 @@ pub fn hold(addr: &str, duration: Duration, interval: Duration, stop_file: Optio
     Ok(trips)
 }
 
+/// [`hold`] for HTTP: one keep-alive HTTP/1.1 connection, `GET path` every `interval`, each
+/// answered 200 with a `Content-Length` body (the lab's servers close after one response, so
+/// the connection is held by something in between: an L7 proxy). Returns the requests answered.
+pub fn hold_http(
+    addr: &str,
+    path: &str,
+    duration: Duration,
+    interval: Duration,
+    stop_file: Option<&Path>,
+) -> anyhow::Result<u64> {
+    let with_port = if addr.contains(':') { addr.to_string() } else { format!("{addr}:80") };
+    let addr: SocketAddr = with_port.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let start = std::time::Instant::now();
+    let mut answered = 0u64;
+    let mut buf = [0u8; 4096];
+    let mut got: Vec<u8> = Vec::new();
+    while start.elapsed() < duration && !stop_file.is_some_and(Path::exists) {
+        let at = |n: u64| format!("after {n} answered requests");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .with_context(|| format!("write {}", at(answered)))?;
+        let head_end = loop {
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut buf).with_context(|| format!("read {}", at(answered)))?;
+            if n == 0 {
+                bail!("connection closed {}", at(answered));
+            }
+            got.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("answered {:?} {}", head.lines().next().unwrap_or_default(), at(answered));
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .with_context(|| format!("no Content-Length in {head:?}"))?;
+        while got.len() < head_end + len {
+            let n = s.read(&mut buf).with_context(|| format!("reading a body {}", at(answered)))?;
+            if n == 0 {
+                bail!("connection closed in a body {}", at(answered));
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.drain(..head_end + len);
+        answered += 1;
+        std::thread::sleep(interval);
+    }
+    Ok(answered)
+}
+
 /// Send one UDP datagram from `source_port` (0: any) and return the reply.
 pub fn udp_from(addr: &str, source_port: u16, timeout: Duration) -> anyhow::Result<String> {
     let addr: SocketAddr = addr.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;

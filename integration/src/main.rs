@@ -117,6 +117,10 @@ enum Cmd {
         /// End early (successfully) when this file appears.
         #[arg(long)]
         stop_file: Option<PathBuf>,
+        /// Instead of echo lines: HTTP/1.1 GET this path on the one keep-alive connection, each
+        /// answered 200 (an L7 proxy in between).
+        #[arg(long)]
+        http: Option<String>,
     },
     /// Closed-loop HTTP load (new connection per request) against IP:PORT; prints JSON.
     Load {
@@ -352,13 +356,12 @@ fn run() -> anyhow::Result<u8> {
             print!("{}", sluice_lab::http::request_from(&method, &url, &headers, timeout, local_port)?);
             Ok(0)
         }
-        Cmd::Hold { addr, secs, interval_ms, stop_file } => {
-            let trips = sluice_lab::http::hold(
-                &addr,
-                Duration::from_secs(secs),
-                Duration::from_millis(interval_ms),
-                stop_file.as_deref(),
-            )?;
+        Cmd::Hold { addr, secs, interval_ms, stop_file, http } => {
+            let (secs, interval) = (Duration::from_secs(secs), Duration::from_millis(interval_ms));
+            let trips = match http {
+                Some(path) => sluice_lab::http::hold_http(&addr, &path, secs, interval, stop_file.as_deref())?,
+                None => sluice_lab::http::hold(&addr, secs, interval, stop_file.as_deref())?,
+            };
             println!("{trips} round trips on one connection");
             Ok(0)
         }

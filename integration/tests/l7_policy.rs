@@ -219,16 +219,43 @@ fn suite(name: &str, node1: &str, node2: &str) {
     let e = req(&t, "x/client2", "GET", &format!("http://{echo}/private"), &[]).expect_err("ingress rule");
     assert!(e.contains("SluiceNetworkPolicy x/echo-l7"), "the echo's node decides /private: {e}");
 
-    // An agent killed (-9) and restarted: its proxy goes with it; the L7 port never opens
-    // (/private is never answered by the echo) and serves again once the new agent runs.
+    // An agent killed (-9) and restarted: its proxy is its own process and outlives it. A
+    // keep-alive connection through node-1's proxy is served all along; /private is refused
+    // by the last view meanwhile (the L7 port never opens); the new agent connects to the
+    // same proxy.
+    let proxy_pid = |t: &TestLab| -> Option<u64> { t.try_status("node-1")?["l7_proxy"]["pid"].as_u64() };
+    let before = eventually("node-1's proxy in status", Duration::from_secs(10), || proxy_pid(&t));
+    let held_cmd = ["sluice-lab", "hold", &echo, "--http", "/public", "--secs", "8", "--interval-ms", "100"];
+    let mut held = t.lab.command("x/client2", &held_cmd.map(String::from)).expect("cmd");
+    let held = held.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("hold");
+    std::thread::sleep(Duration::from_millis(500));
     t.lab.restart_agent("node-1", true).expect("restart");
     let private = format!("http://{echo}/private");
-    eventually("GET /public through the new agent's proxy", Duration::from_secs(30), || {
+    eventually("the new agent connected to the same proxy", Duration::from_secs(30), || {
         let p = req(&t, "x/client2", "GET", &private, &[]);
         assert!(p.is_err(), "the L7 port opened during the restart: /private answered {p:?}");
-        (req(&t, "x/client2", "GET", &public, &[]).ok()? == "x/echo").then_some(())
+        (proxy_pid(&t)? == before).then_some(())
     });
-    let e = req(&t, "x/client2", "GET", &private, &[]).expect_err("refused after the restart");
+    assert_eq!(req(&t, "x/client2", "GET", &public, &[]).as_deref(), Ok("x/echo"));
+    let out = held.wait_with_output().expect("hold");
+    assert!(
+        out.status.success(),
+        "the keep-alive connection through the proxy broke across the agent's kill -9: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The proxy stopped (SIGTERM: it drains): the agent starts the next one; the L7 port never
+    // opens meanwhile and serves again once it runs.
+    sluice_lab::proc::stop(before as u32, Duration::from_secs(15));
+    eventually("a new proxy serves GET /public", Duration::from_secs(30), || {
+        let p = req(&t, "x/client2", "GET", &private, &[]);
+        assert!(p.is_err(), "the L7 port opened while the proxy restarted: /private answered {p:?}");
+        let now = proxy_pid(&t)?;
+        let r = req(&t, "x/client2", "GET", &public, &[]);
+        (now != before && r.ok()? == "x/echo").then_some(())
+    });
+    let e = req(&t, "x/client2", "GET", &private, &[]).expect_err("refused by the new proxy");
     assert!(e.contains("403"), "{e}");
 
     // Bad rules: refused by name with the field and value; the good policies stay in force.

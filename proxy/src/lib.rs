@@ -11,8 +11,11 @@
 //! forwarded in the protocol it came in. Header size and the time to send them are limited
 //! (slowloris), and so is the number of connections.
 
+pub mod control;
+pub mod process;
 mod serve;
 mod socket;
+mod view;
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use sluice_core::policy::HttpMatcher;
 
 pub use serve::{run, run_until};
 pub use socket::{bind, bind_transparent};
+pub use view::PolicyDecide;
 
 /// One set of HTTP rules a request must pass, and whose they are (the 403 names them).
 #[derive(Clone)]
@@ -58,13 +62,14 @@ pub trait Decide: Send + Sync + 'static {
 }
 
 /// One request as it was decided and answered (the agent turns these into L7 flows).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RequestRecord {
     pub client: SocketAddrV4,
     pub server: SocketAddrV4,
     pub method: String,
     pub url: String,
-    pub protocol: &'static str,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: String,
     /// `None`: the upstream failed before answering (502 sent).
     pub code: Option<u16>,
     pub latency: Duration,

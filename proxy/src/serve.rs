@@ -194,7 +194,7 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         server: c.upstream_addr,
         method: method.clone(),
         url: url.clone(),
-        protocol,
+        protocol: protocol.to_string(),
         code,
         latency: start.elapsed(),
         denied_by,
@@ -229,6 +229,9 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
             for h in HOP {
                 parts.headers.remove(h);
             }
+            // The version is the hop's: an HTTP/1.0 server's answer goes to an HTTP/1.1 client
+            // as HTTP/1.1 (else the client's keep-alive connection would end with it).
+            parts.version = version;
             Ok(Response::from_parts(parts, body.boxed()))
         }
         Err(e) => {

@@ -69,6 +69,18 @@ pub struct AgentStatus {
     /// Where the Prometheus metrics are served (nothing unless configured).
     #[serde(default)]
     pub metrics: MetricsStatus,
+    /// The L7 proxy process the agent is connected to (none while no HTTP rule needs one).
+    #[serde(default)]
+    pub l7_proxy: Option<L7ProxyStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct L7ProxyStatus {
+    pub pid: u32,
+    /// Its listener on 127.0.0.1.
+    pub port: u16,
+    /// Its control socket.
+    pub control: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,9 @@ struct Removed {
     /// Kernel objects removed per backend (iptables: tables touched; eBPF: pinned maps and links).
     backends: std::collections::BTreeMap<String, usize>,
     routes: usize,
+    /// L7 proxy processes told to drain and exit.
+    #[serde(default)]
+    l7_proxies: usize,
 }
 
 /// Every backend's `cleanup`, through the registry, then node plumbing (routes). BPF first:
@@ -30,7 +33,14 @@ pub fn run(config: Option<&std::path::Path>, out: Output) -> anyhow::Result<()> 
             }
         }
     };
-    let mut removed = Removed { backends: Default::default(), routes: 0 };
+    let mut removed = Removed { backends: Default::default(), routes: 0, l7_proxies: 0 };
+    // The L7 proxies first: they outlive the agent, and their redirects go below.
+    for cfg in &configs {
+        let path = cfg.l7_control_socket();
+        let stopped = super::block_on(sluice_proxy::control::stop(&path))?
+            .with_context(|| format!("stopping the L7 proxy on {}", path.display()))?;
+        removed.l7_proxies += usize::from(stopped);
+    }
     for (i, cfg) in configs.iter().enumerate() {
         // The iptables cleanup covers both variants node-wide; it runs with the first config.
         for mut b in super::super::daemon::registry::build(cfg, Iptables { variant: Variant::Nft }) {
@@ -63,6 +73,7 @@ pub fn run(config: Option<&std::path::Path>, out: Output) -> anyhow::Result<()> 
                 println!("{id:<9} removed {n} {what}");
             }
             println!("{:<9} removed {} sluice route(s)", "routes", removed.routes);
+            println!("{:<9} stopped {} L7 proxy process(es) (each drains first)", "l7-proxy", removed.l7_proxies);
         }
     }
     Ok(())

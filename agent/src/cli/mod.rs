@@ -13,6 +13,7 @@ mod observe_time;
 pub mod plan;
 pub mod policy;
 pub mod probe;
+pub mod proxy;
 pub mod relay;
 pub mod service;
 pub mod status;

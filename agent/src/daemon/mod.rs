@@ -81,7 +81,7 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
     let mut failed: Vec<sluice_core::ObjectError> = Vec::new();
     let mut policy = policy::PolicyCache::default();
     let mut flows = flows::Flows::new(&cfg);
-    let mut l7 = l7::L7Proxy::new(&cfg.l7, flows.hub(), flows.directory());
+    let mut l7 = l7::L7Proxy::new(cfg.l7_control_socket(), flows.hub(), flows.directory(), wake.clone());
     let mut metrics = metrics::Metrics::new();
     let mut last_generation = None;
     loop {
@@ -240,10 +240,11 @@ pub async fn run(cfg: Config, config_source: features::ConfigSource) -> anyhow::
         st.flows = flows.status();
         st.errors.extend(metrics.errors.iter().cloned());
         st.errors.extend(l7.error.iter().map(|e| format!("L7 proxy: {e}")));
+        st.l7_proxy = l7.status();
         st.metrics = metrics.status.clone();
         metrics.record_state(&engine, &st);
     }
-    l7.drain(Duration::from_secs(planner.config.l7.drain_timeout_s)).await;
+    // The L7 proxy stays: it outlives the agent (its connections and last view go on).
     let _ = std::fs::remove_file(&cfg.socket_path);
     tracing::info!("sluice agent stopped; kernel state left in place for the next start");
     Ok(())

@@ -121,11 +121,14 @@ pub struct EbpfDataplane {
     policy: PolicyState,
 }
 
+/// (view generation, L7 proxy port, its listener's inode): what a policy sync wrote.
+type PolicyKey = (u64, Option<u16>, Option<u64>);
+
 /// The policy maps as this process last wrote them.
 #[derive(Default)]
 struct PolicyState {
-    /// ((view generation, L7 proxy port), owned) of the last successful sync.
-    last: Option<Option<(u64, Option<u16>)>>,
+    /// ((view generation, L7 proxy port, its listener's inode), owned) of the last successful sync.
+    last: Option<Option<PolicyKey>>,
     written: Option<crate::policy::Written>,
     ids: std::collections::BTreeMap<String, u32>,
     programmed: bool,
@@ -196,7 +199,9 @@ impl EbpfDataplane {
     /// that cannot write everything writes nothing (the last complete policy stays).
     fn reconcile_policy(&mut self, dp: &mut Datapath, desired: &Desired<'_>, owned: &BTreeSet<Feature>) {
         let want_policy = owned.contains(&Feature::Policy);
-        let key = want_policy.then_some((desired.policy.generation, desired.policy.l7_proxy));
+        // The listener's inode too: a new proxy process (same port) must be steered to.
+        let listener = desired.l7_listener.and_then(|fd| nix::sys::stat::fstat(fd).ok()).map(|st| st.st_ino);
+        let key = want_policy.then_some((desired.policy.generation, desired.policy.l7_proxy, listener));
         if self.policy.last == Some(key) {
             return;
         }

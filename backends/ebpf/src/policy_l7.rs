@@ -14,6 +14,8 @@ use crate::datapath::{Datapath, DatapathError, map_err, missing};
 
 const ADDRS: &str = "sluice_pol_addr";
 const SOCK: &str = "sluice_l7_sock";
+/// The pinned sk_lookup link, in the pin directory.
+pub const LOOKUP_LINK: &str = "l7_lookup";
 
 fn addrs(dp: &mut Datapath) -> Result<HashMap<&mut aya::maps::MapData, u32, u32>, DatapathError> {
     let m = dp.bpf.map_mut(ADDRS).ok_or(missing(ADDRS))?;
@@ -69,9 +71,11 @@ pub fn set_port(dp: &mut Datapath, have: u32, want: u32) -> Result<usize, Datapa
 }
 
 /// Steer redirected connections to the proxy's `listener`: the socket-lookup program on this
-/// network namespace (attached once per process: the link goes with it, and a new agent's proxy
-/// has a new listener anyway) and the listener in `sluice_l7_sock`. Without both, the caller
-/// writes no proxy port, and proxy rules drop.
+/// network namespace and the listener in `sluice_l7_sock`. Without both, the caller writes no
+/// proxy port, and proxy rules drop. The program's link is pinned (`l7_lookup` in the pin
+/// directory), so that it stays while the agent restarts: the proxy process outlives the agent,
+/// and so does the steering to it (the sockmap drops the listener when the proxy closes it).
+/// A new agent attaches its own program before it unpins the old link: never a moment without.
 pub fn steer(dp: &mut Datapath, listener: BorrowedFd<'_>) -> Result<(), DatapathError> {
     use crate::loader::LOOKUP_PROGRAM;
     let attach_err = |detail: String| DatapathError::Attach { prog: LOOKUP_PROGRAM, target: "netns".into(), detail };
@@ -91,7 +95,14 @@ pub fn steer(dp: &mut Datapath, listener: BorrowedFd<'_>) -> Result<(), Datapath
                     .into(),
             ));
         }
-        prog.attach(&netns).map_err(|e| attach_err(e.to_string()))?;
+        let id = prog.attach(&netns).map_err(|e| attach_err(e.to_string()))?;
+        let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
+        let link: aya::programs::links::FdLink = link.into();
+        let path = dp.pin_dir.join(LOOKUP_LINK);
+        if let Ok(old) = aya::programs::links::PinnedLink::from_pin(&path) {
+            let _ = old.unpin();
+        }
+        link.pin(&path).map_err(|e| attach_err(format!("pinning {}: {e}", path.display())))?;
         dp.l7_lookup = true;
     }
     let m = dp.bpf.map_mut(SOCK).ok_or(missing(SOCK))?;

@@ -15,7 +15,7 @@ use super::identity::Identity;
 use super::view::PolicyView;
 use crate::service::{FrontendKind, Protocol, Service};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct L7Frontend {
     pub vip: Ipv4Addr,
     pub port: u16,

@@ -20,7 +20,7 @@ pub struct EndpointRules {
     pub policy: EndpointPolicy,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyView {
     /// Changes whenever anything below changes (backends may skip work when it does not).
     pub generation: u64,

@@ -57,6 +57,17 @@ impl TestLab {
 
 impl Drop for TestLab {
     fn drop(&mut self) {
+        // A failed test shows what the agents said last (the lab's directory goes below).
+        if std::thread::panicking()
+            && let Ok(st) = self.lab.state()
+        {
+            for n in &st.nodes {
+                let log = std::fs::read_to_string(n.dir.join("agent.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                eprintln!("--- {} agent.log (last 40 lines) ---\n{tail}", n.name);
+            }
+        }
         if let Err(e) = self.lab.down() {
             eprintln!("lab down: {e:#}");
         }
