@@ -117,7 +117,9 @@ pub fn run_demo() -> anyhow::Result<()> {
     println!("   a Service balanced over them on eBPF, hostile Services were refused by name beside it,");
     println!("   a NetworkPolicy let only the client through (also via the Service) and named itself in the trace,");
     println!("   then node-1 moved to iptables live without a failed connection, showed its flows Hubble-style,");
-    println!("   let the client GET /public and nothing else through its L7 proxy,");
+    println!(
+        "   let the client GET /public and nothing else through its L7 proxy (which outlived a crash of the agent),"
+    );
     println!("   and node-2 compared kube-proxy's rules with its own before a cutover ==");
     Ok(())
 }

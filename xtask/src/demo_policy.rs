@@ -95,6 +95,18 @@ pub fn l7() -> anyhow::Result<()> {
         "the requests as L7 flows on node-1",
         &["exec", "node-1", "--", "sluice", "observe", "--type", "l7", "--last", "4"],
     )?;
+    // The proxy is its own process: an agent crash leaves it serving, with the last policy.
+    step("node-1's agent crashes (kill -9) and restarts", &["restart-agent", "node-1", "--kill"])?;
+    step(
+        "GET /public still passes (the proxy outlived the agent)",
+        &["exec", "client", "--", "sluice-lab", "curl", &public],
+    )?;
+    let out = curl("client", &private, 2000)?;
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if !err.contains("403") {
+        bail!("GET /private after the agent's restart was not refused with 403: {err}");
+    }
+    println!("\n$ sluice-lab exec client -- sluice-lab curl {private}\n{err}");
     step("remove the HTTP policy", &["delete", &p.display().to_string()])?;
     let _ = std::fs::remove_file(&p);
     Ok(())
