@@ -53,6 +53,30 @@ spec:
       rules: {http: [{method: GET}]}
 "#;
 
+/// From outside the cluster through a NodePort (the client's address kept: Local).
+const NODE_PORT: &str = r#"
+apiVersion: sluice.io/v1
+kind: SluiceNetworkPolicy
+metadata: {name: echo-l7-world, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {app: echo}}
+  ingress:
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: /public}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-np, namespace: x}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 80, nodePort: 30480}]
+"#;
+
 const BAD: &str = r#"
 apiVersion: sluice.io/v1
 kind: SluiceNetworkPolicy
@@ -218,6 +242,20 @@ fn suite(name: &str, node1: &str, node2: &str) {
     assert_eq!(got.as_deref(), Ok("x/echo"), "ClusterIP, egress then ingress");
     let e = req(&t, "x/client2", "GET", &format!("http://{echo}/private"), &[]).expect_err("ingress rule");
     assert!(e.contains("SluiceNetworkPolicy x/echo-l7"), "the echo's node decides /private: {e}");
+
+    // From outside through a NodePort on the echo's node: GET /public passes, /private is
+    // refused by the proxy (on eBPF the device program hands the connection over untranslated).
+    t.lab.external_add("ext", None).expect("ext");
+    let np = dir.path().join("nodeport.yaml");
+    std::fs::write(&np, NODE_PORT).expect("write");
+    t.lab.apply(&np).expect("apply");
+    let ext_url = |path: &str| format!("http://198.51.100.11:30480{path}");
+    eventually("GET /public from outside through the NodePort", Duration::from_secs(20), || {
+        (req(&t, "ext", "GET", &ext_url("/public"), &[]).ok()? == "x/echo").then_some(())
+    });
+    let e = req(&t, "ext", "GET", &ext_url("/private"), &[]).expect_err("refused through the NodePort");
+    assert!(e.contains("403") && e.contains("SluiceNetworkPolicy x/echo-l7-world"), "NodePort: {e}");
+    t.lab.delete(&np).expect("delete");
 
     // An agent killed (-9) and restarted: its proxy is its own process and outlives it. A
     // keep-alive connection through node-1's proxy is served all along; /private is refused

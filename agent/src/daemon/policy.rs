@@ -190,7 +190,7 @@ impl PolicyCache {
         };
         if log.l7_proxy.is_some() {
             self.view.l7_frontends =
-                sluice_core::policy::l7_frontends::frontends(&self.view, &ctx.name, &state.services);
+                sluice_core::policy::l7_frontends::frontends(&self.view, &ctx.name, &ctx.ips, &state.services);
         }
         self.ctx = ctx.clone();
         self.identities = cx.identities.labels.len();

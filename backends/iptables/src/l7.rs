@@ -66,14 +66,19 @@ pub fn render(view: &PolicyView, r: &mut Ruleset, sets: &mut Sets) {
     // translates it (the proxy's socket then holds the backend's address); the connection is
     // marked, so its later packets, translated by conntrack, are delivered locally too, where
     // the kernel finds the proxy's socket by the translated addresses.
-    for f in &view.l7_frontends {
+    // External frontends (NodePort, ExternalIPs, LoadBalancer IPs) likewise when nat can only
+    // send them to local L7-policed backends (`externalTrafficPolicy: Local`, or no other
+    // backend); otherwise a connection nat sends to another node must not meet the proxy, and
+    // those to a local L7-policed pod are dropped in FORWARD (fails closed).
+    for f in view.l7_frontends.iter().filter(|f| !f.external || f.only_local) {
         let m = format!("-d {}/32 -p tcp -m tcp --dport {} --tcp-flags SYN,RST,ACK SYN", f.vip, f.port);
         let by = quote(&f.service);
+        let what = if f.external { "frontend" } else { "ClusterIP" };
         dispatch.push(format!(
-            "{m} -m comment --comment \"sluice: ClusterIP of {by}, its L7 proxy connection\" -j CONNMARK --set-xmark {mark}"
+            "{m} -m comment --comment \"sluice: {what} of {by}, its L7 proxy connection\" -j CONNMARK --set-xmark {mark}"
         ));
         dispatch.push(format!(
-            "{m} -m comment --comment \"sluice: ClusterIP of {by} to the L7 proxy\" -j TPROXY --on-ip 127.0.0.1 --on-port {port} --tproxy-mark {mark}"
+            "{m} -m comment --comment \"sluice: {what} of {by} to the L7 proxy\" -j TPROXY --on-ip 127.0.0.1 --on-port {port} --tproxy-mark {mark}"
         ));
     }
     let mut eps: Vec<&EndpointRules> = view.endpoints.iter().collect();

@@ -317,12 +317,16 @@ fn proxy_rules_redirect_in_mangle_in_list_order_and_are_absent_from_forward() {
         r.hooks.iter().any(|h| h.table == "mangle" && h.builtin == "PREROUTING" && h.target == crate::l7::L7_CHAIN)
     );
     // A ClusterIP the proxy balances: taken before the endpoints' chains.
-    v.l7_frontends = vec![sluice_core::policy::l7_frontends::L7Frontend {
-        vip: "10.96.0.40".parse().expect("ip"),
+    // (A NodePort the eBPF device program would hand over is netfilter's to translate: none.)
+    let front = |vip: &str, external, only_local| sluice_core::policy::l7_frontends::L7Frontend {
+        vip: vip.parse().expect("ip"),
         port: 80,
         service: "x/echo".into(),
         backends: vec![("10.244.1.5".parse().expect("ip"), 80)],
-    }];
+        external,
+        only_local,
+    };
+    v.l7_frontends = vec![front("10.96.0.40", false, false), front("198.51.100.11", true, false)];
     let (r, _) = render(&v);
     let top = &r.chains["mangle"][crate::l7::L7_CHAIN];
     assert!(top[1].starts_with("-m connmark --mark 0x40000/0x40000 ") && top[2].ends_with("-j RETURN"), "{top:#?}");
@@ -334,4 +338,10 @@ fn proxy_rules_redirect_in_mangle_in_list_order_and_are_absent_from_forward() {
             && top[4].ends_with("-j TPROXY --on-ip 127.0.0.1 --on-port 15001 --tproxy-mark 0x40000/0x40000"),
         "{top:#?}"
     );
+    assert!(!top.iter().any(|r| r.contains("198.51.100.11")), "{top:#?}");
+    // Unless nat can only pick local L7-policed backends for it: then taken like the ClusterIP.
+    v.l7_frontends = vec![front("10.96.0.40", false, false), front("198.51.100.11", true, true)];
+    let (r, _) = render(&v);
+    let top = &r.chains["mangle"][crate::l7::L7_CHAIN];
+    assert!(top.iter().any(|r| r.contains("-d 198.51.100.11/32") && r.contains("-j TPROXY")), "{top:#?}");
 }

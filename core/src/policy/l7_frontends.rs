@@ -21,8 +21,20 @@ pub struct L7Frontend {
     pub port: u16,
     /// `namespace/name` of the Service.
     pub service: String,
-    /// The backends traffic from inside the cluster may reach: (address, port).
+    /// The backends traffic from inside the cluster may reach: (address, port); for an
+    /// `external` frontend, the local backends whose ingress rules have HTTP rules on the port.
     pub backends: Vec<(Ipv4Addr, u16)>,
+    /// A node frontend (NodePort on a node address, ExternalIP, LoadBalancer IP): the eBPF
+    /// device program hands a connection from outside to a local L7-policed backend to the
+    /// proxy untranslated (its replies then leave from the frontend's address with no reverse
+    /// NAT); netfilter translates these before its redirect and skips them.
+    #[serde(default)]
+    pub external: bool,
+    /// An external frontend whose traffic can only reach `backends` (all local and L7-policed,
+    /// e.g. `externalTrafficPolicy: Local`): netfilter may redirect it before nat, as it does a
+    /// ClusterIP, since nat cannot pick a backend the proxy would not serve.
+    #[serde(default)]
+    pub only_local: bool,
 }
 
 impl L7Frontend {
@@ -41,7 +53,7 @@ fn proxy(r: &CompiledRule) -> bool {
 /// The TCP ClusterIP frontends (of `node`'s view of `services`) with a backend this node's HTTP
 /// rules apply to: a local endpoint's ingress proxy rule on the backend's port, or a local
 /// endpoint's egress proxy rule to the backend.
-pub fn frontends(view: &PolicyView, node: &str, services: &[Service]) -> Vec<L7Frontend> {
+pub fn frontends(view: &PolicyView, node: &str, node_ips: &[Ipv4Addr], services: &[Service]) -> Vec<L7Frontend> {
     let id = |ip| view.ipcache.get(&ip).copied().unwrap_or(Identity::WORLD);
     let egress: Vec<&CompiledRule> = view
         .endpoints
@@ -79,17 +91,40 @@ pub fn frontends(view: &PolicyView, node: &str, services: &[Service]) -> Vec<L7F
                     IpAddr::V6(_) => None,
                 })
                 .collect();
+            let service = format!("{}/{}", svc.name.namespace, svc.name.name);
+            // From outside: the local backends with HTTP ingress rules on their port.
+            let local: Vec<(Ipv4Addr, u16)> = pv
+                .local
+                .iter()
+                .filter_map(|b| match b.ip {
+                    IpAddr::V4(ip) if ingress_on(ip, pv.target_port(b)) => Some((ip, pv.target_port(b))),
+                    _ => None,
+                })
+                .collect();
+            let only_local = pv.external(true).iter().all(|b| match b.ip {
+                IpAddr::V4(ip) => local.contains(&(ip, pv.target_port(b))),
+                IpAddr::V6(_) => false,
+            });
+            if !local.is_empty() {
+                for fe in &pv.frontends {
+                    let vips: Vec<Ipv4Addr> = match (fe.kind, fe.ip) {
+                        (FrontendKind::NodePort, _) => node_ips.to_vec(),
+                        (FrontendKind::ExternalIp | FrontendKind::LoadBalancer, Some(IpAddr::V4(ip))) => vec![ip],
+                        _ => Vec::new(),
+                    };
+                    for vip in vips {
+                        let (service, backends) = (service.clone(), local.clone());
+                        out.push(L7Frontend { vip, port: fe.port, service, backends, external: true, only_local });
+                    }
+                }
+            }
             if !backends.iter().any(|(ip, port)| proxied(*ip, *port)) {
                 continue;
             }
             for fe in pv.frontends.iter().filter(|f| f.kind == FrontendKind::ClusterIp) {
                 if let Some(IpAddr::V4(vip)) = fe.ip {
-                    out.push(L7Frontend {
-                        vip,
-                        port: fe.port,
-                        service: format!("{}/{}", svc.name.namespace, svc.name.name),
-                        backends: backends.clone(),
-                    });
+                    let (service, backends) = (service.clone(), backends.clone());
+                    out.push(L7Frontend { vip, port: fe.port, service, backends, external: false, only_local: false });
                 }
             }
         }

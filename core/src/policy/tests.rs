@@ -549,8 +549,41 @@ fn the_proxy_checks_both_local_directions_and_refuses_what_l3_l4_does_not_allow(
         ServiceBuilder::new("y", "b").cluster_ip("10.96.0.22", 80).backend(backend(YB, 80, "node-1")).build(),
     ];
     let v = view(std::slice::from_ref(&ingress));
-    let fronts = super::l7_frontends::frontends(&v, "node-1", &services);
+    let fronts = super::l7_frontends::frontends(&v, "node-1", &[ip("198.51.100.11")], &services);
     assert_eq!(fronts.len(), 1, "{fronts:?}");
     assert_eq!((fronts[0].vip, fronts[0].port, fronts[0].service.as_str()), (ip("10.96.0.20"), 80, "x/b"));
     assert_eq!(fronts[0].pick(40000), Some((ip(XB), 80)));
+    assert!(!fronts[0].external);
+    // From outside: the NodePort on each node address and an ExternalIP, with the local backends
+    // whose ingress rules have HTTP rules (not the remote one, not another port's).
+    let services = [ServiceBuilder::new("x", "b")
+        .cluster_ip("10.96.0.20", 80)
+        .node_port(30080)
+        .external_ip("203.0.113.9", 80)
+        .backend(backend(XB, 80, "node-1"))
+        .backend(backend("10.244.2.9", 80, "node-2"))
+        .build()];
+    let fronts = super::l7_frontends::frontends(&v, "node-1", &[ip("198.51.100.11"), ip("198.51.100.21")], &services);
+    type Front = (Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>);
+    let ext: Vec<Front> = fronts.iter().filter(|f| f.external).map(|f| (f.vip, f.port, f.backends.clone())).collect();
+    assert!(fronts.iter().all(|f| !f.only_local), "a remote backend may be picked: {fronts:?}");
+    let local = vec![(ip(XB), 80)];
+    assert_eq!(
+        ext,
+        vec![
+            (ip("198.51.100.11"), 30080, local.clone()),
+            (ip("198.51.100.21"), 30080, local.clone()),
+            (ip("203.0.113.9"), 80, local)
+        ],
+        "{fronts:?}"
+    );
+    // externalTrafficPolicy: Local: nat can only pick the local one.
+    let services = [ServiceBuilder::new("x", "b")
+        .node_port(30080)
+        .external_local()
+        .backend(backend(XB, 80, "node-1"))
+        .backend(backend("10.244.2.9", 80, "node-2"))
+        .build()];
+    let fronts = super::l7_frontends::frontends(&v, "node-1", &[ip("198.51.100.11")], &services);
+    assert!(fronts.len() == 1 && fronts[0].external && fronts[0].only_local, "{fronts:?}");
 }

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* tc program on the node's devices: sluice_from_net (NodePort, ExternalIPs, LoadBalancer, HostPort);
+/* tc program on the node's devices: sluice_from_net (NodePort, ExternalIPs, LoadBalancer, HostPort;
+ * to an L7-policed local backend: untranslated to the L7 proxy);
  * traces new connections to those frontends (from-network, and to-network when forwarded). */
 #ifndef SLUICE_PROGS_NET_H
 #define SLUICE_PROGS_NET_H
@@ -107,6 +108,18 @@ int sluice_from_net(struct __sk_buff *skb)
 			return lb_drop(skb, &k, LB_AT_DEVICE, DROP_NO_SERVICE_BACKEND, syn);
 		chosen.addr = b->addr;
 		chosen.port = b->port;
+		if ((b->flags & BE_F_LOCAL) && k.proto == IPPROTO_TCP && l7_port()) {
+			/* A local backend whose ingress rules send this client to the L7 proxy: the
+			 * connection goes to the proxy untranslated (its socket then holds the frontend's
+			 * address, so its replies leave from the frontend with no reverse NAT here); the
+			 * proxy picks a local backend itself (the view's external l7_frontends). */
+			struct flow_key tk = { .saddr = k.saddr, .daddr = b->addr, .sport = k.sport, .dport = b->port, .proto = k.proto };
+			if (l7_ingress_wants(&tk)) {
+				l7_remember(&k, 1);
+				trace_new(skb, &k, TRACE_FROM_NETWORK, b->addr, b->port);
+				return l7_redirect(skb, &k, syn);
+			}
+		}
 		if (b->flags & BE_F_LOCAL) {
 			/* Local backend: DNAT only, the pod sees the client's address. */
 			struct flow_key rk = { .saddr = b->addr, .daddr = k.saddr, .sport = b->port, .dport = k.sport, .proto = k.proto };
