@@ -85,6 +85,12 @@ fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ControlError> {
     Ok(out)
 }
 
+/// `msg` as a frame at the end of `buf` (frames written together in one write).
+pub fn append<T: Serialize>(buf: &mut Vec<u8>, msg: &T) -> Result<(), ControlError> {
+    buf.extend_from_slice(&frame(msg)?);
+    Ok(())
+}
+
 pub async fn write<T: Serialize>(w: &mut (impl AsyncWrite + Unpin), msg: &T) -> Result<(), ControlError> {
     w.write_all(&frame(msg)?).await.map_err(io)
 }

@@ -213,8 +213,10 @@ impl Agents {
     }
 }
 
-/// Request records to the current agent (dropped while none is connected: the flows of that
-/// time are lost, never the requests); on the drain, the agent is told first.
+/// Request records to the current agent, batched (one write per batch of up to
+/// [`BATCH`] records or [`BATCH_WAIT`]: a syscall and a wake-up of the agent per request cost
+/// the proxy a third of its CPU per request); dropped while no agent is connected (the flows of
+/// that time are lost, never the requests). On the drain, the agent is told first.
 async fn forward(
     mut records: mpsc::Receiver<RequestRecord>,
     mut agents: mpsc::Receiver<OwnedWriteHalf>,
@@ -222,8 +224,9 @@ async fn forward(
 ) {
     let mut agent: Option<OwnedWriteHalf> = None;
     let mut told = false;
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             a = agents.recv() => {
                 agent = a;
                 told = false;
@@ -237,13 +240,31 @@ async fn forward(
             },
             Ok(()) = draining.changed(), if !told => FromProxy::Draining,
         };
-        if matches!(msg, FromProxy::Draining) {
+        if matches!(first, FromProxy::Draining) {
             told = true;
         }
+        buf.clear();
+        let _ = control::append(&mut buf, &first);
+        if matches!(first, FromProxy::Record(_)) {
+            let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+            for _ in 1..BATCH {
+                match tokio::time::timeout_at(deadline, records.recv()).await {
+                    Ok(Some(r)) => {
+                        let _ = control::append(&mut buf, &FromProxy::Record(Box::new(r)));
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
         if let Some(w) = agent.as_mut()
-            && control::write(w, &msg).await.is_err()
+            && tokio::io::AsyncWriteExt::write_all(w, &buf).await.is_err()
         {
             agent = None;
         }
     }
 }
+
+/// Records per write to the agent, at most.
+const BATCH: usize = 512;
+/// How long a record waits for others to share its write.
+const BATCH_WAIT: Duration = Duration::from_millis(20);

@@ -207,12 +207,14 @@ impl L7Proxy {
 /// response unless refused) in this node's flow buffer and metrics; a drain or the end of the
 /// connection ends this proxy's use.
 async fn read_records(
-    mut rd: tokio::net::unix::OwnedReadHalf,
+    rd: tokio::net::unix::OwnedReadHalf,
     alive: Arc<AtomicBool>,
     wake: Arc<tokio::sync::Notify>,
     hub: Arc<sluice_observer::server::Hub>,
     directory: Arc<RwLock<Directory>>,
 ) {
+    // Records come in batches: read them through a buffer, not two reads a frame.
+    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
     loop {
         match control::read::<FromProxy>(&mut rd).await {
             Ok(Some(FromProxy::Record(r))) => record(*r, &hub, &directory),
