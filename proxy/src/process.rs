@@ -172,7 +172,14 @@ impl Agents {
     async fn accept(self, control: UnixListener) {
         let me = Arc::new(self);
         loop {
-            let Ok((s, _)) = control.accept().await else { continue };
+            let s = match control.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "L7 proxy: accepting on the control socket failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             let me = me.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.serve(s).await {

@@ -167,6 +167,52 @@ fn maps_are_pinned_and_survive_the_loader() {
 }
 
 #[test]
+fn node_port_to_an_l7_policed_local_backend_goes_to_the_proxy_untranslated() {
+    use sluice_ebpf::policy::{POL_INGRESS, PolEpKey, PolEpVal, PolRule};
+    if !require_root() {
+        return;
+    }
+    let mut lb = Lb::new();
+    lb.frontend("198.51.100.11", 30080, 6, 1, &[("10.244.1.2", 8080, BE_F_LOCAL)], 0, SVC_F_TC | SVC_F_EXTERNAL);
+    // The backend (host veth 7): its ingress rules send TCP 8080 to the L7 proxy.
+    let mut addrs: HashMap<_, u32, u32> =
+        HashMap::try_from(lb.bpf().map_mut("sluice_pol_addr").expect("map")).expect("hash");
+    addrs.insert(addr(ip("10.244.1.2")), 7, 0).expect("insert");
+    let mut val = PolEpVal { enforced: 1, count: 1, ..Default::default() };
+    val.rules[0] = PolRule { action: 3, proto: 6, lo: 8080, hi: 8080, ..Default::default() };
+    let mut eps: HashMap<_, PolEpKey, PolEpVal> =
+        HashMap::try_from(lb.bpf().map_mut("sluice_pol_ep").expect("map")).expect("hash");
+    eps.insert(PolEpKey { ifindex: 7, dir: POL_INGRESS }, val, 0).expect("insert");
+    let recorded = |lb: &mut Lb, sport: u16| {
+        let l7: HashMap<_, FlowKey, u8> = HashMap::try_from(lb.bpf().map_mut("sluice_l7").expect("map")).expect("hash");
+        let k = FlowKey {
+            saddr: addr(ip("198.51.100.201")),
+            daddr: addr(ip("198.51.100.11")),
+            sport: port(sport),
+            dport: port(30080),
+            proto: 6,
+            pad: [0; 3],
+        };
+        l7.get(&k, 0).is_ok()
+    };
+    // No proxy (port 0): translated as before (the pod's ingress then drops it at its veth).
+    let (v, out) = lb.run("sluice_from_net", &packet(6, "198.51.100.201", 50000, "198.51.100.11", 30080));
+    assert_eq!((v, fields(&out)), (TC_ACT_OK, (ip("198.51.100.201"), 50000, ip("10.244.1.2"), 8080)));
+    assert!(!recorded(&mut lb, 50000));
+    // A proxy port: the SYN is recorded as it is, not translated, and handed to the proxy (here
+    // dropped: nothing listens on 127.0.0.1:1 in this namespace, never let through).
+    let mut l7_port: Array<_, u32> = Array::try_from(lb.bpf().map_mut("sluice_l7_port").expect("map")).expect("array");
+    l7_port.set(0, 1, 0).expect("set");
+    let syn = packet(6, "198.51.100.201", 50001, "198.51.100.11", 30080);
+    assert_eq!(lb.run("sluice_from_net", &syn).0, TC_ACT_SHOT, "no listener: dropped");
+    assert!(recorded(&mut lb, 50001), "the untranslated connection is recorded for the proxy");
+    // Its later packets go to the proxy untranslated too (marked for local delivery).
+    let ack = with_flags(packet(6, "198.51.100.201", 50001, "198.51.100.11", 30080), 0x10);
+    let (v, out) = lb.run("sluice_from_net", &ack);
+    assert_eq!((v, fields(&out)), (TC_ACT_OK, fields(&ack)), "not translated");
+}
+
+#[test]
 fn node_port_to_a_local_backend_keeps_the_client_address() {
     if !require_root() {
         return;
