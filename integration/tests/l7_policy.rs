@@ -336,4 +336,23 @@ fn suite(name: &str, node1: &str, node2: &str) {
     eventually("no policy: open again", Duration::from_secs(15), || {
         (req(&t, "x/other", "GET", &public, &[]).ok()? == "x/echo").then_some(())
     });
+
+    // `sluice cleanup` with the agent stopped: the proxy process (which outlives the agent)
+    // drains and exits, its control socket goes, and so do the pinned sk_lookup link and the
+    // policy routing.
+    let proxy = proxy_pid(&t).expect("the proxy still runs after its rules went") as u32;
+    let node1 = t.lab.state().expect("state").node("node-1").expect("node").clone();
+    t.lab.stop_agent("node-1").expect("stop agent");
+    assert!(sluice_lab::proc::alive(proxy), "the proxy outlives the agent's stop");
+    let link = t.lab.bpf_dir().join("node-1").join("l7_lookup");
+    assert_eq!(link.exists(), ebpf1, "the sk_lookup link is pinned on eBPF (it outlives the agent too)");
+    let cfg = node1.dir.join("config.yaml").display().to_string();
+    let out = t.exec("node-1", &["sluice", "cleanup", "--config", &cfg, "-o", "json"]);
+    let removed: serde_json::Value = serde_json::from_str(&out).expect("cleanup json");
+    assert_eq!(removed["l7_proxies"], 1, "{out}");
+    eventually("the proxy exited", Duration::from_secs(15), || (!sluice_lab::proc::alive(proxy)).then_some(()));
+    assert!(!node1.dir.join("l7-proxy.sock").exists(), "the control socket is gone");
+    assert!(!link.exists(), "the pinned sk_lookup link is gone: {}", link.display());
+    let rules = t.exec("node-1", &["ip", "rule", "show"]);
+    assert!(!rules.contains("lookup 2004"), "{rules}");
 }
