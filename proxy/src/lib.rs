@@ -56,9 +56,24 @@ pub enum Verdict {
     Refuse { reason: String },
 }
 
-/// The agent's policy, as the proxy asks it (kept current by the agent, read per connection).
+/// The agent's policy, as the proxy asks it (kept current by the agent): decided when a
+/// connection is accepted, and again for its next request whenever the policy changed.
 pub trait Decide: Send + Sync + 'static {
     fn decide(&self, client: SocketAddrV4, original_dst: SocketAddrV4) -> Verdict;
+
+    /// Changes whenever the policy does (the view's generation).
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    /// The checks for a connection already forwarded to `upstream`, under the current policy;
+    /// `Err(reason)` when L3/L4 policy no longer allows it.
+    fn recheck(&self, client: SocketAddrV4, upstream: SocketAddrV4) -> Result<Vec<Check>, String> {
+        match self.decide(client, upstream) {
+            Verdict::Http { checks, .. } => Ok(checks),
+            Verdict::Refuse { reason } => Err(reason),
+        }
+    }
 }
 
 /// One request as it was decided and answered (the agent turns these into L7 flows).

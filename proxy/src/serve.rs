@@ -31,7 +31,10 @@ struct Conn {
     server: SocketAddrV4,
     upstream_addr: SocketAddrV4,
     source: Option<std::net::Ipv4Addr>,
-    checks: Vec<Check>,
+    /// The checks in force and the policy generation they were made under: a request after a
+    /// policy change is checked by the new policy (keep-alive connections included).
+    checks: std::sync::RwLock<(u64, Arc<Vec<Check>>)>,
+    decide: Arc<dyn Decide>,
     record_headers: Arc<[String]>,
     upstream: Mutex<Option<Upstream>>,
     records: Option<mpsc::Sender<RequestRecord>>,
@@ -91,6 +94,7 @@ pub async fn run_until(
         // Decided in the connection's own task: the accept loop only accepts.
         tokio::spawn(async move {
             let _permit = permit;
+            let generation = decide.generation();
             let (checks, upstream_addr, source, record_headers) = match decide.decide(client, server) {
                 Verdict::Http { checks, upstream, source, record_headers } => {
                     (checks, upstream, source, record_headers)
@@ -106,7 +110,8 @@ pub async fn run_until(
                 server,
                 upstream_addr,
                 source,
-                checks,
+                checks: std::sync::RwLock::new((generation, Arc::new(checks))),
+                decide,
                 record_headers,
                 upstream: Mutex::new(None),
                 records,
@@ -171,8 +176,38 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
     let url = format!("http://{host}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let protocol = if version == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" };
     let time_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let refused = c.checks.iter().find(|k| !k.matcher.allows(&rr));
-    let ingress = refused.map_or_else(|| c.checks.iter().any(|k| k.ingress), |k| k.ingress);
+    let checks = match c.current_checks() {
+        Ok(checks) => checks,
+        Err(reason) => {
+            // L3/L4 policy no longer allows this connection: refused, and the connection ends.
+            tracing::info!(client = %c.client, server = %c.server, %reason, "L7 proxy: a connection the policy no longer allows");
+            send(
+                &c,
+                RequestRecord {
+                    client: c.client,
+                    server: c.upstream_addr,
+                    method,
+                    url,
+                    protocol: protocol.to_string(),
+                    code: Some(403),
+                    latency: start.elapsed(),
+                    denied_by: Some(Vec::new()),
+                    checked_by: Vec::new(),
+                    request_headers: Vec::new(),
+                    response_headers: Vec::new(),
+                    time_ns,
+                    ingress: true,
+                },
+            );
+            let mut r = text(StatusCode::FORBIDDEN, format!("Access denied by sluice L7 policy ({reason})\n"));
+            if version != Version::HTTP_2 {
+                r.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            }
+            return Ok(r);
+        }
+    };
+    let refused = checks.iter().find(|k| !k.matcher.allows(&rr));
+    let ingress = refused.map_or_else(|| checks.iter().any(|k| k.ingress), |k| k.ingress);
     let recorded = |h: &hyper::HeaderMap| -> Vec<(String, String)> {
         if c.record_headers.is_empty() {
             return Vec::new();
@@ -188,7 +223,7 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         response_headers,
         time_ns,
         ingress,
-        checked_by: c.checks.iter().flat_map(|k| k.policies.iter().cloned()).collect(),
+        checked_by: checks.iter().flat_map(|k| k.policies.iter().cloned()).collect(),
         client: c.client,
         // The server reached (a backend the proxy picked, for a ClusterIP it balances).
         server: c.upstream_addr,
@@ -239,6 +274,23 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
             send(&c, record(None, None, Vec::new()));
             Ok(text(StatusCode::BAD_GATEWAY, format!("sluice L7 proxy: upstream {} failed: {e}\n", c.upstream_addr)))
         }
+    }
+}
+
+impl Conn {
+    /// The checks for the next request: those of the policy in force now.
+    fn current_checks(&self) -> Result<Arc<Vec<Check>>, String> {
+        let now = self.decide.generation();
+        if let Ok(cur) = self.checks.read()
+            && cur.0 == now
+        {
+            return Ok(cur.1.clone());
+        }
+        let checks = Arc::new(self.decide.recheck(self.client, self.upstream_addr)?);
+        if let Ok(mut cur) = self.checks.write() {
+            *cur = (now, checks.clone());
+        }
+        Ok(checks)
     }
 }
 

@@ -40,6 +40,10 @@ impl PolicyDecide {
 }
 
 impl Decide for PolicyDecide {
+    fn generation(&self) -> u64 {
+        PolicyDecide::generation(self).unwrap_or(0)
+    }
+
     fn decide(&self, client: SocketAddrV4, dst: SocketAddrV4) -> Verdict {
         let cur = self.0.read().map(|v| v.clone()).unwrap_or_default();
         let Some(view) = &cur.view else {

@@ -277,3 +277,62 @@ async fn on_shutdown_requests_in_flight_finish_and_nothing_new_is_accepted() {
     assert!(idle.send_request(get("/public")).await.is_err(), "the idle connection was closed");
     assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
 }
+
+/// A policy that changes: 0 allows `GET /public.*`, 1 allows only `GET /other`, 2 refuses the
+/// connection at L3/L4.
+struct Changing {
+    upstream: SocketAddrV4,
+    stage: std::sync::atomic::AtomicU64,
+}
+
+impl Decide for Changing {
+    fn generation(&self) -> u64 {
+        self.stage.load(Ordering::SeqCst)
+    }
+
+    fn decide(&self, _client: SocketAddrV4, _dst: SocketAddrV4) -> Verdict {
+        let path = match self.stage.load(Ordering::SeqCst) {
+            0 => "/public.*",
+            1 => "/other",
+            _ => return Verdict::Refuse { reason: "L3/L4 policy no longer allows it".into() },
+        };
+        let rules = [HttpRule { method: Some("GET".into()), path: Some(path.into()), ..Default::default() }];
+        Verdict::Http {
+            checks: vec![Check {
+                matcher: Arc::new(HttpMatcher::new(&rules)),
+                policies: vec![format!("SluiceNetworkPolicy x/p{}", self.stage.load(Ordering::SeqCst))],
+                ingress: true,
+            }],
+            upstream: self.upstream,
+            source: None,
+            record_headers: Arc::new([]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_policy_change_applies_to_the_next_request_of_an_open_connection() {
+    let (upstream, conns) = backend().await;
+    let l = sluice_proxy::bind(0).expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let policy = Arc::new(Changing { upstream, stage: 0.into() });
+    tokio::spawn(sluice_proxy::run(l, policy.clone(), Limits::default(), None));
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+    let conn = tokio::spawn(conn);
+    assert_eq!(text(tx.send_request(get("/public")).await.expect("send")).await.0, 200);
+    // The rule changes: the same keep-alive connection's next request is checked by the new one.
+    policy.stage.store(1, Ordering::SeqCst);
+    let (code, body) = text(tx.send_request(get("/public")).await.expect("send")).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("x/p1"), "the new policy refused it: {body}");
+    assert_eq!(text(tx.send_request(get("/other")).await.expect("send")).await.0, 200, "and allows its own");
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "the connection and its upstream stayed open");
+    // L3/L4 no longer allows the connection: refused, and the connection ends.
+    policy.stage.store(2, Ordering::SeqCst);
+    let (code, body) = text(tx.send_request(get("/other")).await.expect("send")).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("no longer allows"), "{body}");
+    tokio::time::timeout(Duration::from_secs(5), conn).await.expect("the proxy closed it").expect("task").ok();
+    assert!(tx.send_request(get("/other")).await.is_err(), "closed");
+}
