@@ -47,6 +47,22 @@ static __always_inline int host_owns(struct __sk_buff *skb, __u8 proto, __u32 ba
 
 /* Send a rewritten packet straight out of the device the route to `daddr` uses (its new source
  * may be a node address, which the input path would drop as martian). */
+/* Forwarding past the stack is routing: the TTL goes down by one (the IP checksum with it), and a
+ * packet whose TTL runs out is dropped. A packet that translation state sent back and forth
+ * between nodes dies out instead of spinning in softirq (a redirect does not meet the stack's
+ * own TTL check). */
+static __always_inline int ttl_hop(struct __sk_buff *skb)
+{
+	__u8 ttl, next;
+
+	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, &ttl, 1) || ttl <= 1)
+		return -1;
+	next = ttl - 1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, bpf_htons((__u16)ttl << 8), bpf_htons((__u16)next << 8), 2))
+		return -1;
+	return bpf_skb_store_bytes(skb, IP_TTL_OFF, &next, 1, 0) ? -1 : 0;
+}
+
 static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u32 daddr)
 {
 	struct bpf_fib_lookup p = {};
@@ -57,6 +73,8 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, __u32 saddr, __u3
 	p.ipv4_dst = daddr;
 	p.ifindex = skb->ifindex;
 	rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
+	if ((rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && ttl_hop(skb))
+		return TC_ACT_SHOT;
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		if (bpf_skb_store_bytes(skb, 0, p.dmac, ETH_ALEN, 0) ||
 		    bpf_skb_store_bytes(skb, ETH_ALEN, p.smac, ETH_ALEN, 0))

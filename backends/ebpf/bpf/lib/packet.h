@@ -9,6 +9,7 @@
 #define PASS TC_ACT_UNSPEC
 
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
 #define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
 #define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
 #define L4_OFF (ETH_HLEN + sizeof(struct iphdr))
