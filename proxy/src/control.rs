@@ -30,6 +30,13 @@ pub enum ToProxy {
     Stop,
 }
 
+/// [`ToProxy::View`] as the agent sends it: the same frame, serialized from borrowed parts (no
+/// copy of a view of thousands of pods per change).
+#[derive(Debug, Serialize)]
+pub enum ToProxyRef<'a> {
+    View { view: &'a PolicyView, settings: &'a Settings },
+}
+
 /// What the agent's `l7` config says to a running proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
@@ -58,8 +65,8 @@ pub enum FromProxy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("control socket {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("the L7 proxy's control socket: {0}")]
+    Io(std::io::Error),
     #[error("control frame of {len} bytes (at most {MAX_FRAME})")]
     TooLarge { len: usize },
     #[error("control frame: {0}")]
@@ -71,7 +78,7 @@ pub enum ControlError {
 }
 
 fn io(source: std::io::Error) -> ControlError {
-    ControlError::Io { path: String::new(), source }
+    ControlError::Io(source)
 }
 
 fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ControlError> {
@@ -190,17 +197,14 @@ async fn recv_hello_now(s: &UnixStream) -> Result<(u32, u16, OwnedFd), ControlEr
     }
 }
 
-/// Tell the proxy on `path` to drain and exit (`sluice cleanup`). `false`: nothing answered.
+/// Tell the proxy on `path` to drain and exit (`sluice cleanup`; the caller names `path` in its
+/// errors). `false`: nothing answered.
 pub async fn stop(path: &std::path::Path) -> Result<bool, ControlError> {
     let Ok(s) = UnixStream::connect(path).await else { return Ok(false) };
-    let at = |e: ControlError| match e {
-        ControlError::Io { source, .. } => ControlError::Io { path: path.display().to_string(), source },
-        e => e,
-    };
     // Its hello comes first (the listener attached: closed here at once).
-    recv_hello(&s, Duration::from_secs(5)).await.map_err(at)?;
+    recv_hello(&s, Duration::from_secs(5)).await?;
     let (_, mut w) = s.into_split();
-    write(&mut w, &ToProxy::Stop).await.map_err(at)?;
+    write(&mut w, &ToProxy::Stop).await?;
     Ok(true)
 }
 
@@ -231,7 +235,8 @@ mod tests {
             max_connections: 2,
             drain_timeout_s: 3,
         };
-        write(&mut bw, &ToProxy::View { view: Box::new(view.clone()), settings: settings.clone() }).await.expect("w");
+        // The agent sends borrowed parts; the proxy reads the owned message.
+        write(&mut bw, &ToProxyRef::View { view: &view, settings: &settings }).await.expect("w");
         match read::<ToProxy>(&mut ar).await.expect("read") {
             Some(ToProxy::View { view: v, settings: s }) => assert_eq!((*v, s), (view, settings)),
             other => panic!("{other:?}"),

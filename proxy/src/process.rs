@@ -32,7 +32,9 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("creating the control socket {path}: {source}")]
+    #[error(
+        "creating the control socket {path}: {source} (its directory must be writable by root; choose another with l7.control_socket or --control)"
+    )]
     Control { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Bind(#[from] ProxyError),

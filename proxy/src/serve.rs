@@ -176,38 +176,13 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
     let url = format!("http://{host}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let protocol = if version == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" };
     let time_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let checks = match c.current_checks() {
-        Ok(checks) => checks,
-        Err(reason) => {
-            // L3/L4 policy no longer allows this connection: refused, and the connection ends.
-            tracing::info!(client = %c.client, server = %c.server, %reason, "L7 proxy: a connection the policy no longer allows");
-            send(
-                &c,
-                RequestRecord {
-                    client: c.client,
-                    server: c.upstream_addr,
-                    method,
-                    url,
-                    protocol: protocol.to_string(),
-                    code: Some(403),
-                    latency: start.elapsed(),
-                    denied_by: Some(Vec::new()),
-                    checked_by: Vec::new(),
-                    request_headers: Vec::new(),
-                    response_headers: Vec::new(),
-                    time_ns,
-                    ingress: true,
-                },
-            );
-            let mut r = text(StatusCode::FORBIDDEN, format!("Access denied by sluice L7 policy ({reason})\n"));
-            if version != Version::HTTP_2 {
-                r.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
-            }
-            return Ok(r);
-        }
+    // `gone`: L3/L4 policy no longer allows this connection (refused, and the connection ends).
+    let (checks, gone) = match c.current_checks() {
+        Ok(checks) => (checks, None),
+        Err(reason) => (Arc::new(Vec::new()), Some(reason)),
     };
     let refused = checks.iter().find(|k| !k.matcher.allows(&rr));
-    let ingress = refused.map_or_else(|| checks.iter().any(|k| k.ingress), |k| k.ingress);
+    let ingress = gone.is_some() || refused.map_or_else(|| checks.iter().any(|k| k.ingress), |k| k.ingress);
     let recorded = |h: &hyper::HeaderMap| -> Vec<(String, String)> {
         if c.record_headers.is_empty() {
             return Vec::new();
@@ -234,6 +209,15 @@ async fn handle(c: Arc<Conn>, mut req: Request<Incoming>) -> Result<Response<Bod
         latency: start.elapsed(),
         denied_by,
     };
+    if let Some(reason) = gone {
+        tracing::info!(client = %c.client, server = %c.server, %reason, "L7 proxy: a connection the policy no longer allows");
+        send(&c, record(Some(403), Some(Vec::new()), Vec::new()));
+        let mut r = text(StatusCode::FORBIDDEN, format!("Access denied by sluice L7 policy ({reason})\n"));
+        if version != Version::HTTP_2 {
+            r.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        }
+        return Ok(r);
+    }
     if let Some(refused) = refused {
         let r = text(
             StatusCode::FORBIDDEN,

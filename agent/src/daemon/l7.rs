@@ -16,7 +16,7 @@ use sluice_core::flow::enrich::Directory;
 use sluice_core::flow::l7::ObservedHttp;
 use sluice_core::policy::{Action, PolicyView};
 use sluice_proxy::RequestRecord;
-use sluice_proxy::control::{self, FromProxy, Settings, ToProxy};
+use sluice_proxy::control::{self, FromProxy, Settings, ToProxyRef};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 
@@ -132,7 +132,7 @@ impl L7Proxy {
         if let Some(c) = self.conn.as_mut() {
             let want = (view.generation, settings(cfg));
             if c.sent.as_ref() != Some(&want) {
-                let msg = ToProxy::View { view: Box::new(view.clone()), settings: want.1.clone() };
+                let msg = ToProxyRef::View { view, settings: &want.1 };
                 match control::write(&mut c.writer, &msg).await {
                     Ok(()) => c.sent = Some(want),
                     Err(e) => {
@@ -170,7 +170,9 @@ impl L7Proxy {
                 }
             }
         };
-        let (pid, port, listener) = control::recv_hello(&stream, Duration::from_secs(5)).await?;
+        let (pid, port, listener) = control::recv_hello(&stream, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("the L7 proxy's hello on {}", self.control.display()))?;
         let (rd, writer) = stream.into_split();
         let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(read_records(rd, alive.clone(), self.wake.clone(), self.hub.clone(), self.directory.clone()));
